@@ -1,0 +1,113 @@
+"""Terminal output for the CLI: rich tables on a terminal, plain text under cron, JSON on ask.
+
+stdout carries data and nothing else; notes and progress go to stderr. This module and cli.py
+are the only ones that know about click and rich.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`--json`, on every command that prints data."""
+    return click.option("json_", "--json", is_flag=True, help="Print JSON instead of a table.")(fn)
+
+
+def silent_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--silent", is_flag=True, help="No progress bars or notes on stderr.")(fn)
+
+
+def stdout() -> Console:
+    return Console(file=sys.stdout, soft_wrap=True, highlight=False)
+
+
+def stderr() -> Console:
+    return Console(file=sys.stderr, soft_wrap=True, highlight=False)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+
+
+def print_table(
+    title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]], numeric: int = 0
+) -> None:
+    """A table on stdout: boxed on a terminal, plain aligned columns in a pipe or under cron.
+
+    `numeric` right-aligns that many trailing columns.
+    """
+    console = stdout()
+    table = Table(
+        title=title if console.is_terminal else None,
+        box=box.SIMPLE_HEAVY if console.is_terminal else None,
+        show_edge=False,
+        pad_edge=False,
+    )
+    for i, name in enumerate(columns):
+        right = i >= len(columns) - numeric
+        table.add_column(name, justify="right" if right else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    if title and not console.is_terminal:
+        console.print(f"# {title}")
+    console.print(table)
+
+
+def note(message: str, silent: bool = False) -> None:
+    """A line for the person running the command, on stderr."""
+    if not silent:
+        stderr().print(message, markup=False, highlight=False)
+
+
+@contextmanager
+def progress_bars(
+    silent: bool = False,
+) -> Iterator[Callable[[str, int], Callable[[int, int], None]]]:
+    """Yields `start(label, total) -> update(done, total)`; draws only when stderr is a terminal."""
+    console = stderr()
+    if silent or not console.is_terminal:
+        yield lambda label, total: lambda done, total: None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bars:
+
+        def start(label: str, total: int) -> Callable[[int, int], None]:
+            task = bars.add_task(label, total=total)
+            return lambda done, total: bars.update(task, completed=done, total=total)
+
+        yield start
+
+
+def fmt_int(value: int | None) -> str:
+    return "" if value is None else f"{value:,}"
+
+
+def fmt_pct(value: float | None) -> str:
+    return "" if value is None else f"{value:.1%}"
+
+
+def fmt_age(hours: float | None) -> str:
+    if hours is None:
+        return "never"
+    if hours < 1:
+        return f"{round(hours * 60)} min"
+    if hours < 48:
+        return f"{hours:.1f} h"
+    return f"{hours / 24:.1f} days"

@@ -1,0 +1,44 @@
+"""`cdp demo`: the whole pipeline on the sample data, in a fresh folder, stage by stage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cdp_cli.config import load_config
+from cdp_cli.errors import CdpError
+from cdp_cli.ingest import ingest
+from cdp_cli.scaffold import init_project
+from cdp_cli.status import store_status
+from cdp_cli.store import open_store
+
+StageCallback = Callable[[str, Any], None]
+STORE_FILES = ("cdp.db", "cdp.db-wal", "cdp.db-shm")
+
+
+def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | None = None) -> dict:
+    """init, ingest and status in `directory`; each stage's result goes to `on_stage` as it ends.
+
+    A folder that already holds a demo store is refused unless `force`, which starts it over.
+    """
+    report = on_stage or (lambda stage, result: None)
+    if (directory / "cdp.db").exists():
+        if not force:
+            raise CdpError(f"{directory} already holds a demo; --force starts it over")
+        for name in STORE_FILES:
+            (directory / name).unlink(missing_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    stages: dict[str, Any] = {}
+    stages["init"] = [str(p) for p in init_project(directory, force=force)]
+    report("init", stages["init"])
+    config = load_config(directory / "cdp.yaml")
+    db = open_store(config.store)
+    try:
+        stages["ingest"] = ingest(db, config)
+        report("ingest", stages["ingest"])
+        stages["status"] = store_status(db, config)
+        report("status", stages["status"])
+    finally:
+        db.close()
+    return stages

@@ -1,0 +1,518 @@
+"""Ingest: read a source's export, map it onto canonical fields, and store it as one batch.
+
+A file lands whole or not at all: its rows, its rejects and its batch's counts are written in
+one transaction, so a killed run leaves nothing behind and a rerun ingests the file again. A
+file whose sha256 is already in a finished batch is skipped, and a row whose natural key is
+stored already is updated in place, so running the same command twice never duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+import zoneinfo
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from cdp_cli import readers
+from cdp_cli.canonical import DATE, INTEGER, ITEM_FIELDS, JSON, NUMBER, TIMESTAMP, Field
+from cdp_cli.config import Config, FieldMapping, Source
+from cdp_cli.errors import IngestError, UsageError
+from cdp_cli.parsing import parse_date, parse_integer, parse_number, parse_timestamp, to_json
+from cdp_cli.store import now_iso, transaction
+
+CHUNK_ROWS = 5000
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class IngestResult:
+    """What one file's ingest did; `status` is done, skipped (seen before) or failed."""
+
+    source: str
+    file: str
+    status: str
+    batch_id: int | None = None
+    encoding: str | None = None
+    rows_read: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    message: str = ""
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RowRejected(Exception):
+    """A row cannot be stored; `problem` is a short code for grouping, `field` the culprit."""
+
+    def __init__(self, problem: str, reason: str, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.problem = problem
+        self.reason = reason
+        self.field = field
+
+
+# ---------------------------------------------------------------------------------------------
+# Mapping a row onto canonical fields
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (dict, list)):
+        return to_json(value)
+    return str(value)
+
+
+_PROBLEMS = {NUMBER: "bad_number", INTEGER: "bad_number", TIMESTAMP: "bad_timestamp"}
+
+
+class _Converter:
+    """Turns one raw value into the canonical field's type; built once per source and file."""
+
+    def __init__(self, mapping: FieldMapping, spec: Field, source: Source) -> None:
+        self.name = spec.name
+        self.required = spec.required
+        self.values = mapping.values
+        self.type = spec.type
+        self.problem = _PROBLEMS.get(spec.type, "bad_date")
+        zone = zoneinfo.ZoneInfo(source.timezone)
+        formats = mapping.formats + source.timestamp_formats
+        parse: Callable[[Any], Any] | None = {
+            NUMBER: parse_number,
+            INTEGER: parse_integer,
+            TIMESTAMP: lambda v: parse_timestamp(v, zone, formats),
+            DATE: lambda v: parse_date(v, mapping.formats),
+        }.get(spec.type)
+        self.parse = parse
+
+    def __call__(self, raw: Any, invalid: dict[str, Any]) -> Any:
+        if self.type == JSON:
+            return None if raw is None or raw == "" else to_json(raw)
+        text = raw if isinstance(raw, (int, float)) and self.parse else _text(raw)
+        if text is None:
+            if self.required:
+                raise RowRejected("missing", f"{self.name}: missing", self.name)
+            return None
+        if self.values and isinstance(text, str):
+            text = self.values.get(text.casefold(), text)
+        if self.parse is None:
+            return text
+        try:
+            return self.parse(text)
+        except (ValueError, OverflowError) as exc:
+            if self.required:
+                raise RowRejected(self.problem, f"{self.name}: {exc}", self.name) from None
+            invalid[self.name] = text
+            return None
+
+
+def _json_getter(column: str) -> Callable[[dict[str, Any]], Any]:
+    parts = column.split(".")
+
+    def get(obj: dict[str, Any]) -> Any:
+        if column in obj:
+            return obj[column]
+        value: Any = obj
+        for part in parts:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(part)
+        return value
+
+    return get
+
+
+def _pop_path(obj: dict[str, Any], column: str) -> None:
+    """Remove a mapped value from a JSON row, so what is left over becomes its attrs."""
+    if column in obj:
+        del obj[column]
+        return
+    parts = column.split(".")
+    parents = [obj]
+    for part in parts[:-1]:
+        child = parents[-1].get(part)
+        if not isinstance(child, dict):
+            return
+        parents.append(child)
+    parents[-1].pop(parts[-1], None)
+    for parent, part in zip(reversed(parents[:-1]), reversed(parts[:-1]), strict=True):
+        if parent.get(part) == {}:
+            del parent[part]
+
+
+class RowMapper:
+    """Maps rows of one file (a CSV header, or JSON objects) onto the source's fields."""
+
+    def __init__(self, source: Source, header: list[str] | None) -> None:
+        self.source = source
+        self.header = header
+        self.columns = [m.name for m in source.fields.values()]
+        self.has_items = source.items is not None
+        self._fields = [
+            (self._getter(m), _Converter(m, source.kind.field(m.name), source))  # type: ignore[arg-type]
+            for m in source.fields.values()
+        ]
+        # A key part that is a mapped field uses its converted value; else the raw column.
+        self._key = [
+            (m.name, self._getter(m), self.columns.index(m.name) if m.name in source.fields else -1)
+            for m in source.key
+        ]
+        mapped = [m.column for m in source.fields.values() if m.column]
+        mapped += [m.column for m in source.key if m.column]
+        if source.items:
+            mapped.append(source.items.column)
+            self._items_getter = self._getter(FieldMapping("items", column=source.items.column))
+            self._item_fields = [
+                (m.name, _json_getter(m.column or m.name), m.column or m.name, spec)
+                for spec in ITEM_FIELDS
+                for m in [source.items.fields.get(spec.name, FieldMapping(spec.name, spec.name))]
+            ]
+        if header is not None:
+            used = {header.index(c) for c in mapped}
+            self._extra = [(i, name) for i, name in enumerate(header) if i not in used and name]
+        else:
+            self._mapped_paths = sorted(set(mapped), key=lambda c: -c.count("."))
+
+    def _getter(self, mapping: FieldMapping) -> Callable[[Any], Any]:
+        if mapping.constant is not None:
+            constant = mapping.constant
+            return lambda row: constant
+        column = mapping.column or mapping.name
+        if self.header is None:
+            return _json_getter(column)
+        if column not in self.header:
+            raise IngestError(
+                f"column {column!r} (for {mapping.name.removeprefix('key:')}) is not in the "
+                f"header; the columns are: {', '.join(self.header)}"
+            )
+        index = self.header.index(column)
+        return lambda row: row[index]
+
+    def map(self, row: Any) -> tuple[str | None, list[Any], str | None]:
+        """The row's natural key, its canonical values (in `columns` order) and its attrs."""
+        invalid: dict[str, Any] = {}
+        values = [convert(get(row), invalid) for get, convert in self._fields]
+        key = self._key_of(row, values)
+        if self.has_items:
+            values.append(self._items(row, invalid))
+        attrs = self._attrs(row)
+        if invalid:
+            attrs["_invalid"] = invalid
+        attrs_json = json.dumps(attrs, ensure_ascii=False, separators=(",", ":")) if attrs else None
+        return key, values, attrs_json
+
+    def _key_of(self, row: Any, values: list[Any]) -> str | None:
+        if not self._key:
+            return None
+        parts = []
+        for name, get, index in self._key:
+            value = values[index] if index >= 0 else _text(get(row))
+            if value is None:
+                raise RowRejected("missing_key", f"missing key {name.removeprefix('key:')}")
+            parts.append(str(value))
+        return "|".join(parts)
+
+    def _attrs(self, row: Any) -> dict[str, Any]:
+        if self.header is not None:
+            return {name: row[i] for i, name in self._extra if row[i].strip()}
+        for column in self._mapped_paths:
+            _pop_path(row, column)
+        return row
+
+    def _items(self, row: Any, invalid: dict[str, Any]) -> str | None:
+        items = self._items_getter(row)
+        if items is None or items == "":
+            return None
+        if isinstance(items, str):
+            try:
+                items = json.loads(items)
+            except ValueError:
+                invalid["items"] = items
+                return None
+        if not isinstance(items, list):
+            invalid["items"] = items
+            return None
+        out = []
+        for position, item in enumerate(items):
+            if not isinstance(item, dict):
+                out.append({"value": item})
+                continue
+            mapped = dict(item)
+            for name, get, column, spec in self._item_fields:
+                value = get(item)
+                mapped.pop(column, None)
+                if spec.type == NUMBER and value not in (None, ""):
+                    try:
+                        value = parse_number(value)
+                    except ValueError:
+                        invalid[f"items[{position}].{name}"] = value
+                        value = None
+                else:
+                    value = _text(value)
+                mapped[name] = value
+            out.append(mapped)
+        return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def abort_stale_batches(db: sqlite_utils.Database) -> int:
+    """Mark batches left 'running' by a process that died; their rows were rolled back."""
+    stale = [
+        batch_id
+        for batch_id, pid in db.conn.execute("SELECT id, pid FROM batches WHERE status='running'")
+        if pid != os.getpid() and not _pid_alive(pid)
+    ]
+    for batch_id in stale:
+        db.conn.execute(
+            "UPDATE batches SET status='aborted', error='the process ingesting it stopped' "
+            "WHERE id=?",
+            (batch_id,),
+        )
+    return len(stale)
+
+
+def _upsert_sql(table: str, columns: list[str]) -> str:
+    names = ", ".join(["source", "key", *columns, "attrs", "batch_id", "line"])
+    marks = ", ".join("?" * (len(columns) + 5))
+    content = [*columns, "attrs"]
+    updates = ", ".join(f"{c}=excluded.{c}" for c in [*content, "batch_id", "line"])
+    old = ", ".join(f"{table}.{c}" for c in content)
+    new = ", ".join(f"excluded.{c}" for c in content)
+    return (
+        f"INSERT INTO {table} ({names}) VALUES ({marks}) "
+        f"ON CONFLICT(source, key) DO UPDATE SET {updates} "
+        f"WHERE ({old}) IS NOT ({new})"
+    )
+
+
+def ingest_file(
+    db: sqlite_utils.Database,
+    source: Source,
+    path: Path,
+    *,
+    force: bool = False,
+    on_progress: ProgressCallback | None = None,
+) -> IngestResult:
+    """Ingest one file as one batch of `source`; a file seen before is skipped unless forced."""
+    started = time.monotonic()
+    path = path.absolute()
+    if not path.is_file():
+        raise IngestError(f"{path}: file not found")
+    sha256 = file_sha256(path)
+    seen = db.conn.execute(
+        "SELECT id FROM batches WHERE source=? AND sha256=? AND status='done' "
+        "ORDER BY id DESC LIMIT 1",
+        (source.name, sha256),
+    ).fetchone()
+    if seen and not force:
+        return IngestResult(
+            source.name,
+            str(path),
+            "skipped",
+            batch_id=seen[0],
+            message=f"seen in batch {seen[0]}",
+        )
+    fmt = source.format_for(path)
+    encoding = readers.detect_encoding(path, source.encoding)
+    abort_stale_batches(db)
+    batch_id = db.conn.execute(
+        "INSERT INTO batches (source, kind, file, sha256, size, encoding, status, pid, started_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+        (source.name, source.kind.name, str(path), sha256, path.stat().st_size, encoding,
+         os.getpid(), now_iso()),
+    ).lastrowid  # fmt: skip
+    result = IngestResult(source.name, str(path), "done", batch_id=batch_id, encoding=encoding)
+    try:
+        with transaction(db) as conn:
+            _load(conn, source, path, fmt, encoding, result, on_progress)
+            conn.execute(
+                "UPDATE batches SET status='done', finished_at=?, rows_read=?, rows_inserted=?, "
+                "rows_updated=?, rows_unchanged=?, rows_rejected=?, rows_skipped=? WHERE id=?",
+                (now_iso(), result.rows_read, result.inserted, result.updated, result.unchanged,
+                 result.rejected, result.skipped, batch_id),
+            )  # fmt: skip
+    except BaseException as exc:
+        status = "failed" if isinstance(exc, Exception) else "aborted"
+        message = str(exc) or type(exc).__name__
+        db.conn.execute(
+            "UPDATE batches SET status=?, finished_at=?, error=? WHERE id=?",
+            (status, now_iso(), message, batch_id),
+        )
+        if isinstance(exc, IngestError):
+            raise IngestError(f"{path}: {exc}") from None
+        if isinstance(exc, (sqlite3.DataError, RecursionError)):
+            raise IngestError(f"{path}: {message}") from None
+        raise
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+def _rows(
+    stream: Any, source: Source, fmt: str, encoding: str
+) -> tuple[list[str] | None, Iterator]:
+    if fmt == "csv":
+        header, rows = readers.read_csv(stream, encoding, source.delimiter)
+        return header, rows
+    if fmt == "jsonl":
+        return None, readers.read_jsonl(stream, encoding)
+    return None, readers.read_json(stream, encoding)
+
+
+def _load(
+    conn: sqlite3.Connection,
+    source: Source,
+    path: Path,
+    fmt: str,
+    encoding: str,
+    result: IngestResult,
+    on_progress: ProgressCallback | None,
+) -> None:
+    table = source.kind.table
+    before = conn.execute(f"SELECT count(*) FROM {table} WHERE source=?", (source.name,)).fetchone()
+    with path.open("rb") as stream:
+        header, rows = _rows(stream, source, fmt, encoding)
+        mapper = RowMapper(source, header)
+        columns = mapper.columns + (["items"] if mapper.has_items else [])
+        upsert = _upsert_sql(table, columns)
+        progress = readers.Progress(stream, path.stat().st_size)
+        pending: list[tuple[Any, ...]] = []
+        rejects: list[tuple[Any, ...]] = []
+        changed = 0
+        name, batch_id = source.name, result.batch_id
+        for line, row, error, raw in rows:
+            if row is None and error is None:
+                result.skipped += 1
+                continue
+            result.rows_read += 1
+            try:
+                if error is not None:
+                    raise RowRejected(_problem_of(error), error)
+                key, values, attrs = mapper.map(row)
+                if key is None:
+                    key = _content_key(values, attrs)
+                pending.append((name, key, *values, attrs, batch_id, line))
+            except RowRejected as rejected:
+                rejects.append(
+                    (batch_id, name, line, rejected.problem, rejected.field, rejected.reason,
+                     _raw_text(raw or row, header))
+                )  # fmt: skip
+                result.reject_reasons[rejected.problem] = (
+                    result.reject_reasons.get(rejected.problem, 0) + 1
+                )
+            if len(pending) >= CHUNK_ROWS:
+                changed += conn.executemany(upsert, pending).rowcount
+                pending.clear()
+                if on_progress:
+                    on_progress(progress.done, progress.total)
+            if len(rejects) >= CHUNK_ROWS:
+                _write_rejects(conn, rejects)
+        changed += conn.executemany(upsert, pending).rowcount if pending else 0
+        _write_rejects(conn, rejects)
+        if on_progress:
+            on_progress(progress.total, progress.total)
+    after = conn.execute(f"SELECT count(*) FROM {table} WHERE source=?", (source.name,)).fetchone()
+    result.inserted = after[0] - before[0]
+    result.updated = changed - result.inserted
+    result.rejected = sum(result.reject_reasons.values())
+    result.unchanged = result.rows_read - result.rejected - result.inserted - result.updated
+
+
+def _write_rejects(conn: sqlite3.Connection, rejects: list[tuple[Any, ...]]) -> None:
+    if rejects:
+        conn.executemany(
+            "INSERT INTO rejects (batch_id, source, line, problem, field, reason, raw) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rejects,
+        )
+        rejects.clear()
+
+
+def _problem_of(error: str) -> str:
+    if error.startswith("bytes that do not decode"):
+        return "undecodable"
+    if error.startswith("expected") and "columns" in error:
+        return "column_count"
+    if error.startswith("expected a JSON object"):
+        return "not_an_object"
+    return "invalid_json" if "JSON" in error else "unreadable"
+
+
+def _content_key(values: list[Any], attrs: str | None) -> str:
+    """A key for rows without a natural one: the same content is the same row."""
+    return hashlib.blake2b(repr((values, attrs)).encode(), digest_size=12).hexdigest()
+
+
+def _raw_text(row: Any, header: list[str] | None) -> str | None:
+    """The row as it was read, for the rejects table; undecodable bytes are shown escaped."""
+    if row is None:
+        return None
+    if isinstance(row, bytes):
+        return row.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
+    if isinstance(row, list) and header is not None:
+        text = ",".join(row)
+    else:
+        text = json.dumps(row, ensure_ascii=False)
+    return text.encode("utf-8", errors="surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def ingest(
+    db: sqlite_utils.Database,
+    config: Config,
+    source_name: str | None = None,
+    paths: list[Path] | None = None,
+    *,
+    force: bool = False,
+    on_file: Callable[[Source, Path], ProgressCallback | None] | None = None,
+) -> list[IngestResult]:
+    """Ingest the given files into one source, or every declared file of one or all sources."""
+    if paths and source_name is None:
+        raise UsageError("name the source these files come from with --source")
+    sources = [config.source(source_name)] if source_name else list(config.sources.values())
+    results = []
+    for source in sources:
+        files = paths if paths else config.files_of(source)
+        for path in files:
+            on_progress = on_file(source, path) if on_file else None
+            results.append(ingest_file(db, source, path, force=force, on_progress=on_progress))
+    return results

@@ -1,0 +1,135 @@
+"""Turning the strings of an export into typed values: timestamps, dates, numbers.
+
+Each parser raises ValueError with a short reason; the ingester decides whether that rejects
+the row (a required field) or keeps the row and records the value as invalid.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import date, datetime, timedelta, timezone, tzinfo
+from typing import Any
+
+DEFAULT_TIMESTAMP_FORMATS = (
+    "%Y/%m/%d %H:%M:%S",
+    "%Y/%m/%d %H:%M",
+    "%Y/%m/%d",
+    "%Y-%m-%d %H:%M:%S.%f",
+    "%Y%m%d%H%M%S",
+    "%Y%m%d",
+    "%Y年%m月%d日 %H:%M:%S",
+    "%Y年%m月%d日 %H:%M",
+    "%Y年%m月%d日",
+    "%Y.%m.%d",
+    "%d/%m/%Y %H:%M:%S",
+)
+DEFAULT_DATE_FORMATS = (
+    "%Y-%m-%d",
+    "%Y/%m/%d",
+    "%Y%m%d",
+    "%Y年%m月%d日",
+    "%Y.%m.%d",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y/%m/%d %H:%M:%S",
+)
+_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$")
+_CURRENCY = "¥￥$ \u00a0"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def parse_number(value: Any) -> float:
+    """A finite number from 299, '299.00', '¥1,299.50'; '12,5x' and 'N/A' are refused."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        text = str(value).strip().strip(_CURRENCY)
+        try:
+            number = float(text)
+        except ValueError:
+            if not _THOUSANDS.match(text):
+                raise ValueError(f"{value!r} is not a number") from None
+            number = float(text.replace(",", ""))
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a number")
+    return number
+
+
+def parse_integer(value: Any) -> int:
+    number = parse_number(value)
+    if not number.is_integer():
+        raise ValueError(f"{value!r} is not a whole number")
+    return int(number)
+
+
+def _from_epoch(number: float, zone: tzinfo) -> datetime:
+    # 13 digits are milliseconds (JavaScript, app SDKs), 10 are seconds (WeChat, Unix tools).
+    seconds = number / 1000 if abs(number) >= 1e11 else number
+    return (_EPOCH + timedelta(seconds=seconds)).astimezone(zone)
+
+
+def _epoch_like(text: str) -> bool:
+    return text.isdigit() and len(text) in (10, 13)
+
+
+def parse_timestamp(value: Any, zone: tzinfo, formats: tuple[str, ...] = ()) -> str:
+    """ISO-8601 with an offset; a value without a zone is read in the source's timezone."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        dt = _from_epoch(float(value), zone)
+    else:
+        text = str(value).strip()
+        if _epoch_like(text):
+            dt = _from_epoch(float(text), zone)
+        else:
+            dt = _parse_datetime(text, formats)
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=zone)
+    return dt.isoformat(timespec="milliseconds" if dt.microsecond else "seconds")
+
+
+def _parse_datetime(text: str, formats: tuple[str, ...]) -> datetime:
+    for fmt in formats:
+        try:
+            return datetime.strptime(text, fmt)
+        except ValueError:
+            pass
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError:
+        pass
+    for fmt in DEFAULT_TIMESTAMP_FORMATS:
+        try:
+            return datetime.strptime(text, fmt)
+        except ValueError:
+            pass
+    raise ValueError(f"{text!r} is not a date and time cdp can read")
+
+
+def parse_date(value: Any, formats: tuple[str, ...] = ()) -> str:
+    """A calendar date as YYYY-MM-DD; '1990-02-30' is refused."""
+    text = str(value).strip()
+    if len(text) == 10 and not formats:
+        try:
+            return date.fromisoformat(text).isoformat()
+        except ValueError:
+            pass
+    for fmt in formats + DEFAULT_DATE_FORMATS:
+        try:
+            return datetime.strptime(text, fmt).date().isoformat()
+        except ValueError:
+            pass
+    raise ValueError(f"{text!r} is not a date cdp can read")
+
+
+def to_json(value: Any) -> str:
+    """JSON text for a nested value; a string that already is JSON is kept as it is."""
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+            return value
+        except ValueError:
+            return json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

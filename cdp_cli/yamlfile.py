@@ -1,0 +1,103 @@
+"""YAML files that remember where each value came from, so errors can name file and line."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cdp_cli.errors import FileError
+
+
+class YamlMap(dict):
+    """A mapping read from YAML; `line_of(key)` is the 1-based line the key was written on."""
+
+    path: str = ""
+    line: int = 0
+    key_lines: dict[Any, int]
+
+    def line_of(self, key: Any) -> int:
+        return self.key_lines.get(key, self.line)
+
+
+class YamlList(list):
+    """A sequence read from YAML, with the line it starts on."""
+
+    path: str = ""
+    line: int = 0
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that records lines and refuses duplicate keys (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> YamlMap:
+        self.flatten_mapping(node)
+        result = YamlMap()
+        result.path = self.name
+        result.line = node.start_mark.line + 1
+        result.key_lines = {}
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in result:
+                raise FileError(
+                    self.name, f"duplicate key {key!r}", line=key_node.start_mark.line + 1
+                )
+            result[key] = self.construct_object(value_node, deep=True)
+            result.key_lines[key] = key_node.start_mark.line + 1
+        return result
+
+    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> YamlList:
+        result = YamlList(self.construct_object(child, deep=True) for child in node.value)
+        result.path = self.name
+        result.line = node.start_mark.line + 1
+        return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _Loader.construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _Loader.construct_sequence)
+
+
+def load_yaml(path: Path) -> Any:
+    """Read one YAML document; any problem is a FileError naming the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise FileError(path, "file not found") from None
+    except UnicodeDecodeError as exc:
+        raise FileError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise FileError(path, exc.strerror or str(exc)) from None
+    loader = _Loader(text)
+    loader.name = str(path)
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        column = f", column {mark.column + 1}" if mark else ""
+        raise FileError(path, f"invalid YAML{column}: {exc.problem or exc}", line=line) from None
+    except yaml.YAMLError as exc:
+        raise FileError(path, f"invalid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """A ' (did you mean 'x'?)' suffix for a misspelt name, or an empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_keys(mapping: YamlMap, allowed: Iterable[str], where: str) -> None:
+    """Refuse keys cdp does not know: a typo must not silently turn a setting off."""
+    allowed = list(allowed)
+    for key in mapping:
+        if key not in allowed:
+            raise FileError(
+                mapping.path,
+                f"{where}: unknown key {key!r}{did_you_mean(str(key), allowed)}",
+                line=mapping.line_of(key),
+            )
