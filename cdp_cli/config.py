@@ -11,7 +11,7 @@ from typing import Any
 import phonenumbers
 
 from cdp_cli.canonical import BUILTIN_VALUES, ITEM_FIELDS, KINDS, Field, Kind
-from cdp_cli.errors import ConfigError, FileError, NotFound
+from cdp_cli.errors import ConfigError, FileError, NotFound, UsageError
 from cdp_cli.yamlfile import YamlMap, check_keys, did_you_mean, load_yaml
 
 DEFAULT_CONFIG = "cdp.yaml"
@@ -96,7 +96,7 @@ class Config:
     def source(self, name: str) -> Source:
         if name not in self.sources:
             known = ", ".join(sorted(self.sources)) or "none"
-            raise NotFound(
+            raise UsageError(
                 f"{self.path}: no source named {name!r}{did_you_mean(name, self.sources)}"
                 f" (sources: {known})"
             )

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
+import queue
 import sqlite3
+import threading
 import time
 import zoneinfo
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +25,10 @@ from typing import Any
 import sqlite_utils
 
 from cdp_cli import readers
-from cdp_cli.canonical import DATE, INTEGER, ITEM_FIELDS, JSON, NUMBER, TIMESTAMP, Field
+from cdp_cli.canonical import DATE, INTEGER, ITEM_FIELDS, JSON, NUMBER, TEXT, TIMESTAMP, Field
 from cdp_cli.config import Config, FieldMapping, Source
 from cdp_cli.errors import IngestError, UsageError
-from cdp_cli.parsing import parse_date, parse_integer, parse_number, parse_timestamp, to_json
+from cdp_cli.parsing import TimestampParser, parse_date, parse_integer, parse_number, to_json
 from cdp_cli.store import now_iso, transaction
 
 CHUNK_ROWS = 5000
@@ -86,44 +89,108 @@ def _text(value: Any) -> str | None:
 _PROBLEMS = {NUMBER: "bad_number", INTEGER: "bad_number", TIMESTAMP: "bad_timestamp"}
 
 
-class _Converter:
-    """Turns one raw value into the canonical field's type; built once per source and file."""
+Converter = Callable[[Any, dict[str, Any]], Any]
 
-    def __init__(self, mapping: FieldMapping, spec: Field, source: Source) -> None:
-        self.name = spec.name
-        self.required = spec.required
-        self.values = mapping.values
-        self.type = spec.type
-        self.problem = _PROBLEMS.get(spec.type, "bad_date")
-        zone = zoneinfo.ZoneInfo(source.timezone)
-        formats = mapping.formats + source.timestamp_formats
-        parse: Callable[[Any], Any] | None = {
-            NUMBER: parse_number,
-            INTEGER: parse_integer,
-            TIMESTAMP: lambda v: parse_timestamp(v, zone, formats),
-            DATE: lambda v: parse_date(v, mapping.formats),
-        }.get(spec.type)
-        self.parse = parse
 
-    def __call__(self, raw: Any, invalid: dict[str, Any]) -> Any:
-        if self.type == JSON:
-            return None if raw is None or raw == "" else to_json(raw)
-        text = raw if isinstance(raw, (int, float)) and self.parse else _text(raw)
+def _converter(mapping: FieldMapping, spec: Field, source: Source) -> Converter:
+    """`convert(raw, invalid)` for one field: typed value, None, or RowRejected if required.
+
+    An optional value that does not parse is recorded in `invalid` and stored as None.
+    """
+    name, required, synonyms = spec.name, spec.required, mapping.values
+    problem = _PROBLEMS.get(spec.type, "bad_date")
+    formats = mapping.formats + source.timestamp_formats
+    parse: Callable[[Any], Any] | None = {
+        NUMBER: _parse_float,
+        INTEGER: parse_integer,
+        TIMESTAMP: TimestampParser(zoneinfo.ZoneInfo(source.timezone), formats),
+        DATE: lambda v: parse_date(v, mapping.formats),
+    }.get(spec.type)
+    if spec.type == JSON:
+        return lambda raw, invalid: None if raw is None or raw == "" else to_json(raw)
+
+    def convert(raw: Any, invalid: dict[str, Any]) -> Any:
+        if type(raw) is str:
+            text = raw.strip() or None
+        elif parse is not None and isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            text = raw
+        else:
+            text = _text(raw)
         if text is None:
-            if self.required:
-                raise RowRejected("missing", f"{self.name}: missing", self.name)
+            if required:
+                raise RowRejected("missing", f"{name}: missing", name)
             return None
-        if self.values and isinstance(text, str):
-            text = self.values.get(text.casefold(), text)
-        if self.parse is None:
+        if synonyms and type(text) is str:
+            text = synonyms.get(text.casefold(), text)
+        if parse is None:
             return text
         try:
-            return self.parse(text)
+            return parse(text)
         except (ValueError, OverflowError) as exc:
-            if self.required:
-                raise RowRejected(self.problem, f"{self.name}: {exc}", self.name) from None
-            invalid[self.name] = text
+            if required:
+                raise RowRejected(problem, f"{name}: {exc}", name) from None
+            invalid[name] = text
             return None
+
+    if synonyms:
+        return convert
+    if spec.type == NUMBER:
+        return _fast_number(convert)
+    if spec.type == TIMESTAMP and not formats:
+        return _fast_timestamp(convert, parse)  # type: ignore[arg-type]
+    return convert
+
+
+# Fast paths for the common case, a plain string in the usual form; anything else goes the
+# general way. They run once per field per row, which is where ingest spends its time.
+
+
+def _fast_number(convert: Converter) -> Converter:
+    def fast(raw: Any, invalid: dict[str, Any]) -> Any:
+        if type(raw) is str and "_" not in raw:
+            try:
+                number = float(raw)
+            except ValueError:
+                return convert(raw, invalid)
+            if number - number == 0.0:  # not inf or nan
+                return number
+        return convert(raw, invalid)
+
+    return fast
+
+
+def _fast_timestamp(convert: Converter, parser: TimestampParser) -> Converter:
+    local = parser.local
+
+    def fast(raw: Any, invalid: dict[str, Any]) -> Any:
+        if type(raw) is str and len(raw) == 19:
+            value = local(raw)
+            if value is not None:
+                return value
+        return convert(raw, invalid)
+
+    return fast
+
+
+def _parse_float(value: Any) -> float:
+    """parse_number, with the plain case (a finite decimal) first."""
+    try:
+        number = float(value)
+    except (ValueError, TypeError):
+        return parse_number(value)
+    if number - number != 0.0 or (type(value) is str and "_" in value):  # inf, nan, 1_000
+        return parse_number(value)
+    return number
+
+
+def _picker(indexes: list[int]) -> Callable[[list[str]], tuple[str, ...]]:
+    """The cells at `indexes` of a CSV row, in one C call where there are several."""
+    if not indexes:
+        return lambda row: ()
+    if len(indexes) == 1:
+        index = indexes[0]
+        return lambda row: (row[index],)
+    return operator.itemgetter(*indexes)
 
 
 def _json_getter(column: str) -> Callable[[dict[str, Any]], Any]:
@@ -166,15 +233,27 @@ class RowMapper:
     def __init__(self, source: Source, header: list[str] | None) -> None:
         self.source = source
         self.header = header
-        self.columns = [m.name for m in source.fields.values()]
         self.has_items = source.items is not None
-        self._fields = [
-            (self._getter(m), _Converter(m, source.kind.field(m.name), source))  # type: ignore[arg-type]
-            for m in source.fields.values()
+        mappings = list(source.fields.values())
+        # CSV text columns that need only trimming take a fast path: one itemgetter per row.
+        plain = [
+            m for m in mappings
+            if header is not None and m.column and not m.values
+            and source.kind.field(m.name).type == TEXT  # type: ignore[union-attr]
+        ]  # fmt: skip
+        typed = [m for m in mappings if m not in plain]
+        self.columns = [m.name for m in plain + typed]
+        self._pick_plain = _picker([self._index(m) for m in plain])
+        self._typed = [
+            (self._getter(m), _converter(m, source.kind.field(m.name), source))  # type: ignore[arg-type]
+            for m in typed
         ]
-        # A key part that is a mapped field uses its converted value; else the raw column.
+        # A key part uses the value of a field read from the same place, else the raw column.
+        by_column = {m.column: m.name for m in plain}
         self._key = [
-            (m.name, self._getter(m), self.columns.index(m.name) if m.name in source.fields else -1)
+            (m.name, self._getter(m), self.columns.index(by_column.get(m.column, m.name)))
+            if m.name in source.fields or m.column in by_column
+            else (m.name, self._getter(m), -1)
             for m in source.key
         ]
         mapped = [m.column for m in source.fields.values() if m.column]
@@ -193,25 +272,29 @@ class RowMapper:
         else:
             self._mapped_paths = sorted(set(mapped), key=lambda c: -c.count("."))
 
+    def _index(self, mapping: FieldMapping) -> int:
+        assert self.header is not None and mapping.column is not None
+        if mapping.column not in self.header:
+            raise IngestError(
+                f"column {mapping.column!r} (for {mapping.name.removeprefix('key:')}) is not in "
+                f"the header; the columns are: {', '.join(self.header)}"
+            )
+        return self.header.index(mapping.column)
+
     def _getter(self, mapping: FieldMapping) -> Callable[[Any], Any]:
         if mapping.constant is not None:
             constant = mapping.constant
             return lambda row: constant
-        column = mapping.column or mapping.name
         if self.header is None:
-            return _json_getter(column)
-        if column not in self.header:
-            raise IngestError(
-                f"column {column!r} (for {mapping.name.removeprefix('key:')}) is not in the "
-                f"header; the columns are: {', '.join(self.header)}"
-            )
-        index = self.header.index(column)
+            return _json_getter(mapping.column or mapping.name)
+        index = self._index(mapping)
         return lambda row: row[index]
 
     def map(self, row: Any) -> tuple[str | None, list[Any], str | None]:
         """The row's natural key, its canonical values (in `columns` order) and its attrs."""
         invalid: dict[str, Any] = {}
-        values = [convert(get(row), invalid) for get, convert in self._fields]
+        values = [cell.strip() or None for cell in self._pick_plain(row)]
+        values += [convert(get(row), invalid) for get, convert in self._typed]
         key = self._key_of(row, values)
         if self.has_items:
             values.append(self._items(row, invalid))
@@ -224,6 +307,12 @@ class RowMapper:
     def _key_of(self, row: Any, values: list[Any]) -> str | None:
         if not self._key:
             return None
+        if len(self._key) == 1:  # the usual case, kept short: it runs once per row
+            name, get, index = self._key[0]
+            value = values[index] if index >= 0 else _text(get(row))
+            if value is None:
+                raise RowRejected("missing_key", f"missing key {name.removeprefix('key:')}")
+            return value if type(value) is str else str(value)
         parts = []
         for name, get, index in self._key:
             value = values[index] if index >= 0 else _text(get(row))
@@ -234,6 +323,8 @@ class RowMapper:
 
     def _attrs(self, row: Any) -> dict[str, Any]:
         if self.header is not None:
+            if not self._extra:
+                return {}
             return {name: row[i] for i, name in self._extra if row[i].strip()}
         for column in self._mapped_paths:
             _pop_path(row, column)
@@ -388,17 +479,6 @@ def ingest_file(
     return result
 
 
-def _rows(
-    stream: Any, source: Source, fmt: str, encoding: str
-) -> tuple[list[str] | None, Iterator]:
-    if fmt == "csv":
-        header, rows = readers.read_csv(stream, encoding, source.delimiter)
-        return header, rows
-    if fmt == "jsonl":
-        return None, readers.read_jsonl(stream, encoding)
-    return None, readers.read_json(stream, encoding)
-
-
 def _load(
     conn: sqlite3.Connection,
     source: Source,
@@ -410,45 +490,44 @@ def _load(
 ) -> None:
     table = source.kind.table
     before = conn.execute(f"SELECT count(*) FROM {table} WHERE source=?", (source.name,)).fetchone()
-    with path.open("rb") as stream:
-        header, rows = _rows(stream, source, fmt, encoding)
+    with readers.open_rows(path, fmt, encoding, source.delimiter) as (header, rows, progress):
         mapper = RowMapper(source, header)
         columns = mapper.columns + (["items"] if mapper.has_items else [])
         upsert = _upsert_sql(table, columns)
-        progress = readers.Progress(stream, path.stat().st_size)
         pending: list[tuple[Any, ...]] = []
         rejects: list[tuple[Any, ...]] = []
-        changed = 0
         name, batch_id = source.name, result.batch_id
-        for line, row, error, raw in rows:
-            if row is None and error is None:
-                result.skipped += 1
-                continue
-            result.rows_read += 1
-            try:
-                if error is not None:
-                    raise RowRejected(_problem_of(error), error)
-                key, values, attrs = mapper.map(row)
-                if key is None:
-                    key = _content_key(values, attrs)
-                pending.append((name, key, *values, attrs, batch_id, line))
-            except RowRejected as rejected:
-                rejects.append(
-                    (batch_id, name, line, rejected.problem, rejected.field, rejected.reason,
-                     _raw_text(raw or row, header))
-                )  # fmt: skip
-                result.reject_reasons[rejected.problem] = (
-                    result.reject_reasons.get(rejected.problem, 0) + 1
-                )
-            if len(pending) >= CHUNK_ROWS:
-                changed += conn.executemany(upsert, pending).rowcount
-                pending.clear()
-                if on_progress:
-                    on_progress(progress.done, progress.total)
-            if len(rejects) >= CHUNK_ROWS:
-                _write_rejects(conn, rejects)
-        changed += conn.executemany(upsert, pending).rowcount if pending else 0
-        _write_rejects(conn, rejects)
+        with _ChunkWriter(conn) as writer:
+            for line, row, error, raw in rows:
+                if row is None and error is None:
+                    result.skipped += 1
+                    continue
+                result.rows_read += 1
+                try:
+                    if error is not None:
+                        raise RowRejected(_problem_of(error), error)
+                    key, values, attrs = mapper.map(row)
+                    if key is None:
+                        key = _content_key(values, attrs)
+                    pending.append((name, key, *values, attrs, batch_id, line))
+                except RowRejected as rejected:
+                    rejects.append(
+                        (batch_id, name, line, rejected.problem, rejected.field, rejected.reason,
+                         _raw_text(raw or row, header))
+                    )  # fmt: skip
+                    reasons = result.reject_reasons
+                    reasons[rejected.problem] = reasons.get(rejected.problem, 0) + 1
+                if len(pending) >= CHUNK_ROWS:
+                    writer.put(upsert, pending, count=True)
+                    pending = []
+                    if on_progress:
+                        on_progress(progress.done, progress.total)
+                if len(rejects) >= CHUNK_ROWS:
+                    writer.put(INSERT_REJECTS, rejects)
+                    rejects = []
+            writer.put(upsert, pending, count=True)
+            writer.put(INSERT_REJECTS, rejects)
+        changed = writer.changed
         if on_progress:
             on_progress(progress.total, progress.total)
     after = conn.execute(f"SELECT count(*) FROM {table} WHERE source=?", (source.name,)).fetchone()
@@ -458,14 +537,53 @@ def _load(
     result.unchanged = result.rows_read - result.rejected - result.inserted - result.updated
 
 
-def _write_rejects(conn: sqlite3.Connection, rejects: list[tuple[Any, ...]]) -> None:
-    if rejects:
-        conn.executemany(
-            "INSERT INTO rejects (batch_id, source, line, problem, field, reason, raw) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            rejects,
-        )
-        rejects.clear()
+INSERT_REJECTS = (
+    "INSERT INTO rejects (batch_id, source, line, problem, field, reason, raw) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class _ChunkWriter:
+    """Runs executemany on a second thread, so SQLite's B-tree work overlaps the mapping of the
+    next rows (the sqlite3 module releases the GIL while SQLite steps). One statement runs at
+    a time, in order; the first error stops the writing and is raised in the caller's thread.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.changed = 0
+        self.error: BaseException | None = None
+        self.queue: queue.Queue[tuple[str, list[tuple[Any, ...]], bool] | None] = queue.Queue(2)
+        self.thread = threading.Thread(target=self._run, name="cdp-writer", daemon=True)
+
+    def __enter__(self) -> _ChunkWriter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None and exc_info[0] is None:
+            raise self.error
+
+    def put(self, sql: str, rows: list[tuple[Any, ...]], count: bool = False) -> None:
+        if self.error is not None:
+            raise self.error
+        if rows:
+            self.queue.put((sql, rows, count))
+
+    def _run(self) -> None:
+        while (job := self.queue.get()) is not None:
+            if self.error is not None:
+                continue
+            sql, rows, count = job
+            try:
+                changed = self.conn.executemany(sql, rows).rowcount
+            except BaseException as exc:
+                self.error = exc
+                continue
+            if count:
+                self.changed += changed
 
 
 def _problem_of(error: str) -> str:

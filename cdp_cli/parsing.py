@@ -90,6 +90,46 @@ def parse_timestamp(value: Any, zone: tzinfo, formats: tuple[str, ...] = ()) -> 
     return dt.isoformat(timespec="milliseconds" if dt.microsecond else "seconds")
 
 
+class TimestampParser:
+    """parse_timestamp for one zone and set of formats, fast for the common written forms.
+
+    Most exports write 'YYYY-MM-DD HH:MM:SS'; for those the text is validated by the C parser
+    and the zone's offset is looked up once per hour of the calendar instead of per value.
+    """
+
+    def __init__(self, zone: tzinfo, formats: tuple[str, ...] = ()) -> None:
+        self.zone = zone
+        self.formats = formats
+        self._offsets: dict[str, str] = {}
+
+    def __call__(self, value: Any) -> str:
+        if not self.formats and type(value) is str:
+            fast = self.local(value)
+            if fast is not None:
+                return fast
+        return parse_timestamp(value, self.zone, self.formats)
+
+    def local(self, value: str) -> str | None:
+        """'YYYY-MM-DD HH:MM:SS' in this zone, as ISO-8601 with offset; None for other forms."""
+        if len(value) != 19 or value[10] not in " T" or value[4] != "-":
+            return None
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        hour = value[:13]
+        offset = self._offsets.get(hour)
+        if offset is None:
+            offset = self._offset(dt)
+            if len(self._offsets) > 100_000:
+                self._offsets.clear()
+            self._offsets[hour] = offset
+        return f"{value[:10]}T{value[11:]}{offset}"
+
+    def _offset(self, dt: datetime) -> str:
+        return dt.replace(tzinfo=self.zone).isoformat()[19:]
+
+
 def _parse_datetime(text: str, formats: tuple[str, ...]) -> datetime:
     for fmt in formats:
         try:

@@ -13,9 +13,10 @@ import io
 import json
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 
 import charset_normalizer
 import ijson
@@ -27,6 +28,7 @@ SAMPLE_BYTES = 256 * 1024
 # enough, but an unbounded one lets a broken quote swallow the whole file into one field.
 csv.field_size_limit(min(sys.maxsize, 16 * 1024 * 1024))
 
+FALLBACK_ENCODINGS = ("utf-8", "gb18030")
 RowResult = tuple[int, Any, "str | None", "bytes | None"]
 
 
@@ -51,10 +53,16 @@ def detect_encoding(path: Path, declared: str = "auto") -> str:
             return "utf-8"
     best = charset_normalizer.from_bytes(sample).best()
     if best is None:
-        return "utf-8"  # undecodable lines become rejects, the rest is kept
+        # A few broken bytes make the detector give up: take whichever of the usual codecs
+        # leaves fewest of them; the lines that still do not decode become rejects.
+        return min(FALLBACK_ENCODINGS, key=lambda name: _decode_errors(sample, name))
     name = codecs.lookup(best.encoding).name
     # GBK files are often guessed as a narrower Chinese codec; gb18030 decodes all of them.
     return "gb18030" if name in ("gbk", "gb2312", "hz", "cp936") else name
+
+
+def _decode_errors(sample: bytes, encoding: str) -> int:
+    return sample.decode(encoding, errors="replace").count("\ufffd")
 
 
 @dataclass
@@ -72,6 +80,21 @@ class Progress:
             return self.total
 
 
+class _DecodeErrors:
+    """Counts bytes that did not decode, so rows are checked only once there has been one."""
+
+    count = 0
+    escape = staticmethod(codecs.lookup_error("surrogateescape"))
+
+    @classmethod
+    def handler(cls, exc: UnicodeError) -> tuple[str, int]:
+        cls.count += 1
+        return cls.escape(exc)
+
+
+codecs.register_error("cdp-surrogateescape", _DecodeErrors.handler)
+
+
 def _undecodable(values: list[str]) -> bool:
     """True when a row holds bytes that did not decode (kept as lone surrogates)."""
     try:
@@ -81,11 +104,36 @@ def _undecodable(values: list[str]) -> bool:
     return False
 
 
+@contextmanager
+def open_rows(
+    path: Path, fmt: str, encoding: str, delimiter: str = ","
+) -> Iterator[tuple[list[str] | None, Iterator[RowResult], Progress]]:
+    """Open a file and yield its CSV header (None for JSON), its rows and its progress."""
+    with path.open("rb") as stream:
+        progress = Progress(stream, path.stat().st_size)
+        if fmt == "jsonl":
+            yield None, read_jsonl(stream, encoding), progress
+        elif fmt == "json" and encoding in ("utf-8", "utf-8-sig"):
+            yield None, read_json(stream), progress
+        else:
+            errors = "cdp-surrogateescape" if fmt == "csv" else "strict"
+            with io.TextIOWrapper(stream, encoding=encoding, errors=errors, newline="") as text:
+                if fmt == "csv":
+                    header, rows = read_csv(text, encoding, delimiter)
+                    yield header, rows, progress
+                else:
+                    yield None, read_json(text, encoding), progress
+
+
 def read_csv(
-    stream: BinaryIO, encoding: str, delimiter: str = ","
+    text: TextIO, encoding: str, delimiter: str = ","
 ) -> tuple[list[str], Iterator[RowResult]]:
-    """The header and an iterator of rows as lists of strings, with their first line number."""
-    text = io.TextIOWrapper(stream, encoding=encoding, errors="surrogateescape", newline="")
+    """The header and an iterator of rows as lists of strings, with their first line number.
+
+    `text` must decode with errors="cdp-surrogateescape", so that a row with bytes that do
+    not decode is quarantined rather than stopping the file.
+    """
+    errors_before = _DecodeErrors.count  # the text decodes ahead of the rows, so count from here
     reader = csv.reader(text, delimiter=delimiter, strict=False)
     header: list[str] | None = None
     try:
@@ -104,10 +152,10 @@ def read_csv(
         raise IngestError(
             f"line {reader.line_num}: duplicate column names: {', '.join(duplicates)}"
         )
-    return header, _csv_rows(reader, len(header), encoding)
+    return header, _csv_rows(reader, len(header), encoding, errors_before)
 
 
-def _csv_rows(reader: Any, width: int, encoding: str) -> Iterator[RowResult]:
+def _csv_rows(reader: Any, width: int, encoding: str, errors_before: int) -> Iterator[RowResult]:
     next_line = reader.line_num + 1
     while True:
         line = next_line
@@ -125,7 +173,7 @@ def _csv_rows(reader: Any, width: int, encoding: str) -> Iterator[RowResult]:
                 yield line, None, None, None  # blank line
                 continue
             yield line, row, f"expected {width} columns, found {len(row)}", None
-        elif _undecodable(row):
+        elif _DecodeErrors.count != errors_before and _undecodable(row):
             yield line, row, f"bytes that do not decode as {encoding}", None
         else:
             yield line, row, None, None
@@ -155,24 +203,18 @@ def read_jsonl(stream: BinaryIO, encoding: str) -> Iterator[RowResult]:
         yield number, value, None, raw
 
 
-def read_json(stream: BinaryIO, encoding: str) -> Iterator[RowResult]:
+def read_json(stream: BinaryIO | TextIO, encoding: str = "utf-8") -> Iterator[RowResult]:
     """Objects from a JSON array, numbered by position (1 is the array's first item)."""
     head = stream.read(4096)
     stream.seek(0)
-    if encoding in ("utf-8", "utf-8-sig"):
-        head = head.removeprefix(codecs.BOM_UTF8).lstrip()
-        if not head:
-            return
-        if not head.startswith(b"["):
-            raise IngestError("expected a JSON array of objects at the top level")
-    source: Any = (
-        stream
-        if encoding in ("utf-8", "utf-8-sig")
-        else io.TextIOWrapper(stream, encoding=encoding)
-    )
+    head = head.lstrip(b"\xef\xbb\xbf \t\r\n" if isinstance(head, bytes) else "\ufeff \t\r\n")
+    if not head:
+        return
+    if head[:1] not in (b"[", "["):
+        raise IngestError("expected a JSON array of objects at the top level")
     position = 0
     try:
-        for position, value in enumerate(ijson.items(source, "item", use_float=True), start=1):
+        for position, value in enumerate(ijson.items(stream, "item", use_float=True), start=1):
             if isinstance(value, dict):
                 yield position, value, None, None
             else:

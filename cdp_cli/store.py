@@ -39,7 +39,8 @@ def open_store(path: Path, create: bool = True) -> sqlite_utils.Database:
     if path.parent and not path.parent.exists():
         raise StoreError(f"{path}: folder {path.parent} does not exist")
     try:
-        conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        # check_same_thread=False: ingest hands inserts to a writer thread, one at a time.
+        conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -138,7 +139,6 @@ def create_ingest_tables(db: sqlite_utils.Database) -> None:
     conn.execute("CREATE INDEX rejects_batch ON rejects (batch_id)")
     for kind in KINDS.values():
         conn.execute(kind_table_sql(kind))
-        conn.execute(f"CREATE INDEX {kind.table}_batch ON {kind.table} (batch_id)")
     # Items live inside their order (one row, one transaction); this view lists them for SQL.
     conn.execute(
         """CREATE VIEW order_items AS

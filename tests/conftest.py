@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import sqlite3
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from cdp_cli.cli import cli
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_DATA = REPO / "sample_data"
+
+
+@pytest.fixture(autouse=True)
+def _debug_and_clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Bugs must surface as tracebacks in tests, not as the one-line message users get.
+    monkeypatch.setenv("CDP_DEBUG", "1")
+    monkeypatch.delenv("CDP_CONFIG", raising=False)
+    monkeypatch.delenv("CDP_DB", raising=False)
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    """Run `cdp ARGS` inside tmp_path, as a user in their project folder would."""
+    monkeypatch.chdir(tmp_path)
+
+    def invoke(*args: str, input: str | None = None) -> Result:
+        return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Callable[..., Path]:
+    """Write a file under tmp_path: text is dedented; bytes are written as they are."""
+
+    def write_file(name: str, content: str | bytes, encoding: str = "utf-8") -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(textwrap.dedent(content).lstrip("\n"), encoding=encoding)
+        return path
+
+    return write_file
+
+
+def query(db: Path, sql: str, *params: object) -> list[tuple]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
