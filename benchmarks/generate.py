@@ -136,6 +136,7 @@ BAD_GBK_MARK = "\x00BADGBK\x00"  # replaced by raw b"\xff\xfe\xff" when the lega
 
 DAY = 86_400
 TZ_SECONDS = 8 * 3600
+TZ_MS = TZ_SECONDS * 1000
 EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 WINDOW_DAYS = 730
 
@@ -155,24 +156,27 @@ def day_compact(day: int) -> str:
     return day_iso(day).replace("-", "")
 
 
+HMS = tuple(f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}" for s in range(DAY))
+
+
 def hms(sec: int) -> str:
-    return f"{sec // 3600:02d}:{sec // 60 % 60:02d}:{sec % 60:02d}"
+    return HMS[sec]
 
 
 def local_str(t: int) -> str:
     """``2025-06-01 14:03:22``."""
-    return f"{day_iso(t // DAY)} {hms(t % DAY)}"
+    return f"{day_iso(t // DAY)} {HMS[t % DAY]}"
 
 
 def local_iso(t: int) -> str:
     """``2025-06-01T14:03:22+08:00``."""
-    return f"{day_iso(t // DAY)}T{hms(t % DAY)}+08:00"
+    return f"{day_iso(t // DAY)}T{HMS[t % DAY]}+08:00"
 
 
 def local_iso_ms(ms: int) -> str:
     """``2025-06-01T14:03:22.123+08:00`` from local milliseconds."""
     t, frac = divmod(ms, 1000)
-    return f"{day_iso(t // DAY)}T{hms(t % DAY)}.{frac:03d}+08:00"
+    return f"{day_iso(t // DAY)}T{HMS[t % DAY]}.{frac:03d}+08:00"
 
 
 def to_date(t: int) -> date:
@@ -359,6 +363,10 @@ SEARCHES = tuple(
     )
 )
 PLAIN_EVENTS = expand((("view_item", 60), ("search", 22), ("add_to_cart", 18)))
+N_PLAIN_EVENTS = len(PLAIN_EVENTS)
+N_SEARCHES = len(SEARCHES)
+N_CATALOG = len(CATALOG)
+EVENT_MULT, EVENT_ADD, EVENT_MOD = 2_654_435_761, 97_531, 10**11  # event ids: E + 11 digits
 
 # Mobile prefixes whose whole 8-digit range is valid for libphonenumber (CN), with weights.
 MOBILE_PREFIXES = expand(
@@ -586,14 +594,15 @@ class Purchase:
     where: int  # store index (pos)
     platform: str  # shop platform (shop)
     items: list[tuple[int, int]]  # (catalog index, qty)
+    gross: int = 0  # list price total, set by __post_init__
     status: str = "paid"
     coupon: str | None = None
     discount: int = 0
     order_id: str = ""
     via_app: bool = False
 
-    def gross(self) -> int:
-        return sum(CATALOG[i][3] * q for i, q in self.items)
+    def __post_init__(self) -> None:
+        self.gross = sum(CATALOG[i][3] * q for i, q in self.items)
 
 
 @dataclass(slots=True)
@@ -782,7 +791,7 @@ class Generator:
 
     def next_event_id(self) -> str:
         self.event_seq += 1
-        return f"E{scramble(self.event_seq, 2_654_435_761, 97_531, 10**11):011d}"
+        return f"E{scramble(self.event_seq, EVENT_MULT, EVENT_ADD, EVENT_MOD):011d}"
 
     def next_coupon_code(self, campaign: str) -> str:
         while True:
@@ -1011,7 +1020,7 @@ class Generator:
                     platform = "own_shop"
                 tod = ONLINE_HOURS[int(r() * len(ONLINE_HOURS))] * 3600 + int(r() * 3600)
                 status = SHOP_STATUS[int(r() * len(SHOP_STATUS))]
-                buy = Purchase(day_start + tod, "shop", 0, platform, self.basket(p), status)
+                buy = Purchase(day_start + tod, "shop", 0, platform, self.basket(p), status=status)
                 buy.via_app = platform == "own_shop" and p.app_quota > 0 and r() < 0.8
                 p.purchases.append(buy)
 
@@ -1050,7 +1059,7 @@ class Generator:
         redeemed = ""
         for buy in p.purchases:
             if issued <= buy.t <= expires and buy.coupon is None and buy.status == "paid":
-                if buy.gross() > face and self.r() < 0.75:
+                if buy.gross > face and self.r() < 0.75:
                     buy.coupon = code
                     buy.discount = face
                     redeemed = local_str(buy.t)
@@ -1093,7 +1102,7 @@ class Generator:
         return ways[table[int(self.r() * len(table))]]
 
     def spend(self, p: Person) -> float:
-        return sum(b.gross() - b.discount for b in p.purchases if b.status == "paid")
+        return sum(b.gross - b.discount for b in p.purchases if b.status == "paid")
 
     def emit_crm(self, p: Person) -> None:
         r = self.r
@@ -1145,7 +1154,7 @@ class Generator:
             phone = p.old_phone if p.old_phone and buy.t < p.phone_changed_t else p.phone
             if r() < 0.12:
                 phone = messy_phone(phone, r())
-        gross = buy.gross() - buy.discount
+        gross = buy.gross - buy.discount
         if r() < 0.15:
             gross = round(gross * (0.9 if r() < 0.5 else 0.95), 1)
         top = max(buy.items, key=lambda it: CATALOG[it[0]][3] * it[1])
@@ -1203,7 +1212,7 @@ class Generator:
             "order_id": buy.order_id,
             "platform": buy.platform,
             "created": local_iso(buy.t),
-            "payment": money(buy.gross() - buy.discount),
+            "payment": money(buy.gross - buy.discount),
             "status": buy.status,
             "buyer": self.shop_buyer(p, buy.platform),
             "items": [
@@ -1294,52 +1303,57 @@ class Generator:
         login_at: int,
         k: int,
     ) -> None:
+        """One session's events (the hot loop: kept flat on purpose)."""
         r = self.r
         start, size, kind, buy = session
-        gaps = [3 + int(r() * 80) for _ in range(size)]
+        out = self.sink.buffers["app_events"]
+        pid = p.pid
+        tails = (
+            f', "device_id": "{device}", "user_id": null, "platform": "{platform}", ',
+            f', "device_id": "{device}", "user_id": "{p.member_no}", "platform": "{platform}", ',
+        )
+        logged = login_at != -1 and k > login_at
+        fav = BY_CATEGORY[p.fav_cat]
+        gaps = [3_000 + int(r() * 80_000) for _ in range(size)]
         ms = start * 1000 + int(r() * 1000)
         if kind == "order":
-            ms -= sum(gaps[1:]) * 1000  # the last event is the order itself, at buy.t
-        logged = login_at != -1 and k > login_at
-        member = f'"{p.member_no}"'
+            ms -= sum(gaps[1:])  # the last event is the order itself, at buy.t
+        seq = self.event_seq
         for j in range(size):
-            if j:
-                ms += gaps[j] * 1000 + int(r() * 1000) - 500
             if j == 0:
                 event, props = "app_open", "{}"
-            elif k == login_at and j == 1:
-                logged = True
-                if kind == "register":
-                    event, props = "register", f'{{"phone": "{p.phone}"}}'
-                else:
-                    event, props = "login", "{}"
-            elif kind == "order" and j == size - 1:
-                amount = money(buy.gross() - buy.discount)
-                event, props = "order", f'{{"order_id": "{buy.order_id}", "amount": {amount}}}'
             else:
-                event = PLAIN_EVENTS[int(r() * len(PLAIN_EVENTS))]
-                if event == "search":
-                    props = SEARCHES[int(r() * len(SEARCHES))]
-                elif kind == "order" and buy.items and r() < 0.7:
-                    props = SKU_PROPS[buy.items[0][0]]
-                elif r() < 0.5:
-                    props = SKU_PROPS[
-                        BY_CATEGORY[p.fav_cat][int(r() * len(BY_CATEGORY[p.fav_cat]))]
-                    ]
+                ms += gaps[j]
+                if k == login_at and j == 1:
+                    logged = True
+                    if kind == "register":
+                        event, props = "register", f'{{"phone": "{p.phone}"}}'
+                    else:
+                        event, props = "login", "{}"
+                elif kind == "order" and j == size - 1:
+                    amount = money(buy.gross - buy.discount)
+                    event = "order"
+                    props = f'{{"order_id": "{buy.order_id}", "amount": {amount}}}'
                 else:
-                    props = SKU_PROPS[int(r() * len(CATALOG))]
-            eid = self.next_event_id()
-            line = event_line(
-                eid,
-                event,
-                ms,
-                iso,
-                device,
-                member if logged else "null",
-                platform,
-                props,
+                    event = PLAIN_EVENTS[int(r() * N_PLAIN_EVENTS)]
+                    x = r()
+                    if event == "search":
+                        props = SEARCHES[int(x * N_SEARCHES)]
+                    elif kind == "order" and x < 0.7:
+                        props = SKU_PROPS[buy.items[0][0]]
+                    elif x < 0.5:
+                        props = SKU_PROPS[fav[int(r() * len(fav))]]
+                    else:
+                        props = SKU_PROPS[int(r() * N_CATALOG)]
+            seq += 1
+            eid = f"E{(seq * EVENT_MULT + EVENT_ADD) % EVENT_MOD:011d}"
+            ts = f'"{local_iso_ms(ms)}"' if iso else ms - TZ_MS
+            line = (
+                f'{{"event_id": "{eid}", "event": "{event}", "ts": {ts}'
+                f'{tails[logged]}"properties": {props}}}'
             )
-            self.sink.add("app_events", ms, line, eid, p.pid)
+            out.append((ms, line, eid, pid))
+        self.event_seq = seq
 
     # ---- wechat, opt-outs, coupon pools -------------------------------------------------------
 

@@ -1,0 +1,142 @@
+"""The command line as a user meets it: init, help, exit codes, docs, layering."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from cdp_cli.cli import cli
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "docs"))
+import cli_reference
+
+
+def all_commands() -> list[tuple[list[str], click.Command]]:
+    return [(["cdp"], cli), *cli_reference._commands(cli, ["cdp"])]
+
+
+@pytest.mark.parametrize("path", [p for p, _ in all_commands()], ids=" ".join)
+def test_every_command_has_help_with_an_example(path):
+    result = CliRunner().invoke(cli, [*path[1:], "--help"])
+    assert result.exit_code == 0
+    command = dict((tuple(p), c) for p, c in all_commands())[tuple(path)]
+    assert command.help and len(command.help.strip()) > 20
+    assert "Example" in result.output or path == ["cdp"]
+
+
+def test_docs_cli_md_is_up_to_date():
+    assert (REPO / "docs" / "cli.md").read_text(encoding="utf-8") == cli_reference.render(), (
+        "docs/cli.md is stale: run `python docs/cli_reference.py`"
+    )
+
+
+UI_MODULES = {"cli.py", "console.py", "__main__.py"}
+
+
+def test_library_modules_do_not_import_click_or_rich():
+    """The library is what a notebook calls; only the CLI layer may know about the terminal."""
+    for path in sorted((REPO / "cdp_cli").glob("*.py")):
+        if path.name in UI_MODULES:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {
+            alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+            for alias in node.names
+        } | {
+            (node.module or "").split(".")[0] for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+        }  # fmt: skip
+        assert not imported & {"click", "rich"}, path.name
+        assert not imported & {"cdp_cli.cli", "cdp_cli.console"}, path.name
+    code = "import sys, cdp_cli.demo; print(sorted(m for m in sys.modules if m.startswith(('rich', 'cdp_cli.c'))))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "['cdp_cli.canonical', 'cdp_cli.config']"
+
+
+def test_python_dash_m_works():
+    result = subprocess.run(
+        [sys.executable, "-m", "cdp_cli", "--version"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("cdp, version ")
+
+
+def test_init_scaffolds_a_working_project_and_refuses_to_overwrite(run, tmp_path):
+    result = run("init", "brand")
+    assert result.exit_code == 0, result.output
+    project = tmp_path / "brand"
+    for name in ("cdp.yaml", "tag_rules", "journeys", "templates", "sample_data/crm_members.csv"):
+        assert (project / name).exists(), name
+    (project / "cdp.yaml").write_text("# mine\n", encoding="utf-8")
+    again = run("init", "brand")
+    assert again.exit_code == 1
+    assert "already exist; --force overwrites them" in again.stderr
+    assert (project / "cdp.yaml").read_text(encoding="utf-8") == "# mine\n"
+    forced = run("init", "brand", "--force", "--json")
+    assert forced.exit_code == 0
+    assert str(project / "cdp.yaml") in json.loads(forced.stdout)["files"]
+    assert (project / "cdp.yaml").read_text(encoding="utf-8").startswith("# cdp.yaml")
+
+
+def test_scaffolded_project_ingests_its_sample_data(run, tmp_path, monkeypatch):
+    run("init", "brand")
+    monkeypatch.chdir(tmp_path / "brand")
+    result = CliRunner().invoke(cli, ["ingest", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    results = json.loads(result.stdout)
+    assert {r["source"] for r in results} == {
+        "crm_members", "pos_orders", "shop_orders", "app_events", "wechat_followers", "coupons",
+        "optouts",
+    }  # fmt: skip
+    assert all(r["status"] == "done" and r["inserted"] > 0 for r in results)
+
+
+def test_usage_errors_exit_2(run):
+    result = run("ingest", "--no-such-option")
+    assert result.exit_code == 2
+    assert "No such option" in result.stderr
+
+
+def test_unexpected_errors_are_one_line_without_debug(tmp_path, monkeypatch):
+    monkeypatch.delenv("CDP_DEBUG")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cdp.yaml").write_text("store: cdp.db\n", encoding="utf-8")
+    (tmp_path / "cdp.db").write_bytes(b"this is not a database, just bytes" * 100)
+    result = CliRunner().invoke(cli, ["status"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_status_without_store_says_so(run, write):
+    write("cdp.yaml", "store: cdp.db\n")
+    result = run("status")
+    assert result.exit_code == 1
+    assert result.stderr == "Error: cdp.db: no store here yet; run `cdp ingest` first\n"
+
+
+def test_status_is_plain_without_a_terminal(run, write):
+    write(
+        "cdp.yaml", "sources:\n  crm:\n    kind: customers\n    key: id\n    fields: {phone: p}\n"
+    )
+    write("a.csv", "id,p\n1,13800138000\n2,138****0002\n")
+    assert run("ingest", "a.csv", "-s", "crm").exit_code == 0
+    result = run("status")
+    assert result.exit_code == 0
+    assert "# Sources" in result.stdout
+    assert "\x1b[" not in result.stdout and "━" not in result.stdout
+    status = json.loads(run("status", "--json").stdout)
+    assert status["tables"]["customers"] == 2
+    phone = next(q for q in status["fields"] if q["field"] == "phone")
+    assert (phone["filled"], phone["invalid"], phone["invalid_rate"]) == (2, 1, 0.5)
+    assert status["sources"][0]["last_batch"] == 1
