@@ -140,3 +140,11 @@ def test_status_is_plain_without_a_terminal(run, write):
     phone = next(q for q in status["fields"] if q["field"] == "phone")
     assert (phone["filled"], phone["invalid"], phone["invalid_rate"]) == (2, 1, 0.5)
     assert status["sources"][0]["last_batch"] == 1
+
+
+def test_every_canonical_field_is_documented():
+    from cdp_cli.canonical import ITEM_FIELDS, KINDS
+
+    text = (REPO / "docs" / "config.md").read_text(encoding="utf-8")
+    names = {f.name for kind in KINDS.values() for f in kind.all_fields} | {f.name for f in ITEM_FIELDS}
+    assert {name for name in names if f"`{name}`" not in text} == set()
