@@ -331,6 +331,17 @@ BY_CATEGORY: dict[str, tuple[int, ...]] = {
     cat: tuple(i for i, c in enumerate(CATALOG) if c[2] == cat) for cat in CATEGORIES
 }
 FAV_CATEGORY = expand((("护肤", 45), ("彩妆", 30), ("香水", 10), ("个护", 10), ("礼盒", 5)))
+# one shop-order item as JSON, by catalog index and quantity (1..3)
+ITEM_JSON = tuple(
+    tuple(
+        json.dumps(
+            {"sku": c[0], "name": c[1], "category": c[2], "price": float(c[3]), "qty": q},
+            ensure_ascii=False,
+        )
+        for q in range(4)
+    )
+    for c in CATALOG
+)
 SKU_PROPS = tuple(
     json.dumps({"sku": c[0], "category": c[2], "price": float(c[3])}, ensure_ascii=False)
     for c in CATALOG
@@ -1157,7 +1168,11 @@ class Generator:
         gross = buy.gross - buy.discount
         if r() < 0.15:
             gross = round(gross * (0.9 if r() < 0.5 else 0.95), 1)
-        top = max(buy.items, key=lambda it: CATALOG[it[0]][3] * it[1])
+        best, category, count = -1, "", 0
+        for i, q in buy.items:
+            count += q
+            if CATALOG[i][3] * q > best:
+                best, category = CATALOG[i][3] * q, CATALOG[i][2]
         row = [
             order_no,
             code,
@@ -1165,8 +1180,8 @@ class Generator:
             phone,
             local_str(buy.t),
             money(gross),
-            str(sum(q for _, q in buy.items)),
-            CATALOG[top[0]][2],
+            str(count),
+            category,
             PAYMENT_METHODS[int(r() * len(PAYMENT_METHODS))],
             f"{code}-{1 + int(r() * 8):02d}",
         ]
@@ -1208,28 +1223,20 @@ class Generator:
         city_name, province, ways, _ = CITIES[p.city]
         if r() < 0.1:  # shipped to someone elsewhere
             city_name, province, ways, _ = CITIES[CITY_TABLE[int(r() * len(CITY_TABLE))]]
-        order: dict[str, Any] = {
-            "order_id": buy.order_id,
-            "platform": buy.platform,
-            "created": local_iso(buy.t),
-            "payment": money(buy.gross - buy.discount),
-            "status": buy.status,
-            "buyer": self.shop_buyer(p, buy.platform),
-            "items": [
-                {
-                    "sku": CATALOG[i][0],
-                    "name": CATALOG[i][1],
-                    "category": CATALOG[i][2],
-                    "price": float(CATALOG[i][3]),
-                    "qty": q,
-                }
-                for i, q in buy.items
-            ],
-        }
-        if buy.coupon or r() < 0.8:
-            order["coupon_code"] = buy.coupon
-        order["shipping"] = {"province": province, "city": ways[1] if r() < 0.3 else city_name}
-        line = json.dumps(order, ensure_ascii=False)
+        buyer = json.dumps(self.shop_buyer(p, buy.platform), ensure_ascii=False)
+        items = ", ".join(ITEM_JSON[i][q] for i, q in buy.items)
+        coupon = ""  # the key is sometimes missing rather than null
+        if buy.coupon:
+            coupon = f', "coupon_code": "{buy.coupon}"'
+        elif r() < 0.8:
+            coupon = ', "coupon_code": null'
+        city = ways[1] if r() < 0.3 else city_name
+        line = (
+            f'{{"order_id": "{buy.order_id}", "platform": "{buy.platform}", '
+            f'"created": "{local_iso(buy.t)}", "payment": "{money(buy.gross - buy.discount)}", '
+            f'"status": "{buy.status}", "buyer": {buyer}, "items": [{items}]{coupon}, '
+            f'"shipping": {{"province": "{province}", "city": "{city}"}}}}'
+        )
         self.sink.add("shop_orders", buy.t, line, buy.order_id, p.pid)
 
     # ---- app events --------------------------------------------------------------------------

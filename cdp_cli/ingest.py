@@ -25,9 +25,20 @@ from typing import Any
 import sqlite_utils
 
 from cdp_cli import readers
-from cdp_cli.canonical import DATE, INTEGER, ITEM_FIELDS, JSON, NUMBER, TEXT, TIMESTAMP, Field
+from cdp_cli.canonical import (
+    DATE,
+    IDENTITY_FIELDS,
+    INTEGER,
+    ITEM_FIELDS,
+    JSON,
+    NUMBER,
+    TEXT,
+    TIMESTAMP,
+    Field,
+)
 from cdp_cli.config import Config, FieldMapping, Source
 from cdp_cli.errors import IngestError, UsageError
+from cdp_cli.identity import identity_key
 from cdp_cli.parsing import TimestampParser, parse_date, parse_integer, parse_number, to_json
 from cdp_cli.store import now_iso, transaction
 
@@ -248,6 +259,8 @@ class RowMapper:
             (self._getter(m), _converter(m, source.kind.field(m.name), source))  # type: ignore[arg-type]
             for m in typed
         ]
+        identity_names = {f.name for f in IDENTITY_FIELDS}
+        self._identity = [(n, i) for i, n in enumerate(self.columns) if n in identity_names]
         # A key part uses the value of a field read from the same place, else the raw column.
         by_column = {m.column: m.name for m in plain}
         self._key = [
@@ -291,7 +304,7 @@ class RowMapper:
         return lambda row: row[index]
 
     def map(self, row: Any) -> tuple[str | None, list[Any], str | None]:
-        """The row's natural key, its canonical values (in `columns` order) and its attrs."""
+        """The row's natural key, its values (`columns`, then items, then identity_key), attrs."""
         invalid: dict[str, Any] = {}
         values = [cell.strip() or None for cell in self._pick_plain(row)]
         values += [convert(get(row), invalid) for get, convert in self._typed]
@@ -302,6 +315,7 @@ class RowMapper:
         if invalid:
             attrs["_invalid"] = invalid
         attrs_json = json.dumps(attrs, ensure_ascii=False, separators=(",", ":")) if attrs else None
+        values.append(identity_key([(n, values[i]) for n, i in self._identity]))
         return key, values, attrs_json
 
     def _key_of(self, row: Any, values: list[Any]) -> str | None:
@@ -492,7 +506,7 @@ def _load(
     before = conn.execute(f"SELECT count(*) FROM {table} WHERE source=?", (source.name,)).fetchone()
     with readers.open_rows(path, fmt, encoding, source.delimiter) as (header, rows, progress):
         mapper = RowMapper(source, header)
-        columns = mapper.columns + (["items"] if mapper.has_items else [])
+        columns = [*mapper.columns, *(["items"] if mapper.has_items else []), "identity_key"]
         upsert = _upsert_sql(table, columns)
         pending: list[tuple[Any, ...]] = []
         rejects: list[tuple[Any, ...]] = []

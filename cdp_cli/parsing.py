@@ -65,10 +65,10 @@ def parse_integer(value: Any) -> int:
     return int(number)
 
 
-def _from_epoch(number: float, zone: tzinfo) -> datetime:
+def _from_epoch(number: float | int, zone: tzinfo) -> datetime:
     # 13 digits are milliseconds (JavaScript, app SDKs), 10 are seconds (WeChat, Unix tools).
-    seconds = number / 1000 if abs(number) >= 1e11 else number
-    return (_EPOCH + timedelta(seconds=seconds)).astimezone(zone)
+    delta = timedelta(milliseconds=number) if abs(number) >= 1e11 else timedelta(seconds=number)
+    return (_EPOCH + delta).astimezone(zone)
 
 
 def _epoch_like(text: str) -> bool:
@@ -78,11 +78,11 @@ def _epoch_like(text: str) -> bool:
 def parse_timestamp(value: Any, zone: tzinfo, formats: tuple[str, ...] = ()) -> str:
     """ISO-8601 with an offset; a value without a zone is read in the source's timezone."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        dt = _from_epoch(float(value), zone)
+        dt = _from_epoch(value, zone)
     else:
         text = str(value).strip()
         if _epoch_like(text):
-            dt = _from_epoch(float(text), zone)
+            dt = _from_epoch(int(text), zone)
         else:
             dt = _parse_datetime(text, formats)
             if dt.tzinfo is None:

@@ -92,6 +92,7 @@ def kind_table_sql(kind: Kind) -> str:
   key TEXT NOT NULL,
   {columns},
   attrs TEXT,
+  identity_key INTEGER,  -- hash of the raw identity fields; see identity.identity_key
   batch_id INTEGER NOT NULL REFERENCES batches(id),
   line INTEGER,
   UNIQUE (source, key)
@@ -139,6 +140,7 @@ def create_ingest_tables(db: sqlite_utils.Database) -> None:
     conn.execute("CREATE INDEX rejects_batch ON rejects (batch_id)")
     for kind in KINDS.values():
         conn.execute(kind_table_sql(kind))
+        conn.execute(f"CREATE INDEX {kind.table}_identity ON {kind.table} (identity_key)")
     # Items live inside their order (one row, one transaction); this view lists them for SQL.
     conn.execute(
         """CREATE VIEW order_items AS

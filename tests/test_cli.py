@@ -146,5 +146,7 @@ def test_every_canonical_field_is_documented():
     from cdp_cli.canonical import ITEM_FIELDS, KINDS
 
     text = (REPO / "docs" / "config.md").read_text(encoding="utf-8")
-    names = {f.name for kind in KINDS.values() for f in kind.all_fields} | {f.name for f in ITEM_FIELDS}
+    names = {f.name for kind in KINDS.values() for f in kind.all_fields} | {
+        f.name for f in ITEM_FIELDS
+    }
     assert {name for name in names if f"`{name}`" not in text} == set()

@@ -11,6 +11,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import query
 
@@ -348,3 +350,38 @@ def test_killed_mid_file_stores_nothing_and_rerun_ingests_it_whole(write, projec
     assert rerun.returncode == 0, rerun.stderr
     assert query(db, "SELECT count(*) FROM orders") == [(400_000,)]
     assert query(db, "SELECT status FROM batches ORDER BY id") == [("aborted",), ("done",)]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=st.binary(max_size=400)
+    | st.lists(st.text(max_size=30), max_size=8).map(lambda lines: "\n".join(lines).encode()),
+    fmt=st.sampled_from(["csv", "jsonl"]),
+)
+def test_any_bytes_end_in_a_clear_outcome_and_keep_stored_rows(tmp_path_factory, data, fmt):
+    """Whatever the file holds: exit 0 or 1, never a traceback, nothing stored before lost."""
+    from click.testing import CliRunner
+
+    from cdp_cli.cli import cli
+
+    folder = tmp_path_factory.mktemp("fuzz")
+    (folder / "cdp.yaml").write_text(
+        CONFIG.replace("store: cdp.db", f"store: {folder / 'cdp.db'}"), encoding="utf-8"
+    )
+    good = folder / "good.csv"
+    good.write_text("order_no,amount,paid_at,member_phone\nP1,1,2025-01-01,\n", encoding="utf-8")
+    source = "pos" if fmt == "csv" else "orders"
+    runner = CliRunner()
+    config = ["--config", str(folder / "cdp.yaml")]
+    assert runner.invoke(cli, [*config, "ingest", str(good), "-s", "pos"]).exit_code == 0
+    bad = folder / f"input.{fmt}"
+    bad.write_bytes(data)
+    result = runner.invoke(cli, [*config, "ingest", str(bad), "-s", source], catch_exceptions=True)
+    assert result.exit_code in (0, 1), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert query(folder / "cdp.db", "SELECT key FROM orders WHERE source='pos' AND key='P1'") == [
+        ("P1",)
+    ]
+    assert query(folder / "cdp.db", "PRAGMA integrity_check") == [("ok",)]

@@ -1,0 +1,373 @@
+"""Ingest benchmark: `cdp ingest` against the plainest possible load and against sqlite-utils.
+
+cdp's ingest maps, parses and upserts every row; how much that costs only means something next
+to what the same machine does with the same file and no work at all (csv.reader or json.loads
+plus one executemany: the baseline) and next to a common tool (sqlite-utils insert: the peer).
+All of them run here, in one run, on data from benchmarks/generate.py, so the ratios compare
+like with like. Targets: customers at >= 0.40 of the baseline's rows/s, and peak RSS < 300 MB.
+
+    python benchmarks/bench_ingest.py --quick            # 100k customers, 1M events
+    python benchmarks/bench_ingest.py                    # 1M customers, 10M events
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "benchmarks" / "configs" / "cdp.yaml"
+BIN = Path(sys.executable).parent
+RATIO_TARGET = 0.40
+RSS_TARGET_MB = 300.0  # MB = 10**6 bytes
+PEER_PROBE_ROWS = 100_000
+PEER_TIME_LIMIT = 600.0  # seconds: beyond this the peer is timed on its first PEER_PROBE_ROWS
+EVENT_FIELDS = ("event_id", "event", "ts", "device_id", "user_id", "platform")
+
+
+@dataclass
+class Measurement:
+    """One timed load of one file; `rss_mb` is the loading process's peak, where measured."""
+
+    file: str
+    method: str
+    rows: int
+    seconds: float
+    rss_mb: float | None = None
+    note: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Data and environment
+
+
+def load_generator() -> Any:
+    """benchmarks/generate.py as a module: benchmarks/ is not a package, and no subprocess."""
+    spec = importlib.util.spec_from_file_location("generate", ROOT / "benchmarks" / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def ensure_data(data_dir: Path, customers: int, events: int, reuse: bool) -> dict[str, Any]:
+    """Generate the exports, or reuse them under --skip-generate when they are there."""
+    if reuse and (data_dir / "crm_members.csv").exists() and (data_dir / "app_events.jsonl").exists():
+        print(f"reusing data in {data_dir}", flush=True)
+        return {"reused": True}
+    print(f"generating {customers:,} customers, {events:,} events into {data_dir} ...", flush=True)
+    started = time.perf_counter()
+    counts = load_generator().generate(data_dir, customers, events)
+    seconds = round(time.perf_counter() - started, 1)
+    print(f"generated in {seconds} s", flush=True)
+    return {"reused": False, "seconds": seconds, "lines": counts}
+
+
+def check_config() -> None:
+    """The bench config must map sources exactly as the root cdp.yaml does, or it measures
+    something else; only `files:` and `store:` may differ."""
+    from cdp_cli.config import load_config
+
+    ours, root = load_config(CONFIG), load_config(ROOT / "cdp.yaml")
+
+    def strip(config: Any) -> Any:
+        sources = {n: replace(s, files=()) for n, s in config.sources.items()}
+        return (config.region, config.timezone, sources)
+
+    if strip(ours) != strip(root):
+        sys.exit(f"{CONFIG} no longer matches {ROOT / 'cdp.yaml'}: copy its sources again")
+
+
+def machine() -> dict[str, Any]:
+    meminfo = Path("/proc/meminfo").read_text()
+    mem_kb = int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1))  # type: ignore[union-attr]
+    cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+    versions = subprocess.run(
+        [str(BIN / "sqlite-utils"), "--version"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "nproc": int(subprocess.run(["nproc"], capture_output=True, text=True).stdout),
+        "memory_gb": round(mem_kb * 1024 / 1e9, 1),
+        "cpu": cpu.group(1).strip() if cpu else platform.processor(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "sqlite_utils": versions.rsplit(" ", 1)[-1],
+        "kernel": platform.release(),
+    }
+
+
+def fresh(*paths: Path) -> None:
+    """Delete a database and its WAL files, so each measurement starts from an empty store."""
+    for path in paths:
+        for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            p.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loads
+
+
+def baseline_csv(path: Path, db_path: Path) -> Measurement:
+    """csv.reader + one executemany into TEXT columns: the floor any CSV loader pays."""
+    fresh(db_path)
+    started = time.perf_counter()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        columns = ", ".join('"{}" TEXT'.format(c.replace('"', '""')) for c in header)
+        conn.execute(f"CREATE TABLE t ({columns})")
+        conn.execute("BEGIN")
+        cursor = conn.executemany(f"INSERT INTO t VALUES ({', '.join('?' * len(header))})", reader)
+        conn.execute("COMMIT")
+    rows = cursor.rowcount
+    conn.close()
+    return Measurement(path.name, "baseline", rows, time.perf_counter() - started)
+
+
+def baseline_events(path: Path, db_path: Path) -> Measurement:
+    """json.loads per line + one executemany of the top-level fields: the JSONL floor."""
+    fresh(db_path)
+    started = time.perf_counter()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute(f"CREATE TABLE t ({', '.join(f'{c} TEXT' for c in EVENT_FIELDS)}, properties)")
+
+    def rows() -> Any:
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                obj = json.loads(line)
+                yield (*(obj.get(c) for c in EVENT_FIELDS), json.dumps(obj.get("properties")))
+
+    conn.execute("BEGIN")
+    cursor = conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?, ?, ?, ?)", rows())
+    conn.execute("COMMIT")
+    count = cursor.rowcount
+    conn.close()
+    return Measurement(path.name, "baseline", count, time.perf_counter() - started)
+
+
+def run_child(cmd: list[str]) -> tuple[float, float, str]:
+    """Run a command: its wall seconds, its own peak RSS in MB (not this process's) and stdout.
+
+    GNU time -v reports the child's maximum resident set; without it, wait4 on that one child
+    gives the same figure (getrusage(RUSAGE_CHILDREN) would mix in every earlier child).
+    """
+    gnu_time = Path("/usr/bin/time").exists()
+    time_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-time-{os.getpid()}.txt"
+    full = ["/usr/bin/time", "-v", "-o", str(time_file), *cmd] if gnu_time else cmd
+    started = time.perf_counter()
+    proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate()
+    seconds = time.perf_counter() - started
+    if proc.returncode:
+        sys.exit(f"failed ({proc.returncode}): {shlex.join(cmd)}\n{stderr[-3000:]}")
+    if gnu_time:
+        text = time_file.read_text()
+        time_file.unlink()
+        kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))  # type: ignore[union-attr]
+    else:
+        kb = 0  # replaced below
+    return seconds, kb * 1024 / 1e6, stdout
+
+
+if not Path("/usr/bin/time").exists():  # pragma: no cover - the fallback the docstring names
+
+    def run_child(cmd: list[str]) -> tuple[float, float, str]:  # noqa: F811
+        started = time.perf_counter()
+        with open(os.devnull, "w") as devnull:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=devnull, text=True)
+            stdout = proc.stdout.read()  # type: ignore[union-attr]
+            _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            sys.exit(f"failed ({proc.returncode}): {shlex.join(cmd)}")
+        return time.perf_counter() - started, usage.ru_maxrss * 1024 / 1e6, stdout
+
+
+def head_csv(path: Path, out: Path, rows: int) -> None:
+    """The header and first `rows` rows of a CSV, byte for byte (BOM included)."""
+    with path.open("rb") as src, out.open("wb") as dst:
+        reader = csv.reader(line.decode("utf-8-sig") for line in src)
+        start = 0
+        src.seek(0)
+        lines = iter(src)
+        for _ in range(rows + 1):  # a quoted cell may span lines: count records, not lines
+            record: list[bytes] = []
+            while True:
+                record.append(next(lines))
+                try:
+                    next(csv.reader([b"".join(record).decode("utf-8-sig")]))
+                    break
+                except csv.Error:
+                    continue
+            dst.write(b"".join(record))
+            start += 1
+        del reader
+
+
+def peer(path: Path, db_path: Path, rows: int, workdir: Path) -> Measurement:
+    """sqlite-utils insert --csv, on the whole file unless that would pass PEER_TIME_LIMIT."""
+    cmd = [str(BIN / "sqlite-utils"), "insert", str(db_path), "t"]
+    note = ""
+    target, target_rows = path, rows
+    if rows > PEER_PROBE_ROWS:
+        probe = workdir / f"head-{path.name}"
+        head_csv(path, probe, PEER_PROBE_ROWS)
+        fresh(db_path)
+        seconds, _, _ = run_child([*cmd, str(probe), "--csv"])
+        estimate = seconds * rows / PEER_PROBE_ROWS
+        if estimate > PEER_TIME_LIMIT:
+            target, target_rows = probe, PEER_PROBE_ROWS
+            note = f"first {PEER_PROBE_ROWS:,} rows only (whole file: ~{estimate:.0f} s)"
+    fresh(db_path)
+    seconds, rss, _ = run_child([*cmd, str(target), "--csv"])
+    return Measurement(path.name, "sqlite-utils", target_rows, seconds, rss, note)
+
+
+def cdp_ingest(path: Path, source: str, store: Path, force: bool = False) -> Measurement:
+    """`cdp ingest FILE --source NAME` as a user runs it: a fresh process, its wall time."""
+    from cdp_cli.config import load_config
+
+    db_args = [] if store == load_config(CONFIG).store.resolve() else ["--db", str(store)]
+    cmd = [str(BIN / "cdp"), "--config", str(CONFIG), *db_args, "ingest", str(path)]
+    cmd += ["--source", source, "--silent", "--json", *(["--force"] if force else [])]
+    seconds, rss, stdout = run_child(cmd)
+    result = json.loads(stdout)[0]
+    if result["status"] != "done":
+        sys.exit(f"cdp ingest did not ingest {path}: {result}")
+    counts = ("rows_read", "inserted", "updated", "unchanged", "rejected", "seconds")
+    return Measurement(
+        path.name,
+        "cdp --force (rerun)" if force else "cdp",
+        result["rows_read"],
+        seconds,
+        rss,
+        detail={k: result[k] for k in counts},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def verdict(m: Measurement, base: Measurement, ratio_target: float | None) -> str:
+    checks = []
+    if ratio_target is not None:
+        ratio = m.rows_per_s / base.rows_per_s
+        checks.append(f"ratio {ratio:.2f} {'>=' if ratio >= ratio_target else '<'} {ratio_target}")
+    if m.rss_mb is not None:
+        ok = m.rss_mb < RSS_TARGET_MB
+        checks.append(f"RSS {m.rss_mb:.0f} MB {'<' if ok else '>='} {RSS_TARGET_MB:.0f}")
+    passed = all((">=" in c) if c.startswith("ratio") else ("<" in c) for c in checks)
+    return ("PASS: " if passed else "FAIL: ") + ", ".join(checks)
+
+
+def print_table(measurements: list[Measurement], baselines: dict[str, Measurement]) -> None:
+    header = ("file", "method", "rows", "seconds", "rows/s", "x baseline", "peak RSS", "")
+    lines = [header]
+    for m in measurements:
+        base = baselines[m.file]
+        lines.append(
+            (
+                m.file,
+                m.method,
+                f"{m.rows:,}",
+                f"{m.seconds:.1f}",
+                f"{m.rows_per_s:,.0f}",
+                f"{m.rows_per_s / base.rows_per_s:.2f}",
+                "" if m.rss_mb is None else f"{m.rss_mb:.0f} MB",
+                m.detail.get("verdict", "") or m.note,
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        cells = [c.ljust(w) if i < 2 or i == 7 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))]
+        print("  ".join(cells).rstrip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--customers", type=int, default=1_000_000, help="people to generate")
+    parser.add_argument("--events", type=int, default=10_000_000, help="app events to generate")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out")
+    parser.add_argument("--skip-generate", action="store_true", help="reuse data already there")
+    parser.add_argument("--quick", action="store_true", help="100k customers, 1M events")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.customers, args.events = 100_000, 1_000_000
+    workdir = args.workdir.resolve()
+    data = workdir / f"data-{args.customers}c-{args.events}e"
+    workdir.mkdir(parents=True, exist_ok=True)
+    check_config()
+    report: dict[str, Any] = {
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "machine": machine(),
+        "customers": args.customers,
+        "events": args.events,
+        "data": {"dir": str(data), **ensure_data(data, args.customers, args.events, args.skip_generate)},
+    }
+    store, base_db, peer_db = workdir / "cdp.db", workdir / "baseline.db", workdir / "peer.db"
+    customers, events = data / "crm_members.csv", data / "app_events.jsonl"
+
+    steps = [
+        ("customers baseline", lambda: baseline_csv(customers, base_db)),
+        ("customers sqlite-utils", lambda: peer(customers, peer_db, baselines[customers.name].rows, workdir)),
+        ("customers cdp", lambda: (fresh(store), cdp_ingest(customers, "crm_members", store))[1]),
+        ("customers cdp --force", lambda: cdp_ingest(customers, "crm_members", store, force=True)),
+        ("events baseline", lambda: baseline_events(events, base_db)),
+        ("events cdp", lambda: (fresh(store), cdp_ingest(events, "app_events", store))[1]),
+    ]
+    measurements: list[Measurement] = []
+    baselines: dict[str, Measurement] = {}
+    for label, step in steps:
+        print(f"{label} ...", end=" ", flush=True)
+        m = step()
+        print(f"{m.rows:,} rows in {m.seconds:.1f} s ({m.rows_per_s:,.0f}/s)", flush=True)
+        if m.method == "baseline":
+            baselines[m.file] = m
+        measurements.append(m)
+    fresh(base_db, peer_db)
+
+    for m in measurements:
+        if m.method == "cdp":
+            target = RATIO_TARGET if m.file == customers.name else None
+            m.detail["verdict"] = verdict(m, baselines[m.file], target)
+    print()
+    print_table(measurements, baselines)
+    report["measurements"] = [
+        {
+            **asdict(m),
+            "rows_per_s": round(m.rows_per_s),
+            "ratio_to_baseline": round(m.rows_per_s / baselines[m.file].rows_per_s, 3),
+        }
+        for m in measurements
+    ]
+    out = workdir / ("results-quick.json" if args.quick else "results.json")
+    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
