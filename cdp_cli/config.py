@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import zoneinfo
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import phonenumbers
 
-from cdp_cli.canonical import BUILTIN_VALUES, ITEM_FIELDS, KINDS, Field, Kind
+from cdp_cli.canonical import BUILTIN_VALUES, IDENTITY_FIELDS, ITEM_FIELDS, KINDS, Field, Kind
 from cdp_cli.errors import ConfigError, FileError, NotFound, UsageError
 from cdp_cli.yamlfile import YamlMap, check_keys, did_you_mean, load_yaml
 
@@ -26,6 +26,57 @@ SOURCE_KEYS = (
     "timestamp_formats", "description",
 )  # fmt: skip
 FIELD_KEYS = ("from", "value", "values", "formats")
+IDENTITY_KEYS = ("blocklist", "priority", "source_priority")
+TYPE_KEYS = ("join", "max_per_profile", "max_profiles_per_value", "fields", "sources")
+
+
+@dataclass(frozen=True)
+class IdentifierType:
+    """A kind of identifier: the canonical fields it is read from and its guards."""
+
+    name: str
+    fields: tuple[str, ...]
+    joins: bool = True
+    max_per_profile: int | None = None
+    max_profiles_per_value: int | None = None
+    sources: tuple[str, ...] = ()  # for declared types: the sources it applies to; () is all
+
+
+# Built-in identifier types, strongest first: the order decides which link is kept when a
+# limit would break. A customer holds one member number and one ID number; a device seen
+# with more than one known customer (a store tablet) joins none of them.
+BUILTIN_TYPES = (
+    IdentifierType("member_no", ("member_no",), max_per_profile=1),
+    IdentifierType("id_number", ("id_number",), max_per_profile=1),
+    IdentifierType("wechat_unionid", ("wechat_unionid",), max_per_profile=1),
+    IdentifierType("user_id", ("user_id",), max_per_profile=2),
+    IdentifierType("phone", ("phone",), max_per_profile=3),
+    IdentifierType("email", ("email",), max_per_profile=5),
+    IdentifierType("wechat_openid", ("wechat_appid", "wechat_openid"), max_per_profile=10),
+    IdentifierType("device_id", ("device_id",), max_per_profile=10, max_profiles_per_value=1),
+)
+
+
+@dataclass(frozen=True)
+class IdentityRules:
+    """How records join into customers: the `identity:` section of cdp.yaml."""
+
+    types: tuple[IdentifierType, ...] = BUILTIN_TYPES
+    blocklist: tuple[str, ...] = ()
+    source_priority: tuple[str, ...] = ()
+
+    def type(self, name: str) -> IdentifierType:
+        return next(t for t in self.types if t.name == name)
+
+    def fields_for(self, source: str, mapped: set[str]) -> tuple[str, ...]:
+        """The canonical fields whose values identify a row of `source`."""
+        fields = [f.name for f in IDENTITY_FIELDS]
+        for t in self.types:
+            if t.sources and source not in t.sources:
+                continue
+            if all(f in mapped for f in t.fields):
+                fields += [f for f in t.fields if f not in fields]
+        return tuple(fields)
 
 
 @dataclass(frozen=True)
@@ -62,6 +113,7 @@ class Source:
     items: ItemsMapping | None = None
     timezone: str = "UTC"
     timestamp_formats: tuple[str, ...] = ()
+    identity_fields: tuple[str, ...] = tuple(f.name for f in IDENTITY_FIELDS)
 
     def format_for(self, path: Path) -> str:
         """The declared format, else the one the file's extension says."""
@@ -88,6 +140,7 @@ class Config:
     timezone: str = "Asia/Shanghai"
     sources: dict[str, Source] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    identity: IdentityRules = field(default_factory=IdentityRules)
 
     @property
     def root(self) -> Path:
@@ -158,8 +211,95 @@ def _build_config(path: Path, data: YamlMap, store_override: str | None) -> Conf
         str(name): _build_source(path, str(name), spec, sources_data.line_of(name), timezone)
         for name, spec in sources_data.items()
     }
-    settings = {k: v for k, v in data.items() if k not in ("sources",)}
-    return Config(path, store, region, timezone, sources, settings)
+    identity = _build_identity(path, data.get("identity"), data.line_of("identity"), sources)
+    sources = {
+        name: replace(source, identity_fields=identity.fields_for(name, set(source.fields)))
+        for name, source in sources.items()
+    }
+    settings = {k: v for k, v in data.items() if k not in ("sources", "identity")}
+    return Config(path, store, region, timezone, sources, settings, identity)
+
+
+def _limit(path: Path, spec: YamlMap, key: str, where: str, default: int | None) -> int | None:
+    """A guard's limit: absent keeps the default, `null` removes it, else a whole number >= 1."""
+    if key not in spec:
+        return default
+    value = spec[key]
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(
+            path, f"{where}.{key}: expected a whole number of 1 or more", spec.line_of(key)
+        )
+    return value
+
+
+def _build_identity(path: Path, spec: Any, line: int, sources: dict[str, Source]) -> IdentityRules:
+    if spec is None:
+        return IdentityRules()
+    if not isinstance(spec, YamlMap):
+        raise ConfigError(path, "identity: expected a mapping", line)
+    builtin = {t.name: t for t in BUILTIN_TYPES}
+    types: dict[str, IdentifierType] = dict(builtin)
+    known_fields = {f.name for kind in KINDS.values() for f in kind.all_fields}
+    for name, tspec in spec.items():
+        if name in IDENTITY_KEYS:
+            continue
+        where = f"identity.{name}"
+        if not isinstance(tspec, YamlMap):
+            raise ConfigError(path, f"{where}: expected a mapping of settings", spec.line_of(name))
+        check_keys(tspec, TYPE_KEYS, where)
+        base = builtin.get(name)
+        if base is None and "fields" not in tspec:
+            raise ConfigError(
+                path,
+                f"{where}: not a built-in identifier{did_you_mean(str(name), builtin)}; "
+                "a new one needs `fields:`",
+                spec.line_of(name),
+            )
+        fields = _strings(path, tspec, "fields", where) or (base.fields if base else ())
+        for f in fields:
+            if f not in known_fields:
+                raise ConfigError(
+                    path, f"{where}.fields: unknown field {f!r}{did_you_mean(f, known_fields)}",
+                    tspec.line_of("fields"),
+                )  # fmt: skip
+        for src in _strings(path, tspec, "sources", where):
+            if src not in sources:
+                raise ConfigError(
+                    path, f"{where}.sources: no source named {src!r}", tspec.line_of("sources")
+                )
+        types[str(name)] = IdentifierType(
+            name=str(name),
+            fields=fields,
+            joins=bool(tspec.get("join", True)),
+            max_per_profile=_positive(path, tspec, "max_per_profile", where)
+            or (base.max_per_profile if base and "max_per_profile" not in tspec else None),
+            max_profiles_per_value=_positive(path, tspec, "max_profiles_per_value", where)
+            or (
+                base.max_profiles_per_value
+                if base and "max_profiles_per_value" not in tspec
+                else None
+            ),
+            sources=_strings(path, tspec, "sources", where),
+        )
+    priority = _strings(path, spec, "priority", "identity")
+    for name in priority:
+        if name not in types:
+            raise ConfigError(
+                path, f"identity.priority: unknown identifier {name!r}{did_you_mean(name, types)}",
+                spec.line_of("priority"),
+            )  # fmt: skip
+    ordered = [types[n] for n in priority] + [t for n, t in types.items() if n not in priority]
+    source_priority = _strings(path, spec, "source_priority", "identity")
+    for name in source_priority:
+        if name not in sources:
+            raise ConfigError(
+                path, f"identity.source_priority: no source named {name!r}",
+                spec.line_of("source_priority"),
+            )  # fmt: skip
+    blocklist = tuple(str(v) for v in (spec.get("blocklist") or []))
+    return IdentityRules(tuple(ordered), blocklist, source_priority)
 
 
 def _check_timezone(path: Path, name: str, line: int, where: str) -> None:

@@ -27,7 +27,6 @@ import sqlite_utils
 from cdp_cli import readers
 from cdp_cli.canonical import (
     DATE,
-    IDENTITY_FIELDS,
     INTEGER,
     ITEM_FIELDS,
     JSON,
@@ -259,7 +258,7 @@ class RowMapper:
             (self._getter(m), _converter(m, source.kind.field(m.name), source))  # type: ignore[arg-type]
             for m in typed
         ]
-        identity_names = {f.name for f in IDENTITY_FIELDS}
+        identity_names = set(source.identity_fields)
         self._identity = [(n, i) for i, n in enumerate(self.columns) if n in identity_names]
         # A key part uses the value of a field read from the same place, else the raw column.
         by_column = {m.column: m.name for m in plain}
