@@ -273,14 +273,16 @@ def _build_identity(path: Path, spec: Any, line: int, sources: dict[str, Source]
             name=str(name),
             fields=fields,
             joins=bool(tspec.get("join", True)),
-            max_per_profile=_positive(path, tspec, "max_per_profile", where)
-            or (base.max_per_profile if base and "max_per_profile" not in tspec else None),
-            max_profiles_per_value=_positive(path, tspec, "max_profiles_per_value", where)
-            or (
-                base.max_profiles_per_value
-                if base and "max_profiles_per_value" not in tspec
-                else None
+            max_per_profile=_limit(
+                path, tspec, "max_per_profile", where, base.max_per_profile if base else None
             ),
+            max_profiles_per_value=_limit(
+                path,
+                tspec,
+                "max_profiles_per_value",
+                where,
+                base.max_profiles_per_value if base else None,
+            ),  # fmt: skip
             sources=_strings(path, tspec, "sources", where),
         )
     priority = _strings(path, spec, "priority", "identity")
