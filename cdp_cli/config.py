@@ -282,7 +282,7 @@ def _build_identity(path: Path, spec: Any, line: int, sources: dict[str, Source]
                 "max_profiles_per_value",
                 where,
                 base.max_profiles_per_value if base else None,
-            ),  # fmt: skip
+            ),
             sources=_strings(path, tspec, "sources", where),
         )
     priority = _strings(path, spec, "priority", "identity")

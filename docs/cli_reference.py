@@ -1,7 +1,7 @@
 """Write docs/cli.md from the commands' own --help, so the reference cannot drift from them.
 
-    python docs/cli_reference.py          rewrite docs/cli.md
-    python docs/cli_reference.py --check  exit 1 if docs/cli.md is stale (the tests do this)
+python docs/cli_reference.py          rewrite docs/cli.md
+python docs/cli_reference.py --check  exit 1 if docs/cli.md is stale (the tests do this)
 """
 
 from __future__ import annotations
