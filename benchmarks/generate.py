@@ -331,6 +331,7 @@ BY_CATEGORY: dict[str, tuple[int, ...]] = {
     cat: tuple(i for i, c in enumerate(CATALOG) if c[2] == cat) for cat in CATEGORIES
 }
 FAV_CATEGORY = expand((("护肤", 45), ("彩妆", 30), ("香水", 10), ("个护", 10), ("礼盒", 5)))
+ENCODE = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps(..., ensure_ascii=False)
 # one shop-order item as JSON, by catalog index and quantity (1..3)
 ITEM_JSON = tuple(
     tuple(
@@ -1068,8 +1069,10 @@ class Generator:
         face = CAMPAIGNS[campaign][1]
         expires = (issued // DAY + valid_days) * DAY + DAY - 1
         redeemed = ""
-        for buy in p.purchases:
-            if issued <= buy.t <= expires and buy.coupon is None and buy.status == "paid":
+        for buy in p.purchases:  # in time order
+            if buy.t > expires:
+                break
+            if buy.t >= issued and buy.coupon is None and buy.status == "paid":
                 if buy.gross > face and self.r() < 0.75:
                     buy.coupon = code
                     buy.discount = face
@@ -1223,7 +1226,7 @@ class Generator:
         city_name, province, ways, _ = CITIES[p.city]
         if r() < 0.1:  # shipped to someone elsewhere
             city_name, province, ways, _ = CITIES[CITY_TABLE[int(r() * len(CITY_TABLE))]]
-        buyer = json.dumps(self.shop_buyer(p, buy.platform), ensure_ascii=False)
+        buyer = ENCODE(self.shop_buyer(p, buy.platform))
         items = ", ".join(ITEM_JSON[i][q] for i, q in buy.items)
         coupon = ""  # the key is sometimes missing rather than null
         if buy.coupon:

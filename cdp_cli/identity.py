@@ -8,11 +8,17 @@ but never identifies anyone.
 from __future__ import annotations
 
 import hashlib
+import re
+import unicodedata
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
+from stdnum.cn import ric
+
+from cdp_cli.config import IdentityRules
 
 CACHE_SIZE = 1 << 20
 
@@ -34,19 +40,6 @@ def normalize_phone(raw: str, region: str = "CN") -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-@lru_cache(maxsize=CACHE_SIZE)
-def normalize_email(raw: str) -> str | None:
-    """Trimmed, lower-cased, syntax-checked email with an IDNA-normalized domain, or None."""
-    text = raw.strip()
-    if not text:
-        return None
-    try:
-        checked = validate_email(text, check_deliverability=False)
-    except EmailNotValidError:
-        return None
-    return checked.normalized.lower()
-
-
 def identity_key(fields: Iterable[tuple[str, str | None]]) -> int | None:
     """A 64-bit key for a row's raw identity fields: rows that carry the same ones share it.
 
@@ -60,3 +53,184 @@ def identity_key(fields: Iterable[tuple[str, str | None]]) -> int | None:
     return int.from_bytes(
         hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True
     )
+
+
+# Values that export systems write when they have no real one. A value that matches any of
+# these, or a project's own `identity.blocklist`, stays on its record but joins nothing.
+DEFAULT_BLOCKED_VALUES = frozenset(
+    {"null", "none", "nil", "n/a", "na", "undefined", "unknown", "anonymous", "guest", "test",
+     "-1", "0", "-", "—", "无", "空", "未知"}
+)  # fmt: skip
+DEFAULT_BLOCKED_PATTERNS = (
+    r"^(.)\1{3,}$",  # all one character: 00000000, xxxx, 1111-1111 once separators are gone
+    r"(\d)\1{7,}$",  # eight or more of one digit at the end: +8613800000000
+    r"^(test|demo|sample|noreply|no-reply)[._+-]?\d*@",  # test@, demo1@, noreply@
+    r"@(test|invalid|localhost)(\.|$)",
+)
+_SEPARATORS = re.compile(r"[\s\-_.:+()/]")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An identity value that cannot identify anyone, and why: shown by `cdp resolve --explain`."""
+
+    type: str
+    raw: str
+    reason: str
+
+
+class Normalizer:
+    """Turns a row's identity fields into identifiers of the types the rules declare.
+
+    Every distinct raw value is normalized once per type (a dict cache), so millions of rows
+    that share a few hundred thousand phone numbers cost a few hundred thousand parses.
+    """
+
+    def __init__(self, rules: IdentityRules, region: str) -> None:
+        self.rules = rules
+        self.region = region
+        self._cache: dict[
+            tuple[str, tuple[str | None, ...]], tuple[str, str | None] | Rejected
+        ] = {}
+        entries = [e for e in (*rules.blocklist,) if not e.startswith("re:")]
+        self._blocked_values = set(DEFAULT_BLOCKED_VALUES) | {e.strip().lower() for e in entries}
+        for entry in entries:  # a blocked phone or email blocks all its written forms
+            for normalized in (normalize_phone(entry, region), email_key(entry)):
+                if normalized:
+                    self._blocked_values.add(normalized.lower())
+        patterns = [
+            *DEFAULT_BLOCKED_PATTERNS,
+            *(e[3:] for e in rules.blocklist if e.startswith("re:")),
+        ]
+        self._blocked = re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
+
+    def identifiers(
+        self, fields: dict[str, str | None]
+    ) -> tuple[list[tuple[str, str, str | None]], list[Rejected]]:
+        """(type, value, detail) for every usable identifier; Rejected for the rest."""
+        found: list[tuple[str, str, str | None]] = []
+        rejected: list[Rejected] = []
+        for t in self.rules.types:
+            parts = tuple(fields.get(f) for f in t.fields)
+            if parts[-1] is None or (
+                len(t.fields) > 1 and t.name != "wechat_openid" and None in parts
+            ):
+                continue
+            cache_key = (t.name, parts)
+            result = self._cache.get(cache_key)
+            if result is None:
+                result = self._normalize(t.name, parts)
+                self._cache[cache_key] = result
+            if isinstance(result, Rejected):
+                rejected.append(result)
+            else:
+                found.append((t.name, *result))
+        return found, rejected
+
+    def _normalize(
+        self, type_name: str, parts: tuple[str | None, ...]
+    ) -> tuple[str, str | None] | Rejected:
+        raw = "|".join(p or "" for p in parts)
+        normalized, detail, reason = _NORMALIZERS.get(type_name, _composite)(parts, self.region)
+        if normalized is None:
+            return Rejected(type_name, raw, reason or "invalid")
+        if self._is_blocked(raw) or self._is_blocked(normalized):
+            return Rejected(type_name, raw, "blocklisted")
+        return normalized, detail
+
+    def _is_blocked(self, value: str) -> bool:
+        text = value.strip().lower()
+        if text in self._blocked_values:
+            return True
+        return bool(self._blocked.search(text) or self._blocked.search(_SEPARATORS.sub("", text)))
+
+
+Normalized = tuple["str | None", "str | None", "str | None"]  # value, detail, reason if None
+
+
+def _phone(parts: tuple[str | None, ...], region: str) -> Normalized:
+    raw = parts[0] or ""
+    if "*" in raw:
+        return None, None, "masked"
+    value = normalize_phone(raw, region)
+    if value is None:
+        return None, None, "not a valid phone number"
+    return value, phone_type(value), None
+
+
+def _email(parts: tuple[str | None, ...], region: str) -> Normalized:
+    value = email_key(parts[0] or "")
+    return (value, None, None) if value else (None, None, "not a valid email address")
+
+
+def _id_number(parts: tuple[str | None, ...], region: str) -> Normalized:
+    raw = (parts[0] or "").strip()
+    if not ric.is_valid(raw):
+        return None, None, "not a valid resident ID number (checksum)"
+    return ric.compact(raw), None, None
+
+
+def _plain(parts: tuple[str | None, ...], region: str) -> Normalized:
+    value = unicodedata.normalize("NFKC", parts[0] or "").strip()
+    return (value, None, None) if value else (None, None, "empty")
+
+
+def _device(parts: tuple[str | None, ...], region: str) -> Normalized:
+    value = unicodedata.normalize("NFKC", parts[0] or "").strip().upper()
+    return (value, None, None) if len(value) >= 6 else (None, None, "too short for a device id")
+
+
+def _openid(parts: tuple[str | None, ...], region: str) -> Normalized:
+    appid, openid = (p.strip() if p else "" for p in parts)
+    if not openid:
+        return None, None, "empty"
+    # An openid means something only within its official account.
+    return (f"{appid}:{openid}" if appid else openid), None, None
+
+
+def _composite(parts: tuple[str | None, ...], region: str) -> Normalized:
+    cleaned = [_SPACES.sub("", unicodedata.normalize("NFKC", p or "")).casefold() for p in parts]
+    if not all(cleaned):
+        return None, None, "a part is empty"
+    return "|".join(cleaned), None, None
+
+
+_SPACES = re.compile(r"\s+")
+_NORMALIZERS = {
+    "phone": _phone,
+    "email": _email,
+    "id_number": _id_number,
+    "member_no": _plain,
+    "user_id": _plain,
+    "wechat_unionid": _plain,
+    "wechat_openid": _openid,
+    "device_id": _device,
+}
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def email_key(raw: str) -> str | None:
+    """The form of an email that identifies its owner: lower case, the domain in IDNA ASCII."""
+    text = raw.strip()
+    if not text:
+        return None
+    try:
+        checked = validate_email(text, check_deliverability=False)
+    except EmailNotValidError:
+        return None
+    return f"{checked.local_part.lower()}@{checked.ascii_domain.lower()}"
+
+
+def phone_type(e164: str) -> str:
+    """mobile, fixed_line, ... as phonenumbers names the number's type."""
+    number_type = phonenumbers.number_type(phonenumbers.parse(e164))
+    return _PHONE_TYPES.get(number_type, "other")
+
+
+_PHONE_TYPES = {
+    phonenumbers.PhoneNumberType.MOBILE: "mobile",
+    phonenumbers.PhoneNumberType.FIXED_LINE: "fixed_line",
+    phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE: "fixed_line_or_mobile",
+    phonenumbers.PhoneNumberType.TOLL_FREE: "toll_free",
+    phonenumbers.PhoneNumberType.VOIP: "voip",
+}

@@ -10,7 +10,7 @@ import sqlite_utils
 
 from cdp_cli.canonical import KINDS
 from cdp_cli.config import Config
-from cdp_cli.identity import normalize_email, normalize_phone
+from cdp_cli.identity import email_key, normalize_phone
 
 # Checking phones and emails costs a parse per distinct value; past this many, a sample says.
 VALIDITY_SAMPLE = 50_000
@@ -167,7 +167,7 @@ def _unusable_identifiers(
 ) -> int:
     """Rows whose phone or email cannot identify anyone (masked, malformed, not a number)."""
     region = config.region if config else "CN"
-    check = normalize_phone if column == "phone" else normalize_email
+    check = normalize_phone if column == "phone" else email_key
     values = db.conn.execute(
         f"SELECT {column}, count(*) FROM {table} WHERE source=? AND {column} IS NOT NULL "
         f"GROUP BY {column} ORDER BY random() LIMIT ?",
