@@ -29,7 +29,10 @@ def silent_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def stdout() -> Console:
-    return Console(file=sys.stdout, soft_wrap=True, highlight=False)
+    console = Console(file=sys.stdout, soft_wrap=True, highlight=False)
+    if not console.is_terminal:  # a pipe or a log file: no wrapping at 80 columns
+        console.width = 400
+    return console
 
 
 def stderr() -> Console:

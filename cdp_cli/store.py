@@ -84,6 +84,13 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
     return applied
 
 
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    """Run statements one by one: executescript would commit the migration's transaction."""
+    for statement in script.split(";\n"):
+        if statement.strip():
+            conn.execute(statement)
+
+
 def kind_table_sql(kind: Kind) -> str:
     columns = ",\n  ".join(f"{f.name} {SQL_TYPES[f.type]}" for f in kind.all_fields)
     return f"""CREATE TABLE {kind.table} (
@@ -150,4 +157,110 @@ SELECT o.id AS order_row, o.source, o.key AS order_key, o.order_id, o.ordered_at
        i.value ->> '$.category' AS category, i.value ->> '$.price' AS price,
        i.value ->> '$.quantity' AS quantity
 FROM orders o, json_each(o.items) i"""
+    )
+
+
+@migration(2)
+def create_identity_tables(db: sqlite_utils.Database) -> None:
+    _run_script(
+        db.conn,
+        """
+CREATE TABLE identity_keys (
+  key INTEGER PRIMARY KEY,      -- the identity_key of source rows
+  one_id TEXT,                  -- NULL when nothing on it can identify anyone
+  resolved_at TEXT NOT NULL
+);
+CREATE INDEX identity_keys_one_id ON identity_keys (one_id);
+CREATE TABLE identifiers (
+  id INTEGER PRIMARY KEY,
+  type TEXT NOT NULL,
+  value TEXT NOT NULL,          -- normalized: E.164 phone, lower-case IDNA email, ...
+  detail TEXT,                  -- a phone's type: mobile, fixed_line, ...
+  one_id TEXT,                  -- NULL when its links were refused
+  status TEXT NOT NULL,         -- linked or refused
+  reason TEXT,
+  UNIQUE (type, value)
+);
+CREATE INDEX identifiers_one_id ON identifiers (one_id);
+CREATE TABLE key_identifiers (
+  key INTEGER NOT NULL,
+  identifier_id INTEGER NOT NULL,
+  PRIMARY KEY (key, identifier_id)
+) WITHOUT ROWID;
+CREATE INDEX key_identifiers_identifier ON key_identifiers (identifier_id);
+CREATE TABLE unusable_values (  -- identity values on records that identify no one, and why
+  key INTEGER NOT NULL,
+  type TEXT NOT NULL,
+  raw TEXT NOT NULL,
+  reason TEXT NOT NULL
+);
+CREATE INDEX unusable_values_key ON unusable_values (key);
+CREATE TABLE refused_links (    -- links a guard refused, for `cdp resolve --explain`
+  key INTEGER NOT NULL,
+  identifier_id INTEGER NOT NULL,
+  reason TEXT NOT NULL
+);
+CREATE INDEX refused_links_key ON refused_links (key);
+CREATE TABLE id_history (
+  id INTEGER PRIMARY KEY,
+  one_id TEXT NOT NULL,         -- the one_id this event happened to
+  event TEXT NOT NULL,          -- created, merged (into other_one_id), split (from other_one_id)
+  other_one_id TEXT,
+  run_id INTEGER NOT NULL,
+  at TEXT NOT NULL
+);
+CREATE INDEX id_history_one_id ON id_history (one_id);
+CREATE INDEX id_history_other ON id_history (other_one_id);
+CREATE TABLE resolve_runs (
+  id INTEGER PRIMARY KEY,
+  mode TEXT NOT NULL,
+  through_batch INTEGER NOT NULL,   -- every batch up to this one is resolved
+  rules TEXT NOT NULL,              -- fingerprint of the identity rules it ran with
+  started_at TEXT NOT NULL,
+  finished_at TEXT NOT NULL,
+  result TEXT NOT NULL
+);
+CREATE TABLE one_id_sequence (n INTEGER NOT NULL);
+INSERT INTO one_id_sequence VALUES (0);
+CREATE TABLE profiles (
+  one_id TEXT PRIMARY KEY,
+  created_at TEXT NOT NULL,
+  updated_at TEXT NOT NULL,
+  known INTEGER NOT NULL,       -- 0 for an anonymous profile: a device and nothing else
+  name TEXT, gender TEXT, birthday TEXT, city TEXT,
+  phones TEXT, emails TEXT,     -- JSON arrays of normalized values
+  identifiers TEXT,             -- JSON: {type: [values]}
+  first_seen TEXT, last_seen TEXT,
+  sources TEXT,                 -- JSON array of the sources its records come from
+  records INTEGER NOT NULL,
+  lineage TEXT                  -- JSON: where each golden value came from
+);
+""",
+    )
+
+
+@migration(3)
+def create_profile_views(db: sqlite_utils.Database) -> None:
+    """Plain views, so the store browses well in Datasette or sqlite-utils."""
+    _run_script(
+        db.conn,
+        """
+CREATE VIEW id_mapping AS
+  SELECT 'customers' AS kind, t.source, t.key, k.one_id FROM customers t
+    LEFT JOIN identity_keys k ON k.key = t.identity_key
+  UNION ALL SELECT 'orders', t.source, t.key, k.one_id FROM orders t
+    LEFT JOIN identity_keys k ON k.key = t.identity_key
+  UNION ALL SELECT 'events', t.source, t.key, k.one_id FROM events t
+    LEFT JOIN identity_keys k ON k.key = t.identity_key
+  UNION ALL SELECT 'consents', t.source, t.key, k.one_id FROM consents t
+    LEFT JOIN identity_keys k ON k.key = t.identity_key
+  UNION ALL SELECT 'coupons', t.source, t.key, k.one_id FROM coupons t
+    LEFT JOIN identity_keys k ON k.key = t.identity_key;
+CREATE VIEW profile_orders AS
+  SELECT k.one_id, o.* FROM orders o JOIN identity_keys k ON k.key = o.identity_key;
+CREATE VIEW profile_events AS
+  SELECT k.one_id, e.* FROM events e JOIN identity_keys k ON k.key = e.identity_key;
+CREATE VIEW profile_identifiers AS
+  SELECT one_id, type, value, detail FROM identifiers WHERE status = 'linked';
+""",
     )

@@ -1,0 +1,483 @@
+"""Identity resolution: link records that share an identifier into one customer, a one_id.
+
+The unit is an identity key (every row that carries the same raw identity fields shares one,
+see identity.identity_key), so ten million events cost as much as their distinct devices and
+accounts. Keys and identifiers are the nodes of a graph; a union-find joins them, strongest
+identifier type first, and refuses a link that would break a guard:
+
+- `max_per_profile`: a customer never holds more of a type than this (one ID number, three
+  phones): the link that would add one more is refused, and stronger links, made first, win.
+- `max_profiles_per_value`: a value seen with more known customers than this (a store
+  tablet) joins none of them; anonymous keys that carry only it stay together.
+
+one_ids are stable: a component keeps the one_id its keys had. When components merge, the
+oldest one_id survives and the others are recorded in id_history as merged into it; when a
+component splits (a rule or blocklist changed), the part with most of its keys keeps it and
+the others get new one_ids, recorded as split from it. After the first run, resolve reloads
+only the components that keys from new batches reach.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import sqlite_utils
+
+from cdp_cli.canonical import IDENTITY_FIELDS, KINDS
+from cdp_cli.config import Config, IdentifierType
+from cdp_cli.identity import Normalizer, Rejected
+from cdp_cli.profiles import build_profiles
+from cdp_cli.store import now_iso, transaction
+
+KIND_TABLES = [kind.table for kind in KINDS.values()]
+# Every field any identifier type may read: the identity fields and the usual composite parts.
+IDENTITY_COLUMNS = [f.name for f in IDENTITY_FIELDS] + ["name", "birthday", "gender", "city"]
+RESOLVED_TABLES = (
+    "identity_keys", "identifiers", "key_identifiers", "unusable_values", "refused_links",
+)  # fmt: skip
+
+
+@dataclass
+class ResolveResult:
+    """What one `cdp resolve` did."""
+
+    mode: str  # full, incremental or unchanged
+    keys_new: int = 0
+    keys_resolved: int = 0
+    profiles: int = 0
+    created: int = 0
+    merged: int = 0
+    split: int = 0
+    refused_links: int = 0
+    unusable_values: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading what needs resolving
+
+
+def rules_fingerprint(config: Config) -> str:
+    data = json.dumps([asdict(config.identity), config.region], sort_keys=True, default=str)
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def _last_run(db: sqlite_utils.Database) -> tuple[int, str] | None:
+    row = db.conn.execute(
+        "SELECT through_batch, rules FROM resolve_runs ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def _identity_columns(db: sqlite_utils.Database, table: str) -> list[str]:
+    present = {c.name for c in db[table].columns}
+    return [c for c in IDENTITY_COLUMNS if c in present]
+
+
+def _new_keys(
+    db: sqlite_utils.Database, config: Config, after_batch: int | None
+) -> Iterator[tuple[int, dict[str, str | None]]]:
+    """(identity_key, identity fields) of rows written after `after_batch` whose key is not
+    resolved yet; of every row when `after_batch` is None.
+
+    A row gives only the fields its source declares as identifying it, so a composite
+    identifier declared for one source never reads another source's columns.
+    """
+    fields_of = {name: set(s.identity_fields) for name, s in config.sources.items()}
+    default = {f.name for f in IDENTITY_FIELDS}
+    for table in KIND_TABLES:
+        columns = _identity_columns(db, table)
+        where = "t.identity_key IS NOT NULL"
+        params: list[Any] = []
+        if after_batch is not None:
+            where += (
+                " AND t.batch_id > ? AND NOT EXISTS "
+                "(SELECT 1 FROM identity_keys k WHERE k.key = t.identity_key)"
+            )
+            params.append(after_batch)
+        select = ", ".join(f"t.{c}" for c in columns)
+        sql = (
+            f"SELECT t.identity_key, t.source, {select} FROM {table} t WHERE {where} "
+            "GROUP BY t.identity_key, t.source"
+        )
+        for key, source, *values in db.conn.execute(sql, params):
+            allowed = fields_of.get(source, default)
+            yield key, {c: v for c, v in zip(columns, values, strict=True) if c in allowed}
+
+
+# ---------------------------------------------------------------------------------------------
+# The graph
+
+
+class Graph:
+    """Keys and identifiers as integer nodes, joined by a union-find that enforces the guards."""
+
+    def __init__(self, types: tuple[IdentifierType, ...]) -> None:
+        self.types = {t.name: t for t in types}
+        self.rank = {t.name: i for i, t in enumerate(types)}
+        self.key_node: dict[int, int] = {}  # identity key -> node
+        self.key_of_node: dict[int, int] = {}
+        self.ident_node: dict[tuple[str, str], int] = {}
+        self.ident_of_node: dict[int, tuple[str, str]] = {}
+        self.links: list[tuple[int, int, int]] = []  # (type rank, identifier node, key node)
+        self.parent: list[int] = []
+        self.size: list[int] = []
+        self.counts: dict[int, Counter[str]] = {}
+        self.refused: list[tuple[int, tuple[str, str], str]] = []  # key, identifier, reason
+        self.refused_values: dict[tuple[str, str], str] = {}
+        self.limits = {n: t.max_per_profile for n, t in self.types.items() if t.max_per_profile}
+
+    def _node(self) -> int:
+        node = len(self.parent)
+        self.parent.append(node)
+        self.size.append(1)
+        return node
+
+    def add_key(self, key: int, identifiers: Iterable[tuple[str, str]]) -> None:
+        node = self.key_node.get(key)
+        if node is None:
+            node = self._node()
+            self.key_node[key] = node
+            self.key_of_node[node] = key
+        for ident in identifiers:
+            inode = self.ident_node.get(ident)
+            if inode is None:
+                inode = self._node()
+                self.ident_node[ident] = inode
+                self.ident_of_node[inode] = ident
+                if ident[0] in self.limits:
+                    self.counts[inode] = Counter({ident[0]: 1})
+            self.links.append((self.rank[ident[0]], inode, node))
+
+    def find(self, node: int) -> int:
+        parent = self.parent
+        root = node
+        while parent[root] != root:
+            root = parent[root]
+        while parent[node] != root:
+            parent[node], node = root, parent[node]
+        return root
+
+    def _limit_broken(self, a: int, b: int) -> str | None:
+        ca, cb = self.counts.get(a), self.counts.get(b)
+        if not ca or not cb:
+            return None
+        for type_name, count in ca.items():
+            if count + cb.get(type_name, 0) > self.limits[type_name]:
+                return f"a customer holds at most {self.limits[type_name]} {type_name}"
+        return None
+
+    def union(self, a: int, b: int) -> str | None:
+        """Join the components of two nodes; the reason instead when a guard refuses."""
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return None
+        reason = self._limit_broken(ra, rb)
+        if reason:
+            return reason
+        if self.size[ra] < self.size[rb]:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.size[ra] += self.size[rb]
+        cb = self.counts.pop(rb, None)
+        if cb:
+            self.counts.setdefault(ra, Counter()).update(cb)
+        return None
+
+    def resolve(self) -> None:
+        self.links.sort()
+        guarded = {n for n, t in self.types.items() if t.max_profiles_per_value}
+        by_ident: dict[int, list[int]] = defaultdict(list)
+        for _rank, inode, knode in self.links:
+            type_name = self.ident_of_node[inode][0]
+            if not self.types[type_name].joins:
+                continue
+            if type_name in guarded:
+                by_ident[inode].append(knode)
+                continue
+            reason = self.union(knode, inode)
+            if reason:
+                self.refused.append((self.key_of_node[knode], self.ident_of_node[inode], reason))
+        known = {self.find(k) for _, i, k in self.links if self.ident_of_node[i][0] not in guarded}
+        for inode, knodes in by_ident.items():  # in link order: strongest type first
+            ident = self.ident_of_node[inode]
+            customers = {self.find(k) for k in knodes} & known
+            limit = self.types[ident[0]].max_profiles_per_value or 0
+            if len(customers) > limit:
+                reason = f"seen with {len(customers)} customers (max_profiles_per_value {limit})"
+                self.refused_values[ident] = reason
+                self.refused += [(self.key_of_node[k], ident, reason) for k in knodes]
+                continue
+            for knode in knodes:
+                reason = self.union(knode, inode)
+                if reason:
+                    self.refused.append((self.key_of_node[knode], ident, reason))
+
+    def components(self) -> dict[int, list[int]]:
+        """root -> key nodes, for keys that hold at least one linked identifier."""
+        linked_keys = set()
+        for _, inode, knode in self.links:
+            if self.find(inode) == self.find(knode):
+                linked_keys.add(knode)
+        groups: dict[int, list[int]] = defaultdict(list)
+        for knode in sorted(linked_keys):
+            groups[self.find(knode)].append(knode)
+        return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# Assigning one_ids
+
+
+def _next_one_ids(db: sqlite_utils.Database, count: int) -> list[str]:
+    start = db.conn.execute("SELECT n FROM one_id_sequence").fetchone()[0]
+    db.conn.execute("UPDATE one_id_sequence SET n = ?", (start + count,))
+    return [f"C{n:09d}" for n in range(start + 1, start + count + 1)]
+
+
+def _assign(
+    db: sqlite_utils.Database, graph: Graph, previous: dict[int, str | None], run_id: int
+) -> tuple[dict[int, str], dict[str, int]]:
+    """one_id per component root, keeping old one_ids; history rows for merges and splits."""
+    groups = graph.components()
+    # Which component keeps each old one_id: the one holding most of its keys.
+    share: dict[str, Counter[int]] = defaultdict(Counter)
+    for root, knodes in groups.items():
+        for knode in knodes:
+            old = previous.get(graph.key_of_node[knode])
+            if old:
+                share[old][root] += 1
+    claimed: dict[int, list[str]] = defaultdict(list)
+    for old, roots in share.items():
+        root = max(roots, key=lambda r: (roots[r], -r))
+        claimed[root].append(old)
+    marks = ",".join("?" * len(share))
+    created_at = dict(
+        db.conn.execute(
+            f"SELECT one_id, created_at FROM profiles WHERE one_id IN ({marks})", list(share)
+        )
+    )
+    stats = Counter()
+    need_new = [root for root in groups if not claimed.get(root)]
+    fresh = iter(_next_one_ids(db, len(need_new)))
+    one_ids: dict[int, str] = {}
+    history: list[tuple[str, str, str | None]] = []
+    for root in groups:
+        olds = sorted(claimed.get(root, []), key=lambda o: (created_at.get(o, ""), o))
+        if olds:
+            one_ids[root] = olds[0]
+            history += [(old, "merged", olds[0]) for old in olds[1:]]
+            stats["merged"] += len(olds) - 1
+        else:
+            one_ids[root] = next(fresh)
+            split_from = [old for old in share if root in share[old]]
+            if split_from:
+                history += [(one_ids[root], "split", old) for old in split_from]
+                stats["split"] += 1
+            else:
+                history.append((one_ids[root], "created", None))
+                stats["created"] += 1
+    at = now_iso()
+    db.conn.executemany(
+        "INSERT INTO id_history (one_id, event, other_one_id, run_id, at) VALUES (?, ?, ?, ?, ?)",
+        [(one_id, event, other, run_id, at) for one_id, event, other in history],
+    )
+    return one_ids, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def resolve(db: sqlite_utils.Database, config: Config, full: bool = False) -> ResolveResult:
+    """Resolve what new batches brought (or everything, when `full` or the rules changed)."""
+    started = time.monotonic()
+    fingerprint = rules_fingerprint(config)
+    through = db.conn.execute(
+        "SELECT coalesce(max(id), 0) FROM batches WHERE status='done'"
+    ).fetchone()[0]
+    last = _last_run(db)
+    result = ResolveResult(mode="full")
+    if last and not full:
+        if last[1] != fingerprint:
+            result.notes.append(
+                "the identity rules changed since the last run: resolving everything"
+            )
+        else:
+            result.mode = "incremental"
+    with transaction(db):
+        run_id = db.conn.execute(
+            "INSERT INTO resolve_runs (mode, through_batch, rules, started_at, finished_at, result)"
+            " VALUES (?, ?, ?, ?, '', '')",
+            (result.mode, through, fingerprint, now_iso()),
+        ).lastrowid
+        if result.mode == "incremental":
+            _incremental(db, config, last[0], run_id, result)  # type: ignore[index]
+        else:
+            _full(db, config, run_id, result)
+        result.profiles = db.conn.execute("SELECT count(*) FROM profiles").fetchone()[0]
+        result.seconds = round(time.monotonic() - started, 3)
+        db.conn.execute(
+            "UPDATE resolve_runs SET mode=?, finished_at=?, result=? WHERE id=?",
+            (result.mode, now_iso(), json.dumps(result.as_dict()), run_id),
+        )
+    return result
+
+
+def _normalize_keys(
+    normalizer: Normalizer, keys: Iterable[tuple[int, dict[str, str | None]]]
+) -> Iterator[tuple[int, list[tuple[str, str, str | None]], list[Rejected]]]:
+    for key, fields in keys:
+        found, rejected = normalizer.identifiers(fields)
+        yield key, found, rejected
+
+
+def _full(db: sqlite_utils.Database, config: Config, run_id: int, result: ResolveResult) -> None:
+    previous = dict(db.conn.execute("SELECT key, one_id FROM identity_keys"))
+    normalizer = Normalizer(config.identity, config.region)
+    graph = Graph(config.identity.types)
+    details: dict[tuple[str, str], str | None] = {}
+    unusable: list[tuple[int, str, str, str]] = []
+    for key, found, rejected in _normalize_keys(normalizer, _new_keys(db, config, None)):
+        graph.add_key(key, [(t, v) for t, v, _ in found])
+        details.update({(t, v): d for t, v, d in found})
+        unusable += [(key, r.type, r.raw, r.reason) for r in rejected]
+    result.keys_new = len(set(graph.key_node) - set(previous))
+    for table in RESOLVED_TABLES:
+        db.conn.execute(f"DELETE FROM {table}")
+    _write(db, config.identity.source_priority, graph, details, unusable, previous, run_id, result)
+    db.conn.execute(
+        "DELETE FROM profiles WHERE one_id NOT IN "
+        "(SELECT one_id FROM identity_keys WHERE one_id IS NOT NULL)"
+    )
+
+
+def _incremental(
+    db: sqlite_utils.Database, config: Config, after_batch: int, run_id: int, result: ResolveResult
+) -> None:
+    normalizer = Normalizer(config.identity, config.region)
+    new = list(_normalize_keys(normalizer, _new_keys(db, config, after_batch)))
+    if not new:
+        result.mode = "unchanged"
+        return
+    result.keys_new = len(new)
+    # The components the new keys reach: one_ids of their identifiers, and every key that
+    # carries one of their identifiers (linked or refused).
+    db.conn.execute("CREATE TEMP TABLE IF NOT EXISTS reach (type TEXT, value TEXT)")
+    db.conn.execute("DELETE FROM reach")
+    db.conn.executemany(
+        "INSERT INTO reach VALUES (?, ?)", {(t, v) for _, found, _ in new for t, v, _ in found}
+    )
+    reached_ids = [
+        row[0]
+        for row in db.conn.execute(
+            "SELECT i.id FROM identifiers i JOIN reach r ON r.type = i.type AND r.value = i.value"
+        )
+    ]
+    db.conn.execute("CREATE TEMP TABLE IF NOT EXISTS reached_keys (key INTEGER PRIMARY KEY)")
+    db.conn.execute("DELETE FROM reached_keys")
+    db.conn.executemany(
+        "INSERT OR IGNORE INTO reached_keys "
+        "SELECT key FROM key_identifiers WHERE identifier_id = ?",
+        [(i,) for i in reached_ids],
+    )
+    db.conn.execute(
+        "INSERT OR IGNORE INTO reached_keys SELECT k.key FROM identity_keys k WHERE k.one_id IN "
+        "(SELECT k2.one_id FROM identity_keys k2 JOIN reached_keys r ON r.key = k2.key "
+        "WHERE k2.one_id IS NOT NULL)"
+    )
+    previous = dict(
+        db.conn.execute(
+            "SELECT k.key, k.one_id FROM identity_keys k JOIN reached_keys r ON r.key = k.key"
+        )
+    )
+    graph = Graph(config.identity.types)
+    old_links: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    details: dict[tuple[str, str], str | None] = {}
+    for key, type_name, value, detail in db.conn.execute(
+        "SELECT ki.key, i.type, i.value, i.detail FROM key_identifiers ki "
+        "JOIN identifiers i ON i.id = ki.identifier_id JOIN reached_keys r ON r.key = ki.key"
+    ):
+        old_links[key].append((type_name, value))
+        details[(type_name, value)] = detail
+    for key in previous:
+        graph.add_key(key, old_links.get(key, []))
+    unusable = []
+    for key, found, rejected in new:
+        graph.add_key(key, [(t, v) for t, v, _ in found])
+        details.update({(t, v): d for t, v, d in found})
+        unusable += [(key, r.type, r.raw, r.reason) for r in rejected]
+    db.conn.execute("DELETE FROM refused_links WHERE key IN (SELECT key FROM reached_keys)")
+    _write(db, config.identity.source_priority, graph, details, unusable, previous, run_id, result)
+
+
+def _write(
+    db: sqlite_utils.Database,
+    source_priority: tuple[str, ...],
+    graph: Graph,
+    details: dict[tuple[str, str], str | None],
+    unusable: list[tuple[int, str, str, str]],
+    previous: dict[int, str | None],
+    run_id: int,
+    result: ResolveResult,
+) -> None:
+    graph.resolve()
+    one_ids, stats = _assign(db, graph, previous, run_id)
+    result.created, result.merged, result.split = stats["created"], stats["merged"], stats["split"]
+    result.keys_resolved = len(graph.key_node)
+    at = now_iso()
+    key_rows = [(key, one_ids.get(graph.find(node)), at) for key, node in graph.key_node.items()]
+    db.conn.executemany(
+        "INSERT INTO identity_keys (key, one_id, resolved_at) VALUES (?, ?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET one_id=excluded.one_id, resolved_at=excluded.resolved_at",
+        key_rows,
+    )
+    ident_rows = []
+    for ident, inode in graph.ident_node.items():
+        refused = graph.refused_values.get(ident)
+        one_id = None if refused else one_ids.get(graph.find(inode))
+        status = "linked" if one_id else "refused"
+        ident_rows.append((ident[0], ident[1], details.get(ident), one_id, status, refused))
+    db.conn.executemany(
+        "INSERT INTO identifiers (type, value, detail, one_id, status, reason) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(type, value) DO UPDATE SET "
+        "detail=excluded.detail, one_id=excluded.one_id, status=excluded.status, "
+        "reason=excluded.reason",
+        ident_rows,
+    )
+    db.conn.execute("CREATE TEMP TABLE IF NOT EXISTS graph_idents (type TEXT, value TEXT)")
+    db.conn.execute("DELETE FROM graph_idents")
+    db.conn.executemany("INSERT INTO graph_idents VALUES (?, ?)", list(graph.ident_node))
+    ids = {
+        (t, v): id_
+        for id_, t, v in db.conn.execute(
+            "SELECT i.id, i.type, i.value FROM identifiers i "
+            "JOIN graph_idents g ON g.type = i.type AND g.value = i.value"
+        )
+    }
+    db.conn.executemany(
+        "INSERT OR IGNORE INTO key_identifiers (key, identifier_id) VALUES (?, ?)",
+        [(graph.key_of_node[k], ids[graph.ident_of_node[i]]) for _, i, k in graph.links],
+    )
+    db.conn.executemany(
+        "INSERT INTO unusable_values (key, type, raw, reason) VALUES (?, ?, ?, ?)", unusable
+    )
+    db.conn.executemany(
+        "INSERT INTO refused_links (key, identifier_id, reason) VALUES (?, ?, ?)",
+        [(key, ids[ident], reason) for key, ident, reason in graph.refused],
+    )
+    result.refused_links = len(graph.refused)
+    result.unusable_values = len(unusable)
+    merged_away = [old for old in set(previous.values()) if old and old not in one_ids.values()]
+    db.conn.executemany("DELETE FROM profiles WHERE one_id = ?", [(o,) for o in merged_away])
+    build_profiles(db, sorted(set(one_ids.values())), at, source_priority)
