@@ -15,6 +15,9 @@ from cdp_cli.config import Config, config_path, load_config
 from cdp_cli.demo import run_demo
 from cdp_cli.errors import CdpError
 from cdp_cli.ingest import IngestResult, ingest
+from cdp_cli.privacy import mask
+from cdp_cli.profiles import Lookup, find_one_id, profile_view
+from cdp_cli.resolve import ResolveResult, explain, export_mapping, resolve
 from cdp_cli.scaffold import init_project
 from cdp_cli.status import StoreStatus, store_status
 from cdp_cli.store import open_store
@@ -104,6 +107,8 @@ def cli(ctx: click.Context, config_option: str | None, db_option: str | None) ->
       cdp init my-brand         a new project: cdp.yaml, tag rules, journeys, templates
       cdp ingest                read every file declared in cdp.yaml
       cdp status                what the store holds, how fresh, how clean
+      cdp resolve               link records into customers, each with a stable one_id
+      cdp profile --phone 13800138000       one customer's 360° view
     """
     ctx.obj = Project(config_option, db_option)
 
@@ -154,8 +159,9 @@ def _summarize_paths(paths: list[Path], root: Path) -> list[str]:
 def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
     """Run the whole pipeline on the sample data in a fresh folder, showing every stage.
 
-    Today the stages are: init (a project in DIRECTORY), ingest (every sample export) and
-    status (what the store now holds). Afterwards DIRECTORY is an ordinary project to explore.
+    The stages: init (a project in DIRECTORY), ingest (every sample export), status (what the
+    store now holds), resolve (records linked into customers) and one merged customer's
+    profile. Afterwards DIRECTORY is an ordinary project to explore.
 
     \b
     Example:
@@ -165,7 +171,7 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
     def show(stage: str, result: Any) -> None:
         if json_:
             return
-        out.stdout().rule(f"[bold]{stage}", style="cyan")
+        out.heading(stage)
         if stage == "init":
             click.echo(f"A new project in {directory}: {len(result)} files")
             for line in _summarize_paths([Path(p) for p in result], directory):
@@ -174,6 +180,12 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
             _print_ingest(result)
         elif stage == "status":
             _print_status(result)
+        elif stage == "resolve":
+            _print_resolve(result)
+        elif stage == "profile":
+            click.echo("One customer the sample writes four ways, across four sources:")
+            _mask_profile(result)
+            _print_profile({**result, "merged_from": []})
 
     stages = run_demo(directory, force=force, on_stage=show)
     if json_:
@@ -183,6 +195,8 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
                 "init": stages["init"],
                 "ingest": [r.as_dict() for r in stages["ingest"]],
                 "status": stages["status"].as_dict(),
+                "resolve": stages["resolve"].as_dict(),
+                "profile": stages["profile"],
             }
         )
     else:
@@ -342,3 +356,232 @@ def _print_status(status: StoreStatus) -> None:
         ],
         numeric=2,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# resolve and profile
+
+
+@cli.command(name="resolve")
+@click.option("--full", is_flag=True, help="Resolve everything again, not only what is new.")
+@click.option(
+    "--export",
+    "export_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Then write the ID-mapping table (source, key, one_id) to a .csv or .jsonl file.",
+)
+@click.option(
+    "--explain", "explain_id", metavar="ONE_ID", help="Show why a customer's records are together."
+)
+@click.option("--unmask", is_flag=True, help="With --explain: show phones and emails in full.")
+@out.silent_option
+@out.json_option
+@pass_project
+def resolve_command(
+    project: Project,
+    full: bool,
+    export_path: Path | None,
+    explain_id: str | None,
+    unmask: bool,
+    silent: bool,
+    json_: bool,
+) -> None:
+    """Link records that share an identifier into one customer with a stable one_id.
+
+    Phones, emails, member numbers, WeChat ids and device ids are normalized, then joined
+    strongest first under the guards in cdp.yaml's identity: section. After the first run only
+    what new batches reach is resolved again; with nothing new, nothing changes.
+
+    \b
+    Examples:
+      cdp resolve
+      cdp resolve --export id_mapping.csv      the table business systems take back
+      cdp resolve --explain C000000042         why these records are one customer
+    """
+    config = project.config()
+    db = open_store(config.store)
+    try:
+        if explain_id:
+            report = explain(db, explain_id)
+            if not unmask:
+                _mask_explain(report)
+            out.print_json(report) if json_ else _print_explain(report)
+            return
+        result = resolve(db, config, full=full)
+        exported = export_mapping(db, export_path) if export_path else None
+    finally:
+        db.close()
+    if json_:
+        out.print_json({**result.as_dict(), "exported": exported})
+        return
+    _print_resolve(result)
+    for note in result.notes:
+        out.note(note, silent)
+    if export_path:
+        out.note(f"Wrote {exported:,} rows of the ID mapping to {export_path}", silent)
+
+
+def _print_resolve(result: ResolveResult) -> None:
+    rows = [
+        ("mode", result.mode),
+        ("identity keys, new", out.fmt_int(result.keys_new)),
+        ("identity keys, resolved", out.fmt_int(result.keys_resolved)),
+        ("customers (one_ids)", out.fmt_int(result.profiles)),
+        ("one_ids created", out.fmt_int(result.created)),
+        ("one_ids merged away", out.fmt_int(result.merged)),
+        ("one_ids split off", out.fmt_int(result.split)),
+        ("links refused by a guard", out.fmt_int(result.refused_links)),
+        ("values that identify no one", out.fmt_int(result.unusable_values)),
+        ("seconds", f"{result.seconds:.2f}"),
+    ]
+    out.print_table("Resolved", ["", "count"], rows, numeric=1)
+
+
+def _mask_explain(report: dict[str, Any]) -> None:
+    for item in report["identifiers"] + report["refused_links"]:
+        item["value"] = mask(item["type"], item["value"])
+    for item in report["unusable_values"]:
+        item["raw"] = mask(item["type"], item["raw"])
+
+
+def _print_explain(report: dict[str, Any]) -> None:
+    if report["merged_from"]:
+        out.note(f"{report['asked_for']} was merged into {report['one_id']}")
+    out.print_table(
+        f"Identifiers of {report['one_id']}",
+        ["type", "value", "detail", "keys"],
+        [(i["type"], i["value"], i["detail"], i["keys"]) for i in report["identifiers"]],
+        numeric=1,
+    )
+    out.print_table(
+        "Records",
+        ["kind", "source", "key"],
+        [(r["kind"], r["source"], r["key"]) for r in report["records"]],
+    )
+    if report["refused_links"]:
+        out.print_table(
+            "Links refused",
+            ["type", "value", "reason", "belongs to"],
+            [
+                (r["type"], r["value"], r["reason"], r["belongs_to"])
+                for r in report["refused_links"]
+            ],
+        )
+    if report["unusable_values"]:
+        out.print_table(
+            "Values that identify no one",
+            ["type", "as written", "reason"],
+            [(u["type"], u["raw"], u["reason"]) for u in report["unusable_values"]],
+        )
+
+
+@cli.command(name="profile")
+@click.argument("one_id", required=False)
+@click.option("--phone", help="Find the customer by a phone number, in any written form.")
+@click.option("--email", help="Find the customer by an email address.")
+@click.option("--device", help="Find the customer by a device id.")
+@click.option("--unmask", is_flag=True, help="Show phones and emails in full.")
+@out.json_option
+@pass_project
+def profile_command(
+    project: Project,
+    one_id: str | None,
+    phone: str | None,
+    email: str | None,
+    device: str | None,
+    unmask: bool,
+    json_: bool,
+) -> None:
+    """Show one customer's 360° view: golden record, identifiers, orders, events, history.
+
+    A one_id that was merged into another still finds the customer it became.
+
+    \b
+    Examples:
+      cdp profile C000000042
+      cdp profile --phone "+86 138 0013 8000"
+      cdp profile --email li.na@example.com --json
+    """
+    given = [v for v in (one_id, phone, email, device) if v]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of ONE_ID, --phone, --email or --device")
+    config = project.config()
+    db = open_store(config.store, create=False)
+    try:
+        current, merged_from = find_one_id(db, config, Lookup(one_id, phone, email, device))
+        view = profile_view(db, current)
+    finally:
+        db.close()
+    view["merged_from"] = merged_from
+    if not unmask:
+        _mask_profile(view)
+    if json_:
+        out.print_json(view)
+    else:
+        _print_profile(view)
+
+
+def _mask_profile(view: dict[str, Any]) -> None:
+    profile = view["profile"]
+    profile["phones"] = [mask("phone", p) for p in profile["phones"] or []]
+    profile["emails"] = [mask("email", e) for e in profile["emails"] or []]
+    profile["identifiers"] = {
+        t: [mask(t, v) for v in values] for t, values in (profile["identifiers"] or {}).items()
+    }
+    for item in view["identifiers"]:
+        item["value"] = mask(item["type"], item["value"])
+
+
+def _print_profile(view: dict[str, Any]) -> None:
+    profile = view["profile"]
+    if view["merged_from"]:
+        out.note(f"{' -> '.join(view['merged_from'])} was merged into {profile['one_id']}")
+    lineage = profile["lineage"] or {}
+    golden = [
+        (field, profile[field], lineage.get(field) or "")
+        for field in ("name", "gender", "birthday", "city")
+    ]
+    golden += [
+        ("phones", ", ".join(profile["phones"]), ""),
+        ("emails", ", ".join(profile["emails"]), ""),
+        ("first seen", profile["first_seen"], ""),
+        ("last seen", profile["last_seen"], ""),
+        ("sources", ", ".join(profile["sources"] or []), ""),
+        ("records", profile["records"], ""),
+        ("known", "yes" if profile["known"] else "no (anonymous: a device only)", ""),
+    ]
+    out.print_table(f"Customer {profile['one_id']}", ["", "value", "from"], golden)
+    out.print_table(
+        "Identifiers",
+        ["type", "value", "detail"],
+        [(i["type"], i["value"], i["detail"]) for i in view["identifiers"]],
+    )
+    orders = view["orders"]
+    out.print_table(
+        f"Orders: {orders['orders']}, total {orders['total_spent']:,.2f}",
+        ["at", "source", "order", "channel", "store", "amount"],
+        [
+            (
+                o["ordered_at"],
+                o["source"],
+                o["order_id"],
+                o["channel"],
+                o["store"],
+                f"{o['amount']:,.2f}",
+            )
+            for o in orders["latest"]
+        ],
+        numeric=1,
+    )
+    if view["events"]:
+        out.print_table(
+            "Recent events",
+            ["at", "event", "platform"],
+            [(e["occurred_at"], e["event"], e["platform"]) for e in view["events"]],
+        )
+    if view["history"]:
+        out.print_table(
+            "History",
+            ["one_id", "event", "other", "at"],
+            [(h["one_id"], h["event"], h["other_one_id"], h["at"]) for h in view["history"]],
+        )

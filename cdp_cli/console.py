@@ -39,6 +39,15 @@ def stderr() -> Console:
     return Console(file=sys.stderr, soft_wrap=True, highlight=False)
 
 
+def heading(text: str) -> None:
+    """A section heading on stdout: a rule on a terminal, a plain line otherwise."""
+    console = stdout()
+    if console.is_terminal:
+        console.rule(f"[bold]{text}", style="cyan")
+    else:
+        console.print(f"\n== {text} ==")
+
+
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
 

@@ -9,16 +9,22 @@ from typing import Any
 from cdp_cli.config import load_config
 from cdp_cli.errors import CdpError
 from cdp_cli.ingest import ingest
+from cdp_cli.profiles import Lookup, find_one_id, profile_view
+from cdp_cli.resolve import resolve
 from cdp_cli.scaffold import init_project
 from cdp_cli.status import store_status
 from cdp_cli.store import open_store
 
 StageCallback = Callable[[str, Any], None]
 STORE_FILES = ("cdp.db", "cdp.db-wal", "cdp.db-shm")
+# The sample's customer written four ways across four sources: the merge worth showing.
+DEMO_PHONE = "13800138000"
 
 
 def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | None = None) -> dict:
-    """init, ingest and status in `directory`; each stage's result goes to `on_stage` as it ends.
+    """init, ingest, status, resolve and one merged profile, in `directory`.
+
+    Each stage's result goes to `on_stage` as it ends.
 
     A folder that already holds a demo store is refused unless `force`, which starts it over.
     """
@@ -39,6 +45,11 @@ def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | Non
         report("ingest", stages["ingest"])
         stages["status"] = store_status(db, config)
         report("status", stages["status"])
+        stages["resolve"] = resolve(db, config)
+        report("resolve", stages["resolve"])
+        one_id, _ = find_one_id(db, config, Lookup(phone=DEMO_PHONE))
+        stages["profile"] = profile_view(db, one_id)
+        report("profile", stages["profile"])
     finally:
         db.close()
     return stages

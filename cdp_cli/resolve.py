@@ -19,20 +19,24 @@ only the components that keys from new batches reach.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
 from cdp_cli.canonical import IDENTITY_FIELDS, KINDS
 from cdp_cli.config import Config, IdentifierType
+from cdp_cli.errors import UsageError
 from cdp_cli.identity import Normalizer, Rejected
-from cdp_cli.profiles import build_profiles
+from cdp_cli.profiles import build_profiles, follow_merges
 from cdp_cli.store import now_iso, transaction
 
 KIND_TABLES = [kind.table for kind in KINDS.values()]
@@ -481,3 +485,80 @@ def _write(
     merged_away = [old for old in set(previous.values()) if old and old not in one_ids.values()]
     db.conn.executemany("DELETE FROM profiles WHERE one_id = ?", [(o,) for o in merged_away])
     build_profiles(db, sorted(set(one_ids.values())), at, source_priority)
+
+
+# ---------------------------------------------------------------------------------------------
+# Explaining and exporting
+
+
+def explain(db: sqlite_utils.Database, one_id: str) -> dict[str, Any]:
+    """Why a customer's records are together, and which links were refused."""
+    current, merged_from = follow_merges(db, one_id)
+    conn = db.conn
+
+    def rows(sql: str) -> list[dict[str, Any]]:
+        cursor = conn.execute(sql, (current,))
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
+
+    records = rows(
+        "SELECT m.kind, m.source, m.key, t.key AS identity_key FROM identity_keys t "
+        "JOIN (" + _RECORDS_BY_KEY + ") m ON m.identity_key = t.key "
+        "WHERE t.one_id = ? ORDER BY m.kind, m.source, m.key LIMIT 500"
+    )
+    links = rows(
+        "SELECT i.type, i.value, i.detail, count(DISTINCT ki.key) AS keys FROM identifiers i "
+        "JOIN key_identifiers ki ON ki.identifier_id = i.id WHERE i.one_id = ? "
+        "GROUP BY i.id ORDER BY i.type, i.value"
+    )
+    refused = rows(
+        "SELECT i.type, i.value, r.reason, r.key AS identity_key, i.one_id AS belongs_to "
+        "FROM refused_links r JOIN identifiers i ON i.id = r.identifier_id "
+        "WHERE r.key IN (SELECT key FROM identity_keys WHERE one_id = ?) ORDER BY i.type"
+    )
+    unusable = rows(
+        "SELECT DISTINCT u.type, u.raw, u.reason FROM unusable_values u "
+        "WHERE u.key IN (SELECT key FROM identity_keys WHERE one_id = ?) ORDER BY u.type, u.raw"
+    )
+    return {
+        "one_id": current,
+        "asked_for": one_id,
+        "merged_from": merged_from,
+        "identifiers": links,
+        "records": records,
+        "refused_links": refused,
+        "unusable_values": unusable,
+    }
+
+
+_RECORDS_BY_KEY = " UNION ALL ".join(
+    f"SELECT '{kind.name}' AS kind, source, key, identity_key FROM {kind.table}"
+    for kind in KINDS.values()
+)
+
+
+def export_mapping(db: sqlite_utils.Database, path: Path) -> int:
+    """Write the ID-mapping table (kind, source, key, one_id), CSV or JSONL by extension.
+
+    Written to a temporary file and renamed, so a reader never sees half of it.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl"):
+        raise UsageError(f"{path}: the export is written as .csv or .jsonl")
+    tmp = path.with_name(f".{path.name}.tmp")
+    count = 0
+    cursor = db.conn.execute("SELECT kind, source, key, one_id FROM id_mapping")
+    with tmp.open("w", encoding="utf-8", newline="") as f:
+        if suffix == ".csv":
+            writer = csv.writer(f)
+            writer.writerow(["kind", "source", "key", "one_id"])
+            for row in cursor:
+                writer.writerow(row)
+                count += 1
+        else:
+            for kind, source, key, one_id in cursor:
+                record = {"kind": kind, "source": source, "key": key, "one_id": one_id}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                count += 1
+    os.replace(tmp, path)
+    return count

@@ -1,0 +1,44 @@
+"""Personal data in what people see: masked by default in terminal output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import phonenumbers
+
+MASKED_TYPES = ("phone", "email", "id_number")
+
+
+def mask_phone(value: str) -> str:
+    """'+8613800138000' -> '138****8000': enough to recognise, not enough to call."""
+    try:
+        number = phonenumbers.parse(value, None)
+        national = str(number.national_number)
+    except phonenumbers.NumberParseException:
+        national = "".join(c for c in value if c.isdigit())
+    if len(national) < 7:
+        return "*" * len(national)
+    return f"{national[:3]}{'*' * (len(national) - 7)}{national[-4:]}"
+
+
+def mask_email(value: str) -> str:
+    """'li.na@example.com' -> 'l***@example.com'."""
+    local, _, domain = value.partition("@")
+    return f"{local[:1]}***@{domain}" if domain else "***"
+
+
+def mask_id_number(value: str) -> str:
+    return f"{value[:3]}{'*' * max(len(value) - 7, 0)}{value[-4:]}" if len(value) > 7 else "***"
+
+
+def mask(type_name: str, value: Any) -> Any:
+    """The masked form of an identifier of this type; other values unchanged."""
+    if not isinstance(value, str):
+        return value
+    if type_name == "phone":
+        return mask_phone(value)
+    if type_name == "email":
+        return mask_email(value)
+    if type_name == "id_number":
+        return mask_id_number(value)
+    return value
