@@ -386,6 +386,12 @@ def _build_field(
         if spec.startswith("="):
             return FieldMapping(field_def.name, constant=spec[1:], values=dict(builtin))
         return FieldMapping(field_def.name, column=spec, values=dict(builtin))
+    if isinstance(spec, (bool, int, float)) or spec is None:
+        raise ConfigError(
+            path,
+            f"{where}: YAML reads this as {yaml_word(spec)}, not a column name; put it in quotes",
+            line,
+        )
     if not isinstance(spec, YamlMap):
         raise ConfigError(path, f"{where}: expected a column name or a mapping with 'from'", line)
     check_keys(spec, FIELD_KEYS, where)
@@ -404,6 +410,15 @@ def _build_field(
     return FieldMapping(
         field_def.name, column=str(spec["from"]), values=values, formats=tuple(map(str, formats))
     )
+
+
+def yaml_word(value: Any) -> str:
+    """How YAML spelt a scalar it did not keep as text: `no` is false, `1e3` a number."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "false" if value is False else "true"
+    return f"the number {value}"
 
 
 def _build_key(

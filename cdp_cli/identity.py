@@ -102,7 +102,8 @@ class Normalizer:
             *DEFAULT_BLOCKED_PATTERNS,
             *(e[3:] for e in rules.blocklist if e.startswith("re:")),
         ]
-        self._blocked = re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
+        # Compiled one by one: joined with |, a backreference would point at another's group.
+        self._blocked = [re.compile(p, re.IGNORECASE) for p in patterns]
 
     def identifiers(
         self, fields: dict[str, str | None]
@@ -142,7 +143,8 @@ class Normalizer:
         text = value.strip().lower()
         if text in self._blocked_values:
             return True
-        return bool(self._blocked.search(text) or self._blocked.search(_SEPARATORS.sub("", text)))
+        bare = _SEPARATORS.sub("", text)
+        return any(p.search(text) or p.search(bare) for p in self._blocked)
 
 
 Normalized = tuple["str | None", "str | None", "str | None"]  # value, detail, reason if None

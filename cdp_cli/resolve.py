@@ -140,6 +140,9 @@ class Graph:
         self.refused: list[tuple[int, tuple[str, str], str]] = []  # key, identifier, reason
         self.refused_values: dict[tuple[str, str], str] = {}
         self.limits = {n: t.max_per_profile for n, t in self.types.items() if t.max_per_profile}
+        # identifier node -> key nodes, for types with `join: false`: such a value makes its
+        # record a customer but links it to no other record.
+        self.nonjoining: dict[int, list[int]] = defaultdict(list)
 
     def _node(self) -> int:
         node = len(self.parent)
@@ -205,6 +208,7 @@ class Graph:
         for _rank, inode, knode in self.links:
             type_name = self.ident_of_node[inode][0]
             if not self.types[type_name].joins:
+                self.nonjoining[inode].append(knode)
                 continue
             if type_name in guarded:
                 by_ident[inode].append(knode)
@@ -228,8 +232,8 @@ class Graph:
                     self.refused.append((self.key_of_node[knode], ident, reason))
 
     def components(self) -> dict[int, list[int]]:
-        """root -> key nodes, for keys that hold at least one linked identifier."""
-        linked_keys = set()
+        """root -> key nodes, for keys that hold a linked or a non-joining identifier."""
+        linked_keys = {k for knodes in self.nonjoining.values() for k in knodes}
         for _, inode, knode in self.links:
             if self.find(inode) == self.find(knode):
                 linked_keys.add(knode)
@@ -449,7 +453,12 @@ def _write(
     ident_rows = []
     for ident, inode in graph.ident_node.items():
         refused = graph.refused_values.get(ident)
-        one_id = None if refused else one_ids.get(graph.find(inode))
+        if inode in graph.nonjoining:
+            roots = {graph.find(k) for k in graph.nonjoining[inode]}
+            one_id = one_ids.get(roots.pop()) if len(roots) == 1 else None
+            refused = None if one_id else "join: false, and found on several customers"
+        else:
+            one_id = None if refused else one_ids.get(graph.find(inode))
         status = "linked" if one_id else "refused"
         ident_rows.append((ident[0], ident[1], details.get(ident), one_id, status, refused))
     db.conn.executemany(

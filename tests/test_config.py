@@ -36,6 +36,11 @@ sources:
         ),
         ("sources:\n  crm: [\n", "cdp.yaml:3: invalid YAML, column 1:"),
         ("region: CN\nregion: US\n", "cdp.yaml:2: duplicate key 'region'"),
+        (
+            "sources:\n  crm:\n    kind: customers\n    fields:\n      member_no: no\n",
+            "cdp.yaml:5: sources.crm.fields.member_no: YAML reads this as false, not a column "
+            "name; put it in quotes",
+        ),
         ("timezone: Mars/Base\n", "cdp.yaml:1: timezone: unknown timezone 'Mars/Base'"),
         ("region: XX\n", "cdp.yaml:1: region: unknown region 'XX'"),
         ("- a\n- b\n", "cdp.yaml:1: expected a mapping of settings at the top level"),
