@@ -110,9 +110,17 @@ class TimestampParser:
         return parse_timestamp(value, self.zone, self.formats)
 
     def local(self, value: str) -> str | None:
-        """'YYYY-MM-DD HH:MM:SS' in this zone, as ISO-8601 with offset; None for other forms."""
-        if len(value) != 19 or value[10] not in " T" or value[4] != "-":
+        """'YYYY-MM-DD HH:MM[:SS]' (or with '/') in this zone, as ISO-8601 with offset; None
+        for any other form, which the general parser then reads."""
+        size = len(value)
+        if size not in (16, 19) or value[10] not in " T" or value[4] != value[7]:
             return None
+        if value[4] == "/":
+            value = value.replace("/", "-")
+        elif value[4] != "-":
+            return None
+        if size == 16:
+            value += ":00"
         try:
             dt = datetime.fromisoformat(value)
         except ValueError:
@@ -151,17 +159,30 @@ def _parse_datetime(text: str, formats: tuple[str, ...]) -> datetime:
 def parse_date(value: Any, formats: tuple[str, ...] = ()) -> str:
     """A calendar date as YYYY-MM-DD; '1990-02-30' is refused."""
     text = str(value).strip()
-    if len(text) == 10 and not formats:
-        try:
-            return date.fromisoformat(text).isoformat()
-        except ValueError:
-            pass
+    quick = _quick_date(text, formats)
+    if quick is not None:
+        return quick
     for fmt in formats + DEFAULT_DATE_FORMATS:
         try:
             return datetime.strptime(text, fmt).date().isoformat()
         except ValueError:
             pass
     raise ValueError(f"{text!r} is not a date cdp can read")
+
+
+def _quick_date(text: str, formats: tuple[str, ...]) -> str | None:
+    """The forms that cannot mean anything else, without strptime (which is slow)."""
+    digits = None
+    if len(text) == 10 and text[4] in "-/" and text[7] == text[4]:
+        digits = (text[:4], text[5:7], text[8:])
+    elif len(text) == 8 and text.isdigit() and (not formats or "%Y%m%d" in formats):
+        digits = (text[:4], text[4:6], text[6:])
+    if digits is None or not all(d.isdigit() for d in digits):
+        return None
+    try:
+        return date(int(digits[0]), int(digits[1]), int(digits[2])).isoformat()
+    except ValueError:
+        raise ValueError(f"{text!r} is not a date cdp can read") from None
 
 
 def to_json(value: Any) -> str:
