@@ -119,6 +119,21 @@ def machine() -> dict[str, Any]:
         "sqlite": sqlite3.sqlite_version,
         "sqlite_utils": versions.rsplit(" ", 1)[-1],
         "kernel": platform.release(),
+        "load_average_at_start": os.getloadavg(),  # others' work on this box skews the figures
+    }
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured, and whether cdp_cli/ had uncommitted changes when it was."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True
+        ).stdout.strip()
+
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "cdp_cli_dirty": bool(git("status", "-s", "cdp_cli")),
     }
 
 
@@ -320,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": shlex.join([sys.executable, *sys.argv]),
         "machine": machine(),
+        "code": code_version(),
         "customers": args.customers,
         "events": args.events,
         "data": {"dir": str(data)},
@@ -347,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     fresh(store)
     cdp_e = measure("events cdp", cdp_ingest(events, "app_events", store))
     fresh(base_db, peer_db)
+    report["load_average_at_end"] = os.getloadavg()
 
     check_targets(cdp_c, base_c, RATIO_TARGET)
     check_targets(cdp_e, base_e, None)

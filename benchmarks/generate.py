@@ -1290,6 +1290,9 @@ class Generator:
         switch = n
         if p.member_no and n > 3 and r() < 0.12:
             switch = n // 2 + int(r() * (n - n // 2))  # got a new phone
+            registered = [k for k, s in enumerate(sessions) if s[2] == "register"]
+            if registered:
+                switch = max(switch, registered[0] + 1)  # registered on the first one
         devices = [(uuid4_like(self.rng), DEVICE_PLATFORMS[int(r() * len(DEVICE_PLATFORMS))])]
         if switch < n:
             devices.append((uuid4_like(self.rng), devices[0][1] if r() < 0.7 else "android"))

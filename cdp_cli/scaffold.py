@@ -50,6 +50,9 @@ def init_project(directory: Path, force: bool = False) -> list[Path]:
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
         raise CdpError(f"{shown}{more} already exist; --force overwrites them")
     written = []
+    for name in PROJECT_FILES:
+        if (root / name).is_dir():
+            (directory / name).mkdir(parents=True, exist_ok=True)
     for relative in files:
         target = directory / relative
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -83,7 +83,7 @@ def test_init_scaffolds_a_working_project_and_refuses_to_overwrite(run, tmp_path
     assert (project / "cdp.yaml").read_text(encoding="utf-8") == "# mine\n"
     forced = run("init", "brand", "--force", "--json")
     assert forced.exit_code == 0
-    assert str(project / "cdp.yaml") in json.loads(forced.stdout)["files"]
+    assert "brand/cdp.yaml" in json.loads(forced.stdout)["files"]
     assert (project / "cdp.yaml").read_text(encoding="utf-8").startswith("# cdp.yaml")
 
 
