@@ -23,21 +23,53 @@ from cdp_cli.config import IdentityRules
 CACHE_SIZE = 1 << 20
 
 
+# CN mobiles as exports write them: 11 digits from 13 to 19, perhaps after +86, 0086 or 86.
+# 179xx is left to the full parser: it may read those digits as a carrier-select prefix.
+_CN_MOBILE = re.compile(r"(?:\+86|0086|86)?(1(?:[3-68]\d|7[0-8]|9\d)\d{8})")
+_FORMATTING = str.maketrans("", "", " -().\u00a0\t")
+
+
 @lru_cache(maxsize=CACHE_SIZE)
-def normalize_phone(raw: str, region: str = "CN") -> str | None:
-    """E.164 for a valid number ('+8613800138000'); masked or invalid numbers give None."""
+def parse_phone(raw: str, region: str = "CN") -> tuple[str, str] | None:
+    """(E.164, type) for a valid number: ('+8613800138000', 'mobile'); None otherwise.
+
+    Written CN mobiles skip phonenumbers.parse, the slow part, but not its judgement: the
+    number is built from its digits and phonenumbers' own number_type decides, so the answer
+    is the one parse would give (a property test holds them equal).
+    """
     text = raw.strip()
     if not text or "*" in text:
         return None
+    if region == "CN" or text.startswith(("+86", "0086")):
+        match = _CN_MOBILE.fullmatch(text.translate(_FORMATTING))
+        if match:
+            number = phonenumbers.PhoneNumber(country_code=86, national_number=int(match[1]))
+            number_type = phonenumbers.number_type(number)
+            if number_type == phonenumbers.PhoneNumberType.UNKNOWN:
+                return None
+            return f"+86{match[1]}", _PHONE_TYPES.get(number_type, "other")
     if text.startswith("00"):
         text = "+" + text[2:]
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_valid_number(number):
+    return _judge(number)
+
+
+def _judge(number: phonenumbers.PhoneNumber) -> tuple[str, str] | None:
+    # number_type is UNKNOWN exactly when is_valid_number is False: one classification.
+    number_type = phonenumbers.number_type(number)
+    if number_type == phonenumbers.PhoneNumberType.UNKNOWN:
         return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return e164, _PHONE_TYPES.get(number_type, "other")
+
+
+def normalize_phone(raw: str, region: str = "CN") -> str | None:
+    """E.164 for a valid number ('+8613800138000'); masked or invalid numbers give None."""
+    parsed = parse_phone(raw, region)
+    return parsed[0] if parsed else None
 
 
 def identity_key(fields: Iterable[tuple[str, str | None]]) -> int | None:
@@ -154,10 +186,10 @@ def _phone(parts: tuple[str | None, ...], region: str) -> Normalized:
     raw = parts[0] or ""
     if "*" in raw:
         return None, None, "masked"
-    value = normalize_phone(raw, region)
-    if value is None:
+    parsed = parse_phone(raw, region)
+    if parsed is None:
         return None, None, "not a valid phone number"
-    return value, phone_type(value), None
+    return parsed[0], parsed[1], None
 
 
 def _email(parts: tuple[str | None, ...], region: str) -> Normalized:
@@ -221,12 +253,6 @@ def email_key(raw: str) -> str | None:
     except EmailNotValidError:
         return None
     return f"{checked.local_part.lower()}@{checked.ascii_domain.lower()}"
-
-
-def phone_type(e164: str) -> str:
-    """mobile, fixed_line, ... as phonenumbers names the number's type."""
-    number_type = phonenumbers.number_type(phonenumbers.parse(e164))
-    return _PHONE_TYPES.get(number_type, "other")
 
 
 _PHONE_TYPES = {

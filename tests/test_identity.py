@@ -74,3 +74,36 @@ def test_normalizer_never_raises_and_caches(text):
     fields = {"phone": text, "email": text, "device_id": text, "id_number": text, "member_no": text}
     first = normalizer.identifiers(fields)
     assert normalizer.identifiers(fields) == first
+
+
+def _slow_parse(raw: str, region: str):
+    """What phonenumbers.parse says, the way parse_phone says it: the reference."""
+    import phonenumbers
+
+    text = raw.strip()
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return e164, {1: "mobile", 0: "fixed_line", 2: "fixed_line_or_mobile"}.get(
+        phonenumbers.number_type(number), "other"
+    )
+
+
+any_cn_number = st.builds(lambda n: f"1{n:010d}", st.integers(0, 9_999_999_999))
+
+
+@given(
+    any_cn_number, st.sampled_from(["{}", "+86{}", "0086 {}", "86-{}", "+86 {} ", "({}) ", "{}"])
+)
+def test_fast_path_agrees_with_phonenumbers(number, form):
+    from cdp_cli.identity import parse_phone
+
+    written = form.format(f"{number[:3]} {number[3:7]}-{number[7:]}" if "(" in form else number)
+    parse_phone.cache_clear()
+    assert parse_phone(written, "CN") == _slow_parse(written, "CN")
