@@ -202,7 +202,12 @@ class Graph:
         return None
 
     def resolve(self) -> None:
-        self.links.sort()
+        # Links in a fixed order (type priority, identifier, key), not node numbers: which of
+        # two competing links a guard keeps must not depend on what was loaded first, so an
+        # incremental run decides as a full run would.
+        position = {node: i for i, (_, node) in enumerate(sorted(self.ident_node.items()))}
+        key_of = self.key_of_node
+        self.links.sort(key=lambda link: (link[0], position[link[1]], key_of[link[2]]))
         guarded = {n for n, t in self.types.items() if t.max_profiles_per_value}
         by_ident: dict[int, list[int]] = defaultdict(list)
         for _rank, inode, knode in self.links:
