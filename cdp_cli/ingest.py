@@ -170,13 +170,15 @@ def _fast_number(convert: Converter) -> Converter:
 
 
 def _fast_timestamp(convert: Converter, parser: TimestampParser) -> Converter:
-    local = parser.local
+    local, epoch = parser.local, parser.epoch
 
     def fast(raw: Any, invalid: dict[str, Any]) -> Any:
-        if type(raw) is str and len(raw) == 19:
+        if type(raw) is str:
             value = local(raw)
             if value is not None:
                 return value
+        elif type(raw) is int and 0 <= raw < 10**13:
+            return epoch(raw)
         return convert(raw, invalid)
 
     return fast
@@ -225,6 +227,13 @@ def _pop_path(obj: dict[str, Any], column: str) -> None:
         del obj[column]
         return
     parts = column.split(".")
+    if len(parts) == 2:  # the usual nesting, kept short: it runs for every row
+        parent = obj.get(parts[0])
+        if isinstance(parent, dict):
+            parent.pop(parts[1], None)
+            if not parent:
+                del obj[parts[0]]
+        return
     parents = [obj]
     for part in parts[:-1]:
         child = parents[-1].get(part)
@@ -245,15 +254,19 @@ class RowMapper:
         self.header = header
         self.has_items = source.items is not None
         mappings = list(source.fields.values())
-        # CSV text columns that need only trimming take a fast path: one itemgetter per row.
+        # Text columns that need only trimming take a fast path: all of them fetched in one
+        # C call per row (an itemgetter for CSV, dict.get mapped over the names for JSON).
         plain = [
             m for m in mappings
-            if header is not None and m.column and not m.values
+            if m.column and not m.values and (header is not None or "." not in m.column)
             and source.kind.field(m.name).type == TEXT  # type: ignore[union-attr]
         ]  # fmt: skip
         typed = [m for m in mappings if m not in plain]
         self.columns = [m.name for m in plain + typed]
-        self._pick_plain = _picker([self._index(m) for m in plain])
+        if header is not None:
+            self._pick_plain = _picker([self._index(m) for m in plain])
+        else:
+            self._plain_keys = [m.column for m in plain]
         self._typed = [
             (self._getter(m), _converter(m, source.kind.field(m.name), source))  # type: ignore[arg-type]
             for m in typed
@@ -282,7 +295,10 @@ class RowMapper:
             used = {header.index(c) for c in mapped}
             self._extra = [(i, name) for i, name in enumerate(header) if i not in used and name]
         else:
-            self._mapped_paths = sorted(set(mapped), key=lambda c: -c.count("."))
+            self._mapped_top = sorted({c for c in mapped if "." not in c})
+            self._mapped_paths = sorted(
+                {c for c in mapped if "." in c}, key=lambda c: -c.count(".")
+            )
 
     def _index(self, mapping: FieldMapping) -> int:
         assert self.header is not None and mapping.column is not None
@@ -305,7 +321,13 @@ class RowMapper:
     def map(self, row: Any) -> tuple[str | None, list[Any], str | None]:
         """The row's natural key, its values (`columns`, then items, then identity_key), attrs."""
         invalid: dict[str, Any] = {}
-        values = [cell.strip() or None for cell in self._pick_plain(row)]
+        if self.header is not None:
+            values = [cell.strip() or None for cell in self._pick_plain(row)]
+        else:
+            values = [
+                (value.strip() or None) if type(value) is str else _text(value)
+                for value in map(row.get, self._plain_keys)
+            ]
         values += [convert(get(row), invalid) for get, convert in self._typed]
         key = self._key_of(row, values)
         if self.has_items:
@@ -341,6 +363,9 @@ class RowMapper:
             return {name: row[i] for i, name in self._extra if row[i].strip()}
         for column in self._mapped_paths:
             _pop_path(row, column)
+        pop = row.pop
+        for column in self._mapped_top:
+            pop(column, None)
         return row
 
     def _items(self, row: Any, invalid: dict[str, Any]) -> str | None:

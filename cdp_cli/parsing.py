@@ -37,6 +37,7 @@ DEFAULT_DATE_FORMATS = (
 _THOUSANDS = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$")
 _CURRENCY = "¥￥$ \u00a0"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
 
 
 def parse_number(value: Any) -> float:
@@ -67,7 +68,14 @@ def parse_integer(value: Any) -> int:
 
 def _from_epoch(number: float | int, zone: tzinfo) -> datetime:
     # 13 digits are milliseconds (JavaScript, app SDKs), 10 are seconds (WeChat, Unix tools).
-    delta = timedelta(milliseconds=number) if abs(number) >= 1e11 else timedelta(seconds=number)
+    milliseconds = abs(number) >= 1e11
+    if type(number) is int:  # exact integer arithmetic, and the C constructor: the usual case
+        seconds, millis = divmod(number, 1000) if milliseconds else (number, 0)
+        try:
+            return datetime.fromtimestamp(seconds, zone).replace(microsecond=millis * 1000)
+        except (OverflowError, OSError, ValueError):
+            pass
+    delta = timedelta(milliseconds=number) if milliseconds else timedelta(seconds=number)
     return (_EPOCH + delta).astimezone(zone)
 
 
@@ -101,6 +109,7 @@ class TimestampParser:
         self.zone = zone
         self.formats = formats
         self._offsets: dict[str, str] = {}
+        self._epoch_offsets: dict[int, tuple[int, str]] = {}
 
     def __call__(self, value: Any) -> str:
         if not self.formats and type(value) is str:
@@ -133,6 +142,22 @@ class TimestampParser:
                 self._offsets.clear()
             self._offsets[hour] = offset
         return f"{value[:10]}T{value[11:]}{offset}"
+
+    def epoch(self, number: int) -> str:
+        """An integer of epoch seconds or milliseconds, as parse_timestamp would write it,
+        with the zone's offset looked up once per hour."""
+        seconds, millis = divmod(number, 1000) if abs(number) >= 1e11 else (number, 0)
+        hour = seconds // 3600
+        cached = self._epoch_offsets.get(hour)
+        if cached is None:
+            offset = datetime.fromtimestamp(hour * 3600, self.zone).utcoffset() or timedelta()
+            text = datetime.fromtimestamp(hour * 3600, self.zone).isoformat()[19:]
+            cached = (int(offset.total_seconds()), text)
+            if len(self._epoch_offsets) > 100_000:
+                self._epoch_offsets.clear()
+            self._epoch_offsets[hour] = cached
+        local = (_NAIVE_EPOCH + timedelta(seconds=seconds + cached[0])).isoformat()
+        return f"{local}.{millis:03d}{cached[1]}" if millis else f"{local}{cached[1]}"
 
     def _offset(self, dt: datetime) -> str:
         return dt.replace(tzinfo=self.zone).isoformat()[19:]

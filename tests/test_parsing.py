@@ -74,6 +74,11 @@ def test_fast_timestamp_agrees_with_general(dt):
     assert fast(text, {}) == parse_timestamp(text, SHANGHAI)
 
 
+@given(st.integers(0, 10**13 - 1), st.sampled_from([SHANGHAI, NEW_YORK, timezone.utc]))
+def test_fast_epoch_agrees_with_general(number, zone):
+    assert TimestampParser(zone).epoch(number) == parse_timestamp(number, zone)
+
+
 @given(st.datetimes(min_value=datetime(2001, 9, 10), max_value=datetime(2286, 11, 20)))
 def test_epoch_seconds_and_milliseconds(dt):
     aware = dt.replace(tzinfo=timezone.utc, microsecond=dt.microsecond // 1000 * 1000)
