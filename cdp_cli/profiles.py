@@ -16,6 +16,7 @@ import sqlite_utils
 from cdp_cli.config import Config
 from cdp_cli.errors import NotFound
 from cdp_cli.identity import email_key, normalize_phone
+from cdp_cli.store import rows_as_dicts
 
 GOLDEN_FIELDS = ("name", "gender", "birthday", "city")
 SEEN_COLUMNS = {
@@ -152,49 +153,43 @@ def follow_merges(db: sqlite_utils.Database, one_id: str) -> tuple[str, list[str
     return current, path[:-1]
 
 
-def _rows(db: sqlite_utils.Database, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-    cursor = db.conn.execute(sql, params)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor]
-
-
 def profile_view(db: sqlite_utils.Database, one_id: str, recent: int = 10) -> dict[str, Any]:
     """Everything cdp knows about one customer, as one document."""
-    [profile] = _rows(db, "SELECT * FROM profiles WHERE one_id = ?", [one_id])
+    [profile] = rows_as_dicts(db, "SELECT * FROM profiles WHERE one_id = ?", [one_id])
     for key in ("phones", "emails", "identifiers", "sources", "lineage"):
         profile[key] = json.loads(profile[key]) if profile[key] else None
-    identifiers = _rows(
+    identifiers = rows_as_dicts(
         db,
         "SELECT type, value, detail FROM identifiers WHERE one_id = ? ORDER BY type, value",
         [one_id],
     )
-    records = _rows(
+    records = rows_as_dicts(
         db,
         "SELECT m.kind, m.source, m.key FROM id_mapping m "
         "WHERE m.one_id = ? AND m.kind != 'events' "
         "ORDER BY m.kind, m.source, m.key LIMIT 200",
         [one_id],
     )
-    [orders] = _rows(
+    [orders] = rows_as_dicts(
         db,
         "SELECT count(*) AS orders, round(coalesce(sum(amount), 0), 2) AS total_spent, "
         "min(ordered_at) AS first_order, max(ordered_at) AS last_order "
         "FROM profile_orders WHERE one_id = ?",
         [one_id],
     )
-    latest_orders = _rows(
+    latest_orders = rows_as_dicts(
         db,
         "SELECT source, order_id, ordered_at, amount, channel, store, status FROM profile_orders "
         "WHERE one_id = ? ORDER BY ordered_at DESC LIMIT ?",
         [one_id, recent],
     )
-    events = _rows(
+    events = rows_as_dicts(
         db,
         "SELECT occurred_at, event, platform, properties FROM profile_events WHERE one_id = ? "
         "ORDER BY occurred_at DESC LIMIT ?",
         [one_id, recent],
     )
-    history = _rows(
+    history = rows_as_dicts(
         db,
         "SELECT one_id, event, other_one_id, at FROM id_history "
         "WHERE one_id = ? OR other_one_id = ? ORDER BY id",

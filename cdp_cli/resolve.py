@@ -37,7 +37,7 @@ from cdp_cli.config import Config, IdentifierType
 from cdp_cli.errors import UsageError
 from cdp_cli.identity import Normalizer, Rejected
 from cdp_cli.profiles import build_profiles, follow_merges
-from cdp_cli.store import now_iso, transaction
+from cdp_cli.store import now_iso, rows_as_dicts, transaction
 
 KIND_TABLES = [kind.table for kind in KINDS.values()]
 # Every field any identifier type may read: the identity fields and the usual composite parts.
@@ -508,12 +508,9 @@ def _write(
 def explain(db: sqlite_utils.Database, one_id: str) -> dict[str, Any]:
     """Why a customer's records are together, and which links were refused."""
     current, merged_from = follow_merges(db, one_id)
-    conn = db.conn
 
     def rows(sql: str) -> list[dict[str, Any]]:
-        cursor = conn.execute(sql, (current,))
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor]
+        return rows_as_dicts(db, sql, (current,))
 
     records = rows(
         "SELECT m.kind, m.source, m.key, t.key AS identity_key FROM identity_keys t "

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
@@ -30,6 +31,15 @@ def migration(version: int) -> Callable[[Migration], Migration]:
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def rows_as_dicts(
+    db: sqlite_utils.Database, sql: str, params: Sequence[Any] = ()
+) -> list[dict[str, Any]]:
+    """A query's rows as dicts keyed by column name, for documents such as --json output."""
+    cursor = db.conn.execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
 
 
 def open_store(path: Path, create: bool = True) -> sqlite_utils.Database:
