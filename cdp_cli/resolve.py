@@ -40,8 +40,6 @@ from cdp_cli.profiles import build_profiles, follow_merges
 from cdp_cli.store import now_iso, rows_as_dicts, transaction
 
 KIND_TABLES = [kind.table for kind in KINDS.values()]
-# Every field any identifier type may read: the identity fields and the usual composite parts.
-IDENTITY_COLUMNS = [f.name for f in IDENTITY_FIELDS] + ["name", "birthday", "gender", "city"]
 RESOLVED_TABLES = (
     "identity_keys", "identifiers", "key_identifiers", "unusable_values", "refused_links",
 )  # fmt: skip
@@ -83,9 +81,12 @@ def _last_run(db: sqlite_utils.Database) -> tuple[int, str] | None:
     return (row[0], row[1]) if row else None
 
 
-def _identity_columns(db: sqlite_utils.Database, table: str) -> list[str]:
+def _identity_columns(db: sqlite_utils.Database, config: Config, table: str) -> list[str]:
+    """The columns of `table` that any identifier type reads."""
+    wanted = [f.name for f in IDENTITY_FIELDS]
+    wanted += [f for t in config.identity.types for f in t.fields if f not in wanted]
     present = {c.name for c in db[table].columns}
-    return [c for c in IDENTITY_COLUMNS if c in present]
+    return [c for c in wanted if c in present]
 
 
 def _new_keys(
@@ -100,7 +101,7 @@ def _new_keys(
     fields_of = {name: set(s.identity_fields) for name, s in config.sources.items()}
     default = {f.name for f in IDENTITY_FIELDS}
     for table in KIND_TABLES:
-        columns = _identity_columns(db, table)
+        columns = _identity_columns(db, config, table)
         where = "t.identity_key IS NOT NULL"
         params: list[Any] = []
         if after_batch is not None:
@@ -207,7 +208,9 @@ class Graph:
         # incremental run decides as a full run would.
         position = {node: i for i, (_, node) in enumerate(sorted(self.ident_node.items()))}
         key_of = self.key_of_node
-        self.links.sort(key=lambda link: (link[0], position[link[1]], key_of[link[2]]))
+        self.links = sorted(
+            set(self.links), key=lambda link: (link[0], position[link[1]], key_of[link[2]])
+        )
         guarded = {n for n, t in self.types.items() if t.max_profiles_per_value}
         by_ident: dict[int, list[int]] = defaultdict(list)
         for _rank, inode, knode in self.links:
@@ -300,6 +303,10 @@ def _assign(
             else:
                 history.append((one_ids[root], "created", None))
                 stats["created"] += 1
+    # A one_id that no part of the graph carries any more: its records identify no one now.
+    unclaimed = {o for o in previous.values() if o} - set(share)
+    history += [(old, "removed", None) for old in sorted(unclaimed)]
+    stats["removed"] = len(unclaimed)
     at = now_iso()
     db.conn.executemany(
         "INSERT INTO id_history (one_id, event, other_one_id, run_id, at) VALUES (?, ?, ?, ?, ?)",
@@ -357,6 +364,8 @@ def _normalize_keys(
 
 def _full(db: sqlite_utils.Database, config: Config, run_id: int, result: ResolveResult) -> None:
     previous = dict(db.conn.execute("SELECT key, one_id FROM identity_keys"))
+    _, successors = _replaced_keys(db)
+    _inherit(previous, successors, dict(previous))
     normalizer = Normalizer(config.identity, config.region)
     graph = Graph(config.identity.types)
     details: dict[tuple[str, str], str | None] = {}
@@ -369,9 +378,82 @@ def _full(db: sqlite_utils.Database, config: Config, run_id: int, result: Resolv
     for table in RESOLVED_TABLES:
         db.conn.execute(f"DELETE FROM {table}")
     _write(db, config.identity.source_priority, graph, details, unusable, previous, run_id, result)
+
+
+def _replaced_keys(db: sqlite_utils.Database) -> tuple[list[int], dict[int, int]]:
+    """Keys that re-ingested rows replaced and no row carries any more; and, for each key that
+    replaced one of them, the key it replaced (so the record keeps its one_id)."""
+    pairs = db.conn.execute("SELECT old_key, new_key FROM replaced_identity_keys").fetchall()
+    db.conn.execute("DELETE FROM replaced_identity_keys")
+    probes = " OR ".join(
+        f"EXISTS (SELECT 1 FROM {table} WHERE identity_key = ?)" for table in KIND_TABLES
+    )
+    vanished = [
+        old
+        for old in sorted({old for old, _ in pairs})
+        if not db.conn.execute(f"SELECT {probes}", [old] * len(KIND_TABLES)).fetchone()[0]
+    ]
+    gone = set(vanished)
+    return vanished, {new: old for old, new in pairs if old in gone and new is not None}
+
+
+def _inherit(
+    previous: dict[int, str | None], successors: dict[int, int], old_one_ids: dict[int, str | None]
+) -> None:
+    """A key that replaced a vanished one claims the one_id the vanished key had."""
+    for new, old in successors.items():
+        if previous.get(new) is None and old_one_ids.get(old):
+            previous[new] = old_one_ids[old]
+
+
+def _forget_keys(db: sqlite_utils.Database, keys: list[int]) -> dict[int, str | None]:
+    """Take keys out of the graph, with identifiers no other key carries; their one_ids."""
+    if not keys:
+        return {}
+    marks = ",".join("?" * len(keys))
+    one_ids = dict(
+        db.conn.execute(f"SELECT key, one_id FROM identity_keys WHERE key IN ({marks})", keys)
+    )
+    ident_ids = [
+        i for (i,) in db.conn.execute(
+            f"SELECT DISTINCT identifier_id FROM key_identifiers WHERE key IN ({marks})", keys
+        )
+    ]  # fmt: skip
+    for table in ("identity_keys", "key_identifiers", "unusable_values", "refused_links"):
+        db.conn.execute(f"DELETE FROM {table} WHERE key IN ({marks})", keys)
+    db.conn.executemany(
+        "DELETE FROM identifiers WHERE id = ? AND NOT EXISTS "
+        "(SELECT 1 FROM key_identifiers WHERE identifier_id = identifiers.id)",
+        [(i,) for i in ident_ids],
+    )
+    return one_ids
+
+
+def _reached_keys(
+    db: sqlite_utils.Database, identifiers: set[tuple[str, str]], one_ids: set[str]
+) -> None:
+    """Fill temp table reached_keys: every key carrying one of these identifiers (linked or
+    refused), and every key of the customers those keys, or `one_ids`, belong to."""
+    db.conn.execute("CREATE TEMP TABLE IF NOT EXISTS reach (type TEXT, value TEXT)")
+    db.conn.execute("DELETE FROM reach")
+    db.conn.executemany("INSERT INTO reach VALUES (?, ?)", identifiers)
+    db.conn.execute("CREATE TEMP TABLE IF NOT EXISTS reached_keys (key INTEGER PRIMARY KEY)")
+    db.conn.execute("DELETE FROM reached_keys")
     db.conn.execute(
-        "DELETE FROM profiles WHERE one_id NOT IN "
-        "(SELECT one_id FROM identity_keys WHERE one_id IS NOT NULL)"
+        "INSERT OR IGNORE INTO reached_keys SELECT ki.key FROM key_identifiers ki "
+        "JOIN identifiers i ON i.id = ki.identifier_id "
+        "JOIN reach r ON r.type = i.type AND r.value = i.value"
+    )
+    db.conn.execute("CREATE TEMP TABLE IF NOT EXISTS reached_one_ids (one_id TEXT PRIMARY KEY)")
+    db.conn.execute("DELETE FROM reached_one_ids")
+    db.conn.executemany("INSERT OR IGNORE INTO reached_one_ids VALUES (?)", [(o,) for o in one_ids])
+    db.conn.execute(
+        "INSERT OR IGNORE INTO reached_one_ids SELECT k.one_id FROM identity_keys k "
+        "JOIN reached_keys r ON r.key = k.key WHERE k.one_id IS NOT NULL"
+    )
+    db.conn.execute(
+        "INSERT OR IGNORE INTO reached_keys SELECT k.key FROM identity_keys k "
+        "JOIN reached_one_ids o ON o.one_id = k.one_id"
     )
 
 
@@ -380,34 +462,17 @@ def _incremental(
 ) -> None:
     normalizer = Normalizer(config.identity, config.region)
     new = list(_normalize_keys(normalizer, _new_keys(db, config, after_batch)))
-    if not new:
+    vanished, successors = _replaced_keys(db)
+    if not new and not vanished:
         result.mode = "unchanged"
         return
     result.keys_new = len(new)
-    # The components the new keys reach: one_ids of their identifiers, and every key that
-    # carries one of their identifiers (linked or refused).
-    db.conn.execute("CREATE TEMP TABLE IF NOT EXISTS reach (type TEXT, value TEXT)")
-    db.conn.execute("DELETE FROM reach")
-    db.conn.executemany(
-        "INSERT INTO reach VALUES (?, ?)", {(t, v) for _, found, _ in new for t, v, _ in found}
-    )
-    reached_ids = [
-        row[0]
-        for row in db.conn.execute(
-            "SELECT i.id FROM identifiers i JOIN reach r ON r.type = i.type AND r.value = i.value"
-        )
-    ]
-    db.conn.execute("CREATE TEMP TABLE IF NOT EXISTS reached_keys (key INTEGER PRIMARY KEY)")
-    db.conn.execute("DELETE FROM reached_keys")
-    db.conn.executemany(
-        "INSERT OR IGNORE INTO reached_keys "
-        "SELECT key FROM key_identifiers WHERE identifier_id = ?",
-        [(i,) for i in reached_ids],
-    )
-    db.conn.execute(
-        "INSERT OR IGNORE INTO reached_keys SELECT k.key FROM identity_keys k WHERE k.one_id IN "
-        "(SELECT k2.one_id FROM identity_keys k2 JOIN reached_keys r ON r.key = k2.key "
-        "WHERE k2.one_id IS NOT NULL)"
+    # What new keys and vanished ones reach is resolved again; the rest of the graph stays.
+    lost = _forget_keys(db, vanished)
+    _reached_keys(
+        db,
+        {(t, v) for _, found, _ in new for t, v, _ in found},
+        {one_id for one_id in lost.values() if one_id},
     )
     previous = dict(
         db.conn.execute(
@@ -431,6 +496,8 @@ def _incremental(
         details.update({(t, v): d for t, v, d in found})
         unusable += [(key, r.type, r.raw, r.reason) for r in rejected]
     db.conn.execute("DELETE FROM refused_links WHERE key IN (SELECT key FROM reached_keys)")
+    _inherit(previous, successors, lost)
+    previous.update({key: one_id for key, one_id in lost.items() if key not in previous})
     _write(db, config.identity.source_priority, graph, details, unusable, previous, run_id, result)
 
 

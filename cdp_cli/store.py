@@ -214,7 +214,8 @@ CREATE INDEX refused_links_key ON refused_links (key);
 CREATE TABLE id_history (
   id INTEGER PRIMARY KEY,
   one_id TEXT NOT NULL,         -- the one_id this event happened to
-  event TEXT NOT NULL,          -- created, merged (into other_one_id), split (from other_one_id)
+  event TEXT NOT NULL,          -- created, merged (into other_one_id), split (from other_one_id),
+                                -- removed (no record identifies anyone any more)
   other_one_id TEXT,
   run_id INTEGER NOT NULL,
   at TEXT NOT NULL
@@ -274,3 +275,23 @@ CREATE VIEW profile_identifiers AS
   SELECT one_id, type, value, detail FROM identifiers WHERE status = 'linked';
 """,
     )
+
+
+@migration(4)
+def track_replaced_identity_keys(db: sqlite_utils.Database) -> None:
+    """When a re-ingested row changes its identity fields, remember the key it had, so the
+    next incremental resolve can drop a key no row carries any more (a member's old phone
+    must stop linking them)."""
+    db.conn.execute(
+        "CREATE TABLE replaced_identity_keys (old_key INTEGER NOT NULL, new_key INTEGER, "
+        "PRIMARY KEY (old_key, new_key))"
+    )
+    for kind in KINDS.values():
+        db.conn.execute(
+            f"""CREATE TRIGGER {kind.table}_identity_key_replaced
+AFTER UPDATE OF identity_key ON {kind.table}
+WHEN old.identity_key IS NOT NULL AND old.identity_key IS NOT new.identity_key
+BEGIN
+  INSERT OR IGNORE INTO replaced_identity_keys VALUES (old.identity_key, new.identity_key);
+END"""
+        )

@@ -511,3 +511,40 @@ def test_incremental_runs_over_the_sample_agree_with_one_full_run(run, tmp_path)
         0,
     )
     assert _partition(db) == incremental
+
+
+def test_changed_phone_on_reingest_keeps_the_one_id_and_drops_the_old_phone(
+    run, write, project, tmp_path
+):
+    ingest(run, write, "crm.csv", "crm", CRM_HEADER + "M1,李娜,13800138000,,,\n")
+    ingest(run, write, "shop.csv", "shop", SHOP_HEADER + "O1,13911112222,,1,2025-01-01\n")
+    resolve(run)
+    li_na = one_id_of(tmp_path, "crm", "M1")
+    ingest(run, write, "crm2.csv", "crm", CRM_HEADER + "M1,李娜,13911112222,,,\n")  # a new phone
+    result = resolve(run)
+    assert result["mode"] == "incremental"
+    assert one_id_of(tmp_path, "crm", "M1") == li_na  # the record keeps its one_id
+    assert one_id_of(tmp_path, "shop", "O1") == li_na  # and now links the order with that phone
+    gone = run("profile", "--phone", "13800138000")
+    assert (gone.exit_code, gone.stderr) == (1, "Error: no customer has the phone +8613800138000\n")
+    assert json.loads(run("profile", li_na, "--json", "--unmask").stdout)["profile"]["phones"] == [
+        "+8613911112222"
+    ]
+    full = resolve(run, "--full")
+    assert (full["created"], full["merged"], full["split"]) == (0, 0, 0)
+    assert one_id_of(tmp_path, "crm", "M1") == li_na
+
+
+def test_record_that_loses_its_only_identifier_is_recorded_as_removed(
+    run, write, project, tmp_path
+):
+    ingest(run, write, "shop.csv", "shop", SHOP_HEADER + "O1,13911112222,,1,2025-01-01\n")
+    resolve(run)
+    before = one_id_of(tmp_path, "shop", "O1")
+    ingest(run, write, "shop2.csv", "shop", SHOP_HEADER + "O1,139****2222,,1,2025-01-01\n")
+    resolve(run)
+    assert one_id_of(tmp_path, "shop", "O1") is None
+    assert query(
+        tmp_path / "cdp.db", "SELECT one_id, event FROM id_history WHERE event = 'removed'"
+    ) == [(before, "removed")]
+    assert query(tmp_path / "cdp.db", "SELECT count(*) FROM profiles") == [(0,)]
