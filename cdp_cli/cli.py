@@ -430,6 +430,7 @@ def _print_resolve(result: ResolveResult) -> None:
         ("one_ids created", out.fmt_int(result.created)),
         ("one_ids merged away", out.fmt_int(result.merged)),
         ("one_ids split off", out.fmt_int(result.split)),
+        ("one_ids removed", out.fmt_int(result.removed)),
         ("links refused by a guard", out.fmt_int(result.refused_links)),
         ("values that identify no one", out.fmt_int(result.unusable_values)),
         ("seconds", f"{result.seconds:.2f}"),

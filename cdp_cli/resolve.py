@@ -56,6 +56,7 @@ class ResolveResult:
     created: int = 0
     merged: int = 0
     split: int = 0
+    removed: int = 0
     refused_links: int = 0
     unusable_values: int = 0
     seconds: float = 0.0
@@ -514,6 +515,7 @@ def _write(
     graph.resolve()
     one_ids, stats = _assign(db, graph, previous, run_id)
     result.created, result.merged, result.split = stats["created"], stats["merged"], stats["split"]
+    result.removed = stats["removed"]
     result.keys_resolved = len(graph.key_node)
     at = now_iso()
     key_rows = [(key, one_ids.get(graph.find(node)), at) for key, node in graph.key_node.items()]
