@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,9 +12,11 @@ import click
 
 from cdp_cli import __version__
 from cdp_cli import console as out
+from cdp_cli import segments as seg
 from cdp_cli.config import Config, config_path, load_config
 from cdp_cli.demo import run_demo
 from cdp_cli.errors import CdpError
+from cdp_cli.features import today
 from cdp_cli.ingest import IngestResult, ingest
 from cdp_cli.privacy import mask
 from cdp_cli.profiles import Lookup, find_one_id, profile_view
@@ -21,6 +24,7 @@ from cdp_cli.resolve import ResolveResult, explain, export_mapping, resolve
 from cdp_cli.scaffold import init_project
 from cdp_cli.status import StoreStatus, store_status
 from cdp_cli.store import open_store
+from cdp_cli.tags import TagResult, customer_tags, load_rulebook, run_tags, tag_list
 
 EXIT_CODES = """\b
 Exit codes:
@@ -109,6 +113,8 @@ def cli(ctx: click.Context, config_option: str | None, db_option: str | None) ->
       cdp status                what the store holds, how fresh, how clean
       cdp resolve               link records into customers, each with a stable one_id
       cdp profile --phone 13800138000       one customer's 360° view
+      cdp tag                   features and the tags in tag_rules/
+      cdp segment --rule "tag('lifecycle') = 'at_risk'" --by city
     """
     ctx.obj = Project(config_option, db_option)
 
@@ -160,8 +166,9 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
     """Run the whole pipeline on the sample data in a fresh folder, showing every stage.
 
     The stages: init (a project in DIRECTORY), ingest (every sample export), status (what the
-    store now holds), resolve (records linked into customers) and one merged customer's
-    profile. Afterwards DIRECTORY is an ordinary project to explore.
+    store now holds), resolve (records linked into customers), one merged customer's profile,
+    tag (features and the starter tags, as of the sample's last day, 2026-11-15) and segment
+    (the winback audience and its portrait). Afterwards DIRECTORY is an ordinary project.
 
     \b
     Example:
@@ -186,6 +193,10 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
             click.echo("One customer the sample writes four ways, across four sources:")
             _mask_profile(result)
             _print_profile({**result, "merged_from": []})
+        elif stage == "tag":
+            _print_tags(result)
+        elif stage == "segment":
+            _print_segment({**result, "sample": []})
 
     stages = run_demo(directory, force=force, on_stage=show)
     if json_:
@@ -197,6 +208,8 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
                 "status": stages["status"].as_dict(),
                 "resolve": stages["resolve"].as_dict(),
                 "profile": stages["profile"],
+                "tag": stages["tag"].as_dict(),
+                "segment": stages["segment"],
             }
         )
     else:
@@ -511,6 +524,7 @@ def profile_command(
     try:
         current, merged_from = find_one_id(db, config, Lookup(one_id, phone, email, device))
         view = profile_view(db, current)
+        view["tags"] = customer_tags(db, current)
     finally:
         db.close()
     view["merged_from"] = merged_from
@@ -580,9 +594,193 @@ def _print_profile(view: dict[str, Any]) -> None:
             ["at", "event", "platform"],
             [(e["occurred_at"], e["event"], e["platform"]) for e in view["events"]],
         )
+    if view.get("tags"):
+        out.print_table(
+            "Tags",
+            ["tag", "value", "since"],
+            [(t["tag"], t["value"], t["since"]) for t in view["tags"]],
+        )
     if view["history"]:
         out.print_table(
             "History",
             ["one_id", "event", "other", "at"],
             [(h["one_id"], h["event"], h["other_one_id"], h["at"]) for h in view["history"]],
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# tag and segment
+
+as_of_option = click.option(
+    "--as-of",
+    "as_of",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="The date taken as today, so results can be reproduced.  [default: today]",
+)
+
+
+@cli.command(name="tag")
+@as_of_option
+@click.option("--only", metavar="NAME", help="Evaluate this tag only.")
+@click.option("--list", "list_", is_flag=True, help="List the tags with their customers per value.")
+@out.silent_option
+@out.json_option
+@pass_project
+def tag_command(
+    project: Project, as_of: Any, only: str | None, list_: bool, silent: bool, json_: bool
+) -> None:
+    """Compute customer features and evaluate the tags in tag_rules/*.yaml.
+
+    Every tag file is checked before anything is written: a mistake names the file, line and
+    tag. Current values go to profile_tags, every change (added, removed, changed) to
+    tag_changes.
+
+    \b
+    Examples:
+      cdp tag
+      cdp tag --as-of 2026-11-15 --only lifecycle
+      cdp tag --list
+    """
+    config = project.config()
+    folder = config.root / "tag_rules"
+    db = open_store(config.store)
+    try:
+        if list_:
+            listed = tag_list(db, folder)
+            out.print_json(listed) if json_ else _print_tag_list(listed)
+            return
+        day = as_of.date() if as_of else today(config)
+        result = run_tags(db, folder, day, only)
+    finally:
+        db.close()
+    if json_:
+        out.print_json(result.as_dict())
+    else:
+        _print_tags(result)
+
+
+def _print_tags(result: TagResult) -> None:
+    out.print_table(
+        f"Tags as of {result.as_of}",
+        ["tag", "customers", "added or changed", "removed"],
+        [(name, out.fmt_int(t["customers"]), out.fmt_int(t["changed"]), out.fmt_int(t["removed"]))
+         for name, t in result.tags.items()],
+        numeric=3,
+    )  # fmt: skip
+
+
+def _print_tag_list(listed: list[dict[str, Any]]) -> None:
+    rows = []
+    for tag in listed:
+        values = sorted(tag["values"].items(), key=lambda v: -v[1])
+        shown = ", ".join(f"{v} {n:,}" for v, n in values[:6]) + (" ..." if len(values) > 6 else "")
+        rows.append(
+            (tag["name"], tag["category"], shown or "(not evaluated yet)", tag["description"])
+        )
+    out.print_table("Tags", ["tag", "category", "customers per value", "description"], rows)
+
+
+@cli.command(name="segment")
+@click.argument("name", required=False)
+@click.option("--rule", "rule", metavar="EXPR", help="The audience, as a rule.")
+@click.option(
+    "--by",
+    "by",
+    metavar="FIELD",
+    help="Portrait: the audience against the base over a field, tag or expression.",
+)
+@click.option(
+    "--export",
+    "export_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the audience to a .csv or .jsonl file.",
+)
+@click.option(
+    "--fields",
+    default="one_id,name,phone,email,member_no,city,total_spent",
+    show_default=True,
+    help="Export fields: identifiers, golden attributes, features, tags.",
+)
+@click.option("--sample", "sample_size", default=10, show_default=True, help="Customers to show.")
+@click.option("--unmask", is_flag=True, help="Show phones and emails in full.")
+@out.json_option
+@pass_project
+def segment_command(
+    project: Project,
+    name: str | None,
+    rule: str | None,
+    by: str | None,
+    export_path: Path | None,
+    fields: str,
+    sample_size: int,
+    unmask: bool,
+    json_: bool,
+) -> None:
+    """Count, describe and export an audience: a named segment or an ad-hoc --rule.
+
+    Named segments live in tag_rules/segments.yaml. Rules read features, golden attributes
+    and tags, and run after `cdp tag`.
+
+    \b
+    Examples:
+      cdp segment --rule "total_spent_365d >= 1000 and city in ('武汉', '北京')"
+      cdp segment winback --by "tag('preferred_category')"
+      cdp segment vip --export vip.csv --fields one_id,phone,member_no,total_spent
+    """
+    if (name is None) == (rule is None):
+        raise click.UsageError("give a segment NAME or --rule EXPR, not both")
+    config = project.config()
+    book = load_rulebook(config.root / "tag_rules")
+    db = open_store(config.store, create=False)
+    try:
+        day = _features_as_of(db) or today(config)
+        chosen = seg.audience(db, book, day, rule, name)
+        size, base = seg.count(db, chosen)
+        report: dict[str, Any] = {
+            "segment": name,
+            "rule": chosen.rule,
+            "customers": size,
+            "base": base,
+        }
+        if export_path:
+            report["exported"] = seg.export(db, book, day, chosen, export_path, fields.split(","))
+            report["file"] = str(export_path)
+        if by:
+            report["by"] = by
+            report["portrait"] = seg.portrait(db, book, day, chosen, by)
+        names, cursor = seg.members(db, book, day, chosen, list(seg.SAMPLE_FIELDS), sample_size)
+        report["sample"] = [dict(zip(names, row, strict=True)) for row in cursor]
+    finally:
+        db.close()
+    if not unmask:
+        for row in report["sample"]:
+            row["phone"] = mask("phone", row["phone"])
+    if json_:
+        out.print_json(report)
+    else:
+        _print_segment(report)
+
+
+def _features_as_of(db: Any) -> Any:
+    row = db.conn.execute("SELECT as_of FROM feature_runs ORDER BY id DESC LIMIT 1").fetchone()
+    return datetime.date.fromisoformat(row[0]) if row else None
+
+
+def _print_segment(report: dict[str, Any]) -> None:
+    share = report["customers"] / report["base"] if report["base"] else 0
+    label = report["segment"] or report["rule"]
+    click.echo(f"{label}: {report['customers']:,} of {report['base']:,} customers ({share:.1%})")
+    if report.get("exported") is not None:
+        out.note(f"Wrote {report['exported']:,} customers to {report['file']}")
+    if report.get("portrait"):
+        rows = [
+            ("(none)" if r["value"] is None else r["value"], out.fmt_int(r["audience"]),
+             out.fmt_pct(r["audience_share"]), out.fmt_int(r["base"]),
+             out.fmt_pct(r["base_share"]), r["index"])
+            for r in report["portrait"]
+        ]  # fmt: skip
+        columns = ["value", "audience", "share", "base", "base share", "index"]
+        out.print_table(f"Portrait by {report['by']}", columns, rows, numeric=5)
+    if report["sample"]:
+        names = list(report["sample"][0])
+        out.print_table("Sample", names, [list(r.values()) for r in report["sample"]], numeric=2)

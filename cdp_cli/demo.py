@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +13,22 @@ from cdp_cli.ingest import ingest
 from cdp_cli.profiles import Lookup, find_one_id, profile_view
 from cdp_cli.resolve import resolve
 from cdp_cli.scaffold import init_project
+from cdp_cli.segments import audience, count, portrait
 from cdp_cli.status import store_status
 from cdp_cli.store import open_store
+from cdp_cli.tags import load_rulebook, run_tags
 
 StageCallback = Callable[[str, Any], None]
 STORE_FILES = ("cdp.db", "cdp.db-wal", "cdp.db-shm")
 # The sample's customer written four ways across four sources: the merge worth showing.
 DEMO_PHONE = "13800138000"
+# The sample's exports end on this day (benchmarks/generate.py --end-date): "today" for tags.
+DEMO_AS_OF = date(2026, 11, 15)
+DEMO_SEGMENT, DEMO_PORTRAIT = "winback", "tag('preferred_category')"
 
 
 def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | None = None) -> dict:
-    """init, ingest, status, resolve and one merged profile, in `directory`.
+    """init, ingest, status, resolve, one merged profile, tags and a segment, in `directory`.
 
     Each stage's result goes to `on_stage` as it ends.
 
@@ -50,6 +56,16 @@ def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | Non
         one_id, _ = find_one_id(db, config, Lookup(phone=DEMO_PHONE))
         stages["profile"] = profile_view(db, one_id)
         report("profile", stages["profile"])
+        stages["tag"] = run_tags(db, directory / "tag_rules", DEMO_AS_OF)
+        report("tag", stages["tag"])
+        book = load_rulebook(directory / "tag_rules")
+        chosen = audience(db, book, DEMO_AS_OF, None, DEMO_SEGMENT)
+        size, base = count(db, chosen)
+        stages["segment"] = {
+            "segment": DEMO_SEGMENT, "rule": chosen.rule, "customers": size, "base": base,
+            "by": DEMO_PORTRAIT, "portrait": portrait(db, book, DEMO_AS_OF, chosen, DEMO_PORTRAIT),
+        }  # fmt: skip
+        report("segment", stages["segment"])
     finally:
         db.close()
     return stages

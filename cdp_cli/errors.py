@@ -48,3 +48,16 @@ class StoreError(CdpError):
 
 class NotFound(CdpError):
     """A named thing (source, profile, tag, journey) does not exist."""
+
+
+class RuleError(CdpError):
+    """A rule a user wrote (a tag, segment or journey condition) is invalid."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, column: int | None = None, rule: str | None = None) -> None:
+        # `message` stays bare so callers can prefix the file, line and tag name.
+        self.message = message
+        self.column = column
+        self.rule = rule
+        super().__init__(message)

@@ -295,3 +295,37 @@ BEGIN
   INSERT OR IGNORE INTO replaced_identity_keys VALUES (old.identity_key, new.identity_key);
 END"""
         )
+
+
+@migration(5)
+def create_tag_tables(db: sqlite_utils.Database) -> None:
+    _run_script(
+        db.conn,
+        """
+CREATE TABLE feature_runs (id INTEGER PRIMARY KEY, as_of TEXT NOT NULL, computed_at TEXT NOT NULL);
+CREATE TABLE profile_tags (     -- the current value of every tag a customer has
+  one_id TEXT NOT NULL,
+  tag TEXT NOT NULL,
+  value TEXT NOT NULL,          -- 'true' for a when: tag
+  since TEXT NOT NULL,          -- when it took this value
+  PRIMARY KEY (one_id, tag)
+) WITHOUT ROWID;
+CREATE INDEX profile_tags_tag ON profile_tags (tag, value);
+CREATE TABLE tag_changes (      -- every change, for journeys' triggers and reports
+  id INTEGER PRIMARY KEY,
+  run_id INTEGER NOT NULL,
+  one_id TEXT NOT NULL,
+  tag TEXT NOT NULL,
+  change TEXT NOT NULL,         -- added, removed or changed
+  old_value TEXT,
+  new_value TEXT,
+  at TEXT NOT NULL
+);
+CREATE INDEX tag_changes_tag ON tag_changes (tag, at);
+CREATE INDEX tag_changes_one_id ON tag_changes (one_id);
+CREATE TABLE tag_runs (
+  id INTEGER PRIMARY KEY, as_of TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT,
+  tags TEXT NOT NULL, result TEXT
+);
+""",
+    )

@@ -1,0 +1,176 @@
+"""Segments: audiences picked by a rule, counted, described against the base, exported."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from cdp_cli.errors import RuleError, UsageError
+from cdp_cli.rules import CompiledRule
+from cdp_cli.store import rows_as_dicts
+from cdp_cli.tags import BASE_FROM, RuleBook, RuleContext
+from cdp_cli.yamlfile import did_you_mean
+
+IDENTIFIER_FIELDS = (
+    "phone", "email", "member_no", "user_id", "wechat_unionid", "wechat_openid", "device_id",
+    "id_number",
+)  # fmt: skip
+SAMPLE_FIELDS = ("one_id", "name", "city", "phone", "order_count", "total_spent")
+
+
+@dataclass(frozen=True)
+class Audience:
+    """A compiled segment: the rule as written and the SQL that selects its customers."""
+
+    rule: str
+    compiled: CompiledRule
+    name: str | None = None
+
+    @property
+    def where(self) -> str:
+        return self.compiled.sql
+
+
+def audience(
+    db: sqlite_utils.Database, book: RuleBook, as_of: date, rule: str | None, name: str | None
+) -> Audience:
+    """The audience of an ad-hoc rule or of a named segment."""
+    if name is not None:
+        if name not in book.segments:
+            raise UsageError(f"no segment named {name!r}{did_you_mean(name, book.segments)}")
+        rule = book.segments[name].rule
+    assert rule is not None
+    context = RuleContext(book, as_of, _stored_tags(db))
+    try:
+        compiled = context.compile(rule)
+    except RuleError as exc:
+        where = f"segment {name}: " if name else ""
+        raise RuleError(f"{where}{exc.message}") from None
+    return Audience(rule, compiled, name)
+
+
+def _stored_tags(db: sqlite_utils.Database) -> set[str]:
+    return {row[0] for row in db.conn.execute("SELECT DISTINCT tag FROM profile_tags")}
+
+
+def _require_features(db: sqlite_utils.Database) -> None:
+    if "profile_features" not in db.table_names():
+        raise UsageError("no features yet: run `cdp tag` first")
+
+
+def count(db: sqlite_utils.Database, chosen: Audience) -> tuple[int, int]:
+    """Customers in the audience, and in the whole base."""
+    _require_features(db)
+    members = db.conn.execute(
+        f"SELECT count(*) FROM {BASE_FROM} WHERE {chosen.where}", chosen.compiled.params
+    ).fetchone()[0]
+    base = db.conn.execute("SELECT count(*) FROM profile_features").fetchone()[0]
+    return members, base
+
+
+def _select(fields: list[str], book_context: RuleContext) -> tuple[list[str], list[Any]]:
+    """SQL for each export field: identifier, golden attribute, feature or tag."""
+    schema = book_context.schema()
+    tags = set(book_context.book.tags) | book_context.known_tags
+    columns, params = [], []
+    for field in fields:
+        if field in IDENTIFIER_FIELDS:
+            columns.append(
+                "(SELECT i.value FROM identifiers i WHERE i.one_id = p.one_id AND i.type = ? "
+                "AND i.status = 'linked' ORDER BY i.value LIMIT 1)"
+            )
+            params.append(field)
+        elif field in schema.fields:
+            columns.append(schema.fields[field])
+        elif field in tags:
+            columns.append(
+                "(SELECT t.value FROM profile_tags t WHERE t.one_id = p.one_id AND t.tag = ?)"
+            )
+            params.append(field)
+        else:
+            known = [*IDENTIFIER_FIELDS, *schema.fields, *tags]
+            raise UsageError(f"unknown field {field!r}{did_you_mean(field, known)}")
+    return [f'{c} AS "{f}"' for c, f in zip(columns, fields, strict=True)], params
+
+
+def members(
+    db: sqlite_utils.Database,
+    book: RuleBook,
+    as_of: date,
+    chosen: Audience,
+    fields: list[str],
+    limit: int | None = None,
+) -> tuple[list[str], Any]:
+    """A cursor over the audience's customers with the chosen fields."""
+    _require_features(db)
+    context = RuleContext(book, as_of, _stored_tags(db))
+    columns, params = _select(fields, context)
+    sql = f"SELECT {', '.join(columns)} FROM {BASE_FROM} WHERE {chosen.where} ORDER BY p.one_id"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    return fields, db.conn.execute(sql, [*params, *chosen.compiled.params])
+
+
+def portrait(
+    db: sqlite_utils.Database, book: RuleBook, as_of: date, chosen: Audience, by: str
+) -> list[dict[str, Any]]:
+    """The audience's distribution over a field, tag or expression, against the whole base:
+    share of the audience, share of the base, and index (100 = like the base)."""
+    _require_features(db)
+    context = RuleContext(book, as_of, _stored_tags(db))
+    try:
+        value = context.compile(by)
+    except RuleError as exc:
+        raise RuleError(f"--by: {exc.message}") from None
+    rows = rows_as_dicts(
+        db,
+        f"""SELECT value, sum(chosen) AS audience, count(*) AS base FROM (
+  SELECT CAST(({value.sql}) AS TEXT) AS value, CASE WHEN {chosen.where} THEN 1 ELSE 0 END AS chosen
+  FROM {BASE_FROM}) GROUP BY value ORDER BY audience DESC, base DESC, value""",
+        [*value.params, *chosen.compiled.params],
+    )
+    total = sum(r["audience"] for r in rows) or 1
+    base = sum(r["base"] for r in rows) or 1
+    for row in rows:
+        row["audience_share"] = round(row["audience"] / total, 4)
+        row["base_share"] = round(row["base"] / base, 4)
+        row["index"] = (
+            round(100 * row["audience_share"] / row["base_share"]) if row["base"] else None
+        )
+    return rows
+
+
+def export(
+    db: sqlite_utils.Database,
+    book: RuleBook,
+    as_of: date,
+    chosen: Audience,
+    path: Path,
+    fields: list[str],
+) -> int:
+    """Write the audience to .csv or .jsonl, through a temporary file renamed when complete."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl"):
+        raise UsageError(f"{path}: the export is written as .csv or .jsonl")
+    names, cursor = members(db, book, as_of, chosen, fields)
+    tmp = path.with_name(f".{path.name}.tmp")
+    written = 0
+    with tmp.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f) if suffix == ".csv" else None
+        if writer:
+            writer.writerow(names)
+        for row in cursor:
+            if writer:
+                writer.writerow(row)
+            else:
+                f.write(json.dumps(dict(zip(names, row, strict=True)), ensure_ascii=False) + "\n")
+            written += 1
+    os.replace(tmp, path)
+    return written

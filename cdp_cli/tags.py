@@ -1,0 +1,461 @@
+"""Tags: what marketers call customers, written as rules in tag_rules/*.yaml.
+
+A tag has a name, a category, a description and one of:
+- `when:` a condition; customers who meet it have the tag (value 'true');
+- `cases:` a list of {value, when}; the first case that matches gives the value;
+- `value:` an expression whose value, when not null, is the tag's value.
+
+`cdp tag` reads and compiles every file before it writes anything, computes the features,
+then evaluates the tags in dependency order (a tag may read another with tag() or has_tag())
+and records every change in tag_changes, in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from cdp_cli.errors import FileError, RuleError
+from cdp_cli.features import FEATURES, compute_features
+from cdp_cli.rules import CompiledRule, FunctionSpec, RuleSchema, compile_rule, parse_duration
+from cdp_cli.store import now_iso, rows_as_dicts, transaction
+from cdp_cli.yamlfile import YamlList, YamlMap, check_keys, did_you_mean, load_yaml
+
+CATEGORIES = ("attribute", "statistical", "rule", "predictive")
+TAG_KEYS = ("name", "category", "description", "when", "cases", "value")
+SEGMENTS_FILE = "segments.yaml"
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# The rows a rule is evaluated over: one per customer.
+BASE_FROM = "profiles p JOIN profile_features f ON f.one_id = p.one_id"
+GOLDEN_FIELDS = {
+    "one_id": "p.one_id", "name": "p.name", "gender": "p.gender", "birthday": "p.birthday",
+    "city": "p.city", "known": "p.known", "first_seen": "p.first_seen", "last_seen": "p.last_seen",
+    "records": "p.records",
+}  # fmt: skip
+EVENT_WINDOWS = {timedelta(days=n): f"days_{n}" for n in (30, 90, 365)}
+
+
+@dataclass(frozen=True)
+class Tag:
+    """One tag as written in a tag file."""
+
+    name: str
+    category: str
+    description: str
+    path: str
+    line: int
+    when: str | None = None
+    cases: tuple[tuple[str, str], ...] = ()
+    value: str | None = None
+
+    def rules(self) -> list[str]:
+        return [r for r in (self.when, self.value) if r] + [when for _, when in self.cases]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A named audience from tag_rules/segments.yaml."""
+
+    name: str
+    rule: str
+    description: str
+    path: str
+    line: int
+
+
+@dataclass
+class RuleBook:
+    """Every tag and named segment of a project, read and checked."""
+
+    tags: dict[str, Tag] = field(default_factory=dict)
+    segments: dict[str, Segment] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading tag files
+
+
+def load_rulebook(folder: Path) -> RuleBook:
+    """Read tag_rules/: every *.yaml holds tags, but segments.yaml, which holds segments."""
+    book = RuleBook()
+    if not folder.is_dir():
+        return book
+    for path in sorted(folder.glob("*.yaml")):
+        data = load_yaml(path)
+        if data is None:
+            continue
+        if path.name == SEGMENTS_FILE:
+            for segment in _segments(path, data):
+                _unique(book.segments, segment, "segment")
+        else:
+            for tag in _tags(path, data):
+                _unique(book.tags, tag, "tag")
+    return book
+
+
+def _unique(found: dict[str, Any], item: Tag | Segment, what: str) -> None:
+    if item.name in found:
+        first = found[item.name]
+        raise FileError(
+            item.path,
+            f"{what} {item.name!r} is defined twice (first at {first.path}:{first.line})",
+            item.line,
+        )
+    found[item.name] = item
+
+
+def _entries(path: Path, data: Any) -> YamlList:
+    if not isinstance(data, YamlList):
+        raise FileError(path, "expected a list of entries, each starting with '- name:'", 1)
+    for entry in data:
+        if not isinstance(entry, YamlMap):
+            raise FileError(path, "each entry must be a mapping with a name", data.line)
+    return data
+
+
+def _name(path: Path, entry: YamlMap, what: str) -> str:
+    name = entry.get("name")
+    if not isinstance(name, str) or not NAME.match(name):
+        raise FileError(
+            path,
+            f"a {what} needs a name of lower-case letters, digits and _ (got {name!r})",
+            entry.line_of("name"),
+        )
+    return name
+
+
+def _text(path: Path, entry: YamlMap, key: str, where: str) -> str:
+    value = entry.get(key)
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise FileError(path, f"{where}: {key} must be a rule written as text", entry.line_of(key))
+    return str(value)
+
+
+def _tags(path: Path, data: Any) -> list[Tag]:
+    tags = []
+    for entry in _entries(path, data):
+        name = _name(path, entry, "tag")
+        where = f"tag {name}"
+        check_keys(entry, TAG_KEYS, where)
+        category = entry.get("category", "rule")
+        if category not in CATEGORIES:
+            raise FileError(
+                path,
+                f"{where}: category must be one of {', '.join(CATEGORIES)}, got {category!r}"
+                + did_you_mean(str(category), CATEGORIES),
+                entry.line_of("category"),
+            )
+        given = [k for k in ("when", "cases", "value") if k in entry]
+        if len(given) != 1:
+            raise FileError(path, f"{where}: give exactly one of when, cases or value", entry.line)
+        cases: list[tuple[str, str]] = []
+        for case in entry.get("cases") or []:
+            if not isinstance(case, YamlMap) or set(case) != {"value", "when"}:
+                raise FileError(
+                    path,
+                    f"{where}: each case needs a value and a when",
+                    getattr(case, "line", entry.line),
+                )
+            cases.append((str(case["value"]), _text(path, case, "when", where)))
+        if "cases" in entry and not cases:
+            raise FileError(path, f"{where}: cases is empty", entry.line_of("cases"))
+        tags.append(
+            Tag(
+                name=name,
+                category=category,
+                description=str(entry.get("description", "")),
+                path=str(path),
+                line=entry.line,
+                when=_text(path, entry, "when", where) if "when" in entry else None,
+                cases=tuple(cases),
+                value=_text(path, entry, "value", where) if "value" in entry else None,
+            )
+        )
+    return tags
+
+
+def _segments(path: Path, data: Any) -> list[Segment]:
+    segments = []
+    for entry in _entries(path, data):
+        name = _name(path, entry, "segment")
+        check_keys(entry, ("name", "rule", "description"), f"segment {name}")
+        segments.append(
+            Segment(name, _text(path, entry, "rule", f"segment {name}"),
+                    str(entry.get("description", "")), str(path), entry.line)
+        )  # fmt: skip
+    return segments
+
+
+# ---------------------------------------------------------------------------------------------
+# The rule schema: what rules may read
+
+
+@dataclass
+class RuleContext:
+    """Builds the schema rules compile against, and notes which tags each rule reads."""
+
+    book: RuleBook
+    as_of: date
+    known_tags: set[str] = field(default_factory=set)
+    read_tags: set[str] = field(default_factory=set)
+    _segment_stack: list[str] = field(default_factory=list)
+
+    def schema(self) -> RuleSchema:
+        fields = dict(GOLDEN_FIELDS)
+        fields.update({name: f"f.{name}" for name in FEATURES})
+        functions = {
+            "tag": FunctionSpec("tag", ("string",), self._tag_sql, self._check_tag, "string"),
+            "has_tag": FunctionSpec(
+                "has_tag", ("string",), self._has_tag_sql, self._check_tag, "boolean"
+            ),
+            "event_count": FunctionSpec(
+                "event_count", ("string", "duration"), self._event_count_sql, None, "number"
+            ),
+            "in_segment": FunctionSpec(
+                "in_segment", ("string",), self._segment_sql, self._check_segment, "boolean"
+            ),
+        }
+        return RuleSchema(fields, functions)
+
+    def compile(self, text: str) -> CompiledRule:
+        return compile_rule(text, self.schema())
+
+    def _check_tag(self, args: list[Any]) -> str | None:
+        name = args[0]
+        names = set(self.book.tags) | self.known_tags
+        if name not in names:
+            return f"unknown tag {name!r}{did_you_mean(name, names)}"
+        self.read_tags.add(name)
+        return None
+
+    def _tag_sql(self, args: list[Any]) -> tuple[str, list[Any]]:
+        return "(SELECT t.value FROM profile_tags t WHERE t.one_id = p.one_id AND t.tag = ?)", [
+            args[0]
+        ]
+
+    def _has_tag_sql(self, args: list[Any]) -> tuple[str, list[Any]]:
+        return "EXISTS (SELECT 1 FROM profile_tags t WHERE t.one_id = p.one_id AND t.tag = ?)", [
+            args[0]
+        ]
+
+    def _event_count_sql(self, args: list[Any]) -> tuple[str, list[Any]]:
+        event, window = args[0], parse_duration(args[1]) if isinstance(args[1], str) else args[1]
+        column = EVENT_WINDOWS.get(window)
+        if column:  # the usual windows are counted once per run, in profile_event_counts
+            return (
+                f"coalesce((SELECT c.{column} FROM profile_event_counts c "
+                "WHERE c.one_id = p.one_id AND c.event = ?), 0)",
+                [event],
+            )
+        since = (self.as_of - window + timedelta(days=1)).isoformat()
+        return (
+            "(SELECT count(*) FROM events e JOIN identity_keys k ON k.key = e.identity_key "
+            "WHERE k.one_id = p.one_id AND e.event = ? AND substr(e.occurred_at, 1, 10) >= ? "
+            "AND substr(e.occurred_at, 1, 10) <= ?)",
+            [event, since, self.as_of.isoformat()],
+        )
+
+    def _check_segment(self, args: list[Any]) -> str | None:
+        name = args[0]
+        if name not in self.book.segments:
+            return f"unknown segment {name!r}{did_you_mean(name, self.book.segments)}"
+        if name in self._segment_stack:
+            return f"segment {name!r} refers to itself through {' -> '.join(self._segment_stack)}"
+        return None
+
+    def _segment_sql(self, args: list[Any]) -> tuple[str, list[Any]]:
+        segment = self.book.segments[args[0]]
+        self._segment_stack.append(segment.name)
+        try:
+            compiled = self.compile(segment.rule)
+        except RuleError as exc:
+            raise RuleError(
+                f"{segment.path}:{segment.line}: segment {segment.name}: {exc.message}"
+            ) from None
+        finally:
+            self._segment_stack.pop()
+        return f"({compiled.sql})", compiled.params
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluating tags
+
+
+@dataclass
+class TagResult:
+    """What one `cdp tag` did, per tag: customers with it, and changes."""
+
+    as_of: str
+    tags: dict[str, dict[str, int]] = field(default_factory=dict)
+    features_seconds: float = 0.0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    tag: Tag
+    sql: str
+    params: list[Any]
+    reads: frozenset[str]
+
+
+def compile_tags(
+    book: RuleBook, as_of: date, known_tags: set[str] = frozenset()
+) -> list[_Compiled]:
+    """Every tag compiled to one SQL value expression, in dependency order; errors name the
+    file, line and tag."""
+    context = RuleContext(book, as_of, set(known_tags))
+    compiled = {}
+    for tag in book.tags.values():
+        context.read_tags = set()
+        try:
+            sql, params = _tag_value_sql(tag, context.compile)
+        except RuleError as exc:
+            raise RuleError(f"{tag.path}:{tag.line}: tag {tag.name}: {exc.message}") from None
+        compiled[tag.name] = _Compiled(tag, sql, params, frozenset(context.read_tags))
+    return _in_dependency_order(compiled)
+
+
+def _tag_value_sql(tag: Tag, compile: Callable[[str], CompiledRule]) -> tuple[str, list[Any]]:
+    if tag.when is not None:
+        rule = compile(tag.when)
+        return f"CASE WHEN {rule.sql} THEN 'true' END", rule.params
+    if tag.value is not None:
+        rule = compile(tag.value)
+        return f"CAST(({rule.sql}) AS TEXT)", rule.params
+    parts, params = [], []
+    for value, when in tag.cases:
+        rule = compile(when)
+        parts.append(f"WHEN {rule.sql} THEN ?")
+        params += [*rule.params, value]
+    return f"CASE {' '.join(parts)} END", params
+
+
+def _in_dependency_order(compiled: dict[str, _Compiled]) -> list[_Compiled]:
+    ordered: list[_Compiled] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            cycle = " -> ".join([*path[path.index(name) :], name])
+            tag = compiled[name].tag
+            raise RuleError(
+                f"{tag.path}:{tag.line}: tag {name}: tags read each other in a cycle: {cycle}"
+            )
+        state[name] = "visiting"
+        for dependency in sorted(compiled[name].reads):
+            if dependency in compiled and dependency != name:
+                visit(dependency, [*path, name])
+        state[name] = "done"
+        ordered.append(compiled[name])
+
+    for name in compiled:
+        visit(name, [])
+    return ordered
+
+
+def run_tags(
+    db: sqlite_utils.Database, folder: Path, as_of: date, only: str | None = None
+) -> TagResult:
+    """Validate every tag file, compute features, evaluate the tags and record the changes."""
+    started = time.monotonic()
+    book = load_rulebook(folder)
+    compiled = compile_tags(book, as_of)  # every file is checked before anything is written
+    if only is not None:
+        if only not in book.tags:
+            raise RuleError(f"{folder}: no tag named {only!r}{did_you_mean(only, book.tags)}")
+        compiled = [c for c in compiled if c.tag.name == only]
+    features = compute_features(db, as_of)
+    result = TagResult(as_of.isoformat(), features_seconds=features.seconds)
+    at = now_iso()
+    with transaction(db) as conn:
+        run_id = conn.execute(
+            "INSERT INTO tag_runs (as_of, started_at, tags) VALUES (?, ?, ?)",
+            (as_of.isoformat(), at, json.dumps([c.tag.name for c in compiled])),
+        ).lastrowid
+        for item in compiled:
+            result.tags[item.tag.name] = _evaluate(conn, item, run_id, at)
+        result.seconds = round(time.monotonic() - started, 3)
+        conn.execute(
+            "UPDATE tag_runs SET finished_at = ?, result = ? WHERE id = ?",
+            (now_iso(), json.dumps(result.as_dict()), run_id),
+        )
+    return result
+
+
+def _evaluate(conn: Any, item: _Compiled, run_id: int, at: str) -> dict[str, int]:
+    """One tag: new values beside the old, the differences into tag_changes, then swap."""
+    name = item.tag.name
+    conn.execute("DROP TABLE IF EXISTS temp.new_values")
+    conn.execute(
+        f"CREATE TEMP TABLE new_values AS SELECT one_id, value FROM "
+        f"(SELECT p.one_id, {item.sql} AS value FROM {BASE_FROM}) WHERE value IS NOT NULL",
+        item.params,
+    )
+    conn.execute("CREATE UNIQUE INDEX temp.new_values_one_id ON new_values (one_id)")
+    changes = """
+INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at)
+SELECT ?, n.one_id, ?, CASE WHEN o.one_id IS NULL THEN 'added' ELSE 'changed' END,
+       o.value, n.value, ?
+FROM new_values n LEFT JOIN profile_tags o ON o.one_id = n.one_id AND o.tag = ?
+WHERE o.one_id IS NULL OR o.value IS NOT n.value"""
+    added_or_changed = conn.execute(changes, (run_id, name, at, name)).rowcount
+    removed = conn.execute(
+        "INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at) "
+        "SELECT ?, o.one_id, ?, 'removed', o.value, NULL, ? FROM profile_tags o "
+        "WHERE o.tag = ? AND NOT EXISTS (SELECT 1 FROM new_values n WHERE n.one_id = o.one_id)",
+        (run_id, name, at, name),
+    ).rowcount
+    conn.execute(
+        "DELETE FROM profile_tags WHERE tag = ? AND one_id NOT IN (SELECT one_id FROM new_values)",
+        (name,),
+    )
+    conn.execute(
+        "INSERT INTO profile_tags (one_id, tag, value, since) SELECT one_id, ?, value, ? "
+        "FROM new_values WHERE true ON CONFLICT (one_id, tag) DO UPDATE SET "
+        "value = excluded.value, since = excluded.since WHERE value IS NOT excluded.value",
+        (name, at),
+    )
+    count = conn.execute("SELECT count(*) FROM new_values").fetchone()[0]
+    return {"customers": count, "changed": added_or_changed, "removed": removed}
+
+
+def tag_list(db: sqlite_utils.Database, folder: Path) -> list[dict[str, Any]]:
+    """Each defined tag with its customers per value, for `cdp tag --list`."""
+    book = load_rulebook(folder)
+    counts: dict[str, list[tuple[str, int]]] = {}
+    if "profile_tags" in db.table_names():
+        for tag, value, count in db.conn.execute(
+            "SELECT tag, value, count(*) FROM profile_tags GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2"
+        ):
+            counts.setdefault(tag, []).append((value, count))
+    return [
+        {
+            "name": tag.name,
+            "category": tag.category,
+            "description": tag.description,
+            "values": dict(counts.get(tag.name, [])),
+        }
+        for tag in book.tags.values()
+    ]
+
+
+def customer_tags(db: sqlite_utils.Database, one_id: str) -> list[dict[str, Any]]:
+    if "profile_tags" not in db.table_names():
+        return []
+    return rows_as_dicts(
+        db, "SELECT tag, value, since FROM profile_tags WHERE one_id = ? ORDER BY tag", (one_id,)
+    )

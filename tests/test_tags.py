@@ -1,0 +1,386 @@
+"""Features against figures computed by hand, the starter tags on crafted customers, and
+`cdp tag` / `cdp segment` as a user runs them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from tests.conftest import REPO, query
+
+AS_OF = "2026-11-15"
+CONFIG = """
+store: cdp.db
+sources:
+  crm:
+    kind: customers
+    key: member_no
+    fields: {member_no: member, name: name, phone: phone, city: city, birthday: birthday,
+             registered_at: registered}
+  orders:
+    kind: orders
+    key: order_id
+    fields: {order_id: order_id, member_no: member, amount: amount, ordered_at: at,
+             store: store, channel: channel, category: category, status: status}
+    items: {from: items}
+  events:
+    kind: events
+    key: event_id
+    fields: {event: event, occurred_at: at, member_no: member}
+"""
+CRM = """member,name,phone,city,birthday,registered
+M1,李娜,13800000001,武汉,1990-05-12,2026-10-01 10:00:00
+M2,王芳,13800000002,北京,1985-11-03,2024-01-01 10:00:00
+M3,张敏,13800000003,武汉,2000-01-20,2026-11-01 10:00:00
+M4,刘洋,13800000004,上海,1979-02-02,2020-01-01 10:00:00
+"""
+ORDERS = [
+    # A (M1): two counted orders, one refunded; the second holds two items.
+    {
+        "order_id": "O1",
+        "member": "M1",
+        "amount": 120,
+        "at": "2026-11-10 12:00:00",
+        "store": "武汉江汉路店",
+        "channel": "store",
+        "category": "护肤",
+    },
+    {
+        "order_id": "O2",
+        "member": "M1",
+        "amount": 200,
+        "at": "2026-10-20 09:30:00",
+        "channel": "own_shop",
+        "items": [
+            {"category": "彩妆", "price": 150, "quantity": 1},
+            {"category": "护肤", "price": 50, "quantity": 1},
+        ],
+    },
+    {
+        "order_id": "O3",
+        "member": "M1",
+        "amount": 300,
+        "at": "2025-11-01 09:00:00",
+        "channel": "own_shop",
+        "status": "refunded",
+    },
+    # after the as-of date: ignored
+    {
+        "order_id": "O4",
+        "member": "M1",
+        "amount": 999,
+        "at": "2026-11-20 09:00:00",
+        "channel": "own_shop",
+    },
+    {
+        "order_id": "O5",
+        "member": "M2",
+        "amount": 80,
+        "at": "2026-06-01 09:00:00",
+        "channel": "tmall",
+    },
+    {
+        "order_id": "O6",
+        "member": "M4",
+        "amount": 50,
+        "at": "2025-01-01 09:00:00",
+        "channel": "store",
+        "store": "上海店",
+    },
+]
+EVENTS = [
+    ("E1", "view_item", "2026-11-14 20:00:00", "M1"),
+    ("E2", "view_item", "2026-11-01 20:00:00", "M1"),
+    ("E3", "view_item", "2026-08-01 20:00:00", "M1"),
+    ("E4", "app_open", "2026-11-15 08:00:00", "M1"),
+    ("E5", "view_item", "2026-11-12 08:00:00", "M3"),
+    ("E6", "view_item", "2026-11-13 08:00:00", "M3"),
+    ("E7", "view_item", "2026-11-14 08:00:00", "M3"),
+]
+
+
+@pytest.fixture
+def project(run, write, tmp_path):
+    write("cdp.yaml", CONFIG)
+    write("crm.csv", CRM)
+    write("orders.jsonl", "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in ORDERS))
+    write("events.csv", "event_id,event,at,member\n" + "".join(",".join(e) + "\n" for e in EVENTS))
+    shutil.copytree(REPO / "tag_rules", tmp_path / "tag_rules")
+    for name, source in [("crm.csv", "crm"), ("orders.jsonl", "orders"), ("events.csv", "events")]:
+        assert run("ingest", name, "-s", source).exit_code == 0
+    assert run("resolve").exit_code == 0
+    return tmp_path
+
+
+def one_id(tmp_path, member):
+    return query(
+        tmp_path / "cdp.db", "SELECT one_id FROM id_mapping WHERE source='crm' AND key=?", member
+    )[0][0]
+
+
+def features(tmp_path, member):
+    rows = query(
+        tmp_path / "cdp.db",
+        "SELECT * FROM profile_features WHERE one_id = ?",
+        one_id(tmp_path, member),
+    )
+    names = [r[1] for r in query(tmp_path / "cdp.db", "PRAGMA table_info(profile_features)")]
+    return dict(zip(names, rows[0], strict=True))
+
+
+def test_features_match_hand_computed_figures(run, project):
+    result = run("tag", "--as-of", AS_OF, "--json")
+    assert result.exit_code == 0, result.output
+    a = features(project, "M1")
+    assert {k: a[k] for k in (
+        "order_count", "total_spent", "avg_order_value", "first_order_at", "last_order_at",
+        "days_since_first_order", "days_since_last_order", "order_count_30d", "total_spent_30d",
+        "order_count_365d", "order_days", "repurchase_cycle_days", "top_category", "top_store",
+        "top_channel", "event_count", "event_count_30d", "days_since_last_seen",
+        "days_since_registered", "birthday_month", "birthday_this_month", "age",
+        "frequency", "recency", "T", "monetary_value",
+    )} == {
+        "order_count": 2, "total_spent": 320.0, "avg_order_value": 160.0,
+        "first_order_at": "2026-10-20T09:30:00+08:00", "last_order_at": "2026-11-10T12:00:00+08:00",
+        "days_since_first_order": 26, "days_since_last_order": 5, "order_count_30d": 2,
+        "total_spent_30d": 320.0, "order_count_365d": 2, "order_days": 2,
+        "repurchase_cycle_days": 21.0, "top_category": "护肤", "top_store": "武汉江汉路店",
+        "top_channel": "store", "event_count": 4, "event_count_30d": 3,
+        "days_since_last_seen": 0, "days_since_registered": 45, "birthday_month": 5,
+        "birthday_this_month": 0, "age": 36, "frequency": 1, "recency": 21, "T": 26,
+        "monetary_value": 120.0,
+    }  # fmt: skip
+    c = features(project, "M3")
+    assert (c["order_count"], c["total_spent"], c["days_since_last_order"], c["frequency"]) == (
+        0,
+        0,
+        None,
+        None,
+    )
+    assert features(project, "M2")["birthday_this_month"] == 1
+    counts = query(
+        project / "cdp.db",
+        "SELECT event, total, days_30 FROM profile_event_counts WHERE one_id = ? ORDER BY event",
+        one_id(project, "M1"),
+    )
+    assert counts == [("app_open", 1, 1), ("view_item", 3, 2)]
+
+
+def test_rfm_scores_are_quintiles_among_buyers(run, project):
+    assert run("tag", "--as-of", AS_OF).exit_code == 0
+    rows = query(
+        project / "cdp.db",
+        "SELECT rfm_r_score, rfm_f_score, rfm_m_score, rfm_segment FROM profile_features WHERE one_id = ?",
+        one_id(project, "M1"),
+    )
+    # Three buyers: M1 most recent, most frequent, most spent -> rank 3 of 3 -> 1 + floor(5*2/3) = 4
+    assert rows == [(4, 4, 4, "loyal")]
+    assert features(project, "M3")["rfm_segment"] is None
+
+
+def test_starter_tags_on_crafted_customers(run, project):
+    result = run("tag", "--as-of", AS_OF, "--json")
+    assert result.exit_code == 0, result.output
+    tags = {}
+    for member in ("M1", "M2", "M3", "M4"):
+        tags[member] = dict(
+            query(
+                project / "cdp.db",
+                "SELECT tag, value FROM profile_tags WHERE one_id = ?",
+                one_id(project, member),
+            )
+        )
+    assert tags["M1"]["lifecycle"] == "active"
+    assert tags["M2"]["lifecycle"] == "at_risk"
+    assert tags["M3"]["lifecycle"] == "new"
+    assert tags["M4"]["lifecycle"] == "churned"
+    assert tags["M1"]["preferred_channel"] == "store" and tags["M1"]["preferred_category"] == "护肤"
+    assert "high_value" not in tags["M1"]  # 320 < 1000
+    assert tags["M3"]["new_member"] == "true" and "new_member" not in tags["M1"]
+    assert tags["M4"]["dormant"] == "true" and "dormant" not in tags["M1"]
+    assert tags["M2"]["birthday_this_month"] == "true"
+    assert tags["M3"]["browser_not_buyer"] == "true"  # three views in 30 days, no order
+    assert "browser_not_buyer" not in tags["M1"]  # two views only
+    assert tags["M1"]["rfm_segment"] == "loyal"
+    assert "repurchase_due" not in tags["M1"]  # 5 days since, cycle 21
+
+
+def test_tag_changes_are_recorded_and_reruns_change_nothing(run, project):
+    assert run("tag", "--as-of", AS_OF).exit_code == 0
+    first = query(project / "cdp.db", "SELECT count(*) FROM tag_changes WHERE change = 'added'")[0][
+        0
+    ]
+    assert first > 0
+    again = json.loads(run("tag", "--as-of", AS_OF, "--json").stdout)
+    assert all(t["changed"] == 0 and t["removed"] == 0 for t in again["tags"].values())
+    # A month later M1 is past their repurchase cycle: the tag is added and lifecycle stays.
+    later = json.loads(run("tag", "--as-of", "2026-12-15", "--json").stdout)
+    assert later["tags"]["repurchase_due"]["changed"] >= 1
+    m1 = one_id(project, "M1")
+    changes = query(
+        project / "cdp.db",
+        "SELECT tag, change, old_value, new_value FROM tag_changes WHERE one_id = ? AND run_id = 3 ORDER BY tag",
+        m1,
+    )
+    assert ("repurchase_due", "added", None, "true") in changes
+    # M3 is no longer new: their lifecycle value changes to prospect
+    m3 = query(
+        project / "cdp.db",
+        "SELECT change, old_value, new_value FROM tag_changes WHERE one_id = ? AND tag = 'lifecycle' AND run_id = 3",
+        one_id(project, "M3"),
+    )
+    assert m3 == [("changed", "new", "prospect")]
+
+
+def test_tag_only_and_list(run, project):
+    result = run("tag", "--as-of", AS_OF, "--only", "lifecycle", "--json")
+    assert list(json.loads(result.stdout)["tags"]) == ["lifecycle"]
+    listed = json.loads(run("tag", "--list", "--json").stdout)
+    lifecycle = next(t for t in listed if t["name"] == "lifecycle")
+    assert lifecycle["values"] == {"active": 1, "at_risk": 1, "new": 1, "churned": 1}
+    assert run("tag", "--only", "lifecycel").stderr.startswith("Error: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "- name: x\n  when: totl_spent > 1\n",
+            "tag_rules/bad.yaml:1: tag x: unknown field 'totl_spent' (did you mean 'total_spent'?)",
+        ),
+        (
+            "- name: x\n  when: tag('lifecycel') = 'new'\n",
+            "tag_rules/bad.yaml:1: tag x: unknown tag 'lifecycel' (did you mean 'lifecycle'?)",
+        ),
+        (
+            "- name: x\n  category: rules\n  when: order_count > 1\n",
+            "tag_rules/bad.yaml:2: tag x: category must be one of attribute, statistical, rule, predictive, got 'rules' (did you mean 'rule'?)",
+        ),
+        (
+            "- name: x\n  when: a\n  value: b\n",
+            "tag_rules/bad.yaml:1: tag x: give exactly one of when, cases or value",
+        ),
+        (
+            "- name: X Y\n  when: order_count > 1\n",
+            "tag_rules/bad.yaml:1: a tag needs a name of lower-case letters, digits and _ (got 'X Y')",
+        ),
+        (
+            "- name: a\n  when: has_tag('b')\n- name: b\n  when: has_tag('a')\n",
+            "tag_rules/bad.yaml:1: tag a: tags read each other in a cycle: a -> b -> a",
+        ),
+        (
+            "- name: lifecycle\n  when: order_count > 1\n",
+            "tag_rules/lifecycle.yaml:6: tag 'lifecycle' is defined twice (first at tag_rules/bad.yaml:1)",
+        ),
+        ("- name: x\n  when: [\n", "tag_rules/bad.yaml:3: invalid YAML"),
+    ],
+)
+def test_a_broken_tag_file_fails_before_anything_is_written(run, project, text, message):
+    assert run("tag", "--as-of", AS_OF).exit_code == 0
+    before = query(project / "cdp.db", "SELECT count(*) FROM tag_changes")
+    (project / "tag_rules" / "bad.yaml").write_text(text, encoding="utf-8")
+    result = run("tag", "--as-of", "2026-12-15")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.replace(str(project) + "/", "").startswith(f"Error: {message}")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert query(project / "cdp.db", "SELECT count(*) FROM tag_changes") == before
+
+
+def test_segment_count_portrait_and_export(run, project):
+    assert run("tag", "--as-of", AS_OF).exit_code == 0
+    counted = json.loads(run("segment", "--rule", "city = '武汉'", "--json").stdout)
+    assert (counted["customers"], counted["base"]) == (2, 4)
+    assert {r["one_id"] for r in counted["sample"]} == {
+        one_id(project, "M1"),
+        one_id(project, "M3"),
+    }
+    assert all("****" in r["phone"] for r in counted["sample"])
+    shown = json.loads(
+        run("segment", "--rule", "order_count >= 1", "--by", "city", "--json").stdout
+    )
+    by_city = {r["value"]: (r["audience"], r["base"], r["index"]) for r in shown["portrait"]}
+    assert by_city == {"武汉": (1, 2, 67), "北京": (1, 1, 133), "上海": (1, 1, 133)}
+    exported = run(
+        "segment",
+        "--rule",
+        "tag('lifecycle') in ('active', 'at_risk')",
+        "--export",
+        "out.csv",
+        "--fields",
+        "one_id,phone,member_no,total_spent,lifecycle",
+    )
+    assert exported.exit_code == 0, exported.output
+    with (project / "out.csv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["member_no"], r["phone"], r["lifecycle"]) for r in rows) == [
+        ("M1", "+8613800000001", "active"),
+        ("M2", "+8613800000002", "at_risk"),
+    ]
+    assert (
+        run(
+            "segment",
+            "--rule",
+            "order_count >= 1",
+            "--export",
+            "out.jsonl",
+            "--fields",
+            "one_id,total_spent",
+        ).exit_code
+        == 0
+    )
+    assert len((project / "out.jsonl").read_text(encoding="utf-8").splitlines()) == 3
+    bad = run("segment", "--rule", "totl_spent > 1")
+    assert (bad.exit_code, bad.stderr) == (
+        2,
+        "Error: unknown field 'totl_spent' (did you mean 'total_spent'?)\n",
+    )
+    unknown_field = run(
+        "segment", "--rule", "order_count >= 1", "--export", "x.csv", "--fields", "phnoe"
+    )
+    assert (unknown_field.exit_code, unknown_field.stderr) == (
+        2,
+        "Error: unknown field 'phnoe' (did you mean 'phone'?)\n",
+    )
+
+
+def test_named_segments_and_in_segment(run, project):
+    assert run("tag", "--as-of", AS_OF).exit_code == 0
+    winback = json.loads(run("segment", "winback", "--json").stdout)
+    assert winback["customers"] == 0  # M2 is at risk but spent 80 < 300
+    inside = json.loads(
+        run("segment", "--rule", "in_segment('wuhan_skincare') or city = '上海'", "--json").stdout
+    )
+    assert {r["one_id"] for r in inside["sample"]} == {one_id(project, "M1"), one_id(project, "M4")}
+    missing = run("segment", "nope")
+    assert missing.exit_code == 2 and "no segment named 'nope'" in missing.stderr
+
+
+def test_rules_compile_for_duckdb_too():
+    duckdb = pytest.importorskip("duckdb")
+    from datetime import date
+
+    from cdp_cli.rules import compile_rule
+    from cdp_cli.tags import RuleContext, load_rulebook
+
+    book = load_rulebook(REPO / "tag_rules")
+    context = RuleContext(book, date(2026, 11, 15))
+    rule = compile_rule(
+        "total_spent_365d >= 1000 and city in ('武汉', '北京') and not (order_count = 0)",
+        context.schema(),
+        dialect="duckdb",
+    )
+    con = duckdb.connect()
+    con.execute("CREATE TABLE profiles (one_id TEXT, city TEXT)")
+    con.execute(
+        "CREATE TABLE profile_features (one_id TEXT, total_spent_365d DOUBLE, order_count INTEGER)"
+    )
+    con.execute("INSERT INTO profiles VALUES ('a', '武汉'), ('b', '北京'), ('c', '上海')")
+    con.execute("INSERT INTO profile_features VALUES ('a', 1500, 3), ('b', 900, 2), ('c', 5000, 9)")
+    rows = con.execute(
+        f"SELECT p.one_id FROM profiles p JOIN profile_features f ON f.one_id = p.one_id WHERE {rule.sql}",
+        rule.params,
+    ).fetchall()
+    assert rows == [("a",)]
