@@ -384,3 +384,25 @@ def test_rules_compile_for_duckdb_too():
         rule.params,
     ).fetchall()
     assert rows == [("a",)]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "tag_rules").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_tag_file_is_valid(path, tmp_path):
+    from datetime import date
+
+    from cdp_cli.tags import compile_tags, load_rulebook
+
+    shutil.copytree(REPO / "tag_rules", tmp_path / "tag_rules")
+    book = load_rulebook(tmp_path / "tag_rules")
+    names = {t.name for t in book.tags.values() if t.path.endswith(path.name)}
+    names |= {s.name for s in book.segments.values() if s.path.endswith(path.name)}
+    assert names, f"{path.name} defines nothing"
+    compiled = compile_tags(book, date(2026, 11, 15))
+    assert {c.tag.name for c in compiled} == set(book.tags)
+
+
+def test_every_feature_is_documented():
+    from cdp_cli.features import FEATURES
+
+    text = (REPO / "docs" / "features.md").read_text(encoding="utf-8")
+    assert [name for name in FEATURES if f"`{name}`" not in text] == []
