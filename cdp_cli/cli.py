@@ -525,6 +525,9 @@ def profile_command(
         current, merged_from = find_one_id(db, config, Lookup(one_id, phone, email, device))
         view = profile_view(db, current)
         view["tags"] = customer_tags(db, current)
+        book = load_rulebook(config.root / "tag_rules")
+        as_of = _features_as_of(db) or today(config)
+        view["segments"] = seg.segments_of(db, book, as_of, current)
     finally:
         db.close()
     view["merged_from"] = merged_from
@@ -600,6 +603,8 @@ def _print_profile(view: dict[str, Any]) -> None:
             ["tag", "value", "since"],
             [(t["tag"], t["value"], t["since"]) for t in view["tags"]],
         )
+    if view.get("segments"):
+        click.echo(f"Segments: {', '.join(view['segments'])}")
     if view["history"]:
         out.print_table(
             "History",

@@ -174,3 +174,19 @@ def export(
             written += 1
     os.replace(tmp, path)
     return written
+
+
+def segments_of(db: sqlite_utils.Database, book: RuleBook, as_of: date, one_id: str) -> list[str]:
+    """The named segments one customer is in, for `cdp profile`."""
+    if "profile_features" not in db.table_names():
+        return []
+    found = []
+    for name in book.segments:
+        chosen = audience(db, book, as_of, None, name)
+        hit = db.conn.execute(
+            f"SELECT 1 FROM {BASE_FROM} WHERE p.one_id = ? AND {chosen.where}",
+            [one_id, *chosen.compiled.params],
+        ).fetchone()
+        if hit:
+            found.append(name)
+    return found
