@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -396,7 +397,7 @@ def run_tags(
     return result
 
 
-def _evaluate(conn: Any, item: _Compiled, run_id: int, at: str) -> dict[str, int]:
+def _evaluate(conn: sqlite3.Connection, item: _Compiled, run_id: int, at: str) -> dict[str, int]:
     """One tag: new values beside the old, the differences into tag_changes, then swap."""
     name = item.tag.name
     conn.execute("DROP TABLE IF EXISTS temp.new_values")
@@ -437,11 +438,10 @@ def tag_list(db: sqlite_utils.Database, folder: Path) -> list[dict[str, Any]]:
     """Each defined tag with its customers per value, for `cdp tag --list`."""
     book = load_rulebook(folder)
     counts: dict[str, list[tuple[str, int]]] = {}
-    if "profile_tags" in db.table_names():
-        for tag, value, count in db.conn.execute(
-            "SELECT tag, value, count(*) FROM profile_tags GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2"
-        ):
-            counts.setdefault(tag, []).append((value, count))
+    for tag, value, count in db.conn.execute(
+        "SELECT tag, value, count(*) FROM profile_tags GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2"
+    ):
+        counts.setdefault(tag, []).append((value, count))
     return [
         {
             "name": tag.name,
@@ -454,8 +454,6 @@ def tag_list(db: sqlite_utils.Database, folder: Path) -> list[dict[str, Any]]:
 
 
 def customer_tags(db: sqlite_utils.Database, one_id: str) -> list[dict[str, Any]]:
-    if "profile_tags" not in db.table_names():
-        return []
     return rows_as_dicts(
         db, "SELECT tag, value, since FROM profile_tags WHERE one_id = ? ORDER BY tag", (one_id,)
     )
