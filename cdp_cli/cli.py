@@ -20,7 +20,13 @@ from cdp_cli.features import today
 from cdp_cli.ingest import IngestResult, ingest
 from cdp_cli.privacy import mask
 from cdp_cli.profiles import Lookup, find_one_id, profile_view
-from cdp_cli.resolve import ResolveResult, explain, export_mapping, resolve
+from cdp_cli.resolve import (
+    ResolveResult,
+    explain,
+    export_mapping,
+    resolve,
+    unresolved_batches,
+)
 from cdp_cli.scaffold import init_project
 from cdp_cli.status import StoreStatus, store_status
 from cdp_cli.store import open_store
@@ -655,6 +661,11 @@ def tag_command(
             out.print_json(listed) if json_ else _print_tag_list(listed)
             return
         day = as_of.date() if as_of else today(config)
+        pending = unresolved_batches(db)
+        if pending:
+            out.note(
+                f"{pending} ingested batches are not resolved yet: run `cdp resolve` first", silent
+            )
         result = run_tags(db, folder, day, only)
     finally:
         db.close()

@@ -642,3 +642,12 @@ def export_mapping(db: sqlite_utils.Database, path: Path) -> int:
                 count += 1
     os.replace(tmp, path)
     return count
+
+
+def unresolved_batches(db: sqlite_utils.Database) -> int:
+    """Finished batches that no resolve run has covered yet."""
+    last = _last_run(db)
+    through = last[0] if last else 0
+    return db.conn.execute(
+        "SELECT count(*) FROM batches WHERE status = 'done' AND id > ?", (through,)
+    ).fetchone()[0]

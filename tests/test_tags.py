@@ -406,3 +406,14 @@ def test_every_feature_is_documented():
 
     text = (REPO / "docs" / "features.md").read_text(encoding="utf-8")
     assert [name for name in FEATURES if f"`{name}`" not in text] == []
+
+
+def test_tag_warns_when_batches_are_not_resolved(run, project, write):
+    write(
+        "more.csv",
+        "member,name,phone,city,birthday,registered\nM9,赵六,13800000009,成都,,2026-11-01 10:00:00\n",
+    )
+    assert run("ingest", "more.csv", "-s", "crm").exit_code == 0
+    result = run("tag", "--as-of", AS_OF)
+    assert result.exit_code == 0
+    assert "1 ingested batches are not resolved yet: run `cdp resolve` first" in result.stderr
