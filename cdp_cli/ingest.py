@@ -12,9 +12,7 @@ import hashlib
 import json
 import operator
 import os
-import queue
 import sqlite3
-import threading
 import time
 import zoneinfo
 from collections.abc import Callable
@@ -535,37 +533,38 @@ def _load(
         pending: list[tuple[Any, ...]] = []
         rejects: list[tuple[Any, ...]] = []
         name, batch_id = source.name, result.batch_id
-        with _ChunkWriter(conn) as writer:
-            for line, row, error, raw in rows:
-                if row is None and error is None:
-                    result.skipped += 1
-                    continue
-                result.rows_read += 1
-                try:
-                    if error is not None:
-                        raise RowRejected(_problem_of(error), error)
-                    key, values, attrs = mapper.map(row)
-                    if key is None:
-                        key = _content_key(values, attrs)
-                    pending.append((name, key, *values, attrs, batch_id, line))
-                except RowRejected as rejected:
-                    rejects.append(
-                        (batch_id, name, line, rejected.problem, rejected.field, rejected.reason,
-                         _raw_text(raw or row, header))
-                    )  # fmt: skip
-                    reasons = result.reject_reasons
-                    reasons[rejected.problem] = reasons.get(rejected.problem, 0) + 1
-                if len(pending) >= CHUNK_ROWS:
-                    writer.put(upsert, pending, count=True)
-                    pending = []
-                    if on_progress:
-                        on_progress(progress.done, progress.total)
-                if len(rejects) >= CHUNK_ROWS:
-                    writer.put(INSERT_REJECTS, rejects)
-                    rejects = []
-            writer.put(upsert, pending, count=True)
-            writer.put(INSERT_REJECTS, rejects)
-        changed = writer.changed
+        changed = 0
+        for line, row, error, raw in rows:
+            if row is None and error is None:
+                result.skipped += 1
+                continue
+            result.rows_read += 1
+            try:
+                if error is not None:
+                    raise RowRejected(_problem_of(error), error)
+                key, values, attrs = mapper.map(row)
+                if key is None:
+                    key = _content_key(values, attrs)
+                pending.append((name, key, *values, attrs, batch_id, line))
+            except RowRejected as rejected:
+                rejects.append(
+                    (batch_id, name, line, rejected.problem, rejected.field, rejected.reason,
+                     _raw_text(raw or row, header))
+                )  # fmt: skip
+                reasons = result.reject_reasons
+                reasons[rejected.problem] = reasons.get(rejected.problem, 0) + 1
+            if len(pending) >= CHUNK_ROWS:
+                changed += conn.executemany(upsert, pending).rowcount
+                pending.clear()
+                if on_progress:
+                    on_progress(progress.done, progress.total)
+            if len(rejects) >= CHUNK_ROWS:
+                conn.executemany(INSERT_REJECTS, rejects)
+                rejects.clear()
+        if pending:
+            changed += conn.executemany(upsert, pending).rowcount
+        if rejects:
+            conn.executemany(INSERT_REJECTS, rejects)
         if on_progress:
             on_progress(progress.total, progress.total)
     after = conn.execute(f"SELECT count(*) FROM {table} WHERE source=?", (source.name,)).fetchone()
@@ -579,49 +578,6 @@ INSERT_REJECTS = (
     "INSERT INTO rejects (batch_id, source, line, problem, field, reason, raw) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-
-
-class _ChunkWriter:
-    """Runs executemany on a second thread, so SQLite's B-tree work overlaps the mapping of the
-    next rows (the sqlite3 module releases the GIL while SQLite steps). One statement runs at
-    a time, in order; the first error stops the writing and is raised in the caller's thread.
-    """
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self.changed = 0
-        self.error: BaseException | None = None
-        self.queue: queue.Queue[tuple[str, list[tuple[Any, ...]], bool] | None] = queue.Queue(2)
-        self.thread = threading.Thread(target=self._run, name="cdp-writer", daemon=True)
-
-    def __enter__(self) -> _ChunkWriter:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.queue.put(None)
-        self.thread.join()
-        if self.error is not None and exc_info[0] is None:
-            raise self.error
-
-    def put(self, sql: str, rows: list[tuple[Any, ...]], count: bool = False) -> None:
-        if self.error is not None:
-            raise self.error
-        if rows:
-            self.queue.put((sql, rows, count))
-
-    def _run(self) -> None:
-        while (job := self.queue.get()) is not None:
-            if self.error is not None:
-                continue
-            sql, rows, count = job
-            try:
-                changed = self.conn.executemany(sql, rows).rowcount
-            except BaseException as exc:
-                self.error = exc
-                continue
-            if count:
-                self.changed += changed
 
 
 def _problem_of(error: str) -> str:
