@@ -61,3 +61,7 @@ class RuleError(CdpError):
         self.column = column
         self.rule = rule
         super().__init__(message)
+
+
+class TemplateError(FileError):
+    """A message template cannot be rendered or sent; the message names the file and line."""
