@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdp_cli.config import IdentityRules
@@ -107,3 +107,33 @@ def test_fast_path_agrees_with_phonenumbers(number, form):
     written = form.format(f"{number[:3]} {number[3:7]}-{number[7:]}" if "(" in form else number)
     parse_phone.cache_clear()
     assert parse_phone(written, "CN") == _slow_parse(written, "CN")
+
+
+def _validator_key(raw: str):
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        checked = validate_email(raw.strip(), check_deliverability=False)
+    except EmailNotValidError:
+        return None
+    return f"{checked.local_part.lower()}@{checked.ascii_domain.lower()}"
+
+
+email_like = st.text(alphabet="abcXYZ019._+-@'", min_size=1, max_size=24) | st.builds(
+    lambda local, domain, tld: f"{local}@{domain}.{tld}",
+    st.from_regex(r"[a-zA-Z0-9._+-]{1,12}", fullmatch=True),
+    st.from_regex(r"[a-zA-Z0-9-]{1,12}(\.[a-zA-Z0-9-]{1,8})?", fullmatch=True),
+    st.sampled_from(["com", "cn", "c", "co", "test", "local", "COM", "xn--fiqs8s", "123", "onion"]),
+)
+
+
+@settings(max_examples=1000)
+@given(email_like)
+def test_plain_email_fast_path_agrees_with_email_validator(raw):
+    from cdp_cli.identity import _plain_email
+
+    fast = _plain_email(raw.strip())
+    if fast is not None:
+        assert fast == _validator_key(raw)
+    email_key.cache_clear()
+    assert email_key(raw) == _validator_key(raw)
