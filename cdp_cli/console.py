@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -66,11 +67,21 @@ def print_table(
         show_edge=False,
         pad_edge=False,
     )
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
     for i, name in enumerate(columns):
         right = i >= len(columns) - numeric
-        table.add_column(name, justify="right" if right else "left", overflow="fold")
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        widest = max([cell_len(name), *(cell_len(row[i]) for row in cells)])
+        # One line per row. Numbers keep their full width; on a narrow terminal long text
+        # (file names, descriptions) is shortened with … rather than folded.
+        table.add_column(
+            name,
+            justify="right" if right else "left",
+            overflow="ellipsis",
+            no_wrap=True,
+            min_width=widest if right else min(widest, 12),
+        )
+    for row in cells:
+        table.add_row(*row)
     if title and not console.is_terminal:
         console.print(f"# {title}")
     console.print(table)
