@@ -79,7 +79,7 @@ def identity_key(fields: Iterable[tuple[str, str | None]]) -> int | None:
     devices and accounts), and a row finds its one_id through its key. None when the row
     carries no identity field at all.
     """
-    text = "\x1e".join(f"{name}\x1f{value}" for name, value in fields if value is not None)
+    text = "\x1e".join([f"{name}\x1f{value}" for name, value in fields if value is not None])
     if not text:
         return None
     return int.from_bytes(

@@ -40,6 +40,8 @@ from cdp_cli.parsing import TimestampParser, parse_date, parse_integer, parse_nu
 from cdp_cli.store import now_iso, transaction
 
 CHUNK_ROWS = 5000
+# One encoder for every row: json.dumps with options builds a new one per call (~3 µs).
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -333,7 +335,7 @@ class RowMapper:
         attrs = self._attrs(row)
         if invalid:
             attrs["_invalid"] = invalid
-        attrs_json = json.dumps(attrs, ensure_ascii=False, separators=(",", ":")) if attrs else None
+        attrs_json = _JSON.encode(attrs) if attrs else None
         values.append(identity_key([(n, values[i]) for n, i in self._identity]))
         return key, values, attrs_json
 
@@ -398,7 +400,7 @@ class RowMapper:
                     value = _text(value)
                 mapped[name] = value
             out.append(mapped)
-        return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+        return _JSON.encode(out)
 
 
 # ---------------------------------------------------------------------------------------------

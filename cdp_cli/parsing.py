@@ -198,6 +198,12 @@ def parse_date(value: Any, formats: tuple[str, ...] = ()) -> str:
 def _quick_date(text: str, formats: tuple[str, ...]) -> str | None:
     """The forms that cannot mean anything else, without strptime (which is slow)."""
     digits = None
+    if len(text) == 10 and text[4] == "-" and text[7] == "-" and text[:4].isdigit():
+        try:  # already ISO: checked by the C parser, kept as written
+            date.fromisoformat(text)
+            return text
+        except ValueError:
+            pass
     if len(text) == 10 and text[4] in "-/" and text[7] == text[4]:
         digits = (text[:4], text[5:7], text[8:])
     elif len(text) == 8 and text.isdigit() and (not formats or "%Y%m%d" in formats):
