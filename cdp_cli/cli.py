@@ -173,8 +173,9 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
 
     The stages: init (a project in DIRECTORY), ingest (every sample export), status (what the
     store now holds), resolve (records linked into customers), one merged customer's profile,
-    tag (features and the starter tags, as of the sample's last day, 2026-11-15) and segment
-    (the winback audience and its portrait). Afterwards DIRECTORY is an ordinary project.
+    tag (features and the starter tags, as of the sample's last day, 2026-11-15), segment (the
+    winback audience and its portrait) and journeys (run at 10:30 that day, writing outbound
+    files to DIRECTORY/outbound). Afterwards DIRECTORY is an ordinary project.
 
     \b
     Example:
@@ -203,6 +204,11 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
             _print_tags(result)
         elif stage == "segment":
             _print_segment({**result, "sample": []})
+        elif stage == "journeys":
+            _print_journeys(result, dry_run=False)
+            for r in result:
+                for path in r.files:
+                    click.echo(f"  wrote {os.path.relpath(path, directory)}")
 
     stages = run_demo(directory, force=force, on_stage=show)
     if json_:
@@ -216,6 +222,7 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
                 "profile": stages["profile"],
                 "tag": stages["tag"].as_dict(),
                 "segment": stages["segment"],
+                "journeys": [r.as_dict() for r in stages["journeys"]],
             }
         )
     else:
@@ -800,3 +807,163 @@ def _print_segment(report: dict[str, Any]) -> None:
     if report["sample"]:
         names = list(report["sample"][0])
         out.print_table("Sample", names, [list(r.values()) for r in report["sample"]], numeric=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# journeys
+
+
+@cli.group(name="journey")
+def journey_group() -> None:
+    """Advance customer journeys (journeys/*.yaml) and write outbound message files.
+
+    \b
+    Examples:
+      cdp journey validate
+      cdp journey run --now "2026-11-15 10:30"
+      cdp journey status winback
+    """
+
+
+@journey_group.command(name="run")
+@click.argument("name", required=False)
+@click.option(
+    "--now",
+    type=click.DateTime(formats=["%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+    help="The clock, in the project's timezone (tests, backfills).  [default: now]",
+)
+@click.option("--dry-run", is_flag=True, help="Show who would get what; change nothing.")
+@out.json_option
+@pass_project
+def journey_run_command(
+    project: Project, name: str | None, now: Any, dry_run: bool, json_: bool
+) -> None:
+    """Enrol who qualifies, advance everyone whose step is due, write outbound files.
+
+    What cron calls, say every 15 minutes. Each journey advances in one transaction with its
+    outbox; files go to outbound/<channel>/<journey>-<run time>-<run>.csv|jsonl, written whole.
+
+    \b
+    Examples:
+      cdp journey run
+      cdp journey run winback --now "2026-11-15 10:30" --dry-run
+    """
+    from zoneinfo import ZoneInfo
+
+    from cdp_cli.engine import run_journeys
+
+    config = project.config()
+    clock = now.replace(tzinfo=ZoneInfo(config.timezone)) if now else None
+    db = open_store(config.store, create=False)
+    try:
+        results = run_journeys(db, config, name, clock, dry_run)
+    finally:
+        db.close()
+    if json_:
+        out.print_json([r.as_dict() for r in results])
+        return
+    _print_journeys(results, dry_run)
+    for r in results:
+        for path in r.files:
+            out.note(f"wrote {path}")
+
+
+def _print_journeys(results: list[Any], dry_run: bool) -> None:
+    rows = [
+        (r.journey, r.enrolled, r.holdout, ", ".join(f"{c} {n}" for c, n in r.sent.items()),
+         ", ".join(f"{k} {n}" for k, n in r.skipped.items()), r.deferred, r.converted,
+         r.exited, r.completed)
+        for r in results
+    ]  # fmt: skip
+    title = "Journeys (dry run: nothing was changed)" if dry_run else "Journeys"
+    columns = [
+        "journey",
+        "entered",
+        "holdout",
+        "sent",
+        "skipped",
+        "waiting",
+        "converted",
+        "exited",
+        "done",
+    ]
+    out.print_table(title, columns, rows, numeric=0)
+    for r in results:
+        for note in r.notes:
+            out.note(f"{r.journey}: {note}")
+
+
+@journey_group.command(name="status")
+@click.argument("name")
+@out.json_option
+@pass_project
+def journey_status_command(project: Project, name: str, json_: bool) -> None:
+    """Show a journey's counts: entered, per step and variant, sent and skipped by reason.
+
+    \b
+    Example:
+      cdp journey status winback
+    """
+    from cdp_cli.engine import journey_status
+
+    config = project.config()
+    db = open_store(config.store, create=False)
+    try:
+        report = journey_status(db, name)
+    finally:
+        db.close()
+    if json_:
+        out.print_json(report)
+        return
+    click.echo(f"{name}: " + ", ".join(f"{k} {v:,}" for k, v in report["enrolments"].items()))
+    out.print_table(
+        "Entered and converted",
+        ["group", "variant", "entered", "converted"],
+        [(g["grp"], g["variant"], g["entered"], g["converted"]) for g in report["groups"]],
+        numeric=2,
+    )
+    out.print_table(
+        "Messages",
+        ["step", "variant", "channel", "status", "reason", "messages"],
+        [(m["step"], m["variant"], m["channel"], m["status"], m["reason"], m["messages"])
+         for m in report["messages"]],
+        numeric=1,
+    )  # fmt: skip
+
+
+@journey_group.command(name="validate")
+@out.json_option
+@pass_project
+def journey_validate_command(project: Project, json_: bool) -> None:
+    """Check every journey and template file without running anything.
+
+    \b
+    Example:
+      cdp journey validate
+    """
+    from cdp_cli.engine import validate_journeys
+
+    config = project.config()
+    db = open_store(config.store, create=False) if config.store.exists() else None
+    try:
+        journeys = validate_journeys(config, db)
+    finally:
+        if db is not None:
+            db.close()
+    summary = [
+        {
+            "journey": j.name,
+            "steps": len(j.index),
+            "entry": j.entry.when or j.entry.event or f"tag {j.entry.tag}",
+            "channels": sorted({c for s in j.sends() for c in (s.channel, *s.fallback)}),
+        }
+        for j in journeys
+    ]
+    if json_:
+        out.print_json(summary)
+        return
+    out.print_table(
+        "Journeys: valid",
+        ["journey", "steps", "entry", "channels"],
+        [(s["journey"], s["steps"], s["entry"], ", ".join(s["channels"])) for s in summary],
+    )

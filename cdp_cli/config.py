@@ -19,7 +19,7 @@ FORMATS = ("csv", "json", "jsonl")
 # Settings that later stages read; accepted here so that a project can declare them early.
 TOP_LEVEL_KEYS = (
     "store", "region", "timezone", "sources", "identity", "channels", "frequency_cap",
-    "control_group", "log",
+    "control_group", "log", "brand",
 )  # fmt: skip
 SOURCE_KEYS = (
     "kind", "format", "encoding", "delimiter", "files", "key", "fields", "items", "timezone",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from cdp_cli.config import load_config
+from cdp_cli.engine import run_journeys
 from cdp_cli.errors import CdpError
 from cdp_cli.ingest import ingest
 from cdp_cli.profiles import Lookup, find_one_id, profile_view
@@ -25,10 +27,12 @@ DEMO_PHONE = "13800138000"
 # The sample's exports end on this day (benchmarks/generate.py --end-date): "today" for tags.
 DEMO_AS_OF = date(2026, 11, 15)
 DEMO_SEGMENT, DEMO_PORTRAIT = "winback", "tag('preferred_category')"
+# Half past ten on that day: outside the SMS quiet hours, after the birthday wait (10:00).
+DEMO_NOW = datetime(2026, 11, 15, 10, 30)
 
 
 def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | None = None) -> dict:
-    """init, ingest, status, resolve, one merged profile, tags and a segment, in `directory`.
+    """init, ingest, status, resolve, a merged profile, tags, a segment and the journeys.
 
     Each stage's result goes to `on_stage` as it ends.
 
@@ -66,6 +70,9 @@ def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | Non
             "by": DEMO_PORTRAIT, "portrait": portrait(db, book, DEMO_AS_OF, chosen, DEMO_PORTRAIT),
         }  # fmt: skip
         report("segment", stages["segment"])
+        now = DEMO_NOW.replace(tzinfo=ZoneInfo(config.timezone))
+        stages["journeys"] = run_journeys(db, config, now=now)
+        report("journeys", stages["journeys"])
     finally:
         db.close()
     return stages

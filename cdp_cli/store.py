@@ -328,3 +328,68 @@ CREATE TABLE tag_runs (
 );
 """,
     )
+
+
+@migration(6)
+def create_journey_tables(db: sqlite_utils.Database) -> None:
+    _run_script(
+        db.conn,
+        """
+CREATE TABLE journey_runs (
+  id INTEGER PRIMARY KEY,
+  journey TEXT NOT NULL,
+  now TEXT NOT NULL,              -- the run's clock (--now, or the time it started)
+  tag_cursor INTEGER NOT NULL,    -- tag_changes seen up to this id
+  started_at TEXT NOT NULL,
+  finished_at TEXT,
+  result TEXT
+);
+CREATE INDEX journey_runs_journey ON journey_runs (journey, id);
+CREATE TABLE journey_enrolments (
+  id INTEGER PRIMARY KEY,
+  journey TEXT NOT NULL,
+  one_id TEXT NOT NULL,
+  enrolment INTEGER NOT NULL,     -- 1 the first time a customer enters, 2 on re-entry, ...
+  holdout INTEGER NOT NULL,       -- 1: followed for the goal, sent nothing
+  variant TEXT,                   -- the split variant, by a hash of journey and one_id
+  status TEXT NOT NULL,           -- active, completed, converted, exited
+  step TEXT,                      -- the key of the current step
+  waiting INTEGER NOT NULL DEFAULT 0,  -- 1 once the current wait step has started
+  next_at TEXT,                   -- when the current step is due
+  entered_at TEXT NOT NULL,
+  ended_at TEXT,
+  converted_at TEXT,
+  UNIQUE (journey, one_id, enrolment)
+);
+CREATE INDEX journey_enrolments_due ON journey_enrolments (journey, status, next_at);
+CREATE INDEX journey_enrolments_one_id ON journey_enrolments (one_id);
+CREATE TABLE messages (         -- the outbox: one row per enrolment and send step, ever
+  id TEXT PRIMARY KEY,            -- journey:enrolment id:step key
+  run_id INTEGER NOT NULL,
+  journey TEXT NOT NULL,
+  enrolment_id INTEGER NOT NULL,
+  one_id TEXT NOT NULL,
+  step TEXT NOT NULL,
+  channel TEXT,
+  status TEXT NOT NULL,           -- queued, written (to an outbound file) or skipped
+  reason TEXT,                    -- why it was skipped
+  address TEXT,                   -- the phone, email, openid or device it goes to
+  payload TEXT,                   -- JSON: what the channel sends
+  coupon_code TEXT,
+  cost REAL,
+  transactional INTEGER NOT NULL DEFAULT 0,
+  created_at TEXT NOT NULL,
+  file TEXT,
+  written_at TEXT
+);
+CREATE INDEX messages_one_id ON messages (one_id, created_at);
+CREATE INDEX messages_pending ON messages (status, run_id);
+CREATE TABLE coupon_issues (      -- codes drawn from a pool; the coupons table stays as ingested
+  code TEXT PRIMARY KEY,
+  campaign TEXT NOT NULL,
+  one_id TEXT NOT NULL,
+  message_id TEXT NOT NULL,
+  issued_at TEXT NOT NULL
+);
+""",
+    )

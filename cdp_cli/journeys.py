@@ -1,0 +1,342 @@
+"""Journeys as written in journeys/*.yaml: entry, re-entry, exit, goal, holdout and steps.
+
+A journey is a small state machine that `cdp journey run` advances (see engine.py). This module
+reads and checks the files only; every mistake names the file, line and step.
+
+    name: winback
+    entry: {when: "tag('lifecycle') = 'at_risk'", reentry: 90d}
+    exit: "has_tag('dormant')"
+    goal: {event: order, within: 14d}
+    holdout: 10%
+    steps:
+      - send: {channel: wechat, fallback: [sms], template: winback_coupon, coupon: WINBACK20}
+      - wait: 3d
+      - branch:
+          when: "not converted"
+          then: [{send: {channel: sms, template: winback_reminder}}]
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import time, timedelta
+from pathlib import Path
+from typing import Any, Union
+
+from cdp_cli.errors import FileError, RuleError
+from cdp_cli.rules import parse_duration
+from cdp_cli.yamlfile import YamlList, YamlMap, check_keys, did_you_mean, load_yaml
+
+CHANNELS = ("sms", "email", "push", "wechat")
+STEP_KINDS = ("send", "wait", "branch", "split", "end")
+JOURNEY_KEYS = ("name", "description", "entry", "exit", "goal", "holdout", "transactional", "steps")
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# Conditions a branch may test about the enrolment itself, besides any customer rule.
+JOURNEY_CONDITIONS = ("converted", "opened", "clicked")
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send one message; if the channel cannot reach the customer, try the fallbacks."""
+
+    key: str
+    line: int
+    channel: str
+    template: str
+    fallback: tuple[str, ...] = ()
+    coupon: str | None = None
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Wait a duration, or until the next time of day (in the project's timezone)."""
+
+    key: str
+    line: int
+    duration: timedelta | None = None
+    until: time | None = None
+
+
+@dataclass(frozen=True)
+class Branch:
+    """Go down `then` when the condition holds, else down `otherwise`."""
+
+    key: str
+    line: int
+    when: str
+    then: tuple[Step, ...] = ()
+    otherwise: tuple[Step, ...] = ()
+
+
+@dataclass(frozen=True)
+class Split:
+    """A/B/n: each customer goes down one variant, chosen by a hash and kept on re-entry."""
+
+    key: str
+    line: int
+    variants: tuple[tuple[str, float, tuple[Step, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class End:
+    key: str
+    line: int
+
+
+Step = Union[Send, Wait, Branch, Split, End]  # noqa: UP007 (a runtime alias)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Who enters: customers matching a rule, or who did an event, or whose tag changed."""
+
+    when: str | None = None
+    event: str | None = None
+    tag: str | None = None
+    tag_value: str | None = None
+    reentry: timedelta | None = None  # None: a customer enters once
+
+
+@dataclass(frozen=True)
+class Journey:
+    name: str
+    path: str
+    line: int
+    entry: Entry
+    steps: tuple[Step, ...]
+    description: str = ""
+    exit: str | None = None
+    goal_event: str | None = None
+    goal_within: timedelta | None = None
+    holdout: float = 0.0
+    transactional: bool = False
+    index: dict[str, Step] = field(default_factory=dict, compare=False)
+    # step key -> the key of the step that follows it when it is done (None: the journey ends)
+    following: dict[str, str | None] = field(default_factory=dict, compare=False)
+
+    @property
+    def first(self) -> str:
+        return self.steps[0].key
+
+    def sends(self) -> list[Send]:
+        return [s for s in self.index.values() if isinstance(s, Send)]
+
+
+def _link(steps: tuple[Step, ...], after: str | None, following: dict[str, str | None]) -> None:
+    """Each step is followed by the next in its list; the last by what follows the list."""
+    for i, step in enumerate(steps):
+        following[step.key] = steps[i + 1].key if i + 1 < len(steps) else after
+        if isinstance(step, Branch):
+            _link(step.then, following[step.key], following)
+            _link(step.otherwise, following[step.key], following)
+        elif isinstance(step, Split):
+            for _, _, variant in step.variants:
+                _link(variant, following[step.key], following)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def load_journeys(folder: Path) -> dict[str, Journey]:
+    """Every journeys/*.yaml, checked; a file holds one journey."""
+    journeys: dict[str, Journey] = {}
+    if not folder.is_dir():
+        return journeys
+    for path in sorted(folder.glob("*.yaml")):
+        journey = _journey(path, load_yaml(path))
+        if journey.name in journeys:
+            first = journeys[journey.name]
+            raise FileError(path, f"journey {journey.name!r} is also defined in {first.path}", 1)
+        journeys[journey.name] = journey
+    return journeys
+
+
+def _journey(path: Path, data: Any) -> Journey:
+    if not isinstance(data, YamlMap):
+        raise FileError(path, "expected a journey: a mapping with name, entry and steps", 1)
+    check_keys(data, JOURNEY_KEYS, "journey")
+    name = data.get("name")
+    if not isinstance(name, str) or not NAME.match(name):
+        raise FileError(
+            path,
+            f"name must be lower-case letters, digits and _ (got {name!r})",
+            data.line_of("name"),
+        )
+    for required in ("entry", "steps"):
+        if required not in data:
+            raise FileError(path, f"journey {name}: {required} is missing", data.line)
+    index: dict[str, Step] = {}
+    steps = _steps(path, data["steps"], "steps", index)
+    following: dict[str, str | None] = {}
+    _link(steps, None, following)
+    goal = data.get("goal")
+    goal_event = goal_within = None
+    if goal is not None:
+        if not isinstance(goal, YamlMap) or set(goal) != {"event", "within"}:
+            raise FileError(
+                path, "goal: expected {event: EVENT, within: DURATION}", data.line_of("goal")
+            )
+        goal_event, goal_within = str(goal["event"]), _duration(path, goal, "within", "goal")
+    return Journey(
+        name=name,
+        path=str(path),
+        line=data.line,
+        entry=_entry(path, data["entry"], data.line_of("entry")),
+        steps=steps,
+        description=str(data.get("description", "")),
+        exit=_rule_text(path, data, "exit") if "exit" in data else None,
+        goal_event=goal_event,
+        goal_within=goal_within,
+        holdout=_share(path, data.get("holdout", 0), data.line_of("holdout"), "holdout"),
+        transactional=bool(data.get("transactional", False)),
+        index=index,
+        following=following,
+    )
+
+
+def _rule_text(path: Path, spec: YamlMap, key: str) -> str:
+    value = spec.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise FileError(path, f"{key}: expected a rule written as text", spec.line_of(key))
+    return value
+
+
+def _duration(path: Path, spec: YamlMap, key: str, where: str) -> timedelta:
+    try:
+        return parse_duration(str(spec.get(key)))
+    except RuleError as exc:
+        raise FileError(path, f"{where}.{key}: {exc.message}", spec.line_of(key)) from None
+
+
+def _share(path: Path, value: Any, line: int, where: str) -> float:
+    """'10%', 10% written as 0.1, or 10 (percent)."""
+    text = str(value).strip()
+    try:
+        share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise FileError(
+            path, f"{where}: expected a share such as 10%, got {value!r}", line
+        ) from None
+    if not text.endswith("%") and share > 1:  # 10 means 10%
+        share /= 100
+    if not 0 <= share <= 1:
+        raise FileError(path, f"{where}: a share lies between 0% and 100%, got {value!r}", line)
+    return share
+
+
+def _entry(path: Path, spec: Any, line: int) -> Entry:
+    if not isinstance(spec, YamlMap):
+        raise FileError(path, "entry: expected a mapping with when, event or tag", line)
+    check_keys(spec, ("when", "event", "tag", "value", "reentry"), "entry")
+    given = [k for k in ("when", "event", "tag") if k in spec]
+    if len(given) != 1:
+        raise FileError(path, "entry: give exactly one of when (a rule), event or tag", spec.line)
+    reentry = spec.get("reentry", "never")
+    return Entry(
+        when=_rule_text(path, spec, "when") if "when" in spec else None,
+        event=str(spec["event"]) if "event" in spec else None,
+        tag=str(spec["tag"]) if "tag" in spec else None,
+        tag_value=str(spec["value"]) if "value" in spec else None,
+        reentry=None if reentry == "never" else _duration(path, spec, "reentry", "entry"),
+    )
+
+
+def _steps(path: Path, data: Any, where: str, index: dict[str, Step]) -> tuple[Step, ...]:
+    if not isinstance(data, YamlList) or not data:
+        line = getattr(data, "line", 1)
+        raise FileError(path, f"{where}: expected a list of steps", line)
+    return tuple(
+        _step(path, item, f"{where}[{i}]", index, data.line) for i, item in enumerate(data)
+    )
+
+
+def _step(path: Path, item: Any, key: str, index: dict[str, Step], line: int) -> Step:
+    if item == "end":
+        step: Step = End(key, line)
+        index[key] = step
+        return step
+    if not isinstance(item, YamlMap) or len(item) != 1:
+        raise FileError(
+            path, f"{key}: a step is one of {', '.join(STEP_KINDS)}", getattr(item, "line", line)
+        )
+    kind, spec = next(iter(item.items()))
+    line = item.line
+    if kind not in STEP_KINDS:
+        raise FileError(
+            path, f"{key}: unknown step {kind!r}{did_you_mean(str(kind), STEP_KINDS)}", line
+        )
+    if kind == "send":
+        step = _send(path, spec, key, line)
+    elif kind == "wait":
+        step = _wait(path, spec, key, line)
+    elif kind == "branch":
+        step = _branch(path, spec, key, line, index)
+    elif kind == "split":
+        step = _split(path, spec, key, line, index)
+    else:
+        step = End(key, line)
+    index[key] = step
+    return step
+
+
+def _send(path: Path, spec: Any, key: str, line: int) -> Send:
+    if not isinstance(spec, YamlMap):
+        raise FileError(path, f"{key}.send: expected {{channel, template}}", line)
+    check_keys(spec, ("channel", "template", "fallback", "coupon"), f"{key}.send")
+    channels = [spec.get("channel"), *(spec.get("fallback") or [])]
+    for channel in channels:
+        if channel not in CHANNELS:
+            raise FileError(
+                path,
+                f"{key}.send: unknown channel {channel!r}{did_you_mean(str(channel), CHANNELS)}",
+                line,
+            )
+    template = spec.get("template")
+    if not isinstance(template, str) or not template:
+        raise FileError(path, f"{key}.send: template is missing", line)
+    coupon = spec.get("coupon")
+    return Send(
+        key, line, channels[0], template, tuple(channels[1:]), str(coupon) if coupon else None
+    )
+
+
+def _wait(path: Path, spec: Any, key: str, line: int) -> Wait:
+    if isinstance(spec, YamlMap):
+        check_keys(spec, ("until",), f"{key}.wait")
+        match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", str(spec.get("until", "")))
+        if not match:
+            raise FileError(path, f"{key}.wait.until: expected a time of day such as 10:00", line)
+        return Wait(key, line, until=time(int(match[1]), int(match[2])))
+    try:
+        return Wait(key, line, duration=parse_duration(str(spec)))
+    except RuleError as exc:
+        raise FileError(path, f"{key}.wait: {exc.message}", line) from None
+
+
+def _branch(path: Path, spec: Any, key: str, line: int, index: dict[str, Step]) -> Branch:
+    if not isinstance(spec, YamlMap) or "when" not in spec or "then" not in spec:
+        raise FileError(path, f"{key}.branch: expected when, then and perhaps else", line)
+    check_keys(spec, ("when", "then", "else"), f"{key}.branch")
+    then = _steps(path, spec["then"], f"{key}.then", index)
+    otherwise = _steps(path, spec["else"], f"{key}.else", index) if "else" in spec else ()
+    return Branch(key, line, _rule_text(path, spec, "when"), then, otherwise)
+
+
+def _split(path: Path, spec: Any, key: str, line: int, index: dict[str, Step]) -> Split:
+    if not isinstance(spec, YamlMap) or len(spec) < 2:
+        raise FileError(
+            path, f"{key}.split: expected two or more variants, each {{share, steps}}", line
+        )
+    variants = []
+    for name, variant in spec.items():
+        where = f"{key}.split.{name}"
+        if not isinstance(variant, YamlMap) or set(variant) != {"share", "steps"}:
+            raise FileError(path, f"{where}: expected {{share, steps}}", spec.line_of(name))
+        share = _share(path, variant["share"], variant.line_of("share"), where)
+        variants.append((str(name), share, _steps(path, variant["steps"], f"{where}.steps", index)))
+    total = sum(share for _, share, _ in variants)
+    if abs(total - 1) > 1e-9:
+        raise FileError(path, f"{key}.split: the shares add up to {total:.0%}, not 100%", line)
+    return Split(key, line, tuple(variants))

@@ -1,0 +1,397 @@
+"""Journeys: enrolment, steps, every send-time guard, outbound files, and exactly once."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, query
+
+NOW = "2026-11-15 10:30"
+CONFIG = """
+store: cdp.db
+timezone: Asia/Shanghai
+brand: {name: 花漾, url: "https://hy.example.com"}
+channels:
+  sms: {quiet_hours: "21:00-09:00", cost: 0.04}
+  wechat: {appid: wx1, cost: 0}
+frequency_cap: {per_day: 1, per_week: 3}
+sources:
+  crm:
+    kind: customers
+    key: member
+    fields: {member_no: member, name: name, phone: phone, email: email, city: city,
+             wechat_appid: appid, wechat_openid: openid, device_id: device}
+  orders:
+    kind: orders
+    key: order_id
+    fields: {order_id: order_id, member_no: member, amount: amount, ordered_at: at}
+  events:
+    kind: events
+    key: id
+    fields: {event: event, occurred_at: at, member_no: member}
+  optouts:
+    kind: consents
+    fields: {phone: phone, channel: channel, status: "=opt_out", consented_at: at}
+  coupons:
+    kind: coupons
+    key: code
+    fields: {code: code, campaign: campaign, status: status, face_value: value, expires_at: expires}
+"""
+CRM = """member,name,phone,email,city,appid,openid,device
+M1,李娜,13800000001,li@qq.com,武汉,wx1,oLiNa,
+M2,王芳,13800000002,,北京,,,
+M3,张敏,,,上海,,,
+M4,刘洋,13800000004,,成都,,,
+M5,陈静,027-87654321,,武汉,,,
+M6,杨帆,13800000006,,武汉,,,
+"""
+COUPONS = "code,campaign,status,value,expires\nC1,TEST,available,20,2026-12-31 23:59:59\nC2,TEST,available,20,2026-12-31 23:59:59\n"
+TEMPLATE = "{# test #}【{{ brand.name }}】{{ customer.name|default_name }}，{% if coupon %}券码{{ coupon.code }}{% else %}你好{% endif %} {{ link }}"
+WECHAT = """{# test #}
+{"touser": "{{ wechat.openid }}", "template_id": "T1", "url": "{{ link }}",
+ "data": {"thing1": {"value": "{{ customer.name|default_name }}"}}}
+"""
+
+
+def journey(name: str, body: str) -> str:
+    return f"name: {name}\n{body}"
+
+
+@pytest.fixture
+def project(run, write, tmp_path):
+    write("cdp.yaml", CONFIG)
+    write("crm.csv", CRM)
+    write("orders.csv", "order_id,member,amount,at\nO1,M1,100,2026-06-01 10:00:00\n")
+    write("events.csv", "id,event,at,member\nE1,register,2026-11-15 09:00:00,M6\n")
+    write("optouts.csv", "phone,channel,at\n13800000004,sms,2026-01-01 10:00:00\n")
+    write("coupons.csv", COUPONS)
+    write("templates/sms/hello.txt", TEMPLATE)
+    write("templates/wechat/hello.json", WECHAT)
+    write("tag_rules/t.yaml", "- name: wuhan\n  when: \"city = '武汉'\"\n")
+    for name, source in [("crm.csv", "crm"), ("orders.csv", "orders"), ("events.csv", "events"),
+                         ("optouts.csv", "optouts"), ("coupons.csv", "coupons")]:  # fmt: skip
+        assert run("ingest", name, "-s", source).exit_code == 0
+    assert run("resolve").exit_code == 0
+    assert run("tag", "--as-of", "2026-11-15").exit_code == 0
+    return tmp_path
+
+
+def member_one_id(tmp_path, member):
+    return query(
+        tmp_path / "cdp.db", "SELECT one_id FROM id_mapping WHERE source='crm' AND key=?", member
+    )[0][0]
+
+
+def messages(tmp_path, journey_name):
+    rows = query(
+        tmp_path / "cdp.db",
+        "SELECT m.one_id, m.channel, m.status, m.reason, m.coupon_code FROM messages m WHERE journey = ? ORDER BY id",
+        journey_name,
+    )
+    members = {member_one_id(tmp_path, m): m for m in ("M1", "M2", "M3", "M4", "M5", "M6")}
+    return {members[r[0]]: r[1:] for r in rows}
+
+
+def run_journeys(run, *args):
+    result = run("journey", "run", "--now", NOW, "--json", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_guards_fallback_optout_unreachable_and_landline(run, write, project):
+    write(
+        "journeys/hello.yaml",
+        journey(
+            "hello",
+            'entry: {when: "city is not null"}\nsteps:\n  - send: {channel: wechat, fallback: [sms], template: hello}\n',
+        ),
+    )
+    [result] = run_journeys(run)
+    assert result["enrolled"] == 6
+    sent = messages(project, "hello")
+    assert sent["M1"][:2] == ("wechat", "written")  # has an openid of the sending account
+    assert sent["M2"][:2] == ("sms", "written")  # no openid: falls back to SMS
+    assert sent["M3"][1:3] == ("skipped", "unreachable (wechat: no wechat openid; sms: no phone)")
+    assert sent["M4"][1:3] == ("skipped", "unreachable (wechat: no wechat openid; sms: opted out)")
+    assert sent["M5"][1:3] == (
+        "skipped",
+        "unreachable (wechat: no wechat openid; sms: no phone)",
+    )  # a landline
+    sms_files = list((project / "outbound" / "sms").glob("*.csv"))
+    rows = list(csv.DictReader(sms_files[0].read_text(encoding="utf-8").splitlines()))
+    assert {r["to"] for r in rows} == {"+8613800000002", "+8613800000006"}
+    assert all(
+        r["message_id"].startswith("hello:") and r["text"].startswith("【花漾】") for r in rows
+    )
+    wechat = [
+        json.loads(line)
+        for line in next((project / "outbound" / "wechat").glob("*.jsonl"))
+        .read_text(encoding="utf-8")
+        .splitlines()
+    ]
+    assert [(w["touser"], w["template_id"]) for w in wechat] == [("oLiNa", "T1")]
+
+
+def test_opt_out_of_all_channels_is_never_bypassed(run, write, project):
+    write("more_optouts.csv", "phone,channel,at\n13800000002,all,2026-02-01 10:00:00\n")
+    assert run("ingest", "more_optouts.csv", "-s", "optouts").exit_code == 0
+    assert run("resolve").exit_code == 0
+    write(
+        "journeys/tx.yaml",
+        journey(
+            "tx",
+            "transactional: true\nentry: {when: \"city = '北京'\"}\nsteps:\n  - send: {channel: sms, template: hello}\n",
+        ),
+    )
+    run_journeys(run)
+    assert messages(project, "tx")["M2"][1:3] == ("skipped", "opted out (sms: opted out)")
+
+
+def test_frequency_cap_counts_marketing_and_transactional_bypasses_it(run, write, project):
+    write(
+        "journeys/a.yaml",
+        journey(
+            "a",
+            "entry: {when: \"city = '武汉'\"}\nsteps:\n  - send: {channel: sms, template: hello}\n",
+        ),
+    )
+    write(
+        "journeys/b.yaml",
+        journey(
+            "b",
+            "entry: {when: \"city = '武汉'\"}\nsteps:\n  - send: {channel: sms, template: hello}\n",
+        ),
+    )
+    write(
+        "journeys/c.yaml",
+        journey(
+            "c",
+            "transactional: true\nentry: {when: \"city = '武汉'\"}\nsteps:\n  - send: {channel: sms, template: hello}\n",
+        ),
+    )
+    run_journeys(run)
+    assert messages(project, "a")["M6"][1] == "written"
+    assert messages(project, "b")["M6"][1:3] == ("skipped", "frequency cap")
+    assert messages(project, "c")["M6"][1] == "written"
+
+
+def test_quiet_hours_delay_the_message_and_do_not_lose_it(run, write, project):
+    write(
+        "journeys/q.yaml",
+        journey(
+            "q",
+            "entry: {when: \"city = '北京'\"}\nsteps:\n  - send: {channel: sms, template: hello}\n",
+        ),
+    )
+    [night] = json.loads(run("journey", "run", "--now", "2026-11-15 22:00", "--json").stdout)
+    assert (night["deferred"], night["sent"]) == (1, {})
+    [again] = json.loads(run("journey", "run", "--now", "2026-11-16 08:59", "--json").stdout)
+    assert again["sent"] == {}
+    [morning] = json.loads(run("journey", "run", "--now", "2026-11-16 09:00", "--json").stdout)
+    assert morning["sent"] == {"sms": 1}
+
+
+def test_coupon_pool_draws_unique_codes_and_an_empty_pool_is_a_clear_skip(run, write, project):
+    write(
+        "journeys/cp.yaml",
+        journey(
+            "cp",
+            "entry: {when: \"city = '武汉' or city = '北京'\"}\nsteps:\n  - send: {channel: sms, template: hello, coupon: TEST}\n",
+        ),
+    )
+    [result] = run_journeys(run)
+    sent = messages(project, "cp")
+    codes = [v[3] for v in sent.values() if v[1] == "written"]
+    assert sorted(codes) == ["C1", "C2"]
+    assert "coupon pool TEST is empty: those sends were skipped" in result["notes"]
+    assert ("skipped", "coupon pool TEST is empty") in [v[1:3] for v in sent.values()]
+
+
+def test_holdout_and_split_are_deterministic_and_kept_on_reentry(run, write, project):
+    body = """entry: {when: "city is not null", reentry: 1d}
+holdout: 50%
+steps:
+  - split:
+      a: {share: 50%, steps: [{send: {channel: sms, template: hello}}]}
+      b: {share: 50%, steps: [{send: {channel: sms, template: hello}}]}
+"""
+    write("journeys/s.yaml", journey("s", body))
+    run_journeys(run)
+    first = query(
+        project / "cdp.db",
+        "SELECT one_id, holdout, variant FROM journey_enrolments ORDER BY one_id",
+    )
+    assert {h for _, h, _ in first} == {0, 1}
+    assert query(
+        project / "cdp.db",
+        "SELECT count(*) FROM messages m JOIN journey_enrolments e ON e.id = m.enrolment_id WHERE e.holdout = 1 AND m.status != 'skipped'",
+    ) == [(0,)]
+    result = run("journey", "run", "--now", "2026-11-17 10:30", "--json")
+    assert json.loads(result.stdout)[0]["enrolled"] == 6  # re-entry after a day
+    second = query(
+        project / "cdp.db",
+        "SELECT one_id, holdout, variant FROM journey_enrolments WHERE enrolment = 2 ORDER BY one_id",
+    )
+    assert second == first
+
+
+def test_wait_then_branch_on_conversion(run, write, project):
+    body = """entry: {when: "city = '武汉' or city = '北京'"}
+goal: {event: order, within: 14d}
+steps:
+  - send: {channel: sms, template: hello}
+  - wait: 3d
+  - branch:
+      when: "not converted"
+      then: [{send: {channel: sms, template: hello}}]
+"""
+    write("journeys/w.yaml", journey("w", body))
+    run_journeys(run)
+    write("orders2.csv", "order_id,member,amount,at\nO9,M2,50,2026-11-16 12:00:00\n")
+    assert run("ingest", "orders2.csv", "-s", "orders").exit_code == 0
+    assert run("resolve").exit_code == 0
+    [later] = json.loads(run("journey", "run", "--now", "2026-11-18 11:00", "--json").stdout)
+    assert later["converted"] == 1  # M2 ordered: converted, and ended
+    db = project / "cdp.db"
+    assert query(
+        db, "SELECT status FROM journey_enrolments WHERE one_id = ?", member_one_id(project, "M2")
+    ) == [("converted",)]
+    steps = query(
+        db, "SELECT one_id, step FROM messages WHERE status = 'written' ORDER BY step, one_id"
+    )
+    assert (member_one_id(project, "M6"), "steps[2].then[0]") in steps
+    assert (member_one_id(project, "M2"), "steps[2].then[0]") not in steps
+
+
+def test_dry_run_changes_nothing(run, write, project):
+    write(
+        "journeys/d.yaml",
+        journey(
+            "d",
+            "entry: {when: \"city = '武汉'\"}\nsteps:\n  - send: {channel: sms, template: hello}\n",
+        ),
+    )
+    [result] = json.loads(run("journey", "run", "--now", NOW, "--dry-run", "--json").stdout)
+    assert result["sent"] == {"sms": 2} and result["messages"][0]["text"].startswith("【花漾】")
+    assert query(project / "cdp.db", "SELECT count(*) FROM journey_enrolments") == [(0,)]
+    assert not (project / "outbound").exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "entry: {when: x = 1}\nsteps: [{send: {channel: sms, template: hello}}]\n",
+            "journey j, entry: unknown field 'x'",
+        ),
+        (
+            "entry: {when: \"city = '1'\"}\nsteps: [{send: {channel: fax, template: hello}}]\n",
+            "steps[0].send: unknown channel 'fax'",
+        ),
+        (
+            "entry: {when: \"city = '1'\"}\nsteps: [{send: {channel: sms, template: nope}}]\n",
+            "templates/sms/nope",
+        ),
+        (
+            "entry: {when: \"city = '1'\"}\nsteps: [{wiat: 3d}]\n",
+            "steps[0]: unknown step 'wiat' (did you mean 'wait'?)",
+        ),
+        ("entry: {when: \"city = '1'\"}\nsteps: [{wait: 3x}]\n", "steps[0].wait"),
+        (
+            "entry: {when: \"city = '1'\"}\nholdout: 150%\nsteps: [end]\n",
+            "holdout: a share lies between 0% and 100%",
+        ),
+        (
+            "entry: {when: \"city = '1'\"}\nsteps:\n  - split: {a: {share: 50%, steps: [end]}, b: {share: 40%, steps: [end]}}\n",
+            "the shares add up to 90%, not 100%",
+        ),
+        (
+            "entry: {when: \"city = '1'\", event: x}\nsteps: [end]\n",
+            "entry: give exactly one of when (a rule), event or tag",
+        ),
+    ],
+)
+def test_validate_names_the_mistake(run, write, project, body, message):
+    write("journeys/j.yaml", journey("j", body))
+    result = run("journey", "validate")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_shipped_journeys_and_templates_validate(run, tmp_path):
+    shutil.copytree(REPO / "journeys", tmp_path / "journeys")
+    shutil.copytree(REPO / "templates", tmp_path / "templates")
+    shutil.copytree(REPO / "tag_rules", tmp_path / "tag_rules")
+    shutil.copy(REPO / "cdp.yaml", tmp_path / "cdp.yaml")
+    result = run("journey", "validate", "--json")
+    assert result.exit_code == 0, result.output
+    assert {j["journey"] for j in json.loads(result.stdout)} == {
+        "welcome",
+        "winback",
+        "repurchase",
+        "birthday",
+    }
+
+
+def test_killed_journey_runs_never_send_a_step_twice_or_miss_one(project, write):
+    """Kill `cdp journey run` at many moments; rerun; compare with one uninterrupted run."""
+    crm = "member,name,phone,email,city,appid,openid,device\n" + "".join(
+        f"K{i},客{i},139{i:08d},,武汉,,,\n" for i in range(400)
+    )
+    write("crm_more.csv", crm)
+    env = {**os.environ, "CDP_DEBUG": "1"}
+
+    def cdp(folder: Path, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "cdp_cli", *args], cwd=folder, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    for args in (
+        ["ingest", "crm_more.csv", "-s", "crm"],
+        ["resolve"],
+        ["tag", "--as-of", "2026-11-15"],
+    ):
+        assert cdp(project, *args).wait() == 0
+    write(
+        "journeys/k.yaml",
+        journey(
+            "k",
+            "entry: {when: \"city = '武汉'\"}\nsteps:\n  - send: {channel: sms, template: hello}\n  - send: {channel: sms, template: hello}\n",
+        ),
+    )
+    write(
+        "cdp.yaml",
+        CONFIG.replace("frequency_cap: {per_day: 1, per_week: 3}", "frequency_cap: {per_day: 10}"),
+    )
+    reference = project.parent / "reference"
+    shutil.copytree(project, reference)
+    assert cdp(reference, "journey", "run", "--now", NOW).wait() == 0
+    for delay in (0.3, 0.5, 0.7, 0.9, 1.1, 1.4, 1.8):
+        proc = cdp(project, "journey", "run", "--now", NOW)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert query(project / "cdp.db", "PRAGMA integrity_check") == [("ok",)]
+    assert cdp(project, "journey", "run", "--now", NOW).wait() == 0
+
+    def sent(folder: Path) -> list[tuple[str, str]]:
+        ids = []
+        for path in sorted((folder / "outbound" / "sms").glob("*.csv")):
+            lines = path.read_text(encoding="utf-8").splitlines()
+            assert all(line.count(",") >= 8 for line in lines)  # no partial row
+            ids += [(r["message_id"], r["to"]) for r in csv.DictReader(lines)]
+        return ids
+
+    ids = sent(project)
+    assert len(ids) == len(set(ids))  # never twice
+    assert sorted(ids) == sorted(sent(reference))  # never missing one
