@@ -182,8 +182,9 @@ def run_journeys(
         check_journey(journey, rules, templates)
         results.append(_run_one(db, config, journey, clock, rules, templates, dry_run))
     if not dry_run:
+        written = write_outbound(db, config)
         for result in results:
-            result.files += write_outbound(db, config)
+            result.files = [f for f in written if Path(f).name.startswith(f"{result.journey}-")]
     return results
 
 
