@@ -387,8 +387,8 @@ def run_tags(
             "INSERT INTO tag_runs (as_of, started_at, tags) VALUES (?, ?, ?)",
             (as_of.isoformat(), at, json.dumps([c.tag.name for c in compiled])),
         ).lastrowid
-        for item in compiled:
-            result.tags[item.tag.name] = _evaluate(conn, item, run_id, at)
+        for level in _levels(compiled):
+            result.tags.update(_evaluate(conn, level, run_id, at))
         result.seconds = round(time.monotonic() - started, 3)
         conn.execute(
             "UPDATE tag_runs SET finished_at = ?, result = ? WHERE id = ?",
@@ -397,41 +397,78 @@ def run_tags(
     return result
 
 
-def _evaluate(conn: sqlite3.Connection, item: _Compiled, run_id: int, at: str) -> dict[str, int]:
-    """One tag: new values beside the old, the differences into tag_changes, then swap."""
-    name = item.tag.name
+def _levels(compiled: list[_Compiled]) -> list[list[_Compiled]]:
+    """Tags grouped so that each group reads only tags of earlier groups (most: one group)."""
+    depth: dict[str, int] = {}
+    for item in compiled:  # in dependency order already
+        reads = [depth[d] for d in item.reads if d in depth and d != item.tag.name]
+        depth[item.tag.name] = 1 + max(reads, default=-1)
+    levels: list[list[_Compiled]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+    for item in compiled:
+        levels[depth[item.tag.name]].append(item)
+    return levels
+
+
+def _evaluate(
+    conn: sqlite3.Connection, items: list[_Compiled], run_id: int, at: str
+) -> dict[str, dict[str, int]]:
+    """A group of tags in one pass over the customers: new values beside the old, the
+    differences into tag_changes, then the swap."""
+    columns = ", ".join(f"{item.sql} AS v{i}" for i, item in enumerate(items))
+    conn.execute("DROP TABLE IF EXISTS temp.wide")
+    conn.execute(
+        f"CREATE TEMP TABLE wide AS SELECT p.one_id, {columns} FROM {BASE_FROM}",
+        [p for item in items for p in item.params],
+    )
     conn.execute("DROP TABLE IF EXISTS temp.new_values")
+    conn.execute("CREATE TEMP TABLE new_values (one_id TEXT, tag TEXT, value TEXT)")
+    for i, item in enumerate(items):
+        conn.execute(
+            f"INSERT INTO new_values SELECT one_id, ?, v{i} FROM wide WHERE v{i} IS NOT NULL",
+            (item.tag.name,),
+        )
+    conn.execute("CREATE UNIQUE INDEX temp.new_values_key ON new_values (one_id, tag)")
+    conn.execute("DROP TABLE IF EXISTS temp.evaluated")
+    conn.execute("CREATE TEMP TABLE evaluated (tag TEXT PRIMARY KEY)")
+    conn.executemany("INSERT INTO evaluated VALUES (?)", [(i.tag.name,) for i in items])
     conn.execute(
-        f"CREATE TEMP TABLE new_values AS SELECT one_id, value FROM "
-        f"(SELECT p.one_id, {item.sql} AS value FROM {BASE_FROM}) WHERE value IS NOT NULL",
-        item.params,
-    )
-    conn.execute("CREATE UNIQUE INDEX temp.new_values_one_id ON new_values (one_id)")
-    changes = """
-INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at)
-SELECT ?, n.one_id, ?, CASE WHEN o.one_id IS NULL THEN 'added' ELSE 'changed' END,
+        """INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at)
+SELECT ?, n.one_id, n.tag, CASE WHEN o.one_id IS NULL THEN 'added' ELSE 'changed' END,
        o.value, n.value, ?
-FROM new_values n LEFT JOIN profile_tags o ON o.one_id = n.one_id AND o.tag = ?
-WHERE o.one_id IS NULL OR o.value IS NOT n.value"""
-    added_or_changed = conn.execute(changes, (run_id, name, at, name)).rowcount
-    removed = conn.execute(
-        "INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at) "
-        "SELECT ?, o.one_id, ?, 'removed', o.value, NULL, ? FROM profile_tags o "
-        "WHERE o.tag = ? AND NOT EXISTS (SELECT 1 FROM new_values n WHERE n.one_id = o.one_id)",
-        (run_id, name, at, name),
-    ).rowcount
-    conn.execute(
-        "DELETE FROM profile_tags WHERE tag = ? AND one_id NOT IN (SELECT one_id FROM new_values)",
-        (name,),
+FROM new_values n LEFT JOIN profile_tags o ON o.one_id = n.one_id AND o.tag = n.tag
+WHERE o.one_id IS NULL OR o.value IS NOT n.value""",
+        (run_id, at),
+    )
+    gone = (
+        "FROM profile_tags o JOIN evaluated e ON e.tag = o.tag WHERE NOT EXISTS "
+        "(SELECT 1 FROM new_values n WHERE n.one_id = o.one_id AND n.tag = o.tag)"
     )
     conn.execute(
-        "INSERT INTO profile_tags (one_id, tag, value, since) SELECT one_id, ?, value, ? "
+        "INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at) "
+        f"SELECT ?, o.one_id, o.tag, 'removed', o.value, NULL, ? {gone}",
+        (run_id, at),
+    )
+    conn.execute(
+        "DELETE FROM profile_tags WHERE tag IN (SELECT tag FROM evaluated) AND NOT EXISTS "
+        "(SELECT 1 FROM new_values n WHERE n.one_id = profile_tags.one_id "
+        "AND n.tag = profile_tags.tag)"
+    )
+    conn.execute(
+        "INSERT INTO profile_tags (one_id, tag, value, since) SELECT one_id, tag, value, ? "
         "FROM new_values WHERE true ON CONFLICT (one_id, tag) DO UPDATE SET "
         "value = excluded.value, since = excluded.since WHERE value IS NOT excluded.value",
-        (name, at),
+        (at,),
     )
-    count = conn.execute("SELECT count(*) FROM new_values").fetchone()[0]
-    return {"customers": count, "changed": added_or_changed, "removed": removed}
+    counts = {i.tag.name: {"customers": 0, "changed": 0, "removed": 0} for i in items}
+    for tag, count in conn.execute("SELECT tag, count(*) FROM new_values GROUP BY tag"):
+        counts[tag]["customers"] = count
+    for tag, change, count in conn.execute(
+        "SELECT c.tag, c.change, count(*) FROM tag_changes c JOIN evaluated e ON e.tag = c.tag "
+        "WHERE c.run_id = ? GROUP BY 1, 2",
+        (run_id,),
+    ):
+        counts[tag]["removed" if change == "removed" else "changed"] += count
+    return counts
 
 
 def tag_list(db: sqlite_utils.Database, folder: Path) -> list[dict[str, Any]]:
