@@ -329,6 +329,13 @@ def resolve(db: sqlite_utils.Database, config: Config, full: bool = False) -> Re
     ).fetchone()[0]
     last = _last_run(db)
     result = ResolveResult(mode="full")
+    if last and not full and last[1] == fingerprint and through == last[0]:
+        replaced = db.conn.execute("SELECT count(*) FROM replaced_identity_keys").fetchone()[0]
+        if not replaced:  # no batch since the last run: nothing to read, nothing to record
+            result.mode = "unchanged"
+            result.profiles = db.conn.execute("SELECT count(*) FROM profiles").fetchone()[0]
+            result.seconds = round(time.monotonic() - started, 3)
+            return result
     if last and not full:
         if last[1] != fingerprint:
             result.notes.append(
