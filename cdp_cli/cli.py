@@ -6,31 +6,22 @@ import datetime
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cdp_cli import __version__
 from cdp_cli import console as out
-from cdp_cli import segments as seg
 from cdp_cli.config import Config, config_path, load_config
-from cdp_cli.demo import run_demo
 from cdp_cli.errors import CdpError
-from cdp_cli.features import today
-from cdp_cli.ingest import IngestResult, ingest
-from cdp_cli.privacy import mask
-from cdp_cli.profiles import Lookup, find_one_id, profile_view
-from cdp_cli.resolve import (
-    ResolveResult,
-    explain,
-    export_mapping,
-    resolve,
-    unresolved_batches,
-)
 from cdp_cli.scaffold import init_project
-from cdp_cli.status import StoreStatus, store_status
 from cdp_cli.store import open_store
-from cdp_cli.tags import TagResult, customer_tags, load_rulebook, run_tags, tag_list
+
+if TYPE_CHECKING:  # the stages are imported where used: `cdp --help` and each command start fast
+    from cdp_cli.ingest import IngestResult
+    from cdp_cli.resolve import ResolveResult
+    from cdp_cli.status import StoreStatus
+    from cdp_cli.tags import TagResult
 
 EXIT_CODES = """\b
 Exit codes:
@@ -181,6 +172,7 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
     Example:
       cdp demo /tmp/cdp-demo && cd /tmp/cdp-demo && cdp status
     """
+    from cdp_cli.demo import run_demo
 
     def show(stage: str, result: Any) -> None:
         if json_:
@@ -262,6 +254,8 @@ def ingest_command(
       cdp ingest exports/members-0601.csv --source crm_members
       cdp ingest --source shop_orders --strict     exit 1 if any row was rejected
     """
+    from cdp_cli.ingest import ingest
+
     config = project.config()
     db = open_store(config.store)
     try:
@@ -322,6 +316,8 @@ def status(project: Project, json_: bool) -> None:
       cdp status
       cdp status --json | jq '.rejects'
     """
+    from cdp_cli.status import store_status
+
     config = project.config_if_any()
     path = project.store_path() if config is None else config.store
     db = open_store(path, create=False)
@@ -424,6 +420,8 @@ def resolve_command(
       cdp resolve --export id_mapping.csv      the table business systems take back
       cdp resolve --explain C000000042         why these records are one customer
     """
+    from cdp_cli.resolve import explain, export_mapping, resolve
+
     config = project.config()
     db = open_store(config.store)
     try:
@@ -465,6 +463,8 @@ def _print_resolve(result: ResolveResult) -> None:
 
 
 def _mask_explain(report: dict[str, Any]) -> None:
+    from cdp_cli.privacy import mask
+
     for item in report["identifiers"] + report["refused_links"]:
         item["value"] = mask(item["type"], item["value"])
     for item in report["unusable_values"]:
@@ -529,6 +529,11 @@ def profile_command(
       cdp profile --phone "+86 138 0013 8000"
       cdp profile --email li.na@example.com --json
     """
+    from cdp_cli import segments as seg
+    from cdp_cli.features import today
+    from cdp_cli.profiles import Lookup, find_one_id, profile_view
+    from cdp_cli.tags import customer_tags, load_rulebook
+
     given = [v for v in (one_id, phone, email, device) if v]
     if len(given) != 1:
         raise click.UsageError("give exactly one of ONE_ID, --phone, --email or --device")
@@ -553,6 +558,8 @@ def profile_command(
 
 
 def _mask_profile(view: dict[str, Any]) -> None:
+    from cdp_cli.privacy import mask
+
     profile = view["profile"]
     profile["phones"] = [mask("phone", p) for p in profile["phones"] or []]
     profile["emails"] = [mask("email", e) for e in profile["emails"] or []]
@@ -659,6 +666,10 @@ def tag_command(
       cdp tag --as-of 2026-11-15 --only lifecycle
       cdp tag --list
     """
+    from cdp_cli.features import today
+    from cdp_cli.resolve import unresolved_batches
+    from cdp_cli.tags import run_tags, tag_list
+
     config = project.config()
     folder = config.root / "tag_rules"
     db = open_store(config.store)
@@ -750,6 +761,11 @@ def segment_command(
       cdp segment winback --by "tag('preferred_category')"
       cdp segment vip --export vip.csv --fields one_id,phone,member_no,total_spent
     """
+    from cdp_cli import segments as seg
+    from cdp_cli.features import today
+    from cdp_cli.privacy import mask
+    from cdp_cli.tags import load_rulebook
+
     if (name is None) == (rule is None):
         raise click.UsageError("give a segment NAME or --rule EXPR, not both")
     config = project.config()
