@@ -124,16 +124,19 @@ def machine() -> dict[str, Any]:
 
 
 def code_version() -> dict[str, Any]:
-    """The commit measured, and whether cdp_cli/ had uncommitted changes when it was."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(ROOT), *args], capture_output=True, text=True
-        ).stdout.strip()
-
+    """The commit, and the files of cdp_cli/ changed since it: cdp is taken as it is on disk
+    when each cdp process starts, so every cdp measurement records this too."""
+    status = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "cdp_cli"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
     return {
-        "commit": git("rev-parse", "HEAD"),
-        "cdp_cli_dirty": bool(git("status", "-s", "cdp_cli")),
+        "commit": head.stdout.strip(),
+        "cdp_cli_changed": [line[3:] for line in status.splitlines()],
     }
 
 
@@ -254,6 +257,7 @@ def cdp_ingest(path: Path, source: str, store: Path, force: bool = False) -> Mea
     db_args = [] if store == load_config(CONFIG).store.resolve() else ["--db", str(store)]
     cmd = [str(BIN / "cdp"), "--config", str(CONFIG), *db_args, "ingest", str(path)]
     cmd += ["--source", source, "--silent", "--json", *(["--force"] if force else [])]
+    code = code_version()
     seconds, rss, stdout = run_child(cmd)
     result = json.loads(stdout)[0]
     if result["status"] != "done":
@@ -265,7 +269,7 @@ def cdp_ingest(path: Path, source: str, store: Path, force: bool = False) -> Mea
         result["rows_read"],
         seconds,
         rss,
-        detail={k: result[k] for k in counts},
+        detail={**{k: result[k] for k in counts}, "code": code},
     )
 
 

@@ -1,0 +1,546 @@
+"""Resolve benchmark: `cdp resolve` over ~1M source records, full and incremental, in one run.
+
+A resolve time means something only next to the floor the same machine pays for the same
+records: a plain union-find in Python that links rows sharing a raw identifier value, with no
+normalization and no guards (the baseline). Incremental runs matter as much as the first one,
+so 1% of the records (the newest POS and shop orders) is held out, ingested after the full
+resolve, and resolved incrementally. Quality is scored against the generator's truth.csv.
+
+Targets: full resolve < 30 s with peak RSS < 1.5 GB; incremental < 1/10 of the full run's time;
+pairwise precision 1.0 on deterministic links (pairs of records that carry the same normalized
+identifier and that cdp joined).
+
+    python benchmarks/bench_resolve.py --quick       # 100k source records
+    python benchmarks/bench_resolve.py               # 1M source records
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import re
+import shlex
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import datetime
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from cdp_cli.canonical import IDENTITY_FIELDS
+from cdp_cli.config import load_config
+from cdp_cli.ingest import ingest_file
+from cdp_cli.readers import detect_encoding
+from cdp_cli.resolve import KIND_TABLES
+from cdp_cli.store import open_store
+
+ROOT = Path(__file__).resolve().parents[1]
+CDP = Path(sys.executable).parent / "cdp"
+RECORDS_PER_CUSTOMER = 7  # non-event source records the generator writes per customer
+HOLD_OUT = 0.01
+HELD_SOURCES = {"pos_orders": "pos_orders.csv", "shop_orders": "shop_orders.jsonl"}
+FULL_TARGET_S = 30.0
+RSS_TARGET_MB = 1500.0  # MB = 10**6 bytes
+INCREMENTAL_TARGET = 0.10  # of the full run's time
+QUIET_WAIT_S = 40 * 60
+
+
+def load_module(name: str) -> Any:
+    """A script of benchmarks/ as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+# machine(), code_version(), run_child() and fresh() are shared with the ingest benchmark.
+bench = load_module("bench_ingest")
+
+
+def busy_benchmarks() -> list[str]:
+    """Other benchmarks (`pid command`) using CPU now: over 3 s, with their children.
+
+    One that only waits for quiet itself (bench_tag.py waits for this one) sleeps: waiting for
+    it in turn would deadlock both until their time limits."""
+    found = subprocess.run(
+        ["pgrep", "-af", r"bench_\w+\.py|generate\.py"], capture_output=True, text=True
+    ).stdout.splitlines()
+    others = {int(line.split()[0]): line for line in found if "bench_resolve" not in line}
+    if not others:
+        return []
+    before = {pid: tree_cpu_seconds(pid) for pid in others}
+    time.sleep(3)
+    return [line for pid, line in others.items() if tree_cpu_seconds(pid) - before[pid] > 0.3]
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds a process, its finished children and its running descendants used."""
+    ticks: dict[int, int] = {}
+    children: dict[int, list[int]] = defaultdict(list)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = text[text.rindex(")") + 2 :].split()  # from the state on: ppid is fields[1]
+        ticks[int(stat.parent.name)] = sum(int(f) for f in fields[11:15])  # u, s, cu, cs time
+        children[int(fields[1])].append(int(stat.parent.name))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += ticks.get(pid, 0)
+        todo += children.get(pid, [])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_quiet(skip: bool = False) -> float:
+    """The box has 2 cores: wait until no other benchmark runs, so it skews no figure here."""
+    started = time.monotonic()
+    while not skip and (busy := busy_benchmarks()):
+        if time.monotonic() - started > QUIET_WAIT_S:
+            print("still busy after 40 minutes: measuring anyway", flush=True)
+            break
+        print(f"another benchmark is running ({'; '.join(busy)}): waiting", flush=True)
+        time.sleep(30)
+    return round(time.monotonic() - started, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: generated once, 99% in batch1/, the held-out 1% in batch2/
+
+
+def prepare_data(data: Path, customers: int, reuse: bool) -> dict[str, int]:
+    """Generate the exports without events (not part of this target); data lines per file."""
+    counts_file = data / "counts.json"
+    data.mkdir(parents=True, exist_ok=True)
+    if reuse and counts_file.exists():
+        print(f"reusing data in {data}", flush=True)
+        return json.loads(counts_file.read_text())
+    print(f"generating {customers:,} customers, no events, into {data} ...", flush=True)
+    started = time.perf_counter()
+    counts = bench.load_generator().generate(data, customers, events=0)
+    print(f"generated in {time.perf_counter() - started:.1f} s", flush=True)
+    counts_file.write_text(json.dumps(counts, indent=2) + "\n")
+    return counts
+
+
+def split_tail(src: Path, head: Path, tail: Path, rows: int) -> None:
+    """The last `rows` records of a file go to `tail` (after the same header line, for a CSV),
+    the others to `head`, byte for byte. The generator writes one record a line in both held
+    files; a quote in the CSV could break that, so none is allowed."""
+    lines = src.read_bytes().splitlines(keepends=True)
+    header = lines[:1] if src.suffix == ".csv" else []
+    if src.suffix == ".csv" and any(b'"' in line for line in lines):
+        sys.exit(f"{src}: quoted fields; split it with the csv module instead")
+    body = lines[len(header) :]
+    head.write_bytes(b"".join(header + body[: len(body) - rows]))
+    tail.write_bytes(b"".join(header + body[len(body) - rows :]))
+
+
+def hold_out(data: Path, counts: dict[str, int]) -> dict[str, Any]:
+    """batch1/: every export (symlinked) but the held files' last rows; batch2/: those rows.
+
+    The generator writes people in blocks, each block's rows in time order, so the held rows
+    are the latest orders of the last people generated, whose CRM and WeChat records are in
+    batch1/: what a nightly export brings, mostly for customers known already."""
+    records = sum(n for name, n in counts.items() if name != "truth.csv")
+    held_total = round(records * HOLD_OUT)
+    held_files = list(HELD_SOURCES.values())
+    in_held = sum(counts[name] for name in held_files)
+    held = {name: round(held_total * counts[name] / in_held) for name in held_files[:-1]}
+    held[held_files[-1]] = held_total - sum(held.values())
+    batch1, batch2 = data / "batch1", data / "batch2"
+    for folder in (batch1, batch2):
+        folder.mkdir(exist_ok=True)
+        for old in folder.iterdir():
+            old.unlink()
+    for name in counts:
+        if name in held:
+            split_tail(data / name, batch1 / name, batch2 / name, held[name])
+        elif name != "truth.csv":
+            (batch1 / name).symlink_to(data / name)
+    return {"records": records, "held_out": held, "batch1": str(batch1), "batch2": str(batch2)}
+
+
+def write_config(workdir: Path, batch1: Path) -> Path:
+    """The repo-root cdp.yaml, its store in the workdir and its files from batch1/."""
+    text = (ROOT / "cdp.yaml").read_text(encoding="utf-8")
+    text, found = re.subn(r"(?m)^store:\s*\S+", "store: cdp.db", text)
+    if found != 1 or "sample_data/" not in text:
+        sys.exit(f"{ROOT / 'cdp.yaml'} changed shape: adapt write_config")
+    text = text.replace("sample_data/", f"{batch1.relative_to(workdir)}/")
+    path = workdir / "cdp.yaml"
+    path.write_text(text, encoding="utf-8")
+    config = load_config(path)
+    missing = [f for s in config.sources.values() for f in s.files if not (workdir / f).exists()]
+    if missing:
+        sys.exit(f"{path}: files not found: {missing}")
+    return path
+
+
+def ingest_files(
+    config_path: Path, files: dict[str, Path] | None = None, notes: list[str] | None = None
+) -> dict[str, Any]:
+    """Every declared file (files=None), or the given file per source, in this process.
+
+    `encoding: auto` reads the legacy CRM export as GBK only when its sample decodes as such;
+    when the guess is another codec (the sample can end inside a character, and the detector
+    then rules GB18030 out), that file is read as gb18030, and a note says so, so that the
+    benchmark measures resolve rather than stopping at a known ingest problem."""
+    notes = [] if notes is None else notes
+    config = load_config(config_path)
+    db = open_store(config.store)
+    todo = [
+        (source, path)
+        for source in config.sources.values()
+        for path in (config.files_of(source) if files is None else [files.get(source.name)])
+        if path is not None
+    ]
+    started = time.perf_counter()
+    results = []
+    for source, path in todo:
+        guess = detect_encoding(path, source.encoding)
+        if "gbk" in path.name and guess != "gb18030":
+            notes.append(f"cdp's encoding: auto guessed {guess} for {path.name}: read as gb18030")
+            print(f"note: {notes[-1]}", flush=True)
+            source = replace(source, encoding="gb18030")
+        results.append(ingest_file(db, source, path))
+    seconds = time.perf_counter() - started
+    db.close()
+    failed = [r for r in results if r.status != "done"]
+    if failed:
+        sys.exit(f"ingest failed: {[r.as_dict() for r in failed]}")
+    rows = sum(r.rows_read for r in results)
+    rejected = sum(r.rejected for r in results)
+    return {"rows_read": rows, "rejected": rejected, "seconds": round(seconds, 2)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The baseline and cdp
+
+
+def baseline_union_find(store: Path) -> dict[str, Any]:
+    """Link the rows of every table that share a raw non-empty identity value (openids within
+    their appid), with no normalization and no guards: the floor any resolver pays to read the
+    same records and join them. Timed twice: reading only, then reading and joining."""
+    columns = [f.name for f in IDENTITY_FIELDS if f.name not in ("wechat_appid", "wechat_openid")]
+    select = ", ".join([*columns, "wechat_appid || '|' || wechat_openid"])
+    sqls = [f"SELECT {select} FROM {table}" for table in KIND_TABLES]
+    conn = sqlite3.connect(store)
+
+    started = time.perf_counter()
+    rows = sum(1 for sql in sqls for _ in conn.execute(sql))
+    read_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    parent: list[int] = []
+    first: list[dict[str, int]] = [{} for _ in range(len(columns) + 1)]  # value -> 1st row
+    for sql in sqls:
+        for row in conn.execute(sql):
+            node = len(parent)
+            parent.append(node)
+            for seen, value in zip(first, row, strict=True):
+                if not value:
+                    continue
+                other = seen.setdefault(value, node)
+                if other == node:
+                    continue
+                a, b = node, other  # find both roots, halving paths on the way
+                while parent[a] != a:
+                    parent[a] = a = parent[parent[a]]
+                while parent[b] != b:
+                    parent[b] = b = parent[parent[b]]
+                if a != b:
+                    parent[b] = a
+    seconds = time.perf_counter() - started
+    conn.close()
+    groups = sum(1 for node, up in enumerate(parent) if node == up)
+    return {"rows": rows, "read_seconds": read_seconds, "seconds": seconds, "groups": groups}
+
+
+def cdp_resolve(config: Path) -> dict[str, Any]:
+    """`cdp resolve --json` as a user runs it: a fresh process, its wall time and peak RSS."""
+    seconds, rss_mb, stdout = bench.run_child(
+        [str(CDP), "--config", str(config), "resolve", "--json"]
+    )
+    return {"seconds": seconds, "rss_mb": rss_mb, "result": json.loads(stdout)}
+
+
+def cdp_startup() -> dict[str, Any]:
+    """`cdp --version`: the interpreter and imports every command pays before any work."""
+    seconds, rss_mb, _ = bench.run_child([str(CDP), "--version"])
+    return {"seconds": seconds, "rss_mb": rss_mb}
+
+
+# ---------------------------------------------------------------------------------------------
+# Quality against truth.csv
+
+
+def pairs(counts: Iterable[int]) -> int:
+    return sum(n * (n - 1) // 2 for n in counts)
+
+
+def score(both: int, found: int, true: int) -> dict[str, Any]:
+    return {
+        "precision": both / found if found else 1.0,
+        "recall": both / true if true else 1.0,
+        "pairs_true": true,
+        "pairs_found": found,
+        "pairs_both": both,
+    }
+
+
+def evaluate(store: Path, truth: Path) -> dict[str, Any]:
+    """Pairwise precision and recall of the store's one_ids against truth.csv.
+
+    A record is scored when truth names its person and it is in the store (the held-out rows
+    are not, before they are ingested). Truth keys are mapped to store keys as in
+    tests/test_resolve.py: the legacy CRM export is source crm_members, an openid key is
+    `appid|openid`; opt-outs have content-hash keys and are left out. Records without a one_id
+    are singletons. "Deterministic" pairs are those whose records carry the same normalized
+    identifier (cdp's key_identifiers): the links cdp has direct evidence for, as opposed to
+    the transitive ones the union-find adds.
+    """
+    person: dict[tuple[str, str], str] = {}
+    conflicts = 0
+    with truth.open(encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            source = "crm_members" if row["source"] == "crm_members_legacy_gbk" else row["source"]
+            if source == "optouts":
+                continue
+            key = row["key"].replace(":", "|") if source == "wechat_followers" else row["key"]
+            conflicts += person.setdefault((source, key), row["person_id"]) != row["person_id"]
+    conn = sqlite3.connect(store)
+    cells: Counter[tuple[str, str]] = Counter()  # (one_id or a singleton, person)
+    by_key: dict[int, Counter[str]] = defaultdict(Counter)  # identity key -> persons
+    one_id_of: dict[int, str | None] = {}
+    scored = 0
+    identified: Counter[str] = Counter()  # persons of the records that have a one_id
+    for table in KIND_TABLES:
+        sql = (
+            f"SELECT t.source, t.key, t.identity_key, k.one_id FROM {table} t "
+            "LEFT JOIN identity_keys k ON k.key = t.identity_key"
+        )
+        for source, key, identity_key, one_id in conn.execute(sql):
+            pid = person.get((source, key))
+            if pid is None:
+                continue
+            scored += 1
+            cells[(one_id or f"alone:{source}:{key}", pid)] += 1
+            identified[pid] += one_id is not None
+            if identity_key is not None:
+                by_key[identity_key][pid] += 1
+                one_id_of[identity_key] = one_id
+    clusters: Counter[str] = Counter()
+    persons: Counter[str] = Counter()
+    for (one_id, pid), n in cells.items():
+        clusters[one_id] += n
+        persons[pid] += n
+    overall = score(pairs(cells.values()), pairs(clusters.values()), pairs(persons.values()))
+    # Records with no usable identifier (a marketplace's masked phone) can join no one: the
+    # recall cdp would reach if it joined every record that has a one_id to its person.
+    overall["recall_ceiling"] = pairs(identified.values()) / overall["pairs_true"]
+
+    keys_of: dict[int, list[int]] = defaultdict(list)  # identifier -> the scored keys with it
+    for key, ident in conn.execute("SELECT key, identifier_id FROM key_identifiers"):
+        if key in by_key:
+            keys_of[ident].append(key)
+    conn.close()
+    key_pairs = {pair for keys in keys_of.values() for pair in combinations(sorted(keys), 2)}
+    true = found = both = 0  # over record pairs that share an identifier
+
+    def add(same: int, total: int, joined: bool) -> None:
+        nonlocal true, found, both
+        true += same
+        if joined:
+            found += total
+            both += same
+
+    for key in {k for keys in keys_of.values() for k in keys}:  # records of one key
+        persons = by_key[key]
+        add(pairs(persons.values()), pairs([persons.total()]), one_id_of[key] is not None)
+    for a, b in key_pairs:
+        pa, pb = by_key[a], by_key[b]
+        same = sum(n * pb[p] for p, n in pa.items() if p in pb)
+        add(
+            same, pa.total() * pb.total(), one_id_of[a] is not None and one_id_of[a] == one_id_of[b]
+        )
+    return {
+        "records_scored": scored,
+        "records_without_one_id": scored - identified.total(),
+        "truth_conflicts": conflicts,
+        "overall": overall,
+        "deterministic": score(both, found, true),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def print_table(header: list[str], lines: list[list[str]]) -> None:
+    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
+    for line in [header, *lines]:
+        columns = enumerate(zip(line, widths, strict=True))
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in columns]
+        print("  ".join(cells).rstrip())
+
+
+def report_tables(steps: dict[str, dict[str, Any]], quality: dict[str, Any]) -> None:
+    lines = []
+    for name, step in steps.items():
+        rss = step.get("rss_mb")
+        lines.append(
+            [
+                name,
+                f"{step['seconds']:.2f}",
+                "-" if rss is None else f"{rss:.0f} MB",
+                step.get("target", ""),
+            ]
+        )
+    print()
+    print_table(["step", "seconds", "peak RSS", "target"], lines)
+    lines = []
+    for when, q in quality.items():
+        for scope in ("overall", "deterministic"):
+            s = q[scope]
+            ceiling = s.get("recall_ceiling")
+            lines.append(
+                [
+                    f"{when}, {scope}",
+                    f"{q['records_scored']:,}",
+                    f"{s['precision']:.6f}",
+                    f"{s['recall']:.6f}",
+                    "-" if ceiling is None else f"{ceiling:.6f}",
+                    f"{s['pairs_true']:,}",
+                    f"{s['pairs_found']:,}",
+                ]
+            )
+    print()
+    header = ["quality", "records", "precision", "recall", "recall ceiling", "true pairs"]
+    print_table([*header, "pairs found"], lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--records", type=int, default=1_000_000, help="source records, about")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out" / "resolve")
+    parser.add_argument("--quick", action="store_true", help="100k records")
+    parser.add_argument("--skip-generate", action="store_true", help="reuse data already there")
+    parser.add_argument("--results", type=Path, help="default benchmarks/out/resolve-results.json")
+    parser.add_argument(
+        "--no-wait", action="store_true", help="measure even while other benchmarks run (debug)"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.records = 100_000
+    customers = round(args.records / RECORDS_PER_CUSTOMER)
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = workdir / f"data-{customers}c"
+    results = args.results or (
+        ROOT / "benchmarks" / "out" / f"resolve-results{'-quick' if args.quick else ''}.json"
+    )
+    report: dict[str, Any] = {
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "machine": bench.machine(),
+        "code": bench.code_version(),
+        "customers": customers,
+        "data": {"dir": str(data)},
+    }
+    counts = prepare_data(data, customers, args.skip_generate)
+    report["data"].update(counts=counts, **hold_out(data, counts))
+    config = write_config(workdir, data / "batch1")
+    store = workdir / "cdp.db"
+    bench.fresh(store)
+    steps: dict[str, dict[str, Any]] = {}
+    waited: dict[str, float] = {}
+    notes: list[str] = []
+
+    def step(name: str, result: dict[str, Any], target: str = "") -> dict[str, Any]:
+        rss = f", peak RSS {result['rss_mb']:.0f} MB" if result.get("rss_mb") else ""
+        print(f"{name}: {result['seconds']:.2f} s{rss}", flush=True)
+        steps[name] = {**result, "target": target}
+        return result
+
+    print(f"ingesting {report['data']['records']:,} records but the held-out 1% ...", flush=True)
+    step("ingest 99% (in-process)", ingest_files(config, notes=notes))
+
+    waited["baseline"] = wait_for_quiet(args.no_wait)
+    base = baseline_union_find(store)
+    step("baseline: read rows only", {"seconds": base["read_seconds"]})
+    step("baseline: read + union-find", base, "the floor")
+
+    waited["full"] = wait_for_quiet(args.no_wait)
+    full = cdp_resolve(config)
+    time_ok, rss_ok = full["seconds"] < FULL_TARGET_S, full["rss_mb"] < RSS_TARGET_MB
+    step(
+        "cdp resolve (full, 99%)",
+        full,
+        f"< {FULL_TARGET_S:.0f} s: {verdict(time_ok)}; < {RSS_TARGET_MB:.0f} MB: {verdict(rss_ok)}",
+    )
+    quality = {"after full resolve": evaluate(store, data / "truth.csv")}
+
+    batch2 = Path(report["data"]["batch2"])
+    step(
+        "ingest held-out 1%",
+        ingest_files(config, {s: batch2 / f for s, f in HELD_SOURCES.items()}, notes),
+    )
+    waited["incremental"] = wait_for_quiet(args.no_wait)
+    incremental = cdp_resolve(config)
+    ratio = incremental["seconds"] / full["seconds"]
+    incremental_ok = ratio < INCREMENTAL_TARGET and incremental["result"]["mode"] == "incremental"
+    step(
+        "cdp resolve (incremental, 1%)",
+        incremental,
+        f"{ratio:.3f} of full, < {INCREMENTAL_TARGET}: {verdict(incremental_ok)}",
+    )
+    waited["unchanged"] = wait_for_quiet(args.no_wait)
+    unchanged = cdp_resolve(config)
+    step("cdp resolve (nothing new)", unchanged, f"mode {unchanged['result']['mode']}")
+    step("cdp start-up (cdp --version)", cdp_startup(), "for scale")
+    quality["after incremental resolve"] = evaluate(store, data / "truth.csv")
+
+    precision = quality["after full resolve"]["deterministic"]["precision"]
+    report.update(
+        notes=notes,
+        load_average_at_end=os.getloadavg(),
+        waited_for_other_benchmarks_s=waited,
+        steps=steps,
+        quality=quality,
+        targets={
+            "full_seconds": {"value": full["seconds"], "target": f"< {FULL_TARGET_S}"},
+            "full_rss_mb": {"value": full["rss_mb"], "target": f"< {RSS_TARGET_MB}"},
+            "incremental_ratio": {"value": ratio, "target": f"< {INCREMENTAL_TARGET}"},
+            "deterministic_precision": {"value": precision, "target": "== 1.0"},
+            "pass": {
+                "full_seconds": time_ok,
+                "full_rss_mb": rss_ok,
+                "incremental": incremental_ok,
+                "deterministic_precision": precision == 1.0,
+            },
+        },
+    )
+    report_tables(steps, quality)
+    results.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print(f"\nwrote {results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
