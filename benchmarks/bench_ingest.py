@@ -105,6 +105,7 @@ def check_config() -> None:
 
 
 def machine() -> dict[str, Any]:
+    """What the figures were measured on, for results.json."""
     meminfo = Path("/proc/meminfo").read_text()
     mem_kb = int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1))  # type: ignore[union-attr]
     cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
@@ -176,7 +177,7 @@ def baseline_events(path: Path, db_path: Path) -> Measurement:
     conn = sqlite3.connect(db_path, isolation_level=None)
     conn.execute(f"CREATE TABLE t ({', '.join(f'{c} TEXT' for c in EVENT_FIELDS)}, properties)")
 
-    def rows() -> Any:
+    def rows() -> Iterator[tuple[Any, ...]]:
         with path.open(encoding="utf-8") as f:
             for line in f:
                 obj = json.loads(line)
