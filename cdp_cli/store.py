@@ -393,3 +393,27 @@ CREATE TABLE coupon_issues (      -- codes drawn from a pool; the coupons table 
 );
 """,
     )
+
+
+@migration(7)
+def extend_journey_tables(db: sqlite_utils.Database) -> None:
+    """Tracked links, the global control group and scheduled broadcasts."""
+    _run_script(
+        db.conn,
+        """
+-- a message's own short code and tracked URL (UTM parameters and the code), if it has a link
+ALTER TABLE messages ADD COLUMN link_code TEXT;
+ALTER TABLE messages ADD COLUMN link_url TEXT;
+CREATE INDEX messages_link_code ON messages (link_code);
+-- 1: the customer is in the global control group of cdp.yaml: followed, never messaged by a
+-- marketing journey
+ALTER TABLE journey_enrolments ADD COLUMN control INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE journey_broadcasts (  -- each scheduled occurrence of a broadcast fires once
+  journey TEXT NOT NULL,
+  occurrence TEXT NOT NULL,        -- the scheduled time, in the project's timezone
+  run_id INTEGER NOT NULL,
+  enrolled INTEGER NOT NULL,
+  PRIMARY KEY (journey, occurrence)
+);
+""",
+    )
