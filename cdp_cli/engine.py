@@ -9,21 +9,19 @@ one, and the next run writes what is still pending under the same name.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import sqlite_utils
+from cronsim import CronSim
 
 from cdp_cli.config import Config
-from cdp_cli.errors import CdpError, NotFound, RuleError, TemplateError
+from cdp_cli.errors import CdpError, NotFound, RuleError
 from cdp_cli.journeys import (
     Branch,
     End,
@@ -33,13 +31,13 @@ from cdp_cli.journeys import (
     Wait,
     load_journeys,
 )
+from cdp_cli.outbound import write_outbound
 from cdp_cli.rules import CompiledRule, RuleSchema, compile_rule
-from cdp_cli.store import now_iso, rows_as_dicts, transaction
+from cdp_cli.sending import CouponPool, Enrolment, SendSettings, send_batch, send_settings
+from cdp_cli.store import now_iso, rows_as_dicts
 from cdp_cli.tags import BASE_FROM, RuleContext, load_rulebook
 from cdp_cli.templates import TemplateStore, example_context
 
-ADDRESS_TYPES = {"sms": "phone", "email": "email", "wechat": "wechat_openid", "push": "device_id"}
-FILE_FORMATS = {"sms": "csv", "email": "jsonl", "wechat": "jsonl", "push": "jsonl"}
 OPEN_EVENTS = ("open", "email_open", "message_open")
 CLICK_EVENTS = ("click", "link_click", "qr_scan")
 
@@ -53,6 +51,7 @@ class RunResult:
     dry_run: bool = False
     enrolled: int = 0
     holdout: int = 0
+    control: int = 0  # in the global control group: followed, not messaged
     converted: int = 0
     exited: int = 0
     completed: int = 0
@@ -138,6 +137,8 @@ def validate_journeys(config: Config, db: sqlite_utils.Database | None = None) -
 # ---------------------------------------------------------------------------------------------
 # Running
 
+BATCH = 5000  # enrolments walked together: bounds memory, amortizes the per-batch queries
+
 
 @dataclass
 class _Run:
@@ -150,13 +151,33 @@ class _Run:
     run_id: int
     rules: JourneyRules
     templates: TemplateStore
+    settings: SendSettings
     result: RunResult
     dry_run: bool
     pools_empty: set[str] = field(default_factory=set)
+    pools: dict[str, CouponPool] = field(default_factory=dict)
+    branches: dict[str, CompiledRule] = field(default_factory=dict)
 
     @property
     def now_text(self) -> str:
         return self.now.isoformat(timespec="seconds")
+
+    @property
+    def coupon_steps(self) -> bool:
+        return any(s.coupon for s in self.journey.sends())
+
+    def coupon_pool(self, campaign: str) -> CouponPool:
+        if campaign not in self.pools:
+            self.pools[campaign] = CouponPool(self, campaign)
+        return self.pools[campaign]
+
+    def branch_rule(self, step: Branch) -> CompiledRule:
+        if step.key not in self.branches:
+            self.branches[step.key] = self.rules.branch(step.when)
+        return self.branches[step.key]
+
+    def link_for(self, step: Send, message_id: str, channel: str, variant: str | None) -> Any:
+        return None
 
 
 def run_journeys(
@@ -170,8 +191,8 @@ def run_journeys(
     journeys = load_journeys(config.root / "journeys")
     if name is not None and name not in journeys:
         raise NotFound(f"no journey named {name!r} in {config.root / 'journeys'}")
-    zone = ZoneInfo(config.timezone)
-    clock = (now or datetime.now(zone)).astimezone(zone)
+    settings = send_settings(config)
+    clock = (now or datetime.now(settings.zone)).astimezone(settings.zone)
     if "profile_features" not in db.table_names():
         raise CdpError("no features yet: run `cdp tag` before `cdp journey run`")
     known = {r[0] for r in db.conn.execute("SELECT DISTINCT tag FROM profile_tags")}
@@ -180,7 +201,9 @@ def run_journeys(
     results = []
     for journey in [journeys[name]] if name else journeys.values():
         check_journey(journey, rules, templates)
-        results.append(_run_one(db, config, journey, clock, rules, templates, dry_run))
+        result = RunResult(journey.name, clock.isoformat(timespec="seconds"), dry_run)
+        run = _Run(db, config, journey, clock, 0, rules, templates, settings, result, dry_run)
+        results.append(_run_one(run))
     if not dry_run:
         written = write_outbound(db, config)
         for result in results:
@@ -188,26 +211,16 @@ def run_journeys(
     return results
 
 
-def _run_one(
-    db: sqlite_utils.Database,
-    config: Config,
-    journey: Journey,
-    now: datetime,
-    rules: JourneyRules,
-    templates: TemplateStore,
-    dry_run: bool,
-) -> RunResult:
+def _run_one(run: _Run) -> RunResult:
     started = time.monotonic()
-    result = RunResult(journey.name, now.isoformat(timespec="seconds"), dry_run)
-    conn = db.conn
+    conn, result = run.db.conn, run.result
     conn.execute("BEGIN IMMEDIATE")
     try:
         cursor = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
-        run_id = conn.execute(
+        run.run_id = conn.execute(
             "INSERT INTO journey_runs (journey, now, tag_cursor, started_at) VALUES (?, ?, ?, ?)",
-            (journey.name, result.now, cursor, now_iso()),
+            (run.journey.name, result.now, cursor, now_iso()),
         ).lastrowid
-        run = _Run(db, config, journey, now, run_id, rules, templates, result, dry_run)
         _convert(run)
         _exit(run)
         _enrol(run, cursor)
@@ -217,12 +230,12 @@ def _run_one(
         result.seconds = round(time.monotonic() - started, 3)
         conn.execute(
             "UPDATE journey_runs SET finished_at = ?, result = ? WHERE id = ?",
-            (now_iso(), json.dumps(result.as_dict(), ensure_ascii=False), run_id),
+            (now_iso(), json.dumps(result.as_dict(), ensure_ascii=False), run.run_id),
         )
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    conn.execute("ROLLBACK" if dry_run else "COMMIT")
+    conn.execute("ROLLBACK" if run.dry_run else "COMMIT")
     return result
 
 
@@ -245,20 +258,19 @@ def _convert(run: _Run) -> None:
         )
         params = [journey.goal_event]
     rows = run.db.conn.execute(
-        f"""SELECT je.id, min(h.at) FROM journey_enrolments je JOIN ({happened}) h
+        f"""SELECT min(h.at), ?, je.id FROM journey_enrolments je JOIN ({happened}) h
 ON h.one_id = je.one_id AND julianday(h.at) >= julianday(je.entered_at)
 AND julianday(h.at) <= julianday(je.entered_at) + ? AND julianday(h.at) <= julianday(?)
 WHERE je.journey = ? AND je.converted_at IS NULL AND je.status IN ('active', 'completed')
 GROUP BY je.id""",
-        [*params, days, run.now_text, journey.name],
+        [run.now_text, *params, days, run.now_text, journey.name],
     ).fetchall()
-    for enrolment_id, at in rows:
-        run.db.conn.execute(
-            "UPDATE journey_enrolments SET converted_at = ?, "
-            "status = CASE status WHEN 'active' THEN 'converted' ELSE status END, "
-            "ended_at = coalesce(ended_at, ?) WHERE id = ?",
-            (at, run.now_text, enrolment_id),
-        )
+    run.db.conn.executemany(
+        "UPDATE journey_enrolments SET converted_at = ?, "
+        "status = CASE status WHEN 'active' THEN 'converted' ELSE status END, "
+        "ended_at = coalesce(ended_at, ?) WHERE id = ?",
+        rows,
+    )
     run.result.converted = len(rows)
 
 
@@ -275,6 +287,8 @@ def _exit(run: _Run) -> None:
 
 def _entry_candidates(run: _Run, cursor: int) -> list[str]:
     entry, conn = run.journey.entry, run.db.conn
+    if entry.schedule is not None:
+        return _broadcast_audience(run)
     if entry.when:
         rule = run.rules.customer(entry.when)
         return [
@@ -310,8 +324,62 @@ def _entry_candidates(run: _Run, cursor: int) -> list[str]:
     return [r[0] for r in rows]
 
 
+def _broadcast_audience(run: _Run) -> list[str]:
+    """At a due occurrence of the schedule, everyone the `when` rule picks (or everyone)."""
+    occurrence = _due_occurrence(run)
+    if occurrence is None:
+        return []
+    entry, conn = run.journey.entry, run.db.conn
+    if entry.when:
+        rule = run.rules.customer(entry.when)
+        sql, params = f"SELECT p.one_id FROM {BASE_FROM} WHERE {rule.sql}", rule.params
+    else:
+        sql, params = "SELECT one_id FROM profiles ORDER BY one_id", []
+    audience = [r[0] for r in conn.execute(sql, params)]
+    conn.execute(
+        "INSERT INTO journey_broadcasts (journey, occurrence, run_id, enrolled) "
+        "VALUES (?, ?, ?, ?)",
+        (run.journey.name, occurrence.isoformat(timespec="seconds"), run.run_id, len(audience)),
+    )
+    run.result.notes.append(f"broadcast of {occurrence:%Y-%m-%d %H:%M}")
+    return audience
+
+
+def _due_occurrence(run: _Run) -> datetime | None:
+    """The latest time of the schedule that is due and not sent yet, if not too late.
+
+    Occurrences missed while cron was down are not sent in a burst: only the latest is, and
+    only if it is at most `entry.late` old.
+    """
+    entry, zone = run.journey.entry, run.settings.zone
+    last = run.db.conn.execute(
+        "SELECT max(occurrence) FROM journey_broadcasts WHERE journey = ?", (run.journey.name,)
+    ).fetchone()[0]
+    if isinstance(entry.schedule, datetime):
+        at = entry.schedule
+        at = (at.replace(tzinfo=zone) if at.tzinfo is None else at).astimezone(zone)
+        if last is not None or at > run.now:
+            return None
+        if run.now - at > entry.late:
+            run.result.notes.append(
+                f"broadcast of {at:%Y-%m-%d %H:%M} is more than {entry.late} late: not sent"
+            )
+            return None
+        return at
+    assert entry.schedule is not None
+    start = run.now - entry.late
+    if last is not None:
+        start = max(start, datetime.fromisoformat(last))
+    due = None
+    for at in CronSim(entry.schedule, start):
+        if at > run.now:
+            break
+        due = at
+    return due
+
+
 def _enrol(run: _Run, cursor: int) -> None:
-    journey, conn = run.journey, run.db.conn
+    journey, conn, settings = run.journey, run.db.conn, run.settings
     last = {
         one_id: (number, status, entered_at)
         for one_id, number, status, entered_at in conn.execute(
@@ -330,69 +398,106 @@ def _enrol(run: _Run, cursor: int) -> None:
             if datetime.fromisoformat(entered_at) + journey.entry.reentry > run.now:
                 continue
         holdout = int(share_of(journey.name, "holdout", one_id) < journey.holdout)
+        control = int(
+            share_of("control_group", settings.control_salt, one_id) < settings.control_share
+        )
         rows.append(
-            (journey.name, one_id, (previous[0] if previous else 0) + 1, holdout,
+            (journey.name, one_id, (previous[0] if previous else 0) + 1, holdout, control,
              journey.first, run.now_text, run.now_text)
         )  # fmt: skip
     conn.executemany(
-        "INSERT INTO journey_enrolments (journey, one_id, enrolment, holdout, status, step, "
-        "next_at, entered_at) VALUES (?, ?, ?, ?, 'active', ?, ?, ?)",
+        "INSERT INTO journey_enrolments (journey, one_id, enrolment, holdout, control, status, "
+        "step, next_at, entered_at) VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?)",
         rows,
     )
     run.result.enrolled = len(rows)
     run.result.holdout = sum(r[3] for r in rows)
+    run.result.control = sum(r[4] for r in rows if not journey.transactional)
 
 
 def _advance(run: _Run) -> None:
-    due = rows_as_dicts(
-        run.db,
-        "SELECT * FROM journey_enrolments WHERE journey = ? AND status = 'active' "
-        "AND julianday(next_at) <= julianday(?) ORDER BY id",
-        (run.journey.name, run.now_text),
-    )
-    for enrolment in due:
-        _walk(run, enrolment)
-
-
-def _walk(run: _Run, enrolment: dict[str, Any]) -> None:
-    """Take one enrolment through its steps until it waits or ends; save where it stopped."""
-    journey = run.journey
-    key: str | None = enrolment["step"]
-    waiting, variant = enrolment["waiting"], enrolment["variant"]
-
-    def stop(status: str = "active", next_at: str | None = None, waits: int = 0) -> None:
-        ended = run.now_text if status != "active" else None
-        run.db.conn.execute(
-            "UPDATE journey_enrolments SET status = ?, step = ?, waiting = ?, next_at = ?, "
-            "variant = ?, ended_at = ? WHERE id = ?",
-            (status, key, waits, next_at, variant, ended, enrolment["id"]),
+    """Walk every due enrolment, a batch at a time, until each waits or ends."""
+    due = [
+        r[0]
+        for r in run.db.conn.execute(
+            "SELECT id FROM journey_enrolments WHERE journey = ? AND status = 'active' "
+            "AND julianday(next_at) <= julianday(?) ORDER BY id",
+            (run.journey.name, run.now_text),
         )
+    ]
+    for start in range(0, len(due), BATCH):
+        batch = [
+            Enrolment(*row)
+            for row in run.db.conn.execute(
+                "SELECT id, one_id, step, waiting, variant, holdout, control "
+                "FROM journey_enrolments WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+                (json.dumps(due[start : start + BATCH]),),
+            )
+        ]
+        _walk(run, batch)
 
+
+def _walk(run: _Run, batch: list[Enrolment]) -> None:
+    """Take a batch through its steps, step by step for all at once; save where each stopped."""
+    journey = run.journey
+    stops: list[tuple[Any, ...]] = []
+
+    def stop(e: Enrolment, status: str = "active", next_at: str | None = None) -> None:
+        ended = run.now_text if status != "active" else None
+        stops.append((status, e.step, e.waiting, next_at, e.variant, ended, e.id))
+
+    at: dict[str | None, list[Enrolment]] = {}
+    for e in batch:
+        at.setdefault(e.step, []).append(e)
     for _ in range(len(journey.index) + 1):  # a journey's steps are finite and never loop
-        step = journey.index.get(key) if key else None
-        if step is None or isinstance(step, End):
-            stop("completed")
-            run.result.completed += 1
-            return
-        if isinstance(step, Wait):
-            if not waiting:
-                stop(next_at=_wait_until(run, step), waits=1)
-                return
-            waiting, key = 0, journey.following[step.key]
-        elif isinstance(step, Send):
-            deferred_to = _send(run, enrolment, step)
-            if deferred_to:
-                stop(next_at=deferred_to)
-                run.result.deferred += 1
-                return
-            key = journey.following[step.key]
-        elif isinstance(step, Branch):
-            branch = step.then if _branch_holds(run, enrolment, step) else step.otherwise
-            key = branch[0].key if branch else journey.following[step.key]
-        elif isinstance(step, Split):
-            chosen = _variant(journey.name, step, enrolment["one_id"])
-            variant, key = chosen[0], chosen[2][0].key
-    raise CdpError(f"journey {journey.name}: enrolment {enrolment['id']} did not settle")
+        if not at:
+            break
+        moved: dict[str | None, list[Enrolment]] = {}
+
+        def move(e: Enrolment, key: str | None) -> None:
+            e.step = key
+            moved.setdefault(key, []).append(e)  # noqa: B023 (used within this round)
+
+        for key, group in at.items():
+            step = journey.index.get(key) if key else None
+            following = journey.following.get(key) if key else None
+            if step is None or isinstance(step, End):
+                for e in group:
+                    stop(e, "completed")
+                run.result.completed += len(group)
+            elif isinstance(step, Wait):
+                for e in group:
+                    if e.waiting:
+                        e.waiting = 0
+                        move(e, following)
+                    else:
+                        e.waiting = 1
+                        stop(e, next_at=_wait_until(run, step))
+            elif isinstance(step, Send):
+                deferred = send_batch(run, step, group)
+                for e in group:
+                    if e.id in deferred:
+                        stop(e, next_at=deferred[e.id])
+                    else:
+                        move(e, following)
+            elif isinstance(step, Branch):
+                holding = _branch_holding(run, step, group)
+                for e in group:
+                    branch = step.then if e.id in holding else step.otherwise
+                    move(e, branch[0].key if branch else following)
+            elif isinstance(step, Split):
+                for e in group:
+                    name, _, steps = _variant(journey.name, step, e.one_id)
+                    e.variant = name
+                    move(e, steps[0].key)
+        at = moved
+    if at:
+        raise CdpError(f"journey {journey.name}: enrolments did not settle")
+    run.db.conn.executemany(
+        "UPDATE journey_enrolments SET status = ?, step = ?, waiting = ?, next_at = ?, "
+        "variant = ?, ended_at = ? WHERE id = ?",
+        stops,
+    )
 
 
 def _variant(journey: str, step: Split, one_id: str) -> tuple[str, float, tuple[Any, ...]]:
@@ -405,14 +510,16 @@ def _variant(journey: str, step: Split, one_id: str) -> tuple[str, float, tuple[
     return step.variants[-1]
 
 
-def _branch_holds(run: _Run, enrolment: dict[str, Any], step: Branch) -> bool:
-    rule = run.rules.branch(step.when)
-    row = run.db.conn.execute(
-        "SELECT 1 FROM journey_enrolments je JOIN profiles p ON p.one_id = je.one_id "
-        f"JOIN profile_features f ON f.one_id = p.one_id WHERE je.id = ? AND ({rule.sql})",
-        [enrolment["id"], *rule.params],
-    ).fetchone()
-    return row is not None
+def _branch_holding(run: _Run, step: Branch, group: list[Enrolment]) -> set[int]:
+    """The enrolments of the group for which the branch's condition holds."""
+    rule = run.branch_rule(step)
+    rows = run.db.conn.execute(
+        "SELECT je.id FROM journey_enrolments je JOIN profiles p ON p.one_id = je.one_id "
+        "JOIN profile_features f ON f.one_id = p.one_id "
+        f"WHERE je.id IN (SELECT value FROM json_each(?)) AND ({rule.sql})",
+        [json.dumps([e.id for e in group]), *rule.params],
+    )
+    return {r[0] for r in rows}
 
 
 def _wait_until(run: _Run, step: Wait) -> str:
@@ -425,284 +532,6 @@ def _wait_until(run: _Run, step: Wait) -> str:
     if target <= run.now:
         target += timedelta(days=1)
     return target.isoformat(timespec="seconds")
-
-
-# ---------------------------------------------------------------------------------------------
-# Sending
-
-
-def _channel_settings(config: Config, channel: str) -> dict[str, Any]:
-    return dict((config.settings.get("channels") or {}).get(channel) or {})
-
-
-def _quiet_until(run: _Run, channel: str) -> str | None:
-    """The end of the channel's quiet hours if now is inside them: the message waits."""
-    window = _channel_settings(run.config, channel).get("quiet_hours")
-    if not window:
-        return None
-    start_text, end_text = str(window).split("-")
-    start = datetime.strptime(start_text.strip(), "%H:%M").time()
-    end = datetime.strptime(end_text.strip(), "%H:%M").time()
-    local = run.now.timetz().replace(tzinfo=None)
-    inside = start <= local or local < end if start > end else start <= local < end
-    if not inside:
-        return None
-    until = run.now.replace(hour=end.hour, minute=end.minute, second=0, microsecond=0)
-    if until <= run.now:
-        until += timedelta(days=1)
-    return until.isoformat(timespec="seconds")
-
-
-def _opted_out(run: _Run, one_id: str) -> set[str]:
-    """Channels whose latest consent for this customer is an opt-out ('all' covers all)."""
-    latest: dict[str, str] = {}
-    for channel, status in run.db.conn.execute(
-        "SELECT lower(c.channel), c.status FROM consents c "
-        "JOIN identity_keys k ON k.key = c.identity_key "
-        "WHERE k.one_id = ? ORDER BY coalesce(c.consented_at, '') , c.id",
-        (one_id,),
-    ):
-        latest[channel] = status
-    out = {c for c, s in latest.items() if s == "opt_out"}
-    return set(ADDRESS_TYPES) if "all" in out else out
-
-
-def _address(run: _Run, one_id: str, channel: str) -> str | None:
-    type_name = ADDRESS_TYPES[channel]
-    sql = "SELECT value FROM identifiers WHERE one_id = ? AND type = ? AND status = 'linked'"
-    params: list[Any] = [one_id, type_name]
-    if channel == "sms":
-        sql += " AND detail IN ('mobile', 'fixed_line_or_mobile')"  # a landline takes no SMS
-    appid = _channel_settings(run.config, channel).get("appid")
-    if channel == "wechat" and appid:
-        sql += " AND value LIKE ?"
-        params.append(f"{appid}:%")
-    row = run.db.conn.execute(sql + " ORDER BY value LIMIT 1", params).fetchone()
-    return row[0] if row else None
-
-
-def _capped(run: _Run, one_id: str) -> bool:
-    cap = run.config.settings.get("frequency_cap") or {}
-    day_start = run.now.replace(hour=0, minute=0, second=0, microsecond=0)
-    for limit, since in (
-        (cap.get("per_day"), day_start),
-        (cap.get("per_week"), run.now - timedelta(days=7)),
-    ):
-        if not limit:
-            continue
-        sent = run.db.conn.execute(
-            "SELECT count(*) FROM messages WHERE one_id = ? AND status != 'skipped' "
-            "AND transactional = 0 "
-            "AND julianday(created_at) >= julianday(?)",
-            (one_id, since.isoformat(timespec="seconds")),
-        ).fetchone()[0]
-        if sent >= int(limit):
-            return True
-    return False
-
-
-def _draw_coupon(run: _Run, campaign: str, one_id: str, message_id: str) -> dict[str, Any] | None:
-    row = run.db.conn.execute(
-        "SELECT code, face_value, expires_at FROM coupons "
-        "WHERE campaign = ? AND status = 'available' "
-        "AND code NOT IN (SELECT code FROM coupon_issues) ORDER BY code LIMIT 1",
-        (campaign,),
-    ).fetchone()
-    if row is None:
-        return None
-    run.db.conn.execute(
-        "INSERT INTO coupon_issues (code, campaign, one_id, message_id, issued_at) "
-        "VALUES (?, ?, ?, ?, ?)",
-        (row[0], campaign, one_id, message_id, run.now_text),
-    )
-    return {"code": row[0], "face_value": row[1], "expires_at": row[2]}
-
-
-def _enrolment_coupon(run: _Run, enrolment_id: int) -> dict[str, Any] | None:
-    """The coupon an earlier step of this enrolment drew, for a reminder that mentions it."""
-    row = run.db.conn.execute(
-        "SELECT c.code, c.face_value, c.expires_at FROM coupon_issues i "
-        "JOIN messages m ON m.id = i.message_id JOIN coupons c ON c.code = i.code "
-        "WHERE m.enrolment_id = ? ORDER BY i.issued_at DESC LIMIT 1",
-        (enrolment_id,),
-    ).fetchone()
-    return {"code": row[0], "face_value": row[1], "expires_at": row[2]} if row else None
-
-
-def _context(run: _Run, one_id: str, step: Send, coupon: dict[str, Any] | None) -> dict[str, Any]:
-    db = run.db
-    [customer] = rows_as_dicts(
-        db, "SELECT one_id, name, gender, birthday, city, known, first_seen, last_seen, records "
-        "FROM profiles WHERE one_id = ?", (one_id,),
-    )  # fmt: skip
-    features = rows_as_dicts(db, "SELECT * FROM profile_features WHERE one_id = ?", (one_id,))
-    tags = dict(db.conn.execute("SELECT tag, value FROM profile_tags WHERE one_id = ?", (one_id,)))
-    openid = _address(run, one_id, "wechat")
-    brand = dict(run.config.settings.get("brand") or {"name": "cdp", "url": ""})
-    return {
-        "customer": customer,
-        "features": {k: v for k, v in (features[0] if features else {}).items() if k != "one_id"},
-        "tags": tags,
-        "coupon": coupon,
-        "journey": {"name": run.journey.name},
-        "step": {"name": step.key},
-        "wechat": {"openid": openid.split(":", 1)[-1] if openid else None,
-                   "appid": openid.split(":", 1)[0] if openid and ":" in openid else None},
-        "device": _address(run, one_id, "push"),
-        "brand": brand,
-        "link": brand.get("url", ""),
-    }  # fmt: skip
-
-
-def _send(run: _Run, enrolment: dict[str, Any], step: Send) -> str | None:
-    """Queue the step's message, or record why it was skipped; or defer it past quiet hours."""
-    one_id, journey = enrolment["one_id"], run.journey
-    message_id = f"{journey.name}:{enrolment['id']}:{step.key}"
-    if run.db.conn.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone():
-        return None  # this step of this enrolment has its message already: never twice
-    if enrolment["holdout"]:
-        return _skip(run, enrolment, step, message_id, None, "holdout")
-    opted_out = _opted_out(run, one_id)
-    tried = []
-    for channel in (step.channel, *step.fallback):
-        if channel in opted_out:
-            tried.append(f"{channel}: opted out")
-            continue
-        address = _address(run, one_id, channel)
-        if address is None:
-            tried.append(f"{channel}: no {ADDRESS_TYPES[channel].replace('_', ' ')}")
-            continue
-        break
-    else:
-        reason = "opted out" if all(t.endswith("opted out") for t in tried) else "unreachable"
-        return _skip(run, enrolment, step, message_id, None, f"{reason} ({'; '.join(tried)})")
-    if not journey.transactional and _capped(run, one_id):
-        return _skip(run, enrolment, step, message_id, channel, "frequency cap")
-    quiet = _quiet_until(run, channel)
-    if quiet:
-        return quiet
-    coupon = None if step.coupon else _enrolment_coupon(run, enrolment["id"])
-    if step.coupon:
-        coupon = _draw_coupon(run, step.coupon, one_id, message_id)
-        if coupon is None:
-            run.pools_empty.add(step.coupon)
-            return _skip(
-                run, enrolment, step, message_id, channel, f"coupon pool {step.coupon} is empty"
-            )
-    try:
-        outbound = run.templates.render(channel, step.template, _context(run, one_id, step, coupon))
-    except TemplateError as exc:
-        if coupon:
-            run.db.conn.execute("DELETE FROM coupon_issues WHERE code = ?", (coupon["code"],))
-        return _skip(run, enrolment, step, message_id, channel, f"template: {exc.message}")
-    cost = float(_channel_settings(run.config, channel).get("cost", 0) or 0)
-    run.db.conn.execute(
-        "INSERT INTO messages (id, run_id, journey, enrolment_id, one_id, step, channel, status, "
-        "address, payload, coupon_code, cost, transactional, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-        (message_id, run.run_id, journey.name, enrolment["id"], one_id, step.key, channel,
-         address.split(":", 1)[-1], json.dumps(outbound.body, ensure_ascii=False),
-         coupon["code"] if coupon else None, cost, int(journey.transactional), run.now_text),
-    )  # fmt: skip
-    run.result.sent[channel] = run.result.sent.get(channel, 0) + 1
-    if run.dry_run:
-        run.result.messages.append(
-            {"one_id": one_id, "step": step.key, "channel": channel, **outbound.body}
-        )
-    return None
-
-
-def _skip(
-    run: _Run,
-    enrolment: dict[str, Any],
-    step: Send,
-    message_id: str,
-    channel: str | None,
-    reason: str,
-) -> None:
-    run.db.conn.execute(
-        "INSERT INTO messages (id, run_id, journey, enrolment_id, one_id, step, channel, status, "
-        "reason, transactional, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'skipped', ?, ?, ?)",
-        (message_id, run.run_id, run.journey.name, enrolment["id"], enrolment["one_id"], step.key,
-         channel, reason, int(run.journey.transactional), run.now_text),
-    )  # fmt: skip
-    label = reason.split(" (")[0]
-    run.result.skipped[label] = run.result.skipped.get(label, 0) + 1
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Outbound files
-
-
-def write_outbound(db: sqlite_utils.Database, config: Config) -> list[str]:
-    """Write every queued message to outbound/<channel>/<journey>-<run time>.<csv|jsonl>.
-
-    A file is written whole under a temporary name and renamed; its messages are marked
-    written afterwards. A run killed in between writes the same file again next time, with the
-    same rows, so no message ever appears twice and no file ever holds a partial row.
-    """
-    groups = db.conn.execute(
-        "SELECT DISTINCT m.run_id, m.journey, m.channel, r.now FROM messages m "
-        "JOIN journey_runs r ON r.id = m.run_id WHERE m.status = 'queued' ORDER BY m.run_id"
-    ).fetchall()
-    written = []
-    for run_id, journey, channel, now in groups:
-        stamp = datetime.fromisoformat(now).strftime("%Y%m%dT%H%M%S")
-        folder = config.root / "outbound" / channel
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{journey}-{stamp}-{run_id}.{FILE_FORMATS[channel]}"
-        rows = rows_as_dicts(
-            db,
-            "SELECT id, journey, step, one_id, address, payload, coupon_code FROM messages "
-            "WHERE run_id = ? AND journey = ? AND channel = ? AND status != 'skipped' ORDER BY id",
-            (run_id, journey, channel),
-        )
-        _write_file(path, channel, rows)
-        with transaction(db) as conn:
-            conn.execute(
-                "UPDATE messages SET status = 'written', file = ?, written_at = ? "
-                "WHERE run_id = ? AND journey = ? AND channel = ? AND status = 'queued'",
-                (str(path), now_iso(), run_id, journey, channel),
-            )
-        written.append(str(path))
-    return written
-
-
-def _write_file(path: Path, channel: str, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8", newline="") as f:
-        if channel == "sms":
-            writer = csv.writer(f)
-            writer.writerow(
-                [
-                    "message_id",
-                    "to",
-                    "text",
-                    "segments",
-                    "encoding",
-                    "journey",
-                    "step",
-                    "one_id",
-                    "coupon",
-                ]
-            )
-            for row in rows:
-                body = json.loads(row["payload"])
-                writer.writerow([row["id"], row["address"], body.get("text"), body.get("segments"),
-                                 body.get("encoding"), row["journey"], row["step"], row["one_id"],
-                                 row["coupon_code"]])  # fmt: skip
-        else:
-            for row in rows:
-                record = {
-                    "message_id": row["id"], "to": row["address"], "journey": row["journey"],
-                    "step": row["step"], "one_id": row["one_id"], "coupon": row["coupon_code"],
-                    **json.loads(row["payload"]),
-                }  # fmt: skip
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import time, timedelta
+from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Union
+
+from cronsim import CronSim, CronSimError
 
 from cdp_cli.errors import FileError, RuleError
 from cdp_cli.rules import parse_duration
@@ -89,13 +91,20 @@ Step = Union[Send, Wait, Branch, Split, End]  # noqa: UP007 (a runtime alias)
 
 @dataclass(frozen=True)
 class Entry:
-    """Who enters: customers matching a rule, or who did an event, or whose tag changed."""
+    """Who enters: customers matching a rule, or who did an event, or whose tag changed; or,
+    for a broadcast, everyone (or those matching `when`) at each time of its schedule."""
 
     when: str | None = None
     event: str | None = None
     tag: str | None = None
     tag_value: str | None = None
     reentry: timedelta | None = None  # None: a customer enters once
+    schedule: datetime | str | None = None  # a one-off time, or a cron expression
+    late: timedelta = timedelta(hours=6)  # an occurrence missed by more than this is not sent
+
+    @property
+    def recurring(self) -> bool:
+        return isinstance(self.schedule, str)
 
 
 @dataclass(frozen=True)
@@ -228,19 +237,55 @@ def _share(path: Path, value: Any, line: int, where: str) -> float:
 
 def _entry(path: Path, spec: Any, line: int) -> Entry:
     if not isinstance(spec, YamlMap):
-        raise FileError(path, "entry: expected a mapping with when, event or tag", line)
-    check_keys(spec, ("when", "event", "tag", "value", "reentry"), "entry")
+        raise FileError(path, "entry: expected a mapping with when, event, tag or schedule", line)
+    check_keys(spec, ("when", "event", "tag", "value", "reentry", "schedule", "late"), "entry")
     given = [k for k in ("when", "event", "tag") if k in spec]
-    if len(given) != 1:
-        raise FileError(path, "entry: give exactly one of when (a rule), event or tag", spec.line)
-    reentry = spec.get("reentry", "never")
+    if "schedule" in spec:
+        if "event" in spec or "tag" in spec:
+            raise FileError(
+                path, "entry: a schedule takes an audience rule (when), not event or tag", spec.line
+            )
+    elif len(given) != 1:
+        raise FileError(
+            path, "entry: give exactly one of when (a rule), event, tag or schedule", spec.line
+        )
+    elif "late" in spec:
+        raise FileError(path, "entry.late: only a schedule can be late", spec.line_of("late"))
+    # A broadcast enrols again at each occurrence; anything else enters once unless told.
+    reentry: timedelta | None = timedelta(0) if "schedule" in spec else None
+    if spec.get("reentry", "never") != "never":
+        reentry = _duration(path, spec, "reentry", "entry")
     return Entry(
         when=_rule_text(path, spec, "when") if "when" in spec else None,
         event=str(spec["event"]) if "event" in spec else None,
         tag=str(spec["tag"]) if "tag" in spec else None,
         tag_value=str(spec["value"]) if "value" in spec else None,
-        reentry=None if reentry == "never" else _duration(path, spec, "reentry", "entry"),
+        reentry=reentry,
+        schedule=_schedule(path, spec) if "schedule" in spec else None,
+        late=_duration(path, spec, "late", "entry") if "late" in spec else timedelta(hours=6),
     )
+
+
+def _schedule(path: Path, spec: YamlMap) -> datetime | str:
+    """A one-off time (2026-12-12 10:00, in the project's timezone) or a cron expression."""
+    value, line = spec["schedule"], spec.line_of("schedule")
+    if isinstance(value, datetime):  # YAML reads an unquoted timestamp itself
+        return value.replace(tzinfo=None) if value.tzinfo is None else value
+    text = str(value).strip()
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        pass
+    try:
+        CronSim(text, datetime(2026, 1, 1))
+    except CronSimError as exc:
+        raise FileError(
+            path,
+            f"entry.schedule: expected a time such as 2026-12-12 10:00 or a cron expression "
+            f"such as '0 10 * * MON' ({exc})",
+            line,
+        ) from None
+    return text
 
 
 def _steps(path: Path, data: Any, where: str, index: dict[str, Step]) -> tuple[Step, ...]:

@@ -317,7 +317,7 @@ def test_dry_run_changes_nothing(run, write, project):
         ),
         (
             "entry: {when: \"city = '1'\", event: x}\nsteps: [end]\n",
-            "entry: give exactly one of when (a rule), event or tag",
+            "entry: give exactly one of when (a rule), event, tag or schedule",
         ),
     ],
 )
@@ -395,3 +395,133 @@ def test_killed_journey_runs_never_send_a_step_twice_or_miss_one(project, write)
     ids = sent(project)
     assert len(ids) == len(set(ids))  # never twice
     assert sorted(ids) == sorted(sent(reference))  # never missing one
+
+
+def entered(project, name):
+    return query(
+        project / "cdp.db",
+        "SELECT one_id, enrolment FROM journey_enrolments WHERE journey = ? ORDER BY 1, 2",
+        name,
+    )
+
+
+def test_one_off_broadcast_sends_once_at_its_time_to_its_audience(run, write, project):
+    body = """entry: {schedule: "2026-11-15 10:00", when: "city = '武汉'"}
+steps:
+  - send: {channel: sms, template: hello}
+"""
+    write("journeys/bc.yaml", journey("bc", body))
+    [early] = json.loads(run("journey", "run", "--now", "2026-11-15 09:59", "--json").stdout)
+    assert early["enrolled"] == 0
+    [due] = run_journeys(run)
+    assert due["enrolled"] == 3 and due["notes"] == ["broadcast of 2026-11-15 10:00"]
+    assert {m for m in messages(project, "bc")} == {"M1", "M5", "M6"}
+    [again] = json.loads(run("journey", "run", "--now", "2026-11-15 11:00", "--json").stdout)
+    assert again["enrolled"] == 0
+    assert query(project / "cdp.db", "SELECT occurrence, enrolled FROM journey_broadcasts") == [
+        ("2026-11-15T10:00:00+08:00", 3)
+    ]
+
+
+def test_a_broadcast_missed_by_more_than_late_is_not_sent(run, write, project):
+    body = """entry: {schedule: "2026-11-15 01:00", late: 2h}
+steps: [{send: {channel: sms, template: hello}}]
+"""
+    write("journeys/bc.yaml", journey("bc", body))
+    [result] = run_journeys(run)
+    assert result["enrolled"] == 0
+    assert "more than 2:00:00 late: not sent" in result["notes"][0]
+
+
+def test_recurring_broadcast_enrols_everyone_again_at_each_occurrence(run, write, project):
+    body = """entry: {schedule: "0 10 * * *"}
+steps: [{send: {channel: sms, template: hello}}]
+"""
+    write("journeys/daily.yaml", journey("daily", body))
+    [first] = run_journeys(run)
+    assert first["enrolled"] == 6
+    [same_day] = json.loads(run("journey", "run", "--now", "2026-11-15 18:00", "--json").stdout)
+    assert same_day["enrolled"] == 0
+    # Cron was down on the 16th and 17th: on the 18th only that day's occurrence is sent.
+    [later] = json.loads(run("journey", "run", "--now", "2026-11-18 10:05", "--json").stdout)
+    assert later["enrolled"] == 6
+    assert {n for _, n in entered(project, "daily")} == {1, 2}
+    occurrences = query(project / "cdp.db", "SELECT occurrence FROM journey_broadcasts")
+    assert occurrences == [("2026-11-15T10:00:00+08:00",), ("2026-11-18T10:00:00+08:00",)]
+
+
+def test_schedule_mistakes_name_the_line(run, write, project):
+    write("journeys/bc.yaml", journey("bc", 'entry: {schedule: "0 25 * * *"}\nsteps: [end]\n'))
+    result = run("journey", "validate")
+    assert result.exit_code == 2
+    assert "journeys/bc.yaml:2: entry.schedule: expected a time such as" in result.stderr
+    write(
+        "journeys/bc.yaml",
+        journey("bc", 'entry: {schedule: "0 10 * * *", event: x}\nsteps: [end]\n'),
+    )
+    assert "a schedule takes an audience rule (when)" in run("journey", "validate").stderr
+
+
+def test_global_control_group_gets_no_marketing_but_transactional_messages(run, write, project):
+    config = (project / "cdp.yaml").read_text(encoding="utf-8")
+    write("cdp.yaml", config + "control_group: {share: 50%, salt: t}\n")
+    send = 'entry: {when: "city is not null"}\nsteps: [{send: {channel: sms, template: hello}}]\n'
+    write("journeys/m.yaml", journey("m", send))
+    write("journeys/t.yaml", journey("t", "transactional: true\n" + send))
+    run_journeys(run)
+    db = project / "cdp.db"
+    control = dict(query(db, "SELECT one_id, control FROM journey_enrolments WHERE journey = 'm'"))
+    assert set(control.values()) == {0, 1}  # 50% of six customers: some in, some out
+    assert (
+        dict(query(db, "SELECT one_id, control FROM journey_enrolments WHERE journey = 't'"))
+        == control
+    )
+    for one_id, reason in query(db, "SELECT one_id, reason FROM messages WHERE journey = 'm'"):
+        assert (reason == "control group") == bool(control[one_id])
+    skipped_t = query(
+        db, "SELECT count(*) FROM messages WHERE journey = 't' AND reason = 'control group'"
+    )
+    assert skipped_t == [(0,)]
+
+
+def test_quiet_hours_follow_the_customers_own_timezone(run, write, project):
+    write(
+        "crm2.csv",
+        "member,name,phone,email,city,appid,openid,device\nM7,Ann,+1 212 555 0100,,纽约,,,\n",
+    )
+    assert run("ingest", "crm2.csv", "-s", "crm").exit_code == 0
+    assert run("resolve").exit_code == 0
+    assert run("tag", "--as-of", "2026-11-15").exit_code == 0
+    body = "entry: {when: \"city = '北京' or city = '纽约'\"}\nsteps: [{send: {channel: sms, template: hello}}]\n"
+    write("journeys/q.yaml", journey("q", body))
+    # 22:00 in Shanghai is 09:00 in New York: quiet for Beijing, not for New York.
+    [night] = json.loads(run("journey", "run", "--now", "2026-11-15 22:00", "--json").stdout)
+    assert (night["deferred"], night["sent"]) == (1, {"sms": 1})
+    sent = query(project / "cdp.db", "SELECT address FROM messages WHERE status != 'skipped'")
+    assert sent == [("+12125550100",)]
+    due = query(
+        project / "cdp.db", "SELECT next_at FROM journey_enrolments WHERE status = 'active'"
+    )
+    assert due == [("2026-11-16T09:00:00+08:00",)]
+
+
+def test_batches_decide_exactly_as_one_pass(run, write, project, monkeypatch):
+    from cdp_cli import engine
+
+    body = """entry: {when: "city is not null"}
+holdout: 20%
+steps:
+  - split:
+      a: {share: 50%, steps: [{send: {channel: wechat, fallback: [sms], template: hello, coupon: TEST}}]}
+      b: {share: 50%, steps: [{send: {channel: sms, template: hello}}]}
+  - branch:
+      when: "city = '武汉'"
+      then: [{send: {channel: sms, template: hello}}]
+"""
+    write("journeys/s.yaml", journey("s", body))
+    [whole] = json.loads(run("journey", "run", "--now", NOW, "--dry-run", "--json").stdout)
+    monkeypatch.setattr(engine, "BATCH", 1)
+    [one_by_one] = json.loads(run("journey", "run", "--now", NOW, "--dry-run", "--json").stdout)
+    for result in (whole, one_by_one):
+        result.pop("seconds")
+    assert whole == one_by_one and whole["sent"]

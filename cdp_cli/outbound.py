@@ -1,0 +1,81 @@
+"""Outbound files: what a sender picks up, one file per journey run and channel.
+
+outbound/<channel>/<journey>-<run time>-<run id>.<csv|jsonl>, one message id per row so a sender
+can deduplicate. A file is written whole under a temporary name, synced and renamed; its
+messages are marked written afterwards. A run killed in between writes the same file again next
+time, with the same rows, so no message ever appears twice and no file ever holds a partial row.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from cdp_cli.config import Config
+from cdp_cli.store import now_iso, transaction
+
+FILE_FORMATS = {"sms": "csv", "email": "jsonl", "wechat": "jsonl", "push": "jsonl"}
+SMS_COLUMNS = ("message_id", "to", "text", "segments", "encoding", "journey", "step", "one_id",
+               "coupon", "link")  # fmt: skip
+
+
+def write_outbound(db: sqlite_utils.Database, config: Config) -> list[str]:
+    """Write every queued message to its outbound file; the paths written."""
+    groups = db.conn.execute(
+        "SELECT DISTINCT m.run_id, m.journey, m.channel, r.now FROM messages m "
+        "JOIN journey_runs r ON r.id = m.run_id WHERE m.status = 'queued' ORDER BY m.run_id"
+    ).fetchall()
+    written = []
+    for run_id, journey, channel, now in groups:
+        stamp = datetime.fromisoformat(now).strftime("%Y%m%dT%H%M%S")
+        folder = config.root / "outbound" / channel
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{journey}-{stamp}-{run_id}.{FILE_FORMATS[channel]}"
+        rows = db.conn.execute(
+            "SELECT id, journey, step, one_id, address, payload, coupon_code, link_url "
+            "FROM messages WHERE run_id = ? AND journey = ? AND channel = ? "
+            "AND status != 'skipped' ORDER BY id",
+            (run_id, journey, channel),
+        )
+        _write_file(path, channel, rows)
+        with transaction(db) as conn:
+            conn.execute(
+                "UPDATE messages SET status = 'written', file = ?, written_at = ? "
+                "WHERE run_id = ? AND journey = ? AND channel = ? AND status = 'queued'",
+                (str(path), now_iso(), run_id, journey, channel),
+            )
+        written.append(str(path))
+    return written
+
+
+def _write_file(path: Path, channel: str, rows: Iterable[tuple[Any, ...]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as f:
+        if channel == "sms":
+            writer = csv.writer(f)
+            writer.writerow(SMS_COLUMNS)
+            for id_, journey, step, one_id, address, payload, coupon, link in rows:
+                body = json.loads(payload)
+                sms = (body.get("text"), body.get("segments"), body.get("encoding"))
+                writer.writerow((id_, address, *sms, journey, step, one_id, coupon, link))
+        else:
+            for id_, journey, step, one_id, address, payload, coupon, link in rows:
+                record = {"message_id": id_, "to": address, "journey": journey, "step": step,
+                          "one_id": one_id, "coupon": coupon, "link": link}  # fmt: skip
+                record.update(json.loads(payload))
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself survives a power cut
+    finally:
+        os.close(folder)

@@ -1,0 +1,512 @@
+"""A journey's send step for a batch of enrolments: guards, coupons, rendering and the outbox.
+
+Everything a guard or a template needs about the batch's customers is read in a handful of
+set queries (`Customers`), so a run costs a few queries per thousand messages, not per message.
+The guards, in order: holdout and the global control group (followed, never messaged), opt-outs
+and reachability per channel with fallback, the frequency cap (marketing only), quiet hours in
+the customer's own timezone (the message waits), then a coupon from the pool.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+import phonenumbers
+from phonenumbers import timezone as phone_timezones
+
+from cdp_cli.config import Config
+from cdp_cli.errors import ConfigError, TemplateError
+from cdp_cli.journeys import Send
+
+if TYPE_CHECKING:
+    from cdp_cli.engine import _Run
+
+ADDRESS_TYPES = {"sms": "phone", "email": "email", "wechat": "wechat_openid", "push": "device_id"}
+SMS_PHONE_KINDS = ("mobile", "fixed_line_or_mobile")  # a landline takes no SMS
+PROFILE_FIELDS = "one_id, name, gender, birthday, city, known, first_seen, last_seen, records"
+IN_BATCH = "IN (SELECT value FROM json_each(?))"
+
+
+@dataclass(slots=True)
+class Enrolment:
+    """One customer's place in a journey, as the engine walks it."""
+
+    id: int
+    one_id: str
+    step: str | None
+    waiting: int
+    variant: str | None
+    holdout: int
+    control: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings from cdp.yaml, read once per run
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    start: time
+    end: time
+
+    def until(self, now: datetime) -> datetime | None:
+        """The end of the quiet hours if `now` (a customer's local time) lies inside them."""
+        local = now.time().replace(tzinfo=None)
+        if self.start > self.end:
+            inside = self.start <= local or local < self.end
+        else:
+            inside = self.start <= local < self.end
+        if not inside:
+            return None
+        until = now.replace(hour=self.end.hour, minute=self.end.minute, second=0, microsecond=0)
+        return until + timedelta(days=1) if until <= now else until
+
+
+@dataclass(frozen=True)
+class SendSettings:
+    """channels, frequency_cap, control_group and brand, checked with the file and key named."""
+
+    zone: ZoneInfo
+    quiet_hours: dict[str, QuietHours]
+    cost: dict[str, float]
+    wechat_appid: str | None
+    per_day: int | None
+    per_week: int | None
+    control_share: float
+    control_salt: str
+    brand: dict[str, Any]
+
+
+def send_settings(config: Config) -> SendSettings:
+    settings = config.settings
+    channels = settings.get("channels") or {}
+    quiet, cost = {}, {}
+    for channel, spec in channels.items():
+        spec = spec or {}
+        if not isinstance(spec, dict):
+            raise ConfigError(config.path, f"channels.{channel}: expected a mapping of settings")
+        if spec.get("quiet_hours"):
+            quiet[channel] = _quiet_hours(config, channel, str(spec["quiet_hours"]))
+        cost[channel] = _number(config, f"channels.{channel}.cost", spec.get("cost", 0))
+    cap = settings.get("frequency_cap") or {}
+    control = settings.get("control_group") or {}
+    if not isinstance(control, dict):
+        control = {"share": control}
+    share = _share(config, control.get("share", 0))
+    brand = settings.get("brand") or {"name": "cdp", "url": ""}
+    return SendSettings(
+        zone=ZoneInfo(config.timezone),
+        quiet_hours=quiet,
+        cost=cost,
+        wechat_appid=(channels.get("wechat") or {}).get("appid"),
+        per_day=_limit(config, "per_day", cap.get("per_day")),
+        per_week=_limit(config, "per_week", cap.get("per_week")),
+        control_share=share,
+        control_salt=str(control.get("salt", "")),
+        brand=dict(brand),
+    )
+
+
+def _quiet_hours(config: Config, channel: str, text: str) -> QuietHours:
+    try:
+        start, end = (datetime.strptime(t.strip(), "%H:%M").time() for t in text.split("-"))
+    except ValueError:
+        raise ConfigError(
+            config.path,
+            f"channels.{channel}.quiet_hours: expected a window such as 21:00-09:00, got {text!r}",
+        ) from None
+    return QuietHours(start, end)
+
+
+def _number(config: Config, where: str, value: Any) -> float:
+    try:
+        return float(value or 0)
+    except (TypeError, ValueError):
+        raise ConfigError(config.path, f"{where}: expected a number, got {value!r}") from None
+
+
+def _limit(config: Config, name: str, value: Any) -> int | None:
+    if value in (None, 0):
+        return None
+    if not isinstance(value, int) or value < 0:
+        raise ConfigError(config.path, f"frequency_cap.{name}: expected a whole number")
+    return value
+
+
+def _share(config: Config, value: Any) -> float:
+    text = str(value).strip()
+    try:
+        share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        share = -1.0
+    if not 0 <= share < 1:
+        raise ConfigError(
+            config.path, f"control_group.share: expected a share such as 5%, got {value!r}"
+        )
+    return share
+
+
+# ---------------------------------------------------------------------------------------------
+# The customers of a batch
+
+
+def customer_zone(phone: str | None, default: ZoneInfo) -> ZoneInfo:
+    """The customer's timezone from their phone number's region; the project's otherwise."""
+    if not phone:
+        return default
+    return _zone_of_number(phone, default)
+
+
+@lru_cache(maxsize=65536)
+def _zone_of_number(e164: str, default: ZoneInfo) -> ZoneInfo:
+    if e164.startswith("+86"):  # China keeps one zone: the common case needs no parsing
+        return ZoneInfo("Asia/Shanghai")
+    try:
+        names = phone_timezones.time_zones_for_number(phonenumbers.parse(e164))
+    except phonenumbers.NumberParseException:
+        return default
+    zones = [ZoneInfo(n) for n in names if n != "Etc/Unknown"]
+    if not zones:
+        return default
+    # Several zones that keep one offset all year (London, Jersey) are one answer.
+    probes = (datetime(2026, 1, 15, 12), datetime(2026, 7, 15, 12))
+    if len({tuple(z.utcoffset(p) for p in probes) for z in zones}) == 1:
+        return zones[0]
+    return default
+
+
+@dataclass
+class Customers:
+    """What guards and templates need about a batch of customers, read in a few queries."""
+
+    addresses: dict[str, list[tuple[str, str, str | None]]] = field(default_factory=dict)
+    opted_out: dict[str, set[str]] = field(default_factory=dict)
+    sent_today: dict[str, int] = field(default_factory=dict)
+    sent_week: dict[str, int] = field(default_factory=dict)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    features: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, run: _Run, one_ids: list[str], for_templates: bool = True) -> Customers:
+        conn, ids = run.db.conn, json.dumps(one_ids)
+        found = cls()
+        for one_id, type_name, value, detail in conn.execute(
+            f"SELECT one_id, type, value, detail FROM identifiers WHERE one_id {IN_BATCH} "
+            "AND status = 'linked' AND type IN ('phone', 'email', 'wechat_openid', 'device_id') "
+            "ORDER BY one_id, value",
+            (ids,),
+        ):
+            found.addresses.setdefault(one_id, []).append((type_name, value, detail))
+        latest: dict[tuple[str, str], str] = {}
+        for one_id, channel, status in conn.execute(
+            "SELECT k.one_id, lower(c.channel), c.status FROM consents c "
+            f"JOIN identity_keys k ON k.key = c.identity_key WHERE k.one_id {IN_BATCH} "
+            "ORDER BY coalesce(c.consented_at, ''), c.id",
+            (ids,),
+        ):
+            latest[(one_id, channel)] = status
+        for (one_id, channel), status in latest.items():
+            if status == "opt_out":
+                found.opted_out.setdefault(one_id, set()).update(
+                    ADDRESS_TYPES if channel == "all" else (channel,)
+                )
+        found._load_sent(run, ids)
+        if for_templates:
+            found._load_context(run, ids)
+        return found
+
+    def _load_sent(self, run: _Run, ids: str) -> None:
+        settings = run.settings
+        if not settings.per_day and not settings.per_week:
+            return
+        day_start = run.now.replace(hour=0, minute=0, second=0, microsecond=0)
+        week_start = run.now - timedelta(days=7)
+        for one_id, today, week in run.db.conn.execute(
+            "SELECT one_id, sum(julianday(created_at) >= julianday(?)), count(*) FROM messages "
+            f"WHERE one_id {IN_BATCH} AND status != 'skipped' AND transactional = 0 "
+            "AND julianday(created_at) >= julianday(?) GROUP BY one_id",
+            (day_start.isoformat(), ids, min(day_start, week_start).isoformat()),
+        ):
+            self.sent_today[one_id] = today
+            self.sent_week[one_id] = week
+
+    def _load_context(self, run: _Run, ids: str) -> None:
+        conn = run.db.conn
+        cursor = conn.execute(
+            f"SELECT {PROFILE_FIELDS} FROM profiles WHERE one_id {IN_BATCH}", (ids,)
+        )
+        names = [d[0] for d in cursor.description]
+        self.profiles = {row[0]: dict(zip(names, row, strict=True)) for row in cursor}
+        cursor = conn.execute(f"SELECT * FROM profile_features WHERE one_id {IN_BATCH}", (ids,))
+        names = [d[0] for d in cursor.description]
+        self.features = {row[0]: dict(zip(names[1:], row[1:], strict=True)) for row in cursor}
+        for one_id, tag, value in conn.execute(
+            f"SELECT one_id, tag, value FROM profile_tags WHERE one_id {IN_BATCH}", (ids,)
+        ):
+            self.tags.setdefault(one_id, {})[tag] = value
+
+    def address(self, one_id: str, channel: str, wechat_appid: str | None) -> str | None:
+        """The first linked identifier that reaches this customer on the channel."""
+        wanted = ADDRESS_TYPES[channel]
+        for type_name, value, detail in self.addresses.get(one_id, ()):
+            if type_name != wanted:
+                continue
+            if channel == "sms" and detail not in SMS_PHONE_KINDS:
+                continue
+            if channel == "wechat" and wechat_appid and not value.startswith(f"{wechat_appid}:"):
+                continue
+            return value
+        return None
+
+    def phone(self, one_id: str) -> str | None:
+        return next((v for t, v, _ in self.addresses.get(one_id, ()) if t == "phone"), None)
+
+    def capped(self, one_id: str, settings: SendSettings) -> bool:
+        day, week = settings.per_day, settings.per_week
+        return bool(
+            (day and self.sent_today.get(one_id, 0) >= day)
+            or (week and self.sent_week.get(one_id, 0) >= week)
+        )
+
+    def count_sent(self, one_id: str) -> None:
+        self.sent_today[one_id] = self.sent_today.get(one_id, 0) + 1
+        self.sent_week[one_id] = self.sent_week.get(one_id, 0) + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Coupons
+
+
+class CouponPool:
+    """A campaign's available codes, drawn in code order a block at a time."""
+
+    BLOCK = 2000
+
+    def __init__(self, run: _Run, campaign: str) -> None:
+        self.run, self.campaign = run, campaign
+        self.ready: list[tuple[str, Any, Any]] = []
+        self.after = ""
+        self.exhausted = False
+
+    def draw(self) -> dict[str, Any] | None:
+        if not self.ready and not self.exhausted:
+            self._fill()
+        if not self.ready:
+            return None
+        code, face_value, expires_at = self.ready.pop()
+        return {"code": code, "face_value": face_value, "expires_at": expires_at}
+
+    def put_back(self, coupon: dict[str, Any]) -> None:
+        self.ready.append((coupon["code"], coupon["face_value"], coupon["expires_at"]))
+
+    def _fill(self) -> None:
+        rows = self.run.db.conn.execute(
+            "SELECT code, face_value, expires_at FROM coupons c "
+            "WHERE campaign = ? AND status = 'available' AND code > ? "
+            "AND NOT EXISTS (SELECT 1 FROM coupon_issues i WHERE i.code = c.code) "
+            "ORDER BY code LIMIT ?",
+            (self.campaign, self.after, self.BLOCK),
+        ).fetchall()
+        if len(rows) < self.BLOCK:
+            self.exhausted = True
+        if rows:
+            self.after = rows[-1][0]
+        self.ready = rows[::-1]  # pop() takes the lowest code first
+
+
+def enrolment_coupons(run: _Run, enrolments: list[Enrolment]) -> dict[int, dict[str, Any]]:
+    """The coupon an earlier step of each enrolment drew, for a reminder that mentions it."""
+    ids = json.dumps([e.one_id for e in enrolments])
+    wanted = {e.id for e in enrolments}
+    found: dict[int, dict[str, Any]] = {}
+    for enrolment_id, code, face_value, expires_at in run.db.conn.execute(
+        "SELECT m.enrolment_id, c.code, c.face_value, c.expires_at FROM messages m "
+        f"JOIN coupons c ON c.code = m.coupon_code WHERE m.one_id {IN_BATCH} AND m.journey = ? "
+        "AND m.coupon_code IS NOT NULL ORDER BY m.created_at",
+        (ids, run.journey.name),
+    ):
+        if enrolment_id in wanted:
+            found[enrolment_id] = {"code": code, "face_value": face_value, "expires_at": expires_at}
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Sending a batch
+
+
+@dataclass
+class Outbox:
+    """Rows for the outbox, written together at the end of a batch."""
+
+    messages: list[tuple[Any, ...]] = field(default_factory=list)
+    coupons: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def flush(self, run: _Run) -> None:
+        conn = run.db.conn
+        conn.executemany(
+            "INSERT INTO messages (id, run_id, journey, enrolment_id, one_id, step, channel, "
+            "status, reason, address, payload, coupon_code, cost, transactional, created_at, "
+            "link_code, link_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self.messages,
+        )
+        conn.executemany(
+            "INSERT INTO coupon_issues (code, campaign, one_id, message_id, issued_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            self.coupons,
+        )
+        self.messages.clear()
+        self.coupons.clear()
+
+
+def send_batch(run: _Run, step: Send, batch: list[Enrolment]) -> dict[int, str]:
+    """Queue the step's message for each enrolment, or record why not.
+
+    Returns the enrolments whose message waits out quiet hours, with the time it may go.
+    """
+    journey = run.journey
+    ids = {e.id: f"{journey.name}:{e.id}:{step.key}" for e in batch}
+    done = {
+        row[0]
+        for row in run.db.conn.execute(
+            f"SELECT id FROM messages WHERE id {IN_BATCH}", (json.dumps(list(ids.values())),)
+        )
+    }  # a step of an enrolment has one message, ever: a rerun never sends it twice
+    outbox, deferred = Outbox(), {}
+    live = []
+    for e in batch:
+        if ids[e.id] in done:
+            continue
+        if e.holdout:
+            _skip(run, outbox, e, step, ids[e.id], None, "holdout")
+        elif e.control and not journey.transactional:
+            _skip(run, outbox, e, step, ids[e.id], None, "control group")
+        else:
+            live.append(e)
+    if live:
+        customers = Customers.load(run, [e.one_id for e in live])
+        earlier = enrolment_coupons(run, live) if not step.coupon and run.coupon_steps else {}
+        for e in live:
+            until = _send_one(run, outbox, customers, e, step, ids[e.id], earlier.get(e.id))
+            if until:
+                deferred[e.id] = until
+    outbox.flush(run)
+    return deferred
+
+
+def _send_one(
+    run: _Run,
+    outbox: Outbox,
+    customers: Customers,
+    e: Enrolment,
+    step: Send,
+    message_id: str,
+    earlier_coupon: dict[str, Any] | None,
+) -> str | None:
+    settings, one_id = run.settings, e.one_id
+    opted_out = customers.opted_out.get(one_id, set())
+    tried = []
+    for channel in (step.channel, *step.fallback):
+        if channel in opted_out:
+            tried.append(f"{channel}: opted out")
+            continue
+        address = customers.address(one_id, channel, settings.wechat_appid)
+        if address is None:
+            tried.append(f"{channel}: no {ADDRESS_TYPES[channel].replace('_', ' ')}")
+            continue
+        break
+    else:
+        reason = "opted out" if all(t.endswith("opted out") for t in tried) else "unreachable"
+        _skip(run, outbox, e, step, message_id, None, f"{reason} ({'; '.join(tried)})")
+        return None
+    if not run.journey.transactional and customers.capped(one_id, settings):
+        _skip(run, outbox, e, step, message_id, channel, "frequency cap")
+        return None
+    quiet = settings.quiet_hours.get(channel)
+    if quiet:
+        zone = customer_zone(customers.phone(one_id), settings.zone)
+        until = quiet.until(run.now.astimezone(zone))
+        if until:
+            run.result.deferred += 1
+            return until.astimezone(settings.zone).isoformat(timespec="seconds")
+    coupon, pool = earlier_coupon, None
+    if step.coupon:
+        pool = run.coupon_pool(step.coupon)
+        coupon = pool.draw()
+        if coupon is None:
+            run.pools_empty.add(step.coupon)
+            reason = f"coupon pool {step.coupon} is empty"
+            _skip(run, outbox, e, step, message_id, channel, reason)
+            return None
+    link = run.link_for(step, message_id, channel, e.variant)
+    context = _context(run, customers, one_id, step, coupon, link)
+    try:
+        outbound = run.templates.render(channel, step.template, context)
+    except TemplateError as exc:
+        if pool and coupon:
+            pool.put_back(coupon)
+        _skip(run, outbox, e, step, message_id, channel, f"template: {exc.message}")
+        return None
+    code = coupon["code"] if coupon else None
+    if pool and coupon:
+        outbox.coupons.append((code, step.coupon, one_id, message_id, run.now_text))
+    outbox.messages.append(
+        (message_id, run.run_id, run.journey.name, e.id, one_id, step.key, channel, "queued",
+         None, address.split(":", 1)[-1], json.dumps(outbound.body, ensure_ascii=False), code,
+         settings.cost.get(channel, 0.0), int(run.journey.transactional), run.now_text,
+         link.code if link else None, link.url if link else None)
+    )  # fmt: skip
+    customers.count_sent(one_id)
+    run.result.sent[channel] = run.result.sent.get(channel, 0) + 1
+    if run.dry_run:
+        run.result.messages.append(
+            {"one_id": one_id, "step": step.key, "channel": channel, **outbound.body}
+        )
+    return None
+
+
+def _context(
+    run: _Run,
+    customers: Customers,
+    one_id: str,
+    step: Send,
+    coupon: dict[str, Any] | None,
+    link: Any,
+) -> dict[str, Any]:
+    openid = customers.address(one_id, "wechat", run.settings.wechat_appid)
+    brand = run.settings.brand
+    return {
+        "customer": customers.profiles.get(one_id) or {"one_id": one_id},
+        "features": customers.features.get(one_id, {}),
+        "tags": customers.tags.get(one_id, {}),
+        "coupon": coupon,
+        "journey": {"name": run.journey.name},
+        "step": {"name": step.key},
+        "wechat": {"openid": openid.split(":", 1)[-1] if openid else None,
+                   "appid": openid.split(":", 1)[0] if openid and ":" in openid else None},
+        "device": customers.address(one_id, "push", None),
+        "brand": brand,
+        "link": link.url if link else brand.get("url", ""),
+    }  # fmt: skip
+
+
+def _skip(
+    run: _Run,
+    outbox: Outbox,
+    e: Enrolment,
+    step: Send,
+    message_id: str,
+    channel: str | None,
+    reason: str,
+) -> None:
+    outbox.messages.append(
+        (message_id, run.run_id, run.journey.name, e.id, e.one_id, step.key, channel, "skipped",
+         reason, None, None, None, None, int(run.journey.transactional), run.now_text, None, None)
+    )  # fmt: skip
+    label = reason.split(" (")[0]
+    run.result.skipped[label] = run.result.skipped.get(label, 0) + 1
