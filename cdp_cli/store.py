@@ -397,7 +397,7 @@ CREATE TABLE coupon_issues (      -- codes drawn from a pool; the coupons table 
 
 @migration(7)
 def extend_journey_tables(db: sqlite_utils.Database) -> None:
-    """Tracked links, the global control group and scheduled broadcasts."""
+    """Tracked links, the global control group, broadcasts and coupon pool lookups."""
     _run_script(
         db.conn,
         """
@@ -408,6 +408,9 @@ CREATE INDEX messages_link_code ON messages (link_code);
 -- 1: the customer is in the global control group of cdp.yaml: followed, never messaged by a
 -- marketing journey
 ALTER TABLE journey_enrolments ADD COLUMN control INTEGER NOT NULL DEFAULT 0;
+-- coupon pools are drawn in code order, and a drawn code is looked up for reminders
+CREATE INDEX coupons_campaign ON coupons (campaign, code);
+CREATE INDEX coupons_code ON coupons (code);
 CREATE TABLE journey_broadcasts (  -- each scheduled occurrence of a broadcast fires once
   journey TEXT NOT NULL,
   occurrence TEXT NOT NULL,        -- the scheduled time, in the project's timezone
