@@ -341,6 +341,7 @@ def test_shipped_journeys_and_templates_validate(run, tmp_path):
         "winback",
         "repurchase",
         "birthday",
+        "member_day",
     }
 
 
