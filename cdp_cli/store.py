@@ -95,9 +95,16 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
     """Run statements one by one: executescript would commit the migration's transaction."""
-    for statement in script.split(";\n"):
-        if statement.strip():
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):  # ends with ';', comments allowed after it
             conn.execute(statement)
+            statement = ""
+    if statement.strip() and not all(
+        s.strip().startswith("--") or not s.strip() for s in statement.splitlines()
+    ):
+        raise ValueError(f"incomplete SQL statement in a migration: {statement[:60]!r}")
 
 
 def kind_table_sql(kind: Kind) -> str:
@@ -420,3 +427,21 @@ CREATE TABLE journey_broadcasts (  -- each scheduled occurrence of a broadcast f
 );
 """,
     )
+
+
+@migration(8)
+def create_tombstones(db: sqlite_utils.Database) -> None:
+    """What `cdp forget` leaves behind: keyed hashes of a forgotten person's identifiers, so that
+    no re-ingested export brings them back, and the store's own key for those hashes."""
+    _run_script(
+        db.conn,
+        """
+CREATE TABLE tombstone_salt (salt TEXT NOT NULL);  -- one row: the HMAC key, random per store
+CREATE TABLE tombstones (
+  hash TEXT PRIMARY KEY,          -- HMAC-SHA256(salt, type 0x1f normalized value), hex
+  type TEXT NOT NULL,             -- phone, email, member_no, ...: which normalizer reads it
+  forgotten_at TEXT NOT NULL
+) WITHOUT ROWID;
+""",
+    )
+    db.conn.execute("INSERT INTO tombstone_salt VALUES (?)", (secrets.token_hex(32),))
