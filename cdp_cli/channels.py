@@ -38,6 +38,7 @@ GSM7_BASIC = frozenset(
 )
 GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
 # (encoding, units in a single-segment message, units per part of a longer one)
+GSM7_ALL = GSM7_BASIC | GSM7_EXTENSION
 GSM7 = ("GSM-7", 160, 153)
 UCS2 = ("UCS-2", 70, 67)
 
@@ -66,8 +67,7 @@ class Outbound:
 
 def sms_encoding(text: str) -> str:
     """'GSM-7' when every character is in the GSM 03.38 tables, else 'UCS-2'."""
-    gsm = all(c in GSM7_BASIC or c in GSM7_EXTENSION for c in text)
-    return GSM7[0] if gsm else UCS2[0]
+    return GSM7[0] if set(text) <= GSM7_ALL else UCS2[0]
 
 
 def _units(char: str, encoding: str) -> int:
@@ -96,7 +96,17 @@ def split_sms(text: str) -> list[str]:
 
 def sms_segments(text: str) -> tuple[int, str]:
     """How many SMS segments `text` is billed as, and its encoding ('GSM-7' or 'UCS-2')."""
-    return len(split_sms(text)), sms_encoding(text)
+    encoding = sms_encoding(text)
+    _, single, per_part = GSM7 if encoding == GSM7[0] else UCS2
+    if encoding == GSM7[0]:
+        simple = GSM7_EXTENSION.isdisjoint(text)
+    else:
+        simple = max(text, default="\0") <= "\uffff"
+    if not simple:  # two-unit characters may not straddle parts: count by splitting
+        return len(split_sms(text)), encoding
+    if not text:
+        return 0, encoding
+    return (1 if len(text) <= single else -(-len(text) // per_part)), encoding
 
 
 def sms_message(text: str, *, max_segments: int = SMS_MAX_SEGMENTS, file: str = "sms") -> Outbound:

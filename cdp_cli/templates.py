@@ -555,6 +555,7 @@ def _environment(loader: _RootLoader) -> _Sandbox:
         optimized=False,  # no constant folding: template code runs only when rendered
         trim_blocks=True,
         lstrip_blocks=True,
+        auto_reload=False,  # a store lives for one command: no stat of every file per render
     )
     env.filters = _filters()
     env.globals = {
@@ -585,12 +586,23 @@ class TemplateStore:
         self.limits = limits or Limits()
         self.sms_max_segments = sms_max_segments
         self._loader = _RootLoader(self.root)
+        self._files: dict[tuple[str, str], dict[str, str]] = {}
+        self._paths: dict[tuple[str, str], dict[str, str]] = {}
         self._env = _environment(self._loader)
 
     # -- finding templates
 
     def files(self, channel: str, name: str) -> dict[str, str]:
-        """part -> path inside the root, for each part of this template; all must exist."""
+        """part -> path inside the root, for each part of this template; all must exist.
+
+        Found once per store: a journey run renders the same template for every customer.
+        """
+        found = self._files.get((channel, name))
+        if found is None:
+            found = self._files[(channel, name)] = self._find(channel, name)
+        return found
+
+    def _find(self, channel: str, name: str) -> dict[str, str]:
         if channel not in PARTS:
             raise TemplateError(
                 self.root, f"unknown channel {channel!r}; channels are {', '.join(PARTS)}"
@@ -664,7 +676,10 @@ class TemplateStore:
         parts = {
             part: self._render_part(relative, context, budget) for part, relative in files.items()
         }
-        paths = {part: str(self.root / relative) for part, relative in files.items()}
+        paths = self._paths.get((channel, name))
+        if paths is None:
+            paths = {part: str(self.root / relative) for part, relative in files.items()}
+            self._paths[(channel, name)] = paths
         message = self._payload(channel, parts, paths, context)
         return replace(message, template=f"{channel}/{name}")
 
