@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from cdp_cli.config import load_config
+from cdp_cli.config import Config, load_config
+from cdp_cli.demo_response import respond_and_rerun
 from cdp_cli.engine import run_journeys
 from cdp_cli.errors import CdpError
 from cdp_cli.ingest import ingest
 from cdp_cli.profiles import Lookup, find_one_id, profile_view
+from cdp_cli.report_html import write_html
+from cdp_cli.reports import funnel_report, journey_reports, lifecycle_report, overview_report
 from cdp_cli.resolve import resolve
 from cdp_cli.scaffold import init_project
 from cdp_cli.segments import audience, count, portrait
@@ -29,10 +32,17 @@ DEMO_AS_OF = date(2026, 11, 15)
 DEMO_SEGMENT, DEMO_PORTRAIT = "winback", "tag('preferred_category')"
 # Half past ten on that day: outside the SMS quiet hours, after the birthday wait (10:00).
 DEMO_NOW = datetime(2026, 11, 15, 10, 30)
+# The simulated two weeks after: the journeys run again the next morning (birthday greetings
+# wait for ten o'clock), when winback's reminders are due, and when the goal windows close.
+DEMO_LATER = (datetime(2026, 11, 16, 10, 30), datetime(2026, 11, 18, 10, 30),
+              datetime(2026, 11, 29, 10, 30))  # fmt: skip
+DEMO_FUNNEL = ["view_item", "add_to_cart", "order"]
+DEMO_REPORT = "report.html"
 
 
 def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | None = None) -> dict:
-    """init, ingest, status, resolve, a merged profile, tags, a segment and the journeys.
+    """init, ingest, status, resolve, a merged profile, tags, a segment, the journeys, a
+    simulated response (labelled as such) with the journeys run again, and the reports.
 
     Each stage's result goes to `on_stage` as it ends.
 
@@ -73,6 +83,27 @@ def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | Non
         now = DEMO_NOW.replace(tzinfo=ZoneInfo(config.timezone))
         stages["journeys"] = run_journeys(db, config, now=now)
         report("journeys", stages["journeys"])
+        later = [t.replace(tzinfo=ZoneInfo(config.timezone)) for t in DEMO_LATER]
+        stages["response"] = respond_and_rerun(db, config, now, later)
+        report("response", stages["response"])
+        stages["retag"] = run_tags(db, directory / "tag_rules", later[-1].date())
+        report("retag", stages["retag"])
+        stages["reports"] = _reports(db, config, directory / DEMO_REPORT, later[-1])
+        report("reports", stages["reports"])
     finally:
         db.close()
     return stages
+
+
+def _reports(db: Any, config: Config, html: Path, now: datetime) -> dict[str, Any]:
+    """The overview, every journey's report, lifecycle and a funnel; all in one HTML page."""
+    reports = {
+        "overview": overview_report(db, config, now),
+        "journeys": journey_reports(db, config),
+        "lifecycle": lifecycle_report(db),
+        "funnel": funnel_report(db, DEMO_FUNNEL, timedelta(days=7)),
+        "html": str(html),
+    }
+    sections = [reports["overview"], *reports["journeys"], reports["lifecycle"], reports["funnel"]]
+    write_html(html, sections, "cdp demo: what the marketing did")
+    return reports
