@@ -251,6 +251,28 @@ def test_journey_uplift_says_too_small_to_tell(run, journeys):
     assert uplift["incremental_revenue"] == pytest.approx((190 / 3 - 15) * 3, abs=0.01)
 
 
+def test_the_control_group_is_its_own_baseline_except_in_transactional_journeys(
+    run, write, journeys
+):
+    conn = sqlite3.connect(journeys / "cdp.db")
+    with conn:
+        conn.execute("UPDATE journey_enrolments SET control = 1 WHERE id = 2")  # M2, messaged
+    conn.close()
+    report = report_json(run, "journey", "alpha")
+    assert [(g["group"], g["reached"], g["converted"]) for g in report["groups"]] == [
+        ("treatment", 2, 2),
+        ("holdout", 2, 1),
+        ("control", 1, 1),
+    ]
+    assert [(u["treatment"], u["baseline"]) for u in report["uplift"]] == [
+        ("treatment", "holdout"),
+        ("treatment", "control"),
+    ]
+    write("journeys/alpha.yaml", JOURNEY.format(name="alpha") + "transactional: true\n")
+    report = report_json(run, "journey", "alpha")
+    assert [g["group"] for g in report["groups"]] == ["treatment", "holdout"]
+
+
 def test_a_goal_event_other_than_an_order_converts_without_revenue(run, write, journeys):
     write(
         "journeys/alpha.yaml",
