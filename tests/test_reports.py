@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sqlite3
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -566,8 +567,10 @@ def _chromium_page(path: Path):
     """Open the file in headless Chromium; yields (page, console errors)."""
     from playwright.sync_api import sync_playwright
 
-    chromium = Path("/usr/bin/chromium")
-    assert chromium.exists(), "headless Chromium is needed: apt-get install chromium"
+    chromium = Path(shutil.which("chromium") or "/usr/bin/chromium")
+    assert chromium.exists(), (
+        "the HTML test needs Chromium: apt-get install chromium (.ci/run does)"
+    )
     errors: list[str] = []
     manager = sync_playwright().start()
     browser = manager.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
