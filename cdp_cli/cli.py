@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,6 +81,58 @@ class Project:
 pass_project = click.make_pass_decorator(Project)
 
 
+Command = Callable[..., Any]
+
+
+def writes_store(unless: tuple[str, ...] = ()) -> Callable[[Command], Command]:
+    """For commands that write to the store: `--wait SECONDS`, and the store's lock held while
+    the command runs, so that one writer runs at a time. Put it just above @pass_project.
+
+    Readers take no lock and run during a write (WAL). A command run with one of the flags in
+    `unless` set only reads (`cdp tag --list`) and takes no lock either.
+    """
+
+    def decorate(fn: Command) -> Command:
+        @click.option(
+            "--wait",
+            type=click.FloatRange(min=0),
+            default=0,
+            metavar="SECONDS",
+            help="When another command is writing to the store, wait up to this long for it "
+            "before giving up (exit 1).  [default: 0]",
+        )
+        @functools.wraps(fn)
+        def command(*args: Any, wait: float, **kwargs: Any) -> Any:
+            if any(kwargs.get(flag) for flag in unless):
+                return fn(*args, **kwargs)
+            with _store_lock(click.get_current_context(), wait):
+                return fn(*args, **kwargs)
+
+        return command
+
+    return decorate
+
+
+def _store_lock(ctx: click.Context, wait: float) -> Any:
+    """The store's write lock; a refusal is also written to the log file, if one is set."""
+    from cdp_cli import lock
+    from cdp_cli.errors import StoreBusy
+    from cdp_cli.oplog import OpsLog, for_log
+
+    project = ctx.find_object(Project)
+    assert project is not None
+    command = ctx.command_path.replace(ctx.find_root().info_name or "cdp", "cdp", 1)
+    try:
+        return lock.acquire(project.store_path(), wait, command)
+    except StoreBusy as exc:
+        config = project.config_if_any()
+        with OpsLog(config.log_path if config else None) as log:
+            log.write(
+                stage="lock", status="busy", command=command, wait=wait, error=for_log(str(exc))
+            )
+        raise
+
+
 @click.group(cls=CdpGroup, epilog=EXIT_CODES)
 @click.option(
     "--config",
@@ -113,6 +166,7 @@ def cli(ctx: click.Context, config_option: str | None, db_option: str | None) ->
       cdp profile --phone 13800138000       one customer's 360° view
       cdp tag                   features and the tags in tag_rules/
       cdp segment --rule "tag('lifecycle') = 'at_risk'" --by city
+      cdp run                   what cron calls: new inbox files, resolve, tag, journeys
     """
     ctx.obj = Project(config_option, db_option)
 
@@ -282,6 +336,7 @@ def _sum_sent(results: list[Any]) -> dict[str, int]:
 @click.option("--strict", is_flag=True, help="Exit 1 if any row was rejected.")
 @out.silent_option
 @out.json_option
+@writes_store()
 @pass_project
 def ingest_command(
     project: Project,
@@ -448,6 +503,7 @@ def _print_status(status: StoreStatus) -> None:
 @click.option("--unmask", is_flag=True, help="With --explain: show phones and emails in full.")
 @out.silent_option
 @out.json_option
+@writes_store(unless=("explain_id",))
 @pass_project
 def resolve_command(
     project: Project,
@@ -700,6 +756,7 @@ as_of_option = click.option(
 @click.option("--list", "list_", is_flag=True, help="List the tags with their customers per value.")
 @out.silent_option
 @out.json_option
+@writes_store(unless=("list_",))
 @pass_project
 def tag_command(
     project: Project, as_of: Any, only: str | None, list_: bool, silent: bool, json_: bool
@@ -900,6 +957,7 @@ def journey_group() -> None:
 )
 @click.option("--dry-run", is_flag=True, help="Show who would get what; change nothing.")
 @out.json_option
+@writes_store()
 @pass_project
 def journey_run_command(
     project: Project, name: str | None, now: Any, dry_run: bool, json_: bool
@@ -1389,3 +1447,123 @@ def _print_overview(r: dict[str, Any]) -> None:
          for s in r["sources"]],
         numeric=0,
     )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# run: the scheduled pipeline
+
+
+@cli.command(name="run")
+@as_of_option
+@click.option(
+    "--now",
+    type=click.DateTime(formats=["%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+    help="The journeys' clock, in the project's timezone (tests, backfills).  [default: now]",
+)
+@click.option("--dry-run", is_flag=True, help="Only list what the inboxes hold; change nothing.")
+@out.silent_option
+@out.json_option
+@writes_store()
+@pass_project
+def run_command(
+    project: Project, as_of: Any, now: Any, dry_run: bool, silent: bool, json_: bool
+) -> None:
+    """Run the pipeline cron calls: new inbox files, resolve, tag, journeys; one summary.
+
+    Ingests every new file in each source's inbox: folder (a file whose content was ingested
+    before is a duplicate), moving it to the inbox's done/ folder, or to failed/ if it cannot
+    be read; a file changed in the last minute waits for the next run. Then resolves, tags as
+    of today in the project's timezone, and runs every journey. A failed stage does not stop
+    the others, but tag is skipped when resolve failed; the exit code is 1 if any stage
+    failed. Each stage is a line in the log file set by `log:` in cdp.yaml. See
+    docs/operations.md for a crontab.
+
+    \b
+    Examples:
+      cdp run
+      cdp run --dry-run                          which inbox files the next run would take
+      cdp run --now "2026-11-15 10:30" --json
+    """
+    from zoneinfo import ZoneInfo
+
+    from cdp_cli.oplog import OpsLog, for_log
+    from cdp_cli.pipeline import run_pipeline
+
+    config = project.config()
+    clock = now.replace(tzinfo=ZoneInfo(config.timezone)) if now else None
+    day = as_of.date() if as_of else None
+    with OpsLog(None if dry_run else config.log_path) as log:
+        try:
+            db = open_store(config.store)
+        except CdpError as exc:
+            log.write(stage="run", status="failed", error=for_log(str(exc)))
+            raise
+        try:
+            report = run_pipeline(db, config, as_of=day, now=clock, dry_run=dry_run, log=log)
+        finally:
+            db.close()
+    if json_:
+        out.print_json(report.as_dict())
+    else:
+        _print_run(report, config.root)
+    for stage in report.stages:
+        if stage.exception is not None and os.environ.get("CDP_DEBUG"):
+            raise stage.exception
+    if report.failed:
+        shown = "; ".join(f"{s.stage}: {s.error}" for s in report.stages if s.status == "failed")
+        raise CliError(shown, 1)
+    if dry_run:
+        out.note("Dry run: nothing was ingested, moved or run.", silent)
+
+
+def _print_run(report: Any, root: Path) -> None:
+    if report.files:
+        rows = [
+            (f.source, os.path.relpath(f.file, root), f.status, f.message,
+             *([out.fmt_int(n) for n in (f.rows_read, f.inserted, f.updated, f.rejected)]
+               if f.status == "ingested" else ["", "", "", ""]))
+            for f in report.files
+        ]  # fmt: skip
+        columns = ["source", "file", "status", "note", "read", "new", "updated", "rejected"]
+        out.print_table("Inbox files", columns, rows, numeric=4)
+    title = f"cdp run, now {report.now}, tags as of {report.as_of}"
+    out.print_table(
+        title + (" (dry run: nothing was changed)" if report.dry_run else ""),
+        ["stage", "status", "what it did", "seconds"],
+        [(s.stage, s.status, _stage_summary(s), f"{s.seconds:.2f}") for s in report.stages],
+        numeric=1,
+    )
+
+
+def _stage_summary(stage: Any) -> str:
+    """One line of what a stage of `cdp run` did, from its counts."""
+    c = stage.counts
+    if stage.status == "skipped":
+        return stage.note or ""
+    if stage.status == "failed" and not c:
+        return stage.error or ""
+    if stage.stage == "ingest":
+        parts = [f"{c['files']} files"]
+        parts += [f"{c[k]} {label}" for k, label in (
+            ("new", "new"), ("ingested", "ingested"), ("duplicates", "seen before"),
+            ("failed", "failed"), ("waiting", "waiting")) if c.get(k)]  # fmt: skip
+        if "rows_new" not in c:  # a dry run
+            return ", ".join(parts)
+        rows = f"{c['rows_new']:,} rows new, {c['rows_updated']:,} updated"
+        return f"{', '.join(parts)}; {rows}, {c['rejected']:,} rejected"
+    if stage.stage == "resolve":
+        return (
+            f"{c['mode']}: {c['customers']:,} customers, {c['created']:,} new, "
+            f"{c['merged']:,} merged, {c['split']:,} split"
+        )
+    if stage.stage == "tag":
+        changes = f"{c['changed']:,} added or changed, {c['removed']:,} removed"
+        return f"{c['tags']} tags as of {c['as_of']}: {changes}"
+    if stage.stage == "journeys":
+        sent = (c["by_channel"] or "").replace(":", " ").replace(",", ", ")
+        return (
+            f"{c['journeys']} journeys: {c['entered']:,} entered, {c['sent']:,} sent"
+            + (f" ({sent})" if sent else "")
+            + f", {c['files']} files"
+        )
+    return ""

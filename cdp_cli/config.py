@@ -23,8 +23,9 @@ TOP_LEVEL_KEYS = (
 )  # fmt: skip
 SOURCE_KEYS = (
     "kind", "format", "encoding", "delimiter", "files", "key", "fields", "items", "timezone",
-    "timestamp_formats", "description",
+    "timestamp_formats", "description", "inbox",
 )  # fmt: skip
+INBOX_KEYS = ("folder", "pattern", "settle_seconds")
 FIELD_KEYS = ("from", "value", "values", "formats")
 IDENTITY_KEYS = ("blocklist", "priority", "source_priority")
 TYPE_KEYS = ("join", "max_per_profile", "max_profiles_per_value", "fields", "sources")
@@ -99,6 +100,16 @@ class ItemsMapping:
 
 
 @dataclass(frozen=True)
+class Inbox:
+    """A folder `cdp run` takes a source's new exports from (see docs/operations.md)."""
+
+    folder: str
+    pattern: str = "*"
+    # A file modified this recently may still be being copied in: it waits for the next run.
+    settle_seconds: int = 60
+
+
+@dataclass(frozen=True)
 class Source:
     """One export cdp reads, as declared under `sources:` in cdp.yaml."""
 
@@ -114,6 +125,7 @@ class Source:
     timezone: str = "UTC"
     timestamp_formats: tuple[str, ...] = ()
     identity_fields: tuple[str, ...] = tuple(f.name for f in IDENTITY_FIELDS)
+    inbox: Inbox | None = None
 
     def format_for(self, path: Path) -> str:
         """The declared format, else the one the file's extension says."""
@@ -167,6 +179,16 @@ class Config:
             found.extend(m for m in matches if m.is_file() and m not in found)
         return found
 
+    def inbox_folder(self, source: Source) -> Path | None:
+        """The source's inbox folder, relative to cdp.yaml; None when it declares none."""
+        return self.root / source.inbox.folder if source.inbox else None
+
+    @property
+    def log_path(self) -> Path | None:
+        """The log file `cdp run` appends to (`log:`, relative to cdp.yaml), if one is set."""
+        log = self.settings.get("log")
+        return self.root / log if log else None
+
 
 def config_path(explicit: str | None) -> Path:
     """--config, else $CDP_CONFIG, else ./cdp.yaml."""
@@ -216,6 +238,8 @@ def _build_config(path: Path, data: YamlMap, store_override: str | None) -> Conf
         name: replace(source, identity_fields=identity.fields_for(name, set(source.fields)))
         for name, source in sources.items()
     }
+    if data.get("log") is not None and not (isinstance(data["log"], str) and data["log"]):
+        raise ConfigError(path, "log: expected the path of a file", data.line_of("log"))
     settings = {k: v for k, v in data.items() if k not in ("sources", "identity")}
     return Config(path, store, region, timezone, sources, settings, identity)
 
@@ -373,7 +397,39 @@ def _build_source(path: Path, name: str, spec: Any, line: int, default_tz: str) 
         items=_build_items(path, spec, kind, where),
         timezone=timezone,
         timestamp_formats=_strings(path, spec, "timestamp_formats", where),
+        inbox=_build_inbox(path, spec, where),
     )
+
+
+def _build_inbox(path: Path, spec: YamlMap, where: str) -> Inbox | None:
+    """`inbox: folder`, or `inbox: {folder: ..., pattern: "*.csv", settle_seconds: 60}`."""
+    inbox = spec.get("inbox")
+    where = f"{where}.inbox"
+    if inbox is None:
+        return None
+    if not isinstance(inbox, YamlMap):
+        inbox = YamlMap(folder=inbox)
+        inbox.path, inbox.line, inbox.key_lines = str(path), spec.line_of("inbox"), {}
+    check_keys(inbox, INBOX_KEYS, where)
+    folder, pattern = inbox.get("folder"), inbox.get("pattern", "*")
+    settle = inbox.get("settle_seconds", Inbox.settle_seconds)
+    if not isinstance(folder, str) or not folder.strip():
+        raise ConfigError(
+            path, f"{where}: expected a folder, or a mapping with folder:", inbox.line_of("folder")
+        )
+    if not isinstance(pattern, str) or not pattern.strip() or "/" in pattern:
+        raise ConfigError(
+            path,
+            f"{where}.pattern: expected a file name pattern such as '*.csv', without folders",
+            inbox.line_of("pattern"),
+        )
+    if not isinstance(settle, int) or isinstance(settle, bool) or settle < 0:
+        raise ConfigError(
+            path,
+            f"{where}.settle_seconds: expected a whole number of 0 or more",
+            inbox.line_of("settle_seconds"),
+        )
+    return Inbox(folder.strip(), pattern, settle)
 
 
 def _build_field(

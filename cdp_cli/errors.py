@@ -46,6 +46,10 @@ class StoreError(CdpError):
     """The store cannot be opened or is not a cdp store."""
 
 
+class StoreBusy(StoreError):
+    """Another cdp command is writing to the store and did not finish in time."""
+
+
 class NotFound(CdpError):
     """A named thing (source, profile, tag, journey) does not exist."""
 
