@@ -20,6 +20,7 @@ from typing import Any
 import sqlite_utils
 from cronsim import CronSim
 
+from cdp_cli import links
 from cdp_cli.config import Config
 from cdp_cli.errors import CdpError, NotFound, RuleError
 from cdp_cli.journeys import (
@@ -90,6 +91,10 @@ class JourneyRules:
         base = self.context.schema()
         fields = dict(base.fields)
         fields["converted"] = "(je.converted_at IS NOT NULL)"
+        fields["received"] = (  # a message of this enrolment went out (was not skipped)
+            "EXISTS (SELECT 1 FROM messages m WHERE m.one_id = je.one_id "
+            "AND m.enrolment_id = je.id AND m.status != 'skipped')"
+        )
         for name, events in (("opened", OPEN_EVENTS), ("clicked", CLICK_EVENTS)):
             listed = ", ".join(f"'{e}'" for e in events)  # constants of ours, not user text
             fields[name] = (
@@ -157,10 +162,10 @@ class _Run:
     pools_empty: set[str] = field(default_factory=set)
     pools: dict[str, CouponPool] = field(default_factory=dict)
     branches: dict[str, CompiledRule] = field(default_factory=dict)
+    now_text: str = field(init=False)
 
-    @property
-    def now_text(self) -> str:
-        return self.now.isoformat(timespec="seconds")
+    def __post_init__(self) -> None:
+        self.now_text = self.now.isoformat(timespec="seconds")  # stamped on every message
 
     @property
     def coupon_steps(self) -> bool:
@@ -176,8 +181,18 @@ class _Run:
             self.branches[step.key] = self.rules.branch(step.when)
         return self.branches[step.key]
 
-    def link_for(self, step: Send, message_id: str, channel: str, variant: str | None) -> Any:
-        return None
+    def link_for(self, step: Send, code: str | None, channel: str, variant: str | None) -> Any:
+        """The message's tracked link (and its QR image) when the step has one."""
+        if step.link is None or code is None:
+            return None
+        utm = links.link_utm(self.journey.name, channel, variant or step.key, dict(step.link.utm))
+        link = links.Link(code, links.tracked_url(step.link.url, code, utm))
+        if step.link.qr and not self.dry_run:
+            relative = Path("qr") / self.journey.name / f"{code}.png"
+            (self.config.root / "outbound" / relative.parent).mkdir(parents=True, exist_ok=True)
+            links.write_qr(link.url, self.config.root / "outbound" / relative)
+            link = links.Link(code, link.url, relative)
+        return link
 
 
 def run_journeys(
@@ -257,13 +272,20 @@ def _convert(run: _Run) -> None:
             "JOIN identity_keys k ON k.key = e.identity_key WHERE e.event = ?"
         )
         params = [journey.goal_event]
+    # The window opens with the enrolment's first message, sent or skipped (a holdout's skipped
+    # message marks when it would have gone): `cdp report` counts conversions the same way.
     rows = run.db.conn.execute(
-        f"""SELECT min(h.at), ?, je.id FROM journey_enrolments je JOIN ({happened}) h
-ON h.one_id = je.one_id AND julianday(h.at) >= julianday(je.entered_at)
-AND julianday(h.at) <= julianday(je.entered_at) + ? AND julianday(h.at) <= julianday(?)
-WHERE je.journey = ? AND je.converted_at IS NULL AND je.status IN ('active', 'completed')
-GROUP BY je.id""",
-        [run.now_text, *params, days, run.now_text, journey.name],
+        f"""WITH first AS (
+  SELECT je.id, je.one_id, min(m.created_at) AS at FROM journey_enrolments je
+  JOIN messages m ON m.one_id = je.one_id AND m.enrolment_id = je.id
+  WHERE je.journey = ? AND je.converted_at IS NULL AND je.status IN ('active', 'completed')
+  GROUP BY je.id
+)
+SELECT min(h.at), ?, first.id FROM first JOIN ({happened}) h
+ON h.one_id = first.one_id AND julianday(h.at) >= julianday(first.at)
+AND julianday(h.at) <= julianday(first.at) + ? AND julianday(h.at) <= julianday(?)
+GROUP BY first.id""",
+        [journey.name, run.now_text, *params, days, run.now_text],
     ).fetchall()
     run.db.conn.executemany(
         "UPDATE journey_enrolments SET converted_at = ?, "

@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Union
+from urllib.parse import urlsplit
 
 from cronsim import CronSim, CronSimError
 
 from cdp_cli.errors import FileError, RuleError
+from cdp_cli.links import UTM_KEYS
 from cdp_cli.rules import parse_duration
 from cdp_cli.yamlfile import YamlList, YamlMap, check_keys, did_you_mean, load_yaml
 
@@ -35,7 +37,16 @@ STEP_KINDS = ("send", "wait", "branch", "split", "end")
 JOURNEY_KEYS = ("name", "description", "entry", "exit", "goal", "holdout", "transactional", "steps")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 # Conditions a branch may test about the enrolment itself, besides any customer rule.
-JOURNEY_CONDITIONS = ("converted", "opened", "clicked")
+JOURNEY_CONDITIONS = ("converted", "received", "opened", "clicked")
+
+
+@dataclass(frozen=True)
+class TrackedLink:
+    """A link of the message's own: the URL, UTM parameters over ours, and a QR image or not."""
+
+    url: str
+    utm: tuple[tuple[str, str], ...] = ()
+    qr: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,7 @@ class Send:
     template: str
     fallback: tuple[str, ...] = ()
     coupon: str | None = None
+    link: TrackedLink | None = None
 
 
 @dataclass(frozen=True)
@@ -329,7 +341,7 @@ def _step(path: Path, item: Any, key: str, index: dict[str, Step], line: int) ->
 def _send(path: Path, spec: Any, key: str, line: int) -> Send:
     if not isinstance(spec, YamlMap):
         raise FileError(path, f"{key}.send: expected {{channel, template}}", line)
-    check_keys(spec, ("channel", "template", "fallback", "coupon"), f"{key}.send")
+    check_keys(spec, ("channel", "template", "fallback", "coupon", "link"), f"{key}.send")
     channels = [spec.get("channel"), *(spec.get("fallback") or [])]
     for channel in channels:
         if channel not in CHANNELS:
@@ -342,9 +354,33 @@ def _send(path: Path, spec: Any, key: str, line: int) -> Send:
     if not isinstance(template, str) or not template:
         raise FileError(path, f"{key}.send: template is missing", line)
     coupon = spec.get("coupon")
+    link = _tracked_link(path, spec["link"], f"{key}.send.link", line) if "link" in spec else None
     return Send(
-        key, line, channels[0], template, tuple(channels[1:]), str(coupon) if coupon else None
-    )
+        key, line, channels[0], template, tuple(channels[1:]), str(coupon) if coupon else None,
+        link,
+    )  # fmt: skip
+
+
+def _tracked_link(path: Path, spec: Any, where: str, line: int) -> TrackedLink:
+    """`link: URL`, or `link: {url, qr, utm_campaign, ...}`."""
+    if isinstance(spec, str):
+        return TrackedLink(_url(path, spec, where, line))
+    if not isinstance(spec, YamlMap):
+        raise FileError(path, f"{where}: expected a URL or {{url, qr, utm_...}}", line)
+    check_keys(spec, ("url", "qr", *UTM_KEYS), where)
+    url = _url(path, str(spec.get("url") or ""), where, spec.line)
+    qr = spec.get("qr", False)
+    if not isinstance(qr, bool):
+        raise FileError(path, f"{where}.qr: expected true or false", spec.line_of("qr"))
+    utm = tuple((k, str(spec[k])) for k in UTM_KEYS if spec.get(k) not in (None, ""))
+    return TrackedLink(url, utm, qr)
+
+
+def _url(path: Path, url: str, where: str, line: int) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise FileError(path, f"{where}.url: expected an http(s) URL, got {url!r}", line)
+    return url
 
 
 def _wait(path: Path, spec: Any, key: str, line: int) -> Wait:

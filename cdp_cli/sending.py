@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 from phonenumbers import timezone as phone_timezones
 
+from cdp_cli import links
 from cdp_cli.config import Config
 from cdp_cli.errors import ConfigError, TemplateError
 from cdp_cli.journeys import Send
@@ -391,12 +392,52 @@ def send_batch(run: _Run, step: Send, batch: list[Enrolment]) -> dict[int, str]:
     if live:
         customers = Customers.load(run, [e.one_id for e in live])
         earlier = enrolment_coupons(run, live) if not step.coupon and run.coupon_steps else {}
+        codes = link_codes(run, [ids[e.id] for e in live]) if step.link else {}
         for e in live:
-            until = _send_one(run, outbox, customers, e, step, ids[e.id], earlier.get(e.id))
+            message = Message(ids[e.id], earlier.get(e.id), codes.get(ids[e.id]))
+            until = _send_one(run, outbox, customers, e, step, message)
             if until:
                 deferred[e.id] = until
     outbox.flush(run)
     return deferred
+
+
+@dataclass(frozen=True)
+class Message:
+    """What is known of a message before its guards: its id, an earlier coupon, a link code."""
+
+    id: str
+    earlier_coupon: dict[str, Any] | None
+    link_code: str | None
+
+
+def link_codes(run: _Run, message_ids: list[str]) -> dict[str, str]:
+    """Each message's link code: links.short_code, lengthened where another message holds it.
+
+    Eight base32 characters make about one clash per two million messages; one query per
+    batch finds them, before anything is rendered with the code in it.
+    """
+    codes = {m: links.short_code(m) for m in message_ids}
+    taken = {
+        row[0]
+        for row in run.db.conn.execute(
+            f"SELECT link_code FROM messages WHERE link_code {IN_BATCH}",
+            (json.dumps(list(codes.values())),),
+        )
+    }
+    given: set[str] = set()
+    for message_id, code in codes.items():
+        length = len(code)
+        while code in taken or code in given:
+            length += 1
+            code = links.short_code(message_id, length)
+            if run.db.conn.execute(
+                "SELECT 1 FROM messages WHERE link_code = ?", (code,)
+            ).fetchone():
+                taken.add(code)  # a longer code of an earlier clash: rarer still, but possible
+        codes[message_id] = code
+        given.add(code)
+    return codes
 
 
 def _send_one(
@@ -405,10 +446,9 @@ def _send_one(
     customers: Customers,
     e: Enrolment,
     step: Send,
-    message_id: str,
-    earlier_coupon: dict[str, Any] | None,
+    message: Message,
 ) -> str | None:
-    settings, one_id = run.settings, e.one_id
+    settings, one_id, message_id = run.settings, e.one_id, message.id
     opted_out = customers.opted_out.get(one_id, set())
     tried = []
     for channel in (step.channel, *step.fallback):
@@ -434,7 +474,7 @@ def _send_one(
         if until:
             run.result.deferred += 1
             return until.astimezone(settings.zone).isoformat(timespec="seconds")
-    coupon, pool = earlier_coupon, None
+    coupon, pool = message.earlier_coupon, None
     if step.coupon:
         pool = run.coupon_pool(step.coupon)
         coupon = pool.draw()
@@ -443,8 +483,8 @@ def _send_one(
             reason = f"coupon pool {step.coupon} is empty"
             _skip(run, outbox, e, step, message_id, channel, reason)
             return None
-    link = run.link_for(step, message_id, channel, e.variant)
-    context = _context(run, customers, one_id, step, coupon, link)
+    link = run.link_for(step, message.link_code, channel, e.variant)
+    context = _context(run, customers, one_id, step, channel, coupon, link)
     try:
         outbound = run.templates.render(channel, step.template, context)
     except TemplateError as exc:
@@ -452,6 +492,8 @@ def _send_one(
             pool.put_back(coupon)
         _skip(run, outbox, e, step, message_id, channel, f"template: {exc.message}")
         return None
+    if link is not None and link.qr is not None:
+        outbound.body["qr"] = str(link.qr)  # relative to outbound/
     code = coupon["code"] if coupon else None
     if pool and coupon:
         outbox.coupons.append((code, step.coupon, one_id, message_id, run.now_text))
@@ -475,11 +517,16 @@ def _context(
     customers: Customers,
     one_id: str,
     step: Send,
+    channel: str,
     coupon: dict[str, Any] | None,
-    link: Any,
+    link: links.Link | None,
 ) -> dict[str, Any]:
     openid = customers.address(one_id, "wechat", run.settings.wechat_appid)
     brand = run.settings.brand
+    url = brand.get("url", "")
+    if link is not None:
+        short = brand.get("short_links")  # an SMS is billed by length: a short link, if any
+        url = f"{short}{link.code}" if short and channel == "sms" else link.url
     return {
         "customer": customers.profiles.get(one_id) or {"one_id": one_id},
         "features": customers.features.get(one_id, {}),
@@ -491,7 +538,7 @@ def _context(
                    "appid": openid.split(":", 1)[0] if openid and ":" in openid else None},
         "device": customers.address(one_id, "push", None),
         "brand": brand,
-        "link": link.url if link else brand.get("url", ""),
+        "link": url,
     }  # fmt: skip
 
 

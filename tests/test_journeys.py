@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -526,3 +527,129 @@ steps:
     for result in (whole, one_by_one):
         result.pop("seconds")
     assert whole == one_by_one and whole["sent"]
+
+
+def test_a_send_step_gives_each_message_its_own_tracked_link_and_qr(run, write, project):
+    body = """entry: {when: "city = '武汉'"}
+steps:
+  - send:
+      channel: sms
+      template: hello
+      link: {url: "https://hy.example.com/w?src=x", utm_campaign: spring, qr: true}
+"""
+    write("journeys/l.yaml", journey("l", body))
+    run_journeys(run)
+    rows = query(
+        project / "cdp.db",
+        "SELECT id, link_code, link_url, payload FROM messages WHERE status = 'written'",
+    )
+    assert len(rows) == 2 and len({r[1] for r in rows}) == 2
+    for _, code, url, payload in rows:
+        assert url == (
+            "https://hy.example.com/w?src=x&utm_source=cdp&utm_medium=sms&utm_campaign=spring"
+            f"&utm_content=steps%5B0%5D&c={code}"
+        )
+        assert url in json.loads(payload)["text"]  # the template's {{ link }} is the tracked URL
+        assert (project / "outbound" / "qr" / "l" / f"{code}.png").read_bytes()[:4] == b"\x89PNG"
+    [sms_file] = (project / "outbound" / "sms").glob("l-*.csv")
+    with sms_file.open(encoding="utf-8") as f:
+        links_in_file = [r["link"] for r in csv.DictReader(f)]
+    assert sorted(links_in_file) == sorted(r[2] for r in rows)
+
+
+def test_link_codes_are_lengthened_where_another_message_holds_one(run, write, project):
+    from cdp_cli import links
+    from cdp_cli.sending import link_codes
+
+    taken = links.short_code("j:1:s")
+    db = project / "cdp.db"
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "INSERT INTO messages (id, run_id, journey, enrolment_id, one_id, step, status, "
+        "created_at, link_code) VALUES ('other', 1, 'j', 9, 'x', 's', 'written', 'now', ?)",
+        (taken,),
+    )
+    conn.commit()
+    conn.close()
+
+    class FakeRun:  # link_codes reads only the store
+        def __init__(self, path):
+            from cdp_cli.store import open_store
+
+            self.db = open_store(path)
+
+    codes = link_codes(FakeRun(db), ["j:1:s", "j:2:s"])
+    assert codes["j:1:s"] == links.short_code("j:1:s", 9)
+    assert codes["j:2:s"] == links.short_code("j:2:s")
+
+
+def test_link_mistakes_name_the_line(run, write, project):
+    body = 'entry: {when: "city = \'1\'"}\nsteps:\n  - send: {channel: sms, template: hello, link: {url: "ftp://x"}}\n'
+    write("journeys/l.yaml", journey("l", body))
+    result = run("journey", "validate")
+    assert result.exit_code == 2
+    assert "journeys/l.yaml:4: steps[0].send.link.url: expected an http(s) URL" in result.stderr
+
+
+def test_sms_shows_the_short_link_when_the_brand_has_one(run, write, project):
+    config = (project / "cdp.yaml").read_text(encoding="utf-8")
+    config = config.replace(
+        'url: "https://hy.example.com"}',
+        'url: "https://hy.example.com", short_links: "https://hy.cn/s/"}',
+    )
+    write("cdp.yaml", config)
+    body = 'entry: {when: "city = \'武汉\'"}\nsteps: [{send: {channel: wechat, fallback: [sms], template: hello, link: "https://hy.example.com/a"}}]\n'
+    write("journeys/l.yaml", journey("l", body))
+    run_journeys(run)
+    rows = query(
+        project / "cdp.db",
+        "SELECT channel, link_code, link_url, payload FROM messages WHERE status = 'written'",
+    )
+    by_channel = {r[0]: r for r in rows}
+    _, code, url, payload = by_channel["sms"]
+    assert json.loads(payload)["text"].endswith(f" https://hy.cn/s/{code}") and url.startswith(
+        "https://hy.example.com/a?"
+    )
+    _, code, url, payload = by_channel["wechat"]
+    assert json.loads(payload)["url"] == url  # other channels carry the full tracked URL
+
+
+def test_received_tells_who_got_the_first_message(run, write, project):
+    body = """entry: {when: "city = '武汉' or city = '成都'"}
+steps:
+  - send: {channel: sms, template: hello}
+  - wait: 1d
+  - branch:
+      when: "received"
+      then: [{send: {channel: sms, template: hello}}]
+"""
+    write("journeys/r.yaml", journey("r", body))
+    run_journeys(run)
+    run("journey", "run", "--now", "2026-11-16 10:31", "--json")
+    db = project / "cdp.db"
+    second = {
+        r[0] for r in query(db, "SELECT one_id FROM messages WHERE step = 'steps[2].then[0]'")
+    }
+    # M4 opted out of SMS and M5 has a landline: their first message was skipped.
+    assert second == {member_one_id(project, m) for m in ("M1", "M6")}
+
+
+def test_the_goal_window_opens_with_the_first_message(run, write, project):
+    body = """entry: {when: "city = '北京'"}
+goal: {event: order, within: 14d}
+steps:
+  - wait: {until: "12:00"}
+  - send: {channel: sms, template: hello}
+"""
+    write("journeys/g.yaml", journey("g", body))
+    run_journeys(run)  # 10:30: M2 enters and waits for noon
+    write("orders2.csv", "order_id,member,amount,at\nO9,M2,50,2026-11-15 11:00:00\n")
+    assert run("ingest", "orders2.csv", "-s", "orders").exit_code == 0
+    assert run("resolve").exit_code == 0
+    [noon] = json.loads(run("journey", "run", "--now", "2026-11-15 12:00", "--json").stdout)
+    assert noon["converted"] == 0 and noon["sent"] == {"sms": 1}  # ordered before the message
+    write("orders3.csv", "order_id,member,amount,at\nO10,M2,50,2026-11-15 13:00:00\n")
+    assert run("ingest", "orders3.csv", "-s", "orders").exit_code == 0
+    assert run("resolve").exit_code == 0
+    [later] = json.loads(run("journey", "run", "--now", "2026-11-15 14:00", "--json").stdout)
+    assert later["converted"] == 1
