@@ -1543,7 +1543,7 @@ def _stage_summary(stage: Any) -> str:
     if stage.status == "failed" and not c:
         return stage.error or ""
     if stage.stage == "ingest":
-        parts = [f"{c['files']} files"]
+        parts = [f"{c['files']} file{'' if c['files'] == 1 else 's'}"]
         parts += [f"{c[k]} {label}" for k, label in (
             ("new", "new"), ("ingested", "ingested"), ("duplicates", "seen before"),
             ("failed", "failed"), ("waiting", "waiting")) if c.get(k)]  # fmt: skip

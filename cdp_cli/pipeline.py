@@ -240,8 +240,8 @@ def _ingest_inboxes(
         _log_file(log, entry)
     _count_files(report.files, stage, report.dry_run)
     if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise CdpError(f"{problems[0]}{more}")
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise CdpError("; ".join(problems[:3]) + more)
 
 
 def _take(
