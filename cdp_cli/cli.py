@@ -842,6 +842,18 @@ def _print_tag_list(listed: list[dict[str, Any]]) -> None:
     show_default=True,
     help="Export fields: identifiers, golden attributes, features, tags.",
 )
+@click.option(
+    "--hashed",
+    is_flag=True,
+    help="With --export: SHA-256 of each customer's emails and phones, for an ad platform's "
+    "customer matching (see docs/privacy.md).",
+)
+@click.option(
+    "--layout",
+    type=click.Choice(["google", "meta"]),
+    help="With --hashed: Google Ads Customer Match (Email, Phone) or a Meta customer list "
+    "(email, phone).  [default: google]",
+)
 @click.option("--sample", "sample_size", default=10, show_default=True, help="Customers to show.")
 @click.option("--unmask", is_flag=True, help="Show phones and emails in full.")
 @out.json_option
@@ -853,6 +865,8 @@ def segment_command(
     by: str | None,
     export_path: Path | None,
     fields: str,
+    hashed: bool,
+    layout: str | None,
     sample_size: int,
     unmask: bool,
     json_: bool,
@@ -867,6 +881,7 @@ def segment_command(
       cdp segment --rule "total_spent_365d >= 1000 and city in ('武汉', '北京')"
       cdp segment winback --by "tag('preferred_category')"
       cdp segment vip --export vip.csv --fields one_id,phone,member_no,total_spent
+      cdp segment winback --export winback-ads.csv --hashed --layout meta
     """
     from cdp_cli import segments as seg
     from cdp_cli.features import today
@@ -875,6 +890,7 @@ def segment_command(
 
     if (name is None) == (rule is None):
         raise click.UsageError("give a segment NAME or --rule EXPR, not both")
+    _check_hashed_options(export_path, hashed, layout)
     config = project.config()
     book = load_rulebook(config.root / "tag_rules")
     db = open_store(config.store, create=False)
@@ -888,7 +904,13 @@ def segment_command(
             "customers": size,
             "base": base,
         }
-        if export_path:
+        if export_path and hashed:
+            from cdp_cli.customer_match import export_hashed
+
+            report["layout"] = layout or "google"
+            report["exported"] = export_hashed(db, book, day, chosen, export_path, report["layout"])
+            report["file"] = str(export_path)
+        elif export_path:
             report["exported"] = seg.export(db, book, day, chosen, export_path, fields.split(","))
             report["file"] = str(export_path)
         if by:
@@ -905,6 +927,16 @@ def segment_command(
         out.print_json(report)
     else:
         _print_segment(report)
+
+
+def _check_hashed_options(export_path: Path | None, hashed: bool, layout: str | None) -> None:
+    ctx = click.get_current_context()
+    if hashed and not export_path:
+        raise click.UsageError("--hashed goes with --export FILE")
+    if layout and not hashed:
+        raise click.UsageError("--layout goes with --hashed")
+    if hashed and ctx.get_parameter_source("fields") != click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--hashed writes the layout's columns: leave out --fields")
 
 
 def _features_as_of(db: Any) -> Any:
@@ -930,6 +962,207 @@ def _print_segment(report: dict[str, Any]) -> None:
     if report["sample"]:
         names = list(report["sample"][0])
         out.print_table("Sample", names, [list(r.values()) for r in report["sample"]], numeric=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# privacy: consents and forgetting
+
+
+@cli.command(name="consent")
+@click.argument("one_id", required=False)
+@click.option("--phone", help="Find the customer by a phone number, in any written form.")
+@click.option("--email", help="Find the customer by an email address.")
+@click.option(
+    "--channel",
+    type=click.Choice(["sms", "email", "wechat", "push", "all"]),
+    help="The channel the consent is for; `all` covers every channel.",
+)
+@click.option("--opt-out", "status", flag_value="opt_out", help="Record an opt-out.")
+@click.option("--opt-in", "status", flag_value="opt_in", help="Record an opt-in.")
+@click.option("--reason", metavar="TEXT", help="Why, or where it was given (kept with it).")
+@click.option("--unmask", is_flag=True, help="Show phones and emails in full.")
+@out.json_option
+@writes_store()
+@pass_project
+def consent_command(
+    project: Project,
+    one_id: str | None,
+    phone: str | None,
+    email: str | None,
+    channel: str | None,
+    status: str | None,
+    reason: str | None,
+    unmask: bool,
+    json_: bool,
+) -> None:
+    """Record an opt-in or opt-out by hand, or show a customer's consents.
+
+    The consent is stored as a row of the consents source `manual`, at the present time, and
+    journeys obey it from their next run: no `cdp resolve` needed. Without --opt-out or
+    --opt-in, shows the customer's consents and the latest per channel.
+
+    \b
+    Examples:
+      cdp consent --phone 13800138000 --channel sms --opt-out --reason "replied TD"
+      cdp consent C000000042 --channel all --opt-in --reason "signed the form in store"
+      cdp consent --email li.na@example.com
+    """
+    from cdp_cli.consent import consents_of, record_consent
+    from cdp_cli.privacy import mask
+    from cdp_cli.profiles import Lookup
+
+    if len([v for v in (one_id, phone, email) if v]) != 1:
+        raise click.UsageError("give exactly one of ONE_ID, --phone or --email")
+    if status and not channel:
+        raise click.UsageError("--opt-out and --opt-in need --channel")
+    if (channel or reason) and not status:
+        raise click.UsageError("--channel and --reason go with --opt-out or --opt-in")
+    config = project.config()
+    lookup = Lookup(one_id, phone, email)
+    db = open_store(config.store, create=False)
+    try:
+        recorded = None
+        if status:
+            assert channel is not None
+            recorded = record_consent(db, config, lookup, channel, status, reason).as_dict()
+            if not unmask:
+                recorded["identifier"] = mask(recorded["identifier_type"], recorded["identifier"])
+        report = consents_of(db, config, lookup)
+    finally:
+        db.close()
+    if json_:
+        out.print_json({**report, "recorded": recorded})
+        return
+    if recorded:
+        verb = "opted out of" if recorded["status"] == "opt_out" else "opted in to"
+        out.note(
+            f"Recorded: {recorded['one_id']} {verb} {recorded['channel']} at "
+            f"{recorded['consented_at']}, linked by {recorded['identifier_type']} "
+            f"{recorded['identifier']}"
+        )
+    _print_consents(report)
+
+
+def _print_consents(report: dict[str, Any]) -> None:
+    def rows(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [
+            (c["channel"], c["status"], c["consented_at"], c["source"], c["reason"]) for c in items
+        ]
+
+    columns = ["channel", "status", "at", "source", "reason"]
+    if not report["history"]:
+        click.echo(f"{report['one_id']}: no consent recorded")
+        return
+    title = f"Consents of {report['one_id']}: latest per channel"
+    out.print_table(title, columns, rows(report["latest"]))
+    out.print_table("All, oldest first", columns, rows(report["history"]))
+    skipped = ", ".join(report["journeys_skip"]) or "none"
+    click.echo(f"Channels journeys skip for {report['one_id']}: {skipped}")
+
+
+@cli.command(name="forget")
+@click.argument("one_id", required=False)
+@click.option("--phone", help="Find the customer by a phone number, in any written form.")
+@click.option("--email", help="Find the customer by an email address.")
+@click.option("--yes", is_flag=True, help="Do not ask; required when not run from a terminal.")
+@out.json_option
+@writes_store()
+@pass_project
+def forget_command(
+    project: Project,
+    one_id: str | None,
+    phone: str | None,
+    email: str | None,
+    yes: bool,
+    json_: bool,
+) -> None:
+    """Erase a person everywhere, and keep them from coming back.
+
+    Deletes their records, events, consents, identifiers, profile, tags and their history,
+    features, journey state and unsent messages, and rejected lines that name them; rewrites
+    outbound files not picked up yet without them. Orders keep amount, time, store, channel and
+    products, without any personal field or link. Tombstones (keyed hashes of their
+    identifiers) make ingest refuse their rows from now on. Then the store is VACUUMed, so the
+    erased bytes leave the file on disk. See docs/privacy.md.
+
+    \b
+    Examples:
+      cdp forget --phone 13800138000
+      cdp forget C000000042 --yes --json
+    """
+    import sys
+
+    from cdp_cli.forget import find_target, forget
+    from cdp_cli.profiles import Lookup
+
+    if len([v for v in (one_id, phone, email) if v]) != 1:
+        raise click.UsageError("give exactly one of ONE_ID, --phone or --email")
+    if not yes and not sys.stdin.isatty():
+        raise click.UsageError("not a terminal, so nothing can be confirmed: add --yes to forget")
+    config = project.config()
+    db = open_store(config.store, create=False)
+    try:
+        target = find_target(db, config, Lookup(one_id, phone, email))
+        if target.one_id and not yes:
+            click.confirm(
+                f"Forget {_describe_target(target)} for good? This cannot be undone",
+                abort=True,
+                err=True,
+            )
+        result = forget(db, config, target).as_dict()
+    finally:
+        db.close()
+    _mask_forgotten(result)
+    if json_:
+        out.print_json(result)
+    else:
+        _print_forgotten(result)
+
+
+def _describe_target(target: Any) -> str:
+    from cdp_cli.privacy import mask
+
+    shown = ", ".join(f"{t} {mask(t, v)}" for t, v in target.identifiers)
+    name = f"{target.name}, " if target.name else ""
+    return f"{target.one_id} ({name}{target.records} records; {shown})"
+
+
+def _mask_forgotten(result: dict[str, Any]) -> None:
+    from cdp_cli.privacy import mask
+
+    for item in result["identifiers"]:
+        item["value"] = mask(item["type"], item["value"])
+
+
+def _print_forgotten(result: dict[str, Any]) -> None:
+    if result["already_forgotten"]:
+        click.echo("Forgotten already: nobody in the store has that identifier or one_id.")
+    else:
+        records = result["records"]
+        rows = [
+            ("identifiers erased, each now a tombstone",
+             ", ".join(f"{i['type']} {i['value']}" for i in result["identifiers"])),
+            ("customer records, events, consents deleted",
+             f"{records['customers']}, {records['events']}, {records['consents']}"),
+            ("orders and coupons kept without a person",
+             f"{records['orders']}, {records['coupons']}"),
+            ("other customers whose records named them", ", ".join(result["other_customers"])),
+            ("journey enrolments deleted", result["journey_enrolments"]),
+            ("messages deleted (unsent) / kept without a person (written)",
+             f"{result['messages_deleted']} / {result['messages_kept_without_person']}"),
+            ("rejected lines deleted", result["rejects"]),
+            ("outbound files rewritten without them", len(result["outbound_files"])),
+        ]  # fmt: skip
+        out.print_table(f"Forgotten: {result['one_id']}", ["", "value"], rows)
+        for path in result["outbound_files"]:
+            out.note(f"rewrote {path}")
+    if result["wal_truncated"]:
+        out.note("Store VACUUMed and its WAL truncated: the erased bytes are gone from disk.")
+    else:
+        out.note(
+            "Store VACUUMed, but another process is reading it, so its WAL could not be "
+            "truncated: run `cdp forget` again when it is done to finish."
+        )
 
 
 # ---------------------------------------------------------------------------------------------

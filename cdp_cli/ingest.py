@@ -38,6 +38,7 @@ from cdp_cli.errors import IngestError, UsageError
 from cdp_cli.identity import identity_key
 from cdp_cli.parsing import TimestampParser, parse_date, parse_integer, parse_number, to_json
 from cdp_cli.store import now_iso, transaction
+from cdp_cli.tombstones import FORGOTTEN_RAW, Screen
 
 CHUNK_ROWS = 5000
 # One encoder for every row: json.dumps with options builds a new one per call (~3 µs).
@@ -339,6 +340,10 @@ class RowMapper:
         values.append(identity_key([(n, values[i]) for n, i in self._identity]))
         return key, values, attrs_json
 
+    def identity_fields(self, values: list[Any]) -> dict[str, Any]:
+        """The identity fields among a mapped row's values, by canonical name."""
+        return {name: values[i] for name, i in self._identity}
+
     def _key_of(self, row: Any, values: list[Any]) -> str | None:
         if not self._key:
             return None
@@ -462,8 +467,12 @@ def ingest_file(
     *,
     force: bool = False,
     on_progress: ProgressCallback | None = None,
+    screen: Screen | None = None,
 ) -> IngestResult:
-    """Ingest one file as one batch of `source`; a file seen before is skipped unless forced."""
+    """Ingest one file as one batch of `source`; a file seen before is skipped unless forced.
+
+    With a `screen`, rows that carry an identifier of a forgotten person are refused.
+    """
     started = time.monotonic()
     path = path.absolute()
     if not path.is_file():
@@ -494,7 +503,7 @@ def ingest_file(
     result = IngestResult(source.name, str(path), "done", batch_id=batch_id, encoding=encoding)
     try:
         with transaction(db) as conn:
-            _load(conn, source, path, fmt, encoding, result, on_progress)
+            _load(conn, source, path, fmt, encoding, result, on_progress, screen)
             conn.execute(
                 "UPDATE batches SET status='done', finished_at=?, rows_read=?, rows_inserted=?, "
                 "rows_updated=?, rows_unchanged=?, rows_rejected=?, rows_skipped=? WHERE id=?",
@@ -525,8 +534,11 @@ def _load(
     encoding: str,
     result: IngestResult,
     on_progress: ProgressCallback | None,
+    screen: Screen | None = None,
 ) -> None:
     table = source.kind.table
+    # Loaded inside the file's transaction: a `cdp forget` committed before it is always seen.
+    tombstones = screen.load(conn) if screen else None
     before = conn.execute(f"SELECT count(*) FROM {table} WHERE source=?", (source.name,)).fetchone()
     with readers.open_rows(path, fmt, encoding, source.delimiter) as (header, rows, progress):
         mapper = RowMapper(source, header)
@@ -545,13 +557,22 @@ def _load(
                 if error is not None:
                     raise RowRejected(_problem_of(error), error)
                 key, values, attrs = mapper.map(row)
+                if tombstones is not None:
+                    hit = tombstones.row_hit(values[-1], mapper.identity_fields(values))
+                    if hit:
+                        raise RowRejected("forgotten", f"carries a forgotten {hit}", hit)
                 if key is None:
                     key = _content_key(values, attrs)
                 pending.append((name, key, *values, attrs, batch_id, line))
             except RowRejected as rejected:
+                raw_text = _raw_text(raw or row, header)
+                if tombstones is not None and (
+                    rejected.problem == "forgotten" or tombstones.mentioned_in(raw_text or "")
+                ):
+                    raw_text = FORGOTTEN_RAW  # never the forgotten person's bytes
                 rejects.append(
                     (batch_id, name, line, rejected.problem, rejected.field, rejected.reason,
-                     _raw_text(raw or row, header))
+                     raw_text)
                 )  # fmt: skip
                 reasons = result.reject_reasons
                 reasons[rejected.problem] = reasons.get(rejected.problem, 0) + 1
@@ -623,10 +644,13 @@ def ingest(
     if paths and source_name is None:
         raise UsageError("name the source these files come from with --source")
     sources = [config.source(source_name)] if source_name else list(config.sources.values())
+    screen = Screen(config.identity, config.region)
     results = []
     for source in sources:
         files = paths if paths else config.files_of(source)
         for path in files:
             on_progress = on_file(source, path) if on_file else None
-            results.append(ingest_file(db, source, path, force=force, on_progress=on_progress))
+            results.append(
+                ingest_file(db, source, path, force=force, on_progress=on_progress, screen=screen)
+            )
     return results

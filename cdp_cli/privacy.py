@@ -42,3 +42,19 @@ def mask(type_name: str, value: Any) -> Any:
     if type_name == "id_number":
         return mask_id_number(value)
     return value
+
+
+def masked_lookup(
+    one_id: str | None = None,
+    phone: str | None = None,
+    email: str | None = None,
+    device: str | None = None,
+) -> str:
+    """How a customer was asked for, for a message: `phone 138****8000`, `one_id C000000042`."""
+    if phone:
+        return f"phone {mask_phone(phone)}"
+    if email:
+        return f"email {mask_email(email.strip())}"
+    if device:
+        return f"device id {device.strip()}"
+    return f"one_id {one_id}"

@@ -34,10 +34,12 @@ import sqlite_utils
 
 from cdp_cli.canonical import IDENTITY_FIELDS, KINDS
 from cdp_cli.config import Config, IdentifierType
+from cdp_cli.csvsafe import safe_row
 from cdp_cli.errors import UsageError
 from cdp_cli.identity import Normalizer, Rejected
 from cdp_cli.profiles import build_profiles, follow_merges
 from cdp_cli.store import now_iso, rows_as_dicts, transaction
+from cdp_cli.tombstones import Tombstones, erase_records
 
 KIND_TABLES = [kind.table for kind in KINDS.values()]
 RESOLVED_TABLES = (
@@ -363,11 +365,31 @@ def resolve(db: sqlite_utils.Database, config: Config, full: bool = False) -> Re
 
 
 def _normalize_keys(
-    normalizer: Normalizer, keys: Iterable[tuple[int, dict[str, str | None]]]
+    normalizer: Normalizer,
+    keys: Iterable[tuple[int, dict[str, str | None]]],
+    tombstones: Tombstones | None = None,
+    forgotten: list[int] | None = None,
 ) -> Iterator[tuple[int, list[tuple[str, str, str | None]], list[Rejected]]]:
+    """Each key's identifiers; a key carrying a forgotten one goes to `forgotten` instead."""
     for key, fields in keys:
         found, rejected = normalizer.identifiers(fields)
+        if tombstones is not None and tombstones.forgotten(found):
+            forgotten.append(key)  # type: ignore[union-attr]
+            continue
         yield key, found, rejected
+
+
+def _erase_forgotten(
+    db: sqlite_utils.Database, tombstones: Tombstones | None, keys: list[int], result: ResolveResult
+) -> None:
+    """Rows that reached the store past ingest's screen carrying a forgotten identifier (a
+    caller of ingest_file without one): erased as `cdp forget` would, noted in rejects."""
+    if tombstones is None or not keys:
+        return
+    erased = sum(erase_records(db.conn, keys, tombstones, reject=True).values())
+    result.notes.append(
+        f"{erased} records carried an identifier of a forgotten person: erased (rejects: forgotten)"
+    )
 
 
 def _full(db: sqlite_utils.Database, config: Config, run_id: int, result: ResolveResult) -> None:
@@ -378,10 +400,14 @@ def _full(db: sqlite_utils.Database, config: Config, run_id: int, result: Resolv
     graph = Graph(config.identity.types)
     details: dict[tuple[str, str], str | None] = {}
     unusable: list[tuple[int, str, str, str]] = []
-    for key, found, rejected in _normalize_keys(normalizer, _new_keys(db, config, None)):
+    tombstones = Tombstones.load(db.conn, config.identity, config.region)
+    forgotten: list[int] = []
+    keys = _normalize_keys(normalizer, _new_keys(db, config, None), tombstones, forgotten)
+    for key, found, rejected in keys:
         graph.add_key(key, [(t, v) for t, v, _ in found])
         details.update({(t, v): d for t, v, d in found})
         unusable += [(key, r.type, r.raw, r.reason) for r in rejected]
+    _erase_forgotten(db, tombstones, forgotten, result)
     result.keys_new = len(set(graph.key_node) - set(previous))
     for table in RESOLVED_TABLES:
         db.conn.execute(f"DELETE FROM {table}")
@@ -469,7 +495,11 @@ def _incremental(
     db: sqlite_utils.Database, config: Config, after_batch: int, run_id: int, result: ResolveResult
 ) -> None:
     normalizer = Normalizer(config.identity, config.region)
-    new = list(_normalize_keys(normalizer, _new_keys(db, config, after_batch)))
+    tombstones = Tombstones.load(db.conn, config.identity, config.region)
+    forgotten: list[int] = []
+    keys = _new_keys(db, config, after_batch)
+    new = list(_normalize_keys(normalizer, keys, tombstones, forgotten))
+    _erase_forgotten(db, tombstones, forgotten, result)
     vanished, successors = _replaced_keys(db)
     if not new and not vanished:
         result.mode = "unchanged"
@@ -627,7 +657,8 @@ _RECORDS_BY_KEY = " UNION ALL ".join(
 def export_mapping(db: sqlite_utils.Database, path: Path) -> int:
     """Write the ID-mapping table (kind, source, key, one_id), CSV or JSONL by extension.
 
-    Written to a temporary file and renamed, so a reader never sees half of it.
+    Written to a temporary file and renamed, so a reader never sees half of it. CSV cells a
+    spreadsheet would run as a formula are neutralised (csvsafe).
     """
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl"):
@@ -640,7 +671,7 @@ def export_mapping(db: sqlite_utils.Database, path: Path) -> int:
             writer = csv.writer(f)
             writer.writerow(["kind", "source", "key", "one_id"])
             for row in cursor:
-                writer.writerow(row)
+                writer.writerow(safe_row(row))
                 count += 1
         else:
             for kind, source, key, one_id in cursor:

@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlite_utils
 
+from cdp_cli.csvsafe import safe_row
 from cdp_cli.errors import RuleError, UsageError
 from cdp_cli.rules import CompiledRule
 from cdp_cli.store import rows_as_dicts
@@ -155,7 +156,9 @@ def export(
     path: Path,
     fields: list[str],
 ) -> int:
-    """Write the audience to .csv or .jsonl, through a temporary file renamed when complete."""
+    """Write the audience to .csv or .jsonl, through a temporary file renamed when complete.
+
+    CSV cells a spreadsheet would run as a formula are neutralised (csvsafe)."""
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl"):
         raise UsageError(f"{path}: the export is written as .csv or .jsonl")
@@ -168,7 +171,7 @@ def export(
             writer.writerow(names)
         for row in cursor:
             if writer:
-                writer.writerow(row)
+                writer.writerow(safe_row(row))
             else:
                 f.write(json.dumps(dict(zip(names, row, strict=True)), ensure_ascii=False) + "\n")
             written += 1
