@@ -25,6 +25,7 @@ from cdp_cli.config import Config, Source
 from cdp_cli.errors import CdpError
 from cdp_cli.oplog import OpsLog, for_log, scrub
 from cdp_cli.store import now_iso
+from cdp_cli.tombstones import Screen
 
 DONE_FOLDER, FAILED_FOLDER = "done", "failed"
 # Names that copy tools, browsers and editors give a file while it is still being written.
@@ -228,8 +229,9 @@ def _ingest_inboxes(
     claimants: dict[Path, list[str]] = {}
     for source, path in found:
         claimants.setdefault(path.resolve(), []).append(source.name)
+    screen = Screen(config.identity, config.region)  # forgotten people never land
     for source, path in found:
-        entry = _take(db, source, path, claimants[path.resolve()], report.dry_run)
+        entry = _take(db, source, path, claimants[path.resolve()], report.dry_run, screen)
         if entry is None:
             continue
         report.files.append(entry)
@@ -245,7 +247,12 @@ def _ingest_inboxes(
 
 
 def _take(
-    db: sqlite_utils.Database, source: Source, path: Path, claimed_by: list[str], dry_run: bool
+    db: sqlite_utils.Database,
+    source: Source,
+    path: Path,
+    claimed_by: list[str],
+    dry_run: bool,
+    screen: Screen,
 ) -> InboxFile | None:
     """One inbox file: refused, left to settle, looked up (dry run) or ingested and moved."""
     from cdp_cli.ingest import file_sha256
@@ -276,17 +283,19 @@ def _take(
         entry.batch_id = seen[0] if seen else None
         entry.message = f"seen in batch {seen[0]}" if seen else ""
     else:
-        _ingest_one(db, source, path, entry)
+        _ingest_one(db, source, path, entry, screen)
     entry.seconds = round(time.monotonic() - started, 3)
     return entry
 
 
-def _ingest_one(db: sqlite_utils.Database, source: Source, path: Path, entry: InboxFile) -> None:
+def _ingest_one(
+    db: sqlite_utils.Database, source: Source, path: Path, entry: InboxFile, screen: Screen
+) -> None:
     """Ingest one inbox file, then move it to done/; a file that cannot be read to failed/."""
     from cdp_cli.ingest import ingest_file
 
     try:
-        result = ingest_file(db, source, path)
+        result = ingest_file(db, source, path, screen=screen)
     except CdpError as exc:  # the file's fault: it would fail again on every run
         entry.status = "failed"
         entry.message = scrub(str(exc).removeprefix(f"{path.absolute()}: "))

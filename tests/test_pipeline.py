@@ -391,3 +391,18 @@ def test_inbox_short_and_long_forms(tmp_path):
     assert (shop.folder, shop.pattern) == ("inbox/shop", "*.jsonl")
     assert config.inbox_folder(config.sources["pos_orders"]) == tmp_path / "inbox/pos"
     assert config.log_path == tmp_path / "logs/cdp.log"
+
+
+def test_an_inbox_file_never_brings_a_forgotten_person_back(run, project):
+    assert run("forget", "--phone", "13800138000", "--yes").exit_code == 0
+    line = next(
+        x
+        for x in SAMPLE_DATA.joinpath("pos_orders.csv").read_bytes().split(b"\n")
+        if b"138-0013-8000" in x
+    )
+    drop(project / "inbox/pos/pos-again.csv", POS_HEADER + b"\n" + line + b"\n")
+    _, report = run_json(run)
+    assert statuses(report) == {"pos-again.csv": "ingested"}
+    batch = "SELECT rows_inserted, rows_rejected FROM batches WHERE file LIKE '%pos-again.csv'"
+    assert query(project / "cdp.db", batch) == [(0, 1)]  # refused at ingest: it never landed
+    assert b"138-0013-8000" not in (project / "cdp.db").read_bytes()
