@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -24,7 +25,8 @@ from cdp_cli.store import open_store
 from cdp_cli.tags import load_rulebook, run_tags
 
 StageCallback = Callable[[str, Any], None]
-STORE_FILES = ("cdp.db", "cdp.db-wal", "cdp.db-shm")
+STORE_FILES = ("cdp.db", "cdp.db-wal", "cdp.db-shm", "cdp.db.lock")
+DEMO_FOLDERS = ("outbound", "responses")
 # The sample's customer written four ways across four sources: the merge worth showing.
 DEMO_PHONE = "13800138000"
 # The sample's exports end on this day (benchmarks/generate.py --end-date): "today" for tags.
@@ -52,8 +54,10 @@ def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | Non
     if (directory / "cdp.db").exists():
         if not force:
             raise CdpError(f"{directory} already holds a demo; --force starts it over")
-        for name in STORE_FILES:
+        for name in (*STORE_FILES, DEMO_REPORT):
             (directory / name).unlink(missing_ok=True)
+        for folder in DEMO_FOLDERS:  # what the last demo wrote: the response reads outbound/
+            shutil.rmtree(directory / folder, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
     stages: dict[str, Any] = {}
     stages["init"] = [str(p) for p in init_project(directory, force=force)]

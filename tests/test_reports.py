@@ -702,3 +702,9 @@ def test_demo_ends_with_a_labelled_simulated_response_the_reports_and_the_html(r
     ]
     ingested = query(folder / "cdp.db", "SELECT count(*) FROM orders WHERE key LIKE 'SIM%'")
     assert ingested[0][0] == sum(len(p.read_text().splitlines()) for p in orders) > 0
+    # --force starts over: the same outbound files, nothing left from the last demo.
+    before = sorted(p.relative_to(folder) for p in (folder / "outbound").rglob("*"))
+    (folder / "outbound" / "sms" / "stale.csv").write_text("old", encoding="utf-8")
+    again = run("demo", "demo", "--force", "--json")
+    assert again.exit_code == 0, again.output
+    assert sorted(p.relative_to(folder) for p in (folder / "outbound").rglob("*")) == before
