@@ -514,6 +514,23 @@ def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+def _remembered(func: Callable[..., str]) -> Callable[..., str]:
+    """A pure filter whose answers are kept: a run formats the same coupon value and expiry
+    date for every customer. Unhashable arguments are simply not remembered."""
+    remembered = functools.lru_cache(maxsize=1024, typed=True)(func)  # True is not 1
+
+    @functools.wraps(func)
+    def filter_(*args: Any, **kwargs: Any) -> str:
+        try:
+            return remembered(*args, **kwargs)
+        except TypeError as exc:
+            if "unhashable" not in str(exc):
+                raise
+            return func(*args, **kwargs)
+
+    return filter_
+
+
 def _filters() -> dict[str, Callable[..., Any]]:
     filters: dict[str, Callable[..., Any]] = {name: FILTERS[name] for name in KEPT_FILTERS}
     checks = {
@@ -523,7 +540,8 @@ def _filters() -> dict[str, Callable[..., Any]]:
     }  # fmt: skip
     filters.update({name: _bounded(name, check) for name, check in checks.items()})
     filters.update(
-        join=_join, money=money, date=format_date, default_name=default_name,
+        join=_join, money=_remembered(money), date=_remembered(format_date),
+        default_name=default_name,
         mask_phone=_mask_phone, mask_email=_mask_email,
     )  # fmt: skip
     guarded = {name: _guarded(func) for name, func in filters.items()}

@@ -711,3 +711,12 @@ def test_push_to_another_device_is_refused(tmp_path: Path) -> None:
         f"{tmp_path}/templates/push/p.json: device is 'TEST-DEVICE', not the customer's device: "
         'write "{{ device }}"'
     )
+
+
+def test_remembered_filters_answer_as_the_plain_ones(tmp_path: Path) -> None:
+    store = make_store(tmp_path, {"sms/m.txt": "{{ a|money }} {{ b|date('short') }}"})
+    assert store.render("sms", "m", {"a": 1, "b": "2026-05-13"}).body["text"] == "¥1.00 5月13日"
+    with pytest.raises(TemplateError, match="not an amount"):
+        store.render("sms", "m", {"a": True, "b": "2026-05-13"})  # True is not remembered as 1
+    with pytest.raises(TemplateError, match="not an amount"):
+        store.render("sms", "m", {"a": [1], "b": "2026-05-13"})  # unhashable: not remembered
