@@ -33,10 +33,10 @@ Exit codes:
 
 
 class CliError(click.ClickException):
-    """A CdpError on its way out, keeping its exit code."""
+    """A CdpError on its way out, keeping its exit code; always one line."""
 
     def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
+        super().__init__(out.printable(message))  # it may quote a file's name or content
         self.exit_code = exit_code
 
 
@@ -1248,6 +1248,26 @@ def _print_journeys(results: list[Any], dry_run: bool) -> None:
     for r in results:
         for note in r.notes:
             out.note(f"{r.journey}: {note}")
+    if dry_run:
+        _print_would_send(results)
+
+
+def _print_would_send(results: list[Any], shown: int = 10) -> None:
+    """Who would get what: the first messages of a dry run, the text cut short."""
+    messages = [(r.journey, m) for r in results for m in r.messages]
+    if not messages:
+        return
+    rows = []
+    for journey, m in messages[:shown]:
+        data = m.get("data") or {}
+        first_field = next(iter(data.values()), {}).get("value", "") if data else ""
+        text = m.get("subject") or m.get("title") or m.get("text") or first_field
+        text = " ".join(str(text).split())
+        rows.append(
+            (journey, m["one_id"], m["channel"], text[:60] + ("…" if len(text) > 60 else ""))
+        )
+    title = f"Would send (the first {len(rows)} of {sum(sum(r.sent.values()) for r in results):,})"
+    out.print_table(title, ["journey", "one_id", "channel", "message"], rows)
 
 
 @journey_group.command(name="status")

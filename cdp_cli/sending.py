@@ -31,6 +31,7 @@ ADDRESS_TYPES = {"sms": "phone", "email": "email", "wechat": "wechat_openid", "p
 SMS_PHONE_KINDS = ("mobile", "fixed_line_or_mobile")  # a landline takes no SMS
 PROFILE_FIELDS = "one_id, name, gender, birthday, city, known, first_seen, last_seen, records"
 IN_BATCH = "IN (SELECT value FROM json_each(?))"
+DRY_RUN_LISTED = 1000  # messages a dry run lists per journey (it counts them all)
 
 
 @dataclass(slots=True)
@@ -506,7 +507,7 @@ def _send_one(
     )  # fmt: skip
     customers.count_sent(one_id)
     run.result.sent[channel] = run.result.sent.get(channel, 0) + 1
-    if run.dry_run:
+    if run.dry_run and len(run.result.messages) < DRY_RUN_LISTED:
         run.result.messages.append(
             {"one_id": one_id, "step": step.key, "channel": channel, **outbound.body}
         )

@@ -653,3 +653,14 @@ steps:
     assert run("resolve").exit_code == 0
     [later] = json.loads(run("journey", "run", "--now", "2026-11-15 14:00", "--json").stdout)
     assert later["converted"] == 1
+
+
+def test_dry_run_shows_who_would_get_what(run, write, project):
+    body = "entry: {when: \"city = '武汉'\"}\nsteps:\n  - send: {channel: sms, template: hello}\n"
+    write("journeys/d.yaml", journey("d", body))
+    result = run("journey", "run", "--now", NOW, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "# Would send (the first 2 of 2)" in result.stdout
+    lines = result.stdout.splitlines()
+    shown = [line for line in lines if line.startswith("d ") and "【花漾】" in line]
+    assert len(shown) == 2 and all("sms" in line for line in shown)
