@@ -7,6 +7,7 @@ are the only ones that know about click and rich.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,6 +19,16 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
+
+# Control characters, line separators and lone surrogates (bytes that did not decode).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """Text with control characters written as escapes (\\n, \\x1b): a value from a data
+    file stays on its line, and no escape sequence in it reaches the terminal."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -67,7 +78,7 @@ def print_table(
         show_edge=False,
         pad_edge=False,
     )
-    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    cells = [["" if v is None else printable(str(v)) for v in row] for row in rows]
     for i, name in enumerate(columns):
         right = i >= len(columns) - numeric
         widest = max([cell_len(name), *(cell_len(row[i]) for row in cells)])
@@ -81,7 +92,7 @@ def print_table(
             min_width=widest if right else min(widest, 12),
         )
     for row in cells:
-        table.add_row(*row)
+        table.add_row(*map(Text, row))  # Text: a value such as "[/]" is not read as markup
     if title and not console.is_terminal:
         console.print(f"# {title}")
     console.print(table)
@@ -90,7 +101,7 @@ def print_table(
 def note(message: str, silent: bool = False) -> None:
     """A line for the person running the command, on stderr."""
     if not silent:
-        stderr().print(message, markup=False, highlight=False)
+        stderr().print(printable(message), markup=False, highlight=False)
 
 
 @contextmanager
