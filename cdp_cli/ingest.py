@@ -12,6 +12,7 @@ import hashlib
 import json
 import operator
 import os
+import re
 import sqlite3
 import time
 import zoneinfo
@@ -628,7 +629,17 @@ def _raw_text(row: Any, header: list[str] | None) -> str | None:
         text = ",".join(row)
     else:
         text = json.dumps(row, ensure_ascii=False)
-    return text.encode("utf-8", errors="surrogateescape").decode("utf-8", "backslashreplace")
+    return _SURROGATE.sub(_escaped, text)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    """A byte that did not decode (kept as U+DC00 + byte) as \\xNN; any other lone
+    surrogate as \\uXXXX: SQLite stores UTF-8, which has no room for them."""
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC00 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
 def ingest(

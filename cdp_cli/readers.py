@@ -11,8 +11,9 @@ import codecs
 import csv
 import io
 import json
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,11 @@ SAMPLE_BYTES = 256 * 1024
 csv.field_size_limit(min(sys.maxsize, 16 * 1024 * 1024))
 
 FALLBACK_ENCODINGS = ("utf-8", "gb18030")
+# A row nested deeper is a reject: no export needs more, and a parser's costs grow with depth.
+MAX_JSON_DEPTH = 64
+TOO_DEEP = f"JSON nested more than {MAX_JSON_DEPTH} levels deep"
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")  # \ud800 to \udfff, in JSON text
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 RowResult = tuple[int, Any, "str | None", "bytes | None"]
 
 
@@ -45,12 +51,13 @@ def detect_encoding(path: Path, declared: str = "auto") -> str:
         return "utf-8-sig"
     if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return "utf-16"
-    try:
-        sample.decode("utf-8")
-        return "utf-8"
-    except UnicodeDecodeError as exc:
-        if exc.start >= len(sample) - 3:  # a character cut in half by the sample's end
-            return "utf-8"
+    # UTF-8 or GBK (as gb18030, which decodes every GBK file) is what Chinese exports are
+    # written in: the one with fewer lines that do not decode, if those are few (they become
+    # rejects). Only then a detector, which takes a short GBK file for a Cyrillic code page.
+    bad = {name: _bad_lines(sample, name) for name in FALLBACK_ENCODINGS}
+    usual = min(FALLBACK_ENCODINGS, key=bad.__getitem__)
+    if bad[usual] <= max(1, sample.count(b"\n") // 100):
+        return usual
     best = charset_normalizer.from_bytes(sample).best()
     if best is None:
         # A few broken bytes make the detector give up: take whichever of the usual codecs
@@ -59,6 +66,18 @@ def detect_encoding(path: Path, declared: str = "auto") -> str:
     name = codecs.lookup(best.encoding).name
     # GBK files are often guessed as a narrower Chinese codec; gb18030 decodes all of them.
     return "gb18030" if name in ("gbk", "gb2312", "hz", "cp936") else name
+
+
+def _bad_lines(sample: bytes, encoding: str) -> int:
+    """Lines of the sample that do not decode; the last may be cut short, so is not counted."""
+    lines = sample.split(b"\n")
+    bad = 0
+    for line in lines[:-1] if len(sample) == SAMPLE_BYTES else lines:
+        try:
+            line.decode(encoding)
+        except UnicodeDecodeError:
+            bad += 1
+    return bad
 
 
 def _decode_errors(sample: bytes, encoding: str) -> int:
@@ -84,12 +103,16 @@ class _DecodeErrors:
     """Counts bytes that did not decode, so rows are checked only once there has been one."""
 
     count = 0
-    escape = staticmethod(codecs.lookup_error("surrogateescape"))
 
     @classmethod
     def handler(cls, exc: UnicodeError) -> tuple[str, int]:
+        """Each byte as a lone surrogate, as surrogateescape writes bytes from 0x80; it refuses
+        lower ones, which a UTF-16 file cut short leaves (b'\\x00' with no partner)."""
+        if not isinstance(exc, UnicodeDecodeError):
+            raise exc
         cls.count += 1
-        return cls.escape(exc)
+        bad = exc.object[exc.start : exc.end]
+        return "".join(chr(0xDC00 + byte) for byte in bad), exc.end
 
 
 codecs.register_error("cdp-surrogateescape", _DecodeErrors.handler)
@@ -197,32 +220,114 @@ def read_jsonl(stream: BinaryIO, encoding: str) -> Iterator[RowResult]:
         except json.JSONDecodeError as exc:
             yield number, raw, f"invalid JSON at column {exc.colno}: {exc.msg}", raw
             continue
+        except RecursionError:
+            yield number, raw, TOO_DEEP, raw
+            continue
         if not isinstance(value, dict):
             yield number, raw, f"expected a JSON object, got {_json_type(value)}", raw
             continue
+        if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _too_deep(value):
+            yield number, raw, TOO_DEEP, raw
+            continue
+        if _SURROGATE_ESCAPE.search(raw):
+            value = _whole_text(value)
         yield number, value, None, raw
 
 
+def _whole_text(value: Any) -> Any:
+    """The value with U+FFFD for each lone surrogate: JSON can escape half an emoji
+    ("\\ud83d"), which is no character, and SQLite, storing UTF-8, refuses it."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_whole_text(item) for item in value]
+    if isinstance(value, dict):
+        return {_whole_text(key): _whole_text(item) for key, item in value.items()}
+    return value
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether a JSON value nests more than MAX_JSON_DEPTH levels (without recursing)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def read_json(stream: BinaryIO | TextIO, encoding: str = "utf-8") -> Iterator[RowResult]:
-    """Objects from a JSON array, numbered by position (1 is the array's first item)."""
-    head = stream.read(4096)
+    """Objects from a JSON array, numbered by position (1 is the array's first item).
+
+    Items are built from ijson's basic events: ijson.items keeps a path per event, which
+    costs memory quadratic in the nesting depth (100 KB of brackets takes gigabytes). An item
+    nested too deeply is passed over, not built, and comes back as a reject.
+    """
+    try:
+        head = stream.read(4096)
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"does not decode as {encoding} ({exc.reason})") from None
     stream.seek(0)
     head = head.lstrip(b"\xef\xbb\xbf \t\r\n" if isinstance(head, bytes) else "\ufeff \t\r\n")
     if not head:
         return
     if head[:1] not in (b"[", "["):
         raise IngestError("expected a JSON array of objects at the top level")
-    position = 0
+    position = depth = 0
+    builder, too_deep = ijson.ObjectBuilder(), False
+    source = stream if isinstance(head, bytes) else _AsUtf8(stream)
     try:
-        for position, value in enumerate(ijson.items(stream, "item", use_float=True), start=1):
-            if isinstance(value, dict):
-                yield position, value, None, None
-            else:
+        for event, value in ijson.basic_parse(source, use_float=True):
+            if event in ("start_map", "start_array"):
+                depth += 1
+                if depth == 1:  # the array of items itself
+                    continue
+                if depth == 2:
+                    position += 1
+                    builder, too_deep = ijson.ObjectBuilder(), False
+                too_deep = too_deep or depth > MAX_JSON_DEPTH + 1
+            elif event in ("end_map", "end_array"):
+                depth -= 1
+                if depth == 0:
+                    continue
+            elif depth == 1:  # an item that is a plain value
+                position += 1
                 yield position, value, f"expected a JSON object, got {_json_type(value)}", None
+                continue
+            if not too_deep:
+                builder.event(event, value)
+            if depth == 1:  # an item has just ended
+                item = None if too_deep else builder.value
+                if too_deep:
+                    yield position, None, TOO_DEEP, None
+                elif isinstance(item, dict):
+                    yield position, item, None, None
+                else:
+                    yield position, item, f"expected a JSON object, got {_json_type(item)}", None
     except ijson.JSONError as exc:
-        yield position + 1, None, f"invalid JSON after item {position}: {exc}", None
+        done = position - 1 if depth > 1 else position
+        yield done + 1, None, f"invalid JSON after item {done}: {exc}", None
     except UnicodeDecodeError as exc:
         yield position + 1, None, f"bytes that do not decode as {encoding}: {exc.reason}", None
+
+
+class _AsUtf8:
+    """A text stream read as UTF-8 bytes: ijson reads bytes (text is deprecated there)."""
+
+    def __init__(self, text: TextIO) -> None:
+        self.text = text
+
+    def read(self, size: int = -1) -> bytes:
+        if size == 0:  # ijson asks for nothing first, to learn what the stream gives
+            return b""
+        return self.text.read(size if size < 0 else max(size // 4, 1)).encode("utf-8")
 
 
 def _json_type(value: Any) -> str:
