@@ -33,7 +33,7 @@ from cdp_cli.yamlfile import YamlList, YamlMap, check_keys, did_you_mean, load_y
 CATEGORIES = ("attribute", "statistical", "rule", "predictive")
 TAG_KEYS = ("name", "category", "description", "when", "cases", "value")
 SEGMENTS_FILE = "segments.yaml"
-NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")  # fullmatch: "$" would let a final "\n" in
 # The rows a rule is evaluated over: one per customer.
 BASE_FROM = "profiles p JOIN profile_features f ON f.one_id = p.one_id"
 GOLDEN_FIELDS = {
@@ -42,6 +42,10 @@ GOLDEN_FIELDS = {
     "records": "p.records",
 }  # fmt: skip
 EVENT_WINDOWS = {timedelta(days=n): f"days_{n}" for n in (30, 90, 365)}
+# in_segment() puts the segment's rule inside the rule that calls it. Segments that each call
+# another twice would double the rule at every level (40 levels: a rule of 2**40 parts, and a
+# command that never ends), so one rule may take in at most this many, nested ones counted.
+MAX_INLINED_SEGMENTS = 100
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,7 @@ def _entries(path: Path, data: Any) -> YamlList:
 
 def _name(path: Path, entry: YamlMap, what: str) -> str:
     name = entry.get("name")
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise FileError(
             path,
             f"a {what} needs a name of lower-case letters, digits and _ (got {name!r})",
@@ -199,6 +203,10 @@ def _segments(path: Path, data: Any) -> list[Segment]:
 # The rule schema: what rules may read
 
 
+class _TooManySegments(RuleError):
+    """A rule takes in more segments than MAX_INLINED_SEGMENTS."""
+
+
 @dataclass
 class RuleContext:
     """Builds the schema rules compile against, and notes which tags each rule reads."""
@@ -208,6 +216,7 @@ class RuleContext:
     known_tags: set[str] = field(default_factory=set)
     read_tags: set[str] = field(default_factory=set)
     _segment_stack: list[str] = field(default_factory=list)
+    _inlined: int = 0  # segments taken into the rule being compiled
 
     def schema(self) -> RuleSchema:
         fields = dict(GOLDEN_FIELDS)
@@ -227,6 +236,8 @@ class RuleContext:
         return RuleSchema(fields, functions)
 
     def compile(self, text: str) -> CompiledRule:
+        if not self._segment_stack:
+            self._inlined = 0
         return compile_rule(text, self.schema())
 
     def _check_tag(self, args: list[Any]) -> str | None:
@@ -274,9 +285,18 @@ class RuleContext:
 
     def _segment_sql(self, args: list[Any]) -> tuple[str, list[Any]]:
         segment = self.book.segments[args[0]]
+        self._inlined += 1
+        if self._inlined > MAX_INLINED_SEGMENTS:
+            raise _TooManySegments(
+                f"in_segment() takes more than {MAX_INLINED_SEGMENTS} segments into this rule, "
+                "counting those they call (segments that each call another twice double at "
+                "every level)"
+            )
         self._segment_stack.append(segment.name)
         try:
             compiled = self.compile(segment.rule)
+        except _TooManySegments:
+            raise  # said once, by the rule that was asked for, not once per level
         except RuleError as exc:
             raise RuleError(
                 f"{segment.path}:{segment.line}: segment {segment.name}: {exc.message}"

@@ -43,7 +43,7 @@ from cdp_cli.channels import PARTS, Outbound
 from cdp_cli.errors import TemplateError
 from cdp_cli.privacy import mask_email, mask_phone
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: "$" would let a final "\n" in
 DEFAULT_NAME = "顾客"
 CURRENCIES = {"CNY": "¥", "RMB": "¥", "USD": "$", "HKD": "HK$", "EUR": "€"}
 DATE_FORMATS = {"long": "{y}年{m}月{d}日", "short": "{m}月{d}日", "datetime": "{y}年{m}月{d}日 {t}"}
@@ -84,10 +84,16 @@ class Limits:
     range_items: int = 10_000  # range() length
     call_depth: int = 50  # macros calling macros
     int_bits: int = 4096  # integers made by * and **
+    timeouts_in_a_row: int = 5  # then the rest of the run fails the template's messages at once
 
 
 class _Refused(Exception):
     """A template went over a limit or asked for something templates may not do."""
+
+
+_TOO_NESTED = (
+    "blocks or brackets nest too deeply to compile ({% if %}, {% for %} or ( ) in one another)"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,9 +108,11 @@ class _Budget:
         self.deadline = time.monotonic() + limits.seconds
         self.built = 0
         self.depth = 0
+        self.timed_out = False
 
     def tick(self) -> None:
         if time.monotonic() > self.deadline:
+            self.timed_out = True
             raise _Refused(
                 f"took more than {self.limits.seconds:g} s to render "
                 "(a loop or recursion that is too large?)"
@@ -606,6 +614,7 @@ class TemplateStore:
         self._loader = _RootLoader(self.root)
         self._files: dict[tuple[str, str], dict[str, str]] = {}
         self._paths: dict[tuple[str, str], dict[str, str]] = {}
+        self._timeouts: dict[tuple[str, str], int] = {}  # messages in a row out of time
         self._env = _environment(self._loader)
 
     # -- finding templates
@@ -628,7 +637,7 @@ class TemplateStore:
         problem = name_problem(name)
         if problem:
             raise TemplateError(self.root / channel, f"template name {name!r} {problem}")
-        if not NAME.match(name):
+        if not NAME.fullmatch(name):
             raise TemplateError(
                 self.root / channel,
                 f"template name {name!r}: use lower-case letters, digits, _ and -",
@@ -674,7 +683,7 @@ class TemplateStore:
         suffixes = sorted(PARTS[channel].values(), key=len, reverse=True)
         suffix = next((s for s in suffixes if filename.endswith(s)), None)
         name = filename[: -len(suffix)] if suffix else ""
-        if not suffix or not NAME.match(name.lstrip("_")):
+        if not suffix or not NAME.fullmatch(name.lstrip("_")):
             raise TemplateError(
                 path,
                 f"{channel} templates are named <name>{' / '.join(sorted(set(suffixes)))}, "
@@ -690,10 +699,25 @@ class TemplateStore:
         Raises TemplateError when the template fails or goes over its Limits.
         """
         files = self.files(channel, name)
+        key, limit = (channel, name), self.limits.timeouts_in_a_row
+        if self._timeouts.get(key, 0) >= limit:
+            # A template that runs out of time for everyone would hold a cron run (and the
+            # store's lock) for a second per message: after `limit` in a row, fail at once.
+            raise TemplateError(
+                self.root / next(iter(files.values())),
+                f"not rendered: it took more than {self.limits.seconds:g} s for {limit} "
+                "messages in a row in this run",
+            )
         budget = _Budget(self.limits)
-        parts = {
-            part: self._render_part(relative, context, budget) for part, relative in files.items()
-        }
+        try:
+            parts = {
+                part: self._render_part(relative, context, budget)
+                for part, relative in files.items()
+            }
+        except TemplateError:
+            self._timeouts[key] = self._timeouts.get(key, 0) + 1 if budget.timed_out else 0
+            raise
+        self._timeouts[key] = 0
         paths = self._paths.get((channel, name))
         if paths is None:
             paths = {part: str(self.root / relative) for part, relative in files.items()}
@@ -727,7 +751,7 @@ class TemplateStore:
         chunks: list[str] = []
         size = 0
         try:
-            template = self._env.get_template(relative)
+            template = self._load(relative)
             with closing(template.generate(context)) as stream:  # closed while still metered
                 for chunk in stream:
                     budget.tick()
@@ -735,7 +759,7 @@ class TemplateStore:
                     if size > self.limits.part_bytes:
                         raise _Refused(f"renders to more than {self.limits.part_bytes // 1024} KiB")
                     chunks.append(chunk)
-        except (jinja2.TemplateError, _Refused, RecursionError, MemoryError) as exc:
+        except (jinja2.TemplateError, _Refused, RecursionError, MemoryError, SyntaxError) as exc:
             raise self._error(exc, relative) from None
         except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError) as exc:
             # Raised by an expression or a filter the template wrote: 1/0, money('XYZ').
@@ -771,6 +795,8 @@ class TemplateStore:
             message = str(exc)
         elif isinstance(exc, RecursionError):
             message = "macros or includes call each other too deeply"
+        elif isinstance(exc, SyntaxError):  # Python's, compiling an included template
+            message = _TOO_NESTED
         elif isinstance(exc, MemoryError):
             message = "ran out of memory"
         elif isinstance(exc, ValueError):
@@ -814,9 +840,17 @@ class TemplateStore:
     def _compile(self, path: Path) -> None:
         relative = path.relative_to(self.root).as_posix()
         try:
-            self._env.get_template(relative)
+            self._load(relative)
         except (jinja2.TemplateError, _Refused) as exc:
             raise self._error(exc, relative) from None
+
+    def _load(self, relative: str) -> jinja2.Template:
+        """The compiled template. Python compiles the code Jinja makes of it, and refuses more
+        than 20 loops or 100 blocks inside each other; deep brackets overflow the parser."""
+        try:
+            return self._env.get_template(relative)
+        except (SyntaxError, RecursionError, MemoryError):
+            raise _Refused(_TOO_NESTED) from None
 
 
 # ---------------------------------------------------------------------------------------------

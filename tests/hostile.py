@@ -88,10 +88,9 @@ steps:
   - send: {channel: sms, template: hello}
 """
 TEMPLATE = "【{{ brand.name }}】{{ customer.name|default_name }}，您好 {{ link }}"
-# What no message may show: a Python object, a traceback, a path inside the program.
+# What no message may show: our objects, an address, a traceback, a path inside the program.
 INTERNALS = re.compile(
-    r"<cdp_cli|<class |<function |<built-in|<bound |object at 0x|Traceback|File \"|"
-    r"\.py\b|site-packages|jinja2\.|sqlite3\.|_TemplateReference"
+    r"<cdp_cli|\bcdp_cli\.|object at 0x|Traceback|File \"|\.py\b|site-packages|\bsqlite3\."
 )
 
 
