@@ -295,10 +295,11 @@ def _unchanged_by(
 
 
 @pytest.mark.parametrize("rule", INJECTIONS)
-def test_injection_through_rule_is_refused_or_only_a_value(project: Path, rule: str) -> None:
+def test_injection_through_rule_and_by_is_refused_or_only_a_value(project: Path, rule: str) -> None:
     """Refused with one line, or (a payload inside a quoted string) a value compared like any
     other; either way the store is as it was and nothing else is touched."""
     _unchanged_by(project, "segment", "--rule", rule, "--json")
+    _unchanged_by(project, "segment", "wuhan_people", "--by", rule, "--json")
     for path in ("/tmp/evil", "/tmp/evil.db"):
         assert not Path(path).exists()
 
