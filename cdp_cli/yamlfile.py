@@ -70,7 +70,15 @@ def load_yaml(path: Path) -> Any:
         raise FileError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise FileError(path, exc.strerror or str(exc)) from None
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow, such as NUL
+        before = text[: exc.position]
+        line, column = before.count("\n") + 1, len(before) - before.rfind("\n")
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        raise FileError(
+            path, f"invalid YAML, column {column}: character {char!r} is not allowed", line
+        ) from None
     loader.name = str(path)
     try:
         return loader.get_single_data()

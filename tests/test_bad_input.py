@@ -500,6 +500,7 @@ def test_broken_files_name_file_and_line(project: Path) -> None:
         ("cdp.yaml", "\tstore: a\n", ("resolve",), "cdp.yaml:1: invalid YAML, column 1: found character '\\t' that cannot start any token"),
         ("cdp.yaml", "!!python/object/apply:os.system ['true']\n", ("resolve",), "cdp.yaml:1: invalid YAML, column 1: could not determine a constructor for the tag"),
         ("cdp.yaml", b"store: \xff\xfe\n", ("resolve",), "cdp.yaml: not UTF-8 text (invalid start byte at byte 7)"),
+        ("cdp.yaml", "store: a\nregion: \x00\n", ("resolve",), "cdp.yaml:2: invalid YAML, column 9: character '\\x00' is not allowed"),
         ("tag_rules/tags.yaml", "- name: a\n  when: \"city = \"\n", ("tag", "--as-of", AS_OF), "tag_rules/tags.yaml:1: tag a:"),
         ("tag_rules/tags.yaml", "- name: a\n  when: x\n- name: a\n  when: y\n", ("tag", "--as-of", AS_OF), "tag_rules/tags.yaml:3: tag 'a' is defined twice"),
         ("journeys/hello.yaml", "name: hello\nentry: {when: \"city is not null\"}\nsteps:\n  - sned: {}\n", ("journey", "run", "--now", NOW), "journeys/hello.yaml:4: steps[0]: unknown step 'sned' (did you mean 'send'?)"),
