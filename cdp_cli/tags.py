@@ -42,6 +42,7 @@ GOLDEN_FIELDS = {
     "records": "p.records",
 }  # fmt: skip
 EVENT_WINDOWS = {timedelta(days=n): f"days_{n}" for n in (30, 90, 365)}
+READS = "r"  # the alias of temp.tag_reads in a tag run's evaluation
 # in_segment() puts the segment's rule inside the rule that calls it. Segments that each call
 # another twice would double the rule at every level (40 levels: a rule of 2**40 parts, and a
 # command that never ends), so one rule may take in at most this many, nested ones counted.
@@ -207,6 +208,19 @@ class _TooManySegments(RuleError):
     """A rule takes in more segments than MAX_INLINED_SEGMENTS."""
 
 
+@dataclass(frozen=True)
+class _Read:
+    """A value per customer that tag rules read, gathered into one column of temp.tag_reads
+    before their level is evaluated and joined once: a tag's value (kind 'tag', key the tag)
+    or an event's count over a usual window (kind 'event', key the event, window the
+    profile_event_counts column). One index lookup per customer and rule cost more."""
+
+    column: str
+    kind: str
+    key: str
+    window: str = ""
+
+
 @dataclass
 class RuleContext:
     """Builds the schema rules compile against, and notes which tags each rule reads."""
@@ -217,6 +231,10 @@ class RuleContext:
     read_tags: set[str] = field(default_factory=set)
     _segment_stack: list[str] = field(default_factory=list)
     _inlined: int = 0  # segments taken into the rule being compiled
+    # A tag run sets `joined`: tag(), has_tag() and the usual event_count() windows then read
+    # columns of temp.tag_reads (see _Read), and `gathered` notes the ones each rule reads.
+    joined: dict[tuple[str, str, str], _Read] | None = None
+    gathered: set[_Read] = field(default_factory=set)
 
     def schema(self) -> RuleSchema:
         fields = dict(GOLDEN_FIELDS)
@@ -248,12 +266,25 @@ class RuleContext:
         self.read_tags.add(name)
         return None
 
+    def _read(self, kind: str, key: str, window: str = "") -> str:
+        """The temp.tag_reads column a tag run gathers this value into, before the level."""
+        assert self.joined is not None
+        read = self.joined.setdefault(
+            (kind, key, window), _Read(f"c{len(self.joined)}", kind, key, window)
+        )
+        self.gathered.add(read)
+        return f"{READS}.{read.column}"
+
     def _tag_sql(self, args: list[Any]) -> tuple[str, list[Any]]:
+        if self.joined is not None:
+            return self._read("tag", args[0]), []
         return "(SELECT t.value FROM profile_tags t WHERE t.one_id = p.one_id AND t.tag = ?)", [
             args[0]
         ]
 
     def _has_tag_sql(self, args: list[Any]) -> tuple[str, list[Any]]:
+        if self.joined is not None:  # a stored value is never null
+            return f"{self._read('tag', args[0])} IS NOT NULL", []
         return "EXISTS (SELECT 1 FROM profile_tags t WHERE t.one_id = p.one_id AND t.tag = ?)", [
             args[0]
         ]
@@ -261,6 +292,8 @@ class RuleContext:
     def _event_count_sql(self, args: list[Any]) -> tuple[str, list[Any]]:
         event, window = args[0], parse_duration(args[1]) if isinstance(args[1], str) else args[1]
         column = EVENT_WINDOWS.get(window)
+        if column and self.joined is not None:
+            return f"coalesce({self._read('event', event, column)}, 0)", []
         if column:  # the usual windows are counted once per run, in profile_event_counts
             return (
                 f"coalesce((SELECT c.{column} FROM profile_event_counts c "
@@ -328,23 +361,26 @@ class _Compiled:
     tag: Tag
     sql: str
     params: list[Any]
-    reads: frozenset[str]
+    reads: frozenset[str]  # the tags it reads
+    gathered: frozenset[_Read] = frozenset()  # the columns of temp.tag_reads it reads
 
 
 def compile_tags(
     book: RuleBook, as_of: date, known_tags: set[str] = frozenset()
 ) -> list[_Compiled]:
-    """Every tag compiled to one SQL value expression, in dependency order; errors name the
-    file, line and tag."""
-    context = RuleContext(book, as_of, set(known_tags))
+    """Every tag compiled to one SQL value expression over BASE_FROM joined to temp.tag_reads,
+    in dependency order; errors name the file, line and tag."""
+    context = RuleContext(book, as_of, set(known_tags), joined={})
     compiled = {}
     for tag in book.tags.values():
-        context.read_tags = set()
+        context.read_tags, context.gathered = set(), set()
         try:
             sql, params = _tag_value_sql(tag, context.compile)
         except RuleError as exc:
             raise RuleError(f"{tag.path}:{tag.line}: tag {tag.name}: {exc.message}") from None
-        compiled[tag.name] = _Compiled(tag, sql, params, frozenset(context.read_tags))
+        compiled[tag.name] = _Compiled(
+            tag, sql, params, frozenset(context.read_tags), frozenset(context.gathered)
+        )
     return _in_dependency_order(compiled)
 
 
@@ -407,8 +443,9 @@ def run_tags(
             "INSERT INTO tag_runs (as_of, started_at, tags) VALUES (?, ?, ?)",
             (as_of.isoformat(), at, json.dumps([c.tag.name for c in compiled])),
         ).lastrowid
-        for level in _levels(compiled):
-            result.tags.update(_evaluate(conn, level, run_id, at))
+        customers = _evaluate(conn, _levels(compiled))
+        changes = _record(conn, [c.tag.name for c in compiled], run_id, at, only is None)
+        result.tags = {name: {"customers": n, **changes[name]} for name, n in customers.items()}
         result.seconds = round(time.monotonic() - started, 3)
         conn.execute(
             "UPDATE tag_runs SET finished_at = ?, result = ? WHERE id = ?",
@@ -429,66 +466,125 @@ def _levels(compiled: list[_Compiled]) -> list[list[_Compiled]]:
     return levels
 
 
-def _evaluate(
-    conn: sqlite3.Connection, items: list[_Compiled], run_id: int, at: str
-) -> dict[str, dict[str, int]]:
-    """A group of tags in one pass over the customers: new values beside the old, the
-    differences into tag_changes, then the swap."""
-    columns = ", ".join(f"{item.sql} AS v{i}" for i, item in enumerate(items))
-    conn.execute("DROP TABLE IF EXISTS temp.wide")
-    conn.execute(
-        f"CREATE TEMP TABLE wide AS SELECT p.one_id, {columns} FROM {BASE_FROM}",
-        [p for item in items for p in item.params],
-    )
+def _evaluate(conn: sqlite3.Connection, levels: list[list[_Compiled]]) -> dict[str, int]:
+    """Every tag's new value into temp.new_values (one_id, tag, value), and its customers.
+
+    Each level is one pass over the customers into temp.wide<n>, a column per tag. A tag read
+    by a later level is read from there: what this run computed, not what profile_tags held."""
+    computed: dict[str, tuple[str, str]] = {}  # tag -> (table, column) of its new values
+    customers: dict[str, int] = {}
     conn.execute("DROP TABLE IF EXISTS temp.new_values")
     conn.execute("CREATE TEMP TABLE new_values (one_id TEXT, tag TEXT, value TEXT)")
-    for i, item in enumerate(items):
+    for n, items in enumerate(levels):
+        table = f"wide{n}"
+        join = _gather(conn, items, computed)
+        columns = ", ".join(f"{item.sql} AS v{i}" for i, item in enumerate(items))
+        conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
         conn.execute(
-            f"INSERT INTO new_values SELECT one_id, ?, v{i} FROM wide WHERE v{i} IS NOT NULL",
-            (item.tag.name,),
+            f"CREATE TEMP TABLE {table} AS SELECT p.one_id, {columns} FROM {BASE_FROM} {join} "
+            "ORDER BY p.one_id",  # so that what is built from it is in key order too
+            [p for item in items for p in item.params],
         )
-    conn.execute("CREATE UNIQUE INDEX temp.new_values_key ON new_values (one_id, tag)")
+        counted = conn.execute(
+            f"SELECT {', '.join(f'count(v{i})' for i in range(len(items)))} FROM {table}"
+        ).fetchone()
+        for i, item in enumerate(items):
+            name = item.tag.name
+            computed[name], customers[name] = (table, f"v{i}"), counted[i]
+            conn.execute(
+                f"INSERT INTO new_values SELECT one_id, ?, v{i} FROM {table} "
+                f"WHERE v{i} IS NOT NULL",
+                (name,),
+            )
+    conn.execute("CREATE INDEX temp.new_values_key ON new_values (one_id, tag, value)")
+    return customers
+
+
+def _gather(
+    conn: sqlite3.Connection, items: list[_Compiled], computed: dict[str, tuple[str, str]]
+) -> str:
+    """temp.tag_reads: one row per customer with a value read, a column per value the level's
+    rules read, from this run's earlier levels, else profile_tags or profile_event_counts.
+    Returns the join that puts it beside BASE_FROM ("" when nothing is read)."""
+    reads = sorted({r for item in items for r in item.gathered}, key=lambda r: r.column)
+    if not reads:
+        return ""
+    declared = ", ".join(f"{r.column} {'TEXT' if r.kind == 'tag' else 'INTEGER'}" for r in reads)
+    conn.execute("DROP TABLE IF EXISTS temp.tag_reads")
+    conn.execute(f"CREATE TEMP TABLE tag_reads (one_id TEXT PRIMARY KEY, {declared}) WITHOUT ROWID")
+    for read in reads:
+        if read.kind == "event":
+            source = f"SELECT one_id, {read.window} FROM profile_event_counts WHERE event = ?"
+            params = [read.key]
+        elif read.key in computed:  # an earlier level of this run
+            table, column = computed[read.key]
+            source, params = f"SELECT one_id, {column} FROM {table} WHERE {column} IS NOT NULL", []
+        else:  # not evaluated in this run (--only), or the tag reading its own last value
+            source, params = "SELECT one_id, value FROM profile_tags WHERE tag = ?", [read.key]
+        conn.execute(
+            f"INSERT INTO tag_reads (one_id, {read.column}) {source} "
+            f"ON CONFLICT (one_id) DO UPDATE SET {read.column} = excluded.{read.column}",
+            params,
+        )
+    return f"LEFT JOIN temp.tag_reads {READS} ON {READS}.one_id = p.one_id"
+
+
+def _record(
+    conn: sqlite3.Connection, tags: list[str], run_id: int, at: str, every_tag: bool
+) -> dict[str, dict[str, int]]:
+    """The differences between temp.new_values and profile_tags into tag_changes, then into
+    profile_tags: rows that did not change are compared, not written. Both sides are read in
+    (one_id, tag) order, which keeps each lookup next to the last."""
     conn.execute("DROP TABLE IF EXISTS temp.evaluated")
     conn.execute("CREATE TEMP TABLE evaluated (tag TEXT PRIMARY KEY)")
-    conn.executemany("INSERT INTO evaluated VALUES (?)", [(i.tag.name,) for i in items])
+    conn.executemany("INSERT INTO evaluated VALUES (?)", [(tag,) for tag in tags])
+    first = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
+    # A run of every tag reads all of profile_tags: in key order, so not through the tag
+    # index (a unary + keeps SQLite from using an index for the term).
+    tag = "+o.tag" if every_tag else "o.tag"
     conn.execute(
-        """INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at)
-SELECT ?, n.one_id, n.tag, CASE WHEN o.one_id IS NULL THEN 'added' ELSE 'changed' END,
-       o.value, n.value, ?
-FROM new_values n LEFT JOIN profile_tags o ON o.one_id = n.one_id AND o.tag = n.tag
-WHERE o.one_id IS NULL OR o.value IS NOT n.value""",
+        f"""INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at)
+SELECT ?, one_id, tag, CASE WHEN old_value IS NULL THEN 'added'
+  WHEN new_value IS NULL THEN 'removed' ELSE 'changed' END, old_value, new_value, ?
+FROM (
+  SELECT n.one_id, n.tag, o.value AS old_value, n.value AS new_value
+  FROM new_values n LEFT JOIN profile_tags o ON o.one_id = n.one_id AND o.tag = n.tag
+  WHERE o.value IS NOT n.value
+  UNION ALL
+  SELECT o.one_id, o.tag, o.value, NULL FROM profile_tags o
+  WHERE {tag} IN (SELECT tag FROM evaluated)
+    AND NOT EXISTS (SELECT 1 FROM new_values n WHERE n.one_id = o.one_id AND n.tag = o.tag)
+  ORDER BY 1, 2)""",
         (run_id, at),
     )
-    gone = (
-        "FROM profile_tags o JOIN evaluated e ON e.tag = o.tag WHERE NOT EXISTS "
-        "(SELECT 1 FROM new_values n WHERE n.one_id = o.one_id AND n.tag = o.tag)"
+    removed = dict(
+        conn.execute(  # this run's rows by id: the tag index would walk earlier runs' rows too
+            "SELECT tag, count(*) FROM tag_changes NOT INDEXED "
+            "WHERE id > ? AND change = 'removed' GROUP BY tag",
+            (first,),
+        ).fetchall()
     )
+    if removed:
+        conn.execute(
+            "DELETE FROM profile_tags WHERE (one_id, tag) IN "
+            "(SELECT one_id, tag FROM tag_changes WHERE id > ? AND change = 'removed')",
+            (first,),
+        )
     conn.execute(
-        "INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at) "
-        f"SELECT ?, o.one_id, o.tag, 'removed', o.value, NULL, ? {gone}",
-        (run_id, at),
+        "INSERT INTO profile_tags (one_id, tag, value, since) "
+        "SELECT one_id, tag, new_value, ? FROM tag_changes WHERE id > ? AND change <> 'removed' "
+        "ON CONFLICT (one_id, tag) DO UPDATE SET value = excluded.value, since = excluded.since",
+        (at, first),
     )
-    conn.execute(
-        "DELETE FROM profile_tags WHERE tag IN (SELECT tag FROM evaluated) AND NOT EXISTS "
-        "(SELECT 1 FROM new_values n WHERE n.one_id = profile_tags.one_id "
-        "AND n.tag = profile_tags.tag)"
+    changed = conn.execute(  # counted in the (tag, at) index alone
+        "SELECT e.tag, (SELECT count(*) FROM tag_changes c WHERE c.tag = e.tag AND c.at = ? "
+        "AND c.id > ?) FROM evaluated e",
+        (at, first),
     )
-    conn.execute(
-        "INSERT INTO profile_tags (one_id, tag, value, since) SELECT one_id, tag, value, ? "
-        "FROM new_values WHERE true ON CONFLICT (one_id, tag) DO UPDATE SET "
-        "value = excluded.value, since = excluded.since WHERE value IS NOT excluded.value",
-        (at,),
-    )
-    counts = {i.tag.name: {"customers": 0, "changed": 0, "removed": 0} for i in items}
-    for tag, count in conn.execute("SELECT tag, count(*) FROM new_values GROUP BY tag"):
-        counts[tag]["customers"] = count
-    for tag, change, count in conn.execute(
-        "SELECT c.tag, c.change, count(*) FROM tag_changes c JOIN evaluated e ON e.tag = c.tag "
-        "WHERE c.run_id = ? GROUP BY 1, 2",
-        (run_id,),
-    ):
-        counts[tag]["removed" if change == "removed" else "changed"] += count
-    return counts
+    return {
+        tag: {"changed": count - removed.get(tag, 0), "removed": removed.get(tag, 0)}
+        for tag, count in changed
+    }
 
 
 def tag_list(db: sqlite_utils.Database, folder: Path) -> list[dict[str, Any]]:

@@ -235,6 +235,73 @@ def test_tag_changes_are_recorded_and_reruns_change_nothing(run, project):
     assert m3 == [("changed", "new", "prospect")]
 
 
+READING_TAGS = """
+- name: still_new
+  when: "tag('lifecycle') = 'new'"
+- name: member_reader
+  when: "has_tag('new_member')"
+- name: second_hand
+  value: "tag('still_new')"
+- name: wuhan_fan
+  when: "in_segment('wuhan_skincare')"
+- name: ever_active
+  when: "tag('lifecycle') = 'active' or has_tag('ever_active')"
+- name: viewer
+  value: "event_count('view_item', '90d') + 10 * event_count('view_item', '2w')"
+"""
+
+
+def test_a_tag_reads_the_values_of_this_run(run, project, write):
+    """Tags that read tags see the values computed in the same run, two levels down and
+    through a segment, never those stored by the run before; a tag reading itself sees its
+    stored value. Missing event counts are 0."""
+    write("tag_rules/reads.yaml", READING_TAGS)
+
+    def tags_of(member):
+        return dict(
+            query(
+                project / "cdp.db",
+                "SELECT tag, value FROM profile_tags WHERE one_id = ? AND tag IN "
+                "('still_new', 'member_reader', 'second_hand', 'wuhan_fan', 'ever_active', "
+                "'viewer')",
+                one_id(project, member),
+            )
+        )
+
+    # First run: nothing is stored yet, so each value read was computed in this run.
+    assert run("tag", "--as-of", AS_OF).exit_code == 0
+    assert tags_of("M3") == {
+        "still_new": "true", "member_reader": "true", "second_hand": "true", "viewer": "33",
+    }  # fmt: skip
+    # 90 days: two views (the third is older); 2 weeks: one view
+    assert tags_of("M1") == {"wuhan_fan": "true", "ever_active": "true", "viewer": "12"}
+    assert tags_of("M2") == {"viewer": "0"}
+    # A month later M3 is no longer new nor a new member: every tag built on that goes.
+    later = json.loads(run("tag", "--as-of", "2026-12-15", "--json").stdout)
+    assert tags_of("M3") == {"viewer": "3"}
+    assert {t: later["tags"][t]["removed"] for t in ("still_new", "member_reader")} == {
+        "still_new": 1, "member_reader": 1,
+    }  # fmt: skip
+    removed = query(
+        project / "cdp.db",
+        "SELECT tag, old_value FROM tag_changes WHERE one_id = ? AND change = 'removed' "
+        "AND run_id = 2 ORDER BY tag",
+        one_id(project, "M3"),
+    )
+    assert {"member_reader", "new_member", "second_hand", "still_new"} <= {t for t, _ in removed}
+    # M1 has churned by mid-2027, and ever_active keeps the value it had stored.
+    assert run("tag", "--as-of", "2027-06-01").exit_code == 0
+    assert query(
+        project / "cdp.db",
+        "SELECT value FROM profile_tags WHERE one_id = ? AND tag = 'lifecycle'",
+        one_id(project, "M1"),
+    ) == [("churned",)]
+    assert tags_of("M1")["ever_active"] == "true"
+    # --only reads the other tags as they are stored.
+    only = json.loads(run("tag", "--as-of", AS_OF, "--only", "still_new", "--json").stdout)
+    assert only["tags"] == {"still_new": {"customers": 0, "changed": 0, "removed": 0}}
+
+
 def test_tag_only_and_list(run, project):
     result = run("tag", "--as-of", AS_OF, "--only", "lifecycle", "--json")
     assert list(json.loads(result.stdout)["tags"]) == ["lifecycle"]
