@@ -16,7 +16,8 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -43,6 +44,9 @@ GOLDEN_FIELDS = {
 }  # fmt: skip
 EVENT_WINDOWS = {timedelta(days=n): f"days_{n}" for n in (30, 90, 365)}
 READS = "r"  # the alias of temp.tag_reads in a tag run's evaluation
+# A write of more than this many times the rows a table holds drops the table's indexes and
+# makes them again after: one sort each costs less than as many inserts into each.
+BULK = 2
 # in_segment() puts the segment's rule inside the rule that calls it. Segments that each call
 # another twice would double the rule at every level (40 levels: a rule of 2**40 parts, and a
 # command that never ends), so one rule may take in at most this many, nested ones counted.
@@ -444,7 +448,7 @@ def run_tags(
             (as_of.isoformat(), at, json.dumps([c.tag.name for c in compiled])),
         ).lastrowid
         customers = _evaluate(conn, _levels(compiled))
-        changes = _record(conn, [c.tag.name for c in compiled], run_id, at, only is None)
+        changes = _record(conn, customers, run_id, at, only is None)
         result.tags = {name: {"customers": n, **changes[name]} for name, n in customers.items()}
         result.seconds = round(time.monotonic() - started, 3)
         conn.execute(
@@ -530,20 +534,27 @@ def _gather(
 
 
 def _record(
-    conn: sqlite3.Connection, tags: list[str], run_id: int, at: str, every_tag: bool
+    conn: sqlite3.Connection, customers: dict[str, int], run_id: int, at: str, every_tag: bool
 ) -> dict[str, dict[str, int]]:
     """The differences between temp.new_values and profile_tags into tag_changes, then into
     profile_tags: rows that did not change are compared, not written. Both sides are read in
-    (one_id, tag) order, which keeps each lookup next to the last."""
+    (one_id, tag) order, which keeps each lookup next to the last. `customers` holds each
+    evaluated tag's count of new values."""
     conn.execute("DROP TABLE IF EXISTS temp.evaluated")
     conn.execute("CREATE TEMP TABLE evaluated (tag TEXT PRIMARY KEY)")
-    conn.executemany("INSERT INTO evaluated VALUES (?)", [(tag,) for tag in tags])
+    conn.executemany("INSERT INTO evaluated VALUES (?)", [(tag,) for tag in customers])
     first = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
+    fresh = conn.execute(  # tags with nothing stored yet: each of their values is an addition
+        "SELECT tag FROM evaluated e WHERE NOT EXISTS (SELECT 1 FROM profile_tags t "
+        "WHERE t.tag = e.tag)"
+    ).fetchall()
+    added = sum(customers[tag] for (tag,) in fresh)  # at least; tag_changes holds <= first rows
     # A run of every tag reads all of profile_tags: in key order, so not through the tag
     # index (a unary + keeps SQLite from using an index for the term).
     tag = "+o.tag" if every_tag else "o.tag"
-    conn.execute(
-        f"""INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at)
+    with _bulk(conn, "tag_changes", added > BULK * first):
+        conn.execute(
+            f"""INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at)
 SELECT ?, one_id, tag, CASE WHEN old_value IS NULL THEN 'added'
   WHEN new_value IS NULL THEN 'removed' ELSE 'changed' END, old_value, new_value, ?
 FROM (
@@ -555,8 +566,9 @@ FROM (
   WHERE {tag} IN (SELECT tag FROM evaluated)
     AND NOT EXISTS (SELECT 1 FROM new_values n WHERE n.one_id = o.one_id AND n.tag = o.tag)
   ORDER BY 1, 2)""",
-        (run_id, at),
-    )
+            (run_id, at),
+        )
+    last = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
     removed = dict(
         conn.execute(  # this run's rows by id: the tag index would walk earlier runs' rows too
             "SELECT tag, count(*) FROM tag_changes NOT INDEXED "
@@ -570,12 +582,18 @@ FROM (
             "(SELECT one_id, tag FROM tag_changes WHERE id > ? AND change = 'removed')",
             (first,),
         )
-    conn.execute(
-        "INSERT INTO profile_tags (one_id, tag, value, since) "
-        "SELECT one_id, tag, new_value, ? FROM tag_changes WHERE id > ? AND change <> 'removed' "
-        "ON CONFLICT (one_id, tag) DO UPDATE SET value = excluded.value, since = excluded.since",
-        (at, first),
-    )
+    written = last - first - sum(removed.values())  # this run's ids follow one another
+    held = conn.execute(  # counted up to what decides
+        "SELECT count(*) FROM (SELECT 1 FROM profile_tags LIMIT ?)", (written // BULK + 1,)
+    ).fetchone()[0]
+    with _bulk(conn, "profile_tags", written > BULK * held):
+        conn.execute(
+            "INSERT INTO profile_tags (one_id, tag, value, since) "
+            "SELECT one_id, tag, new_value, ? FROM tag_changes "
+            "WHERE id > ? AND change <> 'removed' ON CONFLICT (one_id, tag) DO UPDATE SET "
+            "value = excluded.value, since = excluded.since",
+            (at, first),
+        )
     changed = conn.execute(  # counted in the (tag, at) index alone
         "SELECT e.tag, (SELECT count(*) FROM tag_changes c WHERE c.tag = e.tag AND c.at = ? "
         "AND c.id > ?) FROM evaluated e",
@@ -585,6 +603,25 @@ FROM (
         tag: {"changed": count - removed.get(tag, 0), "removed": removed.get(tag, 0)}
         for tag, count in changed
     }
+
+
+@contextmanager
+def _bulk(conn: sqlite3.Connection, table: str, bulk: bool) -> Iterator[None]:
+    """Around a write of many more rows than `table` holds (a first run, many new tags): its
+    indexes are dropped, then made again from the SQL that made them, inside the transaction."""
+    if not bulk:
+        yield
+        return
+    indexes = conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+        "AND sql IS NOT NULL",  # not those of a primary key or UNIQUE, which stay
+        (table,),
+    ).fetchall()
+    for name, _ in indexes:
+        conn.execute(f'DROP INDEX "{name}"')
+    yield
+    for _, sql in indexes:
+        conn.execute(sql)
 
 
 def tag_list(db: sqlite_utils.Database, folder: Path) -> list[dict[str, Any]]:

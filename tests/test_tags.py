@@ -302,6 +302,27 @@ def test_a_tag_reads_the_values_of_this_run(run, project, write):
     assert only["tags"] == {"still_new": {"customers": 0, "changed": 0, "removed": 0}}
 
 
+def test_a_first_run_writes_in_bulk_and_keeps_every_index(run, project):
+    """A first run writes more rows than profile_tags and tag_changes hold: their indexes are
+    dropped for the write and made again, as they were."""
+    indexes = (
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+        "AND tbl_name IN ('profile_tags', 'tag_changes') ORDER BY name"
+    )
+    before = query(project / "cdp.db", indexes)
+    names = {"profile_tags_tag", "tag_changes_tag", "tag_changes_one_id"}
+    assert names <= {name for name, _ in before}
+    assert run("tag", "--as-of", AS_OF).exit_code == 0
+    assert query(project / "cdp.db", indexes) == before
+    assert run("tag", "--as-of", "2026-12-15").exit_code == 0  # a few changes: no bulk
+    assert query(project / "cdp.db", indexes) == before
+    plan = query(
+        project / "cdp.db",
+        "EXPLAIN QUERY PLAN SELECT one_id FROM profile_tags WHERE tag = 'lifecycle'",
+    )
+    assert "profile_tags_tag" in plan[0][-1]
+
+
 def test_tag_only_and_list(run, project):
     result = run("tag", "--as-of", AS_OF, "--only", "lifecycle", "--json")
     assert list(json.loads(result.stdout)["tags"]) == ["lifecycle"]
