@@ -83,8 +83,8 @@ def _select(fields: list[str], book_context: RuleContext) -> tuple[list[str], li
     columns, params = [], []
     for field in fields:
         if field in IDENTIFIER_FIELDS:
-            columns.append(
-                "(SELECT i.value FROM identifiers i WHERE i.one_id = p.one_id AND i.type = ? "
+            columns.append(  # +type: by one_id, not a scan of every identifier of the type
+                "(SELECT i.value FROM identifiers i WHERE i.one_id = p.one_id AND +i.type = ? "
                 "AND i.status = 'linked' ORDER BY i.value LIMIT 1)"
             )
             params.append(field)

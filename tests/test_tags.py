@@ -434,6 +434,27 @@ def test_segment_count_portrait_and_export(run, project):
     )
 
 
+def test_segment_fields_look_identifiers_up_by_customer(run, project):
+    """A phone or member number in a sample or export is found through the customer's
+    identifiers, not by scanning every identifier of that type for each customer."""
+    import sqlite3
+    from datetime import date
+
+    from cdp_cli.segments import _select
+    from cdp_cli.tags import BASE_FROM, RuleContext, load_rulebook
+
+    assert run("tag", "--as-of", AS_OF).exit_code == 0
+    context = RuleContext(load_rulebook(project / "tag_rules"), date(2026, 11, 15))
+    columns, params = _select(["one_id", "phone", "member_no"], context)
+    conn = sqlite3.connect(project / "cdp.db")
+    plan = conn.execute(
+        f"EXPLAIN QUERY PLAN SELECT {', '.join(columns)} FROM {BASE_FROM}", params
+    ).fetchall()
+    conn.close()
+    lookups = [row[-1] for row in plan if " i " in f" {row[-1]} "]
+    assert len(lookups) == 2 and all("identifiers_one_id" in step for step in lookups), plan
+
+
 def test_named_segments_and_in_segment(run, project):
     assert run("tag", "--as-of", AS_OF).exit_code == 0
     winback = json.loads(run("segment", "winback", "--json").stdout)
