@@ -59,8 +59,13 @@ entry: {when: "city is not null"}
 holdout: 10%
 steps:
   - split:
-      wechat_first: {share: 50%, steps: [{send: {channel: wechat, fallback: [sms], template: winback_coupon, coupon: BENCH}}]}
-      sms_only: {share: 50%, steps: [{send: {channel: sms, template: winback_coupon, coupon: BENCH}}]}
+      wechat_first:
+        share: 50%
+        steps:
+          - send: {channel: wechat, fallback: [sms], template: winback_coupon, coupon: BENCH}
+      sms_only:
+        share: 50%
+        steps: [{send: {channel: sms, template: winback_coupon, coupon: BENCH}}]
 """
 
 
@@ -141,7 +146,8 @@ def customer_data(store: Path) -> list[dict[str, Any]]:
     conn.close()
     return [
         {"one_id": one_id, "customer": {"name": name}, "phone": phone,
-         "tags": {"preferred_category": category}, "features": {"top_category": None},  # no orders here
+         "tags": {"preferred_category": category},
+         "features": {"top_category": None},  # no orders here
          "coupon": {"code": f"WB-{n:08d}", "face_value": 20.0, "expires_at": "2027-05-13 23:59:59"},
          "brand": {"name": "花漾", "url": "https://www.huayang.example.com"},
          "link": "https://www.huayang.example.com"}
