@@ -228,7 +228,7 @@ def _wechat_fields(fields: Any, file: str) -> list[str]:
                 file, f"data.{name} has unknown key {extra[0]!r}; keys are value, color"
             )
         color = entry.get("color")
-        if color is not None and not (isinstance(color, str) and COLOR.match(color)):
+        if color is not None and not (isinstance(color, str) and COLOR.fullmatch(color)):
             raise TemplateError(file, f"data.{name}.color must look like #FF6600, got {color!r}")
         value = entry["value"]
         if not value.strip():

@@ -213,9 +213,11 @@ def run_journeys(
     known = {r[0] for r in db.conn.execute("SELECT DISTINCT tag FROM profile_tags")}
     rules = JourneyRules(config, clock.date(), known)
     templates = TemplateStore(config.root / "templates")
-    results = []
-    for journey in [journeys[name]] if name else journeys.values():
+    chosen = [journeys[name]] if name else list(journeys.values())
+    for journey in chosen:  # every journey is checked before any of them changes the store
         check_journey(journey, rules, templates)
+    results = []
+    for journey in chosen:
         result = RunResult(journey.name, clock.isoformat(timespec="seconds"), dry_run)
         run = _Run(db, config, journey, clock, 0, rules, templates, settings, result, dry_run)
         results.append(_run_one(run))

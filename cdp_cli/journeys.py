@@ -179,7 +179,7 @@ def _journey(path: Path, data: Any) -> Journey:
         raise FileError(path, "expected a journey: a mapping with name, entry and steps", 1)
     check_keys(data, JOURNEY_KEYS, "journey")
     name = data.get("name")
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise FileError(
             path,
             f"name must be lower-case letters, digits and _ (got {name!r})",

@@ -394,14 +394,7 @@ def test_a_symlink_out_of_the_templates_folder_is_refused(project: Path) -> None
         "evil.x",
         "",
         "e" * 80,
-        pytest.param(
-            "evil\n",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="journeys.NAME ends in $, which matches before a final newline: the "
-                "outbound file is named 'evil\\n-<time>-<run>.csv' (use fullmatch)",
-            ),
-        ),
+        "evil\n",
     ],
 )
 def test_journey_names_which_name_outbound_files_are_checked(project: Path, name: str) -> None:
