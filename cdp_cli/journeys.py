@@ -30,6 +30,8 @@ from cronsim import CronSim, CronSimError
 from cdp_cli.errors import FileError, RuleError
 from cdp_cli.links import UTM_KEYS
 from cdp_cli.rules import parse_duration
+from cdp_cli.templates import NAME as TEMPLATE_NAME
+from cdp_cli.templates import name_problem
 from cdp_cli.yamlfile import YamlList, YamlMap, check_keys, did_you_mean, load_yaml
 
 CHANNELS = ("sms", "email", "push", "wechat")
@@ -353,6 +355,11 @@ def _send(path: Path, spec: Any, key: str, line: int) -> Send:
     template = spec.get("template")
     if not isinstance(template, str) or not template:
         raise FileError(path, f"{key}.send: template is missing", line)
+    problem = name_problem(template)
+    if problem is None and not TEMPLATE_NAME.fullmatch(template):
+        problem = "must be lower-case letters, digits, _ and -, starting with a letter or digit"
+    if problem:
+        raise FileError(path, f"{key}.send: template name {template!r} {problem}", line)
     coupon = spec.get("coupon")
     link = _tracked_link(path, spec["link"], f"{key}.send.link", line) if "link" in spec else None
     return Send(

@@ -304,6 +304,14 @@ def test_dry_run_changes_nothing(run, write, project):
             "templates/sms/nope",
         ),
         (
+            "entry: {when: \"city = '1'\"}\nsteps: [{send: {channel: sms, template: -hello}}]\n",
+            "journeys/j.yaml:3: steps[0].send: template name '-hello' must be lower-case",
+        ),
+        (
+            "entry: {when: \"city = '1'\"}\nsteps: [{send: {channel: sms, template: ../x}}]\n",
+            "steps[0].send: template name '../x' climbs out of the templates folder",
+        ),
+        (
             "entry: {when: \"city = '1'\"}\nsteps: [{wiat: 3d}]\n",
             "steps[0]: unknown step 'wiat' (did you mean 'wait'?)",
         ),

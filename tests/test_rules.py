@@ -232,6 +232,11 @@ EXAMPLES = [
     ("(city = '武汉' or city = '北京') and gender = 'male'", ["c2", "c6"]),
     ("order_count + 2 * 3 = 11", ["c1"]),
     ("TRUE", ["c1", "c2", "c3", "c4", "c5", "c6", "c7"]),
+    # Digits may be grouped with _, as in Python.
+    (
+        "total_spent_365d >= 1_000 and city in ('武汉', '北京') and not has_tag('churned')",
+        ["c1", "c6"],
+    ),
     ("city = NULL", []),
 ]
 
@@ -394,7 +399,6 @@ ERRORS = [
     ("city in ('武汉', city)", "in (...) takes a list of values, as in city in ('武汉', '北京')"),
     ("total_spent_365d > 1e999", "number too large: 1e999"),
     ("total_spent_365d > 99999999999999999999", "number too large: 99999999999999999999"),
-    ("order_count = 1_000", "syntax error at column 16: unexpected '_000'"),
     ("order_count = 1 order_count = 2", "syntax error at column 29: unexpected '='"),
     ("city = 'abc", "syntax error at column 8: unclosed quote"),
     ("city = '武汉' and", "syntax error at column 13: incomplete expression at 'and'"),
