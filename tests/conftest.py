@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sqlite3
 import textwrap
 from collections.abc import Callable
@@ -7,10 +8,17 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import settings
 
 from cdp_cli.cli import cli
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The default run draws the same examples every time, so CI is red for a change and not for
+# a draw; `HYPOTHESIS_PROFILE=explore pytest` draws new ones to look for new bugs.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 SAMPLE_DATA = REPO / "sample_data"
 
 
