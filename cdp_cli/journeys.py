@@ -357,9 +357,13 @@ def _send(path: Path, spec: Any, key: str, line: int) -> Send:
         raise FileError(path, f"{key}.send: template is missing", line)
     problem = name_problem(template)
     if problem is None and not TEMPLATE_NAME.fullmatch(template):
-        problem = "must be lower-case letters, digits, _ and -, starting with a letter or digit"
+        problem = "use lower-case letters, digits, _ and -, starting with a letter or digit"
     if problem:
-        raise FileError(path, f"{key}.send: template name {template!r} {problem}", line)
+        raise FileError(
+            path,
+            f"{key}.send: template {template!r} names no file in the templates folder: {problem}",
+            line,
+        )
     coupon = spec.get("coupon")
     link = _tracked_link(path, spec["link"], f"{key}.send.link", line) if "link" in spec else None
     return Send(

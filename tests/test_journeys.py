@@ -305,11 +305,11 @@ def test_dry_run_changes_nothing(run, write, project):
         ),
         (
             "entry: {when: \"city = '1'\"}\nsteps: [{send: {channel: sms, template: -hello}}]\n",
-            "journeys/j.yaml:3: steps[0].send: template name '-hello' must be lower-case",
+            "journeys/j.yaml:3: steps[0].send: template '-hello' names no file in the templates folder: use lower-case",
         ),
         (
             "entry: {when: \"city = '1'\"}\nsteps: [{send: {channel: sms, template: ../x}}]\n",
-            "steps[0].send: template name '../x' climbs out of the templates folder",
+            "steps[0].send: template '../x' names no file in the templates folder: climbs out of the templates folder",
         ),
         (
             "entry: {when: \"city = '1'\"}\nsteps: [{wiat: 3d}]\n",
