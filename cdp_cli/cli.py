@@ -296,7 +296,8 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
             }
         )
     else:
-        out.note(f"\nThe demo project is in {directory}; try: cd {directory} && cdp status", silent)
+        out.note("", silent)
+        out.note(f"The demo project is in {directory}; try: cd {directory} && cdp status", silent)
 
 
 def _print_demo_response(stretches: list[dict[str, Any]]) -> None:

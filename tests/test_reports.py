@@ -689,6 +689,10 @@ def test_demo_ends_with_a_labelled_simulated_response_the_reports_and_the_html(r
     assert re.search(r"^winback: \d+ entered; goal order within 14 days", reports, re.M)
     assert "# Effect: treatment against holdout" in reports
     assert "wrote report.html" in reports
+    assert result.stderr.splitlines()[-2:] == [
+        "",
+        "The demo project is in demo; try: cd demo && cdp status",
+    ]
     folder = tmp_path / "demo"
     page = (folder / "report.html").read_text(encoding="utf-8")
     assert [m for m in re.findall(r'data-report="(\w+)"', page)][:2] == ["overview", "journey"]
