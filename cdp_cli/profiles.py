@@ -16,6 +16,7 @@ import sqlite_utils
 from cdp_cli.config import Config
 from cdp_cli.errors import NotFound
 from cdp_cli.identity import email_key, normalize_phone
+from cdp_cli.privacy import masked_lookup
 from cdp_cli.store import rows_as_dicts
 
 GOLDEN_FIELDS = ("name", "gender", "birthday", "city")
@@ -133,7 +134,8 @@ def find_one_id(db: sqlite_utils.Database, config: Config, lookup: Lookup) -> tu
         "SELECT one_id FROM identifiers WHERE type = ? AND value = ? AND one_id IS NOT NULL", ident
     ).fetchone()
     if row is None:
-        raise NotFound(f"no customer has the {ident[0]} {ident[1]}")
+        asked = {"device_id": "device"}.get(ident[0], ident[0])
+        raise NotFound(f"no customer has the {masked_lookup(**{asked: ident[1]})}")
     return row[0], []
 
 
