@@ -38,6 +38,7 @@ from cdp_cli.config import Config, FieldMapping, Source
 from cdp_cli.errors import IngestError, UsageError
 from cdp_cli.identity import identity_key
 from cdp_cli.parsing import TimestampParser, parse_date, parse_integer, parse_number, to_json
+from cdp_cli.privacy import mask_text
 from cdp_cli.store import now_iso, transaction
 from cdp_cli.tombstones import FORGOTTEN_RAW, Screen
 
@@ -307,7 +308,7 @@ class RowMapper:
         if mapping.column not in self.header:
             raise IngestError(
                 f"column {mapping.column!r} (for {mapping.name.removeprefix('key:')}) is not in "
-                f"the header; the columns are: {', '.join(self.header)}"
+                f"the header; the columns are: {mask_text(', '.join(self.header))}"
             )
         return self.header.index(mapping.column)
 

@@ -19,28 +19,18 @@ from types import TracebackType
 from typing import IO, Any
 
 from cdp_cli.errors import CdpError
+from cdp_cli.privacy import EMAIL_IN_TEXT, NUMBER_IN_TEXT, identifying_number
 from cdp_cli.store import now_iso
 
-EMAIL = re.compile(r"[^\s@,;:<>()\[\]\"]+@[\w-]+(?:\.[\w-]+)+")
-# A run of digits, perhaps split by single spaces, dashes or dots, perhaps with a leading +,
-# standing on its own: digits glued to a name before them (pos-20261118.csv, M0000001) stay.
-NUMBER = re.compile(r"(?<![\w-])\+?\d(?:[ .-]?\d)+[Xx]?")
 QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
-
-
-def _number(match: re.Match[str]) -> str:
-    text = match.group()
-    digits = sum(c.isdigit() for c in text)
-    plain = text.lstrip("+").rstrip("Xx").isdigit()
-    # Phones and ID numbers: 7+ digits in one run, or 9+ split up (dates have 8: 2026-11-15).
-    if (plain and digits >= 7) or digits >= 9:
-        return "<number>"
-    return text
 
 
 def scrub(text: str) -> str:
     """The text with email addresses and phone or ID numbers replaced: safe for a log."""
-    return NUMBER.sub(_number, EMAIL.sub("<email>", text))
+    return NUMBER_IN_TEXT.sub(
+        lambda m: "<number>" if identifying_number(m.group()) else m.group(),
+        EMAIL_IN_TEXT.sub("<email>", text),
+    )
 
 
 def for_log(message: str) -> str:

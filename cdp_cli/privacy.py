@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import phonenumbers
 
 MASKED_TYPES = ("phone", "email", "id_number")
+EMAIL_IN_TEXT = re.compile(r"[^\s@,;:<>()\[\]\"]+@[\w-]+(?:\.[\w-]+)+")
+# A run of digits, perhaps split by single spaces, dashes or dots, perhaps with a leading +,
+# standing on its own: digits glued to a name before them (pos-20261118.csv, M0000001) stay.
+NUMBER_IN_TEXT = re.compile(r"(?<![\w-])\+?\d(?:[ .-]?\d)+[Xx]?")
 
 
 def mask_phone(value: str) -> str:
@@ -42,6 +47,22 @@ def mask(type_name: str, value: Any) -> Any:
     if type_name == "id_number":
         return mask_id_number(value)
     return value
+
+
+def identifying_number(text: str) -> bool:
+    """Phones and ID numbers: 7+ digits in one run, or 9+ split up (dates have 8: 2026-11-15)."""
+    digits = sum(c.isdigit() for c in text)
+    plain = text.lstrip("+").rstrip("Xx").isdigit()
+    return (plain and digits >= 7) or digits >= 9
+
+
+def mask_text(text: str) -> str:
+    """Free text that may quote a data row (a headerless file's first line), with its emails
+    and phone or ID numbers masked for the terminal."""
+    text = EMAIL_IN_TEXT.sub(lambda m: mask_email(m.group()), text)
+    return NUMBER_IN_TEXT.sub(
+        lambda m: mask_phone(m.group()) if identifying_number(m.group()) else m.group(), text
+    )
 
 
 def masked_lookup(

@@ -28,6 +28,7 @@ from cdp_cli.demo import run_demo
 from cdp_cli.forget import HANDLED_TABLES, find_target, forget
 from cdp_cli.identity import Normalizer
 from cdp_cli.ingest import ingest_file
+from cdp_cli.privacy import mask_email, mask_phone, mask_text
 from cdp_cli.profiles import Lookup
 from cdp_cli.store import open_store
 from cdp_cli.tombstones import Tombstones, tombstone_hash
@@ -121,6 +122,32 @@ def store_bytes(folder: Path) -> bytes:
         for name in ("cdp.db", "cdp.db-wal")
         if (folder / name).exists()
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Masking free text
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.from_regex(r"1[3-9][0-9]{9}", fullmatch=True),
+            st.from_regex(r"[a-z][a-z0-9.]{0,8}@[a-z]{1,8}\.(com|cn)", fullmatch=True),
+            st.sampled_from(["M0000001", "李娜", "2025-01-01", "398.00", "pos-20261118.csv"]),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_masked_text_keeps_no_phone_or_email_and_leaves_the_rest(cells):
+    masked = mask_text(", ".join(cells))
+    for cell in cells:
+        if "@" in cell:
+            assert cell not in masked and mask_email(cell) in masked
+        elif cell.isdigit():
+            assert cell not in masked and mask_phone(cell) in masked
+        else:
+            assert cell in masked
 
 
 # ---------------------------------------------------------------------------------------------
