@@ -38,10 +38,12 @@ def write_outbound(db: sqlite_utils.Database, config: Config) -> list[str]:
         folder = config.root / "outbound" / channel
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{journey}-{stamp}-{run_id}.{FILE_FORMATS[channel]}"
+        # A group's rows are all queued until the UPDATE below marks them all written. In the
+        # order they were queued, through the index of queued messages, never a table scan.
         rows = db.conn.execute(
             "SELECT id, journey, step, one_id, address, payload, coupon_code, link_url "
-            "FROM messages WHERE run_id = ? AND journey = ? AND channel = ? "
-            "AND status != 'skipped' ORDER BY id",
+            "FROM messages WHERE run_id = ? AND status = 'queued' AND journey = ? "
+            "AND channel = ? ORDER BY rowid",
             (run_id, journey, channel),
         )
         _write_file(path, channel, rows)

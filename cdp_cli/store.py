@@ -446,3 +446,18 @@ CREATE TABLE tombstones (
 """,
     )
     db.conn.execute("INSERT INTO tombstone_salt VALUES (?)", (secrets.token_hex(32),))
+
+
+@migration(9)
+def narrow_message_indexes(db: sqlite_utils.Database) -> None:
+    """Index only the messages that are looked up: the queued ones (a file still to write) and
+    those with a tracked link. Every written message used to stay in both indexes."""
+    _run_script(
+        db.conn,
+        """
+DROP INDEX messages_pending;
+CREATE INDEX messages_pending ON messages (run_id) WHERE status = 'queued';
+DROP INDEX messages_link_code;
+CREATE INDEX messages_link_code ON messages (link_code) WHERE link_code IS NOT NULL;
+""",
+    )
