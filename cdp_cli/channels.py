@@ -41,6 +41,8 @@ GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
 GSM7_ALL = GSM7_BASIC | GSM7_EXTENSION
 GSM7 = ("GSM-7", 160, 153)
 UCS2 = ("UCS-2", 70, 67)
+# Stops at the first character outside GSM-7: at once, in Chinese text.
+_NOT_GSM7 = re.compile("[^" + "".join(re.escape(c) for c in sorted(GSM7_ALL)) + "]")
 
 WECHAT_KEYS = ("touser", "template_id", "url", "miniprogram", "data", "appid")
 # Since May 2023 WeChat shows at most 20 characters of a template-message field.
@@ -67,7 +69,7 @@ class Outbound:
 
 def sms_encoding(text: str) -> str:
     """'GSM-7' when every character is in the GSM 03.38 tables, else 'UCS-2'."""
-    return GSM7[0] if set(text) <= GSM7_ALL else UCS2[0]
+    return UCS2[0] if _NOT_GSM7.search(text) else GSM7[0]
 
 
 def _units(char: str, encoding: str) -> int:

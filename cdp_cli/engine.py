@@ -9,6 +9,7 @@ one, and the next run writes what is still pending under the same name.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -170,6 +171,19 @@ class _Run:
     @property
     def coupon_steps(self) -> bool:
         return any(s.coupon for s in self.journey.sends())
+
+    @functools.cached_property
+    def feature_columns(self) -> list[str] | None:
+        """The features this journey's templates print (None: any may be), read per batch."""
+        used: set[str] = set()
+        for send in self.journey.sends():
+            for channel in (send.channel, *send.fallback):
+                fields = self.templates.fields_used(channel, send.template, "features")
+                if fields is None:
+                    return None
+                used |= fields
+        known = {column.name for column in self.db["profile_features"].columns}
+        return sorted(used & known)
 
     def coupon_pool(self, campaign: str) -> CouponPool:
         if campaign not in self.pools:

@@ -246,7 +246,11 @@ class Customers:
         )
         names = [d[0] for d in cursor.description]
         self.profiles = {row[0]: dict(zip(names, row, strict=True)) for row in cursor}
-        cursor = conn.execute(f"SELECT * FROM profile_features WHERE one_id {IN_BATCH}", (ids,))
+        wanted = run.feature_columns
+        listed = "*" if wanted is None else ", ".join(f'"{c}"' for c in ["one_id", *wanted])
+        cursor = conn.execute(
+            f"SELECT {listed} FROM profile_features WHERE one_id {IN_BATCH}", (ids,)
+        )
         names = [d[0] for d in cursor.description]
         self.features = {row[0]: dict(zip(names[1:], row[1:], strict=True)) for row in cursor}
         for one_id, tag, value in conn.execute(

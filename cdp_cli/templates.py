@@ -749,16 +749,21 @@ class TemplateStore:
     def _render_part(self, relative: str, context: Mapping[str, Any], budget: _Budget) -> str:
         token = _BUDGET.set(budget)
         chunks: list[str] = []
-        size = 0
+        size, exact, limit = 0, 0, self.limits.part_bytes
         try:
             template = self._load(relative)
             with closing(template.generate(context)) as stream:  # closed while still metered
                 for chunk in stream:
                     budget.tick()
-                    size += len(chunk.encode("utf-8"))
-                    if size > self.limits.part_bytes:
-                        raise _Refused(f"renders to more than {self.limits.part_bytes // 1024} KiB")
                     chunks.append(chunk)
+                    size += len(chunk)
+                    # A character is at most 4 UTF-8 bytes: count bytes once that could matter.
+                    if size * 4 > limit:
+                        exact = (
+                            exact + len(chunk.encode()) if exact else len("".join(chunks).encode())
+                        )
+                        if exact > limit:
+                            raise _Refused(f"renders to more than {limit // 1024} KiB")
         except (jinja2.TemplateError, _Refused, RecursionError, MemoryError, SyntaxError) as exc:
             raise self._error(exc, relative) from None
         except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError) as exc:
@@ -844,13 +849,43 @@ class TemplateStore:
         except (jinja2.TemplateError, _Refused) as exc:
             raise self._error(exc, relative) from None
 
+    def fields_used(self, channel: str, name: str, variable: str) -> set[str] | None:
+        """The keys of `variable` (features, say) that a template reads, as `features.x` or
+        `features['x']`; None when it may read any (it uses the whole value, a computed key,
+        or another template), so that a run reads only the columns its messages print."""
+        used: set[str] = set()
+        for relative in self.files(channel, name).values():
+            source = (self.root / relative).read_text(encoding="utf-8")
+            try:
+                tree = self._env.parse(source)
+            except (jinja2.TemplateError, SyntaxError, RecursionError, MemoryError):
+                return None  # rendering reports it
+            if any(tree.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends))):
+                return None
+            named = [n for n in tree.find_all(nodes.Name) if n.name == variable]
+            read = [
+                n.attr if isinstance(n, nodes.Getattr) else n.arg.value
+                for n in tree.find_all((nodes.Getattr, nodes.Getitem))
+                if isinstance(n.node, nodes.Name) and n.node.name == variable
+                and (isinstance(n, nodes.Getattr) or isinstance(n.arg, nodes.Const))
+            ]  # fmt: skip
+            if len(read) != len(named) or not all(isinstance(key, str) for key in read):
+                return None
+            used.update(read)
+        return used
+
     def _load(self, relative: str) -> jinja2.Template:
         """The compiled template. Python compiles the code Jinja makes of it, and refuses more
         than 20 loops or 100 blocks inside each other; deep brackets overflow the parser."""
         try:
-            return self._env.get_template(relative)
+            template = self._env.get_template(relative)
         except (SyntaxError, RecursionError, MemoryError):
             raise _Refused(_TOO_NESTED) from None
+        if not isinstance(template.globals, dict):
+            # Jinja chains the template's globals to the environment's, and walks the chain
+            # twice for every message rendered; they never change here, so one plain dict.
+            template.globals = dict(template.globals)
+        return template
 
 
 # ---------------------------------------------------------------------------------------------

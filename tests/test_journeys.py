@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -672,3 +673,34 @@ def test_dry_run_shows_who_would_get_what(run, write, project):
     lines = result.stdout.splitlines()
     shown = [line for line in lines if line.startswith("d ") and "【花漾】" in line]
     assert len(shown) == 2 and all("sms" in line for line in shown)
+
+
+def test_a_run_reads_only_the_feature_columns_its_templates_print(run, write, project):
+    from cdp_cli.config import load_config
+    from cdp_cli.engine import run_journeys as run_api
+    from cdp_cli.store import open_store
+
+    write(
+        "templates/sms/feat.txt",
+        "【花漾】{{ customer.name|default_name }} {{ features.order_count }}",
+    )
+    write(
+        "journeys/f.yaml",
+        journey("f", "entry: {when: \"city = '武汉'\"}\nsteps: [{send: {channel: sms, template: feat}}]\n"),
+    )  # fmt: skip
+    config = load_config(project / "cdp.yaml")
+    db = open_store(config.store)
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    [result] = run_api(db, config, "f", datetime.fromisoformat("2026-11-15T10:30:00+08:00"))
+    db.close()
+    assert result.sent == {"sms": 2}
+    reads = [s for s in statements if "FROM profile_features WHERE one_id IN" in s]
+    assert reads and all(s.startswith('SELECT "one_id", "order_count" FROM') for s in reads), reads
+    counts = query(project / "cdp.db", "SELECT order_count FROM profile_features ORDER BY 1")
+    texts = query(
+        project / "cdp.db",
+        "SELECT payload FROM messages WHERE journey = 'f' AND status != 'skipped'",
+    )
+    printed = {json.loads(t)["text"].rsplit(" ", 1)[1] for (t,) in texts}
+    assert printed and printed <= {str(c) for (c,) in counts}

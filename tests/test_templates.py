@@ -720,3 +720,27 @@ def test_remembered_filters_answer_as_the_plain_ones(tmp_path: Path) -> None:
         store.render("sms", "m", {"a": True, "b": "2026-05-13"})  # True is not remembered as 1
     with pytest.raises(TemplateError, match="not an amount"):
         store.render("sms", "m", {"a": [1], "b": "2026-05-13"})  # unhashable: not remembered
+
+
+# ---------------------------------------------------------------------------------------------
+# What a template reads: a journey run reads only those feature columns
+
+
+@pytest.mark.parametrize(
+    ("source", "used"),
+    [
+        ("{{ features.top_category }} {{ features['total_spent'] | money }}", {"top_category", "total_spent"}),
+        ("{% if features.order_count > 1 %}again{% endif %}{{ customer.name }}", {"order_count"}),
+        ("{{ customer.name }}", set()),
+        ("{{ features }}", None),
+        ("{% for key in features %}{{ key }}{% endfor %}", None),
+        ("{% set k = 'x' %}{{ features[k] }}", None),
+        ("{{ features[0] }}", None),
+        ("{% set features = {} %}{{ features.x }}", None),
+        ("{{ features.x }}{% include 'sms/_part.txt' %}", None),
+        ("{{ features.x ", None),  # a syntax error: rendering reports it
+    ],
+)  # fmt: skip
+def test_fields_a_template_reads(tmp_path: Path, source: str, used: set[str] | None) -> None:
+    store = make_store(tmp_path, {"sms/t.txt": source, "sms/_part.txt": "{{ features.y }}"})
+    assert store.fields_used("sms", "t", "features") == used
