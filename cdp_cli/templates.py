@@ -45,6 +45,7 @@ from cdp_cli.privacy import mask_email, mask_phone
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: "$" would let a final "\n" in
 DEFAULT_NAME = "顾客"
+_DICT_METHODS = frozenset(dir(dict))
 CURRENCIES = {"CNY": "¥", "RMB": "¥", "USD": "$", "HKD": "HK$", "EUR": "€"}
 DATE_FORMATS = {"long": "{y}年{m}月{d}日", "short": "{m}月{d}日", "datetime": "{y}年{m}月{d}日 {t}"}
 # Jinja's filters that a message needs; the rest (random, pprint, urlize, xmlattr,
@@ -870,6 +871,8 @@ class TemplateStore:
                 and (isinstance(n, nodes.Getattr) or isinstance(n.arg, nodes.Const))
             ]  # fmt: skip
             if len(read) != len(named) or not all(isinstance(key, str) for key in read):
+                return None
+            if any(key in _DICT_METHODS for key in read):  # features.get('x'), .items()
                 return None
             used.update(read)
         return used

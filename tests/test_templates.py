@@ -733,6 +733,8 @@ def test_remembered_filters_answer_as_the_plain_ones(tmp_path: Path) -> None:
         ("{% if features.order_count > 1 %}again{% endif %}{{ customer.name }}", {"order_count"}),
         ("{{ customer.name }}", set()),
         ("{{ features }}", None),
+        ("{{ features.get('top_category') }}", None),
+        ("{% for k, v in features.items() %}{{ v }}{% endfor %}", None),
         ("{% for key in features %}{{ key }}{% endfor %}", None),
         ("{% set k = 'x' %}{{ features[k] }}", None),
         ("{{ features[0] }}", None),
