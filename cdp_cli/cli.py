@@ -84,12 +84,15 @@ pass_project = click.make_pass_decorator(Project)
 Command = Callable[..., Any]
 
 
-def writes_store(unless: tuple[str, ...] = ()) -> Callable[[Command], Command]:
+def writes_store(
+    unless: tuple[str, ...] = (), only_with: tuple[str, ...] = ()
+) -> Callable[[Command], Command]:
     """For commands that write to the store: `--wait SECONDS`, and the store's lock held while
     the command runs, so that one writer runs at a time. Put it just above @pass_project.
 
     Readers take no lock and run during a write (WAL). A command run with one of the flags in
-    `unless` set only reads (`cdp tag --list`) and takes no lock either.
+    `unless` set only reads (`cdp tag --list`) and takes no lock either; nor does one run with
+    none of the options in `only_with` (`cdp consent` without --opt-out or --opt-in).
     """
 
     def decorate(fn: Command) -> Command:
@@ -103,7 +106,10 @@ def writes_store(unless: tuple[str, ...] = ()) -> Callable[[Command], Command]:
         )
         @functools.wraps(fn)
         def command(*args: Any, wait: float, **kwargs: Any) -> Any:
-            if any(kwargs.get(flag) for flag in unless):
+            reads_only = any(kwargs.get(flag) for flag in unless) or (
+                only_with and not any(kwargs.get(option) for option in only_with)
+            )
+            if reads_only:
                 return fn(*args, **kwargs)
             with _store_lock(click.get_current_context(), wait):
                 return fn(*args, **kwargs)
@@ -983,7 +989,7 @@ def _print_segment(report: dict[str, Any]) -> None:
 @click.option("--reason", metavar="TEXT", help="Why, or where it was given (kept with it).")
 @click.option("--unmask", is_flag=True, help="Show phones and emails in full.")
 @out.json_option
-@writes_store()
+@writes_store(only_with=("status",))
 @pass_project
 def consent_command(
     project: Project,

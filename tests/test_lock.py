@@ -54,6 +54,7 @@ WRITERS = [
     ["tag", "--as-of", "2026-11-15"],
     ["journey", "run", "--now", "2026-11-15 10:30"],
     ["run", "--now", "2026-11-15 10:30"],
+    ["consent", "--phone", "13800138000", "--channel", "sms", "--opt-out"],
 ]
 
 
@@ -61,7 +62,8 @@ WRITERS = [
 def test_a_writer_started_while_another_writes_exits_1_at_once(run, project, holder, args):
     drop(project / "inbox/pos/new.csv", NEW_POS)
     runs = "SELECT (SELECT count(*) FROM batches), (SELECT count(*) FROM resolve_runs), "
-    runs += "(SELECT count(*) FROM tag_runs), (SELECT count(*) FROM journey_runs)"
+    runs += "(SELECT count(*) FROM tag_runs), (SELECT count(*) FROM journey_runs), "
+    runs += "(SELECT count(*) FROM consents)"
     before = query(project / "cdp.db", runs)
     started = time.monotonic()
     result = run(*args)
@@ -82,6 +84,7 @@ READERS = [
     ["resolve", "--explain", "C000000001"],
     ["journey", "status", "winback"],
     ["journey", "validate"],
+    ["consent", "--phone", "13800138000"],
 ]
 
 
