@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from cdp_cli.errors import CdpError
-from cdp_cli.privacy import EMAIL_IN_TEXT, NUMBER_IN_TEXT, identifying_number
+from cdp_cli.privacy import replace_identifiers
 from cdp_cli.store import now_iso
 
 QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
@@ -27,10 +27,7 @@ QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 def scrub(text: str) -> str:
     """The text with email addresses and phone or ID numbers replaced: safe for a log."""
-    return NUMBER_IN_TEXT.sub(
-        lambda m: "<number>" if identifying_number(m.group()) else m.group(),
-        EMAIL_IN_TEXT.sub("<email>", text),
-    )
+    return replace_identifiers(text, lambda _: "<email>", lambda _: "<number>")
 
 
 def for_log(message: str) -> str:

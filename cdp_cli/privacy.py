@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import phonenumbers
 
 MASKED_TYPES = ("phone", "email", "id_number")
-EMAIL_IN_TEXT = re.compile(r"[^\s@,;:<>()\[\]\"]+@[\w-]+(?:\.[\w-]+)+")
+_EMAIL_IN_TEXT = re.compile(r"[^\s@,;:<>()\[\]\"]+@[\w-]+(?:\.[\w-]+)+")
 # A run of digits, perhaps split by single spaces, dashes or dots, perhaps with a leading +,
 # standing on its own: digits glued to a name before them (pos-20261118.csv, M0000001) stay.
-NUMBER_IN_TEXT = re.compile(r"(?<![\w-])\+?\d(?:[ .-]?\d)+[Xx]?")
+_NUMBER_IN_TEXT = re.compile(r"(?<![\w-])\+?\d(?:[ .-]?\d)+[Xx]?")
 
 
 def mask_phone(value: str) -> str:
@@ -49,20 +50,27 @@ def mask(type_name: str, value: Any) -> Any:
     return value
 
 
-def identifying_number(text: str) -> bool:
+def _identifying_number(text: str) -> bool:
     """Phones and ID numbers: 7+ digits in one run, or 9+ split up (dates have 8: 2026-11-15)."""
     digits = sum(c.isdigit() for c in text)
     plain = text.lstrip("+").rstrip("Xx").isdigit()
     return (plain and digits >= 7) or digits >= 9
 
 
-def mask_text(text: str) -> str:
-    """Free text that may quote a data row (a headerless file's first line), with its emails
-    and phone or ID numbers masked for the terminal."""
-    text = EMAIL_IN_TEXT.sub(lambda m: mask_email(m.group()), text)
-    return NUMBER_IN_TEXT.sub(
-        lambda m: mask_phone(m.group()) if identifying_number(m.group()) else m.group(), text
+def replace_identifiers(
+    text: str, email: Callable[[str], str], number: Callable[[str], str]
+) -> str:
+    """Free text that may quote a data row, with each email address and phone or ID number in
+    it replaced by what `email` or `number` makes of it."""
+    text = _EMAIL_IN_TEXT.sub(lambda m: email(m.group()), text)
+    return _NUMBER_IN_TEXT.sub(
+        lambda m: number(m.group()) if _identifying_number(m.group()) else m.group(), text
     )
+
+
+def mask_text(text: str) -> str:
+    """Free text (a headerless file's first line, say) masked for the terminal."""
+    return replace_identifiers(text, mask_email, mask_phone)
 
 
 def masked_lookup(
