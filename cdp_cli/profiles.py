@@ -8,7 +8,7 @@ keeps its origin (source and key) in `lineage`, and every source value stays on 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import sqlite_utils
@@ -134,8 +134,7 @@ def find_one_id(db: sqlite_utils.Database, config: Config, lookup: Lookup) -> tu
         "SELECT one_id FROM identifiers WHERE type = ? AND value = ? AND one_id IS NOT NULL", ident
     ).fetchone()
     if row is None:
-        asked = {"device_id": "device"}.get(ident[0], ident[0])
-        raise NotFound(f"no customer has the {masked_lookup(**{asked: ident[1]})}")
+        raise NotFound(f"no customer has the {masked_lookup(**asdict(lookup))}")
     return row[0], []
 
 
