@@ -13,13 +13,13 @@ from hypothesis import settings
 from cdp_cli.cli import cli
 
 REPO = Path(__file__).resolve().parent.parent
+SAMPLE_DATA = REPO / "sample_data"
 
 # The default run draws the same examples every time, so CI is red for a change and not for
 # a draw; `HYPOTHESIS_PROFILE=explore pytest` draws new ones to look for new bugs.
 settings.register_profile("repeatable", derandomize=True, database=None)
 settings.register_profile("explore")
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
-SAMPLE_DATA = REPO / "sample_data"
 
 
 @pytest.fixture(autouse=True)
