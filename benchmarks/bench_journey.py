@@ -33,8 +33,8 @@ from typing import Any
 import jinja2
 
 from cdp_cli.features import compute_features
+from cdp_cli.messaging.templates import default_name, format_date, money
 from cdp_cli.store import open_store
-from cdp_cli.templates import default_name, format_date, money
 
 ROOT = Path(__file__).resolve().parents[1]
 CDP = Path(sys.executable).parent / "cdp"

@@ -37,9 +37,9 @@ from typing import Any
 
 from cdp_cli.canonical import IDENTITY_FIELDS
 from cdp_cli.config import load_config
+from cdp_cli.identity.resolve import KIND_TABLES
 from cdp_cli.ingest import ingest_file
 from cdp_cli.readers import detect_encoding
-from cdp_cli.resolve import KIND_TABLES
 from cdp_cli.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]

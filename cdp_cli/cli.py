@@ -20,8 +20,8 @@ from cdp_cli.scaffold import init_project
 from cdp_cli.store import open_store
 
 if TYPE_CHECKING:  # the stages are imported where used: `cdp --help` and each command start fast
+    from cdp_cli.identity.resolve import ResolveResult
     from cdp_cli.ingest import IngestResult
-    from cdp_cli.resolve import ResolveResult
     from cdp_cli.status import StoreStatus
     from cdp_cli.tags import TagResult
 
@@ -533,7 +533,7 @@ def resolve_command(
       cdp resolve --export id_mapping.csv      the table business systems take back
       cdp resolve --explain C000000042         why these records are one customer
     """
-    from cdp_cli.resolve import explain, export_mapping, resolve
+    from cdp_cli.identity.resolve import explain, export_mapping, resolve
 
     config = project.config()
     db = open_store(config.store)
@@ -644,7 +644,7 @@ def profile_command(
     """
     from cdp_cli import segments as seg
     from cdp_cli.features import today
-    from cdp_cli.profiles import Lookup, find_one_id, profile_view
+    from cdp_cli.identity.profiles import Lookup, find_one_id, profile_view
     from cdp_cli.tags import customer_tags, load_rulebook
 
     given = [v for v in (one_id, phone, email, device) if v]
@@ -656,7 +656,7 @@ def profile_command(
         current, merged_from = find_one_id(db, config, Lookup(one_id, phone, email, device))
         view = profile_view(db, current)
         view["tags"] = customer_tags(db, current)
-        book = load_rulebook(config.root / "tag_rules")
+        book = load_rulebook(config.tag_rules_folder)
         as_of = _features_as_of(db) or today(config)
         view["segments"] = seg.segments_of(db, book, as_of, current)
     finally:
@@ -781,11 +781,11 @@ def tag_command(
       cdp tag --list
     """
     from cdp_cli.features import today
-    from cdp_cli.resolve import unresolved_batches
+    from cdp_cli.identity.resolve import unresolved_batches
     from cdp_cli.tags import run_tags, tag_list
 
     config = project.config()
-    folder = config.root / "tag_rules"
+    folder = config.tag_rules_folder
     db = open_store(config.store)
     try:
         if list_:
@@ -899,7 +899,7 @@ def segment_command(
         raise click.UsageError("give a segment NAME or --rule EXPR, not both")
     _check_hashed_options(export_path, hashed, layout)
     config = project.config()
-    book = load_rulebook(config.root / "tag_rules")
+    book = load_rulebook(config.tag_rules_folder)
     db = open_store(config.store, create=False)
     try:
         day = _features_as_of(db) or today(config)
@@ -1015,8 +1015,8 @@ def consent_command(
       cdp consent --email li.na@example.com
     """
     from cdp_cli.consent import consents_of, record_consent
+    from cdp_cli.identity.profiles import Lookup
     from cdp_cli.privacy import mask
-    from cdp_cli.profiles import Lookup
 
     if len([v for v in (one_id, phone, email) if v]) != 1:
         raise click.UsageError("give exactly one of ONE_ID, --phone or --email")
@@ -1100,7 +1100,7 @@ def forget_command(
     import sys
 
     from cdp_cli.forget import find_target, forget
-    from cdp_cli.profiles import Lookup
+    from cdp_cli.identity.profiles import Lookup
 
     if len([v for v in (one_id, phone, email) if v]) != 1:
         raise click.UsageError("give exactly one of ONE_ID, --phone or --email")
@@ -1214,7 +1214,7 @@ def journey_run_command(
     """
     from zoneinfo import ZoneInfo
 
-    from cdp_cli.engine import run_journeys
+    from cdp_cli.messaging.engine import run_journeys
 
     config = project.config()
     clock = now.replace(tzinfo=ZoneInfo(config.timezone)) if now else None
@@ -1288,7 +1288,7 @@ def journey_status_command(project: Project, name: str, json_: bool) -> None:
     Example:
       cdp journey status winback
     """
-    from cdp_cli.engine import journey_status
+    from cdp_cli.messaging.engine import journey_status
 
     config = project.config()
     db = open_store(config.store, create=False)
@@ -1325,7 +1325,7 @@ def journey_validate_command(project: Project, json_: bool) -> None:
     Example:
       cdp journey validate
     """
-    from cdp_cli.engine import validate_journeys
+    from cdp_cli.messaging.engine import validate_journeys
 
     config = project.config()
     db = open_store(config.store, create=False) if config.store.exists() else None
@@ -1497,7 +1497,7 @@ def _report_out(
 ) -> None:
     """Print a report as tables or JSON, and write its HTML page if asked."""
     if html_path is not None:
-        from cdp_cli.report_html import write_html
+        from cdp_cli.reports.html import write_html
 
         write_html(html_path, report if isinstance(report, list) else [report], title)
     if json_:
@@ -1554,7 +1554,7 @@ def report_journey_command(
       cdp report journey --html journeys.html
       cdp report journey winback --attribution first --json | jq '.uplift'
     """
-    from cdp_cli.reports import journey_report, journey_reports
+    from cdp_cli.reports.journey import journey_report, journey_reports
 
     config = project.config()
     db = open_store(config.store, create=False)
@@ -1677,8 +1677,8 @@ def report_funnel_command(
       cdp report funnel --steps register,order --since 2026-01-01 --html funnel.html
     """
     from cdp_cli.errors import RuleError
-    from cdp_cli.reports import funnel_report
-    from cdp_cli.rules import parse_duration
+    from cdp_cli.reports.journey import funnel_report
+    from cdp_cli.rules.compiler import parse_duration
 
     try:
         window = parse_duration(within) if within else None
@@ -1730,7 +1730,7 @@ def report_lifecycle_command(
       cdp report lifecycle
       cdp report lifecycle --tag rfm_segment --html rfm.html
     """
-    from cdp_cli.reports import lifecycle_report
+    from cdp_cli.reports.journey import lifecycle_report
 
     config = project.config()
     db = open_store(config.store, create=False)
@@ -1782,7 +1782,7 @@ def report_overview_command(project: Project, json_: bool, html_path: Path | Non
       cdp report overview
       cdp report overview --html overview.html
     """
-    from cdp_cli.reports import overview_report
+    from cdp_cli.reports.journey import overview_report
 
     config = project.config()
     db = open_store(config.store, create=False)

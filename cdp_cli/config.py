@@ -158,6 +158,23 @@ class Config:
     def root(self) -> Path:
         return self.path.parent
 
+    # The project's folders, all beside cdp.yaml: the one place their names are written.
+    @property
+    def tag_rules_folder(self) -> Path:
+        return self.root / "tag_rules"
+
+    @property
+    def journeys_folder(self) -> Path:
+        return self.root / "journeys"
+
+    @property
+    def templates_folder(self) -> Path:
+        return self.root / "templates"
+
+    @property
+    def outbound_folder(self) -> Path:
+        return self.root / "outbound"
+
     def source(self, name: str) -> Source:
         if name not in self.sources:
             known = ", ".join(sorted(self.sources)) or "none"

@@ -26,9 +26,9 @@ import sqlite_utils
 from cdp_cli.canonical import IDENTITY_FIELDS
 from cdp_cli.config import Config, IdentifierType
 from cdp_cli.errors import CdpError, NotFound, UsageError
-from cdp_cli.identity import Normalizer, identity_key
+from cdp_cli.identity.normalize import Normalizer, identity_key
+from cdp_cli.identity.profiles import Lookup, build_profiles, find_one_id
 from cdp_cli.privacy import masked_lookup
-from cdp_cli.profiles import Lookup, build_profiles, find_one_id
 from cdp_cli.store import now_iso, rows_as_dicts, transaction
 
 CHANNELS = ("sms", "email", "wechat", "push", "all")

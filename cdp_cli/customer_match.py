@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -29,6 +28,7 @@ import sqlite_utils
 
 from cdp_cli.csvsafe import safe_row
 from cdp_cli.errors import UsageError
+from cdp_cli.files import atomic_write
 from cdp_cli.segments import Audience, members
 from cdp_cli.tags import RuleBook
 
@@ -95,8 +95,7 @@ FROM hashed_audience a ORDER BY a.one_id""",
     rows = [(e, p) for e, p in rows if e or p]
     emails = max([len(e) for e, _ in rows] or [1]) or 1
     phones = max([len(p) for _, p in rows] or [1]) or 1
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8", newline="") as f:
+    with atomic_write(path) as f:
         writer = csv.writer(f)
         writer.writerow([layout.email_header] * emails + [layout.phone_header] * phones)
         for e, p in rows:
@@ -104,5 +103,4 @@ FROM hashed_audience a ORDER BY a.one_id""",
             cells += [""] * (emails - len(e))
             cells += hashed_row(layout, [], p) + [""] * (phones - len(p))
             writer.writerow(safe_row(cells))
-    os.replace(tmp, path)
     return len(rows)

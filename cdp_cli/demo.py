@@ -11,13 +11,18 @@ from zoneinfo import ZoneInfo
 
 from cdp_cli.config import Config, load_config
 from cdp_cli.demo_response import respond_and_rerun
-from cdp_cli.engine import run_journeys
 from cdp_cli.errors import CdpError
+from cdp_cli.identity.profiles import Lookup, find_one_id, profile_view
+from cdp_cli.identity.resolve import resolve
 from cdp_cli.ingest import ingest
-from cdp_cli.profiles import Lookup, find_one_id, profile_view
-from cdp_cli.report_html import write_html
-from cdp_cli.reports import funnel_report, journey_reports, lifecycle_report, overview_report
-from cdp_cli.resolve import resolve
+from cdp_cli.messaging.engine import run_journeys
+from cdp_cli.reports.html import write_html
+from cdp_cli.reports.journey import (
+    funnel_report,
+    journey_reports,
+    lifecycle_report,
+    overview_report,
+)
 from cdp_cli.scaffold import init_project
 from cdp_cli.segments import audience, count, portrait
 from cdp_cli.status import store_status
@@ -74,9 +79,9 @@ def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | Non
         one_id, _ = find_one_id(db, config, Lookup(phone=DEMO_PHONE))
         stages["profile"] = profile_view(db, one_id)
         report("profile", stages["profile"])
-        stages["tag"] = run_tags(db, directory / "tag_rules", DEMO_AS_OF)
+        stages["tag"] = run_tags(db, config.tag_rules_folder, DEMO_AS_OF)
         report("tag", stages["tag"])
-        book = load_rulebook(directory / "tag_rules")
+        book = load_rulebook(config.tag_rules_folder)
         chosen = audience(db, book, DEMO_AS_OF, None, DEMO_SEGMENT)
         size, base = count(db, chosen)
         stages["segment"] = {
@@ -90,7 +95,7 @@ def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | Non
         later = [t.replace(tzinfo=ZoneInfo(config.timezone)) for t in DEMO_LATER]
         stages["response"] = respond_and_rerun(db, config, now, later)
         report("response", stages["response"])
-        stages["retag"] = run_tags(db, directory / "tag_rules", later[-1].date())
+        stages["retag"] = run_tags(db, config.tag_rules_folder, later[-1].date())
         report("retag", stages["retag"])
         stages["reports"] = _reports(db, config, directory / DEMO_REPORT, later[-1])
         report("reports", stages["reports"])

@@ -85,7 +85,7 @@ def simulate_response(
 ) -> SimulatedResponse:
     """Write the clicks and orders that fall between `since` and `until`, and ingest them."""
     result = SimulatedResponse(since.isoformat(), until.isoformat())
-    sent = sent_message_ids(config.root / "outbound")
+    sent = sent_message_ids(config.outbound_folder)
     folder = config.root / "responses"
     folder.mkdir(exist_ok=True)
     stamp = until.strftime("%Y%m%dT%H%M")
@@ -213,8 +213,8 @@ def respond_and_rerun(
 ) -> list[dict[str, Any]]:
     """From `start`, at each checkpoint: the simulated response since the one before,
     ingested and resolved, then the journeys run at that moment (conversions, reminders)."""
-    from cdp_cli.engine import run_journeys
-    from cdp_cli.resolve import resolve
+    from cdp_cli.identity.resolve import resolve
+    from cdp_cli.messaging.engine import run_journeys
 
     stretches = []
     since = start

@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import sqlite3
 from dataclasses import asdict, dataclass, field
@@ -35,12 +34,13 @@ import sqlite_utils
 
 from cdp_cli.config import Config
 from cdp_cli.errors import CdpError, NotFound
-from cdp_cli.identity import email_key, normalize_phone
+from cdp_cli.files import write_text
+from cdp_cli.identity.normalize import email_key, normalize_phone
+from cdp_cli.identity.profiles import Lookup, build_profiles, find_one_id
+from cdp_cli.identity.resolve import resolve, unresolved_batches
+from cdp_cli.identity.tombstones import Tombstones, erase_records, store_salt, tombstone_hash
 from cdp_cli.privacy import masked_lookup
-from cdp_cli.profiles import Lookup, build_profiles, find_one_id
-from cdp_cli.resolve import resolve, unresolved_batches
 from cdp_cli.store import now_iso, transaction
-from cdp_cli.tombstones import Tombstones, erase_records, store_salt, tombstone_hash
 
 FORGOTTEN = "forgotten"  # the one_id left on written messages and coupon issues
 # Tables that hold one row or more per customer by one_id, erased outright.
@@ -262,7 +262,7 @@ def _erase(db: sqlite_utils.Database, config: Config, one_id: str) -> ForgetResu
     if result.other_customers:
         build_profiles(db, result.other_customers, at, config.identity.source_priority)
     # Files last, before the commit: killed after them, the rerun erases the same rows again.
-    result.outbound_files = rewrite_outbound(config.root / "outbound", set(one_ids), addresses)
+    result.outbound_files = rewrite_outbound(config.outbound_folder, set(one_ids), addresses)
     return result
 
 
@@ -392,7 +392,7 @@ def rewrite_outbound(folder: Path, one_ids: set[str], addresses: set[str]) -> li
         else:
             kept = _jsonl_without(text, one_ids, addresses)
         if kept is not None and kept != text:
-            _replace(path, kept)
+            write_text(path, kept, temp_suffix=".forget")
             rewritten.append(str(path))
     return rewritten
 
@@ -430,12 +430,3 @@ def _jsonl_without(text: str, one_ids: set[str], addresses: set[str]) -> str:
             continue
         kept.append(line)
     return "".join(kept)
-
-
-def _replace(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.forget")
-    with tmp.open("w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

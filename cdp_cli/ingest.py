@@ -36,11 +36,11 @@ from cdp_cli.canonical import (
 )
 from cdp_cli.config import Config, FieldMapping, Source
 from cdp_cli.errors import IngestError, UsageError
-from cdp_cli.identity import identity_key
+from cdp_cli.identity.normalize import identity_key
+from cdp_cli.identity.tombstones import FORGOTTEN_RAW, Screen
 from cdp_cli.parsing import TimestampParser, parse_date, parse_integer, parse_number, to_json
 from cdp_cli.privacy import mask_text
 from cdp_cli.store import now_iso, transaction
-from cdp_cli.tombstones import FORGOTTEN_RAW, Screen
 
 CHUNK_ROWS = 5000
 # One encoder for every row: json.dumps with options builds a new one per call (~3 µs).

@@ -23,9 +23,9 @@ import sqlite_utils
 
 from cdp_cli.config import Config, Source
 from cdp_cli.errors import CdpError
+from cdp_cli.identity.tombstones import Screen
 from cdp_cli.oplog import OpsLog, for_log, scrub
 from cdp_cli.store import now_iso
-from cdp_cli.tombstones import Screen
 
 DONE_FOLDER, FAILED_FOLDER = "done", "failed"
 # Names that copy tools, browsers and editors give a file while it is still being written.
@@ -383,7 +383,7 @@ def _count_files(files: list[InboxFile], stage: StageResult, dry_run: bool) -> N
 
 
 def _resolve(db: sqlite_utils.Database, config: Config, stage: StageResult) -> None:
-    from cdp_cli.resolve import resolve
+    from cdp_cli.identity.resolve import resolve
 
     result = resolve(db, config)
     stage.counts = {
@@ -397,7 +397,7 @@ def _resolve(db: sqlite_utils.Database, config: Config, stage: StageResult) -> N
 def _tag(db: sqlite_utils.Database, config: Config, day: date, stage: StageResult) -> None:
     from cdp_cli.tags import run_tags
 
-    result = run_tags(db, config.root / "tag_rules", day)
+    result = run_tags(db, config.tag_rules_folder, day)
     stage.counts = {
         "as_of": result.as_of,
         "tags": len(result.tags),
@@ -409,7 +409,7 @@ def _tag(db: sqlite_utils.Database, config: Config, day: date, stage: StageResul
 def _journeys(
     db: sqlite_utils.Database, config: Config, clock: datetime, stage: StageResult
 ) -> None:
-    from cdp_cli.engine import run_journeys
+    from cdp_cli.messaging.engine import run_journeys
 
     results = run_journeys(db, config, now=clock)
     sent: dict[str, int] = {}

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
-import os
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -12,9 +9,9 @@ from typing import Any
 
 import sqlite_utils
 
-from cdp_cli.csvsafe import safe_row
 from cdp_cli.errors import RuleError, UsageError
-from cdp_cli.rules import CompiledRule
+from cdp_cli.files import row_format, write_rows
+from cdp_cli.rules.compiler import CompiledRule
 from cdp_cli.store import rows_as_dicts
 from cdp_cli.tags import BASE_FROM, RuleBook, RuleContext
 from cdp_cli.yamlfile import did_you_mean
@@ -159,24 +156,9 @@ def export(
     """Write the audience to .csv or .jsonl, through a temporary file renamed when complete.
 
     CSV cells a spreadsheet would run as a formula are neutralised (csvsafe)."""
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".jsonl"):
-        raise UsageError(f"{path}: the export is written as .csv or .jsonl")
+    row_format(path)  # before the query: a wrong suffix is the user's mistake, said at once
     names, cursor = members(db, book, as_of, chosen, fields)
-    tmp = path.with_name(f".{path.name}.tmp")
-    written = 0
-    with tmp.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f) if suffix == ".csv" else None
-        if writer:
-            writer.writerow(names)
-        for row in cursor:
-            if writer:
-                writer.writerow(safe_row(row))
-            else:
-                f.write(json.dumps(dict(zip(names, row, strict=True)), ensure_ascii=False) + "\n")
-            written += 1
-    os.replace(tmp, path)
-    return written
+    return write_rows(path, names, cursor)
 
 
 def segments_of(db: sqlite_utils.Database, book: RuleBook, as_of: date, one_id: str) -> list[str]:

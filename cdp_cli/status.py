@@ -10,7 +10,7 @@ import sqlite_utils
 
 from cdp_cli.canonical import KINDS
 from cdp_cli.config import Config
-from cdp_cli.identity import email_key, normalize_phone
+from cdp_cli.identity.normalize import email_key, normalize_phone
 
 # Checking phones and emails costs a parse per distinct value; past this many, a sample says.
 VALIDITY_SAMPLE = 50_000

@@ -13,7 +13,6 @@ and records every change in tag_changes, in one transaction.
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -27,14 +26,27 @@ import sqlite_utils
 
 from cdp_cli.errors import FileError, RuleError
 from cdp_cli.features import FEATURES, compute_features
-from cdp_cli.rules import CompiledRule, FunctionSpec, RuleSchema, compile_rule, parse_duration
+from cdp_cli.rules.compiler import (
+    CompiledRule,
+    FunctionSpec,
+    RuleSchema,
+    compile_rule,
+    parse_duration,
+)
 from cdp_cli.store import now_iso, rows_as_dicts, transaction
-from cdp_cli.yamlfile import YamlList, YamlMap, check_keys, did_you_mean, load_yaml
+from cdp_cli.yamlfile import (
+    NAME_RULE,
+    YamlList,
+    YamlMap,
+    check_keys,
+    did_you_mean,
+    is_name,
+    load_yaml,
+)
 
 CATEGORIES = ("attribute", "statistical", "rule", "predictive")
 TAG_KEYS = ("name", "category", "description", "when", "cases", "value")
 SEGMENTS_FILE = "segments.yaml"
-NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")  # fullmatch: "$" would let a final "\n" in
 # The rows a rule is evaluated over: one per customer.
 BASE_FROM = "profiles p JOIN profile_features f ON f.one_id = p.one_id"
 GOLDEN_FIELDS = {
@@ -133,10 +145,10 @@ def _entries(path: Path, data: Any) -> YamlList:
 
 def _name(path: Path, entry: YamlMap, what: str) -> str:
     name = entry.get("name")
-    if not isinstance(name, str) or not NAME.fullmatch(name):
+    if not is_name(name):
         raise FileError(
             path,
-            f"a {what} needs a name of lower-case letters, digits and _ (got {name!r})",
+            f"a {what} needs a name of {NAME_RULE} (got {name!r})",
             entry.line_of("name"),
         )
     return name

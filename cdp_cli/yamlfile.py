@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,15 @@ def load_yaml(path: Path) -> Any:
         raise FileError(path, f"invalid YAML: {exc}") from None
     finally:
         loader.dispose()
+
+
+NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")  # fullmatch: "$" would let a final "\n" in
+NAME_RULE = "lower-case letters, digits and _"
+
+
+def is_name(value: object) -> bool:
+    """A name a user gives a tag, a journey or a segment: safe in SQL, files and URLs."""
+    return isinstance(value, str) and NAME.fullmatch(value) is not None
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

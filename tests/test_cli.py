@@ -55,12 +55,12 @@ def test_library_modules_do_not_import_click_or_rich():
         }  # fmt: skip
         assert not imported & {"click", "rich"}, path.name
         assert not imported & {"cdp_cli.cli", "cdp_cli.console"}, path.name
-    code = "import sys, cdp_cli.demo, cdp_cli.engine; print(sorted(sys.modules))"
+    code = "import sys, cdp_cli.demo, cdp_cli.messaging.engine; print(sorted(sys.modules))"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     loaded = set(ast.literal_eval(result.stdout))
-    assert "cdp_cli.engine" in loaded and "cdp_cli.demo" in loaded
+    assert "cdp_cli.messaging.engine" in loaded and "cdp_cli.demo" in loaded
     assert not {m for m in loaded if m == "rich" or m.startswith("rich.")}
     assert not loaded & {"cdp_cli.cli", "cdp_cli.console"}
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdp_cli.config import IdentityRules
-from cdp_cli.identity import Normalizer, email_key, identity_key, normalize_phone
+from cdp_cli.identity.normalize import Normalizer, email_key, identity_key, normalize_phone
 from cdp_cli.privacy import mask_email, mask_phone
 
 PREFIXES = ["130", "135", "138", "139", "150", "186", "177", "199"]
@@ -102,7 +102,7 @@ any_cn_number = st.builds(lambda n: f"1{n:010d}", st.integers(0, 9_999_999_999))
     any_cn_number, st.sampled_from(["{}", "+86{}", "0086 {}", "86-{}", "+86 {} ", "({}) ", "{}"])
 )
 def test_fast_path_agrees_with_phonenumbers(number, form):
-    from cdp_cli.identity import parse_phone
+    from cdp_cli.identity.normalize import parse_phone
 
     written = form.format(f"{number[:3]} {number[3:7]}-{number[7:]}" if "(" in form else number)
     parse_phone.cache_clear()
@@ -130,7 +130,7 @@ email_like = st.text(alphabet="abcXYZ019._+-@'", min_size=1, max_size=24) | st.b
 @settings(max_examples=1000)
 @given(email_like)
 def test_plain_email_fast_path_agrees_with_email_validator(raw):
-    from cdp_cli.identity import _plain_email
+    from cdp_cli.identity.normalize import _plain_email
 
     fast = _plain_email(raw.strip())
     if fast is not None:

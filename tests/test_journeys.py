@@ -517,7 +517,7 @@ def test_quiet_hours_follow_the_customers_own_timezone(run, write, project):
 
 
 def test_batches_decide_exactly_as_one_pass(run, write, project, monkeypatch):
-    from cdp_cli import engine
+    from cdp_cli.messaging import engine
 
     body = """entry: {when: "city is not null"}
 holdout: 20%
@@ -567,8 +567,8 @@ steps:
 
 
 def test_link_codes_are_lengthened_where_another_message_holds_one(run, write, project):
-    from cdp_cli import links
-    from cdp_cli.sending import link_codes
+    from cdp_cli.messaging import links
+    from cdp_cli.messaging.sending import link_codes
 
     taken = links.short_code("j:1:s")
     db = project / "cdp.db"
@@ -677,7 +677,7 @@ def test_dry_run_shows_who_would_get_what(run, write, project):
 
 def test_a_run_reads_only_the_feature_columns_its_templates_print(run, write, project):
     from cdp_cli.config import load_config
-    from cdp_cli.engine import run_journeys as run_api
+    from cdp_cli.messaging.engine import run_journeys as run_api
     from cdp_cli.store import open_store
 
     write(

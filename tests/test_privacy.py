@@ -26,12 +26,12 @@ from cdp_cli.config import IdentityRules, load_config
 from cdp_cli.csvsafe import FORMULA_STARTS, safe_cell, safe_row
 from cdp_cli.demo import run_demo
 from cdp_cli.forget import HANDLED_TABLES, find_target, forget
-from cdp_cli.identity import Normalizer
+from cdp_cli.identity.normalize import Normalizer
+from cdp_cli.identity.profiles import Lookup
+from cdp_cli.identity.tombstones import Tombstones, tombstone_hash
 from cdp_cli.ingest import ingest_file
 from cdp_cli.privacy import mask_email, mask_phone, mask_text
-from cdp_cli.profiles import Lookup
 from cdp_cli.store import open_store
-from cdp_cli.tombstones import Tombstones, tombstone_hash
 from tests.conftest import query
 
 NOW = "2026-11-15 10:30"

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdp_cli import links, stats
+from cdp_cli.messaging import links
+from cdp_cli.reports import stats
 from tests.conftest import query
 
 CONFIG = """

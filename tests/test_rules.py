@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdp_cli.errors import CdpError, RuleError
-from cdp_cli.rules import (
+from cdp_cli.rules.compiler import (
     CompiledRule,
     FunctionSpec,
     RuleSchema,

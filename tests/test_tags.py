@@ -471,7 +471,7 @@ def test_rules_compile_for_duckdb_too():
     duckdb = pytest.importorskip("duckdb")
     from datetime import date
 
-    from cdp_cli.rules import compile_rule
+    from cdp_cli.rules.compiler import compile_rule
     from cdp_cli.tags import RuleContext, load_rulebook
 
     book = load_rulebook(REPO / "tag_rules")

@@ -17,10 +17,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdp_cli.channels import GSM7_BASIC, GSM7_EXTENSION, sms_segments, split_sms
 from cdp_cli.errors import TemplateError
 from cdp_cli.features import FEATURES
-from cdp_cli.templates import (
+from cdp_cli.messaging.channels import GSM7_BASIC, GSM7_EXTENSION, sms_segments, split_sms
+from cdp_cli.messaging.templates import (
     Limits,
     TemplateStore,
     default_name,
@@ -424,7 +424,7 @@ def test_a_runaway_template_cannot_hang_compilation(tmp_path: Path) -> None:
 
 
 def test_templates_do_not_import_the_cli() -> None:
-    code = "import sys, cdp_cli.templates; print(sorted({'click', 'rich'} & set(sys.modules)))"
+    code = "import sys, cdp_cli.messaging.templates; print(sorted({'click', 'rich'} & set(sys.modules)))"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )

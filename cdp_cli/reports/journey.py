@@ -14,11 +14,12 @@ from zoneinfo import ZoneInfo
 
 import sqlite_utils
 
-from cdp_cli import links, stats
 from cdp_cli.config import Config
 from cdp_cli.errors import NotFound, UsageError
 from cdp_cli.features import VOID_STATUSES
-from cdp_cli.journeys import Journey, load_journeys
+from cdp_cli.messaging import links
+from cdp_cli.messaging.journeys import Journey, load_journeys
+from cdp_cli.reports import stats
 from cdp_cli.store import rows_as_dicts
 
 ATTRIBUTIONS = ("last", "first")
@@ -39,9 +40,9 @@ def journey_report(
     """One journey's effect: per step and variant, per group, and treatment against holdout."""
     if attribution not in ATTRIBUTIONS:
         raise UsageError(f"attribution is one of {', '.join(ATTRIBUTIONS)}, not {attribution!r}")
-    journeys = load_journeys(config.root / "journeys")
+    journeys = load_journeys(config.journeys_folder)
     if name not in journeys:
-        raise NotFound(f"no journey named {name!r} in {config.root / 'journeys'}")
+        raise NotFound(f"no journey named {name!r} in {config.journeys_folder}")
     journey = journeys[name]
     runs = db.conn.execute(
         "SELECT count(*), min(now), max(now) FROM journey_runs WHERE journey = ? "
@@ -94,7 +95,7 @@ def journey_reports(
     names = [
         r[0] for r in db.conn.execute("SELECT DISTINCT journey FROM journey_enrolments ORDER BY 1")
     ]
-    defined = load_journeys(config.root / "journeys")
+    defined = load_journeys(config.journeys_folder)
     reports = [journey_report(db, config, n, attribution) for n in names if n in defined]
     if not reports:
         raise NotFound("no journey has enrolments yet: run `cdp journey run` first")

@@ -19,10 +19,8 @@ only the components that keys from new batches reach.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
@@ -34,12 +32,11 @@ import sqlite_utils
 
 from cdp_cli.canonical import IDENTITY_FIELDS, KINDS
 from cdp_cli.config import Config, IdentifierType
-from cdp_cli.csvsafe import safe_row
-from cdp_cli.errors import UsageError
-from cdp_cli.identity import Normalizer, Rejected
-from cdp_cli.profiles import build_profiles, follow_merges
+from cdp_cli.files import row_format, write_rows
+from cdp_cli.identity.normalize import Normalizer, Rejected
+from cdp_cli.identity.profiles import build_profiles, follow_merges
+from cdp_cli.identity.tombstones import Tombstones, erase_records
 from cdp_cli.store import now_iso, rows_as_dicts, transaction
-from cdp_cli.tombstones import Tombstones, erase_records
 
 KIND_TABLES = [kind.table for kind in KINDS.values()]
 RESOLVED_TABLES = (
@@ -660,26 +657,9 @@ def export_mapping(db: sqlite_utils.Database, path: Path) -> int:
     Written to a temporary file and renamed, so a reader never sees half of it. CSV cells a
     spreadsheet would run as a formula are neutralised (csvsafe).
     """
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".jsonl"):
-        raise UsageError(f"{path}: the export is written as .csv or .jsonl")
-    tmp = path.with_name(f".{path.name}.tmp")
-    count = 0
+    row_format(path)
     cursor = db.conn.execute("SELECT kind, source, key, one_id FROM id_mapping")
-    with tmp.open("w", encoding="utf-8", newline="") as f:
-        if suffix == ".csv":
-            writer = csv.writer(f)
-            writer.writerow(["kind", "source", "key", "one_id"])
-            for row in cursor:
-                writer.writerow(safe_row(row))
-                count += 1
-        else:
-            for kind, source, key, one_id in cursor:
-                record = {"kind": kind, "source": source, "key": key, "one_id": one_id}
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
-    os.replace(tmp, path)
-    return count
+    return write_rows(path, ("kind", "source", "key", "one_id"), cursor)
 
 
 def unresolved_batches(db: sqlite_utils.Database) -> int:

@@ -9,12 +9,13 @@ from the user's data (journey, step, tag and event names) is escaped by Jinja's 
 from __future__ import annotations
 
 import math
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from cdp_cli.files import write_text
 
 TEMPLATE_FOLDER = Path(__file__).parent / "report_templates"
 WIDTH = 720  # every chart's viewBox width; the page scales it to the column
@@ -203,7 +204,4 @@ def render_html(sections: list[dict[str, Any]], title: str = "cdp report") -> st
 
 def write_html(path: Path, sections: list[dict[str, Any]], title: str = "cdp report") -> None:
     """Write the page whole: a temporary file renamed into place."""
-    text = render_html(sections, title)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, render_html(sections, title))

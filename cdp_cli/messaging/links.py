@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import segno
+
+from cdp_cli.files import atomic_write
 
 CODE_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford's base32, lower case
 CODE_LENGTH = 8
@@ -152,9 +153,8 @@ def write_qr(url: str, path: Path, scale: int = 8) -> None:
     name first, so a killed run leaves no half image.
     """
     qr = segno.make(url, error="m", micro=False)
-    tmp = path.with_name(f".{path.name}.tmp")
-    qr.save(str(tmp), kind=path.suffix.lstrip(".").lower() or "png", scale=scale, border=4)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        qr.save(f, kind=path.suffix.lstrip(".").lower() or "png", scale=scale, border=4)
 
 
 def clicks_by_code(rows: Iterable[tuple[str | None, str | None]]) -> dict[str, list[str]]:

@@ -38,9 +38,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 from markupsafe import Markup
 
-from cdp_cli import channels
-from cdp_cli.channels import PARTS, Outbound
 from cdp_cli.errors import TemplateError
+from cdp_cli.messaging import channels
+from cdp_cli.messaging.channels import PARTS, Outbound
 from cdp_cli.privacy import mask_email, mask_phone
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: "$" would let a final "\n" in

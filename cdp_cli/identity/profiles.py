@@ -15,7 +15,7 @@ import sqlite_utils
 
 from cdp_cli.config import Config
 from cdp_cli.errors import NotFound
-from cdp_cli.identity import email_key, normalize_phone
+from cdp_cli.identity.normalize import email_key, normalize_phone
 from cdp_cli.privacy import masked_lookup
 from cdp_cli.store import rows_as_dicts
 

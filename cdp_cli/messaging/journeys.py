@@ -28,16 +28,23 @@ from urllib.parse import urlsplit
 from cronsim import CronSim, CronSimError
 
 from cdp_cli.errors import FileError, RuleError
-from cdp_cli.links import UTM_KEYS
-from cdp_cli.rules import parse_duration
-from cdp_cli.templates import NAME as TEMPLATE_NAME
-from cdp_cli.templates import name_problem
-from cdp_cli.yamlfile import YamlList, YamlMap, check_keys, did_you_mean, load_yaml
+from cdp_cli.messaging.links import UTM_KEYS
+from cdp_cli.messaging.templates import NAME as TEMPLATE_NAME
+from cdp_cli.messaging.templates import name_problem
+from cdp_cli.rules.compiler import parse_duration
+from cdp_cli.yamlfile import (
+    NAME_RULE,
+    YamlList,
+    YamlMap,
+    check_keys,
+    did_you_mean,
+    is_name,
+    load_yaml,
+)
 
 CHANNELS = ("sms", "email", "push", "wechat")
 STEP_KINDS = ("send", "wait", "branch", "split", "end")
 JOURNEY_KEYS = ("name", "description", "entry", "exit", "goal", "holdout", "transactional", "steps")
-NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 # Conditions a branch may test about the enrolment itself, besides any customer rule.
 JOURNEY_CONDITIONS = ("converted", "received", "opened", "clicked")
 
@@ -181,10 +188,10 @@ def _journey(path: Path, data: Any) -> Journey:
         raise FileError(path, "expected a journey: a mapping with name, entry and steps", 1)
     check_keys(data, JOURNEY_KEYS, "journey")
     name = data.get("name")
-    if not isinstance(name, str) or not NAME.fullmatch(name):
+    if not is_name(name):
         raise FileError(
             path,
-            f"name must be lower-case letters, digits and _ (got {name!r})",
+            f"name must be {NAME_RULE} (got {name!r})",
             data.line_of("name"),
         )
     for required in ("entry", "steps"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import sqlite_utils
 
 from cdp_cli.config import Config
+from cdp_cli.files import atomic_write
 from cdp_cli.store import now_iso, transaction
 
 FILE_FORMATS = {"sms": "csv", "email": "jsonl", "wechat": "jsonl", "push": "jsonl"}
@@ -35,7 +35,7 @@ def write_outbound(db: sqlite_utils.Database, config: Config) -> list[str]:
     written = []
     for run_id, journey, channel, now in groups:
         stamp = datetime.fromisoformat(now).strftime("%Y%m%dT%H%M%S")
-        folder = config.root / "outbound" / channel
+        folder = config.outbound_folder / channel
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{journey}-{stamp}-{run_id}.{FILE_FORMATS[channel]}"
         # A group's rows are all queued until the UPDATE below marks them all written. In the
@@ -58,8 +58,7 @@ def write_outbound(db: sqlite_utils.Database, config: Config) -> list[str]:
 
 
 def _write_file(path: Path, channel: str, rows: Iterable[tuple[Any, ...]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8", newline="") as f:
+    with atomic_write(path) as f:
         if channel == "sms":
             writer = csv.writer(f)
             writer.writerow(SMS_COLUMNS)
@@ -73,11 +72,3 @@ def _write_file(path: Path, channel: str, rows: Iterable[tuple[Any, ...]]) -> No
                           "one_id": one_id, "coupon": coupon, "link": link}  # fmt: skip
                 record.update(json.loads(payload))
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself survives a power cut
-    finally:
-        os.close(folder)

@@ -21,10 +21,10 @@ from typing import Any
 import sqlite_utils
 from cronsim import CronSim
 
-from cdp_cli import links
 from cdp_cli.config import Config
 from cdp_cli.errors import CdpError, NotFound, RuleError
-from cdp_cli.journeys import (
+from cdp_cli.messaging import links
+from cdp_cli.messaging.journeys import (
     Branch,
     End,
     Journey,
@@ -33,12 +33,12 @@ from cdp_cli.journeys import (
     Wait,
     load_journeys,
 )
-from cdp_cli.outbound import write_outbound
-from cdp_cli.rules import CompiledRule, RuleSchema, compile_rule
-from cdp_cli.sending import CouponPool, Enrolment, SendSettings, send_batch, send_settings
+from cdp_cli.messaging.outbox import write_outbound
+from cdp_cli.messaging.sending import CouponPool, Enrolment, SendSettings, send_batch, send_settings
+from cdp_cli.messaging.templates import TemplateStore, example_context
+from cdp_cli.rules.compiler import CompiledRule, RuleSchema, compile_rule
 from cdp_cli.store import now_iso, rows_as_dicts
 from cdp_cli.tags import BASE_FROM, RuleContext, load_rulebook
-from cdp_cli.templates import TemplateStore, example_context
 
 OPEN_EVENTS = ("open", "email_open", "message_open")
 CLICK_EVENTS = ("click", "link_click", "qr_scan")
@@ -83,7 +83,7 @@ class JourneyRules:
     """Compiles a journey's rules; branches may also test the enrolment itself."""
 
     def __init__(self, config: Config, as_of: date, known_tags: set[str]) -> None:
-        self.context = RuleContext(load_rulebook(config.root / "tag_rules"), as_of, known_tags)
+        self.context = RuleContext(load_rulebook(config.tag_rules_folder), as_of, known_tags)
 
     def customer(self, text: str) -> CompiledRule:
         return self.context.compile(text)
@@ -128,12 +128,12 @@ def check_journey(journey: Journey, rules: JourneyRules, templates: TemplateStor
 
 def validate_journeys(config: Config, db: sqlite_utils.Database | None = None) -> list[Journey]:
     """Check every journey and template file without running anything."""
-    journeys = load_journeys(config.root / "journeys")
+    journeys = load_journeys(config.journeys_folder)
     known = set()
     if db is not None:
         known = {r[0] for r in db.conn.execute("SELECT DISTINCT tag FROM profile_tags")}
     rules = JourneyRules(config, date.today(), known)
-    templates = TemplateStore(config.root / "templates")
+    templates = TemplateStore(config.templates_folder)
     templates.validate_all()
     for journey in journeys.values():
         check_journey(journey, rules, templates)
@@ -203,8 +203,8 @@ class _Run:
         link = links.Link(code, links.tracked_url(step.link.url, code, utm))
         if step.link.qr and not self.dry_run:
             relative = Path("qr") / self.journey.name / f"{code}.png"
-            (self.config.root / "outbound" / relative.parent).mkdir(parents=True, exist_ok=True)
-            links.write_qr(link.url, self.config.root / "outbound" / relative)
+            (self.config.outbound_folder / relative.parent).mkdir(parents=True, exist_ok=True)
+            links.write_qr(link.url, self.config.outbound_folder / relative)
             link = links.Link(code, link.url, relative)
         return link
 
@@ -217,16 +217,16 @@ def run_journeys(
     dry_run: bool = False,
 ) -> list[RunResult]:
     """Advance one journey, or all: each in its own transaction, then its outbound files."""
-    journeys = load_journeys(config.root / "journeys")
+    journeys = load_journeys(config.journeys_folder)
     if name is not None and name not in journeys:
-        raise NotFound(f"no journey named {name!r} in {config.root / 'journeys'}")
+        raise NotFound(f"no journey named {name!r} in {config.journeys_folder}")
     settings = send_settings(config)
     clock = (now or datetime.now(settings.zone)).astimezone(settings.zone)
     if "profile_features" not in db.table_names():
         raise CdpError("no features yet: run `cdp tag` before `cdp journey run`")
     known = {r[0] for r in db.conn.execute("SELECT DISTINCT tag FROM profile_tags")}
     rules = JourneyRules(config, clock.date(), known)
-    templates = TemplateStore(config.root / "templates")
+    templates = TemplateStore(config.templates_folder)
     chosen = [journeys[name]] if name else list(journeys.values())
     for journey in chosen:  # every journey is checked before any of them changes the store
         check_journey(journey, rules, templates)

@@ -19,13 +19,13 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 from phonenumbers import timezone as phone_timezones
 
-from cdp_cli import links
 from cdp_cli.config import Config
 from cdp_cli.errors import ConfigError, TemplateError
-from cdp_cli.journeys import Send
+from cdp_cli.messaging import links
+from cdp_cli.messaging.journeys import Send
 
 if TYPE_CHECKING:
-    from cdp_cli.engine import _Run
+    from cdp_cli.messaging.engine import _Run
 
 ADDRESS_TYPES = {"sms": "phone", "email": "email", "wechat": "wechat_openid", "push": "device_id"}
 SMS_PHONE_KINDS = ("mobile", "fixed_line_or_mobile")  # a landline takes no SMS

@@ -1,0 +1,1 @@
+"""Who is who: identifiers normalized, records linked into customers, golden profiles, erasure."""

@@ -1,0 +1,1 @@
+"""Reaching customers: journeys, their engine, channels, templates, guards and the outbox."""

@@ -1,0 +1,1 @@
+"""What the marketing did: journey effect, funnels, lifecycle, the overview, and HTML."""

@@ -1,0 +1,1 @@
+"""The rule language: one expression syntax for tags, segments and journey conditions."""
