@@ -38,9 +38,9 @@ import yaml
 
 from cdp_cli.config import load_config
 from cdp_cli.features import FEATURES
+from cdp_cli.rules.book import load_rulebook
 from cdp_cli.segments import audience, count
 from cdp_cli.store import open_store
-from cdp_cli.tags import load_rulebook
 
 ROOT = Path(__file__).resolve().parents[1]
 CDP = Path(sys.executable).parent / "cdp"

@@ -29,8 +29,8 @@ import sqlite_utils
 from cdp_cli.csvsafe import safe_row
 from cdp_cli.errors import UsageError
 from cdp_cli.files import atomic_write
+from cdp_cli.rules.book import RuleBook
 from cdp_cli.segments import Audience, members
-from cdp_cli.tags import RuleBook
 
 PER_TYPE = 3  # Meta takes up to three columns of each identifier
 

@@ -1,9 +1,4 @@
-"""Tags: what marketers call customers, written as rules in tag_rules/*.yaml.
-
-A tag has a name, a category, a description and one of:
-- `when:` a condition; customers who meet it have the tag (value 'true');
-- `cases:` a list of {value, when}; the first case that matches gives the value;
-- `value:` an expression whose value, when not null, is the tag's value.
+"""Tags: what marketers call customers, evaluated from the rule book in tag_rules/*.yaml.
 
 `cdp tag` reads and compiles every file before it writes anything, computes the features,
 then evaluates the tags in dependency order (a tag may read another with tag() or has_tag())
@@ -18,342 +13,23 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from cdp_cli.errors import FileError, RuleError
-from cdp_cli.features import FEATURES, compute_features
-from cdp_cli.rules.compiler import (
-    CompiledRule,
-    FunctionSpec,
-    RuleSchema,
-    compile_rule,
-    parse_duration,
-)
+from cdp_cli.errors import RuleError
+from cdp_cli.features import compute_features
+from cdp_cli.rules.book import RuleBook, Tag, load_rulebook
+from cdp_cli.rules.compiler import CompiledRule
+from cdp_cli.rules.vocabulary import BASE_FROM, READS, Read, RuleContext
 from cdp_cli.store import now_iso, rows_as_dicts, transaction
-from cdp_cli.yamlfile import (
-    NAME_RULE,
-    YamlList,
-    YamlMap,
-    check_keys,
-    did_you_mean,
-    is_name,
-    load_yaml,
-)
+from cdp_cli.yamlfile import did_you_mean
 
-CATEGORIES = ("attribute", "statistical", "rule", "predictive")
-TAG_KEYS = ("name", "category", "description", "when", "cases", "value")
-SEGMENTS_FILE = "segments.yaml"
-# The rows a rule is evaluated over: one per customer.
-BASE_FROM = "profiles p JOIN profile_features f ON f.one_id = p.one_id"
-GOLDEN_FIELDS = {
-    "one_id": "p.one_id", "name": "p.name", "gender": "p.gender", "birthday": "p.birthday",
-    "city": "p.city", "known": "p.known", "first_seen": "p.first_seen", "last_seen": "p.last_seen",
-    "records": "p.records",
-}  # fmt: skip
-EVENT_WINDOWS = {timedelta(days=n): f"days_{n}" for n in (30, 90, 365)}
-READS = "r"  # the alias of temp.tag_reads in a tag run's evaluation
 # A write of more than this many times the rows a table holds drops the table's indexes and
 # makes them again after: one sort each costs less than as many inserts into each.
 BULK = 2
-# in_segment() puts the segment's rule inside the rule that calls it. Segments that each call
-# another twice would double the rule at every level (40 levels: a rule of 2**40 parts, and a
-# command that never ends), so one rule may take in at most this many, nested ones counted.
-MAX_INLINED_SEGMENTS = 100
-
-
-@dataclass(frozen=True)
-class Tag:
-    """One tag as written in a tag file."""
-
-    name: str
-    category: str
-    description: str
-    path: str
-    line: int
-    when: str | None = None
-    cases: tuple[tuple[str, str], ...] = ()
-    value: str | None = None
-
-    def rules(self) -> list[str]:
-        return [r for r in (self.when, self.value) if r] + [when for _, when in self.cases]
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A named audience from tag_rules/segments.yaml."""
-
-    name: str
-    rule: str
-    description: str
-    path: str
-    line: int
-
-
-@dataclass
-class RuleBook:
-    """Every tag and named segment of a project, read and checked."""
-
-    tags: dict[str, Tag] = field(default_factory=dict)
-    segments: dict[str, Segment] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading tag files
-
-
-def load_rulebook(folder: Path) -> RuleBook:
-    """Read tag_rules/: every *.yaml holds tags, but segments.yaml, which holds segments."""
-    book = RuleBook()
-    if not folder.is_dir():
-        return book
-    for path in sorted(folder.glob("*.yaml")):
-        data = load_yaml(path)
-        if data is None:
-            continue
-        if path.name == SEGMENTS_FILE:
-            for segment in _segments(path, data):
-                _unique(book.segments, segment, "segment")
-        else:
-            for tag in _tags(path, data):
-                _unique(book.tags, tag, "tag")
-    return book
-
-
-def _unique(found: dict[str, Any], item: Tag | Segment, what: str) -> None:
-    if item.name in found:
-        first = found[item.name]
-        raise FileError(
-            item.path,
-            f"{what} {item.name!r} is defined twice (first at {first.path}:{first.line})",
-            item.line,
-        )
-    found[item.name] = item
-
-
-def _entries(path: Path, data: Any) -> YamlList:
-    if not isinstance(data, YamlList):
-        raise FileError(path, "expected a list of entries, each starting with '- name:'", 1)
-    for entry in data:
-        if not isinstance(entry, YamlMap):
-            raise FileError(path, "each entry must be a mapping with a name", data.line)
-    return data
-
-
-def _name(path: Path, entry: YamlMap, what: str) -> str:
-    name = entry.get("name")
-    if not is_name(name):
-        raise FileError(
-            path,
-            f"a {what} needs a name of {NAME_RULE} (got {name!r})",
-            entry.line_of("name"),
-        )
-    return name
-
-
-def _text(path: Path, entry: YamlMap, key: str, where: str) -> str:
-    value = entry.get(key)
-    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-        raise FileError(path, f"{where}: {key} must be a rule written as text", entry.line_of(key))
-    return str(value)
-
-
-def _tags(path: Path, data: Any) -> list[Tag]:
-    tags = []
-    for entry in _entries(path, data):
-        name = _name(path, entry, "tag")
-        where = f"tag {name}"
-        check_keys(entry, TAG_KEYS, where)
-        category = entry.get("category", "rule")
-        if category not in CATEGORIES:
-            raise FileError(
-                path,
-                f"{where}: category must be one of {', '.join(CATEGORIES)}, got {category!r}"
-                + did_you_mean(str(category), CATEGORIES),
-                entry.line_of("category"),
-            )
-        given = [k for k in ("when", "cases", "value") if k in entry]
-        if len(given) != 1:
-            raise FileError(path, f"{where}: give exactly one of when, cases or value", entry.line)
-        cases: list[tuple[str, str]] = []
-        for case in entry.get("cases") or []:
-            if not isinstance(case, YamlMap) or set(case) != {"value", "when"}:
-                raise FileError(
-                    path,
-                    f"{where}: each case needs a value and a when",
-                    getattr(case, "line", entry.line),
-                )
-            cases.append((str(case["value"]), _text(path, case, "when", where)))
-        if "cases" in entry and not cases:
-            raise FileError(path, f"{where}: cases is empty", entry.line_of("cases"))
-        tags.append(
-            Tag(
-                name=name,
-                category=category,
-                description=str(entry.get("description", "")),
-                path=str(path),
-                line=entry.line,
-                when=_text(path, entry, "when", where) if "when" in entry else None,
-                cases=tuple(cases),
-                value=_text(path, entry, "value", where) if "value" in entry else None,
-            )
-        )
-    return tags
-
-
-def _segments(path: Path, data: Any) -> list[Segment]:
-    segments = []
-    for entry in _entries(path, data):
-        name = _name(path, entry, "segment")
-        check_keys(entry, ("name", "rule", "description"), f"segment {name}")
-        segments.append(
-            Segment(name, _text(path, entry, "rule", f"segment {name}"),
-                    str(entry.get("description", "")), str(path), entry.line)
-        )  # fmt: skip
-    return segments
-
-
-# ---------------------------------------------------------------------------------------------
-# The rule schema: what rules may read
-
-
-class _TooManySegments(RuleError):
-    """A rule takes in more segments than MAX_INLINED_SEGMENTS."""
-
-
-@dataclass(frozen=True)
-class _Read:
-    """A value per customer that tag rules read, gathered into one column of temp.tag_reads
-    before their level is evaluated and joined once: a tag's value (kind 'tag', key the tag)
-    or an event's count over a usual window (kind 'event', key the event, window the
-    profile_event_counts column). One index lookup per customer and rule cost more."""
-
-    column: str
-    kind: str
-    key: str
-    window: str = ""
-
-
-@dataclass
-class RuleContext:
-    """Builds the schema rules compile against, and notes which tags each rule reads."""
-
-    book: RuleBook
-    as_of: date
-    known_tags: set[str] = field(default_factory=set)
-    read_tags: set[str] = field(default_factory=set)
-    _segment_stack: list[str] = field(default_factory=list)
-    _inlined: int = 0  # segments taken into the rule being compiled
-    # A tag run sets `joined`: tag(), has_tag() and the usual event_count() windows then read
-    # columns of temp.tag_reads (see _Read), and `gathered` notes the ones each rule reads.
-    joined: dict[tuple[str, str, str], _Read] | None = None
-    gathered: set[_Read] = field(default_factory=set)
-
-    def schema(self) -> RuleSchema:
-        fields = dict(GOLDEN_FIELDS)
-        fields.update({name: f"f.{name}" for name in FEATURES})
-        functions = {
-            "tag": FunctionSpec("tag", ("string",), self._tag_sql, self._check_tag, "string"),
-            "has_tag": FunctionSpec(
-                "has_tag", ("string",), self._has_tag_sql, self._check_tag, "boolean"
-            ),
-            "event_count": FunctionSpec(
-                "event_count", ("string", "duration"), self._event_count_sql, None, "number"
-            ),
-            "in_segment": FunctionSpec(
-                "in_segment", ("string",), self._segment_sql, self._check_segment, "boolean"
-            ),
-        }
-        return RuleSchema(fields, functions)
-
-    def compile(self, text: str) -> CompiledRule:
-        if not self._segment_stack:
-            self._inlined = 0
-        return compile_rule(text, self.schema())
-
-    def _check_tag(self, args: list[Any]) -> str | None:
-        name = args[0]
-        names = set(self.book.tags) | self.known_tags
-        if name not in names:
-            return f"unknown tag {name!r}{did_you_mean(name, names)}"
-        self.read_tags.add(name)
-        return None
-
-    def _read(self, kind: str, key: str, window: str = "") -> str:
-        """The temp.tag_reads column a tag run gathers this value into, before the level."""
-        assert self.joined is not None
-        read = self.joined.setdefault(
-            (kind, key, window), _Read(f"c{len(self.joined)}", kind, key, window)
-        )
-        self.gathered.add(read)
-        return f"{READS}.{read.column}"
-
-    def _tag_sql(self, args: list[Any]) -> tuple[str, list[Any]]:
-        if self.joined is not None:
-            return self._read("tag", args[0]), []
-        return "(SELECT t.value FROM profile_tags t WHERE t.one_id = p.one_id AND t.tag = ?)", [
-            args[0]
-        ]
-
-    def _has_tag_sql(self, args: list[Any]) -> tuple[str, list[Any]]:
-        if self.joined is not None:  # a stored value is never null
-            return f"{self._read('tag', args[0])} IS NOT NULL", []
-        return "EXISTS (SELECT 1 FROM profile_tags t WHERE t.one_id = p.one_id AND t.tag = ?)", [
-            args[0]
-        ]
-
-    def _event_count_sql(self, args: list[Any]) -> tuple[str, list[Any]]:
-        event, window = args[0], parse_duration(args[1]) if isinstance(args[1], str) else args[1]
-        column = EVENT_WINDOWS.get(window)
-        if column and self.joined is not None:
-            return f"coalesce({self._read('event', event, column)}, 0)", []
-        if column:  # the usual windows are counted once per run, in profile_event_counts
-            return (
-                f"coalesce((SELECT c.{column} FROM profile_event_counts c "
-                "WHERE c.one_id = p.one_id AND c.event = ?), 0)",
-                [event],
-            )
-        since = (self.as_of - window + timedelta(days=1)).isoformat()
-        return (
-            "(SELECT count(*) FROM events e JOIN identity_keys k ON k.key = e.identity_key "
-            "WHERE k.one_id = p.one_id AND e.event = ? AND substr(e.occurred_at, 1, 10) >= ? "
-            "AND substr(e.occurred_at, 1, 10) <= ?)",
-            [event, since, self.as_of.isoformat()],
-        )
-
-    def _check_segment(self, args: list[Any]) -> str | None:
-        name = args[0]
-        if name not in self.book.segments:
-            return f"unknown segment {name!r}{did_you_mean(name, self.book.segments)}"
-        if name in self._segment_stack:
-            return f"segment {name!r} refers to itself through {' -> '.join(self._segment_stack)}"
-        return None
-
-    def _segment_sql(self, args: list[Any]) -> tuple[str, list[Any]]:
-        segment = self.book.segments[args[0]]
-        self._inlined += 1
-        if self._inlined > MAX_INLINED_SEGMENTS:
-            raise _TooManySegments(
-                f"in_segment() takes more than {MAX_INLINED_SEGMENTS} segments into this rule, "
-                "counting those they call (segments that each call another twice double at "
-                "every level)"
-            )
-        self._segment_stack.append(segment.name)
-        try:
-            compiled = self.compile(segment.rule)
-        except _TooManySegments:
-            raise  # said once, by the rule that was asked for, not once per level
-        except RuleError as exc:
-            raise RuleError(
-                f"{segment.path}:{segment.line}: segment {segment.name}: {exc.message}"
-            ) from None
-        finally:
-            self._segment_stack.pop()
-        return f"({compiled.sql})", compiled.params
-
 
 # ---------------------------------------------------------------------------------------------
 # Evaluating tags
@@ -378,7 +54,7 @@ class _Compiled:
     sql: str
     params: list[Any]
     reads: frozenset[str]  # the tags it reads
-    gathered: frozenset[_Read] = frozenset()  # the columns of temp.tag_reads it reads
+    gathered: frozenset[Read] = frozenset()  # the columns of temp.tag_reads it reads
 
 
 def compile_tags(

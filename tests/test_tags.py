@@ -440,8 +440,9 @@ def test_segment_fields_look_identifiers_up_by_customer(run, project):
     import sqlite3
     from datetime import date
 
+    from cdp_cli.rules.book import load_rulebook
+    from cdp_cli.rules.vocabulary import BASE_FROM, RuleContext
     from cdp_cli.segments import _select
-    from cdp_cli.tags import BASE_FROM, RuleContext, load_rulebook
 
     assert run("tag", "--as-of", AS_OF).exit_code == 0
     context = RuleContext(load_rulebook(project / "tag_rules"), date(2026, 11, 15))
@@ -471,8 +472,9 @@ def test_rules_compile_for_duckdb_too():
     duckdb = pytest.importorskip("duckdb")
     from datetime import date
 
+    from cdp_cli.rules.book import load_rulebook
     from cdp_cli.rules.compiler import compile_rule
-    from cdp_cli.tags import RuleContext, load_rulebook
+    from cdp_cli.rules.vocabulary import RuleContext
 
     book = load_rulebook(REPO / "tag_rules")
     context = RuleContext(book, date(2026, 11, 15))
@@ -499,7 +501,8 @@ def test_rules_compile_for_duckdb_too():
 def test_every_shipped_tag_file_is_valid(path, tmp_path):
     from datetime import date
 
-    from cdp_cli.tags import compile_tags, load_rulebook
+    from cdp_cli.rules.book import load_rulebook
+    from cdp_cli.tags import compile_tags
 
     shutil.copytree(REPO / "tag_rules", tmp_path / "tag_rules")
     book = load_rulebook(tmp_path / "tag_rules")

@@ -1,0 +1,170 @@
+"""The vocabulary of rules: the columns and functions a rule may name, as SQL over one row
+per customer (BASE_FROM). Tags, segments and journeys compile their rules against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+from cdp_cli.errors import RuleError
+from cdp_cli.features import FEATURES
+from cdp_cli.rules.book import RuleBook
+from cdp_cli.rules.compiler import (
+    CompiledRule,
+    FunctionSpec,
+    RuleSchema,
+    compile_rule,
+    parse_duration,
+)
+from cdp_cli.yamlfile import did_you_mean
+
+# The rows a rule is evaluated over: one per customer.
+BASE_FROM = "profiles p JOIN profile_features f ON f.one_id = p.one_id"
+GOLDEN_FIELDS = {
+    "one_id": "p.one_id", "name": "p.name", "gender": "p.gender", "birthday": "p.birthday",
+    "city": "p.city", "known": "p.known", "first_seen": "p.first_seen", "last_seen": "p.last_seen",
+    "records": "p.records",
+}  # fmt: skip
+EVENT_WINDOWS = {timedelta(days=n): f"days_{n}" for n in (30, 90, 365)}
+READS = "r"  # the alias of temp.tag_reads in a tag run's evaluation
+# in_segment() puts the segment's rule inside the rule that calls it. Segments that each call
+# another twice would double the rule at every level (40 levels: a rule of 2**40 parts, and a
+# command that never ends), so one rule may take in at most this many, nested ones counted.
+MAX_INLINED_SEGMENTS = 100
+
+
+class _TooManySegments(RuleError):
+    """A rule takes in more segments than MAX_INLINED_SEGMENTS."""
+
+
+@dataclass(frozen=True)
+class Read:
+    """A value per customer that tag rules read, gathered into one column of temp.tag_reads
+    before their level is evaluated and joined once: a tag's value (kind 'tag', key the tag)
+    or an event's count over a usual window (kind 'event', key the event, window the
+    profile_event_counts column). One index lookup per customer and rule cost more."""
+
+    column: str
+    kind: str
+    key: str
+    window: str = ""
+
+
+@dataclass
+class RuleContext:
+    """Builds the schema rules compile against, and notes which tags each rule reads."""
+
+    book: RuleBook
+    as_of: date
+    known_tags: set[str] = field(default_factory=set)
+    read_tags: set[str] = field(default_factory=set)
+    _segment_stack: list[str] = field(default_factory=list)
+    _inlined: int = 0  # segments taken into the rule being compiled
+    # A tag run sets `joined`: tag(), has_tag() and the usual event_count() windows then read
+    # columns of temp.tag_reads (see Read), and `gathered` notes the ones each rule reads.
+    joined: dict[tuple[str, str, str], Read] | None = None
+    gathered: set[Read] = field(default_factory=set)
+
+    def schema(self) -> RuleSchema:
+        fields = dict(GOLDEN_FIELDS)
+        fields.update({name: f"f.{name}" for name in FEATURES})
+        functions = {
+            "tag": FunctionSpec("tag", ("string",), self._tag_sql, self._check_tag, "string"),
+            "has_tag": FunctionSpec(
+                "has_tag", ("string",), self._has_tag_sql, self._check_tag, "boolean"
+            ),
+            "event_count": FunctionSpec(
+                "event_count", ("string", "duration"), self._event_count_sql, None, "number"
+            ),
+            "in_segment": FunctionSpec(
+                "in_segment", ("string",), self._segment_sql, self._check_segment, "boolean"
+            ),
+        }
+        return RuleSchema(fields, functions)
+
+    def compile(self, text: str) -> CompiledRule:
+        if not self._segment_stack:
+            self._inlined = 0
+        return compile_rule(text, self.schema())
+
+    def _check_tag(self, args: list[Any]) -> str | None:
+        name = args[0]
+        names = set(self.book.tags) | self.known_tags
+        if name not in names:
+            return f"unknown tag {name!r}{did_you_mean(name, names)}"
+        self.read_tags.add(name)
+        return None
+
+    def _read(self, kind: str, key: str, window: str = "") -> str:
+        """The temp.tag_reads column a tag run gathers this value into, before the level."""
+        assert self.joined is not None
+        read = self.joined.setdefault(
+            (kind, key, window), Read(f"c{len(self.joined)}", kind, key, window)
+        )
+        self.gathered.add(read)
+        return f"{READS}.{read.column}"
+
+    def _tag_sql(self, args: list[Any]) -> tuple[str, list[Any]]:
+        if self.joined is not None:
+            return self._read("tag", args[0]), []
+        return "(SELECT t.value FROM profile_tags t WHERE t.one_id = p.one_id AND t.tag = ?)", [
+            args[0]
+        ]
+
+    def _has_tag_sql(self, args: list[Any]) -> tuple[str, list[Any]]:
+        if self.joined is not None:  # a stored value is never null
+            return f"{self._read('tag', args[0])} IS NOT NULL", []
+        return "EXISTS (SELECT 1 FROM profile_tags t WHERE t.one_id = p.one_id AND t.tag = ?)", [
+            args[0]
+        ]
+
+    def _event_count_sql(self, args: list[Any]) -> tuple[str, list[Any]]:
+        event, window = args[0], parse_duration(args[1]) if isinstance(args[1], str) else args[1]
+        column = EVENT_WINDOWS.get(window)
+        if column and self.joined is not None:
+            return f"coalesce({self._read('event', event, column)}, 0)", []
+        if column:  # the usual windows are counted once per run, in profile_event_counts
+            return (
+                f"coalesce((SELECT c.{column} FROM profile_event_counts c "
+                "WHERE c.one_id = p.one_id AND c.event = ?), 0)",
+                [event],
+            )
+        since = (self.as_of - window + timedelta(days=1)).isoformat()
+        return (
+            "(SELECT count(*) FROM events e JOIN identity_keys k ON k.key = e.identity_key "
+            "WHERE k.one_id = p.one_id AND e.event = ? AND substr(e.occurred_at, 1, 10) >= ? "
+            "AND substr(e.occurred_at, 1, 10) <= ?)",
+            [event, since, self.as_of.isoformat()],
+        )
+
+    def _check_segment(self, args: list[Any]) -> str | None:
+        name = args[0]
+        if name not in self.book.segments:
+            return f"unknown segment {name!r}{did_you_mean(name, self.book.segments)}"
+        if name in self._segment_stack:
+            return f"segment {name!r} refers to itself through {' -> '.join(self._segment_stack)}"
+        return None
+
+    def _segment_sql(self, args: list[Any]) -> tuple[str, list[Any]]:
+        segment = self.book.segments[args[0]]
+        self._inlined += 1
+        if self._inlined > MAX_INLINED_SEGMENTS:
+            raise _TooManySegments(
+                f"in_segment() takes more than {MAX_INLINED_SEGMENTS} segments into this rule, "
+                "counting those they call (segments that each call another twice double at "
+                "every level)"
+            )
+        self._segment_stack.append(segment.name)
+        try:
+            compiled = self.compile(segment.rule)
+        except _TooManySegments:
+            raise  # said once, by the rule that was asked for, not once per level
+        except RuleError as exc:
+            raise RuleError(
+                f"{segment.path}:{segment.line}: segment {segment.name}: {exc.message}"
+            ) from None
+        finally:
+            self._segment_stack.pop()
+        return f"({compiled.sql})", compiled.params
