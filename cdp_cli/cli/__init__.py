@@ -14,9 +14,9 @@ import click
 
 from cdp_cli import __version__
 from cdp_cli.cli import audience, identity, ingest, journey, privacy, report, run, setup
-from cdp_cli.cli.options import Project
 from cdp_cli.cli.output import printable
 from cdp_cli.errors import CdpError
+from cdp_cli.project import Project
 
 EXIT_CODES = """\b
 Exit codes:
@@ -30,7 +30,7 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(printable(message))  # it may quote a file's name or content
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click's class default, per error
 
 
 class CdpGroup(click.Group):
@@ -56,14 +56,12 @@ class CdpGroup(click.Group):
     "--config",
     "config_option",
     metavar="FILE",
-    envvar="CDP_CONFIG",
     help="The project file.  [default: ./cdp.yaml; env: CDP_CONFIG]",
 )
 @click.option(
     "--db",
     "db_option",
     metavar="FILE",
-    envvar="CDP_DB",
     help="The SQLite store.  [default: store: in cdp.yaml; env: CDP_DB]",
 )
 @click.version_option(__version__, prog_name="cdp")
@@ -86,7 +84,7 @@ def cli(ctx: click.Context, config_option: str | None, db_option: str | None) ->
       cdp segment --rule "tag('lifecycle') = 'at_risk'" --by city
       cdp run                   what cron calls: new inbox files, resolve, tag, journeys
     """
-    ctx.obj = Project(config_option, db_option)
+    ctx.obj = Project(config_option, db_option)  # which reads $CDP_CONFIG and $CDP_DB
 
 
 for command in (

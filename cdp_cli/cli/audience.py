@@ -16,7 +16,6 @@ from cdp_cli.cli.options import (
     silent_option,
     writes_store,
 )
-from cdp_cli.store import open_store
 
 if TYPE_CHECKING:
     from cdp_cli.tags import TagResult
@@ -49,10 +48,9 @@ def tag_command(
     from cdp_cli.identity.resolve import unresolved_batches
     from cdp_cli.tags import run_tags, tag_list
 
-    config = project.config()
+    config = project.config
     folder = config.tag_rules_folder
-    db = open_store(config.store)
-    try:
+    with project.store() as db:
         if list_:
             listed = tag_list(db, folder)
             out.emit(listed, json_, _print_tag_list)
@@ -64,8 +62,6 @@ def tag_command(
                 f"{pending} ingested batches are not resolved yet: run `cdp resolve` first", silent
             )
         result = run_tags(db, folder, day, only)
-    finally:
-        db.close()
     out.emit(result, json_, print_tags)
 
 
@@ -160,10 +156,9 @@ def segment_command(
     if (name is None) == (rule is None):
         raise click.UsageError("give a segment NAME or --rule EXPR, not both")
     _check_hashed_options(export_path, hashed, layout)
-    config = project.config()
+    config = project.config
     book = load_rulebook(config.tag_rules_folder)
-    db = open_store(config.store, create=False)
-    try:
+    with project.store(create=False) as db:
         day = features_as_of(db, config)
         chosen = seg.audience(db, book, day, rule, name)
         size, base = seg.count(db, chosen)
@@ -187,8 +182,6 @@ def segment_command(
             report["portrait"] = seg.portrait(db, book, day, chosen, by)
         names, cursor = seg.members(db, book, day, chosen, list(seg.SAMPLE_FIELDS), sample_size)
         report["sample"] = [dict(zip(names, row, strict=True)) for row in cursor]
-    finally:
-        db.close()
     if not unmask:
         for row in report["sample"]:
             row["phone"] = mask("phone", row["phone"])

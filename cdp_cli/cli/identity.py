@@ -17,7 +17,6 @@ from cdp_cli.cli.options import (
     silent_option,
     writes_store,
 )
-from cdp_cli.store import open_store
 
 if TYPE_CHECKING:
     from cdp_cli.identity.resolve import ResolveResult
@@ -62,9 +61,8 @@ def resolve_command(
     """
     from cdp_cli.identity.resolve import explain, export_mapping, resolve
 
-    config = project.config()
-    db = open_store(config.store)
-    try:
+    config = project.config
+    with project.store() as db:
         if explain_id:
             report = explain(db, explain_id)
             if not unmask:
@@ -73,8 +71,6 @@ def resolve_command(
             return
         result = resolve(db, config, full=full)
         exported = export_mapping(db, export_path) if export_path else None
-    finally:
-        db.close()
     resolved = {**result.as_dict(), "exported": exported}
     out.emit(resolved, json_, lambda _: _print_resolved(result, export_path, exported, silent))
 
@@ -176,16 +172,13 @@ def profile_command(
     from cdp_cli.tags import customer_tags, load_rulebook
 
     lookup = one_lookup(one_id, phone, email, device, by_device=True)
-    config = project.config()
-    db = open_store(config.store, create=False)
-    try:
+    config = project.config
+    with project.store(create=False) as db:
         current, merged_from = find_one_id(db, config, lookup)
         view = profile_view(db, current)
         view["tags"] = customer_tags(db, current)
         book = load_rulebook(config.tag_rules_folder)
         view["segments"] = seg.segments_of(db, book, features_as_of(db, config), current)
-    finally:
-        db.close()
     view["merged_from"] = merged_from
     if not unmask:
         mask_profile(view)

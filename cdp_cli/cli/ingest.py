@@ -10,7 +10,6 @@ import click
 from cdp_cli.cli import output as out
 from cdp_cli.cli.options import Project, json_option, pass_project, silent_option, writes_store
 from cdp_cli.errors import CdpError
-from cdp_cli.store import open_store
 
 if TYPE_CHECKING:
     from cdp_cli.ingest import IngestResult
@@ -49,20 +48,16 @@ def ingest_command(
     """
     from cdp_cli.ingest import ingest
 
-    config = project.config()
-    db = open_store(config.store)
-    try:
-        with out.progress_bars(silent) as start:
-            results = ingest(
-                db,
-                config,
-                source_name,
-                list(files) or None,
-                force=force,
-                on_file=lambda source, path: start(f"{source.name} {path.name}", 0),
-            )
-    finally:
-        db.close()
+    config = project.config
+    with project.store() as db, out.progress_bars(silent) as start:
+        results = ingest(
+            db,
+            config,
+            source_name,
+            list(files) or None,
+            force=force,
+            on_file=lambda source, path: start(f"{source.name} {path.name}", 0),
+        )
     out.emit(results, json_, print_ingest)
     if not results:
         out.note("Nothing to ingest: no FILE given and no source declares files that exist.")
@@ -104,13 +99,9 @@ def status(project: Project, json_: bool) -> None:
     """
     from cdp_cli.status import store_status
 
-    config = project.config_if_any()
-    path = project.store_path() if config is None else config.store
-    db = open_store(path, create=False)
-    try:
+    config = project.config if project.has_config else None  # a --db alone will do
+    with project.store(create=False) as db:
         result = store_status(db, config)
-    finally:
-        db.close()
     out.emit(result, json_, print_status)
 
 

@@ -8,7 +8,6 @@ import click
 
 from cdp_cli.cli import output as out
 from cdp_cli.cli.options import Project, json_option, now_option, pass_project, writes_store
-from cdp_cli.store import open_store
 
 
 @click.group(name="journey")
@@ -47,13 +46,10 @@ def journey_run_command(
 
     from cdp_cli.messaging.engine import run_journeys
 
-    config = project.config()
+    config = project.config
     clock = now.replace(tzinfo=ZoneInfo(config.timezone)) if now else None
-    db = open_store(config.store, create=False)
-    try:
+    with project.store(create=False) as db:
         results = run_journeys(db, config, name, clock, dry_run)
-    finally:
-        db.close()
     out.emit(results, json_, lambda _: _print_run(results, dry_run))
 
 
@@ -98,7 +94,7 @@ def _print_would_send(results: list[Any], shown: int = 10) -> None:
         return
     rows = []
     for journey, m in messages[:shown]:
-        data = m.get("data") or {}
+        data: dict[str, Any] = m.get("data") or {}
         first_field = next(iter(data.values()), {}).get("value", "") if data else ""
         text = m.get("subject") or m.get("title") or m.get("text") or first_field
         text = " ".join(str(text).split())
@@ -122,12 +118,8 @@ def journey_status_command(project: Project, name: str, json_: bool) -> None:
     """
     from cdp_cli.messaging.engine import journey_status
 
-    config = project.config()
-    db = open_store(config.store, create=False)
-    try:
+    with project.store(create=False) as db:
         report = journey_status(db, name)
-    finally:
-        db.close()
     out.emit(report, json_, lambda _: _print_status(name, report))
 
 
@@ -160,13 +152,11 @@ def journey_validate_command(project: Project, json_: bool) -> None:
     """
     from cdp_cli.messaging.engine import validate_journeys
 
-    config = project.config()
-    db = open_store(config.store, create=False) if config.store.exists() else None
-    try:
-        journeys = validate_journeys(config, db)
-    finally:
-        if db is not None:
-            db.close()
+    if project.store_path.exists():  # then templates are checked against its data, too
+        with project.store(create=False) as db:
+            journeys = validate_journeys(project.config, db)
+    else:
+        journeys = validate_journeys(project.config, None)
     summary = [
         {
             "journey": j.name,

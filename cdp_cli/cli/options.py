@@ -4,41 +4,19 @@ the ways to name a customer, and --wait with the store's lock for commands that 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from cdp_cli.config import Config, config_path, load_config
+from cdp_cli.project import Project
 
 if TYPE_CHECKING:
     from cdp_cli.identity.profiles import Lookup
 
 Command = Callable[..., Any]
 CLOCK_FORMATS = ["%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]
-
-
-@dataclass
-class Project:
-    """The --config and --db a command was started with; loads them only when needed."""
-
-    config_option: str | None
-    db_option: str | None
-
-    def config(self) -> Config:
-        return load_config(config_path(self.config_option), self.db_option)
-
-    def store_path(self) -> Path:
-        if self.db_option or os.environ.get("CDP_DB"):
-            return Path(self.db_option or os.environ["CDP_DB"])
-        return self.config().store
-
-    def config_if_any(self) -> Config | None:
-        path = config_path(self.config_option)
-        return load_config(path, self.db_option) if path.exists() else None
 
 
 pass_project = click.make_pass_decorator(Project)
@@ -155,10 +133,9 @@ def _store_lock(ctx: click.Context, wait: float) -> Any:
     assert project is not None
     command = ctx.command_path.replace(ctx.find_root().info_name or "cdp", "cdp", 1)
     try:
-        return lock.acquire(project.store_path(), wait, command)
+        return lock.acquire(project.store_path, wait, command)
     except StoreBusy as exc:
-        config = project.config_if_any()
-        with OpsLog(config.log_path if config else None) as log:
+        with OpsLog(project.config.log_path if project.has_config else None) as log:
             log.write(
                 stage="lock", status="busy", command=command, wait=wait, error=for_log(str(exc))
             )

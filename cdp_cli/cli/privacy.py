@@ -15,7 +15,6 @@ from cdp_cli.cli.options import (
     pass_project,
     writes_store,
 )
-from cdp_cli.store import open_store
 
 
 @click.command(name="consent")
@@ -63,9 +62,8 @@ def consent_command(
         raise click.UsageError("--opt-out and --opt-in need --channel")
     if (channel or reason) and not status:
         raise click.UsageError("--channel and --reason go with --opt-out or --opt-in")
-    config = project.config()
-    db = open_store(config.store, create=False)
-    try:
+    config = project.config
+    with project.store(create=False) as db:
         recorded = None
         if status:
             assert channel is not None
@@ -73,8 +71,6 @@ def consent_command(
             if not unmask:
                 recorded["identifier"] = mask(recorded["identifier_type"], recorded["identifier"])
         report = consents_of(db, config, lookup)
-    finally:
-        db.close()
     out.emit({**report, "recorded": recorded}, json_, _print_consents)
 
 
@@ -139,9 +135,8 @@ def forget_command(
     lookup = one_lookup(one_id, phone, email)
     if not yes and not sys.stdin.isatty():
         raise click.UsageError("not a terminal, so nothing can be confirmed: add --yes to forget")
-    config = project.config()
-    db = open_store(config.store, create=False)
-    try:
+    config = project.config
+    with project.store(create=False) as db:
         target = find_target(db, config, lookup)
         if target.one_id and not yes:
             click.confirm(
@@ -150,8 +145,6 @@ def forget_command(
                 err=True,
             )
         result = forget(db, config, target).as_dict()
-    finally:
-        db.close()
     _mask_forgotten(result)
     out.emit(result, json_, _print_forgotten)
 

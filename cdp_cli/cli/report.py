@@ -10,7 +10,6 @@ import click
 
 from cdp_cli.cli import output as out
 from cdp_cli.cli.options import Project, html_option, json_option, pass_project
-from cdp_cli.store import open_store
 
 
 def _report_out(
@@ -78,15 +77,11 @@ def report_journey_command(
     """
     from cdp_cli.reports.journey import journey_report, journey_reports
 
-    config = project.config()
-    db = open_store(config.store, create=False)
-    try:
+    with project.store(create=False) as db:
         if name:
-            report: Any = journey_report(db, config, name, attribution)
+            report: Any = journey_report(db, project.config, name, attribution)
         else:
-            report = journey_reports(db, config, attribution)
-    finally:
-        db.close()
+            report = journey_reports(db, project.config, attribution)
     title = f"cdp report: journey {name}" if name else "cdp report: journeys"
     _report_out(report, json_, html_path, print_journey_reports, title)
 
@@ -202,9 +197,7 @@ def report_funnel_command(
         window = parse_duration(within) if within else None
     except RuleError as exc:
         raise click.BadParameter(exc.message, param_hint="--within") from None
-    config = project.config()
-    db = open_store(config.store, create=False)
-    try:
+    with project.store(create=False) as db:
         report = funnel_report(
             db,
             steps.split(","),
@@ -213,8 +206,6 @@ def report_funnel_command(
             since.date() if since else None,
             until.date() if until else None,
         )
-    finally:
-        db.close()
     _report_out(report, json_, html_path, _print_funnel, "cdp report: funnel")
 
 
@@ -250,12 +241,8 @@ def report_lifecycle_command(
     """
     from cdp_cli.reports.journey import lifecycle_report
 
-    config = project.config()
-    db = open_store(config.store, create=False)
-    try:
+    with project.store(create=False) as db:
         report = lifecycle_report(db, tag)
-    finally:
-        db.close()
     _report_out(report, json_, html_path, _print_lifecycle, f"cdp report: {tag}")
 
 
@@ -302,12 +289,8 @@ def report_overview_command(project: Project, json_: bool, html_path: Path | Non
     """
     from cdp_cli.reports.journey import overview_report
 
-    config = project.config()
-    db = open_store(config.store, create=False)
-    try:
-        report = overview_report(db, config)
-    finally:
-        db.close()
+    with project.store(create=False) as db:
+        report = overview_report(db, project.config)
     _report_out(report, json_, html_path, print_overview, "cdp report: overview")
 
 

@@ -54,12 +54,12 @@ def run_command(
     from cdp_cli.oplog import OpsLog, for_log
     from cdp_cli.pipeline import run_pipeline
 
-    config = project.config()
+    config = project.config
     clock = now.replace(tzinfo=ZoneInfo(config.timezone)) if now else None
     day = as_of.date() if as_of else None
     with OpsLog(None if dry_run else config.log_path) as log:
         try:
-            db = open_store(config.store)
+            db = open_store(project.store_path)
         except CdpError as exc:
             log.write(stage="run", status="failed", error=for_log(str(exc)))
             raise
