@@ -94,8 +94,8 @@ def _print_would_send(results: list[Any], shown: int = 10) -> None:
         return
     rows = []
     for journey, m in messages[:shown]:
-        data: dict[str, Any] = m.get("data") or {}
-        first_field = next(iter(data.values()), {}).get("value", "") if data else ""
+        first = next(iter((m.get("data") or {}).values()), None)
+        first_field = first.get("value", "") if first else ""
         text = m.get("subject") or m.get("title") or m.get("text") or first_field
         text = " ".join(str(text).split())
         rows.append(
