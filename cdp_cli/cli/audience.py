@@ -18,6 +18,7 @@ from cdp_cli.cli.options import (
 )
 
 if TYPE_CHECKING:
+    from cdp_cli.segments import SegmentReport
     from cdp_cli.tags import TagResult
 
 
@@ -150,7 +151,7 @@ def segment_command(
     """
     from cdp_cli import segments as seg
     from cdp_cli.features import features_as_of
-    from cdp_cli.privacy import mask
+    from cdp_cli.privacy import masked_row
     from cdp_cli.tags import load_rulebook
 
     if (name is None) == (rule is None):
@@ -161,30 +162,17 @@ def segment_command(
     with project.store(create=False) as db:
         day = features_as_of(db, config)
         chosen = seg.audience(db, book, day, rule, name)
-        size, base = seg.count(db, chosen)
-        report: dict[str, Any] = {
-            "segment": name,
-            "rule": chosen.rule,
-            "customers": size,
-            "base": base,
-        }
+        report = seg.describe(db, book, day, chosen, by, sample_size)
         if export_path and hashed:
             from cdp_cli.customer_match import export_hashed
 
-            report["layout"] = layout or "google"
-            report["exported"] = export_hashed(db, book, day, chosen, export_path, report["layout"])
-            report["file"] = str(export_path)
+            report.layout = layout or "google"
+            report.exported = export_hashed(db, book, day, chosen, export_path, report.layout)
         elif export_path:
-            report["exported"] = seg.export(db, book, day, chosen, export_path, fields.split(","))
-            report["file"] = str(export_path)
-        if by:
-            report["by"] = by
-            report["portrait"] = seg.portrait(db, book, day, chosen, by)
-        names, cursor = seg.members(db, book, day, chosen, list(seg.SAMPLE_FIELDS), sample_size)
-        report["sample"] = [dict(zip(names, row, strict=True)) for row in cursor]
+            report.exported = seg.export(db, book, day, chosen, export_path, fields.split(","))
+        report.file = str(export_path) if export_path else None
     if not unmask:
-        for row in report["sample"]:
-            row["phone"] = mask("phone", row["phone"])
+        report.sample = [masked_row(row) for row in report.sample or []]
     out.emit(report, json_, print_segment)
 
 
@@ -198,21 +186,20 @@ def _check_hashed_options(export_path: Path | None, hashed: bool, layout: str | 
         raise click.UsageError("--hashed writes the layout's columns: leave out --fields")
 
 
-def print_segment(report: dict[str, Any]) -> None:
-    share = report["customers"] / report["base"] if report["base"] else 0
-    label = report["segment"] or report["rule"]
-    click.echo(f"{label}: {report['customers']:,} of {report['base']:,} customers ({share:.1%})")
-    if report.get("exported") is not None:
-        out.note(f"Wrote {report['exported']:,} customers to {report['file']}")
-    if report.get("portrait"):
+def print_segment(report: SegmentReport) -> None:
+    label = report.segment or report.rule
+    click.echo(f"{label}: {report.customers:,} of {report.base:,} customers ({report.share:.1%})")
+    if report.exported is not None:
+        out.note(f"Wrote {report.exported:,} customers to {report.file}")
+    if report.portrait:
         rows = [
             ("(none)" if r["value"] is None else r["value"], out.fmt_int(r["audience"]),
              out.fmt_pct(r["audience_share"]), out.fmt_int(r["base"]),
              out.fmt_pct(r["base_share"]), r["index"])
-            for r in report["portrait"]
+            for r in report.portrait
         ]  # fmt: skip
         columns = ["value", "audience", "share", "base", "base share", "index"]
-        out.print_table(f"Portrait by {report['by']}", columns, rows, numeric=5)
-    if report["sample"]:
-        names = list(report["sample"][0])
-        out.print_table("Sample", names, [list(r.values()) for r in report["sample"]], numeric=2)
+        out.print_table(f"Portrait by {report.by}", columns, rows, numeric=5)
+    if report.sample:
+        names = list(report.sample[0])
+        out.print_table("Sample", names, [list(r.values()) for r in report.sample], numeric=2)

@@ -19,6 +19,7 @@ from cdp_cli.cli.options import (
 )
 
 if TYPE_CHECKING:
+    from cdp_cli.identity.profiles import Profile360
     from cdp_cli.identity.resolve import ResolveResult
 
 
@@ -60,14 +61,13 @@ def resolve_command(
       cdp resolve --explain C000000042         why these records are one customer
     """
     from cdp_cli.identity.resolve import explain, export_mapping, resolve
+    from cdp_cli.privacy import masked_explain
 
     config = project.config
     with project.store() as db:
         if explain_id:
             report = explain(db, explain_id)
-            if not unmask:
-                _mask_explain(report)
-            out.emit(report, json_, _print_explain)
+            out.emit(report if unmask else masked_explain(report), json_, _print_explain)
             return
         result = resolve(db, config, full=full)
         exported = export_mapping(db, export_path) if export_path else None
@@ -100,15 +100,6 @@ def print_resolve(result: ResolveResult) -> None:
         ("seconds", f"{result.seconds:.2f}"),
     ]
     out.print_table("Resolved", ["", "count"], rows, numeric=1)
-
-
-def _mask_explain(report: dict[str, Any]) -> None:
-    from cdp_cli.privacy import mask
-
-    for item in report["identifiers"] + report["refused_links"]:
-        item["value"] = mask(item["type"], item["value"])
-    for item in report["unusable_values"]:
-        item["raw"] = mask(item["type"], item["raw"])
 
 
 def _print_explain(report: dict[str, Any]) -> None:
@@ -166,42 +157,19 @@ def profile_command(
       cdp profile --phone "+86 138 0013 8000"
       cdp profile --email li.na@example.com --json
     """
-    from cdp_cli import segments as seg
-    from cdp_cli.features import features_as_of
-    from cdp_cli.identity.profiles import find_one_id, profile_view
-    from cdp_cli.tags import customer_tags, load_rulebook
+    from cdp_cli.identity.profiles import profile_360
+    from cdp_cli.privacy import masked_profile
 
     lookup = one_lookup(one_id, phone, email, device, by_device=True)
-    config = project.config
     with project.store(create=False) as db:
-        current, merged_from = find_one_id(db, config, lookup)
-        view = profile_view(db, current)
-        view["tags"] = customer_tags(db, current)
-        book = load_rulebook(config.tag_rules_folder)
-        view["segments"] = seg.segments_of(db, book, features_as_of(db, config), current)
-    view["merged_from"] = merged_from
-    if not unmask:
-        mask_profile(view)
-    out.emit(view, json_, print_profile)
+        view = profile_360(db, project.config, lookup)
+    out.emit(view if unmask else masked_profile(view), json_, print_profile)
 
 
-def mask_profile(view: dict[str, Any]) -> None:
-    from cdp_cli.privacy import mask
-
-    profile = view["profile"]
-    profile["phones"] = [mask("phone", p) for p in profile["phones"] or []]
-    profile["emails"] = [mask("email", e) for e in profile["emails"] or []]
-    profile["identifiers"] = {
-        t: [mask(t, v) for v in values] for t, values in (profile["identifiers"] or {}).items()
-    }
-    for item in view["identifiers"]:
-        item["value"] = mask(item["type"], item["value"])
-
-
-def print_profile(view: dict[str, Any]) -> None:
-    profile = view["profile"]
-    if view["merged_from"]:
-        out.note(f"{' -> '.join(view['merged_from'])} was merged into {profile['one_id']}")
+def print_profile(view: Profile360) -> None:
+    profile = view.profile
+    if view.merged_from:
+        out.note(f"{' -> '.join(view.merged_from)} was merged into {view.one_id}")
     lineage = profile["lineage"] or {}
     golden = [
         (field, profile[field], lineage.get(field) or "")
@@ -216,13 +184,13 @@ def print_profile(view: dict[str, Any]) -> None:
         ("records", profile["records"], ""),
         ("known", "yes" if profile["known"] else "no (anonymous: a device only)", ""),
     ]
-    out.print_table(f"Customer {profile['one_id']}", ["", "value", "from"], golden)
+    out.print_table(f"Customer {view.one_id}", ["", "value", "from"], golden)
     out.print_table(
         "Identifiers",
         ["type", "value", "detail"],
-        [(i["type"], i["value"], i["detail"]) for i in view["identifiers"]],
+        [(i["type"], i["value"], i["detail"]) for i in view.identifiers],
     )
-    orders = view["orders"]
+    orders = view.orders
     out.print_table(
         f"Orders: {orders['orders']}, total {orders['total_spent']:,.2f}",
         ["at", "source", "order", "channel", "store", "amount"],
@@ -239,23 +207,23 @@ def print_profile(view: dict[str, Any]) -> None:
         ],
         numeric=1,
     )
-    if view["events"]:
+    if view.events:
         out.print_table(
             "Recent events",
             ["at", "event", "platform"],
-            [(e["occurred_at"], e["event"], e["platform"]) for e in view["events"]],
+            [(e["occurred_at"], e["event"], e["platform"]) for e in view.events],
         )
-    if view.get("tags"):
+    if view.tags:
         out.print_table(
             "Tags",
             ["tag", "value", "since"],
-            [(t["tag"], t["value"], t["since"]) for t in view["tags"]],
+            [(t["tag"], t["value"], t["since"]) for t in view.tags],
         )
-    if view.get("segments"):
-        click.echo(f"Segments: {', '.join(view['segments'])}")
-    if view["history"]:
+    if view.segments:
+        click.echo(f"Segments: {', '.join(view.segments)}")
+    if view.history:
         out.print_table(
             "History",
             ["one_id", "event", "other", "at"],
-            [(h["one_id"], h["event"], h["other_one_id"], h["at"]) for h in view["history"]],
+            [(h["one_id"], h["event"], h["other_one_id"], h["at"]) for h in view.history],
         )

@@ -55,7 +55,7 @@ def consent_command(
       cdp consent --email li.na@example.com
     """
     from cdp_cli.consent import consents_of, record_consent
-    from cdp_cli.privacy import mask
+    from cdp_cli.privacy import masked_consent
 
     lookup = one_lookup(one_id, phone, email)
     if status and not channel:
@@ -68,8 +68,7 @@ def consent_command(
         if status:
             assert channel is not None
             recorded = record_consent(db, config, lookup, channel, status, reason).as_dict()
-            if not unmask:
-                recorded["identifier"] = mask(recorded["identifier_type"], recorded["identifier"])
+            recorded = recorded if unmask else masked_consent(recorded)
         report = consents_of(db, config, lookup)
     out.emit({**report, "recorded": recorded}, json_, _print_consents)
 
@@ -131,6 +130,7 @@ def forget_command(
     import sys
 
     from cdp_cli.forget import find_target, forget
+    from cdp_cli.privacy import masked_forgotten
 
     lookup = one_lookup(one_id, phone, email)
     if not yes and not sys.stdin.isatty():
@@ -145,7 +145,7 @@ def forget_command(
                 err=True,
             )
         result = forget(db, config, target).as_dict()
-    _mask_forgotten(result)
+    result = masked_forgotten(result)
     out.emit(result, json_, _print_forgotten)
 
 
@@ -155,13 +155,6 @@ def _describe_target(target: Any) -> str:
     shown = ", ".join(f"{t} {mask(t, v)}" for t, v in target.identifiers)
     name = f"{target.name}, " if target.name else ""
     return f"{target.one_id} ({name}{target.records} records; {shown})"
-
-
-def _mask_forgotten(result: dict[str, Any]) -> None:
-    from cdp_cli.privacy import mask
-
-    for item in result["identifiers"]:
-        item["value"] = mask(item["type"], item["value"])
 
 
 def _print_forgotten(result: dict[str, Any]) -> None:

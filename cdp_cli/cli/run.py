@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,6 +20,9 @@ from cdp_cli.cli.options import (
 )
 from cdp_cli.errors import CdpError
 from cdp_cli.store import open_store
+
+if TYPE_CHECKING:
+    from cdp_cli.pipeline import RunReport, StageResult
 
 
 @click.command(name="run")
@@ -78,7 +81,7 @@ def run_command(
         out.note("Dry run: nothing was ingested, moved or run.", silent)
 
 
-def _print_run(report: Any, root: Path) -> None:
+def _print_run(report: RunReport, root: Path) -> None:
     if report.files:
         rows = [
             (f.source, os.path.relpath(f.file, root), f.status, f.message,
@@ -97,7 +100,7 @@ def _print_run(report: Any, root: Path) -> None:
     )
 
 
-def _stage_summary(stage: Any) -> str:
+def _stage_summary(stage: StageResult) -> str:
     """One line of what a stage of `cdp run` did, from its counts."""
     c = stage.counts
     if stage.status == "skipped":
@@ -122,7 +125,7 @@ def _stage_summary(stage: Any) -> str:
         changes = f"{c['changed']:,} added or changed, {c['removed']:,} removed"
         return f"{c['tags']} tags as of {c['as_of']}: {changes}"
     if stage.stage == "journeys":
-        sent = (c["by_channel"] or "").replace(":", " ").replace(",", ", ")
+        sent = ", ".join(f"{channel} {n}" for channel, n in stage.sent_by_channel.items())
         return (
             f"{c['journeys']} journeys: {c['entered']:,} entered, {c['sent']:,} sent"
             + (f" ({sent})" if sent else "")

@@ -10,7 +10,7 @@ import click
 
 from cdp_cli.cli import output as out
 from cdp_cli.cli.audience import print_segment, print_tags
-from cdp_cli.cli.identity import mask_profile, print_profile, print_resolve
+from cdp_cli.cli.identity import print_profile, print_resolve
 from cdp_cli.cli.ingest import print_ingest, print_status
 from cdp_cli.cli.journey import print_journeys
 from cdp_cli.cli.options import json_option, silent_option
@@ -78,6 +78,7 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
       cdp demo /tmp/cdp-demo && cd /tmp/cdp-demo && cdp status
     """
     from cdp_cli.demo import run_demo
+    from cdp_cli.privacy import masked_profile
 
     titles = {"response": "response (simulated: not real data)", "retag": "tag, two weeks on"}
 
@@ -97,12 +98,11 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
             print_resolve(result)
         elif stage == "profile":
             click.echo("One customer the sample writes four ways, across four sources:")
-            mask_profile(result)
-            print_profile({**result, "merged_from": []})
+            print_profile(masked_profile(result))
         elif stage == "tag":
             print_tags(result)
         elif stage == "segment":
-            print_segment({**result, "sample": []})
+            print_segment(result)
         elif stage == "journeys":
             print_journeys(result, dry_run=False)
             for r in result:
