@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import zoneinfo
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -207,13 +206,10 @@ class Config:
         return self.root / log if log else None
 
 
-def config_path(explicit: str | None) -> Path:
-    """--config, else $CDP_CONFIG, else ./cdp.yaml."""
-    return Path(explicit or os.environ.get("CDP_CONFIG") or DEFAULT_CONFIG)
+def load_config(path: Path, store_override: Path | str | None = None) -> Config:
+    """Read and validate cdp.yaml; every mistake is a ConfigError naming file and line.
 
-
-def load_config(path: Path, store_override: str | None = None) -> Config:
-    """Read and validate cdp.yaml; every mistake is a ConfigError naming file and line."""
+    `store_override` replaces `store:` (cdp_cli.project reads it from --db or $CDP_DB)."""
     if not path.exists():
         raise ConfigError(path, "not found; run `cdp init` to create a project here")
     try:
@@ -231,15 +227,15 @@ def load_config(path: Path, store_override: str | None = None) -> Config:
         raise ConfigError(exc.path, exc.message, exc.line) from None
 
 
-def _build_config(path: Path, data: YamlMap, store_override: str | None) -> Config:
+def _build_config(path: Path, data: YamlMap, store_override: Path | str | None) -> Config:
     check_keys(data, TOP_LEVEL_KEYS, "top level")
     region = str(data.get("region", "CN")).upper()
     if region not in phonenumbers.SUPPORTED_REGIONS:
         raise ConfigError(path, f"region: unknown region {region!r}", data.line_of("region"))
     timezone = str(data.get("timezone", "Asia/Shanghai"))
     _check_timezone(path, timezone, data.line_of("timezone"), "timezone")
-    store = Path(store_override or os.environ.get("CDP_DB") or data.get("store") or "cdp.db")
-    if not store.is_absolute() and not (store_override or os.environ.get("CDP_DB")):
+    store = Path(store_override or data.get("store") or "cdp.db")
+    if not store.is_absolute() and not store_override:
         store = path.parent / store
     sources_data = data.get("sources") or YamlMap()
     if not isinstance(sources_data, YamlMap):

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 from cdp_cli.config import Config, load_config
 from cdp_cli.demo_response import respond_and_rerun
 from cdp_cli.errors import CdpError
-from cdp_cli.identity.profiles import Lookup, find_one_id, profile_view
+from cdp_cli.identity.profiles import Lookup, profile_360
 from cdp_cli.identity.resolve import resolve
 from cdp_cli.ingest import ingest
 from cdp_cli.messaging.engine import run_journeys
@@ -24,7 +24,7 @@ from cdp_cli.reports.journey import (
     overview_report,
 )
 from cdp_cli.scaffold import init_project
-from cdp_cli.segments import audience, count, portrait
+from cdp_cli.segments import audience, describe
 from cdp_cli.status import store_status
 from cdp_cli.store import open_store
 from cdp_cli.tags import load_rulebook, run_tags
@@ -76,18 +76,13 @@ def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | Non
         report("status", stages["status"])
         stages["resolve"] = resolve(db, config)
         report("resolve", stages["resolve"])
-        one_id, _ = find_one_id(db, config, Lookup(phone=DEMO_PHONE))
-        stages["profile"] = profile_view(db, one_id)
+        stages["profile"] = profile_360(db, config, Lookup(phone=DEMO_PHONE))
         report("profile", stages["profile"])
         stages["tag"] = run_tags(db, config.tag_rules_folder, DEMO_AS_OF)
         report("tag", stages["tag"])
         book = load_rulebook(config.tag_rules_folder)
         chosen = audience(db, book, DEMO_AS_OF, None, DEMO_SEGMENT)
-        size, base = count(db, chosen)
-        stages["segment"] = {
-            "segment": DEMO_SEGMENT, "rule": chosen.rule, "customers": size, "base": base,
-            "by": DEMO_PORTRAIT, "portrait": portrait(db, book, DEMO_AS_OF, chosen, DEMO_PORTRAIT),
-        }  # fmt: skip
+        stages["segment"] = describe(db, book, DEMO_AS_OF, chosen, by=DEMO_PORTRAIT)
         report("segment", stages["segment"])
         now = DEMO_NOW.replace(tzinfo=ZoneInfo(config.timezone))
         stages["journeys"] = run_journeys(db, config, now=now)

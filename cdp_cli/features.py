@@ -92,6 +92,13 @@ def today(config: Config) -> date:
     return datetime.now(ZoneInfo(config.timezone)).date()
 
 
+def features_as_of(db: sqlite_utils.Database, config: Config) -> date:
+    """The day the stored features were computed as of (the last `cdp tag`), so that rules
+    over them count days from that day; today, in the project's timezone, before any."""
+    row = db.conn.execute("SELECT as_of FROM feature_runs ORDER BY id DESC LIMIT 1").fetchone()
+    return date.fromisoformat(row[0]) if row else today(config)
+
+
 def compute_features(db: sqlite_utils.Database, as_of: date) -> FeatureResult:
     """Rebuild profile_features and profile_event_counts for every customer, as of a date."""
     started = time.monotonic()

@@ -70,10 +70,13 @@ class StageResult:
     error: str | None = None  # why it failed, with personal data scrubbed
     note: str | None = None  # why it was skipped
     details: Any = None  # for --json: per-journey results, resolve's notes
+    # journeys: messages sent per channel (counts["by_channel"] is its form for the log)
+    sent_by_channel: dict[str, int] = field(default_factory=dict)
     exception: Exception | None = None  # an unexpected error, re-raised under CDP_DEBUG
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "exception"}
+        left_out = ("sent_by_channel", "exception")
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in left_out}
 
 
 @dataclass
@@ -416,11 +419,12 @@ def _journeys(
     for result in results:
         for channel, count in result.sent.items():
             sent[channel] = sent.get(channel, 0) + count
+    stage.sent_by_channel = dict(sorted(sent.items()))
     stage.counts = {
         "journeys": len(results),
         "entered": sum(r.enrolled for r in results),
         "sent": sum(sent.values()),
-        "by_channel": ",".join(f"{c}:{n}" for c, n in sorted(sent.items())) or None,
+        "by_channel": ",".join(f"{c}:{n}" for c, n in stage.sent_by_channel.items()) or None,
         "skipped_sends": sum(sum(r.skipped.values()) for r in results),
         "files": sum(len(r.files) for r in results),
     }

@@ -1,14 +1,23 @@
-"""Personal data in what people see: masked by default in terminal output."""
+"""Personal data in what people see: which fields are personal, and their masked forms.
+
+Commands show phones, emails and ID numbers masked unless asked (--unmask); the masked_*
+functions return a masked copy of what a command shows and leave the original as it was.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import phonenumbers
 
-MASKED_TYPES = ("phone", "email", "id_number")
+if TYPE_CHECKING:
+    from cdp_cli.identity.profiles import Profile360
+
+# The golden record's lists of personal values, and the type of each.
+PERSONAL_PROFILE_FIELDS = {"phones": "phone", "emails": "email"}
 _EMAIL_IN_TEXT = re.compile(r"[^\s@,;:<>()\[\]\"]+@[\w-]+(?:\.[\w-]+)+")
 # A run of digits, perhaps split by single spaces, dashes or dots, perhaps with a leading +,
 # standing on its own: digits glued to a name before them (pos-20261118.csv, M0000001) stay.
@@ -37,17 +46,20 @@ def mask_id_number(value: str) -> str:
     return f"{value[:3]}{'*' * max(len(value) - 7, 0)}{value[-4:]}" if len(value) > 7 else "***"
 
 
+# The identifier types whose values are personal, each with its mask.
+MASKS: dict[str, Callable[[str], str]] = {
+    "phone": mask_phone,
+    "email": mask_email,
+    "id_number": mask_id_number,
+}
+PERSONAL_TYPES = tuple(MASKS)
+
+
 def mask(type_name: str, value: Any) -> Any:
-    """The masked form of an identifier of this type; other values unchanged."""
-    if not isinstance(value, str):
+    """The masked form of an identifier of a personal type; other values unchanged."""
+    if not isinstance(value, str) or type_name not in MASKS:
         return value
-    if type_name == "phone":
-        return mask_phone(value)
-    if type_name == "email":
-        return mask_email(value)
-    if type_name == "id_number":
-        return mask_id_number(value)
-    return value
+    return MASKS[type_name](value)
 
 
 def _identifying_number(text: str) -> bool:
@@ -87,3 +99,46 @@ def masked_lookup(
     if device:
         return f"device id {device.strip()}"
     return f"one_id {one_id}"
+
+
+def masked_items(
+    items: Iterable[dict[str, Any]], value: str = "value", type_key: str = "type"
+) -> list[dict[str, Any]]:
+    """Copies of rows that each carry an identifier, `value` masked by its `type_key`."""
+    return [{**item, value: mask(item[type_key], item[value])} for item in items]
+
+
+def masked_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a row whose fields are named for identifier types (a segment's sample)."""
+    return {field: mask(field, value) for field, value in row.items()}
+
+
+def masked_profile(view: Profile360) -> Profile360:
+    """A customer's 360° view with the golden record's and the identifiers' values masked."""
+    profile = dict(view.profile)
+    for field, type_name in PERSONAL_PROFILE_FIELDS.items():
+        profile[field] = [mask(type_name, v) for v in profile[field] or []]
+    profile["identifiers"] = {
+        t: [mask(t, v) for v in values] for t, values in (profile["identifiers"] or {}).items()
+    }
+    return replace(view, profile=profile, identifiers=masked_items(view.identifiers))
+
+
+def masked_explain(report: dict[str, Any]) -> dict[str, Any]:
+    """`cdp resolve --explain`'s report with the identifiers' values masked."""
+    return {
+        **report,
+        "identifiers": masked_items(report["identifiers"]),
+        "refused_links": masked_items(report["refused_links"]),
+        "unusable_values": masked_items(report["unusable_values"], value="raw"),
+    }
+
+
+def masked_forgotten(result: dict[str, Any]) -> dict[str, Any]:
+    """What `cdp forget` erased, with the erased identifiers masked."""
+    return {**result, "identifiers": masked_items(result["identifiers"])}
+
+
+def masked_consent(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A consent `cdp consent` recorded, with the identifier it was linked by masked."""
+    return masked_items([recorded], value="identifier", type_key="identifier_type")[0]

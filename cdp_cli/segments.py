@@ -73,6 +73,64 @@ def count(db: sqlite_utils.Database, chosen: Audience) -> tuple[int, int]:
     return members, base
 
 
+@dataclass
+class SegmentReport:
+    """What `cdp segment` says of an audience: its size against the whole base, its portrait
+    over a field, tag or expression (`by`), a sample of its customers, and the file it was
+    exported to (`layout`: the ad platform's, for a hashed export)."""
+
+    segment: str | None
+    rule: str
+    customers: int
+    base: int
+    by: str | None = None
+    portrait: list[dict[str, Any]] | None = None
+    sample: list[dict[str, Any]] | None = None
+    exported: int | None = None
+    file: str | None = None
+    layout: str | None = None
+
+    @property
+    def share(self) -> float:
+        return self.customers / self.base if self.base else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """`cdp segment --json`: what the report holds, without the parts it does not."""
+        data: dict[str, Any] = {
+            "segment": self.segment, "rule": self.rule, "customers": self.customers,
+            "base": self.base,
+        }  # fmt: skip
+        if self.layout is not None:
+            data["layout"] = self.layout
+        if self.file is not None:
+            data |= {"exported": self.exported, "file": self.file}
+        if self.by is not None:
+            data |= {"by": self.by, "portrait": self.portrait}
+        if self.sample is not None:
+            data["sample"] = self.sample
+        return data
+
+
+def describe(
+    db: sqlite_utils.Database,
+    book: RuleBook,
+    as_of: date,
+    chosen: Audience,
+    by: str | None = None,
+    sample_size: int | None = None,
+) -> SegmentReport:
+    """An audience counted against the base; with `by` its portrait, with `sample_size` its
+    first customers (SAMPLE_FIELDS, by one_id), personal fields as stored."""
+    size, base = count(db, chosen)
+    report = SegmentReport(chosen.name, chosen.rule, size, base)
+    if by:
+        report.by, report.portrait = by, portrait(db, book, as_of, chosen, by)
+    if sample_size is not None:
+        names, cursor = members(db, book, as_of, chosen, list(SAMPLE_FIELDS), sample_size)
+        report.sample = [dict(zip(names, row, strict=True)) for row in cursor]
+    return report
+
+
 def _select(fields: list[str], book_context: RuleContext) -> tuple[list[str], list[Any]]:
     """SQL for each export field: identifier, golden attribute, feature or tag."""
     schema = book_context.schema()

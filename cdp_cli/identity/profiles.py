@@ -154,8 +154,58 @@ def follow_merges(db: sqlite_utils.Database, one_id: str) -> tuple[str, list[str
     return current, path[:-1]
 
 
-def profile_view(db: sqlite_utils.Database, one_id: str, recent: int = 10) -> dict[str, Any]:
-    """Everything cdp knows about one customer, as one document."""
+@dataclass
+class Profile360:
+    """Everything cdp knows about one customer: `cdp profile`'s view.
+
+    profile: the golden record, a row of `profiles` with its JSON columns (phones, emails,
+    identifiers, sources, lineage) decoded; identifiers: type, value, detail; records: the
+    customer's records (kind, source, key; events left out); orders: counts, total and dates
+    with the `latest`; events: the most recent; history: merges and splits; tags: tag, value,
+    since; segments: the named segments they are in; merged_from: the one_ids that led from
+    the one asked for to this one.
+    """
+
+    profile: dict[str, Any]
+    identifiers: list[dict[str, Any]]
+    records: list[dict[str, Any]]
+    orders: dict[str, Any]
+    events: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+    tags: list[dict[str, Any]]
+    segments: list[str]
+    merged_from: list[str]
+
+    @property
+    def one_id(self) -> str:
+        return str(self.profile["one_id"])
+
+    def as_dict(self) -> dict[str, Any]:
+        """The document `cdp profile --json` prints."""
+        return asdict(self)
+
+
+def profile_360(
+    db: sqlite_utils.Database, config: Config, lookup: Lookup, recent: int = 10
+) -> Profile360:
+    """The customer a lookup finds, followed through merges, with their tags and segments
+    (`recent` orders and events)."""
+    # Here, not at the top: segments compile rules (sqlglot), which resolve need not load.
+    from cdp_cli.features import features_as_of
+    from cdp_cli.segments import segments_of
+    from cdp_cli.tags import customer_tags, load_rulebook
+
+    one_id, merged_from = find_one_id(db, config, lookup)
+    book = load_rulebook(config.tag_rules_folder)
+    return Profile360(
+        **_profile_view(db, one_id, recent),
+        tags=customer_tags(db, one_id),
+        segments=segments_of(db, book, features_as_of(db, config), one_id),
+        merged_from=merged_from,
+    )
+
+
+def _profile_view(db: sqlite_utils.Database, one_id: str, recent: int) -> dict[str, Any]:
     [profile] = rows_as_dicts(db, "SELECT * FROM profiles WHERE one_id = ?", [one_id])
     for key in ("phones", "emails", "identifiers", "sources", "lineage"):
         profile[key] = json.loads(profile[key]) if profile[key] else None

@@ -1,7 +1,7 @@
 """Terminal output for the CLI: rich tables on a terminal, plain text under cron, JSON on ask.
 
-stdout carries data and nothing else; notes and progress go to stderr. This module and cli.py
-are the only ones that know about click and rich.
+stdout carries data and nothing else; notes and progress go to stderr. Only cdp_cli/cli/ knows
+about click and rich.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich import box
@@ -21,6 +21,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 from rich.text import Text
 
+T = TypeVar("T")
+
 # Control characters, line separators and lone surrogates (bytes that did not decode).
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
@@ -29,15 +31,6 @@ def printable(text: str) -> str:
     """Text with control characters written as escapes (\\n, \\x1b): a value from a data
     file stays on its line, and no escape sequence in it reaches the terminal."""
     return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
-
-
-def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`--json`, on every command that prints data."""
-    return click.option("json_", "--json", is_flag=True, help="Print JSON instead of a table.")(fn)
-
-
-def silent_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--silent", is_flag=True, help="No progress bars or notes on stderr.")(fn)
 
 
 def stdout() -> Console:
@@ -60,8 +53,19 @@ def heading(text: str) -> None:
         console.print(f"\n== {text} ==")
 
 
-def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+def emit(data: T, as_json: bool, printer: Callable[[T], None]) -> None:
+    """A command's data on stdout: JSON under --json, else what `printer` makes of it.
+
+    In JSON an object stands as its as_dict(), and a date or a path as its text.
+    """
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=_jsonable))
+    else:
+        printer(data)
+
+
+def _jsonable(value: Any) -> Any:
+    return value.as_dict() if hasattr(value, "as_dict") else str(value)
 
 
 def print_table(
@@ -135,6 +139,10 @@ def fmt_int(value: int | None) -> str:
 
 def fmt_pct(value: float | None) -> str:
     return "" if value is None else f"{value:.1%}"
+
+
+def fmt_money(value: float | None) -> str:
+    return "" if value is None else f"{value:,.2f}"
 
 
 def fmt_age(hours: float | None) -> str:

@@ -1,0 +1,229 @@
+"""cdp resolve and cdp profile: records linked into customers, and one customer's view."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from cdp_cli.cli import output as out
+from cdp_cli.cli.options import (
+    Project,
+    json_option,
+    lookup_options,
+    one_lookup,
+    pass_project,
+    silent_option,
+    writes_store,
+)
+
+if TYPE_CHECKING:
+    from cdp_cli.identity.profiles import Profile360
+    from cdp_cli.identity.resolve import ResolveResult
+
+
+@click.command(name="resolve")
+@click.option("--full", is_flag=True, help="Resolve everything again, not only what is new.")
+@click.option(
+    "--export",
+    "export_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Then write the ID-mapping table (source, key, one_id) to a .csv or .jsonl file.",
+)
+@click.option(
+    "--explain", "explain_id", metavar="ONE_ID", help="Show why a customer's records are together."
+)
+@click.option("--unmask", is_flag=True, help="With --explain: show phones and emails in full.")
+@silent_option
+@json_option
+@writes_store(unless=("explain_id",))
+@pass_project
+def resolve_command(
+    project: Project,
+    full: bool,
+    export_path: Path | None,
+    explain_id: str | None,
+    unmask: bool,
+    silent: bool,
+    json_: bool,
+) -> None:
+    """Link records that share an identifier into one customer with a stable one_id.
+
+    Phones, emails, member numbers, WeChat ids and device ids are normalized, then joined
+    strongest first under the guards in cdp.yaml's identity: section. After the first run only
+    what new batches reach is resolved again; with nothing new, nothing changes.
+
+    \b
+    Examples:
+      cdp resolve
+      cdp resolve --export id_mapping.csv      the table business systems take back
+      cdp resolve --explain C000000042         why these records are one customer
+    """
+    from cdp_cli.identity.resolve import explain, export_mapping, resolve
+    from cdp_cli.privacy import masked_explain
+
+    config = project.config
+    with project.store() as db:
+        if explain_id:
+            report = explain(db, explain_id)
+            out.emit(report if unmask else masked_explain(report), json_, _print_explain)
+            return
+        result = resolve(db, config, full=full)
+        exported = export_mapping(db, export_path) if export_path else None
+    resolved = {**result.as_dict(), "exported": exported}
+    out.emit(resolved, json_, lambda _: _print_resolved(result, export_path, exported, silent))
+
+
+def _print_resolved(
+    result: ResolveResult, export_path: Path | None, exported: int | None, silent: bool
+) -> None:
+    print_resolve(result)
+    for note in result.notes:
+        out.note(note, silent)
+    if export_path:
+        out.note(f"Wrote {exported:,} rows of the ID mapping to {export_path}", silent)
+
+
+def print_resolve(result: ResolveResult) -> None:
+    rows = [
+        ("mode", result.mode),
+        ("identity keys, new", out.fmt_int(result.keys_new)),
+        ("identity keys, resolved", out.fmt_int(result.keys_resolved)),
+        ("customers (one_ids)", out.fmt_int(result.profiles)),
+        ("one_ids created", out.fmt_int(result.created)),
+        ("one_ids merged away", out.fmt_int(result.merged)),
+        ("one_ids split off", out.fmt_int(result.split)),
+        ("one_ids removed", out.fmt_int(result.removed)),
+        ("links refused by a guard", out.fmt_int(result.refused_links)),
+        ("values that identify no one", out.fmt_int(result.unusable_values)),
+        ("seconds", f"{result.seconds:.2f}"),
+    ]
+    out.print_table("Resolved", ["", "count"], rows, numeric=1)
+
+
+def _print_explain(report: dict[str, Any]) -> None:
+    if report["merged_from"]:
+        out.note(f"{report['asked_for']} was merged into {report['one_id']}")
+    out.print_table(
+        f"Identifiers of {report['one_id']}",
+        ["type", "value", "detail", "keys"],
+        [(i["type"], i["value"], i["detail"], i["keys"]) for i in report["identifiers"]],
+        numeric=1,
+    )
+    out.print_table(
+        "Records",
+        ["kind", "source", "key"],
+        [(r["kind"], r["source"], r["key"]) for r in report["records"]],
+    )
+    if report["refused_links"]:
+        out.print_table(
+            "Links refused",
+            ["type", "value", "reason", "belongs to"],
+            [
+                (r["type"], r["value"], r["reason"], r["belongs_to"])
+                for r in report["refused_links"]
+            ],
+        )
+    if report["unusable_values"]:
+        out.print_table(
+            "Values that identify no one",
+            ["type", "as written", "reason"],
+            [(u["type"], u["raw"], u["reason"]) for u in report["unusable_values"]],
+        )
+
+
+@click.command(name="profile")
+@lookup_options(device=True)
+@click.option("--unmask", is_flag=True, help="Show phones and emails in full.")
+@json_option
+@pass_project
+def profile_command(
+    project: Project,
+    one_id: str | None,
+    phone: str | None,
+    email: str | None,
+    device: str | None,
+    unmask: bool,
+    json_: bool,
+) -> None:
+    """Show one customer's 360° view: golden record, identifiers, orders, events, history.
+
+    A one_id that was merged into another still finds the customer it became.
+
+    \b
+    Examples:
+      cdp profile C000000042
+      cdp profile --phone "+86 138 0013 8000"
+      cdp profile --email li.na@example.com --json
+    """
+    from cdp_cli.identity.profiles import profile_360
+    from cdp_cli.privacy import masked_profile
+
+    lookup = one_lookup(one_id, phone, email, device, by_device=True)
+    with project.store(create=False) as db:
+        view = profile_360(db, project.config, lookup)
+    out.emit(view if unmask else masked_profile(view), json_, print_profile)
+
+
+def print_profile(view: Profile360) -> None:
+    profile = view.profile
+    if view.merged_from:
+        out.note(f"{' -> '.join(view.merged_from)} was merged into {view.one_id}")
+    lineage = profile["lineage"] or {}
+    golden = [
+        (field, profile[field], lineage.get(field) or "")
+        for field in ("name", "gender", "birthday", "city")
+    ]
+    golden += [
+        ("phones", ", ".join(profile["phones"]), ""),
+        ("emails", ", ".join(profile["emails"]), ""),
+        ("first seen", profile["first_seen"], ""),
+        ("last seen", profile["last_seen"], ""),
+        ("sources", ", ".join(profile["sources"] or []), ""),
+        ("records", profile["records"], ""),
+        ("known", "yes" if profile["known"] else "no (anonymous: a device only)", ""),
+    ]
+    out.print_table(f"Customer {view.one_id}", ["", "value", "from"], golden)
+    out.print_table(
+        "Identifiers",
+        ["type", "value", "detail"],
+        [(i["type"], i["value"], i["detail"]) for i in view.identifiers],
+    )
+    orders = view.orders
+    out.print_table(
+        f"Orders: {orders['orders']}, total {orders['total_spent']:,.2f}",
+        ["at", "source", "order", "channel", "store", "amount"],
+        [
+            (
+                o["ordered_at"],
+                o["source"],
+                o["order_id"],
+                o["channel"],
+                o["store"],
+                f"{o['amount']:,.2f}",
+            )
+            for o in orders["latest"]
+        ],
+        numeric=1,
+    )
+    if view.events:
+        out.print_table(
+            "Recent events",
+            ["at", "event", "platform"],
+            [(e["occurred_at"], e["event"], e["platform"]) for e in view.events],
+        )
+    if view.tags:
+        out.print_table(
+            "Tags",
+            ["tag", "value", "since"],
+            [(t["tag"], t["value"], t["since"]) for t in view.tags],
+        )
+    if view.segments:
+        click.echo(f"Segments: {', '.join(view.segments)}")
+    if view.history:
+        out.print_table(
+            "History",
+            ["one_id", "event", "other", "at"],
+            [(h["one_id"], h["event"], h["other_one_id"], h["at"]) for h in view.history],
+        )

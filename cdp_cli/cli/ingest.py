@@ -1,0 +1,154 @@
+"""cdp ingest and cdp status: export files into the store, and what the store holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from cdp_cli.cli import output as out
+from cdp_cli.cli.options import Project, json_option, pass_project, silent_option, writes_store
+from cdp_cli.errors import CdpError
+
+if TYPE_CHECKING:
+    from cdp_cli.ingest import IngestResult
+    from cdp_cli.status import StoreStatus
+
+
+@click.command(name="ingest")
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--source", "-s", "source_name", metavar="NAME", help="The source in cdp.yaml.")
+@click.option("--force", is_flag=True, help="Ingest files again even if seen before.")
+@click.option("--strict", is_flag=True, help="Exit 1 if any row was rejected.")
+@silent_option
+@json_option
+@writes_store()
+@pass_project
+def ingest_command(
+    project: Project,
+    files: tuple[Path, ...],
+    source_name: str | None,
+    force: bool,
+    strict: bool,
+    silent: bool,
+    json_: bool,
+) -> None:
+    """Read export files into the store, each as one batch of a source declared in cdp.yaml.
+
+    With no FILE, reads the `files:` each source declares (all sources, or just --source).
+    A file already ingested is skipped; a row whose key is stored already is updated. Bad rows
+    go to the rejects table with the reason, and the rest of the file is kept.
+
+    \b
+    Examples:
+      cdp ingest                                   every declared file of every source
+      cdp ingest exports/members-0601.csv --source crm_members
+      cdp ingest --source shop_orders --strict     exit 1 if any row was rejected
+    """
+    from cdp_cli.ingest import ingest
+
+    config = project.config
+    with project.store() as db, out.progress_bars(silent) as start:
+        results = ingest(
+            db,
+            config,
+            source_name,
+            list(files) or None,
+            force=force,
+            on_file=lambda source, path: start(f"{source.name} {path.name}", 0),
+        )
+    out.emit(results, json_, print_ingest)
+    if not results:
+        out.note("Nothing to ingest: no FILE given and no source declares files that exist.")
+    if any(r.status == "skipped" for r in results):
+        out.note("Files seen before were skipped; --force ingests them again.", silent)
+    rejected = sum(r.rejected for r in results)
+    if strict and rejected:
+        raise CdpError(f"{rejected} rows were rejected (--strict); see `cdp status`")
+
+
+def print_ingest(results: list[IngestResult]) -> None:
+    rows = [
+        (
+            r.source,
+            Path(r.file).name,
+            r.status if r.status == "done" else f"{r.status}: {r.message}",
+            out.fmt_int(r.rows_read),
+            out.fmt_int(r.inserted),
+            out.fmt_int(r.updated),
+            out.fmt_int(r.unchanged),
+            out.fmt_int(r.rejected),
+        )
+        for r in results
+    ]
+    columns = ["source", "file", "status", "read", "new", "updated", "unchanged", "rejected"]
+    out.print_table("Ingested", columns, rows, numeric=5)
+
+
+@click.command()
+@json_option
+@pass_project
+def status(project: Project, json_: bool) -> None:
+    """Show what the store holds: sources and freshness, tables, rejects, field quality.
+
+    \b
+    Examples:
+      cdp status
+      cdp status --json | jq '.rejects'
+    """
+    from cdp_cli.status import store_status
+
+    config = project.config if project.has_config else None  # a --db alone will do
+    with project.store(create=False) as db:
+        result = store_status(db, config)
+    out.emit(result, json_, print_status)
+
+
+def print_status(status: StoreStatus) -> None:
+    out.print_table(
+        "Sources",
+        ["source", "kind", "rows", "batches", "last batch", "age"],
+        [
+            (
+                s.source,
+                s.kind,
+                out.fmt_int(s.rows),
+                s.batches,
+                s.last_batch or "",
+                out.fmt_age(s.age_hours),
+            )
+            for s in status.sources
+        ],
+        numeric=4,
+    )
+    out.print_table(
+        "Tables",
+        ["table", "rows"],
+        [(t, out.fmt_int(n)) for t, n in status.tables.items()],
+        numeric=1,
+    )
+    if status.rejects:
+        out.print_table(
+            "Rejects",
+            ["source", "problem", "field", "rows", "example"],
+            [
+                (r["source"], r["problem"], r["field"], r["count"], r["example"])
+                for r in status.rejects
+            ],
+        )
+    if status.unfinished_batches:
+        out.print_table(
+            "Batches that did not finish",
+            ["batch", "source", "status", "error"],
+            [(b["batch"], b["source"], b["status"], b["error"]) for b in status.unfinished_batches],
+        )
+    out.print_table(
+        "Field quality",
+        ["source", "field", "filled", "invalid"],
+        [
+            (q.source, q.field, out.fmt_pct(q.fill_rate), out.fmt_pct(q.invalid_rate))
+            for q in status.fields
+        ],
+        numeric=2,
+    )

@@ -1,0 +1,177 @@
+"""cdp journey run, status and validate: customer journeys and the messages they send."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from cdp_cli.cli import output as out
+from cdp_cli.cli.options import Project, json_option, now_option, pass_project, writes_store
+
+
+@click.group(name="journey")
+def journey_group() -> None:
+    """Advance customer journeys (journeys/*.yaml) and write outbound message files.
+
+    \b
+    Examples:
+      cdp journey validate
+      cdp journey run --now "2026-11-15 10:30"
+      cdp journey status winback
+    """
+
+
+@journey_group.command(name="run")
+@click.argument("name", required=False)
+@now_option("The clock, in the project's timezone (tests, backfills).  [default: now]")
+@click.option("--dry-run", is_flag=True, help="Show who would get what; change nothing.")
+@json_option
+@writes_store()
+@pass_project
+def journey_run_command(
+    project: Project, name: str | None, now: Any, dry_run: bool, json_: bool
+) -> None:
+    """Enrol who qualifies, advance everyone whose step is due, write outbound files.
+
+    What cron calls, say every 15 minutes. Each journey advances in one transaction with its
+    outbox; files go to outbound/<channel>/<journey>-<run time>-<run>.csv|jsonl, written whole.
+
+    \b
+    Examples:
+      cdp journey run
+      cdp journey run winback --now "2026-11-15 10:30" --dry-run
+    """
+    from zoneinfo import ZoneInfo
+
+    from cdp_cli.messaging.engine import run_journeys
+
+    config = project.config
+    clock = now.replace(tzinfo=ZoneInfo(config.timezone)) if now else None
+    with project.store(create=False) as db:
+        results = run_journeys(db, config, name, clock, dry_run)
+    out.emit(results, json_, lambda _: _print_run(results, dry_run))
+
+
+def _print_run(results: list[Any], dry_run: bool) -> None:
+    print_journeys(results, dry_run)
+    for r in results:
+        for path in r.files:
+            out.note(f"wrote {path}")
+
+
+def print_journeys(results: list[Any], dry_run: bool) -> None:
+    rows = [
+        (r.journey, r.enrolled, r.holdout, ", ".join(f"{c} {n}" for c, n in r.sent.items()),
+         ", ".join(f"{k} {n}" for k, n in r.skipped.items()), r.deferred, r.converted,
+         r.exited, r.completed)
+        for r in results
+    ]  # fmt: skip
+    title = "Journeys (dry run: nothing was changed)" if dry_run else "Journeys"
+    columns = [
+        "journey",
+        "entered",
+        "holdout",
+        "sent",
+        "skipped",
+        "deferred",
+        "converted",
+        "exited",
+        "done",
+    ]
+    out.print_table(title, columns, rows, numeric=0)
+    for r in results:
+        for note in r.notes:
+            out.note(f"{r.journey}: {note}")
+    if dry_run:
+        _print_would_send(results)
+
+
+def _print_would_send(results: list[Any], shown: int = 10) -> None:
+    """Who would get what: the first messages of a dry run, the text cut short."""
+    messages = [(r.journey, m) for r in results for m in r.messages]
+    if not messages:
+        return
+    rows = []
+    for journey, m in messages[:shown]:
+        first = next(iter((m.get("data") or {}).values()), None)
+        first_field = first.get("value", "") if first else ""
+        text = m.get("subject") or m.get("title") or m.get("text") or first_field
+        text = " ".join(str(text).split())
+        rows.append(
+            (journey, m["one_id"], m["channel"], text[:60] + ("…" if len(text) > 60 else ""))
+        )
+    title = f"Would send (the first {len(rows)} of {sum(sum(r.sent.values()) for r in results):,})"
+    out.print_table(title, ["journey", "one_id", "channel", "message"], rows)
+
+
+@journey_group.command(name="status")
+@click.argument("name")
+@json_option
+@pass_project
+def journey_status_command(project: Project, name: str, json_: bool) -> None:
+    """Show a journey's counts: entered, per step and variant, sent and skipped by reason.
+
+    \b
+    Example:
+      cdp journey status winback
+    """
+    from cdp_cli.messaging.engine import journey_status
+
+    with project.store(create=False) as db:
+        report = journey_status(db, name)
+    out.emit(report, json_, lambda _: _print_status(name, report))
+
+
+def _print_status(name: str, report: dict[str, Any]) -> None:
+    click.echo(f"{name}: " + ", ".join(f"{k} {v:,}" for k, v in report["enrolments"].items()))
+    out.print_table(
+        "Entered and converted",
+        ["group", "variant", "entered", "converted"],
+        [(g["grp"], g["variant"], g["entered"], g["converted"]) for g in report["groups"]],
+        numeric=2,
+    )
+    out.print_table(
+        "Messages",
+        ["step", "variant", "channel", "status", "reason", "messages"],
+        [(m["step"], m["variant"], m["channel"], m["status"], m["reason"], m["messages"])
+         for m in report["messages"]],
+        numeric=1,
+    )  # fmt: skip
+
+
+@journey_group.command(name="validate")
+@json_option
+@pass_project
+def journey_validate_command(project: Project, json_: bool) -> None:
+    """Check every journey and template file without running anything.
+
+    \b
+    Example:
+      cdp journey validate
+    """
+    from cdp_cli.messaging.engine import validate_journeys
+
+    if project.store_path.exists():  # then templates are checked against its data, too
+        with project.store(create=False) as db:
+            journeys = validate_journeys(project.config, db)
+    else:
+        journeys = validate_journeys(project.config, None)
+    summary = [
+        {
+            "journey": j.name,
+            "steps": len(j.index),
+            "entry": j.entry.when or j.entry.event or f"tag {j.entry.tag}",
+            "channels": sorted({c for s in j.sends() for c in (s.channel, *s.fallback)}),
+        }
+        for j in journeys
+    ]
+    out.emit(summary, json_, _print_valid)
+
+
+def _print_valid(summary: list[dict[str, Any]]) -> None:
+    out.print_table(
+        "Journeys: valid",
+        ["journey", "steps", "entry", "channels"],
+        [(s["journey"], s["steps"], s["entry"], ", ".join(s["channels"])) for s in summary],
+    )

@@ -1,0 +1,188 @@
+"""cdp consent and cdp forget: a customer's consents by hand, and erasing a person."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from cdp_cli.cli import output as out
+from cdp_cli.cli.options import (
+    Project,
+    json_option,
+    lookup_options,
+    one_lookup,
+    pass_project,
+    writes_store,
+)
+
+
+@click.command(name="consent")
+@lookup_options()
+@click.option(
+    "--channel",
+    type=click.Choice(["sms", "email", "wechat", "push", "all"]),
+    help="The channel the consent is for; `all` covers every channel.",
+)
+@click.option("--opt-out", "status", flag_value="opt_out", help="Record an opt-out.")
+@click.option("--opt-in", "status", flag_value="opt_in", help="Record an opt-in.")
+@click.option("--reason", metavar="TEXT", help="Why, or where it was given (kept with it).")
+@click.option("--unmask", is_flag=True, help="Show phones and emails in full.")
+@json_option
+@writes_store(only_with=("status",))
+@pass_project
+def consent_command(
+    project: Project,
+    one_id: str | None,
+    phone: str | None,
+    email: str | None,
+    channel: str | None,
+    status: str | None,
+    reason: str | None,
+    unmask: bool,
+    json_: bool,
+) -> None:
+    """Record an opt-in or opt-out by hand, or show a customer's consents.
+
+    The consent is stored as a row of the consents source `manual`, at the present time, and
+    journeys obey it from their next run: no `cdp resolve` needed. Without --opt-out or
+    --opt-in, shows the customer's consents and the latest per channel.
+
+    \b
+    Examples:
+      cdp consent --phone 13800138000 --channel sms --opt-out --reason "replied TD"
+      cdp consent C000000042 --channel all --opt-in --reason "signed the form in store"
+      cdp consent --email li.na@example.com
+    """
+    from cdp_cli.consent import consents_of, record_consent
+    from cdp_cli.privacy import masked_consent
+
+    lookup = one_lookup(one_id, phone, email)
+    if status and not channel:
+        raise click.UsageError("--opt-out and --opt-in need --channel")
+    if (channel or reason) and not status:
+        raise click.UsageError("--channel and --reason go with --opt-out or --opt-in")
+    config = project.config
+    with project.store(create=False) as db:
+        recorded = None
+        if status:
+            assert channel is not None
+            recorded = record_consent(db, config, lookup, channel, status, reason).as_dict()
+            recorded = recorded if unmask else masked_consent(recorded)
+        report = consents_of(db, config, lookup)
+    out.emit({**report, "recorded": recorded}, json_, _print_consents)
+
+
+def _print_consents(report: dict[str, Any]) -> None:
+    recorded = report["recorded"]
+    if recorded:
+        verb = "opted out of" if recorded["status"] == "opt_out" else "opted in to"
+        out.note(
+            f"Recorded: {recorded['one_id']} {verb} {recorded['channel']} at "
+            f"{recorded['consented_at']}, linked by {recorded['identifier_type']} "
+            f"{recorded['identifier']}"
+        )
+
+    def rows(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [
+            (c["channel"], c["status"], c["consented_at"], c["source"], c["reason"]) for c in items
+        ]
+
+    columns = ["channel", "status", "at", "source", "reason"]
+    if not report["history"]:
+        click.echo(f"{report['one_id']}: no consent recorded")
+        return
+    title = f"Consents of {report['one_id']}: latest per channel"
+    out.print_table(title, columns, rows(report["latest"]))
+    out.print_table("All, oldest first", columns, rows(report["history"]))
+    skipped = ", ".join(report["journeys_skip"]) or "none"
+    click.echo(f"Channels journeys skip for {report['one_id']}: {skipped}")
+
+
+@click.command(name="forget")
+@lookup_options()
+@click.option("--yes", is_flag=True, help="Do not ask; required when not run from a terminal.")
+@json_option
+@writes_store()
+@pass_project
+def forget_command(
+    project: Project,
+    one_id: str | None,
+    phone: str | None,
+    email: str | None,
+    yes: bool,
+    json_: bool,
+) -> None:
+    """Erase a person everywhere, and keep them from coming back.
+
+    Deletes their records, events, consents, identifiers, profile, tags and their history,
+    features, journey state and unsent messages, and rejected lines that name them; rewrites
+    outbound files not picked up yet without them. Orders keep amount, time, store, channel and
+    products, without any personal field or link. Tombstones (keyed hashes of their
+    identifiers) make ingest refuse their rows from now on. Then the store is VACUUMed, so the
+    erased bytes leave the file on disk. See docs/privacy.md.
+
+    \b
+    Examples:
+      cdp forget --phone 13800138000
+      cdp forget C000000042 --yes --json
+    """
+    import sys
+
+    from cdp_cli.forget import find_target, forget
+    from cdp_cli.privacy import masked_forgotten
+
+    lookup = one_lookup(one_id, phone, email)
+    if not yes and not sys.stdin.isatty():
+        raise click.UsageError("not a terminal, so nothing can be confirmed: add --yes to forget")
+    config = project.config
+    with project.store(create=False) as db:
+        target = find_target(db, config, lookup)
+        if target.one_id and not yes:
+            click.confirm(
+                f"Forget {_describe_target(target)} for good? This cannot be undone",
+                abort=True,
+                err=True,
+            )
+        result = forget(db, config, target).as_dict()
+    result = masked_forgotten(result)
+    out.emit(result, json_, _print_forgotten)
+
+
+def _describe_target(target: Any) -> str:
+    from cdp_cli.privacy import mask
+
+    shown = ", ".join(f"{t} {mask(t, v)}" for t, v in target.identifiers)
+    name = f"{target.name}, " if target.name else ""
+    return f"{target.one_id} ({name}{target.records} records; {shown})"
+
+
+def _print_forgotten(result: dict[str, Any]) -> None:
+    if result["already_forgotten"]:
+        click.echo("Forgotten already: nobody in the store has that identifier or one_id.")
+    else:
+        records = result["records"]
+        rows = [
+            ("identifiers erased, each now a tombstone",
+             ", ".join(f"{i['type']} {i['value']}" for i in result["identifiers"])),
+            ("customer records, events, consents deleted",
+             f"{records['customers']}, {records['events']}, {records['consents']}"),
+            ("orders and coupons kept without a person",
+             f"{records['orders']}, {records['coupons']}"),
+            ("other customers whose records named them", ", ".join(result["other_customers"])),
+            ("journey enrolments deleted", result["journey_enrolments"]),
+            ("messages deleted (unsent) / kept without a person (written)",
+             f"{result['messages_deleted']} / {result['messages_kept_without_person']}"),
+            ("rejected lines deleted", result["rejects"]),
+            ("outbound files rewritten without them", len(result["outbound_files"])),
+        ]  # fmt: skip
+        out.print_table(f"Forgotten: {result['one_id']}", ["", "value"], rows)
+        for path in result["outbound_files"]:
+            out.note(f"rewrote {path}")
+    if result["wal_truncated"]:
+        out.note("Store VACUUMed and its WAL truncated: the erased bytes are gone from disk.")
+    else:
+        out.note(
+            "Store VACUUMed, but another process is reading it, so its WAL could not be "
+            "truncated: run `cdp forget` again when it is done to finish."
+        )
