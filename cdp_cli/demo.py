@@ -23,11 +23,12 @@ from cdp_cli.reports.journey import (
     lifecycle_report,
     overview_report,
 )
+from cdp_cli.rules.book import load_rulebook
 from cdp_cli.scaffold import init_project
 from cdp_cli.segments import audience, describe
 from cdp_cli.status import store_status
 from cdp_cli.store import open_store
-from cdp_cli.tags import load_rulebook, run_tags
+from cdp_cli.tags import run_tags
 
 StageCallback = Callable[[str, Any], None]
 STORE_FILES = ("cdp.db", "cdp.db-wal", "cdp.db-shm", "cdp.db.lock")

@@ -11,9 +11,10 @@ import sqlite_utils
 
 from cdp_cli.errors import RuleError, UsageError
 from cdp_cli.files import row_format, write_rows
+from cdp_cli.rules.book import RuleBook
 from cdp_cli.rules.compiler import CompiledRule
+from cdp_cli.rules.vocabulary import BASE_FROM, RuleContext
 from cdp_cli.store import rows_as_dicts
-from cdp_cli.tags import BASE_FROM, RuleBook, RuleContext
 from cdp_cli.yamlfile import did_you_mean
 
 IDENTIFIER_FIELDS = (

@@ -15,8 +15,9 @@ from cdp_cli import Project, segments
 from cdp_cli.errors import RuleError, UsageError
 from cdp_cli.identity.resolve import resolve
 from cdp_cli.ingest import ingest
+from cdp_cli.rules.book import RuleBook, load_rulebook
 from cdp_cli.scaffold import init_project
-from cdp_cli.tags import RuleBook, load_rulebook, run_tags
+from cdp_cli.tags import run_tags
 
 DAY = date(2026, 11, 15)  # the sample's last day
 WUHAN = "city = '武汉'"

@@ -152,7 +152,7 @@ def segment_command(
     from cdp_cli import segments as seg
     from cdp_cli.features import features_as_of
     from cdp_cli.privacy import masked_row
-    from cdp_cli.tags import load_rulebook
+    from cdp_cli.rules.book import load_rulebook
 
     if (name is None) == (rule is None):
         raise click.UsageError("give a segment NAME or --rule EXPR, not both")

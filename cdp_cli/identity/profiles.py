@@ -192,8 +192,9 @@ def profile_360(
     (`recent` orders and events)."""
     # Here, not at the top: segments compile rules (sqlglot), which resolve need not load.
     from cdp_cli.features import features_as_of
+    from cdp_cli.rules.book import load_rulebook
     from cdp_cli.segments import segments_of
-    from cdp_cli.tags import customer_tags, load_rulebook
+    from cdp_cli.tags import customer_tags
 
     one_id, merged_from = find_one_id(db, config, lookup)
     book = load_rulebook(config.tag_rules_folder)
