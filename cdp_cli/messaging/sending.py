@@ -22,16 +22,16 @@ from phonenumbers import timezone as phone_timezones
 from cdp_cli.config import Config
 from cdp_cli.errors import ConfigError, TemplateError
 from cdp_cli.messaging import links
+from cdp_cli.messaging.channels import ADDRESS_TYPES, CHANNELS, opted_out_channels
 from cdp_cli.messaging.journeys import Send
 
 if TYPE_CHECKING:
     from cdp_cli.messaging.engine import _Run
 
-ADDRESS_TYPES = {"sms": "phone", "email": "email", "wechat": "wechat_openid", "push": "device_id"}
-SMS_PHONE_KINDS = ("mobile", "fixed_line_or_mobile")  # a landline takes no SMS
 PROFILE_FIELDS = "one_id, name, gender, birthday, city, known, first_seen, last_seen, records"
 IN_BATCH = "IN (SELECT value FROM json_each(?))"
 DRY_RUN_LISTED = 1000  # messages a dry run lists per journey (it counts them all)
+ADDRESSED_TYPES = ", ".join(f"'{t}'" for t in ADDRESS_TYPES)  # constants of ours
 
 
 @dataclass(slots=True)
@@ -201,7 +201,7 @@ class Customers:
         for one_id, type_name, value, detail in conn.execute(
             f"SELECT one_id, type, value, detail FROM identifiers WHERE one_id {IN_BATCH} "
             # +type: look customers up by one_id, never by scanning every identifier of a type
-            "AND status = 'linked' AND +type IN ('phone', 'email', 'wechat_openid', 'device_id') "
+            f"AND status = 'linked' AND +type IN ({ADDRESSED_TYPES}) "
             "ORDER BY one_id, value",
             (ids,),
         ):
@@ -216,9 +216,7 @@ class Customers:
             latest[(one_id, channel)] = status
         for (one_id, channel), status in latest.items():
             if status == "opt_out":
-                found.opted_out.setdefault(one_id, set()).update(
-                    ADDRESS_TYPES if channel == "all" else (channel,)
-                )
+                found.opted_out.setdefault(one_id, set()).update(opted_out_channels(channel))
         found._load_sent(run, ids)
         if for_templates:
             found._load_context(run, ids)
@@ -260,15 +258,10 @@ class Customers:
 
     def address(self, one_id: str, channel: str, wechat_appid: str | None) -> str | None:
         """The first linked identifier that reaches this customer on the channel."""
-        wanted = ADDRESS_TYPES[channel]
+        spec = CHANNELS[channel]
         for type_name, value, detail in self.addresses.get(one_id, ()):
-            if type_name != wanted:
-                continue
-            if channel == "sms" and detail not in SMS_PHONE_KINDS:
-                continue
-            if channel == "wechat" and wechat_appid and not value.startswith(f"{wechat_appid}:"):
-                continue
-            return value
+            if spec.reaches(type_name, value, detail, wechat_appid):
+                return value
         return None
 
     def phone(self, one_id: str) -> str | None:
@@ -463,7 +456,7 @@ def _send_one(
             continue
         address = customers.address(one_id, channel, settings.wechat_appid)
         if address is None:
-            tried.append(f"{channel}: no {ADDRESS_TYPES[channel].replace('_', ' ')}")
+            tried.append(f"{channel}: no {CHANNELS[channel].address_noun}")
             continue
         break
     else:

@@ -1,7 +1,7 @@
 """Message templates: Jinja files under templates/<channel>/, rendered in a bounded sandbox.
 
 Journeys render one message per customer per send step with TemplateStore.render, which
-renders every part of the template (channels.PARTS) and builds the channel's payload. What a
+renders every part of the template (Channel.parts) and builds the channel's payload. What a
 template may not do:
 
 - see internals: Jinja's sandbox refuses attributes that start with '_' and the internal
@@ -40,7 +40,7 @@ from markupsafe import Markup
 
 from cdp_cli.errors import TemplateError
 from cdp_cli.messaging import channels
-from cdp_cli.messaging.channels import PARTS, Outbound
+from cdp_cli.messaging.channels import CHANNEL_NAMES, CHANNELS, Outbound, Rendered
 from cdp_cli.privacy import mask_email, mask_phone
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: "$" would let a final "\n" in
@@ -631,9 +631,9 @@ class TemplateStore:
         return found
 
     def _find(self, channel: str, name: str) -> dict[str, str]:
-        if channel not in PARTS:
+        if channel not in CHANNELS:
             raise TemplateError(
-                self.root, f"unknown channel {channel!r}; channels are {', '.join(PARTS)}"
+                self.root, f"unknown channel {channel!r}; channels are {', '.join(CHANNEL_NAMES)}"
             )
         problem = name_problem(name)
         if problem:
@@ -643,7 +643,8 @@ class TemplateStore:
                 self.root / channel,
                 f"template name {name!r}: use lower-case letters, digits, _ and -",
             )
-        files = {part: f"{channel}/{name}{suffix}" for part, suffix in PARTS[channel].items()}
+        parts = CHANNELS[channel].parts
+        files = {part: f"{channel}/{name}{suffix}" for part, suffix in parts.items()}
         for part, relative in files.items():
             if not (self.root / relative).is_file():
                 raise TemplateError(
@@ -674,20 +675,20 @@ class TemplateStore:
         return found, partials
 
     def _place(self, path: Path, relative: Path) -> tuple[str, str]:
-        if len(relative.parts) != 2 or relative.parts[0] not in PARTS:
+        if len(relative.parts) != 2 or relative.parts[0] not in CHANNELS:
             raise TemplateError(
                 path,
                 f"templates go in templates/<channel>/<name>.<ext>, channels being "
-                f"{', '.join(PARTS)}",
+                f"{', '.join(CHANNEL_NAMES)}",
             )
         channel, filename = relative.parts
-        suffixes = sorted(PARTS[channel].values(), key=len, reverse=True)
+        suffixes = CHANNELS[channel].suffixes()
         suffix = next((s for s in suffixes if filename.endswith(s)), None)
         name = filename[: -len(suffix)] if suffix else ""
         if not suffix or not NAME.fullmatch(name.lstrip("_")):
             raise TemplateError(
                 path,
-                f"{channel} templates are named <name>{' / '.join(sorted(set(suffixes)))}, "
+                f"{channel} templates are named <name>{' / '.join(sorted(suffixes))}, "
                 "the name in lower-case letters, digits, _ and -",
             )
         return channel, name
@@ -723,29 +724,9 @@ class TemplateStore:
         if paths is None:
             paths = {part: str(self.root / relative) for part, relative in files.items()}
             self._paths[(channel, name)] = paths
-        message = self._payload(channel, parts, paths, context)
+        rendered = Rendered(parts, paths, context, self.sms_max_segments)
+        message = CHANNELS[channel].payload(rendered)
         return replace(message, template=f"{channel}/{name}")
-
-    def _payload(
-        self, channel: str, parts: dict[str, str], paths: dict[str, str], context: Mapping[str, Any]
-    ) -> Outbound:
-        if channel == "sms":
-            return channels.sms_message(
-                parts["text"], max_segments=self.sms_max_segments, file=paths["text"]
-            )
-        if channel == "email":
-            return channels.email_message(
-                parts["subject"], parts["html"], parts["text"], files=paths
-            )
-        if channel == "wechat":
-            wechat = context.get("wechat") or {}
-            return channels.wechat_message(
-                parts["json"], openid=wechat.get("openid"), appid=wechat.get("appid"),
-                file=paths["json"],
-            )  # fmt: skip
-        return channels.push_message(
-            parts["json"], device=context.get("device"), file=paths["json"]
-        )
 
     def _render_part(self, relative: str, context: Mapping[str, Any], budget: _Budget) -> str:
         token = _BUDGET.set(budget)
