@@ -21,7 +21,7 @@ from typing import Any
 import sqlite_utils
 from cronsim import CronSim
 
-from cdp_cli.config import Config
+from cdp_cli.config import Config, SendSettings
 from cdp_cli.errors import CdpError, NotFound, RuleError
 from cdp_cli.messaging import links
 from cdp_cli.messaging.journeys import (
@@ -34,7 +34,7 @@ from cdp_cli.messaging.journeys import (
     load_journeys,
 )
 from cdp_cli.messaging.outbox import write_outbound
-from cdp_cli.messaging.sending import CouponPool, Enrolment, SendSettings, send_batch, send_settings
+from cdp_cli.messaging.sending import CouponPool, Enrolment, send_batch
 from cdp_cli.messaging.templates import TemplateStore, example_context
 from cdp_cli.rules.compiler import CompiledRule, RuleSchema, compile_rule
 from cdp_cli.store import now_iso, rows_as_dicts
@@ -220,7 +220,7 @@ def run_journeys(
     journeys = load_journeys(config.journeys_folder)
     if name is not None and name not in journeys:
         raise NotFound(f"no journey named {name!r} in {config.journeys_folder}")
-    settings = send_settings(config)
+    settings = config.sending
     clock = (now or datetime.now(settings.zone)).astimezone(settings.zone)
     if "profile_features" not in db.table_names():
         raise CdpError("no features yet: run `cdp tag` before `cdp journey run`")

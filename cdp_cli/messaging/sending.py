@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 from phonenumbers import timezone as phone_timezones
 
-from cdp_cli.config import Config
-from cdp_cli.errors import ConfigError, TemplateError
+from cdp_cli.config import SendSettings
+from cdp_cli.errors import TemplateError
 from cdp_cli.messaging import links
 from cdp_cli.messaging.channels import ADDRESS_TYPES, CHANNELS, opted_out_channels
 from cdp_cli.messaging.journeys import Send
@@ -45,112 +45,6 @@ class Enrolment:
     variant: str | None
     holdout: int
     control: int
-
-
-# ---------------------------------------------------------------------------------------------
-# Settings from cdp.yaml, read once per run
-
-
-@dataclass(frozen=True)
-class QuietHours:
-    start: time
-    end: time
-
-    def until(self, now: datetime) -> datetime | None:
-        """The end of the quiet hours if `now` (a customer's local time) lies inside them."""
-        local = now.time().replace(tzinfo=None)
-        if self.start > self.end:
-            inside = self.start <= local or local < self.end
-        else:
-            inside = self.start <= local < self.end
-        if not inside:
-            return None
-        until = now.replace(hour=self.end.hour, minute=self.end.minute, second=0, microsecond=0)
-        return until + timedelta(days=1) if until <= now else until
-
-
-@dataclass(frozen=True)
-class SendSettings:
-    """channels, frequency_cap, control_group and brand, checked with the file and key named."""
-
-    zone: ZoneInfo
-    quiet_hours: dict[str, QuietHours]
-    cost: dict[str, float]
-    wechat_appid: str | None
-    per_day: int | None
-    per_week: int | None
-    control_share: float
-    control_salt: str
-    brand: dict[str, Any]
-
-
-def send_settings(config: Config) -> SendSettings:
-    settings = config.settings
-    channels = settings.get("channels") or {}
-    quiet, cost = {}, {}
-    for channel, spec in channels.items():
-        spec = spec or {}
-        if not isinstance(spec, dict):
-            raise ConfigError(config.path, f"channels.{channel}: expected a mapping of settings")
-        if spec.get("quiet_hours"):
-            quiet[channel] = _quiet_hours(config, channel, str(spec["quiet_hours"]))
-        cost[channel] = _number(config, f"channels.{channel}.cost", spec.get("cost", 0))
-    cap = settings.get("frequency_cap") or {}
-    control = settings.get("control_group") or {}
-    if not isinstance(control, dict):
-        control = {"share": control}
-    share = _share(config, control.get("share", 0))
-    brand = settings.get("brand") or {"name": "cdp", "url": ""}
-    return SendSettings(
-        zone=ZoneInfo(config.timezone),
-        quiet_hours=quiet,
-        cost=cost,
-        wechat_appid=(channels.get("wechat") or {}).get("appid"),
-        per_day=_limit(config, "per_day", cap.get("per_day")),
-        per_week=_limit(config, "per_week", cap.get("per_week")),
-        control_share=share,
-        control_salt=str(control.get("salt", "")),
-        brand=dict(brand),
-    )
-
-
-def _quiet_hours(config: Config, channel: str, text: str) -> QuietHours:
-    try:
-        start, end = (datetime.strptime(t.strip(), "%H:%M").time() for t in text.split("-"))
-    except ValueError:
-        raise ConfigError(
-            config.path,
-            f"channels.{channel}.quiet_hours: expected a window such as 21:00-09:00, got {text!r}",
-        ) from None
-    return QuietHours(start, end)
-
-
-def _number(config: Config, where: str, value: Any) -> float:
-    try:
-        return float(value or 0)
-    except (TypeError, ValueError):
-        raise ConfigError(config.path, f"{where}: expected a number, got {value!r}") from None
-
-
-def _limit(config: Config, name: str, value: Any) -> int | None:
-    if value in (None, 0):
-        return None
-    if not isinstance(value, int) or value < 0:
-        raise ConfigError(config.path, f"frequency_cap.{name}: expected a whole number")
-    return value
-
-
-def _share(config: Config, value: Any) -> float:
-    text = str(value).strip()
-    try:
-        share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        share = -1.0
-    if not 0 <= share < 1:
-        raise ConfigError(
-            config.path, f"control_group.share: expected a share such as 5%, got {value!r}"
-        )
-    return share
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,7 +360,7 @@ def _send_one(
     if not run.journey.transactional and customers.capped(one_id, settings):
         _skip(run, outbox, e, step, message_id, channel, "frequency cap")
         return None
-    quiet = settings.quiet_hours.get(channel)
+    quiet = settings.quiet_hours(channel)
     if quiet:
         zone = customer_zone(customers.phone(one_id), settings.zone)
         until = quiet.until(run.now.astimezone(zone))
@@ -499,7 +393,7 @@ def _send_one(
     outbox.messages.append(
         (message_id, run.run_id, run.journey.name, e.id, one_id, step.key, channel, "queued",
          None, address.split(":", 1)[-1], json.dumps(outbound.body, ensure_ascii=False), code,
-         settings.cost.get(channel, 0.0), int(run.journey.transactional), run.now_text,
+         settings.cost(channel), int(run.journey.transactional), run.now_text,
          link.code if link else None, link.url if link else None)
     )  # fmt: skip
     customers.count_sent(one_id)

@@ -625,9 +625,9 @@ def _linked_rows(db: sqlite_utils.Database) -> list[dict[str, Any]]:
 
 def _reachable(db: sqlite_utils.Database, config: Config, customers: int) -> list[dict[str, Any]]:
     """Per channel: customers with an address for it and no opt-out (as journeys decide)."""
-    settings = config.settings.get("channels") or {}
-    channels = [c for c in CHANNEL_NAMES if c in settings] or list(CHANNEL_NAMES)
-    appid = (settings.get("wechat") or {}).get("appid")
+    configured = config.sending.channels
+    channels = [c for c in CHANNEL_NAMES if c in configured] or list(CHANNEL_NAMES)
+    appid = config.sending.wechat_appid
     opted_out = """WITH latest AS (
   SELECT k.one_id, lower(c.channel) AS channel, c.status, row_number() OVER (
     PARTITION BY k.one_id, lower(c.channel) ORDER BY coalesce(c.consented_at, '') DESC, c.id DESC
