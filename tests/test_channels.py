@@ -105,12 +105,12 @@ def test_payloads_are_built_by_each_channels_builder() -> None:
     wechat = build("wechat", {"wechat": {"openid": "oOne", "appid": "wx1"}}, json=wechat_json)
     assert wechat.body == {"touser": "oOne", "template_id": "T1", "url": "https://x.cn",
                            "data": {"thing1": {"value": "李娜"}}}  # fmt: skip
-    with pytest.raises(TemplateError, match="wechat/t.json: the template belongs to official"):
+    with pytest.raises(TemplateError, match=r"wechat/t\.json: the template belongs to official"):
         build("wechat", {"wechat": {"openid": "oOne", "appid": "wx2"}}, json=wechat_json)
     push_json = '{"title": "Hi", "body": "你好", "device": "D1"}'
     push = build("push", {"device": "D1"}, json=push_json)
     assert push.body == {"title": "Hi", "body": "你好", "device": "D1"}
-    with pytest.raises(TemplateError, match="push/t.json: the customer has no device"):
+    with pytest.raises(TemplateError, match=r"push/t\.json: the customer has no device"):
         build("push", {}, json=push_json)
 
 

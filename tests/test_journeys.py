@@ -568,7 +568,7 @@ steps:
 
 def test_link_codes_are_lengthened_where_another_message_holds_one(run, write, project):
     from cdp_cli.messaging import links
-    from cdp_cli.messaging.sending import link_codes
+    from cdp_cli.messaging.send import link_codes
 
     taken = links.short_code("j:1:s")
     db = project / "cdp.db"
