@@ -22,6 +22,7 @@ from cronsim import CronSim
 from cdp_cli.config import Config
 from cdp_cli.errors import CdpError, NotFound, RuleError
 from cdp_cli.messaging.conditions import JourneyRules
+from cdp_cli.messaging.fixtures import example_context
 from cdp_cli.messaging.journeys import (
     Branch,
     End,
@@ -34,7 +35,7 @@ from cdp_cli.messaging.journeys import (
 from cdp_cli.messaging.outbox import write_outbound
 from cdp_cli.messaging.run import Enrolment, JourneyRun, RunResult
 from cdp_cli.messaging.send import send_batch
-from cdp_cli.messaging.templates import TemplateStore, example_context
+from cdp_cli.messaging.templates import TemplateStore
 from cdp_cli.store import now_iso, rows_as_dicts
 from cdp_cli.tags import BASE_FROM
 

@@ -30,8 +30,7 @@ from cronsim import CronSim, CronSimError
 from cdp_cli.errors import FileError, RuleError
 from cdp_cli.messaging.channels import CHANNEL_NAMES
 from cdp_cli.messaging.links import UTM_KEYS
-from cdp_cli.messaging.templates import NAME as TEMPLATE_NAME
-from cdp_cli.messaging.templates import name_problem
+from cdp_cli.messaging.templates import template_name_problem
 from cdp_cli.rules.compiler import parse_duration
 from cdp_cli.yamlfile import (
     NAME_RULE,
@@ -359,9 +358,7 @@ def _send(path: Path, spec: Any, key: str, line: int) -> Send:
     template = spec.get("template")
     if not isinstance(template, str) or not template:
         raise FileError(path, f"{key}.send: template is missing", line)
-    problem = name_problem(template)
-    if problem is None and not TEMPLATE_NAME.fullmatch(template):
-        problem = "use lower-case letters, digits, _ and -, starting with a letter or digit"
+    problem = template_name_problem(template)
     if problem:
         raise FileError(
             path,
