@@ -33,7 +33,7 @@ from typing import Any
 import jinja2
 
 from cdp_cli.features import compute_features
-from cdp_cli.messaging.templates import default_name, format_date, money
+from cdp_cli.messaging.filters import default_name, format_date, money
 from cdp_cli.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -28,10 +28,10 @@ from cdp_cli.config import Config, IdentifierType
 from cdp_cli.errors import CdpError, NotFound, UsageError
 from cdp_cli.identity.normalize import Normalizer, identity_key
 from cdp_cli.identity.profiles import Lookup, build_profiles, find_one_id
+from cdp_cli.messaging.channels import CHANNEL_NAMES, CONSENT_CHANNELS
 from cdp_cli.privacy import masked_lookup
 from cdp_cli.store import now_iso, rows_as_dicts, transaction
 
-CHANNELS = ("sms", "email", "wechat", "push", "all")
 STATUSES = ("opt_in", "opt_out")
 MANUAL_SOURCE = "manual"
 
@@ -63,8 +63,8 @@ def record_consent(
     reason: str | None = None,
 ) -> Consent:
     """Record an opt-in or opt-out for the customer `lookup` finds, effective at once."""
-    if channel not in CHANNELS:
-        raise UsageError(f"channel {channel!r}: use one of {', '.join(CHANNELS)}")
+    if channel not in CONSENT_CHANNELS:
+        raise UsageError(f"channel {channel!r}: use one of {', '.join(CONSENT_CHANNELS)}")
     if status not in STATUSES:
         raise UsageError(f"status {status!r}: use opt_in or opt_out")
     one_id = _find(db, config, lookup)
@@ -158,7 +158,7 @@ def consents_of(db: sqlite_utils.Database, config: Config, lookup: Lookup) -> di
     latest = {row["channel"]: row for row in history}
     out = {c for c, row in latest.items() if row["status"] == "opt_out"}
     # As the journeys' send guard reads them: an opt-out of `all` covers every channel.
-    blocked = [c for c in CHANNELS[:-1] if c in out or "all" in out]
+    blocked = [c for c in CHANNEL_NAMES if c in out or "all" in out]
     return {
         "one_id": one_id,
         "latest": [latest[c] for c in sorted(latest)],

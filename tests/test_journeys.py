@@ -568,7 +568,7 @@ steps:
 
 def test_link_codes_are_lengthened_where_another_message_holds_one(run, write, project):
     from cdp_cli.messaging import links
-    from cdp_cli.messaging.sending import link_codes
+    from cdp_cli.messaging.send import link_codes
 
     taken = links.short_code("j:1:s")
     db = project / "cdp.db"
@@ -704,3 +704,46 @@ def test_a_run_reads_only_the_feature_columns_its_templates_print(run, write, pr
     )
     printed = {json.loads(t)["text"].rsplit(" ", 1)[1] for (t,) in texts}
     assert printed and printed <= {str(c) for (c,) in counts}
+
+
+def test_validate_and_run_refuse_the_same_channel_settings(run, write, project):
+    """Channel settings are read with cdp.yaml: `journey validate` refuses what `run` would."""
+    write("cdp.yaml", CONFIG.replace('quiet_hours: "21:00-09:00"', 'quiet_hours: "9pm to 9am"'))
+    write("journeys/j.yaml", journey("j", "entry: {when: \"city = '武汉'\"}\nsteps: [end]\n"))
+    expected = (
+        "Error: cdp.yaml:5: channels.sms.quiet_hours: expected a window such as 21:00-09:00, "
+        "got '9pm to 9am'"
+    )
+    for command in (["journey", "validate"], ["journey", "run", "--now", NOW]):
+        result = run(*command)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip() == expected
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("  wechat: {appid: wx1, cost: 0}", "  wechat: {appid: wx1, cost: free}",
+         "cdp.yaml:6: channels.wechat.cost: expected a number, got 'free'"),
+        ("  wechat: {appid: wx1, cost: 0}", "  wechat: {appid: wx1, cots: 0}",
+         "cdp.yaml:6: channels.wechat: unknown key 'cots' (did you mean 'cost'?)"),
+        ("  sms: {quiet_hours", "  smss: {quiet_hours",
+         "cdp.yaml:5: channels: unknown channel 'smss' (did you mean 'sms'?)"),
+        ("  sms: {quiet_hours: \"21:00-09:00\", cost: 0.04}",
+         "  sms: {quiet_hours: \"21:00-09:00\", appid: wx1}",
+         "cdp.yaml:5: channels.sms: unknown key 'appid'"),
+        ("frequency_cap: {per_day: 1, per_week: 3}", "frequency_cap: {per_day: one}",
+         "cdp.yaml:7: frequency_cap.per_day: expected a whole number"),
+        ("frequency_cap: {per_day: 1, per_week: 3}", "control_group: {share: 150%}",
+         "cdp.yaml:7: control_group.share: expected a share such as 5%, got '150%'"),
+        ("brand: {name: 花漾, url: \"https://hy.example.com\"}", "brand: 花漾",
+         "cdp.yaml:3: brand: expected a mapping"),
+    ],
+)  # fmt: skip
+def test_channel_settings_mistakes_name_the_line(run, write, project, old, new, message):
+    assert old in CONFIG
+    write("cdp.yaml", CONFIG.replace(old, new))
+    result = run("journey", "validate")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -213,7 +213,8 @@ def test_rendering_stays_within_its_memory(tmp_path: Path) -> None:
     import tracemalloc
 
     from cdp_cli.errors import TemplateError
-    from cdp_cli.messaging.templates import TemplateStore, example_context
+    from cdp_cli.messaging.fixtures import example_context
+    from cdp_cli.messaging.templates import TemplateStore
 
     hungry = {
         "lists": "{% set ns = namespace(l=[]) %}{% for i in range(200) %}{% set ns.l = ns.l + [range(10000)|list] %}{% endfor %}",

@@ -20,14 +20,10 @@ from hypothesis import strategies as st
 from cdp_cli.errors import TemplateError
 from cdp_cli.features import FEATURES
 from cdp_cli.messaging.channels import GSM7_BASIC, GSM7_EXTENSION, sms_segments, split_sms
-from cdp_cli.messaging.templates import (
-    Limits,
-    TemplateStore,
-    default_name,
-    example_context,
-    format_date,
-    money,
-)
+from cdp_cli.messaging.filters import default_name, format_date, money
+from cdp_cli.messaging.fixtures import example_context
+from cdp_cli.messaging.sandbox import Limits
+from cdp_cli.messaging.templates import TemplateStore
 from tests.conftest import REPO
 
 SHIPPED = REPO / "templates"
@@ -191,7 +187,7 @@ def test_path_traversal_in_a_name_is_refused(tmp_path: Path, name: str, problem:
     store = make_store(tmp_path, {"sms/ok.txt": "hi"})
     with pytest.raises(TemplateError) as caught:
         store.render("sms", name, example_context())
-    assert str(caught.value) == f"{tmp_path}/templates/sms: template name {name!r} {problem}"
+    assert str(caught.value) == f"{tmp_path}/templates/sms: template name {name!r}: {problem}"
 
 
 def test_path_traversal_in_an_include_is_refused(tmp_path: Path) -> None:

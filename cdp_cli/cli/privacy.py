@@ -15,13 +15,14 @@ from cdp_cli.cli.options import (
     pass_project,
     writes_store,
 )
+from cdp_cli.messaging.channels import CONSENT_CHANNELS
 
 
 @click.command(name="consent")
 @lookup_options()
 @click.option(
     "--channel",
-    type=click.Choice(["sms", "email", "wechat", "push", "all"]),
+    type=click.Choice(CONSENT_CHANNELS),
     help="The channel the consent is for; `all` covers every channel.",
 )
 @click.option("--opt-out", "status", flag_value="opt_out", help="Record an opt-out.")

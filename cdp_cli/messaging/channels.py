@@ -1,6 +1,10 @@
-"""Outbound payloads per channel, built from rendered template parts, and what each checks.
+"""The channels cdp sends on (CHANNELS, the one list of them), and the payload each one takes.
 
-A template renders to one or more parts (PARTS); the function for its channel turns them into
+For each channel the registry says what a journey, the outbox, consent, reports and templates
+need to know of it: the identifier type it is addressed by and which of those identifiers reach
+a customer, the outbound file format, the template parts, and the payload builder.
+
+A template renders to one or more parts (Channel.parts); the channel's builder turns them into
 the object that channel's API takes. Problems that make a message unsendable (invalid JSON, a
 missing key, a subject on two lines) raise TemplateError naming the file; problems that still
 let it go out (an SMS of too many segments, a WeChat field WeChat will cut) are warnings on the
@@ -17,20 +21,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from cdp_cli.errors import TemplateError
 
-# channel -> part -> file suffix; the longest suffix is matched first (.subject.txt before .txt).
-PARTS: dict[str, dict[str, str]] = {
-    "sms": {"text": ".txt"},
-    "email": {"subject": ".subject.txt", "html": ".html", "text": ".txt"},
-    "wechat": {"json": ".json"},
-    "push": {"json": ".json"},
-}
+EMAIL_PARTS = {"subject": ".subject.txt", "html": ".html", "text": ".txt"}
 SMS_MAX_SEGMENTS = 3
+SMS_PHONE_KINDS = frozenset({"mobile", "fixed_line_or_mobile"})  # a landline takes no SMS
 
 GSM7_BASIC = frozenset(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
@@ -135,7 +134,7 @@ def email_message(
     subject: str, html: str, text: str, *, files: Mapping[str, str] | None = None
 ) -> Outbound:
     """{subject, html, text}: a one-line subject (a line break would forge headers)."""
-    files = dict(files or {part: part for part in PARTS["email"]})
+    files = dict(files or {part: part for part in EMAIL_PARTS})
     subject = subject.strip()
     if not subject:
         raise TemplateError(files["subject"], "renders to an empty subject")
@@ -261,3 +260,106 @@ def push_message(rendered: str, *, device: str | None, file: str = "push") -> Ou
     if "url" in data:
         _text_value(data, "url", file)
     return Outbound("push", data, files={"json": file})
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A template's parts rendered for one customer: what a channel builds its payload from."""
+
+    parts: Mapping[str, str]  # part -> rendered text
+    files: Mapping[str, str]  # part -> the file it came from, for errors
+    context: Mapping[str, Any]  # what the template was given (the customer's openid, device)
+    sms_max_segments: int = SMS_MAX_SEGMENTS
+
+
+@dataclass(frozen=True)
+class Channel:
+    """Everything cdp knows about one channel, in one place."""
+
+    name: str
+    address_type: str  # the identifier type a message on this channel is addressed to
+    file_format: str  # of its outbound files: csv or jsonl
+    parts: Mapping[str, str]  # template part -> file suffix
+    payload: Callable[[Rendered], Outbound]
+    file_columns: tuple[str, ...] = ()  # csv: the payload's keys, in their columns' order
+    address_kinds: frozenset[str] | None = None  # the identifier details that reach (SMS)
+    scoped_by_appid: bool = False  # only identifiers of the sending account reach (WeChat)
+
+    @property
+    def address_noun(self) -> str:
+        """'wechat openid': what a customer lacks when the channel cannot reach them."""
+        return self.address_type.replace("_", " ")
+
+    def reaches(self, type_name: str, value: str, detail: str | None, appid: str | None) -> bool:
+        """Whether a linked identifier (type, value, detail) addresses a message on this
+        channel; `appid` is the sending WeChat account of cdp.yaml (channels.wechat.appid).
+
+        An openid is stored as '<appid>:<openid>', and an account's openids mean nothing to
+        another account: the prefix must be the sending account's, exactly (case included).
+        """
+        if type_name != self.address_type:
+            return False
+        if self.address_kinds is not None and detail not in self.address_kinds:
+            return False
+        return not (self.scoped_by_appid and appid and not value.startswith(f"{appid}:"))
+
+    def suffixes(self) -> list[str]:
+        """The file suffixes of its parts, longest first (.subject.txt before .txt)."""
+        return sorted(set(self.parts.values()), key=len, reverse=True)
+
+
+def _sms_payload(rendered: Rendered) -> Outbound:
+    return sms_message(
+        rendered.parts["text"],
+        max_segments=rendered.sms_max_segments,
+        file=rendered.files["text"],
+    )
+
+
+def _email_payload(rendered: Rendered) -> Outbound:
+    parts = rendered.parts
+    return email_message(parts["subject"], parts["html"], parts["text"], files=rendered.files)
+
+
+def _wechat_payload(rendered: Rendered) -> Outbound:
+    wechat = rendered.context.get("wechat") or {}
+    return wechat_message(
+        rendered.parts["json"],
+        openid=wechat.get("openid"),
+        appid=wechat.get("appid"),
+        file=rendered.files["json"],
+    )
+
+
+def _push_payload(rendered: Rendered) -> Outbound:
+    return push_message(
+        rendered.parts["json"], device=rendered.context.get("device"), file=rendered.files["json"]
+    )
+
+
+CHANNELS: dict[str, Channel] = {
+    channel.name: channel
+    for channel in (
+        Channel(
+            "sms", "phone", "csv", {"text": ".txt"}, _sms_payload,
+            file_columns=("text", "segments", "encoding"), address_kinds=SMS_PHONE_KINDS,
+        ),
+        Channel("email", "email", "jsonl", EMAIL_PARTS, _email_payload),
+        Channel("wechat", "wechat_openid", "jsonl", {"json": ".json"}, _wechat_payload,
+                scoped_by_appid=True),
+        Channel("push", "device_id", "jsonl", {"json": ".json"}, _push_payload),
+    )
+}  # fmt: skip
+CHANNEL_NAMES = tuple(CHANNELS)
+# `cdp consent --channel`: a channel, or all of them at once.
+CONSENT_CHANNELS = (*CHANNEL_NAMES, "all")
+ADDRESS_TYPES = tuple(channel.address_type for channel in CHANNELS.values())
+
+
+def opted_out_channels(consent_channel: str) -> tuple[str, ...]:
+    """The channels an opt-out recorded for `consent_channel` ('all' or one) covers."""
+    return CHANNEL_NAMES if consent_channel == "all" else (consent_channel,)

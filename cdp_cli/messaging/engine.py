@@ -9,11 +9,9 @@ one, and the next run writes what is still pending under the same name.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,8 @@ from cronsim import CronSim
 
 from cdp_cli.config import Config
 from cdp_cli.errors import CdpError, NotFound, RuleError
-from cdp_cli.messaging import links
+from cdp_cli.messaging.conditions import JourneyRules
+from cdp_cli.messaging.fixtures import example_context
 from cdp_cli.messaging.journeys import (
     Branch,
     End,
@@ -34,39 +33,11 @@ from cdp_cli.messaging.journeys import (
     load_journeys,
 )
 from cdp_cli.messaging.outbox import write_outbound
-from cdp_cli.messaging.sending import CouponPool, Enrolment, SendSettings, send_batch, send_settings
-from cdp_cli.messaging.templates import TemplateStore, example_context
-from cdp_cli.rules.compiler import CompiledRule, RuleSchema, compile_rule
+from cdp_cli.messaging.run import Enrolment, JourneyRun, RunResult
+from cdp_cli.messaging.send import send_batch
+from cdp_cli.messaging.templates import TemplateStore
+from cdp_cli.rules.vocabulary import BASE_FROM
 from cdp_cli.store import now_iso, rows_as_dicts
-from cdp_cli.tags import BASE_FROM, RuleContext, load_rulebook
-
-OPEN_EVENTS = ("open", "email_open", "message_open")
-CLICK_EVENTS = ("click", "link_click", "qr_scan")
-
-
-@dataclass
-class RunResult:
-    """What one journey's run did."""
-
-    journey: str
-    now: str
-    dry_run: bool = False
-    enrolled: int = 0
-    holdout: int = 0
-    control: int = 0  # in the global control group: followed, not messaged
-    converted: int = 0
-    exited: int = 0
-    completed: int = 0
-    sent: dict[str, int] = field(default_factory=dict)
-    skipped: dict[str, int] = field(default_factory=dict)
-    deferred: int = 0
-    files: list[str] = field(default_factory=list)
-    messages: list[dict[str, Any]] = field(default_factory=list)  # with --dry-run
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def share_of(*parts: str) -> float:
@@ -77,33 +48,6 @@ def share_of(*parts: str) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # Rules in journeys
-
-
-class JourneyRules:
-    """Compiles a journey's rules; branches may also test the enrolment itself."""
-
-    def __init__(self, config: Config, as_of: date, known_tags: set[str]) -> None:
-        self.context = RuleContext(load_rulebook(config.tag_rules_folder), as_of, known_tags)
-
-    def customer(self, text: str) -> CompiledRule:
-        return self.context.compile(text)
-
-    def branch(self, text: str) -> CompiledRule:
-        base = self.context.schema()
-        fields = dict(base.fields)
-        fields["converted"] = "(je.converted_at IS NOT NULL)"
-        fields["received"] = (  # a message of this enrolment went out (was not skipped)
-            "EXISTS (SELECT 1 FROM messages m WHERE m.one_id = je.one_id "
-            "AND m.enrolment_id = je.id AND m.status != 'skipped')"
-        )
-        for name, events in (("opened", OPEN_EVENTS), ("clicked", CLICK_EVENTS)):
-            listed = ", ".join(f"'{e}'" for e in events)  # constants of ours, not user text
-            fields[name] = (
-                "EXISTS (SELECT 1 FROM events e JOIN identity_keys k ON k.key = e.identity_key "
-                f"WHERE k.one_id = je.one_id AND e.event IN ({listed}) "
-                "AND e.occurred_at >= je.entered_at)"
-            )
-        return compile_rule(text, RuleSchema(fields, base.functions))
 
 
 def check_journey(journey: Journey, rules: JourneyRules, templates: TemplateStore) -> None:
@@ -146,69 +90,6 @@ def validate_journeys(config: Config, db: sqlite_utils.Database | None = None) -
 BATCH = 5000  # enrolments walked together: bounds memory, amortizes the per-batch queries
 
 
-@dataclass
-class _Run:
-    """Everything one journey's run needs, built once."""
-
-    db: sqlite_utils.Database
-    config: Config
-    journey: Journey
-    now: datetime
-    run_id: int
-    rules: JourneyRules
-    templates: TemplateStore
-    settings: SendSettings
-    result: RunResult
-    dry_run: bool
-    pools_empty: set[str] = field(default_factory=set)
-    pools: dict[str, CouponPool] = field(default_factory=dict)
-    branches: dict[str, CompiledRule] = field(default_factory=dict)
-    now_text: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.now_text = self.now.isoformat(timespec="seconds")  # stamped on every message
-
-    @property
-    def coupon_steps(self) -> bool:
-        return any(s.coupon for s in self.journey.sends())
-
-    @functools.cached_property
-    def feature_columns(self) -> list[str] | None:
-        """The features this journey's templates print (None: any may be), read per batch."""
-        used: set[str] = set()
-        for send in self.journey.sends():
-            for channel in (send.channel, *send.fallback):
-                fields = self.templates.fields_used(channel, send.template, "features")
-                if fields is None:
-                    return None
-                used |= fields
-        known = {column.name for column in self.db["profile_features"].columns}
-        return sorted(used & known)
-
-    def coupon_pool(self, campaign: str) -> CouponPool:
-        if campaign not in self.pools:
-            self.pools[campaign] = CouponPool(self, campaign)
-        return self.pools[campaign]
-
-    def branch_rule(self, step: Branch) -> CompiledRule:
-        if step.key not in self.branches:
-            self.branches[step.key] = self.rules.branch(step.when)
-        return self.branches[step.key]
-
-    def link_for(self, step: Send, code: str | None, channel: str, variant: str | None) -> Any:
-        """The message's tracked link (and its QR image) when the step has one."""
-        if step.link is None or code is None:
-            return None
-        utm = links.link_utm(self.journey.name, channel, variant or step.key, dict(step.link.utm))
-        link = links.Link(code, links.tracked_url(step.link.url, code, utm))
-        if step.link.qr and not self.dry_run:
-            relative = Path("qr") / self.journey.name / f"{code}.png"
-            (self.config.outbound_folder / relative.parent).mkdir(parents=True, exist_ok=True)
-            links.write_qr(link.url, self.config.outbound_folder / relative)
-            link = links.Link(code, link.url, relative)
-        return link
-
-
 def run_journeys(
     db: sqlite_utils.Database,
     config: Config,
@@ -220,7 +101,7 @@ def run_journeys(
     journeys = load_journeys(config.journeys_folder)
     if name is not None and name not in journeys:
         raise NotFound(f"no journey named {name!r} in {config.journeys_folder}")
-    settings = send_settings(config)
+    settings = config.sending
     clock = (now or datetime.now(settings.zone)).astimezone(settings.zone)
     if "profile_features" not in db.table_names():
         raise CdpError("no features yet: run `cdp tag` before `cdp journey run`")
@@ -233,7 +114,7 @@ def run_journeys(
     results = []
     for journey in chosen:
         result = RunResult(journey.name, clock.isoformat(timespec="seconds"), dry_run)
-        run = _Run(db, config, journey, clock, 0, rules, templates, settings, result, dry_run)
+        run = JourneyRun(db, config, journey, clock, 0, rules, templates, result, dry_run)
         results.append(_run_one(run))
     if not dry_run:
         written = write_outbound(db, config)
@@ -242,7 +123,7 @@ def run_journeys(
     return results
 
 
-def _run_one(run: _Run) -> RunResult:
+def _run_one(run: JourneyRun) -> RunResult:
     started = time.monotonic()
     conn, result = run.db.conn, run.result
     conn.execute("BEGIN IMMEDIATE")
@@ -256,7 +137,7 @@ def _run_one(run: _Run) -> RunResult:
         _exit(run)
         _enrol(run, cursor)
         _advance(run)
-        for pool in sorted(run.pools_empty):
+        for pool in sorted(run.coupons.empty):
             result.notes.append(f"coupon pool {pool} is empty: those sends were skipped")
         result.seconds = round(time.monotonic() - started, 3)
         conn.execute(
@@ -270,7 +151,7 @@ def _run_one(run: _Run) -> RunResult:
     return result
 
 
-def _convert(run: _Run) -> None:
+def _convert(run: JourneyRun) -> None:
     """Enrolments whose customer met the goal within its window: converted, and ended."""
     journey = run.journey
     if not journey.goal_event or not journey.goal_within:
@@ -312,7 +193,7 @@ GROUP BY first.id""",
     run.result.converted = len(rows)
 
 
-def _exit(run: _Run) -> None:
+def _exit(run: JourneyRun) -> None:
     if not run.journey.exit:
         return
     rule = run.rules.customer(run.journey.exit)
@@ -323,7 +204,7 @@ def _exit(run: _Run) -> None:
     ).rowcount
 
 
-def _entry_candidates(run: _Run, cursor: int) -> list[str]:
+def _entry_candidates(run: JourneyRun, cursor: int) -> list[str]:
     entry, conn = run.journey.entry, run.db.conn
     if entry.schedule is not None:
         return _broadcast_audience(run)
@@ -362,7 +243,7 @@ def _entry_candidates(run: _Run, cursor: int) -> list[str]:
     return [r[0] for r in rows]
 
 
-def _broadcast_audience(run: _Run) -> list[str]:
+def _broadcast_audience(run: JourneyRun) -> list[str]:
     """At a due occurrence of the schedule, everyone the `when` rule picks (or everyone)."""
     occurrence = _due_occurrence(run)
     if occurrence is None:
@@ -383,7 +264,7 @@ def _broadcast_audience(run: _Run) -> list[str]:
     return audience
 
 
-def _due_occurrence(run: _Run) -> datetime | None:
+def _due_occurrence(run: JourneyRun) -> datetime | None:
     """The latest time of the schedule that is due and not sent yet, if not too late.
 
     Occurrences missed while cron was down are not sent in a burst: only the latest is, and
@@ -416,7 +297,7 @@ def _due_occurrence(run: _Run) -> datetime | None:
     return due
 
 
-def _enrol(run: _Run, cursor: int) -> None:
+def _enrol(run: JourneyRun, cursor: int) -> None:
     journey, conn, settings = run.journey, run.db.conn, run.settings
     last = {
         one_id: (number, status, entered_at)
@@ -453,7 +334,7 @@ def _enrol(run: _Run, cursor: int) -> None:
     run.result.control = sum(r[4] for r in rows if not journey.transactional)
 
 
-def _advance(run: _Run) -> None:
+def _advance(run: JourneyRun) -> None:
     """Walk every due enrolment, a batch at a time, until each waits or ends."""
     due = [
         r[0]
@@ -475,7 +356,7 @@ def _advance(run: _Run) -> None:
         _walk(run, batch)
 
 
-def _walk(run: _Run, batch: list[Enrolment]) -> None:
+def _walk(run: JourneyRun, batch: list[Enrolment]) -> None:
     """Take a batch through its steps, step by step for all at once; save where each stopped."""
     journey = run.journey
     stops: list[tuple[Any, ...]] = []
@@ -548,7 +429,7 @@ def _variant(journey: str, step: Split, one_id: str) -> tuple[str, float, tuple[
     return step.variants[-1]
 
 
-def _branch_holding(run: _Run, step: Branch, group: list[Enrolment]) -> set[int]:
+def _branch_holding(run: JourneyRun, step: Branch, group: list[Enrolment]) -> set[int]:
     """The enrolments of the group for which the branch's condition holds."""
     rule = run.branch_rule(step)
     rows = run.db.conn.execute(
@@ -560,7 +441,7 @@ def _branch_holding(run: _Run, step: Branch, group: list[Enrolment]) -> set[int]
     return {r[0] for r in rows}
 
 
-def _wait_until(run: _Run, step: Wait) -> str:
+def _wait_until(run: JourneyRun, step: Wait) -> str:
     if step.duration is not None:
         return (run.now + step.duration).isoformat(timespec="seconds")
     assert step.until is not None

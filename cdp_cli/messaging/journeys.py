@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 from cronsim import CronSim, CronSimError
 
 from cdp_cli.errors import FileError, RuleError
+from cdp_cli.messaging.channels import CHANNEL_NAMES
 from cdp_cli.messaging.links import UTM_KEYS
-from cdp_cli.messaging.templates import NAME as TEMPLATE_NAME
-from cdp_cli.messaging.templates import name_problem
+from cdp_cli.messaging.templates import template_name_problem
 from cdp_cli.rules.compiler import parse_duration
 from cdp_cli.yamlfile import (
     NAME_RULE,
@@ -42,7 +42,6 @@ from cdp_cli.yamlfile import (
     load_yaml,
 )
 
-CHANNELS = ("sms", "email", "push", "wechat")
 STEP_KINDS = ("send", "wait", "branch", "split", "end")
 JOURNEY_KEYS = ("name", "description", "entry", "exit", "goal", "holdout", "transactional", "steps")
 # Conditions a branch may test about the enrolment itself, besides any customer rule.
@@ -353,18 +352,13 @@ def _send(path: Path, spec: Any, key: str, line: int) -> Send:
     check_keys(spec, ("channel", "template", "fallback", "coupon", "link"), f"{key}.send")
     channels = [spec.get("channel"), *(spec.get("fallback") or [])]
     for channel in channels:
-        if channel not in CHANNELS:
-            raise FileError(
-                path,
-                f"{key}.send: unknown channel {channel!r}{did_you_mean(str(channel), CHANNELS)}",
-                line,
-            )
+        if channel not in CHANNEL_NAMES:
+            hint = did_you_mean(str(channel), CHANNEL_NAMES)
+            raise FileError(path, f"{key}.send: unknown channel {channel!r}{hint}", line)
     template = spec.get("template")
     if not isinstance(template, str) or not template:
         raise FileError(path, f"{key}.send: template is missing", line)
-    problem = name_problem(template)
-    if problem is None and not TEMPLATE_NAME.fullmatch(template):
-        problem = "use lower-case letters, digits, _ and -, starting with a letter or digit"
+    problem = template_name_problem(template)
     if problem:
         raise FileError(
             path,

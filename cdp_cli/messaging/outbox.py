@@ -19,11 +19,12 @@ import sqlite_utils
 
 from cdp_cli.config import Config
 from cdp_cli.files import atomic_write
+from cdp_cli.messaging.channels import CHANNELS, Channel
 from cdp_cli.store import now_iso, transaction
 
-FILE_FORMATS = {"sms": "csv", "email": "jsonl", "wechat": "jsonl", "push": "jsonl"}
-SMS_COLUMNS = ("message_id", "to", "text", "segments", "encoding", "journey", "step", "one_id",
-               "coupon", "link")  # fmt: skip
+# A CSV file's columns: these, with the channel's file_columns (from the payload) after "to".
+LEADING_COLUMNS = ("message_id", "to")
+TRAILING_COLUMNS = ("journey", "step", "one_id", "coupon", "link")
 
 
 def write_outbound(db: sqlite_utils.Database, config: Config) -> list[str]:
@@ -37,7 +38,7 @@ def write_outbound(db: sqlite_utils.Database, config: Config) -> list[str]:
         stamp = datetime.fromisoformat(now).strftime("%Y%m%dT%H%M%S")
         folder = config.outbound_folder / channel
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{journey}-{stamp}-{run_id}.{FILE_FORMATS[channel]}"
+        path = folder / f"{journey}-{stamp}-{run_id}.{CHANNELS[channel].file_format}"
         # A group's rows are all queued until the UPDATE below marks them all written. In the
         # order they were queued, through the index of queued messages, never a table scan.
         rows = db.conn.execute(
@@ -46,7 +47,7 @@ def write_outbound(db: sqlite_utils.Database, config: Config) -> list[str]:
             "AND channel = ? ORDER BY rowid",
             (run_id, journey, channel),
         )
-        _write_file(path, channel, rows)
+        _write_file(path, CHANNELS[channel], rows)
         with transaction(db) as conn:
             conn.execute(
                 "UPDATE messages SET status = 'written', file = ?, written_at = ? "
@@ -57,15 +58,15 @@ def write_outbound(db: sqlite_utils.Database, config: Config) -> list[str]:
     return written
 
 
-def _write_file(path: Path, channel: str, rows: Iterable[tuple[Any, ...]]) -> None:
+def _write_file(path: Path, channel: Channel, rows: Iterable[tuple[Any, ...]]) -> None:
     with atomic_write(path) as f:
-        if channel == "sms":
+        if channel.file_format == "csv":
             writer = csv.writer(f)
-            writer.writerow(SMS_COLUMNS)
+            writer.writerow((*LEADING_COLUMNS, *channel.file_columns, *TRAILING_COLUMNS))
             for id_, journey, step, one_id, address, payload, coupon, link in rows:
                 body = json.loads(payload)
-                sms = (body.get("text"), body.get("segments"), body.get("encoding"))
-                writer.writerow((id_, address, *sms, journey, step, one_id, coupon, link))
+                values = (body.get(column) for column in channel.file_columns)
+                writer.writerow((id_, address, *values, journey, step, one_id, coupon, link))
         else:
             for id_, journey, step, one_id, address, payload, coupon, link in rows:
                 record = {"message_id": id_, "to": address, "journey": journey, "step": step,

@@ -18,6 +18,7 @@ from cdp_cli.config import Config
 from cdp_cli.errors import NotFound, UsageError
 from cdp_cli.features import VOID_STATUSES
 from cdp_cli.messaging import links
+from cdp_cli.messaging.channels import CHANNEL_NAMES, CHANNELS
 from cdp_cli.messaging.journeys import Journey, load_journeys
 from cdp_cli.reports import stats
 from cdp_cli.store import rows_as_dicts
@@ -25,7 +26,6 @@ from cdp_cli.store import rows_as_dicts
 ATTRIBUTIONS = ("last", "first")
 SENT = ("queued", "written")  # a message that went (or is about to go) out
 GROUPS = ("treatment", "holdout", "control")
-CHANNELS = ("sms", "email", "wechat", "push")
 NONE = "(none)"  # a customer without a value, in lifecycle flows and funnel groups
 _VOID = ", ".join(f"'{s}'" for s in VOID_STATUSES)  # constants of ours, not user text
 
@@ -575,12 +575,6 @@ def lifecycle_report(db: sqlite_utils.Database, tag: str = "lifecycle") -> dict[
 # ---------------------------------------------------------------------------------------------
 # Overview
 
-ADDRESSES = {
-    "sms": ("phone", "AND i.detail IN ('mobile', 'fixed_line_or_mobile')"),
-    "email": ("email", ""),
-    "wechat": ("wechat_openid", ""),
-    "push": ("device_id", ""),
-}
 TIME_FIELDS = {
     "customers": "registered_at",
     "orders": "ordered_at",
@@ -631,8 +625,9 @@ def _linked_rows(db: sqlite_utils.Database) -> list[dict[str, Any]]:
 
 def _reachable(db: sqlite_utils.Database, config: Config, customers: int) -> list[dict[str, Any]]:
     """Per channel: customers with an address for it and no opt-out (as journeys decide)."""
-    settings = config.settings.get("channels") or {}
-    channels = [c for c in CHANNELS if c in settings] or list(CHANNELS)
+    configured = config.sending.channels
+    channels = [c for c in CHANNEL_NAMES if c in configured] or list(CHANNEL_NAMES)
+    appid = config.sending.wechat_appid
     opted_out = """WITH latest AS (
   SELECT k.one_id, lower(c.channel) AS channel, c.status, row_number() OVER (
     PARTITION BY k.one_id, lower(c.channel) ORDER BY coalesce(c.consented_at, '') DESC, c.id DESC
@@ -641,19 +636,16 @@ def _reachable(db: sqlite_utils.Database, config: Config, customers: int) -> lis
 ), out AS (SELECT one_id, channel FROM latest WHERE r = 1 AND status = 'opt_out')"""
     rows, anyone = [], set()
     for channel in channels:
-        type_name, extra = ADDRESSES[channel]
-        params: list[Any] = [type_name]
-        appid = (settings.get(channel) or {}).get("appid") if channel == "wechat" else None
-        if appid:
-            extra += " AND i.value LIKE ?"
-            params.append(f"{appid}:%")
+        spec = CHANNELS[channel]
+        # The channel's own addressing rule, as a journey applies it when it sends.
         with_address = {
-            r[0]
-            for r in db.conn.execute(
-                "SELECT DISTINCT i.one_id FROM identifiers i JOIN profiles p "
-                f"ON p.one_id = i.one_id WHERE i.status = 'linked' AND i.type = ? {extra}",
-                params,
+            one_id
+            for one_id, type_name, value, detail in db.conn.execute(
+                "SELECT i.one_id, i.type, i.value, i.detail FROM identifiers i JOIN profiles p "
+                "ON p.one_id = i.one_id WHERE i.status = 'linked' AND i.type = ?",
+                (spec.address_type,),
             )
+            if spec.reaches(type_name, value, detail, appid)
         }
         out = {
             r[0]

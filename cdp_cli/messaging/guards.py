@@ -1,0 +1,168 @@
+"""The send step's guards: who may be messaged on which channel, and when.
+
+Opt-outs and reachability per channel with its fallbacks (the channel registry's addressing
+rule), the frequency cap (marketing only) and quiet hours in the customer's own timezone.
+What they need about a batch of customers is read in a few set queries (`Customers`), so a run
+costs a few queries per thousand messages, not per message. Holdout and the control group are
+the engine's (they are decided at enrolment).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+import phonenumbers
+import sqlite_utils
+from phonenumbers import timezone as phone_timezones
+
+from cdp_cli.config import SendSettings
+from cdp_cli.messaging.channels import ADDRESS_TYPES, CHANNELS, opted_out_channels
+
+IN_BATCH = "IN (SELECT value FROM json_each(?))"
+ADDRESSED_TYPES = ", ".join(f"'{t}'" for t in ADDRESS_TYPES)  # constants of ours
+
+
+@dataclass
+class Customers:
+    """What the guards need about a batch of customers: their addresses, their opt-outs and
+    the marketing messages they were sent today and this week."""
+
+    addresses: dict[str, list[tuple[str, str, str | None]]] = field(default_factory=dict)
+    opted_out: dict[str, set[str]] = field(default_factory=dict)
+    sent_today: dict[str, int] = field(default_factory=dict)
+    sent_week: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def load(
+        cls, db: sqlite_utils.Database, one_ids: list[str], now: datetime, settings: SendSettings
+    ) -> Customers:
+        conn, ids = db.conn, json.dumps(one_ids)
+        found = cls()
+        for one_id, type_name, value, detail in conn.execute(
+            f"SELECT one_id, type, value, detail FROM identifiers WHERE one_id {IN_BATCH} "
+            # +type: look customers up by one_id, never by scanning every identifier of a type
+            f"AND status = 'linked' AND +type IN ({ADDRESSED_TYPES}) "
+            "ORDER BY one_id, value",
+            (ids,),
+        ):
+            found.addresses.setdefault(one_id, []).append((type_name, value, detail))
+        latest: dict[tuple[str, str], str] = {}
+        for one_id, channel, status in conn.execute(
+            "SELECT k.one_id, lower(c.channel), c.status FROM consents c "
+            f"JOIN identity_keys k ON k.key = c.identity_key WHERE k.one_id {IN_BATCH} "
+            "ORDER BY coalesce(c.consented_at, ''), c.id",
+            (ids,),
+        ):
+            latest[(one_id, channel)] = status
+        for (one_id, channel), status in latest.items():
+            if status == "opt_out":
+                found.opted_out.setdefault(one_id, set()).update(opted_out_channels(channel))
+        if settings.per_day or settings.per_week:
+            found._load_sent(db, ids, now)
+        return found
+
+    def _load_sent(self, db: sqlite_utils.Database, ids: str, now: datetime) -> None:
+        day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        week_start = now - timedelta(days=7)
+        for one_id, today, week in db.conn.execute(
+            "SELECT one_id, sum(julianday(created_at) >= julianday(?)), count(*) FROM messages "
+            f"WHERE one_id {IN_BATCH} AND status != 'skipped' AND transactional = 0 "
+            "AND julianday(created_at) >= julianday(?) GROUP BY one_id",
+            (day_start.isoformat(), ids, min(day_start, week_start).isoformat()),
+        ):
+            self.sent_today[one_id] = today
+            self.sent_week[one_id] = week
+
+    def address(self, one_id: str, channel: str, wechat_appid: str | None) -> str | None:
+        """The first linked identifier that reaches this customer on the channel."""
+        spec = CHANNELS[channel]
+        for type_name, value, detail in self.addresses.get(one_id, ()):
+            if spec.reaches(type_name, value, detail, wechat_appid):
+                return value
+        return None
+
+    def phone(self, one_id: str) -> str | None:
+        return next((v for t, v, _ in self.addresses.get(one_id, ()) if t == "phone"), None)
+
+    def capped(self, one_id: str, settings: SendSettings) -> bool:
+        day, week = settings.per_day, settings.per_week
+        return bool(
+            (day and self.sent_today.get(one_id, 0) >= day)
+            or (week and self.sent_week.get(one_id, 0) >= week)
+        )
+
+    def count_sent(self, one_id: str) -> None:
+        self.sent_today[one_id] = self.sent_today.get(one_id, 0) + 1
+        self.sent_week[one_id] = self.sent_week.get(one_id, 0) + 1
+
+
+@dataclass(frozen=True)
+class Reach:
+    """The channel and address a message goes to, or why it cannot go (`skip`)."""
+
+    channel: str | None = None
+    address: str | None = None
+    skip: str | None = None
+
+
+def reach(
+    customers: Customers, one_id: str, channels: tuple[str, ...], wechat_appid: str | None
+) -> Reach:
+    """The first of `channels` (a step's channel, then its fallbacks) the customer has not
+    opted out of and has an address for; else why none: 'opted out' when every channel was
+    opted out of, else 'unreachable', each with what was tried."""
+    opted_out = customers.opted_out.get(one_id, set())
+    tried = []
+    for channel in channels:
+        if channel in opted_out:
+            tried.append(f"{channel}: opted out")
+            continue
+        address = customers.address(one_id, channel, wechat_appid)
+        if address is None:
+            tried.append(f"{channel}: no {CHANNELS[channel].address_noun}")
+            continue
+        return Reach(channel, address)
+    reason = "opted out" if all(t.endswith("opted out") for t in tried) else "unreachable"
+    return Reach(skip=f"{reason} ({'; '.join(tried)})")
+
+
+def quiet_until(
+    customers: Customers, one_id: str, channel: str, now: datetime, settings: SendSettings
+) -> str | None:
+    """When a message may go, if the channel's quiet hours hold now in the customer's own
+    timezone (in the project's timezone, to the second); None when it may go now."""
+    quiet = settings.quiet_hours(channel)
+    if quiet is None:
+        return None
+    zone = customer_zone(customers.phone(one_id), settings.zone)
+    until = quiet.until(now.astimezone(zone))
+    return until.astimezone(settings.zone).isoformat(timespec="seconds") if until else None
+
+
+def customer_zone(phone: str | None, default: ZoneInfo) -> ZoneInfo:
+    """The customer's timezone from their phone number's region; the project's otherwise."""
+    if not phone:
+        return default
+    return _zone_of_number(phone, default)
+
+
+@lru_cache(maxsize=65536)
+def _zone_of_number(e164: str, default: ZoneInfo) -> ZoneInfo:
+    if e164.startswith("+86"):  # China keeps one zone: the common case needs no parsing
+        return ZoneInfo("Asia/Shanghai")
+    try:
+        names = phone_timezones.time_zones_for_number(phonenumbers.parse(e164))
+    except phonenumbers.NumberParseException:
+        return default
+    zones = [ZoneInfo(n) for n in names if n != "Etc/Unknown"]
+    if not zones:
+        return default
+    # Several zones that keep one offset all year (London, Jersey) are one answer.
+    probes = (datetime(2026, 1, 15, 12), datetime(2026, 7, 15, 12))
+    if len({tuple(z.utcoffset(p) for p in probes) for z in zones}) == 1:
+        return zones[0]
+    return default

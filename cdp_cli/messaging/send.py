@@ -1,0 +1,368 @@
+"""A journey's send step for a batch of enrolments: guards, coupon, rendering and the outbox.
+
+The engine hands the step its JourneyRun; nothing here calls back into the engine. In order:
+holdout and the global control group (followed, never messaged), then the guards (guards.py:
+opt-outs and reachability with fallback, the frequency cap, quiet hours, which make the message
+wait), then a coupon from the pool (coupons.py), a tracked link, and the template. Each message,
+queued or skipped with its reason, is one MessageRow of the outbox.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import sqlite_utils
+
+from cdp_cli.errors import TemplateError
+from cdp_cli.messaging import links
+from cdp_cli.messaging.channels import Outbound
+from cdp_cli.messaging.coupons import empty_pool_reason
+from cdp_cli.messaging.guards import IN_BATCH, Customers, quiet_until, reach
+from cdp_cli.messaging.journeys import Send
+from cdp_cli.messaging.run import Enrolment, JourneyRun
+
+PROFILE_FIELDS = "one_id, name, gender, birthday, city, known, first_seen, last_seen, records"
+DRY_RUN_LISTED = 1000  # messages a dry run lists per journey (it counts them all)
+
+
+class MessageRow(NamedTuple):
+    """One row of the outbox (the messages table): a message queued, or why it was skipped."""
+
+    id: str  # journey:enrolment:step, so a step of an enrolment has one message, ever
+    run_id: int
+    journey: str
+    enrolment_id: int
+    one_id: str
+    step: str
+    channel: str | None
+    status: str  # 'queued' or 'skipped'
+    reason: str | None
+    address: str | None
+    payload: str | None
+    coupon_code: str | None
+    cost: float | None
+    transactional: int
+    created_at: str
+    link_code: str | None
+    link_url: str | None
+
+
+INSERT_MESSAGE = (
+    f"INSERT INTO messages ({', '.join(MessageRow._fields)}) "
+    f"VALUES ({', '.join('?' * len(MessageRow._fields))})"
+)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a queued message carries: where it goes, what it says, its coupon and link."""
+
+    address: str
+    outbound: Outbound
+    coupon_code: str | None
+    link: links.Link | None
+
+
+def message_row(
+    run: JourneyRun,
+    e: Enrolment,
+    step: Send,
+    message_id: str,
+    channel: str | None,
+    *,
+    reason: str | None = None,
+    delivery: Delivery | None = None,
+) -> MessageRow:
+    """The outbox row of a message: queued with its `delivery`, or skipped for `reason`."""
+    link = delivery.link if delivery else None
+    return MessageRow(
+        id=message_id,
+        run_id=run.run_id,
+        journey=run.journey.name,
+        enrolment_id=e.id,
+        one_id=e.one_id,
+        step=step.key,
+        channel=channel,
+        status="queued" if delivery else "skipped",
+        reason=reason,
+        # An openid is stored as '<appid>:<openid>'; the file carries the openid.
+        address=delivery.address.split(":", 1)[-1] if delivery else None,
+        payload=json.dumps(delivery.outbound.body, ensure_ascii=False) if delivery else None,
+        coupon_code=delivery.coupon_code if delivery else None,
+        cost=run.settings.cost(channel) if delivery and channel else None,
+        transactional=int(run.journey.transactional),
+        created_at=run.now_text,
+        link_code=link.code if link else None,
+        link_url=link.url if link else None,
+    )
+
+
+@dataclass
+class Outbox:
+    """Rows for the outbox, written together at the end of a batch."""
+
+    messages: list[MessageRow] = field(default_factory=list)
+    coupons: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def flush(self, db: sqlite_utils.Database) -> None:
+        db.conn.executemany(INSERT_MESSAGE, self.messages)
+        db.conn.executemany(
+            "INSERT INTO coupon_issues (code, campaign, one_id, message_id, issued_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            self.coupons,
+        )
+        self.messages.clear()
+        self.coupons.clear()
+
+
+@dataclass
+class TemplateData:
+    """What templates print about a batch of customers: profile, features and tags."""
+
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    features: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def load(
+        cls, db: sqlite_utils.Database, one_ids: list[str], feature_columns: list[str] | None
+    ) -> TemplateData:
+        """`feature_columns`: the features the templates print; None reads them all."""
+        conn, ids = db.conn, json.dumps(one_ids)
+        found = cls()
+        cursor = conn.execute(
+            f"SELECT {PROFILE_FIELDS} FROM profiles WHERE one_id {IN_BATCH}", (ids,)
+        )
+        names = [d[0] for d in cursor.description]
+        found.profiles = {row[0]: dict(zip(names, row, strict=True)) for row in cursor}
+        listed = (
+            "*"
+            if feature_columns is None
+            else ", ".join(f'"{c}"' for c in ["one_id", *feature_columns])
+        )
+        cursor = conn.execute(
+            f"SELECT {listed} FROM profile_features WHERE one_id {IN_BATCH}", (ids,)
+        )
+        names = [d[0] for d in cursor.description]
+        found.features = {row[0]: dict(zip(names[1:], row[1:], strict=True)) for row in cursor}
+        for one_id, tag, value in conn.execute(
+            f"SELECT one_id, tag, value FROM profile_tags WHERE one_id {IN_BATCH}", (ids,)
+        ):
+            found.tags.setdefault(one_id, {})[tag] = value
+        return found
+
+
+@dataclass(frozen=True)
+class Message:
+    """What is known of a message before its guards: its id, an earlier coupon, a link code."""
+
+    id: str
+    earlier_coupon: dict[str, Any] | None
+    link_code: str | None
+
+
+@dataclass
+class Batch:
+    """A send step's batch: its customers as guards and templates see them, and its outbox."""
+
+    run: JourneyRun
+    step: Send
+    customers: Customers
+    data: TemplateData
+    outbox: Outbox
+
+
+def send_batch(run: JourneyRun, step: Send, batch: list[Enrolment]) -> dict[int, str]:
+    """Queue the step's message for each enrolment, or record why not.
+
+    Returns the enrolments whose message waits out quiet hours, with the time it may go.
+    """
+    journey = run.journey
+    ids = {e.id: f"{journey.name}:{e.id}:{step.key}" for e in batch}
+    done = {
+        row[0]
+        for row in run.db.conn.execute(
+            f"SELECT id FROM messages WHERE id {IN_BATCH}", (json.dumps(list(ids.values())),)
+        )
+    }  # a step of an enrolment has one message, ever: a rerun never sends it twice
+    outbox, deferred = Outbox(), {}
+    live = []
+    for e in batch:
+        if ids[e.id] in done:
+            continue
+        if e.holdout:
+            _skip(run, outbox, e, step, ids[e.id], None, "holdout")
+        elif e.control and not journey.transactional:
+            _skip(run, outbox, e, step, ids[e.id], None, "control group")
+        else:
+            live.append(e)
+    if live:
+        one_ids = [e.one_id for e in live]
+        customers = Customers.load(run.db, one_ids, run.now, run.settings)
+        data = TemplateData.load(run.db, one_ids, run.feature_columns)
+        earlier = enrolment_coupons(run, live) if not step.coupon and run.coupon_steps else {}
+        codes = link_codes(run, [ids[e.id] for e in live]) if step.link else {}
+        current = Batch(run, step, customers, data, outbox)
+        for e in live:
+            message = Message(ids[e.id], earlier.get(e.id), codes.get(ids[e.id]))
+            until = _send_one(current, e, message)
+            if until:
+                deferred[e.id] = until
+    outbox.flush(run.db)
+    return deferred
+
+
+def enrolment_coupons(run: JourneyRun, enrolments: list[Enrolment]) -> dict[int, dict[str, Any]]:
+    """The coupon an earlier step of each enrolment drew, for a reminder that mentions it."""
+    ids = json.dumps([e.one_id for e in enrolments])
+    wanted = {e.id for e in enrolments}
+    found: dict[int, dict[str, Any]] = {}
+    for enrolment_id, code, face_value, expires_at in run.db.conn.execute(
+        "SELECT m.enrolment_id, c.code, c.face_value, c.expires_at FROM messages m "
+        f"JOIN coupons c ON c.code = m.coupon_code WHERE m.one_id {IN_BATCH} AND m.journey = ? "
+        "AND m.coupon_code IS NOT NULL ORDER BY m.created_at",
+        (ids, run.journey.name),
+    ):
+        if enrolment_id in wanted:
+            found[enrolment_id] = {"code": code, "face_value": face_value, "expires_at": expires_at}
+    return found
+
+
+def link_codes(run: JourneyRun, message_ids: list[str]) -> dict[str, str]:
+    """Each message's link code: links.short_code, lengthened where another message holds it.
+
+    Eight base32 characters make about one clash per two million messages; one query per
+    batch finds them, before anything is rendered with the code in it.
+    """
+    codes = {m: links.short_code(m) for m in message_ids}
+    taken = {
+        row[0]
+        for row in run.db.conn.execute(
+            f"SELECT link_code FROM messages WHERE link_code {IN_BATCH}",
+            (json.dumps(list(codes.values())),),
+        )
+    }
+    given: set[str] = set()
+    for message_id, code in codes.items():
+        length = len(code)
+        while code in taken or code in given:
+            length += 1
+            code = links.short_code(message_id, length)
+            if run.db.conn.execute(
+                "SELECT 1 FROM messages WHERE link_code = ?", (code,)
+            ).fetchone():
+                taken.add(code)  # a longer code of an earlier clash: rarer still, but possible
+        codes[message_id] = code
+        given.add(code)
+    return codes
+
+
+def tracked_link(
+    run: JourneyRun, step: Send, code: str | None, channel: str, variant: str | None
+) -> links.Link | None:
+    """The message's tracked link (and its QR image, not in a dry run) when the step has one."""
+    if step.link is None or code is None:
+        return None
+    utm = links.link_utm(run.journey.name, channel, variant or step.key, dict(step.link.utm))
+    link = links.Link(code, links.tracked_url(step.link.url, code, utm))
+    if step.link.qr and not run.dry_run:
+        relative = Path("qr") / run.journey.name / f"{code}.png"
+        (run.config.outbound_folder / relative.parent).mkdir(parents=True, exist_ok=True)
+        links.write_qr(link.url, run.config.outbound_folder / relative)
+        link = links.Link(code, link.url, relative)
+    return link
+
+
+def _send_one(batch: Batch, e: Enrolment, message: Message) -> str | None:
+    """Queue one message, or skip it; the time it may go when quiet hours hold it back."""
+    run, step, customers, outbox = batch.run, batch.step, batch.customers, batch.outbox
+    settings, one_id, message_id = run.settings, e.one_id, message.id
+    found = reach(customers, one_id, (step.channel, *step.fallback), settings.wechat_appid)
+    if found.channel is None or found.address is None:
+        _skip(run, outbox, e, step, message_id, None, found.skip or "unreachable")
+        return None
+    channel = found.channel
+    if not run.journey.transactional and customers.capped(one_id, settings):
+        _skip(run, outbox, e, step, message_id, channel, "frequency cap")
+        return None
+    until = quiet_until(customers, one_id, channel, run.now, settings)
+    if until:
+        run.result.deferred += 1
+        return until
+    coupon, pool = message.earlier_coupon, None
+    if step.coupon:
+        pool = run.coupons.pool(step.coupon)
+        coupon = pool.draw()
+        if coupon is None:
+            run.coupons.empty.add(step.coupon)
+            _skip(run, outbox, e, step, message_id, channel, empty_pool_reason(step.coupon))
+            return None
+    link = tracked_link(run, step, message.link_code, channel, e.variant)
+    context = _context(batch, one_id, channel, coupon, link)
+    try:
+        outbound = run.templates.render(channel, step.template, context)
+    except TemplateError as exc:
+        if pool and coupon:
+            pool.put_back(coupon)
+        _skip(run, outbox, e, step, message_id, channel, f"template: {exc.message}")
+        return None
+    if link is not None and link.qr is not None:
+        outbound.body["qr"] = str(link.qr)  # relative to outbound/
+    code = coupon["code"] if coupon else None
+    if pool and coupon:
+        outbox.coupons.append((code, step.coupon, one_id, message_id, run.now_text))
+    delivery = Delivery(found.address, outbound, code, link)
+    outbox.messages.append(message_row(run, e, step, message_id, channel, delivery=delivery))
+    customers.count_sent(one_id)
+    run.result.sent[channel] = run.result.sent.get(channel, 0) + 1
+    if run.dry_run and len(run.result.messages) < DRY_RUN_LISTED:
+        run.result.messages.append(
+            {"one_id": one_id, "step": step.key, "channel": channel, **outbound.body}
+        )
+    return None
+
+
+def _context(
+    batch: Batch,
+    one_id: str,
+    channel: str,
+    coupon: dict[str, Any] | None,
+    link: links.Link | None,
+) -> dict[str, Any]:
+    run, customers, data = batch.run, batch.customers, batch.data
+    openid = customers.address(one_id, "wechat", run.settings.wechat_appid)
+    brand = run.settings.brand
+    url = brand.get("url", "")
+    if link is not None:
+        short = brand.get("short_links")  # an SMS is billed by length: a short link, if any
+        url = f"{short}{link.code}" if short and channel == "sms" else link.url
+    return {
+        "customer": data.profiles.get(one_id) or {"one_id": one_id},
+        "features": data.features.get(one_id, {}),
+        "tags": data.tags.get(one_id, {}),
+        "coupon": coupon,
+        "journey": {"name": run.journey.name},
+        "step": {"name": batch.step.key},
+        "wechat": {"openid": openid.split(":", 1)[-1] if openid else None,
+                   "appid": openid.split(":", 1)[0] if openid and ":" in openid else None},
+        "device": customers.address(one_id, "push", None),
+        "brand": brand,
+        "link": url,
+    }  # fmt: skip
+
+
+def _skip(
+    run: JourneyRun,
+    outbox: Outbox,
+    e: Enrolment,
+    step: Send,
+    message_id: str,
+    channel: str | None,
+    reason: str,
+) -> None:
+    outbox.messages.append(message_row(run, e, step, message_id, channel, reason=reason))
+    label = reason.split(" (")[0]
+    run.result.skipped[label] = run.result.skipped.get(label, 0) + 1

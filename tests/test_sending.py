@@ -1,0 +1,148 @@
+"""The send step's guards and coupon pools, through the library on a real store: opt-outs,
+reachability with the WeChat appid rule, the frequency cap, quiet hours in the customer's own
+timezone, and a pool that runs dry."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from cdp_cli.config import load_config
+from cdp_cli.messaging.coupons import CouponPool, empty_pool_reason
+from cdp_cli.messaging.guards import Customers, customer_zone, quiet_until, reach
+from cdp_cli.store import open_store
+from tests.test_channels import CONFIG as BASE_CONFIG
+
+CONFIG = (
+    BASE_CONFIG.replace("sms: {cost: 0.04}", 'sms: {cost: 0.04, quiet_hours: "21:00-09:00"}')
+    + """  optouts:
+    kind: consents
+    fields: {phone: phone, channel: channel, status: "=opt_out", consented_at: at}
+  coupons:
+    kind: coupons
+    key: code
+    fields: {code: code, campaign: campaign, status: status}
+frequency_cap: {per_day: 1}
+"""
+)
+# L1 is in New York (+1 212); O1 opted out of SMS, O2 of everything.
+CRM = """member,name,phone,appid,openid
+W1,李娜,13800000001,wx1,oOne
+W2,王芳,13800000002,WX1,oTwo
+L1,Anna,+1 212 555 0100,,
+O1,张敏,13800000003,,
+O2,刘洋,13800000004,wx1,oFour
+"""
+OPTOUTS = "phone,channel,at\n13800000003,sms,2026-01-01 10:00:00\n13800000004,all,2026-01-01\n"
+COUPONS = "code,campaign,status\nB2,SPRING,available\nB1,SPRING,available\nX1,SPRING,redeemed\n"
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+@pytest.fixture
+def store(run, write, tmp_path):
+    write("cdp.yaml", CONFIG)
+    for name, text, source in [("crm.csv", CRM, "crm"), ("optouts.csv", OPTOUTS, "optouts"),
+                               ("coupons.csv", COUPONS, "coupons")]:  # fmt: skip
+        write(name, text)
+        assert run("ingest", name, "-s", source).exit_code == 0
+    assert run("resolve").exit_code == 0
+    config = load_config(tmp_path / "cdp.yaml")
+    db = open_store(config.store)
+    yield config, db
+    db.close()
+
+
+def one_ids(db) -> dict[str, str]:
+    rows = db.conn.execute("SELECT key, one_id FROM id_mapping WHERE source = 'crm'")
+    return dict(rows.fetchall())
+
+
+def load(config, db, now: datetime) -> tuple[Customers, dict[str, str]]:
+    ids = one_ids(db)
+    return Customers.load(db, list(ids.values()), now, config.sending), ids
+
+
+def test_opt_outs_and_reachability_with_fallback(store) -> None:
+    config, db = store
+    customers, ids = load(config, db, datetime(2026, 11, 15, 10, 30, tzinfo=SHANGHAI))
+    appid = config.sending.wechat_appid
+
+    def where(member: str, *channels: str):
+        found = reach(customers, ids[member], channels, appid)
+        return found.skip or (found.channel, found.address)
+
+    assert where("W1", "wechat", "sms") == ("wechat", "wx1:oOne")
+    # W2's openid belongs to 'WX1', not the sending account: SMS is the fallback.
+    assert where("W2", "wechat", "sms") == ("sms", "+8613800000002")
+    assert where("W2", "wechat") == "unreachable (wechat: no wechat openid)"
+    assert where("O1", "sms") == "opted out (sms: opted out)"
+    assert where("O1", "sms", "email") == "unreachable (sms: opted out; email: no email)"
+    assert where("O2", "wechat", "sms") == "opted out (wechat: opted out; sms: opted out)"
+
+
+def test_the_frequency_cap_counts_what_was_sent(store) -> None:
+    config, db = store
+    customers, ids = load(config, db, datetime(2026, 11, 15, 10, 30, tzinfo=SHANGHAI))
+    assert config.sending.per_day == 1
+    assert not customers.capped(ids["W1"], config.sending)
+    customers.count_sent(ids["W1"])
+    assert customers.capped(ids["W1"], config.sending)
+    assert not customers.capped(ids["W2"], config.sending)
+
+
+def test_quiet_hours_defer_in_the_customers_own_timezone(store) -> None:
+    config, db = store
+    night = datetime(2026, 11, 15, 23, 30, tzinfo=SHANGHAI)  # 10:30 in New York
+    customers, ids = load(config, db, night)
+    settings = config.sending
+    assert customer_zone("+12125550100", settings.zone) == ZoneInfo("America/New_York")
+    assert quiet_until(customers, ids["W1"], "sms", night, settings) == "2026-11-16T09:00:00+08:00"
+    assert quiet_until(customers, ids["L1"], "sms", night, settings) is None
+    assert quiet_until(customers, ids["W1"], "wechat", night, settings) is None  # no quiet hours
+    noon = datetime(2026, 11, 16, 12, 0, tzinfo=SHANGHAI)  # 23:00 in New York: quiet there
+    assert quiet_until(customers, ids["W1"], "sms", noon, settings) is None
+    assert quiet_until(customers, ids["L1"], "sms", noon, settings) == (
+        "2026-11-16T22:00:00+08:00"  # 09:00 in New York
+    )
+
+
+def test_a_coupon_pool_draws_unissued_codes_in_order_until_it_is_empty(store) -> None:
+    _, db = store
+    pool = CouponPool(db, "SPRING")
+    first = pool.draw()
+    assert first is not None and first["code"] == "B1"
+    pool.put_back(first)  # its message failed to render: the code is drawn again
+    assert [pool.draw()["code"], pool.draw()["code"]] == ["B1", "B2"]  # type: ignore[index]
+    assert pool.draw() is None  # X1 was redeemed: never drawn
+    assert empty_pool_reason("SPRING") == "coupon pool SPRING is empty"
+
+
+def test_an_exhausted_pool_skips_the_rest_with_its_reason(run, write, store) -> None:
+    write("templates/sms/c.txt", "【花漾】券码{{ coupon.code }}")
+    write(
+        "journeys/c.yaml",
+        'name: c\nentry: {when: "name is not null"}\n'
+        "steps: [{send: {channel: sms, template: c, coupon: SPRING}}]\n",
+    )
+    assert run("tag").exit_code == 0
+    _, db = store
+    with db.conn:
+        db.conn.execute("UPDATE coupons SET status = 'redeemed' WHERE code = 'B2'")
+    result = run("journey", "run", "--now", "2026-11-15 10:30", "--json")
+    assert result.exit_code == 0, result.output
+    [journey] = json.loads(result.stdout)
+    # W1 draws B1, W2 finds the pool empty; L1 waits out New York's night (21:30 there);
+    # O1 and O2 opted out.
+    assert journey["deferred"] == 1
+    assert journey["notes"] == ["coupon pool SPRING is empty: those sends were skipped"]
+    messages = db.conn.execute("SELECT one_id, status, reason, coupon_code FROM messages")
+    ids = {one_id: member for member, one_id in one_ids(db).items()}
+    assert sorted((ids[m[0]], *m[1:]) for m in messages) == [
+        ("O1", "skipped", "opted out (sms: opted out)", None),
+        ("O2", "skipped", "opted out (sms: opted out)", None),
+        ("W1", "written", None, "B1"),
+        ("W2", "skipped", "coupon pool SPRING is empty", None),
+    ]
