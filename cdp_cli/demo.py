@@ -16,13 +16,11 @@ from cdp_cli.identity.profiles import Lookup, profile_360
 from cdp_cli.identity.resolve import resolve
 from cdp_cli.ingest import ingest
 from cdp_cli.messaging.engine import run_journeys
+from cdp_cli.reports.funnel import funnel_report
 from cdp_cli.reports.html import write_html
-from cdp_cli.reports.journey import (
-    funnel_report,
-    journey_reports,
-    lifecycle_report,
-    overview_report,
-)
+from cdp_cli.reports.journey import journey_reports
+from cdp_cli.reports.lifecycle import lifecycle_report
+from cdp_cli.reports.overview import overview_report
 from cdp_cli.rules.book import load_rulebook
 from cdp_cli.scaffold import init_project
 from cdp_cli.segments import audience, describe

@@ -190,7 +190,7 @@ def report_funnel_command(
       cdp report funnel --steps register,order --since 2026-01-01 --html funnel.html
     """
     from cdp_cli.errors import RuleError
-    from cdp_cli.reports.journey import funnel_report
+    from cdp_cli.reports.funnel import funnel_report
     from cdp_cli.rules.compiler import parse_duration
 
     try:
@@ -239,7 +239,7 @@ def report_lifecycle_command(
       cdp report lifecycle
       cdp report lifecycle --tag rfm_segment --html rfm.html
     """
-    from cdp_cli.reports.journey import lifecycle_report
+    from cdp_cli.reports.lifecycle import lifecycle_report
 
     with project.store(create=False) as db:
         report = lifecycle_report(db, tag)
@@ -287,7 +287,7 @@ def report_overview_command(project: Project, json_: bool, html_path: Path | Non
       cdp report overview
       cdp report overview --html overview.html
     """
-    from cdp_cli.reports.journey import overview_report
+    from cdp_cli.reports.overview import overview_report
 
     with project.store(create=False) as db:
         report = overview_report(db, project.config)

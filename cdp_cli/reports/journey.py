@@ -1,16 +1,14 @@
-"""`cdp report`: what the marketing did, in numbers a marketer can check.
+"""A journey's effect: per step and variant (sent, skipped, coupons, clicks, conversions,
+revenue, cost, ROI) and treatment against holdout with the uplift, its interval and p-value.
 
-Four reports, each a plain dict (what `--json` prints and a notebook can use): a journey's
-effect (per step and variant; treatment against holdout), a funnel over event data, the
-lifecycle stages and the movement between them, and an overview of the customer base.
-Reports only read the store. Every figure is defined in docs/reports.md.
+Reports only read the store, and each is a plain dict: what `--json` prints and a notebook can
+use. Every figure is defined in docs/reports.md.
 """
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import sqlite_utils
 
@@ -18,15 +16,14 @@ from cdp_cli.config import Config
 from cdp_cli.errors import NotFound, UsageError
 from cdp_cli.features import VOID_STATUSES
 from cdp_cli.messaging import links
-from cdp_cli.messaging.channels import CHANNEL_NAMES, CHANNELS
 from cdp_cli.messaging.journeys import Journey, load_journeys
 from cdp_cli.reports import stats
+from cdp_cli.reports.common import as_days
 from cdp_cli.store import rows_as_dicts
 
 ATTRIBUTIONS = ("last", "first")
 SENT = ("queued", "written")  # a message that went (or is about to go) out
 GROUPS = ("treatment", "holdout", "control")
-NONE = "(none)"  # a customer without a value, in lifecycle flows and funnel groups
 _VOID = ", ".join(f"'{s}'" for s in VOID_STATUSES)  # constants of ours, not user text
 
 
@@ -70,7 +67,7 @@ def journey_report(
         "description": journey.description,
         "goal": {
             "event": journey.goal_event,
-            "within_days": _days(journey.goal_within),
+            "within_days": as_days(journey.goal_within),
         },
         "attribution": attribution,
         "runs": runs[0],
@@ -100,10 +97,6 @@ def journey_reports(
     if not reports:
         raise NotFound("no journey has enrolments yet: run `cdp journey run` first")
     return reports
-
-
-def _days(duration: timedelta | None) -> float | None:
-    return None if duration is None else duration.total_seconds() / 86400
 
 
 def _goal_sql(journey: Journey) -> tuple[str, list[Any]] | None:
@@ -140,7 +133,7 @@ def _enrolment_outcomes(
     The window opens at the enrolment's first message, sent or not: a holdout's first message
     is recorded, skipped, at the moment it would have gone out, so both groups are timed alike.
     """
-    days = _days(journey.goal_within) or 0
+    days = as_days(journey.goal_within) or 0
     goal_sql, params = goal or ("SELECT NULL AS id, NULL AS one_id, NULL AS at, 0 AS amount", [])
     return rows_as_dicts(
         db,
@@ -161,7 +154,7 @@ def _groups(
     enrolments: list[dict[str, Any]], journey: Journey, as_of: str | None
 ) -> list[dict[str, Any]]:
     """Per group and variant: entered, reached the first send, converted, rate, revenue."""
-    days = _days(journey.goal_within) or 0
+    days = as_days(journey.goal_within) or 0
     now = _julian(as_of)
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for e in enrolments:
@@ -249,7 +242,7 @@ def _attributed(
         return {}
     rivals = [j for j in journeys.values() if j.goal_event == journey.goal_event and j.goal_within]
     windows = " UNION ALL ".join("SELECT ?, ?" for _ in rivals)
-    window_params = [p for j in rivals for p in (j.name, _days(j.goal_within))]
+    window_params = [p for j in rivals for p in (j.name, as_days(j.goal_within))]
     order = "DESC" if attribution == "last" else "ASC"
     sent = ", ".join(f"'{s}'" for s in SENT)
     rows = db.conn.execute(
@@ -407,309 +400,3 @@ def _journey_notes(
         notes.append("no holdout: the journey's effect cannot be told from what would have been")
     if report["totals"]["sent_total"] and not report["links"]:
         notes.append("the messages carry no tracked links: clicks are not measured")
-
-
-# ---------------------------------------------------------------------------------------------
-# Funnels
-
-
-def funnel_report(
-    db: sqlite_utils.Database,
-    steps: list[str],
-    within: timedelta | None = None,
-    by: str | None = None,
-    since: date | None = None,
-    until: date | None = None,
-) -> dict[str, Any]:
-    """Customers who did each event in turn, each after the one before (and within `within`
-    of the first), and the conversion from step to step; per value of `by` if given."""
-    steps = [s.strip() for s in steps]
-    if len(steps) < 2 or any(not s for s in steps):
-        raise UsageError("a funnel needs at least two steps, as in view_item,add_to_cart,order")
-    dimension, extra = _funnel_dimension(by)
-    sql, params = _funnel_sql(steps, within, dimension, since, until)
-    counts: dict[str, list[int]] = {}
-    for value, *per_step in db.conn.execute(sql, {**params, **extra}):
-        counts[NONE if value is None else str(value)] = list(per_step)
-    overall = [sum(c[i] for c in counts.values()) for i in range(len(steps))]
-    report: dict[str, Any] = {
-        "report": "funnel",
-        "steps": _funnel_rows(steps, overall),
-        "within_days": _days(within),
-        "by": by,
-        "since": since.isoformat() if since else None,
-        "until": until.isoformat() if until else None,
-        "customers": overall[0],
-    }
-    if by:
-        report["groups"] = [
-            {"value": value, "steps": _funnel_rows(steps, c)}
-            for value, c in sorted(counts.items(), key=lambda kv: (-kv[1][0], kv[0]))
-        ]
-    return report
-
-
-def _funnel_dimension(by: str | None) -> tuple[str | None, dict[str, Any]]:
-    """The SQL for --by (the first step's platform, a golden attribute or a tag's value)."""
-    if by is None:
-        return None, {}
-    if by in ("platform", "channel"):
-        return "s0.platform", {}
-    if by in ("city", "gender"):
-        return f"(SELECT p.{by} FROM profiles p WHERE p.one_id = s0.one_id)", {}
-    if by.startswith("tag(") and by.endswith(")") and by[4:-1].strip("'\"").strip():
-        return (
-            "(SELECT t.value FROM profile_tags t WHERE t.one_id = s0.one_id AND t.tag = :tag)",
-            {"tag": by[4:-1].strip("'\"").strip()},
-        )
-    raise UsageError(
-        f"--by {by!r}: expected platform (or channel: the first step's), city, gender "
-        "or tag('NAME')"
-    )
-
-
-def _funnel_sql(
-    steps: list[str],
-    within: timedelta | None,
-    dimension: str | None,
-    since: date | None,
-    until: date | None,
-) -> tuple[str, dict[str, Any]]:
-    """One query: per value of the dimension, the customers at each step."""
-    params: dict[str, Any] = {f"e{i}": s for i, s in enumerate(steps)}
-    params["within"] = _days(within) if within else 1e9
-    params["since"] = since.isoformat() if since else "0000"
-    params["until"] = until.isoformat() if until else "9999"
-    names = ", ".join(f":e{i}" for i in range(len(steps)))
-    parts = [
-        f"""ev AS (SELECT k.one_id, e.event, julianday(e.occurred_at) AS at, e.platform,
-  substr(e.occurred_at, 1, 10) AS day FROM events e JOIN identity_keys k ON k.key = e.identity_key
-  WHERE k.one_id IS NOT NULL AND e.event IN ({names}))""",
-        # a bare column beside min() takes its value from the row of the minimum (SQLite)
-        """s0 AS (SELECT one_id, min(at) AS at, min(at) AS start, platform FROM ev
-  WHERE event = :e0 AND day >= :since AND day <= :until GROUP BY one_id)""",
-    ]
-    for i in range(1, len(steps)):
-        later = ">" if steps[i] == steps[i - 1] else ">="
-        parts.append(
-            f"""s{i} AS (SELECT s.one_id, min(e.at) AS at, s.start FROM s{i - 1} s JOIN ev e
-  ON e.one_id = s.one_id AND e.event = :e{i} AND e.at {later} s.at AND e.at <= s.start + :within
-  GROUP BY s.one_id)"""
-        )
-    reached = ", ".join(f"count(s{i}.one_id)" for i in range(1, len(steps)))
-    joins = " ".join(f"LEFT JOIN s{i} ON s{i}.one_id = s0.one_id" for i in range(1, len(steps)))
-    sql = (
-        f"WITH {', '.join(parts)} SELECT {dimension or 'NULL'} AS value, count(*), {reached} "
-        f"FROM s0 {joins} GROUP BY 1"
-    )
-    return sql, params
-
-
-def _funnel_rows(steps: list[str], counts: list[int]) -> list[dict[str, Any]]:
-    rows = []
-    for i, (step, n) in enumerate(zip(steps, counts, strict=True)):
-        previous = counts[i - 1] if i else n
-        rows.append(
-            {
-                "step": step,
-                "customers": n,
-                "from_previous": n / previous if previous else None,
-                "from_first": n / counts[0] if counts[0] else None,
-            }
-        )
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# Lifecycle
-
-
-def lifecycle_report(db: sqlite_utils.Database, tag: str = "lifecycle") -> dict[str, Any]:
-    """Customers per stage now, per tag run, and the moves between stages (from tag_changes)."""
-    now = dict(
-        db.conn.execute(
-            "SELECT value, count(*) FROM profile_tags WHERE tag = ? GROUP BY 1 ORDER BY 2 DESC",
-            (tag,),
-        )
-    )
-    changes = db.conn.execute(
-        "SELECT c.run_id, r.as_of, coalesce(c.old_value, ?), coalesce(c.new_value, ?), count(*) "
-        "FROM tag_changes c JOIN tag_runs r ON r.id = c.run_id WHERE c.tag = ? "
-        "GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 4",
-        (NONE, NONE, tag),
-    ).fetchall()
-    if not now and not changes:
-        raise NotFound(f"no customer has the tag {tag!r}: run `cdp tag` (is it in tag_rules/?)")
-    periods: list[dict[str, Any]] = []
-    counts: dict[str, int] = {}
-    for run_id, as_of, old, new, n in changes:
-        if not periods or periods[-1]["run"] != run_id:
-            periods.append({"run": run_id, "as_of": as_of, "moves": [], "stages": {}})
-        periods[-1]["moves"].append({"from": old, "to": new, "customers": n})
-        counts[old] = counts.get(old, 0) - n
-        counts[new] = counts.get(new, 0) + n
-        periods[-1]["stages"] = {k: v for k, v in counts.items() if k != NONE and v}
-    flows: dict[tuple[str, str], int] = {}
-    for period in periods[1:]:  # the first run places everyone: that is no movement
-        for move in period["moves"]:
-            key = (move["from"], move["to"])
-            flows[key] = flows.get(key, 0) + move["customers"]
-    order = list(now) + sorted({v for p in periods for v in p["stages"]} - set(now))
-    return {
-        "report": "lifecycle",
-        "tag": tag,
-        "stages": [{"stage": s, "customers": now.get(s, 0)} for s in order],
-        "customers": sum(now.values()),
-        "periods": periods,
-        "since": periods[0]["as_of"] if periods else None,
-        "flows": [
-            {"from": a, "to": b, "customers": n}
-            for (a, b), n in sorted(flows.items(), key=lambda kv: (-kv[1], kv[0]))
-        ],
-        "notes": []
-        if len(periods) > 1
-        else ["one tag run so far: movement between stages shows from the next `cdp tag`"],
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Overview
-
-TIME_FIELDS = {
-    "customers": "registered_at",
-    "orders": "ordered_at",
-    "events": "occurred_at",
-    "consents": "consented_at",
-    "coupons": "issued_at",
-}
-
-
-def overview_report(
-    db: sqlite_utils.Database, config: Config, now: datetime | None = None
-) -> dict[str, Any]:
-    """Customers, how many are identified, reachable per channel, tag coverage, freshness.
-
-    Ages are counted to `now` (default: the current time in the project's timezone).
-    """
-    now = now or datetime.now(ZoneInfo(config.timezone))
-    customers, known = db.conn.execute(
-        "SELECT count(*), coalesce(sum(known), 0) FROM profiles"
-    ).fetchone()
-    return {
-        "report": "overview",
-        "customers": customers,
-        "identified": known,
-        "anonymous": customers - known,
-        "identified_share": known / customers if customers else None,
-        "linked_rows": _linked_rows(db),
-        "reachable": _reachable(db, config, customers),
-        "tags": _tag_coverage(db, customers),
-        "tags_as_of": db.conn.execute("SELECT max(as_of) FROM tag_runs").fetchone()[0],
-        "sources": _freshness(db, config, now),
-        "as_of": now.isoformat(timespec="seconds"),
-    }
-
-
-def _linked_rows(db: sqlite_utils.Database) -> list[dict[str, Any]]:
-    """Orders and events that belong to a customer, against all of them."""
-    rows = []
-    for table in ("orders", "events"):
-        total, linked = db.conn.execute(
-            f"SELECT count(*), count(k.one_id) FROM {table} t "
-            "LEFT JOIN identity_keys k ON k.key = t.identity_key"
-        ).fetchone()
-        rows.append({"table": table, "rows": total, "linked": linked,
-                     "linked_share": linked / total if total else None})  # fmt: skip
-    return rows
-
-
-def _reachable(db: sqlite_utils.Database, config: Config, customers: int) -> list[dict[str, Any]]:
-    """Per channel: customers with an address for it and no opt-out (as journeys decide)."""
-    configured = config.sending.channels
-    channels = [c for c in CHANNEL_NAMES if c in configured] or list(CHANNEL_NAMES)
-    appid = config.sending.wechat_appid
-    opted_out = """WITH latest AS (
-  SELECT k.one_id, lower(c.channel) AS channel, c.status, row_number() OVER (
-    PARTITION BY k.one_id, lower(c.channel) ORDER BY coalesce(c.consented_at, '') DESC, c.id DESC
-  ) AS r FROM consents c JOIN identity_keys k ON k.key = c.identity_key
-  WHERE k.one_id IS NOT NULL
-), out AS (SELECT one_id, channel FROM latest WHERE r = 1 AND status = 'opt_out')"""
-    rows, anyone = [], set()
-    for channel in channels:
-        spec = CHANNELS[channel]
-        # The channel's own addressing rule, as a journey applies it when it sends.
-        with_address = {
-            one_id
-            for one_id, type_name, value, detail in db.conn.execute(
-                "SELECT i.one_id, i.type, i.value, i.detail FROM identifiers i JOIN profiles p "
-                "ON p.one_id = i.one_id WHERE i.status = 'linked' AND i.type = ?",
-                (spec.address_type,),
-            )
-            if spec.reaches(type_name, value, detail, appid)
-        }
-        out = {
-            r[0]
-            for r in db.conn.execute(
-                f"{opted_out} SELECT one_id FROM out WHERE channel IN (?, 'all')", (channel,)
-            )
-        }
-        reachable = with_address - out
-        anyone |= reachable
-        share = len(reachable) / customers if customers else None
-        rows.append({"channel": channel, "with_address": len(with_address),
-                     "opted_out": len(with_address & out), "reachable": len(reachable),
-                     "reachable_share": share})  # fmt: skip
-    rows.append({"channel": "any", "with_address": None, "opted_out": None,
-                 "reachable": len(anyone),
-                 "reachable_share": len(anyone) / customers if customers else None})  # fmt: skip
-    return rows
-
-
-def _tag_coverage(db: sqlite_utils.Database, customers: int) -> list[dict[str, Any]]:
-    rows = db.conn.execute(
-        "SELECT tag, count(*), count(DISTINCT value) FROM profile_tags GROUP BY tag ORDER BY tag"
-    )
-    return [
-        {"tag": tag, "customers": n, "values": values,
-         "coverage": n / customers if customers else None}
-        for tag, n, values in rows
-    ]  # fmt: skip
-
-
-def _freshness(db: sqlite_utils.Database, config: Config, now: datetime) -> list[dict[str, Any]]:
-    """Per source: rows, the last finished batch, and the newest record's own time."""
-    kinds = {name: s.kind for name, s in config.sources.items()}
-    batches = {
-        source: (kind, finished, n)
-        for source, kind, finished, n in db.conn.execute(
-            "SELECT source, kind, max(finished_at), count(*) FROM batches "
-            "WHERE status = 'done' GROUP BY source"
-        )
-    }
-    rows = []
-    for source in sorted(set(kinds) | set(batches)):
-        kind, finished, n = batches.get(source, (kinds.get(source), None, 0))
-        newest = rows_count = None
-        if kind in TIME_FIELDS:
-            rows_count, newest = db.conn.execute(
-                f"SELECT count(*), max({TIME_FIELDS[kind]}) FROM {kind} WHERE source = ?",
-                (source,),
-            ).fetchone()
-        rows.append({
-            "source": source, "kind": kind, "rows": rows_count or 0, "batches": n,
-            "last_ingest": finished, "newest_record": newest,
-            "days_since_newest": _days_since(newest, now),
-        })  # fmt: skip
-    return rows
-
-
-def _days_since(moment: str | None, now: datetime) -> float | None:
-    if not moment:
-        return None
-    try:
-        then = datetime.fromisoformat(moment)
-    except ValueError:
-        return None
-    if then.tzinfo is None:
-        then = then.replace(tzinfo=now.tzinfo)
-    return round((now - then).total_seconds() / 86400, 1)
