@@ -100,13 +100,18 @@ def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | Non
 
 def _reports(db: Any, config: Config, html: Path, now: datetime) -> dict[str, Any]:
     """The overview, every journey's report, lifecycle and a funnel; all in one HTML page."""
-    reports = {
+    reports: dict[str, Any] = {
         "overview": overview_report(db, config, now),
         "journeys": journey_reports(db, config),
         "lifecycle": lifecycle_report(db),
         "funnel": funnel_report(db, DEMO_FUNNEL, timedelta(days=7)),
         "html": str(html),
     }
-    sections = [reports["overview"], *reports["journeys"], reports["lifecycle"], reports["funnel"]]
+    sections: list[dict[str, Any]] = [
+        reports["overview"],
+        *reports["journeys"],
+        reports["lifecycle"],
+        reports["funnel"],
+    ]
     write_html(html, sections, "cdp demo: what the marketing did")
     return reports

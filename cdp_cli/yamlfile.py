@@ -6,7 +6,7 @@ import difflib
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -98,7 +98,7 @@ NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")  # fullmatch: "$" would let a final "
 NAME_RULE = "lower-case letters, digits and _"
 
 
-def is_name(value: object) -> bool:
+def is_name(value: object) -> TypeGuard[str]:
     """A name a user gives a tag, a journey or a segment: safe in SQL, files and URLs."""
     return isinstance(value, str) and NAME.fullmatch(value) is not None
 

@@ -83,7 +83,9 @@ def split_sms(text: str) -> list[str]:
     _, single, per_part = GSM7 if encoding == GSM7[0] else UCS2
     if sum(_units(c, encoding) for c in text) <= single:
         return [text] if text else []
-    parts, current, used = [], [], 0
+    parts: list[str] = []
+    current: list[str] = []
+    used = 0
     for char in text:
         units = _units(char, encoding)
         if used + units > per_part:  # a two-unit character never straddles two parts

@@ -130,9 +130,10 @@ def _run_one(run: JourneyRun) -> RunResult:
     try:
         cursor = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
         run.run_id = conn.execute(
-            "INSERT INTO journey_runs (journey, now, tag_cursor, started_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO journey_runs (journey, now, tag_cursor, started_at) VALUES (?, ?, ?, ?) "
+            "RETURNING id",
             (run.journey.name, result.now, cursor, now_iso()),
-        ).lastrowid
+        ).fetchone()[0]
         _convert(run)
         _exit(run)
         _enrol(run, cursor)

@@ -262,7 +262,7 @@ class _Meter(NodeTransformer):
         return _filter_node(node, "_checked")
 
 
-def _filter_node(node: nodes.Expr, name: str) -> nodes.Filter:
+def _filter_node(node: nodes.Node, name: str) -> nodes.Filter:
     return nodes.Filter(node, name, [], [], None, None, lineno=node.lineno)
 
 
@@ -325,7 +325,7 @@ class RootLoader(jinja2.FileSystemLoader):
 
     def get_source(
         self, environment: jinja2.Environment, template: str
-    ) -> tuple[str, str | None, Callable[[], bool] | None]:
+    ) -> tuple[str, str, Callable[[], bool]]:
         problem = name_problem(template)
         if problem:
             raise Refused(f"template name {template!r} {problem}")
@@ -465,7 +465,7 @@ def _remembered(func: Callable[..., str]) -> Callable[..., str]:
 
 def _filters() -> dict[str, Callable[..., Any]]:
     filters: dict[str, Callable[..., Any]] = {name: FILTERS[name] for name in KEPT_FILTERS}
-    checks = {
+    checks: dict[str, Callable[..., None]] = {
         "center": _check_center, "indent": _check_indent, "wordwrap": _check_wordwrap,
         "replace": _check_replace, "format": _check_format,
         "tojson": _check_tojson, "batch": _check_batch, "slice": _check_slice,

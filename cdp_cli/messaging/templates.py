@@ -9,11 +9,11 @@ the line.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jinja2
 from jinja2 import nodes
@@ -181,7 +181,8 @@ class TemplateStore:
         size, exact, limit = 0, 0, self.limits.part_bytes
         try:
             template = self._load(relative)
-            with closing(template.generate(context)) as stream:  # closed while still metered
+            stream = cast("Generator[str, None, None]", template.generate(context))
+            with closing(stream):  # closed while still metered
                 for chunk in stream:
                     budget.tick()
                     chunks.append(chunk)
@@ -292,17 +293,14 @@ class TemplateStore:
             if any(tree.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends))):
                 return None
             named = [n for n in tree.find_all(nodes.Name) if n.name == variable]
-            read = [
-                n.attr if isinstance(n, nodes.Getattr) else n.arg.value
-                for n in tree.find_all((nodes.Getattr, nodes.Getitem))
-                if isinstance(n.node, nodes.Name) and n.node.name == variable
-                and (isinstance(n, nodes.Getattr) or isinstance(n.arg, nodes.Const))
-            ]  # fmt: skip
-            if len(read) != len(named) or not all(isinstance(key, str) for key in read):
+            read = [key for n in tree.find_all((nodes.Getattr, nodes.Getitem))
+                    if (key := _key_read(n, variable)) is not _NOT_READ]  # fmt: skip
+            keys = [key for key in read if isinstance(key, str)]
+            if len(keys) != len(named) or len(keys) != len(read):
                 return None
-            if any(key in _DICT_METHODS for key in read):  # features.get('x'), .items()
+            if any(key in _DICT_METHODS for key in keys):  # features.get('x'), .items()
                 return None
-            used.update(read)
+            used.update(keys)
         return used
 
     def _load(self, relative: str) -> jinja2.Template:
@@ -317,3 +315,18 @@ class TemplateStore:
             # twice for every message rendered; they never change here, so one plain dict.
             template.globals = dict(template.globals)
         return template
+
+
+_NOT_READ = object()
+
+
+def _key_read(node: nodes.Node, variable: str) -> object:
+    """The key `variable.key` or `variable['key']` reads (any constant, checked by the caller
+    to be text), or _NOT_READ when the node reads no constant key of `variable`."""
+    if not isinstance(node, (nodes.Getattr, nodes.Getitem)):
+        return _NOT_READ
+    if not (isinstance(node.node, nodes.Name) and node.node.name == variable):
+        return _NOT_READ
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    return node.arg.value if isinstance(node.arg, nodes.Const) else _NOT_READ
