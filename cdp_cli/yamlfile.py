@@ -6,7 +6,7 @@ import difflib
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -85,9 +85,9 @@ def load_yaml(path: Path) -> Any:
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        column = f", column {mark.column + 1}" if mark else ""
-        raise FileError(path, f"invalid YAML{column}: {exc.problem or exc}", line=line) from None
+        at_line = mark.line + 1 if mark else None
+        at_column = f", column {mark.column + 1}" if mark else ""
+        raise FileError(path, f"invalid YAML{at_column}: {exc.problem or exc}", at_line) from None
     except yaml.YAMLError as exc:
         raise FileError(path, f"invalid YAML: {exc}") from None
     finally:
@@ -98,7 +98,7 @@ NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")  # fullmatch: "$" would let a final "
 NAME_RULE = "lower-case letters, digits and _"
 
 
-def is_name(value: object) -> bool:
+def is_name(value: object) -> TypeGuard[str]:
     """A name a user gives a tag, a journey or a segment: safe in SQL, files and URLs."""
     return isinstance(value, str) and NAME.fullmatch(value) is not None
 
