@@ -202,8 +202,8 @@ def _tables(
         columns = [r[1] for r in conn.execute(f"PRAGMA table_info({table})") if r[1] not in skip]
         where = f" WHERE {ONLY_ROWS[table]}" if table in ONLY_ROWS else ""
         listed = ", ".join(f'"{c}"' for c in columns) or "1"  # all volatile: count the rows
-        select = conn.execute(f"SELECT {listed} FROM {table}{where}")
-        rows = sorted(project.sub("<project>", repr(row)) for row in select)  # paths: in strings
+        cursor = conn.execute(f"SELECT {listed} FROM {table}{where}")
+        rows = sorted(project.sub("<project>", repr(row)) for row in cursor)  # paths: in strings
         digest = hashlib.sha256("\n".join(rows).encode("utf-8", "surrogatepass")).hexdigest()
         found[table] = (len(rows), digest[:16])
     return found
@@ -371,13 +371,13 @@ class ForkServer:
         request = {"folder": str(folder), "args": list(args), "environ": environ,
                    "errors": str(errors), "exit_file": str(exit_file)}  # fmt: skip
         assert self.process.stdin is not None and self.process.stdout is not None
-        with self.lock:
+        with self.lock:  # and the pidfd opened before the server can reap (at a next request)
             self.process.stdin.write(json.dumps(request) + "\n")
             self.process.stdin.flush()
             answer = self.process.stdout.readline()
-        if not answer:
-            raise RuntimeError(f"the fork server ended with exit code {self.process.wait()}")
-        return Process(int(answer), errors, exit_file)
+            if not answer:
+                raise RuntimeError(f"the fork server ended with exit code {self.process.wait()}")
+            return Process(int(answer), errors, exit_file)
 
     def close(self) -> None:
         """End the server once every process it forked has ended."""
@@ -390,10 +390,7 @@ class Process:
 
     def __init__(self, pid: int, errors: Path, exit_file: Path) -> None:
         self.pid, self.errors, self.exit_file = pid, errors, exit_file
-        try:
-            self.pidfd: int | None = os.pidfd_open(pid)
-        except ProcessLookupError:
-            self.pidfd = None  # already ended and reaped
+        self.pidfd: int | None = os.pidfd_open(pid)  # None once closed
 
     def wait(self, timeout: float | None = None) -> bool:
         """Whether the process has ended, waiting for it up to timeout seconds."""

@@ -117,8 +117,8 @@ def _reap(block: bool) -> None:
 
 
 def forked(folder: str, args: list[str], environ: dict[str, str], errors: str) -> None:
-    """`cdp ARGS` in folder with exactly environ, its output discarded and its errors (and
-    stdin's end) to files, as in a process of its own."""
+    """`cdp ARGS` in folder with exactly environ, as in a process of its own: nothing on
+    stdin, stdout discarded, stderr to the errors file."""
     os.chdir(folder)
     os.environ.clear()
     os.environ.update(environ)
