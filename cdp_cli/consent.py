@@ -30,7 +30,7 @@ from cdp_cli.identity.normalize import Normalizer, identity_key
 from cdp_cli.identity.profiles import Lookup, build_profiles, find_one_id
 from cdp_cli.messaging.channels import CHANNEL_NAMES, CONSENT_CHANNELS
 from cdp_cli.privacy import masked_lookup
-from cdp_cli.store import now_iso, rows_as_dicts, transaction
+from cdp_cli.store import insert_row, now_iso, rows_as_dicts, transaction
 
 STATUSES = ("opt_in", "opt_out")
 MANUAL_SOURCE = "manual"
@@ -72,13 +72,14 @@ def record_consent(
     with transaction(db) as conn:
         ident_id, type_name, value, fields = _carrier(db, config, one_id, lookup)
         key = identity_key([(f.name, fields.get(f.name)) for f in IDENTITY_FIELDS])
-        batch_id = conn.execute(
+        batch_id = insert_row(
+            conn,
             "INSERT INTO batches (source, kind, file, sha256, size, status, pid, started_at, "
             "finished_at, rows_read, rows_inserted) "
             "VALUES (?, 'consents', '(cdp consent)', ?, 0, 'done', ?, ?, ?, 1, 1)",
             # No file: a random digest, never one of the row (it would hash the phone).
             (MANUAL_SOURCE, secrets.token_hex(32), os.getpid(), now_iso(), now_iso()),
-        ).lastrowid
+        )
         columns = ["channel", "status", "consented_at", "reason", *fields]
         conn.execute(
             f"INSERT INTO consents (source, key, {', '.join(columns)}, identity_key, batch_id) "

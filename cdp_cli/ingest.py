@@ -40,7 +40,7 @@ from cdp_cli.identity.normalize import identity_key
 from cdp_cli.identity.tombstones import FORGOTTEN_RAW, Screen
 from cdp_cli.parsing import TimestampParser, parse_date, parse_integer, parse_number, to_json
 from cdp_cli.privacy import mask_text
-from cdp_cli.store import now_iso, transaction
+from cdp_cli.store import insert_row, now_iso, transaction
 
 CHUNK_ROWS = 5000
 # One encoder for every row: json.dumps with options builds a new one per call (~3 µs).
@@ -113,16 +113,19 @@ def _converter(mapping: FieldMapping, spec: Field, source: Source) -> Converter:
     name, required, synonyms = spec.name, spec.required, mapping.values
     problem = _PROBLEMS.get(spec.type, "bad_date")
     formats = mapping.formats + source.timestamp_formats
-    parse: Callable[[Any], Any] | None = {
+    timestamps = TimestampParser(zoneinfo.ZoneInfo(source.timezone), formats)
+    parsers: dict[str, Callable[[Any], Any]] = {
         NUMBER: _parse_float,
         INTEGER: parse_integer,
-        TIMESTAMP: TimestampParser(zoneinfo.ZoneInfo(source.timezone), formats),
+        TIMESTAMP: timestamps,
         DATE: lambda v: parse_date(v, mapping.formats),
-    }.get(spec.type)
+    }
+    parse = parsers.get(spec.type)
     if spec.type == JSON:
         return lambda raw, invalid: None if raw is None or raw == "" else to_json(raw)
 
     def convert(raw: Any, invalid: dict[str, Any]) -> Any:
+        text: str | int | float | None
         if type(raw) is str:
             text = raw.strip() or None
         elif parse is not None and isinstance(raw, (int, float)) and not isinstance(raw, bool):
@@ -150,7 +153,7 @@ def _converter(mapping: FieldMapping, spec: Field, source: Source) -> Converter:
     if spec.type == NUMBER:
         return _fast_number(convert)
     if spec.type == TIMESTAMP and not formats:
-        return _fast_timestamp(convert, parse)  # type: ignore[arg-type]
+        return _fast_timestamp(convert, timestamps)
     return convert
 
 
@@ -324,6 +327,7 @@ class RowMapper:
     def map(self, row: Any) -> tuple[str | None, list[Any], str | None]:
         """The row's natural key, its values (`columns`, then items, then identity_key), attrs."""
         invalid: dict[str, Any] = {}
+        values: list[Any]  # text, then typed values, then the identity key
         if self.header is not None:
             values = [cell.strip() or None for cell in self._pick_plain(row)]
         else:
@@ -496,12 +500,13 @@ def ingest_file(
     fmt = source.format_for(path)
     encoding = readers.detect_encoding(path, source.encoding)
     abort_stale_batches(db)
-    batch_id = db.conn.execute(
+    batch_id = insert_row(
+        db.conn,
         "INSERT INTO batches (source, kind, file, sha256, size, encoding, status, pid, started_at)"
         " VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)",
         (source.name, source.kind.name, str(path), sha256, path.stat().st_size, encoding,
          os.getpid(), now_iso()),
-    ).lastrowid  # fmt: skip
+    )  # fmt: skip
     result = IngestResult(source.name, str(path), "done", batch_id=batch_id, encoding=encoding)
     try:
         with transaction(db) as conn:

@@ -263,7 +263,7 @@ def _too_deep(value: Any) -> bool:
     return False
 
 
-def read_json(stream: BinaryIO | TextIO, encoding: str = "utf-8") -> Iterator[RowResult]:
+def read_json(stream: BinaryIO | io.TextIOWrapper, encoding: str = "utf-8") -> Iterator[RowResult]:
     """Objects from a JSON array, numbered by position (1 is the array's first item).
 
     Items are built from ijson's basic events: ijson.items keeps a path per event, which
@@ -275,14 +275,17 @@ def read_json(stream: BinaryIO | TextIO, encoding: str = "utf-8") -> Iterator[Ro
     except UnicodeDecodeError as exc:
         raise IngestError(f"does not decode as {encoding} ({exc.reason})") from None
     stream.seek(0)
-    head = head.lstrip(b"\xef\xbb\xbf \t\r\n" if isinstance(head, bytes) else "\ufeff \t\r\n")
+    if isinstance(head, bytes):
+        head = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    else:
+        head = head.lstrip("\ufeff \t\r\n")
     if not head:
         return
     if head[:1] not in (b"[", "["):
         raise IngestError("expected a JSON array of objects at the top level")
     position = depth = 0
     builder, too_deep = ijson.ObjectBuilder(), False
-    source = stream if isinstance(head, bytes) else _AsUtf8(stream)
+    source = _AsUtf8(stream) if isinstance(stream, io.TextIOWrapper) else stream
     try:
         for event, value in ijson.basic_parse(source, use_float=True):
             if event in ("start_map", "start_array"):

@@ -120,14 +120,15 @@ def _sources(db: sqlite_utils.Database, config: Config | None) -> list[SourceSta
         table = KINDS[kind].table
         rows = db.conn.execute(f"SELECT count(*) FROM {table} WHERE source=?", (name,)).fetchone()
         count = db.conn.execute("SELECT count(*) FROM batches WHERE source=?", (name,)).fetchone()
-        last = db.conn.execute(
+        last_batch, last_file, last_status, finished_at = db.conn.execute(
             "SELECT id, file, status, finished_at FROM batches WHERE source=? AND status='done' "
             "ORDER BY id DESC LIMIT 1",
             (name,),
         ).fetchone() or (None, None, None, None)
         result.append(
-            SourceStatus(name, kind, rows[0], count[0], *last, age_hours=_age_hours(last[3]))
-        )
+            SourceStatus(name, kind, rows[0], count[0], last_batch, last_file, last_status,
+                         finished_at, _age_hours(finished_at))
+        )  # fmt: skip
     return result
 
 

@@ -34,6 +34,14 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
+def insert_row(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
+    """Insert one row; its rowid (sqlite3's lastrowid, None only after no insert at all)."""
+    rowid = conn.execute(sql, params).lastrowid
+    if rowid is None:
+        raise StoreError(f"no row inserted by {sql}")
+    return rowid
+
+
 def rows_as_dicts(
     db: sqlite_utils.Database, sql: str, params: Sequence[Any] = ()
 ) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -24,7 +25,7 @@ from cdp_cli.features import compute_features
 from cdp_cli.rules.book import RuleBook, Tag, load_rulebook
 from cdp_cli.rules.compiler import CompiledRule
 from cdp_cli.rules.vocabulary import BASE_FROM, READS, Read, RuleContext
-from cdp_cli.store import now_iso, rows_as_dicts, transaction
+from cdp_cli.store import insert_row, now_iso, rows_as_dicts, transaction
 from cdp_cli.yamlfile import did_you_mean
 
 # A write of more than this many times the rows a table holds drops the table's indexes and
@@ -58,7 +59,7 @@ class _Compiled:
 
 
 def compile_tags(
-    book: RuleBook, as_of: date, known_tags: set[str] = frozenset()
+    book: RuleBook, as_of: date, known_tags: AbstractSet[str] = frozenset()
 ) -> list[_Compiled]:
     """Every tag compiled to one SQL value expression over BASE_FROM joined to temp.tag_reads,
     in dependency order; errors name the file, line and tag."""
@@ -131,10 +132,11 @@ def run_tags(
     result = TagResult(as_of.isoformat(), features_seconds=features.seconds)
     at = now_iso()
     with transaction(db) as conn:
-        run_id = conn.execute(
+        run_id = insert_row(
+            conn,
             "INSERT INTO tag_runs (as_of, started_at, tags) VALUES (?, ?, ?)",
             (as_of.isoformat(), at, json.dumps([c.tag.name for c in compiled])),
-        ).lastrowid
+        )
         customers = _evaluate(conn, _levels(compiled))
         changes = _record(conn, customers, run_id, at, only is None)
         result.tags = {name: {"customers": n, **changes[name]} for name, n in customers.items()}

@@ -85,9 +85,9 @@ def load_yaml(path: Path) -> Any:
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        column = f", column {mark.column + 1}" if mark else ""
-        raise FileError(path, f"invalid YAML{column}: {exc.problem or exc}", line=line) from None
+        at_line = mark.line + 1 if mark else None
+        at_column = f", column {mark.column + 1}" if mark else ""
+        raise FileError(path, f"invalid YAML{at_column}: {exc.problem or exc}", at_line) from None
     except yaml.YAMLError as exc:
         raise FileError(path, f"invalid YAML: {exc}") from None
     finally:

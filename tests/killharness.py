@@ -30,6 +30,7 @@ docs/reliability.md come from its slow variant.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -37,11 +38,13 @@ import json
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -89,11 +92,26 @@ def env() -> dict[str, str]:
     return {**base, "PYTHONPATH": path, "CDP_DEBUG": "1"}
 
 
+# No shipped journey sends twice in one run (a wait comes between): this one does, so that
+# kills reach the moment between one step's message and the next step's.
+TWO_SENDS = """\
+name: two_sends
+description: two messages back to back, for the kill tests
+entry: {when: "has_tag('high_value')"}
+transactional: true               # past the frequency cap, which would hold the second back
+steps:
+  - send: {channel: sms, template: member_day, link: "https://www.huayang.example.com/a"}
+  - send: {channel: sms, template: member_day, link: "https://www.huayang.example.com/b"}
+"""
+
+
 def build_project(folder: Path) -> None:
-    """cdp.yaml, tag rules, journeys and templates as shipped, and every STRIDE-th data row."""
+    """cdp.yaml, tag rules, journeys and templates as shipped, a journey of two sends in a row,
+    and every STRIDE-th data row."""
     folder.mkdir(parents=True)
     for name in ("tag_rules", "journeys", "templates"):
         shutil.copytree(REPO / name, folder / name)
+    (folder / "journeys" / "two_sends.yaml").write_text(TWO_SENDS, encoding="utf-8")
     shutil.copy(REPO / "cdp.yaml", folder / "cdp.yaml")
     (folder / "sample_data").mkdir()
     for path in sorted((REPO / "sample_data").iterdir()):
@@ -184,10 +202,8 @@ def _tables(
         columns = [r[1] for r in conn.execute(f"PRAGMA table_info({table})") if r[1] not in skip]
         where = f" WHERE {ONLY_ROWS[table]}" if table in ONLY_ROWS else ""
         listed = ", ".join(f'"{c}"' for c in columns) or "1"  # all volatile: count the rows
-        rows = sorted(
-            repr(tuple(project.sub("<project>", v) if isinstance(v, str) else v for v in row))
-            for row in conn.execute(f"SELECT {listed} FROM {table}{where}")
-        )
+        cursor = conn.execute(f"SELECT {listed} FROM {table}{where}")
+        rows = sorted(project.sub("<project>", repr(row)) for row in cursor)  # paths: in strings
         digest = hashlib.sha256("\n".join(rows).encode("utf-8", "surrogatepass")).hexdigest()
         found[table] = (len(rows), digest[:16])
     return found
@@ -316,7 +332,9 @@ class Reference:
     start: Path
     before: Snapshot
     after: Snapshot
-    seconds: float  # the uninterrupted run, from spawning to exit
+    # Timed kills aim within these times: the median of three uninterrupted runs without the
+    # kill point hook (which slows a run down, as it is absent from a timed kill's run).
+    seconds: float  # from spawning to exit
     opened: float  # when it had the store open, in seconds after spawning
     closed: float  # when it had closed the store again
     points: list[str]  # the kill points it passed: "1 COMMIT" (1: inside a transaction)
@@ -331,9 +349,69 @@ class Reference:
         return sorted(found)
 
 
-def cdp_command(args: tuple[str, ...], point: bool) -> list[str]:
-    module = "tests.killpoint" if point else "cdp_cli"
-    return [sys.executable, "-m", module, *args]
+class ForkServer:
+    """Starts every cdp process of the harness: `python -m tests.killpoint --serve`, a process
+    that imported all of cdp once and forks a process per run (see killpoint.serve)."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.killpoint", "--serve"], cwd=REPO, env=env(),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.lock = threading.Lock()  # one request and its answer at a time
+        assert self.process.stdout is not None
+        if self.process.stdout.readline() != "ready\n":  # cdp imported: runs time cdp alone
+            raise RuntimeError(f"the fork server ended with exit code {self.process.wait()}")
+
+    def start(self, folder: Path, args: tuple[str, ...], environ: dict[str, str]) -> Process:
+        """`cdp ARGS` run in folder, with exactly environ."""
+        errors = folder.parent / f".{folder.name}.err"
+        exit_file = folder.parent / f".{folder.name}.exit"
+        exit_file.unlink(missing_ok=True)
+        request = {"folder": str(folder), "args": list(args), "environ": environ,
+                   "errors": str(errors), "exit_file": str(exit_file)}  # fmt: skip
+        assert self.process.stdin is not None and self.process.stdout is not None
+        with self.lock:  # and the pidfd opened before the server can reap (at a next request)
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            answer = self.process.stdout.readline()
+            if not answer:
+                raise RuntimeError(f"the fork server ended with exit code {self.process.wait()}")
+            return Process(int(answer), errors, exit_file)
+
+    def close(self) -> None:
+        """End the server once every process it forked has ended."""
+        self.process.communicate()
+
+
+class Process:
+    """One forked cdp process, through a pidfd: the harness is not its parent, and a pidfd
+    never reaches another process that took its pid after the server reaped it."""
+
+    def __init__(self, pid: int, errors: Path, exit_file: Path) -> None:
+        self.pid, self.errors, self.exit_file = pid, errors, exit_file
+        self.pidfd: int | None = os.pidfd_open(pid)  # None once closed
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Whether the process has ended, waiting for it up to timeout seconds."""
+        return self.pidfd is None or bool(select.select([self.pidfd], [], [], timeout)[0])
+
+    def kill(self) -> None:
+        if self.pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):  # ended and reaped meanwhile
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    def returncode(self) -> int:
+        """Its exit code once it has ended, as subprocess gives it: -9 when it was killed."""
+        self.wait()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        try:
+            code = self.exit_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            code = ""
+        return int(code) if code else -signal.SIGKILL  # no code written, or half: killed
 
 
 def _has_open(pid: int, path: Path) -> bool:
@@ -352,11 +430,11 @@ def _has_open(pid: int, path: Path) -> bool:
     return False
 
 
-def _wait_for_store(proc: subprocess.Popen[bytes], path: Path, is_open: bool = True) -> None:
+def _wait_for_store(proc: Process, path: Path, is_open: bool = True) -> None:
     """Until the process has the store open (or closed), or has ended (or there is no /proc)."""
     if not Path(f"/proc/{proc.pid}").exists():
         return
-    while proc.poll() is None and _has_open(proc.pid, path) != is_open:
+    while not proc.wait(0) and _has_open(proc.pid, path) != is_open:
         time.sleep(0.005)
 
 
@@ -371,9 +449,17 @@ class Run:
     closed: float  # and then with the store closed (its work done, printing and exiting)
     kill: Kill | None = None
 
+    def work(self) -> float:
+        """How long it had the store open."""
+        return self.closed - self.opened
+
 
 def run_cdp(
-    folder: Path, args: tuple[str, ...], kill: Kill | None = None, count: Path | None = None
+    forks: ForkServer,
+    folder: Path,
+    args: tuple[str, ...],
+    kill: Kill | None = None,
+    count: Path | None = None,
 ) -> Run:
     """Run cdp in folder: to its end, or until `kill` kills it; `count` records its points."""
     extra: dict[str, str] = {}
@@ -384,39 +470,33 @@ def run_cdp(
     if count is not None:
         extra["CDP_KILL_COUNT"] = str(count)
     store = folder / "cdp.db"
-    with (folder.parent / f".{folder.name}.err").open("w+") as err:
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            cdp_command(args, bool(extra)), cwd=folder, env={**env(), **extra},
-            stdout=subprocess.DEVNULL, stderr=err,
-        )  # fmt: skip
-        opened = closed = 0.0
-        if kill is None or kill.anchor == "store":
-            _wait_for_store(proc, store)
-            opened = time.monotonic() - started
-        if kill is None:
-            _wait_for_store(proc, store, is_open=False)
-            closed = time.monotonic() - started
-        try:
-            timed = kill is not None and kill.mode == "timing"
-            proc.wait(timeout=kill.at if timed and kill is not None else 300)
-        except subprocess.TimeoutExpired:
-            assert kill is not None
-            kill.store_open = _has_open(proc.pid, store)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        seconds = time.monotonic() - started
-        if kill is not None:
-            kill.killed = proc.returncode == -signal.SIGKILL
-            if note.exists():
-                flag, _, what = note.read_text(encoding="utf-8").partition(" ")
-                kill.in_transaction, kill.point, kill.store_open = flag == "1", what, True
-                note.unlink()
-        error = ""
-        if proc.returncode not in (0, -signal.SIGKILL):
-            err.seek(0)
-            error = (err.read().strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-    return Run(proc.returncode, error, seconds, opened, closed, kill)
+    started = time.monotonic()
+    proc = forks.start(folder, args, {**env(), **extra})
+    opened = closed = 0.0
+    if kill is None or kill.anchor == "store":
+        _wait_for_store(proc, store)
+        opened = time.monotonic() - started
+    if kill is None:
+        _wait_for_store(proc, store, is_open=False)
+        closed = time.monotonic() - started
+    timed = kill is not None and kill.mode == "timing"
+    if not proc.wait(timeout=kill.at if timed and kill is not None else 300):
+        assert kill is not None, f"cdp {' '.join(args)} ran for over 300 seconds"
+        kill.store_open = _has_open(proc.pid, store)
+        proc.kill()
+    returncode = proc.returncode()
+    seconds = time.monotonic() - started
+    if kill is not None:
+        kill.killed = returncode == -signal.SIGKILL
+        if note.exists():
+            flag, _, what = note.read_text(encoding="utf-8").partition(" ")
+            kill.in_transaction, kill.point, kill.store_open = flag == "1", what, True
+            note.unlink()
+    error = ""
+    if returncode not in (0, -signal.SIGKILL):
+        lines = proc.errors.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        error = (lines or [f"exit {returncode}"])[-1]
+    return Run(returncode, error, seconds, opened, closed, kill)
 
 
 class Harness:
@@ -426,6 +506,7 @@ class Harness:
         self.root = root
         self.seed = seed
         self.workers = workers or min(2, os.cpu_count() or 1)
+        self.forks = ForkServer()
         self.references: dict[str, Reference] = {}
 
     def prepare(self) -> None:
@@ -436,23 +517,41 @@ class Harness:
             done = self.root / f"done-{number}"
             shutil.copytree(folder, done)
             count = self.root / f".points-{number}"
-            run = run_cdp(done, args, count=count)
-            if run.returncode:
-                raise RuntimeError(f"cdp {' '.join(args)} failed uninterrupted: {run.error}")
+            self._uninterrupted(done, args, count)
             points = count.read_text(encoding="utf-8").splitlines()
+            timed = sorted((self._timed(folder, args, n) for n in range(3)), key=Run.work)
+            typical = timed[1]  # the median: a run that happened to be slow or quick
             self.references[command] = Reference(
                 folder,
                 self.snapshot(folder),
                 self.snapshot(done),
-                run.seconds,
-                run.opened,
-                run.closed,
+                typical.seconds,
+                typical.opened,
+                typical.closed,
                 points,
             )
             folder = done
 
+    def _uninterrupted(self, folder: Path, args: tuple[str, ...], count: Path | None) -> Run:
+        run = run_cdp(self.forks, folder, args, count=count)
+        if run.returncode:
+            raise RuntimeError(f"cdp {' '.join(args)} failed uninterrupted: {run.error}")
+        return run
+
+    def _timed(self, start: Path, args: tuple[str, ...], copy: int) -> Run:
+        """An uninterrupted run from start, in a copy, for its times."""
+        folder = self.root / f"timed-{copy}"
+        shutil.copytree(start, folder)
+        try:
+            return self._uninterrupted(folder, args, None)
+        finally:
+            shutil.rmtree(folder)
+
     def snapshot(self, folder: Path, only: set[str] | None = None) -> Snapshot:
         return snapshot(folder, self.root, only)
+
+    def close(self) -> None:
+        self.forks.close()
 
     def plan(self, command: str, timing: int, points: int, round_: int = 0) -> list[list[Kill]]:
         """Trials of two to six kills, each trial timed or at kill points. A timed kill
@@ -502,7 +601,7 @@ class Harness:
         folder = self.root / f"trial-{command.replace(' ', '-')}-{number}"
         shutil.copytree(ref.start, folder)
         for number, kill in enumerate(kills):
-            run = run_cdp(folder, args, kill)
+            run = run_cdp(self.forks, folder, args, kill)
             if run.error:
                 trial.problems.append(f"failed on its own before the kill: {run.error}")
             checked = integrity(folder)
@@ -515,7 +614,7 @@ class Harness:
                 del kills[number + 1 :]  # the work is done: later kills would find nothing to do
                 break
         if kills[-1].killed:  # else the last run, finished before its kill, was the rerun
-            rerun = run_cdp(folder, args)
+            rerun = run_cdp(self.forks, folder, args)
             if rerun.returncode:
                 trial.problems.append(f"the rerun failed: {rerun.error}")
         checked = integrity(folder)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import query
+from tests.killharness import env
 
 CONFIG = """
 store: cdp.db
@@ -327,36 +327,35 @@ def _big_csv(path, rows):
             f.write(f"P{i},{i % 1000}.5,2025-06-01 14:03:22,138{i % 100000000:08d}\n")
 
 
-def _running_batches(db) -> int:
-    try:
-        return query(db, "SELECT count(*) FROM batches WHERE status='running'")[0][0]
-    except sqlite3.OperationalError:  # the store is still being created
-        return 0
+def _cdp_killpoint(folder, args, **environ) -> subprocess.CompletedProcess[str]:
+    """`cdp ARGS` in folder, in a process of its own, with tests/killpoint.py's hook."""
+    return subprocess.run(
+        [sys.executable, "-m", "tests.killpoint", *args],
+        cwd=folder, env={**env(), **environ}, capture_output=True, text=True,
+    )  # fmt: skip
 
 
 def test_killed_mid_file_stores_nothing_and_rerun_ingests_it_whole(write, project, tmp_path):
-    path = tmp_path / "big.csv"
-    _big_csv(path, 400_000)
-    env = {**os.environ, "CDP_DEBUG": "1"}
-    command = [sys.executable, "-m", "cdp_cli", "ingest", str(path), "-s", "pos", "--silent"]
+    """SIGKILL halfway through a file's rows (at a kill point: see tests/killpoint.py)."""
+    _big_csv(tmp_path / "big.csv", 2_000)
+    args = ["ingest", "big.csv", "-s", "pos", "--silent"]
+    counted = tmp_path / "counted"  # a copy, run once to its end to list its kill points
+    counted.mkdir()
+    for name in ("cdp.yaml", "big.csv"):
+        shutil.copy(tmp_path / name, counted / name)
+    points = tmp_path / "points"
+    assert _cdp_killpoint(counted, args, CDP_KILL_COUNT=str(points)).returncode == 0
+    passed = points.read_text(encoding="utf-8").splitlines()
+    inserts = [number for number, p in enumerate(passed, start=1) if p == "1 INSERT"]
+    assert len(inserts) >= 2_000  # a row each, all inside a transaction
+    killed = _cdp_killpoint(tmp_path, args, CDP_KILL_AT=str(inserts[len(inserts) // 2]))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     db = tmp_path / "cdp.db"
-    proc = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # wait until the batch is under way, then kill it hard
-        if _running_batches(db) == 1:
-            break
-        time.sleep(0.02)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
     assert query(db, "SELECT count(*) FROM orders") == [(0,)]
     assert query(db, "PRAGMA integrity_check") == [("ok",)]
-    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    rerun = _cdp_killpoint(tmp_path, args)
     assert rerun.returncode == 0, rerun.stderr
-    assert query(db, "SELECT count(*) FROM orders") == [(400_000,)]
+    assert query(db, "SELECT count(*) FROM orders") == [(2_000,)]
     assert query(db, "SELECT status FROM batches ORDER BY id") == [("aborted",), ("done",)]
 
 

@@ -3,7 +3,7 @@ rerun once: the store is intact and holds what an uninterrupted run leaves, and 
 is sent twice or lost. The harness and what it compares are in tests/killharness.py; the
 figures of a slow run are in docs/reliability.md.
 
-    pytest tests/test_kill.py                 50 kills per command (4 CPU-minutes: 2 on 2 cores)
+    pytest tests/test_kill.py                 50 kills per command (about 1 CPU-minute)
     pytest tests/test_kill.py -m slow         500 per command; CDP_KILL_SEED=N other moments
     CDP_KILL_REPORT=kills.jsonl pytest ...    also write each command's figures to a file
 """
@@ -14,21 +14,28 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.killharness import COMMANDS, Harness, compare, duplicate_messages, summary
+from tests.killharness import COMMANDS, Harness, compare, duplicate_messages, env, summary
 
 DEFAULT = {"timing": 30, "points": 20}  # per command, in the default run
 SLOW = {"timing": 300, "points": 200}
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Harness:
+@pytest.fixture(scope="session")  # per process: an xdist worker builds it once, not per visit
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     made = Harness(tmp_path_factory.mktemp("kills"), seed=int(os.environ.get("CDP_KILL_SEED", 7)))
-    made.prepare()
-    return made
+    try:
+        made.prepare()
+        yield made
+    finally:
+        made.close()
 
 
 def _check(harness: Harness, command: str, timing: int, points: int) -> None:
@@ -64,12 +71,31 @@ def test_many_kills(harness: Harness, command: str) -> None:
 
 def test_the_project_exercises_every_stage(harness: Harness) -> None:
     journeys = harness.references["journey run"]
-    sent_by = {json.loads(m)["message_id"].split(":")[0] for m in journeys.after.outbound.messages}
-    assert len(sent_by) >= 2, "messages from at least two journeys"
+    ids = [json.loads(m)["message_id"] for m in journeys.after.outbound.messages]
+    assert len({i.split(":")[0] for i in ids}) >= 2, "messages from at least two journeys"
+    enrolments = Counter(i.rsplit(":", 1)[0] for i in ids if i.startswith("two_sends:"))
+    assert enrolments and set(enrolments.values()) == {2}, "both steps of two_sends in one run"
     for command, reference in harness.references.items():
         assert reference.after.changed(reference.before), f"{command} changed nothing"
         assert any(p.endswith(" COMMIT") for p in reference.points), command
     assert any(p.endswith(" os.replace") for p in journeys.points)
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_forked_run_passes_the_kill_points_of_a_fresh_python(
+    harness: Harness, command: str, tmp_path: Path
+) -> None:
+    """The harness forks its cdp processes from a server that imported cdp once; a process
+    started as a user starts cdp runs the very same statements and renames."""
+    folder = tmp_path / "project"
+    shutil.copytree(harness.references[command].start, folder)
+    count = tmp_path / "points"
+    fresh = subprocess.run(
+        [sys.executable, "-m", "tests.killpoint", *COMMANDS[command]],
+        cwd=folder, env={**env(), "CDP_KILL_COUNT": str(count)}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert fresh.returncode == 0, fresh.stderr
+    assert count.read_text(encoding="utf-8").splitlines() == harness.references[command].points
 
 
 @pytest.fixture

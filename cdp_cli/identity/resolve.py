@@ -36,7 +36,7 @@ from cdp_cli.files import row_format, write_rows
 from cdp_cli.identity.normalize import Normalizer, Rejected
 from cdp_cli.identity.profiles import build_profiles, follow_merges
 from cdp_cli.identity.tombstones import Tombstones, erase_records
-from cdp_cli.store import now_iso, rows_as_dicts, transaction
+from cdp_cli.store import insert_row, now_iso, rows_as_dicts, transaction
 
 KIND_TABLES = [kind.table for kind in KINDS.values()]
 RESOLVED_TABLES = (
@@ -283,7 +283,7 @@ def _assign(
             f"SELECT one_id, created_at FROM profiles WHERE one_id IN ({marks})", list(share)
         )
     )
-    stats = Counter()
+    stats: Counter[str] = Counter()
     need_new = [root for root in groups if not claimed.get(root)]
     fresh = iter(_next_one_ids(db, len(need_new)))
     one_ids: dict[int, str] = {}
@@ -343,13 +343,14 @@ def resolve(db: sqlite_utils.Database, config: Config, full: bool = False) -> Re
         else:
             result.mode = "incremental"
     with transaction(db):
-        run_id = db.conn.execute(
+        run_id = insert_row(
+            db.conn,
             "INSERT INTO resolve_runs (mode, through_batch, rules, started_at, finished_at, result)"
             " VALUES (?, ?, ?, ?, '', '')",
             (result.mode, through, fingerprint, now_iso()),
-        ).lastrowid
-        if result.mode == "incremental":
-            _incremental(db, config, last[0], run_id, result)  # type: ignore[index]
+        )
+        if last is not None and result.mode == "incremental":  # incremental follows a run
+            _incremental(db, config, last[0], run_id, result)
         else:
             _full(db, config, run_id, result)
         result.profiles = db.conn.execute("SELECT count(*) FROM profiles").fetchone()[0]

@@ -37,7 +37,7 @@ from cdp_cli.messaging.run import Enrolment, JourneyRun, RunResult
 from cdp_cli.messaging.send import send_batch
 from cdp_cli.messaging.templates import TemplateStore
 from cdp_cli.rules.vocabulary import BASE_FROM
-from cdp_cli.store import now_iso, rows_as_dicts
+from cdp_cli.store import insert_row, now_iso, rows_as_dicts
 
 
 def share_of(*parts: str) -> float:
@@ -129,11 +129,11 @@ def _run_one(run: JourneyRun) -> RunResult:
     conn.execute("BEGIN IMMEDIATE")
     try:
         cursor = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
-        run.run_id = conn.execute(
-            "INSERT INTO journey_runs (journey, now, tag_cursor, started_at) VALUES (?, ?, ?, ?) "
-            "RETURNING id",
+        run.run_id = insert_row(
+            conn,
+            "INSERT INTO journey_runs (journey, now, tag_cursor, started_at) VALUES (?, ?, ?, ?)",
             (run.journey.name, result.now, cursor, now_iso()),
-        ).fetchone()[0]
+        )
         _convert(run)
         _exit(run)
         _enrol(run, cursor)

@@ -118,13 +118,13 @@ def compare(
     confidence: float = CONFIDENCE,
 ) -> Comparison:
     """Conversion x1 of n1 (treatment) against x2 of n2 (baseline), with a plain verdict."""
-    rate1 = x1 / n1 if n1 else None
-    rate2 = x2 / n2 if n2 else None
     if not n1 or not n2:
         empty = names[0] if not n1 else names[1]
         verdict = f"too small to tell: {empty} has no customers"
-        return Comparison(names[0], names[1], n1, x1, n2, x2, rate1, rate2, None, None, None,
-                          confidence, None, True, verdict)  # fmt: skip
+        return Comparison(names[0], names[1], n1, x1, n2, x2, x1 / n1 if n1 else None,
+                          x2 / n2 if n2 else None, None, None, None, confidence, None, True,
+                          verdict)  # fmt: skip
+    rate1, rate2 = x1 / n1, x2 / n2
     uplift = rate1 - rate2
     relative = uplift / rate2 if rate2 else None
     interval = newcombe_interval(x1, n1, x2, n2, confidence)

@@ -35,10 +35,10 @@ _INT64_MAX = 2**63 - 1
 _DURATION = re.compile(r"([0-9]{1,9})([mhdw])")
 _DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _PLAIN_SQL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-_COMPARISONS: dict[type[exp.Expression], str] = {
+_COMPARISONS: dict[type[exp.Expr], str] = {
     exp.EQ: "=", exp.NEQ: "<>", exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">=",
 }  # fmt: skip
-_ARITHMETIC: dict[type[exp.Expression], str] = {exp.Add: "+", exp.Sub: "-", exp.Mul: "*"}
+_ARITHMETIC: dict[type[exp.Expr], str] = {exp.Add: "+", exp.Sub: "-", exp.Mul: "*"}
 # Nodes that do not count as a level of nesting: names and values.
 _LEAVES = (exp.Column, exp.Identifier, exp.Literal, exp.Boolean, exp.Null)
 _ARG_WORDS = {
@@ -119,7 +119,7 @@ def parse_duration(text: str) -> timedelta:
         raise RuleError(f"invalid duration {text!r}: too long") from None
 
 
-def _parse(text: str) -> exp.Expression:
+def _parse(text: str) -> exp.Expr:
     """One expression tree from the text; syntax errors name the column."""
     try:
         tokens = _READER.tokenize(text)
@@ -208,7 +208,7 @@ def _where(text: str, offset: int) -> str:
     return f"line {text.count(newline, 0, offset) + 1}, column {column}"
 
 
-def _too_deep(tree: exp.Expression) -> bool:
+def _too_deep(tree: exp.Expr) -> bool:
     """Whether a rule nests deeper than MAX_DEPTH; `a or b or c` counts once however long.
 
     Measured without recursion, so that the recursive walk after it stays shallow.
@@ -244,13 +244,13 @@ class _Compiler:
         self.fields: set[str] = set()
         self.calls: set[str] = set()
 
-    def fail(self, message: str, node: exp.Expression | None = None) -> RuleError:
+    def fail(self, message: str, node: exp.Expr | None = None) -> RuleError:
         start = _start(node) if node is not None else None
         # Messages quote what the user wrote, which may span lines; errors are one line.
         one_line = " ".join(message.splitlines())
         return RuleError(one_line, None if start is None else start + 1, self.text)
 
-    def compile(self, node: exp.Expression) -> _Part:
+    def compile(self, node: exp.Expr) -> _Part:
         if isinstance(node, exp.Paren):
             return self.compile(node.this)
         if isinstance(node, (exp.Query, exp.Exists)):
@@ -285,7 +285,7 @@ class _Compiler:
             return self.call(node)
         raise self.refuse(node)
 
-    def refuse(self, node: exp.Expression) -> RuleError:
+    def refuse(self, node: exp.Expr) -> RuleError:
         if isinstance(node, exp.Alias):
             alias = node.args.get("alias")
             offset = _start(alias) if alias is not None else None
@@ -303,7 +303,7 @@ class _Compiler:
             return self.fail("parameters are not allowed in a rule; write the value itself", node)
         return self.fail(f"not allowed in a rule: {_snippet(node)}", node)
 
-    def condition(self, node: exp.Expression) -> _Part:
+    def condition(self, node: exp.Expr) -> _Part:
         """An operand of and/or/not or a WHEN: anything but text, which DuckDB cannot test."""
         part = self.compile(node)
         if part.kind == "string":
@@ -313,12 +313,12 @@ class _Compiler:
             )
         return part
 
-    def connective(self, node: exp.Expression) -> _Part:
+    def connective(self, node: exp.Expr) -> _Part:
         op = "AND" if isinstance(node, exp.And) else "OR"
         parts = [self.condition(operand) for operand in _chain(node)]
         return _Part(_balanced(op, [p.sql for p in parts]), _params(parts), "boolean")
 
-    def comparison(self, node: exp.Expression) -> _Part:
+    def comparison(self, node: exp.Expr) -> _Part:
         if type(node.this) in _COMPARISONS:
             raise self.fail(
                 "comparisons cannot be chained; join them with and, as in 1 < x and x < 5", node
@@ -327,7 +327,7 @@ class _Compiler:
         sql = f"({left.sql} {_COMPARISONS[type(node)]} {right.sql})"
         return _Part(sql, _params([left, right]), "boolean")
 
-    def arithmetic(self, node: exp.Expression) -> _Part:
+    def arithmetic(self, node: exp.Expr) -> _Part:
         left, right = self.number(node.this), self.number(node.expression)
         params = _params([left, right])
         if type(node) in _ARITHMETIC:
@@ -338,7 +338,7 @@ class _Compiler:
             return _Part(f"(CAST({left.sql} AS REAL) / NULLIF({right.sql}, 0))", params, "number")
         return _Part(f"({left.sql} / NULLIF({right.sql}, 0))", params, "number")
 
-    def number(self, node: exp.Expression) -> _Part:
+    def number(self, node: exp.Expr) -> _Part:
         part = self.compile(node)
         if part.kind == "string":
             raise self.fail(f"cannot do arithmetic on text: {_snippet(node)}", node)
@@ -378,7 +378,7 @@ class _Compiler:
         value, low, high = (p.sql for p in parts)
         return _Part(f"({value} BETWEEN {low} AND {high})", _params(parts), "boolean")
 
-    def is_null(self, node: exp.Expression) -> _Part:
+    def is_null(self, node: exp.Expr) -> _Part:
         # sqlglot reads `x is 'a'` (and `<=>`) as a null-safe comparison: refused alike.
         if not isinstance(node, exp.Is) or not isinstance(node.expression, exp.Null):
             raise self.fail("'is' only tests for null: write x is null or x is not null", node)
@@ -480,7 +480,7 @@ class _Compiler:
         inner = self.compile(node.this)
         return _Part(f"{function}({inner.sql})", inner.params, "string")
 
-    def argument(self, spec: FunctionSpec, position: int, kind: str, node: exp.Expression) -> Any:
+    def argument(self, spec: FunctionSpec, position: int, kind: str, node: exp.Expr) -> Any:
         """A literal argument of a schema function, as the kind it declares."""
         value = self.literal_value(node)
         if kind == "string" and isinstance(value, str):
@@ -498,13 +498,13 @@ class _Compiler:
             words += f", as in '{example}'"
         raise self.fail(f"{spec.name}() argument {position} must be {words}", node)
 
-    def literal(self, node: exp.Expression) -> Any:
+    def literal(self, node: exp.Expr) -> Any:
         value = self.literal_value(node)
         if value is _NOT_LITERAL:
             raise self.refuse(node)
         return value
 
-    def literal_value(self, node: exp.Expression) -> Any:
+    def literal_value(self, node: exp.Expr) -> Any:
         """The Python value of a literal (a string, number, true/false, null, -number)."""
         if isinstance(node, exp.Null):
             return None
@@ -535,7 +535,7 @@ class _Compiler:
         return number
 
 
-def _chain(node: exp.Expression) -> list[exp.Expression]:
+def _chain(node: exp.Expr) -> list[exp.Expr]:
     """The operands of `a or b or c`, left to right, without recursing down the chain."""
     operands = []
     kind = type(node)
@@ -571,31 +571,31 @@ def _atom(sql: str) -> str:
     return sql if _PLAIN_SQL.fullmatch(sql) else f"({sql})"
 
 
-def _start(node: exp.Expression) -> int | None:
+def _start(node: exp.Expr) -> int | None:
     """Where a node starts in the rule (0-based), from the positions sqlglot keeps."""
     starts = [n.meta["start"] for n in node.walk() if "start" in n.meta]
     return min(starts) if starts else None
 
 
-def _source(text: str, node: exp.Expression) -> str:
+def _source(text: str, node: exp.Expr) -> str:
     """The text a node was written as, for names and quoted identifiers."""
     return text[node.meta["start"] : node.meta["end"] + 1] if "start" in node.meta else node.name
 
 
-def _snippet(node: exp.Expression) -> str:
+def _snippet(node: exp.Expr) -> str:
     """A node written back out, short enough for a one-line message."""
     text = node.sql(dialect="sqlite", normalize_functions="lower")
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _func_args(node: exp.Func) -> list[exp.Expression]:
+def _func_args(node: exp.Func) -> list[exp.Expr]:
     """A call's arguments in order, for a schema function whose name sqlglot also knows
     (it parses `left(...)` or `date(...)` into its own node types rather than Anonymous)."""
-    args: list[exp.Expression] = []
+    args: list[exp.Expr] = []
     for key in type(node).arg_types:
         value = node.args.get(key)
         values = value if isinstance(value, list) else [value]
-        args += [v for v in values if isinstance(v, exp.Expression)]
+        args += [v for v in values if isinstance(v, exp.Expr)]
     return args
 
 
