@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import phonenumbers
-
-if TYPE_CHECKING:
-    from cdp_cli.identity.profiles import Profile360
 
 # The golden record's lists of personal values, and the type of each.
 PERSONAL_PROFILE_FIELDS = {"phones": "phone", "emails": "email"}
@@ -111,17 +107,6 @@ def masked_items(
 def masked_row(row: dict[str, Any]) -> dict[str, Any]:
     """A copy of a row whose fields are named for identifier types (a segment's sample)."""
     return {field: mask(field, value) for field, value in row.items()}
-
-
-def masked_profile(view: Profile360) -> Profile360:
-    """A customer's 360° view with the golden record's and the identifiers' values masked."""
-    profile = dict(view.profile)
-    for field, type_name in PERSONAL_PROFILE_FIELDS.items():
-        profile[field] = [mask(type_name, v) for v in profile[field] or []]
-    profile["identifiers"] = {
-        t: [mask(t, v) for v in values] for t, values in (profile["identifiers"] or {}).items()
-    }
-    return replace(view, profile=profile, identifiers=masked_items(view.identifiers))
 
 
 def masked_explain(report: dict[str, Any]) -> dict[str, Any]:

@@ -158,12 +158,11 @@ def profile_command(
       cdp profile --email li.na@example.com --json
     """
     from cdp_cli.identity.profiles import profile_360
-    from cdp_cli.privacy import masked_profile
 
     lookup = one_lookup(one_id, phone, email, device, by_device=True)
     with project.store(create=False) as db:
         view = profile_360(db, project.config, lookup)
-    out.emit(view if unmask else masked_profile(view), json_, print_profile)
+    out.emit(view if unmask else view.masked(), json_, print_profile)
 
 
 def print_profile(view: Profile360) -> None:

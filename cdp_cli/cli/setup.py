@@ -78,7 +78,6 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
       cdp demo /tmp/cdp-demo && cd /tmp/cdp-demo && cdp status
     """
     from cdp_cli.demo import run_demo
-    from cdp_cli.privacy import masked_profile
 
     titles = {"response": "response (simulated: not real data)", "retag": "tag, two weeks on"}
 
@@ -98,7 +97,7 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
             print_resolve(result)
         elif stage == "profile":
             click.echo("One customer the sample writes four ways, across four sources:")
-            print_profile(masked_profile(result))
+            print_profile(result.masked())
         elif stage == "tag":
             print_tags(result)
         elif stage == "segment":

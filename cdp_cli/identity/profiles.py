@@ -8,7 +8,7 @@ keeps its origin (source and key) in `lineage`, and every source value stays on 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import sqlite_utils
@@ -16,7 +16,7 @@ import sqlite_utils
 from cdp_cli.config import Config
 from cdp_cli.errors import NotFound
 from cdp_cli.identity.normalize import email_key, normalize_phone
-from cdp_cli.privacy import masked_lookup
+from cdp_cli.privacy import PERSONAL_PROFILE_FIELDS, mask, masked_items, masked_lookup
 from cdp_cli.store import rows_as_dicts
 
 GOLDEN_FIELDS = ("name", "gender", "birthday", "city")
@@ -179,6 +179,16 @@ class Profile360:
     @property
     def one_id(self) -> str:
         return str(self.profile["one_id"])
+
+    def masked(self) -> Profile360:
+        """A copy with the golden record's and the identifiers' personal values masked."""
+        profile = dict(self.profile)
+        for field_name, type_name in PERSONAL_PROFILE_FIELDS.items():
+            profile[field_name] = [mask(type_name, v) for v in profile[field_name] or []]
+        profile["identifiers"] = {
+            t: [mask(t, v) for v in values] for t, values in (profile["identifiers"] or {}).items()
+        }
+        return replace(self, profile=profile, identifiers=masked_items(self.identifiers))
 
     def as_dict(self) -> dict[str, Any]:
         """The document `cdp profile --json` prints."""
