@@ -31,6 +31,7 @@ from typing import Any
 import sqlite_utils
 
 from cdp_cli.config import Config
+from cdp_cli.files import write_text
 from cdp_cli.ingest import ingest
 
 CLICK_RATES = {"wechat": 0.25, "push": 0.15, "sms": 0.08, "email": 0.05}
@@ -98,9 +99,7 @@ def simulate_response(
         if not rows:
             continue
         path = folder / name
-        path.write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
-        )
+        write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         ingest(db, config, source, [path])
         result.files.append(str(path))
     result.clicks = len(clicks)

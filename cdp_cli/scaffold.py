@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
 from cdp_cli.errors import CdpError
+from cdp_cli.files import atomic_write
 
 PROJECT_FILES = ("cdp.yaml", "tag_rules", "journeys", "templates", "sample_data")
 
@@ -56,6 +56,7 @@ def init_project(directory: Path, force: bool = False) -> list[Path]:
     for relative in files:
         target = directory / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(root / relative, target)
+        with atomic_write(target, "wb") as f:  # --force over a file: the old or the new, whole
+            f.write((root / relative).read_bytes())
         written.append(target)
     return written
