@@ -11,7 +11,14 @@ from typing import Any
 
 import phonenumbers
 
-from cdp_cli.canonical import BUILTIN_VALUES, IDENTITY_FIELDS, ITEM_FIELDS, KINDS, Field, Kind
+from cdp_cli.canonical import (
+    IDENTITY_FIELDS,
+    ITEM_FIELDS,
+    KINDS,
+    Field,
+    Kind,
+    builtin_values,
+)
 from cdp_cli.errors import ConfigError, FileError, NotFound, UsageError
 from cdp_cli.messaging.channels import CHANNEL_NAMES, CHANNELS
 from cdp_cli.yamlfile import YamlMap, check_keys, did_you_mean, load_yaml
@@ -627,11 +634,11 @@ def _build_inbox(path: Path, spec: YamlMap, where: str) -> Inbox | None:
 def _build_field(
     path: Path, field_def: Field, kind: Kind, spec: Any, line: int, where: str
 ) -> FieldMapping:
-    builtin = BUILTIN_VALUES.get(f"{field_def.name}@{kind.name}") or BUILTIN_VALUES.get(
-        field_def.name, {}
-    )
+    builtin = builtin_values(field_def, kind)
     if isinstance(spec, str):
         if spec.startswith("="):
+            _check_choices(path, field_def, {spec[1:]: builtin.get(spec[1:].casefold(), spec[1:])},
+                           line, where)  # fmt: skip
             return FieldMapping(field_def.name, constant=spec[1:], values=dict(builtin))
         return FieldMapping(field_def.name, column=spec, values=dict(builtin))
     if isinstance(spec, (bool, int, float)) or spec is None:
@@ -650,14 +657,34 @@ def _build_field(
     if not isinstance(synonyms, dict):
         raise ConfigError(path, f"{where}.values: expected a mapping of value: replacement", line)
     values.update({str(k).strip().casefold(): str(v) for k, v in synonyms.items()})
+    _check_choices(path, field_def, values, spec.line_of("values") or line, where)
     formats = spec.get("formats") or []
     if isinstance(formats, str):
         formats = [formats]
     if "value" in spec:
-        return FieldMapping(field_def.name, constant=str(spec["value"]), values=values)
+        constant = str(spec["value"])
+        _check_choices(path, field_def, {constant: values.get(constant.casefold(), constant)},
+                       line, where)  # fmt: skip
+        return FieldMapping(field_def.name, constant=constant, values=values)
     return FieldMapping(
         field_def.name, column=str(spec["from"]), values=values, formats=tuple(map(str, formats))
     )
+
+
+def _check_choices(
+    path: Path, field_def: Field, values: dict[str, str], line: int, where: str
+) -> None:
+    """A field cdp acts on (consent channels, statuses) maps only onto values it knows."""
+    if not field_def.choices:
+        return
+    for written, value in values.items():
+        if value not in field_def.choices:
+            raise ConfigError(
+                path,
+                f"{where}: {written!r} means {value!r}, which is not one of "
+                f"{', '.join(field_def.choices)}{did_you_mean(value, field_def.choices)}",
+                line,
+            )
 
 
 def yaml_word(value: Any) -> str:
