@@ -747,3 +747,68 @@ def test_channel_settings_mistakes_name_the_line(run, write, project, old, new, 
     assert result.exit_code == 2, result.output
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+EXPIRING = (
+    "code,campaign,status,value,expires\n"
+    "S1,SOON,available,20,2026-11-10 23:59:59\n"  # expired before the send
+    "S2,SOON,available,20,2026-11-16 23:59:59\n"  # a day and a half left at NOW
+    "S3,SOON,available,20,2026-11-19 23:59:59\n"  # four days and a half left
+    "S4,SOON,issued,20,2027-01-31 23:59:59\n"
+)
+
+
+def test_a_pool_never_issues_a_code_expired_or_expiring_within_min_days_left(run, write, project):
+    write("expiring.csv", EXPIRING)
+    assert run("ingest", "expiring.csv", "-s", "coupons").exit_code == 0
+    steps = "steps:\n  - send: {channel: sms, template: hello, coupon: SOON}\n"
+    write("journeys/a.yaml", journey("a", "entry: {when: \"city = '武汉'\"}\n" + steps))
+    write("journeys/b.yaml", journey("b", "entry: {when: \"city = '北京'\"}\n" + steps.replace(
+        "coupon: SOON", "coupon: {pool: SOON, min_days_left: 5}")))  # fmt: skip
+    write("journeys/c.yaml", journey("c", "entry: {when: \"city = '成都'\"}\n" + steps.replace(
+        "coupon: SOON", "coupon: {pool: SOON, min_days_left: 0}")))  # fmt: skip
+    results = {r["journey"]: r for r in run_journeys(run)}
+    a, b, c = messages(project, "a"), messages(project, "b"), messages(project, "c")
+    # M1 (武汉) draws S3 (valid 4.5 days, over the default 3); M6 finds none valid for 3 days.
+    assert a["M1"] == ("sms", "written", None, "S3")
+    assert a["M6"][1:3] == ("skipped", "coupon pool SOON has no code valid for 3 more days")
+    assert results["a"]["notes"] == [
+        "coupon pool SOON has no code valid for 3 more days: those sends were skipped"
+    ]
+    assert b["M2"][1:3] == ("skipped", "coupon pool SOON has no code valid for 5 more days")
+    assert c["M4"][1:] == ("skipped", "opted out (sms: opted out)", None)  # M4 opted out of SMS
+    issued = query(project / "cdp.db", "SELECT code FROM coupon_issues ORDER BY code")
+    assert issued == [("S3",)]  # never S1 (expired) nor S2 (expiring within 3 days)
+
+
+def test_a_coupon_step_says_what_is_wrong_with_its_coupon(run, write, project):
+    write("journeys/j.yaml", journey("j", "entry: {when: \"city = '武汉'\"}\nsteps:\n"
+          "  - send: {channel: sms, template: hello, coupon: {pool: TEST, min_days_left: -1}}\n"))  # fmt: skip
+    result = run("journey", "validate")
+    assert result.exit_code == 2
+    assert "steps[0].send.coupon.min_days_left: expected a whole number of days, 0 or more" in (
+        result.stderr
+    )
+
+
+def test_validate_warns_when_a_pool_holds_fewer_codes_than_the_journey_would_reach(
+    run, write, project
+):
+    write("later.csv", "code,campaign,status,value,expires\n"
+          "L1,LATER,available,20,2099-12-31 23:59:59\nL2,LATER,available,20,2099-12-31\n")  # fmt: skip
+    assert run("ingest", "later.csv", "-s", "coupons").exit_code == 0
+    write("journeys/w.yaml", journey("w", "entry: {when: \"city = '武汉'\"}\nsteps:\n"
+          "  - send: {channel: sms, template: hello, coupon: LATER}\n"))  # fmt: skip
+    write("journeys/bj.yaml", journey("bj", "entry: {when: \"city = '北京'\"}\nsteps:\n"
+          "  - send: {channel: sms, template: hello, coupon: LATER}\n"))  # fmt: skip
+    result = run("journey", "validate", "--json")
+    assert result.exit_code == 0, result.output
+    warnings = {j["journey"]: j["warnings"] for j in json.loads(result.stdout)}
+    # 武汉: M1, M5, M6, three customers for two codes; 北京: M2 alone, one for two.
+    assert warnings == {"w": [
+        "journey w, step steps[0]: coupon pool LATER has 2 codes valid for 3 more days, "
+        "fewer than the 3 customers the journey would enrol now"], "bj": []}  # fmt: skip
+    assert (
+        "Warning: journey w, step steps[0]: coupon pool LATER has 2 codes"
+        in run("journey", "validate").stderr
+    )

@@ -111,7 +111,7 @@ def test_quiet_hours_defer_in_the_customers_own_timezone(store) -> None:
 
 def test_a_coupon_pool_draws_unissued_codes_in_order_until_it_is_empty(store) -> None:
     _, db = store
-    pool = CouponPool(db, "SPRING")
+    pool = CouponPool(db, "SPRING", datetime(2026, 11, 15, 10, 30, tzinfo=SHANGHAI))
     first = pool.draw()
     assert first is not None and first["code"] == "B1"
     pool.put_back(first)  # its message failed to render: the code is drawn again
@@ -223,5 +223,5 @@ def test_a_coupon_status_cdp_cannot_map_is_counted_invalid_and_never_drawn(
         "SELECT code, status, attrs FROM coupons WHERE code IN ('A1', 'A2') ORDER BY code"
     ).fetchall()
     assert rows == [("A1", None, '{"_invalid":{"status":"可用"}}'), ("A2", "available", None)]
-    pool = CouponPool(db, "SPRING")
+    pool = CouponPool(db, "SPRING", datetime(2026, 11, 15, 10, 30, tzinfo=SHANGHAI))
     assert [pool.draw()["code"] for _ in range(3)] == ["A2", "B1", "B2"]  # type: ignore[index]

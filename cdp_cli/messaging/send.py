@@ -19,7 +19,6 @@ import sqlite_utils
 from cdp_cli.errors import TemplateError
 from cdp_cli.messaging import links
 from cdp_cli.messaging.channels import Outbound
-from cdp_cli.messaging.coupons import empty_pool_reason
 from cdp_cli.messaging.guards import IN_BATCH, Customers, quiet_until, reach
 from cdp_cli.messaging.journeys import Send
 from cdp_cli.messaging.run import Enrolment, JourneyRun
@@ -295,10 +294,11 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> str | None:
     coupon, pool = message.earlier_coupon, None
     if step.coupon:
         pool = run.coupons.pool(step.coupon)
-        coupon = pool.draw()
+        coupon = pool.draw(step.coupon_min_days_left)
         if coupon is None:
-            run.coupons.empty.add(step.coupon)
-            _skip(run, outbox, e, step, message_id, channel, empty_pool_reason(step.coupon))
+            reason = pool.empty_reason(step.coupon_min_days_left)
+            run.coupons.empty[step.coupon] = reason
+            _skip(run, outbox, e, step, message_id, channel, reason)
             return None
     link = tracked_link(run, step, message.link_code, channel, e.variant)
     context = _context(batch, one_id, channel, coupon, link)
