@@ -812,3 +812,42 @@ def test_validate_warns_when_a_pool_holds_fewer_codes_than_the_journey_would_rea
         "Warning: journey w, step steps[0]: coupon pool LATER has 2 codes"
         in run("journey", "validate").stderr
     )
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    """The shipped project on the sample data, ingested, resolved and tagged; no journey run."""
+    from tests.ops_helpers import cdp, make_project
+
+    folder = make_project(tmp_path_factory.mktemp("sample"), inboxes={}, log="")
+    for args in (["ingest", "--silent"], ["resolve"], ["tag", "--as-of", "2026-11-15"]):
+        assert cdp(folder, *args).returncode == 0
+    return folder
+
+
+def sample_copy(sample, tmp_path) -> Path:
+    folder = tmp_path / "project"
+    shutil.copytree(sample, folder)
+    return folder
+
+
+def test_a_dry_run_predicts_exactly_what_the_run_sends_on_the_sample(sample, tmp_path):
+    from tests.ops_helpers import cdp
+
+    folder = sample_copy(sample, tmp_path)
+    dry = cdp(folder, "journey", "run", "--now", NOW, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    predicted = sorted(
+        (m["one_id"], r["journey"], m["step"], m["channel"])
+        for r in json.loads(dry.stdout)
+        for m in r["messages"]
+    )
+    counted = sum(sum(r["sent"].values()) for r in json.loads(dry.stdout))
+    assert counted == len(predicted)  # every message is listed, none only counted
+    assert query(folder / "cdp.db", "SELECT count(*) FROM messages") == [(0,)]
+    real = cdp(folder, "journey", "run", "--now", NOW, "--json")
+    assert real.returncode == 0, real.stderr
+    sent = sorted(query(folder / "cdp.db", "SELECT one_id, journey, step, channel FROM messages "
+                        "WHERE status != 'skipped'"))  # fmt: skip
+    assert len(sent) > 100  # journeys of the sample that share the frequency cap
+    assert predicted == sent

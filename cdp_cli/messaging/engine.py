@@ -164,10 +164,16 @@ def run_journeys(
     for journey in chosen:  # every journey is checked before any of them changes the store
         check_journey(journey, rules, templates)
     results = []
-    for journey in chosen:
-        result = RunResult(journey.name, clock.isoformat(timespec="seconds"), dry_run)
-        run = JourneyRun(db, config, journey, clock, 0, rules, templates, result, dry_run)
-        results.append(_run_one(run))
+    if dry_run:  # one transaction for all, rolled back: each journey sees what those before
+        db.conn.execute("BEGIN IMMEDIATE")  # it would have sent (the frequency cap, coupons)
+    try:
+        for journey in chosen:
+            result = RunResult(journey.name, clock.isoformat(timespec="seconds"), dry_run)
+            run = JourneyRun(db, config, journey, clock, 0, rules, templates, result, dry_run)
+            results.append(_run_one(run))
+    finally:
+        if dry_run:
+            db.conn.execute("ROLLBACK")
     if not dry_run:
         written = write_outbound(db, config)
         for result in results:
@@ -176,9 +182,12 @@ def run_journeys(
 
 
 def _run_one(run: JourneyRun) -> RunResult:
+    """One journey's run in its own transaction; a dry run's is the caller's, rolled back
+    after every journey has run in it, so that a dry run predicts exactly what a run sends."""
     started = time.monotonic()
     conn, result = run.db.conn, run.result
-    conn.execute("BEGIN IMMEDIATE")
+    if not run.dry_run:
+        conn.execute("BEGIN IMMEDIATE")
     try:
         cursor = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
         run.run_id = conn.execute(
@@ -198,9 +207,11 @@ def _run_one(run: JourneyRun) -> RunResult:
             (now_iso(), json.dumps(result.as_dict(), ensure_ascii=False), run.run_id),
         )
     except BaseException:
-        conn.execute("ROLLBACK")
+        if not run.dry_run:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("ROLLBACK" if run.dry_run else "COMMIT")
+    if not run.dry_run:
+        conn.execute("COMMIT")
     return result
 
 
