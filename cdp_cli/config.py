@@ -174,11 +174,17 @@ class QuietHours:
         return until + timedelta(days=1) if until <= now else until
 
 
+# Every channel's quiet hours for marketing unless cdp.yaml sets its own (or `off`).
+DEFAULT_QUIET_HOURS = QuietHours(time(21, 0), time(9, 0))
+QUIET_HOURS_OFF = (False, None, "off", "none")  # `quiet_hours: off`: the channel never waits
+
+
 @dataclass(frozen=True)
 class ChannelSettings:
-    """One channel under `channels:` in cdp.yaml."""
+    """One channel under `channels:` in cdp.yaml (a channel it does not list: the defaults)."""
 
-    quiet_hours: QuietHours | None = None
+    quiet_hours: QuietHours | None = DEFAULT_QUIET_HOURS
+    quiet_hours_set: bool = False  # written in cdp.yaml: transactional messages keep it too
     cost: float = 0.0  # per message, for reports' ROI
     appid: str | None = None  # WeChat: the official account that sends
 
@@ -205,9 +211,13 @@ class SendSettings:
         wechat = self.channels.get("wechat")
         return wechat.appid if wechat else None
 
-    def quiet_hours(self, channel: str) -> QuietHours | None:
-        settings = self.channels.get(channel)
-        return settings.quiet_hours if settings else None
+    def quiet_hours(self, channel: str, transactional: bool = False) -> QuietHours | None:
+        """The hours a message on the channel waits out: those cdp.yaml sets for it, else
+        DEFAULT_QUIET_HOURS for marketing; a transactional message obeys only those set."""
+        settings = self.channels.get(channel) or ChannelSettings()
+        if transactional and not settings.quiet_hours_set:
+            return None
+        return settings.quiet_hours
 
     def cost(self, channel: str) -> float:
         settings = self.channels.get(channel)
@@ -387,7 +397,6 @@ def _channel_settings(path: Path, channels: YamlMap, name: str) -> ChannelSettin
     check_keys(
         spec, (*CHANNEL_KEYS, *(("appid",) if CHANNELS[name].scoped_by_appid else ())), where
     )
-    quiet = spec.get("quiet_hours")
     cost = spec.get("cost", 0)
     try:
         cost = float(cost or 0)
@@ -396,15 +405,21 @@ def _channel_settings(path: Path, channels: YamlMap, name: str) -> ChannelSettin
             path, f"{where}.cost: expected a number, got {cost!r}", spec.line_of("cost")
         ) from None
     appid = spec.get("appid")
+    quiet_set = "quiet_hours" in spec
     return ChannelSettings(
-        quiet_hours=_quiet_hours(path, spec, where) if quiet else None,
+        quiet_hours=_quiet_hours(path, spec, where) if quiet_set else DEFAULT_QUIET_HOURS,
+        quiet_hours_set=quiet_set,
         cost=cost,
         appid=str(appid) if appid is not None else None,
     )
 
 
-def _quiet_hours(path: Path, spec: YamlMap, where: str) -> QuietHours:
-    text = str(spec["quiet_hours"])
+def _quiet_hours(path: Path, spec: YamlMap, where: str) -> QuietHours | None:
+    """`quiet_hours: "21:00-09:00"`; `off` (or null) for none."""
+    value = spec["quiet_hours"]
+    if value in QUIET_HOURS_OFF:
+        return None
+    text = str(value)
     try:
         start, end = (datetime.strptime(t.strip(), "%H:%M").time() for t in text.split("-"))
     except ValueError:

@@ -851,3 +851,44 @@ def test_a_dry_run_predicts_exactly_what_the_run_sends_on_the_sample(sample, tmp
                         "WHERE status != 'skipped'"))  # fmt: skip
     assert len(sent) > 100  # journeys of the sample that share the frequency cap
     assert predicted == sent
+
+
+def test_the_sample_sends_no_marketing_push_or_wechat_in_quiet_hours(sample, tmp_path):
+    """Every channel has quiet hours for marketing, in the customer's timezone; at 05:03 the
+    sample's push and WeChat messages wait until 09:00, and go then."""
+    from tests.ops_helpers import cdp
+
+    folder = sample_copy(sample, tmp_path)
+    early = cdp(folder, "journey", "run", "--now", "2026-11-15 05:03", "--json")
+    assert early.returncode == 0, early.stderr
+    assert all(not r["sent"] for r in json.loads(early.stdout))
+    assert sum(r["deferred"] for r in json.loads(early.stdout)) > 0
+    later = cdp(folder, "journey", "run", "--now", "2026-11-15 09:00", "--json")
+    sent = {c for r in json.loads(later.stdout) for c, n in r["sent"].items() if n}
+    assert {"push", "wechat"} <= sent
+
+
+def test_quiet_hours_off_and_transactional_messages_on_channels_without_their_own(
+    run, write, project
+):
+    write("templates/push/hello.json", '{"title": "嗨", "body": "你好", "device": "{{ device }}"}')
+    write("crm_push.csv", "member,name,phone,email,city,appid,openid,device\n"
+          "P1,推,,,南京,,,DEVICE-0001\nP2,送,,,南京,,,DEVICE-0002\n")  # fmt: skip
+    assert run("ingest", "crm_push.csv", "-s", "crm").exit_code == 0
+    assert run("resolve").exit_code == 0
+    assert run("tag", "--as-of", "2026-11-15").exit_code == 0
+    steps = "entry: {when: \"city = '南京'\"}\nsteps:\n  - send: {channel: push, template: hello}\n"
+    write("journeys/m.yaml", journey("m", steps))
+    write("journeys/t.yaml", journey("t", "transactional: true\n" + steps))
+    [m, t] = sorted(run_journeys(run, "--now", "2026-11-15 23:00")[0:2], key=lambda r: r["journey"])
+    assert (m["journey"], m["deferred"], m["sent"]) == ("m", 2, {})  # marketing waits
+    assert (t["journey"], t["sent"]) == ("t", {"push": 2})  # transactional does not
+    write(
+        "cdp.yaml",
+        CONFIG.replace(
+            "  wechat: {appid: wx1", "  push: {quiet_hours: off}\n  wechat: {appid: wx1"
+        ),
+    )
+    write("journeys/m2.yaml", journey("m2", steps))  # m's messages wait until 09:00 already
+    [again] = run_journeys(run, "m2", "--now", "2026-11-15 23:30")
+    assert again["sent"] == {"push": 2}

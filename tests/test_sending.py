@@ -101,7 +101,15 @@ def test_quiet_hours_defer_in_the_customers_own_timezone(store) -> None:
     assert customer_zone("+12125550100", settings.zone) == ZoneInfo("America/New_York")
     assert quiet_until(customers, ids["W1"], "sms", night, settings) == "2026-11-16T09:00:00+08:00"
     assert quiet_until(customers, ids["L1"], "sms", night, settings) is None
-    assert quiet_until(customers, ids["W1"], "wechat", night, settings) is None  # no quiet hours
+    # WeChat sets no quiet hours of its own: marketing waits out the default 21:00-09:00, a
+    # transactional message goes (the change: before, WeChat and push never waited).
+    assert quiet_until(customers, ids["W1"], "wechat", night, settings) == (
+        "2026-11-16T09:00:00+08:00"
+    )
+    assert quiet_until(customers, ids["W1"], "wechat", night, settings, transactional=True) is None
+    assert quiet_until(customers, ids["W1"], "sms", night, settings, transactional=True) == (
+        "2026-11-16T09:00:00+08:00"  # set in cdp.yaml: transactional messages obey it, as before
+    )
     noon = datetime(2026, 11, 16, 12, 0, tzinfo=SHANGHAI)  # 23:00 in New York: quiet there
     assert quiet_until(customers, ids["W1"], "sms", noon, settings) is None
     assert quiet_until(customers, ids["L1"], "sms", noon, settings) == (

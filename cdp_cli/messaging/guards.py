@@ -128,11 +128,17 @@ def reach(
 
 
 def quiet_until(
-    customers: Customers, one_id: str, channel: str, now: datetime, settings: SendSettings
+    customers: Customers,
+    one_id: str,
+    channel: str,
+    now: datetime,
+    settings: SendSettings,
+    transactional: bool = False,
 ) -> str | None:
     """When a message may go, if the channel's quiet hours hold now in the customer's own
-    timezone (in the project's timezone, to the second); None when it may go now."""
-    quiet = settings.quiet_hours(channel)
+    timezone (in the project's timezone, to the second); None when it may go now. Every
+    channel has quiet hours for marketing (SendSettings.quiet_hours)."""
+    quiet = settings.quiet_hours(channel, transactional)
     if quiet is None:
         return None
     zone = customer_zone(customers.phone(one_id), settings.zone)

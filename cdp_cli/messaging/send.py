@@ -287,7 +287,7 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> str | None:
     if not run.journey.transactional and customers.capped(one_id, settings):
         _skip(run, outbox, e, step, message_id, channel, "frequency cap")
         return None
-    until = quiet_until(customers, one_id, channel, run.now, settings)
+    until = quiet_until(customers, one_id, channel, run.now, settings, run.journey.transactional)
     if until:
         run.result.deferred += 1
         return until
