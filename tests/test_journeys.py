@@ -892,3 +892,25 @@ def test_quiet_hours_off_and_transactional_messages_on_channels_without_their_ow
     write("journeys/m2.yaml", journey("m2", steps))  # m's messages wait until 09:00 already
     [again] = run_journeys(run, "m2", "--now", "2026-11-15 23:30")
     assert again["sent"] == {"push": 2}
+
+
+def test_a_reminder_never_prints_a_coupon_that_has_expired_since(run, write, project):
+    write("expiring.csv", "code,campaign,status,value,expires\n"
+          "R1,REMIND,available,20,2026-11-19 23:59:59\nR2,REMIND,available,20,2026-11-19 23:59:59\n")  # fmt: skip
+    assert run("ingest", "expiring.csv", "-s", "coupons").exit_code == 0
+    write("templates/sms/plain.txt", "【花漾】{{ customer.name|default_name }}，新品上市")
+    write("journeys/r.yaml", journey("r", "entry: {when: \"city = '北京'\"}\nsteps:\n"
+          "  - send: {channel: sms, template: hello, coupon: REMIND}\n"
+          "  - wait: 7d\n"
+          "  - send: {channel: sms, template: hello}\n"
+          "  - send: {channel: sms, template: plain}\n"))  # fmt: skip
+    write("cdp.yaml", CONFIG.replace("frequency_cap: {per_day: 1, per_week: 3}", ""))
+    run_journeys(run)
+    run_journeys(run, "--now", "2026-11-22 10:30")
+    rows = query(project / "cdp.db", "SELECT step, status, reason, coupon_code FROM messages "
+                 "WHERE journey = 'r' ORDER BY step")  # fmt: skip
+    assert rows == [
+        ("steps[0]", "written", None, "R1"),
+        ("steps[2]", "skipped", "coupon expired (the code an earlier step sent, R1)", None),
+        ("steps[3]", "written", None, "R1"),  # prints no coupon: goes (the code kept, as before)
+    ]
