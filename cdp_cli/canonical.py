@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cdp_cli.messaging.channels import CONSENT_CHANNELS
+
 TEXT, NUMBER, INTEGER, TIMESTAMP, DATE, JSON = (
     "text",
     "number",
@@ -21,15 +23,25 @@ TEXT, NUMBER, INTEGER, TIMESTAMP, DATE, JSON = (
 SQL_TYPES = {TEXT: "TEXT", NUMBER: "REAL", INTEGER: "INTEGER", TIMESTAMP: "TEXT", DATE: "TEXT"}
 SQL_TYPES[JSON] = "TEXT"
 
+CONSENT_STATUSES = ("opt_in", "opt_out")
+COUPON_STATUSES = ("available", "issued", "redeemed")
+GENDERS = ("male", "female")
+
 
 @dataclass(frozen=True)
 class Field:
-    """One canonical field: its name, type, and whether a row without it is rejected."""
+    """One canonical field: its name, type, and whether a row without it is rejected.
+
+    `choices`, when given, are the only values cdp acts on: a value that maps to none of them
+    (after BUILTIN_VALUES and the source's `values:`) rejects the row when the field is
+    required, and is recorded as invalid (stored empty) when it is not, never stored as is.
+    """
 
     name: str
     type: str = TEXT
     required: bool = False
     doc: str = ""
+    choices: tuple[str, ...] = ()
 
 
 IDENTITY_FIELDS: tuple[Field, ...] = (
@@ -70,7 +82,7 @@ KINDS: dict[str, Kind] = {
             "customers",
             (
                 Field("name"),
-                Field("gender", doc="male or female"),
+                Field("gender", doc="male or female", choices=GENDERS),
                 Field("birthday", DATE),
                 Field("city"),
                 Field("province"),
@@ -114,8 +126,13 @@ KINDS: dict[str, Kind] = {
             "consents",
             "consents",
             (
-                Field("channel", required=True, doc="sms, email, wechat, push or all"),
-                Field("status", required=True, doc="opt_in or opt_out"),
+                Field(
+                    "channel",
+                    required=True,
+                    doc=" ".join(CONSENT_CHANNELS),
+                    choices=CONSENT_CHANNELS,
+                ),
+                Field("status", required=True, doc="opt_in or opt_out", choices=CONSENT_STATUSES),
                 Field("consented_at", TIMESTAMP),
                 Field("reason"),
             ),
@@ -127,7 +144,7 @@ KINDS: dict[str, Kind] = {
             (
                 Field("code", required=True),
                 Field("campaign", required=True, doc="the pool a journey draws codes from"),
-                Field("status", doc="available, issued or redeemed"),
+                Field("status", doc="available, issued or redeemed", choices=COUPON_STATUSES),
                 Field("face_value", NUMBER),
                 Field("issued_at", TIMESTAMP),
                 Field("redeemed_at", TIMESTAMP),
@@ -146,7 +163,8 @@ ITEM_FIELDS: tuple[Field, ...] = (
     Field("quantity", NUMBER),
 )
 
-# Values written many ways for fields whose meaning cdp relies on; a source adds its own.
+# Values written many ways for fields whose meaning cdp relies on; a source adds its own with
+# `values:`. Every field with `choices` also maps each choice to itself (any case).
 BUILTIN_VALUES: dict[str, dict[str, str]] = {
     "gender": {
         "男": "male", "m": "male", "male": "male", "先生": "male",
@@ -158,4 +176,19 @@ BUILTIN_VALUES: dict[str, dict[str, str]] = {
         "opt_out": "opt_out", "opt-out": "opt_out", "optout": "opt_out",
         "unsubscribe": "opt_out", "退订": "opt_out", "拒绝": "opt_out",
     },
+    "channel@consents": {
+        **{name: name for name in CONSENT_CHANNELS},
+        "短信": "sms", "e-mail": "email", "mail": "email", "邮件": "email", "邮箱": "email",
+        "weixin": "wechat", "微信": "wechat", "推送": "push", "app": "push", "全部": "all",
+    },
+    "status@coupons": {name: name for name in COUPON_STATUSES},
 }  # fmt: skip
+
+
+def builtin_values(field: Field, kind: Kind) -> dict[str, str]:
+    """The values cdp understands for a field of a kind: written form (casefolded) -> value."""
+    values = dict(
+        BUILTIN_VALUES.get(f"{field.name}@{kind.name}") or BUILTIN_VALUES.get(field.name, {})
+    )
+    values.update({choice.casefold(): choice for choice in field.choices})
+    return values

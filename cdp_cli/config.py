@@ -11,7 +11,14 @@ from typing import Any
 
 import phonenumbers
 
-from cdp_cli.canonical import BUILTIN_VALUES, IDENTITY_FIELDS, ITEM_FIELDS, KINDS, Field, Kind
+from cdp_cli.canonical import (
+    IDENTITY_FIELDS,
+    ITEM_FIELDS,
+    KINDS,
+    Field,
+    Kind,
+    builtin_values,
+)
 from cdp_cli.errors import ConfigError, FileError, NotFound, UsageError
 from cdp_cli.messaging.channels import CHANNEL_NAMES, CHANNELS
 from cdp_cli.yamlfile import YamlMap, check_keys, did_you_mean, load_yaml
@@ -167,11 +174,17 @@ class QuietHours:
         return until + timedelta(days=1) if until <= now else until
 
 
+# Every channel's quiet hours for marketing unless cdp.yaml sets its own (or `off`).
+DEFAULT_QUIET_HOURS = QuietHours(time(21, 0), time(9, 0))
+QUIET_HOURS_OFF = (False, None, "off", "none")  # `quiet_hours: off`: the channel never waits
+
+
 @dataclass(frozen=True)
 class ChannelSettings:
-    """One channel under `channels:` in cdp.yaml."""
+    """One channel under `channels:` in cdp.yaml (a channel it does not list: the defaults)."""
 
-    quiet_hours: QuietHours | None = None
+    quiet_hours: QuietHours | None = DEFAULT_QUIET_HOURS
+    quiet_hours_set: bool = False  # written in cdp.yaml: transactional messages keep it too
     cost: float = 0.0  # per message, for reports' ROI
     appid: str | None = None  # WeChat: the official account that sends
 
@@ -198,9 +211,13 @@ class SendSettings:
         wechat = self.channels.get("wechat")
         return wechat.appid if wechat else None
 
-    def quiet_hours(self, channel: str) -> QuietHours | None:
-        settings = self.channels.get(channel)
-        return settings.quiet_hours if settings else None
+    def quiet_hours(self, channel: str, transactional: bool = False) -> QuietHours | None:
+        """The hours a message on the channel waits out: those cdp.yaml sets for it, else
+        DEFAULT_QUIET_HOURS for marketing; a transactional message obeys only those set."""
+        settings = self.channels.get(channel) or ChannelSettings()
+        if transactional and not settings.quiet_hours_set:
+            return None
+        return settings.quiet_hours
 
     def cost(self, channel: str) -> float:
         settings = self.channels.get(channel)
@@ -380,7 +397,6 @@ def _channel_settings(path: Path, channels: YamlMap, name: str) -> ChannelSettin
     check_keys(
         spec, (*CHANNEL_KEYS, *(("appid",) if CHANNELS[name].scoped_by_appid else ())), where
     )
-    quiet = spec.get("quiet_hours")
     cost = spec.get("cost", 0)
     try:
         cost = float(cost or 0)
@@ -389,15 +405,21 @@ def _channel_settings(path: Path, channels: YamlMap, name: str) -> ChannelSettin
             path, f"{where}.cost: expected a number, got {cost!r}", spec.line_of("cost")
         ) from None
     appid = spec.get("appid")
+    quiet_set = "quiet_hours" in spec
     return ChannelSettings(
-        quiet_hours=_quiet_hours(path, spec, where) if quiet else None,
+        quiet_hours=_quiet_hours(path, spec, where) if quiet_set else DEFAULT_QUIET_HOURS,
+        quiet_hours_set=quiet_set,
         cost=cost,
         appid=str(appid) if appid is not None else None,
     )
 
 
-def _quiet_hours(path: Path, spec: YamlMap, where: str) -> QuietHours:
-    text = str(spec["quiet_hours"])
+def _quiet_hours(path: Path, spec: YamlMap, where: str) -> QuietHours | None:
+    """`quiet_hours: "21:00-09:00"`; `off` (or null) for none."""
+    value = spec["quiet_hours"]
+    if value in QUIET_HOURS_OFF:
+        return None
+    text = str(value)
     try:
         start, end = (datetime.strptime(t.strip(), "%H:%M").time() for t in text.split("-"))
     except ValueError:
@@ -627,11 +649,11 @@ def _build_inbox(path: Path, spec: YamlMap, where: str) -> Inbox | None:
 def _build_field(
     path: Path, field_def: Field, kind: Kind, spec: Any, line: int, where: str
 ) -> FieldMapping:
-    builtin = BUILTIN_VALUES.get(f"{field_def.name}@{kind.name}") or BUILTIN_VALUES.get(
-        field_def.name, {}
-    )
+    builtin = builtin_values(field_def, kind)
     if isinstance(spec, str):
         if spec.startswith("="):
+            _check_choices(path, field_def, {spec[1:]: builtin.get(spec[1:].casefold(), spec[1:])},
+                           line, where)  # fmt: skip
             return FieldMapping(field_def.name, constant=spec[1:], values=dict(builtin))
         return FieldMapping(field_def.name, column=spec, values=dict(builtin))
     if isinstance(spec, (bool, int, float)) or spec is None:
@@ -650,14 +672,34 @@ def _build_field(
     if not isinstance(synonyms, dict):
         raise ConfigError(path, f"{where}.values: expected a mapping of value: replacement", line)
     values.update({str(k).strip().casefold(): str(v) for k, v in synonyms.items()})
+    _check_choices(path, field_def, values, spec.line_of("values") or line, where)
     formats = spec.get("formats") or []
     if isinstance(formats, str):
         formats = [formats]
     if "value" in spec:
-        return FieldMapping(field_def.name, constant=str(spec["value"]), values=values)
+        constant = str(spec["value"])
+        _check_choices(path, field_def, {constant: values.get(constant.casefold(), constant)},
+                       line, where)  # fmt: skip
+        return FieldMapping(field_def.name, constant=constant, values=values)
     return FieldMapping(
         field_def.name, column=str(spec["from"]), values=values, formats=tuple(map(str, formats))
     )
+
+
+def _check_choices(
+    path: Path, field_def: Field, values: dict[str, str], line: int, where: str
+) -> None:
+    """A field cdp acts on (consent channels, statuses) maps only onto values it knows."""
+    if not field_def.choices:
+        return
+    for written, value in values.items():
+        if value not in field_def.choices:
+            raise ConfigError(
+                path,
+                f"{where}: {written!r} means {value!r}, which is not one of "
+                f"{', '.join(field_def.choices)}{did_you_mean(value, field_def.choices)}",
+                line,
+            )
 
 
 def yaml_word(value: Any) -> str:

@@ -10,12 +10,19 @@ with that identifier if customers are later merged or split. Its key is linked t
 customer in the same transaction, exactly as resolve would link a key that carries only an
 identifier the customer holds, so journeys obey it at once and the next resolve finds nothing
 new in it: no customer is created from it.
+
+A phone or email no customer has yet is recorded all the same, as a suppression: the row
+carries the normalized phone or email and no identity key, so resolve makes no customer of
+it, and it holds for whoever holds that phone or email (linked), now or after a later export
+brings them in (CUSTOMER_CONSENTS reads both kinds).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import sqlite3
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -23,24 +30,41 @@ from zoneinfo import ZoneInfo
 
 import sqlite_utils
 
-from cdp_cli.canonical import IDENTITY_FIELDS
+from cdp_cli.canonical import CONSENT_STATUSES, IDENTITY_FIELDS
 from cdp_cli.config import Config, IdentifierType
 from cdp_cli.errors import CdpError, NotFound, UsageError
-from cdp_cli.identity.normalize import Normalizer, identity_key
+from cdp_cli.identity.normalize import Normalizer, email_key, identity_key, normalize_phone
 from cdp_cli.identity.profiles import Lookup, build_profiles, find_one_id
 from cdp_cli.messaging.channels import CHANNEL_NAMES, CONSENT_CHANNELS
 from cdp_cli.privacy import masked_lookup
 from cdp_cli.store import insert_row, now_iso, rows_as_dicts, transaction
 
-STATUSES = ("opt_in", "opt_out")
 MANUAL_SOURCE = "manual"
+SUPPRESSIBLE = ("phone", "email")  # a suppression is recorded by one of these
+# The consents of a batch of customers (a JSON array of one_ids, given twice), oldest first:
+# those linked to them through an identity key, and suppressions recorded by hand for a
+# phone or email before anyone had it, matched on the identifiers they hold now.
+CUSTOMER_CONSENTS = (
+    "SELECT one_id, channel, status, consented_at, source, reason FROM ("
+    "SELECT k.one_id, lower(c.channel) AS channel, c.status, c.consented_at, c.source, "
+    "c.reason, c.id FROM consents c JOIN identity_keys k ON k.key = c.identity_key "
+    "WHERE k.one_id IN (SELECT value FROM json_each(?)) "
+    "UNION ALL "
+    "SELECT i.one_id, lower(c.channel), c.status, c.consented_at, c.source, c.reason, c.id "
+    "FROM consents c JOIN identifiers i ON i.status = 'linked' "
+    "AND ((i.type = 'phone' AND i.value = c.phone) OR (i.type = 'email' AND i.value = c.email)) "
+    f"WHERE c.identity_key IS NULL AND c.source = '{MANUAL_SOURCE}' "
+    "AND i.one_id IN (SELECT value FROM json_each(?))"
+    ") ORDER BY coalesce(consented_at, ''), id"
+)
 
 
 @dataclass
 class Consent:
-    """One consent recorded by hand, and the identifier that links it to its customer."""
+    """One consent recorded by hand, and the identifier that links it to its customer;
+    `one_id` is None for a suppression (no customer had the phone or email yet)."""
 
-    one_id: str
+    one_id: str | None
     channel: str
     status: str
     consented_at: str
@@ -65,28 +89,24 @@ def record_consent(
     """Record an opt-in or opt-out for the customer `lookup` finds, effective at once."""
     if channel not in CONSENT_CHANNELS:
         raise UsageError(f"channel {channel!r}: use one of {', '.join(CONSENT_CHANNELS)}")
-    if status not in STATUSES:
+    if status not in CONSENT_STATUSES:
         raise UsageError(f"status {status!r}: use opt_in or opt_out")
-    one_id = _find(db, config, lookup)
     at = datetime.now(ZoneInfo(config.timezone)).isoformat(timespec="seconds")
+    try:
+        one_id = _find(db, config, lookup)
+    except NotFound:
+        suppressed = _suppressed_identifier(config, lookup)
+        if suppressed is None:
+            raise
+        type_name, value = suppressed
+        with transaction(db) as conn:
+            batch_id = _insert_row(conn, channel, status, at, reason, {type_name: value}, None)
+        return Consent(None, channel, status, at, reason, MANUAL_SOURCE, batch_id, type_name,
+                       value)  # fmt: skip
     with transaction(db) as conn:
         ident_id, type_name, value, fields = _carrier(db, config, one_id, lookup)
         key = identity_key([(f.name, fields.get(f.name)) for f in IDENTITY_FIELDS])
-        batch_id = insert_row(
-            conn,
-            "INSERT INTO batches (source, kind, file, sha256, size, status, pid, started_at, "
-            "finished_at, rows_read, rows_inserted) "
-            "VALUES (?, 'consents', '(cdp consent)', ?, 0, 'done', ?, ?, ?, 1, 1)",
-            # No file: a random digest, never one of the row (it would hash the phone).
-            (MANUAL_SOURCE, secrets.token_hex(32), os.getpid(), now_iso(), now_iso()),
-        )
-        columns = ["channel", "status", "consented_at", "reason", *fields]
-        conn.execute(
-            f"INSERT INTO consents (source, key, {', '.join(columns)}, identity_key, batch_id) "
-            f"VALUES (?, ?, {', '.join('?' * len(columns))}, ?, ?)",
-            [MANUAL_SOURCE, str(batch_id), channel, status, at, reason, *fields.values(), key,
-             batch_id],
-        )  # fmt: skip
+        batch_id = _insert_row(conn, channel, status, at, reason, fields, key)
         conn.execute(
             "INSERT OR IGNORE INTO identity_keys (key, one_id, resolved_at) VALUES (?, ?, ?)",
             (key, one_id, now_iso()),
@@ -94,6 +114,50 @@ def record_consent(
         conn.execute("INSERT OR IGNORE INTO key_identifiers VALUES (?, ?)", (key, ident_id))
         build_profiles(db, [one_id], now_iso(), config.identity.source_priority)
     return Consent(one_id, channel, status, at, reason, MANUAL_SOURCE, batch_id, type_name, value)
+
+
+def _insert_row(
+    conn: sqlite3.Connection,
+    channel: str,
+    status: str,
+    at: str,
+    reason: str | None,
+    fields: dict[str, str],
+    key: int | None,
+) -> int:
+    """One batch of the source `manual` holding one consents row; the batch's id."""
+    batch_id = insert_row(
+        conn,
+        "INSERT INTO batches (source, kind, file, sha256, size, status, pid, started_at, "
+        "finished_at, rows_read, rows_inserted) "
+        "VALUES (?, 'consents', '(cdp consent)', ?, 0, 'done', ?, ?, ?, 1, 1)",
+        # No file: a random digest, never one of the row (it would hash the phone).
+        (MANUAL_SOURCE, secrets.token_hex(32), os.getpid(), now_iso(), now_iso()),
+    )
+    columns = ["channel", "status", "consented_at", "reason", *fields]
+    conn.execute(
+        f"INSERT INTO consents (source, key, {', '.join(columns)}, identity_key, batch_id) "
+        f"VALUES (?, ?, {', '.join('?' * len(columns))}, ?, ?)",
+        [MANUAL_SOURCE, str(batch_id), channel, status, at, reason, *fields.values(), key,
+         batch_id],
+    )  # fmt: skip
+    return batch_id
+
+
+def _suppressed_identifier(config: Config, lookup: Lookup) -> tuple[str, str] | None:
+    """('phone', E.164) or ('email', its key) for a suppression; None for a one_id (a
+    suppression needs an address). A phone or email that does not normalize is refused."""
+    if lookup.phone:
+        value = normalize_phone(lookup.phone, config.region)
+        if value is None:
+            raise UsageError(f"{masked_lookup(phone=lookup.phone)}: not a valid phone number")
+        return "phone", value
+    if lookup.email:
+        value = email_key(lookup.email)
+        if value is None:
+            raise UsageError(f"{masked_lookup(email=lookup.email)}: not a valid email address")
+        return "email", value
+    return None
 
 
 def _find(db: sqlite_utils.Database, config: Config, lookup: Lookup) -> str:
@@ -147,15 +211,22 @@ def _fields_of(type_: IdentifierType, value: str) -> dict[str, str]:
 
 
 def consents_of(db: sqlite_utils.Database, config: Config, lookup: Lookup) -> dict[str, Any]:
-    """A customer's consents, oldest first, and the latest per channel: what journeys read."""
-    one_id = _find(db, config, lookup)
-    history = rows_as_dicts(
-        db,
-        "SELECT lower(c.channel) AS channel, c.status, c.consented_at, c.source, c.reason "
-        "FROM consents c JOIN identity_keys k ON k.key = c.identity_key WHERE k.one_id = ? "
-        "ORDER BY coalesce(c.consented_at, ''), c.id",
-        (one_id,),
-    )
+    """A customer's consents, oldest first, and the latest per channel: what journeys read.
+
+    For a phone or email no customer has, the suppressions recorded for it (one_id None)."""
+    try:
+        one_id: str | None = _find(db, config, lookup)
+    except NotFound:
+        suppressed = _suppressed_identifier(config, lookup)
+        history = _suppressions(db, *suppressed) if suppressed else []
+        if not history:
+            raise
+        one_id = None
+    else:
+        ids = json.dumps([one_id])
+        history = rows_as_dicts(db, CUSTOMER_CONSENTS, (ids, ids))
+        for row in history:
+            del row["one_id"]
     latest = {row["channel"]: row for row in history}
     out = {c for c, row in latest.items() if row["status"] == "opt_out"}
     # As the journeys' send guard reads them: an opt-out of `all` covers every channel.
@@ -166,3 +237,15 @@ def consents_of(db: sqlite_utils.Database, config: Config, lookup: Lookup) -> di
         "journeys_skip": blocked,
         "history": history,
     }
+
+
+def _suppressions(db: sqlite_utils.Database, type_name: str, value: str) -> list[dict[str, Any]]:
+    """The suppressions recorded for a phone or email (SUPPRESSIBLE), oldest first."""
+    assert type_name in SUPPRESSIBLE
+    return rows_as_dicts(
+        db,
+        "SELECT lower(channel) AS channel, status, consented_at, source, reason FROM consents "
+        f"WHERE identity_key IS NULL AND source = ? AND {type_name} = ? "
+        "ORDER BY coalesce(consented_at, ''), id",
+        (MANUAL_SOURCE, value),
+    )

@@ -33,6 +33,7 @@ import phonenumbers
 import sqlite_utils
 
 from cdp_cli.config import Config
+from cdp_cli.consent import MANUAL_SOURCE, SUPPRESSIBLE
 from cdp_cli.errors import CdpError, NotFound
 from cdp_cli.files import write_text
 from cdp_cli.identity.normalize import email_key, normalize_phone
@@ -247,6 +248,9 @@ def _erase(db: sqlite_utils.Database, config: Config, one_id: str) -> ForgetResu
     tombstones = Tombstones.load(conn, config.identity, config.region)
     assert tombstones is not None
     result.records = erase_records(conn, theirs + others, tombstones, reject=False)
+    result.records["consents"] = result.records.get("consents", 0) + _erase_suppressions(
+        conn, idents
+    )
     _erase_identity(conn, others)
     _erase_by_one_id(conn, one_ids, result)
     addresses = _addresses(idents)
@@ -264,6 +268,19 @@ def _erase(db: sqlite_utils.Database, config: Config, one_id: str) -> ForgetResu
     # Files last, before the commit: killed after them, the rerun erases the same rows again.
     result.outbound_files = rewrite_outbound(config.outbound_folder, set(one_ids), addresses)
     return result
+
+
+def _erase_suppressions(conn: sqlite3.Connection, idents: list[tuple[int, str, str]]) -> int:
+    """Suppressions recorded by hand for their phone or email before cdp knew them (no
+    identity key links those to them); the tombstones keep them from being messaged."""
+    rows = [(t, v) for _, t, v in idents if t in SUPPRESSIBLE]
+    return sum(
+        conn.execute(
+            f"DELETE FROM consents WHERE identity_key IS NULL AND source = ? AND {t} = ?",
+            (MANUAL_SOURCE, v),
+        ).rowcount
+        for t, v in rows
+    )
 
 
 def _marks(values: list[Any]) -> str:

@@ -110,7 +110,7 @@ def _converter(mapping: FieldMapping, spec: Field, source: Source) -> Converter:
 
     An optional value that does not parse is recorded in `invalid` and stored as None.
     """
-    name, required, synonyms = spec.name, spec.required, mapping.values
+    name, required, synonyms, choices = spec.name, spec.required, mapping.values, spec.choices
     problem = _PROBLEMS.get(spec.type, "bad_date")
     formats = mapping.formats + source.timestamp_formats
     timestamps = TimestampParser(zoneinfo.ZoneInfo(source.timezone), formats)
@@ -138,6 +138,11 @@ def _converter(mapping: FieldMapping, spec: Field, source: Source) -> Converter:
             return None
         if synonyms and type(text) is str:
             text = synonyms.get(text.casefold(), text)
+        if choices and text not in choices:
+            if required:
+                raise RowRejected("unknown_value", unknown_value_reason(spec, text), name)
+            invalid[name] = text
+            return None
         if parse is None:
             return text
         try:
@@ -155,6 +160,14 @@ def _converter(mapping: FieldMapping, spec: Field, source: Source) -> Converter:
     if spec.type == TIMESTAMP and not formats:
         return _fast_timestamp(convert, timestamps)
     return convert
+
+
+def unknown_value_reason(spec: Field, value: Any) -> str:
+    """Why a value of a field with choices was refused, and how to make cdp understand it."""
+    return (
+        f"{spec.name}: {value!r} is not one of {', '.join(spec.choices)}; "
+        f"map it with `values:` on the field in cdp.yaml"
+    )
 
 
 # Fast paths for the common case, a plain string in the usual form; anything else goes the
@@ -266,6 +279,7 @@ class RowMapper:
             m for m in mappings
             if m.column and not m.values and (header is not None or "." not in m.column)
             and source.kind.field(m.name).type == TEXT  # type: ignore[union-attr]
+            and not source.kind.field(m.name).choices  # type: ignore[union-attr]
         ]  # fmt: skip
         typed = [m for m in mappings if m not in plain]
         self.columns = [m.name for m in plain + typed]

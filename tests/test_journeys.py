@@ -7,6 +7,7 @@ import json
 import shutil
 import sqlite3
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -688,3 +689,170 @@ def test_channel_settings_mistakes_name_the_line(run, write, project, old, new, 
     assert result.exit_code == 2, result.output
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+EXPIRING = (
+    "code,campaign,status,value,expires\n"
+    "S1,SOON,available,20,2026-11-10 23:59:59\n"  # expired before the send
+    "S2,SOON,available,20,2026-11-16 23:59:59\n"  # a day and a half left at NOW
+    "S3,SOON,available,20,2026-11-19 23:59:59\n"  # four days and a half left
+    "S4,SOON,issued,20,2027-01-31 23:59:59\n"
+)
+
+
+def test_a_pool_never_issues_a_code_expired_or_expiring_within_min_days_left(run, write, project):
+    write("expiring.csv", EXPIRING)
+    assert run("ingest", "expiring.csv", "-s", "coupons").exit_code == 0
+    steps = "steps:\n  - send: {channel: sms, template: hello, coupon: SOON}\n"
+    write("journeys/a.yaml", journey("a", "entry: {when: \"city = '武汉'\"}\n" + steps))
+    write("journeys/b.yaml", journey("b", "entry: {when: \"city = '北京'\"}\n" + steps.replace(
+        "coupon: SOON", "coupon: {pool: SOON, min_days_left: 5}")))  # fmt: skip
+    write("journeys/c.yaml", journey("c", "entry: {when: \"city = '成都'\"}\n" + steps.replace(
+        "coupon: SOON", "coupon: {pool: SOON, min_days_left: 0}")))  # fmt: skip
+    results = {r["journey"]: r for r in run_journeys(run)}
+    a, b, c = messages(project, "a"), messages(project, "b"), messages(project, "c")
+    # M1 (武汉) draws S3 (valid 4.5 days, over the default 3); M6 finds none valid for 3 days.
+    assert a["M1"] == ("sms", "written", None, "S3")
+    assert a["M6"][1:3] == ("skipped", "coupon pool SOON has no code valid for 3 more days")
+    assert results["a"]["notes"] == [
+        "coupon pool SOON has no code valid for 3 more days: those sends were skipped"
+    ]
+    assert b["M2"][1:3] == ("skipped", "coupon pool SOON has no code valid for 5 more days")
+    assert c["M4"][1:] == ("skipped", "opted out (sms: opted out)", None)  # M4 opted out of SMS
+    issued = query(project / "cdp.db", "SELECT code FROM coupon_issues ORDER BY code")
+    assert issued == [("S3",)]  # never S1 (expired) nor S2 (expiring within 3 days)
+
+
+def test_a_coupon_step_says_what_is_wrong_with_its_coupon(run, write, project):
+    write("journeys/j.yaml", journey("j", "entry: {when: \"city = '武汉'\"}\nsteps:\n"
+          "  - send: {channel: sms, template: hello, coupon: {pool: TEST, min_days_left: -1}}\n"))  # fmt: skip
+    result = run("journey", "validate")
+    assert result.exit_code == 2
+    assert "steps[0].send.coupon.min_days_left: expected a whole number of days, 0 or more" in (
+        result.stderr
+    )
+
+
+def test_validate_warns_when_a_pool_holds_fewer_codes_than_the_journey_would_reach(
+    run, write, project
+):
+    write("later.csv", "code,campaign,status,value,expires\n"
+          "L1,LATER,available,20,2099-12-31 23:59:59\nL2,LATER,available,20,2099-12-31\n")  # fmt: skip
+    assert run("ingest", "later.csv", "-s", "coupons").exit_code == 0
+    write("journeys/w.yaml", journey("w", "entry: {when: \"city = '武汉'\"}\nsteps:\n"
+          "  - send: {channel: sms, template: hello, coupon: LATER}\n"))  # fmt: skip
+    write("journeys/bj.yaml", journey("bj", "entry: {when: \"city = '北京'\"}\nsteps:\n"
+          "  - send: {channel: sms, template: hello, coupon: LATER}\n"))  # fmt: skip
+    result = run("journey", "validate", "--json")
+    assert result.exit_code == 0, result.output
+    warnings = {j["journey"]: j["warnings"] for j in json.loads(result.stdout)}
+    # 武汉: M1, M5, M6, three customers for two codes; 北京: M2 alone, one for two.
+    assert warnings == {"w": [
+        "journey w, step steps[0]: coupon pool LATER has 2 codes valid for 3 more days, "
+        "fewer than the 3 customers the journey would enrol now"], "bj": []}  # fmt: skip
+    assert (
+        "Warning: journey w, step steps[0]: coupon pool LATER has 2 codes"
+        in run("journey", "validate").stderr
+    )
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    """The shipped project on the sample data, ingested, resolved and tagged; no journey run."""
+    from tests.ops_helpers import cdp, make_project
+
+    folder = make_project(tmp_path_factory.mktemp("sample"), inboxes={}, log="")
+    for args in (["ingest", "--silent"], ["resolve"], ["tag", "--as-of", "2026-11-15"]):
+        assert cdp(folder, *args).returncode == 0
+    return folder
+
+
+def sample_copy(sample, tmp_path) -> Path:
+    folder = tmp_path / "project"
+    shutil.copytree(sample, folder)
+    return folder
+
+
+def test_a_dry_run_predicts_exactly_what_the_run_sends_on_the_sample(sample, tmp_path):
+    from tests.ops_helpers import cdp
+
+    folder = sample_copy(sample, tmp_path)
+    dry = cdp(folder, "journey", "run", "--now", NOW, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    predicted = sorted(
+        (m["one_id"], r["journey"], m["step"], m["channel"])
+        for r in json.loads(dry.stdout)
+        for m in r["messages"]
+    )
+    counted = sum(sum(r["sent"].values()) for r in json.loads(dry.stdout))
+    assert counted == len(predicted)  # every message is listed, none only counted
+    assert query(folder / "cdp.db", "SELECT count(*) FROM messages") == [(0,)]
+    real = cdp(folder, "journey", "run", "--now", NOW, "--json")
+    assert real.returncode == 0, real.stderr
+    sent = sorted(query(folder / "cdp.db", "SELECT one_id, journey, step, channel FROM messages "
+                        "WHERE status != 'skipped'"))  # fmt: skip
+    assert len(sent) > 100  # journeys of the sample that share the frequency cap
+    assert predicted == sent
+
+
+def test_the_sample_sends_no_marketing_push_or_wechat_in_quiet_hours(sample, tmp_path):
+    """Every channel has quiet hours for marketing, in the customer's timezone; at 05:03 the
+    sample's push and WeChat messages wait until 09:00, and go then."""
+    from tests.ops_helpers import cdp
+
+    folder = sample_copy(sample, tmp_path)
+    early = cdp(folder, "journey", "run", "--now", "2026-11-15 05:03", "--json")
+    assert early.returncode == 0, early.stderr
+    assert all(not r["sent"] for r in json.loads(early.stdout))
+    assert sum(r["deferred"] for r in json.loads(early.stdout)) > 0
+    later = cdp(folder, "journey", "run", "--now", "2026-11-15 09:00", "--json")
+    sent = {c for r in json.loads(later.stdout) for c, n in r["sent"].items() if n}
+    assert {"push", "wechat"} <= sent
+
+
+def test_quiet_hours_off_and_transactional_messages_on_channels_without_their_own(
+    run, write, project
+):
+    write("templates/push/hello.json", '{"title": "嗨", "body": "你好", "device": "{{ device }}"}')
+    write("crm_push.csv", "member,name,phone,email,city,appid,openid,device\n"
+          "P1,推,,,南京,,,DEVICE-0001\nP2,送,,,南京,,,DEVICE-0002\n")  # fmt: skip
+    assert run("ingest", "crm_push.csv", "-s", "crm").exit_code == 0
+    assert run("resolve").exit_code == 0
+    assert run("tag", "--as-of", "2026-11-15").exit_code == 0
+    steps = "entry: {when: \"city = '南京'\"}\nsteps:\n  - send: {channel: push, template: hello}\n"
+    write("journeys/m.yaml", journey("m", steps))
+    write("journeys/t.yaml", journey("t", "transactional: true\n" + steps))
+    [m, t] = sorted(run_journeys(run, "--now", "2026-11-15 23:00")[0:2], key=lambda r: r["journey"])
+    assert (m["journey"], m["deferred"], m["sent"]) == ("m", 2, {})  # marketing waits
+    assert (t["journey"], t["sent"]) == ("t", {"push": 2})  # transactional does not
+    write(
+        "cdp.yaml",
+        CONFIG.replace(
+            "  wechat: {appid: wx1", "  push: {quiet_hours: off}\n  wechat: {appid: wx1"
+        ),
+    )
+    write("journeys/m2.yaml", journey("m2", steps))  # m's messages wait until 09:00 already
+    [again] = run_journeys(run, "m2", "--now", "2026-11-15 23:30")
+    assert again["sent"] == {"push": 2}
+
+
+def test_a_reminder_never_prints_a_coupon_that_has_expired_since(run, write, project):
+    write("expiring.csv", "code,campaign,status,value,expires\n"
+          "R1,REMIND,available,20,2026-11-19 23:59:59\nR2,REMIND,available,20,2026-11-19 23:59:59\n")  # fmt: skip
+    assert run("ingest", "expiring.csv", "-s", "coupons").exit_code == 0
+    write("templates/sms/plain.txt", "【花漾】{{ customer.name|default_name }}，新品上市")
+    write("journeys/r.yaml", journey("r", "entry: {when: \"city = '北京'\"}\nsteps:\n"
+          "  - send: {channel: sms, template: hello, coupon: REMIND}\n"
+          "  - wait: 7d\n"
+          "  - send: {channel: sms, template: hello}\n"
+          "  - send: {channel: sms, template: plain}\n"))  # fmt: skip
+    write("cdp.yaml", CONFIG.replace("frequency_cap: {per_day: 1, per_week: 3}", ""))
+    run_journeys(run)
+    run_journeys(run, "--now", "2026-11-22 10:30")
+    rows = query(project / "cdp.db", "SELECT step, status, reason, coupon_code FROM messages "
+                 "WHERE journey = 'r' ORDER BY step")  # fmt: skip
+    assert rows == [
+        ("steps[0]", "written", None, "R1"),
+        ("steps[2]", "skipped", "coupon expired (the code an earlier step sent, R1)", None),
+        ("steps[3]", "written", None, "R1"),  # prints no coupon: goes (the code kept, as before)
+    ]

@@ -404,11 +404,61 @@ def test_consent_usage_and_lookup_errors(run, project):
     assert "--channel and --reason go with --opt-out or --opt-in" in result.output
     result = run("consent", "--phone", "13800000001", "--opt-out")
     assert result.exit_code == 2 and "--opt-out and --opt-in need --channel" in result.output
-    result = run("consent", "--phone", "13999999999", "--channel", "sms", "--opt-out")
+    result = run("consent", "--phone", "13999999999")  # no customer and no suppression
     assert result.exit_code == 1
     assert result.output.strip() == "Error: no customer has the phone 139****9999"
+    result = run("consent", "C999999999", "--channel", "sms", "--opt-out")
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: no customer has the one_id C999999999"
+    result = run("consent", "--phone", "12345", "--channel", "sms", "--opt-out")
+    assert result.exit_code == 2 and "not a valid phone number" in result.output
     shown = ok(run("consent", "--phone", "13800000004"))
     assert "sms      opt_out" in shown.stdout and "skip for" in shown.stdout
+
+
+def test_contradictory_consent_flags_are_a_usage_error(run, project, tmp_path):
+    before = query(tmp_path / "cdp.db", "SELECT count(*) FROM consents")
+    result = run("consent", "--phone", "13800000001", "--channel", "sms", "--opt-out", "--opt-in")
+    assert result.exit_code == 2
+    assert "give one of --opt-out and --opt-in, not both" in result.output
+    assert query(tmp_path / "cdp.db", "SELECT count(*) FROM consents") == before
+
+
+def test_an_opt_out_before_the_person_is_known_holds_when_they_arrive(
+    run, write, project, tmp_path
+):
+    customers = query(tmp_path / "cdp.db", "SELECT count(*) FROM profiles")[0][0]
+    result = ok(run("consent", "--phone", "139 0000 0007", "--channel", "sms", "--opt-out",
+                    "--reason", "replied TD", "--json", "--unmask"))  # fmt: skip
+    recorded = json.loads(result.stdout)
+    assert recorded["one_id"] is None and recorded["journeys_skip"] == ["sms"]
+    assert recorded["recorded"]["identifier"] == "+8613900000007"
+    ok(run("consent", "--email", "New.Comer@QQ.com", "--channel", "all", "--opt-out"))
+    shown = ok(run("consent", "--phone", "13900000007"))
+    assert "sms      opt_out" in shown.stdout and "no customer has it yet" in shown.stdout
+    resolved = json.loads(ok(run("resolve", "--json")).stdout)
+    assert resolved["created"] == 0  # a suppression is no customer
+
+    write("crm_later.csv", CRM_HEADER + "M7,新客,+86 139-0000-0007,,武汉,,\n"
+          "M8,新人,13900000008,new.comer@qq.com,武汉,,\n")  # fmt: skip
+    ok(run("ingest", "crm_later.csv", "-s", "crm"))
+    ok(run("resolve"))
+    ok(run("tag", "--as-of", "2026-11-15"))
+    assert query(tmp_path / "cdp.db", "SELECT count(*) FROM profiles")[0][0] == customers + 2
+    write("journeys/later.yaml", journey("later"))
+    later = run_journey(run, "later")
+    m7, m8 = one_id_of(tmp_path, "M7"), one_id_of(tmp_path, "M8")
+    reasons = dict(query(tmp_path / "cdp.db",
+                         "SELECT one_id, reason FROM messages WHERE journey = 'later'"))  # fmt: skip
+    assert reasons[m7] == reasons[m8] == "opted out (sms: opted out)"
+    assert later["skipped"]["opted out"] == 2
+    report = json.loads(ok(run("consent", m7, "--json")).stdout)
+    assert report["journeys_skip"] == ["sms"] and report["history"][0]["reason"] == "replied TD"
+
+    ok(run("forget", m7, "--yes"))
+    left = query(tmp_path / "cdp.db", "SELECT count(*) FROM consents WHERE phone = ?",
+                 "+8613900000007")  # fmt: skip
+    assert left == [(0,)]
 
 
 # ---------------------------------------------------------------------------------------------

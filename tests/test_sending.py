@@ -101,7 +101,15 @@ def test_quiet_hours_defer_in_the_customers_own_timezone(store) -> None:
     assert customer_zone("+12125550100", settings.zone) == ZoneInfo("America/New_York")
     assert quiet_until(customers, ids["W1"], "sms", night, settings) == "2026-11-16T09:00:00+08:00"
     assert quiet_until(customers, ids["L1"], "sms", night, settings) is None
-    assert quiet_until(customers, ids["W1"], "wechat", night, settings) is None  # no quiet hours
+    # WeChat sets no quiet hours of its own: marketing waits out the default 21:00-09:00, a
+    # transactional message goes (the change: before, WeChat and push never waited).
+    assert quiet_until(customers, ids["W1"], "wechat", night, settings) == (
+        "2026-11-16T09:00:00+08:00"
+    )
+    assert quiet_until(customers, ids["W1"], "wechat", night, settings, transactional=True) is None
+    assert quiet_until(customers, ids["W1"], "sms", night, settings, transactional=True) == (
+        "2026-11-16T09:00:00+08:00"  # set in cdp.yaml: transactional messages obey it, as before
+    )
     noon = datetime(2026, 11, 16, 12, 0, tzinfo=SHANGHAI)  # 23:00 in New York: quiet there
     assert quiet_until(customers, ids["W1"], "sms", noon, settings) is None
     assert quiet_until(customers, ids["L1"], "sms", noon, settings) == (
@@ -111,7 +119,7 @@ def test_quiet_hours_defer_in_the_customers_own_timezone(store) -> None:
 
 def test_a_coupon_pool_draws_unissued_codes_in_order_until_it_is_empty(store) -> None:
     _, db = store
-    pool = CouponPool(db, "SPRING")
+    pool = CouponPool(db, "SPRING", datetime(2026, 11, 15, 10, 30, tzinfo=SHANGHAI))
     first = pool.draw()
     assert first is not None and first["code"] == "B1"
     pool.put_back(first)  # its message failed to render: the code is drawn again
@@ -146,3 +154,82 @@ def test_an_exhausted_pool_skips_the_rest_with_its_reason(run, write, store) -> 
         ("W1", "written", None, "B1"),
         ("W2", "skipped", "coupon pool SPRING is empty", None),
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Values cdp acts on: a consent's channel and status, a coupon's status
+
+
+def test_a_consent_channel_cdp_cannot_map_is_a_reject_never_a_silent_no_op(
+    run, write, store, tmp_path
+) -> None:
+    config_text = (tmp_path / "cdp.yaml").read_text(encoding="utf-8")
+    write("cdp.yaml", config_text.replace(
+        "fields: {phone: phone, channel: channel,",
+        "fields: {phone: phone, channel: {from: channel, values: {text message: sms}},",
+    ))  # fmt: skip
+    write("more.csv", "phone,channel,at\n"
+          "13800000001,短信,2026-02-01\n13800000002,smss,2026-02-01\n"
+          "13800000002,,2026-02-01\n+1 212 555 0100,Text Message,2026-02-01\n"
+          "13800000003,邮箱,2026-02-01\n13800000003,微信,2026-02-01\n"
+          "13800000003,APP,2026-02-01\n13800000003,全部,2026-02-01\n")  # fmt: skip
+    result = run("ingest", "more.csv", "-s", "optouts", "--json")
+    assert result.exit_code == 0, result.output
+    [ingested] = json.loads(result.stdout)
+    assert (ingested["inserted"], ingested["rejected"]) == (6, 2)
+    assert run("resolve").exit_code == 0
+    config, db = store
+    rejects = db.conn.execute(
+        "SELECT line, problem, field, reason FROM rejects WHERE source = 'optouts' ORDER BY line"
+    ).fetchall()
+    assert rejects == [
+        (3, "unknown_value", "channel", "channel: 'smss' is not one of sms, email, wechat, "
+         "push, all; map it with `values:` on the field in cdp.yaml"),
+        (4, "missing", "channel", "channel: missing"),
+    ]  # fmt: skip
+    stored = db.conn.execute(
+        "SELECT channel FROM consents WHERE batch_id = ? ORDER BY id", (ingested["batch_id"],)
+    ).fetchall()
+    assert [c for (c,) in stored] == ["sms", "sms", "email", "wechat", "push", "all"]
+    customers, ids = load(config, db, datetime(2026, 11, 15, 10, 30, tzinfo=SHANGHAI))
+    appid = config.sending.wechat_appid
+    assert reach(customers, ids["W1"], ("sms",), appid).skip == "opted out (sms: opted out)"
+    assert reach(customers, ids["L1"], ("sms",), appid).skip == "opted out (sms: opted out)"
+    assert reach(customers, ids["W2"], ("sms",), appid).channel == "sms"  # rejects opt out none
+    status = json.loads(run("status", "--json").stdout)
+    assert status["rejects"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("channel: channel,", "channel: {from: channel, values: {短讯: smss}},",
+         "cdp.yaml:14: sources.optouts.fields.channel: '短讯' means 'smss', which is not one of "
+         "sms, email, wechat, push, all (did you mean 'sms'?)"),
+        ('status: "=opt_out"', 'status: "=unsubscribed"',
+         "cdp.yaml:14: sources.optouts.fields.status: 'unsubscribed' means 'unsubscribed', "
+         "which is not one of opt_in, opt_out"),
+    ],
+)  # fmt: skip
+def test_a_mapping_onto_a_value_cdp_does_not_act_on_is_refused_when_cdp_yaml_loads(
+    run, write, old, new, message
+) -> None:
+    assert old in CONFIG
+    write("cdp.yaml", CONFIG.replace(old, new))
+    result = run("status")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+
+
+def test_a_coupon_status_cdp_cannot_map_is_counted_invalid_and_never_drawn(
+    run, write, store
+) -> None:
+    write("more_coupons.csv", "code,campaign,status\nA1,SPRING,可用\nA2,SPRING,AVAILABLE\n")
+    assert run("ingest", "more_coupons.csv", "-s", "coupons").exit_code == 0
+    _, db = store
+    rows = db.conn.execute(
+        "SELECT code, status, attrs FROM coupons WHERE code IN ('A1', 'A2') ORDER BY code"
+    ).fetchall()
+    assert rows == [("A1", None, '{"_invalid":{"status":"可用"}}'), ("A2", "available", None)]
+    pool = CouponPool(db, "SPRING", datetime(2026, 11, 15, 10, 30, tzinfo=SHANGHAI))
+    assert [pool.draw()["code"] for _ in range(3)] == ["A2", "B1", "B2"]  # type: ignore[index]

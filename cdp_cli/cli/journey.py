@@ -150,23 +150,33 @@ def journey_validate_command(project: Project, json_: bool) -> None:
     Example:
       cdp journey validate
     """
-    from cdp_cli.messaging.engine import validate_journeys
+    from datetime import datetime
 
+    from cdp_cli.messaging.engine import coupon_shortfalls, validate_journeys
+
+    config = project.config
+    warnings: dict[str, list[str]] = {}
     if project.store_path.exists():  # then templates are checked against its data, too
         with project.store(create=False) as db:
-            journeys = validate_journeys(project.config, db)
+            journeys = validate_journeys(config, db)
+            now = datetime.now(config.sending.zone)
+            warnings = coupon_shortfalls(db, config, journeys, now)
     else:
-        journeys = validate_journeys(project.config, None)
+        journeys = validate_journeys(config, None)
     summary = [
         {
             "journey": j.name,
             "steps": len(j.index),
             "entry": j.entry.when or j.entry.event or f"tag {j.entry.tag}",
             "channels": sorted({c for s in j.sends() for c in (s.channel, *s.fallback)}),
+            "warnings": warnings.get(j.name, []),
         }
         for j in journeys
     ]
     out.emit(summary, json_, _print_valid)
+    for journey_warnings in warnings.values():
+        for warning in journey_warnings:
+            out.note(f"Warning: {warning}")
 
 
 def _print_valid(summary: list[dict[str, Any]]) -> None:

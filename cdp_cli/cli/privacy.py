@@ -25,12 +25,12 @@ from cdp_cli.messaging.channels import CONSENT_CHANNELS
     type=click.Choice(CONSENT_CHANNELS),
     help="The channel the consent is for; `all` covers every channel.",
 )
-@click.option("--opt-out", "status", flag_value="opt_out", help="Record an opt-out.")
-@click.option("--opt-in", "status", flag_value="opt_in", help="Record an opt-in.")
+@click.option("--opt-out", is_flag=True, help="Record an opt-out.")
+@click.option("--opt-in", is_flag=True, help="Record an opt-in.")
 @click.option("--reason", metavar="TEXT", help="Why, or where it was given (kept with it).")
 @click.option("--unmask", is_flag=True, help="Show phones and emails in full.")
 @json_option
-@writes_store(only_with=("status",))
+@writes_store(only_with=("opt_out", "opt_in"))
 @pass_project
 def consent_command(
     project: Project,
@@ -38,7 +38,8 @@ def consent_command(
     phone: str | None,
     email: str | None,
     channel: str | None,
-    status: str | None,
+    opt_out: bool,
+    opt_in: bool,
     reason: str | None,
     unmask: bool,
     json_: bool,
@@ -59,6 +60,9 @@ def consent_command(
     from cdp_cli.privacy import masked_consent
 
     lookup = one_lookup(one_id, phone, email)
+    if opt_out and opt_in:
+        raise click.UsageError("give one of --opt-out and --opt-in, not both")
+    status = "opt_out" if opt_out else "opt_in" if opt_in else None
     if status and not channel:
         raise click.UsageError("--opt-out and --opt-in need --channel")
     if (channel or reason) and not status:
@@ -78,11 +82,17 @@ def _print_consents(report: dict[str, Any]) -> None:
     recorded = report["recorded"]
     if recorded:
         verb = "opted out of" if recorded["status"] == "opt_out" else "opted in to"
-        out.note(
-            f"Recorded: {recorded['one_id']} {verb} {recorded['channel']} at "
-            f"{recorded['consented_at']}, linked by {recorded['identifier_type']} "
-            f"{recorded['identifier']}"
-        )
+        noun = f"{recorded['identifier_type']} {recorded['identifier']}"
+        if recorded["one_id"] is None:
+            out.note(
+                f"Recorded: {noun} {verb} {recorded['channel']} at {recorded['consented_at']}; "
+                "no customer has it yet: it holds for whoever has it, now or later"
+            )
+        else:
+            out.note(
+                f"Recorded: {recorded['one_id']} {verb} {recorded['channel']} at "
+                f"{recorded['consented_at']}, linked by {noun}"
+            )
 
     def rows(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         return [
@@ -90,14 +100,15 @@ def _print_consents(report: dict[str, Any]) -> None:
         ]
 
     columns = ["channel", "status", "at", "source", "reason"]
+    who = report["one_id"] or "whoever gets this address (no customer has it yet)"
     if not report["history"]:
-        click.echo(f"{report['one_id']}: no consent recorded")
+        click.echo(f"{who}: no consent recorded")
         return
-    title = f"Consents of {report['one_id']}: latest per channel"
+    title = f"Consents of {who}: latest per channel"
     out.print_table(title, columns, rows(report["latest"]))
     out.print_table("All, oldest first", columns, rows(report["history"]))
     skipped = ", ".join(report["journeys_skip"]) or "none"
-    click.echo(f"Channels journeys skip for {report['one_id']}: {skipped}")
+    click.echo(f"Channels journeys skip for {who}: {skipped}")
 
 
 @click.command(name="forget")

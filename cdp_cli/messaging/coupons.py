@@ -2,20 +2,49 @@
 
 A pool reads its campaign's available codes a block at a time, lowest code first; a code is
 issued when its message is queued (coupon_issues), and put back when the message fails to
-render. A pool that runs dry skips the rest of the step's messages with a reason that says so.
+render. A code that has expired by the time of the send is never drawn, nor one that expires
+within the step's `min_days_left` (a customer needs time to use it). A pool that runs dry
+skips the rest of the step's messages with a reason that says which of the two it was.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlite_utils
 
+UNIX_EPOCH_JULIAN_DAY = 2440587.5
+# The codes of a pool a step may draw: available, never issued, unexpired.
+AVAILABLE_CODES = (
+    "FROM coupons c WHERE campaign = ? AND status = 'available' "
+    "AND NOT EXISTS (SELECT 1 FROM coupon_issues i WHERE i.code = c.code) "
+)
 
-def empty_pool_reason(campaign: str) -> str:
-    """A message's skip reason when its campaign's pool has no code left."""
-    return f"coupon pool {campaign} is empty"
+
+def julian_day(moment: datetime) -> float:
+    """SQLite's julianday() of an aware datetime: days since noon UTC, 24 November 4714 BC."""
+    return moment.timestamp() / 86400 + UNIX_EPOCH_JULIAN_DAY
+
+
+def empty_pool_reason(campaign: str, min_days_left: int | None = None) -> str:
+    """A message's skip reason when its campaign's pool has no code left for it: none at all,
+    or (`min_days_left` given) none that is still valid that many days after the send."""
+    if min_days_left is None:
+        return f"coupon pool {campaign} is empty"
+    return f"coupon pool {campaign} has no code valid for {min_days_left} more days"
+
+
+def usable_codes(
+    db: sqlite_utils.Database, campaign: str, now: datetime, min_days_left: int
+) -> int:
+    """How many codes of the campaign a step could draw at `now` (before this run's draws)."""
+    row = db.conn.execute(
+        f"SELECT count(*) {AVAILABLE_CODES}AND (expires_at IS NULL OR julianday(expires_at) >= ?)",
+        (campaign, julian_day(now + timedelta(days=min_days_left))),
+    ).fetchone()
+    return int(row[0])
 
 
 class CouponPool:
@@ -23,47 +52,64 @@ class CouponPool:
 
     BLOCK = 2000
 
-    def __init__(self, db: sqlite_utils.Database, campaign: str) -> None:
-        self.db, self.campaign = db, campaign
-        self.ready: list[tuple[str, Any, Any]] = []
+    def __init__(self, db: sqlite_utils.Database, campaign: str, now: datetime) -> None:
+        self.db, self.campaign, self.now = db, campaign, now
+        # (code, face_value, expires_at, its julian day or None), the lowest code last
+        self.ready: list[tuple[str, Any, Any, float | None]] = []
         self.after = ""
         self.exhausted = False
+        self.expired = 0  # codes read that had expired by the time of the send
 
-    def draw(self) -> dict[str, Any] | None:
-        if not self.ready and not self.exhausted:
+    def draw(self, min_days_left: int = 0) -> dict[str, Any] | None:
+        """The lowest code still valid `min_days_left` days from now; None when none is."""
+        least = julian_day(self.now + timedelta(days=min_days_left))
+        while True:
+            for index in range(len(self.ready) - 1, -1, -1):
+                code, face_value, expires_at, day = self.ready[index]
+                if day is None or day >= least:
+                    del self.ready[index]
+                    return {"code": code, "face_value": face_value, "expires_at": expires_at}
+            if self.exhausted:
+                return None
             self._fill()
-        if not self.ready:
-            return None
-        code, face_value, expires_at = self.ready.pop()
-        return {"code": code, "face_value": face_value, "expires_at": expires_at}
+
+    def empty_reason(self, min_days_left: int) -> str:
+        """Why draw() found nothing: the pool is empty, or its codes expire too soon."""
+        if self.ready or self.expired:
+            return empty_pool_reason(self.campaign, min_days_left)
+        return empty_pool_reason(self.campaign)
 
     def put_back(self, coupon: dict[str, Any]) -> None:
-        self.ready.append((coupon["code"], coupon["face_value"], coupon["expires_at"]))
+        expires_at = coupon["expires_at"]
+        day = self.db.conn.execute("SELECT julianday(?)", (expires_at,)).fetchone()[0]
+        self.ready.append((coupon["code"], coupon["face_value"], expires_at, day))
 
     def _fill(self) -> None:
         rows = self.db.conn.execute(
-            "SELECT code, face_value, expires_at FROM coupons c "
-            "WHERE campaign = ? AND status = 'available' AND code > ? "
-            "AND NOT EXISTS (SELECT 1 FROM coupon_issues i WHERE i.code = c.code) "
-            "ORDER BY code LIMIT ?",
+            f"SELECT code, face_value, expires_at, julianday(expires_at) {AVAILABLE_CODES}"
+            "AND code > ? ORDER BY code LIMIT ?",
             (self.campaign, self.after, self.BLOCK),
         ).fetchall()
         if len(rows) < self.BLOCK:
             self.exhausted = True
         if rows:
             self.after = rows[-1][0]
-        self.ready = rows[::-1]  # pop() takes the lowest code first
+        now = julian_day(self.now)
+        fresh = [r for r in rows if r[3] is None or r[3] >= now]
+        self.expired += len(rows) - len(fresh)
+        self.ready = fresh[::-1] + self.ready  # pop() takes the lowest code first
 
 
 @dataclass
 class CouponPools:
-    """The pools of one journey's run, by campaign, and the campaigns that ran dry."""
+    """The pools of one journey's run, by campaign, and why those that ran dry did."""
 
     db: sqlite_utils.Database
+    now: datetime
     pools: dict[str, CouponPool] = field(default_factory=dict)
-    empty: set[str] = field(default_factory=set)
+    empty: dict[str, str] = field(default_factory=dict)  # campaign -> the skip reason
 
     def pool(self, campaign: str) -> CouponPool:
         if campaign not in self.pools:
-            self.pools[campaign] = CouponPool(self.db, campaign)
+            self.pools[campaign] = CouponPool(self.db, campaign, self.now)
         return self.pools[campaign]

@@ -22,6 +22,7 @@ from cronsim import CronSim
 from cdp_cli.config import Config
 from cdp_cli.errors import CdpError, NotFound, RuleError
 from cdp_cli.messaging.conditions import JourneyRules
+from cdp_cli.messaging.coupons import usable_codes
 from cdp_cli.messaging.fixtures import example_context
 from cdp_cli.messaging.journeys import (
     Branch,
@@ -84,6 +85,57 @@ def validate_journeys(config: Config, db: sqlite_utils.Database | None = None) -
     return list(journeys.values())
 
 
+def coupon_shortfalls(
+    db: sqlite_utils.Database, config: Config, journeys: list[Journey], now: datetime
+) -> dict[str, list[str]]:
+    """Per journey, a warning for each coupon step whose pool holds fewer codes it may draw
+    (unissued, valid for its min_days_left) than the customers the journey would enrol at
+    `now`: an upper bound of who reaches the step (holdout, opt-outs and waits not counted).
+    Nothing when the store has no features yet (nothing can enrol)."""
+    if "profile_features" not in db.table_names():
+        return {}
+    known = {r[0] for r in db.conn.execute("SELECT DISTINCT tag FROM profile_tags")}
+    rules = JourneyRules(config, now.date(), known)
+    cursor = db.conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
+    warnings: dict[str, list[str]] = {}
+    for journey in journeys:
+        steps = [s for s in journey.sends() if s.coupon]
+        if not steps:
+            continue
+        audience = len(_would_enter(db, config, journey, now, rules, cursor))
+        for step in steps:
+            assert step.coupon is not None
+            codes = usable_codes(db, step.coupon, now, step.coupon_min_days_left)
+            if codes < audience:
+                warnings.setdefault(journey.name, []).append(
+                    f"journey {journey.name}, step {step.key}: coupon pool {step.coupon} has "
+                    f"{codes} codes valid for {step.coupon_min_days_left} more days, fewer than "
+                    f"the {audience} customers the journey would enrol now"
+                )
+    return warnings
+
+
+def _would_enter(
+    db: sqlite_utils.Database,
+    config: Config,
+    journey: Journey,
+    now: datetime,
+    rules: JourneyRules,
+    cursor: int,
+) -> set[str]:
+    """Who a run at `now` would enrol (re-entry delays aside), read without writing."""
+    result = RunResult(journey.name, now.isoformat(timespec="seconds"), True)
+    run = JourneyRun(db, config, journey, now, 2**62, rules, TemplateStore(config.templates_folder),
+                     result, True)  # fmt: skip
+    candidates = set(_entry_candidates(run, cursor))
+    enrolled = db.conn.execute(
+        "SELECT one_id FROM journey_enrolments WHERE journey = ? "
+        + ("" if journey.entry.reentry is None else "AND status = 'active'"),
+        (journey.name,),
+    )
+    return candidates - {r[0] for r in enrolled}
+
+
 # ---------------------------------------------------------------------------------------------
 # Running
 
@@ -112,10 +164,16 @@ def run_journeys(
     for journey in chosen:  # every journey is checked before any of them changes the store
         check_journey(journey, rules, templates)
     results = []
-    for journey in chosen:
-        result = RunResult(journey.name, clock.isoformat(timespec="seconds"), dry_run)
-        run = JourneyRun(db, config, journey, clock, 0, rules, templates, result, dry_run)
-        results.append(_run_one(run))
+    if dry_run:  # one transaction for all, rolled back: each journey sees what those before
+        db.conn.execute("BEGIN IMMEDIATE")  # it would have sent (the frequency cap, coupons)
+    try:
+        for journey in chosen:
+            result = RunResult(journey.name, clock.isoformat(timespec="seconds"), dry_run)
+            run = JourneyRun(db, config, journey, clock, 0, rules, templates, result, dry_run)
+            results.append(_run_one(run))
+    finally:
+        if dry_run:
+            db.conn.execute("ROLLBACK")
     if not dry_run:
         written = write_outbound(db, config)
         for result in results:
@@ -124,9 +182,12 @@ def run_journeys(
 
 
 def _run_one(run: JourneyRun) -> RunResult:
+    """One journey's run in its own transaction; a dry run's is the caller's, rolled back
+    after every journey has run in it, so that a dry run predicts exactly what a run sends."""
     started = time.monotonic()
     conn, result = run.db.conn, run.result
-    conn.execute("BEGIN IMMEDIATE")
+    if not run.dry_run:
+        conn.execute("BEGIN IMMEDIATE")
     try:
         cursor = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
         run.run_id = insert_row(
@@ -138,17 +199,19 @@ def _run_one(run: JourneyRun) -> RunResult:
         _exit(run)
         _enrol(run, cursor)
         _advance(run)
-        for pool in sorted(run.coupons.empty):
-            result.notes.append(f"coupon pool {pool} is empty: those sends were skipped")
+        for _, reason in sorted(run.coupons.empty.items()):
+            result.notes.append(f"{reason}: those sends were skipped")
         result.seconds = round(time.monotonic() - started, 3)
         conn.execute(
             "UPDATE journey_runs SET finished_at = ?, result = ? WHERE id = ?",
             (now_iso(), json.dumps(result.as_dict(), ensure_ascii=False), run.run_id),
         )
     except BaseException:
-        conn.execute("ROLLBACK")
+        if not run.dry_run:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("ROLLBACK" if run.dry_run else "COMMIT")
+    if not run.dry_run:
+        conn.execute("COMMIT")
     return result
 
 

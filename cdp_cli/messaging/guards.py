@@ -1,6 +1,7 @@
 """The send step's guards: who may be messaged on which channel, and when.
 
-Opt-outs and reachability per channel with its fallbacks (the channel registry's addressing
+Opt-outs (those linked to the customer, and suppressions of a phone or email they hold) and
+reachability per channel with its fallbacks (the channel registry's addressing
 rule), the frequency cap (marketing only) and quiet hours in the customer's own timezone.
 What they need about a batch of customers is read in a few set queries (`Customers`), so a run
 costs a few queries per thousand messages, not per message. Holdout and the control group are
@@ -20,6 +21,7 @@ import sqlite_utils
 from phonenumbers import timezone as phone_timezones
 
 from cdp_cli.config import SendSettings
+from cdp_cli.consent import CUSTOMER_CONSENTS
 from cdp_cli.messaging.channels import ADDRESS_TYPES, CHANNELS, opted_out_channels
 
 IN_BATCH = "IN (SELECT value FROM json_each(?))"
@@ -51,12 +53,7 @@ class Customers:
         ):
             found.addresses.setdefault(one_id, []).append((type_name, value, detail))
         latest: dict[tuple[str, str], str] = {}
-        for one_id, channel, status in conn.execute(
-            "SELECT k.one_id, lower(c.channel), c.status FROM consents c "
-            f"JOIN identity_keys k ON k.key = c.identity_key WHERE k.one_id {IN_BATCH} "
-            "ORDER BY coalesce(c.consented_at, ''), c.id",
-            (ids,),
-        ):
+        for one_id, channel, status, *_ in conn.execute(CUSTOMER_CONSENTS, (ids, ids)):
             latest[(one_id, channel)] = status
         for (one_id, channel), status in latest.items():
             if status == "opt_out":
@@ -131,11 +128,17 @@ def reach(
 
 
 def quiet_until(
-    customers: Customers, one_id: str, channel: str, now: datetime, settings: SendSettings
+    customers: Customers,
+    one_id: str,
+    channel: str,
+    now: datetime,
+    settings: SendSettings,
+    transactional: bool = False,
 ) -> str | None:
     """When a message may go, if the channel's quiet hours hold now in the customer's own
-    timezone (in the project's timezone, to the second); None when it may go now."""
-    quiet = settings.quiet_hours(channel)
+    timezone (in the project's timezone, to the second); None when it may go now. Every
+    channel has quiet hours for marketing (SendSettings.quiet_hours)."""
+    quiet = settings.quiet_hours(channel, transactional)
     if quiet is None:
         return None
     zone = customer_zone(customers.phone(one_id), settings.zone)

@@ -57,6 +57,10 @@ class TrackedLink:
     qr: bool = False
 
 
+COUPON_MIN_DAYS_LEFT = 3  # a coupon's default least validity left when it is sent
+COUPON_KEYS = ("pool", "min_days_left")
+
+
 @dataclass(frozen=True)
 class Send:
     """Send one message; if the channel cannot reach the customer, try the fallbacks."""
@@ -66,7 +70,9 @@ class Send:
     channel: str
     template: str
     fallback: tuple[str, ...] = ()
-    coupon: str | None = None
+    coupon: str | None = None  # the campaign whose pool gives each message a code
+    # A code is drawn only if it is still valid this many days after the send.
+    coupon_min_days_left: int = COUPON_MIN_DAYS_LEFT
     link: TrackedLink | None = None
 
 
@@ -365,12 +371,27 @@ def _send(path: Path, spec: Any, key: str, line: int) -> Send:
             f"{key}.send: template {template!r} names no file in the templates folder: {problem}",
             line,
         )
-    coupon = spec.get("coupon")
+    coupon, min_days_left = _coupon(path, spec.get("coupon"), f"{key}.send.coupon", line)
     link = _tracked_link(path, spec["link"], f"{key}.send.link", line) if "link" in spec else None
-    return Send(
-        key, line, channels[0], template, tuple(channels[1:]), str(coupon) if coupon else None,
-        link,
-    )  # fmt: skip
+    return Send(key, line, channels[0], template, tuple(channels[1:]), coupon, min_days_left, link)
+
+
+def _coupon(path: Path, spec: Any, where: str, line: int) -> tuple[str | None, int]:
+    """`coupon: CAMPAIGN`, or `coupon: {pool: CAMPAIGN, min_days_left: 5}`."""
+    if not spec:
+        return None, COUPON_MIN_DAYS_LEFT
+    if not isinstance(spec, YamlMap):
+        return str(spec), COUPON_MIN_DAYS_LEFT
+    check_keys(spec, COUPON_KEYS, where)
+    pool = spec.get("pool")
+    if not isinstance(pool, str) or not pool.strip():
+        raise FileError(path, f"{where}: pool is missing (the coupons' campaign)", line)
+    days = spec.get("min_days_left", COUPON_MIN_DAYS_LEFT)
+    if not isinstance(days, int) or isinstance(days, bool) or days < 0:
+        raise FileError(
+            path, f"{where}.min_days_left: expected a whole number of days, 0 or more", line
+        )
+    return pool.strip(), days
 
 
 def _tracked_link(path: Path, spec: Any, where: str, line: int) -> TrackedLink:

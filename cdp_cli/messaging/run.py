@@ -78,7 +78,7 @@ class JourneyRun:
 
     def __post_init__(self) -> None:
         self.now_text = self.now.isoformat(timespec="seconds")  # stamped on every message
-        self.coupons = CouponPools(self.db)
+        self.coupons = CouponPools(self.db, self.now)
 
     @property
     def settings(self) -> SendSettings:

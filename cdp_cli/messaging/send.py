@@ -19,7 +19,6 @@ import sqlite_utils
 from cdp_cli.errors import TemplateError
 from cdp_cli.messaging import links
 from cdp_cli.messaging.channels import Outbound
-from cdp_cli.messaging.coupons import empty_pool_reason
 from cdp_cli.messaging.guards import IN_BATCH, Customers, quiet_until, reach
 from cdp_cli.messaging.journeys import Send
 from cdp_cli.messaging.run import Enrolment, JourneyRun
@@ -216,18 +215,21 @@ def send_batch(run: JourneyRun, step: Send, batch: list[Enrolment]) -> dict[int,
 
 
 def enrolment_coupons(run: JourneyRun, enrolments: list[Enrolment]) -> dict[int, dict[str, Any]]:
-    """The coupon an earlier step of each enrolment drew, for a reminder that mentions it."""
+    """The coupon an earlier step of each enrolment drew, for a reminder that mentions it;
+    its key "expired" says whether it has expired by the time of this run."""
     ids = json.dumps([e.one_id for e in enrolments])
     wanted = {e.id for e in enrolments}
     found: dict[int, dict[str, Any]] = {}
-    for enrolment_id, code, face_value, expires_at in run.db.conn.execute(
-        "SELECT m.enrolment_id, c.code, c.face_value, c.expires_at FROM messages m "
+    for enrolment_id, code, face_value, expires_at, expired in run.db.conn.execute(
+        "SELECT m.enrolment_id, c.code, c.face_value, c.expires_at, "
+        "coalesce(julianday(c.expires_at) < julianday(?), 0) FROM messages m "
         f"JOIN coupons c ON c.code = m.coupon_code WHERE m.one_id {IN_BATCH} AND m.journey = ? "
         "AND m.coupon_code IS NOT NULL ORDER BY m.created_at",
-        (ids, run.journey.name),
+        (run.now_text, ids, run.journey.name),
     ):
         if enrolment_id in wanted:
-            found[enrolment_id] = {"code": code, "face_value": face_value, "expires_at": expires_at}
+            found[enrolment_id] = {"code": code, "face_value": face_value,
+                                   "expires_at": expires_at, "expired": bool(expired)}  # fmt: skip
     return found
 
 
@@ -288,17 +290,24 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> str | None:
     if not run.journey.transactional and customers.capped(one_id, settings):
         _skip(run, outbox, e, step, message_id, channel, "frequency cap")
         return None
-    until = quiet_until(customers, one_id, channel, run.now, settings)
+    until = quiet_until(customers, one_id, channel, run.now, settings, run.journey.transactional)
     if until:
         run.result.deferred += 1
         return until
     coupon, pool = message.earlier_coupon, None
+    if coupon is not None and coupon["expired"] and _prints_coupon(run, channel, step):
+        reason = f"coupon expired (the code an earlier step sent, {coupon['code']})"
+        _skip(run, outbox, e, step, message_id, channel, reason)
+        return None
+    if coupon is not None:  # what the template sees: code, face_value, expires_at
+        coupon = {k: v for k, v in coupon.items() if k != "expired"}
     if step.coupon:
         pool = run.coupons.pool(step.coupon)
-        coupon = pool.draw()
+        coupon = pool.draw(step.coupon_min_days_left)
         if coupon is None:
-            run.coupons.empty.add(step.coupon)
-            _skip(run, outbox, e, step, message_id, channel, empty_pool_reason(step.coupon))
+            reason = pool.empty_reason(step.coupon_min_days_left)
+            run.coupons.empty[step.coupon] = reason
+            _skip(run, outbox, e, step, message_id, channel, reason)
             return None
     link = tracked_link(run, step, message.link_code, channel, e.variant)
     context = _context(batch, one_id, channel, coupon, link)
@@ -323,6 +332,11 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> str | None:
             {"one_id": one_id, "step": step.key, "channel": channel, **outbound.body}
         )
     return None
+
+
+def _prints_coupon(run: JourneyRun, channel: str, step: Send) -> bool:
+    """Whether the step's template may print the coupon (a reminder of an earlier one)."""
+    return run.templates.fields_used(channel, step.template, "coupon") != set()
 
 
 def _context(
