@@ -96,6 +96,18 @@ def print_resolve(result: ResolveResult) -> None:
         ("seconds", f"{result.seconds:.2f}"),
     ]
     out.print_table("Resolved", ["", "count"], rows, numeric=1)
+    print_set_aside(result.set_aside)
+
+
+def print_set_aside(rows: list[dict[str, Any]]) -> None:
+    """Values that identify no one, per type and reason: a filter eating real data shows here."""
+    if rows:
+        out.print_table(
+            "Identity values set aside (they identify no one)",
+            ["identifier", "set aside because", "values"],
+            [(r["type"], r["reason"], out.fmt_int(r["values"])) for r in rows],
+            numeric=1,
+        )
 
 
 def _print_explain(report: dict[str, Any]) -> None:
