@@ -115,6 +115,9 @@ def check_output(
 
     Symlinks are resolved first: a link to the store is the store.
     """
+    kinds = " or ".join(formats)
+    if not any_new_name and path.suffix.lower() not in formats:
+        raise UsageError(f"{path}: the export is written as {kinds}")
     target = path.resolve()
     linked = target != Path(os.path.abspath(path))
     shown = f"{path} (which is {target})" if linked else str(path)
@@ -132,11 +135,8 @@ def check_output(
     for folder, what in (kept_folders or {}).items():
         if target.is_relative_to(folder.resolve()):
             raise UsageError(f"{shown} is in {what}; an output is never written there")
-    kinds = " or ".join(formats)
     if target.exists() and target.suffix.lower() not in formats:
         raise UsageError(f"{shown} exists and is not a {kinds} file; an output never overwrites it")
-    if not any_new_name and path.suffix.lower() not in formats:
-        raise UsageError(f"{path}: the export is written as {kinds}")
 
 
 def _sync_folder(folder: Path) -> None:

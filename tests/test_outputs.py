@@ -45,6 +45,7 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "notes.txt").write_text("mine", encoding="utf-8")
     (folder / "reports").mkdir()
     (folder / "to-store.html").symlink_to(folder / "cdp.db")
+    (folder / "to-store.csv").symlink_to(folder / "cdp.db")
     (folder / "same").symlink_to(folder)
     return folder
 
@@ -60,26 +61,38 @@ def cdp(folder: Path, monkeypatch: pytest.MonkeyPatch, *args: str):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
+# An export's name must end in .csv or .jsonl, which says no first to cdp.db or cdp.yaml.
+EXPORT_NAME = "the export is written as .csv or .jsonl"
 REFUSED = [
-    ("nowhere/out{ext}", "nowhere/out{ext}: the folder nowhere does not exist"),
-    ("notes.txt/out{ext}", "notes.txt/out{ext}: notes.txt is not a folder"),
-    ("cdp.db", "cdp.db is the project's store; an output never overwrites it"),
-    ("cdp.db-wal", "cdp.db-wal is the store's -wal file; an output never overwrites it"),
-    ("cdp.db-shm", "cdp.db-shm is the store's -shm file; an output never overwrites it"),
-    ("cdp.yaml", "cdp.yaml is the project's cdp.yaml; an output never overwrites it"),
-    ("same/cdp.db", "same/cdp.db (which is {folder}/cdp.db) is the project's store"),
-    ("to-store.html", "to-store.html (which is {folder}/cdp.db) is the project's store"),
-    ("sample_data/crm_members.csv", "is an input file of source crm_members"),
-    ("outbound/out{ext}", "is in outbound/, the journeys' outbound files"),
+    ("nowhere/out{ext}", "nowhere/out{ext}: the folder nowhere does not exist", None),
+    ("notes.txt/out{ext}", "notes.txt/out{ext}: notes.txt is not a folder", None),
+    ("cdp.db", "cdp.db is the project's store; an output never overwrites it", EXPORT_NAME),
+    (
+        "cdp.db-wal",
+        "cdp.db-wal is the store's -wal file; an output never overwrites it",
+        EXPORT_NAME,
+    ),
+    (
+        "cdp.db-shm",
+        "cdp.db-shm is the store's -shm file; an output never overwrites it",
+        EXPORT_NAME,
+    ),
+    ("cdp.yaml", "cdp.yaml is the project's cdp.yaml; an output never overwrites it", EXPORT_NAME),
+    ("same/cdp.db", "same/cdp.db (which is {folder}/cdp.db) is the project's store", EXPORT_NAME),
+    ("to-store{ext}", "to-store{ext} (which is {folder}/cdp.db) is the project's store", None),
+    ("sample_data/crm_members.csv", "is an input file of source crm_members", None),
+    ("outbound/out{ext}", "is in outbound/, the journeys' outbound files", None),
 ]
 
 
 @pytest.mark.parametrize("output", OUTPUTS)
-@pytest.mark.parametrize(("target", "message"), REFUSED)
+@pytest.mark.parametrize(("target", "message", "export_message"), REFUSED)
 def test_an_output_never_lands_on_the_project_or_nowhere(
-    sample, monkeypatch, output, target, message
+    sample, monkeypatch, output, target, message, export_message
 ):
     args, ext = OUTPUTS[output]
+    if export_message and "--export" in args:
+        message = export_message
     before = fingerprint(sample)
     target = target.format(ext=ext)
     result = cdp(sample, monkeypatch, *args, target)
@@ -88,7 +101,7 @@ def test_an_output_never_lands_on_the_project_or_nowhere(
     assert line.startswith("Error: ") and "internal error" not in line
     assert message.format(ext=ext, folder=sample.resolve()) in line
     assert fingerprint(sample) == before
-    assert (sample / "to-store.html").is_symlink()
+    assert (sample / f"to-store{ext}").is_symlink()
 
 
 @pytest.mark.parametrize("output", [o for o in OUTPUTS if o.endswith("--html")])
