@@ -20,6 +20,7 @@ from cdp_cli.canonical import (
     builtin_values,
 )
 from cdp_cli.errors import ConfigError, FileError, NotFound, UsageError
+from cdp_cli.identity.junk import JUNK_RULE_NAMES
 from cdp_cli.messaging.channels import CHANNEL_NAMES, CHANNELS
 from cdp_cli.yamlfile import YamlMap, check_keys, did_you_mean, load_yaml
 
@@ -36,7 +37,7 @@ SOURCE_KEYS = (
 )  # fmt: skip
 INBOX_KEYS = ("folder", "pattern", "settle_seconds")
 FIELD_KEYS = ("from", "value", "values", "formats")
-IDENTITY_KEYS = ("blocklist", "priority", "source_priority")
+IDENTITY_KEYS = ("blocklist", "default_blocklist", "priority", "source_priority")
 TYPE_KEYS = ("join", "max_per_profile", "max_profiles_per_value", "fields", "sources")
 CHANNEL_KEYS = ("quiet_hours", "cost")  # and appid, for a channel scoped by its account
 FREQUENCY_CAP_KEYS = ("per_day", "per_week")
@@ -77,6 +78,8 @@ class IdentityRules:
     types: tuple[IdentifierType, ...] = BUILTIN_TYPES
     blocklist: tuple[str, ...] = ()
     source_priority: tuple[str, ...] = ()
+    # The default blocklist's rules turned off (identity.junk.JUNK_RULES names them).
+    default_blocklist_off: tuple[str, ...] = ()
 
     def type(self, name: str) -> IdentifierType:
         return next(t for t in self.types if t.name == name)
@@ -539,7 +542,33 @@ def _build_identity(path: Path, spec: Any, line: int, sources: dict[str, Source]
                 spec.line_of("source_priority"),
             )  # fmt: skip
     blocklist = tuple(str(v) for v in (spec.get("blocklist") or []))
-    return IdentityRules(tuple(ordered), blocklist, source_priority)
+    off = _default_blocklist_off(path, spec)
+    return IdentityRules(tuple(ordered), blocklist, source_priority, off)
+
+
+def _default_blocklist_off(path: Path, spec: YamlMap) -> tuple[str, ...]:
+    """`default_blocklist: {repeated_character: false}`: the default rules a project turns off."""
+    rules = spec.get("default_blocklist")
+    if rules is None:
+        return ()
+    where = "identity.default_blocklist"
+    if not isinstance(rules, YamlMap):
+        raise ConfigError(
+            path,
+            f"{where}: expected a mapping of rule: true or false",
+            spec.line_of("default_blocklist"),
+        )
+    for name, on in rules.items():
+        if name not in JUNK_RULE_NAMES:
+            raise ConfigError(
+                path,
+                f"{where}: no rule named {name!r}{did_you_mean(str(name), JUNK_RULE_NAMES)}"
+                f" (rules: {', '.join(JUNK_RULE_NAMES)})",
+                rules.line_of(name),
+            )
+        if not isinstance(on, bool):
+            raise ConfigError(path, f"{where}.{name}: expected true or false", rules.line_of(name))
+    return tuple(name for name in JUNK_RULE_NAMES if rules.get(name) is False)
 
 
 def _check_timezone(path: Path, name: str, line: int, where: str) -> None:

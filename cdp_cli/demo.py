@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 from cdp_cli.config import Config, load_config
 from cdp_cli.demo_response import respond_and_rerun
 from cdp_cli.errors import CdpError
+from cdp_cli.files import write_text
 from cdp_cli.identity.profiles import Lookup, profile_360
 from cdp_cli.identity.resolve import resolve
 from cdp_cli.ingest import ingest
@@ -22,7 +23,7 @@ from cdp_cli.reports.journey import journey_reports
 from cdp_cli.reports.lifecycle import lifecycle_report
 from cdp_cli.reports.overview import overview_report
 from cdp_cli.rules.book import load_rulebook
-from cdp_cli.scaffold import init_project
+from cdp_cli.scaffold import PROJECT_FILES, init_project
 from cdp_cli.segments import audience, describe
 from cdp_cli.status import store_status
 from cdp_cli.store import open_store
@@ -44,6 +45,13 @@ DEMO_LATER = (datetime(2026, 11, 16, 10, 30), datetime(2026, 11, 18, 10, 30),
               datetime(2026, 11, 29, 10, 30))  # fmt: skip
 DEMO_FUNNEL = ["view_item", "add_to_cart", "order"]
 DEMO_REPORT = "report.html"
+# Written by every demo: `--force` starts over only a folder that holds it, never a project
+# `cdp init` made and the user filled with data.
+DEMO_MARKER = ".cdp-demo"
+DEMO_MARKER_TEXT = (
+    "Made by `cdp demo`: `cdp demo --force` deletes this folder's store, outbound/, responses/\n"
+    "and report.html and starts over. Delete this file to keep the folder as a project.\n"
+)
 
 
 def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | None = None) -> dict:
@@ -52,18 +60,13 @@ def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | Non
 
     Each stage's result goes to `on_stage` as it ends.
 
-    A folder that already holds a demo store is refused unless `force`, which starts it over.
+    A folder the demo made (it holds DEMO_MARKER) is refused unless `force`, which starts it
+    over; any other folder that holds something the demo would write is refused, `force` or not.
     """
     report = on_stage or (lambda stage, result: None)
-    if (directory / "cdp.db").exists():
-        if not force:
-            raise CdpError(f"{directory} already holds a demo; --force starts it over")
-        for name in (*STORE_FILES, DEMO_REPORT):
-            (directory / name).unlink(missing_ok=True)
-        for folder in DEMO_FOLDERS:  # what the last demo wrote: the response reads outbound/
-            shutil.rmtree(directory / folder, ignore_errors=True)
-    directory.mkdir(parents=True, exist_ok=True)
+    _make_room(directory, force)
     stages: dict[str, Any] = {}
+    write_text(directory / DEMO_MARKER, DEMO_MARKER_TEXT)  # first: a half-made demo is one too
     stages["init"] = [str(p) for p in init_project(directory, force=force)]
     report("init", stages["init"])
     config = load_config(directory / "cdp.yaml")
@@ -96,6 +99,32 @@ def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | Non
     finally:
         db.close()
     return stages
+
+
+def _make_room(directory: Path, force: bool) -> None:
+    """Clear the last demo's output from a folder the demo made, when `force`; else make sure
+    the demo overwrites nothing (a project of the user's above all)."""
+    if (directory / DEMO_MARKER).is_file():
+        if not force:
+            raise CdpError(f"{directory} already holds a demo; --force starts it over")
+        for name in (*STORE_FILES, DEMO_REPORT):
+            (directory / name).unlink(missing_ok=True)
+        for folder in DEMO_FOLDERS:  # what the last demo wrote: the response reads outbound/
+            shutil.rmtree(directory / folder, ignore_errors=True)
+        return
+    in_the_way = [name for name in _demo_names() if (directory / name).exists()]
+    if in_the_way:
+        shown = ", ".join(in_the_way[:3]) + (" ..." if len(in_the_way) > 3 else "")
+        raise CdpError(
+            f"{directory} holds {shown} and no {DEMO_MARKER} (the mark of a folder cdp demo "
+            "made), so the demo will not replace it, --force or not; run it in a new folder"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+
+
+def _demo_names() -> list[str]:
+    """What the demo writes at the top of its folder."""
+    return [*PROJECT_FILES, *STORE_FILES, *DEMO_FOLDERS, DEMO_REPORT]
 
 
 def _reports(db: Any, config: Config, html: Path, now: datetime) -> dict[str, Any]:

@@ -11,15 +11,16 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Literal
 
 from cdp_cli.csvsafe import safe_row
-from cdp_cli.errors import UsageError
+from cdp_cli.errors import CdpError, UsageError
 
 ROW_FORMATS = (".csv", ".jsonl")
+HTML_FORMATS = (".html", ".htm")
 TEMP_SUFFIX = ".tmp"
 
 
@@ -34,20 +35,32 @@ def atomic_write(
 ) -> Iterator[IO[Any]]:
     """Open a temporary file for writing; on success, sync it and rename it over `path`.
 
-    On an error the temporary file is removed and `path` is left as it was.
+    On an error the temporary file is removed and `path` is left as it was. A file that cannot
+    be made or put in place (no such folder, no permission) is a CdpError naming it.
     """
     tmp = temp_path(path, temp_suffix)
     text = mode == "w"
     try:
-        with tmp.open(mode, encoding="utf-8" if text else None, newline="" if text else None) as f:
+        f = tmp.open(mode, encoding="utf-8" if text else None, newline="" if text else None)
+    except OSError as exc:
+        raise CdpError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _sync_folder(path.parent)
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CdpError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def write_text(path: Path, text: str, temp_suffix: str = TEMP_SUFFIX) -> None:
@@ -85,6 +98,45 @@ def write_rows(path: Path, fields: Sequence[str], rows: Iterable[Sequence[Any]])
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 count += 1
     return count
+
+
+def check_output(
+    path: Path,
+    formats: Sequence[str],
+    kept_files: Mapping[Path, str] | None = None,
+    kept_folders: Mapping[Path, str] | None = None,
+    any_new_name: bool = False,
+) -> None:
+    """Refuse, before any work is done, an output file the user named that cannot or must not
+    be written: in a folder that does not exist, over one of `kept_files` or into one of
+    `kept_folders` (the project's own: each with what it is, for the message), or over an
+    existing file not of one of `formats` (`--html cdp.yaml`). A new file's name must end in
+    one of them too, unless `any_new_name`.
+
+    Symlinks are resolved first: a link to the store is the store.
+    """
+    kinds = " or ".join(formats)
+    if not any_new_name and path.suffix.lower() not in formats:
+        raise UsageError(f"{path}: the export is written as {kinds}")
+    target = path.resolve()
+    linked = target != Path(os.path.abspath(path))
+    shown = f"{path} (which is {target})" if linked else str(path)
+    if not target.parent.is_dir():
+        folder = target.parent if linked else path.parent
+        missing = (
+            f"the folder {folder} does not exist"
+            if not folder.exists()
+            else f"{folder} is not a folder"
+        )
+        raise UsageError(f"{shown}: {missing}")
+    for kept, what in (kept_files or {}).items():
+        if target == kept.resolve():
+            raise UsageError(f"{shown} is {what}; an output never overwrites it")
+    for folder, what in (kept_folders or {}).items():
+        if target.is_relative_to(folder.resolve()):
+            raise UsageError(f"{shown} is in {what}; an output is never written there")
+    if target.exists() and target.suffix.lower() not in formats:
+        raise UsageError(f"{shown} exists and is not a {kinds} file; an output never overwrites it")
 
 
 def _sync_folder(folder: Path) -> None:

@@ -283,6 +283,13 @@ class RowMapper:
         ]  # fmt: skip
         typed = [m for m in mappings if m not in plain]
         self.columns = [m.name for m in plain + typed]
+        # Required text fields on the fast path (an event's type, a coupon's code): checked
+        # here, as _converter checks the typed ones.
+        self._required_plain = [
+            (i, m.name)
+            for i, m in enumerate(plain)
+            if source.kind.field(m.name).required  # type: ignore[union-attr]
+        ]
         if header is not None:
             self._pick_plain = _picker([self._index(m) for m in plain])
         else:
@@ -349,6 +356,9 @@ class RowMapper:
                 (value.strip() or None) if type(value) is str else _text(value)
                 for value in map(row.get, self._plain_keys)
             ]
+        for i, name in self._required_plain:
+            if values[i] is None:
+                raise RowRejected("missing", f"{name}: missing", name)
         values += [convert(get(row), invalid) for get, convert in self._typed]
         key = self._key_of(row, values)
         if self.has_items:

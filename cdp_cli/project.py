@@ -15,16 +15,20 @@ given, and $CDP_DB the store when none is given.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import sqlite_utils
 
 from cdp_cli.config import DEFAULT_CONFIG, Config, load_config
+from cdp_cli.files import check_output
+from cdp_cli.lock import lock_path
 from cdp_cli.store import open_store
 
 PathLike = str | os.PathLike[str]
+# Beside the store, SQLite's own files: the write-ahead log, its shared memory, the journal.
+STORE_SIDECARS = ("-wal", "-shm", "-journal")
 
 
 class Project:
@@ -66,6 +70,33 @@ class Project:
             yield db
         finally:
             db.close()
+
+    def check_output(self, path: Path, formats: Sequence[str], any_new_name: bool = False) -> None:
+        """Refuse an output file (`--export`, `--html`) that would land in a missing folder or
+        on the project's own files: its store, cdp.yaml, the log, a source's input files, the
+        outbound files and the inboxes. Every output option calls this before any work."""
+        check_output(path, formats, *self._kept(), any_new_name=any_new_name)
+
+    def _kept(self) -> tuple[dict[Path, str], dict[Path, str]]:
+        """The project's files and folders no output may replace, each with what it is."""
+        store = self.store_path
+        files = {store: "the project's store", self.config_path: "the project's cdp.yaml"}
+        for suffix in STORE_SIDECARS:
+            files[store.with_name(store.name + suffix)] = f"the store's {suffix} file"
+        files[lock_path(store)] = "the store's write lock"
+        folders: dict[Path, str] = {}
+        if not self.has_config:
+            return files, folders
+        config = self.config
+        if config.log_path:
+            files[config.log_path] = "the log cdp run writes (log: in cdp.yaml)"
+        for name, source in config.sources.items():
+            files.update({f: f"an input file of source {name}" for f in config.files_of(source)})
+            inbox = config.inbox_folder(source)
+            if inbox:
+                folders[inbox] = f"the inbox of source {name}"
+        folders[config.outbound_folder] = f"{config.outbound_folder}/, the journeys' outbound files"
+        return files, folders
 
     @property
     def tag_rules_folder(self) -> Path:

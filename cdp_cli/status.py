@@ -11,6 +11,7 @@ import sqlite_utils
 from cdp_cli.canonical import KINDS
 from cdp_cli.config import Config
 from cdp_cli.identity.normalize import email_key, normalize_phone
+from cdp_cli.identity.resolve import set_aside
 
 # Checking phones and emails costs a parse per distinct value; past this many, a sample says.
 VALIDITY_SAMPLE = 50_000
@@ -61,6 +62,8 @@ class StoreStatus:
     rejects: list[dict[str, Any]] = field(default_factory=list)
     fields: list[FieldQuality] = field(default_factory=list)
     unfinished_batches: list[dict[str, Any]] = field(default_factory=list)
+    # Identity values that identify no one, by type and reason, as of the last `cdp resolve`.
+    set_aside: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -88,6 +91,7 @@ def store_status(db: sqlite_utils.Database, config: Config | None = None) -> Sto
         )
     ]
     status.fields = _field_quality(db, config)
+    status.set_aside = set_aside(db)
     status.unfinished_batches = [
         {"batch": bid, "source": src, "file": path, "status": st, "error": err}
         for bid, src, path, st, err in db.conn.execute(

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cdp_cli.canonical import KINDS
 from tests.conftest import query
 from tests.killharness import env
 
@@ -392,3 +393,45 @@ def test_any_bytes_end_in_a_clear_outcome_and_keep_stored_rows(tmp_path_factory,
         ("P1",)
     ]
     assert query(folder / "cdp.db", "PRAGMA integrity_check") == [("ok",)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Required fields, as docs/config.md documents them (canonical.py), for every kind
+
+SAMPLE_VALUES = {"timestamp": "2025-01-01 10:00", "number": "12.5", "text": "sms"}
+REQUIRED = [
+    (kind.name, f.name) for kind in KINDS.values() for f in kind.fields if f.required
+]  # every kind's required fields: an event's type, a consent's channel, an order's amount, ...
+
+
+def required_config(kind_name: str, fmt: str) -> str:
+    fields = [f.name for f in KINDS[kind_name].fields if f.required] + ["phone"]
+    mapping = ", ".join(f"{name}: {name}" for name in fields)
+    return f"store: cdp.db\nsources:\n  src:\n    kind: {kind_name}\n    format: {fmt}\n    fields: {{{mapping}}}\n"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize(("kind_name", "missing"), REQUIRED)
+def test_a_row_without_a_required_field_goes_to_rejects(
+    run, write, tmp_path, kind_name, missing, fmt
+):
+    kind = KINDS[kind_name]
+    write("cdp.yaml", required_config(kind_name, fmt))
+    full = {f.name: SAMPLE_VALUES[f.type] for f in kind.fields if f.required}
+    full["phone"] = "13800138000"
+    rows = [full, {**full, missing: "  "}, {k: v for k, v in full.items() if k != missing}]
+    if fmt == "csv":
+        names = list(full)
+        text = (
+            ",".join(names) + "\n" + "\n".join(",".join(r.get(n, "") for n in names) for r in rows)
+        )
+        write("in.csv", text + "\n")
+    else:
+        write("in.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    ingest(run, f"in.{fmt}", "-s", "src")
+    db = tmp_path / "cdp.db"
+    assert query(db, f"SELECT count(*) FROM {kind.table}") == [(1,)]
+    assert (
+        query(db, "SELECT problem, field, reason FROM rejects")
+        == [("missing", missing, f"{missing}: missing")] * 2
+    )

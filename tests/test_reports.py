@@ -723,3 +723,57 @@ def test_demo_ends_with_a_labelled_simulated_response_the_reports_and_the_html(r
     again = run("demo", "demo", "--force", "--json")
     assert again.exit_code == 0, again.output
     assert sorted(p.relative_to(folder) for p in (folder / "outbound").rglob("*")) == before
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_demo_never_replaces_a_project_cdp_init_made(run, tmp_path, force):
+    # A real project: cdp init, the user's data ingested, an outbound file waiting to be sent.
+    assert run("init", "shop").exit_code == 0
+    folder = tmp_path / "shop"
+    (folder / "cdp.yaml").write_text(
+        (folder / "cdp.yaml").read_text(encoding="utf-8") + "# the user's own edit\n",
+        encoding="utf-8",
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        assert run("ingest", "--source", "crm_members", "--silent").exit_code == 0
+    (folder / "outbound").mkdir()
+    (folder / "outbound" / "sms.csv").write_text("phone\n13800138000\n", encoding="utf-8")
+    before = _snapshot(folder)
+    assert "cdp.db" in before
+
+    result = run("demo", "shop", *force)
+
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "Error: shop holds cdp.yaml, tag_rules, journeys ... and no .cdp-demo (the mark of a "
+        "folder cdp demo made), so the demo will not replace it, --force or not; run it in a "
+        "new folder"
+    ]
+    assert _snapshot(folder) == before
+
+
+def test_demo_force_refuses_any_folder_holding_what_it_would_write(run, tmp_path):
+    # Not a project at all, but a store and a report.html of the user's own.
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "report.html").write_text("<p>mine</p>", encoding="utf-8")
+    result = run("demo", "mine", "--force")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: mine holds report.html and no .cdp-demo")
+    assert (folder / "report.html").read_text(encoding="utf-8") == "<p>mine</p>"
+    assert sorted(p.name for p in folder.iterdir()) == ["report.html"]
+
+
+def test_demo_force_in_a_new_or_empty_folder_just_runs_and_leaves_its_mark(run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run("demo", "empty", "--force", "--json")
+    assert result.exit_code == 0, result.output
+    assert "cdp demo --force" in (tmp_path / "empty" / ".cdp-demo").read_text(encoding="utf-8")
+    refused = run("demo", "empty")
+    assert refused.exit_code == 1
+    assert refused.stderr == "Error: empty already holds a demo; --force starts it over\n"

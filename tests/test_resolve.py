@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from collections import Counter
 
 import pytest
 
+from cdp_cli.config import IdentityRules
+from cdp_cli.identity.normalize import Normalizer
 from tests.conftest import SAMPLE_DATA, query
 
 CONFIG = """
@@ -96,8 +99,12 @@ def test_masked_blocklisted_and_invalid_values_join_no_one(run, write, project, 
     assert reasons == [
         ("phone", "12345", "not a valid phone number"),
         ("phone", "138****0002", "masked"),
-        ("phone", "13800000000", "blocklisted"),
-        ("email", "test@example.com", "blocklisted"),
+        (
+            "phone",
+            "13800000000",
+            "blocklisted: ends in 8 or more of one digit (repeated_digits_at_end)",
+        ),
+        ("email", "test@example.com", "blocklisted: a test address (test_address)"),
     ]
 
 
@@ -548,3 +555,111 @@ def test_record_that_loses_its_only_identifier_is_recorded_as_removed(
         tmp_path / "cdp.db", "SELECT one_id, event FROM id_history WHERE event = 'removed'"
     ) == [(before, "removed")]
     assert query(tmp_path / "cdp.db", "SELECT count(*) FROM profiles") == [(0,)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The default blocklist: by identifier type and length, each rule named and able to be turned off
+
+MEMBERS_CONFIG = """
+store: cdp.db
+sources:
+  crm:
+    kind: customers
+    key: member_no
+    fields: {member_no: member, name: name, device_id: device}
+  shop:
+    kind: orders
+    key: order_id
+    fields: {order_id: order_id, member_no: member, amount: amount, ordered_at: at}
+"""
+
+
+def test_member_numbers_1_to_100000_are_never_set_aside():
+    normalizer = Normalizer(IdentityRules(), "CN")
+    for type_name in ("member_no", "user_id"):
+        set_aside = [
+            (n, rejected)
+            for n in range(1, 100_001)
+            for rejected in normalizer.identifiers({type_name: str(n)})[1]
+        ]
+        assert set_aside == []
+
+
+@pytest.mark.parametrize(
+    ("type_name", "value", "rule"),
+    [
+        ("phone", "13800000000", "repeated_digits_at_end"),
+        ("phone", "+86 138 0000 0000", "repeated_digits_at_end"),
+        ("device_id", "1111111", "repeated_character"),
+        ("device_id", "00000000-0000-0000-0000-000000000000", "repeated_character"),
+        ("wechat_unionid", "xxxxxxxx", "repeated_character"),
+        ("member_no", "00000000", "repeated_character"),  # 8 or more: a placeholder again
+        ("member_no", "1111-1111", "repeated_character"),
+        ("user_id", "null", "placeholder"),
+        ("member_no", "未知", "placeholder"),
+        ("email", "noreply@huayang.com", "test_address"),
+    ],
+)
+def test_the_default_rules_still_catch_junk_of_the_types_they_judge(type_name, value, rule):
+    _, [rejected] = Normalizer(IdentityRules(), "CN").identifiers({type_name: value})
+    assert rejected.reason.startswith("blocklisted: ") and rejected.reason.endswith(f"({rule})")
+
+
+@pytest.mark.parametrize(
+    ("type_name", "value"),
+    [
+        ("member_no", "1111"),
+        ("member_no", "2222222"),
+        ("user_id", "9999"),
+        ("member_no", "M100000000"),
+    ],
+)
+def test_numbering_schemes_keep_their_repeated_digits(type_name, value):
+    assert Normalizer(IdentityRules(), "CN").identifiers({type_name: value}) == (
+        [(type_name, value, None)],
+        [],
+    )
+
+
+def test_member_1111_keeps_its_orders_and_resolve_and_status_show_what_was_set_aside(
+    run, write, tmp_path
+):
+    write("cdp.yaml", MEMBERS_CONFIG)
+    ingest(run, write, "crm.csv", "crm",
+           "member,name,device\n1111,李娜,\n2222,王强,\n00000000,占位,AAAAAA\n")  # fmt: skip
+    ingest(run, write, "shop.csv", "shop",
+           "order_id,member,amount,at\nO1,1111,10,2025-01-01\nO2,1111,20,2025-01-02\n"
+           "O3,2222,30,2025-01-03\n")  # fmt: skip
+    result = resolve(run)
+    assert one_id_of(tmp_path, "shop", "O1") == one_id_of(tmp_path, "shop", "O2")
+    assert one_id_of(tmp_path, "shop", "O1") == one_id_of(tmp_path, "crm", "1111")
+    assert one_id_of(tmp_path, "shop", "O3") == one_id_of(tmp_path, "crm", "2222")
+    why = "blocklisted: one character repeated (repeated_character)"
+    expected = [
+        {"type": "device_id", "reason": why, "values": 1, "identity_keys": 1},
+        {"type": "member_no", "reason": why, "values": 1, "identity_keys": 1},
+    ]
+    assert result["set_aside"] == expected
+    status = run("status", "--json")
+    assert json.loads(status.stdout)["set_aside"] == expected
+    for shown in (run("resolve").stdout, run("status").stdout):
+        assert re.search(rf"^member_no +{re.escape(why)} +1$", shown, re.M), shown
+
+    # Turned off, the rule sets nothing aside: 00000000 is a member like any other.
+    write(
+        "cdp.yaml", MEMBERS_CONFIG + "identity:\n  default_blocklist: {repeated_character: false}\n"
+    )
+    result = resolve(run)
+    assert result["set_aside"] == []
+    assert query(tmp_path / "cdp.db", "SELECT count(*) FROM profiles") == [(3,)]
+
+
+def test_an_unknown_default_blocklist_rule_names_the_line(run, write):
+    write("cdp.yaml", MEMBERS_CONFIG + "identity:\n  default_blocklist: {repeated_char: false}\n")
+    result = run("resolve")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Error: cdp.yaml:12: identity.default_blocklist: no rule named 'repeated_char' "
+        "(did you mean 'repeated_character'?) (rules: placeholder, repeated_character, "
+        "repeated_digits_at_end, test_address)\n"
+    )

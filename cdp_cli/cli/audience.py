@@ -11,6 +11,7 @@ from cdp_cli.cli import output as out
 from cdp_cli.cli.options import (
     Project,
     as_of_option,
+    export_option,
     json_option,
     pass_project,
     silent_option,
@@ -96,12 +97,7 @@ def _print_tag_list(listed: list[dict[str, Any]]) -> None:
     metavar="FIELD",
     help="Portrait: the audience against the base over a field, tag or expression.",
 )
-@click.option(
-    "--export",
-    "export_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the audience to a .csv or .jsonl file.",
-)
+@export_option("Write the audience to a .csv or .jsonl file.")
 @click.option(
     "--fields",
     default="one_id,name,phone,email,member_no,city,total_spent",

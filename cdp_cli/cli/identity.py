@@ -10,6 +10,7 @@ import click
 from cdp_cli.cli import output as out
 from cdp_cli.cli.options import (
     Project,
+    export_option,
     json_option,
     lookup_options,
     one_lookup,
@@ -25,12 +26,7 @@ if TYPE_CHECKING:
 
 @click.command(name="resolve")
 @click.option("--full", is_flag=True, help="Resolve everything again, not only what is new.")
-@click.option(
-    "--export",
-    "export_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Then write the ID-mapping table (source, key, one_id) to a .csv or .jsonl file.",
-)
+@export_option("Then write the ID-mapping table (source, key, one_id) to a .csv or .jsonl file.")
 @click.option(
     "--explain", "explain_id", metavar="ONE_ID", help="Show why a customer's records are together."
 )
@@ -100,6 +96,18 @@ def print_resolve(result: ResolveResult) -> None:
         ("seconds", f"{result.seconds:.2f}"),
     ]
     out.print_table("Resolved", ["", "count"], rows, numeric=1)
+    print_set_aside(result.set_aside)
+
+
+def print_set_aside(rows: list[dict[str, Any]]) -> None:
+    """Values that identify no one, per type and reason: a filter eating real data shows here."""
+    if rows:
+        out.print_table(
+            "Identity values set aside (they identify no one)",
+            ["identifier", "set aside because", "values"],
+            [(r["type"], r["reason"], out.fmt_int(r["values"])) for r in rows],
+            numeric=1,
+        )
 
 
 def _print_explain(report: dict[str, Any]) -> None:

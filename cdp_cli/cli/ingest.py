@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cdp_cli.cli import output as out
+from cdp_cli.cli.identity import print_set_aside
 from cdp_cli.cli.options import Project, json_option, pass_project, silent_option, writes_store
 from cdp_cli.errors import CdpError
 
@@ -137,6 +138,7 @@ def print_status(status: StoreStatus) -> None:
                 for r in status.rejects
             ],
         )
+    print_set_aside(status.set_aside)
     if status.unfinished_batches:
         out.print_table(
             "Batches that did not finish",

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from cdp_cli.files import HTML_FORMATS, ROW_FORMATS
 from cdp_cli.project import Project
 
 if TYPE_CHECKING:
@@ -44,15 +45,40 @@ def now_option(help: str) -> Callable[[Command], Command]:
     return click.option("--now", type=click.DateTime(formats=CLOCK_FORMATS), help=help)
 
 
-def html_option(fn: Command) -> Command:
-    """`--html FILE`: the report as one self-contained HTML page with charts, too."""
+def output_option(
+    flag: str, name: str, formats: tuple[str, ...], help: str, any_new_name: bool = False
+) -> Callable[[Command], Command]:
+    """An option naming a file the command writes (`--export`, `--html`), checked by
+    Project.check_output as soon as it is parsed: before the command does any work."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+        if value is not None:
+            project = ctx.find_object(Project)
+            (project or Project()).check_output(value, formats, any_new_name)
+        return value
+
     return click.option(
-        "html_path",
-        "--html",
+        flag,
+        name,
         metavar="FILE",
         type=click.Path(dir_okay=False, path_type=Path),
-        help="Also write the report as one self-contained HTML page with charts.",
-    )(fn)
+        callback=check,
+        help=help,
+    )
+
+
+def export_option(help: str) -> Callable[[Command], Command]:
+    """`--export FILE`: rows to a .csv or .jsonl file."""
+    return output_option("--export", "export_path", ROW_FORMATS, help)
+
+
+html_option = output_option(
+    "--html",
+    "html_path",
+    HTML_FORMATS,
+    "Also write the report as one self-contained HTML page with charts.",
+    any_new_name=True,  # as before: a new file of any name; never over another kind of file
+)
 
 
 def lookup_options(device: bool = False) -> Callable[[Command], Command]:

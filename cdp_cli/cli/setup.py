@@ -57,7 +57,11 @@ def _summarize_paths(paths: list[Path], root: Path) -> list[str]:
 
 @click.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default="cdp-demo")
-@click.option("--force", is_flag=True, help="Start over in a folder that holds a demo already.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Start over in a folder an earlier demo made (it holds .cdp-demo); never any other.",
+)
 @silent_option
 @json_option
 def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
@@ -71,7 +75,8 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
     so (clicks and orders made up from the outbound files, ingested as the sample's sources),
     the journeys run again as the days pass, tags two weeks on, and the reports: the overview
     and every journey's, with DIRECTORY/report.html. Afterwards DIRECTORY is an ordinary
-    project.
+    project, marked by a .cdp-demo file: only a folder so marked is started over by --force
+    (delete the file to keep it). A folder holding a project or files of its own is refused.
 
     \b
     Example:

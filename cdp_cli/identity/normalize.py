@@ -20,6 +20,7 @@ from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, valida
 from stdnum.cn import ric
 
 from cdp_cli.config import IdentityRules
+from cdp_cli.identity.junk import JUNK_RULES
 
 CACHE_SIZE = 1 << 20
 
@@ -88,21 +89,8 @@ def identity_key(fields: Iterable[tuple[str, str | None]]) -> int | None:
     )
 
 
-# Values that export systems write when they have no real one. A value that matches any of
-# these, or a project's own `identity.blocklist`, stays on its record but joins nothing.
-DEFAULT_BLOCKED_VALUES = frozenset(
-    {"null", "none", "nil", "n/a", "na", "undefined", "unknown", "anonymous", "guest", "test",
-     "-1", "0", "-", "—", "无", "空", "未知"}
-)  # fmt: skip
-# Named groups, so that the patterns can be joined into one regex without their
-# backreferences pointing at each other's groups.
-DEFAULT_BLOCKED_PATTERNS = (
-    r"^(?P<one>.)(?P=one){3,}$",  # all one character: 00000000, xxxx, 1111-1111 bare
-    r"(?P<tail>\d)(?P=tail){7,}$",  # eight or more of one digit at the end: +8613800000000
-    r"^(?:test|demo|sample|noreply|no-reply)[._+-]?\d*@",  # test@, demo1@, noreply@
-    r"@(?:test|invalid|localhost)(?:\.|$)",
-)
 _SEPARATORS = re.compile(r"[\s\-_.:+()/]")
+PROJECT_BLOCKLIST = "in identity.blocklist of cdp.yaml"
 
 
 @final  # no subclass: `type(x) is Rejected`, quick in the hot loop, tells it from a tuple
@@ -128,22 +116,18 @@ class Normalizer:
         self._cache: dict[
             tuple[str, tuple[str | None, ...]], tuple[str, str | None] | Rejected
         ] = {}
-        entries = [e for e in (*rules.blocklist,) if not e.startswith("re:")]
-        self._blocked_values = set(DEFAULT_BLOCKED_VALUES) | {e.strip().lower() for e in entries}
+        entries = [e for e in rules.blocklist if not e.startswith("re:")]
+        self._project_values = {e.strip().lower() for e in entries}
         for entry in entries:  # a blocked phone or email blocks all its written forms
             for normalized in (normalize_phone(entry, region), email_key(entry)):
                 if normalized:
-                    self._blocked_values.add(normalized.lower())
-        patterns = [
-            *DEFAULT_BLOCKED_PATTERNS,
-            *(e[3:] for e in rules.blocklist if e.startswith("re:")),
+                    self._project_values.add(normalized.lower())
+        # A project's own patterns one by one: joined with | their groups would collide.
+        self._project_patterns = [
+            re.compile(e[3:], re.IGNORECASE) for e in rules.blocklist if e.startswith("re:")
         ]
-        # The defaults as one regex; a project's own patterns one by one, since joined with |
-        # their numbered groups would point at each other's.
-        self._blocked = [re.compile("|".join(DEFAULT_BLOCKED_PATTERNS), re.IGNORECASE)]
-        self._blocked += [
-            re.compile(p, re.IGNORECASE) for p in patterns[len(DEFAULT_BLOCKED_PATTERNS) :]
-        ]
+        self._junk_rules = [r for r in JUNK_RULES if r.name not in rules.default_blocklist_off]
+        self._junk_patterns = {r.name: re.compile(r.pattern, re.IGNORECASE) for r in JUNK_RULES}
         # Per type: its fields, and whether a row needs all of them (composites) or only the
         # last (an openid without its account is still an openid).
         self._plan = [
@@ -179,17 +163,30 @@ class Normalizer:
         normalized, detail, reason = _NORMALIZERS.get(type_name, _composite)(parts, self.region)
         if normalized is None:
             return Rejected(type_name, raw, reason or "invalid")
-        if any(self._is_blocked(v) for v in {raw.strip().lower(), normalized.lower()}):
-            return Rejected(type_name, raw, "blocklisted")
+        why = self.blocked(type_name, raw, normalized)
+        if why:
+            return Rejected(type_name, raw, f"blocklisted: {why}")
         return normalized, detail
 
-    def _is_blocked(self, text: str) -> bool:
-        """`text` is already trimmed and lower-cased."""
-        if text in self._blocked_values:
-            return True
-        bare = _SEPARATORS.sub("", text)
-        forms = (text,) if bare == text else (text, bare)
-        return any(p.search(form) for p in self._blocked for form in forms)
+    def blocked(self, type_name: str, raw: str, normalized: str) -> str | None:
+        """Why a value of `type_name` is set aside by a blocklist (the project's, then the
+        default rules that judge the type); None when it is not."""
+        texts = {raw.strip().lower(), normalized.lower()}
+        forms = texts | {_SEPARATORS.sub("", t) for t in texts}
+        if texts & self._project_values or any(
+            p.search(form) for p in self._project_patterns for form in forms
+        ):
+            return PROJECT_BLOCKLIST
+        for rule in self._junk_rules:
+            if not rule.judges(type_name):
+                continue
+            shortest = rule.min_length.get(type_name, 0)
+            judged = [f for f in forms if len(f) >= shortest]
+            if texts & rule.values or (
+                rule.pattern and any(self._junk_patterns[rule.name].search(f) for f in judged)
+            ):
+                return f"{rule.why} ({rule.name})"
+        return None
 
 
 Normalized = tuple["str | None", "str | None", "str | None"]  # value, detail, reason if None

@@ -60,6 +60,8 @@ class ResolveResult:
     unusable_values: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # Every value the store's records carry that identifies no one, by type and reason.
+    set_aside: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -333,6 +335,7 @@ def resolve(db: sqlite_utils.Database, config: Config, full: bool = False) -> Re
         if not replaced:  # no batch since the last run: nothing to read, nothing to record
             result.mode = "unchanged"
             result.profiles = db.conn.execute("SELECT count(*) FROM profiles").fetchone()[0]
+            result.set_aside = set_aside(db)
             result.seconds = round(time.monotonic() - started, 3)
             return result
     if last and not full:
@@ -354,12 +357,23 @@ def resolve(db: sqlite_utils.Database, config: Config, full: bool = False) -> Re
         else:
             _full(db, config, run_id, result)
         result.profiles = db.conn.execute("SELECT count(*) FROM profiles").fetchone()[0]
+        result.set_aside = set_aside(db)
         result.seconds = round(time.monotonic() - started, 3)
         db.conn.execute(
             "UPDATE resolve_runs SET mode=?, finished_at=?, result=? WHERE id=?",
             (result.mode, now_iso(), json.dumps(result.as_dict()), run_id),
         )
     return result
+
+
+def set_aside(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """How many distinct values of each type identify no one, and why (masked, invalid, which
+    blocklist rule): so that a filter eating real data shows. As of the last `cdp resolve`."""
+    return rows_as_dicts(
+        db,
+        'SELECT type, reason, count(DISTINCT raw) AS "values", count(*) AS identity_keys '
+        "FROM unusable_values GROUP BY type, reason ORDER BY type, 3 DESC, reason",
+    )
 
 
 def _normalize_keys(
