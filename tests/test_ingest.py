@@ -417,7 +417,11 @@ def test_a_row_without_a_required_field_goes_to_rejects(
 ):
     kind = KINDS[kind_name]
     write("cdp.yaml", required_config(kind_name, fmt))
-    full = {f.name: SAMPLE_VALUES[f.type] for f in kind.fields if f.required}
+    full = {
+        f.name: f.choices[0] if f.choices else SAMPLE_VALUES[f.type]
+        for f in kind.fields
+        if f.required
+    }
     full["phone"] = "13800138000"
     rows = [full, {**full, missing: "  "}, {k: v for k, v in full.items() if k != missing}]
     if fmt == "csv":
