@@ -792,3 +792,12 @@ def test_demo_force_in_a_new_or_empty_folder_just_runs_and_leaves_its_mark(run, 
     refused = run("demo", "empty")
     assert refused.exit_code == 1
     assert refused.stderr == "Error: empty already holds a demo; --force starts it over\n"
+
+
+def test_journey_status_and_report_agree_on_every_count(run, journeys):
+    report = report_json(run, "journey", "alpha")
+    status = json.loads(run("journey", "status", "alpha", "--json").stdout)
+    assert status["groups"] == report["groups"]
+    assert status["steps"] == report["steps"]
+    assert status["totals"] == report["totals"]
+    assert status["groups"][0]["converted"] == 3  # worked out from the orders, as the report does
