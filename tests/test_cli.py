@@ -161,3 +161,9 @@ def test_every_canonical_field_is_documented():
         f.name for f in ITEM_FIELDS
     }
     assert {name for name in names if f"`{name}`" not in text} == set()
+
+
+def test_numeric_options_refuse_nonsense(run):
+    result = run("segment", "city = 'x'", "--sample", "-5")
+    assert result.exit_code == 2
+    assert "Invalid value for '--sample': -5 is not in the range x>=0." in result.stderr

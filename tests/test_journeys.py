@@ -856,3 +856,50 @@ def test_a_reminder_never_prints_a_coupon_that_has_expired_since(run, write, pro
         ("steps[2]", "skipped", "coupon expired (the code an earlier step sent, R1)", None),
         ("steps[3]", "written", None, "R1"),  # prints no coupon: goes (the code kept, as before)
     ]
+
+
+def test_status_names_steps_and_shows_who_waits_for_quiet_hours(run, write, project):
+    write(
+        "journeys/q.yaml",
+        journey(
+            "q",
+            "entry: {when: \"city = '北京'\"}\nsteps:\n"
+            "  - name: night_sms\n    send: {channel: sms, template: hello}\n",
+        ),
+    )
+    assert run("journey", "run", "--now", "2026-11-15 22:00").exit_code == 0
+    status = json.loads(run("journey", "status", "q", "--json").stdout)
+    assert status["active_at"] == {"night_sms": 1}
+    assert status["waiting"] == [
+        {"step": "night_sms", "reason": "quiet hours", "customers": 1,
+         "until": "2026-11-16T09:00:00+08:00"}
+    ]  # fmt: skip
+    text = run("journey", "status", "q").stdout
+    assert "Waiting for a deferred message" in text and "quiet hours" in text
+    assert run("journey", "run", "--now", "2026-11-16 09:00").exit_code == 0
+    status = json.loads(run("journey", "status", "q", "--json").stdout)
+    assert status["waiting"] == []
+    assert [(s["step"], s["sent"]) for s in status["steps"]] == [("night_sms", {"sms": 1})]
+    report = json.loads(run("report", "journey", "q", "--json").stdout)
+    assert [s["step"] for s in report["steps"]] == ["night_sms"]
+
+
+def test_a_step_name_is_checked_like_other_names(run, write, project):
+    body = (
+        "entry: {when: \"city = '北京'\"}\nsteps:\n"
+        "  - name: NAME\n    send: {channel: sms, template: hello}\n"
+    )
+    write("journeys/q.yaml", journey("q", body.replace("NAME", "'bad name'")))
+    result = run("journey", "validate")
+    assert result.exit_code != 0
+    assert "steps[0].name must be" in result.stderr
+    write("journeys/q.yaml", journey("q", (body + body.split("steps:\n")[1]).replace("NAME", "a")))
+    result = run("journey", "validate")
+    assert "steps[1]: name 'a' is taken by steps[0]" in result.stderr
+
+
+def test_status_of_no_such_journey_says_so(run, write, project):
+    result = run("journey", "status", "nosuch")
+    assert result.exit_code == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "no journey named 'nosuch'" in result.stderr

@@ -481,6 +481,21 @@ def test_funnel_within_and_by(run, project):
     assert counts(since) == [1, 1]  # M3 only
 
 
+def test_funnel_order_step_counts_the_orders_table(run, project):
+    report = report_json(run, "funnel", "--steps", "add_to_cart,order")
+    # M1 and M2 have order events after adding to cart; M4 (O5 on 10-31, after adding on
+    # 10-30) and M5 (O6) only have orders in the orders table.
+    assert counts(report) == [4, 4]
+
+
+def test_funnel_unknown_step_is_an_error_with_a_suggestion(run, project):
+    result = run("report", "funnel", "--steps", "view_itme,order")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "Error: --steps: no event 'view_itme' in the store (did you mean 'view_item'?)"
+    ]
+
+
 def test_funnel_usage_errors(run, project):
     result = run("report", "funnel", "--steps", "view_item")
     assert result.exit_code == 2
@@ -777,3 +792,12 @@ def test_demo_force_in_a_new_or_empty_folder_just_runs_and_leaves_its_mark(run, 
     refused = run("demo", "empty")
     assert refused.exit_code == 1
     assert refused.stderr == "Error: empty already holds a demo; --force starts it over\n"
+
+
+def test_journey_status_and_report_agree_on_every_count(run, journeys):
+    report = report_json(run, "journey", "alpha")
+    status = json.loads(run("journey", "status", "alpha", "--json").stdout)
+    assert status["groups"] == report["groups"]
+    assert status["steps"] == report["steps"]
+    assert status["totals"] == report["totals"]
+    assert status["groups"][0]["converted"] == 3  # worked out from the orders, as the report does

@@ -116,7 +116,14 @@ def _print_tag_list(listed: list[dict[str, Any]]) -> None:
     help="With --hashed: Google Ads Customer Match (Email, Phone) or a Meta customer list "
     "(email, phone).  [default: google]",
 )
-@click.option("--sample", "sample_size", default=10, show_default=True, help="Customers to show.")
+@click.option(
+    "--sample",
+    "sample_size",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="Customers to show.",
+)
 @click.option("--unmask", is_flag=True, help="Show phones and emails in full.")
 @json_option
 @pass_project

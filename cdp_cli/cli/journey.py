@@ -110,33 +110,51 @@ def _print_would_send(results: list[Any], shown: int = 10) -> None:
 @json_option
 @pass_project
 def journey_status_command(project: Project, name: str, json_: bool) -> None:
-    """Show a journey's counts: entered, per step and variant, sent and skipped by reason.
+    """Show where a journey's customers are, and its counts as `cdp report journey` has them.
+
+    Enrolments by status, active ones per step, customers waiting for a deferred message
+    (with the reason and until when), per group entered, reached and converted, and per step
+    and variant sent and skipped by reason. Steps show their `name:` when they have one.
 
     \b
     Example:
       cdp journey status winback
     """
-    from cdp_cli.messaging.engine import journey_status
+    from cdp_cli.reports.journey import journey_status
 
     with project.store(create=False) as db:
-        report = journey_status(db, name)
+        report = journey_status(db, project.config, name)
     out.emit(report, json_, lambda _: _print_status(name, report))
 
 
 def _print_status(name: str, report: dict[str, Any]) -> None:
+    from cdp_cli.cli.report import _fmt_counts
+
     click.echo(f"{name}: " + ", ".join(f"{k} {v:,}" for k, v in report["enrolments"].items()))
+    if report["active_at"]:
+        out.print_table(
+            "Active, per step", ["step", "customers"],
+            [(step, f"{n:,}") for step, n in report["active_at"].items()], numeric=1,
+        )  # fmt: skip
+    if report["waiting"]:
+        out.print_table(
+            "Waiting for a deferred message", ["step", "reason", "customers", "until"],
+            [(w["step"], w["reason"], f"{w['customers']:,}", w["until"])
+             for w in report["waiting"]], numeric=2,
+        )  # fmt: skip
     out.print_table(
         "Entered and converted",
-        ["group", "variant", "entered", "converted"],
-        [(g["grp"], g["variant"], g["entered"], g["converted"]) for g in report["groups"]],
+        ["group", "variant", "entered", "reached", "converted"],
+        [(g["group"], g["variant"], out.fmt_int(g["entered"]), out.fmt_int(g["reached"]),
+          out.fmt_int(g["converted"])) for g in report["groups"]],
         numeric=2,
-    )
+    )  # fmt: skip
     out.print_table(
-        "Messages",
-        ["step", "variant", "channel", "status", "reason", "messages"],
-        [(m["step"], m["variant"], m["channel"], m["status"], m["reason"], m["messages"])
-         for m in report["messages"]],
-        numeric=1,
+        "Messages, per step",
+        ["step", "variant", "entered", "sent", "skipped"],
+        [(s["step"], s["variant"], out.fmt_int(s["entered"]), _fmt_counts(s["sent"]),
+          _fmt_counts(s["skipped"])) for s in report["steps"]],
+        numeric=2,
     )  # fmt: skip
 
 

@@ -38,7 +38,7 @@ from cdp_cli.messaging.run import Enrolment, JourneyRun, RunResult
 from cdp_cli.messaging.send import send_batch
 from cdp_cli.messaging.templates import TemplateStore
 from cdp_cli.rules.vocabulary import BASE_FROM
-from cdp_cli.store import insert_row, now_iso, rows_as_dicts
+from cdp_cli.store import insert_row, now_iso
 
 
 def share_of(*parts: str) -> float:
@@ -515,47 +515,3 @@ def _wait_until(run: JourneyRun, step: Wait) -> str:
     if target <= run.now:
         target += timedelta(days=1)
     return target.isoformat(timespec="seconds")
-
-
-# ---------------------------------------------------------------------------------------------
-# Status
-
-
-def journey_status(db: sqlite_utils.Database, name: str) -> dict[str, Any]:
-    """Counts per step and variant, sent and skipped by reason, conversions so far."""
-    enrolments = dict(
-        db.conn.execute(
-            "SELECT status, count(*) FROM journey_enrolments WHERE journey = ? GROUP BY 1", (name,)
-        )
-    )
-    if not enrolments:
-        raise NotFound(f"journey {name!r} has no enrolments yet: run `cdp journey run {name}`")
-    steps = rows_as_dicts(
-        db,
-        "SELECT m.step, coalesce(e.variant, '') AS variant, m.channel, m.status, "
-        "coalesce(m.reason, '') AS reason, count(*) AS messages FROM messages m "
-        "JOIN journey_enrolments e ON e.id = m.enrolment_id WHERE m.journey = ? "
-        "GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
-        (name,),
-    )
-    groups = rows_as_dicts(
-        db,
-        "SELECT CASE holdout WHEN 1 THEN 'holdout' ELSE 'treatment' END AS grp, "
-        "coalesce(variant, '') AS variant, count(*) AS entered, count(converted_at) AS converted "
-        "FROM journey_enrolments WHERE journey = ? GROUP BY 1, 2 ORDER BY 1, 2",
-        (name,),
-    )
-    where = dict(
-        db.conn.execute(
-            "SELECT coalesce(step, ''), count(*) FROM journey_enrolments WHERE journey = ? "
-            "AND status = 'active' GROUP BY 1",
-            (name,),
-        )
-    )
-    return {
-        "journey": name,
-        "enrolments": enrolments,
-        "active_at": where,
-        "messages": steps,
-        "groups": groups,
-    }

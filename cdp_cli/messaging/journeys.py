@@ -19,7 +19,7 @@ reads and checks the files only; every mistake names the file, line and step.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Union
@@ -74,6 +74,7 @@ class Send:
     # A code is drawn only if it is still valid this many days after the send.
     coupon_min_days_left: int = COUPON_MIN_DAYS_LEFT
     link: TrackedLink | None = None
+    name: str = ""  # the name: the steps may carry, shown instead of the key
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class Wait:
     line: int
     duration: timedelta | None = None
     until: time | None = None
+    name: str = ""  # the name: the steps may carry, shown instead of the key
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class Branch:
     when: str
     then: tuple[Step, ...] = ()
     otherwise: tuple[Step, ...] = ()
+    name: str = ""  # the name: the steps may carry, shown instead of the key
 
 
 @dataclass(frozen=True)
@@ -104,12 +107,14 @@ class Split:
     key: str
     line: int
     variants: tuple[tuple[str, float, tuple[Step, ...]], ...] = ()
+    name: str = ""  # the name: the steps may carry, shown instead of the key
 
 
 @dataclass(frozen=True)
 class End:
     key: str
     line: int
+    name: str = ""  # the name: the steps may carry, shown instead of the key
 
 
 Step = Union[Send, Wait, Branch, Split, End]  # noqa: UP007 (a runtime alias)
@@ -156,6 +161,11 @@ class Journey:
 
     def sends(self) -> list[Send]:
         return [s for s in self.index.values() if isinstance(s, Send)]
+
+    def label(self, key: str) -> str:
+        """A step's name when it has one, else its key (steps[0].split.a.steps[1])."""
+        step = self.index.get(key)
+        return step.name if step is not None and step.name else key
 
 
 def _link(steps: tuple[Step, ...], after: str | None, following: dict[str, str | None]) -> None:
@@ -204,6 +214,7 @@ def _journey(path: Path, data: Any) -> Journey:
             raise FileError(path, f"journey {name}: {required} is missing", data.line)
     index: dict[str, Step] = {}
     steps = _steps(path, data["steps"], "steps", index)
+    _check_step_names(path, index)
     following: dict[str, str | None] = {}
     _link(steps, None, following)
     goal = data.get("goal")
@@ -229,6 +240,20 @@ def _journey(path: Path, data: Any) -> Journey:
         index=index,
         following=following,
     )
+
+
+def _check_step_names(path: Path, index: dict[str, Step]) -> None:
+    """Two steps of one journey with the same name would merge in status and reports."""
+    seen: dict[str, Step] = {}
+    for step in index.values():
+        if step.name and step.name in seen:
+            raise FileError(
+                path,
+                f"{step.key}: name {step.name!r} is taken by {seen[step.name].key}",
+                step.line,
+            )
+        if step.name:
+            seen[step.name] = step
 
 
 def _rule_text(path: Path, spec: YamlMap, key: str) -> str:
@@ -328,12 +353,17 @@ def _step(path: Path, item: Any, key: str, index: dict[str, Step], line: int) ->
         step: Step = End(key, line)
         index[key] = step
         return step
-    if not isinstance(item, YamlMap) or len(item) != 1:
+    if not isinstance(item, YamlMap) or len([k for k in item if k != "name"]) != 1:
         raise FileError(
             path, f"{key}: a step is one of {', '.join(STEP_KINDS)}", getattr(item, "line", line)
         )
-    kind, spec = next(iter(item.items()))
+    kind, spec = next((k, v) for k, v in item.items() if k != "name")
     line = item.line
+    name = item.get("name", "")
+    if "name" in item and not is_name(name):
+        raise FileError(
+            path, f"{key}.name must be {NAME_RULE} (got {name!r})", item.line_of("name")
+        )
     if kind not in STEP_KINDS:
         raise FileError(
             path, f"{key}: unknown step {kind!r}{did_you_mean(str(kind), STEP_KINDS)}", line
@@ -348,6 +378,8 @@ def _step(path: Path, item: Any, key: str, index: dict[str, Step], line: int) ->
         step = _split(path, spec, key, line, index)
     else:
         step = End(key, line)
+    if name:
+        step = replace(step, name=name)
     index[key] = step
     return step
 

@@ -9,7 +9,12 @@ from typing import Any
 import sqlite_utils
 
 from cdp_cli.errors import UsageError
+from cdp_cli.features import VOID_STATUSES
 from cdp_cli.reports.common import NONE, as_days
+from cdp_cli.yamlfile import did_you_mean
+
+ORDER_STEP = "order"  # the step that also counts the orders table, not only `order` events
+_VOID = ", ".join(f"'{s}'" for s in VOID_STATUSES)  # constants of ours, not user text
 
 
 def funnel_report(
@@ -26,6 +31,7 @@ def funnel_report(
     if len(steps) < 2 or any(not s for s in steps):
         raise UsageError("a funnel needs at least two steps, as in view_item,add_to_cart,order")
     dimension, extra = _funnel_dimension(by)
+    _check_steps(db, steps)
     sql, params = _funnel_sql(steps, within, dimension, since, until)
     counts: dict[str, list[int]] = {}
     for value, *per_step in db.conn.execute(sql, {**params, **extra}):
@@ -46,6 +52,17 @@ def funnel_report(
             for value, c in sorted(counts.items(), key=lambda kv: (-kv[1][0], kv[0]))
         ]
     return report
+
+
+def _check_steps(db: sqlite_utils.Database, steps: list[str]) -> None:
+    """A step no event in the store has is a typo far more often than a funnel of zeros."""
+    known = {row[0] for row in db.conn.execute("SELECT DISTINCT event FROM events")}
+    known.add(ORDER_STEP)
+    for step in steps:
+        if step not in known:
+            raise UsageError(
+                f"--steps: no event {step!r} in the store{did_you_mean(step, sorted(known))}"
+            )
 
 
 def _funnel_dimension(by: str | None) -> tuple[str | None, dict[str, Any]]:
@@ -76,6 +93,7 @@ def _funnel_sql(
 ) -> tuple[str, dict[str, Any]]:
     """One query: per value of the dimension, the customers at each step."""
     params: dict[str, Any] = {f"e{i}": s for i, s in enumerate(steps)}
+    params["order"] = ORDER_STEP
     params["within"] = as_days(within) if within else 1e9
     params["since"] = since.isoformat() if since else "0000"
     params["until"] = until.isoformat() if until else "9999"
@@ -83,7 +101,11 @@ def _funnel_sql(
     parts = [
         f"""ev AS (SELECT k.one_id, e.event, julianday(e.occurred_at) AS at, e.platform,
   substr(e.occurred_at, 1, 10) AS day FROM events e JOIN identity_keys k ON k.key = e.identity_key
-  WHERE k.one_id IS NOT NULL AND e.event IN ({names}))""",
+  WHERE k.one_id IS NOT NULL AND e.event IN ({names})
+  UNION ALL SELECT k.one_id, :order, julianday(o.ordered_at), o.channel, substr(o.ordered_at, 1, 10)
+  FROM orders o JOIN identity_keys k ON k.key = o.identity_key
+  WHERE k.one_id IS NOT NULL AND :order IN ({names})
+  AND (o.status IS NULL OR lower(o.status) NOT IN ({_VOID})))""",
         # a bare column beside min() takes its value from the row of the minimum (SQLite)
         """s0 AS (SELECT one_id, min(at) AS at, min(at) AS start, platform FROM ev
   WHERE event = :e0 AND day >= :since AND day <= :until GROUP BY one_id)""",

@@ -24,6 +24,9 @@ from cdp_cli.store import rows_as_dicts
 ATTRIBUTIONS = ("last", "first")
 SENT = ("queued", "written")  # a message that went (or is about to go) out
 GROUPS = ("treatment", "holdout", "control")
+# Why a customer waits at a send step: quiet hours are the one thing that defers a message
+# (messaging/send._send_one); everything else that stops a message skips it, with a reason.
+DEFERRED_REASON = "quiet hours"
 _VOID = ", ".join(f"'{s}'" for s in VOID_STATUSES)  # constants of ours, not user text
 
 
@@ -37,10 +40,7 @@ def journey_report(
     """One journey's effect: per step and variant, per group, and treatment against holdout."""
     if attribution not in ATTRIBUTIONS:
         raise UsageError(f"attribution is one of {', '.join(ATTRIBUTIONS)}, not {attribution!r}")
-    journeys = load_journeys(config.journeys_folder)
-    if name not in journeys:
-        raise NotFound(f"no journey named {name!r} in {config.journeys_folder}")
-    journey = journeys[name]
+    journeys, journey = _journey(config, name)
     runs = db.conn.execute(
         "SELECT count(*), min(now), max(now) FROM journey_runs WHERE journey = ? "
         "AND finished_at IS NOT NULL",
@@ -52,15 +52,8 @@ def journey_report(
     if not entered:
         raise NotFound(f"journey {name!r} has no enrolments yet: run `cdp journey run {name}`")
     as_of = runs[2]
-    goal = _goal_sql(journey)
-    enrolments = _enrolment_outcomes(db, journey, goal)
-    attributed = _attributed(db, journeys, journey, attribution)
-    steps = _steps(db, journey, attributed)
-    groups = _groups(enrolments, journey, as_of)
-    totals = _totals(steps)
-    if journey.goal_event != "order":  # revenue comes from orders: not measured for an event
-        for row in [*steps, totals]:
-            row["revenue"] = row["roi"] = None
+    counts = journey_counts(db, journeys, journey, as_of, attribution)
+    groups, steps, totals = counts["groups"], counts["steps"], counts["totals"]
     report: dict[str, Any] = {
         "report": "journey",
         "journey": name,
@@ -81,8 +74,97 @@ def journey_report(
         "links": _has_links(db, name),
         "notes": [],
     }
-    _journey_notes(report, journey, enrolments, as_of)
+    _journey_notes(report, journey, counts["waiting_first"], as_of)
     return report
+
+
+def _journey(config: Config, name: str) -> tuple[dict[str, Journey], Journey]:
+    journeys = load_journeys(config.journeys_folder)
+    if name not in journeys:
+        raise NotFound(f"no journey named {name!r} in {config.journeys_folder}")
+    return journeys, journeys[name]
+
+
+def journey_counts(
+    db: sqlite_utils.Database,
+    journeys: dict[str, Journey],
+    journey: Journey,
+    as_of: str | None,
+    attribution: str = "last",
+) -> dict[str, Any]:
+    """The counts `cdp report journey` and `cdp journey status` both show, from one place:
+    per group and variant (entered, reached, converted), per step and variant (sent, skipped
+    by reason, conversions), and their totals. Steps are labelled with their names."""
+    goal = _goal_sql(journey)
+    enrolments = _enrolment_outcomes(db, journey, goal)
+    steps = _steps(db, journey, _attributed(db, journeys, journey, attribution))
+    totals = _totals(steps)
+    if journey.goal_event != "order":  # revenue comes from orders: not measured for an event
+        for row in [*steps, totals]:
+            row["revenue"] = row["roi"] = None
+    for row in steps:
+        row["step"] = journey.label(row["step"])
+    return {
+        "groups": _groups(enrolments, journey, as_of),
+        "steps": steps,
+        "totals": totals,
+        "waiting_first": sum(1 for e in enrolments if e["start"] is None),
+    }
+
+
+def journey_status(db: sqlite_utils.Database, config: Config, name: str) -> dict[str, Any]:
+    """Where a journey's customers are now: enrolments by status, active ones per step, who
+    waits for a deferred message and why; and the same counts as its report."""
+    journeys, journey = _journey(config, name)
+    enrolments = dict(
+        db.conn.execute(
+            "SELECT status, count(*) FROM journey_enrolments WHERE journey = ? GROUP BY 1", (name,)
+        )
+    )
+    if not enrolments:
+        raise NotFound(f"journey {name!r} has no enrolments yet: run `cdp journey run {name}`")
+    as_of = db.conn.execute(
+        "SELECT max(now) FROM journey_runs WHERE journey = ? AND finished_at IS NOT NULL", (name,)
+    ).fetchone()[0]
+    active_at = {
+        journey.label(step or ""): n
+        for step, n in db.conn.execute(
+            "SELECT coalesce(step, ''), count(*) FROM journey_enrolments WHERE journey = ? "
+            "AND status = 'active' GROUP BY 1",
+            (name,),
+        )
+    }
+    counts = journey_counts(db, journeys, journey, as_of)
+    return {
+        "journey": name,
+        "as_of": as_of,
+        "enrolments": enrolments,
+        "active_at": active_at,
+        "waiting": _waiting(db, journey),
+        "groups": counts["groups"],
+        "steps": counts["steps"],
+        "totals": counts["totals"],
+    }
+
+
+def _waiting(db: sqlite_utils.Database, journey: Journey) -> list[dict[str, Any]]:
+    """Active enrolments held at a send step whose message has not gone yet: the engine
+    defers a message (quiet hours) by leaving the enrolment at the step with a later next_at."""
+    sends = {s.key for s in journey.sends()}
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for step, next_at in db.conn.execute(
+        "SELECT je.step, je.next_at FROM journey_enrolments je WHERE je.journey = ? "
+        "AND je.status = 'active' AND je.step IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
+        "messages m WHERE m.enrolment_id = je.id AND m.step = je.step) ORDER BY je.next_at",
+        (journey.name,),
+    ):
+        if step not in sends:
+            continue
+        key = (step, DEFERRED_REASON)
+        row = found.setdefault(key, {"step": journey.label(step), "reason": DEFERRED_REASON,
+                                     "customers": 0, "until": next_at})  # fmt: skip
+        row["customers"] += 1
+    return list(found.values())
 
 
 def journey_reports(
@@ -382,12 +464,11 @@ WHERE m.journey = ? AND (
 
 
 def _journey_notes(
-    report: dict[str, Any], journey: Journey, enrolments: list[dict[str, Any]], as_of: str | None
+    report: dict[str, Any], journey: Journey, waiting: int, as_of: str | None
 ) -> None:
     notes = report["notes"]
     if not journey.goal_event or not journey.goal_within:
         notes.append("the journey has no goal: conversions are not measured")
-    waiting = sum(1 for e in enrolments if e["start"] is None)
     if waiting:
         notes.append(f"{waiting:,} enrolments have not reached their first message yet")
     still_open = sum(g["window_open"] for g in report["groups"])
