@@ -4,7 +4,7 @@ A pool reads its campaign's available codes a block at a time, lowest code first
 issued when its message is queued (coupon_issues), and put back when the message fails to
 render. A code that has expired by the time of the send is never drawn, nor one that expires
 within the step's `min_days_left` (a customer needs time to use it). A pool that runs dry
-holds the rest of the step's customers (send._hold) with a reason that says which it was.
+skips the rest of the step's messages with a reason that says which of the two it was.
 """
 
 from __future__ import annotations
@@ -114,11 +114,12 @@ class CouponPool:
 
 @dataclass
 class CouponPools:
-    """The pools of one journey's run, by campaign, and whether each campaign exists."""
+    """The pools of one journey's run, by campaign, and why those that ran dry did."""
 
     db: sqlite_utils.Database
     now: datetime
     pools: dict[str, CouponPool] = field(default_factory=dict)
+    empty: dict[str, str] = field(default_factory=dict)  # campaign -> the skip reason
 
     known: dict[str, bool] = field(default_factory=dict)  # campaign -> pool_exists()
 

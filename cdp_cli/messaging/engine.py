@@ -228,6 +228,8 @@ def _run_one(run: JourneyRun) -> RunResult:
         _exit(run)
         _enrol(run, cursor)
         _advance(run)
+        for _, reason in sorted(run.coupons.empty.items()):
+            result.notes.append(f"{reason}: those sends were skipped")
         for problem, waiting in sorted(result.held.items()):
             result.notes.append(f"{waiting} customers wait at their step: {problem}")
         result.seconds = round(time.monotonic() - started, 3)

@@ -308,8 +308,11 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> str | None:
     if step.coupon:
         pool = run.coupons.pool(step.coupon)
         coupon = pool.draw(step.coupon_min_days_left)
-        if coupon is None:  # the customer waits for new codes rather than lose the step
-            return _hold(run, pool.empty_reason(step.coupon_min_days_left))
+        if coupon is None:
+            reason = pool.empty_reason(step.coupon_min_days_left)
+            run.coupons.empty[step.coupon] = reason
+            _skip(run, outbox, e, step, message_id, channel, reason)
+            return None
     link = tracked_link(run, step, message.link_code, channel, e.variant)
     context = _context(batch, one_id, channel, coupon, link)
     try:
