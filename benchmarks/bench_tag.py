@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from cdp_cli.config import load_config
-from cdp_cli.features import FEATURES
+from cdp_cli.features import FEATURES, WINDOWS
 from cdp_cli.rules.book import load_rulebook
 from cdp_cli.segments import audience, count
 from cdp_cli.store import open_store
@@ -369,8 +369,8 @@ def write_rules(workdir: Path, generated: list[BenchTag]) -> tuple[Path, list[Be
 BASELINE_FEATURES = """
 INSERT INTO bench_features
 WITH po AS MATERIALIZED (
-  SELECT k.one_id, o.ordered_at, substr(o.ordered_at, 1, 10) AS day, o.amount, o.store,
-    o.channel, o.category, o.items,
+  SELECT k.one_id, o.ordered_at, substr(o.ordered_at, 1, 10) AS day, o.amount,
+    CAST(round(o.amount * 10000) AS INTEGER) AS minor, o.store, o.channel, o.category, o.items,
     CAST(julianday(:day) - julianday(substr(o.ordered_at, 1, 10)) AS INTEGER) AS age,
     min(substr(o.ordered_at, 1, 10)) OVER (PARTITION BY k.one_id) AS first_day
   FROM orders o JOIN identity_keys k ON k.key = o.identity_key
@@ -378,19 +378,20 @@ WITH po AS MATERIALIZED (
     AND (o.status IS NULL OR lower(o.status) NOT IN ('refunded', 'closed', 'cancelled',
                                                      'canceled'))),
 ord AS (
-  SELECT one_id, count(*) AS n, sum(amount) AS spent, min(ordered_at) AS first_at,
+  SELECT one_id, count(*) AS n, sum(minor) AS spent_minor, min(ordered_at) AS first_at,
     max(ordered_at) AS last_at, max(age) AS first_age, min(age) AS last_age,
     count(DISTINCT day) AS days, sum(age < 30) AS n30, sum(age < 90) AS n90,
-    sum(age < 365) AS n365, total(CASE WHEN age < 30 THEN amount END) AS s30,
-    total(CASE WHEN age < 90 THEN amount END) AS s90,
-    total(CASE WHEN age < 365 THEN amount END) AS s365,
-    coalesce(sum(CASE WHEN day > first_day THEN amount END)
-             / nullif(count(DISTINCT day) - 1, 0), 0) AS monetary
+    sum(age < 365) AS n365, coalesce(sum(CASE WHEN age < 30 THEN minor END), 0) / 10000.0 AS s30,
+    coalesce(sum(CASE WHEN age < 90 THEN minor END), 0) / 10000.0 AS s90,
+    coalesce(sum(CASE WHEN age < 365 THEN minor END), 0) / 10000.0 AS s365,
+    coalesce(round(CAST(sum(CASE WHEN day > first_day THEN minor END) AS REAL)
+             / nullif(count(DISTINCT day) - 1, 0)) / 10000.0, 0) AS monetary
   FROM po GROUP BY one_id),
 spend AS (
   SELECT po.one_id, coalesce(i.value ->> '$.category', po.category) AS category,
-    CASE WHEN i.value IS NULL THEN po.amount
-      ELSE coalesce(i.value ->> '$.price', 0) * coalesce(i.value ->> '$.quantity', 1) END AS spent
+    CASE WHEN i.value IS NULL THEN po.minor
+      ELSE CAST(round(coalesce(i.value ->> '$.price', 0) * coalesce(i.value ->> '$.quantity', 1)
+                      * 10000) AS INTEGER) END AS spent
   FROM po LEFT JOIN json_each(CASE WHEN json_valid(po.items) THEN po.items END) i),
 top_category AS (
   SELECT one_id, category FROM (
@@ -421,8 +422,10 @@ reg AS (
   FROM customers c JOIN identity_keys k ON k.key = c.identity_key
   WHERE k.one_id IS NOT NULL AND c.registered_at IS NOT NULL GROUP BY k.one_id),
 feat AS MATERIALIZED (  -- planned alone: its LEFT JOINs get automatic indexes
-  SELECT p.one_id, coalesce(o.n, 0) AS order_count, coalesce(o.spent, 0) AS total_spent,
-    o.spent / o.n AS avg_order_value, o.first_at, o.last_at, o.first_age, o.last_age,
+  SELECT p.one_id, coalesce(o.n, 0) AS order_count,
+    coalesce(o.spent_minor, 0) / 10000.0 AS total_spent,
+    round(CAST(o.spent_minor AS REAL) / o.n) / 10000.0 AS avg_order_value, o.first_at,
+    o.last_at, o.first_age, o.last_age,
     coalesce(o.n30, 0) AS n30, coalesce(o.n90, 0) AS n90, coalesce(o.n365, 0) AS n365,
     coalesce(o.s30, 0) AS s30, coalesce(o.s90, 0) AS s90, coalesce(o.s365, 0) AS s365,
     coalesce(o.days, 0) AS order_days,
@@ -503,14 +506,20 @@ def baseline(store: Path, tags: list[BenchTag]) -> dict[str, Any]:
     return {"seconds": seconds, "features_seconds": features_seconds}
 
 
+MONEY_FEATURES = {"total_spent", "avg_order_value", "rfm_monetary", "monetary_value"} | {
+    f"total_spent_{n}d" for n in WINDOWS
+}
+
+
 def compare(store: Path, tags: list[BenchTag]) -> dict[str, Any]:
     """Whether the baseline computed what cdp did: each feature column customer by customer
-    (REAL within 1e-9, sums added in another order), each tag's customers per value."""
+    (money exactly, as both sum whole ten-thousandths; other REALs within 1e-9, as the
+    baseline divides days its own way), each tag's customers per value."""
     conn = sqlite3.connect(store)
 
     def differs(name: str, sql_type: str) -> str:
         a, b = f"a.{name}", f"b.{name}"
-        if sql_type == "REAL":
+        if sql_type == "REAL" and name not in MONEY_FEATURES:
             return f"sum(NOT ({a} IS {b} OR abs({a} - {b}) <= 1e-9 * max(1, abs({a}))))"
         return f"sum({a} IS NOT {b})"
 

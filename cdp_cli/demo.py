@@ -16,6 +16,7 @@ from cdp_cli.files import write_text
 from cdp_cli.identity.profiles import Lookup, profile_360
 from cdp_cli.identity.resolve import resolve
 from cdp_cli.ingest import ingest
+from cdp_cli.messaging.channels import PLACEHOLDER_PREFIX
 from cdp_cli.messaging.engine import run_journeys
 from cdp_cli.reports.funnel import funnel_report
 from cdp_cli.reports.html import write_html
@@ -68,6 +69,7 @@ def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | Non
     stages: dict[str, Any] = {}
     write_text(directory / DEMO_MARKER, DEMO_MARKER_TEXT)  # first: a half-made demo is one too
     stages["init"] = [str(p) for p in init_project(directory, force=force)]
+    _fill_wechat_template_ids(directory)
     report("init", stages["init"])
     config = load_config(directory / "cdp.yaml")
     db = open_store(config.store)
@@ -99,6 +101,14 @@ def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | Non
     finally:
         db.close()
     return stages
+
+
+def _fill_wechat_template_ids(directory: Path) -> None:
+    """The demo sends to no one: its WeChat templates get demo ids for the placeholders that
+    a real project replaces with its official account's (a run holds placeholder ids)."""
+    for path in (directory / "templates" / "wechat").glob("*.json"):
+        text = path.read_text(encoding="utf-8")
+        write_text(path, text.replace(f'"{PLACEHOLDER_PREFIX}_', '"DEMO_'))
 
 
 def _make_room(directory: Path, force: bool) -> None:

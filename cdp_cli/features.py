@@ -4,6 +4,10 @@ Every definition is in docs/features.md. "Today" is the as-of date (`--as-of`, d
 current date in the project's timezone); orders and events after it are ignored, so a run can
 be reproduced. Days are calendar days in the timezone each timestamp was written in. An order
 counts unless its status is refunded, closed or cancelled.
+
+Money is summed exactly: each amount is taken in whole minor units (MONEY_SCALE per unit, 4
+decimals) and added as integers, so a total is the same whatever order SQLite adds the rows
+in, and a customer at exactly 300.00 is `>= 300` on every run.
 """
 
 from __future__ import annotations
@@ -21,12 +25,30 @@ from cdp_cli.store import now_iso, transaction
 
 WINDOWS = (30, 90, 365)
 VOID_STATUSES = ("refunded", "closed", "cancelled", "canceled")
+MONEY_SCALE = 10_000  # minor units per unit of money: amounts count to 4 decimals
+ITEM_AMOUNT = "coalesce(i.value ->> '$.price', 0) * coalesce(i.value ->> '$.quantity', 1)"
+
+
+def minor_units(amount_sql: str) -> str:
+    """SQL: an amount as a whole number of minor units, which add up exactly."""
+    return f"CAST(round(({amount_sql}) * {MONEY_SCALE}) AS INTEGER)"
+
+
+def money(minor_sql: str) -> str:
+    """SQL: minor units back to money (the nearest REAL to the exact decimal)."""
+    return f"({minor_sql}) / {MONEY_SCALE}.0"
+
+
+def money_mean(minor_sql: str, count_sql: str) -> str:
+    """SQL: a mean of minor units, rounded half away from zero to a whole minor unit."""
+    return money(f"round(CAST({minor_sql} AS REAL) / ({count_sql}))")
+
 
 # name -> (SQL type, one-line definition): the columns of profile_features, for docs and rules.
 FEATURES: dict[str, tuple[str, str]] = {
     "order_count": ("INTEGER", "orders up to today"),
-    "total_spent": ("REAL", "sum of their amounts"),
-    "avg_order_value": ("REAL", "total_spent / order_count"),
+    "total_spent": ("REAL", "sum of their amounts, exact to 4 decimals"),
+    "avg_order_value": ("REAL", "total_spent / order_count, rounded to 4 decimals"),
     "first_order_at": ("TEXT", "time of the first order"),
     "last_order_at": ("TEXT", "time of the latest order"),
     "days_since_first_order": ("INTEGER", "days from the first order's day to today"),
@@ -60,7 +82,9 @@ FEATURES: dict[str, tuple[str, str]] = {
     "frequency": ("INTEGER", "lifetimes: repeat purchase days (order_days - 1)"),
     "recency": ("INTEGER", "lifetimes: days from the first to the last purchase day"),
     "T": ("INTEGER", "lifetimes: days from the first purchase day to today"),
-    "monetary_value": ("REAL", "lifetimes: mean daily spend over the repeat purchase days"),
+    "monetary_value": (
+        "REAL", "lifetimes: mean daily spend over the repeat purchase days, rounded to 4 decimals",
+    ),
 }  # fmt: skip
 
 # The usual RFM segments on the recency and frequency scores (R first, then F).
@@ -137,8 +161,8 @@ def _order_rows(conn: sqlite3.Connection, day: str) -> None:
     conn.execute("DROP TABLE IF EXISTS temp.po")
     conn.execute(
         f"""CREATE TEMP TABLE po AS
-SELECT k.one_id, o.ordered_at, substr(o.ordered_at, 1, 10) AS day, o.amount, o.store,
-       o.channel, o.category, o.items,
+SELECT k.one_id, o.ordered_at, substr(o.ordered_at, 1, 10) AS day, o.amount,
+       {minor_units("o.amount")} AS minor, o.store, o.channel, o.category, o.items,
        CAST(julianday(:day) - julianday(substr(o.ordered_at, 1, 10)) AS INTEGER) AS age
 FROM orders o JOIN identity_keys k ON k.key = o.identity_key
 WHERE k.one_id IS NOT NULL AND substr(o.ordered_at, 1, 10) <= :day
@@ -166,35 +190,38 @@ GROUP BY one_id, event""",
 def _features_sql() -> str:
     order_windows = ",\n    ".join(
         f"sum(age < {n}) AS order_count_{n}d, "
-        f"coalesce(sum(CASE WHEN age < {n} THEN amount END), 0) AS total_spent_{n}d"
+        f"coalesce(sum(CASE WHEN age < {n} THEN minor END), 0) AS spent_minor_{n}d"
         for n in WINDOWS
     )
     event_windows = ", ".join(f"sum(days_{n}) AS event_count_{n}d" for n in WINDOWS)
     scored_later = ("rfm_r_score", "rfm_f_score", "rfm_m_score", "rfm_segment")
     columns = [c for c in FEATURES if c not in scored_later]
+    total_spent = money("coalesce(ord.spent_minor, 0)")
+    repeat_days_mean = money_mean(
+        "sum(CASE WHEN nth > 1 THEN spent_minor END)", "nullif(count(*) - 1, 0)"
+    )
     return f"""
 WITH ord AS (
-  SELECT one_id, count(*) AS order_count, sum(amount) AS total_spent,
+  SELECT one_id, count(*) AS order_count, sum(minor) AS spent_minor,
     min(ordered_at) AS first_order_at, max(ordered_at) AS last_order_at,
     max(age) AS days_since_first_order, min(age) AS days_since_last_order,
     count(DISTINCT day) AS order_days,
     {order_windows}
   FROM po GROUP BY one_id),
 daily AS (
-  SELECT one_id, day, sum(amount) AS spent,
+  SELECT one_id, day, sum(minor) AS spent_minor,
          row_number() OVER (PARTITION BY one_id ORDER BY day) AS nth
   FROM po GROUP BY one_id, day),
 life AS (
   SELECT one_id, count(*) - 1 AS frequency,
     CAST(julianday(max(day)) - julianday(min(day)) AS INTEGER) AS recency,
     CAST(julianday(:day) - julianday(min(day)) AS INTEGER) AS T,
-    coalesce(sum(CASE WHEN nth > 1 THEN spent END) / nullif(count(*) - 1, 0), 0) AS monetary_value
+    coalesce({repeat_days_mean}, 0) AS monetary_value
   FROM daily GROUP BY one_id),
 spend AS (
   SELECT po.one_id, coalesce(i.value ->> '$.category', po.category) AS category,
-         CASE WHEN i.value IS NULL THEN po.amount
-              ELSE coalesce(i.value ->> '$.price', 0) * coalesce(i.value ->> '$.quantity', 1)
-         END AS spent
+         CASE WHEN i.value IS NULL THEN po.minor
+              ELSE {minor_units(ITEM_AMOUNT)} END AS spent
   FROM po LEFT JOIN json_each(CASE WHEN json_valid(po.items) THEN po.items END) i),
 top_category AS (
   SELECT one_id, category FROM (
@@ -220,11 +247,11 @@ reg AS (
   WHERE k.one_id IS NOT NULL AND c.registered_at IS NOT NULL GROUP BY k.one_id)
 INSERT INTO profile_features (one_id, {", ".join(columns)})
 SELECT p.one_id,
-  coalesce(ord.order_count, 0), coalesce(ord.total_spent, 0),
-  ord.total_spent / ord.order_count, ord.first_order_at, ord.last_order_at,
+  coalesce(ord.order_count, 0), {total_spent},
+  {money_mean("ord.spent_minor", "ord.order_count")}, ord.first_order_at, ord.last_order_at,
   ord.days_since_first_order, ord.days_since_last_order,
   {", ".join(f"coalesce(ord.order_count_{n}d, 0)" for n in WINDOWS)},
-  {", ".join(f"coalesce(ord.total_spent_{n}d, 0)" for n in WINDOWS)},
+  {", ".join(money(f"coalesce(ord.spent_minor_{n}d, 0)") for n in WINDOWS)},
   coalesce(ord.order_days, 0),
   CASE WHEN ord.order_days > 1 THEN (julianday(substr(ord.last_order_at, 1, 10))
     - julianday(substr(ord.first_order_at, 1, 10))) / (ord.order_days - 1) END,
@@ -239,7 +266,7 @@ SELECT p.one_id,
   CASE WHEN p.birthday IS NULL THEN 0 ELSE CAST(substr(p.birthday, 6, 2) AS INTEGER) = :month END,
   CAST(substr(:day, 1, 4) AS INTEGER) - CAST(substr(p.birthday, 1, 4) AS INTEGER)
     - (substr(:day, 6, 5) < substr(p.birthday, 6, 5)),
-  ord.days_since_last_order, coalesce(ord.order_count, 0), coalesce(ord.total_spent, 0),
+  ord.days_since_last_order, coalesce(ord.order_count, 0), {total_spent},
   life.frequency, life.recency, life.T, life.monetary_value
 FROM profiles p
 LEFT JOIN ord ON ord.one_id = p.one_id

@@ -18,12 +18,21 @@ INBOXES = {
 }
 
 
+def fill_wechat_template_ids(folder: Path) -> None:
+    """The shipped WeChat templates' REPLACE_ME_ ids replaced, as a user would: a run holds
+    every customer a placeholder template_id would reach."""
+    for path in (folder / "templates" / "wechat").glob("*.json"):
+        text = path.read_text(encoding="utf-8")
+        path.write_text(text.replace('"REPLACE_ME_', '"TEST_'), encoding="utf-8")
+
+
 def make_project(folder: Path, inboxes: dict[str, str] = INBOXES, log: str = "logs/cdp.log"):
     """The shipped project (cdp.yaml, tag rules, journeys, templates, sample data) in `folder`,
     with `inbox:` added to the sources named in `inboxes` and a `log:` file."""
     shutil.copytree(SAMPLE_DATA, folder / "sample_data")
     for name in ("tag_rules", "journeys", "templates"):
         shutil.copytree(REPO / name, folder / name)
+    fill_wechat_template_ids(folder)
     text = (REPO / "cdp.yaml").read_text(encoding="utf-8")
     for source, inbox in inboxes.items():
         text = text.replace(f"  {source}:\n", f"  {source}:\n    inbox: {inbox}\n", 1)

@@ -335,10 +335,16 @@ def test_validate_names_the_mistake(run, write, project, body, message):
 
 
 def test_shipped_journeys_and_templates_validate(run, tmp_path):
+    from tests.ops_helpers import fill_wechat_template_ids
+
     shutil.copytree(REPO / "journeys", tmp_path / "journeys")
     shutil.copytree(REPO / "templates", tmp_path / "templates")
     shutil.copytree(REPO / "tag_rules", tmp_path / "tag_rules")
     shutil.copy(REPO / "cdp.yaml", tmp_path / "cdp.yaml")
+    unfilled = run("journey", "validate")  # as shipped: the WeChat template ids to fill in
+    assert unfilled.exit_code == 2
+    assert "template_id REPLACE_ME_" in unfilled.stderr and "is a placeholder" in unfilled.stderr
+    fill_wechat_template_ids(tmp_path)
     result = run("journey", "validate", "--json")
     assert result.exit_code == 0, result.output
     assert {j["journey"] for j in json.loads(result.stdout)} == {
@@ -903,3 +909,67 @@ def test_status_of_no_such_journey_says_so(run, write, project):
     assert result.exit_code == 1
     assert len(result.stderr.strip().splitlines()) == 1
     assert "no journey named 'nosuch'" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The project's fault is not the customer's: validate refuses it; a run holds the customer
+# at the step (no message recorded, the step not used up), exits 1, and sends after the fix
+
+
+def enrolment_steps(project, name):
+    return query(
+        project / "cdp.db",
+        "SELECT one_id, status, step FROM journey_enrolments WHERE journey = ? ORDER BY 1",
+        name,
+    )
+
+
+def test_a_typo_in_a_coupon_pool_holds_customers_until_it_is_fixed(run, write, project):
+    body = "entry: {when: \"city = '北京'\"}\nsteps:\n  - send: {channel: sms, template: hello, coupon: TSET}\n"
+    write("journeys/typo.yaml", journey("typo", body))
+    problem = "coupon pool TSET does not exist (no code of that campaign in the coupons source)"
+    validated = run("journey", "validate")
+    assert validated.exit_code == 2
+    assert f"journey typo, step steps[0]: {problem}" in validated.stderr
+    result = run("journey", "run", "--now", NOW, "--json")
+    assert result.exit_code == 1
+    [summary] = json.loads(result.stdout)
+    assert summary["held"] == {problem: 1} and summary["skipped"] == {}
+    assert result.stderr.strip().splitlines() == [
+        f"Error: journey typo: 1 customers wait at their step: {problem}; fix it and run again"
+    ]
+    assert messages(project, "typo") == {}  # nothing recorded: the step is not used up
+    assert enrolment_steps(project, "typo") == [
+        (member_one_id(project, "M2"), "active", "steps[0]")
+    ]
+    write("journeys/typo.yaml", journey("typo", body.replace("TSET", "TEST")))
+    assert run("journey", "validate").exit_code == 0
+    [fixed] = run_journeys(run)
+    assert fixed["sent"] == {"sms": 1} and fixed["held"] == {}
+    assert messages(project, "typo")["M2"] == ("sms", "written", None, "C1")
+
+
+def test_a_placeholder_wechat_template_id_holds_its_customers_alone(run, write, project):
+    write("templates/wechat/notice.json", WECHAT.replace('"T1"', '"REPLACE_ME_notice"'))
+    write("templates/sms/notice.txt", TEMPLATE)
+    body = "entry: {when: \"city = '武汉'\"}\nsteps:\n  - send: {channel: wechat, fallback: [sms], template: notice, coupon: TEST}\n"
+    write("journeys/ph.yaml", journey("ph", body))
+    problem = (
+        "template wechat/notice: template_id REPLACE_ME_notice is a placeholder "
+        "(replace it with your official account's template ID)"
+    )
+    validated = run("journey", "validate")
+    assert validated.exit_code == 2 and problem in validated.stderr
+    result = run("journey", "run", "--now", NOW, "--json")
+    assert result.exit_code == 1 and problem in result.stderr
+    sent = messages(project, "ph")
+    # M1 (an openid) waits; M6 goes by SMS; M5 (a landline) is skipped, the customer's lot.
+    assert "M1" not in sent
+    assert sent["M6"][:2] == ("sms", "written")
+    assert sent["M5"][1] == "skipped"
+    issued = query(project / "cdp.db", "SELECT code FROM coupon_issues ORDER BY code")
+    assert issued == [("C1",)]  # the code drawn for M1 went back to the pool
+    write("templates/wechat/notice.json", WECHAT)
+    [fixed] = run_journeys(run)
+    assert fixed["sent"] == {"wechat": 1} and fixed["held"] == {}
+    assert messages(project, "ph")["M1"] == ("wechat", "written", None, "C2")

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import shutil
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
@@ -529,3 +531,67 @@ def test_tag_warns_when_batches_are_not_resolved(run, project, write):
     result = run("tag", "--as-of", AS_OF)
     assert result.exit_code == 0
     assert "1 ingested batches are not resolved yet: run `cdp resolve` first" in result.stderr
+
+
+# Four amounts that add up to each edge exactly, but not in floating point in most orders.
+EDGE_AMOUNTS = {
+    "300.00": ("16.57", "10.53", "4.44", "268.46"),
+    "299.99": ("140.39", "103.33", "33.44", "22.83"),
+    "300.01": ("4.43", "5.59", "16.59", "273.40"),
+}
+SPEND_BANDS = """
+- name: spend_band
+  category: rule
+  description: buckets on either side of 300
+  cases:
+    - {value: over,    when: "total_spent >= 300.01"}
+    - {value: exactly, when: "total_spent >= 300"}
+    - {value: edge,    when: "total_spent >= 299.99"}
+    - {value: under,   when: "total_spent < 299.99"}
+"""
+
+
+def expected_band(total: Decimal) -> str:
+    edges = [("over", "300.01"), ("exactly", "300"), ("edge", "299.99")]
+    return next((value for value, edge in edges if total >= Decimal(edge)), "under")
+
+
+def test_money_at_bucket_edges_sums_exactly_in_any_order(run, write, tmp_path):
+    """Each edge's amounts go in, in every order, one customer per order: every customer's
+    total is the exact decimal sum, and lands in the bucket Decimal puts it in."""
+    write("cdp.yaml", CONFIG)
+    write("tag_rules/bands.yaml", SPEND_BANDS)
+    crm, orders, totals = ["member,name,phone,city,birthday,registered"], [], {}
+    for edge, amounts in EDGE_AMOUNTS.items():
+        for n, ordering in enumerate(itertools.permutations(amounts)):
+            member = f"E{edge.replace('.', '')}-{n}"
+            crm.append(f"{member},客户,,武汉,,2026-01-01 10:00:00")
+            totals[member] = sum(Decimal(a) for a in ordering)
+            for day, amount in enumerate(ordering, start=1):
+                orders.append(
+                    {"order_id": f"{member}-{day}", "member": member, "amount": float(amount),
+                     "at": f"2026-11-{day:02d} 10:00:00", "channel": "store"}
+                )  # fmt: skip
+    write("crm.csv", "\n".join(crm) + "\n")
+    write("orders.jsonl", "".join(json.dumps(o) + "\n" for o in orders))
+    assert run("ingest", "crm.csv", "-s", "crm").exit_code == 0
+    assert run("ingest", "orders.jsonl", "-s", "orders").exit_code == 0
+    assert run("resolve").exit_code == 0
+    assert run("tag", "--as-of", AS_OF).exit_code == 0
+    rows = query(
+        tmp_path / "cdp.db",
+        """SELECT m.key, f.total_spent, f.total_spent_30d, f.avg_order_value, f.rfm_monetary,
+                  f.monetary_value, t.value
+           FROM id_mapping m JOIN profile_features f USING (one_id)
+           LEFT JOIN profile_tags t ON t.one_id = f.one_id AND t.tag = 'spend_band'
+           WHERE m.source = 'crm'""",
+    )
+    assert len(rows) == 72
+    for member, total, total_30d, average, monetary, repeat_mean, band in rows:
+        exact = totals[member]
+        assert (total, total_30d, monetary) == (float(exact),) * 3, member
+        assert average == float((exact / 4).quantize(Decimal("0.0001"), ROUND_HALF_UP)), member
+        assert band == expected_band(exact), (member, total, band)
+        assert repeat_mean >= 0
+    bands = {band for *_, band in rows}
+    assert bands == {"over", "exactly", "edge"}

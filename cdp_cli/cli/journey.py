@@ -8,6 +8,7 @@ import click
 
 from cdp_cli.cli import output as out
 from cdp_cli.cli.options import Project, json_option, now_option, pass_project, writes_store
+from cdp_cli.errors import CdpError
 
 
 @click.group(name="journey")
@@ -44,13 +45,16 @@ def journey_run_command(
     """
     from zoneinfo import ZoneInfo
 
-    from cdp_cli.messaging.engine import run_journeys
+    from cdp_cli.messaging.engine import held_problem, run_journeys
 
     config = project.config
     clock = now.replace(tzinfo=ZoneInfo(config.timezone)) if now else None
     with project.store(create=False) as db:
         results = run_journeys(db, config, name, clock, dry_run)
     out.emit(results, json_, lambda _: _print_run(results, dry_run))
+    problem = held_problem(results)
+    if problem:  # the project's fault: exit 1, so that cron's mail or the monitor says so
+        raise CdpError(problem)
 
 
 def _print_run(results: list[Any], dry_run: bool) -> None:

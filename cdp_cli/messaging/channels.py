@@ -182,6 +182,21 @@ def _text_value(data: Mapping[str, Any], key: str, file: str) -> str:
     return value
 
 
+PLACEHOLDER_PREFIX = "REPLACE_ME"  # the shipped WeChat templates' template_id, to be replaced
+
+
+def placeholder_problem(channel: str, template: str, body: dict[str, Any]) -> str | None:
+    """Why a rendered message must not go: a WeChat template_id still the shipped placeholder
+    (WeChat refuses it for every customer). None when it may go."""
+    template_id = body.get("template_id") if channel == "wechat" else None
+    if isinstance(template_id, str) and template_id.startswith(PLACEHOLDER_PREFIX):
+        return (
+            f"template wechat/{template}: template_id {template_id} is a placeholder "
+            "(replace it with your official account's template ID)"
+        )
+    return None
+
+
 def wechat_message(
     rendered: str, *, openid: str | None, appid: str | None = None, file: str = "wechat"
 ) -> Outbound:

@@ -36,6 +36,18 @@ def empty_pool_reason(campaign: str, min_days_left: int | None = None) -> str:
     return f"coupon pool {campaign} has no code valid for {min_days_left} more days"
 
 
+def pool_exists(db: sqlite_utils.Database, campaign: str) -> bool:
+    """Whether the coupons source holds any code of the campaign, issued or not: a pool with
+    none at all is a typo in the journey or an import not done, never a pool used up."""
+    row = db.conn.execute("SELECT 1 FROM coupons WHERE campaign = ? LIMIT 1", (campaign,))
+    return row.fetchone() is not None
+
+
+def unknown_pool_problem(campaign: str) -> str:
+    """Why a step with `coupon: CAMPAIGN` cannot send when the campaign has no code at all."""
+    return f"coupon pool {campaign} does not exist (no code of that campaign in the coupons source)"
+
+
 def usable_codes(
     db: sqlite_utils.Database, campaign: str, now: datetime, min_days_left: int
 ) -> int:
@@ -108,6 +120,13 @@ class CouponPools:
     now: datetime
     pools: dict[str, CouponPool] = field(default_factory=dict)
     empty: dict[str, str] = field(default_factory=dict)  # campaign -> the skip reason
+
+    known: dict[str, bool] = field(default_factory=dict)  # campaign -> pool_exists()
+
+    def exists(self, campaign: str) -> bool:
+        if campaign not in self.known:
+            self.known[campaign] = pool_exists(self.db, campaign)
+        return self.known[campaign]
 
     def pool(self, campaign: str) -> CouponPool:
         if campaign not in self.pools:

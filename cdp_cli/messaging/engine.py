@@ -20,9 +20,10 @@ import sqlite_utils
 from cronsim import CronSim
 
 from cdp_cli.config import Config
-from cdp_cli.errors import CdpError, NotFound, RuleError
+from cdp_cli.errors import CdpError, FileError, NotFound, RuleError
+from cdp_cli.messaging.channels import placeholder_problem
 from cdp_cli.messaging.conditions import JourneyRules
-from cdp_cli.messaging.coupons import usable_codes
+from cdp_cli.messaging.coupons import pool_exists, unknown_pool_problem, usable_codes
 from cdp_cli.messaging.fixtures import example_context
 from cdp_cli.messaging.journeys import (
     Branch,
@@ -82,7 +83,24 @@ def validate_journeys(config: Config, db: sqlite_utils.Database | None = None) -
     templates.validate_all()
     for journey in journeys.values():
         check_journey(journey, rules, templates)
+        check_what_a_run_would_hold(journey, templates, db)
     return list(journeys.values())
+
+
+def check_what_a_run_would_hold(
+    journey: Journey, templates: TemplateStore, db: sqlite_utils.Database | None
+) -> None:
+    """What a run would make customers wait for (send._hold), refused before any run: a
+    WeChat template_id left a placeholder, and (with a store) a coupon pool with no code."""
+    for send in journey.sends():
+        where = f"{journey.name}, step {send.key}"
+        for channel in (send.channel, *send.fallback):
+            body = templates.validate(channel, send.template, example_context()).body
+            problem = placeholder_problem(channel, send.template, body)
+            if problem:
+                raise FileError(journey.path, f"journey {where}: {problem}")
+        if send.coupon and db is not None and not pool_exists(db, send.coupon):
+            raise FileError(journey.path, f"journey {where}: {unknown_pool_problem(send.coupon)}")
 
 
 def coupon_shortfalls(
@@ -181,6 +199,17 @@ def run_journeys(
     return results
 
 
+def held_problem(results: list[RunResult]) -> str | None:
+    """One line naming what held customers back by the project's fault in these runs (they
+    wait at their step; the next run after the fix sends), or None when nothing did."""
+    problems = [
+        f"journey {r.journey}: {waiting} customers wait at their step: {problem}"
+        for r in results
+        for problem, waiting in sorted(r.held.items())
+    ]
+    return "; ".join(problems) + "; fix it and run again" if problems else None
+
+
 def _run_one(run: JourneyRun) -> RunResult:
     """One journey's run in its own transaction; a dry run's is the caller's, rolled back
     after every journey has run in it, so that a dry run predicts exactly what a run sends."""
@@ -201,6 +230,8 @@ def _run_one(run: JourneyRun) -> RunResult:
         _advance(run)
         for _, reason in sorted(run.coupons.empty.items()):
             result.notes.append(f"{reason}: those sends were skipped")
+        for problem, waiting in sorted(result.held.items()):
+            result.notes.append(f"{waiting} customers wait at their step: {problem}")
         result.seconds = round(time.monotonic() - started, 3)
         conn.execute(
             "UPDATE journey_runs SET finished_at = ?, result = ? WHERE id = ?",

@@ -37,6 +37,7 @@ class RunResult:
     sent: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     deferred: int = 0
+    held: dict[str, int] = field(default_factory=dict)  # the project's fault -> customers waiting
     files: list[str] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)  # with --dry-run
     notes: list[str] = field(default_factory=list)

@@ -18,7 +18,8 @@ import sqlite_utils
 
 from cdp_cli.errors import TemplateError
 from cdp_cli.messaging import links
-from cdp_cli.messaging.channels import Outbound
+from cdp_cli.messaging.channels import Outbound, placeholder_problem
+from cdp_cli.messaging.coupons import unknown_pool_problem
 from cdp_cli.messaging.guards import IN_BATCH, Customers, quiet_until, reach
 from cdp_cli.messaging.journeys import Send
 from cdp_cli.messaging.run import Enrolment, JourneyRun
@@ -177,7 +178,8 @@ class Batch:
 def send_batch(run: JourneyRun, step: Send, batch: list[Enrolment]) -> dict[int, str]:
     """Queue the step's message for each enrolment, or record why not.
 
-    Returns the enrolments whose message waits out quiet hours, with the time it may go.
+    Returns the enrolments whose message waits, with the time it may go: quiet hours, or
+    now for those held by the project's fault (`_hold`), so the next run tries again.
     """
     journey = run.journey
     ids = {e.id: f"{journey.name}:{e.id}:{step.key}" for e in batch}
@@ -301,6 +303,8 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> str | None:
         return None
     if coupon is not None:  # what the template sees: code, face_value, expires_at
         coupon = {k: v for k, v in coupon.items() if k != "expired"}
+    if step.coupon and not run.coupons.exists(step.coupon):
+        return _hold(run, unknown_pool_problem(step.coupon))
     if step.coupon:
         pool = run.coupons.pool(step.coupon)
         coupon = pool.draw(step.coupon_min_days_left)
@@ -318,6 +322,11 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> str | None:
             pool.put_back(coupon)
         _skip(run, outbox, e, step, message_id, channel, f"template: {exc.message}")
         return None
+    problem = placeholder_problem(channel, step.template, outbound.body)
+    if problem:
+        if pool and coupon:
+            pool.put_back(coupon)
+        return _hold(run, problem)
     if link is not None and link.qr is not None:
         outbound.body["qr"] = str(link.qr)  # relative to outbound/
     code = coupon["code"] if coupon else None
@@ -366,6 +375,13 @@ def _context(
         "brand": brand,
         "link": url,
     }  # fmt: skip
+
+
+def _hold(run: JourneyRun, problem: str) -> str:
+    """The project's fault, not the customer's: the message is not recorded, the customer
+    waits at the step (due again now) and the run names the problem. Returns when to retry."""
+    run.result.held[problem] = run.result.held.get(problem, 0) + 1
+    return run.now_text
 
 
 def _skip(
