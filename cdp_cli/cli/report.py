@@ -136,6 +136,7 @@ def _print_journey_report(r: dict[str, Any]) -> None:
     columns = ["step", "variant", "entered", "sent", "skipped", "coupons/redeemed", "clicks",
                "conversions", "rate", "revenue", "cost", "ROI"]  # fmt: skip
     out.print_table("Steps (attributed)", columns, rows, numeric=7)
+    out.note(f"{r['journey']}: {r['cost_counts']}")
     for note in r["notes"]:
         out.note(f"{r['journey']}: {note}")
 

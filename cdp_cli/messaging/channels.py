@@ -61,6 +61,11 @@ class Outbound:
     template: str = ""  # 'sms/welcome', set by the template store
     files: dict[str, str] = field(default_factory=dict)  # part -> the file it came from
 
+    @property
+    def billed_parts(self) -> int:
+        """What the operator bills: an SMS per segment (part), any other message once."""
+        return int(self.body.get("segments") or 1) if self.channel == "sms" else 1
+
 
 # ---------------------------------------------------------------------------------------------
 # SMS

@@ -91,7 +91,10 @@ def message_row(
         address=delivery.address.split(":", 1)[-1] if delivery else None,
         payload=json.dumps(delivery.outbound.body, ensure_ascii=False) if delivery else None,
         coupon_code=delivery.coupon_code if delivery else None,
-        cost=run.settings.cost(channel) if delivery and channel else None,
+        # per billed part: a 3-segment SMS costs three
+        cost=run.settings.cost(channel) * delivery.outbound.billed_parts
+        if delivery and channel
+        else None,
         transactional=int(run.journey.transactional),
         created_at=run.now_text,
         link_code=link.code if link else None,
