@@ -4,6 +4,7 @@ project's own files, and a path that cannot be written is one line, not an inter
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -130,3 +131,30 @@ def test_a_file_that_cannot_be_written_is_a_cdp_error_naming_it(tmp_path):
     with pytest.raises(CdpError, match=r"cannot write .*a-file/x.html: Not a directory"):
         write_text(tmp_path / "a-file" / "x.html", "<p>")
     assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
+def _no_escapes(text: str, where: str) -> None:
+    """Chinese text as UTF-8 characters, readable in any editor; never \\uXXXX escapes."""
+    assert re.search("[\u4e00-\u9fff]", text), f"{where}: no Chinese text to check"
+    assert "\\u" not in text, f"{where}: \\u escapes"
+
+
+def test_json_lines_and_json_outputs_are_utf8_without_escapes(sample, monkeypatch):
+    """The sample is Chinese: exports, outbound files and --json keep it as characters."""
+    for args, name in [
+        (["segment", "winback", "--export", "reports/winback.jsonl",
+          "--fields", "one_id,name,city"], "reports/winback.jsonl"),
+        (["resolve", "--export", "reports/ids.jsonl"], None),
+    ]:  # fmt: skip
+        result = cdp(sample, monkeypatch, *args)
+        assert result.exit_code == 0, result.output
+        if name:
+            _no_escapes((sample / name).read_bytes().decode("utf-8"), name)
+    outbound = sorted((sample / "outbound").rglob("*.jsonl"))
+    assert outbound
+    for path in outbound:
+        _no_escapes(path.read_bytes().decode("utf-8"), str(path))
+    for args in (["segment", "winback", "--by", "city", "--json"],):
+        result = cdp(sample, monkeypatch, *args)
+        assert result.exit_code == 0, result.output
+        _no_escapes(result.stdout, " ".join(args))
