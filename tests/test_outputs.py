@@ -4,6 +4,7 @@ project's own files, and a path that cannot be written is one line, not an inter
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from datetime import date, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from cdp_cli.files import write_text
 from cdp_cli.identity.resolve import resolve
 from cdp_cli.ingest import ingest
 from cdp_cli.messaging.engine import run_journeys
+from cdp_cli.messaging.links import short_code
 from cdp_cli.scaffold import init_project
 from cdp_cli.tags import run_tags
 
@@ -158,3 +160,17 @@ def test_json_lines_and_json_outputs_are_utf8_without_escapes(sample, monkeypatc
         result = cdp(sample, monkeypatch, *args)
         assert result.exit_code == 0, result.output
         _no_escapes(result.stdout, " ".join(args))
+
+
+def test_the_sample_emails_carry_an_unsubscribe_link_from_the_brand_url(sample):
+    """cdp.yaml's brand url makes the link; the outbound row's message_id says whose it is."""
+    records = [
+        json.loads(line)
+        for path in sorted((sample / "outbound" / "email").glob("*.jsonl"))
+        for line in path.read_text(encoding="utf-8").splitlines()
+    ]
+    assert records
+    for record in records:
+        url = f"https://www.huayang.example.com/unsubscribe?m={short_code(record['message_id'])}"
+        assert record["list_unsubscribe"] == f"<{url}>"
+        assert url in record["html"] and url in record["text"]

@@ -599,6 +599,7 @@ EMAIL = {
 def test_email_payload_escapes_html_only(tmp_path: Path) -> None:
     context = example_context()
     context["customer"]["name"] = "<b>李娜</b>"
+    context["unsubscribe"] = None  # a brand without a url: no unsubscribe link to demand
     message = make_store(tmp_path, EMAIL).render("email", "w", context)
     assert message.body == {
         "subject": "<b>李娜</b>，欢迎",

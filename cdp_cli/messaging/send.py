@@ -313,7 +313,7 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> str | None:
             _skip(run, outbox, e, step, message_id, channel, reason)
             return None
     link = tracked_link(run, step, message.link_code, channel, e.variant)
-    context = _context(batch, one_id, channel, coupon, link)
+    context = _context(batch, one_id, channel, coupon, link, message_id)
     try:
         outbound = run.templates.render(channel, step.template, context)
     except TemplateError as exc:
@@ -348,6 +348,7 @@ def _context(
     channel: str,
     coupon: dict[str, Any] | None,
     link: links.Link | None,
+    message_id: str,
 ) -> dict[str, Any]:
     run, customers, data = batch.run, batch.customers, batch.data
     openid = customers.address(one_id, "wechat", run.settings.wechat_appid)
@@ -368,6 +369,7 @@ def _context(
         "device": customers.address(one_id, "push", None),
         "brand": brand,
         "link": url,
+        "unsubscribe": links.unsubscribe_url(brand.get("url"), message_id),
     }  # fmt: skip
 
 
