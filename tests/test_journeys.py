@@ -856,3 +856,32 @@ def test_a_reminder_never_prints_a_coupon_that_has_expired_since(run, write, pro
         ("steps[2]", "skipped", "coupon expired (the code an earlier step sent, R1)", None),
         ("steps[3]", "written", None, "R1"),  # prints no coupon: goes (the code kept, as before)
     ]
+
+
+def _paths(steps: tuple) -> list[list]:
+    """Every sequence of send steps one customer can go down."""
+    from cdp_cli.messaging.journeys import Branch, Send, Split
+
+    paths: list[list] = [[]]
+    for step in steps:
+        if isinstance(step, Send):
+            paths = [[*p, step] for p in paths]
+        elif isinstance(step, Branch):
+            tails = _paths(step.then) + _paths(step.otherwise)
+            paths = [[*p, *t] for p in paths for t in tails]
+        elif isinstance(step, Split):
+            tails = [t for _, _, sub in step.variants for t in _paths(sub)]
+            paths = [[*p, *t] for p in paths for t in tails]
+    return paths
+
+
+def test_no_shipped_journey_can_send_a_customer_the_same_sms_twice():
+    """Welcome's follow-up fell back to the welcome SMS that its first step may have sent."""
+    from cdp_cli.messaging.journeys import load_journeys
+
+    journeys = load_journeys(REPO / "journeys")
+    assert "welcome" in journeys
+    for journey in journeys.values():
+        for path in _paths(journey.steps):
+            sms = [s.template for s in path if "sms" in (s.channel, *s.fallback)]
+            assert len(sms) == len(set(sms)), f"{journey.name} may send SMS {sms} twice"

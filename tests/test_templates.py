@@ -54,10 +54,11 @@ def sms_error(tmp_path: Path, source: str, context: dict[str, Any] | None = None
 
 def test_the_sample_journeys_have_their_templates() -> None:
     assert SHIPPED_TEMPLATES == [
-        ("email", "member_day"), ("email", "welcome"), ("email", "winback_coupon"),
+        ("email", "member_day"), ("email", "welcome"), ("email", "welcome_nudge"),
+        ("email", "winback_coupon"),
         ("push", "repurchase_reminder"),
         ("sms", "birthday_greeting"), ("sms", "member_day"), ("sms", "repurchase_reminder"),
-        ("sms", "welcome"),
+        ("sms", "welcome"), ("sms", "welcome_nudge"),
         ("sms", "winback_coupon"), ("sms", "winback_reminder"),
         ("wechat", "birthday_greeting"), ("wechat", "welcome"), ("wechat", "winback_coupon"),
     ]  # fmt: skip
