@@ -90,6 +90,15 @@ def test_shipped_template_needs_no_optional_value(channel: str, name: str) -> No
     assert ("HY-WB7K2Q" in text) == (name in NEEDS_COUPON)
 
 
+def test_the_winback_reminder_states_the_coupons_own_expiry_date() -> None:
+    """Sent three days after a code valid for months, it says until when, not "expires soon"."""
+    context = example_context()
+    context["coupon"] = {**context["coupon"], "expires_at": "2027-05-13 23:59:59"}
+    text = TemplateStore(SHIPPED).validate("sms", "winback_reminder", context).body["text"]
+    assert "2027年5月13日前下单都能用" in text
+    assert "到期" not in text  # no deadline the coupon does not have
+
+
 def test_winback_without_a_coupon_fails_naming_the_line() -> None:
     context = example_context()
     context["coupon"] = None
