@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -557,6 +558,30 @@ def test_overview(run, project):
     assert sources["crm"] == (6, "")  # no registration dates
     assert sources["orders"] == (7, "2026-11-20")
     assert sources["optouts"] == (1, "2026-01-01")
+
+
+@pytest.fixture
+def server_in_new_york(monkeypatch):
+    """The server's clock set to New York, far from the project's Asia/Shanghai."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_report_times_are_in_the_projects_timezone_not_the_servers(
+    run, write, project, server_in_new_york
+):
+    write("more.csv", "member,name,phone,email\nM9,Nine,13800000009,\n")
+    assert run("ingest", "more.csv", "-s", "crm").exit_code == 0  # stamped by a New York clock
+    report = report_json(run, "overview", "--html", "overview.html")
+    last_ingest = {s["source"]: s["last_ingest"] for s in report["sources"]}["crm"]
+    assert last_ingest.endswith("+08:00"), last_ingest
+    assert report["as_of"].endswith("+08:00")
+    page = (project / "overview.html").read_text(encoding="utf-8")
+    made = re.search(r"Made by cdp on (\S+)\.", page)
+    assert made and made.group(1).endswith("+08:00"), made
 
 
 def test_overview_of_an_empty_store(run, write):
