@@ -188,7 +188,7 @@ class ChannelSettings:
 
     quiet_hours: QuietHours | None = DEFAULT_QUIET_HOURS
     quiet_hours_set: bool = False  # written in cdp.yaml: transactional messages keep it too
-    cost: float = 0.0  # per message, for reports' ROI
+    cost: float = 0.0  # per message (an SMS: per segment), for reports' ROI
     appid: str | None = None  # WeChat: the official account that sends
 
 

@@ -152,5 +152,5 @@ def _reports(db: Any, config: Config, html: Path, now: datetime) -> dict[str, An
         reports["lifecycle"],
         reports["funnel"],
     ]
-    write_html(html, sections, "cdp demo: what the marketing did")
+    write_html(html, sections, "cdp demo: what the marketing did", timezone=config.timezone)
     return reports

@@ -32,7 +32,7 @@ def _commands(group: click.Group, prefix: list[str]) -> list[tuple[list[str], cl
 def help_text(path: list[str], command: click.Command) -> str:
     parent = None
     for i in range(1, len(path)):
-        parent = click.Context(cli, info_name=" ".join(path[:i]), parent=parent)
+        parent = click.Context(cli, info_name=path[i - 1], parent=parent)  # one level each
     ctx = click.Context(command, info_name=path[-1] if parent else "cdp", parent=parent)
     ctx.terminal_width = 100
     ctx.max_content_width = 100

@@ -14,8 +14,10 @@ from cdp_cli.messaging.channels import (
     CHANNELS,
     CONSENT_CHANNELS,
     Rendered,
+    email_message,
     opted_out_channels,
 )
+from cdp_cli.messaging.links import short_code, unsubscribe_url
 from tests.conftest import query
 
 CONFIG = """
@@ -139,3 +141,19 @@ def test_reports_count_as_reachable_exactly_who_a_journey_reaches(run, write, tm
     assert journey["skipped"] == {"unreachable": 3}
     sent_to = query(tmp_path / "cdp.db", "SELECT address FROM messages WHERE status = 'written'")
     assert sent_to == [("oOne",)]
+
+
+def test_an_email_carries_its_unsubscribe_link_and_list_unsubscribe_header() -> None:
+    url = unsubscribe_url("https://hy.example.com/", "winback:7:steps[0]")
+    assert url == f"https://hy.example.com/unsubscribe?m={short_code('winback:7:steps[0]')}"
+    assert unsubscribe_url("", "winback:7:steps[0]") is None  # no brand url, no link
+    html, text = f'<a href="{url}">退订</a>', f"退订：{url}"
+    body = email_message("你好", html, text, unsubscribe=url).body
+    assert body["list_unsubscribe"] == f"<{url}>"
+    assert body["list_unsubscribe_post"] == "List-Unsubscribe=One-Click"
+    for without, part in ((("<p>hi</p>", text), "html"), ((html, "hi"), "text")):
+        with pytest.raises(TemplateError) as caught:
+            email_message("你好", *without, unsubscribe=url)
+        assert (
+            str(caught.value) == f"{part}: carries no unsubscribe link: print {{{{ unsubscribe }}}}"
+        )

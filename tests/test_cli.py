@@ -37,6 +37,14 @@ def test_docs_cli_md_is_up_to_date():
     )
 
 
+@pytest.mark.parametrize("path", [p for p, _ in all_commands()], ids=" ".join)
+def test_the_reference_shows_each_command_as_it_is_typed(path):
+    """`cdp journey run`, as in a shell: not `cdp cdp journey run`."""
+    command = dict((tuple(p), c) for p, c in all_commands())[tuple(path)]
+    usage = cli_reference.help_text(path, command).splitlines()[0]
+    assert usage.startswith(f"Usage: {' '.join(path)} "), usage
+
+
 def test_library_modules_do_not_import_click_or_rich():
     """The library is what a notebook calls; only the CLI layer, cdp_cli/cli/, may know about
     the terminal."""

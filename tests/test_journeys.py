@@ -973,3 +973,32 @@ def test_a_placeholder_wechat_template_id_holds_its_customers_alone(run, write, 
     [fixed] = run_journeys(run)
     assert fixed["sent"] == {"wechat": 1} and fixed["held"] == {}
     assert messages(project, "ph")["M1"] == ("wechat", "written", None, "C2")
+
+
+def _paths(steps: tuple) -> list[list]:
+    """Every sequence of send steps one customer can go down."""
+    from cdp_cli.messaging.journeys import Branch, Send, Split
+
+    paths: list[list] = [[]]
+    for step in steps:
+        if isinstance(step, Send):
+            paths = [[*p, step] for p in paths]
+        elif isinstance(step, Branch):
+            tails = _paths(step.then) + _paths(step.otherwise)
+            paths = [[*p, *t] for p in paths for t in tails]
+        elif isinstance(step, Split):
+            tails = [t for _, _, sub in step.variants for t in _paths(sub)]
+            paths = [[*p, *t] for p in paths for t in tails]
+    return paths
+
+
+def test_no_shipped_journey_can_send_a_customer_the_same_sms_twice():
+    """Welcome's follow-up fell back to the welcome SMS that its first step may have sent."""
+    from cdp_cli.messaging.journeys import load_journeys
+
+    journeys = load_journeys(REPO / "journeys")
+    assert "welcome" in journeys
+    for journey in journeys.values():
+        for path in _paths(journey.steps):
+            sms = [s.template for s in path if "sms" in (s.channel, *s.fallback)]
+            assert len(sms) == len(set(sms)), f"{journey.name} may send SMS {sms} twice"

@@ -4,6 +4,8 @@ project's own files, and a path that cannot be written is one line, not an inter
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -17,6 +19,7 @@ from cdp_cli.files import write_text
 from cdp_cli.identity.resolve import resolve
 from cdp_cli.ingest import ingest
 from cdp_cli.messaging.engine import run_journeys
+from cdp_cli.messaging.links import short_code
 from cdp_cli.scaffold import init_project
 from cdp_cli.tags import run_tags
 
@@ -130,3 +133,44 @@ def test_a_file_that_cannot_be_written_is_a_cdp_error_naming_it(tmp_path):
     with pytest.raises(CdpError, match=r"cannot write .*a-file/x.html: Not a directory"):
         write_text(tmp_path / "a-file" / "x.html", "<p>")
     assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
+def _no_escapes(text: str, where: str) -> None:
+    """Chinese text as UTF-8 characters, readable in any editor; never \\uXXXX escapes."""
+    assert re.search("[\u4e00-\u9fff]", text), f"{where}: no Chinese text to check"
+    assert "\\u" not in text, f"{where}: \\u escapes"
+
+
+def test_json_lines_and_json_outputs_are_utf8_without_escapes(sample, monkeypatch):
+    """The sample is Chinese: exports, outbound files and --json keep it as characters."""
+    for args, name in [
+        (["segment", "winback", "--export", "reports/winback.jsonl",
+          "--fields", "one_id,name,city"], "reports/winback.jsonl"),
+        (["resolve", "--export", "reports/ids.jsonl"], None),
+    ]:  # fmt: skip
+        result = cdp(sample, monkeypatch, *args)
+        assert result.exit_code == 0, result.output
+        if name:
+            _no_escapes((sample / name).read_bytes().decode("utf-8"), name)
+    outbound = sorted((sample / "outbound").rglob("*.jsonl"))
+    assert outbound
+    for path in outbound:
+        _no_escapes(path.read_bytes().decode("utf-8"), str(path))
+    for args in (["segment", "winback", "--by", "city", "--json"],):
+        result = cdp(sample, monkeypatch, *args)
+        assert result.exit_code == 0, result.output
+        _no_escapes(result.stdout, " ".join(args))
+
+
+def test_the_sample_emails_carry_an_unsubscribe_link_from_the_brand_url(sample):
+    """cdp.yaml's brand url makes the link; the outbound row's message_id says whose it is."""
+    records = [
+        json.loads(line)
+        for path in sorted((sample / "outbound" / "email").glob("*.jsonl"))
+        for line in path.read_text(encoding="utf-8").splitlines()
+    ]
+    assert records
+    for record in records:
+        url = f"https://www.huayang.example.com/unsubscribe?m={short_code(record['message_id'])}"
+        assert record["list_unsubscribe"] == f"<{url}>"
+        assert url in record["html"] and url in record["text"]

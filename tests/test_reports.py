@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -216,8 +217,8 @@ def test_journey_steps_sent_skipped_coupons_clicks_and_last_touch(run, journeys)
         "skipped": {"holdout": 2, "unreachable": 1}, "coupons_issued": 1, "coupons_redeemed": 1,
         "clicks": 2, "clicked": 1,
         # O1 came after beta's message too, so the last touch is beta's: alpha keeps O2 only
-        "conversions": 1, "revenue": 50.0, "cost": 0.08, "sent_total": 2, "click_rate": 0.5,
-        "conversion_rate": 0.5, "roi": 624.0,
+        "conversions": 1, "revenue": 50.0, "message_cost": 0.08, "coupon_cost": 0.0,
+        "cost": 0.08, "sent_total": 2, "click_rate": 0.5, "conversion_rate": 0.5, "roi": 624.0,
     }  # fmt: skip
     beta = report_json(run, "journey", "beta")
     assert (beta["totals"]["conversions"], beta["totals"]["revenue"]) == (1, 100.0)
@@ -231,6 +232,25 @@ def test_journey_steps_sent_skipped_coupons_clicks_and_last_touch(run, journeys)
         "no holdout: the journey's effect cannot be told from what would have been"
         in (beta["notes"])
     )
+
+
+def test_cost_counts_redeemed_coupons_face_value_and_says_so(run, journeys):
+    """CPN1 came back on O1: its ¥20 is part of the cost, and ROI is computed with it."""
+    conn = sqlite3.connect(journeys / "cdp.db")
+    with conn:
+        conn.execute(
+            "INSERT INTO coupons (source, key, code, campaign, face_value, status, batch_id) "
+            "VALUES ('manual', 'CPN1', 'CPN1', 'TEST', 20, 'redeemed', 1)"
+        )
+    conn.close()
+    report = report_json(run, "journey", "alpha")
+    [step] = report["steps"]
+    assert (step["message_cost"], step["coupon_cost"], step["cost"]) == (0.08, 20.0, 20.08)
+    assert step["roi"] == round((50.0 - 20.08) / 20.08, 2)
+    assert "face value of redeemed coupons" in report["cost_counts"]
+    result = run("report", "journey", "alpha")
+    assert result.exit_code == 0, result.output
+    assert report["cost_counts"] in " ".join(result.stderr.split())
 
 
 def test_first_touch_gives_the_shared_order_to_the_earlier_message(run, journeys):
@@ -553,6 +573,30 @@ def test_overview(run, project):
     assert sources["crm"] == (6, "")  # no registration dates
     assert sources["orders"] == (7, "2026-11-20")
     assert sources["optouts"] == (1, "2026-01-01")
+
+
+@pytest.fixture
+def server_in_new_york(monkeypatch):
+    """The server's clock set to New York, far from the project's Asia/Shanghai."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_report_times_are_in_the_projects_timezone_not_the_servers(
+    run, write, project, server_in_new_york
+):
+    write("more.csv", "member,name,phone,email\nM9,Nine,13800000009,\n")
+    assert run("ingest", "more.csv", "-s", "crm").exit_code == 0  # stamped by a New York clock
+    report = report_json(run, "overview", "--html", "overview.html")
+    last_ingest = {s["source"]: s["last_ingest"] for s in report["sources"]}["crm"]
+    assert last_ingest.endswith("+08:00"), last_ingest
+    assert report["as_of"].endswith("+08:00")
+    page = (project / "overview.html").read_text(encoding="utf-8")
+    made = re.search(r"Made by cdp on (\S+)\.", page)
+    assert made and made.group(1).endswith("+08:00"), made
 
 
 def test_overview_of_an_empty_store(run, write):

@@ -156,6 +156,27 @@ def test_an_exhausted_pool_skips_the_rest_with_its_reason(run, write, store) -> 
     ]
 
 
+def test_an_sms_costs_its_cost_per_billed_segment(run, write, store) -> None:
+    """100 Chinese characters are 2 UCS-2 segments: the operator bills, and cdp records, 2 x 0.04."""
+    write("templates/sms/long.txt", "【花漾】" + "好" * 96)
+    write(
+        "journeys/long.yaml",
+        'name: long\nentry: {when: "name is not null"}\n'
+        "steps: [{send: {channel: sms, template: long}}]\n",
+    )
+    assert run("tag").exit_code == 0
+    result = run("journey", "run", "--now", "2026-11-15 10:30")
+    assert result.exit_code == 0, result.output
+    _, db = store
+    sent = db.conn.execute(
+        "SELECT payload, cost FROM messages WHERE status != 'skipped' AND channel = 'sms'"
+    ).fetchall()
+    assert sent
+    for payload, cost in sent:
+        assert json.loads(payload)["segments"] == 2
+        assert cost == pytest.approx(0.08)
+
+
 # ---------------------------------------------------------------------------------------------
 # Values cdp acts on: a consent's channel and status, a coupon's status
 

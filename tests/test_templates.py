@@ -54,10 +54,11 @@ def sms_error(tmp_path: Path, source: str, context: dict[str, Any] | None = None
 
 def test_the_sample_journeys_have_their_templates() -> None:
     assert SHIPPED_TEMPLATES == [
-        ("email", "member_day"), ("email", "welcome"), ("email", "winback_coupon"),
+        ("email", "member_day"), ("email", "welcome"), ("email", "welcome_nudge"),
+        ("email", "winback_coupon"),
         ("push", "repurchase_reminder"),
         ("sms", "birthday_greeting"), ("sms", "member_day"), ("sms", "repurchase_reminder"),
-        ("sms", "welcome"),
+        ("sms", "welcome"), ("sms", "welcome_nudge"),
         ("sms", "winback_coupon"), ("sms", "winback_reminder"),
         ("wechat", "birthday_greeting"), ("wechat", "welcome"), ("wechat", "winback_coupon"),
     ]  # fmt: skip
@@ -87,6 +88,15 @@ def test_shipped_template_needs_no_optional_value(channel: str, name: str) -> No
     text = json.dumps(message.body, ensure_ascii=False)
     assert "顾客" in text and "None" not in text
     assert ("HY-WB7K2Q" in text) == (name in NEEDS_COUPON)
+
+
+def test_the_winback_reminder_states_the_coupons_own_expiry_date() -> None:
+    """Sent three days after a code valid for months, it says until when, not "expires soon"."""
+    context = example_context()
+    context["coupon"] = {**context["coupon"], "expires_at": "2027-05-13 23:59:59"}
+    text = TemplateStore(SHIPPED).validate("sms", "winback_reminder", context).body["text"]
+    assert "2027年5月13日前下单都能用" in text
+    assert "到期" not in text  # no deadline the coupon does not have
 
 
 def test_winback_without_a_coupon_fails_naming_the_line() -> None:
@@ -599,6 +609,7 @@ EMAIL = {
 def test_email_payload_escapes_html_only(tmp_path: Path) -> None:
     context = example_context()
     context["customer"]["name"] = "<b>李娜</b>"
+    context["unsubscribe"] = None  # a brand without a url: no unsubscribe link to demand
     message = make_store(tmp_path, EMAIL).render("email", "w", context)
     assert message.body == {
         "subject": "<b>李娜</b>，欢迎",

@@ -18,12 +18,14 @@ def _report_out(
     html_path: Path | None,
     printer: Callable[[Any], None],
     title: str,
+    timezone: str,
 ) -> None:
     """Print a report as tables or JSON, and write its HTML page if asked."""
     if html_path is not None:
         from cdp_cli.reports.html import write_html
 
-        write_html(html_path, report if isinstance(report, list) else [report], title)
+        sections = report if isinstance(report, list) else [report]
+        write_html(html_path, sections, title, timezone=timezone)
     out.emit(report, json_, printer)
     if html_path is not None:
         out.note(f"wrote {html_path}")
@@ -83,7 +85,7 @@ def report_journey_command(
         else:
             report = journey_reports(db, project.config, attribution)
     title = f"cdp report: journey {name}" if name else "cdp report: journeys"
-    _report_out(report, json_, html_path, print_journey_reports, title)
+    _report_out(report, json_, html_path, print_journey_reports, title, project.config.timezone)
 
 
 def print_journey_reports(report: dict[str, Any] | list[dict[str, Any]]) -> None:
@@ -136,6 +138,7 @@ def _print_journey_report(r: dict[str, Any]) -> None:
     columns = ["step", "variant", "entered", "sent", "skipped", "coupons/redeemed", "clicks",
                "conversions", "rate", "revenue", "cost", "ROI"]  # fmt: skip
     out.print_table("Steps (attributed)", columns, rows, numeric=7)
+    out.note(f"{r['journey']}: {r['cost_counts']}")
     for note in r["notes"]:
         out.note(f"{r['journey']}: {note}")
 
@@ -206,7 +209,9 @@ def report_funnel_command(
             since.date() if since else None,
             until.date() if until else None,
         )
-    _report_out(report, json_, html_path, _print_funnel, "cdp report: funnel")
+    _report_out(
+        report, json_, html_path, _print_funnel, "cdp report: funnel", project.config.timezone
+    )
 
 
 def _print_funnel(r: dict[str, Any]) -> None:
@@ -243,7 +248,9 @@ def report_lifecycle_command(
 
     with project.store(create=False) as db:
         report = lifecycle_report(db, tag)
-    _report_out(report, json_, html_path, _print_lifecycle, f"cdp report: {tag}")
+    _report_out(
+        report, json_, html_path, _print_lifecycle, f"cdp report: {tag}", project.config.timezone
+    )
 
 
 def _print_lifecycle(r: dict[str, Any]) -> None:
@@ -291,7 +298,9 @@ def report_overview_command(project: Project, json_: bool, html_path: Path | Non
 
     with project.store(create=False) as db:
         report = overview_report(db, project.config)
-    _report_out(report, json_, html_path, print_overview, "cdp report: overview")
+    _report_out(
+        report, json_, html_path, print_overview, "cdp report: overview", project.config.timezone
+    )
 
 
 def print_overview(r: dict[str, Any]) -> None:

@@ -61,6 +61,11 @@ class Outbound:
     template: str = ""  # 'sms/welcome', set by the template store
     files: dict[str, str] = field(default_factory=dict)  # part -> the file it came from
 
+    @property
+    def billed_parts(self) -> int:
+        """What the operator bills: an SMS per segment (part), any other message once."""
+        return int(self.body.get("segments") or 1) if self.channel == "sms" else 1
+
 
 # ---------------------------------------------------------------------------------------------
 # SMS
@@ -133,9 +138,19 @@ def sms_message(text: str, *, max_segments: int = SMS_MAX_SEGMENTS, file: str = 
 
 
 def email_message(
-    subject: str, html: str, text: str, *, files: Mapping[str, str] | None = None
+    subject: str,
+    html: str,
+    text: str,
+    *,
+    files: Mapping[str, str] | None = None,
+    unsubscribe: str | None = None,
 ) -> Outbound:
-    """{subject, html, text}: a one-line subject (a line break would forge headers)."""
+    """{subject, html, text}: a one-line subject (a line break would forge headers).
+
+    With an `unsubscribe` URL both bodies must show it, and the payload carries the
+    `List-Unsubscribe` header value (and RFC 8058's one-click `List-Unsubscribe-Post`), so a
+    mail client offers its own unsubscribe button.
+    """
     files = dict(files or {part: part for part in EMAIL_PARTS})
     subject = subject.strip()
     if not subject:
@@ -148,6 +163,14 @@ def email_message(
         if not content.strip():
             raise TemplateError(files[part], f"renders to an empty {part} body")
     body = {"subject": subject, "html": html, "text": text.strip() + "\n"}
+    if unsubscribe:
+        for part, content in (("html", html), ("text", text)):
+            if unsubscribe not in content:
+                raise TemplateError(
+                    files[part], "carries no unsubscribe link: print {{ unsubscribe }}"
+                )
+        body["list_unsubscribe"] = f"<{unsubscribe}>"
+        body["list_unsubscribe_post"] = "List-Unsubscribe=One-Click"
     return Outbound("email", body, files=files)
 
 
@@ -339,7 +362,13 @@ def _sms_payload(rendered: Rendered) -> Outbound:
 
 def _email_payload(rendered: Rendered) -> Outbound:
     parts = rendered.parts
-    return email_message(parts["subject"], parts["html"], parts["text"], files=rendered.files)
+    return email_message(
+        parts["subject"],
+        parts["html"],
+        parts["text"],
+        files=rendered.files,
+        unsubscribe=rendered.context.get("unsubscribe"),
+    )
 
 
 def _wechat_payload(rendered: Rendered) -> Outbound:

@@ -27,6 +27,7 @@ def example_context() -> dict[str, Any]:
         "device": "A8C13E74-23DC-41E1-8A3F-9E9D34761E67",
         "brand": {"name": "花漾", "url": "https://www.huayang.example.com"},
         "link": "https://hy.example.com/t/8Kq2xZ",
+        "unsubscribe": "https://www.huayang.example.com/unsubscribe?m=8kq2xzab",
     }  # fmt: skip
 
 

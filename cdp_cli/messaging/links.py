@@ -47,6 +47,17 @@ def short_code(message_id: str, length: int = CODE_LENGTH) -> str:
     return "".join(characters)
 
 
+def unsubscribe_url(brand_url: str | None, message_id: str) -> str | None:
+    """'<brand url>/unsubscribe?m=<code>': the page that opts the message's customer out.
+
+    The code is short_code(message_id), so the outbound row (message_id, one_id) tells the
+    brand's site whom to opt out; no brand url, no unsubscribe link.
+    """
+    if not brand_url:
+        return None
+    return f"{brand_url.rstrip('/')}/unsubscribe?m={short_code(message_id)}"
+
+
 def assign_code(conn: sqlite3.Connection, message_id: str, pending: set[str] | None = None) -> str:
     """The message's code, lengthened while another message holds it.
 

@@ -92,7 +92,10 @@ def message_row(
         address=delivery.address.split(":", 1)[-1] if delivery else None,
         payload=json.dumps(delivery.outbound.body, ensure_ascii=False) if delivery else None,
         coupon_code=delivery.coupon_code if delivery else None,
-        cost=run.settings.cost(channel) if delivery and channel else None,
+        # per billed part: a 3-segment SMS costs three
+        cost=run.settings.cost(channel) * delivery.outbound.billed_parts
+        if delivery and channel
+        else None,
         transactional=int(run.journey.transactional),
         created_at=run.now_text,
         link_code=link.code if link else None,
@@ -314,7 +317,7 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> str | None:
             _skip(run, outbox, e, step, message_id, channel, reason)
             return None
     link = tracked_link(run, step, message.link_code, channel, e.variant)
-    context = _context(batch, one_id, channel, coupon, link)
+    context = _context(batch, one_id, channel, coupon, link, message_id)
     try:
         outbound = run.templates.render(channel, step.template, context)
     except TemplateError as exc:
@@ -354,6 +357,7 @@ def _context(
     channel: str,
     coupon: dict[str, Any] | None,
     link: links.Link | None,
+    message_id: str,
 ) -> dict[str, Any]:
     run, customers, data = batch.run, batch.customers, batch.data
     openid = customers.address(one_id, "wechat", run.settings.wechat_appid)
@@ -374,6 +378,7 @@ def _context(
         "device": customers.address(one_id, "push", None),
         "brand": brand,
         "link": url,
+        "unsubscribe": links.unsubscribe_url(brand.get("url"), message_id),
     }  # fmt: skip
 
 

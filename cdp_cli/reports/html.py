@@ -9,13 +9,13 @@ from the user's data (journey, step, tag and event names) is escaped by Jinja's 
 from __future__ import annotations
 
 import math
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from cdp_cli.files import write_text
+from cdp_cli.reports.common import now_in
 
 TEMPLATE_FOLDER = Path(__file__).parent / "report_templates"
 WIDTH = 720  # every chart's viewBox width; the page scales it to the column
@@ -183,8 +183,9 @@ def _group_label(group: dict[str, Any]) -> str:
 # The page
 
 
-def render_html(sections: list[dict[str, Any]], title: str = "cdp report") -> str:
-    """One page holding every report given (journey, funnel, lifecycle, overview)."""
+def render_html(sections: list[dict[str, Any]], title: str = "cdp report", *, timezone: str) -> str:
+    """One page holding every report given (journey, funnel, lifecycle, overview), stamped
+    with the time it was made in the project's `timezone`."""
     env = Environment(
         loader=FileSystemLoader(TEMPLATE_FOLDER),
         autoescape=True,
@@ -198,10 +199,12 @@ def render_html(sections: list[dict[str, Any]], title: str = "cdp report") -> st
         uplift_chart=uplift_chart, group_bars=group_bars, bars_of=bars_of, WIDTH=WIDTH,
         stage_colour=stage_colour,
     )  # fmt: skip
-    generated = datetime.now().astimezone().isoformat(timespec="seconds")
+    generated = now_in(timezone)
     return env.get_template("page.html").render(sections=sections, title=title, generated=generated)
 
 
-def write_html(path: Path, sections: list[dict[str, Any]], title: str = "cdp report") -> None:
+def write_html(
+    path: Path, sections: list[dict[str, Any]], title: str = "cdp report", *, timezone: str
+) -> None:
     """Write the page whole: a temporary file renamed into place."""
-    write_text(path, render_html(sections, title))
+    write_text(path, render_html(sections, title, timezone=timezone))

@@ -34,6 +34,13 @@ _VOID = ", ".join(f"'{s}'" for s in VOID_STATUSES)  # constants of ours, not use
 # Journeys
 
 
+# What `cost` (and so ROI) counts, said in every journey report; docs/reports.md defines it.
+COST_COUNTS = (
+    "cost = messages sent (channels.<channel>.cost each; an SMS per billed segment) "
+    "+ the face value of redeemed coupons"
+)
+
+
 def journey_report(
     db: sqlite_utils.Database, config: Config, name: str, attribution: str = "last"
 ) -> dict[str, Any]:
@@ -72,6 +79,7 @@ def journey_report(
         "totals": totals,
         "uplift": _uplifts(groups),
         "links": _has_links(db, name),
+        "cost_counts": COST_COUNTS,
         "notes": [],
     }
     _journey_notes(report, journey, counts["waiting_first"], as_of)
@@ -367,7 +375,8 @@ def _steps(
     messages = rows_as_dicts(
         db,
         """SELECT m.id, m.step, coalesce(e.variant, '') AS variant, m.channel, m.status,
-       m.reason, m.cost, m.link_code, i.code AS coupon
+       m.reason, m.cost, m.link_code, i.code AS coupon,
+       (SELECT max(c.face_value) FROM coupons c WHERE c.code = i.code) AS face_value
 FROM messages m JOIN journey_enrolments e ON e.id = m.enrolment_id
 LEFT JOIN coupon_issues i ON i.message_id = m.id
 WHERE m.journey = ? ORDER BY m.id""",
@@ -382,17 +391,20 @@ WHERE m.journey = ? ORDER BY m.id""",
         s = found.setdefault(key, {"step": m["step"], "variant": m["variant"], "entered": 0,
                                    "sent": {}, "skipped": {}, "coupons_issued": 0,
                                    "coupons_redeemed": 0, "clicks": 0, "clicked": 0,
-                                   "conversions": 0, "revenue": 0.0, "cost": 0.0})  # fmt: skip
+                                   "conversions": 0, "revenue": 0.0, "message_cost": 0.0,
+                                   "coupon_cost": 0.0})  # fmt: skip
         s["entered"] += 1
         if m["status"] in SENT:
             s["sent"][m["channel"]] = s["sent"].get(m["channel"], 0) + 1
-            s["cost"] += m["cost"] or 0
+            s["message_cost"] += m["cost"] or 0
         else:
             label = _skip_label(m["reason"] or "")
             s["skipped"][label] = s["skipped"].get(label, 0) + 1
         if m["coupon"]:
             s["coupons_issued"] += 1
-            s["coupons_redeemed"] += m["coupon"] in redeemed
+            if m["coupon"] in redeemed:
+                s["coupons_redeemed"] += 1
+                s["coupon_cost"] += m["face_value"] or 0  # the discount given, once redeemed
         count = clicks.get(m["link_code"], 0) if m["link_code"] else 0
         s["clicks"] += count
         s["clicked"] += count > 0
@@ -411,7 +423,9 @@ def _rates(s: dict[str, Any]) -> None:
     sent = sum(s["sent"].values())
     s["sent_total"] = sent
     s["revenue"] = round(s["revenue"], 2)
-    s["cost"] = round(s["cost"], 4)
+    s["message_cost"] = round(s["message_cost"], 4)
+    s["coupon_cost"] = round(s["coupon_cost"], 2)
+    s["cost"] = round(s["message_cost"] + s["coupon_cost"], 4)
     s["click_rate"] = s["clicked"] / sent if sent else None
     s["conversion_rate"] = s["conversions"] / sent if sent else None
     s["roi"] = round((s["revenue"] - s["cost"]) / s["cost"], 2) if s["cost"] > 0 else None
@@ -420,10 +434,10 @@ def _rates(s: dict[str, Any]) -> None:
 def _totals(steps: list[dict[str, Any]]) -> dict[str, Any]:
     total: dict[str, Any] = {"entered": 0, "sent": {}, "skipped": {}, "coupons_issued": 0,
                              "coupons_redeemed": 0, "clicks": 0, "clicked": 0, "conversions": 0,
-                             "revenue": 0.0, "cost": 0.0}  # fmt: skip
+                             "revenue": 0.0, "message_cost": 0.0, "coupon_cost": 0.0}  # fmt: skip
     for s in steps:
         for key in ("entered", "coupons_issued", "coupons_redeemed", "clicks", "clicked",
-                    "conversions", "revenue", "cost"):  # fmt: skip
+                    "conversions", "revenue", "message_cost", "coupon_cost"):  # fmt: skip
             total[key] += s[key]
         for key in ("sent", "skipped"):
             for name, n in s[key].items():

@@ -11,6 +11,7 @@ import sqlite_utils
 
 from cdp_cli.config import Config
 from cdp_cli.messaging.channels import CHANNEL_NAMES, CHANNELS
+from cdp_cli.reports.common import in_zone
 
 TIME_FIELDS = {
     "customers": "registered_at",
@@ -134,7 +135,7 @@ def _freshness(db: sqlite_utils.Database, config: Config, now: datetime) -> list
             ).fetchone()
         rows.append({
             "source": source, "kind": kind, "rows": rows_count or 0, "batches": n,
-            "last_ingest": finished, "newest_record": newest,
+            "last_ingest": in_zone(finished, config.timezone), "newest_record": newest,
             "days_since_newest": _days_since(newest, now),
         })  # fmt: skip
     return rows
