@@ -39,6 +39,11 @@ def run_line(line: str, cwd: Path) -> Path:
         with sqlite3.connect(cwd / words[1]) as conn:
             assert conn.execute(words[2]).fetchall() is not None
         return cwd
+    if words[0] == "sed":  # `sed -i 's/OLD/NEW/' GLOB`: the WeChat template ids filled in
+        _, old, new, _ = words[2].split("/")
+        for path in sorted(cwd.glob(words[3])):
+            path.write_text(path.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+        return cwd
     assert words[0] == "cdp", line
     if words[1] == "init":  # into the test's folder
         init_project(cwd / words[2])
