@@ -614,9 +614,10 @@ def _write(
     )
     result.refused_links = len(graph.refused)
     result.unusable_values = len(unusable)
-    merged_away = [old for old in set(previous.values()) if old and old not in one_ids.values()]
+    current = set(one_ids.values())  # a set: a membership test on .values() scans them all
+    merged_away = [old for old in set(previous.values()) if old and old not in current]
     db.conn.executemany("DELETE FROM profiles WHERE one_id = ?", [(o,) for o in merged_away])
-    build_profiles(db, sorted(set(one_ids.values())), at, source_priority)
+    build_profiles(db, sorted(current), at, source_priority)
 
 
 # ---------------------------------------------------------------------------------------------
