@@ -20,9 +20,9 @@ import phonenumbers
 import sqlite_utils
 from phonenumbers import timezone as phone_timezones
 
-from cdp_cli.config import SendSettings
 from cdp_cli.consent import CUSTOMER_CONSENTS
 from cdp_cli.messaging.channels import ADDRESS_TYPES, CHANNELS, opted_out_channels
+from cdp_cli.messaging.settings import SendSettings
 
 IN_BATCH = "IN (SELECT value FROM json_each(?))"
 ADDRESSED_TYPES = ", ".join(f"'{t}'" for t in ADDRESS_TYPES)  # constants of ours

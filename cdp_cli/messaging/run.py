@@ -13,10 +13,11 @@ from typing import Any
 
 import sqlite_utils
 
-from cdp_cli.config import Config, SendSettings
+from cdp_cli.config import Config
 from cdp_cli.messaging.conditions import JourneyRules
 from cdp_cli.messaging.coupons import CouponPools
 from cdp_cli.messaging.journeys import Branch, Journey
+from cdp_cli.messaging.settings import SendSettings
 from cdp_cli.messaging.templates import TemplateStore
 from cdp_cli.rules.compiler import CompiledRule
 
