@@ -1002,3 +1002,67 @@ def test_no_shipped_journey_can_send_a_customer_the_same_sms_twice():
         for path in _paths(journey.steps):
             sms = [s.template for s in path if "sms" in (s.channel, *s.fallback)]
             assert len(sms) == len(set(sms)), f"{journey.name} may send SMS {sms} twice"
+
+
+# ---------------------------------------------------------------------------------------------
+# A tag value the tag never takes enrols no one, without an error: validate warns
+
+
+def test_validate_warns_of_tag_values_the_tag_never_takes(run, write, project):
+    write(
+        "tag_rules/life.yaml",
+        "- name: lifecycle\n  cases:\n"
+        "    - {value: active, when: \"city = '北京'\"}\n"
+        "    - {value: at_risk, when: \"city = '武汉'\"}\n",
+    )
+    write(
+        "journeys/typo.yaml",
+        journey(
+            "typo",
+            "entry: {when: \"tag('lifecycle') = 'at_rsk' or tag('wuhan') = 'yes'\"}\n"
+            "steps:\n  - send: {channel: sms, template: hello}\n",
+        ),
+    )
+    write(
+        "journeys/change.yaml",
+        journey(
+            "change",
+            "entry: {tag: lifecycle, value: actve}\nsteps:\n"
+            "  - branch: {when: \"tag('lifecycle') in ('active', 'churned')\", then: [{end: {}}]}\n"
+            "  - send: {channel: sms, template: hello}\n",
+        ),
+    )
+    result = run("journey", "validate", "--json")
+    assert result.exit_code == 0, result.output
+    warnings = {j["journey"]: j["warnings"] for j in json.loads(result.stdout)}
+    assert warnings["typo"] == [
+        "journey typo, entry: tag lifecycle never takes the value 'at_rsk' (did you mean "
+        "'at_risk'?); its values: active, at_risk",
+        "journey typo, entry: tag wuhan never takes the value 'yes'; its values: true",
+    ]
+    assert warnings["change"] == [
+        "journey change, steps[0]: tag lifecycle never takes the value 'churned'; "
+        "its values: active, at_risk",
+        "journey change, entry: tag lifecycle never takes the value 'actve' (did you mean "
+        "'active'?); its values: active, at_risk",
+    ]
+    assert "Warning: journey typo, entry: tag lifecycle never takes" in result.stderr
+    write(
+        "journeys/typo.yaml",
+        journey(
+            "typo",
+            "entry: {when: \"tag('lifecycle') = 'at_risk'\"}\nsteps:\n  - send: {channel: sms, template: hello}\n",
+        ),
+    )
+    fixed = json.loads(run("journey", "validate", "--json").stdout)
+    assert [j["warnings"] for j in fixed if j["journey"] == "typo"] == [[]]
+
+
+def test_the_shipped_journeys_name_only_tag_values_their_tags_take():
+    from cdp_cli.config import load_config
+    from cdp_cli.messaging.engine import tag_value_warnings
+    from cdp_cli.messaging.journeys import load_journeys
+
+    config = load_config(REPO / "cdp.yaml")
+    journeys = list(load_journeys(config.journeys_folder).values())
+    assert journeys and tag_value_warnings(config, journeys) == {}

@@ -738,3 +738,20 @@ def test_valid_rules_select_what_python_evaluates(
             text,
             rule.sql,
         )
+
+
+@pytest.mark.parametrize(
+    ("rule", "found"),
+    [
+        ("tag('a') = 'x'", [("a", "x")]),
+        ("'x' <> tag('a') and total_spent > 3", [("a", "x")]),
+        ("tag('a') in ('x', 'y') or has_tag('b')", [("a", "x"), ("a", "y")]),
+        ("TAG('a') = 'x'", [("a", "x")]),
+        ("tag('a') = 3 or tag(city) = 'x' or city = 'x'", []),
+        ("tag('a' = ", []),  # a rule that does not parse names nothing; compiling says why
+    ],
+)
+def test_compared_calls_finds_the_text_a_call_is_compared_with(rule, found):
+    from cdp_cli.rules.compiler import compared_calls
+
+    assert compared_calls(rule, "tag") == found

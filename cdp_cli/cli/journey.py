@@ -174,17 +174,21 @@ def journey_validate_command(project: Project, json_: bool) -> None:
     """
     from datetime import datetime
 
-    from cdp_cli.messaging.engine import coupon_shortfalls, validate_journeys
+    from cdp_cli.messaging.engine import coupon_shortfalls, tag_value_warnings, validate_journeys
 
     config = project.config
-    warnings: dict[str, list[str]] = {}
+    shortfalls: dict[str, list[str]] = {}
     if project.store_path.exists():  # then templates are checked against its data, too
         with project.store(create=False) as db:
             journeys = validate_journeys(config, db)
             now = datetime.now(config.sending.zone)
-            warnings = coupon_shortfalls(db, config, journeys, now)
+            shortfalls = coupon_shortfalls(db, config, journeys, now)
     else:
         journeys = validate_journeys(config, None)
+    tag_values = tag_value_warnings(config, journeys)
+    warnings = {
+        j.name: [*tag_values.get(j.name, []), *shortfalls.get(j.name, [])] for j in journeys
+    }
     summary = [
         {
             "journey": j.name,

@@ -38,7 +38,8 @@ from cdp_cli.messaging.outbox import write_outbound
 from cdp_cli.messaging.run import Enrolment, JourneyRun, RunResult
 from cdp_cli.messaging.send import send_batch
 from cdp_cli.messaging.templates import TemplateStore
-from cdp_cli.rules.vocabulary import BASE_FROM
+from cdp_cli.rules.book import load_rulebook
+from cdp_cli.rules.vocabulary import BASE_FROM, unknown_tag_value, unknown_tag_values
 from cdp_cli.store import insert_row, now_iso
 
 
@@ -101,6 +102,30 @@ def check_what_a_run_would_hold(
                 raise FileError(journey.path, f"journey {where}: {problem}")
         if send.coupon and db is not None and not pool_exists(db, send.coupon):
             raise FileError(journey.path, f"journey {where}: {unknown_pool_problem(send.coupon)}")
+
+
+def tag_value_warnings(config: Config, journeys: list[Journey]) -> dict[str, list[str]]:
+    """Per journey, a warning for each tag value its rules (entry, exit, branches) or its
+    tag-change entry name that the tag in tag_rules/ never takes: `'at_rsk'` for `at_risk`
+    would enrol no one, without an error."""
+    book = load_rulebook(config.tag_rules_folder)
+    warnings: dict[str, list[str]] = {}
+    for journey in journeys:
+        rules = [("entry", journey.entry.when), ("exit", journey.exit)]
+        rules += [(s.key, s.when) for s in journey.index.values() if isinstance(s, Branch)]
+        problems = [
+            f"journey {journey.name}, {where}: {problem}"
+            for where, rule in rules
+            if rule
+            for problem in unknown_tag_values(book, rule)
+        ]
+        if journey.entry.tag and journey.entry.tag_value is not None:
+            problem = unknown_tag_value(book, journey.entry.tag, journey.entry.tag_value)
+            if problem:
+                problems.append(f"journey {journey.name}, entry: {problem}")
+        if problems:
+            warnings[journey.name] = problems
+    return warnings
 
 
 def coupon_shortfalls(

@@ -47,6 +47,14 @@ class Tag:
     def rules(self) -> list[str]:
         return [r for r in (self.when, self.value) if r] + [when for _, when in self.cases]
 
+    @property
+    def values(self) -> tuple[str, ...] | None:
+        """The values the tag can take: its cases', or 'true' for a `when:` tag; None for a
+        `value:` tag, whose values are computed."""
+        if self.cases:
+            return tuple(value for value, _ in self.cases)
+        return ("true",) if self.when is not None else None
+
 
 @dataclass(frozen=True)
 class Segment:

@@ -105,6 +105,37 @@ def compile_rule(text: str, schema: RuleSchema, dialect: str = "sqlite") -> Comp
     )
 
 
+def compared_calls(text: str, function: str) -> list[tuple[str, str]]:
+    """Each `function('a') = 'b'` in a rule (or `<>`, either side, or `in ('b', 'c')`) as
+    ('a', 'b'): the text a rule compares a call's result with, for a check that knows the
+    values the call can give (a tag's values). A rule that does not parse gives none."""
+    try:
+        tree = _parse(text)
+    except RuleError:
+        return []
+    found = []
+    for node in tree.find_all(exp.EQ, exp.NEQ, exp.In):
+        if isinstance(node, exp.In):
+            pairs = [(node.this, value) for value in node.expressions]
+        else:
+            pairs = [(node.this, node.expression), (node.expression, node.this)]
+        for call, value in pairs:
+            argument = _text_argument(call, function)
+            if argument is not None and isinstance(value, exp.Literal) and value.is_string:
+                found.append((argument, str(value.this)))
+    return found
+
+
+def _text_argument(node: exp.Expr, function: str) -> str | None:
+    """'a' when `node` is `function('a')`, else None."""
+    if not (isinstance(node, exp.Anonymous) and node.name.lower() == function):
+        return None
+    args = node.expressions
+    if len(args) == 1 and isinstance(args[0], exp.Literal) and args[0].is_string:
+        return str(args[0].this)
+    return None
+
+
 def parse_duration(text: str) -> timedelta:
     """'30d', '12h', '2w' or '90m' (minutes) as a timedelta; RuleError otherwise."""
     match = _DURATION.fullmatch(text)

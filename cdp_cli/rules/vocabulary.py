@@ -15,6 +15,7 @@ from cdp_cli.rules.compiler import (
     CompiledRule,
     FunctionSpec,
     RuleSchema,
+    compared_calls,
     compile_rule,
     parse_duration,
 )
@@ -168,3 +169,22 @@ class RuleContext:
         finally:
             self._segment_stack.pop()
         return f"({compiled.sql})", compiled.params
+
+
+def unknown_tag_value(book: RuleBook, tag: str, value: str) -> str | None:
+    """Why `tag('TAG') = 'VALUE'` can never hold (the tag never takes that value), naming the
+    values it does take; None when it can, or when the tag's values are computed."""
+    known = book.tags.get(tag)
+    if known is None or known.values is None or value in known.values:
+        return None
+    suggestion = did_you_mean(value, known.values)
+    return (
+        f"tag {tag} never takes the value {value!r}{suggestion}; "
+        f"its values: {', '.join(known.values)}"
+    )
+
+
+def unknown_tag_values(book: RuleBook, rule: str) -> list[str]:
+    """Every tag value `rule` compares with that its tag never takes (see unknown_tag_value)."""
+    found = (unknown_tag_value(book, tag, value) for tag, value in compared_calls(rule, "tag"))
+    return [problem for problem in found if problem]
