@@ -13,11 +13,12 @@ from cdp_cli.config import Config, load_config
 from cdp_cli.demo_response import respond_and_rerun
 from cdp_cli.errors import CdpError
 from cdp_cli.files import write_text
-from cdp_cli.identity.profiles import Lookup, profile_360
+from cdp_cli.identity.profiles import Lookup
 from cdp_cli.identity.resolve import resolve
 from cdp_cli.ingest import ingest
 from cdp_cli.messaging.channels import PLACEHOLDER_PREFIX
 from cdp_cli.messaging.engine import run_journeys
+from cdp_cli.profile360 import profile_360
 from cdp_cli.reports.funnel import funnel_report
 from cdp_cli.reports.html import write_html
 from cdp_cli.reports.journey import journey_reports

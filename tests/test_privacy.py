@@ -569,6 +569,34 @@ def test_forget_reaches_every_table_that_holds_them(demo):
     assert {i["value"] for i in result["identifiers"] if i["type"] == "phone"} == {"136****2623"}
 
 
+def test_profile_shows_consents_journeys_and_messages_masked(demo):
+    one_id = personal_values(demo, "13647922623")["one_id"]
+    ok(cdp("consent", one_id, "--channel", "email", "--opt-out", "--reason", "asked in store"))
+    view = json.loads(ok(cdp("profile", one_id, "--json")).stdout)
+    [email] = [c for c in view["consents"] if c["channel"] == "email"]
+    assert (email["status"], email["source"]) == ("opt_out", "manual")
+    latest = json.loads(ok(cdp("consent", one_id, "--json")).stdout)["latest"]
+    assert view["consents"] == latest  # as `cdp consent` computes it
+    stored = query(demo / "cdp.db", "SELECT journey, entered_at, status FROM journey_enrolments "
+                   "WHERE one_id = ? ORDER BY entered_at, id", one_id)  # fmt: skip
+    assert stored and [(j["journey"], j["entered_at"], j["status"]) for j in view["journeys"]] == [
+        tuple(row) for row in stored
+    ]
+    assert all(j["group"] in ("treatment", "holdout", "control") for j in view["journeys"])
+    sent = [m for m in view["messages"] if m["channel"] == "sms" and m["status"] == "written"]
+    assert sent and {m["address"] for m in sent} == {"136****2623"}
+    assert "13647922623" not in json.dumps(view)
+    unmasked = json.loads(ok(cdp("profile", one_id, "--json", "--unmask")).stdout)
+    assert {m["address"] for m in unmasked["messages"] if m["channel"] == "sms"} == {
+        "+8613647922623"
+    }
+    text = ok(cdp("profile", one_id)).stdout
+    for section in ("Consents", "Journeys", "Messages"):
+        assert section in text
+    assert "136****2623" in text and "13647922623" not in text
+    assert view["journeys"][0]["journey"] in text and "opt_out" in text
+
+
 def test_every_table_holding_people_is_one_forget_knows(demo):
     """A table added later with a one_id, identity key or personal column must be handled by
     forget (or listed as needing nothing), or this fails."""

@@ -20,8 +20,8 @@ from cdp_cli.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from cdp_cli.identity.profiles import Profile360
     from cdp_cli.identity.resolve import ResolveResult
+    from cdp_cli.profile360 import Profile360
 
 
 @click.command(name="resolve")
@@ -158,6 +158,8 @@ def profile_command(
     """Show one customer's 360° view: golden record, identifiers, orders, events, history.
 
     A one_id that was merged into another still finds the customer it became.
+    Also their consent per channel, the journeys they entered and the last 20 messages
+    sent to them.
 
     \b
     Examples:
@@ -165,7 +167,7 @@ def profile_command(
       cdp profile --phone "+86 138 0013 8000"
       cdp profile --email li.na@example.com --json
     """
-    from cdp_cli.identity.profiles import profile_360
+    from cdp_cli.profile360 import profile_360
 
     lookup = one_lookup(one_id, phone, email, device, by_device=True)
     with project.store(create=False) as db:
@@ -234,3 +236,29 @@ def print_profile(view: Profile360) -> None:
             ["one_id", "event", "other", "at"],
             [(h["one_id"], h["event"], h["other_one_id"], h["at"]) for h in view.history],
         )
+    print_engagement(view)
+
+
+def print_engagement(view: Profile360) -> None:
+    """Consents, journeys and messages: what marketing has done with them, and may."""
+    out.print_table(
+        "Consents (the latest per channel)",
+        ["channel", "status", "since", "source"],
+        [(c["channel"], c["status"], c["consented_at"], c["source"]) for c in view.consents],
+    )
+    out.print_table(
+        "Journeys",
+        ["journey", "enrolled at", "status", "current step", "group"],
+        [
+            (j["journey"], j["entered_at"], j["status"], j["step"], j["group"])
+            for j in view.journeys
+        ],
+    )
+    out.print_table(
+        "Messages (the most recent, newest first)",
+        ["at", "journey", "step", "channel", "status", "address"],
+        [
+            (m["at"], m["journey"], m["step"], m["channel"], m["status"], m["address"])
+            for m in view.messages
+        ],
+    )

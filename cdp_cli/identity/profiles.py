@@ -1,4 +1,4 @@
-"""Golden profiles: one row per customer, and the 360° view of one customer.
+"""Golden profiles: one row per customer, and finding one customer (profile360.py shows them).
 
 Survivorship for name, gender, birthday and city: the value from the source listed first in
 `identity.source_priority`, then the most recently ingested non-empty value. Every value
@@ -7,17 +7,14 @@ keeps its origin (source and key) in `lineage`, and every source value stays on 
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import asdict, dataclass
 
 import sqlite_utils
 
 from cdp_cli.config import Config
 from cdp_cli.errors import NotFound
 from cdp_cli.identity.normalize import email_key, normalize_phone
-from cdp_cli.privacy import PERSONAL_PROFILE_FIELDS, mask, masked_items, masked_lookup
-from cdp_cli.store import rows_as_dicts
+from cdp_cli.privacy import masked_lookup
 
 GOLDEN_FIELDS = ("name", "gender", "birthday", "city")
 SEEN_COLUMNS = {
@@ -152,116 +149,3 @@ def follow_merges(db: sqlite_utils.Database, one_id: str) -> tuple[str, list[str
         current = row[0]
         path.append(current)
     return current, path[:-1]
-
-
-@dataclass
-class Profile360:
-    """Everything cdp knows about one customer: `cdp profile`'s view.
-
-    profile: the golden record, a row of `profiles` with its JSON columns (phones, emails,
-    identifiers, sources, lineage) decoded; identifiers: type, value, detail; records: the
-    customer's records (kind, source, key; events left out); orders: counts, total and dates
-    with the `latest`; events: the most recent; history: merges and splits; tags: tag, value,
-    since; segments: the named segments they are in; merged_from: the one_ids that led from
-    the one asked for to this one.
-    """
-
-    profile: dict[str, Any]
-    identifiers: list[dict[str, Any]]
-    records: list[dict[str, Any]]
-    orders: dict[str, Any]
-    events: list[dict[str, Any]]
-    history: list[dict[str, Any]]
-    tags: list[dict[str, Any]]
-    segments: list[str]
-    merged_from: list[str]
-
-    @property
-    def one_id(self) -> str:
-        return str(self.profile["one_id"])
-
-    def masked(self) -> Profile360:
-        """A copy with the golden record's and the identifiers' personal values masked."""
-        profile = dict(self.profile)
-        for field_name, type_name in PERSONAL_PROFILE_FIELDS.items():
-            profile[field_name] = [mask(type_name, v) for v in profile[field_name] or []]
-        profile["identifiers"] = {
-            t: [mask(t, v) for v in values] for t, values in (profile["identifiers"] or {}).items()
-        }
-        return replace(self, profile=profile, identifiers=masked_items(self.identifiers))
-
-    def as_dict(self) -> dict[str, Any]:
-        """The document `cdp profile --json` prints."""
-        return asdict(self)
-
-
-def profile_360(
-    db: sqlite_utils.Database, config: Config, lookup: Lookup, recent: int = 10
-) -> Profile360:
-    """The customer a lookup finds, followed through merges, with their tags and segments
-    (`recent` orders and events)."""
-    # Here, not at the top: segments compile rules (sqlglot), which resolve need not load.
-    from cdp_cli.features import features_as_of
-    from cdp_cli.rules.book import load_rulebook
-    from cdp_cli.segments import segments_of
-    from cdp_cli.tags import customer_tags
-
-    one_id, merged_from = find_one_id(db, config, lookup)
-    book = load_rulebook(config.tag_rules_folder)
-    return Profile360(
-        **_profile_view(db, one_id, recent),
-        tags=customer_tags(db, one_id),
-        segments=segments_of(db, book, features_as_of(db, config), one_id),
-        merged_from=merged_from,
-    )
-
-
-def _profile_view(db: sqlite_utils.Database, one_id: str, recent: int) -> dict[str, Any]:
-    [profile] = rows_as_dicts(db, "SELECT * FROM profiles WHERE one_id = ?", [one_id])
-    for key in ("phones", "emails", "identifiers", "sources", "lineage"):
-        profile[key] = json.loads(profile[key]) if profile[key] else None
-    identifiers = rows_as_dicts(
-        db,
-        "SELECT type, value, detail FROM identifiers WHERE one_id = ? ORDER BY type, value",
-        [one_id],
-    )
-    records = rows_as_dicts(
-        db,
-        "SELECT m.kind, m.source, m.key FROM id_mapping m "
-        "WHERE m.one_id = ? AND m.kind != 'events' "
-        "ORDER BY m.kind, m.source, m.key LIMIT 200",
-        [one_id],
-    )
-    [orders] = rows_as_dicts(
-        db,
-        "SELECT count(*) AS orders, round(coalesce(sum(amount), 0), 2) AS total_spent, "
-        "min(ordered_at) AS first_order, max(ordered_at) AS last_order "
-        "FROM profile_orders WHERE one_id = ?",
-        [one_id],
-    )
-    latest_orders = rows_as_dicts(
-        db,
-        "SELECT source, order_id, ordered_at, amount, channel, store, status FROM profile_orders "
-        "WHERE one_id = ? ORDER BY ordered_at DESC LIMIT ?",
-        [one_id, recent],
-    )
-    events = rows_as_dicts(
-        db,
-        "SELECT occurred_at, event, platform, properties FROM profile_events WHERE one_id = ? "
-        "ORDER BY occurred_at DESC LIMIT ?",
-        [one_id, recent],
-    )
-    history = rows_as_dicts(
-        db,
-        "SELECT one_id, event, other_one_id, at FROM id_history "
-        "WHERE one_id = ? OR other_one_id = ? ORDER BY id",
-        [one_id, one_id],
-    )
-    return {
-        "profile": profile,
-        "identifiers": identifiers,
-        "records": records,
-        "orders": {**orders, "latest": latest_orders},
-        "events": events,
-        "history": history,
-    }

@@ -208,7 +208,7 @@ def _goal_sql(journey: Journey) -> tuple[str, list[Any]] | None:
     )
 
 
-def _group_of(holdout: int, control: int, transactional: bool) -> str:
+def group_of(holdout: int, control: int, transactional: bool) -> str:
     """The global control group is left alone by marketing journeys only."""
     if control and not transactional:
         return "control"
@@ -248,7 +248,7 @@ def _groups(
     now = _julian(as_of)
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for e in enrolments:
-        key = (_group_of(e["holdout"], e["control"], journey.transactional), e["variant"])
+        key = (group_of(e["holdout"], e["control"], journey.transactional), e["variant"])
         g = found.setdefault(key, {"group": key[0], "variant": key[1], "entered": 0,
                                    "reached": 0, "converted": 0, "revenue": 0.0,
                                    "window_open": 0})  # fmt: skip
