@@ -133,6 +133,9 @@ def open_rows(
 ) -> Iterator[tuple[list[str] | None, Iterator[RowResult], Progress]]:
     """Open a file and yield its CSV header (None for JSON), its rows and its progress."""
     with path.open("rb") as stream:
+        if _holds_nothing(stream, encoding):
+            raise IngestError("the file is empty")
+        stream.seek(0)
         progress = Progress(stream, path.stat().st_size)
         if fmt == "jsonl":
             yield None, read_jsonl(stream, encoding), progress
@@ -146,6 +149,17 @@ def open_rows(
                     yield header, rows, progress
                 else:
                     yield None, read_json(text, encoding), progress
+
+
+def _holds_nothing(stream: BinaryIO, encoding: str) -> bool:
+    """True for a file of no bytes, or of only a BOM and whitespace: there is nothing to
+    ingest, which the user should hear rather than see a batch of 0 rows (or a missing
+    column). Reads only as far as the first character that is not white space."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+    while chunk := stream.read(64 * 1024):
+        if decoder.decode(chunk).replace("\ufeff", "").strip():
+            return False
+    return not decoder.decode(b"", final=True).replace("\ufeff", "").strip()
 
 
 def read_csv(

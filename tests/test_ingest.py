@@ -307,6 +307,35 @@ def test_file_level_errors_are_one_line_and_keep_what_was_stored(run, write, pro
     )  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("name", "source", "content"),
+    [
+        ("empty.csv", "pos", b""),
+        ("bom.csv", "pos", b"\xef\xbb\xbf \r\n\r\n"),
+        ("empty.json", "orders", b""),
+        ("spaces.json", "orders", b"\xef\xbb\xbf\n  \t\n"),
+        ("empty.jsonl", "orders", b""),
+        ("blank.jsonl", "orders", b"\n \n\n"),
+    ],
+)
+def test_an_empty_file_is_refused_as_empty_and_keeps_what_was_stored(
+    run, write, project, tmp_path, name, source, content
+):
+    write("crm.csv", CRM)
+    ingest(run, "crm.csv", "-s", "crm")
+    write(name, content)
+    result = run("ingest", name, "-s", source)
+    assert (result.exit_code, result.stderr) == (
+        1, f"Error: {tmp_path / name}: the file is empty\n",
+    )  # fmt: skip
+    db = tmp_path / "cdp.db"
+    assert query(db, "SELECT count(*) FROM customers") == [(2,)]
+    assert query(db, "SELECT status, error FROM batches ORDER BY id") == [
+        ("done", None),
+        ("failed", "the file is empty"),
+    ]
+
+
 def test_ingest_without_files_reads_declared_files(run, write, tmp_path):
     write(
         "cdp.yaml",
