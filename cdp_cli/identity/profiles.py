@@ -14,7 +14,7 @@ from typing import Any
 import sqlite_utils
 
 from cdp_cli.config import Config
-from cdp_cli.errors import NotFound
+from cdp_cli.errors import NotFound, UsageError
 from cdp_cli.identity.normalize import email_key, normalize_phone
 from cdp_cli.privacy import PERSONAL_PROFILE_FIELDS, mask, masked_items, masked_lookup
 from cdp_cli.store import rows_as_dicts
@@ -138,6 +138,15 @@ def find_one_id(db: sqlite_utils.Database, config: Config, lookup: Lookup) -> tu
     return row[0], []
 
 
+def check_lookup(config: Config, lookup: Lookup) -> None:
+    """A usage error for a phone or email that is not one, which no customer could have:
+    saying so helps more than "no customer has it"."""
+    if lookup.phone and normalize_phone(lookup.phone, config.region) is None:
+        raise UsageError(f"{masked_lookup(phone=lookup.phone)}: not a valid phone number")
+    if lookup.email and email_key(lookup.email) is None:
+        raise UsageError(f"{masked_lookup(email=lookup.email)}: not a valid email address")
+
+
 def follow_merges(db: sqlite_utils.Database, one_id: str) -> tuple[str, list[str]]:
     path = [one_id]
     current = one_id
@@ -206,6 +215,7 @@ def profile_360(
     from cdp_cli.segments import segments_of
     from cdp_cli.tags import customer_tags
 
+    check_lookup(config, lookup)
     one_id, merged_from = find_one_id(db, config, lookup)
     book = load_rulebook(config.tag_rules_folder)
     return Profile360(
