@@ -129,7 +129,7 @@ class Source:
     key: tuple[FieldMapping, ...] = ()
     format: str | None = None
     encoding: str = "auto"
-    delimiter: str = ","
+    delimiter: str | None = None  # None: told from the header line (readers.csv_delimiter)
     files: tuple[str, ...] = ()
     items: ItemsMapping | None = None
     timezone: str = "UTC"
@@ -611,8 +611,11 @@ def _strings(path: Path, spec: YamlMap, key: str, where: str) -> tuple[str, ...]
     )
 
 
-def _delimiter(path: Path, spec: YamlMap, where: str) -> str:
-    delimiter = spec.get("delimiter", ",")
+def _delimiter(path: Path, spec: YamlMap, where: str) -> str | None:
+    """The declared delimiter; None when there is none, for ingest to tell from the file."""
+    if "delimiter" not in spec:
+        return None
+    delimiter = spec.get("delimiter")
     if delimiter == "\\t" or delimiter == "tab":
         delimiter = "\t"
     if not isinstance(delimiter, str) or len(delimiter) != 1:

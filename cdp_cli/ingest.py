@@ -333,8 +333,21 @@ class RowMapper:
             raise IngestError(
                 f"column {mapping.column!r} (for {mapping.name.removeprefix('key:')}) is not in "
                 f"the header; the columns are: {mask_text(', '.join(self.header))}"
+                + self._delimiter_hint()
             )
         return self.header.index(mapping.column)
+
+    def _delimiter_hint(self) -> str:
+        """A header read as one column may be split on the wrong character: say how to set it."""
+        assert self.header is not None
+        if len(self.header) != 1 or not self.header[0]:
+            return ""
+        delimiter = self.source.delimiter or ","
+        split = {",": "commas", "\t": "tabs"}.get(delimiter, repr(delimiter))
+        return (
+            f" (read as one column, split on {split}: if the file is separated by another "
+            f"character, set `delimiter:` for source {self.source.name!r} in cdp.yaml)"
+        )
 
     def _getter(self, mapping: FieldMapping) -> Callable[[Any], Any]:
         if mapping.constant is not None:

@@ -129,10 +129,13 @@ def _undecodable(values: list[str]) -> bool:
 
 @contextmanager
 def open_rows(
-    path: Path, fmt: str, encoding: str, delimiter: str = ","
+    path: Path, fmt: str, encoding: str, delimiter: str | None = ","
 ) -> Iterator[tuple[list[str] | None, Iterator[RowResult], Progress]]:
     """Open a file and yield its CSV header (None for JSON), its rows and its progress."""
     with path.open("rb") as stream:
+        if _holds_nothing(stream, encoding):
+            raise IngestError("the file is empty")
+        stream.seek(0)
         progress = Progress(stream, path.stat().st_size)
         if fmt == "jsonl":
             yield None, read_jsonl(stream, encoding), progress
@@ -148,15 +151,58 @@ def open_rows(
                     yield None, read_json(text, encoding), progress
 
 
+def _holds_nothing(stream: BinaryIO, encoding: str) -> bool:
+    """True for a file of no bytes, or of only a BOM and whitespace: there is nothing to
+    ingest, which the user should hear rather than see a batch of 0 rows (or a missing
+    column). Reads only as far as the first character that is not white space."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+    while chunk := stream.read(64 * 1024):
+        if decoder.decode(chunk).replace("\ufeff", "").strip():
+            return False
+    return not decoder.decode(b"", final=True).replace("\ufeff", "").strip()
+
+
+CANDIDATE_DELIMITERS = (",", ";", "\t", "|")
+
+
+def csv_delimiter(header_line: str) -> str:
+    """The delimiter a header line is written with: `,` unless the line holds no comma outside
+    quotes and exactly one of the other candidates (`;`, a tab, `|`); with none or several of
+    them it cannot be told, and `,` reads the header as one column."""
+    counts = dict.fromkeys(CANDIDATE_DELIMITERS, 0)
+    quoted = False
+    for char in header_line:
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in counts:
+            counts[char] += 1
+    found = [d for d in CANDIDATE_DELIMITERS[1:] if counts[d]]
+    return found[0] if counts[","] == 0 and len(found) == 1 else ","
+
+
+def _first_line(text: TextIO) -> str:
+    """The first line with more than white space and delimiters; the stream is rewound."""
+    blank = "".join(CANDIDATE_DELIMITERS) + " \r\n\ufeff"
+    line = ""
+    while line := text.readline():
+        if line.strip(blank):
+            break
+    text.seek(0)
+    return line
+
+
 def read_csv(
-    text: TextIO, encoding: str, delimiter: str = ","
+    text: TextIO, encoding: str, delimiter: str | None = ","
 ) -> tuple[list[str], Iterator[RowResult]]:
     """The header and an iterator of rows as lists of strings, with their first line number.
 
     `text` must decode with errors="cdp-surrogateescape", so that a row with bytes that do
-    not decode is quarantined rather than stopping the file.
+    not decode is quarantined rather than stopping the file. With no `delimiter`, it is told
+    from the header line (csv_delimiter); `text` must then be seekable.
     """
     errors_before = _DecodeErrors.count  # the text decodes ahead of the rows, so count from here
+    if delimiter is None:
+        delimiter = csv_delimiter(_first_line(text))
     reader = csv.reader(text, delimiter=delimiter, strict=False)
     header: list[str] | None = None
     try:

@@ -307,6 +307,71 @@ def test_file_level_errors_are_one_line_and_keep_what_was_stored(run, write, pro
     )  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("name", "source", "content"),
+    [
+        ("empty.csv", "pos", b""),
+        ("bom.csv", "pos", b"\xef\xbb\xbf \r\n\r\n"),
+        ("empty.json", "orders", b""),
+        ("spaces.json", "orders", b"\xef\xbb\xbf\n  \t\n"),
+        ("empty.jsonl", "orders", b""),
+        ("blank.jsonl", "orders", b"\n \n\n"),
+    ],
+)
+def test_an_empty_file_is_refused_as_empty_and_keeps_what_was_stored(
+    run, write, project, tmp_path, name, source, content
+):
+    write("crm.csv", CRM)
+    ingest(run, "crm.csv", "-s", "crm")
+    write(name, content)
+    result = run("ingest", name, "-s", source)
+    assert (result.exit_code, result.stderr) == (
+        1, f"Error: {tmp_path / name}: the file is empty\n",
+    )  # fmt: skip
+    db = tmp_path / "cdp.db"
+    assert query(db, "SELECT count(*) FROM customers") == [(2,)]
+    assert query(db, "SELECT status, error FROM batches ORDER BY id") == [
+        ("done", None),
+        ("failed", "the file is empty"),
+    ]
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t"])
+def test_a_delimiter_not_declared_is_told_from_the_header_line(
+    run, write, project, tmp_path, delimiter
+):
+    write(
+        "pos.csv",
+        delimiter.join(["order_no", "amount", '"paid_at"', "member_phone"]) + "\n"
+        + delimiter.join(["P1", "15", "2025-06-01 14:03:22", "13800138000"]) + "\n",
+    )  # fmt: skip
+    [summary] = json.loads(ingest(run, "pos.csv", "-s", "pos").stdout)
+    assert (summary["status"], summary["inserted"], summary["rejected"]) == ("done", 1, 0)
+    assert query(tmp_path / "cdp.db", "SELECT key, amount, phone FROM orders") == [
+        ("P1", 15.0, "13800138000")
+    ]
+
+
+def test_a_delimiter_that_cannot_be_told_is_an_error_naming_the_option(
+    run, write, project, tmp_path
+):
+    write("pos.csv", "order_no;amount|paid_at;member_phone\nP1;1;2025-06-01;\n")
+    result = run("ingest", "pos.csv", "-s", "pos")
+    assert (result.exit_code, result.stderr) == (
+        1,
+        f"Error: {tmp_path / 'pos.csv'}: column 'order_no' (for order_id) is not in the "
+        "header; the columns are: order_no;amount|paid_at;member_phone (read as one column, "
+        "split on commas: if the file is separated by another character, set `delimiter:` "
+        "for source 'pos' in cdp.yaml)\n",
+    )
+    write(
+        "cdp.yaml", CONFIG.replace("    key: order_no\n", "    key: order_no\n    delimiter: ';'\n")
+    )
+    declared = run("ingest", "pos.csv", "-s", "pos")  # as declared, not told from the file
+    assert declared.exit_code == 1
+    assert declared.stderr.endswith("the columns are: order_no, amount|paid_at, member_phone\n")
+
+
 def test_ingest_without_files_reads_declared_files(run, write, tmp_path):
     write(
         "cdp.yaml",

@@ -404,6 +404,19 @@ def test_profile_masks_by_default_and_finds_by_any_identifier(run, write, projec
     assert both.exit_code == 2
 
 
+def test_profile_of_a_phone_or_email_that_is_not_one_says_so_masked(run, write, project):
+    ingest(run, write, "crm.csv", "crm", CRM_HEADER + "M1,李娜,13800138000,,,\n")
+    resolve(run)
+    for args, error in [
+        (["--phone", "12345"], "phone *****: not a valid phone number"),
+        (["--phone", "1380013800"], "phone 138***3800: not a valid phone number"),
+        (["--email", "li.na@example"], "email l***@example: not a valid email address"),
+        (["--email", "li.na"], "email ***: not a valid email address"),
+    ]:
+        result = run("profile", *args)
+        assert (result.exit_code, result.stderr) == (2, f"Error: {error}\n"), args
+
+
 def test_export_mapping_csv_and_jsonl(run, write, project, tmp_path):
     ingest(run, write, "crm.csv", "crm", CRM_HEADER + "M1,李娜,13800138000,,,\n")
     ingest(

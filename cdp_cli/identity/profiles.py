@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import sqlite_utils
 
 from cdp_cli.config import Config
-from cdp_cli.errors import NotFound
+from cdp_cli.errors import NotFound, UsageError
 from cdp_cli.identity.normalize import email_key, normalize_phone
 from cdp_cli.privacy import masked_lookup
 
@@ -133,6 +133,15 @@ def find_one_id(db: sqlite_utils.Database, config: Config, lookup: Lookup) -> tu
     if row is None:
         raise NotFound(f"no customer has the {masked_lookup(**asdict(lookup))}")
     return row[0], []
+
+
+def check_lookup(config: Config, lookup: Lookup) -> None:
+    """A usage error for a phone or email that is not one, which no customer could have:
+    saying so helps more than "no customer has it"."""
+    if lookup.phone and normalize_phone(lookup.phone, config.region) is None:
+        raise UsageError(f"{masked_lookup(phone=lookup.phone)}: not a valid phone number")
+    if lookup.email and email_key(lookup.email) is None:
+        raise UsageError(f"{masked_lookup(email=lookup.email)}: not a valid email address")
 
 
 def follow_merges(db: sqlite_utils.Database, one_id: str) -> tuple[str, list[str]]:
