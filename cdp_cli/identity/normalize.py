@@ -13,7 +13,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import final
+from typing import Any, final
 
 import phonenumbers
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
@@ -45,8 +45,8 @@ def parse_phone(raw: str, region: str = "CN") -> tuple[str, str] | None:
     if region == "CN" or text.startswith(("+86", "0086")):
         match = _CN_MOBILE.fullmatch(text.translate(_FORMATTING))
         if match:
-            number = phonenumbers.PhoneNumber(country_code=86, national_number=int(match[1]))
-            number_type = phonenumbers.number_type(number)
+            # str(int()): the library's own view of the digits (ASCII, whatever was written)
+            number_type = _CN_TYPES.number_type(str(int(match[1])))
             if number_type == phonenumbers.PhoneNumberType.UNKNOWN:
                 return None
             return f"+86{match[1]}", _PHONE_TYPES.get(number_type, "other")
@@ -57,6 +57,74 @@ def parse_phone(raw: str, region: str = "CN") -> tuple[str, str] | None:
     except phonenumbers.NumberParseException:
         return None
     return _judge(number)
+
+
+class _NumberTypes:
+    """phonenumbers.number_type for the national numbers of one country, its checks
+    compiled once: the library compiles each pattern again on every call (~20 µs a number,
+    the most of a fast-path parse). The checks and their order are the library's
+    (_number_type_helper), read from its metadata; a test holds the two equal."""
+
+    _ORDER = (
+        ("premium_rate", phonenumbers.PhoneNumberType.PREMIUM_RATE),
+        ("toll_free", phonenumbers.PhoneNumberType.TOLL_FREE),
+        ("shared_cost", phonenumbers.PhoneNumberType.SHARED_COST),
+        ("voip", phonenumbers.PhoneNumberType.VOIP),
+        ("personal_number", phonenumbers.PhoneNumberType.PERSONAL_NUMBER),
+        ("pager", phonenumbers.PhoneNumberType.PAGER),
+        ("uan", phonenumbers.PhoneNumberType.UAN),
+        ("voicemail", phonenumbers.PhoneNumberType.VOICEMAIL),
+    )
+
+    def __init__(self, region: str) -> None:
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        if metadata is None:
+            raise ValueError(f"phonenumbers has no metadata for {region}")
+        self.general = self._check(metadata.general_desc)
+        self.special = [
+            (check, kind)
+            for name, kind in self._ORDER
+            if (check := self._check(getattr(metadata, name))) is not None
+        ]
+        self.fixed_line = self._check(metadata.fixed_line)
+        self.mobile = self._check(metadata.mobile)
+        self.same_mobile_and_fixed_line = metadata.same_mobile_and_fixed_line_pattern
+
+    @staticmethod
+    def _check(
+        desc: phonenumbers.PhoneNumberDesc | None,
+    ) -> tuple[frozenset[int], re.Pattern[str]] | None:
+        """(possible lengths, pattern) of a description; None when it matches nothing."""
+        if desc is None or not desc.national_number_pattern:
+            return None
+        return frozenset(desc.possible_length or ()), re.compile(desc.national_number_pattern)
+
+    @staticmethod
+    def _matches(check: tuple[frozenset[int], re.Pattern[str]] | None, national: str) -> bool:
+        if check is None:
+            return False
+        lengths, pattern = check
+        if lengths and len(national) not in lengths:
+            return False
+        return pattern.fullmatch(national) is not None
+
+    def number_type(self, national: str) -> int:
+        matches = self._matches
+        if not matches(self.general, national):
+            return phonenumbers.PhoneNumberType.UNKNOWN
+        for check, kind in self.special:
+            if matches(check, national):
+                return kind
+        if matches(self.fixed_line, national):
+            if self.same_mobile_and_fixed_line or matches(self.mobile, national):
+                return phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE
+            return phonenumbers.PhoneNumberType.FIXED_LINE
+        if not self.same_mobile_and_fixed_line and matches(self.mobile, national):
+            return phonenumbers.PhoneNumberType.MOBILE
+        return phonenumbers.PhoneNumberType.UNKNOWN
+
+
+_CN_TYPES = _NumberTypes("CN")
 
 
 def _judge(number: phonenumbers.PhoneNumber) -> tuple[str, str] | None:
@@ -117,17 +185,21 @@ class Normalizer:
             tuple[str, tuple[str | None, ...]], tuple[str, str | None] | Rejected
         ] = {}
         entries = [e for e in rules.blocklist if not e.startswith("re:")]
-        self._project_values = {e.strip().lower() for e in entries}
+        project_values = {e.strip().lower() for e in entries}
         for entry in entries:  # a blocked phone or email blocks all its written forms
             for normalized in (normalize_phone(entry, region), email_key(entry)):
                 if normalized:
-                    self._project_values.add(normalized.lower())
+                    project_values.add(normalized.lower())
         # A project's own patterns one by one: joined with | their groups would collide.
-        self._project_patterns = [
+        project_patterns = tuple(
             re.compile(e[3:], re.IGNORECASE) for e in rules.blocklist if e.startswith("re:")
-        ]
+        )
+        self._project = _Check(PROJECT_BLOCKLIST, frozenset(project_values), project_patterns)
         self._junk_rules = [r for r in JUNK_RULES if r.name not in rules.default_blocklist_off]
         self._junk_patterns = {r.name: re.compile(r.pattern, re.IGNORECASE) for r in JUNK_RULES}
+        self._checks: dict[str, list[_Check]] = {}  # per type, in the order they decide
+        # The first check a normalized text fails, per type: a phone's written forms share it.
+        self._first_failed: dict[tuple[str, str], int | None] = {}
         # Per type: its fields, and whether a row needs all of them (composites) or only the
         # last (an openid without its account is still an openid).
         self._plan = [
@@ -170,23 +242,61 @@ class Normalizer:
 
     def blocked(self, type_name: str, raw: str, normalized: str) -> str | None:
         """Why a value of `type_name` is set aside by a blocklist (the project's, then the
-        default rules that judge the type); None when it is not."""
-        texts = {raw.strip().lower(), normalized.lower()}
-        forms = texts | {_SEPARATORS.sub("", t) for t in texts}
-        if texts & self._project_values or any(
-            p.search(form) for p in self._project_patterns for form in forms
-        ):
-            return PROJECT_BLOCKLIST
+        default rules that judge the type); None when it is not.
+
+        A check judges the trimmed, lower-cased raw value and the normalized one, each also
+        without separators; the first check (in order) that either fails decides."""
+        checks = self._checks.get(type_name)
+        if checks is None:
+            checks = self._checks[type_name] = self._checks_of(type_name)
+        text = normalized.lower()
+        failed = self._first_failed.get((type_name, text), _UNSEEN)
+        if failed is _UNSEEN:
+            failed = self._first_failed[(type_name, text)] = _first_failed(checks, text)
+        written = raw.strip().lower()
+        if written != text:
+            other = _first_failed(checks, written)
+            if other is not None and (failed is None or other < failed):
+                failed = other
+        return None if failed is None else checks[failed].reason
+
+    def _checks_of(self, type_name: str) -> list[_Check]:
+        checks = [self._project] if self._project.values or self._project.patterns else []
         for rule in self._junk_rules:
-            if not rule.judges(type_name):
-                continue
-            shortest = rule.min_length.get(type_name, 0)
-            judged = [f for f in forms if len(f) >= shortest]
-            if texts & rule.values or (
-                rule.pattern and any(self._junk_patterns[rule.name].search(f) for f in judged)
-            ):
-                return f"{rule.why} ({rule.name})"
-        return None
+            if rule.judges(type_name):
+                patterns = (self._junk_patterns[rule.name],) if rule.pattern else ()
+                reason = f"{rule.why} ({rule.name})"
+                shortest = rule.min_length.get(type_name, 0)
+                checks.append(_Check(reason, rule.values, patterns, shortest))
+        return checks
+
+
+@dataclass(frozen=True)
+class _Check:
+    """One blocklist check for one type: values matched whole, or patterns searched in each
+    form at least `shortest` long."""
+
+    reason: str
+    values: frozenset[str]
+    patterns: tuple[re.Pattern[str], ...]
+    shortest: int = 0
+
+
+_UNSEEN: Any = object()
+
+
+def _first_failed(checks: list[_Check], text: str) -> int | None:
+    """The index of the first check that `text` (or `text` without separators) fails."""
+    bare = _SEPARATORS.sub("", text)
+    forms = (text,) if bare == text else (text, bare)
+    for index, check in enumerate(checks):
+        if text in check.values:
+            return index
+        for pattern in check.patterns:
+            for form in forms:
+                if len(form) >= check.shortest and pattern.search(form):
+                    return index
+    return None
 
 
 Normalized = tuple["str | None", "str | None", "str | None"]  # value, detail, reason if None

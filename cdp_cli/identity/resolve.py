@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,9 +115,11 @@ def _new_keys(
             )
             params.append(after_batch)
         select = ", ".join(f"t.{c}" for c in columns)
+        # NOT INDEXED: a scan and one sort; the planner would otherwise walk the whole
+        # identity_key index for `IS NOT NULL` and fetch each row from it, 3 times slower.
         sql = (
-            f"SELECT t.identity_key, t.source, {select} FROM {table} t WHERE {where} "
-            "GROUP BY t.identity_key, t.source"
+            f"SELECT t.identity_key, t.source, {select} FROM {table} t NOT INDEXED "
+            f"WHERE {where} GROUP BY t.identity_key, t.source ORDER BY t.identity_key, t.source"
         )
         for key, source, *values in db.conn.execute(sql, params):
             allowed = fields_of.get(source, default)
@@ -136,10 +140,11 @@ class Graph:
         self.key_of_node: dict[int, int] = {}
         self.ident_node: dict[tuple[str, str], int] = {}
         self.ident_of_node: dict[int, tuple[str, str]] = {}
+        self.details: dict[tuple[str, str], str | None] = {}  # a phone's type
         self.links: list[tuple[int, int, int]] = []  # (type rank, identifier node, key node)
         self.parent: list[int] = []
         self.size: list[int] = []
-        self.counts: dict[int, Counter[str]] = {}
+        self.counts: dict[int, dict[str, int]] = {}  # component root -> limited types held
         self.refused: list[tuple[int, tuple[str, str], str]] = []  # key, identifier, reason
         self.refused_values: dict[tuple[str, str], str] = {}
         self.limits = {n: t.max_per_profile for n, t in self.types.items() if t.max_per_profile}
@@ -153,21 +158,24 @@ class Graph:
         self.size.append(1)
         return node
 
-    def add_key(self, key: int, identifiers: Iterable[tuple[str, str]]) -> None:
+    def add_key(self, key: int, identifiers: Iterable[tuple[str, str, str | None]]) -> None:
+        """A key and the (type, value, detail) of the identifiers it carries."""
         node = self.key_node.get(key)
         if node is None:
             node = self._node()
             self.key_node[key] = node
             self.key_of_node[node] = key
-        for ident in identifiers:
+        for type_name, value, detail in identifiers:
+            ident = (type_name, value)
             inode = self.ident_node.get(ident)
             if inode is None:
                 inode = self._node()
                 self.ident_node[ident] = inode
                 self.ident_of_node[inode] = ident
-                if ident[0] in self.limits:
-                    self.counts[inode] = Counter({ident[0]: 1})
-            self.links.append((self.rank[ident[0]], inode, node))
+                if type_name in self.limits:
+                    self.counts[inode] = {type_name: 1}
+            self.details[ident] = detail  # a value's detail follows from the value itself
+            self.links.append((self.rank[type_name], inode, node))
 
     def find(self, node: int) -> int:
         parent = self.parent
@@ -201,7 +209,12 @@ class Graph:
         self.size[ra] += self.size[rb]
         cb = self.counts.pop(rb, None)
         if cb:
-            self.counts.setdefault(ra, Counter()).update(cb)
+            ca = self.counts.get(ra)
+            if ca is None:
+                self.counts[ra] = cb
+            else:
+                for type_name, count in cb.items():
+                    ca[type_name] = ca.get(type_name, 0) + count
         return None
 
     def resolve(self) -> None:
@@ -279,11 +292,9 @@ def _assign(
     for old, roots in share.items():
         root = max(roots, key=lambda r: (roots[r], -r))
         claimed[root].append(old)
-    marks = ",".join("?" * len(share))
-    created_at = dict(
-        db.conn.execute(
-            f"SELECT one_id, created_at FROM profiles WHERE one_id IN ({marks})", list(share)
-        )
+    # Which of several old one_ids a merged component keeps: the oldest profile's.
+    created_at = _created_at(
+        db, [old for olds in claimed.values() if len(olds) > 1 for old in olds]
     )
     stats: Counter[str] = Counter()
     need_new = [root for root in groups if not claimed.get(root)]
@@ -315,6 +326,21 @@ def _assign(
         [(one_id, event, other, run_id, at) for one_id, event, other in history],
     )
     return one_ids, stats
+
+
+def _created_at(db: sqlite_utils.Database, one_ids: list[str]) -> dict[str, str]:
+    """When the profiles of these one_ids were created (through a temp table: a rerun can
+    ask about every customer, more than a statement takes parameters)."""
+    db.conn.execute("CREATE TEMP TABLE IF NOT EXISTS asked_one_ids (one_id TEXT PRIMARY KEY)")
+    db.conn.execute("DELETE FROM asked_one_ids")
+    db.conn.executemany(
+        "INSERT OR IGNORE INTO asked_one_ids VALUES (?)", [(o,) for o in sorted(one_ids)]
+    )
+    return dict(
+        db.conn.execute(
+            "SELECT p.one_id, p.created_at FROM asked_one_ids a JOIN profiles p USING (one_id)"
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,20 +436,16 @@ def _full(db: sqlite_utils.Database, config: Config, run_id: int, result: Resolv
     _inherit(previous, successors, dict(previous))
     normalizer = Normalizer(config.identity, config.region)
     graph = Graph(config.identity.types)
-    details: dict[tuple[str, str], str | None] = {}
     unusable: list[tuple[int, str, str, str]] = []
     tombstones = Tombstones.load(db.conn, config.identity, config.region)
     forgotten: list[int] = []
     keys = _normalize_keys(normalizer, _new_keys(db, config, None), tombstones, forgotten)
     for key, found, rejected in keys:
-        graph.add_key(key, [(t, v) for t, v, _ in found])
-        details.update({(t, v): d for t, v, d in found})
+        graph.add_key(key, found)
         unusable += [(key, r.type, r.raw, r.reason) for r in rejected]
     _erase_forgotten(db, tombstones, forgotten, result)
-    result.keys_new = len(set(graph.key_node) - set(previous))
-    for table in RESOLVED_TABLES:
-        db.conn.execute(f"DELETE FROM {table}")
-    _write(db, config.identity.source_priority, graph, details, unusable, previous, run_id, result)
+    result.keys_new = len(graph.key_node.keys() - previous.keys())
+    _write(db, config.identity.source_priority, graph, unusable, previous, run_id, result, True)
 
 
 def _replaced_keys(db: sqlite_utils.Database) -> tuple[list[int], dict[int, int]]:
@@ -530,94 +552,173 @@ def _incremental(
         )
     )
     graph = Graph(config.identity.types)
-    old_links: dict[int, list[tuple[str, str]]] = defaultdict(list)
-    details: dict[tuple[str, str], str | None] = {}
+    old_links: dict[int, list[tuple[str, str, str | None]]] = defaultdict(list)
     for key, type_name, value, detail in db.conn.execute(
         "SELECT ki.key, i.type, i.value, i.detail FROM key_identifiers ki "
         "JOIN identifiers i ON i.id = ki.identifier_id JOIN reached_keys r ON r.key = ki.key"
     ):
-        old_links[key].append((type_name, value))
-        details[(type_name, value)] = detail
+        old_links[key].append((type_name, value, detail))
     for key in previous:
         graph.add_key(key, old_links.get(key, []))
     unusable = []
     for key, found, rejected in new:
-        graph.add_key(key, [(t, v) for t, v, _ in found])
-        details.update({(t, v): d for t, v, d in found})
+        graph.add_key(key, found)
         unusable += [(key, r.type, r.raw, r.reason) for r in rejected]
     db.conn.execute("DELETE FROM refused_links WHERE key IN (SELECT key FROM reached_keys)")
     _inherit(previous, successors, lost)
     previous.update({key: one_id for key, one_id in lost.items() if key not in previous})
-    _write(db, config.identity.source_priority, graph, details, unusable, previous, run_id, result)
+    _write(db, config.identity.source_priority, graph, unusable, previous, run_id, result, False)
 
 
 def _write(
     db: sqlite_utils.Database,
     source_priority: tuple[str, ...],
     graph: Graph,
-    details: dict[tuple[str, str], str | None],
     unusable: list[tuple[int, str, str, str]],
     previous: dict[int, str | None],
     run_id: int,
     result: ResolveResult,
+    full: bool,
 ) -> None:
+    """Resolve the graph and store it: on a full run in place of everything resolved before,
+    on an incremental one over the part of it the graph holds."""
     graph.resolve()
     one_ids, stats = _assign(db, graph, previous, run_id)
     result.created, result.merged, result.split = stats["created"], stats["merged"], stats["split"]
     result.removed = stats["removed"]
     result.keys_resolved = len(graph.key_node)
     at = now_iso()
-    key_rows = [(key, one_ids.get(graph.find(node)), at) for key, node in graph.key_node.items()]
-    db.conn.executemany(
-        "INSERT INTO identity_keys (key, one_id, resolved_at) VALUES (?, ?, ?) "
-        "ON CONFLICT(key) DO UPDATE SET one_id=excluded.one_id, resolved_at=excluded.resolved_at",
-        key_rows,
-    )
-    ident_rows = []
-    for ident, inode in graph.ident_node.items():
-        refused = graph.refused_values.get(ident)
-        if inode in graph.nonjoining:
-            roots = {graph.find(k) for k in graph.nonjoining[inode]}
-            one_id = one_ids.get(roots.pop()) if len(roots) == 1 else None
-            refused = None if one_id else "join: false, and found on several customers"
-        else:
-            one_id = None if refused else one_ids.get(graph.find(inode))
-        status = "linked" if one_id else "refused"
-        ident_rows.append((ident[0], ident[1], details.get(ident), one_id, status, refused))
-    db.conn.executemany(
-        "INSERT INTO identifiers (type, value, detail, one_id, status, reason) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(type, value) DO UPDATE SET "
-        "detail=excluded.detail, one_id=excluded.one_id, status=excluded.status, "
-        "reason=excluded.reason",
-        ident_rows,
-    )
-    db.conn.execute("CREATE TEMP TABLE IF NOT EXISTS graph_idents (type TEXT, value TEXT)")
-    db.conn.execute("DELETE FROM graph_idents")
-    db.conn.executemany("INSERT INTO graph_idents VALUES (?, ?)", list(graph.ident_node))
-    ids = {
-        (t, v): id_
-        for id_, t, v in db.conn.execute(
-            "SELECT i.id, i.type, i.value FROM identifiers i "
-            "JOIN graph_idents g ON g.type = i.type AND g.value = i.value"
-        )
-    }
-    db.conn.executemany(
-        "INSERT OR IGNORE INTO key_identifiers (key, identifier_id) VALUES (?, ?)",
-        [(graph.key_of_node[k], ids[graph.ident_of_node[i]]) for _, i, k in graph.links],
-    )
+    find = graph.find
+    key_rows = sorted((key, one_ids.get(find(node)), at) for key, node in graph.key_node.items())
+    ident_rows = _identifier_rows(graph, one_ids)
+    if full:
+        id_of = _rewrite(db, key_rows, ident_rows, graph)
+    else:
+        id_of = _update(db, key_rows, ident_rows, graph)
     db.conn.executemany(
         "INSERT INTO unusable_values (key, type, raw, reason) VALUES (?, ?, ?, ?)", unusable
     )
+    ident_node = graph.ident_node
     db.conn.executemany(
         "INSERT INTO refused_links (key, identifier_id, reason) VALUES (?, ?, ?)",
-        [(key, ids[ident], reason) for key, ident, reason in graph.refused],
+        [(key, id_of[ident_node[ident]], reason) for key, ident, reason in graph.refused],
     )
     result.refused_links = len(graph.refused)
     result.unusable_values = len(unusable)
     current = set(one_ids.values())  # a set: a membership test on .values() scans them all
     merged_away = [old for old in set(previous.values()) if old and old not in current]
     db.conn.executemany("DELETE FROM profiles WHERE one_id = ?", [(o,) for o in merged_away])
-    build_profiles(db, sorted(current), at, source_priority)
+    build_profiles(db, sorted(current), at, source_priority, everyone=full)
+
+
+IdentifierRow = tuple[str, str, "str | None", "str | None", str, "str | None"]
+
+
+def _identifier_rows(graph: Graph, one_ids: dict[int, str]) -> list[tuple[int, IdentifierRow]]:
+    """(node, (type, value, detail, one_id, status, reason)) for every identifier of the
+    graph, in (type, value) order: the order of the table's unique index."""
+    rows: list[tuple[int, IdentifierRow]] = []
+    find, details, nonjoining = graph.find, graph.details, graph.nonjoining
+    for ident, inode in sorted(graph.ident_node.items()):
+        refused = graph.refused_values.get(ident)
+        if inode in nonjoining:
+            roots = {find(k) for k in nonjoining[inode]}
+            one_id = one_ids.get(roots.pop()) if len(roots) == 1 else None
+            refused = None if one_id else "join: false, and found on several customers"
+        else:
+            one_id = None if refused else one_ids.get(find(inode))
+        status = "linked" if one_id else "refused"
+        rows.append((inode, (ident[0], ident[1], details.get(ident), one_id, status, refused)))
+    return rows
+
+
+def _rewrite(
+    db: sqlite_utils.Database,
+    key_rows: list[tuple[int, str | None, str]],
+    ident_rows: list[tuple[int, IdentifierRow]],
+    graph: Graph,
+) -> dict[int, int]:
+    """A full run's tables, written anew in key order; the identifier id of each node.
+
+    Every row is new, so there is no conflict to handle: plain inserts in the order of each
+    table's key, with the secondary indexes built once at the end."""
+    conn = db.conn
+    for table in RESOLVED_TABLES:
+        conn.execute(f"DELETE FROM {table}")
+    id_of = {inode: number for number, (inode, _) in enumerate(ident_rows, 1)}
+    key_of = graph.key_of_node
+    with _indexes_built_after(conn, RESOLVED_TABLES):
+        conn.executemany(
+            "INSERT INTO identity_keys (key, one_id, resolved_at) VALUES (?, ?, ?)", key_rows
+        )
+        conn.executemany(
+            "INSERT INTO identifiers (id, type, value, detail, one_id, status, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(id_of[inode], *row) for inode, row in ident_rows],
+        )
+        conn.executemany(
+            "INSERT INTO key_identifiers (key, identifier_id) VALUES (?, ?)",
+            sorted({(key_of[knode], id_of[inode]) for _, inode, knode in graph.links}),
+        )
+    return id_of
+
+
+def _update(
+    db: sqlite_utils.Database,
+    key_rows: list[tuple[int, str | None, str]],
+    ident_rows: list[tuple[int, IdentifierRow]],
+    graph: Graph,
+) -> dict[int, int]:
+    """An incremental run's part of the tables, over what they hold; the identifier id of
+    each node of the graph."""
+    conn = db.conn
+    conn.executemany(
+        "INSERT INTO identity_keys (key, one_id, resolved_at) VALUES (?, ?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET one_id=excluded.one_id, resolved_at=excluded.resolved_at",
+        key_rows,
+    )
+    conn.executemany(
+        "INSERT INTO identifiers (type, value, detail, one_id, status, reason) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(type, value) DO UPDATE SET "
+        "detail=excluded.detail, one_id=excluded.one_id, status=excluded.status, "
+        "reason=excluded.reason",
+        [row for _, row in ident_rows],
+    )
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS graph_idents (type TEXT, value TEXT)")
+    conn.execute("DELETE FROM graph_idents")
+    conn.executemany("INSERT INTO graph_idents VALUES (?, ?)", [row[:2] for _, row in ident_rows])
+    ident_node = graph.ident_node
+    id_of = {
+        ident_node[(t, v)]: id_
+        for id_, t, v in conn.execute(
+            "SELECT i.id, i.type, i.value FROM graph_idents g "
+            "JOIN identifiers i ON i.type = g.type AND i.value = g.value"
+        )
+    }
+    key_of = graph.key_of_node
+    conn.executemany(
+        "INSERT OR IGNORE INTO key_identifiers (key, identifier_id) VALUES (?, ?)",
+        sorted({(key_of[knode], id_of[inode]) for _, inode, knode in graph.links}),
+    )
+    return id_of
+
+
+@contextmanager
+def _indexes_built_after(conn: sqlite3.Connection, tables: Iterable[str]) -> Iterator[None]:
+    """Drop the secondary indexes of `tables` for a bulk write and make them again from
+    their SQL after it, in the same transaction: one sort per index beats an insert into it
+    per row (a rollback brings them back as they were)."""
+    names = list(tables)
+    indexes = conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+        f"AND tbl_name IN ({','.join('?' * len(names))}) ORDER BY name",
+        names,
+    ).fetchall()
+    for name, _ in indexes:
+        conn.execute(f'DROP INDEX "{name}"')
+    yield
+    for _, sql in indexes:
+        conn.execute(sql)
 
 
 # ---------------------------------------------------------------------------------------------
