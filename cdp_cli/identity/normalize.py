@@ -181,9 +181,6 @@ class Normalizer:
     def __init__(self, rules: IdentityRules, region: str) -> None:
         self.rules = rules
         self.region = region
-        self._cache: dict[
-            tuple[str, tuple[str | None, ...]], tuple[str, str | None] | Rejected
-        ] = {}
         entries = [e for e in rules.blocklist if not e.startswith("re:")]
         project_values = {e.strip().lower() for e in entries}
         for entry in entries:  # a blocked phone or email blocks all its written forms
@@ -198,12 +195,14 @@ class Normalizer:
         self._junk_rules = [r for r in JUNK_RULES if r.name not in rules.default_blocklist_off]
         self._junk_patterns = {r.name: re.compile(r.pattern, re.IGNORECASE) for r in JUNK_RULES}
         self._checks: dict[str, list[_Check]] = {}  # per type, in the order they decide
-        # The first check a normalized text fails, per type: a phone's written forms share it.
-        self._first_failed: dict[tuple[str, str], int | None] = {}
-        # Per type: its fields, and whether a row needs all of them (composites) or only the
-        # last (an openid without its account is still an openid).
-        self._plan = [
-            (t.name, t.fields, len(t.fields) > 1 and t.name != "wechat_openid") for t in rules.types
+        # Per type, the first check a normalized text fails: a phone's written forms share it.
+        self._verdicts: dict[str, dict[str, int | None]] = {}
+        # Per type: its fields, whether a row needs all of them (composites) or only the last
+        # (an openid without its account is still an openid), and what its values gave: a
+        # one-field type by the raw value, others by the tuple of parts.
+        self._plan: list[tuple[str, tuple[str, ...], bool, dict[Any, Normalized | Rejected]]] = [
+            (t.name, t.fields, len(t.fields) > 1 and t.name != "wechat_openid", {})
+            for t in rules.types
         ]
 
     def identifiers(
@@ -213,32 +212,37 @@ class Normalizer:
         found: list[tuple[str, str, str | None]] = []
         rejected: list[Rejected] = []
         get = fields.get
-        for name, names, needs_all in self._plan:
-            parts = tuple(map(get, names))
-            if parts[-1] is None or (needs_all and None in parts):
-                continue
-            cache_key = (name, parts)
-            result = self._cache.get(cache_key)
-            if result is None:
-                result = self._normalize(name, parts)
-                self._cache[cache_key] = result
+        for name, names, needs_all, seen in self._plan:
+            if len(names) == 1:
+                raw = get(names[0])
+                if raw is None:
+                    continue
+                result = seen.get(raw)
+                if result is None:
+                    result = seen[raw] = self._normalize(name, (raw,))
+            else:
+                parts = tuple(map(get, names))
+                if parts[-1] is None or (needs_all and None in parts):
+                    continue
+                result = seen.get(parts)
+                if result is None:
+                    result = seen[parts] = self._normalize(name, parts)
             if type(result) is Rejected:
                 rejected.append(result)
             else:
-                found.append((name, *result))
+                found.append(result)
         return found, rejected
 
-    def _normalize(
-        self, type_name: str, parts: tuple[str | None, ...]
-    ) -> tuple[str, str | None] | Rejected:
-        raw = "|".join(p or "" for p in parts)
+    def _normalize(self, type_name: str, parts: tuple[str | None, ...]) -> Normalized | Rejected:
+        """(type, value, detail), or why the value identifies no one."""
+        raw = (parts[0] or "") if len(parts) == 1 else "|".join(p or "" for p in parts)
         normalized, detail, reason = _NORMALIZERS.get(type_name, _composite)(parts, self.region)
         if normalized is None:
             return Rejected(type_name, raw, reason or "invalid")
         why = self.blocked(type_name, raw, normalized)
         if why:
             return Rejected(type_name, raw, f"blocklisted: {why}")
-        return normalized, detail
+        return type_name, normalized, detail
 
     def blocked(self, type_name: str, raw: str, normalized: str) -> str | None:
         """Why a value of `type_name` is set aside by a blocklist (the project's, then the
@@ -249,13 +253,17 @@ class Normalizer:
         checks = self._checks.get(type_name)
         if checks is None:
             checks = self._checks[type_name] = self._checks_of(type_name)
+            self._verdicts[type_name] = {}
+        if not checks:
+            return None
         text = normalized.lower()
-        failed = self._first_failed.get((type_name, text), _UNSEEN)
+        verdicts = self._verdicts[type_name]
+        failed = verdicts.get(text, _UNSEEN)
         if failed is _UNSEEN:
-            failed = self._first_failed[(type_name, text)] = _first_failed(checks, text)
+            failed = verdicts[text] = _first_failed(checks, text)
         written = raw.strip().lower()
-        if written != text:
-            other = _first_failed(checks, written)
+        if written != text:  # its forms the normalized text did not have
+            other = _first_failed(checks, written, (text, _SEPARATORS.sub("", text)))
             if other is not None and (failed is None or other < failed):
                 failed = other
         return None if failed is None else checks[failed].reason
@@ -285,10 +293,11 @@ class _Check:
 _UNSEEN: Any = object()
 
 
-def _first_failed(checks: list[_Check], text: str) -> int | None:
-    """The index of the first check that `text` (or `text` without separators) fails."""
+def _first_failed(checks: list[_Check], text: str, searched: tuple[str, ...] = ()) -> int | None:
+    """The index of the first check that `text` (or `text` without separators) fails; the
+    patterns are not searched again in forms already `searched` (they would fail the same)."""
     bare = _SEPARATORS.sub("", text)
-    forms = (text,) if bare == text else (text, bare)
+    forms = [f for f in ((text,) if bare == text else (text, bare)) if f not in searched]
     for index, check in enumerate(checks):
         if text in check.values:
             return index
@@ -299,42 +308,43 @@ def _first_failed(checks: list[_Check], text: str) -> int | None:
     return None
 
 
-Normalized = tuple["str | None", "str | None", "str | None"]  # value, detail, reason if None
+Normalized = tuple[str, str, "str | None"]  # (type, value, detail) of a usable identifier
+Parsed = tuple["str | None", "str | None", "str | None"]  # value, detail, reason if None
 
 
-def _phone(parts: tuple[str | None, ...], region: str) -> Normalized:
+def _phone(parts: tuple[str | None, ...], region: str) -> Parsed:
     raw = parts[0] or ""
     if "*" in raw:
         return None, None, "masked"
-    parsed = parse_phone(raw, region)
+    parsed = parse_phone.__wrapped__(raw, region)  # the Normalizer caches by raw value
     if parsed is None:
         return None, None, "not a valid phone number"
     return parsed[0], parsed[1], None
 
 
-def _email(parts: tuple[str | None, ...], region: str) -> Normalized:
-    value = email_key(parts[0] or "")
+def _email(parts: tuple[str | None, ...], region: str) -> Parsed:
+    value = email_key.__wrapped__(parts[0] or "")  # the Normalizer caches by raw value
     return (value, None, None) if value else (None, None, "not a valid email address")
 
 
-def _id_number(parts: tuple[str | None, ...], region: str) -> Normalized:
+def _id_number(parts: tuple[str | None, ...], region: str) -> Parsed:
     raw = (parts[0] or "").strip()
     if not ric.is_valid(raw):
         return None, None, "not a valid resident ID number (checksum)"
     return ric.compact(raw), None, None
 
 
-def _plain(parts: tuple[str | None, ...], region: str) -> Normalized:
+def _plain(parts: tuple[str | None, ...], region: str) -> Parsed:
     value = unicodedata.normalize("NFKC", parts[0] or "").strip()
     return (value, None, None) if value else (None, None, "empty")
 
 
-def _device(parts: tuple[str | None, ...], region: str) -> Normalized:
+def _device(parts: tuple[str | None, ...], region: str) -> Parsed:
     value = unicodedata.normalize("NFKC", parts[0] or "").strip().upper()
     return (value, None, None) if len(value) >= 6 else (None, None, "too short for a device id")
 
 
-def _openid(parts: tuple[str | None, ...], region: str) -> Normalized:
+def _openid(parts: tuple[str | None, ...], region: str) -> Parsed:
     appid, openid = (p.strip() if p else "" for p in parts)
     if not openid:
         return None, None, "empty"
@@ -342,7 +352,7 @@ def _openid(parts: tuple[str | None, ...], region: str) -> Normalized:
     return (f"{appid}:{openid}" if appid else openid), None, None
 
 
-def _composite(parts: tuple[str | None, ...], region: str) -> Normalized:
+def _composite(parts: tuple[str | None, ...], region: str) -> Parsed:
     cleaned = [_SPACES.sub("", unicodedata.normalize("NFKC", p or "")).casefold() for p in parts]
     if not all(cleaned):
         return None, None, "a part is empty"

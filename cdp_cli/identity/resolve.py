@@ -121,9 +121,15 @@ def _new_keys(
             f"SELECT t.identity_key, t.source, {select} FROM {table} t NOT INDEXED "
             f"WHERE {where} GROUP BY t.identity_key, t.source ORDER BY t.identity_key, t.source"
         )
-        for key, source, *values in db.conn.execute(sql, params):
-            allowed = fields_of.get(source, default)
-            yield key, {c: v for c, v in zip(columns, values, strict=True) if c in allowed}
+        pickers: dict[str, tuple[list[str], list[int]]] = {}
+        for row in db.conn.execute(sql, params):
+            picker = pickers.get(row[1])
+            if picker is None:
+                allowed = fields_of.get(row[1], default)
+                picked = [(c, i) for i, c in enumerate(columns, 2) if c in allowed]
+                picker = pickers[row[1]] = ([c for c, _ in picked], [i for _, i in picked])
+            names, at = picker
+            yield row[0], dict(zip(names, [row[i] for i in at], strict=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,47 +141,54 @@ class Graph:
 
     def __init__(self, types: tuple[IdentifierType, ...]) -> None:
         self.types = {t.name: t for t in types}
-        self.rank = {t.name: i for i, t in enumerate(types)}
         self.key_node: dict[int, int] = {}  # identity key -> node
-        self.key_of_node: dict[int, int] = {}
         self.ident_node: dict[tuple[str, str], int] = {}
-        self.ident_of_node: dict[int, tuple[str, str]] = {}
-        self.details: dict[tuple[str, str], str | None] = {}  # a phone's type
-        self.links: list[tuple[int, int, int]] = []  # (type rank, identifier node, key node)
+        self.label: list[Any] = []  # node -> its identity key, or its identifier (type, value)
+        self.keys_of: dict[int, list[int]] = {}  # identifier node -> the key nodes carrying it
+        self.details: dict[tuple[str, str], str] = {}  # a phone's type
         self.parent: list[int] = []
         self.size: list[int] = []
-        self.counts: dict[int, dict[str, int]] = {}  # component root -> limited types held
+        # component root -> the limited types it holds, by count; a lone identifier holds one
+        # of its own type without an entry here (see _held)
+        self.counts: dict[int, dict[str, int]] = {}
         self.refused: list[tuple[int, tuple[str, str], str]] = []  # key, identifier, reason
         self.refused_values: dict[tuple[str, str], str] = {}
         self.limits = {n: t.max_per_profile for n, t in self.types.items() if t.max_per_profile}
         # identifier node -> key nodes, for types with `join: false`: such a value makes its
         # record a customer but links it to no other record.
-        self.nonjoining: dict[int, list[int]] = defaultdict(list)
+        self.nonjoining: dict[int, list[int]] = {}
+        # The identifiers in (type, value) order, and the links (identifier node, its key
+        # nodes in key order) in the order resolve() takes them: both set by resolve().
+        self.ordered: list[tuple[tuple[str, str], int]] = []
+        self.links: list[tuple[int, list[int]]] = []
 
-    def _node(self) -> int:
+    def _node(self, label: Any) -> int:
         node = len(self.parent)
         self.parent.append(node)
         self.size.append(1)
+        self.label.append(label)
         return node
+
+    def key_of(self, node: int) -> int:
+        key: int = self.label[node]
+        return key
 
     def add_key(self, key: int, identifiers: Iterable[tuple[str, str, str | None]]) -> None:
         """A key and the (type, value, detail) of the identifiers it carries."""
         node = self.key_node.get(key)
         if node is None:
-            node = self._node()
-            self.key_node[key] = node
-            self.key_of_node[node] = key
+            node = self.key_node[key] = self._node(key)
+        ident_node, keys_of = self.ident_node, self.keys_of
         for type_name, value, detail in identifiers:
             ident = (type_name, value)
-            inode = self.ident_node.get(ident)
+            inode = ident_node.get(ident)
             if inode is None:
-                inode = self._node()
-                self.ident_node[ident] = inode
-                self.ident_of_node[inode] = ident
-                if type_name in self.limits:
-                    self.counts[inode] = {type_name: 1}
-            self.details[ident] = detail  # a value's detail follows from the value itself
-            self.links.append((self.rank[type_name], inode, node))
+                inode = ident_node[ident] = self._node(ident)
+                keys_of[inode] = [node]
+            else:
+                keys_of[inode].append(node)
+            if detail is not None:  # a value's detail follows from the value itself
+                self.details[ident] = detail
 
     def find(self, node: int) -> int:
         parent = self.parent
@@ -186,83 +199,138 @@ class Graph:
             parent[node], node = root, parent[node]
         return root
 
-    def _limit_broken(self, a: int, b: int) -> str | None:
-        ca, cb = self.counts.get(a), self.counts.get(b)
-        if not ca or not cb:
-            return None
-        for type_name, count in ca.items():
-            if count + cb.get(type_name, 0) > self.limits[type_name]:
-                return f"a customer holds at most {self.limits[type_name]} {type_name}"
-        return None
+    def _held(self, root: int) -> dict[str, int] | None:
+        held = self.counts.get(root)
+        if held is None and self.size[root] == 1:
+            label = self.label[root]
+            if type(label) is tuple and label[0] in self.limits:
+                return {label[0]: 1}
+        return held
 
     def union(self, a: int, b: int) -> str | None:
         """Join the components of two nodes; the reason instead when a guard refuses."""
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
             return None
-        reason = self._limit_broken(ra, rb)
-        if reason:
-            return reason
+        ca, cb = self._held(ra), self._held(rb)
+        if ca and cb:
+            for type_name, count in ca.items():
+                if count + cb.get(type_name, 0) > self.limits[type_name]:
+                    return f"a customer holds at most {self.limits[type_name]} {type_name}"
         if self.size[ra] < self.size[rb]:
-            ra, rb = rb, ra
+            ra, rb, ca, cb = rb, ra, cb, ca
         self.parent[rb] = ra
         self.size[ra] += self.size[rb]
-        cb = self.counts.pop(rb, None)
+        self.counts.pop(rb, None)
         if cb:
-            ca = self.counts.get(ra)
-            if ca is None:
-                self.counts[ra] = cb
-            else:
+            if ca:
                 for type_name, count in cb.items():
                     ca[type_name] = ca.get(type_name, 0) + count
+            else:
+                ca = cb
+        if ca:
+            self.counts[ra] = ca
+        return None
+
+    def _attach(self, inode: int, knode: int) -> str | None:
+        """union(knode, inode) for the first link of an identifier, still alone: only its own
+        type can break a limit (no component holds more than a limit), and the key's side is
+        never the smaller, so it joins the key's component."""
+        root = self.find(knode)
+        type_name = self.label[inode][0]
+        limit = self.limits.get(type_name)
+        held = self.counts.get(root)  # a component of more than one node has its entry
+        if limit is not None:
+            count = held.get(type_name, 0) if held else 0
+            if held and count + 1 > limit:
+                return f"a customer holds at most {limit} {type_name}"
+            if held is None:
+                self.counts[root] = {type_name: 1}
+            else:
+                held[type_name] = count + 1
+        self.parent[inode] = root
+        self.size[root] += 1
         return None
 
     def resolve(self) -> None:
-        # Links in a fixed order (type priority, identifier, key), not node numbers: which of
-        # two competing links a guard keeps must not depend on what was loaded first, so an
-        # incremental run decides as a full run would.
-        position = {node: i for i, (_, node) in enumerate(sorted(self.ident_node.items()))}
-        key_of = self.key_of_node
-        self.links = sorted(
-            set(self.links), key=lambda link: (link[0], position[link[1]], key_of[link[2]])
-        )
+        """Take the links in order, joining what the guards allow."""
+        self._order_links()
+        label = self.label
         guarded = {n for n, t in self.types.items() if t.max_profiles_per_value}
-        by_ident: dict[int, list[int]] = defaultdict(list)
-        for _rank, inode, knode in self.links:
-            type_name = self.ident_of_node[inode][0]
+        by_ident: list[tuple[int, list[int]]] = []
+        for inode, knodes in self.links:
+            type_name = label[inode][0]
             if not self.types[type_name].joins:
-                self.nonjoining[inode].append(knode)
+                self.nonjoining[inode] = knodes
                 continue
             if type_name in guarded:
-                by_ident[inode].append(knode)
+                by_ident.append((inode, knodes))
                 continue
-            reason = self.union(knode, inode)
+            reason = self._attach(inode, knodes[0])
             if reason:
-                self.refused.append((self.key_of_node[knode], self.ident_of_node[inode], reason))
-        known = {self.find(k) for _, i, k in self.links if self.ident_of_node[i][0] not in guarded}
-        for inode, knodes in by_ident.items():  # in link order: strongest type first
-            ident = self.ident_of_node[inode]
-            customers = {self.find(k) for k in knodes} & known
+                self.refused.append((label[knodes[0]], label[inode], reason))
+            for knode in knodes[1:]:
+                reason = self.union(knode, inode)
+                if reason:
+                    self.refused.append((label[knode], label[inode], reason))
+        if by_ident:
+            self._resolve_guarded(by_ident, guarded)
+
+    def _order_links(self) -> None:
+        """The identifiers in (type, value) order, and the links in a fixed order (type
+        priority, identifier, key), not node numbers: which of two competing links a guard
+        keeps must not depend on what was loaded first, so an incremental run decides as a
+        full run would."""
+        by_type: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for (type_name, value), inode in self.ident_node.items():
+            by_type[type_name].append((value, inode))
+        for values in by_type.values():
+            values.sort()
+        self.ordered = [((t, v), inode) for t in sorted(by_type) for v, inode in by_type[t]]
+        label, keys_of = self.label, self.keys_of
+        for type_name in self.types:  # strongest first
+            for _, inode in by_type.get(type_name, ()):
+                knodes = keys_of[inode]
+                if len(knodes) > 1:  # in key order, each once
+                    knodes = keys_of[inode] = sorted(set(knodes), key=label.__getitem__)
+                self.links.append((inode, knodes))
+
+    def _resolve_guarded(self, by_ident: list[tuple[int, list[int]]], guarded: set[str]) -> None:
+        """Link the values of guarded types last, each only when it is seen with few enough
+        customers (components that hold an identifier of a type not guarded)."""
+        label, find = self.label, self.find
+        known = {
+            find(k)
+            for inode, knodes in self.links
+            if label[inode][0] not in guarded
+            for k in knodes
+        }
+        for inode, knodes in by_ident:  # in link order: strongest type first
+            ident = label[inode]
+            customers = {find(k) for k in knodes} & known
             limit = self.types[ident[0]].max_profiles_per_value or 0
             if len(customers) > limit:
-                reason = f"seen with {len(customers)} customers (max_profiles_per_value {limit})"
-                self.refused_values[ident] = reason
-                self.refused += [(self.key_of_node[k], ident, reason) for k in knodes]
+                why = f"seen with {len(customers)} customers (max_profiles_per_value {limit})"
+                self.refused_values[ident] = why
+                self.refused += [(label[k], ident, why) for k in knodes]
                 continue
             for knode in knodes:
                 reason = self.union(knode, inode)
                 if reason:
-                    self.refused.append((self.key_of_node[knode], ident, reason))
+                    self.refused.append((label[knode], ident, reason))
 
     def components(self) -> dict[int, list[int]]:
-        """root -> key nodes, for keys that hold a linked or a non-joining identifier."""
-        linked_keys = {k for knodes in self.nonjoining.values() for k in knodes}
-        for _, inode, knode in self.links:
-            if self.find(inode) == self.find(knode):
-                linked_keys.add(knode)
+        """root -> key nodes, for keys that hold a linked or a non-joining identifier.
+
+        A key joins others only through a link of its own, so a key in a component of more
+        than one node holds a linked identifier. Key nodes come in node order."""
+        nonjoining = {k for knodes in self.nonjoining.values() for k in knodes}
+        find, size = self.find, self.size
         groups: dict[int, list[int]] = defaultdict(list)
-        for knode in sorted(linked_keys):
-            groups[self.find(knode)].append(knode)
+        for knode in self.key_node.values():  # made in node order
+            root = find(knode)
+            if size[root] > 1 or knode in nonjoining:
+                groups[root].append(knode)
         return groups
 
 
@@ -285,7 +353,7 @@ def _assign(
     share: dict[str, Counter[int]] = defaultdict(Counter)
     for root, knodes in groups.items():
         for knode in knodes:
-            old = previous.get(graph.key_of_node[knode])
+            old = previous.get(graph.label[knode])
             if old:
                 share[old][root] += 1
     claimed: dict[int, list[str]] = defaultdict(list)
@@ -302,7 +370,9 @@ def _assign(
     one_ids: dict[int, str] = {}
     history: list[tuple[str, str, str | None]] = []
     for root in groups:
-        olds = sorted(claimed.get(root, []), key=lambda o: (created_at.get(o, ""), o))
+        olds = claimed.get(root, [])
+        if len(olds) > 1:
+            olds = sorted(olds, key=lambda o: (created_at.get(o, ""), o))
         if olds:
             one_ids[root] = olds[0]
             history += [(old, "merged", olds[0]) for old in olds[1:]]
@@ -619,7 +689,7 @@ def _identifier_rows(graph: Graph, one_ids: dict[int, str]) -> list[tuple[int, I
     graph, in (type, value) order: the order of the table's unique index."""
     rows: list[tuple[int, IdentifierRow]] = []
     find, details, nonjoining = graph.find, graph.details, graph.nonjoining
-    for ident, inode in sorted(graph.ident_node.items()):
+    for ident, inode in graph.ordered:
         refused = graph.refused_values.get(ident)
         if inode in nonjoining:
             roots = {find(k) for k in nonjoining[inode]}
@@ -646,7 +716,6 @@ def _rewrite(
     for table in RESOLVED_TABLES:
         conn.execute(f"DELETE FROM {table}")
     id_of = {inode: number for number, (inode, _) in enumerate(ident_rows, 1)}
-    key_of = graph.key_of_node
     with _indexes_built_after(conn, RESOLVED_TABLES):
         conn.executemany(
             "INSERT INTO identity_keys (key, one_id, resolved_at) VALUES (?, ?, ?)", key_rows
@@ -658,9 +727,15 @@ def _rewrite(
         )
         conn.executemany(
             "INSERT INTO key_identifiers (key, identifier_id) VALUES (?, ?)",
-            sorted({(key_of[knode], id_of[inode]) for _, inode, knode in graph.links}),
+            _key_identifiers(graph, id_of),
         )
     return id_of
+
+
+def _key_identifiers(graph: Graph, id_of: dict[int, int]) -> list[tuple[int, int]]:
+    """(key, identifier id) of every link, in the order of the table's primary key."""
+    label = graph.label
+    return sorted((label[k], id_of[inode]) for inode, knodes in graph.links for k in knodes)
 
 
 def _update(
@@ -695,10 +770,9 @@ def _update(
             "JOIN identifiers i ON i.type = g.type AND i.value = g.value"
         )
     }
-    key_of = graph.key_of_node
     conn.executemany(
         "INSERT OR IGNORE INTO key_identifiers (key, identifier_id) VALUES (?, ?)",
-        sorted({(key_of[knode], id_of[inode]) for _, inode, knode in graph.links}),
+        _key_identifiers(graph, id_of),
     )
     return id_of
 
