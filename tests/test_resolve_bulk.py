@@ -1,16 +1,20 @@
 """Resolve at size: a `--full` rerun costs what a first run costs (no path that grows with the
-square of the customers), and the phone-type fast path says what phonenumbers says."""
+square of the customers), and the quicker ways to judge a value (the phone type, the
+blocklist) say what the slower ones said."""
 
 from __future__ import annotations
 
 import random
+import re
 import time
 from pathlib import Path
 
 import phonenumbers
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cdp_cli.config import load_config
-from cdp_cli.identity.normalize import _CN_TYPES
+from cdp_cli.config import BUILTIN_TYPES, IdentityRules, load_config
+from cdp_cli.identity.normalize import _CN_TYPES, Normalizer
 from cdp_cli.identity.resolve import resolve
 from cdp_cli.store import open_store
 from tests.conftest import query
@@ -65,13 +69,12 @@ def test_full_rerun_of_a_resolved_store_takes_at_most_twice_the_first_run(run, w
         "mode": "full", "profiles": MEMBERS, "created": MEMBERS, "merged": 0, "split": 0
     }  # fmt: skip
     mapping = query(tmp_path / "cdp.db", "SELECT key, one_id FROM id_mapping ORDER BY key")
-    # Two reruns, the quicker counts: a burst of load on a shared machine is not a regression.
-    reruns = [_timed_resolve(tmp_path / "cdp.yaml", full=True) for _ in range(2)]
-    for _, rerun in reruns:
-        assert rerun == {"mode": "full", "profiles": MEMBERS, "created": 0, "merged": 0, "split": 0}
+    rerun, changed = _timed_resolve(tmp_path / "cdp.yaml", full=True)
+    if rerun > 2 * first:  # once more: a burst of load on a shared machine is no regression
+        rerun = min(rerun, _timed_resolve(tmp_path / "cdp.yaml", full=True)[0])
+    assert changed == {"mode": "full", "profiles": MEMBERS, "created": 0, "merged": 0, "split": 0}
     assert query(tmp_path / "cdp.db", "SELECT key, one_id FROM id_mapping ORDER BY key") == mapping
-    fastest = min(seconds for seconds, _ in reruns)
-    assert fastest <= 2 * first, f"--full rerun {fastest:.2f} s, first run {first:.2f} s"
+    assert rerun <= 2 * first, f"--full rerun {rerun:.2f} s, first run {first:.2f} s"
 
 
 def test_phone_types_are_the_ones_phonenumbers_gives():
@@ -85,3 +88,49 @@ def test_phone_types_are_the_ones_phonenumbers_gives():
             if _CN_TYPES.number_type(national) != phonenumbers.number_type(number):
                 differ.append(national)
     assert differ == []
+
+
+def _blocked_as_before(normalizer: Normalizer, type_name: str, raw: str, normalized: str):
+    """The blocklist as it was judged value by value before its checks were grouped per type
+    and the normalized value's verdict cached: the reference."""
+    from cdp_cli.identity.junk import JUNK_RULES
+    from cdp_cli.identity.normalize import _SEPARATORS, PROJECT_BLOCKLIST
+
+    texts = {raw.strip().lower(), normalized.lower()}
+    forms = texts | {_SEPARATORS.sub("", t) for t in texts}
+    project = normalizer._project
+    if texts & project.values or any(p.search(f) for p in project.patterns for f in forms):
+        return PROJECT_BLOCKLIST
+    for rule in JUNK_RULES:
+        if rule.name in normalizer.rules.default_blocklist_off or not rule.judges(type_name):
+            continue
+        judged = [f for f in forms if len(f) >= rule.min_length.get(type_name, 0)]
+        pattern = re.compile(rule.pattern, re.IGNORECASE) if rule.pattern else None
+        if texts & rule.values or (pattern and any(pattern.search(f) for f in judged)):
+            return f"{rule.why} ({rule.name})"
+    return None
+
+
+junk_like = st.text(alphabet="01 9-x.@+Tt", max_size=12) | st.sampled_from(
+    ["null", " N/A ", "test@qq.com", "13912345678", "+86 139 1234 5678", "1111-1111", "a@spam.cn"]
+)
+RULES = [
+    IdentityRules(),
+    IdentityRules(blocklist=("13912345678", r"re:^9+$", r"re:@spam\.cn$")),
+    IdentityRules(default_blocklist_off=("repeated_character",)),
+]
+
+
+@settings(max_examples=500)
+@given(
+    st.sampled_from(range(len(RULES))),
+    st.sampled_from([t.name for t in BUILTIN_TYPES]),
+    st.lists(st.tuples(junk_like, junk_like), min_size=1, max_size=4),
+)
+def test_blocklist_verdicts_are_the_ones_judged_value_by_value(rules, type_name, values):
+    """Raw values that share a normalized one (the verdict cached for it) included."""
+    normalizer = Normalizer(RULES[rules], "CN")
+    for raw, normalized in values:
+        for written in (raw, normalized + " ", raw.upper()):
+            expected = _blocked_as_before(normalizer, type_name, written, normalized)
+            assert normalizer.blocked(type_name, written, normalized) == expected

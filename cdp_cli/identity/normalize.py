@@ -257,13 +257,20 @@ class Normalizer:
         if not checks:
             return None
         text = normalized.lower()
+        bare = None
         verdicts = self._verdicts[type_name]
         failed = verdicts.get(text, _UNSEEN)
         if failed is _UNSEEN:
-            failed = verdicts[text] = _first_failed(checks, text)
+            bare = _SEPARATORS.sub("", text)
+            forms: tuple[str, ...] = (text,) if bare == text else (text, bare)
+            failed = verdicts[text] = _first_failed(checks, text, forms)
         written = raw.strip().lower()
-        if written != text:  # its forms the normalized text did not have
-            other = _first_failed(checks, written, (text, _SEPARATORS.sub("", text)))
+        if written != text:
+            if bare is None:
+                bare = _SEPARATORS.sub("", text)
+            written_bare = _SEPARATORS.sub("", written)
+            # Only the forms the normalized value did not have: the others fail as they did.
+            other = _first_failed(checks, written, tuple({written, written_bare} - {text, bare}))
             if other is not None and (failed is None or other < failed):
                 failed = other
         return None if failed is None else checks[failed].reason
@@ -293,17 +300,16 @@ class _Check:
 _UNSEEN: Any = object()
 
 
-def _first_failed(checks: list[_Check], text: str, searched: tuple[str, ...] = ()) -> int | None:
-    """The index of the first check that `text` (or `text` without separators) fails; the
-    patterns are not searched again in forms already `searched` (they would fail the same)."""
-    bare = _SEPARATORS.sub("", text)
-    forms = [f for f in ((text,) if bare == text else (text, bare)) if f not in searched]
+def _first_failed(checks: list[_Check], text: str, forms: tuple[str, ...]) -> int | None:
+    """The index of the first check that fails `text` (matched whole against its values) or
+    one of `forms` (searched with its patterns)."""
     for index, check in enumerate(checks):
         if text in check.values:
             return index
+        shortest = check.shortest
         for pattern in check.patterns:
             for form in forms:
-                if len(form) >= check.shortest and pattern.search(form):
+                if len(form) >= shortest and pattern.search(form):
                     return index
     return None
 
