@@ -491,17 +491,49 @@ def crm_case(workdir: Path, rows: int, no_wait: bool) -> dict[str, Any]:
     wait_for_quiet(no_wait)
     base = min((crm_baseline(csv_path) for _ in range(3)), key=lambda b: b["seconds"])
     cdp = cdp_resolve(config)
+    floor = write_floor(folder / "cdp.db", folder / "floor.db")
     profiles = cdp["result"]["profiles"]
     return {
         "rows": rows,
         "ingest": ingested,
         "baseline": base,
         "cdp": cdp,
+        "write_floor": floor,
         "ratio": cdp["seconds"] / base["seconds"],
         "ratio_in_process": cdp["in_process_s"] / base["seconds"],
+        "write_floor_ratio": floor["seconds"] / base["seconds"],
         "profiles": profiles,
         "load_average": {"before": load_before, "after": os.getloadavg()},
     }
+
+
+WRITTEN_TABLES = ("identity_keys", "identifiers", "key_identifiers", "profiles", "id_history")
+
+
+def write_floor(store: Path, scratch: Path) -> dict[str, Any]:
+    """What SQLite alone takes to write the rows a resolve wrote: each table's rows, read
+    from the resolved store first (not timed), inserted with one executemany per table into
+    tables of the same columns without any index or key, in one transaction. No resolve can
+    take less, whatever the plain pass takes."""
+    source = sqlite3.connect(store)
+    tables = {t: source.execute(f"SELECT * FROM {t}").fetchall() for t in WRITTEN_TABLES}
+    columns = {t: len(source.execute(f"SELECT * FROM {t} LIMIT 0").description) for t in tables}
+    source.close()
+    bench.fresh(scratch)
+    conn = sqlite3.connect(scratch, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    started = time.perf_counter()
+    conn.execute("BEGIN")
+    for table, rows in tables.items():
+        names = ", ".join(f"c{i}" for i in range(columns[table]))
+        conn.execute(f"CREATE TABLE {table} ({names})")
+        conn.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * columns[table])})", rows)
+    conn.execute("COMMIT")
+    seconds = time.perf_counter() - started
+    conn.close()
+    bench.fresh(scratch)
+    return {"seconds": seconds, "rows": {t: len(rows) for t, rows in tables.items()}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -697,8 +729,10 @@ def report_summary(result: dict[str, Any], crm: dict[str, Any] | None) -> None:
             f"{base['seconds']:.2f} s, cdp resolve {cdp['seconds']:.2f} s "
             f"({cdp['in_process_s']:.2f} s in resolve), peak RSS {cdp['rss_mb']:.0f} MB: "
             f"{crm['ratio']:.1f}x ({crm['ratio_in_process']:.1f}x in resolve), target "
-            f"<= {CRM_TARGET:.0f}x; load {crm['load_average']['before'][0]:.1f} before, "
-            f"{crm['load_average']['after'][0]:.1f} after"
+            f"<= {CRM_TARGET:.0f}x; writing its {sum(crm['write_floor']['rows'].values()):,} "
+            f"rows alone: {crm['write_floor']['seconds']:.2f} s, "
+            f"{crm['write_floor_ratio']:.1f}x; load {crm['load_average']['before'][0]:.1f} "
+            f"before, {crm['load_average']['after'][0]:.1f} after"
         )
     print()
     for name, ok in result["pass"].items():

@@ -36,13 +36,19 @@ def build_profiles(
 ) -> None:
     """(Re)build the golden rows of these one_ids from their records and identifiers.
 
-    `everyone` says that `one_ids` are all the one_ids the identity keys hold (a full
-    resolve): the records are then read in one scan each, instead of through each one_id's
-    keys, which is what a few one_ids want."""
+    `everyone` builds them for every one_id the identity keys hold instead (a full resolve):
+    the records are then read in one scan of each table, not through each one_id's keys,
+    which is what a few one_ids want."""
     conn = db.conn
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS targets (one_id TEXT PRIMARY KEY)")
     conn.execute("DELETE FROM targets")
-    conn.executemany("INSERT INTO targets VALUES (?)", [(o,) for o in sorted(one_ids)])
+    if everyone:
+        conn.execute(
+            "INSERT INTO targets SELECT DISTINCT one_id FROM identity_keys "
+            "WHERE one_id IS NOT NULL ORDER BY one_id"
+        )
+    else:
+        conn.executemany("INSERT INTO targets VALUES (?)", [(o,) for o in sorted(one_ids)])
     conn.execute(_profiles_sql(source_priority, everyone), [*source_priority, at, at])
 
 

@@ -678,7 +678,7 @@ def _write(
     current = set(one_ids.values())  # a set: a membership test on .values() scans them all
     merged_away = [old for old in set(previous.values()) if old and old not in current]
     db.conn.executemany("DELETE FROM profiles WHERE one_id = ?", [(o,) for o in merged_away])
-    build_profiles(db, sorted(current), at, source_priority, everyone=full)
+    build_profiles(db, [] if full else sorted(current), at, source_priority, everyone=full)
 
 
 IdentifierRow = tuple[str, str, "str | None", "str | None", str, "str | None"]
