@@ -160,7 +160,7 @@ class Graph:
         # The identifiers in (type, value) order, and the links (identifier node, its key
         # nodes in key order) in the order resolve() takes them: both set by resolve().
         self.ordered: list[tuple[tuple[str, str], int]] = []
-        self.links: list[tuple[int, list[int]]] = []
+        self.links_by_type: list[tuple[str, list[tuple[int, list[int]]]]] = []
 
     def _node(self, label: Any) -> int:
         node = len(self.parent)
@@ -232,21 +232,19 @@ class Graph:
             self.counts[ra] = ca
         return None
 
-    def _attach(self, inode: int, knode: int) -> str | None:
+    def _attach(self, inode: int, knode: int, type_name: str, limit: int | None) -> str | None:
         """union(knode, inode) for the first link of an identifier, still alone: only its own
         type can break a limit (no component holds more than a limit), and the key's side is
         never the smaller, so it joins the key's component."""
         root = self.find(knode)
-        type_name = self.label[inode][0]
-        limit = self.limits.get(type_name)
-        held = self.counts.get(root)  # a component of more than one node has its entry
         if limit is not None:
-            count = held.get(type_name, 0) if held else 0
-            if held and count + 1 > limit:
-                return f"a customer holds at most {limit} {type_name}"
+            held = self.counts.get(root)  # a component of more than one node has its entry
             if held is None:
                 self.counts[root] = {type_name: 1}
             else:
+                count = held.get(type_name, 0)
+                if count + 1 > limit:
+                    return f"a customer holds at most {limit} {type_name}"
                 held[type_name] = count + 1
         self.parent[inode] = root
         self.size[root] += 1
@@ -258,21 +256,23 @@ class Graph:
         label = self.label
         guarded = {n for n, t in self.types.items() if t.max_profiles_per_value}
         by_ident: list[tuple[int, list[int]]] = []
-        for inode, knodes in self.links:
-            type_name = label[inode][0]
+        for type_name, links in self.links_by_type:
             if not self.types[type_name].joins:
-                self.nonjoining[inode] = knodes
+                self.nonjoining.update(links)
                 continue
             if type_name in guarded:
-                by_ident.append((inode, knodes))
+                by_ident += links
                 continue
-            reason = self._attach(inode, knodes[0])
-            if reason:
-                self.refused.append((label[knodes[0]], label[inode], reason))
-            for knode in knodes[1:]:
-                reason = self.union(knode, inode)
+            limit = self.limits.get(type_name)
+            for inode, knodes in links:
+                reason = self._attach(inode, knodes[0], type_name, limit)
                 if reason:
-                    self.refused.append((label[knode], label[inode], reason))
+                    self.refused.append((label[knodes[0]], label[inode], reason))
+                if len(knodes) > 1:
+                    for knode in knodes[1:]:
+                        reason = self.union(knode, inode)
+                        if reason:
+                            self.refused.append((label[knode], label[inode], reason))
         if by_ident:
             self._resolve_guarded(by_ident, guarded)
 
@@ -289,11 +289,19 @@ class Graph:
         self.ordered = [((t, v), inode) for t in sorted(by_type) for v, inode in by_type[t]]
         label, keys_of = self.label, self.keys_of
         for type_name in self.types:  # strongest first
+            links = []
             for _, inode in by_type.get(type_name, ()):
                 knodes = keys_of[inode]
                 if len(knodes) > 1:  # in key order, each once
                     knodes = keys_of[inode] = sorted(set(knodes), key=label.__getitem__)
-                self.links.append((inode, knodes))
+                links.append((inode, knodes))
+            self.links_by_type.append((type_name, links))
+
+    @property
+    def links(self) -> Iterator[tuple[int, list[int]]]:
+        """(identifier node, its key nodes) of every identifier, in link order."""
+        for _, links in self.links_by_type:
+            yield from links
 
     def _resolve_guarded(self, by_ident: list[tuple[int, list[int]]], guarded: set[str]) -> None:
         """Link the values of guarded types last, each only when it is seen with few enough
