@@ -121,15 +121,17 @@ def _new_keys(
             f"SELECT t.identity_key, t.source, {select} FROM {table} t NOT INDEXED "
             f"WHERE {where} GROUP BY t.identity_key, t.source ORDER BY t.identity_key, t.source"
         )
-        pickers: dict[str, tuple[list[str], list[int]]] = {}
+        allowed_of: dict[str, set[str] | None] = {}  # None: every column
         for row in db.conn.execute(sql, params):
-            picker = pickers.get(row[1])
-            if picker is None:
-                allowed = fields_of.get(row[1], default)
-                picked = [(c, i) for i, c in enumerate(columns, 2) if c in allowed]
-                picker = pickers[row[1]] = ([c for c, _ in picked], [i for _, i in picked])
-            names, at = picker
-            yield row[0], dict(zip(names, [row[i] for i in at], strict=True))
+            source = row[1]
+            if source not in allowed_of:
+                declared = fields_of.get(source, default)
+                allowed_of[source] = None if declared.issuperset(columns) else declared
+            allowed = allowed_of[source]
+            fields = dict(zip(columns, row[2:], strict=True))
+            if allowed is not None:
+                fields = {c: v for c, v in fields.items() if c in allowed}
+            yield row[0], fields
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +146,9 @@ class Graph:
         self.key_node: dict[int, int] = {}  # identity key -> node
         self.ident_node: dict[tuple[str, str], int] = {}
         self.label: list[Any] = []  # node -> its identity key, or its identifier (type, value)
-        self.keys_of: dict[int, list[int]] = {}  # identifier node -> the key nodes carrying it
+        self.keys_of: list[
+            list[int] | None
+        ] = []  # node -> the key nodes carrying it (an identifier)
         self.details: dict[tuple[str, str], str] = {}  # a phone's type
         self.parent: list[int] = []
         self.size: list[int] = []
@@ -162,16 +166,13 @@ class Graph:
         self.ordered: list[tuple[tuple[str, str], int]] = []
         self.links_by_type: list[tuple[str, list[tuple[int, list[int]]]]] = []
 
-    def _node(self, label: Any) -> int:
+    def _node(self, label: Any, keys: list[int] | None = None) -> int:
         node = len(self.parent)
         self.parent.append(node)
         self.size.append(1)
         self.label.append(label)
+        self.keys_of.append(keys)
         return node
-
-    def key_of(self, node: int) -> int:
-        key: int = self.label[node]
-        return key
 
     def add_key(self, key: int, identifiers: Iterable[tuple[str, str, str | None]]) -> None:
         """A key and the (type, value, detail) of the identifiers it carries."""
@@ -183,10 +184,9 @@ class Graph:
             ident = (type_name, value)
             inode = ident_node.get(ident)
             if inode is None:
-                inode = ident_node[ident] = self._node(ident)
-                keys_of[inode] = [node]
+                ident_node[ident] = self._node(ident, [node])
             else:
-                keys_of[inode].append(node)
+                keys_of[inode].append(node)  # type: ignore[union-attr]
             if detail is not None:  # a value's detail follows from the value itself
                 self.details[ident] = detail
 
@@ -281,17 +281,17 @@ class Graph:
         priority, identifier, key), not node numbers: which of two competing links a guard
         keeps must not depend on what was loaded first, so an incremental run decides as a
         full run would."""
-        by_type: dict[str, list[tuple[str, int]]] = defaultdict(list)
-        for (type_name, value), inode in self.ident_node.items():
-            by_type[type_name].append((value, inode))
-        for values in by_type.values():
-            values.sort()
-        self.ordered = [((t, v), inode) for t in sorted(by_type) for v, inode in by_type[t]]
+        by_type: dict[str, list[tuple[str, int, tuple[str, str]]]] = defaultdict(list)
+        for ident, inode in self.ident_node.items():
+            by_type[ident[0]].append((ident[1], inode, ident))
+        for entries in by_type.values():
+            entries.sort()  # by value: no two are equal
+        self.ordered = [(ident, inode) for t in sorted(by_type) for _, inode, ident in by_type[t]]
         label, keys_of = self.label, self.keys_of
         for type_name in self.types:  # strongest first
             links = []
-            for _, inode in by_type.get(type_name, ()):
-                knodes = keys_of[inode]
+            for _, inode, _ in by_type.get(type_name, ()):
+                knodes: list[int] = keys_of[inode]  # type: ignore[assignment]
                 if len(knodes) > 1:  # in key order, each once
                     knodes = keys_of[inode] = sorted(set(knodes), key=label.__getitem__)
                 links.append((inode, knodes))
