@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from cdp_cli.config import BUILTIN_TYPES, IdentityRules, load_config
 from cdp_cli.identity.normalize import _CN_TYPES, Normalizer
 from cdp_cli.identity.resolve import resolve
+from cdp_cli.ingest import ingest_file
 from cdp_cli.store import open_store
 from tests.conftest import query
 
@@ -30,12 +31,12 @@ sources:
 """
 
 
-def write_members(path: Path, rows: int) -> None:
+def write_members(path: Path, rows: int, first: int = 0) -> None:
     """Members with a phone and an email of their own, written as exports write them: one
     customer per record, so a rerun holds as many one_ids as a store of this size can."""
     rng = random.Random(5)
     lines = ["member_no,name,phone,email"]
-    for n in range(rows):
+    for n in range(first, first + rows):
         phone = f"13{n % 10}{(n * 7_919_993 + 12_345) % 10**8:08d}"
         written = rng.choice([phone, f"+86 {phone[:3]} {phone[3:7]} {phone[7:]}", f"0086{phone}"])
         lines.append(f"M{n:07d},member {n},{written}, Member.{n}@Example.com ")
@@ -75,6 +76,43 @@ def test_full_rerun_of_a_resolved_store_takes_at_most_twice_the_first_run(run, w
     assert changed == {"mode": "full", "profiles": MEMBERS, "created": 0, "merged": 0, "split": 0}
     assert query(tmp_path / "cdp.db", "SELECT key, one_id FROM id_mapping ORDER BY key") == mapping
     assert rerun <= 2 * first, f"--full rerun {rerun:.2f} s, first run {first:.2f} s"
+
+
+def _project(folder: Path, *files: Path) -> Path:
+    """A project in `folder` with these member files ingested; its cdp.yaml."""
+    folder.mkdir()
+    config_path = folder / "cdp.yaml"
+    config_path.write_text(CONFIG, encoding="utf-8")
+    _ingest(config_path, *files)
+    return config_path
+
+
+def _ingest(config_path: Path, *files: Path) -> None:
+    config = load_config(config_path)
+    db = open_store(config.store)
+    try:
+        for path in files:
+            assert ingest_file(db, config.sources["crm"], path).status == "done"
+    finally:
+        db.close()
+
+
+def test_full_run_with_new_customers_next_to_resolved_ones_costs_what_a_first_run_does(tmp_path):
+    """Each new customer once, not once per customer already there."""
+    old, new = tmp_path / "old.csv", tmp_path / "new.csv"
+    write_members(old, MEMBERS // 2)
+    write_members(new, MEMBERS // 2, first=MEMBERS // 2)
+    fresh = _project(tmp_path / "fresh", old, new)
+    first, created = _timed_resolve(fresh, full=False)
+    assert created["created"] == MEMBERS
+    grown = _project(tmp_path / "grown", old)
+    assert _timed_resolve(grown, full=False)[1]["created"] == MEMBERS // 2
+    _ingest(grown, new)
+    full, changed = _timed_resolve(grown, full=True)
+    assert changed == {
+        "mode": "full", "profiles": MEMBERS, "created": MEMBERS // 2, "merged": 0, "split": 0
+    }  # fmt: skip
+    assert full <= 2 * first, f"--full with new customers {full:.2f} s, first run {first:.2f} s"
 
 
 def test_phone_types_are_the_ones_phonenumbers_gives():

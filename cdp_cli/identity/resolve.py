@@ -365,9 +365,12 @@ def _assign(
             if old:
                 share[old][root] += 1
     claimed: dict[int, list[str]] = defaultdict(list)
+    olds_in: dict[int, list[str]] = defaultdict(list)  # root -> the old one_ids it has keys of
     for old, roots in share.items():
         root = max(roots, key=lambda r: (roots[r], -r))
         claimed[root].append(old)
+        for root in roots:
+            olds_in[root].append(old)
     # Which of several old one_ids a merged component keeps: the oldest profile's.
     created_at = _created_at(
         db, [old for olds in claimed.values() if len(olds) > 1 for old in olds]
@@ -387,7 +390,7 @@ def _assign(
             stats["merged"] += len(olds) - 1
         else:
             one_ids[root] = next(fresh)
-            split_from = [old for old in share if root in share[old]]
+            split_from = olds_in.get(root, [])
             if split_from:
                 history += [(one_ids[root], "split", old) for old in split_from]
                 stats["split"] += 1
