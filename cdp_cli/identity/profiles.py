@@ -78,12 +78,14 @@ def _profiles_sql(source_priority: tuple[str, ...], everyone: bool) -> str:
         for f in GOLDEN_FIELDS
     )
     # A customer's sources in the order of their first record: kind tables in this order,
-    # each in rowid order, whatever order the plan reads them in.
+    # each in rowid order. The grouping keeps the order rows come in: a scan of every table
+    # brings them so; through the targets' keys they are put in that order first.
     seen = " UNION ALL ".join(
         f"SELECT k.one_id, {n} AS kind, t.rowid AS row, t.source, t.{column} AS at "
         f"{_records_of(table, everyone)}"
         for n, (table, column) in enumerate(SEEN_COLUMNS.items())
     )
+    seen_in_order = "seen" if everyone else "(SELECT * FROM seen ORDER BY one_id, kind, row)"
     in_targets = "" if everyone else "AND i.one_id IN (SELECT one_id FROM targets)"
     joins = " ".join(f"LEFT JOIN best_{f} ON best_{f}.one_id = g.one_id" for f in GOLDEN_FIELDS)
     lineage = ", ".join(f"'{f}', best_{f}.origin" for f in GOLDEN_FIELDS)
@@ -100,7 +102,7 @@ seen AS ({seen}),
 seen_by AS (
   SELECT one_id, min(at) AS first_seen, max(at) AS last_seen, count(*) AS records,
          json_group_array(DISTINCT source) AS sources
-  FROM (SELECT * FROM seen ORDER BY one_id, kind, row) GROUP BY one_id),
+  FROM {seen_in_order} GROUP BY one_id),
 idents AS (
   SELECT one_id, type, json_group_array(value) AS vals FROM (
     SELECT one_id, type, value FROM identifiers i WHERE i.status = 'linked' {in_targets}
