@@ -1,8 +1,9 @@
 """Identifier normalization: the one written form of a phone number or an email address.
 
-Each distinct raw value is normalized once (an LRU cache), whatever the number of records
-that carry it. A value that cannot be normalized is None: it stays on its record as written
-but never identifies anyone.
+Each distinct raw value is normalized once per run (the Normalizer's cache, per type),
+whatever the number of records that carry it; lookups of one value at a time (`cdp profile
+--phone`) have an LRU cache. A value that cannot be normalized is None: it stays on its
+record as written but never identifies anyone.
 """
 
 from __future__ import annotations
