@@ -469,3 +469,10 @@ DROP INDEX messages_link_code;
 CREATE INDEX messages_link_code ON messages (link_code) WHERE link_code IS NOT NULL;
 """,
     )
+
+
+@migration(10)
+def record_wait_reasons(db: sqlite_utils.Database) -> None:
+    """Why an enrolment waits at a send step (quiet hours, the frequency cap, or a problem of the
+    project's), so that `cdp journey status` can say it; NULL at a wait step."""
+    _run_script(db.conn, "ALTER TABLE journey_enrolments ADD COLUMN wait_reason TEXT;")

@@ -87,10 +87,12 @@ def test_the_frequency_cap_counts_what_was_sent(store) -> None:
     config, db = store
     customers, ids = load(config, db, datetime(2026, 11, 15, 10, 30, tzinfo=SHANGHAI))
     assert config.sending.per_day == 1
-    assert not customers.capped(ids["W1"], config.sending)
-    customers.count_sent(ids["W1"])
-    assert customers.capped(ids["W1"], config.sending)
-    assert not customers.capped(ids["W2"], config.sending)
+    now = datetime(2026, 11, 15, 10, 30, tzinfo=SHANGHAI)
+    assert customers.cap_lifts(ids["W1"], config.sending, now) is None
+    customers.count_sent(ids["W1"], now)
+    # the day's cap lifts at the next midnight of the project's timezone
+    assert customers.cap_lifts(ids["W1"], config.sending, now) == "2026-11-16T00:00:00+08:00"
+    assert customers.cap_lifts(ids["W2"], config.sending, now) is None
 
 
 def test_quiet_hours_defer_in_the_customers_own_timezone(store) -> None:
