@@ -21,7 +21,12 @@ import sqlite_utils
 from phonenumbers import timezone as phone_timezones
 
 from cdp_cli.consent import CUSTOMER_CONSENTS
-from cdp_cli.messaging.channels import ADDRESS_TYPES, CHANNELS, opted_out_channels
+from cdp_cli.messaging.channels import (
+    ADDRESS_TYPES,
+    CHANNELS,
+    opted_out_channels,
+    purposes_obeyed,
+)
 from cdp_cli.messaging.settings import SendSettings
 
 IN_BATCH = "IN (SELECT value FROM json_each(?))"
@@ -40,8 +45,14 @@ class Customers:
 
     @classmethod
     def load(
-        cls, db: sqlite_utils.Database, one_ids: list[str], now: datetime, settings: SendSettings
+        cls,
+        db: sqlite_utils.Database,
+        one_ids: list[str],
+        now: datetime,
+        settings: SendSettings,
+        transactional: bool = False,
     ) -> Customers:
+        """`transactional`: the journey's, which decides the consent purposes it obeys."""
         conn, ids = db.conn, json.dumps(one_ids)
         found = cls()
         for one_id, type_name, value, detail in conn.execute(
@@ -53,8 +64,10 @@ class Customers:
         ):
             found.addresses.setdefault(one_id, []).append((type_name, value, detail))
         latest: dict[tuple[str, str], str] = {}
-        for one_id, channel, status, *_ in conn.execute(CUSTOMER_CONSENTS, (ids, ids)):
-            latest[(one_id, channel)] = status
+        obeyed = purposes_obeyed(transactional)
+        for one_id, channel, status, *_, purpose in conn.execute(CUSTOMER_CONSENTS, (ids, ids)):
+            if purpose in obeyed:
+                latest[(one_id, channel)] = status
         for (one_id, channel), status in latest.items():
             if status == "opt_out":
                 found.opted_out.setdefault(one_id, set()).update(opted_out_channels(channel))

@@ -218,7 +218,9 @@ def send_batch(run: JourneyRun, step: Send, batch: list[Enrolment]) -> dict[int,
             live.append(e)
     if live:
         one_ids = [e.one_id for e in live]
-        customers = Customers.load(run.db, one_ids, run.now, run.settings)
+        customers = Customers.load(
+            run.db, one_ids, run.now, run.settings, run.journey.transactional
+        )
         data = TemplateData.load(run.db, one_ids, run.feature_columns)
         earlier = enrolment_coupons(run, live) if not step.coupon and run.coupon_steps else {}
         codes = link_codes(run, [ids[e.id] for e in live]) if step.link else {}
