@@ -469,3 +469,27 @@ DROP INDEX messages_link_code;
 CREATE INDEX messages_link_code ON messages (link_code) WHERE link_code IS NOT NULL;
 """,
     )
+
+
+@migration(10)
+def create_export_log(db: sqlite_utils.Database) -> None:
+    """The export log (exports.py): every file written with customers in it, and who was in
+    each, so that `cdp forget` can name the files it cannot erase."""
+    _run_script(
+        db.conn,
+        """
+CREATE TABLE exports (
+  id INTEGER PRIMARY KEY,
+  path TEXT NOT NULL,             -- the file, resolved
+  written_at TEXT NOT NULL,
+  kind TEXT NOT NULL,             -- segment, hashed_segment, id_mapping, outbound
+  audience TEXT,                  -- the segment's name or rule, the journey and channel
+  rows INTEGER NOT NULL
+);
+CREATE TABLE export_members (     -- who was in each file: the link `cdp forget` erases
+  one_id TEXT NOT NULL,
+  export_id INTEGER NOT NULL REFERENCES exports(id),
+  PRIMARY KEY (one_id, export_id)
+) WITHOUT ROWID;
+""",
+    )
