@@ -533,3 +533,27 @@ def check_stored_consents(db: sqlite_utils.Database) -> None:
             "WHERE batches.id = moved.batch_id"
         )
         conn.execute(f"DELETE FROM consents WHERE id IN ({rows})")
+
+
+@migration(12)
+def create_export_log(db: sqlite_utils.Database) -> None:
+    """The export log (exports.py): every file written with customers in it, and who was in
+    each, so that `cdp forget` can name the files it cannot erase."""
+    _run_script(
+        db.conn,
+        """
+CREATE TABLE exports (
+  id INTEGER PRIMARY KEY,
+  path TEXT NOT NULL,             -- the file, resolved
+  written_at TEXT NOT NULL,
+  kind TEXT NOT NULL,             -- segment, hashed_segment, id_mapping, outbound
+  audience TEXT,                  -- the segment's name or rule, the journey and channel
+  rows INTEGER NOT NULL
+);
+CREATE TABLE export_members (     -- who was in each file: the link `cdp forget` erases
+  one_id TEXT NOT NULL,
+  export_id INTEGER NOT NULL REFERENCES exports(id),
+  PRIMARY KEY (one_id, export_id)
+) WITHOUT ROWID;
+""",
+    )
