@@ -20,6 +20,7 @@ from cdp_cli.canonical import (
 from cdp_cli.errors import ConfigError, FileError, NotFound, UsageError
 from cdp_cli.identity.junk import JUNK_RULE_NAMES
 from cdp_cli.messaging.settings import SendSettings, build_send_settings
+from cdp_cli.store import DEFAULT_CACHE_MB
 from cdp_cli.yamlfile import YamlMap, check_keys, did_you_mean, load_yaml
 
 DEFAULT_CONFIG = "cdp.yaml"
@@ -27,7 +28,7 @@ FORMATS = ("csv", "json", "jsonl")
 # Settings that later stages read; accepted here so that a project can declare them early.
 TOP_LEVEL_KEYS = (
     "store", "region", "timezone", "sources", "identity", "channels", "frequency_cap",
-    "control_group", "log", "brand",
+    "control_group", "log", "brand", "store_cache_mb",
 )  # fmt: skip
 SOURCE_KEYS = (
     "kind", "format", "encoding", "delimiter", "files", "key", "fields", "items", "timezone",
@@ -164,6 +165,7 @@ class Config:
     settings: dict[str, Any] = field(default_factory=dict)
     identity: IdentityRules = field(default_factory=IdentityRules)
     sending: SendSettings = field(default_factory=SendSettings)
+    store_cache_mb: int = DEFAULT_CACHE_MB  # SQLite's page cache: store.apply_size_settings
 
     @property
     def root(self) -> Path:
@@ -267,7 +269,22 @@ def _build_config(path: Path, data: YamlMap, store_override: Path | str | None) 
         raise ConfigError(path, "log: expected the path of a file", data.line_of("log"))
     settings = {k: v for k, v in data.items() if k not in ("sources", "identity")}
     sending = build_send_settings(path, data, timezone)
-    return Config(path, store, region, timezone, sources, settings, identity, sending)
+    cache_mb = _store_cache_mb(path, data)
+    return Config(path, store, region, timezone, sources, settings, identity, sending, cache_mb)
+
+
+def _store_cache_mb(path: Path, data: YamlMap) -> int:
+    """`store_cache_mb:`, SQLite's page cache in MB: a whole number of 1 or more."""
+    value = data.get("store_cache_mb")
+    if value is None:
+        return DEFAULT_CACHE_MB
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(
+            path,
+            f"store_cache_mb: expected a whole number of megabytes, 1 or more (got {value!r})",
+            data.line_of("store_cache_mb"),
+        )
+    return value
 
 
 def _limit(path: Path, spec: YamlMap, key: str, where: str, default: int | None) -> int | None:

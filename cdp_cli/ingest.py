@@ -40,12 +40,13 @@ from cdp_cli.identity.normalize import identity_key
 from cdp_cli.identity.tombstones import FORGOTTEN_RAW, Screen
 from cdp_cli.parsing import TimestampParser, parse_date, parse_integer, parse_number, to_json
 from cdp_cli.privacy import mask_text
-from cdp_cli.store import insert_row, now_iso, transaction
+from cdp_cli.store import indexes_built_after, insert_row, now_iso, transaction
 
 CHUNK_ROWS = 5000
 # One encoder for every row: json.dumps with options builds a new one per call (~3 µs).
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 ProgressCallback = Callable[[int, int], None]
+_NOT_SEEN = object()
 
 
 @dataclass
@@ -122,7 +123,7 @@ def _converter(mapping: FieldMapping, spec: Field, source: Source) -> Converter:
     }
     parse = parsers.get(spec.type)
     if spec.type == JSON:
-        return lambda raw, invalid: None if raw is None or raw == "" else to_json(raw)
+        return _json_text
 
     def convert(raw: Any, invalid: dict[str, Any]) -> Any:
         text: str | int | float | None
@@ -154,12 +155,62 @@ def _converter(mapping: FieldMapping, spec: Field, source: Source) -> Converter:
             return None
 
     if synonyms:
-        return convert
+        return _per_distinct_value(convert)
     if spec.type == NUMBER:
-        return _fast_number(convert)
+        return _per_distinct_value(_fast_number(convert))
     if spec.type == TIMESTAMP and not formats:
-        return _fast_timestamp(convert, timestamps)
-    return convert
+        return _per_distinct_value(_fast_timestamp(convert, timestamps))
+    return _per_distinct_value(convert)
+
+
+def _json_text(raw: Any, invalid: dict[str, Any]) -> str | None:
+    """A JSON field's text; a parsed object is encoded by the shared encoder (to_json's
+    json.dumps with options builds an encoder per call, and JSON Lines events all have one)."""
+    if raw is None or raw == "":
+        return None
+    if type(raw) is dict or type(raw) is list:
+        return _JSON.encode(raw)
+    return to_json(raw)
+
+
+# A converter remembers this many distinct raw strings, then starts again; a column whose values
+# did not repeat at least as often as they were new (timestamps to the second) stops remembering.
+DISTINCT_CACHE = 20_000
+
+
+def _per_distinct_value(convert: Converter) -> Converter:
+    """`convert`, run once per distinct raw string rather than per row: most columns repeat a
+    few values (a gender, a city, a level, a birthday), and their synonyms, choices and parsing
+    cost the same each time. Only a clean result is remembered: a value that is invalid or
+    rejects the row goes through `convert` every time, so each row records its own reason."""
+    cache: dict[str, Any] = {}
+    hits = 0
+    remember = True
+
+    def cached(raw: Any, invalid: dict[str, Any]) -> Any:
+        nonlocal hits, remember
+        if type(raw) is not str or not remember:
+            return convert(raw, invalid)
+        try:
+            value = cache[raw]
+        except KeyError:
+            pass
+        else:
+            hits += 1
+            return value
+        found: dict[str, Any] = {}
+        value = convert(raw, found)
+        if found:
+            invalid.update(found)
+            return value
+        if len(cache) >= DISTINCT_CACHE:
+            remember = hits >= len(cache)
+            cache.clear()
+            hits = 0
+        cache[raw] = value
+        return value
+
+    return cached
 
 
 def unknown_value_reason(spec: Field, value: Any) -> str:
@@ -308,6 +359,9 @@ class RowMapper:
         ]
         identity_names = set(source.identity_fields)
         self._identity = [(n, i) for i, n in enumerate(self.columns) if n in identity_names]
+        self._identity_values = _picker([i for _, i in self._identity])
+        self._identity_keys: dict[tuple[Any, ...], int | None] = {}
+        self._identity_hits, self._remember_identity = 0, True
         # A key part uses the value of a field read from the same place, else the raw column.
         by_column = {m.column: m.name for m in plain}
         self._key = [
@@ -394,8 +448,26 @@ class RowMapper:
         if invalid:
             attrs["_invalid"] = invalid
         attrs_json = _JSON.encode(attrs) if attrs else None
-        values.append(identity_key([(n, values[i]) for n, i in self._identity]))
+        values.append(self._identity_key(values))
         return key, values, attrs_json
+
+    def _identity_key(self, values: list[Any]) -> int | None:
+        """identity_key of the row's identity fields, hashed once per distinct combination:
+        ten million events come from far fewer devices and members."""
+        if not self._remember_identity:  # every row its own (customers): no use remembering
+            return identity_key([(n, values[i]) for n, i in self._identity])
+        raw = self._identity_values(values)
+        key = self._identity_keys.get(raw, _NOT_SEEN)
+        if key is not _NOT_SEEN:
+            self._identity_hits += 1
+            return key  # type: ignore[return-value]
+        key = identity_key([(n, values[i]) for n, i in self._identity])
+        if len(self._identity_keys) >= DISTINCT_CACHE:
+            self._remember_identity = self._identity_hits >= len(self._identity_keys)
+            self._identity_keys.clear()
+            self._identity_hits = 0
+        self._identity_keys[raw] = key
+        return key
 
     def identity_fields(self, values: list[Any]) -> dict[str, Any]:
         """The identity fields among a mapped row's values, by canonical name."""
@@ -598,7 +670,12 @@ def _load(
     # Loaded inside the file's transaction: a `cdp forget` committed before it is always seen.
     tombstones = screen.load(conn) if screen else None
     before = conn.execute(f"SELECT count(*) FROM {table} WHERE source=?", (source.name,)).fetchone()
-    with readers.open_rows(path, fmt, encoding, source.delimiter) as (header, rows, progress):
+    # Into an empty table (a first load), the secondary indexes are built once at the end.
+    first_load = conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None
+    with (
+        indexes_built_after(conn, table, first_load),
+        readers.open_rows(path, fmt, encoding, source.delimiter) as (header, rows, progress),
+    ):
         mapper = RowMapper(source, header)
         columns = [*mapper.columns, *(["items"] if mapper.has_items else []), "identity_key"]
         upsert = _upsert_sql(table, columns)

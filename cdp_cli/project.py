@@ -24,7 +24,7 @@ import sqlite_utils
 from cdp_cli.config import DEFAULT_CONFIG, Config, load_config
 from cdp_cli.files import check_output
 from cdp_cli.lock import lock_path
-from cdp_cli.store import open_store
+from cdp_cli.store import DEFAULT_CACHE_MB, open_store
 
 PathLike = str | os.PathLike[str]
 # Beside the store, SQLite's own files: the write-ahead log, its shared memory, the journal.
@@ -65,7 +65,8 @@ class Project:
     def store(self, create: bool = True) -> Iterator[sqlite_utils.Database]:
         """The store, open for the `with` block and closed after it. Without `create`, a
         missing store is a StoreError that says to run `cdp ingest` first."""
-        db = open_store(self.store_path, create=create)
+        cache_mb = self.config.store_cache_mb if self.has_config else DEFAULT_CACHE_MB
+        db = open_store(self.store_path, create=create, cache_mb=cache_mb)
         try:
             yield db
         finally:

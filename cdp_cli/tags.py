@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -25,7 +24,7 @@ from cdp_cli.features import compute_features
 from cdp_cli.rules.book import RuleBook, Tag, load_rulebook
 from cdp_cli.rules.compiler import CompiledRule
 from cdp_cli.rules.vocabulary import BASE_FROM, READS, Read, RuleContext
-from cdp_cli.store import insert_row, now_iso, rows_as_dicts, transaction
+from cdp_cli.store import indexes_built_after, insert_row, now_iso, rows_as_dicts, transaction
 from cdp_cli.yamlfile import did_you_mean
 
 # A write of more than this many times the rows a table holds drops the table's indexes and
@@ -242,7 +241,7 @@ def _record(
     # A run of every tag reads all of profile_tags: in key order, so not through the tag
     # index (a unary + keeps SQLite from using an index for the term).
     tag = "+o.tag" if every_tag else "o.tag"
-    with _bulk(conn, "tag_changes", added > BULK * first):
+    with indexes_built_after(conn, "tag_changes", added > BULK * first):
         conn.execute(
             f"""INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at)
 SELECT ?, one_id, tag, CASE WHEN old_value IS NULL THEN 'added'
@@ -276,7 +275,7 @@ FROM (
     held = conn.execute(  # counted up to what decides
         "SELECT count(*) FROM (SELECT 1 FROM profile_tags LIMIT ?)", (written // BULK + 1,)
     ).fetchone()[0]
-    with _bulk(conn, "profile_tags", written > BULK * held):
+    with indexes_built_after(conn, "profile_tags", written > BULK * held):
         conn.execute(
             "INSERT INTO profile_tags (one_id, tag, value, since) "
             "SELECT one_id, tag, new_value, ? FROM tag_changes "
@@ -293,25 +292,6 @@ FROM (
         tag: {"changed": count - removed.get(tag, 0), "removed": removed.get(tag, 0)}
         for tag, count in changed
     }
-
-
-@contextmanager
-def _bulk(conn: sqlite3.Connection, table: str, bulk: bool) -> Iterator[None]:
-    """Around a write of many more rows than `table` holds (a first run, many new tags): its
-    indexes are dropped, then made again from the SQL that made them, inside the transaction."""
-    if not bulk:
-        yield
-        return
-    indexes = conn.execute(
-        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
-        "AND sql IS NOT NULL",  # not those of a primary key or UNIQUE, which stay
-        (table,),
-    ).fetchall()
-    for name, _ in indexes:
-        conn.execute(f'DROP INDEX "{name}"')
-    yield
-    for _, sql in indexes:
-        conn.execute(sql)
 
 
 def tag_list(db: sqlite_utils.Database, folder: Path) -> list[dict[str, Any]]:
