@@ -145,8 +145,11 @@ def print_status(status: StoreStatus) -> None:
             ["batch", "source", "status", "error"],
             [(b["batch"], b["source"], b["status"], b["error"]) for b in status.unfinished_batches],
         )
+    sampled = {
+        q.source: f"{q.source} {q.sampled:,} of {q.rows:,}" for q in status.fields if q.sampled
+    }
     out.print_table(
-        "Field quality",
+        "Field quality" + (f" (rows sampled: {', '.join(sampled.values())})" if sampled else ""),
         ["source", "field", "filled", "invalid"],
         [
             (q.source, q.field, out.fmt_pct(q.fill_rate), out.fmt_pct(q.invalid_rate))
