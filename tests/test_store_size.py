@@ -162,3 +162,12 @@ def test_status_reads_a_small_table_whole(run, write):
     status = json.loads(run("status", "--json").stdout)
     assert all("sampled" not in q for q in status["fields"])
     assert "sampled" not in run("status").stdout
+
+
+def test_no_index_that_no_query_uses(tmp_path):
+    with Project(tmp_path / "none.yaml", tmp_path / "cdp.db").store() as db:
+        indexes = {
+            r[0] for r in db.conn.execute("SELECT name FROM sqlite_master WHERE type='index'")
+        }
+    assert "rejects_batch" not in indexes
+    assert {"batches_source_sha256", "customers_identity", "events_identity"} <= indexes
