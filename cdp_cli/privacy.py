@@ -16,9 +16,9 @@ import phonenumbers
 
 # The golden record's lists of personal values, and the type of each.
 PERSONAL_PROFILE_FIELDS = {"phones": "phone", "emails": "email"}
-# The canonical fields whose values identify or describe a person. No required field is one:
-# a reject's reason quotes the value of a required field that does not parse, and so never
-# a personal value (tests/test_input_limits.py holds it to that).
+# The canonical fields whose values identify or describe a person. A reject's reason quotes
+# only values of required fields (one that does not parse) and of fields whose unknown values
+# reject the row; none is personal (tests/test_input_limits.py holds it to that).
 PERSONAL_FIELDS = frozenset(
     ("name", "birthday", "phone", "email", "id_number", "member_no", "user_id", "device_id",
      "wechat_openid", "wechat_unionid")

@@ -245,11 +245,15 @@ def test_limits_are_checked_when_cdp_yaml_loads(run, write, limits, line, messag
 # Personal data in messages
 
 
-def test_no_required_field_is_personal():
+def test_no_field_a_reject_quotes_is_personal():
     """A reject's reason quotes the value of a required field that does not parse
-    ("amount: 'oops' is not a number"): never, then, a personal value."""
-    required = {f.name for kind in KINDS.values() for f in kind.all_fields if f.required}
-    assert required and not required & PERSONAL_FIELDS
+    ("amount: 'oops' is not a number"), or of one whose unknown values reject the row (a
+    consent's purpose): never, then, a personal value."""
+    quoted = {
+        f.name for kind in KINDS.values() for f in kind.all_fields if f.required or f.refuse_unknown
+    }
+    assert {"amount", "purpose"} <= quoted
+    assert not quoted & PERSONAL_FIELDS
 
 
 def test_a_cell_of_unknown_field_is_masked_whatever_it_holds():
