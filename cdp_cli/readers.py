@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import re
+import sys
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -410,6 +411,10 @@ def read_jsonl(
             continue
         except json.JSONDecodeError as exc:
             yield number, raw, f"invalid JSON at column {exc.colno}: {exc.msg}", raw
+            continue
+        except ValueError:  # an integer longer than Python converts
+            digits = sys.get_int_max_str_digits()
+            yield number, raw, f"invalid JSON: a number of more than {digits:,} digits", raw
             continue
         except RecursionError:
             yield number, raw, TOO_DEEP, raw

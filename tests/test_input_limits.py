@@ -177,6 +177,16 @@ def test_a_value_over_the_field_limit_is_a_reject_in_every_format(run, write, pr
     assert csv.field_size_limit() == 128 * 1024  # the csv module's own, put back
 
 
+def test_a_number_too_long_for_python_is_a_reject_not_an_internal_error(
+    run, write, project, tmp_path
+):
+    write("digits.jsonl", event("E1")[:-1] + ', "n": ' + "1" * 5000 + "}\n" + event("E2") + "\n")
+    assert ingest(run, "digits.jsonl", "events")["reject_reasons"] == {"invalid_json": 1}
+    assert rejects(tmp_path) == [
+        ("events", 1, "invalid_json", None, "invalid JSON: a number of more than 4,300 digits")
+    ]
+
+
 def test_unmapped_columns_over_the_attrs_limit_are_a_reject(run, write, project, tmp_path):
     wide = {f"extra{i}": "w" * 60_000 for i in range(5)}  # 300 KB of attrs, each value short
     write("wide.jsonl", event("E1", **wide) + "\n" + event("E2", extra="small") + "\n")
