@@ -3,8 +3,8 @@
 A line holds the time, the pid, the stage, its status, counts and seconds, so that `grep`,
 `tail -f` and logfmt tools read it. It never holds personal data: stages log counts, and of an
 error message it keeps the gist (`for_log`): the first clause, without quoted values, email
-addresses or phone and ID numbers. An error can quote data: a file without a header row makes
-"the columns are: M0000001, 李娜, ..." of its first row.
+addresses or phone and ID numbers. An error can quote data, masked where it is made
+(privacy.quote_cells): a file without a header row makes "M***, 李***, ..." of its first row.
 Each line is one append to a file opened for this run, so rotation tools that rename the file
 (logrotate without copytruncate) are safe: the next run starts a new file.
 """

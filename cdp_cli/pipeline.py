@@ -278,9 +278,13 @@ def _take(
         entry.status = "waiting"
         entry.message = f"changed {age:.0f}s ago: read once unchanged for {settle}s"
     elif dry_run:
+        try:
+            sha256 = file_sha256(path)
+        except FileNotFoundError:  # a run going on meanwhile took it (a dry run takes no lock)
+            return None
         seen = db.conn.execute(
             "SELECT id FROM batches WHERE source=? AND sha256=? AND status='done' LIMIT 1",
-            (source.name, file_sha256(path)),
+            (source.name, sha256),
         ).fetchone()
         entry.status = "duplicate" if seen else "new"
         entry.batch_id = seen[0] if seen else None
