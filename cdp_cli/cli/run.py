@@ -19,7 +19,6 @@ from cdp_cli.cli.options import (
     writes_store,
 )
 from cdp_cli.errors import CdpError
-from cdp_cli.store import open_store
 
 if TYPE_CHECKING:
     from cdp_cli.pipeline import RunReport, StageResult
@@ -62,7 +61,7 @@ def run_command(
     day = as_of.date() if as_of else None
     with OpsLog(None if dry_run else config.log_path) as log:
         try:
-            db = open_store(project.store_path)
+            db = project.open_store()
         except CdpError as exc:
             log.write(stage="run", status="failed", error=for_log(str(exc)))
             raise
