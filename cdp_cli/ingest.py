@@ -8,6 +8,7 @@ stored already is updated in place, so running the same command twice never dupl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import operator
@@ -35,12 +36,12 @@ from cdp_cli.canonical import (
     Field,
 )
 from cdp_cli.config import Config, FieldMapping, Source
-from cdp_cli.errors import IngestError, UsageError
+from cdp_cli.errors import IngestError, UsageError, system_fault
 from cdp_cli.identity.normalize import identity_key
 from cdp_cli.identity.tombstones import FORGOTTEN_RAW, Screen
 from cdp_cli.parsing import TimestampParser, parse_date, parse_integer, parse_number, to_json
 from cdp_cli.privacy import quote_cells
-from cdp_cli.store import insert_row, now_iso, transaction
+from cdp_cli.store import insert_row, now_iso, store_file, transaction
 
 CHUNK_ROWS = 5000
 # One encoder for every row: json.dumps with options builds a new one per call (~3 µs).
@@ -549,8 +550,10 @@ def ingest_file(
     """
     started = time.monotonic()
     path = path.absolute()
-    if not path.is_file():
+    if not path.exists():
         raise IngestError(f"{path}: file not found")
+    if not path.is_file():  # a pipe or a device: a file is read twice (its sha256, its rows)
+        raise IngestError(f"{path}: not a regular file; save the export to a file and ingest that")
     sha256 = file_sha256(path)
     seen = db.conn.execute(
         "SELECT id FROM batches WHERE source=? AND sha256=? AND status='done' "
@@ -587,11 +590,11 @@ def ingest_file(
             )  # fmt: skip
     except BaseException as exc:
         status = "failed" if isinstance(exc, Exception) else "aborted"
-        message = str(exc) or type(exc).__name__
-        db.conn.execute(
-            "UPDATE batches SET status=?, finished_at=?, error=? WHERE id=?",
-            (status, now_iso(), message, batch_id),
-        )
+        fault = system_fault(exc, store_file(db.conn))  # a full disk: the batch says so
+        message = str(fault or exc) or type(exc).__name__
+        _record_failure(db, batch_id, status, message)
+        if fault is not None:
+            raise fault from None
         if isinstance(exc, IngestError):
             raise IngestError(f"{path}: {exc}") from None
         if isinstance(exc, (sqlite3.DataError, RecursionError)):
@@ -599,6 +602,16 @@ def ingest_file(
         raise
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def _record_failure(db: sqlite_utils.Database, batch_id: int, status: str, message: str) -> None:
+    """Mark the batch failed (or aborted) with why. When the disk is too full for even that,
+    the batch stays 'running', and the next ingest marks it aborted."""
+    with contextlib.suppress(sqlite3.OperationalError):  # the first error is the one to tell
+        db.conn.execute(
+            "UPDATE batches SET status=?, finished_at=?, error=? WHERE id=?",
+            (status, now_iso(), message, batch_id),
+        )
 
 
 def _load(

@@ -11,6 +11,7 @@ Each line is one append to a file opened for this run, so rotation tools that re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from cdp_cli.errors import CdpError
+from cdp_cli.errors import CdpError, system_fault
 from cdp_cli.privacy import replace_identifiers
 from cdp_cli.store import now_iso
 
@@ -76,12 +77,16 @@ class OpsLog:
             return
         self.open()
         assert self._file is not None
-        self._file.write(f"{now_iso()} pid={os.getpid()} {format_fields(fields)}\n")
-        self._file.flush()
+        try:
+            self._file.write(f"{now_iso()} pid={os.getpid()} {format_fields(fields)}\n")
+            self._file.flush()
+        except OSError as exc:  # a full disk: the error names the log, not the store
+            raise system_fault(exc, self.path) or CdpError(f"{self.path}: {exc}") from None
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # a line a full disk refused: write() said so
+                self._file.close()
             self._file = None
 
     def __enter__(self) -> OpsLog:

@@ -157,7 +157,6 @@ def writes_store(
 def _store_lock(ctx: click.Context, wait: float, logged: bool = True) -> Any:
     """The store's write lock; a refusal is also written to the log file, if one is set (and
     the refusal is `logged`)."""
-    from cdp_cli import lock
     from cdp_cli.errors import StoreBusy
     from cdp_cli.oplog import OpsLog, for_log
 
@@ -165,7 +164,7 @@ def _store_lock(ctx: click.Context, wait: float, logged: bool = True) -> Any:
     assert project is not None
     command = ctx.command_path.replace(ctx.find_root().info_name or "cdp", "cdp", 1)
     try:
-        return lock.acquire(project.store_path, wait, command)
+        return project.lock(wait, command)
     except StoreBusy as exc:
         log_path = project.config.log_path if logged and project.has_config else None
         with OpsLog(log_path) as log:

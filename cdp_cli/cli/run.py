@@ -20,7 +20,7 @@ from cdp_cli.cli.options import (
     writes_store,
 )
 from cdp_cli.errors import CdpError
-from cdp_cli.store import migrate, open_store
+from cdp_cli.store import migrate
 
 if TYPE_CHECKING:
     from cdp_cli.pipeline import RunReport, StageResult
@@ -63,7 +63,7 @@ def run_command(
     day = as_of.date() if as_of else None
     with OpsLog(None if dry_run else config.log_path) as log:
         try:
-            db = _open_store(project.store_path, dry_run)
+            db = _open_store(project, dry_run)
         except CdpError as exc:
             log.write(stage="run", status="failed", error=for_log(str(exc)))
             raise
@@ -82,11 +82,11 @@ def run_command(
         out.note("Dry run: nothing was ingested, moved or run.", silent)
 
 
-def _open_store(path: Path, dry_run: bool) -> sqlite_utils.Database:
+def _open_store(project: Project, dry_run: bool) -> sqlite_utils.Database:
     """The store; for a dry run of a project without one yet, an empty one in memory (every
     inbox file is new), so that a dry run creates no file."""
-    if not dry_run or path.exists():
-        return open_store(path)
+    if not dry_run or project.store_path.exists():
+        return project.open_store()
     db = sqlite_utils.Database(memory=True)
     migrate(db)
     return db
