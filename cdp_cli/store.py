@@ -649,3 +649,9 @@ CREATE TABLE export_members (     -- who was in each file: the link `cdp forget`
 ) WITHOUT ROWID;
 """,
     )
+
+
+@migration(13)
+def fingerprint_tag_runs(db: sqlite_utils.Database) -> None:
+    """What a tag run read (tags.tag_inputs), so that a run with nothing new is skipped."""
+    _run_script(db.conn, "ALTER TABLE tag_runs ADD COLUMN inputs TEXT;")
