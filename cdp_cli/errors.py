@@ -50,6 +50,10 @@ class StoreBusy(StoreError):
     """Another cdp command is writing to the store and did not finish in time."""
 
 
+class StoreDamaged(StoreError):
+    """The store's file is damaged (SQLite met a corrupt page): check it, restore a backup."""
+
+
 class NotFound(CdpError):
     """A named thing (source, profile, tag, journey) does not exist."""
 

@@ -56,6 +56,13 @@ def atomic_write(
     _sync_folder(path.parent)
 
 
+def move_into_place(tmp: Path, path: Path) -> None:
+    """Rename a finished and synced temporary file (from `temp_path`) over `path`, and sync
+    the folder: for files something else writes, such as SQLite for `cdp backup`."""
+    _replace(tmp, path)
+    _sync_folder(path.parent)
+
+
 def _replace(tmp: Path, path: Path) -> None:
     try:
         os.replace(tmp, path)

@@ -38,6 +38,7 @@ from cdp_cli.config import Config, FieldMapping, Source
 from cdp_cli.errors import IngestError, UsageError
 from cdp_cli.identity.normalize import identity_key
 from cdp_cli.identity.tombstones import FORGOTTEN_RAW, Screen
+from cdp_cli.integrity import is_damage
 from cdp_cli.parsing import TimestampParser, parse_date, parse_integer, parse_number, to_json
 from cdp_cli.privacy import mask_text
 from cdp_cli.store import insert_row, now_iso, transaction
@@ -555,6 +556,8 @@ def ingest_file(
                  result.rejected, result.skipped, batch_id),
             )  # fmt: skip
     except BaseException as exc:
+        if is_damage(exc):  # rolled back; nothing more is written into a damaged store
+            raise
         status = "failed" if isinstance(exc, Exception) else "aborted"
         message = str(exc) or type(exc).__name__
         db.conn.execute(

@@ -1,8 +1,9 @@
 """`cdp run`, the scheduled pipeline: new inbox files, then resolve, tag and the journeys.
 
-Every stage runs and is recorded, whatever happened before it, with one exception: when
+Every stage runs and is recorded, whatever happened before it, with two exceptions: when
 resolve fails, tag is skipped, because tags computed over records not linked to their
-customers could move people into the wrong journeys. A file that cannot be read fails on its
+customers could move people into the wrong journeys; and a damaged store stops the run, since
+no stage may write into it. A file that cannot be read fails on its
 own; the other files are still ingested. Journeys always run: their due steps (a wait that ends,
 a message held back by quiet hours) must go out on time even when today's exports are late.
 
@@ -22,8 +23,9 @@ from zoneinfo import ZoneInfo
 import sqlite_utils
 
 from cdp_cli.config import Config, Source
-from cdp_cli.errors import CdpError
+from cdp_cli.errors import CdpError, StoreDamaged
 from cdp_cli.identity.tombstones import Screen
+from cdp_cli.integrity import corruption_error, quick_check, store_damaged, store_file
 from cdp_cli.oplog import OpsLog, for_log, scrub
 from cdp_cli.store import now_iso
 
@@ -128,6 +130,8 @@ def run_pipeline(
     day = as_of or clock.date()
     report = RunReport(now_iso(), clock.isoformat(timespec="seconds"), day.isoformat(), dry_run)
     log.write(stage="run", status="started", now=report.now, as_of=report.as_of)
+    if not dry_run:
+        check_pages(db)
     _run_stage(db, report, log, "ingest", lambda s: _ingest_inboxes(db, config, report, s, log))
     if dry_run:
         for name in ("resolve", "tag", "journeys"):
@@ -151,6 +155,15 @@ def run_pipeline(
     return report
 
 
+def check_pages(db: sqlite_utils.Database) -> None:
+    """StoreDamaged unless every page of the store reads sound (PRAGMA quick_check), so that
+    cron's run never writes a day's data into a store damaged since the last run. It costs
+    about 3 s per GB of store (2.3-3.6 s at 100k customers), a few percent of a run."""
+    problems = quick_check(db.conn)
+    if problems:
+        raise store_damaged(store_file(db.conn), f"quick_check: {problems[0]}")
+
+
 def _run_stage(
     db: sqlite_utils.Database,
     report: RunReport,
@@ -158,16 +171,24 @@ def _run_stage(
     name: str,
     work: Callable[[StageResult], None],
 ) -> StageResult:
-    """Run one stage, recording its failure instead of raising it."""
+    """Run one stage, recording its failure instead of raising it; but a damaged store, once
+    recorded, is raised: the stages after it must not write into it."""
     stage = StageResult(name)
     started = time.monotonic()
+    damaged: StoreDamaged | None = None
     try:
         work(stage)
     except CdpError as exc:
         stage.status, stage.error = "failed", scrub(str(exc))
-    except Exception as exc:  # a bug or a damaged store; the CLI re-raises it under CDP_DEBUG
-        stage.status, stage.exception = "failed", exc
-        stage.error = scrub(f"internal error: {type(exc).__name__}: {exc}")
+        damaged = exc if isinstance(exc, StoreDamaged) else None
+    except Exception as exc:  # a damaged store, or a bug
+        stage.status = "failed"
+        damaged = corruption_error(exc, store_file(db.conn))
+        if damaged is not None:
+            stage.error = scrub(str(damaged))
+        else:  # the CLI re-raises it under CDP_DEBUG
+            stage.exception = exc
+            stage.error = scrub(f"internal error: {type(exc).__name__}: {exc}")
     if db.conn.in_transaction:  # whatever failed, the next stage starts on committed data
         db.conn.execute("ROLLBACK")
     stage.seconds = round(time.monotonic() - started, 3)
@@ -180,6 +201,8 @@ def _run_stage(
         error=_log_error(stage.error, stage.exception),
         note=stage.note,
     )
+    if damaged is not None:
+        raise damaged
     return stage
 
 
@@ -299,12 +322,17 @@ def _ingest_one(
 
     try:
         result = ingest_file(db, source, path, screen=screen)
+    except StoreDamaged:  # the store's fault, not the file's: the file stays, the run stops
+        raise
     except CdpError as exc:  # the file's fault: it would fail again on every run
         entry.status = "failed"
         entry.message = scrub(str(exc).removeprefix(f"{path.absolute()}: "))
         _move(path, FAILED_FOLDER, entry)
         return
     except Exception as exc:  # a bug or the store: the file stays, the other files go on
+        damaged = corruption_error(exc, store_file(db.conn))
+        if damaged is not None:  # unless the store is damaged: then the run stops
+            raise damaged from None
         entry.status, entry.exception = "failed", exc
         entry.message = scrub(f"internal error: {type(exc).__name__}: {exc}")
         return

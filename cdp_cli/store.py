@@ -14,6 +14,7 @@ import sqlite_utils
 
 from cdp_cli.canonical import KINDS, SQL_TYPES, Kind
 from cdp_cli.errors import StoreError
+from cdp_cli.integrity import corruption_error, refuse_if_damaged
 
 Migration = Callable[[sqlite_utils.Database], None]
 MIGRATIONS: list[tuple[int, str, Migration]] = []
@@ -57,15 +58,18 @@ def open_store(path: Path, create: bool = True) -> sqlite_utils.Database:
         raise StoreError(f"{path}: no store here yet; run `cdp ingest` first")
     if path.parent and not path.parent.exists():
         raise StoreError(f"{path}: folder {path.parent} does not exist")
+    refuse_if_damaged(path)  # a store a command found damaged stays refused until checked
     try:
         conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA cell_size_check=ON")  # damage met sooner; see integrity.py
         db = sqlite_utils.Database(conn)
         migrate(db)
     except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{path}: not a cdp store ({exc})") from None
+        damaged = corruption_error(exc, path)  # else a file that is not a SQLite database
+        raise damaged or StoreError(f"{path}: not a cdp store ({exc})") from None
     return db
 
 

@@ -16,6 +16,7 @@ from cdp_cli import __version__
 from cdp_cli.cli import audience, identity, ingest, journey, privacy, report, run, setup
 from cdp_cli.cli.output import printable
 from cdp_cli.errors import CdpError
+from cdp_cli.integrity import corruption_error
 from cdp_cli.project import Project
 
 EXIT_CODES = """\b
@@ -44,11 +45,24 @@ class CdpGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
+            damaged = _store_damaged(ctx, exc)
+            if damaged is not None:  # not a bug: the disk's fault, even under CDP_DEBUG
+                raise CliError(str(damaged), damaged.exit_code) from None
             if os.environ.get("CDP_DEBUG"):
                 raise
             raise CliError(
                 f"internal error: {type(exc).__name__}: {exc} (CDP_DEBUG=1 shows the traceback)", 1
             ) from None
+
+
+def _store_damaged(ctx: click.Context, exc: Exception) -> CdpError | None:
+    """The one line for a damaged page met outside `Project.store()` (`cdp run` opens its own)."""
+    project = ctx.find_object(Project)
+    try:
+        store = project.store_path if project else None
+    except CdpError:  # no cdp.yaml to name it: no store was opened either
+        store = None
+    return corruption_error(exc, store) if store else None
 
 
 @click.group(cls=CdpGroup, epilog=EXIT_CODES)
@@ -92,6 +106,7 @@ for command in (
     setup.demo,
     ingest.ingest_command,
     ingest.status,
+    ingest.backup,
     identity.resolve_command,
     identity.profile_command,
     audience.tag_command,
