@@ -3,7 +3,8 @@
 Every file cdp writes (exports, outbound files, reports, QR codes, rewritten files after an
 erasure) goes through `atomic_write`: a temporary file beside the target, flushed to disk,
 renamed into place, and the folder synced, so a killed run or a power cut leaves either the
-old file or the whole new one, never half of one.
+old file or the whole new one, never half of one. A file SQLite writes (`cdp backup`) is made
+the same way, and put in place by `move_into_place`.
 """
 
 from __future__ import annotations

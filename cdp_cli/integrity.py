@@ -165,9 +165,9 @@ class CheckResult:
 
     @property
     def summary(self) -> str:
+        """The problems in a few words: the first one, and how many there are."""
         count = len(self.problems)
-        found = f"{count} problems" if count > 1 else "1 problem"
-        return f"{found} found by integrity_check; the first: {self.problems[0]}"
+        return f"{count} problems, the first: {self.problems[0]}" if count > 1 else self.problems[0]
 
     def error(self) -> StoreDamaged:
         """The one line a failed check ends with."""

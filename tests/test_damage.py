@@ -11,9 +11,12 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
+import click
 import pytest
-from click.testing import Result
+from click.testing import CliRunner, Result
 
+from cdp_cli import Project
+from cdp_cli.cli import CdpGroup
 from cdp_cli.errors import StoreDamaged
 from cdp_cli.integrity import corruption_error, damage_marker
 from tests.hostile import outbound_files, store_digest
@@ -264,6 +267,41 @@ def test_cron_run_reads_every_page_first_and_writes_nothing_into_a_damaged_store
     assert damage_marker(project / "cdp.db").exists()
 
 
+def test_a_stage_of_cron_run_that_meets_damage_stops_the_run(
+    project: Path, run: Callable[..., Result]
+) -> None:
+    """A dry run reads no page first; its ingest stage meets the damage where it looks up a file."""
+    db = project / "cdp.db"
+    drop(project / "inbox" / "pos" / "pos-new.csv", b"order_no\n1\n")
+    damage_pages(db, [root_page(db, "batches_source_sha256")])  # where it looks the file up
+    unchanged = file_digest(project)
+    result = run("run", "--dry-run", "--now", "2026-11-16 10:30")
+    assert result.exit_code == 1
+    assert result.stderr == LINE.replace("Error: cdp.db", f"Error: {db.resolve()}")
+    assert file_digest(project) == unchanged
+
+
+def test_damage_met_outside_the_store_block_is_the_line_too(tmp_path: Path) -> None:
+    """The CLI's last net: a command that met damage where no library code turned it into
+    StoreDamaged still ends with the line, even under CDP_DEBUG (which the tests set)."""
+    store = tmp_path / "cdp.db"
+    store.write_bytes(b"SQLite format 3\x00" + bytes(4080))
+
+    @click.group(cls=CdpGroup)
+    @click.pass_context
+    def group(ctx: click.Context) -> None:
+        ctx.obj = Project(store=store)
+
+    @group.command()
+    def reads() -> None:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    result = CliRunner().invoke(group, ["reads"])
+    assert result.exit_code == 1
+    assert result.stderr == LINE.replace("Error: cdp.db", f"Error: {store}")
+    assert damage_marker(store).exists()
+
+
 def test_a_damaged_header_is_the_line_and_a_file_that_is_no_database_is_not(
     project: Path, run: Callable[..., Result]
 ) -> None:
@@ -317,7 +355,6 @@ def test_status_check_lists_the_problems_remembers_them_and_forgets_them_after_a
     assert data["ok"] is False and data["problems"]
     assert result.stderr.startswith("Error: cdp.db: the store is damaged (")
     assert result.stderr.endswith(
-        "found by integrity_check; the first: "
         f"{data['problems'][0]}); restore a backup (docs/operations.md#restoring-a-backup)\n"
     )
     text = run("status", "--check")

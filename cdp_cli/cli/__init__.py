@@ -8,6 +8,7 @@ they print with. The stages themselves are imported inside each command, where u
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import click
@@ -45,8 +46,9 @@ class CdpGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
-            damaged = _store_damaged(ctx, exc)
-            if damaged is not None:  # not a bug: the disk's fault, even under CDP_DEBUG
+            store = _store_path(ctx)
+            damaged = corruption_error(exc, store) if store else None  # met outside store()
+            if damaged is not None:  # not a bug: the disk's fault, one line even under CDP_DEBUG
                 raise CliError(str(damaged), damaged.exit_code) from None
             if os.environ.get("CDP_DEBUG"):
                 raise
@@ -55,14 +57,12 @@ class CdpGroup(click.Group):
             ) from None
 
 
-def _store_damaged(ctx: click.Context, exc: Exception) -> CdpError | None:
-    """The one line for a damaged page met outside `Project.store()` (`cdp run` opens its own)."""
-    project = ctx.find_object(Project)
+def _store_path(ctx: click.Context) -> Path | None:
+    """The store the command used, to name in an error SQLite raised; None if unknown."""
     try:
-        store = project.store_path if project else None
-    except CdpError:  # no cdp.yaml to name it: no store was opened either
-        store = None
-    return corruption_error(exc, store) if store else None
+        return ctx.obj.store_path if isinstance(ctx.obj, Project) else None
+    except CdpError:  # cdp.yaml cannot say
+        return None
 
 
 @click.group(cls=CdpGroup, epilog=EXIT_CODES)
