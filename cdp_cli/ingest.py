@@ -140,7 +140,7 @@ def _converter(mapping: FieldMapping, spec: Field, source: Source) -> Converter:
         if synonyms and type(text) is str:
             text = synonyms.get(text.casefold(), text)
         if choices and text not in choices:
-            if required:
+            if required or spec.refuse_unknown:
                 raise RowRejected("unknown_value", unknown_value_reason(spec, text), name)
             invalid[name] = text
             return None
@@ -299,6 +299,14 @@ class RowMapper:
             (self._getter(m), _converter(m, source.kind.field(m.name), source))  # type: ignore[arg-type]
             for m in typed
         ]
+        # A field required only in some rows (an opt-in's time): (its index or -1, its name,
+        # the index of the field it depends on, the value that makes it required).
+        self._required_if = [
+            (self._position(spec.name), spec.name, self._position(other), value)
+            for spec in source.kind.fields
+            if spec.required_if
+            for other, value in [spec.required_if]
+        ]
         identity_names = set(source.identity_fields)
         self._identity = [(n, i) for i, n in enumerate(self.columns) if n in identity_names]
         # A key part uses the value of a field read from the same place, else the raw column.
@@ -327,6 +335,9 @@ class RowMapper:
             self._mapped_paths = sorted(
                 {c for c in mapped if "." in c}, key=lambda c: -c.count(".")
             )
+
+    def _position(self, name: str) -> int:
+        return self.columns.index(name) if name in self.columns else -1
 
     def _index(self, mapping: FieldMapping) -> int:
         assert self.header is not None and mapping.column is not None
@@ -374,6 +385,9 @@ class RowMapper:
             if values[i] is None:
                 raise RowRejected("missing", f"{name}: missing", name)
         values += [convert(get(row), invalid) for get, convert in self._typed]
+        for i, name, depends, value in self._required_if:
+            if (i < 0 or values[i] is None) and depends >= 0 and values[depends] == value:
+                raise RowRejected("missing", f"{name}: missing (required when {value})", name)
         key = self._key_of(row, values)
         if self.has_items:
             values.append(self._items(row, invalid))

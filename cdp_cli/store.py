@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlite_utils
 
-from cdp_cli.canonical import KINDS, SQL_TYPES, Kind
+from cdp_cli.canonical import KINDS, SQL_TYPES, Kind, builtin_values
 from cdp_cli.errors import StoreError
 from cdp_cli.integrity import corruption_error, refuse_if_damaged
 
@@ -471,5 +471,93 @@ DROP INDEX messages_pending;
 CREATE INDEX messages_pending ON messages (run_id) WHERE status = 'queued';
 DROP INDEX messages_link_code;
 CREATE INDEX messages_link_code ON messages (link_code) WHERE link_code IS NOT NULL;
+""",
+    )
+
+
+@migration(10)
+def record_wait_reasons(db: sqlite_utils.Database) -> None:
+    """Why an enrolment waits at a send step (quiet hours, the frequency cap, or a problem of the
+    project's), so that `cdp journey status` can say it; NULL at a wait step."""
+    _run_script(db.conn, "ALTER TABLE journey_enrolments ADD COLUMN wait_reason TEXT;")
+
+
+@migration(11)
+def check_stored_consents(db: sqlite_utils.Database) -> None:
+    """Consents gain a purpose. Rows stored before cdp checked a consent's channel, status and
+    an opt-in's time are checked now: a written form cdp knows is mapped (短信 -> sms), and
+    a row it cannot act on moves to rejects with its reason, instead of being ignored."""
+    conn, kind = db.conn, KINDS["consents"]
+    if "purpose" not in {row[1] for row in conn.execute("PRAGMA table_info(consents)")}:
+        conn.execute("ALTER TABLE consents ADD COLUMN purpose TEXT")
+    checks = []
+    for name in ("channel", "status"):
+        spec = kind.field(name)
+        assert spec is not None
+        known = builtin_values(spec, kind)
+        for (written,) in conn.execute(
+            f"SELECT DISTINCT {name} FROM consents WHERE {name} IS NOT NULL"
+        ).fetchall():
+            mapped = known.get(written.strip().casefold())
+            if mapped is not None and mapped != written:
+                conn.execute(f"UPDATE consents SET {name} = ? WHERE {name} = ?", (mapped, written))
+        choices = ", ".join(f"'{c}'" for c in spec.choices)  # constants of ours
+        checks.append(
+            (f"{name} IS NULL", "missing", name, f"{name}: missing"),
+        )
+        checks.append(
+            (
+                f"{name} NOT IN ({choices})",
+                "unknown_value",
+                name,
+                f"{name}: ' || quote({name}) || ' is not one of {', '.join(spec.choices)}",
+            )
+        )
+    checks.append(
+        (
+            "status = 'opt_in' AND consented_at IS NULL",
+            "missing",
+            "consented_at",
+            "consented_at: missing (required when opt_in)",
+        )
+    )
+    for where, problem, field, reason in checks:
+        rows = f"SELECT id FROM consents WHERE {where}"
+        conn.execute(
+            "INSERT INTO rejects (batch_id, source, line, problem, field, reason, raw) "
+            f"SELECT batch_id, source, line, ?, ?, '{reason} (stored before cdp checked it)', "
+            "json_object('channel', channel, 'status', status, 'consented_at', consented_at, "
+            "'phone', phone, 'email', email, 'member_no', member_no, 'reason', reason) "
+            f"FROM consents WHERE id IN ({rows})",
+            (problem, field),
+        )
+        conn.execute(
+            "UPDATE batches SET rows_rejected = rows_rejected + n FROM (SELECT batch_id, "
+            f"count(*) AS n FROM consents WHERE id IN ({rows}) GROUP BY 1) AS moved "
+            "WHERE batches.id = moved.batch_id"
+        )
+        conn.execute(f"DELETE FROM consents WHERE id IN ({rows})")
+
+
+@migration(12)
+def create_export_log(db: sqlite_utils.Database) -> None:
+    """The export log (exports.py): every file written with customers in it, and who was in
+    each, so that `cdp forget` can name the files it cannot erase."""
+    _run_script(
+        db.conn,
+        """
+CREATE TABLE exports (
+  id INTEGER PRIMARY KEY,
+  path TEXT NOT NULL,             -- the file, resolved
+  written_at TEXT NOT NULL,
+  kind TEXT NOT NULL,             -- segment, hashed_segment, id_mapping, outbound
+  audience TEXT,                  -- the segment's name or rule, the journey and channel
+  rows INTEGER NOT NULL
+);
+CREATE TABLE export_members (     -- who was in each file: the link `cdp forget` erases
+  one_id TEXT NOT NULL,
+  export_id INTEGER NOT NULL REFERENCES exports(id),
+  PRIMARY KEY (one_id, export_id)
+) WITHOUT ROWID;
 """,
     )

@@ -115,14 +115,15 @@ def one_lookup(
 
 
 def writes_store(
-    unless: tuple[str, ...] = (), only_with: tuple[str, ...] = ()
+    unless: tuple[str, ...] = (), only_with: tuple[str, ...] = (), pass_wait: bool = False
 ) -> Callable[[Command], Command]:
     """For commands that write to the store: `--wait SECONDS`, and the store's lock held while
     the command runs, so that one writer runs at a time. Put it just above @pass_project.
 
     Readers take no lock and run during a write (WAL). A command run with one of the flags in
     `unless` set only reads (`cdp tag --list`) and takes no lock either; nor does one run with
-    none of the options in `only_with` (`cdp consent` without --opt-out or --opt-in).
+    none of the options in `only_with` (`cdp consent` without --opt-out or --opt-in). With
+    `pass_wait`, the command gets `wait` too (`cdp forget` waits as long for a reader).
     """
 
     def decorate(fn: Command) -> Command:
@@ -136,6 +137,8 @@ def writes_store(
         )
         @functools.wraps(fn)
         def command(*args: Any, wait: float, **kwargs: Any) -> Any:
+            if pass_wait:
+                kwargs["wait"] = wait
             reads_only = any(kwargs.get(flag) for flag in unless) or (
                 only_with and not any(kwargs.get(option) for option in only_with)
             )

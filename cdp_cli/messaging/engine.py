@@ -481,9 +481,11 @@ def _walk(run: JourneyRun, batch: list[Enrolment]) -> None:
     journey = run.journey
     stops: list[tuple[Any, ...]] = []
 
-    def stop(e: Enrolment, status: str = "active", next_at: str | None = None) -> None:
+    def stop(
+        e: Enrolment, status: str = "active", next_at: str | None = None, why: str | None = None
+    ) -> None:
         ended = run.now_text if status != "active" else None
-        stops.append((status, e.step, e.waiting, next_at, e.variant, ended, e.id))
+        stops.append((status, e.step, e.waiting, next_at, why, e.variant, ended, e.id))
 
     at: dict[str | None, list[Enrolment]] = {}
     for e in batch:
@@ -516,7 +518,7 @@ def _walk(run: JourneyRun, batch: list[Enrolment]) -> None:
                 deferred = send_batch(run, step, group)
                 for e in group:
                     if e.id in deferred:
-                        stop(e, next_at=deferred[e.id])
+                        stop(e, next_at=deferred[e.id].until, why=deferred[e.id].reason)
                     else:
                         move(e, following)
             elif isinstance(step, Branch):
@@ -534,7 +536,7 @@ def _walk(run: JourneyRun, batch: list[Enrolment]) -> None:
         raise CdpError(f"journey {journey.name}: enrolments did not settle")
     run.db.conn.executemany(
         "UPDATE journey_enrolments SET status = ?, step = ?, waiting = ?, next_at = ?, "
-        "variant = ?, ended_at = ? WHERE id = ?",
+        "wait_reason = ?, variant = ?, ended_at = ? WHERE id = ?",
         stops,
     )
 
