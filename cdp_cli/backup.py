@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdp_cli.errors import CdpError, StoreError
+from cdp_cli.errors import CdpError
 from cdp_cli.files import move_into_place, temp_path
 from cdp_cli.integrity import (
+    check_is_database,
     corruption_error,
     refuse_if_damaged,
     store_damaged,
@@ -50,8 +51,7 @@ class BackupResult:
 def backup_store(store: Path, dest: Path) -> BackupResult:
     """Copy the store to `dest`, check the copy, then put it in place (replacing an older
     backup there). The caller has checked that `dest` is none of the project's files."""
-    if not store.exists():
-        raise StoreError(f"{store}: no store here yet; run `cdp ingest` first")
+    check_is_database(store)
     refuse_if_damaged(store)
     started = time.monotonic()
     tmp = temp_path(dest)

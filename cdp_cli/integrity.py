@@ -66,6 +66,15 @@ def is_sqlite_file(path: Path) -> bool:
         return False
 
 
+def check_is_database(store: Path) -> None:
+    """StoreError unless `store` exists and is a SQLite database, damaged or not: for the
+    commands that read it without opening it as the store (`status --check`, `backup`)."""
+    if not store.exists():
+        raise StoreError(f"{store}: no store here yet; run `cdp ingest` first")
+    if not is_sqlite_file(store):
+        raise StoreError(f"{store}: not a cdp store (file is not a database)")
+
+
 def corruption_error(exc: BaseException, store: Path) -> StoreDamaged | None:
     """The StoreDamaged to raise for a sign of damage met in `store`, else None; the damage is
     remembered (`remember_damage`), so that the next commands refuse the store too.
@@ -177,8 +186,7 @@ class CheckResult:
 def check_store(store: Path) -> CheckResult:
     """Read every page of the store (`PRAGMA integrity_check`, then `foreign_key_check`); a
     sound store forgets damage remembered before, a damaged one is remembered."""
-    if not store.exists():
-        raise StoreError(f"{store}: no store here yet; run `cdp ingest` first")
+    check_is_database(store)
     started = time.monotonic()
     conn = sqlite3.connect(str(store), timeout=30, isolation_level=None)
     try:

@@ -316,8 +316,10 @@ def test_a_damaged_header_is_the_line_and_a_file_that_is_no_database_is_not(
     )
     notes = project / "notes.db"
     notes.write_text("my notes, not a database\n" * 100)
-    result = run("--db", "notes.db", "status")
-    assert result.stderr == "Error: notes.db: not a cdp store (file is not a database)\n"
+    for args in (["status"], ["status", "--check"], ["backup", "copy.db"]):
+        result = run("--db", "notes.db", *args)
+        assert result.exit_code == 1
+        assert result.stderr == "Error: notes.db: not a cdp store (file is not a database)\n"
     assert not damage_marker(notes).exists()
 
 
