@@ -28,6 +28,7 @@ from typing import Any
 import phonenumbers
 import sqlite_utils
 
+from cdp_cli.integrity import store_file
 from cdp_cli.privacy import mask_text
 
 PURGE_WAIT_SECONDS = 2.0  # the least the checkpoint is retried for, --wait or not
@@ -70,14 +71,6 @@ def purge(db: sqlite_utils.Database, needles: Iterable[str] = (), wait: float = 
     if not result.wal_truncated:
         result.held_by = holders(store)
     return result
-
-
-def store_file(conn: sqlite3.Connection) -> Path:
-    """The file of the connection's main database."""
-    for _, name, file in conn.execute("PRAGMA database_list"):
-        if name == "main":
-            return Path(file)
-    raise AssertionError("a connection always has a main database")
 
 
 def wal_file(store: Path) -> Path:

@@ -144,7 +144,9 @@ def writes_store(
             )
             if reads_only:
                 return fn(*args, **kwargs)
-            with _store_lock(click.get_current_context(), wait):
+            # A dry run writes nothing, not even the log line of a refusal.
+            logged = not kwargs.get("dry_run")
+            with _store_lock(click.get_current_context(), wait, logged):
                 return fn(*args, **kwargs)
 
         return command
@@ -152,9 +154,9 @@ def writes_store(
     return decorate
 
 
-def _store_lock(ctx: click.Context, wait: float) -> Any:
-    """The store's write lock; a refusal is also written to the log file, if one is set."""
-    from cdp_cli import lock
+def _store_lock(ctx: click.Context, wait: float, logged: bool = True) -> Any:
+    """The store's write lock; a refusal is also written to the log file, if one is set (and
+    the refusal is `logged`)."""
     from cdp_cli.errors import StoreBusy
     from cdp_cli.oplog import OpsLog, for_log
 
@@ -162,9 +164,10 @@ def _store_lock(ctx: click.Context, wait: float) -> Any:
     assert project is not None
     command = ctx.command_path.replace(ctx.find_root().info_name or "cdp", "cdp", 1)
     try:
-        return lock.acquire(project.store_path, wait, command)
+        return project.lock(wait, command)
     except StoreBusy as exc:
-        with OpsLog(project.config.log_path if project.has_config else None) as log:
+        log_path = project.config.log_path if logged and project.has_config else None
+        with OpsLog(log_path) as log:
             log.write(
                 stage="lock", status="busy", command=command, wait=wait, error=for_log(str(exc))
             )

@@ -20,13 +20,14 @@ import sqlite_utils
 
 from cdp_cli.config import Config
 from cdp_cli.exports import OUTBOUND, Export, Members, record_export
-from cdp_cli.files import atomic_write
+from cdp_cli.files import atomic_write, ensure_folder
 from cdp_cli.messaging.channels import CHANNELS, Channel
 from cdp_cli.store import now_iso, transaction
 
 # A CSV file's columns: these, with the channel's file_columns (from the payload) after "to".
 LEADING_COLUMNS = ("message_id", "to")
 TRAILING_COLUMNS = ("journey", "step", "one_id", "coupon", "link")
+OUTBOUND_FILES = "the journeys' outbound files"  # what goes in outbound/, for error messages
 
 
 def write_outbound(db: sqlite_utils.Database, config: Config) -> list[str]:
@@ -39,7 +40,7 @@ def write_outbound(db: sqlite_utils.Database, config: Config) -> list[str]:
     for run_id, journey, channel, now in groups:
         stamp = datetime.fromisoformat(now).strftime("%Y%m%dT%H%M%S")
         folder = config.outbound_folder / channel
-        folder.mkdir(parents=True, exist_ok=True)
+        ensure_folder(folder, OUTBOUND_FILES)
         path = folder / f"{journey}-{stamp}-{run_id}.{CHANNELS[channel].file_format}"
         # A group's rows are all queued until the UPDATE below marks them all written. In the
         # order they were queued, through the index of queued messages, never a table scan.
