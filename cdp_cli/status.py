@@ -25,7 +25,7 @@ VALIDITY_SAMPLE = 50_000
 # same ids each time, so two `cdp status` of one store agree.
 SAMPLE_ABOVE = 200_000
 SAMPLE_RUNS = 40
-SAMPLE_RUN_ROWS = 500
+SAMPLE_RUN_ROWS = 250
 BASE_TABLES = ["batches", "rejects", *(kind.table for kind in KINDS.values())]
 
 
