@@ -8,6 +8,7 @@ stored already is updated in place, so running the same command twice never dupl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import operator
@@ -35,12 +36,12 @@ from cdp_cli.canonical import (
     Field,
 )
 from cdp_cli.config import Config, FieldMapping, Source
-from cdp_cli.errors import IngestError, UsageError
+from cdp_cli.errors import IngestError, UsageError, system_fault
 from cdp_cli.identity.normalize import identity_key
 from cdp_cli.identity.tombstones import FORGOTTEN_RAW, Screen
 from cdp_cli.parsing import TimestampParser, parse_date, parse_integer, parse_number, to_json
-from cdp_cli.privacy import mask_text
-from cdp_cli.store import insert_row, now_iso, transaction
+from cdp_cli.privacy import quote_cells
+from cdp_cli.store import insert_row, now_iso, store_file, transaction
 
 CHUNK_ROWS = 5000
 # One encoder for every row: json.dumps with options builds a new one per call (~3 µs).
@@ -272,6 +273,7 @@ class RowMapper:
         self.source = source
         self.header = header
         self.has_items = source.items is not None
+        self._attrs_bytes = source.limits.attrs_bytes
         mappings = list(source.fields.values())
         # Text columns that need only trimming take a fast path: all of them fetched in one
         # C call per row (an itemgetter for CSV, dict.get mapped over the names for JSON).
@@ -316,10 +318,8 @@ class RowMapper:
             else (m.name, self._getter(m), -1)
             for m in source.key
         ]
-        mapped = [m.column for m in source.fields.values() if m.column]
-        mapped += [m.column for m in source.key if m.column]
+        mapped = source.columns
         if source.items:
-            mapped.append(source.items.column)
             self._items_getter = self._getter(FieldMapping("items", column=source.items.column))
             self._item_fields = [
                 (m.name, _json_getter(m.column or m.name), m.column or m.name, spec)
@@ -341,12 +341,21 @@ class RowMapper:
     def _index(self, mapping: FieldMapping) -> int:
         assert self.header is not None and mapping.column is not None
         if mapping.column not in self.header:
-            raise IngestError(
-                f"column {mapping.column!r} (for {mapping.name.removeprefix('key:')}) is not in "
-                f"the header; the columns are: {mask_text(', '.join(self.header))}"
-                + self._delimiter_hint()
-            )
+            missing = f"column {mapping.column!r} (for {mapping.name.removeprefix('key:')})"
+            raise IngestError(f"{missing} is not in the header; {self._header_problem()}")
         return self.header.index(mapping.column)
+
+    def _header_problem(self) -> str:
+        """What the header holds instead, its cells masked when it may be a row of data."""
+        assert self.header is not None
+        if readers.is_known_header(self.header, self.source.columns):
+            return f"the columns are: {quote_cells(self.header, header=True)}" + (
+                self._delimiter_hint()
+            )
+        return (
+            "its first line holds none of the columns cdp.yaml maps: is the header row "
+            f"missing? It reads: {quote_cells(self.header, header=False)}"
+        )
 
     def _delimiter_hint(self) -> str:
         """A header read as one column may be split on the wrong character: say how to set it."""
@@ -394,8 +403,17 @@ class RowMapper:
         if invalid:
             attrs["_invalid"] = invalid
         attrs_json = _JSON.encode(attrs) if attrs else None
+        # A character is 1 to 4 bytes in UTF-8: count them only where that could matter.
+        if attrs_json is not None and len(attrs_json) * 4 > self._attrs_bytes:
+            self._check_attrs_size(attrs_json)
         values.append(identity_key([(n, values[i]) for n, i in self._identity]))
         return key, values, attrs_json
+
+    def _check_attrs_size(self, attrs_json: str) -> None:
+        if len(attrs_json.encode("utf-8", "surrogatepass")) > self._attrs_bytes:
+            over = readers.over_limit("attrs_bytes", self._attrs_bytes)
+            reason = f"{readers.TOO_LARGE}the columns cdp.yaml does not map (attrs) are {over}"
+            raise RowRejected("too_large", reason, "attrs")
 
     def identity_fields(self, values: list[Any]) -> dict[str, Any]:
         """The identity fields among a mapped row's values, by canonical name."""
@@ -532,8 +550,10 @@ def ingest_file(
     """
     started = time.monotonic()
     path = path.absolute()
-    if not path.is_file():
+    if not path.exists():
         raise IngestError(f"{path}: file not found")
+    if not path.is_file():  # a pipe or a device: a file is read twice (its sha256, its rows)
+        raise IngestError(f"{path}: not a regular file; save the export to a file and ingest that")
     sha256 = file_sha256(path)
     seen = db.conn.execute(
         "SELECT id FROM batches WHERE source=? AND sha256=? AND status='done' "
@@ -570,11 +590,11 @@ def ingest_file(
             )  # fmt: skip
     except BaseException as exc:
         status = "failed" if isinstance(exc, Exception) else "aborted"
-        message = str(exc) or type(exc).__name__
-        db.conn.execute(
-            "UPDATE batches SET status=?, finished_at=?, error=? WHERE id=?",
-            (status, now_iso(), message, batch_id),
-        )
+        fault = system_fault(exc, store_file(db.conn))  # a full disk: the batch says so
+        message = str(fault or exc) or type(exc).__name__
+        _record_failure(db, batch_id, status, message)
+        if fault is not None:
+            raise fault from None
         if isinstance(exc, IngestError):
             raise IngestError(f"{path}: {exc}") from None
         if isinstance(exc, (sqlite3.DataError, RecursionError)):
@@ -582,6 +602,16 @@ def ingest_file(
         raise
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def _record_failure(db: sqlite_utils.Database, batch_id: int, status: str, message: str) -> None:
+    """Mark the batch failed (or aborted) with why. When the disk is too full for even that,
+    the batch stays 'running', and the next ingest marks it aborted."""
+    with contextlib.suppress(sqlite3.OperationalError):  # the first error is the one to tell
+        db.conn.execute(
+            "UPDATE batches SET status=?, finished_at=?, error=? WHERE id=?",
+            (status, now_iso(), message, batch_id),
+        )
 
 
 def _load(
@@ -598,7 +628,9 @@ def _load(
     # Loaded inside the file's transaction: a `cdp forget` committed before it is always seen.
     tombstones = screen.load(conn) if screen else None
     before = conn.execute(f"SELECT count(*) FROM {table} WHERE source=?", (source.name,)).fetchone()
-    with readers.open_rows(path, fmt, encoding, source.delimiter) as (header, rows, progress):
+    with readers.open_rows(
+        path, fmt, encoding, source.delimiter, source.limits, source.columns
+    ) as (header, rows, progress):
         mapper = RowMapper(source, header)
         columns = [*mapper.columns, *(["items"] if mapper.has_items else []), "identity_key"]
         upsert = _upsert_sql(table, columns)
@@ -623,7 +655,9 @@ def _load(
                     key = _content_key(values, attrs)
                 pending.append((name, key, *values, attrs, batch_id, line))
             except RowRejected as rejected:
-                raw_text = _raw_text(raw or row, header)
+                # A row too large is not kept whole a second time: its line finds it.
+                too_large = rejected.problem == "too_large"
+                raw_text = None if too_large else _raw_text(raw or row, header)
                 if tombstones is not None and (
                     rejected.problem == "forgotten" or tombstones.mentioned_in(raw_text or "")
                 ):
@@ -662,6 +696,8 @@ INSERT_REJECTS = (
 
 
 def _problem_of(error: str) -> str:
+    if error.startswith(readers.TOO_LARGE):
+        return "too_large"
     if error.startswith("bytes that do not decode"):
         return "undecodable"
     if error.startswith("expected") and "columns" in error:

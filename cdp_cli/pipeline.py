@@ -22,10 +22,10 @@ from zoneinfo import ZoneInfo
 import sqlite_utils
 
 from cdp_cli.config import Config, Source
-from cdp_cli.errors import CdpError
+from cdp_cli.errors import CdpError, StoreBusy, SystemFault, system_fault
 from cdp_cli.identity.tombstones import Screen
 from cdp_cli.oplog import OpsLog, for_log, scrub
-from cdp_cli.store import now_iso
+from cdp_cli.store import now_iso, rollback, store_file
 
 DONE_FOLDER, FAILED_FOLDER = "done", "failed"
 # Names that copy tools, browsers and editors give a file while it is still being written.
@@ -163,13 +163,14 @@ def _run_stage(
     started = time.monotonic()
     try:
         work(stage)
-    except CdpError as exc:
-        stage.status, stage.error = "failed", scrub(str(exc))
-    except Exception as exc:  # a bug or a damaged store; the CLI re-raises it under CDP_DEBUG
-        stage.status, stage.exception = "failed", exc
-        stage.error = scrub(f"internal error: {type(exc).__name__}: {exc}")
-    if db.conn.in_transaction:  # whatever failed, the next stage starts on committed data
-        db.conn.execute("ROLLBACK")
+    except Exception as exc:
+        known, stage.status = _known(exc, db), "failed"
+        if known is None:  # a bug or a damaged store; the CLI re-raises it under CDP_DEBUG
+            stage.exception = exc
+            stage.error = scrub(f"internal error: {type(exc).__name__}: {exc}")
+        else:
+            stage.error = scrub(str(known))
+    rollback(db.conn)  # whatever failed, the next stage starts on committed data
     stage.seconds = round(time.monotonic() - started, 3)
     report.stages.append(stage)
     log.write(
@@ -181,6 +182,12 @@ def _run_stage(
         note=stage.note,
     )
     return stage
+
+
+def _known(exc: Exception, db: sqlite_utils.Database) -> CdpError | None:
+    """`exc` as a user reads it: a CdpError, or the machine's fault in words (a full disk, a
+    read-only store); None for a bug."""
+    return exc if isinstance(exc, CdpError) else system_fault(exc, store_file(db.conn))
 
 
 def _log_error(message: str | None, exception: Exception | None) -> str | None:
@@ -278,9 +285,13 @@ def _take(
         entry.status = "waiting"
         entry.message = f"changed {age:.0f}s ago: read once unchanged for {settle}s"
     elif dry_run:
+        try:
+            sha256 = file_sha256(path)
+        except FileNotFoundError:  # a run going on meanwhile took it (a dry run takes no lock)
+            return None
         seen = db.conn.execute(
             "SELECT id FROM batches WHERE source=? AND sha256=? AND status='done' LIMIT 1",
-            (source.name, file_sha256(path)),
+            (source.name, sha256),
         ).fetchone()
         entry.status = "duplicate" if seen else "new"
         entry.batch_id = seen[0] if seen else None
@@ -299,14 +310,16 @@ def _ingest_one(
 
     try:
         result = ingest_file(db, source, path, screen=screen)
-    except CdpError as exc:  # the file's fault: it would fail again on every run
-        entry.status = "failed"
-        entry.message = scrub(str(exc).removeprefix(f"{path.absolute()}: "))
-        _move(path, FAILED_FOLDER, entry)
-        return
-    except Exception as exc:  # a bug or the store: the file stays, the other files go on
-        entry.status, entry.exception = "failed", exc
-        entry.message = scrub(f"internal error: {type(exc).__name__}: {exc}")
+    except Exception as exc:
+        known, entry.status = _known(exc, db), "failed"
+        if known is None:  # a bug or the store: the file stays, the other files go on
+            entry.exception = exc
+            entry.message = scrub(f"internal error: {type(exc).__name__}: {exc}")
+        elif isinstance(known, (SystemFault, StoreBusy)):  # the machine's: the file stays too
+            entry.message = scrub(str(known))
+        else:  # the file's fault: it would fail again on every run
+            entry.message = scrub(str(known).removeprefix(f"{path.absolute()}: "))
+            _move(path, FAILED_FOLDER, entry)
         return
     entry.status = "ingested" if result.status == "done" else "duplicate"
     entry.batch_id, entry.message = result.batch_id, result.message

@@ -10,7 +10,8 @@ from typing import Any
 import sqlite_utils
 
 from cdp_cli.errors import RuleError, UsageError
-from cdp_cli.files import row_format, write_rows
+from cdp_cli.exports import RULE_PREFIX, SEGMENT, Export, Members, write_logged_rows
+from cdp_cli.files import row_format
 from cdp_cli.rules.book import RuleBook
 from cdp_cli.rules.compiler import CompiledRule
 from cdp_cli.rules.vocabulary import BASE_FROM, RuleContext
@@ -46,6 +47,11 @@ class Audience:
     @property
     def where(self) -> str:
         return self.compiled.sql
+
+    @property
+    def label(self) -> str:
+        """The segment's name, or the rule: what the export log says the audience was."""
+        return self.name or f"{RULE_PREFIX}{self.rule}"
 
 
 def audience(
@@ -254,12 +260,15 @@ def export(
     path: Path,
     fields: list[str],
 ) -> int:
-    """Write the audience to .csv or .jsonl, through a temporary file renamed when complete.
+    """Write the audience to .csv or .jsonl, through a temporary file renamed when complete,
+    and log it with its customers (exports.py), whatever fields it carries.
 
     CSV cells a spreadsheet would run as a formula are neutralised (csvsafe)."""
     row_format(path)  # before the query: a wrong suffix is the user's mistake, said at once
-    names, cursor = members(db, book, as_of, chosen, fields)
-    return write_rows(path, names, cursor)
+    logged = Members(db.conn)
+    _, cursor = members(db, book, as_of, chosen, ["one_id", *fields])  # one_id: for the log
+    what = Export(SEGMENT, chosen.label)
+    return write_logged_rows(db, path, fields, cursor, what, logged, one_id_at=0, hidden=True)
 
 
 def segments_of(db: sqlite_utils.Database, book: RuleBook, as_of: date, one_id: str) -> list[str]:

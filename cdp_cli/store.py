@@ -13,7 +13,7 @@ from typing import Any
 import sqlite_utils
 
 from cdp_cli.canonical import KINDS, SQL_TYPES, Kind, builtin_values
-from cdp_cli.errors import StoreError
+from cdp_cli.errors import StoreError, read_only_reason, system_fault
 
 Migration = Callable[[sqlite_utils.Database], None]
 MIGRATIONS: list[tuple[int, str, Migration]] = []
@@ -42,6 +42,14 @@ def insert_row(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int
     return rowid
 
 
+def store_file(conn: sqlite3.Connection) -> Path:
+    """The file of the store this connection is open on (its main database)."""
+    for _, name, file in conn.execute("PRAGMA database_list"):
+        if name == "main":
+            return Path(file)
+    raise AssertionError("a connection always has a main database")
+
+
 def rows_as_dicts(
     db: sqlite_utils.Database, sql: str, params: Sequence[Any] = ()
 ) -> list[dict[str, Any]]:
@@ -51,22 +59,101 @@ def rows_as_dicts(
     return [dict(zip(names, row, strict=True)) for row in cursor]
 
 
-def open_store(path: Path, create: bool = True) -> sqlite_utils.Database:
-    """Open (or create) the store, in WAL mode so readers work while a command writes."""
+# How long a connection waits for a lock another connection holds. Readers rarely meet one
+# (WAL): a checkpoint, or a recovery after a crash. A writer waits for another program's write
+# lock as long as --wait says, and at least WRITER_GRACE for such a brief one.
+READER_WAIT = 30.0
+WRITER_GRACE = 1.0
+
+
+def check_store_path(path: Path) -> None:
+    """Refuse a store path no store can be at: in a missing folder, or a folder itself."""
+    if path.is_dir():
+        raise StoreError(
+            f"{path} is a folder, not a store: --db (or $CDP_DB, or store: in cdp.yaml) names "
+            f"the store's file, such as {path / 'cdp.db'}"
+        )
+    if not path.parent.is_dir():
+        raise StoreError(f"{path}: folder {path.parent} does not exist")
+
+
+def open_store(
+    path: Path, create: bool = True, *, write: bool = False, wait: float = 0
+) -> sqlite_utils.Database:
+    """Open (or create) the store, in WAL mode so readers work while a command writes.
+
+    A writer (`write`) learns at once whether it can write: a read-only store, or a write lock
+    another program holds for longer than `wait` seconds, is a one-line error before any work.
+    Anyone else can read a store that cannot be written (its file, folder or filesystem
+    read-only): it is opened read-only then.
+    """
     if not create and not path.exists():
         raise StoreError(f"{path}: no store here yet; run `cdp ingest` first")
-    if path.parent and not path.parent.exists():
-        raise StoreError(f"{path}: folder {path.parent} does not exist")
+    check_store_path(path)
+    timeout = max(wait, WRITER_GRACE) if write else READER_WAIT
+    conn = None
     try:
-        conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         db = sqlite_utils.Database(conn)
         migrate(db)
+        if write:
+            check_writable(conn)
     except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{path}: not a cdp store ({exc})") from None
+        if conn is not None:
+            conn.close()
+        readable = isinstance(exc, sqlite3.OperationalError) and not write and path.exists()
+        if readable and read_only_reason(path):
+            return open_read_only(path)
+        raise system_fault(exc, path) or StoreError(f"{path}: not a cdp store ({exc})") from None
     return db
+
+
+def check_writable(conn: sqlite3.Connection) -> None:
+    """Begin a write and roll it back: SQLite says here if the store is read-only, or waits
+    for another program's write lock (the connection's timeout) and says it is busy."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DELETE FROM schema_migrations WHERE 0")  # a write that changes nothing
+    finally:
+        rollback(conn)
+
+
+def open_read_only(path: Path) -> sqlite_utils.Database:
+    """The store through a read-only connection, for readers of a store they cannot write.
+
+    In a read-only folder, SQLite cannot make the -shm file a WAL store is read through; if no
+    -wal is there either, nobody can be writing (a writer needs one), and the store is opened
+    as immutable, which needs neither.
+    """
+    uri = path.absolute().as_uri()
+    wal = path.with_name(path.name + "-wal")
+    try:
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        if wal.exists():
+            why = read_only_reason(path)
+            error = f"{path}: cannot read the store while {wal.name} is there: {why}"
+            raise StoreError(error) from None
+        conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+    db = sqlite_utils.Database(conn)
+    if pending_migrations(db):
+        db.close()
+        raise StoreError(
+            f"{path}: cannot read the store: it was made by an older cdp, which this one must "
+            f"update first, and {read_only_reason(path)}"
+        )
+    return db
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if any: SQLite has already rolled it back itself after
+    some errors (a full disk, an I/O error), and a ROLLBACK then would hide the real one."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 @contextmanager
@@ -77,7 +164,7 @@ def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback(conn)
         raise
     conn.execute("COMMIT")
 
@@ -88,11 +175,8 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
     )
-    done = {row[0] for row in db.conn.execute("SELECT version FROM schema_migrations")}
     applied = []
-    for version, name, fn in MIGRATIONS:
-        if version in done:
-            continue
+    for version, name, fn in pending_migrations(db):
         with transaction(db):
             fn(db)
             db.conn.execute(
@@ -100,6 +184,14 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
             )
         applied.append(name)
     return applied
+
+
+def pending_migrations(db: sqlite_utils.Database) -> list[tuple[int, str, Migration]]:
+    """The migrations this store has not seen yet, in order."""
+    if "schema_migrations" not in db.table_names():
+        return list(MIGRATIONS)
+    done = {row[0] for row in db.conn.execute("SELECT version FROM schema_migrations")}
+    return [m for m in MIGRATIONS if m[0] not in done]
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -533,3 +625,33 @@ def check_stored_consents(db: sqlite_utils.Database) -> None:
             "WHERE batches.id = moved.batch_id"
         )
         conn.execute(f"DELETE FROM consents WHERE id IN ({rows})")
+
+
+@migration(12)
+def create_export_log(db: sqlite_utils.Database) -> None:
+    """The export log (exports.py): every file written with customers in it, and who was in
+    each, so that `cdp forget` can name the files it cannot erase."""
+    _run_script(
+        db.conn,
+        """
+CREATE TABLE exports (
+  id INTEGER PRIMARY KEY,
+  path TEXT NOT NULL,             -- the file, resolved
+  written_at TEXT NOT NULL,
+  kind TEXT NOT NULL,             -- segment, hashed_segment, id_mapping, outbound
+  audience TEXT,                  -- the segment's name or rule, the journey and channel
+  rows INTEGER NOT NULL
+);
+CREATE TABLE export_members (     -- who was in each file: the link `cdp forget` erases
+  one_id TEXT NOT NULL,
+  export_id INTEGER NOT NULL REFERENCES exports(id),
+  PRIMARY KEY (one_id, export_id)
+) WITHOUT ROWID;
+""",
+    )
+
+
+@migration(13)
+def fingerprint_tag_runs(db: sqlite_utils.Database) -> None:
+    """What a tag run read (tags.tag_inputs), so that a run with nothing new is skipped."""
+    _run_script(db.conn, "ALTER TABLE tag_runs ADD COLUMN inputs TEXT;")

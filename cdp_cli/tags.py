@@ -7,6 +7,7 @@ and records every change in tag_changes, in one transaction.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -44,6 +45,7 @@ class TagResult:
     tags: dict[str, dict[str, int]] = field(default_factory=dict)
     features_seconds: float = 0.0
     seconds: float = 0.0
+    unchanged_since: int | None = None  # the tag run whose inputs this one found unchanged
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,9 +120,17 @@ def _in_dependency_order(compiled: dict[str, _Compiled]) -> list[_Compiled]:
 
 
 def run_tags(
-    db: sqlite_utils.Database, folder: Path, as_of: date, only: str | None = None
+    db: sqlite_utils.Database,
+    folder: Path,
+    as_of: date,
+    only: str | None = None,
+    force: bool = False,
 ) -> TagResult:
-    """Validate every tag file, compute features, evaluate the tags and record the changes."""
+    """Validate every tag file, compute features, evaluate the tags and record the changes.
+
+    A run whose inputs (`tag_inputs`) are those of the last finished run would compute the
+    same features and tags: it changes nothing and returns at once, unless `force`.
+    """
     started = time.monotonic()
     book = load_rulebook(folder)
     compiled = compile_tags(book, as_of)  # every file is checked before anything is written
@@ -128,14 +138,20 @@ def run_tags(
         if only not in book.tags:
             raise RuleError(f"{folder}: no tag named {only!r}{did_you_mean(only, book.tags)}")
         compiled = [c for c in compiled if c.tag.name == only]
+    inputs = tag_inputs(db, compiled, as_of, only)
+    if not force:
+        unchanged = _unchanged(db, inputs, as_of)
+        if unchanged is not None:
+            unchanged.seconds = round(time.monotonic() - started, 3)
+            return unchanged
     features = compute_features(db, as_of)
     result = TagResult(as_of.isoformat(), features_seconds=features.seconds)
     at = now_iso()
     with transaction(db) as conn:
         run_id = insert_row(
             conn,
-            "INSERT INTO tag_runs (as_of, started_at, tags) VALUES (?, ?, ?)",
-            (as_of.isoformat(), at, json.dumps([c.tag.name for c in compiled])),
+            "INSERT INTO tag_runs (as_of, started_at, tags, inputs) VALUES (?, ?, ?, ?)",
+            (as_of.isoformat(), at, json.dumps([c.tag.name for c in compiled]), inputs),
         )
         customers = _evaluate(conn, _levels(compiled))
         changes = _record(conn, customers, run_id, at, only is None)
@@ -146,6 +162,41 @@ def run_tags(
             (now_iso(), json.dumps(result.as_dict()), run_id),
         )
     return result
+
+
+def tag_inputs(
+    db: sqlite_utils.Database, compiled: list[_Compiled], as_of: date, only: str | None
+) -> str:
+    """A fingerprint of what a tag run reads: the as-of date, the compiled rules, cdp's
+    version (how features are computed), and the store's data as of its latest batch (ingest,
+    `cdp consent`), resolve run and erasure (`cdp forget` leaves tombstones), each of which
+    only grows. Equal fingerprints compute equal features and tags."""
+    from cdp_cli import __version__
+
+    data = db.conn.execute(
+        "SELECT (SELECT coalesce(max(id), 0) FROM batches), "
+        "(SELECT coalesce(max(id), 0) FROM resolve_runs), "
+        "(SELECT count(*) FROM tombstones)"
+    ).fetchone()
+    rules = [(c.tag.name, c.sql, c.params) for c in compiled]
+    text = json.dumps([__version__, as_of.isoformat(), only, list(data), rules], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _unchanged(db: sqlite_utils.Database, inputs: str, as_of: date) -> TagResult | None:
+    """The last finished run's result, as this run's, when it read the same inputs."""
+    last = db.conn.execute(
+        "SELECT id, inputs, result FROM tag_runs WHERE finished_at IS NOT NULL "
+        "ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    if last is None or last[1] != inputs:
+        return None
+    before = json.loads(last[2])
+    tags = {
+        name: {**counts, **{k: 0 for k in counts if k != "customers"}}
+        for name, counts in before["tags"].items()
+    }  # the same customers with each tag; no change
+    return TagResult(as_of.isoformat(), tags, unchanged_since=last[0])
 
 
 def _levels(compiled: list[_Compiled]) -> list[list[_Compiled]]:

@@ -21,6 +21,7 @@ from cronsim import CronSim
 
 from cdp_cli.config import Config
 from cdp_cli.errors import CdpError, FileError, NotFound, RuleError
+from cdp_cli.files import ensure_folder
 from cdp_cli.messaging.channels import placeholder_problem
 from cdp_cli.messaging.conditions import JourneyRules
 from cdp_cli.messaging.coupons import pool_exists, unknown_pool_problem, usable_codes
@@ -34,13 +35,13 @@ from cdp_cli.messaging.journeys import (
     Wait,
     load_journeys,
 )
-from cdp_cli.messaging.outbox import write_outbound
+from cdp_cli.messaging.outbox import OUTBOUND_FILES, write_outbound
 from cdp_cli.messaging.run import Enrolment, JourneyRun, RunResult
 from cdp_cli.messaging.send import send_batch
 from cdp_cli.messaging.templates import TemplateStore
 from cdp_cli.rules.book import load_rulebook
 from cdp_cli.rules.vocabulary import BASE_FROM, unknown_tag_value, unknown_tag_values
-from cdp_cli.store import insert_row, now_iso
+from cdp_cli.store import insert_row, now_iso, rollback
 
 
 def share_of(*parts: str) -> float:
@@ -206,6 +207,8 @@ def run_journeys(
     chosen = [journeys[name]] if name else list(journeys.values())
     for journey in chosen:  # every journey is checked before any of them changes the store
         check_journey(journey, rules, templates)
+    if not dry_run:  # before any journey moves: where their files go must take them
+        ensure_folder(config.outbound_folder, OUTBOUND_FILES)
     results = []
     if dry_run:  # one transaction for all, rolled back: each journey sees what those before
         db.conn.execute("BEGIN IMMEDIATE")  # it would have sent (the frequency cap, coupons)
@@ -216,7 +219,7 @@ def run_journeys(
             results.append(_run_one(run))
     finally:
         if dry_run:
-            db.conn.execute("ROLLBACK")
+            rollback(db.conn)
     if not dry_run:
         written = write_outbound(db, config)
         for result in results:
@@ -264,7 +267,7 @@ def _run_one(run: JourneyRun) -> RunResult:
         )
     except BaseException:
         if not run.dry_run:
-            conn.execute("ROLLBACK")
+            rollback(conn)
         raise
     if not run.dry_run:
         conn.execute("COMMIT")
