@@ -24,8 +24,9 @@ IDENTIFIER_FIELDS = (
     "id_number",
 )  # fmt: skip
 SAMPLE_FIELDS = ("one_id", "name", "city", "phone", "order_count", "total_spent")
-# A sample walks the one_id index when at least this many customers match per one shown
-# (one profile in 20 or more, were they spread evenly); else it scans (see sample()).
+# A sample walks the one_id index when at least this many customers match per one shown: the
+# walk then reads a twentieth of the profiles or less, were the matches spread evenly; with
+# fewer, it scans the base once (see sample()).
 SAMPLE_WALK_MATCHES = 20
 
 
@@ -165,7 +166,7 @@ def sample(
 
     Walking the one_id index stops at the size-th match: quick when many match, a walk of
     every profile when few do. So with fewer than SAMPLE_WALK_MATCHES per customer shown,
-    the base is scanned once with a top-`size` sort, as the count scans it (+ keeps the
+    the base is scanned once with a top-`size` sort, as the count scans it (`+` keeps the
     index out). Only the chosen one_ids are then looked up for their fields."""
     if not size:
         return []
