@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 CDP = Path(sys.executable).parent / "cdp"
 CACHE = Path("/tmp/cdp-bench-segment")
-REPEATS = 3  # each timing: the median of this many
+REPEATS = 5  # each timing: the median of this many
 TARGETS_S = {"plain": 1.0, "tags": 1.5}  # issue 14, at 1M profiles, CLI start included
 
 
@@ -51,8 +51,8 @@ def load_module(name: str) -> Any:
     return module
 
 
-# build_store(), write_rules(), generated_tags(), cdp_tag() and AS_OF come from the tag
-# benchmark; run_child(), machine(), code_version() and ensure_data() from the ingest one.
+# build_store(), write_rules(), generated_tags(), cdp_tag(), store_facts() and warm() come
+# from the tag benchmark; machine(), code_version() and ensure_data() from the ingest one.
 tag_bench = load_module("bench_tag")
 bench = tag_bench.bench
 
@@ -226,11 +226,11 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def baseline(store: Path, where: str) -> dict[str, Any]:
+def baseline(store: Path, where: str, repeats: int) -> dict[str, Any]:
     """The rule as one hand-written SQL COUNT through sqlite3, on a fresh connection each time
-    (as a cdp process has): the median of REPEATS query times, start-up not included."""
+    (as a cdp process has): the median of `repeats` query times, start-up not included."""
     runs = []
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         conn = sqlite3.connect(store)
         load = os.getloadavg()[0]
         started, cpu = time.perf_counter(), time.process_time()
@@ -259,7 +259,7 @@ def measure_size(
         "rules": {},
     }
     for name, (kind, rule, where) in RULES.items():
-        base = baseline(store, where)
+        base = baseline(store, where, repeats)
         entry: dict[str, Any] = {"kind": kind, "rule": rule, "baseline": base, "modes": {}}
         for mode, extra in MODES.items():
             args = ["--config", config, "segment", "--rule", rule, *extra]
