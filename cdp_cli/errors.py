@@ -61,6 +61,10 @@ class SystemFault(CdpError):
     filesystem, a permission. What was not committed was rolled back; run it again once fixed."""
 
 
+class StoreDamaged(StoreError):
+    """The store's file is damaged (SQLite met a corrupt page): check it, restore a backup."""
+
+
 class NotFound(CdpError):
     """A named thing (source, profile, tag, journey) does not exist."""
 

@@ -3,7 +3,8 @@
 Every file cdp writes (exports, outbound files, reports, QR codes, rewritten files after an
 erasure) goes through `atomic_write`: a temporary file beside the target, flushed to disk,
 renamed into place, and the folder synced, so a killed run or a power cut leaves either the
-old file or the whole new one, never half of one.
+old file or the whole new one, never half of one. A file SQLite writes (`cdp backup`) is made
+the same way, and put in place by `move_into_place`.
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ def atomic_write(
         if isinstance(exc, OSError) and exc.filename is None:  # a write() that failed
             raise _cannot_write(path, exc) from None
         raise
+    _sync_folder(path.parent)
+
+
+def move_into_place(tmp: Path, path: Path) -> None:
+    """Rename a finished and synced temporary file (from `temp_path`) over `path`, and sync
+    the folder: for files something else writes, such as SQLite for `cdp backup`."""
+    _replace(tmp, path)
     _sync_folder(path.parent)
 
 

@@ -39,9 +39,10 @@ from cdp_cli.config import Config, FieldMapping, Source
 from cdp_cli.errors import IngestError, UsageError, system_fault
 from cdp_cli.identity.normalize import identity_key
 from cdp_cli.identity.tombstones import FORGOTTEN_RAW, Screen
+from cdp_cli.integrity import is_damage, store_file
 from cdp_cli.parsing import TimestampParser, parse_date, parse_integer, parse_number, to_json
 from cdp_cli.privacy import quote_cells
-from cdp_cli.store import insert_row, now_iso, store_file, transaction
+from cdp_cli.store import insert_row, now_iso, transaction
 
 CHUNK_ROWS = 5000
 # One encoder for every row: json.dumps with options builds a new one per call (~3 µs).
@@ -589,6 +590,8 @@ def ingest_file(
                  result.rejected, result.skipped, batch_id),
             )  # fmt: skip
     except BaseException as exc:
+        if is_damage(exc):  # rolled back; nothing more is written into a damaged store
+            raise
         status = "failed" if isinstance(exc, Exception) else "aborted"
         fault = system_fault(exc, store_file(db.conn))  # a full disk: the batch says so
         message = str(fault or exc) or type(exc).__name__

@@ -15,6 +15,7 @@ given, and $CDP_DB the store when none is given.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ import sqlite_utils
 
 from cdp_cli.config import DEFAULT_CONFIG, Config, load_config
 from cdp_cli.files import check_output
+from cdp_cli.integrity import corruption_error, damage_marker
 from cdp_cli.lock import StoreLock, acquire, lock_path
 from cdp_cli.store import open_store
 
@@ -78,10 +80,16 @@ class Project:
 
     @contextmanager
     def store(self, create: bool = True) -> Iterator[sqlite_utils.Database]:
-        """The store (open_store), open for the `with` block and closed after it."""
+        """The store (open_store), open for the `with` block and closed after it; a damaged
+        page met inside the block is a StoreDamaged that says what to do."""
         db = self.open_store(create)
         try:
             yield db
+        except sqlite3.DatabaseError as exc:
+            damaged = corruption_error(exc, self.store_path)
+            if damaged is None:
+                raise
+            raise damaged from None
         finally:
             db.close()
 
@@ -98,6 +106,7 @@ class Project:
         for suffix in STORE_SIDECARS:
             files[store.with_name(store.name + suffix)] = f"the store's {suffix} file"
         files[lock_path(store)] = "the store's write lock"
+        files[damage_marker(store)] = "the mark of a damaged store"
         folders: dict[Path, str] = {}
         if not self.has_config:
             return files, folders

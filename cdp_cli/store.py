@@ -14,6 +14,7 @@ import sqlite_utils
 
 from cdp_cli.canonical import KINDS, SQL_TYPES, Kind, builtin_values
 from cdp_cli.errors import StoreError, read_only_reason, system_fault
+from cdp_cli.integrity import corruption_error, refuse_if_damaged
 
 Migration = Callable[[sqlite_utils.Database], None]
 MIGRATIONS: list[tuple[int, str, Migration]] = []
@@ -40,14 +41,6 @@ def insert_row(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int
     if rowid is None:
         raise StoreError(f"no row inserted by {sql}")
     return rowid
-
-
-def store_file(conn: sqlite3.Connection) -> Path:
-    """The file of the store this connection is open on (its main database)."""
-    for _, name, file in conn.execute("PRAGMA database_list"):
-        if name == "main":
-            return Path(file)
-    raise AssertionError("a connection always has a main database")
 
 
 def rows_as_dicts(
@@ -90,6 +83,7 @@ def open_store(
     if not create and not path.exists():
         raise StoreError(f"{path}: no store here yet; run `cdp ingest` first")
     check_store_path(path)
+    refuse_if_damaged(path)  # a store a command found damaged stays refused until checked
     timeout = max(wait, WRITER_GRACE) if write else READER_WAIT
     conn = None
     try:
@@ -97,6 +91,7 @@ def open_store(
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA cell_size_check=ON")  # damage met sooner; see integrity.py
         db = sqlite_utils.Database(conn)
         migrate(db)
         if write:
@@ -107,7 +102,8 @@ def open_store(
         readable = isinstance(exc, sqlite3.OperationalError) and not write and path.exists()
         if readable and read_only_reason(path):
             return open_read_only(path)
-        raise system_fault(exc, path) or StoreError(f"{path}: not a cdp store ({exc})") from None
+        fault = corruption_error(exc, path) or system_fault(exc, path)
+        raise fault or StoreError(f"{path}: not a cdp store ({exc})") from None
     return db
 
 

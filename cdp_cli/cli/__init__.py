@@ -17,6 +17,7 @@ from cdp_cli import __version__
 from cdp_cli.cli import audience, identity, ingest, journey, privacy, report, run, setup
 from cdp_cli.cli.output import printable
 from cdp_cli.errors import CdpError, system_fault
+from cdp_cli.integrity import corruption_error
 from cdp_cli.project import Project
 
 EXIT_CODES = """\b
@@ -45,8 +46,10 @@ class CdpGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
-            fault = system_fault(exc, _store_path(ctx))  # a full disk, a read-only store...
-            if fault is not None:
+            store = _store_path(ctx)
+            damaged = corruption_error(exc, store) if store else None  # met outside store()
+            fault = damaged or system_fault(exc, store)  # a full disk, a read-only store...
+            if fault is not None:  # not a bug: the machine's fault, one line even under CDP_DEBUG
                 raise CliError(str(fault), fault.exit_code) from None
             if os.environ.get("CDP_DEBUG"):
                 raise
@@ -104,6 +107,7 @@ for command in (
     setup.demo,
     ingest.ingest_command,
     ingest.status,
+    ingest.backup,
     identity.resolve_command,
     identity.profile_command,
     audience.tag_command,

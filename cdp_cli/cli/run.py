@@ -64,13 +64,13 @@ def run_command(
     with OpsLog(None if dry_run else config.log_path) as log:
         try:
             db = _open_store(project, dry_run)
-        except CdpError as exc:
+            try:
+                report = run_pipeline(db, config, as_of=day, now=clock, dry_run=dry_run, log=log)
+            finally:
+                db.close()
+        except CdpError as exc:  # the store cannot be opened, or is damaged (StoreDamaged)
             log.write(stage="run", status="failed", error=for_log(str(exc)))
             raise
-        try:
-            report = run_pipeline(db, config, as_of=day, now=clock, dry_run=dry_run, log=log)
-        finally:
-            db.close()
     out.emit(report, json_, lambda _: _print_run(report, config.root))
     for stage in report.stages:
         if stage.exception is not None and os.environ.get("CDP_DEBUG"):
