@@ -1,17 +1,25 @@
-"""Resolve benchmark: `cdp resolve` over ~1M source records, full and incremental, in one run.
+"""Resolve benchmark: `cdp resolve` at 100k and 1M source records, and on 200k CRM rows, in
+one run, each figure next to a baseline measured in the same run.
 
-A resolve time means something only next to the floor the same machine pays for the same
-records: a plain union-find in Python that links rows sharing a raw identifier value, with no
-normalization and no guards (the baseline). Incremental runs matter as much as the first one,
-so 1% of the records (the newest POS and shop orders) is held out, ingested after the full
-resolve, and resolved incrementally. Quality is scored against the generator's truth.csv.
+At each size (about 7 source records per generated customer, no events):
 
-Targets: full resolve < 30 s with peak RSS < 1.5 GB; incremental < 1/10 of the full run's time;
-pairwise precision 1.0 on deterministic links (pairs of records that carry the same normalized
-identifier and that cdp joined).
+- the floor: a plain union-find in Python that links rows sharing a raw identifier value,
+  with no normalization and no guards;
+- `cdp resolve` in full on the 99% first ingested (target < 30 s, peak RSS < 1.5 GB at 1M);
+- `cdp resolve --full` again on that resolved store, which a rules change also forces
+  (target: no more than the first run; < 30 s at 1M);
+- `cdp resolve` after the held-out 1% (the newest POS and shop orders) is ingested:
+  incremental (target < 0.10 of the full run, at both sizes);
+- `cdp resolve` with nothing new; and pairwise quality against the generator's truth.csv.
 
-    python benchmarks/bench_resolve.py --quick       # 100k source records
-    python benchmarks/bench_resolve.py               # 1M source records
+Then the growth factor of each figure from the small size to the large one. The CRM case is
+other data: 200k members, each with their own phone (8 written forms, some invalid) and email
+(mixed case, spaces), against a plain Python pass over the same CSV (regex digits, lower
+case, then union-find): target <= 6x that pass. The load average is recorded before and
+after each part: the box is shared, and a figure means little without it.
+
+    python benchmarks/bench_resolve.py                       # 100k and 1M records, CRM 200k
+    python benchmarks/bench_resolve.py --records 100000 --crm-rows 20000     # a quick look
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import csv
 import importlib.util
 import json
 import os
+import random
 import re
 import shlex
 import sqlite3
@@ -47,9 +56,10 @@ CDP = Path(sys.executable).parent / "cdp"
 RECORDS_PER_CUSTOMER = 7  # non-event source records the generator writes per customer
 HOLD_OUT = 0.01
 HELD_SOURCES = {"pos_orders": "pos_orders.csv", "shop_orders": "shop_orders.jsonl"}
-FULL_TARGET_S = 30.0
+FULL_TARGET_S = 30.0  # at 1M records, first run and --full rerun alike
 RSS_TARGET_MB = 1500.0  # MB = 10**6 bytes
 INCREMENTAL_TARGET = 0.10  # of the full run's time
+CRM_TARGET = 6.0  # times the plain Python pass
 QUIET_WAIT_S = 40 * 60
 
 
@@ -204,7 +214,7 @@ def ingest_files(
         (source, path)
         for source in config.sources.values()
         for path in (config.files_of(source) if files is None else [files.get(source.name)])
-        if path is not None
+        if path is not None and path.stat().st_size  # no events generated: an empty file
     ]
     started = time.perf_counter()
     results = []
@@ -268,12 +278,19 @@ def baseline_union_find(store: Path) -> dict[str, Any]:
     return {"rows": rows, "read_seconds": read_seconds, "seconds": seconds, "groups": groups}
 
 
-def cdp_resolve(config: Path) -> dict[str, Any]:
-    """`cdp resolve --json` as a user runs it: a fresh process, its wall time and peak RSS."""
+def cdp_resolve(config: Path, *args: str) -> dict[str, Any]:
+    """`cdp resolve --json` as a user runs it: a fresh process, its wall time and peak RSS,
+    and the seconds resolve itself reports (without the interpreter's start-up and imports)."""
     seconds, rss_mb, stdout = bench.run_child(
-        [str(CDP), "--config", str(config), "resolve", "--json"]
+        [str(CDP), "--config", str(config), "resolve", "--json", *args]
     )
-    return {"seconds": seconds, "rss_mb": rss_mb, "result": json.loads(stdout)}
+    result = json.loads(stdout)
+    return {
+        "seconds": seconds,
+        "rss_mb": rss_mb,
+        "in_process_s": result["seconds"],
+        "result": result,
+    }
 
 
 def cdp_startup() -> dict[str, Any]:
@@ -385,6 +402,210 @@ def evaluate(store: Path, truth: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# The CRM case: every member their own phone and email
+
+
+CRM_CONFIG = """store: cdp.db
+region: CN
+sources:
+  crm:
+    kind: customers
+    key: member_no
+    fields: {member_no: member_no, name: name, phone: phone, email: email}
+"""
+
+
+def write_crm(path: Path, rows: int, seed: int = 13) -> None:
+    """`rows` members, each with a phone of their own in one of the generator's 8 written
+    forms (1 in 20 invalid: masked, too short or long, not a mobile prefix) and an email of
+    their own in mixed case with spaces around it."""
+    rng = random.Random(seed)
+    messy_phone = bench.load_generator().messy_phone
+    prefixes = ("130", "135", "138", "139", "150", "158", "177", "186", "188", "199")
+    with path.open("w", encoding="utf-8", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["member_no", "name", "phone", "email"])
+        for n in range(rows):
+            phone = f"{prefixes[n % len(prefixes)]}{(n * 7_919_993 + 12_345) % 10**8:08d}"
+            if rng.random() < 0.05:
+                written = rng.choice(invalid_forms(phone))
+            else:
+                written = messy_phone(phone, rng.random())
+            local = "".join(c.upper() if rng.random() < 0.3 else c for c in f"member.{n}")
+            domain = rng.choice(("qq.com", "163.com", "Example.CN", "GMAIL.com"))
+            email = f"{' ' * rng.randint(0, 2)}{local}@{domain}{' ' * rng.randint(0, 2)}"
+            out.writerow([f"M{n:07d}", f"name {n}", written, email])
+
+
+def invalid_forms(phone: str) -> tuple[str, ...]:
+    """What a CRM holds where a mobile should be: masked, a digit short or over, too short
+    for any number, or a mobile's digits behind a prefix no mobile has."""
+    return (f"{phone[:3]}****{phone[7:]}", phone[:-1], phone + "0", "12345", "10" + phone[2:])
+
+
+_NOT_DIGITS = re.compile(r"\D")
+
+
+def crm_baseline(path: Path) -> dict[str, Any]:
+    """The plain pass the CRM case is measured against: read the CSV, keep a phone's digits
+    (its last 11) and an email lower-cased and trimmed, and join members that share one."""
+    started = time.perf_counter()
+    parent: list[int] = []
+    first: list[dict[str, int]] = [{}, {}, {}]  # value -> the first row with it, per column
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        next(reader)
+        for member_no, _name, phone, email in reader:
+            node = len(parent)
+            parent.append(node)
+            values = (member_no, _NOT_DIGITS.sub("", phone)[-11:], email.strip().lower())
+            for seen, value in zip(first, values, strict=True):
+                if not value:
+                    continue
+                other = seen.setdefault(value, node)
+                if other == node:
+                    continue
+                a, b = node, other
+                while parent[a] != a:
+                    parent[a] = a = parent[parent[a]]
+                while parent[b] != b:
+                    parent[b] = b = parent[parent[b]]
+                if a != b:
+                    parent[b] = a
+    seconds = time.perf_counter() - started
+    groups = sum(1 for node, up in enumerate(parent) if node == up)
+    return {"seconds": seconds, "rows": len(parent), "groups": groups}
+
+
+def crm_case(workdir: Path, rows: int, no_wait: bool) -> dict[str, Any]:
+    """The CRM file ingested (not timed), then `cdp resolve` against the plain pass."""
+    folder = workdir / f"crm-{rows}"
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path = folder / "crm.csv"
+    write_crm(csv_path, rows)
+    config = folder / "cdp.yaml"
+    config.write_text(CRM_CONFIG, encoding="utf-8")
+    bench.fresh(folder / "cdp.db")
+    load_before = os.getloadavg()
+    ingested = ingest_files(config, {"crm": csv_path})
+    wait_for_quiet(no_wait)
+    base = min((crm_baseline(csv_path) for _ in range(3)), key=lambda b: b["seconds"])
+    cdp = cdp_resolve(config)
+    floor = write_floor(folder / "cdp.db", folder / "floor.db")
+    profiles = cdp["result"]["profiles"]
+    return {
+        "rows": rows,
+        "ingest": ingested,
+        "baseline": base,
+        "cdp": cdp,
+        "write_floor": floor,
+        "ratio": cdp["seconds"] / base["seconds"],
+        "ratio_in_process": cdp["in_process_s"] / base["seconds"],
+        "write_floor_ratio": floor["seconds"] / base["seconds"],
+        "profiles": profiles,
+        "load_average": {"before": load_before, "after": os.getloadavg()},
+    }
+
+
+WRITTEN_TABLES = ("identity_keys", "identifiers", "key_identifiers", "profiles", "id_history")
+
+
+def write_floor(store: Path, scratch: Path) -> dict[str, Any]:
+    """What SQLite alone takes to write the rows a resolve wrote: each table's rows, read
+    from the resolved store first (not timed), inserted with one executemany per table into
+    tables of the same columns without any index or key, in one transaction. No resolve can
+    take less, whatever the plain pass takes."""
+    source = sqlite3.connect(store)
+    tables = {t: source.execute(f"SELECT * FROM {t}").fetchall() for t in WRITTEN_TABLES}
+    columns = {t: len(source.execute(f"SELECT * FROM {t} LIMIT 0").description) for t in tables}
+    source.close()
+    bench.fresh(scratch)
+    conn = sqlite3.connect(scratch, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    started = time.perf_counter()
+    conn.execute("BEGIN")
+    for table, rows in tables.items():
+        names = ", ".join(f"c{i}" for i in range(columns[table]))
+        conn.execute(f"CREATE TABLE {table} ({names})")
+        conn.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * columns[table])})", rows)
+    conn.execute("COMMIT")
+    seconds = time.perf_counter() - started
+    conn.close()
+    bench.fresh(scratch)
+    return {"seconds": seconds, "rows": {t: len(rows) for t, rows in tables.items()}}
+
+
+# ---------------------------------------------------------------------------------------------
+# One size
+
+
+def run_size(args: argparse.Namespace, records: int) -> dict[str, Any]:
+    """Every figure at one size, into a dict: the steps, their ratios and the quality."""
+    customers = round(records / RECORDS_PER_CUSTOMER)
+    workdir = args.workdir.resolve() / f"{records}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = workdir / f"data-{customers}c"
+    counts = prepare_data(data, customers, args.skip_generate)
+    held = hold_out(data, counts)
+    config = write_config(workdir, data / "batch1")
+    store = workdir / "cdp.db"
+    bench.fresh(store)
+    notes: list[str] = []
+    steps: dict[str, dict[str, Any]] = {}
+    load = {"before": os.getloadavg()}
+
+    def step(name: str, result: dict[str, Any]) -> dict[str, Any]:
+        rss = f", peak RSS {result['rss_mb']:.0f} MB" if result.get("rss_mb") else ""
+        inside = f" ({result['in_process_s']:.2f} s in resolve)" if "in_process_s" in result else ""
+        load_now = os.getloadavg()[0]
+        print(f"{records:,} {name}: {result['seconds']:.2f} s{inside}{rss}, load {load_now:.1f}")
+        steps[name] = {**result, "load_average_1m_after": load_now}
+        return result
+
+    print(f"ingesting {held['records']:,} records but the held-out 1% ...", flush=True)
+    step("ingest 99%", ingest_files(config, notes=notes))
+    wait_for_quiet(args.no_wait)
+    base = baseline_union_find(store)
+    step("baseline: read rows only", {"seconds": base["read_seconds"]})
+    step("baseline: read + union-find", base)
+    wait_for_quiet(args.no_wait)
+    full = step("full", cdp_resolve(config))
+    quality = {"after full resolve": evaluate(store, data / "truth.csv")}
+    wait_for_quiet(args.no_wait)
+    rerun = step("--full rerun", cdp_resolve(config, "--full"))
+    batch2 = Path(held["batch2"])
+    step(
+        "ingest held-out 1%",
+        ingest_files(config, {s: batch2 / f for s, f in HELD_SOURCES.items()}, notes),
+    )
+    wait_for_quiet(args.no_wait)
+    incremental = step("incremental", cdp_resolve(config))
+    wait_for_quiet(args.no_wait)
+    step("nothing new", cdp_resolve(config))
+    step("start-up (cdp --version)", cdp_startup())
+    quality["after incremental resolve"] = evaluate(store, data / "truth.csv")
+    load["after"] = os.getloadavg()
+    return {
+        "records": held["records"],
+        "customers": customers,
+        "data": {"dir": str(data), "counts": counts, **held},
+        "notes": notes,
+        "load_average": load,
+        "steps": steps,
+        "ratios": {
+            "full / baseline": full["seconds"] / base["seconds"],
+            "rerun / full": rerun["seconds"] / full["seconds"],
+            "rerun / full, in resolve": rerun["in_process_s"] / full["in_process_s"],
+            "incremental / full": incremental["seconds"] / full["seconds"],
+            "incremental / full, in resolve": incremental["in_process_s"] / full["in_process_s"],
+        },
+        "modes": [r["result"]["mode"] for r in (full, rerun, incremental)],
+        "quality": quality,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # Report
 
 
@@ -400,22 +621,27 @@ def print_table(header: list[str], lines: list[list[str]]) -> None:
         print("  ".join(cells).rstrip())
 
 
-def report_tables(steps: dict[str, dict[str, Any]], quality: dict[str, Any]) -> None:
+def report_size(size: dict[str, Any]) -> None:
     lines = []
-    for name, step in steps.items():
-        rss = step.get("rss_mb")
+    for name, step in size["steps"].items():
+        rss, inside = step.get("rss_mb"), step.get("in_process_s")
         lines.append(
             [
                 name,
                 f"{step['seconds']:.2f}",
-                "-" if rss is None else f"{rss:.0f} MB",
-                step.get("target", ""),
+                "" if inside is None else f"{inside:.2f}",
+                "" if rss is None else f"{rss:.0f} MB",
+                f"{step['load_average_1m_after']:.1f}",
             ]
         )
-    print()
-    print_table(["step", "seconds", "peak RSS", "target"], lines)
+    load = size["load_average"]
+    print(
+        f"\n{size['records']:,} records ({size['customers']:,} customers), load average "
+        f"{load['before'][0]:.1f} before, {load['after'][0]:.1f} after"
+    )
+    print_table(["step", "seconds", "in resolve", "peak RSS", "load after"], lines)
     lines = []
-    for when, q in quality.items():
+    for when, q in size["quality"].items():
         for scope in ("overall", "deterministic"):
             s = q[scope]
             ceiling = s.get("recall_ceiling")
@@ -426,117 +652,128 @@ def report_tables(steps: dict[str, dict[str, Any]], quality: dict[str, Any]) -> 
                     f"{s['precision']:.6f}",
                     f"{s['recall']:.6f}",
                     "-" if ceiling is None else f"{ceiling:.6f}",
-                    f"{s['pairs_true']:,}",
-                    f"{s['pairs_found']:,}",
                 ]
             )
     print()
-    header = ["quality", "records", "precision", "recall", "recall ceiling", "true pairs"]
-    print_table([*header, "pairs found"], lines)
+    print_table(["quality", "records", "precision", "recall", "recall ceiling"], lines)
+
+
+def summary(sizes: list[dict[str, Any]], crm: dict[str, Any] | None) -> dict[str, Any]:
+    """Each figure of the issue's table per size, its growth, and the verdicts (at the
+    largest size for absolute targets, at every size for ratios)."""
+    first, last = sizes[0], sizes[-1]
+
+    def figure(size: dict[str, Any], step: str, key: str = "seconds") -> float:
+        return size["steps"][step][key]
+
+    rows: dict[str, list[float]] = {
+        "baseline union-find s": [figure(s, "baseline: read + union-find") for s in sizes],
+        "full s": [figure(s, "full") for s in sizes],
+        "full s in resolve": [figure(s, "full", "in_process_s") for s in sizes],
+        "full peak RSS MB": [figure(s, "full", "rss_mb") for s in sizes],
+        "--full rerun s": [figure(s, "--full rerun") for s in sizes],
+        "--full rerun peak RSS MB": [figure(s, "--full rerun", "rss_mb") for s in sizes],
+        "rerun / full": [s["ratios"]["rerun / full"] for s in sizes],
+        "incremental s": [figure(s, "incremental") for s in sizes],
+        "incremental / full": [s["ratios"]["incremental / full"] for s in sizes],
+        "incremental / full, in resolve": [
+            s["ratios"]["incremental / full, in resolve"] for s in sizes
+        ],
+    }
+    growth = {name: values[-1] / values[0] for name, values in rows.items() if values[0]}
+    verdicts = {
+        "full < 30 s": figure(last, "full") < FULL_TARGET_S,
+        "full RSS < 1.5 GB": figure(last, "full", "rss_mb") < RSS_TARGET_MB,
+        "--full rerun < 30 s": figure(last, "--full rerun") < FULL_TARGET_S,
+        "incremental < 0.10 of full, every size": all(
+            r < INCREMENTAL_TARGET for r in rows["incremental / full"]
+        ),
+        "incremental < 0.10 of full in resolve, every size": all(
+            r < INCREMENTAL_TARGET for r in rows["incremental / full, in resolve"]
+        ),
+        "modes full, full, incremental": all(
+            s["modes"] == ["full", "full", "incremental"] for s in sizes
+        ),
+        "deterministic precision 1.0": all(
+            s["quality"]["after full resolve"]["deterministic"]["precision"] == 1.0 for s in sizes
+        ),
+    }
+    if crm:
+        verdicts["CRM <= 6x the plain pass"] = crm["ratio"] <= CRM_TARGET
+    return {
+        "sizes": [s["records"] for s in sizes],
+        "figures": rows,
+        "growth": growth,
+        "growth_of_records": last["records"] / first["records"],
+        "pass": verdicts,
+    }
+
+
+def report_summary(result: dict[str, Any], crm: dict[str, Any] | None) -> None:
+    sizes = result["sizes"]
+    header = ["figure", *(f"{n:,} records" for n in sizes)]
+    if len(sizes) > 1:
+        header.append(f"growth (records x{result['growth_of_records']:.1f})")
+    lines = []
+    for name, values in result["figures"].items():
+        line = [name, *(f"{v:.3f}" if v < 10 else f"{v:.1f}" for v in values)]
+        if len(sizes) > 1:
+            line.append(f"{result['growth'].get(name, 0):.1f}x")
+        lines.append(line)
+    print()
+    print_table(header, lines)
+    if crm:
+        base, cdp = crm["baseline"], crm["cdp"]
+        print(
+            f"\nCRM, {crm['rows']:,} rows ({crm['profiles']:,} profiles): plain pass "
+            f"{base['seconds']:.2f} s, cdp resolve {cdp['seconds']:.2f} s "
+            f"({cdp['in_process_s']:.2f} s in resolve), peak RSS {cdp['rss_mb']:.0f} MB: "
+            f"{crm['ratio']:.1f}x ({crm['ratio_in_process']:.1f}x in resolve), target "
+            f"<= {CRM_TARGET:.0f}x; writing its {sum(crm['write_floor']['rows'].values()):,} "
+            f"rows alone: {crm['write_floor']['seconds']:.2f} s, "
+            f"{crm['write_floor_ratio']:.1f}x; load {crm['load_average']['before'][0]:.1f} "
+            f"before, {crm['load_average']['after'][0]:.1f} after"
+        )
+    print()
+    for name, ok in result["pass"].items():
+        print(f"{verdict(ok)}  {name}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--records", type=int, default=1_000_000, help="source records, about")
+    parser.add_argument(
+        "--records",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[100_000, 1_000_000],
+        help="source records per size, comma-separated (default 100000,1000000)",
+    )
+    parser.add_argument("--crm-rows", type=int, default=200_000, help="0: no CRM case")
     parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out" / "resolve")
-    parser.add_argument("--quick", action="store_true", help="100k records")
     parser.add_argument("--skip-generate", action="store_true", help="reuse data already there")
     parser.add_argument("--results", type=Path, help="default benchmarks/out/resolve-results.json")
     parser.add_argument(
         "--no-wait", action="store_true", help="measure even while other benchmarks run (debug)"
     )
     args = parser.parse_args(argv)
-    if args.quick:
-        args.records = 100_000
-    customers = round(args.records / RECORDS_PER_CUSTOMER)
-    workdir = args.workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    data = workdir / f"data-{customers}c"
-    results = args.results or (
-        ROOT / "benchmarks" / "out" / f"resolve-results{'-quick' if args.quick else ''}.json"
-    )
+    results = args.results or ROOT / "benchmarks" / "out" / "resolve-results.json"
+    results.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": shlex.join([sys.executable, *sys.argv]),
         "machine": bench.machine(),
         "code": bench.code_version(),
-        "customers": customers,
-        "data": {"dir": str(data)},
     }
-    counts = prepare_data(data, customers, args.skip_generate)
-    report["data"].update(counts=counts, **hold_out(data, counts))
-    config = write_config(workdir, data / "batch1")
-    store = workdir / "cdp.db"
-    bench.fresh(store)
-    steps: dict[str, dict[str, Any]] = {}
-    waited: dict[str, float] = {}
-    notes: list[str] = []
-
-    def step(name: str, result: dict[str, Any], target: str = "") -> dict[str, Any]:
-        rss = f", peak RSS {result['rss_mb']:.0f} MB" if result.get("rss_mb") else ""
-        print(f"{name}: {result['seconds']:.2f} s{rss}", flush=True)
-        steps[name] = {**result, "target": target}
-        return result
-
-    print(f"ingesting {report['data']['records']:,} records but the held-out 1% ...", flush=True)
-    step("ingest 99% (in-process)", ingest_files(config, notes=notes))
-
-    waited["baseline"] = wait_for_quiet(args.no_wait)
-    base = baseline_union_find(store)
-    step("baseline: read rows only", {"seconds": base["read_seconds"]})
-    step("baseline: read + union-find", base, "the floor")
-
-    waited["full"] = wait_for_quiet(args.no_wait)
-    full = cdp_resolve(config)
-    time_ok, rss_ok = full["seconds"] < FULL_TARGET_S, full["rss_mb"] < RSS_TARGET_MB
-    step(
-        "cdp resolve (full, 99%)",
-        full,
-        f"< {FULL_TARGET_S:.0f} s: {verdict(time_ok)}; < {RSS_TARGET_MB:.0f} MB: {verdict(rss_ok)}",
-    )
-    quality = {"after full resolve": evaluate(store, data / "truth.csv")}
-
-    batch2 = Path(report["data"]["batch2"])
-    step(
-        "ingest held-out 1%",
-        ingest_files(config, {s: batch2 / f for s, f in HELD_SOURCES.items()}, notes),
-    )
-    waited["incremental"] = wait_for_quiet(args.no_wait)
-    incremental = cdp_resolve(config)
-    ratio = incremental["seconds"] / full["seconds"]
-    incremental_ok = ratio < INCREMENTAL_TARGET and incremental["result"]["mode"] == "incremental"
-    step(
-        "cdp resolve (incremental, 1%)",
-        incremental,
-        f"{ratio:.3f} of full, < {INCREMENTAL_TARGET}: {verdict(incremental_ok)}",
-    )
-    waited["unchanged"] = wait_for_quiet(args.no_wait)
-    unchanged = cdp_resolve(config)
-    step("cdp resolve (nothing new)", unchanged, f"mode {unchanged['result']['mode']}")
-    step("cdp start-up (cdp --version)", cdp_startup(), "for scale")
-    quality["after incremental resolve"] = evaluate(store, data / "truth.csv")
-
-    precision = quality["after full resolve"]["deterministic"]["precision"]
+    sizes = [run_size(args, records) for records in sorted(args.records)]
+    crm = crm_case(args.workdir.resolve(), args.crm_rows, args.no_wait) if args.crm_rows else None
     report.update(
-        notes=notes,
+        sizes=sizes,
+        crm=crm,
+        summary=summary(sizes, crm),
         load_average_at_end=os.getloadavg(),
-        waited_for_other_benchmarks_s=waited,
-        steps=steps,
-        quality=quality,
-        targets={
-            "full_seconds": {"value": full["seconds"], "target": f"< {FULL_TARGET_S}"},
-            "full_rss_mb": {"value": full["rss_mb"], "target": f"< {RSS_TARGET_MB}"},
-            "incremental_ratio": {"value": ratio, "target": f"< {INCREMENTAL_TARGET}"},
-            "deterministic_precision": {"value": precision, "target": "== 1.0"},
-            "pass": {
-                "full_seconds": time_ok,
-                "full_rss_mb": rss_ok,
-                "incremental": incremental_ok,
-                "deterministic_precision": precision == 1.0,
-            },
-        },
     )
-    report_tables(steps, quality)
+    for size in sizes:
+        report_size(size)
+    report_summary(report["summary"], crm)
     results.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(f"\nwrote {results}")
     return 0

@@ -1,8 +1,9 @@
 """Identifier normalization: the one written form of a phone number or an email address.
 
-Each distinct raw value is normalized once (an LRU cache), whatever the number of records
-that carry it. A value that cannot be normalized is None: it stays on its record as written
-but never identifies anyone.
+Each distinct raw value is normalized once per run (the Normalizer's cache, per type),
+whatever the number of records that carry it; lookups of one value at a time (`cdp profile
+--phone`) have an LRU cache. A value that cannot be normalized is None: it stays on its
+record as written but never identifies anyone.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import final
+from typing import Any, final
 
 import phonenumbers
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
@@ -45,8 +46,8 @@ def parse_phone(raw: str, region: str = "CN") -> tuple[str, str] | None:
     if region == "CN" or text.startswith(("+86", "0086")):
         match = _CN_MOBILE.fullmatch(text.translate(_FORMATTING))
         if match:
-            number = phonenumbers.PhoneNumber(country_code=86, national_number=int(match[1]))
-            number_type = phonenumbers.number_type(number)
+            # str(int()): the library's own view of the digits (ASCII, whatever was written)
+            number_type = _CN_TYPES.number_type(str(int(match[1])))
             if number_type == phonenumbers.PhoneNumberType.UNKNOWN:
                 return None
             return f"+86{match[1]}", _PHONE_TYPES.get(number_type, "other")
@@ -57,6 +58,74 @@ def parse_phone(raw: str, region: str = "CN") -> tuple[str, str] | None:
     except phonenumbers.NumberParseException:
         return None
     return _judge(number)
+
+
+class _NumberTypes:
+    """phonenumbers.number_type for the national numbers of one country, its checks
+    compiled once: the library compiles each pattern again on every call (~20 µs a number,
+    the most of a fast-path parse). The checks and their order are the library's
+    (_number_type_helper), read from its metadata; a test holds the two equal."""
+
+    _ORDER = (
+        ("premium_rate", phonenumbers.PhoneNumberType.PREMIUM_RATE),
+        ("toll_free", phonenumbers.PhoneNumberType.TOLL_FREE),
+        ("shared_cost", phonenumbers.PhoneNumberType.SHARED_COST),
+        ("voip", phonenumbers.PhoneNumberType.VOIP),
+        ("personal_number", phonenumbers.PhoneNumberType.PERSONAL_NUMBER),
+        ("pager", phonenumbers.PhoneNumberType.PAGER),
+        ("uan", phonenumbers.PhoneNumberType.UAN),
+        ("voicemail", phonenumbers.PhoneNumberType.VOICEMAIL),
+    )
+
+    def __init__(self, region: str) -> None:
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        if metadata is None:
+            raise ValueError(f"phonenumbers has no metadata for {region}")
+        self.general = self._check(metadata.general_desc)
+        self.special = [
+            (check, kind)
+            for name, kind in self._ORDER
+            if (check := self._check(getattr(metadata, name))) is not None
+        ]
+        self.fixed_line = self._check(metadata.fixed_line)
+        self.mobile = self._check(metadata.mobile)
+        self.same_mobile_and_fixed_line = metadata.same_mobile_and_fixed_line_pattern
+
+    @staticmethod
+    def _check(
+        desc: phonenumbers.PhoneNumberDesc | None,
+    ) -> tuple[frozenset[int], re.Pattern[str]] | None:
+        """(possible lengths, pattern) of a description; None when it matches nothing."""
+        if desc is None or not desc.national_number_pattern:
+            return None
+        return frozenset(desc.possible_length or ()), re.compile(desc.national_number_pattern)
+
+    @staticmethod
+    def _matches(check: tuple[frozenset[int], re.Pattern[str]] | None, national: str) -> bool:
+        if check is None:
+            return False
+        lengths, pattern = check
+        if lengths and len(national) not in lengths:
+            return False
+        return pattern.fullmatch(national) is not None
+
+    def number_type(self, national: str) -> int:
+        matches = self._matches
+        if not matches(self.general, national):
+            return phonenumbers.PhoneNumberType.UNKNOWN
+        for check, kind in self.special:
+            if matches(check, national):
+                return kind
+        if matches(self.fixed_line, national):
+            if self.same_mobile_and_fixed_line or matches(self.mobile, national):
+                return phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE
+            return phonenumbers.PhoneNumberType.FIXED_LINE
+        if not self.same_mobile_and_fixed_line and matches(self.mobile, national):
+            return phonenumbers.PhoneNumberType.MOBILE
+        return phonenumbers.PhoneNumberType.UNKNOWN
+
+
+_CN_TYPES = _NumberTypes("CN")
 
 
 def _judge(number: phonenumbers.PhoneNumber) -> tuple[str, str] | None:
@@ -113,25 +182,28 @@ class Normalizer:
     def __init__(self, rules: IdentityRules, region: str) -> None:
         self.rules = rules
         self.region = region
-        self._cache: dict[
-            tuple[str, tuple[str | None, ...]], tuple[str, str | None] | Rejected
-        ] = {}
         entries = [e for e in rules.blocklist if not e.startswith("re:")]
-        self._project_values = {e.strip().lower() for e in entries}
+        project_values = {e.strip().lower() for e in entries}
         for entry in entries:  # a blocked phone or email blocks all its written forms
             for normalized in (normalize_phone(entry, region), email_key(entry)):
                 if normalized:
-                    self._project_values.add(normalized.lower())
+                    project_values.add(normalized.lower())
         # A project's own patterns one by one: joined with | their groups would collide.
-        self._project_patterns = [
+        project_patterns = tuple(
             re.compile(e[3:], re.IGNORECASE) for e in rules.blocklist if e.startswith("re:")
-        ]
+        )
+        self._project = _Check(PROJECT_BLOCKLIST, frozenset(project_values), project_patterns)
         self._junk_rules = [r for r in JUNK_RULES if r.name not in rules.default_blocklist_off]
         self._junk_patterns = {r.name: re.compile(r.pattern, re.IGNORECASE) for r in JUNK_RULES}
-        # Per type: its fields, and whether a row needs all of them (composites) or only the
-        # last (an openid without its account is still an openid).
-        self._plan = [
-            (t.name, t.fields, len(t.fields) > 1 and t.name != "wechat_openid") for t in rules.types
+        self._checks: dict[str, list[_Check]] = {}  # per type, in the order they decide
+        # Per type, the first check a normalized text fails: a phone's written forms share it.
+        self._verdicts: dict[str, dict[str, int | None]] = {}
+        # Per type: its fields, whether a row needs all of them (composites) or only the last
+        # (an openid without its account is still an openid), and what its values gave: a
+        # one-field type by the raw value, others by the tuple of parts.
+        self._plan: list[tuple[str, tuple[str, ...], bool, dict[Any, Normalized | Rejected]]] = [
+            (t.name, t.fields, len(t.fields) > 1 and t.name != "wechat_openid", {})
+            for t in rules.types
         ]
 
     def identifiers(
@@ -141,90 +213,145 @@ class Normalizer:
         found: list[tuple[str, str, str | None]] = []
         rejected: list[Rejected] = []
         get = fields.get
-        for name, names, needs_all in self._plan:
-            parts = tuple(map(get, names))
-            if parts[-1] is None or (needs_all and None in parts):
-                continue
-            cache_key = (name, parts)
-            result = self._cache.get(cache_key)
-            if result is None:
-                result = self._normalize(name, parts)
-                self._cache[cache_key] = result
+        for name, names, needs_all, seen in self._plan:
+            if len(names) == 1:
+                raw = get(names[0])
+                if raw is None:
+                    continue
+                result = seen.get(raw)
+                if result is None:
+                    result = seen[raw] = self._normalize(name, (raw,))
+            else:
+                parts = tuple(map(get, names))
+                if parts[-1] is None or (needs_all and None in parts):
+                    continue
+                result = seen.get(parts)
+                if result is None:
+                    result = seen[parts] = self._normalize(name, parts)
             if type(result) is Rejected:
                 rejected.append(result)
             else:
-                found.append((name, *result))
+                found.append(result)
         return found, rejected
 
-    def _normalize(
-        self, type_name: str, parts: tuple[str | None, ...]
-    ) -> tuple[str, str | None] | Rejected:
-        raw = "|".join(p or "" for p in parts)
+    def _normalize(self, type_name: str, parts: tuple[str | None, ...]) -> Normalized | Rejected:
+        """(type, value, detail), or why the value identifies no one."""
+        raw = (parts[0] or "") if len(parts) == 1 else "|".join(p or "" for p in parts)
         normalized, detail, reason = _NORMALIZERS.get(type_name, _composite)(parts, self.region)
         if normalized is None:
             return Rejected(type_name, raw, reason or "invalid")
         why = self.blocked(type_name, raw, normalized)
         if why:
             return Rejected(type_name, raw, f"blocklisted: {why}")
-        return normalized, detail
+        return type_name, normalized, detail
 
     def blocked(self, type_name: str, raw: str, normalized: str) -> str | None:
         """Why a value of `type_name` is set aside by a blocklist (the project's, then the
-        default rules that judge the type); None when it is not."""
-        texts = {raw.strip().lower(), normalized.lower()}
-        forms = texts | {_SEPARATORS.sub("", t) for t in texts}
-        if texts & self._project_values or any(
-            p.search(form) for p in self._project_patterns for form in forms
-        ):
-            return PROJECT_BLOCKLIST
+        default rules that judge the type); None when it is not.
+
+        A check judges the trimmed, lower-cased raw value and the normalized one, each also
+        without separators; the first check (in order) that either fails decides."""
+        checks = self._checks.get(type_name)
+        if checks is None:
+            checks = self._checks[type_name] = self._checks_of(type_name)
+            self._verdicts[type_name] = {}
+        if not checks:
+            return None
+        text = normalized.lower()
+        bare = None
+        verdicts = self._verdicts[type_name]
+        failed = verdicts.get(text, _UNSEEN)
+        if failed is _UNSEEN:
+            bare = _SEPARATORS.sub("", text)
+            forms: tuple[str, ...] = (text,) if bare == text else (text, bare)
+            failed = verdicts[text] = _first_failed(checks, text, forms)
+        written = raw.strip().lower()
+        if written != text:
+            if bare is None:
+                bare = _SEPARATORS.sub("", text)
+            written_bare = _SEPARATORS.sub("", written)
+            # Only the forms the normalized value did not have: the others fail as they did.
+            other = _first_failed(checks, written, tuple({written, written_bare} - {text, bare}))
+            if other is not None and (failed is None or other < failed):
+                failed = other
+        return None if failed is None else checks[failed].reason
+
+    def _checks_of(self, type_name: str) -> list[_Check]:
+        checks = [self._project] if self._project.values or self._project.patterns else []
         for rule in self._junk_rules:
-            if not rule.judges(type_name):
-                continue
-            shortest = rule.min_length.get(type_name, 0)
-            judged = [f for f in forms if len(f) >= shortest]
-            if texts & rule.values or (
-                rule.pattern and any(self._junk_patterns[rule.name].search(f) for f in judged)
-            ):
-                return f"{rule.why} ({rule.name})"
-        return None
+            if rule.judges(type_name):
+                patterns = (self._junk_patterns[rule.name],) if rule.pattern else ()
+                reason = f"{rule.why} ({rule.name})"
+                shortest = rule.min_length.get(type_name, 0)
+                checks.append(_Check(reason, rule.values, patterns, shortest))
+        return checks
 
 
-Normalized = tuple["str | None", "str | None", "str | None"]  # value, detail, reason if None
+@dataclass(frozen=True)
+class _Check:
+    """One blocklist check for one type: values matched whole, or patterns searched in each
+    form at least `shortest` long."""
+
+    reason: str
+    values: frozenset[str]
+    patterns: tuple[re.Pattern[str], ...]
+    shortest: int = 0
 
 
-def _phone(parts: tuple[str | None, ...], region: str) -> Normalized:
+_UNSEEN: Any = object()
+
+
+def _first_failed(checks: list[_Check], text: str, forms: tuple[str, ...]) -> int | None:
+    """The index of the first check that fails `text` (matched whole against its values) or
+    one of `forms` (searched with its patterns)."""
+    for index, check in enumerate(checks):
+        if text in check.values:
+            return index
+        shortest = check.shortest
+        for pattern in check.patterns:
+            for form in forms:
+                if len(form) >= shortest and pattern.search(form):
+                    return index
+    return None
+
+
+Normalized = tuple[str, str, "str | None"]  # (type, value, detail) of a usable identifier
+Parsed = tuple["str | None", "str | None", "str | None"]  # value, detail, reason if None
+
+
+def _phone(parts: tuple[str | None, ...], region: str) -> Parsed:
     raw = parts[0] or ""
     if "*" in raw:
         return None, None, "masked"
-    parsed = parse_phone(raw, region)
+    parsed = parse_phone.__wrapped__(raw, region)  # the Normalizer caches by raw value
     if parsed is None:
         return None, None, "not a valid phone number"
     return parsed[0], parsed[1], None
 
 
-def _email(parts: tuple[str | None, ...], region: str) -> Normalized:
-    value = email_key(parts[0] or "")
+def _email(parts: tuple[str | None, ...], region: str) -> Parsed:
+    value = email_key.__wrapped__(parts[0] or "")  # the Normalizer caches by raw value
     return (value, None, None) if value else (None, None, "not a valid email address")
 
 
-def _id_number(parts: tuple[str | None, ...], region: str) -> Normalized:
+def _id_number(parts: tuple[str | None, ...], region: str) -> Parsed:
     raw = (parts[0] or "").strip()
     if not ric.is_valid(raw):
         return None, None, "not a valid resident ID number (checksum)"
     return ric.compact(raw), None, None
 
 
-def _plain(parts: tuple[str | None, ...], region: str) -> Normalized:
+def _plain(parts: tuple[str | None, ...], region: str) -> Parsed:
     value = unicodedata.normalize("NFKC", parts[0] or "").strip()
     return (value, None, None) if value else (None, None, "empty")
 
 
-def _device(parts: tuple[str | None, ...], region: str) -> Normalized:
+def _device(parts: tuple[str | None, ...], region: str) -> Parsed:
     value = unicodedata.normalize("NFKC", parts[0] or "").strip().upper()
     return (value, None, None) if len(value) >= 6 else (None, None, "too short for a device id")
 
 
-def _openid(parts: tuple[str | None, ...], region: str) -> Normalized:
+def _openid(parts: tuple[str | None, ...], region: str) -> Parsed:
     appid, openid = (p.strip() if p else "" for p in parts)
     if not openid:
         return None, None, "empty"
@@ -232,7 +359,7 @@ def _openid(parts: tuple[str | None, ...], region: str) -> Normalized:
     return (f"{appid}:{openid}" if appid else openid), None, None
 
 
-def _composite(parts: tuple[str | None, ...], region: str) -> Normalized:
+def _composite(parts: tuple[str | None, ...], region: str) -> Parsed:
     cleaned = [_SPACES.sub("", unicodedata.normalize("NFKC", p or "")).casefold() for p in parts]
     if not all(cleaned):
         return None, None, "a part is empty"

@@ -27,54 +27,86 @@ SEEN_COLUMNS = {
 ANONYMOUS_TYPES = ("device_id",)
 
 
-def _source_rank(source_priority: tuple[str, ...]) -> tuple[str, list[str]]:
-    if not source_priority:
-        return "0", []
-    cases = " ".join(f"WHEN ? THEN {i}" for i in range(len(source_priority)))
-    return f"CASE c.source {cases} ELSE {len(source_priority)} END", list(source_priority)
-
-
 def build_profiles(
-    db: sqlite_utils.Database, one_ids: list[str], at: str, source_priority: tuple[str, ...] = ()
+    db: sqlite_utils.Database,
+    one_ids: list[str],
+    at: str,
+    source_priority: tuple[str, ...] = (),
+    everyone: bool = False,
 ) -> None:
-    """(Re)build the golden rows of these one_ids from their records and identifiers."""
+    """(Re)build the golden rows of these one_ids from their records and identifiers.
+
+    `everyone` builds them for every one_id the identity keys hold instead (a full resolve):
+    the records are then read in one scan of each table, not through each one_id's keys,
+    which is what a few one_ids want."""
     conn = db.conn
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS targets (one_id TEXT PRIMARY KEY)")
     conn.execute("DELETE FROM targets")
-    conn.executemany("INSERT INTO targets VALUES (?)", [(o,) for o in one_ids])
-    rank, rank_params = _source_rank(source_priority)
+    if everyone:
+        conn.execute(
+            "INSERT INTO targets SELECT DISTINCT one_id FROM identity_keys "
+            "WHERE one_id IS NOT NULL ORDER BY one_id"
+        )
+    else:
+        conn.executemany("INSERT INTO targets VALUES (?)", [(o,) for o in sorted(one_ids)])
+    conn.execute(_profiles_sql(source_priority, everyone), [*source_priority, at, at])
+
+
+def _records_of(table: str, everyone: bool) -> str:
+    """FROM and WHERE for a kind table's records with the one_id of their key, `t` and `k`."""
+    if everyone:  # a scan of the table, not a walk of its identity_key index
+        return f"FROM {table} t NOT INDEXED JOIN identity_keys k ON k.key = t.identity_key"
+    # CROSS JOIN keeps this join order: from the few targets through the indexes.
+    return (
+        "FROM targets g CROSS JOIN identity_keys k ON k.one_id = g.one_id "
+        f"CROSS JOIN {table} t ON t.identity_key = k.key"
+    )
+
+
+def _profiles_sql(source_priority: tuple[str, ...], everyone: bool) -> str:
+    """The upsert of the targets' golden rows; its parameters are the source priority, then
+    the time twice."""
+    rank = "0"
+    if source_priority:
+        cases = " ".join(f"WHEN ? THEN {i}" for i in range(len(source_priority)))
+        rank = f"CASE t.source {cases} ELSE {len(source_priority)} END"
+    # Each golden field from the first record that has it, in one order for all four fields.
     best = "\n".join(
         f""", best_{f} AS (
-  SELECT one_id, {f} AS value, origin FROM (
-    SELECT one_id, {f}, source || ':' || key AS origin, row_number() OVER (
-      PARTITION BY one_id ORDER BY src_rank, batch_id DESC, line DESC) AS rn
-    FROM members WHERE {f} IS NOT NULL) WHERE rn = 1)"""
+  SELECT one_id, {f} AS value, origin, min(rn) FROM members WHERE {f} IS NOT NULL
+  GROUP BY one_id)"""
         for f in GOLDEN_FIELDS
     )
+    # A customer's sources in the order of their first record: kind tables in this order,
+    # each in rowid order. The grouping keeps the order rows come in: a scan of every table
+    # brings them so; through the targets' keys they are put in that order first.
     seen = " UNION ALL ".join(
-        f"SELECT k.one_id, t.source, t.{column} AS at FROM {table} t "
-        "JOIN identity_keys k ON k.key = t.identity_key JOIN targets g ON g.one_id = k.one_id"
-        for table, column in SEEN_COLUMNS.items()
+        f"SELECT k.one_id, {n} AS kind, t.rowid AS row, t.source, t.{column} AS at "
+        f"{_records_of(table, everyone)}"
+        for n, (table, column) in enumerate(SEEN_COLUMNS.items())
     )
+    seen_in_order = "seen" if everyone else "(SELECT * FROM seen ORDER BY one_id, kind, row)"
+    in_targets = "" if everyone else "AND i.one_id IN (SELECT one_id FROM targets)"
     joins = " ".join(f"LEFT JOIN best_{f} ON best_{f}.one_id = g.one_id" for f in GOLDEN_FIELDS)
     lineage = ", ".join(f"'{f}', best_{f}.origin" for f in GOLDEN_FIELDS)
     anonymous = ", ".join(f"'{t}'" for t in ANONYMOUS_TYPES)
-    sql = f"""
+    return f"""
 WITH members AS (
-  SELECT k.one_id, c.source, c.key, c.batch_id, c.line, {rank} AS src_rank,
-         {", ".join(f"c.{f}" for f in GOLDEN_FIELDS)}
-  FROM customers c JOIN identity_keys k ON k.key = c.identity_key
-  JOIN targets g ON g.one_id = k.one_id
+  SELECT k.one_id, t.source || ':' || t.key AS origin,
+         {", ".join(f"t.{f}" for f in GOLDEN_FIELDS)},
+         row_number() OVER (
+           PARTITION BY k.one_id ORDER BY {rank}, t.batch_id DESC, t.line DESC) AS rn
+  {_records_of("customers", everyone)}
 ){best},
 seen AS ({seen}),
 seen_by AS (
   SELECT one_id, min(at) AS first_seen, max(at) AS last_seen, count(*) AS records,
          json_group_array(DISTINCT source) AS sources
-  FROM seen GROUP BY one_id),
+  FROM {seen_in_order} GROUP BY one_id),
 idents AS (
   SELECT one_id, type, json_group_array(value) AS vals FROM (
-    SELECT one_id, type, value FROM identifiers i WHERE i.status = 'linked'
-    AND i.one_id IN (SELECT one_id FROM targets) ORDER BY type, value)
+    SELECT one_id, type, value FROM identifiers i WHERE i.status = 'linked' {in_targets}
+    ORDER BY one_id, type, value)
   GROUP BY one_id, type),
 ident_by AS (
   SELECT one_id, json_group_object(type, json(vals)) AS identifiers,
@@ -100,7 +132,6 @@ ON CONFLICT(one_id) DO UPDATE SET updated_at = excluded.updated_at, known = excl
   first_seen = excluded.first_seen, last_seen = excluded.last_seen,
   sources = excluded.sources, records = excluded.records, lineage = excluded.lineage
 """
-    conn.execute(sql, [*rank_params, at, at])
 
 
 # ---------------------------------------------------------------------------------------------

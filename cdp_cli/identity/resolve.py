@@ -19,11 +19,14 @@ only the components that keys from new batches reach.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import sqlite3
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,13 +117,23 @@ def _new_keys(
             )
             params.append(after_batch)
         select = ", ".join(f"t.{c}" for c in columns)
+        # NOT INDEXED: a scan and one sort; the planner would otherwise walk the whole
+        # identity_key index for `IS NOT NULL` and fetch each row from it, 3 times slower.
         sql = (
-            f"SELECT t.identity_key, t.source, {select} FROM {table} t WHERE {where} "
-            "GROUP BY t.identity_key, t.source"
+            f"SELECT t.identity_key, t.source, {select} FROM {table} t NOT INDEXED "
+            f"WHERE {where} GROUP BY t.identity_key, t.source ORDER BY t.identity_key, t.source"
         )
-        for key, source, *values in db.conn.execute(sql, params):
-            allowed = fields_of.get(source, default)
-            yield key, {c: v for c, v in zip(columns, values, strict=True) if c in allowed}
+        allowed_of: dict[str, set[str] | None] = {}  # None: every column
+        for row in db.conn.execute(sql, params):
+            source = row[1]
+            if source not in allowed_of:
+                declared = fields_of.get(source, default)
+                allowed_of[source] = None if declared.issuperset(columns) else declared
+            allowed = allowed_of[source]
+            fields = dict(zip(columns, row[2:], strict=True))
+            if allowed is not None:
+                fields = {c: v for c, v in fields.items() if c in allowed}
+            yield row[0], fields
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,43 +145,52 @@ class Graph:
 
     def __init__(self, types: tuple[IdentifierType, ...]) -> None:
         self.types = {t.name: t for t in types}
-        self.rank = {t.name: i for i, t in enumerate(types)}
         self.key_node: dict[int, int] = {}  # identity key -> node
-        self.key_of_node: dict[int, int] = {}
         self.ident_node: dict[tuple[str, str], int] = {}
-        self.ident_of_node: dict[int, tuple[str, str]] = {}
-        self.links: list[tuple[int, int, int]] = []  # (type rank, identifier node, key node)
+        self.label: list[Any] = []  # node -> its identity key, or its identifier (type, value)
+        self.keys_of: list[
+            list[int] | None
+        ] = []  # node -> the key nodes carrying it (an identifier)
+        self.details: dict[tuple[str, str], str] = {}  # a phone's type
         self.parent: list[int] = []
         self.size: list[int] = []
-        self.counts: dict[int, Counter[str]] = {}
+        # component root -> the limited types it holds, by count; a lone identifier holds one
+        # of its own type without an entry here (see _held)
+        self.counts: dict[int, dict[str, int]] = {}
         self.refused: list[tuple[int, tuple[str, str], str]] = []  # key, identifier, reason
         self.refused_values: dict[tuple[str, str], str] = {}
         self.limits = {n: t.max_per_profile for n, t in self.types.items() if t.max_per_profile}
         # identifier node -> key nodes, for types with `join: false`: such a value makes its
         # record a customer but links it to no other record.
-        self.nonjoining: dict[int, list[int]] = defaultdict(list)
+        self.nonjoining: dict[int, list[int]] = {}
+        # The identifiers in (type, value) order, and the links (identifier node, its key
+        # nodes in key order) in the order resolve() takes them: both set by resolve().
+        self.ordered: list[tuple[tuple[str, str], int]] = []
+        self.links_by_type: list[tuple[str, list[tuple[int, list[int]]]]] = []
 
-    def _node(self) -> int:
+    def _node(self, label: Any, keys: list[int] | None = None) -> int:
         node = len(self.parent)
         self.parent.append(node)
         self.size.append(1)
+        self.label.append(label)
+        self.keys_of.append(keys)
         return node
 
-    def add_key(self, key: int, identifiers: Iterable[tuple[str, str]]) -> None:
+    def add_key(self, key: int, identifiers: Iterable[tuple[str, str, str | None]]) -> None:
+        """A key and the (type, value, detail) of the identifiers it carries."""
         node = self.key_node.get(key)
         if node is None:
-            node = self._node()
-            self.key_node[key] = node
-            self.key_of_node[node] = key
-        for ident in identifiers:
-            inode = self.ident_node.get(ident)
+            node = self.key_node[key] = self._node(key)
+        ident_node, keys_of = self.ident_node, self.keys_of
+        for type_name, value, detail in identifiers:
+            ident = (type_name, value)
+            inode = ident_node.get(ident)
             if inode is None:
-                inode = self._node()
-                self.ident_node[ident] = inode
-                self.ident_of_node[inode] = ident
-                if ident[0] in self.limits:
-                    self.counts[inode] = Counter({ident[0]: 1})
-            self.links.append((self.rank[ident[0]], inode, node))
+                ident_node[ident] = self._node(ident, [node])
+            else:
+                keys_of[inode].append(node)  # type: ignore[union-attr]
+            if detail is not None:  # a value's detail follows from the value itself
+                self.details[ident] = detail
 
     def find(self, node: int) -> int:
         parent = self.parent
@@ -179,78 +201,146 @@ class Graph:
             parent[node], node = root, parent[node]
         return root
 
-    def _limit_broken(self, a: int, b: int) -> str | None:
-        ca, cb = self.counts.get(a), self.counts.get(b)
-        if not ca or not cb:
-            return None
-        for type_name, count in ca.items():
-            if count + cb.get(type_name, 0) > self.limits[type_name]:
-                return f"a customer holds at most {self.limits[type_name]} {type_name}"
-        return None
+    def _held(self, root: int) -> dict[str, int] | None:
+        held = self.counts.get(root)
+        if held is None and self.size[root] == 1:
+            label = self.label[root]
+            if type(label) is tuple and label[0] in self.limits:
+                return {label[0]: 1}
+        return held
 
     def union(self, a: int, b: int) -> str | None:
         """Join the components of two nodes; the reason instead when a guard refuses."""
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
             return None
-        reason = self._limit_broken(ra, rb)
-        if reason:
-            return reason
+        ca, cb = self._held(ra), self._held(rb)
+        if ca and cb:
+            for type_name, count in ca.items():
+                if count + cb.get(type_name, 0) > self.limits[type_name]:
+                    return f"a customer holds at most {self.limits[type_name]} {type_name}"
         if self.size[ra] < self.size[rb]:
-            ra, rb = rb, ra
+            ra, rb, ca, cb = rb, ra, cb, ca
         self.parent[rb] = ra
         self.size[ra] += self.size[rb]
-        cb = self.counts.pop(rb, None)
+        self.counts.pop(rb, None)
         if cb:
-            self.counts.setdefault(ra, Counter()).update(cb)
+            if ca:
+                for type_name, count in cb.items():
+                    ca[type_name] = ca.get(type_name, 0) + count
+            else:
+                ca = cb
+        if ca:
+            self.counts[ra] = ca
+        return None
+
+    def _attach(self, inode: int, knode: int, type_name: str, limit: int | None) -> str | None:
+        """union(knode, inode) for the first link of an identifier, still alone: only its own
+        type can break a limit (no component holds more than a limit), and the key's side is
+        never the smaller, so it joins the key's component."""
+        root = self.find(knode)
+        if limit is not None:
+            held = self.counts.get(root)  # a component of more than one node has its entry
+            if held is None:
+                self.counts[root] = {type_name: 1}
+            else:
+                count = held.get(type_name, 0)
+                if count + 1 > limit:
+                    return f"a customer holds at most {limit} {type_name}"
+                held[type_name] = count + 1
+        self.parent[inode] = root
+        self.size[root] += 1
         return None
 
     def resolve(self) -> None:
-        # Links in a fixed order (type priority, identifier, key), not node numbers: which of
-        # two competing links a guard keeps must not depend on what was loaded first, so an
-        # incremental run decides as a full run would.
-        position = {node: i for i, (_, node) in enumerate(sorted(self.ident_node.items()))}
-        key_of = self.key_of_node
-        self.links = sorted(
-            set(self.links), key=lambda link: (link[0], position[link[1]], key_of[link[2]])
-        )
+        """Take the links in order, joining what the guards allow."""
+        self._order_links()
+        label = self.label
         guarded = {n for n, t in self.types.items() if t.max_profiles_per_value}
-        by_ident: dict[int, list[int]] = defaultdict(list)
-        for _rank, inode, knode in self.links:
-            type_name = self.ident_of_node[inode][0]
+        by_ident: list[tuple[int, list[int]]] = []
+        for type_name, links in self.links_by_type:
             if not self.types[type_name].joins:
-                self.nonjoining[inode].append(knode)
+                self.nonjoining.update(links)
                 continue
             if type_name in guarded:
-                by_ident[inode].append(knode)
+                by_ident += links
                 continue
-            reason = self.union(knode, inode)
-            if reason:
-                self.refused.append((self.key_of_node[knode], self.ident_of_node[inode], reason))
-        known = {self.find(k) for _, i, k in self.links if self.ident_of_node[i][0] not in guarded}
-        for inode, knodes in by_ident.items():  # in link order: strongest type first
-            ident = self.ident_of_node[inode]
-            customers = {self.find(k) for k in knodes} & known
+            limit = self.limits.get(type_name)
+            for inode, knodes in links:
+                reason = self._attach(inode, knodes[0], type_name, limit)
+                if reason:
+                    self.refused.append((label[knodes[0]], label[inode], reason))
+                if len(knodes) > 1:
+                    for knode in knodes[1:]:
+                        reason = self.union(knode, inode)
+                        if reason:
+                            self.refused.append((label[knode], label[inode], reason))
+        if by_ident:
+            self._resolve_guarded(by_ident, guarded)
+
+    def _order_links(self) -> None:
+        """The identifiers in (type, value) order, and the links in a fixed order (type
+        priority, identifier, key), not node numbers: which of two competing links a guard
+        keeps must not depend on what was loaded first, so an incremental run decides as a
+        full run would."""
+        by_type: dict[str, list[tuple[str, int, tuple[str, str]]]] = defaultdict(list)
+        for ident, inode in self.ident_node.items():
+            by_type[ident[0]].append((ident[1], inode, ident))
+        for entries in by_type.values():
+            entries.sort()  # by value: no two are equal
+        self.ordered = [(ident, inode) for t in sorted(by_type) for _, inode, ident in by_type[t]]
+        label, keys_of = self.label, self.keys_of
+        for type_name in self.types:  # strongest first
+            links = []
+            for _, inode, _ in by_type.get(type_name, ()):
+                knodes: list[int] = keys_of[inode]  # type: ignore[assignment]
+                if len(knodes) > 1:  # in key order, each once
+                    knodes = keys_of[inode] = sorted(set(knodes), key=label.__getitem__)
+                links.append((inode, knodes))
+            self.links_by_type.append((type_name, links))
+
+    @property
+    def links(self) -> Iterator[tuple[int, list[int]]]:
+        """(identifier node, its key nodes) of every identifier, in link order."""
+        for _, links in self.links_by_type:
+            yield from links
+
+    def _resolve_guarded(self, by_ident: list[tuple[int, list[int]]], guarded: set[str]) -> None:
+        """Link the values of guarded types last, each only when it is seen with few enough
+        customers (components that hold an identifier of a type not guarded)."""
+        label, find = self.label, self.find
+        known = {
+            find(k)
+            for inode, knodes in self.links
+            if label[inode][0] not in guarded
+            for k in knodes
+        }
+        for inode, knodes in by_ident:  # in link order: strongest type first
+            ident = label[inode]
+            customers = {find(k) for k in knodes} & known
             limit = self.types[ident[0]].max_profiles_per_value or 0
             if len(customers) > limit:
-                reason = f"seen with {len(customers)} customers (max_profiles_per_value {limit})"
-                self.refused_values[ident] = reason
-                self.refused += [(self.key_of_node[k], ident, reason) for k in knodes]
+                why = f"seen with {len(customers)} customers (max_profiles_per_value {limit})"
+                self.refused_values[ident] = why
+                self.refused += [(label[k], ident, why) for k in knodes]
                 continue
             for knode in knodes:
                 reason = self.union(knode, inode)
                 if reason:
-                    self.refused.append((self.key_of_node[knode], ident, reason))
+                    self.refused.append((label[knode], ident, reason))
 
     def components(self) -> dict[int, list[int]]:
-        """root -> key nodes, for keys that hold a linked or a non-joining identifier."""
-        linked_keys = {k for knodes in self.nonjoining.values() for k in knodes}
-        for _, inode, knode in self.links:
-            if self.find(inode) == self.find(knode):
-                linked_keys.add(knode)
+        """root -> key nodes, for keys that hold a linked or a non-joining identifier.
+
+        A key joins others only through a link of its own, so a key in a component of more
+        than one node holds a linked identifier. Key nodes come in node order."""
+        nonjoining = {k for knodes in self.nonjoining.values() for k in knodes}
+        find, size = self.find, self.size
         groups: dict[int, list[int]] = defaultdict(list)
-        for knode in sorted(linked_keys):
-            groups[self.find(knode)].append(knode)
+        for knode in self.key_node.values():  # made in node order
+            root = find(knode)
+            if size[root] > 1 or knode in nonjoining:
+                groups[root].append(knode)
         return groups
 
 
@@ -273,18 +363,19 @@ def _assign(
     share: dict[str, Counter[int]] = defaultdict(Counter)
     for root, knodes in groups.items():
         for knode in knodes:
-            old = previous.get(graph.key_of_node[knode])
+            old = previous.get(graph.label[knode])
             if old:
                 share[old][root] += 1
     claimed: dict[int, list[str]] = defaultdict(list)
+    olds_in: dict[int, list[str]] = defaultdict(list)  # root -> the old one_ids it has keys of
     for old, roots in share.items():
         root = max(roots, key=lambda r: (roots[r], -r))
         claimed[root].append(old)
-    marks = ",".join("?" * len(share))
-    created_at = dict(
-        db.conn.execute(
-            f"SELECT one_id, created_at FROM profiles WHERE one_id IN ({marks})", list(share)
-        )
+        for root in roots:
+            olds_in[root].append(old)
+    # Which of several old one_ids a merged component keeps: the oldest profile's.
+    created_at = _created_at(
+        db, [old for olds in claimed.values() if len(olds) > 1 for old in olds]
     )
     stats: Counter[str] = Counter()
     need_new = [root for root in groups if not claimed.get(root)]
@@ -292,14 +383,16 @@ def _assign(
     one_ids: dict[int, str] = {}
     history: list[tuple[str, str, str | None]] = []
     for root in groups:
-        olds = sorted(claimed.get(root, []), key=lambda o: (created_at.get(o, ""), o))
+        olds = claimed.get(root, [])
+        if len(olds) > 1:
+            olds = sorted(olds, key=lambda o: (created_at.get(o, ""), o))
         if olds:
             one_ids[root] = olds[0]
             history += [(old, "merged", olds[0]) for old in olds[1:]]
             stats["merged"] += len(olds) - 1
         else:
             one_ids[root] = next(fresh)
-            split_from = [old for old in share if root in share[old]]
+            split_from = olds_in.get(root, [])
             if split_from:
                 history += [(one_ids[root], "split", old) for old in split_from]
                 stats["split"] += 1
@@ -316,6 +409,21 @@ def _assign(
         [(one_id, event, other, run_id, at) for one_id, event, other in history],
     )
     return one_ids, stats
+
+
+def _created_at(db: sqlite_utils.Database, one_ids: list[str]) -> dict[str, str]:
+    """When the profiles of these one_ids were created (through a temp table: a rerun can
+    ask about every customer, more than a statement takes parameters)."""
+    db.conn.execute("CREATE TEMP TABLE IF NOT EXISTS asked_one_ids (one_id TEXT PRIMARY KEY)")
+    db.conn.execute("DELETE FROM asked_one_ids")
+    db.conn.executemany(
+        "INSERT OR IGNORE INTO asked_one_ids VALUES (?)", [(o,) for o in sorted(one_ids)]
+    )
+    return dict(
+        db.conn.execute(
+            "SELECT p.one_id, p.created_at FROM asked_one_ids a JOIN profiles p USING (one_id)"
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,7 +454,7 @@ def resolve(db: sqlite_utils.Database, config: Config, full: bool = False) -> Re
             )
         else:
             result.mode = "incremental"
-    with transaction(db):
+    with transaction(db), _cycle_collector_paused():
         run_id = insert_row(
             db.conn,
             "INSERT INTO resolve_runs (mode, through_batch, rules, started_at, finished_at, result)"
@@ -365,6 +473,20 @@ def resolve(db: sqlite_utils.Database, config: Config, full: bool = False) -> Re
             (result.mode, now_iso(), json.dumps(result.as_dict()), run_id),
         )
     return result
+
+
+@contextmanager
+def _cycle_collector_paused() -> Iterator[None]:
+    """A run makes millions of tuples and lists and no reference cycles; the cyclic garbage
+    collector would walk them all again each time their number grew by a quarter (a sixth of
+    a full run at 1M records). Reference counting still frees what is dropped."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def set_aside(db: sqlite_utils.Database) -> list[dict[str, Any]]:
@@ -411,20 +533,16 @@ def _full(db: sqlite_utils.Database, config: Config, run_id: int, result: Resolv
     _inherit(previous, successors, dict(previous))
     normalizer = Normalizer(config.identity, config.region)
     graph = Graph(config.identity.types)
-    details: dict[tuple[str, str], str | None] = {}
     unusable: list[tuple[int, str, str, str]] = []
     tombstones = Tombstones.load(db.conn, config.identity, config.region)
     forgotten: list[int] = []
     keys = _normalize_keys(normalizer, _new_keys(db, config, None), tombstones, forgotten)
     for key, found, rejected in keys:
-        graph.add_key(key, [(t, v) for t, v, _ in found])
-        details.update({(t, v): d for t, v, d in found})
+        graph.add_key(key, found)
         unusable += [(key, r.type, r.raw, r.reason) for r in rejected]
     _erase_forgotten(db, tombstones, forgotten, result)
-    result.keys_new = len(set(graph.key_node) - set(previous))
-    for table in RESOLVED_TABLES:
-        db.conn.execute(f"DELETE FROM {table}")
-    _write(db, config.identity.source_priority, graph, details, unusable, previous, run_id, result)
+    result.keys_new = len(graph.key_node.keys() - previous.keys())
+    _write(db, config.identity.source_priority, graph, unusable, previous, run_id, result, True)
 
 
 def _replaced_keys(db: sqlite_utils.Database) -> tuple[list[int], dict[int, int]]:
@@ -531,94 +649,177 @@ def _incremental(
         )
     )
     graph = Graph(config.identity.types)
-    old_links: dict[int, list[tuple[str, str]]] = defaultdict(list)
-    details: dict[tuple[str, str], str | None] = {}
+    old_links: dict[int, list[tuple[str, str, str | None]]] = defaultdict(list)
     for key, type_name, value, detail in db.conn.execute(
         "SELECT ki.key, i.type, i.value, i.detail FROM key_identifiers ki "
         "JOIN identifiers i ON i.id = ki.identifier_id JOIN reached_keys r ON r.key = ki.key"
     ):
-        old_links[key].append((type_name, value))
-        details[(type_name, value)] = detail
+        old_links[key].append((type_name, value, detail))
     for key in previous:
         graph.add_key(key, old_links.get(key, []))
     unusable = []
     for key, found, rejected in new:
-        graph.add_key(key, [(t, v) for t, v, _ in found])
-        details.update({(t, v): d for t, v, d in found})
+        graph.add_key(key, found)
         unusable += [(key, r.type, r.raw, r.reason) for r in rejected]
     db.conn.execute("DELETE FROM refused_links WHERE key IN (SELECT key FROM reached_keys)")
     _inherit(previous, successors, lost)
     previous.update({key: one_id for key, one_id in lost.items() if key not in previous})
-    _write(db, config.identity.source_priority, graph, details, unusable, previous, run_id, result)
+    _write(db, config.identity.source_priority, graph, unusable, previous, run_id, result, False)
 
 
 def _write(
     db: sqlite_utils.Database,
     source_priority: tuple[str, ...],
     graph: Graph,
-    details: dict[tuple[str, str], str | None],
     unusable: list[tuple[int, str, str, str]],
     previous: dict[int, str | None],
     run_id: int,
     result: ResolveResult,
+    full: bool,
 ) -> None:
+    """Resolve the graph and store it: on a full run in place of everything resolved before,
+    on an incremental one over the part of it the graph holds."""
     graph.resolve()
     one_ids, stats = _assign(db, graph, previous, run_id)
     result.created, result.merged, result.split = stats["created"], stats["merged"], stats["split"]
     result.removed = stats["removed"]
     result.keys_resolved = len(graph.key_node)
     at = now_iso()
-    key_rows = [(key, one_ids.get(graph.find(node)), at) for key, node in graph.key_node.items()]
-    db.conn.executemany(
-        "INSERT INTO identity_keys (key, one_id, resolved_at) VALUES (?, ?, ?) "
-        "ON CONFLICT(key) DO UPDATE SET one_id=excluded.one_id, resolved_at=excluded.resolved_at",
-        key_rows,
-    )
-    ident_rows = []
-    for ident, inode in graph.ident_node.items():
-        refused = graph.refused_values.get(ident)
-        if inode in graph.nonjoining:
-            roots = {graph.find(k) for k in graph.nonjoining[inode]}
-            one_id = one_ids.get(roots.pop()) if len(roots) == 1 else None
-            refused = None if one_id else "join: false, and found on several customers"
-        else:
-            one_id = None if refused else one_ids.get(graph.find(inode))
-        status = "linked" if one_id else "refused"
-        ident_rows.append((ident[0], ident[1], details.get(ident), one_id, status, refused))
-    db.conn.executemany(
-        "INSERT INTO identifiers (type, value, detail, one_id, status, reason) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(type, value) DO UPDATE SET "
-        "detail=excluded.detail, one_id=excluded.one_id, status=excluded.status, "
-        "reason=excluded.reason",
-        ident_rows,
-    )
-    db.conn.execute("CREATE TEMP TABLE IF NOT EXISTS graph_idents (type TEXT, value TEXT)")
-    db.conn.execute("DELETE FROM graph_idents")
-    db.conn.executemany("INSERT INTO graph_idents VALUES (?, ?)", list(graph.ident_node))
-    ids = {
-        (t, v): id_
-        for id_, t, v in db.conn.execute(
-            "SELECT i.id, i.type, i.value FROM identifiers i "
-            "JOIN graph_idents g ON g.type = i.type AND g.value = i.value"
-        )
-    }
-    db.conn.executemany(
-        "INSERT OR IGNORE INTO key_identifiers (key, identifier_id) VALUES (?, ?)",
-        [(graph.key_of_node[k], ids[graph.ident_of_node[i]]) for _, i, k in graph.links],
-    )
+    find = graph.find
+    key_rows = sorted((key, one_ids.get(find(node)), at) for key, node in graph.key_node.items())
+    ident_rows = _identifier_rows(graph, one_ids)
+    if full:
+        id_of = _rewrite(db, key_rows, ident_rows, graph)
+    else:
+        id_of = _update(db, key_rows, ident_rows, graph)
     db.conn.executemany(
         "INSERT INTO unusable_values (key, type, raw, reason) VALUES (?, ?, ?, ?)", unusable
     )
+    ident_node = graph.ident_node
     db.conn.executemany(
         "INSERT INTO refused_links (key, identifier_id, reason) VALUES (?, ?, ?)",
-        [(key, ids[ident], reason) for key, ident, reason in graph.refused],
+        [(key, id_of[ident_node[ident]], reason) for key, ident, reason in graph.refused],
     )
     result.refused_links = len(graph.refused)
     result.unusable_values = len(unusable)
     current = set(one_ids.values())  # a set: a membership test on .values() scans them all
     merged_away = [old for old in set(previous.values()) if old and old not in current]
     db.conn.executemany("DELETE FROM profiles WHERE one_id = ?", [(o,) for o in merged_away])
-    build_profiles(db, sorted(current), at, source_priority)
+    build_profiles(db, [] if full else sorted(current), at, source_priority, everyone=full)
+
+
+IdentifierRow = tuple[str, str, "str | None", "str | None", str, "str | None"]
+
+
+def _identifier_rows(graph: Graph, one_ids: dict[int, str]) -> list[tuple[int, IdentifierRow]]:
+    """(node, (type, value, detail, one_id, status, reason)) for every identifier of the
+    graph, in (type, value) order: the order of the table's unique index."""
+    rows: list[tuple[int, IdentifierRow]] = []
+    find, details, nonjoining = graph.find, graph.details, graph.nonjoining
+    for ident, inode in graph.ordered:
+        refused = graph.refused_values.get(ident)
+        if inode in nonjoining:
+            roots = {find(k) for k in nonjoining[inode]}
+            one_id = one_ids.get(roots.pop()) if len(roots) == 1 else None
+            refused = None if one_id else "join: false, and found on several customers"
+        else:
+            one_id = None if refused else one_ids.get(find(inode))
+        status = "linked" if one_id else "refused"
+        rows.append((inode, (ident[0], ident[1], details.get(ident), one_id, status, refused)))
+    return rows
+
+
+def _rewrite(
+    db: sqlite_utils.Database,
+    key_rows: list[tuple[int, str | None, str]],
+    ident_rows: list[tuple[int, IdentifierRow]],
+    graph: Graph,
+) -> dict[int, int]:
+    """A full run's tables, written anew in key order; the identifier id of each node.
+
+    Every row is new, so there is no conflict to handle: plain inserts in the order of each
+    table's key, with the secondary indexes built once at the end."""
+    conn = db.conn
+    for table in RESOLVED_TABLES:
+        conn.execute(f"DELETE FROM {table}")
+    id_of = {inode: number for number, (inode, _) in enumerate(ident_rows, 1)}
+    with _indexes_built_after(conn, RESOLVED_TABLES):
+        conn.executemany(
+            "INSERT INTO identity_keys (key, one_id, resolved_at) VALUES (?, ?, ?)", key_rows
+        )
+        conn.executemany(
+            "INSERT INTO identifiers (id, type, value, detail, one_id, status, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(id_of[inode], *row) for inode, row in ident_rows],
+        )
+        conn.executemany(
+            "INSERT INTO key_identifiers (key, identifier_id) VALUES (?, ?)",
+            _key_identifiers(graph, id_of),
+        )
+    return id_of
+
+
+def _key_identifiers(graph: Graph, id_of: dict[int, int]) -> list[tuple[int, int]]:
+    """(key, identifier id) of every link, in the order of the table's primary key."""
+    label = graph.label
+    return sorted((label[k], id_of[inode]) for inode, knodes in graph.links for k in knodes)
+
+
+def _update(
+    db: sqlite_utils.Database,
+    key_rows: list[tuple[int, str | None, str]],
+    ident_rows: list[tuple[int, IdentifierRow]],
+    graph: Graph,
+) -> dict[int, int]:
+    """An incremental run's part of the tables, over what they hold; the identifier id of
+    each node of the graph."""
+    conn = db.conn
+    conn.executemany(
+        "INSERT INTO identity_keys (key, one_id, resolved_at) VALUES (?, ?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET one_id=excluded.one_id, resolved_at=excluded.resolved_at",
+        key_rows,
+    )
+    conn.executemany(
+        "INSERT INTO identifiers (type, value, detail, one_id, status, reason) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(type, value) DO UPDATE SET "
+        "detail=excluded.detail, one_id=excluded.one_id, status=excluded.status, "
+        "reason=excluded.reason",
+        [row for _, row in ident_rows],
+    )
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS graph_idents (type TEXT, value TEXT)")
+    conn.execute("DELETE FROM graph_idents")
+    conn.executemany("INSERT INTO graph_idents VALUES (?, ?)", [row[:2] for _, row in ident_rows])
+    ident_node = graph.ident_node
+    id_of = {
+        ident_node[(t, v)]: id_
+        for id_, t, v in conn.execute(
+            "SELECT i.id, i.type, i.value FROM graph_idents g "
+            "JOIN identifiers i ON i.type = g.type AND i.value = g.value"
+        )
+    }
+    conn.executemany(
+        "INSERT OR IGNORE INTO key_identifiers (key, identifier_id) VALUES (?, ?)",
+        _key_identifiers(graph, id_of),
+    )
+    return id_of
+
+
+@contextmanager
+def _indexes_built_after(conn: sqlite3.Connection, tables: Iterable[str]) -> Iterator[None]:
+    """Drop the secondary indexes of `tables` for a bulk write and make them again from
+    their SQL after it, in the same transaction: one sort per index beats an insert into it
+    per row (a rollback brings them back as they were)."""
+    names = list(tables)
+    indexes = conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+        f"AND tbl_name IN ({','.join('?' * len(names))}) ORDER BY name",
+        names,
+    ).fetchall()
+    for name, _ in indexes:
+        conn.execute(f'DROP INDEX "{name}"')
+    yield
+    for _, sql in indexes:
+        conn.execute(sql)
 
 
 # ---------------------------------------------------------------------------------------------
