@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cdp_cli.messaging.channels import CONSENT_CHANNELS
+from cdp_cli.messaging.channels import CONSENT_CHANNELS, CONSENT_PURPOSES
 
 TEXT, NUMBER, INTEGER, TIMESTAMP, DATE, JSON = (
     "text",
@@ -34,7 +34,8 @@ class Field:
 
     `choices`, when given, are the only values cdp acts on: a value that maps to none of them
     (after BUILTIN_VALUES and the source's `values:`) rejects the row when the field is
-    required, and is recorded as invalid (stored empty) when it is not, never stored as is.
+    required or `refuse_unknown`, and is recorded as invalid (stored empty) when it is not,
+    never stored as is.
     """
 
     name: str
@@ -42,6 +43,8 @@ class Field:
     required: bool = False
     doc: str = ""
     choices: tuple[str, ...] = ()
+    required_if: tuple[str, str] | None = None  # (field, value): required in such rows only
+    refuse_unknown: bool = False  # a value outside `choices` rejects the row, though optional
 
 
 IDENTITY_FIELDS: tuple[Field, ...] = (
@@ -133,8 +136,20 @@ KINDS: dict[str, Kind] = {
                     choices=CONSENT_CHANNELS,
                 ),
                 Field("status", required=True, doc="opt_in or opt_out", choices=CONSENT_STATUSES),
-                Field("consented_at", TIMESTAMP),
+                Field(
+                    "consented_at",
+                    TIMESTAMP,
+                    doc="required for an opt-in (the proof of when it was given); an opt-out "
+                    "without it is kept",
+                    required_if=("status", "opt_in"),
+                ),
                 Field("reason"),
+                Field(
+                    "purpose",
+                    doc="marketing, service or all (empty: all); any other value rejects the row",
+                    choices=CONSENT_PURPOSES,
+                    refuse_unknown=True,
+                ),
             ),
             "opt-ins and opt-outs per channel",
         ),
@@ -180,6 +195,11 @@ BUILTIN_VALUES: dict[str, dict[str, str]] = {
         **{name: name for name in CONSENT_CHANNELS},
         "短信": "sms", "e-mail": "email", "mail": "email", "邮件": "email", "邮箱": "email",
         "weixin": "wechat", "微信": "wechat", "推送": "push", "app": "push", "全部": "all",
+    },
+    "purpose@consents": {
+        "营销": "marketing", "推广": "marketing", "promotion": "marketing",
+        "promotional": "marketing", "服务": "service", "通知": "service", "交易": "service",
+        "transactional": "service", "notification": "service", "全部": "all",
     },
     "status@coupons": {name: name for name in COUPON_STATUSES},
 }  # fmt: skip

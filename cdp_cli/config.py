@@ -20,6 +20,7 @@ from cdp_cli.canonical import (
 from cdp_cli.errors import ConfigError, FileError, NotFound, UsageError
 from cdp_cli.identity.junk import JUNK_RULE_NAMES
 from cdp_cli.messaging.settings import SendSettings, build_send_settings
+from cdp_cli.store import DEFAULT_CACHE_MB
 from cdp_cli.yamlfile import YamlMap, check_keys, did_you_mean, load_yaml
 
 DEFAULT_CONFIG = "cdp.yaml"
@@ -27,7 +28,7 @@ FORMATS = ("csv", "json", "jsonl")
 # Settings that later stages read; accepted here so that a project can declare them early.
 TOP_LEVEL_KEYS = (
     "store", "region", "timezone", "sources", "identity", "channels", "frequency_cap",
-    "control_group", "log", "brand",
+    "control_group", "log", "brand", "limits", "store_cache_mb",
 )  # fmt: skip
 SOURCE_KEYS = (
     "kind", "format", "encoding", "delimiter", "files", "key", "fields", "items", "timezone",
@@ -37,6 +38,9 @@ INBOX_KEYS = ("folder", "pattern", "settle_seconds")
 FIELD_KEYS = ("from", "value", "values", "formats")
 IDENTITY_KEYS = ("blocklist", "default_blocklist", "priority", "source_priority")
 TYPE_KEYS = ("join", "max_per_profile", "max_profiles_per_value", "fields", "sources")
+LIMIT_KEYS = ("row_bytes", "field_chars", "attrs_bytes")
+# SQLite's largest string or blob (SQLITE_MAX_LENGTH): no limit beyond it means anything.
+MAX_LIMIT = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,24 @@ class Inbox:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """The largest row, value and attrs document ingest takes (`limits:` in cdp.yaml).
+
+    A row past one is a reject and the rest of the file is kept, so that one broken line (a
+    200 MB line of a bad export) cannot fill the memory, the store or `cdp profile`. The
+    defaults are far above what exports hold: a CRM or order row is a few hundred bytes, an
+    order with a thousand items in JSON some 150 KB.
+    """
+
+    row_bytes: int = 1 << 20  # a line of JSON Lines, a record of CSV, an item of a JSON array
+    field_chars: int = 1 << 16  # one CSV cell, one JSON string or key
+    attrs_bytes: int = 1 << 18  # the columns cdp.yaml does not map, as JSON (the attrs column)
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
 class Source:
     """One export cdp reads, as declared under `sources:` in cdp.yaml."""
 
@@ -136,6 +158,16 @@ class Source:
     timestamp_formats: tuple[str, ...] = ()
     identity_fields: tuple[str, ...] = tuple(f.name for f in IDENTITY_FIELDS)
     inbox: Inbox | None = None
+    limits: Limits = DEFAULT_LIMITS  # the top-level `limits:`, which every source shares
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns (or JSON paths) this source reads: its fields', its key's, its items'."""
+        columns = [m.column for m in self.fields.values() if m.column]
+        columns += [m.column for m in self.key if m.column]
+        if self.items:
+            columns.append(self.items.column)
+        return tuple(columns)
 
     def format_for(self, path: Path) -> str:
         """The declared format, else the one the file's extension says."""
@@ -164,6 +196,7 @@ class Config:
     settings: dict[str, Any] = field(default_factory=dict)
     identity: IdentityRules = field(default_factory=IdentityRules)
     sending: SendSettings = field(default_factory=SendSettings)
+    store_cache_mb: int = DEFAULT_CACHE_MB  # SQLite's page cache: store.apply_size_settings
 
     @property
     def root(self) -> Path:
@@ -259,15 +292,55 @@ def _build_config(path: Path, data: YamlMap, store_override: Path | str | None) 
         for name, spec in sources_data.items()
     }
     identity = _build_identity(path, data.get("identity"), data.line_of("identity"), sources)
+    limits = _build_limits(path, data)
     sources = {
-        name: replace(source, identity_fields=identity.fields_for(name, set(source.fields)))
+        name: replace(
+            source, identity_fields=identity.fields_for(name, set(source.fields)), limits=limits
+        )
         for name, source in sources.items()
     }
     if data.get("log") is not None and not (isinstance(data["log"], str) and data["log"]):
         raise ConfigError(path, "log: expected the path of a file", data.line_of("log"))
     settings = {k: v for k, v in data.items() if k not in ("sources", "identity")}
     sending = build_send_settings(path, data, timezone)
-    return Config(path, store, region, timezone, sources, settings, identity, sending)
+    cache_mb = _store_cache_mb(path, data)
+    return Config(path, store, region, timezone, sources, settings, identity, sending, cache_mb)
+
+
+def _store_cache_mb(path: Path, data: YamlMap) -> int:
+    """`store_cache_mb:`, SQLite's page cache in MB: a whole number of 1 or more."""
+    value = data.get("store_cache_mb")
+    if value is None:
+        return DEFAULT_CACHE_MB
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(
+            path,
+            f"store_cache_mb: expected a whole number of megabytes, 1 or more (got {value!r})",
+            data.line_of("store_cache_mb"),
+        )
+    return value
+
+
+def _build_limits(path: Path, data: YamlMap) -> Limits:
+    """`limits: {row_bytes: 1048576, field_chars: 65536, attrs_bytes: 262144}`: each a whole
+    number; an absent one keeps its default. None can be switched off: unbounded input is
+    what they are there to stop."""
+    spec = data.get("limits")
+    if spec is None:
+        return DEFAULT_LIMITS
+    if not isinstance(spec, YamlMap):
+        raise ConfigError(
+            path, "limits: expected a mapping such as {row_bytes: 1048576}", data.line_of("limits")
+        )
+    check_keys(spec, LIMIT_KEYS, "limits")
+    for key, value in spec.items():
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_LIMIT:
+            raise ConfigError(
+                path,
+                f"limits.{key}: expected a whole number from 1 to {MAX_LIMIT:_}",
+                spec.line_of(key),
+            )
+    return Limits(**{str(key): value for key, value in spec.items()})
 
 
 def _limit(path: Path, spec: YamlMap, key: str, where: str, default: int | None) -> int | None:

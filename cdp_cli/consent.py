@@ -34,8 +34,8 @@ from cdp_cli.canonical import CONSENT_STATUSES, IDENTITY_FIELDS
 from cdp_cli.config import Config, IdentifierType
 from cdp_cli.errors import CdpError, NotFound, UsageError
 from cdp_cli.identity.normalize import Normalizer, email_key, identity_key, normalize_phone
-from cdp_cli.identity.profiles import Lookup, build_profiles, find_one_id
-from cdp_cli.messaging.channels import CHANNEL_NAMES, CONSENT_CHANNELS
+from cdp_cli.identity.profiles import Lookup, build_profiles, check_lookup, find_one_id
+from cdp_cli.messaging.channels import CHANNEL_NAMES, CONSENT_CHANNELS, purposes_obeyed
 from cdp_cli.privacy import masked_lookup
 from cdp_cli.store import insert_row, now_iso, rows_as_dicts, transaction
 
@@ -45,13 +45,13 @@ SUPPRESSIBLE = ("phone", "email")  # a suppression is recorded by one of these
 # those linked to them through an identity key, and suppressions recorded by hand for a
 # phone or email before anyone had it, matched on the identifiers they hold now.
 CUSTOMER_CONSENTS = (
-    "SELECT one_id, channel, status, consented_at, source, reason FROM ("
+    "SELECT one_id, channel, status, consented_at, source, reason, purpose FROM ("
     "SELECT k.one_id, lower(c.channel) AS channel, c.status, c.consented_at, c.source, "
-    "c.reason, c.id FROM consents c JOIN identity_keys k ON k.key = c.identity_key "
+    "c.reason, c.purpose, c.id FROM consents c JOIN identity_keys k ON k.key = c.identity_key "
     "WHERE k.one_id IN (SELECT value FROM json_each(?)) "
     "UNION ALL "
-    "SELECT i.one_id, lower(c.channel), c.status, c.consented_at, c.source, c.reason, c.id "
-    "FROM consents c JOIN identifiers i ON i.status = 'linked' "
+    "SELECT i.one_id, lower(c.channel), c.status, c.consented_at, c.source, c.reason, "
+    "c.purpose, c.id FROM consents c JOIN identifiers i ON i.status = 'linked' "
     "AND ((i.type = 'phone' AND i.value = c.phone) OR (i.type = 'email' AND i.value = c.email)) "
     f"WHERE c.identity_key IS NULL AND c.source = '{MANUAL_SOURCE}' "
     "AND i.one_id IN (SELECT value FROM json_each(?))"
@@ -147,16 +147,11 @@ def _insert_row(
 def _suppressed_identifier(config: Config, lookup: Lookup) -> tuple[str, str] | None:
     """('phone', E.164) or ('email', its key) for a suppression; None for a one_id (a
     suppression needs an address). A phone or email that does not normalize is refused."""
+    check_lookup(config, lookup)
     if lookup.phone:
-        value = normalize_phone(lookup.phone, config.region)
-        if value is None:
-            raise UsageError(f"{masked_lookup(phone=lookup.phone)}: not a valid phone number")
-        return "phone", value
+        return "phone", normalize_phone(lookup.phone, config.region) or ""
     if lookup.email:
-        value = email_key(lookup.email)
-        if value is None:
-            raise UsageError(f"{masked_lookup(email=lookup.email)}: not a valid email address")
-        return "email", value
+        return "email", email_key(lookup.email) or ""
     return None
 
 
@@ -228,8 +223,11 @@ def consents_of(db: sqlite_utils.Database, config: Config, lookup: Lookup) -> di
         for row in history:
             del row["one_id"]
     latest = {row["channel"]: row for row in history}
-    out = {c for c, row in latest.items() if row["status"] == "opt_out"}
-    # As the journeys' send guard reads them: an opt-out of `all` covers every channel.
+    # As the send guard of a marketing journey reads them: the latest consent per channel
+    # among those for marketing (or for all); an opt-out of `all` covers every channel.
+    marketing = purposes_obeyed(transactional=False)
+    obeyed = {row["channel"]: row for row in history if row.get("purpose") in marketing}
+    out = {c for c, row in obeyed.items() if row["status"] == "opt_out"}
     blocked = [c for c in CHANNEL_NAMES if c in out or "all" in out]
     return {
         "one_id": one_id,
@@ -244,7 +242,8 @@ def _suppressions(db: sqlite_utils.Database, type_name: str, value: str) -> list
     assert type_name in SUPPRESSIBLE
     return rows_as_dicts(
         db,
-        "SELECT lower(channel) AS channel, status, consented_at, source, reason FROM consents "
+        "SELECT lower(channel) AS channel, status, consented_at, source, reason, purpose "
+        "FROM consents "
         f"WHERE identity_key IS NULL AND source = ? AND {type_name} = ? "
         "ORDER BY coalesce(consented_at, ''), id",
         (MANUAL_SOURCE, value),

@@ -28,9 +28,11 @@ import sqlite_utils
 
 from cdp_cli.csvsafe import safe_row
 from cdp_cli.errors import UsageError
+from cdp_cli.exports import HASHED_SEGMENT, Export, Members, record_export
 from cdp_cli.files import atomic_write
 from cdp_cli.rules.book import RuleBook
 from cdp_cli.segments import Audience, members
+from cdp_cli.store import transaction
 
 PER_TYPE = 3  # Meta takes up to three columns of each identifier
 
@@ -71,7 +73,8 @@ def export_hashed(
     layout_name: str,
 ) -> int:
     """Write the audience's hashed emails and phones to a CSV in a platform's layout; the
-    customers written. Through a temporary file renamed when complete."""
+    customers written. Through a temporary file renamed when complete, then logged with its
+    customers (exports.py)."""
     if layout_name not in LAYOUTS:
         raise UsageError(f"--layout {layout_name!r}: use one of {', '.join(LAYOUTS)}")
     if path.suffix.lower() != ".csv":
@@ -91,16 +94,20 @@ def export_hashed(
 FROM hashed_audience a ORDER BY a.one_id""",
         (PER_TYPE, PER_TYPE),
     ).fetchall()
-    rows = [(json.loads(e), json.loads(p)) for _, e, p in grouped]
-    rows = [(e, p) for e, p in rows if e or p]
-    emails = max([len(e) for e, _ in rows] or [1]) or 1
-    phones = max([len(p) for _, p in rows] or [1]) or 1
+    rows = [(one_id, json.loads(e), json.loads(p)) for one_id, e, p in grouped]
+    rows = [(one_id, e, p) for one_id, e, p in rows if e or p]
+    logged = Members(db.conn)
+    emails = max([len(e) for _, e, _ in rows] or [1]) or 1
+    phones = max([len(p) for _, _, p in rows] or [1]) or 1
     with atomic_write(path) as f:
         writer = csv.writer(f)
         writer.writerow([layout.email_header] * emails + [layout.phone_header] * phones)
-        for e, p in rows:
+        for one_id, e, p in rows:
             cells = hashed_row(layout, e, [])
             cells += [""] * (emails - len(e))
             cells += hashed_row(layout, [], p) + [""] * (phones - len(p))
             writer.writerow(safe_row(cells))
+            logged.add(one_id)
+    with transaction(db) as conn:  # hashes are personal data too: the file is logged
+        record_export(conn, path, Export(HASHED_SEGMENT, chosen.label), len(rows), logged)
     return len(rows)

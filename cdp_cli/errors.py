@@ -1,11 +1,16 @@
-"""The errors a user can cause, one class per area.
+"""The errors a user can cause, one class per area, and the machine's faults put in words.
 
 The library raises these and never prints or exits; the CLI turns them into one line and an
 exit code (1 for data and runtime errors, 2 for usage errors and invalid files the user wrote).
+`system_fault` is the one place where an error of the machine (a full disk, a read-only file,
+a store another program holds) becomes such a line.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import sqlite3
 from pathlib import Path
 
 
@@ -47,7 +52,17 @@ class StoreError(CdpError):
 
 
 class StoreBusy(StoreError):
-    """Another cdp command is writing to the store and did not finish in time."""
+    """Another cdp command, or another program, is writing to the store and did not finish in
+    time."""
+
+
+class SystemFault(CdpError):
+    """The machine stopped the command, not the data: a full disk, a read-only file, folder or
+    filesystem, a permission. What was not committed was rolled back; run it again once fixed."""
+
+
+class StoreDamaged(StoreError):
+    """The store's file is damaged (SQLite met a corrupt page): check it, restore a backup."""
 
 
 class NotFound(CdpError):
@@ -69,3 +84,93 @@ class RuleError(CdpError):
 
 class TemplateError(FileError):
     """A message template cannot be rendered or sent; the message names the file and line."""
+
+
+AGAIN = "then run the command again"
+
+
+def system_fault(exc: BaseException, path: Path | None = None) -> CdpError | None:
+    """The one-line error for a fault of the machine, or None when `exc` is not one (a bug).
+
+    `path` is what was being written: the store, for SQLite's errors; for an OSError, the file
+    its error does not name (a failed write() names none). Used by the CLI for any command, and
+    by what records errors: ingest's batches and `cdp run`'s stages and log.
+    """
+    if isinstance(exc, sqlite3.OperationalError):
+        return _store_fault(str(exc), path)
+    if isinstance(exc, OSError):
+        return _file_fault(exc, Path(exc.filename) if exc.filename else path)
+    return None
+
+
+def _store_fault(message: str, store: Path | None) -> CdpError | None:
+    """SQLite's error, by its message (the same text on every version), said of the store."""
+    name = store.name if store else "the store"  # and the folder, in full, where it helps
+    folder = os.path.abspath(store.parent) if store else "its folder"
+    if message == "database or disk is full":
+        return SystemFault(f"{name}: the disk is full; free some space in {folder}, {AGAIN}")
+    if message == "disk I/O error":
+        return SystemFault(
+            f"{name}: disk I/O error; check that {folder} has free space and its disk is "
+            f"healthy, {AGAIN}"
+        )
+    if message in ("attempt to write a readonly database", "unable to open database file"):
+        reason = read_only_reason(store) if store else None
+        if reason or message.startswith("attempt"):
+            return SystemFault(f"{name}: cannot write the store: {reason or 'it is read-only'}")
+    if message == "database is locked":
+        return StoreBusy(
+            f"{name}: the store is busy: another program holds a write lock (a sqlite3 shell, "
+            "a backup?); let it finish, or give --wait SECONDS"
+        )
+    return None
+
+
+def _file_fault(exc: OSError, path: Path | None) -> CdpError | None:
+    name = str(path) if path else "a file"
+    folder = os.path.abspath(path.parent) if path else "its folder"
+    if exc.errno == errno.ENOSPC:
+        return SystemFault(
+            f"cannot write {name}: the disk is full; free some space in {folder}, {AGAIN}"
+        )
+    if exc.errno == errno.EDQUOT:
+        return SystemFault(f"cannot write {name}: the disk quota is used up in {folder}; {AGAIN}")
+    if exc.errno == errno.EFBIG:
+        return SystemFault(
+            f"cannot write {name}: the file is too large for this filesystem or for the file "
+            f"size limit (ulimit -f); {AGAIN}"
+        )
+    if exc.errno == errno.EROFS:
+        return SystemFault(
+            f"cannot write {name}: the filesystem is mounted read-only; remount it read-write, "
+            f"{AGAIN}"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        if path and not path.exists():
+            return SystemFault(
+                f"cannot create {name}: the user running cdp may not write in {folder}; "
+                f"make the folder writable, {AGAIN}"
+            )
+        return SystemFault(
+            f"{name}: permission denied to the user running cdp; change the owner or mode of "
+            f"it or its folder, {AGAIN}"
+        )
+    return None
+
+
+def read_only_reason(store: Path) -> str | None:
+    """What keeps the store from being written (its filesystem, folder or file, read-only),
+    said with what to make writable; None when nothing is."""
+    folder = store.absolute().parent
+    if os.statvfs(folder).f_flag & os.ST_RDONLY:
+        return f"the filesystem holding {folder} is mounted read-only; remount it read-write"
+    if not os.access(folder, os.W_OK):
+        return (
+            f"its folder {folder} is read-only, and SQLite writes its journal ({store.name}-wal "
+            "and -shm) beside the store; make the folder writable by the user running cdp"
+        )
+    for path in (store, *(store.with_name(store.name + s) for s in ("-wal", "-shm"))):
+        if path.exists() and not os.access(path, os.W_OK):
+            what = "the file is" if path == store else f"{path.name} beside it is"
+            return f"{what} read-only; make it writable by the user running cdp (chmod u+w {path})"
+    return None

@@ -3,7 +3,8 @@
 Every file cdp writes (exports, outbound files, reports, QR codes, rewritten files after an
 erasure) goes through `atomic_write`: a temporary file beside the target, flushed to disk,
 renamed into place, and the folder synced, so a killed run or a power cut leaves either the
-old file or the whole new one, never half of one.
+old file or the whole new one, never half of one. A file SQLite writes (`cdp backup`) is made
+the same way, and put in place by `move_into_place`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from cdp_cli.csvsafe import safe_row
-from cdp_cli.errors import CdpError, UsageError
+from cdp_cli.errors import CdpError, SystemFault, UsageError, system_fault
 
 ROW_FORMATS = (".csv", ".jsonl")
 HTML_FORMATS = (".html", ".htm")
@@ -36,23 +37,33 @@ def atomic_write(
     """Open a temporary file for writing; on success, sync it and rename it over `path`.
 
     On an error the temporary file is removed and `path` is left as it was. A file that cannot
-    be made or put in place (no such folder, no permission) is a CdpError naming it.
+    be made, written or put in place (no such folder, no permission, a full disk) is a CdpError
+    naming it.
     """
     tmp = temp_path(path, temp_suffix)
     text = mode == "w"
     try:
         f = tmp.open(mode, encoding="utf-8" if text else None, newline="" if text else None)
     except OSError as exc:
-        raise CdpError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise _cannot_write(path, exc) from None
     try:
         with f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         _replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # a write() that failed
+            raise _cannot_write(path, exc) from None
         raise
+    _sync_folder(path.parent)
+
+
+def move_into_place(tmp: Path, path: Path) -> None:
+    """Rename a finished and synced temporary file (from `temp_path`) over `path`, and sync
+    the folder: for files something else writes, such as SQLite for `cdp backup`."""
+    _replace(tmp, path)
     _sync_folder(path.parent)
 
 
@@ -60,7 +71,34 @@ def _replace(tmp: Path, path: Path) -> None:
     try:
         os.replace(tmp, path)
     except OSError as exc:
-        raise CdpError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise _cannot_write(path, exc) from None
+
+
+def _cannot_write(path: Path, exc: OSError) -> CdpError:
+    """The one line for a file that could not be written, named as the caller knows it (not
+    its temporary name): the machine's fault said as such (errors.system_fault), anything else
+    in the system's words."""
+    fault = system_fault(OSError(exc.errno, exc.strerror, str(path)))
+    return fault or CdpError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def ensure_folder(folder: Path, what: str) -> None:
+    """Make `folder` (and its parents) if missing; a CdpError when it is not a folder or
+    cannot be written, before a command has done anything that needs it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SystemFault(
+            f"{folder} is not a folder, and {what} go there; move that file away, then run the "
+            "command again"
+        ) from None
+    except OSError as exc:
+        raise _cannot_write(folder, exc) from None
+    if not os.access(folder, os.W_OK):
+        raise SystemFault(
+            f"{folder} is read-only, and {what} go there; make it writable by the user running "
+            "cdp, then run the command again"
+        )
 
 
 def write_text(path: Path, text: str, temp_suffix: str = TEMP_SUFFIX) -> None:

@@ -6,16 +6,17 @@ every identity field, attrs and the link; their identifiers, identity keys, gold
 tags and tag history, features, merge history, journey enrolments and unsent messages are
 deleted; messages already written to a file keep their cost for the books but lose address,
 text and customer; rejected lines that name one of their identifiers are deleted; outbound
-files still in outbound/ (not picked up yet) are rewritten without their rows. A record of
-another customer that carries one of their identifiers goes the same way: it names them.
+files still in outbound/ (not picked up yet) are rewritten without their rows; the other files
+cdp wrote with them in (exports.py) are listed, and their links to those files erased. A record
+of another customer that carries one of their identifiers goes the same way: it names them.
 
 Each identifier leaves a tombstone (see tombstones.py), so ingest refuses a row that carries
-it. Afterwards the store is VACUUMed and its WAL truncated, so the erased bytes are gone from
-the files on disk, not only from the tables.
+it. Afterwards their bytes are purged from the files on disk, not only from the tables
+(purge.py): the store is VACUUMed and its WAL truncated, waiting for a reader to let go.
 
 Before anything, resolve runs (incrementally), so that records ingested but not resolved yet
-are found too. A run killed before its commit changed nothing; killed after it, a rerun says
-the person is forgotten already and finishes the VACUUM.
+are found too. A run killed before its commit changed nothing; killed after it, or held up by
+a reader, a rerun says the person is forgotten already and finishes the purge.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ import sqlite_utils
 from cdp_cli.config import Config
 from cdp_cli.consent import MANUAL_SOURCE, SUPPRESSIBLE
 from cdp_cli.errors import CdpError, NotFound
+from cdp_cli.exports import RULE_PREFIX, exports_of
 from cdp_cli.files import write_text
 from cdp_cli.identity.normalize import email_key, normalize_phone
 from cdp_cli.identity.profiles import Lookup, build_profiles, find_one_id
 from cdp_cli.identity.resolve import resolve, unresolved_batches
 from cdp_cli.identity.tombstones import Tombstones, erase_records, store_salt, tombstone_hash
 from cdp_cli.privacy import masked_lookup
+from cdp_cli.purge import Purge, needles_of, purge
 from cdp_cli.store import now_iso, transaction
 
 FORGOTTEN = "forgotten"  # the one_id left on written messages and coupon issues
@@ -50,7 +53,7 @@ BY_ONE_ID = (
     "journey_enrolments",
 )  # fmt: skip
 OUTBOUND_SUFFIXES = (".csv", ".jsonl")
-CHECKPOINT_WAIT_MS = 2000  # how long the WAL truncation waits for a reader to finish
+ERASED_RULE = f"{RULE_PREFIX}(erased: it named a forgotten person)"  # in the export log
 # Every table that can hold a person, and what forget does with it (a test holds the schema to
 # this list: a new table with a one_id, an identity key or a personal column must be added).
 HANDLED_TABLES = {
@@ -75,6 +78,8 @@ HANDLED_TABLES = {
     "messages": "unsent and skipped deleted; written kept for the books without a person",
     "coupon_issues": "kept, so a code is never drawn twice; one_id becomes `forgotten`",
     "rejects": "lines naming one of their identifiers deleted",
+    "export_members": "their links deleted: the files they were in are listed",
+    "exports": "kept: path, time, kind and rows; an audience rule naming them is erased",
     "schema_migrations": "nothing personal: migration names",
 }
 
@@ -104,11 +109,22 @@ class ForgetResult:
     messages_kept_without_person: int = 0
     rejects: int = 0
     outbound_files: list[str] = field(default_factory=list)
-    vacuumed: bool = False
-    wal_truncated: bool = False
+    # The files cdp wrote with them in: path, written_at, kind, audience, rows, and rewritten
+    # (an outbound file not picked up yet, rewritten without them); the rest it cannot erase.
+    exports: list[dict[str, Any]] = field(default_factory=list)
+    purge: Purge = field(default_factory=Purge)
+
+    @property
+    def vacuumed(self) -> bool:
+        return self.purge.vacuumed
+
+    @property
+    def wal_truncated(self) -> bool:
+        return self.purge.wal_truncated
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        erased = {k: v for k, v in asdict(self).items() if k != "purge"}
+        return {**erased, **self.purge.as_dict()}
 
 
 class _NewBatch(Exception):
@@ -126,7 +142,8 @@ def find_target(db: sqlite_utils.Database, config: Config, lookup: Lookup) -> Ta
         one_id, _ = find_one_id(db, config, lookup)
     except NotFound:
         if _forgotten_already(db, config, lookup):
-            return Target(None)
+            asked = _lookup_identifier(config, lookup)  # what the purge can look for
+            return Target(None, identifiers=[asked] if asked else [])
         raise NotFound(f"no customer has the {masked_lookup(**asdict(lookup))}") from None
     profile = db.conn.execute(
         "SELECT name, records FROM profiles WHERE one_id = ?", (one_id,)
@@ -168,13 +185,19 @@ def _forgotten_already(db: sqlite_utils.Database, config: Config, lookup: Lookup
 # Forgetting
 
 
-def forget(db: sqlite_utils.Database, config: Config, target: Target) -> ForgetResult:
-    """Erase the person `find_target` found, then VACUUM the store."""
+def forget(
+    db: sqlite_utils.Database, config: Config, target: Target, wait: float = 0
+) -> ForgetResult:
+    """Erase the person `find_target` found, then purge their bytes from the store's files,
+    waiting up to `wait` seconds for a reader to let go (purge.py); `result.purge.purged`
+    says whether they are gone. Forgotten already: only the purge, finished again."""
     if target.one_id is None:
         result = ForgetResult(None, already_forgotten=True)
+        identifiers = target.identifiers
     else:
         result = _erase_in_one_transaction(db, config, target.one_id)
-    result.vacuumed, result.wal_truncated = vacuum(db)
+        identifiers = [(i["type"], i["value"]) for i in result.identifiers]
+    result.purge = purge(db, needles_of(identifiers), wait)
     return result
 
 
@@ -195,19 +218,6 @@ def _erase_in_one_transaction(
                     "run `cdp forget` again"
                 ) from None
     raise CdpError("new batches keep arriving while forgetting: run `cdp forget` again")
-
-
-def vacuum(db: sqlite_utils.Database) -> tuple[bool, bool]:
-    """Rewrite the store without free pages, then empty the WAL into it: erased bytes leave
-    the files on disk. (vacuumed, WAL truncated); the WAL stays while another process reads."""
-    db.conn.execute("VACUUM")
-    waited = db.conn.execute("PRAGMA busy_timeout").fetchone()[0]
-    db.conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")  # not 30 s for a reader
-    try:
-        busy, _, _ = db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    finally:
-        db.conn.execute(f"PRAGMA busy_timeout = {int(waited)}")
-    return True, busy == 0
 
 
 def _erase(db: sqlite_utils.Database, config: Config, one_id: str) -> ForgetResult:
@@ -258,6 +268,7 @@ def _erase(db: sqlite_utils.Database, config: Config, one_id: str) -> ForgetResu
     mine = Tombstones(salt, {tombstone_hash(salt, t, v) for _, t, v in idents},
                       {t for _, t, v in idents}, config.identity, config.region)  # fmt: skip
     result.rejects = _erase_rejects(conn, mine, idents)
+    result.exports = _erase_from_export_log(conn, mine, one_ids)
     conn.execute(
         "INSERT INTO id_history (one_id, event, other_one_id, run_id, at) "
         "VALUES (?, 'forgotten', NULL, 0, ?)",
@@ -267,6 +278,9 @@ def _erase(db: sqlite_utils.Database, config: Config, one_id: str) -> ForgetResu
         build_profiles(db, result.other_customers, at, config.identity.source_priority)
     # Files last, before the commit: killed after them, the rerun erases the same rows again.
     result.outbound_files = rewrite_outbound(config.outbound_folder, set(one_ids), addresses)
+    rewritten = {str(Path(path).resolve()) for path in result.outbound_files}
+    for export in result.exports:
+        export["rewritten"] = export["path"] in rewritten
     return result
 
 
@@ -383,6 +397,27 @@ def _erase_rejects(
             doomed.append((reject_id,))
     conn.executemany("DELETE FROM rejects WHERE id = ?", doomed)
     return len(doomed)
+
+
+def _erase_from_export_log(
+    conn: sqlite3.Connection, mine: Tombstones, one_ids: list[str]
+) -> list[dict[str, Any]]:
+    """The files cdp wrote with them in, as the export log has them. Their links to those files
+    go; each file keeps its path, time, kind and rows, and an audience rule naming them goes."""
+    rules = conn.execute(
+        "SELECT id, audience FROM exports WHERE audience LIKE ?", (f"{RULE_PREFIX}%",)
+    ).fetchall()
+    naming = [
+        (export_id,)
+        for export_id, rule in rules
+        if any(o in rule for o in one_ids) or mine.mentioned_in(rule)
+    ]
+    conn.executemany(
+        "UPDATE exports SET audience = ? WHERE id = ?", [(ERASED_RULE, *n) for n in naming]
+    )
+    found = exports_of(conn, one_ids)
+    conn.execute(f"DELETE FROM export_members WHERE one_id IN ({_marks(one_ids)})", one_ids)
+    return [{k: v for k, v in export.items() if k != "id"} for export in found]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ stored already is updated in place, so running the same command twice never dupl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import operator
@@ -35,17 +36,19 @@ from cdp_cli.canonical import (
     Field,
 )
 from cdp_cli.config import Config, FieldMapping, Source
-from cdp_cli.errors import IngestError, UsageError
+from cdp_cli.errors import IngestError, UsageError, system_fault
 from cdp_cli.identity.normalize import identity_key
 from cdp_cli.identity.tombstones import FORGOTTEN_RAW, Screen
+from cdp_cli.integrity import is_damage, store_file
 from cdp_cli.parsing import TimestampParser, parse_date, parse_integer, parse_number, to_json
-from cdp_cli.privacy import mask_text
-from cdp_cli.store import insert_row, now_iso, transaction
+from cdp_cli.privacy import quote_cells
+from cdp_cli.store import indexes_built_after, insert_row, now_iso, transaction
 
 CHUNK_ROWS = 5000
 # One encoder for every row: json.dumps with options builds a new one per call (~3 µs).
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 ProgressCallback = Callable[[int, int], None]
+_NOT_SEEN = object()
 
 
 @dataclass
@@ -122,7 +125,7 @@ def _converter(mapping: FieldMapping, spec: Field, source: Source) -> Converter:
     }
     parse = parsers.get(spec.type)
     if spec.type == JSON:
-        return lambda raw, invalid: None if raw is None or raw == "" else to_json(raw)
+        return _json_text
 
     def convert(raw: Any, invalid: dict[str, Any]) -> Any:
         text: str | int | float | None
@@ -139,7 +142,7 @@ def _converter(mapping: FieldMapping, spec: Field, source: Source) -> Converter:
         if synonyms and type(text) is str:
             text = synonyms.get(text.casefold(), text)
         if choices and text not in choices:
-            if required:
+            if required or spec.refuse_unknown:
                 raise RowRejected("unknown_value", unknown_value_reason(spec, text), name)
             invalid[name] = text
             return None
@@ -154,12 +157,62 @@ def _converter(mapping: FieldMapping, spec: Field, source: Source) -> Converter:
             return None
 
     if synonyms:
-        return convert
+        return _per_distinct_value(convert)
     if spec.type == NUMBER:
-        return _fast_number(convert)
+        return _per_distinct_value(_fast_number(convert))
     if spec.type == TIMESTAMP and not formats:
-        return _fast_timestamp(convert, timestamps)
-    return convert
+        return _per_distinct_value(_fast_timestamp(convert, timestamps))
+    return _per_distinct_value(convert)
+
+
+def _json_text(raw: Any, invalid: dict[str, Any]) -> str | None:
+    """A JSON field's text; a parsed object is encoded by the shared encoder (to_json's
+    json.dumps with options builds an encoder per call, and JSON Lines events all have one)."""
+    if raw is None or raw == "":
+        return None
+    if type(raw) is dict or type(raw) is list:
+        return _JSON.encode(raw)
+    return to_json(raw)
+
+
+# A converter remembers this many distinct raw strings, then starts again; a column whose values
+# did not repeat at least as often as they were new (timestamps to the second) stops remembering.
+DISTINCT_CACHE = 20_000
+
+
+def _per_distinct_value(convert: Converter) -> Converter:
+    """`convert`, run once per distinct raw string rather than per row: most columns repeat a
+    few values (a gender, a city, a level, a birthday), and their synonyms, choices and parsing
+    cost the same each time. Only a clean result is remembered: a value that is invalid or
+    rejects the row goes through `convert` every time, so each row records its own reason."""
+    cache: dict[str, Any] = {}
+    hits = 0
+    remember = True
+
+    def cached(raw: Any, invalid: dict[str, Any]) -> Any:
+        nonlocal hits, remember
+        if type(raw) is not str or not remember:
+            return convert(raw, invalid)
+        try:
+            value = cache[raw]
+        except KeyError:
+            pass
+        else:
+            hits += 1
+            return value
+        found: dict[str, Any] = {}
+        value = convert(raw, found)
+        if found:
+            invalid.update(found)
+            return value
+        if len(cache) >= DISTINCT_CACHE:
+            remember = hits >= len(cache)
+            cache.clear()
+            hits = 0
+        cache[raw] = value
+        return value
+
+    return cached
 
 
 def unknown_value_reason(spec: Field, value: Any) -> str:
@@ -272,6 +325,7 @@ class RowMapper:
         self.source = source
         self.header = header
         self.has_items = source.items is not None
+        self._attrs_bytes = source.limits.attrs_bytes
         mappings = list(source.fields.values())
         # Text columns that need only trimming take a fast path: all of them fetched in one
         # C call per row (an itemgetter for CSV, dict.get mapped over the names for JSON).
@@ -298,8 +352,19 @@ class RowMapper:
             (self._getter(m), _converter(m, source.kind.field(m.name), source))  # type: ignore[arg-type]
             for m in typed
         ]
+        # A field required only in some rows (an opt-in's time): (its index or -1, its name,
+        # the index of the field it depends on, the value that makes it required).
+        self._required_if = [
+            (self._position(spec.name), spec.name, self._position(other), value)
+            for spec in source.kind.fields
+            if spec.required_if
+            for other, value in [spec.required_if]
+        ]
         identity_names = set(source.identity_fields)
         self._identity = [(n, i) for i, n in enumerate(self.columns) if n in identity_names]
+        self._identity_values = _picker([i for _, i in self._identity])
+        self._identity_keys: dict[tuple[Any, ...], int | None] = {}
+        self._identity_hits, self._remember_identity = 0, True
         # A key part uses the value of a field read from the same place, else the raw column.
         by_column = {m.column: m.name for m in plain}
         self._key = [
@@ -308,10 +373,8 @@ class RowMapper:
             else (m.name, self._getter(m), -1)
             for m in source.key
         ]
-        mapped = [m.column for m in source.fields.values() if m.column]
-        mapped += [m.column for m in source.key if m.column]
+        mapped = source.columns
         if source.items:
-            mapped.append(source.items.column)
             self._items_getter = self._getter(FieldMapping("items", column=source.items.column))
             self._item_fields = [
                 (m.name, _json_getter(m.column or m.name), m.column or m.name, spec)
@@ -327,15 +390,27 @@ class RowMapper:
                 {c for c in mapped if "." in c}, key=lambda c: -c.count(".")
             )
 
+    def _position(self, name: str) -> int:
+        return self.columns.index(name) if name in self.columns else -1
+
     def _index(self, mapping: FieldMapping) -> int:
         assert self.header is not None and mapping.column is not None
         if mapping.column not in self.header:
-            raise IngestError(
-                f"column {mapping.column!r} (for {mapping.name.removeprefix('key:')}) is not in "
-                f"the header; the columns are: {mask_text(', '.join(self.header))}"
-                + self._delimiter_hint()
-            )
+            missing = f"column {mapping.column!r} (for {mapping.name.removeprefix('key:')})"
+            raise IngestError(f"{missing} is not in the header; {self._header_problem()}")
         return self.header.index(mapping.column)
+
+    def _header_problem(self) -> str:
+        """What the header holds instead, its cells masked when it may be a row of data."""
+        assert self.header is not None
+        if readers.is_known_header(self.header, self.source.columns):
+            return f"the columns are: {quote_cells(self.header, header=True)}" + (
+                self._delimiter_hint()
+            )
+        return (
+            "its first line holds none of the columns cdp.yaml maps: is the header row "
+            f"missing? It reads: {quote_cells(self.header, header=False)}"
+        )
 
     def _delimiter_hint(self) -> str:
         """A header read as one column may be split on the wrong character: say how to set it."""
@@ -373,6 +448,9 @@ class RowMapper:
             if values[i] is None:
                 raise RowRejected("missing", f"{name}: missing", name)
         values += [convert(get(row), invalid) for get, convert in self._typed]
+        for i, name, depends, value in self._required_if:
+            if (i < 0 or values[i] is None) and depends >= 0 and values[depends] == value:
+                raise RowRejected("missing", f"{name}: missing (required when {value})", name)
         key = self._key_of(row, values)
         if self.has_items:
             values.append(self._items(row, invalid))
@@ -380,8 +458,35 @@ class RowMapper:
         if invalid:
             attrs["_invalid"] = invalid
         attrs_json = _JSON.encode(attrs) if attrs else None
-        values.append(identity_key([(n, values[i]) for n, i in self._identity]))
+        # A character is 1 to 4 bytes in UTF-8: count them only where that could matter.
+        if attrs_json is not None and len(attrs_json) * 4 > self._attrs_bytes:
+            self._check_attrs_size(attrs_json)
+        values.append(self._identity_key(values))
         return key, values, attrs_json
+
+    def _check_attrs_size(self, attrs_json: str) -> None:
+        if len(attrs_json.encode("utf-8", "surrogatepass")) > self._attrs_bytes:
+            over = readers.over_limit("attrs_bytes", self._attrs_bytes)
+            reason = f"{readers.TOO_LARGE}the columns cdp.yaml does not map (attrs) are {over}"
+            raise RowRejected("too_large", reason, "attrs")
+
+    def _identity_key(self, values: list[Any]) -> int | None:
+        """identity_key of the row's identity fields, hashed once per distinct combination:
+        ten million events come from far fewer devices and members."""
+        if not self._remember_identity:  # every row its own (customers): no use remembering
+            return identity_key([(n, values[i]) for n, i in self._identity])
+        raw = self._identity_values(values)
+        key = self._identity_keys.get(raw, _NOT_SEEN)
+        if key is not _NOT_SEEN:
+            self._identity_hits += 1
+            return key  # type: ignore[return-value]
+        key = identity_key([(n, values[i]) for n, i in self._identity])
+        if len(self._identity_keys) >= DISTINCT_CACHE:
+            self._remember_identity = self._identity_hits >= len(self._identity_keys)
+            self._identity_keys.clear()
+            self._identity_hits = 0
+        self._identity_keys[raw] = key
+        return key
 
     def identity_fields(self, values: list[Any]) -> dict[str, Any]:
         """The identity fields among a mapped row's values, by canonical name."""
@@ -518,8 +623,10 @@ def ingest_file(
     """
     started = time.monotonic()
     path = path.absolute()
-    if not path.is_file():
+    if not path.exists():
         raise IngestError(f"{path}: file not found")
+    if not path.is_file():  # a pipe or a device: a file is read twice (its sha256, its rows)
+        raise IngestError(f"{path}: not a regular file; save the export to a file and ingest that")
     sha256 = file_sha256(path)
     seen = db.conn.execute(
         "SELECT id FROM batches WHERE source=? AND sha256=? AND status='done' "
@@ -555,12 +662,14 @@ def ingest_file(
                  result.rejected, result.skipped, batch_id),
             )  # fmt: skip
     except BaseException as exc:
+        if is_damage(exc):  # rolled back; nothing more is written into a damaged store
+            raise
         status = "failed" if isinstance(exc, Exception) else "aborted"
-        message = str(exc) or type(exc).__name__
-        db.conn.execute(
-            "UPDATE batches SET status=?, finished_at=?, error=? WHERE id=?",
-            (status, now_iso(), message, batch_id),
-        )
+        fault = system_fault(exc, store_file(db.conn))  # a full disk: the batch says so
+        message = str(fault or exc) or type(exc).__name__
+        _record_failure(db, batch_id, status, message)
+        if fault is not None:
+            raise fault from None
         if isinstance(exc, IngestError):
             raise IngestError(f"{path}: {exc}") from None
         if isinstance(exc, (sqlite3.DataError, RecursionError)):
@@ -568,6 +677,16 @@ def ingest_file(
         raise
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def _record_failure(db: sqlite_utils.Database, batch_id: int, status: str, message: str) -> None:
+    """Mark the batch failed (or aborted) with why. When the disk is too full for even that,
+    the batch stays 'running', and the next ingest marks it aborted."""
+    with contextlib.suppress(sqlite3.OperationalError):  # the first error is the one to tell
+        db.conn.execute(
+            "UPDATE batches SET status=?, finished_at=?, error=? WHERE id=?",
+            (status, now_iso(), message, batch_id),
+        )
 
 
 def _load(
@@ -584,7 +703,16 @@ def _load(
     # Loaded inside the file's transaction: a `cdp forget` committed before it is always seen.
     tombstones = screen.load(conn) if screen else None
     before = conn.execute(f"SELECT count(*) FROM {table} WHERE source=?", (source.name,)).fetchone()
-    with readers.open_rows(path, fmt, encoding, source.delimiter) as (header, rows, progress):
+    # Into an empty table (a first load), the secondary indexes are built once at the end.
+    first_load = conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None
+    with (
+        indexes_built_after(conn, table, first_load),
+        readers.open_rows(path, fmt, encoding, source.delimiter, source.limits, source.columns) as (
+            header,
+            rows,
+            progress,
+        ),
+    ):
         mapper = RowMapper(source, header)
         columns = [*mapper.columns, *(["items"] if mapper.has_items else []), "identity_key"]
         upsert = _upsert_sql(table, columns)
@@ -609,7 +737,9 @@ def _load(
                     key = _content_key(values, attrs)
                 pending.append((name, key, *values, attrs, batch_id, line))
             except RowRejected as rejected:
-                raw_text = _raw_text(raw or row, header)
+                # A row too large is not kept whole a second time: its line finds it.
+                too_large = rejected.problem == "too_large"
+                raw_text = None if too_large else _raw_text(raw or row, header)
                 if tombstones is not None and (
                     rejected.problem == "forgotten" or tombstones.mentioned_in(raw_text or "")
                 ):
@@ -648,6 +778,8 @@ INSERT_REJECTS = (
 
 
 def _problem_of(error: str) -> str:
+    if error.startswith(readers.TOO_LARGE):
+        return "too_large"
     if error.startswith("bytes that do not decode"):
         return "undecodable"
     if error.startswith("expected") and "columns" in error:

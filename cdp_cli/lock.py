@@ -20,15 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from cdp_cli.errors import StoreBusy, StoreError
-from cdp_cli.store import now_iso
+from cdp_cli.errors import StoreBusy, StoreError, system_fault
+from cdp_cli.store import check_store_path, now_iso
 
 POLL_SECONDS = 0.1
 
 
 def lock_path(store: Path) -> Path:
-    """`cdp.db` -> `cdp.db.lock`, in the same folder."""
-    return store.with_name(store.name + ".lock")
+    """`cdp.db` -> `cdp.db.lock`, in the same folder; of the real file, when `store` is a
+    symlink, so that every name of one store takes the one lock."""
+    real = store.resolve()
+    return real.with_name(real.name + ".lock")
 
 
 @dataclass(frozen=True)
@@ -67,13 +69,14 @@ class StoreLock:
 
 def acquire(store: Path, wait: float = 0, command: str = "cdp") -> StoreLock:
     """Take the store's write lock, waiting up to `wait` seconds; StoreBusy if it stays taken."""
+    check_store_path(store)
     path = lock_path(store)
-    if not path.parent.is_dir():
-        raise StoreError(f"{store}: folder {path.parent} does not exist")
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
     except OSError as exc:
-        raise StoreError(f"{path}: cannot open the store's lock file ({exc.strerror})") from None
+        fault = system_fault(exc, path)
+        error = fault or StoreError(f"{path}: cannot open the store's lock file ({exc.strerror})")
+        raise error from None
     try:
         _wait_for(fd, store, wait)
         info = {"pid": os.getpid(), "since": now_iso(), "command": command}

@@ -3,14 +3,15 @@
 A line holds the time, the pid, the stage, its status, counts and seconds, so that `grep`,
 `tail -f` and logfmt tools read it. It never holds personal data: stages log counts, and of an
 error message it keeps the gist (`for_log`): the first clause, without quoted values, email
-addresses or phone and ID numbers. An error can quote data: a file without a header row makes
-"the columns are: M0000001, 李娜, ..." of its first row.
+addresses or phone and ID numbers. An error can quote data, masked where it is made
+(privacy.quote_cells): a file without a header row makes "M***, 李***, ..." of its first row.
 Each line is one append to a file opened for this run, so rotation tools that rename the file
 (logrotate without copytruncate) are safe: the next run starts a new file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from cdp_cli.errors import CdpError
+from cdp_cli.errors import CdpError, system_fault
 from cdp_cli.privacy import replace_identifiers
 from cdp_cli.store import now_iso
 
@@ -76,12 +77,16 @@ class OpsLog:
             return
         self.open()
         assert self._file is not None
-        self._file.write(f"{now_iso()} pid={os.getpid()} {format_fields(fields)}\n")
-        self._file.flush()
+        try:
+            self._file.write(f"{now_iso()} pid={os.getpid()} {format_fields(fields)}\n")
+            self._file.flush()
+        except OSError as exc:  # a full disk: the error names the log, not the store
+            raise system_fault(exc, self.path) or CdpError(f"{self.path}: {exc}") from None
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # a line a full disk refused: write() said so
+                self._file.close()
             self._file = None
 
     def __enter__(self) -> OpsLog:

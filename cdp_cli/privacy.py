@@ -1,7 +1,9 @@
 """Personal data in what people see: which fields are personal, and their masked forms.
 
 Commands show phones, emails and ID numbers masked unless asked (--unmask); the masked_*
-functions return a masked copy of what a command shows and leave the original as it was.
+functions return a masked copy of what a command shows and leave the original as it was. A
+message that quotes cells of a data row (an error on stderr, which cron mails; a reject's
+reason, which `cdp status` shows) quotes them through `quote_cells`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,13 @@ import phonenumbers
 
 # The golden record's lists of personal values, and the type of each.
 PERSONAL_PROFILE_FIELDS = {"phones": "phone", "emails": "email"}
+# The canonical fields whose values identify or describe a person. A reject's reason quotes
+# only values of required fields (one that does not parse) and of fields whose unknown values
+# reject the row; none is personal (tests/test_input_limits.py holds it to that).
+PERSONAL_FIELDS = frozenset(
+    ("name", "birthday", "phone", "email", "id_number", "member_no", "user_id", "device_id",
+     "wechat_openid", "wechat_unionid")
+)  # fmt: skip
 _EMAIL_IN_TEXT = re.compile(r"[^\s@,;:<>()\[\]\"]+@[\w-]+(?:\.[\w-]+)+")
 # A run of digits, perhaps split by single spaces, dashes or dots, perhaps with a leading +,
 # standing on its own: digits glued to a name before them (pos-20261118.csv, M0000001) stay.
@@ -79,6 +88,22 @@ def replace_identifiers(
 def mask_text(text: str) -> str:
     """Free text (a headerless file's first line, say) masked for the terminal."""
     return replace_identifiers(text, mask_email, mask_phone)
+
+
+def mask_value(value: str) -> str:
+    """A cell of a row with nothing to say which field it holds: any may be personal, so an
+    email or a phone number gets its mask and any other value keeps only its first character
+    ('M0000001' -> 'M***', '李娜' -> '李***')."""
+    masked = mask_text(value)
+    if masked != value or not value.strip():
+        return masked
+    return f"{value.strip()[:1]}***"
+
+
+def quote_cells(cells: Iterable[str], header: bool) -> str:
+    """Cells of a row for a message, joined by ', '. Those of a known `header` (column names)
+    are shown with only emails and numbers masked; any others as `mask_value` masks them."""
+    return ", ".join(map(mask_text if header else mask_value, cells))
 
 
 def masked_lookup(

@@ -16,7 +16,7 @@ import sqlite_utils
 
 from cdp_cli.config import Config
 from cdp_cli.consent import consents_of
-from cdp_cli.identity.profiles import Lookup, check_lookup, find_one_id
+from cdp_cli.identity.profiles import Lookup, find_one_id
 from cdp_cli.messaging.channels import CHANNELS
 from cdp_cli.privacy import PERSONAL_PROFILE_FIELDS, mask, masked_items
 from cdp_cli.reports.journey import group_of
@@ -94,7 +94,6 @@ def profile_360(
     from cdp_cli.segments import segments_of
     from cdp_cli.tags import customer_tags
 
-    check_lookup(config, lookup)
     one_id, merged_from = find_one_id(db, config, lookup)
     book = load_rulebook(config.tag_rules_folder)
     return Profile360(

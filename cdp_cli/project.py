@@ -15,6 +15,7 @@ given, and $CDP_DB the store when none is given.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +24,9 @@ import sqlite_utils
 
 from cdp_cli.config import DEFAULT_CONFIG, Config, load_config
 from cdp_cli.files import check_output
-from cdp_cli.lock import lock_path
-from cdp_cli.store import open_store
+from cdp_cli.integrity import corruption_error, damage_marker
+from cdp_cli.lock import StoreLock, acquire, lock_path
+from cdp_cli.store import DEFAULT_CACHE_MB, open_store
 
 PathLike = str | os.PathLike[str]
 # Beside the store, SQLite's own files: the write-ahead log, its shared memory, the journal.
@@ -39,6 +41,7 @@ class Project:
         store = store or os.environ.get("CDP_DB")
         self.store_override = Path(store) if store else None  # else `store:` in cdp.yaml
         self._config: Config | None = None
+        self._write_wait: float | None = None  # set by lock(): store() opens to write
 
     def __repr__(self) -> str:
         store = f", store={str(self.store_override)!r}" if self.store_override else ""
@@ -61,13 +64,35 @@ class Project:
         """The SQLite store: the one given, else `store:` in cdp.yaml, relative to it."""
         return self.store_override or self.config.store
 
+    def lock(self, wait: float = 0, command: str = "cdp") -> StoreLock:
+        """Take the store's write lock (one cdp writer at a time), waiting up to `wait` seconds;
+        from then on the store opens to write, and waits as long for another program's lock."""
+        held = acquire(self.store_path, wait, command)
+        self._write_wait = wait
+        return held
+
+    def open_store(self, create: bool = True) -> sqlite_utils.Database:
+        """The store, open until the caller closes it: to write when lock() was taken, else
+        to read (read-only when it cannot be written). Without `create`, a missing store is a
+        StoreError that says to run `cdp ingest` first."""
+        write = self._write_wait is not None
+        cache_mb = self.config.store_cache_mb if self.has_config else DEFAULT_CACHE_MB
+        return open_store(
+            self.store_path, create, write=write, wait=self._write_wait or 0, cache_mb=cache_mb
+        )
+
     @contextmanager
     def store(self, create: bool = True) -> Iterator[sqlite_utils.Database]:
-        """The store, open for the `with` block and closed after it. Without `create`, a
-        missing store is a StoreError that says to run `cdp ingest` first."""
-        db = open_store(self.store_path, create=create)
+        """The store (open_store), open for the `with` block and closed after it; a damaged
+        page met inside the block is a StoreDamaged that says what to do."""
+        db = self.open_store(create)
         try:
             yield db
+        except sqlite3.DatabaseError as exc:
+            damaged = corruption_error(exc, self.store_path)
+            if damaged is None:
+                raise
+            raise damaged from None
         finally:
             db.close()
 
@@ -84,6 +109,7 @@ class Project:
         for suffix in STORE_SIDECARS:
             files[store.with_name(store.name + suffix)] = f"the store's {suffix} file"
         files[lock_path(store)] = "the store's write lock"
+        files[damage_marker(store)] = "the mark of a damaged store"
         folders: dict[Path, str] = {}
         if not self.has_config:
             return files, folders

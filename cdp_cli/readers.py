@@ -2,7 +2,9 @@
 
 Each reader yields `(line, row, error, raw)`. A row it could not read comes with the reason
 instead of stopping the file, so the caller can quarantine it and keep the rest; `raw` is the
-line as bytes where the format has lines. Nothing here holds a whole file in memory.
+line as bytes where the format has lines. Nothing here holds a whole file in memory, nor a
+whole line: a row, a value or a JSON array's item past the source's `limits:` is read no
+further than the limit (config.Limits).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import io
 import json
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +24,12 @@ from typing import Any, BinaryIO, TextIO
 import charset_normalizer
 import ijson
 
+from cdp_cli.config import DEFAULT_LIMITS, Limits
 from cdp_cli.errors import IngestError
+from cdp_cli.privacy import quote_cells
 
 SAMPLE_BYTES = 256 * 1024
-# Exports in the wild hold very long free-text cells; the csv module's 128 KiB default is not
-# enough, but an unbounded one lets a broken quote swallow the whole file into one field.
-csv.field_size_limit(min(sys.maxsize, 16 * 1024 * 1024))
+SKIP_CHUNK = 1 << 20  # how much of a line too long to keep is read at a time, to pass it by
 
 FALLBACK_ENCODINGS = ("utf-8", "gb18030")
 # A row nested deeper is a reject: no export needs more, and a parser's costs grow with depth.
@@ -36,6 +38,27 @@ TOO_DEEP = f"JSON nested more than {MAX_JSON_DEPTH} levels deep"
 _SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")  # \ud800 to \udfff, in JSON text
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 RowResult = tuple[int, Any, "str | None", "bytes | None"]
+
+
+TOO_LARGE = "too large: "  # how the reason of a reject past a limit starts (problem too_large)
+
+
+def over_limit(key: str, limit: int, unit: str = "bytes") -> str:
+    """'over limits.row_bytes in cdp.yaml (1,048,576 bytes)', for a message."""
+    return f"over limits.{key} in cdp.yaml ({limit:,} {unit})"
+
+
+def row_too_large(limits: Limits) -> str:
+    return f"{TOO_LARGE}a row {over_limit('row_bytes', limits.row_bytes)}"
+
+
+def value_too_large(limits: Limits) -> str:
+    return f"{TOO_LARGE}a value {over_limit('field_chars', limits.field_chars, 'characters')}"
+
+
+class RowTooLarge(Exception):
+    """A row past limits.row_bytes: what _BoundedLines raises into csv.reader, and
+    _ItemBudget into ijson, to stop them reading it."""
 
 
 def detect_encoding(path: Path, declared: str = "auto") -> str:
@@ -129,26 +152,45 @@ def _undecodable(values: list[str]) -> bool:
 
 @contextmanager
 def open_rows(
-    path: Path, fmt: str, encoding: str, delimiter: str | None = ","
+    path: Path,
+    fmt: str,
+    encoding: str,
+    delimiter: str | None = ",",
+    limits: Limits = DEFAULT_LIMITS,
+    columns: Collection[str] = (),
 ) -> Iterator[tuple[list[str] | None, Iterator[RowResult], Progress]]:
-    """Open a file and yield its CSV header (None for JSON), its rows and its progress."""
-    with path.open("rb") as stream:
+    """Open a file and yield its CSV header (None for JSON), its rows and its progress.
+
+    `columns` are those the source maps: a CSV header with none of them may be a row of data,
+    and is quoted masked (see is_known_header)."""
+    with path.open("rb") as stream, _csv_field_limit(limits.field_chars):
         if _holds_nothing(stream, encoding):
             raise IngestError("the file is empty")
         stream.seek(0)
         progress = Progress(stream, path.stat().st_size)
         if fmt == "jsonl":
-            yield None, read_jsonl(stream, encoding), progress
+            yield None, read_jsonl(stream, encoding, limits), progress
         elif fmt == "json" and encoding in ("utf-8", "utf-8-sig"):
-            yield None, read_json(stream), progress
+            yield None, read_json(stream, limits=limits), progress
         else:
             errors = "cdp-surrogateescape" if fmt == "csv" else "strict"
             with io.TextIOWrapper(stream, encoding=encoding, errors=errors, newline="") as text:
                 if fmt == "csv":
-                    header, rows = read_csv(text, encoding, delimiter)
+                    header, rows = read_csv(text, encoding, delimiter, limits, columns)
                     yield header, rows, progress
                 else:
-                    yield None, read_json(text, encoding), progress
+                    yield None, read_json(text, encoding, limits), progress
+
+
+@contextmanager
+def _csv_field_limit(chars: int) -> Iterator[None]:
+    """csv.field_size_limit set to `chars` while a file is read: it is the csv module's one
+    setting for every reader in the process, so it is put back after."""
+    before = csv.field_size_limit(chars)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
 
 
 def _holds_nothing(stream: BinaryIO, encoding: str) -> bool:
@@ -180,63 +222,147 @@ def csv_delimiter(header_line: str) -> str:
     return found[0] if counts[","] == 0 and len(found) == 1 else ","
 
 
-def _first_line(text: TextIO) -> str:
-    """The first line with more than white space and delimiters; the stream is rewound."""
+def _first_line(text: TextIO, limit: int) -> str:
+    """The first line with more than white space and delimiters, or its first `limit`
+    characters; the stream is rewound."""
     blank = "".join(CANDIDATE_DELIMITERS) + " \r\n\ufeff"
     line = ""
-    while line := text.readline():
+    while line := text.readline(limit):
         if line.strip(blank):
             break
     text.seek(0)
     return line
 
 
+def is_known_header(header: list[str], columns: Collection[str]) -> bool:
+    """Whether a CSV header holds one of the `columns` a source maps, as a cell or as part of
+    one split at a candidate delimiter (a header split on the wrong one). One that holds none
+    may be a row of data, the first of a file without its header row: messages mask it."""
+    wanted = set(columns)
+    split = re.compile("|".join(map(re.escape, CANDIDATE_DELIMITERS)))
+    return any(part.strip() in wanted for cell in header for part in split.split(cell))
+
+
+class _BoundedLines:
+    """The lines of a CSV text, as csv.reader takes them, read `limit` characters at most.
+
+    csv.reader holds a whole line, and a row whose quoted cells span lines: a line or a row
+    longer than the limit is read no further (the rest of the line is passed by) and raises
+    RowTooLarge out of the reader, which then starts afresh on the next line. `number` counts
+    the lines read, which csv.reader's line_num misses for that line; `row_chars` is what the
+    row being read has taken so far, for its reader to reset.
+    """
+
+    def __init__(self, text: TextIO, limit: int) -> None:
+        self._readline = text.readline
+        self._max = limit + 2  # a line of `limit` and its \r\n
+        self._after_cr = False
+        self.number = 0
+        self.row_chars = 0
+
+    def __iter__(self) -> _BoundedLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self._readline(self._max)
+        if self._after_cr:  # a line passed by ended at a \r: the \n after it is no line
+            self._after_cr = False
+            if line == "\n":
+                line = self._readline(self._max)
+        if not line:
+            raise StopIteration
+        self.number += 1
+        self.row_chars += len(line)
+        # Past the limit: a row of several lines, or one line cut short (a line of exactly
+        # `limit` and its \r\n is not).
+        if self.row_chars >= self._max and (self.row_chars > self._max or line[-1] != "\n"):
+            self._pass_by(line)
+        return line
+
+    def _pass_by(self, line: str) -> None:
+        """Read past the rest of a line too long, and stop the row it belongs to."""
+        while line[-1] not in "\r\n" and (chunk := self._readline(SKIP_CHUNK)):
+            line = chunk
+        self._after_cr = line[-1] == "\r"
+        raise RowTooLarge
+
+
 def read_csv(
-    text: TextIO, encoding: str, delimiter: str | None = ","
+    text: TextIO,
+    encoding: str,
+    delimiter: str | None = ",",
+    limits: Limits = DEFAULT_LIMITS,
+    columns: Collection[str] = (),
 ) -> tuple[list[str], Iterator[RowResult]]:
     """The header and an iterator of rows as lists of strings, with their first line number.
 
     `text` must decode with errors="cdp-surrogateescape", so that a row with bytes that do
     not decode is quarantined rather than stopping the file. With no `delimiter`, it is told
-    from the header line (csv_delimiter); `text` must then be seekable.
+    from the header line (csv_delimiter); `text` must then be seekable. The caller sets
+    csv.field_size_limit (open_rows sets it to limits.field_chars).
     """
     errors_before = _DecodeErrors.count  # the text decodes ahead of the rows, so count from here
     if delimiter is None:
-        delimiter = csv_delimiter(_first_line(text))
-    reader = csv.reader(text, delimiter=delimiter, strict=False)
+        delimiter = csv_delimiter(_first_line(text, limits.row_bytes))
+    lines = _BoundedLines(text, limits.row_bytes)
+    reader = csv.reader(lines, delimiter=delimiter, strict=False)
     header: list[str] | None = None
     try:
         for row in reader:
             if any(cell.strip() for cell in row):
                 header = [cell.strip().lstrip("\ufeff") for cell in row]
                 break
+            lines.row_chars = 0
+    except RowTooLarge:
+        too_long = over_limit("row_bytes", limits.row_bytes)
+        raise IngestError(f"line {lines.number}: the header is {too_long}") from None
     except csv.Error as exc:
-        raise IngestError(f"line {reader.line_num}: cannot read the CSV header: {exc}") from None
+        problem = _csv_problem(exc, limits)
+        raise IngestError(f"line {lines.number}: cannot read the CSV header: {problem}") from None
     if header is None:
         return [], iter(())
     if _undecodable(header):
-        raise IngestError(f"line {reader.line_num}: the header does not decode as {encoding}")
+        raise IngestError(f"line {lines.number}: the header does not decode as {encoding}")
     duplicates = sorted({h for h in header if header.count(h) > 1 and h})
     if duplicates:
-        raise IngestError(
-            f"line {reader.line_num}: duplicate column names: {', '.join(duplicates)}"
-        )
-    return header, _csv_rows(reader, len(header), encoding, errors_before)
+        shown = quote_cells(duplicates, header=is_known_header(header, columns))
+        raise IngestError(f"line {lines.number}: duplicate column names: {shown}")
+    return header, _csv_rows(reader, lines, len(header), encoding, errors_before, limits)
 
 
-def _csv_rows(reader: Any, width: int, encoding: str, errors_before: int) -> Iterator[RowResult]:
-    next_line = reader.line_num + 1
+def _csv_problem(exc: csv.Error, limits: Limits) -> str:
+    """What a csv.Error says, for a reject's reason; a cell over the field limit is too large."""
+    if str(exc).startswith("field larger than field limit"):
+        return value_too_large(limits)
+    return f"unreadable CSV: {exc}"
+
+
+def _csv_rows(
+    reader: Any,
+    lines: _BoundedLines,
+    width: int,
+    encoding: str,
+    errors_before: int,
+    limits: Limits,
+) -> Iterator[RowResult]:
+    row_bytes = limits.row_bytes
     while True:
-        line = next_line
+        line = lines.number + 1
+        lines.row_chars = 0
         try:
             row = next(reader)
         except StopIteration:
             return
-        except csv.Error as exc:
-            next_line = reader.line_num + 1
-            yield line, None, f"unreadable CSV: {exc}", None
+        except RowTooLarge:
+            yield line, None, row_too_large(limits), None
             continue
-        next_line = reader.line_num + 1
+        except csv.Error as exc:
+            yield line, None, _csv_problem(exc, limits), None
+            continue
+        # A character is 1 to 4 bytes in UTF-8: count them only where that could matter.
+        if lines.row_chars * 4 > row_bytes and _utf8_size(row) > row_bytes:
+            yield line, None, row_too_large(limits), None
+            continue
         if len(row) != width:
             if not any(cell.strip() for cell in row):
                 yield line, None, None, None  # blank line
@@ -248,13 +374,33 @@ def _csv_rows(reader: Any, width: int, encoding: str, errors_before: int) -> Ite
             yield line, row, None, None
 
 
-def read_jsonl(stream: BinaryIO, encoding: str) -> Iterator[RowResult]:
-    """Objects from a JSON Lines file; a blank line yields (line, None, None)."""
+def _utf8_size(row: list[str]) -> int:
+    """A CSV row's size in bytes as UTF-8: its cells and the delimiters between them."""
+    return sum(len(cell.encode("utf-8", "surrogatepass")) for cell in row) + len(row) - 1
+
+
+def read_jsonl(
+    stream: BinaryIO, encoding: str, limits: Limits = DEFAULT_LIMITS
+) -> Iterator[RowResult]:
+    """Objects from a JSON Lines file; a blank line yields (line, None, None).
+
+    Each line is read limits.row_bytes at most: one longer is passed by and rejected."""
     utf8 = encoding in ("utf-8", "utf-8-sig")
-    for number, raw in enumerate(stream, start=1):
+    longest = limits.row_bytes + 2  # a line of row_bytes and its \r\n
+    number = 0
+    while raw := stream.readline(longest):
+        number += 1
+        if len(raw) == longest and not raw.endswith(b"\n"):  # the line goes on
+            while (chunk := stream.readline(SKIP_CHUNK)) and not chunk.endswith(b"\n"):
+                pass
+            yield number, None, row_too_large(limits), None
+            continue
         if number == 1 and raw.startswith(codecs.BOM_UTF8):
             raw = raw[3:]
         raw = raw.rstrip(b"\r\n")
+        if len(raw) > limits.row_bytes:
+            yield number, None, row_too_large(limits), None
+            continue
         if not raw.strip():
             yield number, None, None, None
             continue
@@ -266,6 +412,10 @@ def read_jsonl(stream: BinaryIO, encoding: str) -> Iterator[RowResult]:
         except json.JSONDecodeError as exc:
             yield number, raw, f"invalid JSON at column {exc.colno}: {exc.msg}", raw
             continue
+        except ValueError:  # an integer longer than Python converts
+            digits = sys.get_int_max_str_digits()
+            yield number, raw, f"invalid JSON: a number of more than {digits:,} digits", raw
+            continue
         except RecursionError:
             yield number, raw, TOO_DEEP, raw
             continue
@@ -274,6 +424,10 @@ def read_jsonl(stream: BinaryIO, encoding: str) -> Iterator[RowResult]:
             continue
         if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _too_deep(value):
             yield number, raw, TOO_DEEP, raw
+            continue
+        # A string holds fewer characters than the line has bytes: look only in long lines.
+        if len(raw) > limits.field_chars and _too_long(value, limits.field_chars):
+            yield number, None, value_too_large(limits), None
             continue
         if _SURROGATE_ESCAPE.search(raw):
             value = _whole_text(value)
@@ -309,12 +463,56 @@ def _too_deep(value: Any) -> bool:
     return False
 
 
-def read_json(stream: BinaryIO | io.TextIOWrapper, encoding: str = "utf-8") -> Iterator[RowResult]:
+def _too_long(value: Any, limit: int) -> bool:
+    """Whether a JSON value holds a string (or a key) longer than `limit` characters."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if len(item) > limit:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+class _ItemBudget:
+    """The stream ijson reads from, counted, so that an item that grows past limits.row_bytes
+    stops the parse (RowTooLarge): ijson builds a value whole before it hands it over.
+
+    ijson reads a chunk, then hands over all its events before it reads the next, so when it
+    reads, every byte since the chunk in which the last item ended is the current item's."""
+
+    def __init__(self, stream: BinaryIO | _AsUtf8, limit: int) -> None:
+        self.stream = stream
+        self.limit = limit
+        self.read_bytes = 0
+        self.item_start = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self.read_bytes - self.item_start > self.limit:
+            raise RowTooLarge
+        data = self.stream.read(size)
+        self.read_bytes += len(data)
+        return data
+
+    def item_ended(self) -> None:
+        self.item_start = self.read_bytes
+
+
+def read_json(
+    stream: BinaryIO | io.TextIOWrapper, encoding: str = "utf-8", limits: Limits = DEFAULT_LIMITS
+) -> Iterator[RowResult]:
     """Objects from a JSON array, numbered by position (1 is the array's first item).
 
     Items are built from ijson's basic events: ijson.items keeps a path per event, which
     costs memory quadratic in the nesting depth (100 KB of brackets takes gigabytes). An item
-    nested too deeply is passed over, not built, and comes back as a reject.
+    nested too deeply, or with a string over limits.field_chars, is passed over, not built,
+    and comes back as a reject. An item over limits.row_bytes fails the file: the items after
+    it cannot be found without reading it.
     """
     try:
         head = stream.read(4096)
@@ -330,41 +528,64 @@ def read_json(stream: BinaryIO | io.TextIOWrapper, encoding: str = "utf-8") -> I
     if head[:1] not in (b"[", "["):
         raise IngestError("expected a JSON array of objects at the top level")
     position = depth = 0
-    builder, too_deep = ijson.ObjectBuilder(), False
-    source = _AsUtf8(stream) if isinstance(stream, io.TextIOWrapper) else stream
+    builder, problem = ijson.ObjectBuilder(), None
+    budget = _ItemBudget(_AsUtf8(stream) if isinstance(stream, io.TextIOWrapper) else stream,
+                         limits.row_bytes)  # fmt: skip
+    longest = limits.field_chars
     try:
-        for event, value in ijson.basic_parse(source, use_float=True):
+        for event, value in ijson.basic_parse(budget, use_float=True):
             if event in ("start_map", "start_array"):
                 depth += 1
                 if depth == 1:  # the array of items itself
                     continue
                 if depth == 2:
                     position += 1
-                    builder, too_deep = ijson.ObjectBuilder(), False
-                too_deep = too_deep or depth > MAX_JSON_DEPTH + 1
+                    builder, problem = ijson.ObjectBuilder(), None
+                if depth > MAX_JSON_DEPTH + 1:
+                    problem = problem or TOO_DEEP
             elif event in ("end_map", "end_array"):
                 depth -= 1
                 if depth == 0:
                     continue
             elif depth == 1:  # an item that is a plain value
                 position += 1
+                budget.item_ended()
                 yield position, value, f"expected a JSON object, got {_json_type(value)}", None
                 continue
-            if not too_deep:
+            elif type(value) is str and len(value) > longest:  # a string, or a key
+                problem = problem or value_too_large(limits)
+            if problem is None:
                 builder.event(event, value)
             if depth == 1:  # an item has just ended
-                item = None if too_deep else builder.value
-                if too_deep:
-                    yield position, None, TOO_DEEP, None
+                budget.item_ended()
+                item = None if problem else builder.value
+                if problem:
+                    yield position, None, problem, None
                 elif isinstance(item, dict):
                     yield position, item, None, None
                 else:
                     yield position, item, f"expected a JSON object, got {_json_type(item)}", None
+    except RowTooLarge:
+        at = position if depth > 1 else position + 1
+        raise IngestError(
+            f"item {at} of the JSON array is {over_limit('row_bytes', limits.row_bytes)}, and "
+            "the items after it cannot be reached without reading it whole: raise the limit, "
+            "or export JSON Lines (one object a line), where a row too large is one reject "
+            "and the rest is kept"
+        ) from None
     except ijson.JSONError as exc:
         done = position - 1 if depth > 1 else position
-        yield done + 1, None, f"invalid JSON after item {done}: {exc}", None
+        yield done + 1, None, f"invalid JSON after item {done}: {_first_line_of(exc)}", None
     except UnicodeDecodeError as exc:
         yield position + 1, None, f"bytes that do not decode as {encoding}: {exc.reason}", None
+
+
+def _first_line_of(exc: Exception) -> str:
+    """What a JSON parser says went wrong, without the text it quotes after: that is a row."""
+    text = str(exc)
+    if text.startswith(("b'", 'b"')):  # ijson's C backend gives bytes
+        text = text[2:]
+    return text.split("\n", 1)[0].split("\\n", 1)[0].strip()
 
 
 class _AsUtf8:

@@ -10,11 +10,13 @@ from typing import Any
 import sqlite_utils
 
 from cdp_cli.errors import RuleError, UsageError
-from cdp_cli.files import row_format, write_rows
+from cdp_cli.exports import RULE_PREFIX, SEGMENT, Export, Members, write_logged_rows
+from cdp_cli.files import row_format
 from cdp_cli.rules.book import RuleBook
 from cdp_cli.rules.compiler import CompiledRule
 from cdp_cli.rules.vocabulary import BASE_FROM, RuleContext
 from cdp_cli.store import rows_as_dicts
+from cdp_cli.tags import stored_tags
 from cdp_cli.yamlfile import did_you_mean
 
 IDENTIFIER_FIELDS = (
@@ -22,41 +24,62 @@ IDENTIFIER_FIELDS = (
     "id_number",
 )  # fmt: skip
 SAMPLE_FIELDS = ("one_id", "name", "city", "phone", "order_count", "total_spent")
+# A sample walks the one_id index when at least this many customers match per one shown: the
+# walk then reads a twentieth of the profiles or less, were the matches spread evenly; with
+# fewer, it scans the base once (see sample()).
+SAMPLE_WALK_MATCHES = 20
 
 
 @dataclass(frozen=True)
 class Audience:
-    """A compiled segment: the rule as written and the SQL that selects its customers."""
+    """A compiled segment: the rule as written and the SQL that selects its customers, with
+    the tags the store held then (read once per command: what else the command compiles, a
+    portrait or export fields, may name them too)."""
 
     rule: str
     compiled: CompiledRule
     name: str | None = None
+    known_tags: frozenset[str] = frozenset()
+
+    def context(self, book: RuleBook, as_of: date) -> RuleContext:
+        """The vocabulary of what else a command reads over the audience (a portrait's `by`)."""
+        return RuleContext(book, as_of, set(self.known_tags), whole_base=True)
 
     @property
     def where(self) -> str:
         return self.compiled.sql
 
+    @property
+    def label(self) -> str:
+        """The segment's name, or the rule: what the export log says the audience was."""
+        return self.name or f"{RULE_PREFIX}{self.rule}"
+
 
 def audience(
-    db: sqlite_utils.Database, book: RuleBook, as_of: date, rule: str | None, name: str | None
+    db: sqlite_utils.Database,
+    book: RuleBook,
+    as_of: date,
+    rule: str | None,
+    name: str | None,
+    known_tags: frozenset[str] | None = None,
+    whole_base: bool = True,
 ) -> Audience:
-    """The audience of an ad-hoc rule or of a named segment."""
+    """The audience of an ad-hoc rule or of a named segment; `known_tags` are the stored
+    tags, when the caller has read them already. Compiled to be counted over the whole base
+    (RuleContext.whole_base), unless it is to be tested on one customer."""
     if name is not None:
         if name not in book.segments:
             raise UsageError(f"no segment named {name!r}{did_you_mean(name, book.segments)}")
         rule = book.segments[name].rule
     assert rule is not None
-    context = RuleContext(book, as_of, _stored_tags(db))
+    known = stored_tags(db) if known_tags is None else known_tags
     try:
-        compiled = context.compile(rule)
+        context = RuleContext(book, as_of, set(known), whole_base=whole_base)
+        compiled = context.compile(rule, condition=True)
     except RuleError as exc:
         where = f"segment {name}: " if name else ""
         raise RuleError(f"{where}{exc.message}") from None
-    return Audience(rule, compiled, name)
-
-
-def _stored_tags(db: sqlite_utils.Database) -> set[str]:
-    return {row[0] for row in db.conn.execute("SELECT DISTINCT tag FROM profile_tags")}
+    return Audience(rule, compiled, name, known)
 
 
 def _require_features(db: sqlite_utils.Database) -> None:
@@ -127,9 +150,37 @@ def describe(
     if by:
         report.by, report.portrait = by, portrait(db, book, as_of, chosen, by)
     if sample_size is not None:
-        names, cursor = members(db, book, as_of, chosen, list(SAMPLE_FIELDS), sample_size)
-        report.sample = [dict(zip(names, row, strict=True)) for row in cursor]
+        report.sample = sample(db, book, as_of, chosen, sample_size, size) if size else []
     return report
+
+
+def sample(
+    db: sqlite_utils.Database,
+    book: RuleBook,
+    as_of: date,
+    chosen: Audience,
+    size: int,
+    matches: int,
+) -> list[dict[str, Any]]:
+    """The audience's first `size` customers by one_id (SAMPLE_FIELDS); `matches` is its count.
+
+    Walking the one_id index stops at the size-th match: quick when many match, a walk of
+    every profile when few do. So with fewer than SAMPLE_WALK_MATCHES per customer shown,
+    the base is scanned once with a top-`size` sort, as the count scans it (`+` keeps the
+    index out). Only the chosen one_ids are then looked up for their fields."""
+    if not size:
+        return []
+    columns, params = _select(list(SAMPLE_FIELDS), chosen.context(book, as_of))
+    order = "p.one_id" if matches >= SAMPLE_WALK_MATCHES * size else "+p.one_id"
+    first = (
+        f"SELECT p.one_id FROM {BASE_FROM} WHERE {chosen.where} ORDER BY {order} LIMIT {int(size)}"
+    )
+    cursor = db.conn.execute(
+        f"SELECT {', '.join(columns)} FROM {BASE_FROM} WHERE p.one_id IN ({first}) "
+        "ORDER BY p.one_id",
+        [*params, *chosen.compiled.params],
+    )
+    return [dict(zip(SAMPLE_FIELDS, row, strict=True)) for row in cursor]
 
 
 def _select(fields: list[str], book_context: RuleContext) -> tuple[list[str], list[Any]]:
@@ -167,8 +218,7 @@ def members(
 ) -> tuple[list[str], Any]:
     """A cursor over the audience's customers with the chosen fields."""
     _require_features(db)
-    context = RuleContext(book, as_of, _stored_tags(db))
-    columns, params = _select(fields, context)
+    columns, params = _select(fields, chosen.context(book, as_of))
     sql = f"SELECT {', '.join(columns)} FROM {BASE_FROM} WHERE {chosen.where} ORDER BY p.one_id"
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
@@ -181,9 +231,8 @@ def portrait(
     """The audience's distribution over a field, tag or expression, against the whole base:
     share of the audience, share of the base, and index (100 = like the base)."""
     _require_features(db)
-    context = RuleContext(book, as_of, _stored_tags(db))
     try:
-        value = context.compile(by)
+        value = chosen.context(book, as_of).compile(by)
     except RuleError as exc:
         raise RuleError(f"--by: {exc.message}") from None
     rows = rows_as_dicts(
@@ -212,12 +261,15 @@ def export(
     path: Path,
     fields: list[str],
 ) -> int:
-    """Write the audience to .csv or .jsonl, through a temporary file renamed when complete.
+    """Write the audience to .csv or .jsonl, through a temporary file renamed when complete,
+    and log it with its customers (exports.py), whatever fields it carries.
 
     CSV cells a spreadsheet would run as a formula are neutralised (csvsafe)."""
     row_format(path)  # before the query: a wrong suffix is the user's mistake, said at once
-    names, cursor = members(db, book, as_of, chosen, fields)
-    return write_rows(path, names, cursor)
+    logged = Members(db.conn)
+    _, cursor = members(db, book, as_of, chosen, ["one_id", *fields])  # one_id: for the log
+    what = Export(SEGMENT, chosen.label)
+    return write_logged_rows(db, path, fields, cursor, what, logged, one_id_at=0, hidden=True)
 
 
 def segments_of(db: sqlite_utils.Database, book: RuleBook, as_of: date, one_id: str) -> list[str]:
@@ -225,8 +277,9 @@ def segments_of(db: sqlite_utils.Database, book: RuleBook, as_of: date, one_id: 
     if "profile_features" not in db.table_names():
         return []
     found = []
+    known = stored_tags(db)
     for name in book.segments:
-        chosen = audience(db, book, as_of, None, name)
+        chosen = audience(db, book, as_of, None, name, known, whole_base=False)
         hit = db.conn.execute(
             f"SELECT 1 FROM {BASE_FROM} WHERE p.one_id = ? AND {chosen.where}",
             [one_id, *chosen.compiled.params],

@@ -12,10 +12,17 @@ from typing import Any
 
 import sqlite_utils
 
-from cdp_cli.canonical import KINDS, SQL_TYPES, Kind
-from cdp_cli.errors import StoreError
+from cdp_cli.canonical import KINDS, SQL_TYPES, Kind, builtin_values
+from cdp_cli.errors import StoreError, read_only_reason, system_fault
+from cdp_cli.integrity import corruption_error, refuse_if_damaged
 
 Migration = Callable[[sqlite_utils.Database], None]
+# SQLite's page cache for one connection, in MB (`store_cache_mb:` in cdp.yaml). SQLite's own
+# default is 2 MB: at a million rows each insert then re-reads index pages from the OS (system
+# time grew 45x from 100k to 1M customers). 128 MB holds the indexes a large ingest walks
+# while a 1M-customer ingest stays near 200 MB of resident memory; the cache fills only as
+# pages are read, so a small store never uses it.
+DEFAULT_CACHE_MB = 128
 MIGRATIONS: list[tuple[int, str, Migration]] = []
 
 
@@ -51,22 +58,139 @@ def rows_as_dicts(
     return [dict(zip(names, row, strict=True)) for row in cursor]
 
 
-def open_store(path: Path, create: bool = True) -> sqlite_utils.Database:
-    """Open (or create) the store, in WAL mode so readers work while a command writes."""
+# How long a connection waits for a lock another connection holds. Readers rarely meet one
+# (WAL): a checkpoint, or a recovery after a crash. A writer waits for another program's write
+# lock as long as --wait says, and at least WRITER_GRACE for such a brief one.
+READER_WAIT = 30.0
+WRITER_GRACE = 1.0
+
+
+def check_store_path(path: Path) -> None:
+    """Refuse a store path no store can be at: in a missing folder, or a folder itself."""
+    if path.is_dir():
+        raise StoreError(
+            f"{path} is a folder, not a store: --db (or $CDP_DB, or store: in cdp.yaml) names "
+            f"the store's file, such as {path / 'cdp.db'}"
+        )
+    if not path.parent.is_dir():
+        raise StoreError(f"{path}: folder {path.parent} does not exist")
+
+
+def open_store(
+    path: Path,
+    create: bool = True,
+    *,
+    write: bool = False,
+    wait: float = 0,
+    cache_mb: int = DEFAULT_CACHE_MB,
+) -> sqlite_utils.Database:
+    """Open (or create) the store, in WAL mode so readers work while a command writes.
+
+    A writer (`write`) learns at once whether it can write: a read-only store, or a write lock
+    another program holds for longer than `wait` seconds, is a one-line error before any work.
+    Anyone else can read a store that cannot be written (its file, folder or filesystem
+    read-only): it is opened read-only then.
+    """
     if not create and not path.exists():
         raise StoreError(f"{path}: no store here yet; run `cdp ingest` first")
-    if path.parent and not path.parent.exists():
-        raise StoreError(f"{path}: folder {path.parent} does not exist")
+    check_store_path(path)
+    refuse_if_damaged(path)  # a store a command found damaged stays refused until checked
+    timeout = max(wait, WRITER_GRACE) if write else READER_WAIT
+    conn = None
     try:
-        conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA cell_size_check=ON")  # damage met sooner; see integrity.py
+        apply_size_settings(conn, cache_mb)
         db = sqlite_utils.Database(conn)
         migrate(db)
+        if write:
+            check_writable(conn)
     except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{path}: not a cdp store ({exc})") from None
+        if conn is not None:
+            conn.close()
+        readable = isinstance(exc, sqlite3.OperationalError) and not write and path.exists()
+        if readable and read_only_reason(path):
+            return open_read_only(path)
+        fault = corruption_error(exc, path) or system_fault(exc, path)
+        raise fault or StoreError(f"{path}: not a cdp store ({exc})") from None
     return db
+
+
+def check_writable(conn: sqlite3.Connection) -> None:
+    """Begin a write and roll it back: SQLite says here if the store is read-only, or waits
+    for another program's write lock (the connection's timeout) and says it is busy."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DELETE FROM schema_migrations WHERE 0")  # a write that changes nothing
+    finally:
+        rollback(conn)
+
+
+def open_read_only(path: Path) -> sqlite_utils.Database:
+    """The store through a read-only connection, for readers of a store they cannot write.
+
+    In a read-only folder, SQLite cannot make the -shm file a WAL store is read through; if no
+    -wal is there either, nobody can be writing (a writer needs one), and the store is opened
+    as immutable, which needs neither.
+    """
+    uri = path.absolute().as_uri()
+    wal = path.with_name(path.name + "-wal")
+    try:
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        if wal.exists():
+            why = read_only_reason(path)
+            error = f"{path}: cannot read the store while {wal.name} is there: {why}"
+            raise StoreError(error) from None
+        conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+    db = sqlite_utils.Database(conn)
+    if pending_migrations(db):
+        db.close()
+        raise StoreError(
+            f"{path}: cannot read the store: it was made by an older cdp, which this one must "
+            f"update first, and {read_only_reason(path)}"
+        )
+    return db
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if any: SQLite has already rolled it back itself after
+    some errors (a full disk, an I/O error), and a ROLLBACK then would hide the real one."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def apply_size_settings(conn: sqlite3.Connection, cache_mb: int) -> None:
+    """Size SQLite for the work (see DEFAULT_CACHE_MB). Left as SQLite has them, on purpose:
+    mmap_size (mapped pages count as the process's resident memory, and WAL writes do not go
+    through the map) and temp_store (in memory, sorting 10M keys for an index would hold them
+    all in RAM; on file, the sorter spills past the cache size)."""
+    conn.execute(f"PRAGMA cache_size=-{cache_mb * 1024}")  # negative: KiB rather than pages
+
+
+@contextmanager
+def indexes_built_after(conn: sqlite3.Connection, table: str, bulk: bool) -> Iterator[None]:
+    """Around a write of many more rows than `table` holds (a first load, a first tag run):
+    its secondary indexes are dropped, then made again from the SQL that made them, inside
+    the caller's transaction. One sort per index beats an insert into each per row. The
+    indexes of a primary key or UNIQUE constraint stay (upserts need them)."""
+    if not bulk:
+        yield
+        return
+    indexes = conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+        "AND sql IS NOT NULL",
+        (table,),
+    ).fetchall()
+    for name, _ in indexes:
+        conn.execute(f'DROP INDEX "{name}"')
+    yield
+    for _, sql in indexes:
+        conn.execute(sql)
 
 
 @contextmanager
@@ -77,7 +201,7 @@ def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback(conn)
         raise
     conn.execute("COMMIT")
 
@@ -88,11 +212,8 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
     )
-    done = {row[0] for row in db.conn.execute("SELECT version FROM schema_migrations")}
     applied = []
-    for version, name, fn in MIGRATIONS:
-        if version in done:
-            continue
+    for version, name, fn in pending_migrations(db):
         with transaction(db):
             fn(db)
             db.conn.execute(
@@ -100,6 +221,14 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
             )
         applied.append(name)
     return applied
+
+
+def pending_migrations(db: sqlite_utils.Database) -> list[tuple[int, str, Migration]]:
+    """The migrations this store has not seen yet, in order."""
+    if "schema_migrations" not in db.table_names():
+        return list(MIGRATIONS)
+    done = {row[0] for row in db.conn.execute("SELECT version FROM schema_migrations")}
+    return [m for m in MIGRATIONS if m[0] not in done]
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -469,3 +598,106 @@ DROP INDEX messages_link_code;
 CREATE INDEX messages_link_code ON messages (link_code) WHERE link_code IS NOT NULL;
 """,
     )
+
+
+@migration(10)
+def record_wait_reasons(db: sqlite_utils.Database) -> None:
+    """Why an enrolment waits at a send step (quiet hours, the frequency cap, or a problem of the
+    project's), so that `cdp journey status` can say it; NULL at a wait step."""
+    _run_script(db.conn, "ALTER TABLE journey_enrolments ADD COLUMN wait_reason TEXT;")
+
+
+@migration(11)
+def check_stored_consents(db: sqlite_utils.Database) -> None:
+    """Consents gain a purpose. Rows stored before cdp checked a consent's channel, status and
+    an opt-in's time are checked now: a written form cdp knows is mapped (短信 -> sms), and
+    a row it cannot act on moves to rejects with its reason, instead of being ignored."""
+    conn, kind = db.conn, KINDS["consents"]
+    if "purpose" not in {row[1] for row in conn.execute("PRAGMA table_info(consents)")}:
+        conn.execute("ALTER TABLE consents ADD COLUMN purpose TEXT")
+    checks = []
+    for name in ("channel", "status"):
+        spec = kind.field(name)
+        assert spec is not None
+        known = builtin_values(spec, kind)
+        for (written,) in conn.execute(
+            f"SELECT DISTINCT {name} FROM consents WHERE {name} IS NOT NULL"
+        ).fetchall():
+            mapped = known.get(written.strip().casefold())
+            if mapped is not None and mapped != written:
+                conn.execute(f"UPDATE consents SET {name} = ? WHERE {name} = ?", (mapped, written))
+        choices = ", ".join(f"'{c}'" for c in spec.choices)  # constants of ours
+        checks.append(
+            (f"{name} IS NULL", "missing", name, f"{name}: missing"),
+        )
+        checks.append(
+            (
+                f"{name} NOT IN ({choices})",
+                "unknown_value",
+                name,
+                f"{name}: ' || quote({name}) || ' is not one of {', '.join(spec.choices)}",
+            )
+        )
+    checks.append(
+        (
+            "status = 'opt_in' AND consented_at IS NULL",
+            "missing",
+            "consented_at",
+            "consented_at: missing (required when opt_in)",
+        )
+    )
+    for where, problem, field, reason in checks:
+        rows = f"SELECT id FROM consents WHERE {where}"
+        conn.execute(
+            "INSERT INTO rejects (batch_id, source, line, problem, field, reason, raw) "
+            f"SELECT batch_id, source, line, ?, ?, '{reason} (stored before cdp checked it)', "
+            "json_object('channel', channel, 'status', status, 'consented_at', consented_at, "
+            "'phone', phone, 'email', email, 'member_no', member_no, 'reason', reason) "
+            f"FROM consents WHERE id IN ({rows})",
+            (problem, field),
+        )
+        conn.execute(
+            "UPDATE batches SET rows_rejected = rows_rejected + n FROM (SELECT batch_id, "
+            f"count(*) AS n FROM consents WHERE id IN ({rows}) GROUP BY 1) AS moved "
+            "WHERE batches.id = moved.batch_id"
+        )
+        conn.execute(f"DELETE FROM consents WHERE id IN ({rows})")
+
+
+@migration(12)
+def create_export_log(db: sqlite_utils.Database) -> None:
+    """The export log (exports.py): every file written with customers in it, and who was in
+    each, so that `cdp forget` can name the files it cannot erase."""
+    _run_script(
+        db.conn,
+        """
+CREATE TABLE exports (
+  id INTEGER PRIMARY KEY,
+  path TEXT NOT NULL,             -- the file, resolved
+  written_at TEXT NOT NULL,
+  kind TEXT NOT NULL,             -- segment, hashed_segment, id_mapping, outbound
+  audience TEXT,                  -- the segment's name or rule, the journey and channel
+  rows INTEGER NOT NULL
+);
+CREATE TABLE export_members (     -- who was in each file: the link `cdp forget` erases
+  one_id TEXT NOT NULL,
+  export_id INTEGER NOT NULL REFERENCES exports(id),
+  PRIMARY KEY (one_id, export_id)
+) WITHOUT ROWID;
+""",
+    )
+
+
+@migration(13)
+def fingerprint_tag_runs(db: sqlite_utils.Database) -> None:
+    """What a tag run read (tags.tag_inputs), so that a run with nothing new is skipped."""
+    _run_script(db.conn, "ALTER TABLE tag_runs ADD COLUMN inputs TEXT;")
+
+
+@migration(14)
+def drop_unused_indexes(db: sqlite_utils.Database) -> None:
+    """Indexes no query of cdp uses, by EXPLAIN QUERY PLAN over every statement the test suite's
+    stages run (issue 13): rejects_batch. Rejects are read whole or by id, and batches are
+    never deleted, so the foreign key never looks rejects up by batch either; every reject
+    paid for an index entry nothing reads."""
+    db.conn.execute("DROP INDEX IF EXISTS rejects_batch")

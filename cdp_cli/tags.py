@@ -7,12 +7,12 @@ and records every change in tag_changes, in one transaction.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -25,7 +25,7 @@ from cdp_cli.features import compute_features
 from cdp_cli.rules.book import RuleBook, Tag, load_rulebook
 from cdp_cli.rules.compiler import CompiledRule
 from cdp_cli.rules.vocabulary import BASE_FROM, READS, Read, RuleContext
-from cdp_cli.store import insert_row, now_iso, rows_as_dicts, transaction
+from cdp_cli.store import indexes_built_after, insert_row, now_iso, rows_as_dicts, transaction
 from cdp_cli.yamlfile import did_you_mean
 
 # A write of more than this many times the rows a table holds drops the table's indexes and
@@ -44,6 +44,7 @@ class TagResult:
     tags: dict[str, dict[str, int]] = field(default_factory=dict)
     features_seconds: float = 0.0
     seconds: float = 0.0
+    unchanged_since: int | None = None  # the tag run whose inputs this one found unchanged
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,9 +119,17 @@ def _in_dependency_order(compiled: dict[str, _Compiled]) -> list[_Compiled]:
 
 
 def run_tags(
-    db: sqlite_utils.Database, folder: Path, as_of: date, only: str | None = None
+    db: sqlite_utils.Database,
+    folder: Path,
+    as_of: date,
+    only: str | None = None,
+    force: bool = False,
 ) -> TagResult:
-    """Validate every tag file, compute features, evaluate the tags and record the changes."""
+    """Validate every tag file, compute features, evaluate the tags and record the changes.
+
+    A run whose inputs (`tag_inputs`) are those of the last finished run would compute the
+    same features and tags: it changes nothing and returns at once, unless `force`.
+    """
     started = time.monotonic()
     book = load_rulebook(folder)
     compiled = compile_tags(book, as_of)  # every file is checked before anything is written
@@ -128,14 +137,20 @@ def run_tags(
         if only not in book.tags:
             raise RuleError(f"{folder}: no tag named {only!r}{did_you_mean(only, book.tags)}")
         compiled = [c for c in compiled if c.tag.name == only]
+    inputs = tag_inputs(db, compiled, as_of, only)
+    if not force:
+        unchanged = _unchanged(db, inputs, as_of)
+        if unchanged is not None:
+            unchanged.seconds = round(time.monotonic() - started, 3)
+            return unchanged
     features = compute_features(db, as_of)
     result = TagResult(as_of.isoformat(), features_seconds=features.seconds)
     at = now_iso()
     with transaction(db) as conn:
         run_id = insert_row(
             conn,
-            "INSERT INTO tag_runs (as_of, started_at, tags) VALUES (?, ?, ?)",
-            (as_of.isoformat(), at, json.dumps([c.tag.name for c in compiled])),
+            "INSERT INTO tag_runs (as_of, started_at, tags, inputs) VALUES (?, ?, ?, ?)",
+            (as_of.isoformat(), at, json.dumps([c.tag.name for c in compiled]), inputs),
         )
         customers = _evaluate(conn, _levels(compiled))
         changes = _record(conn, customers, run_id, at, only is None)
@@ -146,6 +161,41 @@ def run_tags(
             (now_iso(), json.dumps(result.as_dict()), run_id),
         )
     return result
+
+
+def tag_inputs(
+    db: sqlite_utils.Database, compiled: list[_Compiled], as_of: date, only: str | None
+) -> str:
+    """A fingerprint of what a tag run reads: the as-of date, the compiled rules, cdp's
+    version (how features are computed), and the store's data as of its latest batch (ingest,
+    `cdp consent`), resolve run and erasure (`cdp forget` leaves tombstones), each of which
+    only grows. Equal fingerprints compute equal features and tags."""
+    from cdp_cli import __version__
+
+    data = db.conn.execute(
+        "SELECT (SELECT coalesce(max(id), 0) FROM batches), "
+        "(SELECT coalesce(max(id), 0) FROM resolve_runs), "
+        "(SELECT count(*) FROM tombstones)"
+    ).fetchone()
+    rules = [(c.tag.name, c.sql, c.params) for c in compiled]
+    text = json.dumps([__version__, as_of.isoformat(), only, list(data), rules], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _unchanged(db: sqlite_utils.Database, inputs: str, as_of: date) -> TagResult | None:
+    """The last finished run's result, as this run's, when it read the same inputs."""
+    last = db.conn.execute(
+        "SELECT id, inputs, result FROM tag_runs WHERE finished_at IS NOT NULL "
+        "ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    if last is None or last[1] != inputs:
+        return None
+    before = json.loads(last[2])
+    tags = {
+        name: {**counts, **{k: 0 for k in counts if k != "customers"}}
+        for name, counts in before["tags"].items()
+    }  # the same customers with each tag; no change
+    return TagResult(as_of.isoformat(), tags, unchanged_since=last[0])
 
 
 def _levels(compiled: list[_Compiled]) -> list[list[_Compiled]]:
@@ -242,7 +292,7 @@ def _record(
     # A run of every tag reads all of profile_tags: in key order, so not through the tag
     # index (a unary + keeps SQLite from using an index for the term).
     tag = "+o.tag" if every_tag else "o.tag"
-    with _bulk(conn, "tag_changes", added > BULK * first):
+    with indexes_built_after(conn, "tag_changes", added > BULK * first):
         conn.execute(
             f"""INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at)
 SELECT ?, one_id, tag, CASE WHEN old_value IS NULL THEN 'added'
@@ -276,7 +326,7 @@ FROM (
     held = conn.execute(  # counted up to what decides
         "SELECT count(*) FROM (SELECT 1 FROM profile_tags LIMIT ?)", (written // BULK + 1,)
     ).fetchone()[0]
-    with _bulk(conn, "profile_tags", written > BULK * held):
+    with indexes_built_after(conn, "profile_tags", written > BULK * held):
         conn.execute(
             "INSERT INTO profile_tags (one_id, tag, value, since) "
             "SELECT one_id, tag, new_value, ? FROM tag_changes "
@@ -293,25 +343,6 @@ FROM (
         tag: {"changed": count - removed.get(tag, 0), "removed": removed.get(tag, 0)}
         for tag, count in changed
     }
-
-
-@contextmanager
-def _bulk(conn: sqlite3.Connection, table: str, bulk: bool) -> Iterator[None]:
-    """Around a write of many more rows than `table` holds (a first run, many new tags): its
-    indexes are dropped, then made again from the SQL that made them, inside the transaction."""
-    if not bulk:
-        yield
-        return
-    indexes = conn.execute(
-        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
-        "AND sql IS NOT NULL",  # not those of a primary key or UNIQUE, which stay
-        (table,),
-    ).fetchall()
-    for name, _ in indexes:
-        conn.execute(f'DROP INDEX "{name}"')
-    yield
-    for _, sql in indexes:
-        conn.execute(sql)
 
 
 def tag_list(db: sqlite_utils.Database, folder: Path) -> list[dict[str, Any]]:
@@ -331,6 +362,23 @@ def tag_list(db: sqlite_utils.Database, folder: Path) -> list[dict[str, Any]]:
         }
         for tag in book.tags.values()
     ]
+
+
+def stored_tags(db: sqlite_utils.Database) -> frozenset[str]:
+    """The tags some customer has. A loose scan of the (tag, value) index, one seek per tag:
+    `SELECT DISTINCT tag` would walk every customer's tags (seconds at a million customers)."""
+    return frozenset(
+        row[0]
+        for row in db.conn.execute(
+            """WITH RECURSIVE stored(tag) AS (
+  SELECT min(tag) FROM profile_tags
+  UNION ALL
+  SELECT (SELECT t.tag FROM profile_tags t WHERE t.tag > stored.tag ORDER BY t.tag LIMIT 1)
+  FROM stored
+  WHERE stored.tag IS NOT NULL)
+SELECT tag FROM stored WHERE tag IS NOT NULL"""
+        )
+    )
 
 
 def customer_tags(db: sqlite_utils.Database, one_id: str) -> list[dict[str, Any]]:

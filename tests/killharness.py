@@ -80,6 +80,8 @@ VOLATILE = {
     "journey_broadcasts": {"run_id"},
     "tombstone_salt": {"salt"},  # a random key, made when the store is
     "tombstones": {"forgotten_at"},
+    "exports": {"id", "path", "written_at"},  # a path names its run, as messages.file does
+    "export_members": {"export_id"},
 }
 ONLY_ROWS = {"batches": "status = 'done'"}  # an aborted batch stays, with the reason, by design
 

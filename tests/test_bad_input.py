@@ -203,8 +203,15 @@ def test_random_bytes(fuzzed: Path, data: bytes, source: str) -> None:
 
 
 def test_huge_fields_are_stored_or_rejected_and_the_rest_kept(project: Path) -> None:
-    """A 10 MB cell is stored (and resolves); a 20 MB one is over the CSV reader's 16 MB
-    limit and rejected with the reason; the rows around them are kept."""
+    """Under limits raised to 16 MiB a cell, a 10 MB cell is stored (and resolves); a 20 MB
+    one is over the limit and rejected with the reason; the rows around them are kept. (The
+    default limits refuse both: tests/test_input_limits.py.)"""
+    config = project / "cdp.yaml"
+    config.write_text(
+        config.read_text(encoding="utf-8")
+        + "limits: {row_bytes: 33554432, field_chars: 16777216, attrs_bytes: 16777216}\n",
+        encoding="utf-8",
+    )
     header = "order_no,amount,paid_at,member_phone,store\n"
     path = project / "huge.csv"
     with path.open("w", encoding="utf-8") as f:
@@ -222,7 +229,7 @@ def test_huge_fields_are_stored_or_rejected_and_the_rest_kept(project: Path) -> 
     started = time.monotonic()
     result = cdp(project, "ingest", str(path), "-s", "fuzz_csv", "--json", "--silent")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)[0]["reject_reasons"] == {"unreadable": 1}
+    assert json.loads(result.stdout)[0]["reject_reasons"] == {"too_large": 1}
     result = cdp(project, "ingest", str(jsonl), "-s", "fuzz_jsonl", "--json", "--silent")
     assert json.loads(result.stdout)[0]["inserted"] == 1, result.output
     assert query(
@@ -230,7 +237,7 @@ def test_huge_fields_are_stored_or_rejected_and_the_rest_kept(project: Path) -> 
         "SELECT key, length(phone) FROM orders WHERE source = 'fuzz_csv' ORDER BY key",
     ) == [("H1", 10 << 20), ("H3", 11)]
     assert query(project / "cdp.db", "SELECT reason FROM rejects WHERE source = 'fuzz_csv'") == [
-        ("unreadable CSV: field larger than field limit (16777216)",)
+        ("too large: a value over limits.field_chars in cdp.yaml (16,777,216 characters)",)
     ]
     assert (
         cdp(project, "resolve").exit_code == 0

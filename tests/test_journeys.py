@@ -176,10 +176,40 @@ def test_frequency_cap_counts_marketing_and_transactional_bypasses_it(run, write
             "transactional: true\nentry: {when: \"city = '武汉'\"}\nsteps:\n  - send: {channel: sms, template: hello}\n",
         ),
     )
-    run_journeys(run)
+    results = {r["journey"]: r for r in run_journeys(run)}
     assert messages(project, "a")["M6"][1] == "written"
-    assert messages(project, "b")["M6"][1:3] == ("skipped", "frequency cap")
+    assert "M6" not in messages(project, "b")  # the cap defers the message: nothing consumed
+    capped = sum(m[1] == "written" for m in messages(project, "a").values())
+    assert capped >= 1 and results["b"]["waiting"] == {"frequency cap": capped}
     assert messages(project, "c")["M6"][1] == "written"
+    status = json.loads(run("journey", "status", "b", "--json").stdout)
+    # the daily cap lifts at midnight, in the project's timezone
+    assert status["waiting"] == [{"step": "steps[0]", "reason": "frequency cap",
+                                  "customers": capped, "until": "2026-11-16T00:00:00+08:00"}]  # fmt: skip
+    same_day = run("journey", "run", "b", "--now", "2026-11-15 20:00", "--json")
+    assert json.loads(same_day.stdout)[0]["sent"] == {}
+    next_day = run("journey", "run", "b", "--now", "2026-11-16 10:00", "--json")
+    assert json.loads(next_day.stdout)[0]["sent"] == {"sms": capped}
+    assert messages(project, "b")["M6"][1] == "written"
+
+
+def test_the_weekly_cap_lifts_when_the_oldest_message_of_the_week_leaves_it(run, write, project):
+    body = "entry: {when: \"city = '武汉'\"}\nsteps:\n  - send: {channel: sms, template: hello}\n"
+    for day, name in enumerate("abcd", start=10):
+        write(f"journeys/{name}.yaml", journey(name, body))
+        if name != "d":
+            result = run("journey", "run", name, "--now", f"2026-11-{day} 10:30", "--json")
+            sent = json.loads(result.stdout)[0]["sent"]
+            assert sent.get("sms", 0) >= 1
+    # three a week (per_week: 3) sent on the 10th, 11th and 12th: the 4th waits for the 17th
+    waits = run("journey", "run", "d", "--now", "2026-11-13 10:30", "--json")
+    assert json.loads(waits.stdout)[0]["waiting"] == {"frequency cap": sent["sms"]}
+    status = json.loads(run("journey", "status", "d", "--json").stdout)
+    assert status["waiting"][0]["until"] == "2026-11-17T10:30:01+08:00"
+    early = run("journey", "run", "d", "--now", "2026-11-17 10:30", "--json")
+    assert json.loads(early.stdout)[0]["sent"] == {}
+    goes = run("journey", "run", "d", "--now", "2026-11-17 10:31", "--json")
+    assert json.loads(goes.stdout)[0]["sent"] == sent
 
 
 def test_quiet_hours_delay_the_message_and_do_not_lose_it(run, write, project):
@@ -881,7 +911,7 @@ def test_status_names_steps_and_shows_who_waits_for_quiet_hours(run, write, proj
          "until": "2026-11-16T09:00:00+08:00"}
     ]  # fmt: skip
     text = run("journey", "status", "q").stdout
-    assert "Waiting for a deferred message" in text and "quiet hours" in text
+    assert "Waiting at a send step" in text and "quiet hours" in text
     assert run("journey", "run", "--now", "2026-11-16 09:00").exit_code == 0
     status = json.loads(run("journey", "status", "q", "--json").stdout)
     assert status["waiting"] == []
@@ -942,6 +972,9 @@ def test_a_typo_in_a_coupon_pool_holds_customers_until_it_is_fixed(run, write, p
     assert enrolment_steps(project, "typo") == [
         (member_one_id(project, "M2"), "active", "steps[0]")
     ]
+    status = json.loads(run("journey", "status", "typo", "--json").stdout)
+    assert status["waiting"] == [{"step": "steps[0]", "reason": problem, "customers": 1,
+                                  "until": "2026-11-15T10:30:00+08:00"}]  # fmt: skip
     write("journeys/typo.yaml", journey("typo", body.replace("TSET", "TEST")))
     assert run("journey", "validate").exit_code == 0
     [fixed] = run_journeys(run)
@@ -1066,3 +1099,42 @@ def test_the_shipped_journeys_name_only_tag_values_their_tags_take():
     config = load_config(REPO / "cdp.yaml")
     journeys = list(load_journeys(config.journeys_folder).values())
     assert journeys and tag_value_warnings(config, journeys) == {}
+
+
+def test_a_template_that_fails_for_everyone_holds_them_until_it_is_fixed(run, write, project):
+    """`journey validate` renders with a sample customer who has a coupon; a step without
+    one fails for every real customer: the project's fault, so they wait at the step."""
+    write(
+        "templates/sms/code.txt", "【花漾】{{ customer.name|default_name }}，券码{{ coupon.code }}"
+    )
+    body = "entry: {when: \"city = '武汉'\"}\nsteps:\n  - send: {channel: sms, template: code}\n"
+    write("journeys/nocode.yaml", journey("nocode", body))
+    assert run("journey", "validate").exit_code == 0
+    result = run("journey", "run", "--now", NOW, "--json")
+    assert result.exit_code == 1, result.output
+    [summary] = json.loads(result.stdout)
+    problem = "template templates/sms/code.txt:1: undefined: 'None' has no attribute 'code'"
+    assert summary["held"] == {problem: 2} and summary["sent"] == {}
+    assert f"journey nocode: 2 customers wait at their step: {problem}" in result.stderr
+    assert set(messages(project, "nocode")) == {"M5"}  # a landline: unreachable, the customer's lot
+    status = json.loads(run("journey", "status", "nocode", "--json").stdout)
+    assert [(w["reason"], w["customers"]) for w in status["waiting"]] == [(problem, 2)]
+    write(
+        "templates/sms/code.txt",
+        "【花漾】{{ customer.name|default_name }}{% if coupon %}，券码{{ coupon.code }}{% endif %}",
+    )
+    [fixed] = run_journeys(run)
+    assert fixed["sent"] == {"sms": 2} and fixed["held"] == {}
+
+
+def test_a_template_that_fails_for_some_customers_skips_their_messages(run, write, project):
+    """Where it renders for others, a failure comes from the customer's own data (M6 has no
+    order to print): that message is skipped with the reason, the others go."""
+    write("templates/sms/last.txt", "【花漾】上次购买：{{ features.last_order_at[:10] }}")
+    body = "entry: {when: \"city = '武汉'\"}\nsteps:\n  - send: {channel: sms, template: last}\n"
+    write("journeys/last.yaml", journey("last", body))
+    [summary] = run_journeys(run)
+    assert summary["sent"] == {"sms": 1} and summary["held"] == {}
+    sent = messages(project, "last")
+    assert sent["M1"][1] == "written"
+    assert sent["M6"][1] == "skipped" and sent["M6"][2].startswith("template: ")

@@ -747,20 +747,6 @@ def test_forget_vacuums_and_empties_the_wal_before_the_store_is_closed(run, proj
         db.close()
 
 
-def test_a_reader_keeps_the_wal_and_forget_says_so(run, project, tmp_path):
-    reader = sqlite3.connect(tmp_path / "cdp.db")
-    reader.execute("BEGIN")
-    reader.execute("SELECT count(*) FROM profiles").fetchone()
-    try:
-        result = run("forget", "--phone", "13800000001", "--yes")
-    finally:
-        reader.close()
-    assert result.exit_code == 0
-    assert "its WAL could not be truncated: run `cdp forget` again" in result.stderr
-    again = ok(run("forget", "--phone", "13800000001", "--yes"))
-    assert "Forgotten already" in again.stdout and "WAL truncated" in again.stderr
-
-
 def test_a_hashed_demo_audience_leaves_out_a_forgotten_customer(demo):
     ok(cdp("segment", "winback", "--export", "before.csv", "--hashed"))
     ok(cdp("forget", "--phone", "13647922623", "--yes"))

@@ -404,7 +404,9 @@ def test_profile_masks_by_default_and_finds_by_any_identifier(run, write, projec
     assert both.exit_code == 2
 
 
-def test_profile_of_a_phone_or_email_that_is_not_one_says_so_masked(run, write, project):
+@pytest.mark.parametrize("command", [["profile"], ["forget", "--yes"], ["consent"]])
+def test_a_lookup_by_a_phone_or_email_that_is_not_one_says_so_masked(run, write, project, command):
+    """Every command that looks a customer up (one home: profiles.find_one_id)."""
     ingest(run, write, "crm.csv", "crm", CRM_HEADER + "M1,李娜,13800138000,,,\n")
     resolve(run)
     for args, error in [
@@ -413,7 +415,7 @@ def test_profile_of_a_phone_or_email_that_is_not_one_says_so_masked(run, write, 
         (["--email", "li.na@example"], "email l***@example: not a valid email address"),
         (["--email", "li.na"], "email ***: not a valid email address"),
     ]:
-        result = run("profile", *args)
+        result = run(*command, *args)
         assert (result.exit_code, result.stderr) == (2, f"Error: {error}\n"), args
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 import sqlite3
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -265,6 +266,63 @@ def test_value_expressions(dbs: dict[str, Any], engine: str) -> None:
         "active", None, "at_risk", None, None, "at_risk", None,
     ]  # fmt: skip
     assert [v for _, v in values(dbs, engine, "'constant'")] == ["constant"] * 7
+
+
+def _tag_holds(args: list[Any], texts: list[str] | None) -> tuple[str, list[Any]] | None:
+    """tag() compared with text, as a set of one_ids (what vocabulary.py does over the base)."""
+    if texts is None:
+        return None
+    marks = ", ".join("?" * len(texts))
+    sql = f"p.one_id IN (SELECT t.one_id FROM tags t WHERE t.tag = ? AND t.value IN ({marks}))"
+    return sql, [args[0], *texts]
+
+
+AS_SETS = RuleSchema(
+    SCHEMA.fields, {**SCHEMA.functions, "tag": replace(SCHEMA.functions["tag"], holds=_tag_holds)}
+)
+# c1 is active, c3 and c6 at risk, the others have no lifecycle: false and null differ under
+# not, in a comparison or a case, so only the rule's own and/or chain may take the set.
+HOLDS = [
+    ("tag('lifecycle') = 'at_risk'", True, ["c3", "c6"]),
+    ("'at_risk' = tag('lifecycle') and city = '北京'", True, ["c6"]),
+    ("tag('lifecycle') in ('active', 'at_risk') or has_tag('churned')", True, ["c1", "c2", "c3", "c6"]),
+    ("(city = '上海' or (tag('lifecycle') = 'active'))", True, ["c1", "c3"]),
+    ("not tag('lifecycle') = 'at_risk'", False, ["c1"]),
+    ("not (tag('lifecycle') = 'active' or city = '北京')", False, ["c3"]),
+    ("(tag('lifecycle') = 'active') = false", False, ["c3", "c6"]),
+    ("case when tag('lifecycle') = 'active' then 0 else 1 end = 1", False, ["c2", "c3", "c4", "c5", "c6", "c7"]),
+    ("tag('lifecycle') <> 'active'", False, ["c3", "c6"]),
+    ("tag('lifecycle') in ('active', null)", False, ["c1"]),
+    ("tag('lifecycle') is null", False, ["c2", "c4", "c5", "c7"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(("text", "as_set", "expected"), HOLDS)
+def test_a_selecting_rule_compares_tags_as_sets_only_where_false_and_null_select_alike(
+    dbs: dict[str, Any], engine: str, text: str, as_set: bool, expected: list[str]
+) -> None:
+    rule = compile_rule(text, AS_SETS, engine, condition=True)
+    assert ("t.value IN" in rule.sql) == as_set
+    assert rule.calls == compile_rule(text, SCHEMA, engine).calls
+    sql = (
+        "SELECT p.one_id FROM profiles p JOIN features f ON f.one_id = p.one_id"
+        f" WHERE {rule.sql} ORDER BY p.one_id"
+    )
+    assert [row[0] for row in dbs[engine].execute(sql, rule.params).fetchall()] == expected
+    assert select(dbs, engine, text) == expected
+    # A rule read as a value (a portrait's `by`) keeps the null: no set.
+    assert "t.value IN" not in compile_rule(text, AS_SETS, engine).sql
+
+
+def test_a_set_keeps_the_errors_of_the_call() -> None:
+    text = "city = 'x' and tag('nope') = 'a'"
+    errors = []
+    for schema, condition in ((SCHEMA, False), (AS_SETS, True)):
+        with pytest.raises(RuleError) as caught:
+            compile_rule(text, schema, condition=condition)
+        errors.append((caught.value.message, caught.value.column))
+    assert errors[0] == errors[1] == ("unknown tag 'nope'", 16)
 
 
 def test_compiled_rule_records_text_fields_and_calls() -> None:

@@ -161,23 +161,25 @@ def _only_for_real_customers(payload: str) -> str:
         SLOW,
     ],
 )
-def test_a_template_failing_at_run_time_fails_its_messages_alone(
+def test_a_template_failing_at_run_time_holds_its_customers_and_harms_nothing(
     project: Path, payload: str
 ) -> None:
-    """Each customer's message is skipped with the reason; the run ends well; the store keeps
-    its customers, tags and profiles; nothing is written out and nothing internal shown."""
+    """It renders for no one, so its customers wait at the step (the project's fault) and the
+    run exits 1 naming the template, with nothing internal shown; the store keeps its
+    customers, tags and profiles; nothing is written out."""
     evil_journey(project, _only_for_real_customers(payload))
     assert cdp(project, "journey", "validate").exit_code == 0
     before = store_digest(project)
     started = time.monotonic()
     result = cdp(project, "journey", "run", "--now", NOW, "--json")
-    assert result.exit_code == 0, result.output
+    line = one_line_error(result, (1,), ("template ",))
     assert time.monotonic() - started < 20
     [run] = json.loads(result.stdout)
     assert run["enrolled"] == 6 and run["sent"] == {}, run
+    assert run["held"] and all(p.startswith("template ") for p in run["held"]), run
+    _no_internals(line + " ".join(run["held"]))
     reasons = [r[0] for r in query(project / "cdp.db", "SELECT DISTINCT reason FROM messages")]
-    assert reasons and all(r.startswith("template: ") for r in reasons), reasons
-    _no_internals(" ".join(reasons))
+    assert not any(r.startswith("template") for r in reasons), reasons
     after = store_digest(project)
     for table in ("customers", "profiles", "profile_tags", "profile_features", "identifiers"):
         assert after[table] == before[table], table
@@ -199,12 +201,13 @@ def test_a_template_that_always_runs_out_of_time_stops_being_rendered(project: P
     evil_journey(project, _only_for_real_customers(SLOW))
     started = time.monotonic()
     result = cdp(project, "journey", "run", "--now", NOW, "--json")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # rendered for no one: its customers wait
     assert time.monotonic() - started < 15
-    reasons = dict(query(project / "cdp.db", "SELECT reason, count(*) FROM messages GROUP BY 1"))
-    timed_out = "template: took more than 1 s to render (a loop or recursion that is too large?)"
-    at_once = "template: not rendered: it took more than 1 s for 5 messages in a row in this run"
-    assert reasons[timed_out] == 5 and reasons[at_once] >= 30, reasons
+    [run] = json.loads(result.stdout)
+    held = {problem.split(": ", 1)[1]: n for problem, n in run["held"].items()}
+    timed_out = "took more than 1 s to render (a loop or recursion that is too large?)"
+    at_once = "not rendered: it took more than 1 s for 5 messages in a row in this run"
+    assert held[timed_out] == 5 and held[at_once] >= 30, held
 
 
 def test_rendering_stays_within_its_memory(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from cdp_cli.errors import RuleError, UsageError
 from cdp_cli.identity.resolve import resolve
 from cdp_cli.ingest import ingest
 from cdp_cli.rules.book import RuleBook, load_rulebook
+from cdp_cli.rules.vocabulary import BASE_FROM
 from cdp_cli.scaffold import init_project
 from cdp_cli.tags import run_tags
 
@@ -153,3 +154,114 @@ def test_formula_cells_are_neutralised_in_csv_but_not_in_jsonl(sample, book, tmp
     assert cells[one_id] == '\'=HYPERLINK("x")'
     first = json.loads(Path(tmp_path / "w.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert first == {"one_id": one_id, "name": '=HYPERLINK("x")'}  # data, not for a spreadsheet
+
+
+SET_RULES = [  # each tag they read is a set of one_ids, from the (tag, value) index
+    "has_tag('high_value') and tag('lifecycle') in ('active', 'new')",  # vip
+    "tag('lifecycle') = 'at_risk' and total_spent >= 300",  # winback
+    "total_spent_365d >= 1000 and city in ('武汉', '北京') and not has_tag('dormant')",
+    "in_segment('wuhan_skincare') or 'at_risk' = tag('lifecycle')",
+]
+VALUE_RULES = [  # no tag and another value differ here: each customer's value is read
+    "not tag('preferred_category') = '护肤'",
+    "tag('preferred_category') = '护肤' or not in_segment('wuhan_skincare')",
+    "case when tag('lifecycle') = 'active' then 1 else 0 end = 1",
+]
+
+
+def traced(db: sqlite_utils.Database) -> list[str]:
+    """The statements the connection runs from now on (until the next traced() call)."""
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    return statements
+
+
+def test_stored_tags_are_read_once_per_command_from_the_index(db, book, tmp_path):
+    statements = traced(db)
+    try:
+        chosen = segments.audience(db, book, DAY, SET_RULES[0], None)
+        segments.describe(db, book, DAY, chosen, by="tag('preferred_category')", sample_size=3)
+        segments.export(db, book, DAY, chosen, tmp_path / "vip.csv", ["one_id", "lifecycle"])
+    finally:
+        db.conn.set_trace_callback(None)
+    reads = [s for s in statements if "FROM profile_tags" in s and "min(tag)" in s]
+    assert len(reads) == 1
+    assert not [s for s in statements if "DISTINCT tag" in s]
+    stored = db.conn.execute("SELECT DISTINCT tag FROM profile_tags").fetchall()
+    assert chosen.known_tags == {row[0] for row in stored} != set()
+
+
+def count_plan(db: sqlite_utils.Database, chosen: segments.Audience) -> list[str]:
+    sql = f"EXPLAIN QUERY PLAN SELECT count(*) FROM {BASE_FROM} WHERE {chosen.where}"
+    return [row[-1] for row in db.conn.execute(sql, chosen.compiled.params)]
+
+
+@pytest.mark.parametrize("rule", SET_RULES + VALUE_RULES)
+def test_tags_over_the_base_are_sets_from_the_tag_index_with_the_same_audience(db, book, rule):
+    over_base = segments.audience(db, book, DAY, rule, None)
+    per_customer = segments.audience(db, book, DAY, rule, None, whole_base=False)
+    plan, lookups = count_plan(db, over_base), count_plan(db, per_customer)
+    assert any("CORRELATED" in step for step in lookups), lookups
+    if rule in SET_RULES:
+        assert any("profile_tags_tag" in step for step in plan), plan
+        assert not any("CORRELATED" in step for step in plan), plan
+    assert segments.count(db, over_base) == segments.count(db, per_customer)
+    described = [
+        segments.describe(db, book, DAY, chosen, by="city", sample_size=5).as_dict()
+        for chosen in (over_base, per_customer)
+    ]
+    assert described[0] == described[1]
+
+
+def test_one_customers_segments_are_those_whose_audience_holds_them(db, book):
+    members = {
+        name: {
+            row[0] for row in segments.members(
+                db, book, DAY, segments.audience(db, book, DAY, None, name), ["one_id"]
+            )[1]
+        }
+        for name in book.segments
+    }  # fmt: skip
+    customers = sorted(set().union(*members.values()))[:5]
+    customers += [r[0] for r in db.conn.execute("SELECT one_id FROM profiles LIMIT 3")]
+    for one_id in customers:
+        expected = [name for name in book.segments if one_id in members[name]]
+        assert segments.segments_of(db, book, DAY, one_id) == expected
+
+
+@pytest.mark.parametrize("size", [1, 3, 12])
+def test_the_sample_is_the_first_customers_by_one_id_however_many_match(db, book, size):
+    """Many matches: the one_id index is walked; few: the base is scanned once and sorted."""
+    rules = {"many": "total_spent >= 0", "few": "total_spent >= 10000", "none": "total_spent < 0"}
+    plans = set()
+    for rule in rules.values():
+        chosen = segments.audience(db, book, DAY, rule, None)
+        customers, _ = segments.count(db, chosen)
+        statements = traced(db)
+        try:
+            sample = segments.describe(db, book, DAY, chosen, sample_size=size).sample
+        finally:
+            db.conn.set_trace_callback(None)
+        expected = db.conn.execute(
+            f"SELECT p.one_id FROM {BASE_FROM} WHERE {chosen.where} ORDER BY p.one_id LIMIT ?",
+            [*chosen.compiled.params, size],
+        ).fetchall()
+        assert sample is not None
+        assert [row["one_id"] for row in sample] == [row[0] for row in expected]
+        assert len(sample) == min(size, customers)
+        picked = [s for s in statements if "LIMIT" in s]
+        plans |= {"walk" if "ORDER BY p.one_id LIMIT" in s else "scan" for s in picked}
+        if not customers:
+            assert picked == []  # an empty audience has no sample to look for
+    assert plans == {"walk", "scan"}
+
+
+def test_no_sample_is_looked_for_when_none_is_shown(db, book):
+    chosen = segments.audience(db, book, DAY, WUHAN, None)
+    statements = traced(db)
+    try:
+        report = segments.describe(db, book, DAY, chosen, sample_size=0)
+    finally:
+        db.conn.set_trace_callback(None)
+    assert report.sample == [] and report.as_dict()["sample"] == []
+    assert not [s for s in statements if "ORDER BY" in s or "LIMIT" in s]

@@ -14,6 +14,7 @@ from cdp_cli.config import load_config
 from cdp_cli.messaging.coupons import CouponPool, empty_pool_reason
 from cdp_cli.messaging.guards import Customers, customer_zone, quiet_until, reach
 from cdp_cli.store import open_store
+from tests.conftest import query
 from tests.test_channels import CONFIG as BASE_CONFIG
 
 CONFIG = (
@@ -87,10 +88,12 @@ def test_the_frequency_cap_counts_what_was_sent(store) -> None:
     config, db = store
     customers, ids = load(config, db, datetime(2026, 11, 15, 10, 30, tzinfo=SHANGHAI))
     assert config.sending.per_day == 1
-    assert not customers.capped(ids["W1"], config.sending)
-    customers.count_sent(ids["W1"])
-    assert customers.capped(ids["W1"], config.sending)
-    assert not customers.capped(ids["W2"], config.sending)
+    now = datetime(2026, 11, 15, 10, 30, tzinfo=SHANGHAI)
+    assert customers.cap_lifts(ids["W1"], config.sending, now) is None
+    customers.count_sent(ids["W1"], now)
+    # the day's cap lifts at the next midnight of the project's timezone
+    assert customers.cap_lifts(ids["W1"], config.sending, now) == "2026-11-16T00:00:00+08:00"
+    assert customers.cap_lifts(ids["W2"], config.sending, now) is None
 
 
 def test_quiet_hours_defer_in_the_customers_own_timezone(store) -> None:
@@ -254,3 +257,95 @@ def test_a_coupon_status_cdp_cannot_map_is_counted_invalid_and_never_drawn(
     assert rows == [("A1", None, '{"_invalid":{"status":"可用"}}'), ("A2", "available", None)]
     pool = CouponPool(db, "SPRING", datetime(2026, 11, 15, 10, 30, tzinfo=SHANGHAI))
     assert [pool.draw()["code"] for _ in range(3)] == ["A2", "B1", "B2"]  # type: ignore[index]
+
+
+def test_a_consent_purpose_decides_which_journeys_obey_it(run, write, store, tmp_path) -> None:
+    """A marketing opt-out stops marketing, not an order-shipped SMS; a service opt-out the
+    reverse; no purpose, or `all`, both. A purpose cdp cannot map is a reject."""
+    config_text = (tmp_path / "cdp.yaml").read_text(encoding="utf-8")
+    write("cdp.yaml", config_text.replace(
+        'fields: {phone: phone, channel: channel, status: "=opt_out", consented_at: at}',
+        'fields: {phone: phone, channel: channel, status: "=opt_out", consented_at: at, '
+        "purpose: purpose}",
+    ))  # fmt: skip
+    write("purposes.csv", "phone,channel,at,purpose\n"
+          "13800000001,sms,2026-02-01,营销\n13800000002,sms,2026-02-01,transactional\n"
+          "+1 212 555 0100,sms,2026-02-01,newsletter\n")  # fmt: skip
+    result = run("ingest", "purposes.csv", "-s", "optouts", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["rejected"] == 1
+    config, db = store
+    [(reason,)] = db.conn.execute("SELECT reason FROM rejects WHERE field = 'purpose'").fetchall()
+    assert reason.startswith("purpose: 'newsletter' is not one of marketing, service, all")
+    assert run("resolve").exit_code == 0
+    ids = one_ids(db)
+    now = datetime(2026, 11, 15, 10, 30, tzinfo=SHANGHAI)
+    appid = config.sending.wechat_appid
+    for transactional, blocked in ((False, {"W1", "O1", "O2"}), (True, {"W2", "O1", "O2"})):
+        customers = Customers.load(db, list(ids.values()), now, config.sending, transactional)
+        opted_out = {
+            m for m in ("W1", "W2", "L1", "O1", "O2")
+            if reach(customers, ids[m], ("sms",), appid).skip
+        }  # fmt: skip
+        assert opted_out == blocked, transactional
+
+
+def test_an_opt_in_needs_its_time_and_an_opt_out_is_kept_without_one(run, write, tmp_path):
+    write("cdp.yaml", "store: cdp.db\nsources:\n  c:\n    kind: consents\n"
+          "    fields: {phone: phone, channel: channel, status: status, consented_at: at}\n")  # fmt: skip
+    write("c.csv", "phone,channel,status,at\n13800000001,sms,opt_out,\n"
+          "13800000001,sms,opt_in,\n13800000001,sms,opt_in,2026-03-01 10:00\n")  # fmt: skip
+    result = run("ingest", "c.csv", "-s", "c", "--json")
+    assert result.exit_code == 0, result.output
+    db = tmp_path / "cdp.db"
+    assert query(db, "SELECT status, consented_at FROM consents ORDER BY id") == [
+        ("opt_out", None),
+        ("opt_in", "2026-03-01T10:00:00+08:00"),
+    ]
+    assert query(db, "SELECT line, reason FROM rejects") == [
+        (3, "consented_at: missing (required when opt_in)")
+    ]
+
+
+def test_consents_stored_before_they_were_checked_are_mapped_or_moved_to_rejects(
+    tmp_path,
+) -> None:
+    """A store from before migration 11 holding `短信`, `smss`, an empty channel and an opt-in
+    without a time: opening it maps the first and moves the others to rejects."""
+    import sqlite3
+
+    from cdp_cli.store import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    db = open_store(path)
+    conn = db.conn
+    conn.execute("DELETE FROM schema_migrations WHERE version = 11")
+    conn.execute("ALTER TABLE consents DROP COLUMN purpose")
+    conn.execute(
+        "INSERT INTO batches (id, source, kind, file, sha256, size, status, started_at) "
+        "VALUES (1, 'optouts', 'consents', 'o.csv', 'x', 1, 'done', '2026-01-01')"
+    )
+    rows = [("短信", "opt_out", "2026-01-01"), ("smss", "opt_out", "2026-01-01"),
+            (None, "opt_out", "2026-01-01"), ("SMS", "opt_in", None)]  # fmt: skip
+    for line, (channel, status, at) in enumerate(rows, start=2):
+        conn.execute(
+            "INSERT INTO consents (source, key, channel, status, consented_at, phone, batch_id, "
+            "line) VALUES ('optouts', ?, ?, ?, ?, '13800000001', 1, ?)",
+            (str(line), channel, status, at, line),
+        )
+    db.close()
+    assert MIGRATIONS[-1][0] >= 11
+    open_store(path).close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT line, channel, purpose FROM consents").fetchall() == [
+        (2, "sms", None)
+    ]
+    rejects = conn.execute("SELECT line, problem, field, reason FROM rejects ORDER BY line")
+    assert rejects.fetchall() == [
+        (3, "unknown_value", "channel", "channel: 'smss' is not one of sms, email, wechat, push, "
+         "all (stored before cdp checked it)"),
+        (4, "missing", "channel", "channel: missing (stored before cdp checked it)"),
+        (5, "missing", "consented_at", "consented_at: missing (required when opt_in) (stored "
+         "before cdp checked it)"),
+    ]  # fmt: skip
+    assert conn.execute("SELECT rows_rejected FROM batches").fetchall() == [(3,)]

@@ -218,6 +218,15 @@ def test_tag_changes_are_recorded_and_reruns_change_nothing(run, project):
     assert first > 0
     again = json.loads(run("tag", "--as-of", AS_OF, "--json").stdout)
     assert all(t["changed"] == 0 and t["removed"] == 0 for t in again["tags"].values())
+    # nothing new: the run is skipped, and says so; --force recomputes, and changes nothing
+    assert again["unchanged_since"] == 1
+    assert query(project / "cdp.db", "SELECT count(*) FROM tag_runs") == [(1,)]
+    forced = json.loads(run("tag", "--as-of", AS_OF, "--force", "--json").stdout)
+    assert forced["unchanged_since"] is None
+    assert {n: t["customers"] for n, t in forced["tags"].items()} == {
+        n: t["customers"] for n, t in again["tags"].items()
+    }
+    assert all(t["changed"] == 0 and t["removed"] == 0 for t in forced["tags"].values())
     # A month later M1 is past their repurchase cycle: the tag is added and lifecycle stays.
     later = json.loads(run("tag", "--as-of", "2026-12-15", "--json").stdout)
     assert later["tags"]["repurchase_due"]["changed"] >= 1
@@ -595,3 +604,27 @@ def test_money_at_bucket_edges_sums_exactly_in_any_order(run, write, tmp_path):
         assert repeat_mean >= 0
     bands = {band for *_, band in rows}
     assert bands == {"over", "exactly", "edge"}
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["new batch", "rules", "as-of date", "forget"],
+)
+def test_a_tag_run_is_skipped_only_when_nothing_it_reads_has_changed(run, write, project, change):
+    assert run("tag", "--as-of", AS_OF).exit_code == 0
+    args = ["tag", "--as-of", AS_OF, "--json"]
+    if change == "new batch":
+        order = {"order_id": "O99", "member": "M1", "amount": 50, "at": "2026-11-10 10:00:00"}
+        write("more.jsonl", json.dumps(order) + "\n")
+        assert run("ingest", "more.jsonl", "-s", "orders").exit_code == 0
+        assert run("resolve").exit_code == 0
+    elif change == "rules":
+        rules = project / "tag_rules" / "extra.yaml"
+        rules.write_text("- name: big_spender\n  when: total_spent > 100\n", encoding="utf-8")
+    elif change == "as-of date":
+        args[2] = "2026-11-16"
+    else:
+        assert run("forget", one_id(project, "M4"), "--yes").exit_code == 0
+    result = json.loads(run(*args).stdout)
+    assert result["unchanged_since"] is None, change
+    assert query(project / "cdp.db", "SELECT count(*) FROM tag_runs") == [(2,)]

@@ -8,6 +8,7 @@ they print with. The stages themselves are imported inside each command, where u
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,7 +16,8 @@ import click
 from cdp_cli import __version__
 from cdp_cli.cli import audience, identity, ingest, journey, privacy, report, run, setup
 from cdp_cli.cli.output import printable
-from cdp_cli.errors import CdpError
+from cdp_cli.errors import CdpError, system_fault
+from cdp_cli.integrity import corruption_error
 from cdp_cli.project import Project
 
 EXIT_CODES = """\b
@@ -44,11 +46,24 @@ class CdpGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
+            store = _store_path(ctx)
+            damaged = corruption_error(exc, store) if store else None  # met outside store()
+            fault = damaged or system_fault(exc, store)  # a full disk, a read-only store...
+            if fault is not None:  # not a bug: the machine's fault, one line even under CDP_DEBUG
+                raise CliError(str(fault), fault.exit_code) from None
             if os.environ.get("CDP_DEBUG"):
                 raise
             raise CliError(
                 f"internal error: {type(exc).__name__}: {exc} (CDP_DEBUG=1 shows the traceback)", 1
             ) from None
+
+
+def _store_path(ctx: click.Context) -> Path | None:
+    """The store the command used, to name in an error SQLite raised; None if unknown."""
+    try:
+        return ctx.obj.store_path if isinstance(ctx.obj, Project) else None
+    except CdpError:  # cdp.yaml cannot say
+        return None
 
 
 @click.group(cls=CdpGroup, epilog=EXIT_CODES)
@@ -92,6 +107,7 @@ for command in (
     setup.demo,
     ingest.ingest_command,
     ingest.status,
+    ingest.backup,
     identity.resolve_command,
     identity.profile_command,
     audience.tag_command,

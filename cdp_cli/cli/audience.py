@@ -27,18 +27,28 @@ if TYPE_CHECKING:
 @as_of_option
 @click.option("--only", metavar="NAME", help="Evaluate this tag only.")
 @click.option("--list", "list_", is_flag=True, help="List the tags with their customers per value.")
+@click.option(
+    "--force", is_flag=True, help="Recompute even when nothing is new since the last run."
+)
 @silent_option
 @json_option
 @writes_store(unless=("list_",))
 @pass_project
 def tag_command(
-    project: Project, as_of: Any, only: str | None, list_: bool, silent: bool, json_: bool
+    project: Project,
+    as_of: Any,
+    only: str | None,
+    list_: bool,
+    force: bool,
+    silent: bool,
+    json_: bool,
 ) -> None:
     """Compute customer features and evaluate the tags in tag_rules/*.yaml.
 
     Every tag file is checked before anything is written: a mistake names the file, line and
     tag. Current values go to profile_tags, every change (added, removed, changed) to
-    tag_changes.
+    tag_changes. A run that would read what the last run read (no new batch, resolve or
+    erasure, the same rules and as-of date) changes nothing and says so; --force recomputes.
 
     \b
     Examples:
@@ -63,8 +73,14 @@ def tag_command(
             out.note(
                 f"{pending} ingested batches are not resolved yet: run `cdp resolve` first", silent
             )
-        result = run_tags(db, folder, day, only)
+        result = run_tags(db, folder, day, only, force)
     out.emit(result, json_, print_tags)
+    if result.unchanged_since is not None:
+        out.note(
+            f"Nothing new since tag run {result.unchanged_since} (data, rules and as-of date "
+            "are the same): tags left as they are; --force recomputes them",
+            silent,
+        )
 
 
 def print_tags(result: TagResult) -> None:

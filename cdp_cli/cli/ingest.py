@@ -1,4 +1,5 @@
-"""cdp ingest and cdp status: export files into the store, and what the store holds."""
+"""cdp ingest, cdp status and cdp backup: export files into the store, what the store holds,
+and a checked copy of it."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import click
 from cdp_cli.cli import output as out
 from cdp_cli.cli.identity import print_set_aside
 from cdp_cli.cli.options import Project, json_option, pass_project, silent_option, writes_store
-from cdp_cli.errors import CdpError
+from cdp_cli.errors import CdpError, UsageError
 
 if TYPE_CHECKING:
+    from cdp_cli.backup import BackupResult
     from cdp_cli.ingest import IngestResult
+    from cdp_cli.integrity import CheckResult
     from cdp_cli.status import StoreStatus
 
 
@@ -88,22 +91,103 @@ def print_ingest(results: list[IngestResult]) -> None:
 
 
 @click.command()
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Instead, read every page of the store (integrity_check, foreign_key_check): print "
+    "ok or the problems; exit 1 if it is damaged.",
+)
 @json_option
 @pass_project
-def status(project: Project, json_: bool) -> None:
+def status(project: Project, check: bool, json_: bool) -> None:
     """Show what the store holds: sources and freshness, tables, rejects, field quality.
+
+    --check reads every page of the store instead (15-30 s per GB): a store it finds sound is
+    used again by the commands that refused it after one met damage in it (docs/operations.md).
 
     \b
     Examples:
       cdp status
       cdp status --json | jq '.rejects'
+      cdp status --check
     """
+    if check:
+        _check(project, json_)
+        return
     from cdp_cli.status import store_status
 
     config = project.config if project.has_config else None  # a --db alone will do
     with project.store(create=False) as db:
         result = store_status(db, config)
     out.emit(result, json_, print_status)
+
+
+def _check(project: Project, json_: bool) -> None:
+    from cdp_cli.integrity import check_store
+
+    result = check_store(project.store_path)
+    out.emit(result, json_, print_check)
+    if not result.ok:
+        raise result.error()
+
+
+def print_check(result: CheckResult) -> None:
+    checked = f"{result.store} (integrity_check, foreign_key_check: {result.seconds:.1f} s)"
+    if result.ok:
+        click.echo(f"ok: {checked}")
+        if result.forgotten:
+            out.note(f"The damage a command met before ({result.forgotten}) is not there now.")
+        return
+    click.echo(f"damaged: {checked}")
+    for problem in result.problems:
+        click.echo(f"  {out.printable(problem)}")
+
+
+def _check_backup_dest(ctx: click.Context, param: click.Parameter, dest: Path) -> Path:
+    """DEST is checked as soon as it is parsed: a database's name, none of the project's files."""
+    from cdp_cli.backup import BACKUP_FORMATS
+
+    if dest.suffix.lower() not in BACKUP_FORMATS:
+        raise UsageError(f"{dest}: a backup is written as {' or '.join(BACKUP_FORMATS)}")
+    project = ctx.find_object(Project) or Project()
+    project.check_output(dest, BACKUP_FORMATS)
+    return dest
+
+
+@click.command()
+@click.argument(
+    "dest", type=click.Path(dir_okay=False, path_type=Path), callback=_check_backup_dest
+)
+@json_option
+@pass_project
+def backup(project: Project, dest: Path, json_: bool) -> None:
+    """Copy the store to DEST, consistent and checked, while other commands go on.
+
+    The copy is one snapshot of the store (SQLite's online backup): a command writing
+    meanwhile goes on, and what it has not committed is not in the copy. The copy is written
+    beside DEST, checked (integrity_check, and the rows of every table counted against the
+    store's), then renamed over DEST, so an older backup there is only ever replaced by a good
+    one. DEST ends in .db, .sqlite or .sqlite3. A copy that fails the check says the store is
+    damaged (and every command then refuses it until `cdp status --check` passes). How to
+    restore: docs/operations.md.
+
+    \b
+    Examples:
+      cdp backup backups/cdp.db
+      cdp backup "backups/cdp-$(date +%a).db" --json     a week of nightly backups, from cron
+    """
+    from cdp_cli.backup import backup_store
+
+    result = backup_store(project.store_path, dest)
+    out.emit(result, json_, print_backup)
+
+
+def print_backup(result: BackupResult) -> None:
+    click.echo(
+        f"Backed up {result.store} to {result.backup}: {result.bytes / 1e6:,.1f} MB, "
+        f"{out.fmt_int(result.rows)} rows in {len(result.tables)} tables, checked, "
+        f"in {result.seconds:.1f} s"
+    )
 
 
 def print_status(status: StoreStatus) -> None:
@@ -145,8 +229,11 @@ def print_status(status: StoreStatus) -> None:
             ["batch", "source", "status", "error"],
             [(b["batch"], b["source"], b["status"], b["error"]) for b in status.unfinished_batches],
         )
+    sampled = {
+        q.source: f"{q.source} {q.sampled:,} of {q.rows:,}" for q in status.fields if q.sampled
+    }
     out.print_table(
-        "Field quality",
+        "Field quality" + (f" (rows sampled: {', '.join(sampled.values())})" if sampled else ""),
         ["source", "field", "filled", "invalid"],
         [
             (q.source, q.field, out.fmt_pct(q.fill_rate), out.fmt_pct(q.invalid_rate))

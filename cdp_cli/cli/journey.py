@@ -67,7 +67,8 @@ def _print_run(results: list[Any], dry_run: bool) -> None:
 def print_journeys(results: list[Any], dry_run: bool) -> None:
     rows = [
         (r.journey, r.enrolled, r.holdout, ", ".join(f"{c} {n}" for c, n in r.sent.items()),
-         ", ".join(f"{k} {n}" for k, n in r.skipped.items()), r.deferred, r.converted,
+         ", ".join(f"{k} {n}" for k, n in r.skipped.items()),
+         ", ".join(f"{k} {n}" for k, n in r.waiting.items()), r.converted,
          r.exited, r.completed)
         for r in results
     ]  # fmt: skip
@@ -78,7 +79,7 @@ def print_journeys(results: list[Any], dry_run: bool) -> None:
         "holdout",
         "sent",
         "skipped",
-        "deferred",
+        "waiting",
         "converted",
         "exited",
         "done",
@@ -116,9 +117,10 @@ def _print_would_send(results: list[Any], shown: int = 10) -> None:
 def journey_status_command(project: Project, name: str, json_: bool) -> None:
     """Show where a journey's customers are, and its counts as `cdp report journey` has them.
 
-    Enrolments by status, active ones per step, customers waiting for a deferred message
-    (with the reason and until when), per group entered, reached and converted, and per step
-    and variant sent and skipped by reason. Steps show their `name:` when they have one.
+    Enrolments by status, active ones per step, customers waiting at a send step (for quiet
+    hours, the frequency cap or a problem of the project's, and until when), per group
+    entered, reached and converted, and per step and variant sent and skipped by reason.
+    Steps show their `name:` when they have one.
 
     \b
     Example:
@@ -142,7 +144,7 @@ def _print_status(name: str, report: dict[str, Any]) -> None:
         )  # fmt: skip
     if report["waiting"]:
         out.print_table(
-            "Waiting for a deferred message", ["step", "reason", "customers", "until"],
+            "Waiting at a send step", ["step", "reason", "customers", "until"],
             [(w["step"], w["reason"], f"{w['customers']:,}", w["until"])
              for w in report["waiting"]], numeric=2,
         )  # fmt: skip

@@ -115,14 +115,15 @@ def one_lookup(
 
 
 def writes_store(
-    unless: tuple[str, ...] = (), only_with: tuple[str, ...] = ()
+    unless: tuple[str, ...] = (), only_with: tuple[str, ...] = (), pass_wait: bool = False
 ) -> Callable[[Command], Command]:
     """For commands that write to the store: `--wait SECONDS`, and the store's lock held while
     the command runs, so that one writer runs at a time. Put it just above @pass_project.
 
     Readers take no lock and run during a write (WAL). A command run with one of the flags in
     `unless` set only reads (`cdp tag --list`) and takes no lock either; nor does one run with
-    none of the options in `only_with` (`cdp consent` without --opt-out or --opt-in).
+    none of the options in `only_with` (`cdp consent` without --opt-out or --opt-in). With
+    `pass_wait`, the command gets `wait` too (`cdp forget` waits as long for a reader).
     """
 
     def decorate(fn: Command) -> Command:
@@ -136,12 +137,16 @@ def writes_store(
         )
         @functools.wraps(fn)
         def command(*args: Any, wait: float, **kwargs: Any) -> Any:
+            if pass_wait:
+                kwargs["wait"] = wait
             reads_only = any(kwargs.get(flag) for flag in unless) or (
                 only_with and not any(kwargs.get(option) for option in only_with)
             )
             if reads_only:
                 return fn(*args, **kwargs)
-            with _store_lock(click.get_current_context(), wait):
+            # A dry run writes nothing, not even the log line of a refusal.
+            logged = not kwargs.get("dry_run")
+            with _store_lock(click.get_current_context(), wait, logged):
                 return fn(*args, **kwargs)
 
         return command
@@ -149,9 +154,9 @@ def writes_store(
     return decorate
 
 
-def _store_lock(ctx: click.Context, wait: float) -> Any:
-    """The store's write lock; a refusal is also written to the log file, if one is set."""
-    from cdp_cli import lock
+def _store_lock(ctx: click.Context, wait: float, logged: bool = True) -> Any:
+    """The store's write lock; a refusal is also written to the log file, if one is set (and
+    the refusal is `logged`)."""
     from cdp_cli.errors import StoreBusy
     from cdp_cli.oplog import OpsLog, for_log
 
@@ -159,9 +164,10 @@ def _store_lock(ctx: click.Context, wait: float) -> Any:
     assert project is not None
     command = ctx.command_path.replace(ctx.find_root().info_name or "cdp", "cdp", 1)
     try:
-        return lock.acquire(project.store_path, wait, command)
+        return project.lock(wait, command)
     except StoreBusy as exc:
-        with OpsLog(project.config.log_path if project.has_config else None) as log:
+        log_path = project.config.log_path if logged and project.has_config else None
+        with OpsLog(log_path) as log:
             log.write(
                 stage="lock", status="busy", command=command, wait=wait, error=for_log(str(exc))
             )

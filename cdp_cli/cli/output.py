@@ -1,7 +1,8 @@
 """Terminal output for the CLI: rich tables on a terminal, plain text under cron, JSON on ask.
 
 stdout carries data and nothing else; notes and progress go to stderr. Only cdp_cli/cli/ knows
-about click and rich.
+about click and rich. rich is imported where it draws, so that a command that prints JSON does
+not load it.
 """
 
 from __future__ import annotations
@@ -11,15 +12,12 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich import box
-from rich.cells import cell_len
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
-from rich.text import Text
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 T = TypeVar("T")
 
@@ -34,6 +32,8 @@ def printable(text: str) -> str:
 
 
 def stdout() -> Console:
+    from rich.console import Console
+
     console = Console(file=sys.stdout, soft_wrap=True, highlight=False)
     if not console.is_terminal:  # a pipe or a log file: no wrapping at 80 columns
         console.width = 400
@@ -41,6 +41,8 @@ def stdout() -> Console:
 
 
 def stderr() -> Console:
+    from rich.console import Console
+
     return Console(file=sys.stderr, soft_wrap=True, highlight=False)
 
 
@@ -75,6 +77,11 @@ def print_table(
 
     `numeric` right-aligns that many trailing columns.
     """
+    from rich import box
+    from rich.cells import cell_len
+    from rich.table import Table
+    from rich.text import Text
+
     console = stdout()
     table = Table(
         title=title if console.is_terminal else None,
@@ -117,6 +124,8 @@ def progress_bars(
     if silent or not console.is_terminal:
         yield lambda label, total: lambda done, total: None
         return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

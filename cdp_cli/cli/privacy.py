@@ -113,52 +113,79 @@ def _print_consents(report: dict[str, Any]) -> None:
 
 @click.command(name="forget")
 @lookup_options()
+@click.option(
+    "--finish",
+    is_flag=True,
+    help="Only finish erasures a reader held up: VACUUM the store and empty its WAL.",
+)
 @click.option("--yes", is_flag=True, help="Do not ask; required when not run from a terminal.")
 @json_option
-@writes_store()
+@writes_store(pass_wait=True)
 @pass_project
 def forget_command(
     project: Project,
     one_id: str | None,
     phone: str | None,
     email: str | None,
+    finish: bool,
     yes: bool,
     json_: bool,
+    wait: float,
 ) -> None:
     """Erase a person everywhere, and keep them from coming back.
 
     Deletes their records, events, consents, identifiers, profile, tags and their history,
     features, journey state and unsent messages, and rejected lines that name them; rewrites
-    outbound files not picked up yet without them. Orders keep amount, time, store, channel and
+    outbound files not picked up yet without them, and lists the other files cdp wrote with
+    them in (exports), which it cannot erase. Orders keep amount, time, store, channel and
     products, without any personal field or link. Tombstones (keyed hashes of their
     identifiers) make ingest refuse their rows from now on. Then the store is VACUUMed, so the
     erased bytes leave the file on disk. See docs/privacy.md.
+
+    While another program reads the store, its old pages stay on disk: forget retries for
+    --wait seconds (at least 2), then exits 1 naming the program; the erasure itself is
+    committed, and `cdp forget --finish` finishes it once the reader has let go.
 
     \b
     Examples:
       cdp forget --phone 13800138000
       cdp forget C000000042 --yes --json
+      cdp forget --finish --wait 60
     """
     import sys
 
+    from cdp_cli.errors import CdpError
     from cdp_cli.forget import find_target, forget
     from cdp_cli.privacy import masked_forgotten
+    from cdp_cli.purge import purge, purge_problem
 
-    lookup = one_lookup(one_id, phone, email)
-    if not yes and not sys.stdin.isatty():
-        raise click.UsageError("not a terminal, so nothing can be confirmed: add --yes to forget")
-    config = project.config
-    with project.store(create=False) as db:
-        target = find_target(db, config, lookup)
-        if target.one_id and not yes:
-            click.confirm(
-                f"Forget {_describe_target(target)} for good? This cannot be undone",
-                abort=True,
-                err=True,
+    if finish:
+        if one_id or phone or email:
+            raise click.UsageError("--finish finishes every erasure: leave out the customer")
+        with project.store(create=False) as db:
+            purged = purge(db, wait=wait)
+        out.emit(purged, json_, _print_purge)
+    else:
+        lookup = one_lookup(one_id, phone, email)
+        if not yes and not sys.stdin.isatty():
+            raise click.UsageError(
+                "not a terminal, so nothing can be confirmed: add --yes to forget"
             )
-        result = forget(db, config, target).as_dict()
-    result = masked_forgotten(result)
-    out.emit(result, json_, _print_forgotten)
+        config = project.config
+        with project.store(create=False) as db:
+            target = find_target(db, config, lookup)
+            if target.one_id and not yes:
+                click.confirm(
+                    f"Forget {_describe_target(target)} for good? This cannot be undone",
+                    abort=True,
+                    err=True,
+                )
+            result = forget(db, config, target, wait)
+        out.emit(masked_forgotten(result.as_dict()), json_, _print_forgotten)
+        purged = result.purge
+    problem = purge_problem(purged)
+    if problem:
+        raise CdpError(problem)
 
 
 def _describe_target(target: Any) -> str:
@@ -191,10 +218,32 @@ def _print_forgotten(result: dict[str, Any]) -> None:
         out.print_table(f"Forgotten: {result['one_id']}", ["", "value"], rows)
         for path in result["outbound_files"]:
             out.note(f"rewrote {path}")
-    if result["wal_truncated"]:
-        out.note("Store VACUUMed and its WAL truncated: the erased bytes are gone from disk.")
-    else:
+        _print_exports(result["exports"])
+    if result["purged"]:
+        _print_purge(result)
+
+
+def _print_exports(exports: list[dict[str, Any]]) -> None:
+    """The files cdp wrote with them in: those it could not rewrite are the user's to erase."""
+    if not exports:
+        return
+    rows = [
+        (e["written_at"], e["path"], out.fmt_int(e["rows"]),
+         " ".join(filter(None, (e["kind"], e["audience"]))),
+         "rewritten without them" if e["rewritten"] else "NOT erased")
+        for e in exports
+    ]  # fmt: skip
+    columns = ["written", "file", "rows", "what", "them in it"]
+    out.print_table("Files cdp wrote with them in", columns, rows)
+    left = sum(not e["rewritten"] for e in exports)
+    if left:
         out.note(
-            "Store VACUUMed, but another process is reading it, so its WAL could not be "
-            "truncated: run `cdp forget` again when it is done to finish."
+            f"{left} of these files left cdp's hands: cdp cannot erase files it no longer "
+            "controls. Delete them, or ask whoever took them to erase this person."
         )
+
+
+def _print_purge(purged: Any) -> None:
+    shown = purged if isinstance(purged, dict) else purged.as_dict()
+    if shown["purged"]:
+        out.note("Store VACUUMed and its WAL truncated: the erased bytes are gone from disk.")

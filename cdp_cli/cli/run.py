@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+import sqlite_utils
 
 from cdp_cli.cli import output as out
 from cdp_cli.cli.options import (
@@ -19,7 +20,7 @@ from cdp_cli.cli.options import (
     writes_store,
 )
 from cdp_cli.errors import CdpError
-from cdp_cli.store import open_store
+from cdp_cli.store import migrate
 
 if TYPE_CHECKING:
     from cdp_cli.pipeline import RunReport, StageResult
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 @click.option("--dry-run", is_flag=True, help="Only list what the inboxes hold; change nothing.")
 @silent_option
 @json_option
-@writes_store()
+@writes_store(unless=("dry_run",))  # a dry run only reads: it takes no lock, so is never busy
 @pass_project
 def run_command(
     project: Project, as_of: Any, now: Any, dry_run: bool, silent: bool, json_: bool
@@ -62,14 +63,14 @@ def run_command(
     day = as_of.date() if as_of else None
     with OpsLog(None if dry_run else config.log_path) as log:
         try:
-            db = open_store(project.store_path)
-        except CdpError as exc:
+            db = _open_store(project, dry_run)
+            try:
+                report = run_pipeline(db, config, as_of=day, now=clock, dry_run=dry_run, log=log)
+            finally:
+                db.close()
+        except CdpError as exc:  # the store cannot be opened, or is damaged (StoreDamaged)
             log.write(stage="run", status="failed", error=for_log(str(exc)))
             raise
-        try:
-            report = run_pipeline(db, config, as_of=day, now=clock, dry_run=dry_run, log=log)
-        finally:
-            db.close()
     out.emit(report, json_, lambda _: _print_run(report, config.root))
     for stage in report.stages:
         if stage.exception is not None and os.environ.get("CDP_DEBUG"):
@@ -79,6 +80,16 @@ def run_command(
         raise CdpError(shown)
     if dry_run:
         out.note("Dry run: nothing was ingested, moved or run.", silent)
+
+
+def _open_store(project: Project, dry_run: bool) -> sqlite_utils.Database:
+    """The store; for a dry run of a project without one yet, an empty one in memory (every
+    inbox file is new), so that a dry run creates no file."""
+    if not dry_run or project.store_path.exists():
+        return project.open_store()
+    db = sqlite_utils.Database(memory=True)
+    migrate(db)
+    return db
 
 
 def _print_run(report: RunReport, root: Path) -> None:

@@ -149,13 +149,15 @@ class Lookup:
 
 
 def find_one_id(db: sqlite_utils.Database, config: Config, lookup: Lookup) -> tuple[str, list[str]]:
-    """The current one_id, and the merge path that led to it from an older one."""
+    """The current one_id, and the merge path that led to it from an older one. A phone or
+    email that is not one is a usage error (`check_lookup`), for every command that looks up."""
     if lookup.one_id:
         return follow_merges(db, lookup.one_id)
+    check_lookup(config, lookup)
     if lookup.phone:
-        ident = ("phone", normalize_phone(lookup.phone, config.region) or lookup.phone.strip())
+        ident = ("phone", normalize_phone(lookup.phone, config.region) or "")
     elif lookup.email:
-        ident = ("email", email_key(lookup.email) or lookup.email.strip().lower())
+        ident = ("email", email_key(lookup.email) or "")
     else:
         ident = ("device_id", (lookup.device or "").strip().upper())
     row = db.conn.execute(

@@ -35,7 +35,8 @@ import sqlite_utils
 
 from cdp_cli.canonical import IDENTITY_FIELDS, KINDS
 from cdp_cli.config import Config, IdentifierType
-from cdp_cli.files import row_format, write_rows
+from cdp_cli.exports import ID_MAPPING, Export, Members, write_logged_rows
+from cdp_cli.files import row_format
 from cdp_cli.identity.normalize import Normalizer, Rejected
 from cdp_cli.identity.profiles import build_profiles, follow_merges
 from cdp_cli.identity.tombstones import Tombstones, erase_records
@@ -871,12 +872,15 @@ _RECORDS_BY_KEY = " UNION ALL ".join(
 def export_mapping(db: sqlite_utils.Database, path: Path) -> int:
     """Write the ID-mapping table (kind, source, key, one_id), CSV or JSONL by extension.
 
-    Written to a temporary file and renamed, so a reader never sees half of it. CSV cells a
-    spreadsheet would run as a formula are neutralised (csvsafe).
+    Written to a temporary file and renamed, so a reader never sees half of it, then logged
+    with its customers (exports.py). CSV cells a spreadsheet would run as a formula are
+    neutralised (csvsafe).
     """
     row_format(path)
+    logged = Members(db.conn)
     cursor = db.conn.execute("SELECT kind, source, key, one_id FROM id_mapping")
-    return write_rows(path, ("kind", "source", "key", "one_id"), cursor)
+    fields = ("kind", "source", "key", "one_id")
+    return write_logged_rows(db, path, fields, cursor, Export(ID_MAPPING), logged, one_id_at=3)
 
 
 def unresolved_batches(db: sqlite_utils.Database) -> int:

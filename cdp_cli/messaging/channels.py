@@ -406,6 +406,16 @@ CONSENT_CHANNELS = (*CHANNEL_NAMES, "all")
 ADDRESS_TYPES = tuple(channel.address_type for channel in CHANNELS.values())
 
 
+# What a consent is for: marketing messages, service messages (what a transactional journey
+# sends: an order shipped, a reservation), or both; a consent that names no purpose is for all.
+CONSENT_PURPOSES = ("marketing", "service", "all")
+
+
+def purposes_obeyed(transactional: bool) -> tuple[str | None, ...]:
+    """The purposes of the consents a journey obeys (None: a consent that names none)."""
+    return (None, "all", "service" if transactional else "marketing")
+
+
 def opted_out_channels(consent_channel: str) -> tuple[str, ...]:
     """The channels an opt-out recorded for `consent_channel` ('all' or one) covers."""
     return CHANNEL_NAMES if consent_channel == "all" else (consent_channel,)

@@ -21,6 +21,7 @@ from cronsim import CronSim
 
 from cdp_cli.config import Config
 from cdp_cli.errors import CdpError, FileError, NotFound, RuleError
+from cdp_cli.files import ensure_folder
 from cdp_cli.messaging.channels import placeholder_problem
 from cdp_cli.messaging.conditions import JourneyRules
 from cdp_cli.messaging.coupons import pool_exists, unknown_pool_problem, usable_codes
@@ -34,13 +35,13 @@ from cdp_cli.messaging.journeys import (
     Wait,
     load_journeys,
 )
-from cdp_cli.messaging.outbox import write_outbound
+from cdp_cli.messaging.outbox import OUTBOUND_FILES, write_outbound
 from cdp_cli.messaging.run import Enrolment, JourneyRun, RunResult
 from cdp_cli.messaging.send import send_batch
 from cdp_cli.messaging.templates import TemplateStore
 from cdp_cli.rules.book import load_rulebook
 from cdp_cli.rules.vocabulary import BASE_FROM, unknown_tag_value, unknown_tag_values
-from cdp_cli.store import insert_row, now_iso
+from cdp_cli.store import insert_row, now_iso, rollback
 
 
 def share_of(*parts: str) -> float:
@@ -206,6 +207,8 @@ def run_journeys(
     chosen = [journeys[name]] if name else list(journeys.values())
     for journey in chosen:  # every journey is checked before any of them changes the store
         check_journey(journey, rules, templates)
+    if not dry_run:  # before any journey moves: where their files go must take them
+        ensure_folder(config.outbound_folder, OUTBOUND_FILES)
     results = []
     if dry_run:  # one transaction for all, rolled back: each journey sees what those before
         db.conn.execute("BEGIN IMMEDIATE")  # it would have sent (the frequency cap, coupons)
@@ -216,7 +219,7 @@ def run_journeys(
             results.append(_run_one(run))
     finally:
         if dry_run:
-            db.conn.execute("ROLLBACK")
+            rollback(db.conn)
     if not dry_run:
         written = write_outbound(db, config)
         for result in results:
@@ -264,7 +267,7 @@ def _run_one(run: JourneyRun) -> RunResult:
         )
     except BaseException:
         if not run.dry_run:
-            conn.execute("ROLLBACK")
+            rollback(conn)
         raise
     if not run.dry_run:
         conn.execute("COMMIT")
@@ -481,9 +484,11 @@ def _walk(run: JourneyRun, batch: list[Enrolment]) -> None:
     journey = run.journey
     stops: list[tuple[Any, ...]] = []
 
-    def stop(e: Enrolment, status: str = "active", next_at: str | None = None) -> None:
+    def stop(
+        e: Enrolment, status: str = "active", next_at: str | None = None, why: str | None = None
+    ) -> None:
         ended = run.now_text if status != "active" else None
-        stops.append((status, e.step, e.waiting, next_at, e.variant, ended, e.id))
+        stops.append((status, e.step, e.waiting, next_at, why, e.variant, ended, e.id))
 
     at: dict[str | None, list[Enrolment]] = {}
     for e in batch:
@@ -516,7 +521,7 @@ def _walk(run: JourneyRun, batch: list[Enrolment]) -> None:
                 deferred = send_batch(run, step, group)
                 for e in group:
                     if e.id in deferred:
-                        stop(e, next_at=deferred[e.id])
+                        stop(e, next_at=deferred[e.id].until, why=deferred[e.id].reason)
                     else:
                         move(e, following)
             elif isinstance(step, Branch):
@@ -534,7 +539,7 @@ def _walk(run: JourneyRun, batch: list[Enrolment]) -> None:
         raise CdpError(f"journey {journey.name}: enrolments did not settle")
     run.db.conn.executemany(
         "UPDATE journey_enrolments SET status = ?, step = ?, waiting = ?, next_at = ?, "
-        "variant = ?, ended_at = ? WHERE id = ?",
+        "wait_reason = ?, variant = ?, ended_at = ? WHERE id = ?",
         stops,
     )
 

@@ -21,10 +21,16 @@ import sqlite_utils
 from phonenumbers import timezone as phone_timezones
 
 from cdp_cli.consent import CUSTOMER_CONSENTS
-from cdp_cli.messaging.channels import ADDRESS_TYPES, CHANNELS, opted_out_channels
+from cdp_cli.messaging.channels import (
+    ADDRESS_TYPES,
+    CHANNELS,
+    opted_out_channels,
+    purposes_obeyed,
+)
 from cdp_cli.messaging.settings import SendSettings
 
 IN_BATCH = "IN (SELECT value FROM json_each(?))"
+CAP_WEEK = timedelta(days=7)
 ADDRESSED_TYPES = ", ".join(f"'{t}'" for t in ADDRESS_TYPES)  # constants of ours
 
 
@@ -35,13 +41,18 @@ class Customers:
 
     addresses: dict[str, list[tuple[str, str, str | None]]] = field(default_factory=dict)
     opted_out: dict[str, set[str]] = field(default_factory=dict)
-    sent_today: dict[str, int] = field(default_factory=dict)
-    sent_week: dict[str, int] = field(default_factory=dict)
+    sent_week: dict[str, list[datetime]] = field(default_factory=dict)  # oldest first
 
     @classmethod
     def load(
-        cls, db: sqlite_utils.Database, one_ids: list[str], now: datetime, settings: SendSettings
+        cls,
+        db: sqlite_utils.Database,
+        one_ids: list[str],
+        now: datetime,
+        settings: SendSettings,
+        transactional: bool = False,
     ) -> Customers:
+        """`transactional`: the journey's, which decides the consent purposes it obeys."""
         conn, ids = db.conn, json.dumps(one_ids)
         found = cls()
         for one_id, type_name, value, detail in conn.execute(
@@ -53,8 +64,10 @@ class Customers:
         ):
             found.addresses.setdefault(one_id, []).append((type_name, value, detail))
         latest: dict[tuple[str, str], str] = {}
-        for one_id, channel, status, *_ in conn.execute(CUSTOMER_CONSENTS, (ids, ids)):
-            latest[(one_id, channel)] = status
+        obeyed = purposes_obeyed(transactional)
+        for one_id, channel, status, *_, purpose in conn.execute(CUSTOMER_CONSENTS, (ids, ids)):
+            if purpose in obeyed:
+                latest[(one_id, channel)] = status
         for (one_id, channel), status in latest.items():
             if status == "opt_out":
                 found.opted_out.setdefault(one_id, set()).update(opted_out_channels(channel))
@@ -63,16 +76,14 @@ class Customers:
         return found
 
     def _load_sent(self, db: sqlite_utils.Database, ids: str, now: datetime) -> None:
-        day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        week_start = now - timedelta(days=7)
-        for one_id, today, week in db.conn.execute(
-            "SELECT one_id, sum(julianday(created_at) >= julianday(?)), count(*) FROM messages "
-            f"WHERE one_id {IN_BATCH} AND status != 'skipped' AND transactional = 0 "
-            "AND julianday(created_at) >= julianday(?) GROUP BY one_id",
-            (day_start.isoformat(), ids, min(day_start, week_start).isoformat()),
+        week_start = now - CAP_WEEK
+        for one_id, created_at in db.conn.execute(
+            f"SELECT one_id, created_at FROM messages WHERE one_id {IN_BATCH} "
+            "AND status != 'skipped' AND transactional = 0 "
+            "AND julianday(created_at) >= julianday(?) ORDER BY one_id, julianday(created_at)",
+            (ids, week_start.isoformat()),
         ):
-            self.sent_today[one_id] = today
-            self.sent_week[one_id] = week
+            self.sent_week.setdefault(one_id, []).append(datetime.fromisoformat(created_at))
 
     def address(self, one_id: str, channel: str, wechat_appid: str | None) -> str | None:
         """The first linked identifier that reaches this customer on the channel."""
@@ -85,16 +96,21 @@ class Customers:
     def phone(self, one_id: str) -> str | None:
         return next((v for t, v, _ in self.addresses.get(one_id, ()) if t == "phone"), None)
 
-    def capped(self, one_id: str, settings: SendSettings) -> bool:
-        day, week = settings.per_day, settings.per_week
-        return bool(
-            (day and self.sent_today.get(one_id, 0) >= day)
-            or (week and self.sent_week.get(one_id, 0) >= week)
-        )
+    def cap_lifts(self, one_id: str, settings: SendSettings, now: datetime) -> str | None:
+        """When the frequency cap lets the customer's next marketing message go; None when it
+        may go now. The day is the calendar day in the project's timezone; the week, the 7
+        days up to now, so it lifts when enough of that week's messages have left it."""
+        sent = self.sent_week.get(one_id, [])
+        day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        lifts = []
+        if settings.per_day and sum(t >= day_start for t in sent) >= settings.per_day:
+            lifts.append(day_start + timedelta(days=1))
+        if settings.per_week and len(sent) >= settings.per_week:
+            lifts.append(sent[len(sent) - settings.per_week] + CAP_WEEK + timedelta(seconds=1))
+        return max(lifts).astimezone(now.tzinfo).isoformat(timespec="seconds") if lifts else None
 
-    def count_sent(self, one_id: str) -> None:
-        self.sent_today[one_id] = self.sent_today.get(one_id, 0) + 1
-        self.sent_week[one_id] = self.sent_week.get(one_id, 0) + 1
+    def count_sent(self, one_id: str, now: datetime) -> None:
+        self.sent_week.setdefault(one_id, []).append(now)
 
 
 @dataclass(frozen=True)

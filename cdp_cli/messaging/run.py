@@ -37,7 +37,8 @@ class RunResult:
     completed: int = 0
     sent: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
-    deferred: int = 0
+    deferred: int = 0  # messages that wait (quiet hours, the frequency cap), not skipped
+    waiting: dict[str, int] = field(default_factory=dict)  # why they wait -> messages
     held: dict[str, int] = field(default_factory=dict)  # the project's fault -> customers waiting
     files: list[str] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)  # with --dry-run

@@ -2,9 +2,10 @@
 
 The engine hands the step its JourneyRun; nothing here calls back into the engine. In order:
 holdout and the global control group (followed, never messaged), then the guards (guards.py:
-opt-outs and reachability with fallback, the frequency cap, quiet hours, which make the message
-wait), then a coupon from the pool (coupons.py), a tracked link, and the template. Each message,
-queued or skipped with its reason, is one MessageRow of the outbox.
+opt-outs and reachability with fallback; the frequency cap and quiet hours, which make the
+message wait), then a coupon from the pool (coupons.py), a tracked link, and the template. Each
+message, queued or skipped with its reason, is one MessageRow of the outbox. A message that
+waits has no row: its enrolment stays at the step with a `Deferral` (when, and why).
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ from cdp_cli.messaging.run import Enrolment, JourneyRun
 
 PROFILE_FIELDS = "one_id, name, gender, birthday, city, known, first_seen, last_seen, records"
 DRY_RUN_LISTED = 1000  # messages a dry run lists per journey (it counts them all)
+QUIET_HOURS = "quiet hours"  # the reasons a message waits, besides a problem of the project's
+FREQUENCY_CAP = "frequency cap"
+
+
+class Deferral(NamedTuple):
+    """Why a message waits (its enrolment stays at the step), and when it may go."""
+
+    until: str
+    reason: str
 
 
 class MessageRow(NamedTuple):
@@ -176,13 +186,16 @@ class Batch:
     customers: Customers
     data: TemplateData
     outbox: Outbox
+    rendered: int = 0  # messages whose template rendered
+    failed: list[tuple[Enrolment, str, str, TemplateError]] = field(default_factory=list)
 
 
-def send_batch(run: JourneyRun, step: Send, batch: list[Enrolment]) -> dict[int, str]:
+def send_batch(run: JourneyRun, step: Send, batch: list[Enrolment]) -> dict[int, Deferral]:
     """Queue the step's message for each enrolment, or record why not.
 
-    Returns the enrolments whose message waits, with the time it may go: quiet hours, or
-    now for those held by the project's fault (`_hold`), so the next run tries again.
+    Returns the enrolments whose message waits, with when it may go and why: quiet hours or
+    the frequency cap, or now for those held by the project's fault (`_hold`), so the next
+    run tries again.
     """
     journey = run.journey
     ids = {e.id: f"{journey.name}:{e.id}:{step.key}" for e in batch}
@@ -205,16 +218,19 @@ def send_batch(run: JourneyRun, step: Send, batch: list[Enrolment]) -> dict[int,
             live.append(e)
     if live:
         one_ids = [e.one_id for e in live]
-        customers = Customers.load(run.db, one_ids, run.now, run.settings)
+        customers = Customers.load(
+            run.db, one_ids, run.now, run.settings, run.journey.transactional
+        )
         data = TemplateData.load(run.db, one_ids, run.feature_columns)
         earlier = enrolment_coupons(run, live) if not step.coupon and run.coupon_steps else {}
         codes = link_codes(run, [ids[e.id] for e in live]) if step.link else {}
         current = Batch(run, step, customers, data, outbox)
         for e in live:
             message = Message(ids[e.id], earlier.get(e.id), codes.get(ids[e.id]))
-            until = _send_one(current, e, message)
-            if until:
-                deferred[e.id] = until
+            waits = _send_one(current, e, message)
+            if waits:
+                deferred[e.id] = waits
+        deferred.update(_settle_template_failures(current))
     outbox.flush(run.db)
     return deferred
 
@@ -283,8 +299,8 @@ def tracked_link(
     return link
 
 
-def _send_one(batch: Batch, e: Enrolment, message: Message) -> str | None:
-    """Queue one message, or skip it; the time it may go when quiet hours hold it back."""
+def _send_one(batch: Batch, e: Enrolment, message: Message) -> Deferral | None:
+    """Queue one message, or skip it; when and why it waits if it may not go now."""
     run, step, customers, outbox = batch.run, batch.step, batch.customers, batch.outbox
     settings, one_id, message_id = run.settings, e.one_id, message.id
     found = reach(customers, one_id, (step.channel, *step.fallback), settings.wechat_appid)
@@ -292,13 +308,13 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> str | None:
         _skip(run, outbox, e, step, message_id, None, found.skip or "unreachable")
         return None
     channel = found.channel
-    if not run.journey.transactional and customers.capped(one_id, settings):
-        _skip(run, outbox, e, step, message_id, channel, "frequency cap")
-        return None
+    if not run.journey.transactional:
+        lifts = customers.cap_lifts(one_id, settings, run.now)
+        if lifts:
+            return _defer(run, Deferral(lifts, FREQUENCY_CAP))
     until = quiet_until(customers, one_id, channel, run.now, settings, run.journey.transactional)
     if until:
-        run.result.deferred += 1
-        return until
+        return _defer(run, Deferral(until, QUIET_HOURS))
     coupon, pool = message.earlier_coupon, None
     if coupon is not None and coupon["expired"] and _prints_coupon(run, channel, step):
         reason = f"coupon expired (the code an earlier step sent, {coupon['code']})"
@@ -323,8 +339,9 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> str | None:
     except TemplateError as exc:
         if pool and coupon:
             pool.put_back(coupon)
-        _skip(run, outbox, e, step, message_id, channel, f"template: {exc.message}")
+        batch.failed.append((e, message_id, channel, exc))
         return None
+    batch.rendered += 1
     problem = placeholder_problem(channel, step.template, outbound.body)
     if problem:
         if pool and coupon:
@@ -337,7 +354,7 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> str | None:
         outbox.coupons.append((code, step.coupon, one_id, message_id, run.now_text))
     delivery = Delivery(found.address, outbound, code, link)
     outbox.messages.append(message_row(run, e, step, message_id, channel, delivery=delivery))
-    customers.count_sent(one_id)
+    customers.count_sent(one_id, run.now)
     run.result.sent[channel] = run.result.sent.get(channel, 0) + 1
     if run.dry_run and len(run.result.messages) < DRY_RUN_LISTED:
         run.result.messages.append(
@@ -382,11 +399,30 @@ def _context(
     }  # fmt: skip
 
 
-def _hold(run: JourneyRun, problem: str) -> str:
+def _settle_template_failures(batch: Batch) -> dict[int, Deferral]:
+    """A template that rendered for no one in the batch is the project's fault: its customers
+    all wait at the step (`_hold`), each under its error. Where it rendered for others, a
+    failure comes from that customer's own data (an order date to print, and no order): the
+    message is skipped with the error as its reason."""
+    if batch.rendered == 0:
+        return {e.id: _hold(batch.run, f"template {exc}") for e, *_, exc in batch.failed}
+    for e, message_id, channel, exc in batch.failed:
+        reason = f"template: {exc.message}"
+        _skip(batch.run, batch.outbox, e, batch.step, message_id, channel, reason)
+    return {}
+
+
+def _defer(run: JourneyRun, deferral: Deferral) -> Deferral:
+    run.result.deferred += 1
+    run.result.waiting[deferral.reason] = run.result.waiting.get(deferral.reason, 0) + 1
+    return deferral
+
+
+def _hold(run: JourneyRun, problem: str) -> Deferral:
     """The project's fault, not the customer's: the message is not recorded, the customer
-    waits at the step (due again now) and the run names the problem. Returns when to retry."""
+    waits at the step (due again now) and the run names the problem."""
     run.result.held[problem] = run.result.held.get(problem, 0) + 1
-    return run.now_text
+    return Deferral(run.now_text, problem)
 
 
 def _skip(

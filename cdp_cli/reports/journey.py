@@ -24,8 +24,8 @@ from cdp_cli.store import rows_as_dicts
 ATTRIBUTIONS = ("last", "first")
 SENT = ("queued", "written")  # a message that went (or is about to go) out
 GROUPS = ("treatment", "holdout", "control")
-# Why a customer waits at a send step: quiet hours are the one thing that defers a message
-# (messaging/send._send_one); everything else that stops a message skips it, with a reason.
+# Why a customer waits at a send step, for enrolments deferred before the reason was stored:
+# quiet hours were then the one thing that deferred a message.
 DEFERRED_REASON = "quiet hours"
 _VOID = ", ".join(f"'{s}'" for s in VOID_STATUSES)  # constants of ours, not user text
 
@@ -156,23 +156,22 @@ def journey_status(db: sqlite_utils.Database, config: Config, name: str) -> dict
 
 
 def _waiting(db: sqlite_utils.Database, journey: Journey) -> list[dict[str, Any]]:
-    """Active enrolments held at a send step whose message has not gone yet: the engine
-    defers a message (quiet hours) by leaving the enrolment at the step with a later next_at."""
+    """Active enrolments held at a send step whose message has not gone yet, per step and
+    reason (quiet hours, the frequency cap, or a problem of the project's: messaging/send.py),
+    with the earliest time one of them may go."""
     sends = {s.key for s in journey.sends()}
-    found: dict[tuple[str, str], dict[str, Any]] = {}
-    for step, next_at in db.conn.execute(
-        "SELECT je.step, je.next_at FROM journey_enrolments je WHERE je.journey = ? "
-        "AND je.status = 'active' AND je.step IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
-        "messages m WHERE m.enrolment_id = je.id AND m.step = je.step) ORDER BY je.next_at",
-        (journey.name,),
+    found: list[dict[str, Any]] = []
+    for step, reason, customers, until in db.conn.execute(
+        "SELECT je.step, coalesce(je.wait_reason, ?), count(*), min(je.next_at) "
+        "FROM journey_enrolments je WHERE je.journey = ? AND je.status = 'active' "
+        "AND je.step IS NOT NULL AND NOT EXISTS (SELECT 1 FROM messages m "
+        "WHERE m.enrolment_id = je.id AND m.step = je.step) GROUP BY 1, 2 ORDER BY 4, 1, 2",
+        (DEFERRED_REASON, journey.name),
     ):
-        if step not in sends:
-            continue
-        key = (step, DEFERRED_REASON)
-        row = found.setdefault(key, {"step": journey.label(step), "reason": DEFERRED_REASON,
-                                     "customers": 0, "until": next_at})  # fmt: skip
-        row["customers"] += 1
-    return list(found.values())
+        if step in sends:
+            found.append({"step": journey.label(step), "reason": reason,
+                          "customers": customers, "until": until})  # fmt: skip
+    return found
 
 
 def journey_reports(

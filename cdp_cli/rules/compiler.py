@@ -47,6 +47,7 @@ _ARG_WORDS = {
     "duration": "a duration, as in '30d'",
 }
 _NOT_LITERAL = object()
+_BUILTIN_CALLS = (exp.Coalesce, exp.Lower, exp.Upper, exp.Abs, exp.Round)
 _TOO_DEEP = f"rule is nested too deeply (more than {MAX_DEPTH} levels)"
 
 
@@ -61,6 +62,12 @@ class FunctionSpec:
     # The literal arguments -> an error message (e.g. "unknown tag 'x'") or None.
     check: Callable[[list[Any]], str | None] | None = None
     returns: str = "any"  # "boolean", "number", "string", "any" (for docs and error messages)
+    # For a rule that selects rows (compile_rule's `condition`), a call on the rule's own
+    # and/or chain, where false and null select alike: the literal arguments and the quoted
+    # strings the call is compared with (`= 'a'`, `in ('a', 'b')`; None when it stands
+    # alone) -> SQL that holds for the same rows (a set the planner can take from an index),
+    # or None to compile as usual.
+    holds: Callable[[list[Any], list[str] | None], tuple[str, list[Any]] | None] | None = None
 
     def __post_init__(self) -> None:
         unknown = [kind for kind in self.args if kind not in ARG_KINDS]
@@ -87,8 +94,13 @@ class CompiledRule:
     calls: frozenset[str]  # the schema's functions it calls
 
 
-def compile_rule(text: str, schema: RuleSchema, dialect: str = "sqlite") -> CompiledRule:
-    """Check a rule against the schema and turn it into SQL for `dialect`; else RuleError."""
+def compile_rule(
+    text: str, schema: RuleSchema, dialect: str = "sqlite", condition: bool = False
+) -> CompiledRule:
+    """Check a rule against the schema and turn it into SQL for `dialect`; else RuleError.
+
+    `condition`: the rule only selects rows (a WHERE), it is never read as a value, so the
+    calls on its own and/or chain may compile by their function's `holds`."""
     if dialect not in DIALECTS:
         raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, not {dialect!r}")
     if len(text) > MAX_LENGTH:
@@ -99,7 +111,7 @@ def compile_rule(text: str, schema: RuleSchema, dialect: str = "sqlite") -> Comp
     if _too_deep(tree):
         raise RuleError(_TOO_DEEP, rule=text)
     compiler = _Compiler(text, schema, dialect)
-    part = compiler.compile(tree)
+    part = compiler.compile(tree, holds=condition)
     return CompiledRule(
         text, part.sql, part.params, frozenset(compiler.fields), frozenset(compiler.calls)
     )
@@ -281,13 +293,18 @@ class _Compiler:
         one_line = " ".join(message.splitlines())
         return RuleError(one_line, None if start is None else start + 1, self.text)
 
-    def compile(self, node: exp.Expr) -> _Part:
+    def compile(self, node: exp.Expr, holds: bool = False) -> _Part:
+        """`holds`: the node is on a selecting rule's own and/or chain (not under not, a
+        comparison or a case), where false and null select alike."""
         if isinstance(node, exp.Paren):
-            return self.compile(node.this)
+            return self.compile(node.this, holds)
         if isinstance(node, (exp.Query, exp.Exists)):
             raise self.fail("subqueries are not allowed in a rule", node)
         if isinstance(node, (exp.And, exp.Or)):
-            return self.connective(node)
+            return self.connective(node, holds)
+        held = self.holding(node) if holds else None
+        if held is not None:
+            return held
         if isinstance(node, exp.Not):
             inner = self.condition(node.this)
             return _Part(f"(NOT {inner.sql})", inner.params, "boolean")
@@ -334,9 +351,9 @@ class _Compiler:
             return self.fail("parameters are not allowed in a rule; write the value itself", node)
         return self.fail(f"not allowed in a rule: {_snippet(node)}", node)
 
-    def condition(self, node: exp.Expr) -> _Part:
+    def condition(self, node: exp.Expr, holds: bool = False) -> _Part:
         """An operand of and/or/not or a WHEN: anything but text, which DuckDB cannot test."""
-        part = self.compile(node)
+        part = self.compile(node, holds)
         if part.kind == "string":
             snippet = _snippet(node)
             raise self.fail(
@@ -344,9 +361,9 @@ class _Compiler:
             )
         return part
 
-    def connective(self, node: exp.Expr) -> _Part:
+    def connective(self, node: exp.Expr, holds: bool = False) -> _Part:
         op = "AND" if isinstance(node, exp.And) else "OR"
-        parts = [self.condition(operand) for operand in _chain(node)]
+        parts = [self.condition(operand, holds) for operand in _chain(node)]
         return _Part(_balanced(op, [p.sql for p in parts]), _params(parts), "boolean")
 
     def comparison(self, node: exp.Expr) -> _Part:
@@ -467,12 +484,35 @@ class _Compiler:
         self.fields.add(name)
         return _Part(_atom(self.schema.fields[name]), [])
 
+    def holding(self, node: exp.Expr) -> _Part | None:
+        """A call on a selecting rule's and/or chain, alone or compared with quoted strings,
+        as its function's `holds` SQL; None when it has none (then it compiles as usual)."""
+        compared = _compared_with_text(node)
+        call, texts = compared if compared else (node, None)
+        if not (isinstance(call, exp.Func) and "start" in call.meta) or isinstance(
+            call, _BUILTIN_CALLS
+        ):
+            return None
+        spec = self.schema.functions.get(_call_name(self.text, call).lower())
+        if spec is None or spec.holds is None:
+            return None
+        held = spec.holds(self.schema_call(call)[1], texts)
+        if held is None:
+            return None
+        self.calls.add(spec.name)
+        return _Part(_atom(held[0]), list(held[1]), "boolean")
+
     def call(self, node: exp.Func) -> _Part:
-        name = _source(self.text, node)
-        if isinstance(node, exp.Anonymous):
-            name = node.name
-        if isinstance(node, (exp.Coalesce, exp.Lower, exp.Upper, exp.Abs, exp.Round)):
+        if isinstance(node, _BUILTIN_CALLS):
             return self.builtin(node)
+        spec, values = self.schema_call(node)
+        sql, params = spec.to_sql(values)
+        self.calls.add(spec.name)
+        return _Part(_atom(sql), list(params), spec.returns)
+
+    def schema_call(self, node: exp.Func) -> tuple[FunctionSpec, list[Any]]:
+        """A call of a schema function, checked: the function and its literal arguments."""
+        name = _call_name(self.text, node)
         spec = self.schema.functions.get(name.lower())
         if spec is None:
             known = [*self.schema.functions, *BUILTINS]
@@ -487,9 +527,7 @@ class _Compiler:
         problem = spec.check(values) if spec.check else None
         if problem:
             raise self.fail(problem, node)
-        sql, params = spec.to_sql(values)
-        self.calls.add(spec.name)
-        return _Part(_atom(sql), list(params), spec.returns)
+        return spec, values
 
     def builtin(self, node: exp.Func) -> _Part:
         if isinstance(node, exp.Coalesce):
@@ -564,6 +602,31 @@ class _Compiler:
         if not math.isfinite(number):
             raise self.fail(f"number too large: {text}", node)
         return number
+
+
+def _call_name(text: str, node: exp.Func) -> str:
+    """The name a call was written with."""
+    return node.name if isinstance(node, exp.Anonymous) else _source(text, node)
+
+
+def _compared_with_text(node: exp.Expr) -> tuple[exp.Expr, list[str]] | None:
+    """(x, ['a']) for `x = 'a'` or `'a' = x`, (x, ['a', 'b']) for `x in ('a', 'b')`: an
+    expression compared with quoted strings only; else None."""
+    if isinstance(node, exp.EQ):
+        for side, other in ((node.this, node.expression), (node.expression, node.this)):
+            if _is_text(other):
+                return side, [other.this]
+        return None
+    if not isinstance(node, exp.In) or not node.expressions:
+        return None
+    plain = not any(node.args.get(key) is not None for key in ("query", "unnest", "field"))
+    if plain and all(_is_text(item) for item in node.expressions):
+        return node.this, [item.this for item in node.expressions]
+    return None
+
+
+def _is_text(node: exp.Expr) -> bool:
+    return isinstance(node, exp.Literal) and node.is_string
 
 
 def _chain(node: exp.Expr) -> list[exp.Expr]:

@@ -67,12 +67,19 @@ class RuleContext:
     # columns of temp.tag_reads (see Read), and `gathered` notes the ones each rule reads.
     joined: dict[tuple[str, str, str], Read] | None = None
     gathered: set[Read] = field(default_factory=set)
+    # A segment's rules run over the whole base: has_tag(), and tag() compared with text on a
+    # selecting rule's and/or chain, then read the (tag, value) index once per query, as a
+    # set of one_ids. Off, each customer looks its tags up: cheaper for a few customers
+    # (one profile, a journey's batch), where a set would cost a read of every holder.
+    whole_base: bool = False
 
     def schema(self) -> RuleSchema:
         fields = dict(GOLDEN_FIELDS)
         fields.update({name: f"f.{name}" for name in FEATURES})
         functions = {
-            "tag": FunctionSpec("tag", ("string",), self._tag_sql, self._check_tag, "string"),
+            "tag": FunctionSpec(
+                "tag", ("string",), self._tag_sql, self._check_tag, "string", self._tag_holds
+            ),
             "has_tag": FunctionSpec(
                 "has_tag", ("string",), self._has_tag_sql, self._check_tag, "boolean"
             ),
@@ -80,15 +87,22 @@ class RuleContext:
                 "event_count", ("string", "duration"), self._event_count_sql, None, "number"
             ),
             "in_segment": FunctionSpec(
-                "in_segment", ("string",), self._segment_sql, self._check_segment, "boolean"
+                "in_segment",
+                ("string",),
+                self._segment_sql,
+                self._check_segment,
+                "boolean",
+                self._segment_holds,
             ),
         }
         return RuleSchema(fields, functions)
 
-    def compile(self, text: str) -> CompiledRule:
+    def compile(self, text: str, condition: bool = False) -> CompiledRule:
+        """`condition`: the rule selects customers and is never read as a value (see
+        compile_rule)."""
         if not self._segment_stack:
             self._inlined = 0
-        return compile_rule(text, self.schema())
+        return compile_rule(text, self.schema(), condition=condition)
 
     def _check_tag(self, args: list[Any]) -> str | None:
         name = args[0]
@@ -114,9 +128,23 @@ class RuleContext:
             args[0]
         ]
 
+    def _tag_holds(self, args: list[Any], texts: list[str] | None) -> tuple[str, list[Any]] | None:
+        """tag('x') = 'a' or in ('a', 'b') over the whole base, where no tag and another value
+        select alike (compile_rule's `condition`)."""
+        if not self.whole_base or texts is None:
+            return None
+        marks = ", ".join("?" * len(texts))
+        return (
+            "p.one_id IN (SELECT t.one_id FROM profile_tags t WHERE t.tag = ? "
+            f"AND t.value IN ({marks}))",
+            [args[0], *texts],
+        )
+
     def _has_tag_sql(self, args: list[Any]) -> tuple[str, list[Any]]:
         if self.joined is not None:  # a stored value is never null
             return f"{self._read('tag', args[0])} IS NOT NULL", []
+        if self.whole_base:  # never null either way
+            return "p.one_id IN (SELECT t.one_id FROM profile_tags t WHERE t.tag = ?)", [args[0]]
         return "EXISTS (SELECT 1 FROM profile_tags t WHERE t.one_id = p.one_id AND t.tag = ?)", [
             args[0]
         ]
@@ -149,7 +177,17 @@ class RuleContext:
         return None
 
     def _segment_sql(self, args: list[Any]) -> tuple[str, list[Any]]:
-        segment = self.book.segments[args[0]]
+        return self._inline(args[0], condition=False)
+
+    def _segment_holds(
+        self, args: list[Any], texts: list[str] | None
+    ) -> tuple[str, list[Any]] | None:
+        """in_segment() on a selecting rule's and/or chain: the segment's rule is one too."""
+        return self._inline(args[0], condition=True) if texts is None else None
+
+    def _inline(self, name: str, condition: bool) -> tuple[str, list[Any]]:
+        """A segment's rule, compiled in place of in_segment('name')."""
+        segment = self.book.segments[name]
         self._inlined += 1
         if self._inlined > MAX_INLINED_SEGMENTS:
             raise _TooManySegments(
@@ -159,7 +197,7 @@ class RuleContext:
             )
         self._segment_stack.append(segment.name)
         try:
-            compiled = self.compile(segment.rule)
+            compiled = self.compile(segment.rule, condition)
         except _TooManySegments:
             raise  # said once, by the rule that was asked for, not once per level
         except RuleError as exc:
