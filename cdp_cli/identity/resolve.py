@@ -22,7 +22,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import sqlite3
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
@@ -40,7 +39,7 @@ from cdp_cli.files import row_format
 from cdp_cli.identity.normalize import Normalizer, Rejected
 from cdp_cli.identity.profiles import build_profiles, follow_merges
 from cdp_cli.identity.tombstones import Tombstones, erase_records
-from cdp_cli.store import insert_row, now_iso, rows_as_dicts, transaction
+from cdp_cli.store import indexes_built_after, insert_row, now_iso, rows_as_dicts, transaction
 
 KIND_TABLES = [kind.table for kind in KINDS.values()]
 RESOLVED_TABLES = (
@@ -743,15 +742,17 @@ def _rewrite(
     for table in RESOLVED_TABLES:
         conn.execute(f"DELETE FROM {table}")
     id_of = {inode: number for number, (inode, _) in enumerate(ident_rows, 1)}
-    with _indexes_built_after(conn, RESOLVED_TABLES):
+    with indexes_built_after(conn, "identity_keys", bulk=True):
         conn.executemany(
             "INSERT INTO identity_keys (key, one_id, resolved_at) VALUES (?, ?, ?)", key_rows
         )
+    with indexes_built_after(conn, "identifiers", bulk=True):
         conn.executemany(
             "INSERT INTO identifiers (id, type, value, detail, one_id, status, reason) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             [(id_of[inode], *row) for inode, row in ident_rows],
         )
+    with indexes_built_after(conn, "key_identifiers", bulk=True):
         conn.executemany(
             "INSERT INTO key_identifiers (key, identifier_id) VALUES (?, ?)",
             _key_identifiers(graph, id_of),
@@ -802,24 +803,6 @@ def _update(
         _key_identifiers(graph, id_of),
     )
     return id_of
-
-
-@contextmanager
-def _indexes_built_after(conn: sqlite3.Connection, tables: Iterable[str]) -> Iterator[None]:
-    """Drop the secondary indexes of `tables` for a bulk write and make them again from
-    their SQL after it, in the same transaction: one sort per index beats an insert into it
-    per row (a rollback brings them back as they were)."""
-    names = list(tables)
-    indexes = conn.execute(
-        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
-        f"AND tbl_name IN ({','.join('?' * len(names))}) ORDER BY name",
-        names,
-    ).fetchall()
-    for name, _ in indexes:
-        conn.execute(f'DROP INDEX "{name}"')
-    yield
-    for _, sql in indexes:
-        conn.execute(sql)
 
 
 # ---------------------------------------------------------------------------------------------
