@@ -152,16 +152,18 @@ def compute_features(db: sqlite_utils.Database, as_of: date, full: bool = False)
     with transaction(db) as conn:
         _size_temp_cache(conn)
         state = _saved_state(conn)
-        full = full or not _can_follow(conn, state, day)
-        if not full:
-            recomputed = _mark_changed(conn, state, day)
+        resolved = state is None or state["resolve_id"] != _resolve_id(conn)
+        if not full and state is not None and _can_follow(conn, state, day):
+            recomputed = _mark_changed(conn, state, day, resolved)
             full = recomputed > INCREMENTAL_LIMIT * _count(conn, "profiles")
+        else:
+            full = True
         if full:
             _create_tables(conn)
             conn.execute("DROP TABLE IF EXISTS temp.dirty")  # no scope: every customer
             recomputed = _count(conn, "profiles")
         else:
-            _forget_changed(conn)
+            _forget_changed(conn, resolved)
         scoped = not full
         _order_rows(conn, as_of, scoped)
         _event_counts(conn, as_of, scoped)
@@ -169,8 +171,7 @@ def compute_features(db: sqlite_utils.Database, as_of: date, full: bool = False)
         _recount_days(conn, scoped)
         _date_relative(conn, params)
         _rfm_scores(conn)
-        moved = full or state is None or state["resolve_id"] != _resolve_id(conn)
-        _save_state(conn, day, moved, recomputed)
+        _save_state(conn, day, full or resolved, recomputed)
         conn.execute(
             "INSERT INTO feature_runs (as_of, computed_at) VALUES (?, ?)", (day, now_iso())
         )
@@ -239,11 +240,11 @@ def _max_ids(conn: sqlite3.Connection) -> dict[str, int]:
     }
 
 
-def _can_follow(conn: sqlite3.Connection, state: dict[str, Any] | None, day: str) -> bool:
+def _can_follow(conn: sqlite3.Connection, state: dict[str, Any], day: str) -> bool:
     """Whether the last run's rows can be brought to this one by reading the changed
     customers: not after an erasure (rows deleted), an update in place (a row can leave its
     customer), an earlier as-of date (rows leave the range) or a change of definitions."""
-    if state is None or state["definitions"] != definitions() or day < state["as_of"]:
+    if state["definitions"] != definitions() or day < state["as_of"]:
         return False
     if _tombstones(conn) != state["tombstones"]:
         return False
@@ -258,7 +259,7 @@ def _can_follow(conn: sqlite3.Connection, state: dict[str, Any] | None, day: str
     return not updated
 
 
-def _mark_changed(conn: sqlite3.Connection, state: dict[str, Any], day: str) -> int:
+def _mark_changed(conn: sqlite3.Connection, state: dict[str, Any], day: str, resolved: bool) -> int:
     """temp.dirty: the customers to read again. Returns how many there are."""
     conn.execute("DROP TABLE IF EXISTS temp.dirty")
     conn.execute("CREATE TEMP TABLE dirty (one_id TEXT PRIMARY KEY) WITHOUT ROWID")
@@ -269,7 +270,7 @@ def _mark_changed(conn: sqlite3.Connection, state: dict[str, Any], day: str) -> 
             "WHERE t.id > ? AND k.one_id IS NOT NULL",
             (state[f"{table}_id"],),
         )
-    if _resolve_id(conn) != state["resolve_id"]:  # keys that moved, on both sides
+    if resolved:  # keys that moved, on both sides
         for new, old in (("identity_keys", "feature_keys"), ("feature_keys", "identity_keys")):
             conn.execute(
                 "INSERT OR IGNORE INTO dirty SELECT one_id FROM "
@@ -286,14 +287,13 @@ def _mark_changed(conn: sqlite3.Connection, state: dict[str, Any], day: str) -> 
     return _count(conn, "dirty")
 
 
-def _forget_changed(conn: sqlite3.Connection) -> None:
-    """The changed customers' rows out, to be computed again; customers gone out too."""
+def _forget_changed(conn: sqlite3.Connection, resolved: bool) -> None:
+    """The changed customers' rows out, to be computed again; after a resolve run, the rows
+    of customers who are no more (merged into another) too."""
     for table in ("profile_features", "profile_event_counts", "feature_recount"):
         conn.execute(f"DELETE FROM {table} WHERE one_id IN (SELECT one_id FROM temp.dirty)")
-    conn.execute("DELETE FROM profile_features WHERE one_id NOT IN (SELECT one_id FROM profiles)")
-    conn.execute(
-        "DELETE FROM profile_event_counts WHERE one_id NOT IN (SELECT one_id FROM profiles)"
-    )
+        if resolved:
+            conn.execute(f"DELETE FROM {table} WHERE one_id NOT IN (SELECT one_id FROM profiles)")
 
 
 def _save_state(conn: sqlite3.Connection, day: str, keys_moved: bool, recomputed: int) -> None:

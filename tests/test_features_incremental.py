@@ -13,8 +13,10 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from cdp_cli import Project
+from cdp_cli.cli import cli
 from cdp_cli.features import compute_features
 from cdp_cli.tags import run_tags
 from tests.conftest import REPO
@@ -57,25 +59,39 @@ def tables(db) -> dict[str, list[tuple]]:
     }
 
 
-@pytest.fixture
-def tagged(run, tmp_path: Path) -> tuple[Path, dict[str, Path]]:
-    """A project tagged as of FIRST, and the next batch, not ingested yet."""
-    gen.generate(tmp_path / "data", customers=250, events=4000, seed=5)
-    later = split(tmp_path / "data", tmp_path / "later")
+def cdp(config: Path, *args: str) -> None:
+    result = CliRunner().invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Once per module: a project tagged as of FIRST, and the next batch in later/."""
+    root = tmp_path_factory.mktemp("incremental")
+    gen.generate(root / "data", customers=250, events=4000, seed=5)
+    split(root / "data", root / "later")
     text = (REPO / "cdp.yaml").read_text(encoding="utf-8").replace("sample_data/", "data/")
-    (tmp_path / "cdp.yaml").write_text(text, encoding="utf-8")
-    shutil.copytree(REPO / "tag_rules", tmp_path / "tag_rules")
-    assert run("ingest").exit_code == 0
-    assert run("resolve").exit_code == 0
-    assert run("tag", "--as-of", FIRST.isoformat(), "--silent").exit_code == 0
-    return tmp_path, later
+    (root / "cdp.yaml").write_text(text, encoding="utf-8")
+    shutil.copytree(REPO / "tag_rules", root / "tag_rules")
+    cdp(root / "cdp.yaml", "ingest")
+    cdp(root / "cdp.yaml", "resolve")
+    cdp(root / "cdp.yaml", "tag", "--as-of", FIRST.isoformat(), "--silent")
+    return root
 
 
-def test_an_incremental_run_leaves_what_a_full_run_does(run, tagged, monkeypatch):
+@pytest.fixture
+def tagged(built: Path, tmp_path: Path) -> tuple[Path, dict[str, Path]]:
+    """A copy of the built project for one test, and its next batch (not ingested yet)."""
+    root = tmp_path / "project"
+    shutil.copytree(built, root)
+    return root, {source: root / "later" / name for source, name in HELD_BACK.items()}
+
+
+def test_an_incremental_run_leaves_what_a_full_run_does(tagged, monkeypatch):
     root, later = tagged
     for source, path in later.items():
-        assert run("ingest", str(path), "-s", source).exit_code == 0
-    assert run("resolve").exit_code == 0
+        cdp(root / "cdp.yaml", "ingest", str(path), "-s", source)
+    cdp(root / "cdp.yaml", "resolve")
     monkeypatch.setattr("cdp_cli.features.INCREMENTAL_LIMIT", 1.0)  # never fall back here
     with Project(root / "cdp.yaml").store() as db:
         step = compute_features(db, NEXT)
@@ -101,10 +117,36 @@ def test_a_later_date_alone_moves_days_and_windows_as_a_full_run(tagged, monkeyp
         assert tables(db)["profile_features"] == incremental
 
 
-def test_an_erasure_or_an_earlier_date_reads_everything_again(run, tagged):
+def test_an_erasure_or_an_earlier_date_reads_everything_again(tagged):
     root, _ = tagged
     with Project(root / "cdp.yaml").store() as db:
         assert compute_features(db, FIRST).full is False
         assert compute_features(db, date(2026, 11, 1)).full is True
         db.conn.execute("INSERT INTO tombstones VALUES ('x', 'phone', '2026-11-15')")
         assert compute_features(db, NEXT).full is True
+
+
+def test_a_key_moved_by_resolve_is_read_again_on_both_sides(tagged, monkeypatch):
+    """An identity key that changes customer with no new row of its own (as a split or a
+    relink does): both customers are read again."""
+    root, _ = tagged
+    monkeypatch.setattr("cdp_cli.features.INCREMENTAL_LIMIT", 1.0)
+    with Project(root / "cdp.yaml").store() as db:
+        key, one_id = db.conn.execute(
+            "SELECT k.key, k.one_id FROM identity_keys k JOIN orders o ON o.identity_key = k.key "
+            "WHERE k.one_id IS NOT NULL ORDER BY k.key LIMIT 1"
+        ).fetchone()
+        other = db.conn.execute(
+            "SELECT one_id FROM profiles WHERE one_id <> ? ORDER BY one_id LIMIT 1", (one_id,)
+        ).fetchone()[0]
+        db.conn.execute("UPDATE identity_keys SET one_id = ? WHERE key = ?", (other, key))
+        db.conn.execute(
+            "INSERT INTO resolve_runs (mode, through_batch, rules, started_at, finished_at, "
+            "result) SELECT 'incremental', through_batch, rules, started_at, finished_at, "
+            "result FROM resolve_runs ORDER BY id DESC LIMIT 1"
+        )
+        step = compute_features(db, FIRST)
+        assert not step.full and step.recomputed >= 2
+        incremental = tables(db)["profile_features"]
+        compute_features(db, FIRST, full=True)
+        assert tables(db)["profile_features"] == incremental
