@@ -634,7 +634,9 @@ def ingest_next_day(config: Path, data: Path, workdir: Path) -> dict[str, Any]:
 def recomputed(store: Path) -> int:
     """How many customers the last feature run read again (all of them on a full run)."""
     conn = sqlite3.connect(store)
-    count = conn.execute("SELECT recomputed FROM feature_state").fetchone()[0]
+    count = conn.execute("SELECT recomputed FROM feature_runs ORDER BY id DESC LIMIT 1").fetchone()[
+        0
+    ]
     conn.close()
     return int(count)
 
@@ -829,7 +831,8 @@ def main(argv: list[str] | None = None) -> int:
     step(
         "cdp tag (next day, 1% new rows)",
         daily,
-        f"{daily['changes']:,} changes, {daily['seconds'] / tag['seconds']:.0%} of the first run",
+        f"{daily['changes']:,} changes, {daily['features_recomputed']:,} customers read again, "
+        f"{daily['seconds'] / tag['seconds']:.0%} of the first run",
     )
     daily_base = measure(lambda: baseline(store, tags, NEXT_DAY), args.no_wait)
     step("baseline on the next day", daily_base,

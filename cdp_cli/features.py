@@ -171,9 +171,10 @@ def compute_features(db: sqlite_utils.Database, as_of: date, full: bool = False)
         _recount_days(conn, scoped)
         _date_relative(conn, params)
         _rfm_scores(conn)
-        _save_state(conn, day, full or resolved, recomputed)
+        _save_state(conn, day, full or resolved)
         conn.execute(
-            "INSERT INTO feature_runs (as_of, computed_at) VALUES (?, ?)", (day, now_iso())
+            "INSERT INTO feature_runs (as_of, computed_at, recomputed) VALUES (?, ?, ?)",
+            (day, now_iso(), recomputed),
         )
         customers, with_orders = conn.execute(
             "SELECT count(*), count(last_order_at) FROM profile_features"
@@ -296,15 +297,16 @@ def _forget_changed(conn: sqlite3.Connection, resolved: bool) -> None:
             conn.execute(f"DELETE FROM {table} WHERE one_id NOT IN (SELECT one_id FROM profiles)")
 
 
-def _save_state(conn: sqlite3.Connection, day: str, keys_moved: bool, recomputed: int) -> None:
-    """What this run saw, for the next one; and how many customers it read (for benchmarks)."""
+def _save_state(conn: sqlite3.Connection, day: str, keys_moved: bool) -> None:
+    """What this run saw, for the next one (the same after a kill and a rerun: feature_runs,
+    a run log, counts the customers each run read)."""
     ids = _max_ids(conn)
     batch = conn.execute("SELECT coalesce(max(id), 0) FROM batches").fetchone()[0]
     conn.execute("DELETE FROM feature_state")
     conn.execute(
-        "INSERT INTO feature_state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO feature_state VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (day, definitions(), ids["orders"], ids["events"], ids["customers"], batch,
-         _resolve_id(conn), _tombstones(conn), recomputed),
+         _resolve_id(conn), _tombstones(conn)),
     )  # fmt: skip
     if keys_moved:  # the identity links these features were computed with
         conn.execute("DELETE FROM feature_keys")
@@ -339,7 +341,7 @@ def _create_tables(conn: sqlite3.Connection) -> None:
     conn.execute(
         "CREATE TABLE feature_state (as_of TEXT, definitions TEXT, orders_id INTEGER, "
         "events_id INTEGER, customers_id INTEGER, batch_id INTEGER, resolve_id INTEGER, "
-        "tombstones INTEGER, recomputed INTEGER)"
+        "tombstones INTEGER)"
     )
 
 

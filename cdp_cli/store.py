@@ -713,3 +713,10 @@ def index_events_by_key_and_type(db: sqlite_utils.Database) -> None:
         "DROP INDEX IF EXISTS events_identity;\n"
         "CREATE INDEX events_identity ON events (identity_key, event, occurred_at);",
     )
+
+
+@migration(16)
+def count_customers_each_feature_run_reads(db: sqlite_utils.Database) -> None:
+    """How many customers each feature run read again: all on a full run, those that can
+    have changed on an incremental one (features.compute_features)."""
+    _run_script(db.conn, "ALTER TABLE feature_runs ADD COLUMN recomputed INTEGER;")
