@@ -250,6 +250,8 @@ def _unpivot(conn: sqlite3.Connection, levels: int, computed: dict[str, tuple[st
         "CREATE TEMP TABLE new_values (one_id TEXT, tag TEXT, value TEXT, "
         "PRIMARY KEY (one_id, tag)) WITHOUT ROWID"
     )
+    if not computed:  # no tag to evaluate
+        return
     conn.execute("DROP TABLE IF EXISTS temp.tag_order")
     conn.execute("CREATE TEMP TABLE tag_order (position INTEGER PRIMARY KEY, tag TEXT)")
     tags = sorted(computed)
