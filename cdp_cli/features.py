@@ -12,10 +12,13 @@ in, and a customer at exactly 300.00 is `>= 300` on every run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 import time
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlite_utils
@@ -104,12 +107,15 @@ RFM_SEGMENTS = """CASE
 
 @dataclass
 class FeatureResult:
-    """What `compute_features` did."""
+    """What `compute_features` did: `recomputed` customers had their rows read again (all of
+    them on a full run); the others only had their date-relative features moved to the day."""
 
     as_of: str
     customers: int
     with_orders: int
     seconds: float
+    full: bool = True
+    recomputed: int = 0
 
 
 def today(config: Config) -> date:
@@ -123,27 +129,196 @@ def features_as_of(db: sqlite_utils.Database, config: Config) -> date:
     return date.fromisoformat(row[0]) if row else today(config)
 
 
-def compute_features(db: sqlite_utils.Database, as_of: date) -> FeatureResult:
-    """Rebuild profile_features and profile_event_counts for every customer, as of a date."""
+# Above this share of customers to read again, one pass over every row costs less than
+# looking each changed customer's rows up.
+INCREMENTAL_LIMIT = 0.2
+# The tables whose new rows change someone's features, each read from the id the last run saw.
+SOURCE_TABLES = ("orders", "events", "customers")
+
+
+def compute_features(db: sqlite_utils.Database, as_of: date, full: bool = False) -> FeatureResult:
+    """Bring profile_features and profile_event_counts to a date, for every customer.
+
+    The first run, and any run after something it cannot follow (an erasure, rows updated in
+    place, an earlier date, other feature definitions), reads every order and event. Later
+    runs read again only the customers whose rows can have changed: those with new rows or
+    new identity links since the last run, and those with a row crossing a window's edge or
+    coming into range on the new date (`feature_recount`). Every other customer keeps its
+    row; only what counts days from today is recomputed, from the stored dates. Both ways
+    give the same table (tests/test_features_incremental.py)."""
     started = time.monotonic()
     day = as_of.isoformat()
+    params = {"day": day, "month": as_of.month}
     with transaction(db) as conn:
-        _create_tables(conn)
-        _order_rows(conn, day)
-        _event_counts(conn, day)
-        conn.execute(_features_sql(), {"day": day, "month": as_of.month})
+        _size_temp_cache(conn)
+        state = _saved_state(conn)
+        resolved = state is None or state["resolve_id"] != _resolve_id(conn)
+        if not full and state is not None and _can_follow(conn, state, day):
+            recomputed = _mark_changed(conn, state, day, resolved)
+            full = recomputed > INCREMENTAL_LIMIT * _count(conn, "profiles")
+        else:
+            full = True
+        if full:
+            _create_tables(conn)
+            conn.execute("DROP TABLE IF EXISTS temp.dirty")  # no scope: every customer
+            recomputed = _count(conn, "profiles")
+        else:
+            _forget_changed(conn, resolved)
+        scoped = not full
+        _order_rows(conn, as_of, scoped)
+        _event_counts(conn, as_of, scoped)
+        conn.execute(_features_sql(scoped), params)
+        _recount_days(conn, scoped)
+        _date_relative(conn, params)
         _rfm_scores(conn)
+        _save_state(conn, day, full or resolved)
         conn.execute(
-            "INSERT INTO feature_runs (as_of, computed_at) VALUES (?, ?)", (day, now_iso())
+            "INSERT INTO feature_runs (as_of, computed_at, recomputed) VALUES (?, ?, ?)",
+            (day, now_iso(), recomputed),
         )
         customers, with_orders = conn.execute(
             "SELECT count(*), count(last_order_at) FROM profile_features"
         ).fetchone()
-    return FeatureResult(day, customers, with_orders, round(time.monotonic() - started, 3))
+    seconds = round(time.monotonic() - started, 3)
+    return FeatureResult(day, customers, with_orders, seconds, full, recomputed)
+
+
+def _size_temp_cache(conn: sqlite3.Connection) -> None:
+    """Temp tables get the store's page cache (`store_cache_mb`), not SQLite's 2 MB: at a
+    million customers the customers' orders and tags are walked several times."""
+    size = conn.execute("PRAGMA main.cache_size").fetchone()[0]
+    conn.execute(f"PRAGMA temp.cache_size = {int(size)}")
+
+
+def _count(conn: sqlite3.Connection, table: str) -> int:
+    return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# What the last run saw, and who changed since
+
+
+def definitions() -> str:
+    """A fingerprint of how features are computed: another one means a full run."""
+    from cdp_cli import __version__
+
+    text = json.dumps(
+        [
+            __version__,
+            FEATURES,
+            _features_sql(False),
+            EVENT_KEYS_SQL,
+            _order_rows_sql(False),
+            ORDER_ROWS_TABLE,
+        ]
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _saved_state(conn: sqlite3.Connection) -> dict[str, Any] | None:
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not {"feature_state", "profile_features", "feature_recount"} <= tables:
+        return None
+    cursor = conn.execute("SELECT * FROM feature_state")
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    return dict(zip([d[0] for d in cursor.description], row, strict=True))
+
+
+def _resolve_id(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT coalesce(max(id), 0) FROM resolve_runs").fetchone()[0])
+
+
+def _tombstones(conn: sqlite3.Connection) -> int:
+    return _count(conn, "tombstones")
+
+
+def _max_ids(conn: sqlite3.Connection) -> dict[str, int]:
+    return {
+        table: int(conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0])
+        for table in SOURCE_TABLES
+    }
+
+
+def _can_follow(conn: sqlite3.Connection, state: dict[str, Any], day: str) -> bool:
+    """Whether the last run's rows can be brought to this one by reading the changed
+    customers: not after an erasure (rows deleted), an update in place (a row can leave its
+    customer), an earlier as-of date (rows leave the range) or a change of definitions."""
+    if state["definitions"] != definitions() or day < state["as_of"]:
+        return False
+    if _tombstones(conn) != state["tombstones"]:
+        return False
+    ids = _max_ids(conn)
+    if any(ids[t] < state[f"{t}_id"] for t in SOURCE_TABLES):
+        return False  # rows deleted
+    updated = conn.execute(
+        f"SELECT count(*) FROM batches WHERE id > ? AND rows_updated > 0 "
+        f"AND kind IN ({', '.join('?' for _ in SOURCE_TABLES)})",
+        (state["batch_id"], *SOURCE_TABLES),
+    ).fetchone()[0]
+    return not updated
+
+
+def _mark_changed(conn: sqlite3.Connection, state: dict[str, Any], day: str, resolved: bool) -> int:
+    """temp.dirty: the customers to read again. Returns how many there are."""
+    conn.execute("DROP TABLE IF EXISTS temp.dirty")
+    conn.execute("CREATE TEMP TABLE dirty (one_id TEXT PRIMARY KEY) WITHOUT ROWID")
+    for table in SOURCE_TABLES:  # new rows
+        conn.execute(
+            f"INSERT OR IGNORE INTO dirty SELECT k.one_id FROM {table} t "
+            "JOIN identity_keys k ON k.key = t.identity_key "
+            "WHERE t.id > ? AND k.one_id IS NOT NULL",
+            (state[f"{table}_id"],),
+        )
+    if resolved:  # keys that moved, on both sides
+        for new, old in (("identity_keys", "feature_keys"), ("feature_keys", "identity_keys")):
+            conn.execute(
+                "INSERT OR IGNORE INTO dirty SELECT one_id FROM "
+                f"(SELECT key, one_id FROM {new} EXCEPT SELECT key, one_id FROM {old}) "
+                "WHERE one_id IS NOT NULL"
+            )
+        conn.execute(
+            "INSERT OR IGNORE INTO dirty SELECT one_id FROM profiles p "
+            "WHERE NOT EXISTS (SELECT 1 FROM profile_features f WHERE f.one_id = p.one_id)"
+        )
+    conn.execute(  # a row leaves a window, or comes into range, on this date
+        "INSERT OR IGNORE INTO dirty SELECT one_id FROM feature_recount WHERE on_day <= ?", (day,)
+    )
+    return _count(conn, "dirty")
+
+
+def _forget_changed(conn: sqlite3.Connection, resolved: bool) -> None:
+    """The changed customers' rows out, to be computed again; after a resolve run, the rows
+    of customers who are no more (merged into another) too."""
+    for table in ("profile_features", "profile_event_counts", "feature_recount"):
+        conn.execute(f"DELETE FROM {table} WHERE one_id IN (SELECT one_id FROM temp.dirty)")
+        if resolved:
+            conn.execute(f"DELETE FROM {table} WHERE one_id NOT IN (SELECT one_id FROM profiles)")
+
+
+def _save_state(conn: sqlite3.Connection, day: str, keys_moved: bool) -> None:
+    """What this run saw, for the next one (the same after a kill and a rerun: feature_runs,
+    a run log, counts the customers each run read)."""
+    ids = _max_ids(conn)
+    batch = conn.execute("SELECT coalesce(max(id), 0) FROM batches").fetchone()[0]
+    conn.execute("DELETE FROM feature_state")
+    conn.execute(
+        "INSERT INTO feature_state VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (day, definitions(), ids["orders"], ids["events"], ids["customers"], batch,
+         _resolve_id(conn), _tombstones(conn)),
+    )  # fmt: skip
+    if keys_moved:  # the identity links these features were computed with
+        conn.execute("DELETE FROM feature_keys")
+        conn.execute("INSERT INTO feature_keys SELECT key, one_id FROM identity_keys ORDER BY key")
+
+
+# ---------------------------------------------------------------------------------------------
+# Computing the rows
 
 
 def _create_tables(conn: sqlite3.Connection) -> None:
-    """Both tables are derived, rebuilt by every run: made from FEATURES, not migrated."""
+    """The tables are derived, rebuilt by a full run: made from FEATURES, not migrated."""
     conn.execute("DROP TABLE IF EXISTS profile_features")
     columns = ",\n  ".join(f"{name} {sql_type}" for name, (sql_type, _) in FEATURES.items())
     conn.execute(f"CREATE TABLE profile_features (\n  one_id TEXT PRIMARY KEY,\n  {columns}\n)")
@@ -153,49 +328,182 @@ def _create_tables(conn: sqlite3.Connection) -> None:
         f"CREATE TABLE profile_event_counts (one_id TEXT NOT NULL, event TEXT NOT NULL, "
         f"total INTEGER, {windows}, last_at TEXT, PRIMARY KEY (one_id, event)) WITHOUT ROWID"
     )
-
-
-def _order_rows(conn: sqlite3.Connection, day: str) -> None:
-    """Temp table po: each customer's counted orders up to the day, with the day's age."""
-    void = ", ".join(f"'{s}'" for s in VOID_STATUSES)
-    conn.execute("DROP TABLE IF EXISTS temp.po")
+    # The day a customer's windowed counts change with no new row: a row leaves a window, or
+    # a row dated after the as-of date comes into range.
+    conn.execute("DROP TABLE IF EXISTS feature_recount")
     conn.execute(
-        f"""CREATE TEMP TABLE po AS
-SELECT k.one_id, o.ordered_at, substr(o.ordered_at, 1, 10) AS day, o.amount,
-       {minor_units("o.amount")} AS minor, o.store, o.channel, o.category, o.items,
-       CAST(julianday(:day) - julianday(substr(o.ordered_at, 1, 10)) AS INTEGER) AS age
-FROM orders o JOIN identity_keys k ON k.key = o.identity_key
-WHERE k.one_id IS NOT NULL AND substr(o.ordered_at, 1, 10) <= :day
-  AND (o.status IS NULL OR lower(o.status) NOT IN ({void}))""",
-        {"day": day},
+        "CREATE TABLE feature_recount (one_id TEXT PRIMARY KEY, on_day TEXT NOT NULL) WITHOUT ROWID"
     )
-    conn.execute("CREATE INDEX temp.po_one_id ON po (one_id)")
+    conn.execute("CREATE INDEX feature_recount_day ON feature_recount (on_day)")
+    conn.execute("DROP TABLE IF EXISTS feature_keys")  # identity_keys as of the last run
+    conn.execute("CREATE TABLE feature_keys (key INTEGER PRIMARY KEY, one_id TEXT)")
+    conn.execute("DROP TABLE IF EXISTS feature_state")
+    conn.execute(
+        "CREATE TABLE feature_state (as_of TEXT, definitions TEXT, orders_id INTEGER, "
+        "events_id INTEGER, customers_id INTEGER, batch_id INTEGER, resolve_id INTEGER, "
+        "tombstones INTEGER)"
+    )
 
 
-def _event_counts(conn: sqlite3.Connection, day: str) -> None:
-    windows = ", ".join(f"sum(age < {n}) AS days_{n}" for n in WINDOWS)
+def _in_scope(column: str, scoped: bool) -> str:
+    """SQL: `AND column` is a changed customer's, on an incremental run."""
+    return f" AND {column} IN (SELECT one_id FROM temp.dirty)" if scoped else ""
+
+
+# Each customer's orders, by one_id: grouping by customer walks the key, with no sort and no
+# lookup.
+ORDER_ROWS_TABLE = """CREATE TEMP TABLE po (
+  one_id TEXT, id INTEGER, ordered_at TEXT, day TEXT, amount REAL, minor INTEGER, store TEXT,
+  channel TEXT, category TEXT, items TEXT, age INTEGER, counted INTEGER,
+  PRIMARY KEY (one_id, id)) WITHOUT ROWID"""
+
+
+def _order_rows_sql(scoped: bool) -> str:
+    void = ", ".join(f"'{s}'" for s in VOID_STATUSES)
+    return f"""INSERT INTO po
+SELECT k.one_id, o.id, o.ordered_at, substr(o.ordered_at, 1, 10) AS day, o.amount,
+       {minor_units("o.amount")} AS minor, o.store, o.channel, o.category, o.items,
+       CAST(julianday(:day) - julianday(substr(o.ordered_at, 1, 10)) AS INTEGER) AS age,
+       substr(o.ordered_at, 1, 10) <= :day AS counted
+FROM orders o JOIN identity_keys k ON k.key = o.identity_key
+WHERE k.one_id IS NOT NULL{_in_scope("k.one_id", scoped)}
+  AND (o.status IS NULL OR lower(o.status) NOT IN ({void}))
+ORDER BY k.one_id, o.id"""
+
+
+def _order_rows(conn: sqlite3.Connection, as_of: date, scoped: bool) -> None:
+    """Temp table po: each customer's counted orders up to the day, with the day's age.
+    Orders after the day only leave their first day in temp.recount, then go."""
+    conn.execute("DROP TABLE IF EXISTS temp.po")
+    conn.execute(ORDER_ROWS_TABLE)
+    conn.execute(_order_rows_sql(scoped), {"day": as_of.isoformat()})
+    conn.execute("DROP TABLE IF EXISTS temp.recount")
+    conn.execute("CREATE TEMP TABLE recount (one_id TEXT, on_day TEXT)")
+    conn.execute(
+        f"INSERT INTO recount SELECT one_id, {RECOUNT_ON} FROM po GROUP BY one_id",
+        window_starts(as_of),
+    )
+    conn.execute("DELETE FROM po WHERE counted IS NOT 1")
+
+
+def earliest(days: list[str]) -> str:
+    """SQL: the earliest of some days, NULLs left out (SQLite's min(a, b) is NULL if one is)."""
+    kept = ", ".join(f"coalesce({d}, '~')" for d in days)
+    return f"nullif(min({kept}), '~')"
+
+
+def in_window(n: int) -> str:
+    """SQL: a counted row's day is one of the last n days. Days are ISO dates (parsing.py
+    writes every timestamp so), so this is `age < n` without a julianday() per row."""
+    return f"day > :before_{n}"
+
+
+def window_starts(as_of: date) -> dict[str, str]:
+    """The parameters in_window() reads: the day before each window's first day."""
+    return {f"before_{n}": (as_of - timedelta(days=n)).isoformat() for n in WINDOWS}
+
+
+# Over rows (day, counted): the first day a customer's counts change with no new row, when a
+# row dated after the as-of date comes into range or a counted row leaves a window.
+RECOUNT_ON = earliest(
+    [
+        "min(CASE WHEN counted = 0 THEN day END)",
+        *(
+            f"date(min(CASE WHEN counted AND {in_window(n)} THEN day END), '+{n} days')"
+            for n in WINDOWS
+        ),
+    ]
+)
+
+
+# Events per identity key and type, in one walk of the events_identity index (key, event,
+# time): no sort, no row read. Keys are far fewer than events; customers are counted from them.
+EVENT_KEYS_SQL = f"""CREATE TEMP TABLE ek AS
+SELECT identity_key, event, sum(counted) AS total,
+  {", ".join(f"sum(counted AND {in_window(n)}) AS days_{n}" for n in WINDOWS)},
+  max(CASE WHEN counted THEN occurred_at END) AS last_at, {RECOUNT_ON} AS on_day
+FROM (SELECT identity_key, event, occurred_at, substr(occurred_at, 1, 10) AS day,
+        substr(occurred_at, 1, 10) <= :day AS counted
+      FROM events INDEXED BY events_identity WHERE occurred_at IS NOT NULL{{keys}})
+GROUP BY identity_key, event"""
+
+
+def _event_counts(conn: sqlite3.Connection, as_of: date, scoped: bool) -> None:
+    keys = ""
+    if scoped:
+        keys = (
+            " AND identity_key IN (SELECT key FROM identity_keys "
+            "WHERE one_id IN (SELECT one_id FROM temp.dirty))"
+        )
+    conn.execute("DROP TABLE IF EXISTS temp.ek")
+    params = {"day": as_of.isoformat(), **window_starts(as_of)}
+    conn.execute(EVENT_KEYS_SQL.format(keys=keys), params)
     counted = ", ".join(f"days_{n}" for n in WINDOWS)
+    sums = ", ".join(f"sum(ek.days_{n})" for n in WINDOWS)
     conn.execute(
         f"""INSERT INTO profile_event_counts (one_id, event, total, {counted}, last_at)
-SELECT one_id, event, count(*), {windows}, max(occurred_at) FROM (
-  SELECT k.one_id, e.event, e.occurred_at,
-         CAST(julianday(:day) - julianday(substr(e.occurred_at, 1, 10)) AS INTEGER) AS age
-  FROM events e JOIN identity_keys k ON k.key = e.identity_key
-  WHERE k.one_id IS NOT NULL AND substr(e.occurred_at, 1, 10) <= :day)
-GROUP BY one_id, event""",
-        {"day": day},
+SELECT k.one_id, ek.event, sum(ek.total), {sums}, max(ek.last_at)
+FROM ek JOIN identity_keys k ON k.key = ek.identity_key
+WHERE k.one_id IS NOT NULL{_in_scope("k.one_id", scoped)}
+GROUP BY k.one_id, ek.event HAVING sum(ek.total) > 0"""
+    )
+    conn.execute(
+        f"""INSERT INTO recount SELECT k.one_id, min(ek.on_day)
+FROM ek JOIN identity_keys k ON k.key = ek.identity_key
+WHERE k.one_id IS NOT NULL{_in_scope("k.one_id", scoped)} GROUP BY k.one_id"""
     )
 
 
-def _features_sql() -> str:
+def _recount_days(conn: sqlite3.Connection, scoped: bool) -> None:
+    """feature_recount from temp.recount, for the customers this run computed."""
+    conn.execute(
+        "INSERT INTO feature_recount SELECT one_id, min(on_day) FROM recount "
+        "WHERE one_id IN (SELECT one_id FROM profile_features) "
+        "GROUP BY one_id HAVING min(on_day) IS NOT NULL"
+    )
+
+
+# What counts days from today, from the dates stored: every customer's, on every run.
+DATE_RELATIVE = {
+    "days_since_first_order": "CAST(julianday(:day) - julianday(substr(first_order_at, 1, 10)) "
+    "AS INTEGER)",
+    "days_since_last_order": "CAST(julianday(:day) - julianday(substr(last_order_at, 1, 10)) "
+    "AS INTEGER)",
+    "days_since_last_seen": "CAST(julianday(:day) - julianday(substr(max(coalesce("
+    "last_order_at, ''), coalesce(last_event_at, '')), 1, 10)) AS INTEGER)",
+    "days_since_registered": "CAST(julianday(:day) - julianday(substr(registered_at, 1, 10)) "
+    "AS INTEGER)",
+    "rfm_recency_days": "CAST(julianday(:day) - julianday(substr(last_order_at, 1, 10)) "
+    "AS INTEGER)",
+    "T": "CAST(julianday(:day) - julianday(substr(first_order_at, 1, 10)) AS INTEGER)",
+    "birthday_month": "CAST(substr(p.birthday, 6, 2) AS INTEGER)",
+    "birthday_this_month": "CASE WHEN p.birthday IS NULL THEN 0 "
+    "ELSE CAST(substr(p.birthday, 6, 2) AS INTEGER) = :month END",
+    "age": "CAST(substr(:day, 1, 4) AS INTEGER) - CAST(substr(p.birthday, 1, 4) AS INTEGER) "
+    "- (substr(:day, 6, 5) < substr(p.birthday, 6, 5))",
+}
+
+
+def _date_relative(conn: sqlite3.Connection, params: dict[str, Any]) -> None:
+    """Days since, birthdays and age, for every customer, from stored dates and profiles."""
+    sets = ", ".join(f"{name} = {sql}" for name, sql in DATE_RELATIVE.items())
+    conn.execute(
+        f"UPDATE profile_features SET {sets} FROM profiles p "
+        "WHERE p.one_id = profile_features.one_id",
+        params,
+    )
+
+
+def _features_sql(scoped: bool) -> str:
+    """The rows of the customers in scope, date-relative columns left to _date_relative."""
     order_windows = ",\n    ".join(
         f"sum(age < {n}) AS order_count_{n}d, "
         f"coalesce(sum(CASE WHEN age < {n} THEN minor END), 0) AS spent_minor_{n}d"
         for n in WINDOWS
     )
     event_windows = ", ".join(f"sum(days_{n}) AS event_count_{n}d" for n in WINDOWS)
-    scored_later = ("rfm_r_score", "rfm_f_score", "rfm_m_score", "rfm_segment")
-    columns = [c for c in FEATURES if c not in scored_later]
+    later = ("rfm_r_score", "rfm_f_score", "rfm_m_score", "rfm_segment", *DATE_RELATIVE)
+    columns = [c for c in FEATURES if c not in later]
     total_spent = money("coalesce(ord.spent_minor, 0)")
     repeat_days_mean = money_mean(
         "sum(CASE WHEN nth > 1 THEN spent_minor END)", "nullif(count(*) - 1, 0)"
@@ -204,7 +512,6 @@ def _features_sql() -> str:
 WITH ord AS (
   SELECT one_id, count(*) AS order_count, sum(minor) AS spent_minor,
     min(ordered_at) AS first_order_at, max(ordered_at) AS last_order_at,
-    max(age) AS days_since_first_order, min(age) AS days_since_last_order,
     count(DISTINCT day) AS order_days,
     {order_windows}
   FROM po GROUP BY one_id),
@@ -215,7 +522,6 @@ daily AS (
 life AS (
   SELECT one_id, count(*) - 1 AS frequency,
     CAST(julianday(max(day)) - julianday(min(day)) AS INTEGER) AS recency,
-    CAST(julianday(:day) - julianday(min(day)) AS INTEGER) AS T,
     coalesce({repeat_days_mean}, 0) AS monetary_value
   FROM daily GROUP BY one_id),
 spend AS (
@@ -240,16 +546,16 @@ top_channel AS (
     FROM po WHERE channel IS NOT NULL GROUP BY one_id, channel) WHERE rn = 1),
 ev AS (
   SELECT one_id, sum(total) AS event_count, {event_windows}, max(last_at) AS last_event_at
-  FROM profile_event_counts GROUP BY one_id),
+  FROM profile_event_counts WHERE 1{_in_scope("one_id", scoped)} GROUP BY one_id),
 reg AS (
   SELECT k.one_id, min(c.registered_at) AS registered_at
   FROM customers c JOIN identity_keys k ON k.key = c.identity_key
-  WHERE k.one_id IS NOT NULL AND c.registered_at IS NOT NULL GROUP BY k.one_id)
+  WHERE k.one_id IS NOT NULL{_in_scope("k.one_id", scoped)} AND c.registered_at IS NOT NULL
+  GROUP BY k.one_id)
 INSERT INTO profile_features (one_id, {", ".join(columns)})
 SELECT p.one_id,
   coalesce(ord.order_count, 0), {total_spent},
   {money_mean("ord.spent_minor", "ord.order_count")}, ord.first_order_at, ord.last_order_at,
-  ord.days_since_first_order, ord.days_since_last_order,
   {", ".join(f"coalesce(ord.order_count_{n}d, 0)" for n in WINDOWS)},
   {", ".join(money(f"coalesce(ord.spent_minor_{n}d, 0)") for n in WINDOWS)},
   coalesce(ord.order_days, 0),
@@ -257,17 +563,9 @@ SELECT p.one_id,
     - julianday(substr(ord.first_order_at, 1, 10))) / (ord.order_days - 1) END,
   top_category.category, top_store.store, top_channel.channel,
   coalesce(ev.event_count, 0), {", ".join(f"coalesce(ev.event_count_{n}d, 0)" for n in WINDOWS)},
-  ev.last_event_at,
-  CAST(julianday(:day) - julianday(substr(max(coalesce(ord.last_order_at, ''),
-    coalesce(ev.last_event_at, '')), 1, 10)) AS INTEGER),
-  reg.registered_at,
-  CAST(julianday(:day) - julianday(substr(reg.registered_at, 1, 10)) AS INTEGER),
-  CAST(substr(p.birthday, 6, 2) AS INTEGER),
-  CASE WHEN p.birthday IS NULL THEN 0 ELSE CAST(substr(p.birthday, 6, 2) AS INTEGER) = :month END,
-  CAST(substr(:day, 1, 4) AS INTEGER) - CAST(substr(p.birthday, 1, 4) AS INTEGER)
-    - (substr(:day, 6, 5) < substr(p.birthday, 6, 5)),
-  ord.days_since_last_order, coalesce(ord.order_count, 0), {total_spent},
-  life.frequency, life.recency, life.T, life.monetary_value
+  ev.last_event_at, reg.registered_at,
+  coalesce(ord.order_count, 0), {total_spent},
+  life.frequency, life.recency, life.monetary_value
 FROM profiles p
 LEFT JOIN ord ON ord.one_id = p.one_id
 LEFT JOIN life ON life.one_id = p.one_id
@@ -275,7 +573,8 @@ LEFT JOIN top_category ON top_category.one_id = p.one_id
 LEFT JOIN top_store ON top_store.one_id = p.one_id
 LEFT JOIN top_channel ON top_channel.one_id = p.one_id
 LEFT JOIN ev ON ev.one_id = p.one_id
-LEFT JOIN reg ON reg.one_id = p.one_id"""
+LEFT JOIN reg ON reg.one_id = p.one_id
+WHERE 1{_in_scope("p.one_id", scoped)}"""
 
 
 def _rfm_scores(conn: sqlite3.Connection) -> None:

@@ -701,3 +701,22 @@ def drop_unused_indexes(db: sqlite_utils.Database) -> None:
     never deleted, so the foreign key never looks rejects up by batch either; every reject
     paid for an index entry nothing reads."""
     db.conn.execute("DROP INDEX IF EXISTS rejects_batch")
+
+
+@migration(15)
+def index_events_by_key_and_type(db: sqlite_utils.Database) -> None:
+    """events_identity on (identity_key, event, occurred_at): `cdp tag` counts every key's
+    events by type in one walk of the index, with no sort and no row read (issue 14); lookups
+    by identity_key use it as before."""
+    _run_script(
+        db.conn,
+        "DROP INDEX IF EXISTS events_identity;\n"
+        "CREATE INDEX events_identity ON events (identity_key, event, occurred_at);",
+    )
+
+
+@migration(16)
+def count_customers_each_feature_run_reads(db: sqlite_utils.Database) -> None:
+    """How many customers each feature run read again: all on a full run, those that can
+    have changed on an incremental one (features.compute_features)."""
+    _run_script(db.conn, "ALTER TABLE feature_runs ADD COLUMN recomputed INTEGER;")

@@ -213,35 +213,57 @@ def _levels(compiled: list[_Compiled]) -> list[list[_Compiled]]:
 def _evaluate(conn: sqlite3.Connection, levels: list[list[_Compiled]]) -> dict[str, int]:
     """Every tag's new value into temp.new_values (one_id, tag, value), and its customers.
 
-    Each level is one pass over the customers into temp.wide<n>, a column per tag. A tag read
-    by a later level is read from there: what this run computed, not what profile_tags held."""
+    Each level is one pass over the customers into temp.wide<n>, a column per tag, keyed by
+    one_id. A tag read by a later level is read from there: what this run computed, not what
+    profile_tags held. Then one pass over the levels side by side turns each customer's
+    columns into rows (through a JSON array, in tag order), so that new_values is written in
+    key order, as profile_tags is read."""
     computed: dict[str, tuple[str, str]] = {}  # tag -> (table, column) of its new values
     customers: dict[str, int] = {}
-    conn.execute("DROP TABLE IF EXISTS temp.new_values")
-    conn.execute("CREATE TEMP TABLE new_values (one_id TEXT, tag TEXT, value TEXT)")
     for n, items in enumerate(levels):
         table = f"wide{n}"
         join = _gather(conn, items, computed)
-        columns = ", ".join(f"{item.sql} AS v{i}" for i, item in enumerate(items))
+        names = [f"v{i}" for i in range(len(items))]
         conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
         conn.execute(
-            f"CREATE TEMP TABLE {table} AS SELECT p.one_id, {columns} FROM {BASE_FROM} {join} "
-            "ORDER BY p.one_id",  # so that what is built from it is in key order too
+            f"CREATE TEMP TABLE {table} (one_id TEXT PRIMARY KEY, {', '.join(names)}) WITHOUT ROWID"
+        )
+        columns = ", ".join(item.sql for item in items)
+        conn.execute(
+            f"INSERT INTO {table} SELECT p.one_id, {columns} FROM {BASE_FROM} {join} "
+            "ORDER BY p.one_id",
             [p for item in items for p in item.params],
         )
         counted = conn.execute(
-            f"SELECT {', '.join(f'count(v{i})' for i in range(len(items)))} FROM {table}"
+            f"SELECT {', '.join(f'count({v})' for v in names)} FROM {table}"
         ).fetchone()
         for i, item in enumerate(items):
-            name = item.tag.name
-            computed[name], customers[name] = (table, f"v{i}"), counted[i]
-            conn.execute(
-                f"INSERT INTO new_values SELECT one_id, ?, v{i} FROM {table} "
-                f"WHERE v{i} IS NOT NULL",
-                (name,),
-            )
-    conn.execute("CREATE INDEX temp.new_values_key ON new_values (one_id, tag, value)")
+            computed[item.tag.name], customers[item.tag.name] = (table, names[i]), counted[i]
+    _unpivot(conn, len(levels), computed)
     return customers
+
+
+def _unpivot(conn: sqlite3.Connection, levels: int, computed: dict[str, tuple[str, str]]) -> None:
+    """temp.new_values from the wide tables: a row per customer and tag with a value."""
+    conn.execute("DROP TABLE IF EXISTS temp.new_values")
+    conn.execute(
+        "CREATE TEMP TABLE new_values (one_id TEXT, tag TEXT, value TEXT, "
+        "PRIMARY KEY (one_id, tag)) WITHOUT ROWID"
+    )
+    if not computed:  # no tag to evaluate
+        return
+    conn.execute("DROP TABLE IF EXISTS temp.tag_order")
+    conn.execute("CREATE TEMP TABLE tag_order (position INTEGER PRIMARY KEY, tag TEXT)")
+    tags = sorted(computed)
+    conn.executemany("INSERT INTO tag_order VALUES (?, ?)", list(enumerate(tags)))
+    values = ", ".join(f"{computed[t][0]}.{computed[t][1]}" for t in tags)
+    joined = " ".join(f"JOIN wide{n} USING (one_id)" for n in range(1, levels))
+    conn.execute(
+        f"""INSERT INTO new_values
+SELECT one_id, t.tag, j.value FROM wide0 {joined}, json_each(json_array({values})) j
+JOIN tag_order t ON t.position = j.key
+WHERE j.value IS NOT NULL"""
+    )
 
 
 def _gather(

@@ -1,0 +1,152 @@
+"""A tag run after a new batch reads again only the customers that can have changed, and
+leaves the same features and tags as a run that reads everything (features.compute_features).
+
+The data is benchmarks/generate.py's, small: its exports with the last lines of the orders,
+events and members held back as the next day's batch, on a later as-of date, so that rows
+cross window edges and rows dated after the first date come into range.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cdp_cli import Project
+from cdp_cli.cli import cli
+from cdp_cli.features import compute_features
+from cdp_cli.tags import run_tags
+from tests.conftest import REPO
+from tests.test_generator import gen
+
+FIRST, NEXT = date(2026, 11, 8), date(2026, 11, 15)
+HELD_BACK = {  # source: file whose last lines come in the second batch
+    "crm_members": "crm_members.csv",
+    "pos_orders": "pos_orders.csv",
+    "shop_orders": "shop_orders.jsonl",
+    "app_events": "app_events.jsonl",
+}
+
+
+def split(data: Path, later: Path, share: float = 0.05) -> dict[str, Path]:
+    """Move the last `share` of each held-back file's lines to later/ (headers kept)."""
+    later.mkdir()
+    files = {}
+    for source, name in HELD_BACK.items():
+        path = data / name
+        lines = path.read_bytes().splitlines(keepends=True)
+        header = lines[:1] if name.endswith(".csv") else []
+        body = lines[len(header) :]
+        cut = len(body) - max(1, int(len(body) * share))
+        path.write_bytes(b"".join(header + body[:cut]))
+        (later / name).write_bytes(b"".join(header + body[cut:]))
+        files[source] = later / name
+    return files
+
+
+def tables(db) -> dict[str, list[tuple]]:
+    """What a tag run leaves: features, event counts and tag values, in key order."""
+    return {
+        table: db.conn.execute(f"SELECT {columns} FROM {table} ORDER BY 1, 2").fetchall()
+        for table, columns in (
+            ("profile_features", "*"),
+            ("profile_event_counts", "*"),
+            ("profile_tags", "one_id, tag, value"),
+        )
+    }
+
+
+def cdp(config: Path, *args: str) -> None:
+    result = CliRunner().invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Once per module: a project tagged as of FIRST, and the next batch in later/."""
+    root = tmp_path_factory.mktemp("incremental")
+    gen.generate(root / "data", customers=250, events=4000, seed=5)
+    split(root / "data", root / "later")
+    text = (REPO / "cdp.yaml").read_text(encoding="utf-8").replace("sample_data/", "data/")
+    (root / "cdp.yaml").write_text(text, encoding="utf-8")
+    shutil.copytree(REPO / "tag_rules", root / "tag_rules")
+    cdp(root / "cdp.yaml", "ingest")
+    cdp(root / "cdp.yaml", "resolve")
+    cdp(root / "cdp.yaml", "tag", "--as-of", FIRST.isoformat(), "--silent")
+    return root
+
+
+@pytest.fixture
+def tagged(built: Path, tmp_path: Path) -> tuple[Path, dict[str, Path]]:
+    """A copy of the built project for one test, and its next batch (not ingested yet)."""
+    root = tmp_path / "project"
+    shutil.copytree(built, root)
+    return root, {source: root / "later" / name for source, name in HELD_BACK.items()}
+
+
+def test_an_incremental_run_leaves_what_a_full_run_does(tagged, monkeypatch):
+    root, later = tagged
+    for source, path in later.items():
+        cdp(root / "cdp.yaml", "ingest", str(path), "-s", source)
+    cdp(root / "cdp.yaml", "resolve")
+    monkeypatch.setattr("cdp_cli.features.INCREMENTAL_LIMIT", 1.0)  # never fall back here
+    with Project(root / "cdp.yaml").store() as db:
+        step = compute_features(db, NEXT)
+        assert not step.full and 0 < step.recomputed < step.customers
+        run_tags(db, root / "tag_rules", NEXT)
+        incremental = tables(db)
+        full = compute_features(db, NEXT, full=True)
+        assert full.full and full.recomputed == full.customers == step.customers
+        again = run_tags(db, root / "tag_rules", NEXT, force=True)
+        assert tables(db) == incremental
+    assert all(t["changed"] == t["removed"] == 0 for t in again.tags.values())
+    assert sum(t["customers"] for t in again.tags.values()) > 0
+
+
+def test_a_later_date_alone_moves_days_and_windows_as_a_full_run(tagged, monkeypatch):
+    root, _ = tagged
+    monkeypatch.setattr("cdp_cli.features.INCREMENTAL_LIMIT", 1.0)
+    with Project(root / "cdp.yaml").store() as db:
+        step = compute_features(db, NEXT)  # no new row: only window edges and later rows
+        assert not step.full and step.recomputed < step.customers
+        incremental = tables(db)["profile_features"]
+        compute_features(db, NEXT, full=True)
+        assert tables(db)["profile_features"] == incremental
+
+
+def test_an_erasure_or_an_earlier_date_reads_everything_again(tagged):
+    root, _ = tagged
+    with Project(root / "cdp.yaml").store() as db:
+        assert compute_features(db, FIRST).full is False
+        assert compute_features(db, date(2026, 11, 1)).full is True
+        db.conn.execute("INSERT INTO tombstones VALUES ('x', 'phone', '2026-11-15')")
+        assert compute_features(db, NEXT).full is True
+
+
+def test_a_key_moved_by_resolve_is_read_again_on_both_sides(tagged, monkeypatch):
+    """An identity key that changes customer with no new row of its own (as a split or a
+    relink does): both customers are read again."""
+    root, _ = tagged
+    monkeypatch.setattr("cdp_cli.features.INCREMENTAL_LIMIT", 1.0)
+    with Project(root / "cdp.yaml").store() as db:
+        key, one_id = db.conn.execute(
+            "SELECT k.key, k.one_id FROM identity_keys k JOIN orders o ON o.identity_key = k.key "
+            "WHERE k.one_id IS NOT NULL ORDER BY k.key LIMIT 1"
+        ).fetchone()
+        other = db.conn.execute(
+            "SELECT one_id FROM profiles WHERE one_id <> ? ORDER BY one_id LIMIT 1", (one_id,)
+        ).fetchone()[0]
+        db.conn.execute("UPDATE identity_keys SET one_id = ? WHERE key = ?", (other, key))
+        db.conn.execute(
+            "INSERT INTO resolve_runs (mode, through_batch, rules, started_at, finished_at, "
+            "result) SELECT 'incremental', through_batch, rules, started_at, finished_at, "
+            "result FROM resolve_runs ORDER BY id DESC LIMIT 1"
+        )
+        step = compute_features(db, FIRST)
+        assert not step.full and step.recomputed >= 2
+        incremental = tables(db)["profile_features"]
+        compute_features(db, FIRST, full=True)
+        assert tables(db)["profile_features"] == incremental
