@@ -89,6 +89,9 @@ def build_project(folder: Path, customers: int) -> None:
     (folder / "cdp.yaml").write_text(CONFIG, encoding="utf-8")
     (folder / "journeys" / "bench.yaml").write_text(JOURNEY, encoding="utf-8")
     shutil.copytree(ROOT / "templates", folder / "templates")
+    for path in (folder / "templates" / "wechat").glob("*.json"):  # as a project fills them in
+        text = path.read_text(encoding="utf-8")
+        path.write_text(text.replace("REPLACE_ME_", "TPL_"), encoding="utf-8")
     (folder / "tag_rules").mkdir()
     db = open_store(folder / "cdp.db")
     rng = random.Random(7)

@@ -11,6 +11,7 @@ waits has no row: its enrolment stays at the step with a `Deferral` (when, and w
 from __future__ import annotations
 
 import json
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,10 +20,12 @@ import sqlite_utils
 
 from cdp_cli.errors import TemplateError
 from cdp_cli.messaging import links
-from cdp_cli.messaging.channels import Outbound, placeholder_problem
-from cdp_cli.messaging.coupons import unknown_pool_problem
+from cdp_cli.messaging.channels import CHANNELS, Outbound, placeholder_problem
+from cdp_cli.messaging.coupons import CouponPool, unknown_pool_problem
 from cdp_cli.messaging.guards import IN_BATCH, Customers, quiet_until, reach
 from cdp_cli.messaging.journeys import Send
+from cdp_cli.messaging.outbox import file_line
+from cdp_cli.messaging.rendering import RenderedMessage, RenderJob
 from cdp_cli.messaging.run import Enrolment, JourneyRun
 
 PROFILE_FIELDS = "one_id, name, gender, birthday, city, known, first_seen, last_seen, records"
@@ -102,8 +105,7 @@ def message_row(
         address=delivery.address.split(":", 1)[-1] if delivery else None,
         payload=json.dumps(delivery.outbound.body, ensure_ascii=False) if delivery else None,
         coupon_code=delivery.coupon_code if delivery else None,
-        # per billed part: a 3-segment SMS costs three
-        cost=run.settings.cost(channel) * delivery.outbound.billed_parts
+        cost=message_cost(run, channel, delivery.outbound.billed_parts)
         if delivery and channel
         else None,
         transactional=int(run.journey.transactional),
@@ -113,22 +115,81 @@ def message_row(
     )
 
 
+def message_cost(run: JourneyRun, channel: str, billed_parts: int) -> float:
+    """What a message costs: per billed part, so a 3-segment SMS costs three."""
+    return run.settings.cost(channel) * billed_parts
+
+
 @dataclass
 class Outbox:
-    """Rows for the outbox, written together at the end of a batch."""
+    """Rows for the outbox, written together at the end of a batch, and the queued messages'
+    lines for their outbound files (the spool's, after the commit)."""
 
     messages: list[MessageRow] = field(default_factory=list)
     coupons: list[tuple[Any, ...]] = field(default_factory=list)
+    lines: list[tuple[str, str, str]] = field(default_factory=list)  # channel, one_id, line
+    # With a render worker: the rows whose payload it renders (indexes into messages), in order
+    rendering: list[int] = field(default_factory=list)
+    jobs: list[RenderJob] = field(default_factory=list)
 
-    def flush(self, db: sqlite_utils.Database) -> None:
-        db.conn.executemany(INSERT_MESSAGE, self.messages)
-        db.conn.executemany(
+    def flush(self, run: JourneyRun) -> None:
+        run.db.conn.executemany(INSERT_MESSAGE, self.messages)
+        run.db.conn.executemany(
             "INSERT INTO coupon_issues (code, campaign, one_id, message_id, issued_at) "
             "VALUES (?, ?, ?, ?, ?)",
             self.coupons,
         )
+        if run.spool is not None:
+            run.spool.add(run.run_id, run.journey.name, self.lines)
         self.messages.clear()
         self.coupons.clear()
+        self.lines.clear()
+
+    def fill(self, run: JourneyRun, rendered: list[RenderedMessage]) -> None:
+        """Put what the worker rendered into the rows waiting for it, and their lines."""
+        for index, message in zip(self.rendering, rendered, strict=True):
+            row = self.messages[index]
+            assert row.channel is not None
+            cost = message_cost(run, row.channel, message.billed_parts)
+            self.messages[index] = row._replace(payload=message.payload, cost=cost)
+            self.lines.append((row.channel, row.one_id, message.line))
+        self.rendering.clear()
+        self.jobs.clear()
+
+
+@dataclass
+class InFlight:
+    """A batch's outbox whose messages the worker is rendering, flushed once they are back."""
+
+    outbox: Outbox
+    one_ids: set[str]
+    link_codes: set[str]
+
+
+def settle(run: JourneyRun) -> None:
+    """Wait for the batch the worker is rendering, and write its outbox. RenderFailed when one
+    of its messages did not render cleanly (the engine runs the journey in one process)."""
+    pending = run.in_flight
+    if pending is None:
+        return
+    run.in_flight = None
+    assert run.worker is not None
+    pending.outbox.fill(run, run.worker.collect())
+    pending.outbox.flush(run)
+
+
+def _finish(run: JourneyRun, outbox: Outbox) -> None:
+    """The batch's outbox, after the one in flight: written now, or once the worker has
+    rendered its messages (while the engine walks the next batch)."""
+    settle(run)  # rows go in in the order they were made, batch after batch
+    if not outbox.jobs:
+        outbox.flush(run)
+        return
+    assert run.worker is not None
+    run.worker.submit(list(outbox.jobs))
+    one_ids = {row.one_id for row in outbox.messages}
+    codes = {row.link_code for row in outbox.messages if row.link_code}
+    run.in_flight = InFlight(outbox, one_ids, codes)
 
 
 @dataclass
@@ -198,6 +259,8 @@ def send_batch(run: JourneyRun, step: Send, batch: list[Enrolment]) -> dict[int,
     run tries again.
     """
     journey = run.journey
+    if run.in_flight is not None and not run.in_flight.one_ids.isdisjoint(e.one_id for e in batch):
+        settle(run)  # a step after another: their guards and coupons read the messages before
     ids = {e.id: f"{journey.name}:{e.id}:{step.key}" for e in batch}
     done = {
         row[0]
@@ -223,7 +286,8 @@ def send_batch(run: JourneyRun, step: Send, batch: list[Enrolment]) -> dict[int,
         )
         data = TemplateData.load(run.db, one_ids, run.feature_columns)
         earlier = enrolment_coupons(run, live) if not step.coupon and run.coupon_steps else {}
-        codes = link_codes(run, [ids[e.id] for e in live]) if step.link else {}
+        rendering = run.in_flight.link_codes if run.in_flight else frozenset()
+        codes = link_codes(run, [ids[e.id] for e in live], rendering) if step.link else {}
         current = Batch(run, step, customers, data, outbox)
         for e in live:
             message = Message(ids[e.id], earlier.get(e.id), codes.get(ids[e.id]))
@@ -231,7 +295,7 @@ def send_batch(run: JourneyRun, step: Send, batch: list[Enrolment]) -> dict[int,
             if waits:
                 deferred[e.id] = waits
         deferred.update(_settle_template_failures(current))
-    outbox.flush(run.db)
+    _finish(run, outbox)
     return deferred
 
 
@@ -254,11 +318,14 @@ def enrolment_coupons(run: JourneyRun, enrolments: list[Enrolment]) -> dict[int,
     return found
 
 
-def link_codes(run: JourneyRun, message_ids: list[str]) -> dict[str, str]:
+def link_codes(
+    run: JourneyRun, message_ids: list[str], rendering: AbstractSet[str] = frozenset()
+) -> dict[str, str]:
     """Each message's link code: links.short_code, lengthened where another message holds it.
 
     Eight base32 characters make about one clash per two million messages; one query per
-    batch finds them, before anything is rendered with the code in it.
+    batch finds them, before anything is rendered with the code in it. `rendering`: the codes
+    of the batch the worker is rendering, not in the store yet.
     """
     codes = {m: links.short_code(m) for m in message_ids}
     taken = {
@@ -267,16 +334,19 @@ def link_codes(run: JourneyRun, message_ids: list[str]) -> dict[str, str]:
             f"SELECT link_code FROM messages WHERE link_code {IN_BATCH}",
             (json.dumps(list(codes.values())),),
         )
-    }
+    } | (rendering & set(codes.values()))
     given: set[str] = set()
     for message_id, code in codes.items():
         length = len(code)
         while code in taken or code in given:
             length += 1
             code = links.short_code(message_id, length)
-            if run.db.conn.execute(
-                "SELECT 1 FROM messages WHERE link_code = ?", (code,)
-            ).fetchone():
+            if (
+                code in rendering
+                or run.db.conn.execute(
+                    "SELECT 1 FROM messages WHERE link_code = ?", (code,)
+                ).fetchone()
+            ):
                 taken.add(code)  # a longer code of an earlier clash: rarer still, but possible
         codes[message_id] = code
         given.add(code)
@@ -334,6 +404,9 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> Deferral | None:
             return None
     link = tracked_link(run, step, message.link_code, channel, e.variant)
     context = _context(batch, one_id, channel, coupon, link, message_id)
+    if run.worker is not None:
+        _queue_render(batch, e, message_id, found.address, channel, context, coupon, pool, link)
+        return None
     try:
         outbound = run.templates.render(channel, step.template, context)
     except TemplateError as exc:
@@ -353,7 +426,11 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> Deferral | None:
     if pool and coupon:
         outbox.coupons.append((code, step.coupon, one_id, message_id, run.now_text))
     delivery = Delivery(found.address, outbound, code, link)
-    outbox.messages.append(message_row(run, e, step, message_id, channel, delivery=delivery))
+    row = message_row(run, e, step, message_id, channel, delivery=delivery)
+    outbox.messages.append(row)
+    if run.spool is not None:
+        line = file_line(CHANNELS[channel], _file_head(row), outbound.body)
+        outbox.lines.append((channel, one_id, line))
     customers.count_sent(one_id, run.now)
     run.result.sent[channel] = run.result.sent.get(channel, 0) + 1
     if run.dry_run and len(run.result.messages) < DRY_RUN_LISTED:
@@ -361,6 +438,39 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> Deferral | None:
             {"one_id": one_id, "step": step.key, "channel": channel, **outbound.body}
         )
     return None
+
+
+def _queue_render(
+    batch: Batch,
+    e: Enrolment,
+    message_id: str,
+    address: str,
+    channel: str,
+    context: dict[str, Any],
+    coupon: dict[str, Any] | None,
+    pool: CouponPool | None,
+    link: links.Link | None,
+) -> None:
+    """The message for the worker to render: queued as if it renders cleanly (when one does
+    not, the engine runs the journey again in one process, so nothing here is kept)."""
+    run, step, outbox = batch.run, batch.step, batch.outbox
+    code = coupon["code"] if coupon else None
+    if pool and coupon:
+        outbox.coupons.append((code, step.coupon, e.one_id, message_id, run.now_text))
+    delivery = Delivery(address, Outbound(channel, {}), code, link)
+    row = message_row(run, e, step, message_id, channel, delivery=delivery)
+    outbox.rendering.append(len(outbox.messages))
+    outbox.messages.append(row._replace(payload=None, cost=None))
+    qr = str(link.qr) if link is not None and link.qr is not None else None
+    outbox.jobs.append(RenderJob(channel, step.template, context, qr, _file_head(row)))
+    batch.customers.count_sent(e.one_id, run.now)
+    run.result.sent[channel] = run.result.sent.get(channel, 0) + 1
+
+
+def _file_head(row: MessageRow) -> tuple[Any, ...]:
+    """What a message's outbound line carries besides its payload (outbox.file_line)."""
+    return (row.id, row.address, row.journey, row.step, row.one_id, row.coupon_code,
+            row.link_url)  # fmt: skip
 
 
 def _prints_coupon(run: JourneyRun, channel: str, step: Send) -> bool:
