@@ -25,7 +25,13 @@ from cdp_cli.messaging.coupons import CouponPool, unknown_pool_problem
 from cdp_cli.messaging.guards import IN_BATCH, Customers, quiet_until, reach
 from cdp_cli.messaging.journeys import Send
 from cdp_cli.messaging.outbox import file_line
-from cdp_cli.messaging.rendering import RenderedMessage, RenderJob
+from cdp_cli.messaging.rendering import (
+    ContextHeader,
+    ContextParts,
+    RenderedMessage,
+    RenderJob,
+    message_context,
+)
 from cdp_cli.messaging.run import Enrolment, JourneyRun
 
 PROFILE_FIELDS = "one_id, name, gender, birthday, city, known, first_seen, last_seen, records"
@@ -74,7 +80,7 @@ class Delivery:
     """What a queued message carries: where it goes, what it says, its coupon and link."""
 
     address: str
-    outbound: Outbound
+    outbound: Outbound | None  # None while the render worker renders it (Outbox.fill)
     coupon_code: str | None
     link: links.Link | None
 
@@ -91,6 +97,7 @@ def message_row(
 ) -> MessageRow:
     """The outbox row of a message: queued with its `delivery`, or skipped for `reason`."""
     link = delivery.link if delivery else None
+    outbound = delivery.outbound if delivery else None
     return MessageRow(
         id=message_id,
         run_id=run.run_id,
@@ -103,11 +110,9 @@ def message_row(
         reason=reason,
         # An openid is stored as '<appid>:<openid>'; the file carries the openid.
         address=delivery.address.split(":", 1)[-1] if delivery else None,
-        payload=json.dumps(delivery.outbound.body, ensure_ascii=False) if delivery else None,
+        payload=json.dumps(outbound.body, ensure_ascii=False) if outbound else None,
         coupon_code=delivery.coupon_code if delivery else None,
-        cost=message_cost(run, channel, delivery.outbound.billed_parts)
-        if delivery and channel
-        else None,
+        cost=message_cost(run, channel, outbound.billed_parts) if outbound and channel else None,
         transactional=int(run.journey.transactional),
         created_at=run.now_text,
         link_code=link.code if link else None,
@@ -131,6 +136,7 @@ class Outbox:
     # With a render worker: the rows whose payload it renders (indexes into messages), in order
     rendering: list[int] = field(default_factory=list)
     jobs: list[RenderJob] = field(default_factory=list)
+    header: ContextHeader | None = None  # what the jobs' contexts share
 
     def flush(self, run: JourneyRun) -> None:
         run.db.conn.executemany(INSERT_MESSAGE, self.messages)
@@ -147,12 +153,12 @@ class Outbox:
 
     def fill(self, run: JourneyRun, rendered: list[RenderedMessage]) -> None:
         """Put what the worker rendered into the rows waiting for it, and their lines."""
-        for index, message in zip(self.rendering, rendered, strict=True):
+        for index, (payload, billed_parts, line) in zip(self.rendering, rendered, strict=True):
             row = self.messages[index]
             assert row.channel is not None
-            cost = message_cost(run, row.channel, message.billed_parts)
-            self.messages[index] = row._replace(payload=message.payload, cost=cost)
-            self.lines.append((row.channel, row.one_id, message.line))
+            cost = message_cost(run, row.channel, billed_parts)
+            self.messages[index] = row._replace(payload=payload, cost=cost)
+            self.lines.append((row.channel, row.one_id, line))
         self.rendering.clear()
         self.jobs.clear()
 
@@ -186,7 +192,8 @@ def _finish(run: JourneyRun, outbox: Outbox) -> None:
         outbox.flush(run)
         return
     assert run.worker is not None
-    run.worker.submit(list(outbox.jobs))
+    assert outbox.header is not None
+    run.worker.submit(outbox.header, list(outbox.jobs))
     one_ids = {row.one_id for row in outbox.messages}
     codes = {row.link_code for row in outbox.messages if row.link_code}
     run.in_flight = InFlight(outbox, one_ids, codes)
@@ -194,10 +201,13 @@ def _finish(run: JourneyRun, outbox: Outbox) -> None:
 
 @dataclass
 class TemplateData:
-    """What templates print about a batch of customers: profile, features and tags."""
+    """What templates print about a batch of customers: profile, features and tags, as rows
+    with their column names (rendering.message_context makes each message's dicts)."""
 
-    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
-    features: dict[str, dict[str, Any]] = field(default_factory=dict)
+    profile_columns: tuple[str, ...] = ()
+    feature_columns: tuple[str, ...] = ()
+    profiles: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    features: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # one_id left out
     tags: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
@@ -210,8 +220,8 @@ class TemplateData:
         cursor = conn.execute(
             f"SELECT {PROFILE_FIELDS} FROM profiles WHERE one_id {IN_BATCH}", (ids,)
         )
-        names = [d[0] for d in cursor.description]
-        found.profiles = {row[0]: dict(zip(names, row, strict=True)) for row in cursor}
+        found.profile_columns = tuple(d[0] for d in cursor.description)
+        found.profiles = {row[0]: row for row in cursor}
         listed = (
             "*"
             if feature_columns is None
@@ -220,8 +230,8 @@ class TemplateData:
         cursor = conn.execute(
             f"SELECT {listed} FROM profile_features WHERE one_id {IN_BATCH}", (ids,)
         )
-        names = [d[0] for d in cursor.description]
-        found.features = {row[0]: dict(zip(names[1:], row[1:], strict=True)) for row in cursor}
+        found.feature_columns = tuple(d[0] for d in cursor.description[1:])
+        found.features = {row[0]: row[1:] for row in cursor}
         for one_id, tag, value in conn.execute(
             f"SELECT one_id, tag, value FROM profile_tags WHERE one_id {IN_BATCH}", (ids,)
         ):
@@ -249,6 +259,13 @@ class Batch:
     outbox: Outbox
     rendered: int = 0  # messages whose template rendered
     failed: list[tuple[Enrolment, str, str, TemplateError]] = field(default_factory=list)
+    header: ContextHeader = field(init=False)  # what every message's context shares
+
+    def __post_init__(self) -> None:
+        self.header = ContextHeader(
+            self.data.profile_columns, self.data.feature_columns, self.run.settings.brand,
+            {"name": self.run.journey.name}, {"name": self.step.key},
+        )  # fmt: skip
 
 
 def send_batch(run: JourneyRun, step: Send, batch: list[Enrolment]) -> dict[int, Deferral]:
@@ -403,10 +420,11 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> Deferral | None:
             _skip(run, outbox, e, step, message_id, channel, reason)
             return None
     link = tracked_link(run, step, message.link_code, channel, e.variant)
-    context = _context(batch, one_id, channel, coupon, link, message_id)
+    parts = _context_parts(batch, one_id, channel, coupon, link)
     if run.worker is not None:
-        _queue_render(batch, e, message_id, found.address, channel, context, coupon, pool, link)
+        _queue_render(batch, e, message_id, found.address, channel, parts, coupon, pool, link)
         return None
+    context = message_context(batch.header, parts, message_id)
     try:
         outbound = run.templates.render(channel, step.template, context)
     except TemplateError as exc:
@@ -446,7 +464,7 @@ def _queue_render(
     message_id: str,
     address: str,
     channel: str,
-    context: dict[str, Any],
+    parts: ContextParts,
     coupon: dict[str, Any] | None,
     pool: CouponPool | None,
     link: links.Link | None,
@@ -457,12 +475,13 @@ def _queue_render(
     code = coupon["code"] if coupon else None
     if pool and coupon:
         outbox.coupons.append((code, step.coupon, e.one_id, message_id, run.now_text))
-    delivery = Delivery(address, Outbound(channel, {}), code, link)
+    delivery = Delivery(address, None, code, link)
     row = message_row(run, e, step, message_id, channel, delivery=delivery)
     outbox.rendering.append(len(outbox.messages))
-    outbox.messages.append(row._replace(payload=None, cost=None))
+    outbox.messages.append(row)
     qr = str(link.qr) if link is not None and link.qr is not None else None
-    outbox.jobs.append(RenderJob(channel, step.template, context, qr, _file_head(row)))
+    outbox.header = batch.header
+    outbox.jobs.append((channel, step.template, parts, qr, _file_head(row)))
     batch.customers.count_sent(e.one_id, run.now)
     run.result.sent[channel] = run.result.sent.get(channel, 0) + 1
 
@@ -478,35 +497,19 @@ def _prints_coupon(run: JourneyRun, channel: str, step: Send) -> bool:
     return run.templates.fields_used(channel, step.template, "coupon") != set()
 
 
-def _context(
-    batch: Batch,
-    one_id: str,
-    channel: str,
-    coupon: dict[str, Any] | None,
-    link: links.Link | None,
-    message_id: str,
-) -> dict[str, Any]:
+def _context_parts(
+    batch: Batch, one_id: str, channel: str, coupon: dict[str, Any] | None, link: links.Link | None
+) -> ContextParts:
+    """What one customer's message context is made of (rendering.message_context)."""
     run, customers, data = batch.run, batch.customers, batch.data
-    openid = customers.address(one_id, "wechat", run.settings.wechat_appid)
-    brand = run.settings.brand
-    url = brand.get("url", "")
+    url = batch.header.brand.get("url", "")
     if link is not None:
-        short = brand.get("short_links")  # an SMS is billed by length: a short link, if any
+        short = batch.header.brand.get("short_links")  # an SMS is billed by length: short link
         url = f"{short}{link.code}" if short and channel == "sms" else link.url
-    return {
-        "customer": data.profiles.get(one_id) or {"one_id": one_id},
-        "features": data.features.get(one_id, {}),
-        "tags": data.tags.get(one_id, {}),
-        "coupon": coupon,
-        "journey": {"name": run.journey.name},
-        "step": {"name": batch.step.key},
-        "wechat": {"openid": openid.split(":", 1)[-1] if openid else None,
-                   "appid": openid.split(":", 1)[0] if openid and ":" in openid else None},
-        "device": customers.address(one_id, "push", None),
-        "brand": brand,
-        "link": url,
-        "unsubscribe": links.unsubscribe_url(brand.get("url"), message_id),
-    }  # fmt: skip
+    return (one_id, data.profiles.get(one_id), data.features.get(one_id),
+            data.tags.get(one_id), coupon,
+            customers.address(one_id, "wechat", run.settings.wechat_appid),
+            customers.address(one_id, "push", None), url)  # fmt: skip
 
 
 def _settle_template_failures(batch: Batch) -> dict[int, Deferral]:
