@@ -36,7 +36,7 @@ from cdp_cli.messaging.journeys import (
     load_journeys,
 )
 from cdp_cli.messaging.outbox import OUTBOUND_FILES, Spool, write_outbound
-from cdp_cli.messaging.rendering import RENDER_WORKER_FROM, RenderFailed, RenderWorker
+from cdp_cli.messaging.rendering import RENDER_WORKER_FROM, RenderFailed, Workers
 from cdp_cli.messaging.run import Enrolment, JourneyRun, RunResult
 from cdp_cli.messaging.send import send_batch, settle
 from cdp_cli.messaging.templates import TemplateStore
@@ -225,7 +225,7 @@ def run_journeys(
         ensure_folder(config.outbound_folder, OUTBOUND_FILES)
     results = []
     spool = None if dry_run else Spool(config.outbound_folder)
-    worker_from = None if dry_run else render_worker_from
+    workers = Workers(templates, None if dry_run else render_worker_from)
     if dry_run:  # one transaction for all, rolled back: each journey sees what those before
         db.conn.execute("BEGIN IMMEDIATE")  # it would have sent (the frequency cap, coupons)
     try:
@@ -233,12 +233,13 @@ def run_journeys(
             result = RunResult(journey.name, clock.isoformat(timespec="seconds"), dry_run)
             run = JourneyRun(db, config, journey, clock, 0, rules, templates, result, dry_run,
                              spool)  # fmt: skip
-            results.append(_run_one(run, worker_from))
+            results.append(_run_one(run, workers))
         if spool is not None:
             written = write_outbound(db, config, spool)
             for result in results:
                 result.files = [f for f in written if Path(f).name.startswith(f"{result.journey}-")]
     finally:
+        workers.close()
         if dry_run:
             rollback(db.conn)
         if spool is not None:
@@ -257,7 +258,7 @@ def held_problem(results: list[RunResult]) -> str | None:
     return "; ".join(problems) + "; fix it and run again" if problems else None
 
 
-def _run_one(run: JourneyRun, worker_from: int | None) -> RunResult:
+def _run_one(run: JourneyRun, workers: Workers) -> RunResult:
     """One journey's run in its own transaction; a dry run's is the caller's, rolled back
     after every journey has run in it, so that a dry run predicts exactly what a run sends.
 
@@ -276,7 +277,7 @@ def _run_one(run: JourneyRun, worker_from: int | None) -> RunResult:
         )
         conn.execute("SAVEPOINT journey_work")
         try:
-            _work(run, cursor, worker_from)
+            _work(run, cursor, workers)
         except RenderFailed:
             conn.execute("ROLLBACK TO journey_work")
             run = _in_one_process(run)
@@ -301,11 +302,11 @@ def _run_one(run: JourneyRun, worker_from: int | None) -> RunResult:
     return result
 
 
-def _work(run: JourneyRun, cursor: int, worker_from: int | None) -> None:
+def _work(run: JourneyRun, cursor: int, workers: Workers | None) -> None:
     _convert(run)
     _exit(run)
     _enrol(run, cursor)
-    _advance(run, worker_from)
+    _advance(run, workers)
 
 
 def _in_one_process(run: JourneyRun) -> JourneyRun:
@@ -500,9 +501,9 @@ def _enrol(run: JourneyRun, cursor: int) -> None:
     run.result.control = sum(r[4] for r in rows if not journey.transactional)
 
 
-def _advance(run: JourneyRun, worker_from: int | None) -> None:
-    """Walk every due enrolment, a batch at a time, until each waits or ends; with
-    `worker_from` or more due, a second process renders while this one walks the next batch."""
+def _advance(run: JourneyRun, workers: Workers | None) -> None:
+    """Walk every due enrolment, a batch at a time, until each waits or ends; with enough due
+    (Workers.threshold), a second process renders while this one walks the next batch."""
     due = [
         r[0]
         for r in run.db.conn.execute(
@@ -511,8 +512,7 @@ def _advance(run: JourneyRun, worker_from: int | None) -> None:
             (run.journey.name, run.now_text),
         )
     ]
-    if worker_from is not None and len(due) >= worker_from:
-        run.worker = RenderWorker(run.templates, run.journey.name)
+    run.worker = workers.for_journey(run.journey.name, len(due)) if workers else None
     try:
         for start in range(0, len(due), BATCH):
             batch = [
@@ -525,14 +525,14 @@ def _advance(run: JourneyRun, worker_from: int | None) -> None:
             ]
             _walk(run, batch)
         settle(run)
+    except RenderFailed:
+        raise  # the worker is idle again: the batch it failed was its last
     except BaseException:
-        if run.worker is not None:
-            run.worker.stop()
+        if workers is not None:
+            workers.stop()
         raise
     finally:
         run.in_flight = None
-    if run.worker is not None:
-        run.worker.close()
         run.worker = None
 
 

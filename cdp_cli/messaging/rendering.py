@@ -158,8 +158,8 @@ class RenderWorker:
     script (as multiprocessing's spawn would), and, in a session of its own, is not sent the
     terminal's Ctrl-C (this process ends it)."""
 
-    def __init__(self, templates: TemplateStore, journey: str) -> None:
-        self.journey = journey
+    def __init__(self, templates: TemplateStore) -> None:
+        self.journey = ""  # the journey it renders for, named if it dies
         package = str(Path(cdp_cli.__file__).resolve().parents[1])  # cdp_cli as imported here
         path = os.pathsep.join(p for p in (package, os.environ.get("PYTHONPATH")) if p)
         self.process = subprocess.Popen(
@@ -231,3 +231,31 @@ def worker_main() -> None:
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     serve(sys.stdin.buffer, answers)
+
+
+class Workers:
+    """The one RenderWorker of a command, started when a journey first has `threshold`
+    enrolments due or more (None: never), and shared by the journeys after it."""
+
+    def __init__(self, templates: TemplateStore, threshold: int | None) -> None:
+        self.templates, self.threshold = templates, threshold
+        self.worker: RenderWorker | None = None
+
+    def for_journey(self, journey: str, due: int) -> RenderWorker | None:
+        if self.threshold is None or due < self.threshold:
+            return None
+        if self.worker is None:
+            self.worker = RenderWorker(self.templates)
+        self.worker.journey = journey
+        return self.worker
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+    def stop(self) -> None:
+        """End the worker now: an error left a batch in flight."""
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
