@@ -39,15 +39,15 @@ class Spool:
     until their files are written after the commit: a file is written from them, never from
     reading back what was just queued. Each group (run, journey, channel) goes to an unnamed
     temporary file in its channel's folder (gone with the process, whatever kills it), so
-    memory does not grow with the audience; the one_ids go with it, for the export log."""
+    memory does not grow with the audience."""
 
     def __init__(self, outbound_folder: Path) -> None:
         self.folder = outbound_folder
         self.groups: dict[tuple[int, str, str], SpooledGroup] = {}
 
-    def add(self, run_id: int, journey: str, lines: list[tuple[str, str, str]]) -> None:
-        """Lines of one batch, in the order they were queued: (channel, one_id, line)."""
-        for channel, one_id, line in lines:
+    def add(self, run_id: int, journey: str, lines: list[tuple[str, str]]) -> None:
+        """Lines of one batch, in the order they were queued: (channel, line)."""
+        for channel, line in lines:
             key = (run_id, journey, channel)
             group = self.groups.get(key)
             if group is None:
@@ -55,7 +55,7 @@ class Spool:
                 ensure_folder(folder, OUTBOUND_FILES)
                 group = self.groups[key] = SpooledGroup(tempfile.TemporaryFile(dir=folder))  # noqa: SIM115 (closed by close())
             group.file.write(line.encode())
-            group.one_ids.append(one_id)
+            group.count += 1
 
     def discard(self, run_id: int) -> None:
         """Forget a run's lines: its transaction was rolled back."""
@@ -69,11 +69,11 @@ class Spool:
 
 
 class SpooledGroup:
-    """One outbound file's lines, spooled, and the customers in it."""
+    """One outbound file's lines, spooled, and how many."""
 
     def __init__(self, file: IO[bytes]) -> None:
         self.file = file
-        self.one_ids: list[str] = []
+        self.count = 0
 
 
 def file_line(channel: Channel, head: Sequence[Any], body: dict[str, Any]) -> str:
@@ -119,8 +119,11 @@ def write_outbound(
         spooled = spool.groups.get((run_id, journey, channel)) if spool else None
         if spooled is not None:
             count = _copy_file(path, CHANNELS[channel], spooled)
-            for one_id in spooled.one_ids:
-                logged.add(one_id)
+            logged.add_selected(
+                "SELECT one_id FROM messages WHERE run_id = ? AND status = 'queued' "
+                "AND journey = ? AND channel = ?",
+                (run_id, journey, channel),
+            )
         else:
             # A group's rows are all queued until the UPDATE below marks them all written. In
             # the order they were queued, through the index of queued messages, never a scan.
@@ -153,7 +156,7 @@ def _copy_file(path: Path, channel: Channel, spooled: SpooledGroup) -> int:
         if channel.file_format == "csv":
             f.write(_header(channel).encode())
         shutil.copyfileobj(spooled.file, f)
-    return len(spooled.one_ids)
+    return spooled.count
 
 
 def _header(channel: Channel) -> str:

@@ -132,7 +132,7 @@ class Outbox:
 
     messages: list[MessageRow] = field(default_factory=list)
     coupons: list[tuple[Any, ...]] = field(default_factory=list)
-    lines: list[tuple[str, str, str]] = field(default_factory=list)  # channel, one_id, line
+    lines: list[tuple[str, str]] = field(default_factory=list)  # channel, line
     # With a render worker: the rows whose payload it renders (indexes into messages), in order
     rendering: list[int] = field(default_factory=list)
     jobs: list[RenderJob] = field(default_factory=list)
@@ -158,7 +158,7 @@ class Outbox:
             assert row.channel is not None
             cost = message_cost(run, row.channel, billed_parts)
             self.messages[index] = row._replace(payload=payload, cost=cost)
-            self.lines.append((row.channel, row.one_id, line))
+            self.lines.append((row.channel, line))
         self.rendering.clear()
         self.jobs.clear()
 
@@ -448,7 +448,7 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> Deferral | None:
     outbox.messages.append(row)
     if run.spool is not None:
         line = file_line(CHANNELS[channel], _file_head(row), outbound.body)
-        outbox.lines.append((channel, one_id, line))
+        outbox.lines.append((channel, line))
     customers.count_sent(one_id, run.now)
     run.result.sent[channel] = run.result.sent.get(channel, 0) + 1
     if run.dry_run and len(run.result.messages) < DRY_RUN_LISTED:
