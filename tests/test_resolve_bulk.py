@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import phonenumbers
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -61,6 +62,7 @@ def _timed_resolve(config_path: Path, full: bool) -> tuple[float, dict[str, int 
     }
 
 
+@pytest.mark.slow  # 20k records three times: CI runs it with -m slow
 def test_full_rerun_of_a_resolved_store_takes_at_most_twice_the_first_run(run, write, tmp_path):
     write("cdp.yaml", CONFIG)
     write_members(tmp_path / "crm.csv", MEMBERS)
@@ -97,6 +99,7 @@ def _ingest(config_path: Path, *files: Path) -> None:
         db.close()
 
 
+@pytest.mark.slow  # 20k records three times: CI runs it with -m slow
 def test_full_run_with_new_customers_next_to_resolved_ones_costs_what_a_first_run_does(tmp_path):
     """Each new customer once, not once per customer already there."""
     old, new = tmp_path / "old.csv", tmp_path / "new.csv"
