@@ -23,6 +23,8 @@ import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -91,6 +93,16 @@ def message_context(
     if message_id is not None:
         context["unsubscribe"] = links.unsubscribe_url(header.brand.get("url"), message_id)
     return context
+
+
+@dataclass
+class InFlight:
+    """The batch the worker is rendering: its customers and link codes (not in the store
+    yet), and what writes its outbox once its messages are back (send.py)."""
+
+    one_ids: set[str]
+    link_codes: set[str]
+    written: Callable[[list[RenderedMessage]], None]
 
 
 class RenderFailed(Exception):

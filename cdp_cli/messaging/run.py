@@ -23,8 +23,7 @@ from cdp_cli.rules.compiler import CompiledRule
 
 if TYPE_CHECKING:
     from cdp_cli.messaging.outbox import Spool
-    from cdp_cli.messaging.rendering import RenderWorker
-    from cdp_cli.messaging.send import InFlight
+    from cdp_cli.messaging.rendering import InFlight, RenderWorker
 
 
 @dataclass

@@ -10,6 +10,7 @@ waits has no row: its enrolment stays at the step with a `Deferral` (when, and w
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from cdp_cli.messaging.outbox import file_line
 from cdp_cli.messaging.rendering import (
     ContextHeader,
     ContextParts,
+    InFlight,
     RenderedMessage,
     RenderJob,
     message_context,
@@ -163,15 +165,6 @@ class Outbox:
         self.jobs.clear()
 
 
-@dataclass
-class InFlight:
-    """A batch's outbox whose messages the worker is rendering, flushed once they are back."""
-
-    outbox: Outbox
-    one_ids: set[str]
-    link_codes: set[str]
-
-
 def settle(run: JourneyRun) -> None:
     """Wait for the batch the worker is rendering, and write its outbox. RenderFailed when one
     of its messages did not render cleanly (the engine runs the journey in one process)."""
@@ -180,8 +173,7 @@ def settle(run: JourneyRun) -> None:
         return
     run.in_flight = None
     assert run.worker is not None
-    pending.outbox.fill(run, run.worker.collect())
-    pending.outbox.flush(run)
+    pending.written(run.worker.collect())
 
 
 def _finish(run: JourneyRun, outbox: Outbox) -> None:
@@ -196,7 +188,12 @@ def _finish(run: JourneyRun, outbox: Outbox) -> None:
     run.worker.submit(outbox.header, list(outbox.jobs))
     one_ids = {row.one_id for row in outbox.messages}
     codes = {row.link_code for row in outbox.messages if row.link_code}
-    run.in_flight = InFlight(outbox, one_ids, codes)
+    run.in_flight = InFlight(one_ids, codes, functools.partial(_write_rendered, run, outbox))
+
+
+def _write_rendered(run: JourneyRun, outbox: Outbox, rendered: list[RenderedMessage]) -> None:
+    outbox.fill(run, rendered)
+    outbox.flush(run)
 
 
 @dataclass
