@@ -10,10 +10,18 @@ transaction as the journey state, then the outbound file.
 
 The store is synthesized in SQL (profiles, phone and WeChat identifiers, consents, a coupon
 pool, features computed by cdp), because ingest and resolve have their own benchmarks.
-Targets: < 90 s and peak RSS < 1 GB at 1M customers, and <= 3x the baseline.
+Targets: < 90 s and peak RSS < 1 GB at 1M customers (the first process and its render worker
+together), and <= 3x the baseline.
 
-    python benchmarks/bench_journey.py --customers 1000000
-    python benchmarks/bench_journey.py --customers 100000 --keep   # reuse the store next time
+At each size cdp runs as a user runs it (rendering in a second process from
+RENDER_WORKER_FROM due enrolments); at the --compare-at sizes it also runs in one process
+(and, with --before, as the code at that commit), each from the same store, and the runner
+stops unless all of them sent the same: every outbound file byte for byte, and the outbox in
+order. Figures go to OUT/result.json and a table for benchmarks/README.md.
+
+    python benchmarks/bench_journey.py                        # 100k and 1M (~10 min to build)
+    python benchmarks/bench_journey.py --keep --before main   # reuse the stores; main too
+    python benchmarks/bench_journey.py --sizes 100000 --keep
 """
 
 from __future__ import annotations

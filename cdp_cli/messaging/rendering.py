@@ -257,7 +257,11 @@ class Workers:
         if self.threshold is None or due < self.threshold:
             return None
         if self.worker is None:
-            self.worker = RenderWorker(self.templates)
+            try:
+                self.worker = RenderWorker(self.templates)
+            except OSError:  # no second process to be had (no fork, no Python): render here
+                self.threshold = None
+                return None
         self.worker.journey = journey
         return self.worker
 
