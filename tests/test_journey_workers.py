@@ -106,6 +106,40 @@ def test_two_processes_send_what_one_sends_on_the_sample(
     assert compare(snapshot(tmp_path / "two", tmp_path), snapshot(tmp_path / "one", tmp_path)) == []
 
 
+# A branch right after a send reads what the send queued (`received`): in two processes, the
+# batch the worker renders is written first.
+BRANCHING = """name: follow
+entry: {when: "name is not null"}
+transactional: true
+steps:
+  - send: {channel: sms, template: hello}
+  - branch:
+      when: "received"
+      then:
+        - send: {channel: sms, template: hello, link: "https://www.huayang.example.com/b"}
+"""
+
+
+def test_a_branch_after_a_send_sees_its_messages_in_two_processes(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "_in_one_process", None)  # every message renders in the worker
+    for name in ("one", "two"):
+        folder = copy(sample, tmp_path / name)
+        (folder / "journeys" / "follow.yaml").write_text(BRANCHING, encoding="utf-8")
+        (folder / "templates" / "sms" / "hello.txt").write_text(
+            "【花漾】{{ customer.name|default_name }}, 你好 {{ link }}", encoding="utf-8"
+        )
+    one = journey_run(tmp_path / "one", "follow", "--json")
+    two = journey_run(tmp_path / "two", "follow", "--json", *FORCE)
+    assert one.exit_code == two.exit_code == 0, two.output
+    steps = {row[5] for row in messages(tmp_path / "one") if row[7] == "written"}
+    assert len(steps) == 2, steps  # the branch's send went out
+    assert without_seconds(two.output) == without_seconds(one.output)
+    assert outbound_files(tmp_path / "two") == outbound_files(tmp_path / "one")
+    assert messages(tmp_path / "two") == messages(tmp_path / "one")
+
+
 FAILING = """name: odd
 entry: {when: "name is not null"}
 steps:

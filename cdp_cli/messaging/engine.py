@@ -38,7 +38,7 @@ from cdp_cli.messaging.journeys import (
 from cdp_cli.messaging.outbox import OUTBOUND_FILES, Spool, write_outbound
 from cdp_cli.messaging.rendering import RENDER_WORKER_FROM, RenderFailed, Workers
 from cdp_cli.messaging.run import Enrolment, JourneyRun, RunResult
-from cdp_cli.messaging.send import send_batch, settle
+from cdp_cli.messaging.send import send_batch, settle, settle_for
 from cdp_cli.messaging.templates import TemplateStore
 from cdp_cli.rules.book import load_rulebook
 from cdp_cli.rules.vocabulary import BASE_FROM, unknown_tag_value, unknown_tag_values
@@ -613,6 +613,7 @@ def _variant(journey: str, step: Split, one_id: str) -> tuple[str, float, tuple[
 
 def _branch_holding(run: JourneyRun, step: Branch, group: list[Enrolment]) -> set[int]:
     """The enrolments of the group for which the branch's condition holds."""
+    settle_for(run, group)  # `received` reads the messages of a send just before
     rule = run.branch_rule(step)
     rows = run.db.conn.execute(
         "SELECT je.id FROM journey_enrolments je JOIN profiles p ON p.one_id = je.one_id "

@@ -165,6 +165,14 @@ class Outbox:
         self.jobs.clear()
 
 
+def settle_for(run: JourneyRun, enrolments: list[Enrolment]) -> None:
+    """Settle the batch in flight if it holds messages of these enrolments' customers: what
+    comes next for them (a send's guards and coupons, a branch on `received`) reads them."""
+    pending = run.in_flight
+    if pending is not None and not pending.one_ids.isdisjoint(e.one_id for e in enrolments):
+        settle(run)
+
+
 def settle(run: JourneyRun) -> None:
     """Wait for the batch the worker is rendering, and write its outbox. RenderFailed when one
     of its messages did not render cleanly (the engine runs the journey in one process)."""
@@ -273,8 +281,7 @@ def send_batch(run: JourneyRun, step: Send, batch: list[Enrolment]) -> dict[int,
     run tries again.
     """
     journey = run.journey
-    if run.in_flight is not None and not run.in_flight.one_ids.isdisjoint(e.one_id for e in batch):
-        settle(run)  # a step after another: their guards and coupons read the messages before
+    settle_for(run, batch)  # a step after another: guards and coupons read the messages before
     ids = {e.id: f"{journey.name}:{e.id}:{step.key}" for e in batch}
     done = {
         row[0]
