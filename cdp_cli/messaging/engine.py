@@ -2,9 +2,11 @@
 
 Exactly once: a run advances every enrolment and writes every message (or the reason it was
 skipped) to the outbox in one transaction, and a message's id is its journey, enrolment and
-step, so no step can produce two. Outbound files are written after the commit, from the
-outbox, to a temporary file renamed into place: a killed run leaves either no file or a whole
-one, and the next run writes what is still pending under the same name.
+step, so no step can produce two. Outbound files are written after the commit, from the lines
+kept as the messages were queued (outbox.Spool), to a temporary file renamed into place: a
+killed run leaves either no file or a whole one, and the next run writes what is still pending
+(from the outbox) under the same name. A journey with many enrolments due renders in a second
+process (rendering.py) with the same results.
 """
 
 from __future__ import annotations

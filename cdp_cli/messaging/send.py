@@ -6,6 +6,11 @@ opt-outs and reachability with fallback; the frequency cap and quiet hours, whic
 message wait), then a coupon from the pool (coupons.py), a tracked link, and the template. Each
 message, queued or skipped with its reason, is one MessageRow of the outbox. A message that
 waits has no row: its enrolment stays at the step with a `Deferral` (when, and why).
+
+With a render worker (rendering.py, a large run), the template is rendered there: the row is
+queued as if it renders cleanly, and the batch's outbox is written once the worker hands its
+messages back, while the engine walks the next batch (`settle` waits for it, and runs first
+whenever what comes next reads those messages).
 """
 
 from __future__ import annotations
