@@ -10,23 +10,38 @@ transaction as the journey state, then the outbound file.
 
 The store is synthesized in SQL (profiles, phone and WeChat identifiers, consents, a coupon
 pool, features computed by cdp), because ingest and resolve have their own benchmarks.
-Targets: < 90 s and peak RSS < 1 GB at 1M customers, and <= 3x the baseline.
+Targets: < 90 s and peak RSS < 1 GB at 1M customers (the first process and its render worker
+together), and <= 3x the baseline.
 
-    python benchmarks/bench_journey.py --customers 1000000
-    python benchmarks/bench_journey.py --customers 100000 --keep   # reuse the store next time
+At each size cdp runs as a user runs it (rendering in a second process from
+RENDER_WORKER_FROM due enrolments); at the --compare-at sizes it also runs in one process
+(and, with --before, as the code at that commit), each from the same store, and the runner
+stops unless all of them sent the same: every outbound file byte for byte, and the outbox in
+order. Figures go to OUT/result.json and a table for benchmarks/README.md.
+
+    python benchmarks/bench_journey.py                        # 100k and 1M (~10 min to build)
+    python benchmarks/bench_journey.py --keep --before main   # reuse the stores; main too
+    python benchmarks/bench_journey.py --sizes 100000 --keep
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
+import os
 import random
+import re
 import shutil
 import sqlite3
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from datetime import date
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +49,7 @@ import jinja2
 
 from cdp_cli.features import compute_features
 from cdp_cli.messaging.filters import default_name, format_date, money
+from cdp_cli.messaging.rendering import RENDER_WORKER_FROM
 from cdp_cli.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +105,9 @@ def build_project(folder: Path, customers: int) -> None:
     (folder / "cdp.yaml").write_text(CONFIG, encoding="utf-8")
     (folder / "journeys" / "bench.yaml").write_text(JOURNEY, encoding="utf-8")
     shutil.copytree(ROOT / "templates", folder / "templates")
+    for path in (folder / "templates" / "wechat").glob("*.json"):  # as a project fills them in
+        text = path.read_text(encoding="utf-8")
+        path.write_text(text.replace("REPLACE_ME_", "TPL_"), encoding="utf-8")
     (folder / "tag_rules").mkdir()
     db = open_store(folder / "cdp.db")
     rng = random.Random(7)
@@ -169,59 +188,235 @@ def baseline(data: list[dict[str, Any]], out: Path) -> float:
     return time.perf_counter() - started
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--customers", type=int, default=1_000_000)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "journey")
-    parser.add_argument("--keep", action="store_true", help="Reuse a store built before.")
-    args = parser.parse_args(argv)
-    folder = args.out / f"project-{args.customers}c"
-    pristine = args.out / f"pristine-{args.customers}c.db"
-    if not (args.keep and pristine.exists()):
-        started = time.perf_counter()
-        build_project(folder, args.customers)
-        shutil.copy(folder / "cdp.db", pristine)
-        print(f"store built in {time.perf_counter() - started:.1f} s")
-    else:
-        shutil.rmtree(folder / "outbound", ignore_errors=True)
-        for suffix in ("-wal", "-shm"):
-            (folder / f"cdp.db{suffix}").unlink(missing_ok=True)
-        shutil.copy(pristine, folder / "cdp.db")
+# ---------------------------------------------------------------------------------------------
+# Running cdp
 
-    data = customer_data(folder / "cdp.db")
-    base_seconds = baseline(data, args.out / "baseline.jsonl")
+
+def before_code(ref: str, out: Path) -> tuple[str, Path]:
+    """cdp_cli/ as it was at `ref`, extracted under out/, to put first on PYTHONPATH."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", ref],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    folder = out / f"before-{commit}"
+    if not (folder / "cdp_cli" / "__init__.py").exists():
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", commit, "cdp_cli"], capture_output=True, check=True
+        ).stdout
+        with tarfile.open(fileobj=BytesIO(archive)) as tar:
+            tar.extractall(folder, filter="data")
+    return commit, folder
+
+
+def tree_rss_kb(pid: int) -> int:
+    """The resident memory of a process and its children (the render worker), in kB."""
+    total = 0
+    pids = [pid]
+    while pids:
+        current = pids.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        found = re.search(r"VmRSS:\s+(\d+)", status)
+        total += int(found.group(1)) if found else 0
+        pids += [int(c) for c in children]
+    return total
+
+
+def run_cdp(folder: Path, extra: list[str], code: Path | None = None) -> dict[str, Any]:
+    """`cdp journey run` on the project in folder: wall and CPU seconds (its worker's
+    included), its own peak RSS (GNU time -v), and the peak of its RSS and its worker's
+    together (sampled every 0.1 s), the load average before and after."""
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
+    args = [str(CDP), "--config", str(folder / "cdp.yaml"), "journey", "run", "--now", NOW,
+            "--json", *extra]  # fmt: skip
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        usage_file, out = Path(tmp, "time"), Path(tmp, "out")
+        started = time.perf_counter()
+        with out.open("w") as stdout:
+            proc = subprocess.Popen(
+                ["/usr/bin/time", "-v", "-o", str(usage_file), *args],
+                stdout=stdout, stderr=subprocess.PIPE, text=True, env=env,
+            )  # fmt: skip
+            peak_sum = 0
+            while proc.poll() is None:
+                peak_sum = max(peak_sum, tree_rss_kb(proc.pid))
+                time.sleep(0.1)
+        seconds = time.perf_counter() - started
+        assert proc.stderr is not None
+        if proc.returncode:
+            sys.exit(f"failed ({proc.returncode}): {' '.join(args)}\n{proc.stderr.read()[-3000:]}")
+        usage = usage_file.read_text()
+        stdout_text = out.read_text()
+
+    def figure(label: str) -> float:
+        found = re.search(rf"{re.escape(label)}: ([\d.]+)", usage)
+        return float(found.group(1)) if found else 0.0
+
+    [result] = json.loads(stdout_text)
+    return {
+        "seconds": round(seconds, 1),
+        "cpu_seconds": round(figure("User time (seconds)") + figure("System time (seconds)"), 1),
+        "peak_rss_mb": round(figure("Maximum resident set size (kbytes)") / 1024),
+        "peak_rss_with_worker_mb": round(peak_sum / 1024),
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "result": result,
+    }
+
+
+def fresh_copy(size_folder: Path, pristine: Path, name: str) -> Path:
+    """The project with the pristine store, in a folder of its own, no outbound files yet."""
+    folder = size_folder.parent / f"{size_folder.name}-{name}"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(size_folder, folder, ignore=shutil.ignore_patterns("outbound", "cdp.db*"))
+    shutil.copy(pristine, folder / "cdp.db")
+    return folder
+
+
+def sent_digest(folder: Path) -> dict[str, str]:
+    """What a run sent, to compare runs: each outbound file's bytes, under its name, and the
+    outbox in the order it was written (but for the files' folder and when they were written)."""
+    digests = {
+        str(p.relative_to(folder / "outbound")): hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+        for p in sorted((folder / "outbound").rglob("*"))
+        if p.is_file()
+    }
+    conn = sqlite3.connect(folder / "cdp.db")
+    columns = [r[1] for r in conn.execute("PRAGMA table_info(messages)")]
+    kept = ", ".join(c for c in columns if c not in ("file", "written_at"))
+    outbox = hashlib.sha256()
+    for row in conn.execute(f"SELECT {kept} FROM messages ORDER BY rowid"):
+        outbox.update(repr(row).encode("utf-8", "surrogatepass"))
+    conn.close()
+    digests["messages table"] = outbox.hexdigest()[:16]
+    return digests
+
+
+# ---------------------------------------------------------------------------------------------
+# One size
+
+
+def measure(
+    customers: int, out: Path, keep: bool, compare: bool, before: tuple[str, Path] | None
+) -> dict[str, Any]:
+    """Baseline, then cdp as a user runs it (a second process rendering at this size), then,
+    with `compare`, cdp in one process and (with `before`) the code at another commit, each
+    from the same store: they must send the same, byte for byte, or the run stops."""
+    folder = out / f"project-{customers}c"
+    pristine = out / f"pristine-{customers}c.db"
+    if not (keep and pristine.exists()):
+        started = time.perf_counter()
+        build_project(folder, customers)
+        shutil.copy(folder / "cdp.db", pristine)
+        print(f"{customers:,}: store built in {time.perf_counter() - started:.1f} s", flush=True)
+    load_start = os.getloadavg()
+    data = customer_data(pristine)
+    base_seconds = baseline(data, out / "baseline.jsonl")
     del data
-    seconds, rss_mb, stdout = bench.run_child(
-        [str(CDP), "--config", str(folder / "cdp.yaml"), "journey", "run", "--now", NOW, "--json"]
-    )
-    [result] = json.loads(stdout)
+    runs = {"two processes": run_cdp(fresh_copy(folder, pristine, "two"), [])}
+    print(f"{customers:,}: baseline {base_seconds:.1f} s, cdp {runs['two processes']['seconds']} s",
+          flush=True)  # fmt: skip
+    digests = {"two processes": sent_digest(folder.parent / f"{folder.name}-two")}
+    if compare:
+        one = fresh_copy(folder, pristine, "one")
+        runs["one process"] = run_cdp(one, ["--render-worker-from", str(10**12)])
+        digests["one process"] = sent_digest(one)
+        print(f"{customers:,}: cdp in one process {runs['one process']['seconds']} s", flush=True)
+    if compare and before is not None:
+        old = fresh_copy(folder, pristine, "before")
+        runs[f"before ({before[0]})"] = run_cdp(old, [], before[1])
+        digests[f"before ({before[0]})"] = sent_digest(old)
+    reference = digests["two processes"]
+    same = {name: digest == reference for name, digest in digests.items()}
+    main = runs["two processes"]
+    result = main.pop("result")
     sent = sum(result["sent"].values())
-    ratio = seconds / base_seconds
+    ratio = main["seconds"] / base_seconds
+    others = {name: {k: v for k, v in run.items() if k != "result"}
+              for name, run in runs.items() if name != "two processes"}  # fmt: skip
     figures = {
-        "customers": args.customers,
+        "customers": customers,
         "enrolled": result["enrolled"],
         "sent": result["sent"],
         "skipped": result["skipped"],
-        "cdp_seconds": round(seconds, 1),
-        "cdp_peak_rss_mb": round(rss_mb),
-        "messages_per_second": round(sent / seconds),
+        "cdp": main,
+        "messages_per_second": round(sent / main["seconds"]),
         "baseline_seconds": round(base_seconds, 1),
-        "baseline_messages_per_second": round(args.customers / base_seconds),
+        "baseline_messages_per_second": round(customers / base_seconds),
         "ratio": round(ratio, 2),
-        "targets": {"seconds": SECONDS_TARGET, "rss_mb": RSS_TARGET_MB, "ratio": RATIO_TARGET},
+        "other runs": others,
+        "same as two processes": same,
+        "load_average_start": [round(x, 2) for x in load_start],
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "pass": {
-            "seconds": seconds < SECONDS_TARGET * args.customers / 1_000_000,
-            "rss": rss_mb < RSS_TARGET_MB,
+            "seconds": main["seconds"] < SECONDS_TARGET * customers / 1_000_000,
+            "rss": main["peak_rss_with_worker_mb"] < RSS_TARGET_MB,
             "ratio": ratio <= RATIO_TARGET,
         },
+    }
+    if not all(same.values()):
+        print(json.dumps(digests, indent=2))
+        sys.exit(f"{customers:,}: the runs did not send the same: {same}")
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="100000,1000000", help="customers, comma-separated")
+    parser.add_argument("--compare-at", default="100000",
+                        help="sizes at which cdp also runs in one process (and --before), "
+                        "comma-separated; 'all' for every size")  # fmt: skip
+    parser.add_argument("--before", metavar="REF", help="also run cdp_cli/ at this commit")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "journey")
+    parser.add_argument("--keep", action="store_true", help="Reuse the stores built before.")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    compare = sizes if args.compare_at == "all" else [int(s) for s in args.compare_at.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    before = before_code(args.before, args.out) if args.before else None
+    report: dict[str, Any] = {
+        "targets": {"seconds": SECONDS_TARGET, "rss_mb": RSS_TARGET_MB, "ratio": RATIO_TARGET},
+        "render_worker_from": RENDER_WORKER_FROM,
         "machine": bench.machine(),
         "code": bench.code_version(),
+        "sizes": {},
     }
-    print(json.dumps(figures, ensure_ascii=False, indent=2))
-    (args.out / f"result-{args.customers}c.json").write_text(
-        json.dumps(figures, ensure_ascii=False, indent=2), encoding="utf-8"
+    for customers in sizes:
+        figures = measure(customers, args.out, args.keep, customers in compare, before)
+        report["sizes"][str(customers)] = figures
+        print(json.dumps(figures, ensure_ascii=False, indent=2), flush=True)
+    report["load_average_at_end"] = os.getloadavg()
+    (args.out / "result.json").write_text(
+        json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8"
     )
-    return 0 if all(figures["pass"].values()) else 1
+    print_table(report)
+    passed = all(all(f["pass"].values()) for f in report["sizes"].values())
+    return 0 if passed else 1
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """The figures as benchmarks/README.md shows them."""
+    print(f"\ncommit {report['code']['commit']}")
+    print("| size | load avg start → end | baseline | cdp (2 processes) | cpu | peak RSS "
+          "(with worker) | ratio | one process | same |")  # fmt: skip
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for size, f in report["sizes"].items():
+        cdp = f["cdp"]
+        one = f["other runs"].get("one process")
+        one_seconds = f"{one['seconds']} s" if one else ""
+        print(
+            f"| {int(size):,} | {f['load_average_start'][0]:.1f} → {f['load_average_end'][0]:.1f} "
+            f"| {f['baseline_seconds']} s | {cdp['seconds']} s | {cdp['cpu_seconds']} s "
+            f"| {cdp['peak_rss_mb']} MB ({cdp['peak_rss_with_worker_mb']} MB) | {f['ratio']} "
+            f"| {one_seconds} "
+            f"| {', '.join(n for n, ok in f['same as two processes'].items() if ok)} |"
+        )
 
 
 if __name__ == "__main__":

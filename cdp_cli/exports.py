@@ -64,6 +64,12 @@ class Members:
         self.conn.executemany("INSERT OR IGNORE INTO temp.export_one_ids VALUES (?)", self._pending)
         self._pending = []
 
+    def add_selected(self, select: str, params: Sequence[Any]) -> None:
+        """The one_ids a query selects (one column), noted in the store without a Python loop:
+        for a file whose rows are in the store already."""
+        self.flush()
+        self.conn.execute(f"INSERT OR IGNORE INTO temp.export_one_ids {select}", params)
+
     def taken_from(
         self, rows: Iterable[Sequence[Any]], at: int, hidden: bool = False
     ) -> Iterator[Sequence[Any]]:

@@ -27,11 +27,23 @@ def journey_group() -> None:
 @click.argument("name", required=False)
 @now_option("The clock, in the project's timezone (tests, backfills).  [default: now]")
 @click.option("--dry-run", is_flag=True, help="Show who would get what; change nothing.")
+@click.option(
+    "--render-worker-from",
+    type=click.IntRange(min=1),
+    default=None,
+    hidden=True,  # for the tests and benchmarks: rendering.RENDER_WORKER_FROM is the default
+    help="Render in a second process from this many due enrolments of a journey.",
+)
 @json_option
 @writes_store()
 @pass_project
 def journey_run_command(
-    project: Project, name: str | None, now: Any, dry_run: bool, json_: bool
+    project: Project,
+    name: str | None,
+    now: Any,
+    dry_run: bool,
+    render_worker_from: int | None,
+    json_: bool,
 ) -> None:
     """Enrol who qualifies, advance everyone whose step is due, write outbound files.
 
@@ -46,11 +58,13 @@ def journey_run_command(
     from zoneinfo import ZoneInfo
 
     from cdp_cli.messaging.engine import held_problem, run_journeys
+    from cdp_cli.messaging.rendering import RENDER_WORKER_FROM
 
     config = project.config
     clock = now.replace(tzinfo=ZoneInfo(config.timezone)) if now else None
+    worker_from = RENDER_WORKER_FROM if render_worker_from is None else render_worker_from
     with project.store(create=False) as db:
-        results = run_journeys(db, config, name, clock, dry_run)
+        results = run_journeys(db, config, name, clock, dry_run, worker_from)
     out.emit(results, json_, lambda _: _print_run(results, dry_run))
     problem = held_problem(results)
     if problem:  # the project's fault: exit 1, so that cron's mail or the monitor says so
@@ -177,14 +191,16 @@ def journey_validate_command(project: Project, json_: bool) -> None:
     from datetime import datetime
 
     from cdp_cli.messaging.engine import coupon_shortfalls, tag_value_warnings, validate_journeys
+    from cdp_cli.tags import stored_tags
 
     config = project.config
     shortfalls: dict[str, list[str]] = {}
     if project.store_path.exists():  # then templates are checked against its data, too
         with project.store(create=False) as db:
-            journeys = validate_journeys(config, db)
+            known = stored_tags(db)  # read once for both
+            journeys = validate_journeys(config, db, known)
             now = datetime.now(config.sending.zone)
-            shortfalls = coupon_shortfalls(db, config, journeys, now)
+            shortfalls = coupon_shortfalls(db, config, journeys, now, known)
     else:
         journeys = validate_journeys(config, None)
     tag_values = tag_value_warnings(config, journeys)

@@ -2,9 +2,11 @@
 
 Exactly once: a run advances every enrolment and writes every message (or the reason it was
 skipped) to the outbox in one transaction, and a message's id is its journey, enrolment and
-step, so no step can produce two. Outbound files are written after the commit, from the
-outbox, to a temporary file renamed into place: a killed run leaves either no file or a whole
-one, and the next run writes what is still pending under the same name.
+step, so no step can produce two. Outbound files are written after the commit, from the lines
+kept as the messages were queued (outbox.Spool), to a temporary file renamed into place: a
+killed run leaves either no file or a whole one, and the next run writes what is still pending
+(from the outbox) under the same name. A journey with many enrolments due renders in a second
+process (rendering.py) with the same results.
 """
 
 from __future__ import annotations
@@ -35,13 +37,15 @@ from cdp_cli.messaging.journeys import (
     Wait,
     load_journeys,
 )
-from cdp_cli.messaging.outbox import OUTBOUND_FILES, write_outbound
+from cdp_cli.messaging.outbox import OUTBOUND_FILES, Spool, write_outbound
+from cdp_cli.messaging.rendering import RENDER_WORKER_FROM, RenderFailed, Workers
 from cdp_cli.messaging.run import Enrolment, JourneyRun, RunResult
-from cdp_cli.messaging.send import send_batch
+from cdp_cli.messaging.send import send_batch, settle, settle_for
 from cdp_cli.messaging.templates import TemplateStore
 from cdp_cli.rules.book import load_rulebook
 from cdp_cli.rules.vocabulary import BASE_FROM, unknown_tag_value, unknown_tag_values
 from cdp_cli.store import insert_row, now_iso, rollback
+from cdp_cli.tags import stored_tags
 
 
 def share_of(*parts: str) -> float:
@@ -74,13 +78,18 @@ def check_journey(journey: Journey, rules: JourneyRules, templates: TemplateStor
             templates.validate(channel, send.template, example_context())
 
 
-def validate_journeys(config: Config, db: sqlite_utils.Database | None = None) -> list[Journey]:
-    """Check every journey and template file without running anything."""
+def validate_journeys(
+    config: Config,
+    db: sqlite_utils.Database | None = None,
+    known_tags: frozenset[str] | None = None,
+) -> list[Journey]:
+    """Check every journey and template file without running anything. `known_tags`: the
+    store's tags (tags.stored_tags), when the caller has read them already."""
     journeys = load_journeys(config.journeys_folder)
-    known = set()
+    known: frozenset[str] = frozenset()
     if db is not None:
-        known = {r[0] for r in db.conn.execute("SELECT DISTINCT tag FROM profile_tags")}
-    rules = JourneyRules(config, date.today(), known)
+        known = stored_tags(db) if known_tags is None else known_tags
+    rules = JourneyRules(config, date.today(), set(known))
     templates = TemplateStore(config.templates_folder)
     templates.validate_all()
     for journey in journeys.values():
@@ -130,7 +139,11 @@ def tag_value_warnings(config: Config, journeys: list[Journey]) -> dict[str, lis
 
 
 def coupon_shortfalls(
-    db: sqlite_utils.Database, config: Config, journeys: list[Journey], now: datetime
+    db: sqlite_utils.Database,
+    config: Config,
+    journeys: list[Journey],
+    now: datetime,
+    known_tags: frozenset[str] | None = None,
 ) -> dict[str, list[str]]:
     """Per journey, a warning for each coupon step whose pool holds fewer codes it may draw
     (unissued, valid for its min_days_left) than the customers the journey would enrol at
@@ -138,8 +151,8 @@ def coupon_shortfalls(
     Nothing when the store has no features yet (nothing can enrol)."""
     if "profile_features" not in db.table_names():
         return {}
-    known = {r[0] for r in db.conn.execute("SELECT DISTINCT tag FROM profile_tags")}
-    rules = JourneyRules(config, now.date(), known)
+    known = stored_tags(db) if known_tags is None else known_tags
+    rules = JourneyRules(config, now.date(), set(known))
     cursor = db.conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
     warnings: dict[str, list[str]] = {}
     for journey in journeys:
@@ -192,8 +205,12 @@ def run_journeys(
     name: str | None = None,
     now: datetime | None = None,
     dry_run: bool = False,
+    render_worker_from: int = RENDER_WORKER_FROM,
 ) -> list[RunResult]:
-    """Advance one journey, or all: each in its own transaction, then its outbound files."""
+    """Advance one journey, or all: each in its own transaction, then its outbound files.
+
+    A journey with `render_worker_from` enrolments due or more renders its messages in a
+    second process (rendering.py); never in a dry run."""
     journeys = load_journeys(config.journeys_folder)
     if name is not None and name not in journeys:
         raise NotFound(f"no journey named {name!r} in {config.journeys_folder}")
@@ -201,8 +218,7 @@ def run_journeys(
     clock = (now or datetime.now(settings.zone)).astimezone(settings.zone)
     if "profile_features" not in db.table_names():
         raise CdpError("no features yet: run `cdp tag` before `cdp journey run`")
-    known = {r[0] for r in db.conn.execute("SELECT DISTINCT tag FROM profile_tags")}
-    rules = JourneyRules(config, clock.date(), known)
+    rules = JourneyRules(config, clock.date(), set(stored_tags(db)))
     templates = TemplateStore(config.templates_folder)
     chosen = [journeys[name]] if name else list(journeys.values())
     for journey in chosen:  # every journey is checked before any of them changes the store
@@ -210,20 +226,26 @@ def run_journeys(
     if not dry_run:  # before any journey moves: where their files go must take them
         ensure_folder(config.outbound_folder, OUTBOUND_FILES)
     results = []
+    spool = None if dry_run else Spool(config.outbound_folder)
+    workers = Workers(templates, None if dry_run else render_worker_from)
     if dry_run:  # one transaction for all, rolled back: each journey sees what those before
         db.conn.execute("BEGIN IMMEDIATE")  # it would have sent (the frequency cap, coupons)
     try:
         for journey in chosen:
             result = RunResult(journey.name, clock.isoformat(timespec="seconds"), dry_run)
-            run = JourneyRun(db, config, journey, clock, 0, rules, templates, result, dry_run)
-            results.append(_run_one(run))
+            run = JourneyRun(db, config, journey, clock, 0, rules, templates, result, dry_run,
+                             spool)  # fmt: skip
+            results.append(_run_one(run, workers))
+        if spool is not None:
+            written = write_outbound(db, config, spool)
+            for result in results:
+                result.files = [f for f in written if Path(f).name.startswith(f"{result.journey}-")]
     finally:
+        workers.close()
         if dry_run:
             rollback(db.conn)
-    if not dry_run:
-        written = write_outbound(db, config)
-        for result in results:
-            result.files = [f for f in written if Path(f).name.startswith(f"{result.journey}-")]
+        if spool is not None:
+            spool.close()
     return results
 
 
@@ -238,11 +260,14 @@ def held_problem(results: list[RunResult]) -> str | None:
     return "; ".join(problems) + "; fix it and run again" if problems else None
 
 
-def _run_one(run: JourneyRun) -> RunResult:
+def _run_one(run: JourneyRun, workers: Workers) -> RunResult:
     """One journey's run in its own transaction; a dry run's is the caller's, rolled back
-    after every journey has run in it, so that a dry run predicts exactly what a run sends."""
+    after every journey has run in it, so that a dry run predicts exactly what a run sends.
+
+    With a render worker, a message it could not render cleanly sends the journey's work back
+    to its savepoint, to be done again in one process: a failure then has its usual outcome."""
     started = time.monotonic()
-    conn, result = run.db.conn, run.result
+    conn = run.db.conn
     if not run.dry_run:
         conn.execute("BEGIN IMMEDIATE")
     try:
@@ -250,12 +275,17 @@ def _run_one(run: JourneyRun) -> RunResult:
         run.run_id = insert_row(
             conn,
             "INSERT INTO journey_runs (journey, now, tag_cursor, started_at) VALUES (?, ?, ?, ?)",
-            (run.journey.name, result.now, cursor, now_iso()),
+            (run.journey.name, run.result.now, cursor, now_iso()),
         )
-        _convert(run)
-        _exit(run)
-        _enrol(run, cursor)
-        _advance(run)
+        conn.execute("SAVEPOINT journey_work")
+        try:
+            _work(run, cursor, workers)
+        except RenderFailed:
+            conn.execute("ROLLBACK TO journey_work")
+            run = _in_one_process(run)
+            _work(run, cursor, None)
+        conn.execute("RELEASE journey_work")
+        result = run.result
         for _, reason in sorted(run.coupons.empty.items()):
             result.notes.append(f"{reason}: those sends were skipped")
         for problem, waiting in sorted(result.held.items()):
@@ -272,6 +302,22 @@ def _run_one(run: JourneyRun) -> RunResult:
     if not run.dry_run:
         conn.execute("COMMIT")
     return result
+
+
+def _work(run: JourneyRun, cursor: int, workers: Workers | None) -> None:
+    _convert(run)
+    _exit(run)
+    _enrol(run, cursor)
+    _advance(run, workers)
+
+
+def _in_one_process(run: JourneyRun) -> JourneyRun:
+    """The run as it starts, to be done again without a worker (its spooled lines dropped)."""
+    if run.spool is not None:
+        run.spool.discard(run.run_id)
+    result = RunResult(run.journey.name, run.result.now, run.dry_run)
+    return JourneyRun(run.db, run.config, run.journey, run.now, run.run_id, run.rules,
+                      run.templates, result, run.dry_run, run.spool)  # fmt: skip
 
 
 def _convert(run: JourneyRun) -> None:
@@ -457,8 +503,9 @@ def _enrol(run: JourneyRun, cursor: int) -> None:
     run.result.control = sum(r[4] for r in rows if not journey.transactional)
 
 
-def _advance(run: JourneyRun) -> None:
-    """Walk every due enrolment, a batch at a time, until each waits or ends."""
+def _advance(run: JourneyRun, workers: Workers | None) -> None:
+    """Walk every due enrolment, a batch at a time, until each waits or ends; with enough due
+    (Workers.threshold), a second process renders while this one walks the next batch."""
     due = [
         r[0]
         for r in run.db.conn.execute(
@@ -467,16 +514,28 @@ def _advance(run: JourneyRun) -> None:
             (run.journey.name, run.now_text),
         )
     ]
-    for start in range(0, len(due), BATCH):
-        batch = [
-            Enrolment(*row)
-            for row in run.db.conn.execute(
-                "SELECT id, one_id, step, waiting, variant, holdout, control "
-                "FROM journey_enrolments WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
-                (json.dumps(due[start : start + BATCH]),),
-            )
-        ]
-        _walk(run, batch)
+    run.worker = workers.for_journey(run.journey.name, len(due)) if workers else None
+    try:
+        for start in range(0, len(due), BATCH):
+            batch = [
+                Enrolment(*row)
+                for row in run.db.conn.execute(
+                    "SELECT id, one_id, step, waiting, variant, holdout, control FROM "
+                    "journey_enrolments WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+                    (json.dumps(due[start : start + BATCH]),),
+                )
+            ]
+            _walk(run, batch)
+        settle(run)
+    except RenderFailed:
+        raise  # the worker is idle again: the batch it failed was its last
+    except BaseException:
+        if workers is not None:
+            workers.stop()
+        raise
+    finally:
+        run.in_flight = None
+        run.worker = None
 
 
 def _walk(run: JourneyRun, batch: list[Enrolment]) -> None:
@@ -556,6 +615,7 @@ def _variant(journey: str, step: Split, one_id: str) -> tuple[str, float, tuple[
 
 def _branch_holding(run: JourneyRun, step: Branch, group: list[Enrolment]) -> set[int]:
     """The enrolments of the group for which the branch's condition holds."""
+    settle_for(run, group)  # `received` reads the messages of a send just before
     rule = run.branch_rule(step)
     rows = run.db.conn.execute(
         "SELECT je.id FROM journey_enrolments je JOIN profiles p ON p.one_id = je.one_id "

@@ -10,15 +10,19 @@ so no message ever appears twice and no file ever holds a partial row.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import shutil
+import tempfile
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import sqlite_utils
 
 from cdp_cli.config import Config
+from cdp_cli.errors import CdpError
 from cdp_cli.exports import OUTBOUND, Export, Members, record_export
 from cdp_cli.files import atomic_write, ensure_folder
 from cdp_cli.messaging.channels import CHANNELS, Channel
@@ -30,8 +34,77 @@ TRAILING_COLUMNS = ("journey", "step", "one_id", "coupon", "link")
 OUTBOUND_FILES = "the journeys' outbound files"  # what goes in outbound/, for error messages
 
 
-def write_outbound(db: sqlite_utils.Database, config: Config) -> list[str]:
-    """Write every queued message to its outbound file; the paths written."""
+class Spool:
+    """The outbound lines of this command's runs, kept from when their messages are queued
+    until their files are written after the commit: a file is written from them, never from
+    reading back what was just queued. Each group (run, journey, channel) goes to an unnamed
+    temporary file in its channel's folder (gone with the process, whatever kills it), so
+    memory does not grow with the audience."""
+
+    def __init__(self, outbound_folder: Path) -> None:
+        self.folder = outbound_folder
+        self.groups: dict[tuple[int, str, str], SpooledGroup] = {}
+
+    def add(self, run_id: int, journey: str, lines: list[tuple[str, str]]) -> None:
+        """Lines of one batch, in the order they were queued: (channel, line)."""
+        for channel, line in lines:
+            key = (run_id, journey, channel)
+            group = self.groups.get(key)
+            if group is None:
+                folder = self.folder / channel
+                ensure_folder(folder, OUTBOUND_FILES)
+                group = self.groups[key] = SpooledGroup(tempfile.TemporaryFile(dir=folder))  # noqa: SIM115 (closed by close())
+            group.file.write(line.encode())
+            group.count += 1
+
+    def discard(self, run_id: int) -> None:
+        """Forget a run's lines: its transaction was rolled back."""
+        for key in [k for k in self.groups if k[0] == run_id]:
+            self.groups.pop(key).file.close()
+
+    def close(self) -> None:
+        for group in self.groups.values():
+            group.file.close()
+        self.groups.clear()
+
+
+class SpooledGroup:
+    """One outbound file's lines, spooled, and how many."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file = file
+        self.count = 0
+
+
+def file_line(channel: Channel, head: Sequence[Any], body: dict[str, Any]) -> str:
+    """A message's line in its outbound file. head: message_id, to, journey, step, one_id,
+    coupon, link; body: its payload."""
+    id_, address, journey, step, one_id, coupon, link = head
+    if channel.file_format == "csv":
+        values = (body.get(column) for column in channel.file_columns)
+        return _csv_line((id_, address, *values, journey, step, one_id, coupon, link))
+    record = {"message_id": id_, "to": address, "journey": journey, "step": step,
+              "one_id": one_id, "coupon": coupon, "link": link}  # fmt: skip
+    record.update(body)
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+_CSV_BUFFER = io.StringIO()
+_CSV_WRITER = csv.writer(_CSV_BUFFER)
+
+
+def _csv_line(row: Sequence[Any]) -> str:
+    _CSV_BUFFER.seek(0)
+    _CSV_BUFFER.truncate()
+    _CSV_WRITER.writerow(row)
+    return _CSV_BUFFER.getvalue()
+
+
+def write_outbound(
+    db: sqlite_utils.Database, config: Config, spool: Spool | None = None
+) -> list[str]:
+    """Write every queued message to its outbound file; the paths written. A group this
+    command queued is written from the spool; one a killed run left queued, from the store."""
     groups = db.conn.execute(
         "SELECT DISTINCT m.run_id, m.journey, m.channel, r.now FROM messages m "
         "JOIN journey_runs r ON r.id = m.run_id WHERE m.status = 'queued' ORDER BY m.run_id"
@@ -42,45 +115,61 @@ def write_outbound(db: sqlite_utils.Database, config: Config) -> list[str]:
         folder = config.outbound_folder / channel
         ensure_folder(folder, OUTBOUND_FILES)
         path = folder / f"{journey}-{stamp}-{run_id}.{CHANNELS[channel].file_format}"
-        # A group's rows are all queued until the UPDATE below marks them all written. In the
-        # order they were queued, through the index of queued messages, never a table scan.
         logged = Members(db.conn)
-        rows = db.conn.execute(
-            "SELECT id, journey, step, one_id, address, payload, coupon_code, link_url "
-            "FROM messages WHERE run_id = ? AND status = 'queued' AND journey = ? "
-            "AND channel = ? ORDER BY rowid",
-            (run_id, journey, channel),
-        )
-        count = _write_file(path, CHANNELS[channel], logged.taken_from(rows, at=3))
+        spooled = spool.groups.get((run_id, journey, channel)) if spool else None
+        if spooled is not None:
+            count = _copy_file(path, CHANNELS[channel], spooled)
+            logged.add_selected(
+                "SELECT one_id FROM messages WHERE run_id = ? AND status = 'queued' "
+                "AND journey = ? AND channel = ?",
+                (run_id, journey, channel),
+            )
+        else:
+            # A group's rows are all queued until the UPDATE below marks them all written. In
+            # the order they were queued, through the index of queued messages, never a scan.
+            rows = db.conn.execute(
+                "SELECT id, address, journey, step, one_id, coupon_code, link_url, payload "
+                "FROM messages WHERE run_id = ? AND status = 'queued' AND journey = ? "
+                "AND channel = ? ORDER BY rowid",
+                (run_id, journey, channel),
+            )
+            count = _write_file(path, CHANNELS[channel], logged.taken_from(rows, at=4))
         with transaction(db) as conn:
-            conn.execute(
+            marked = conn.execute(
                 "UPDATE messages SET status = 'written', file = ?, written_at = ? "
                 "WHERE run_id = ? AND journey = ? AND channel = ? AND status = 'queued'",
                 (str(path), now_iso(), run_id, journey, channel),
-            )
+            ).rowcount
+            if marked != count:  # the spool and the outbox disagree: keep them queued
+                raise CdpError(f"{path}: {count} messages written, {marked} queued")
             audience = f"journey {journey}, channel {channel}"
             record_export(conn, path, Export(OUTBOUND, audience), count, logged)
         written.append(str(path))
     return written
 
 
+def _copy_file(path: Path, channel: Channel, spooled: SpooledGroup) -> int:
+    """Write one outbound file whole from its spooled lines; the messages in it."""
+    spooled.file.flush()
+    spooled.file.seek(0)
+    with atomic_write(path, "wb") as f:
+        if channel.file_format == "csv":
+            f.write(_header(channel).encode())
+        shutil.copyfileobj(spooled.file, f)
+    return spooled.count
+
+
+def _header(channel: Channel) -> str:
+    return _csv_line((*LEADING_COLUMNS, *channel.file_columns, *TRAILING_COLUMNS))
+
+
 def _write_file(path: Path, channel: Channel, rows: Iterable[Sequence[Any]]) -> int:
-    """Write one outbound file whole; the messages in it."""
+    """Write one outbound file whole from the outbox; the messages in it."""
     count = 0
     with atomic_write(path) as f:
         if channel.file_format == "csv":
-            writer = csv.writer(f)
-            writer.writerow((*LEADING_COLUMNS, *channel.file_columns, *TRAILING_COLUMNS))
-            for id_, journey, step, one_id, address, payload, coupon, link in rows:
-                body = json.loads(payload)
-                values = (body.get(column) for column in channel.file_columns)
-                writer.writerow((id_, address, *values, journey, step, one_id, coupon, link))
-                count += 1
-        else:
-            for id_, journey, step, one_id, address, payload, coupon, link in rows:
-                record = {"message_id": id_, "to": address, "journey": journey, "step": step,
-                          "one_id": one_id, "coupon": coupon, "link": link}  # fmt: skip
-                record.update(json.loads(payload))
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
+            f.write(_header(channel))
+        for row in rows:
+            f.write(file_line(channel, row[:7], json.loads(row[7])))
+            count += 1
     return count

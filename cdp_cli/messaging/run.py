@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
@@ -20,6 +20,10 @@ from cdp_cli.messaging.journeys import Branch, Journey
 from cdp_cli.messaging.settings import SendSettings
 from cdp_cli.messaging.templates import TemplateStore
 from cdp_cli.rules.compiler import CompiledRule
+
+if TYPE_CHECKING:
+    from cdp_cli.messaging.outbox import Spool
+    from cdp_cli.messaging.rendering import InFlight, RenderWorker
 
 
 @dataclass
@@ -75,6 +79,9 @@ class JourneyRun:
     templates: TemplateStore
     result: RunResult
     dry_run: bool
+    spool: Spool | None = None  # the outbound lines of queued messages (none in a dry run)
+    worker: RenderWorker | None = None  # the second process rendering, in a large run
+    in_flight: InFlight | None = None  # the batch it is rendering
     branches: dict[str, CompiledRule] = field(default_factory=dict)
     coupons: CouponPools = field(init=False)
     now_text: str = field(init=False)

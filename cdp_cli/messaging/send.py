@@ -6,11 +6,18 @@ opt-outs and reachability with fallback; the frequency cap and quiet hours, whic
 message wait), then a coupon from the pool (coupons.py), a tracked link, and the template. Each
 message, queued or skipped with its reason, is one MessageRow of the outbox. A message that
 waits has no row: its enrolment stays at the step with a `Deferral` (when, and why).
+
+With a render worker (rendering.py, a large run), the template is rendered there: the row is
+queued as if it renders cleanly, and the batch's outbox is written once the worker hands its
+messages back, while the engine walks the next batch (`settle` waits for it, and runs first
+whenever what comes next reads those messages).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,10 +26,19 @@ import sqlite_utils
 
 from cdp_cli.errors import TemplateError
 from cdp_cli.messaging import links
-from cdp_cli.messaging.channels import Outbound, placeholder_problem
-from cdp_cli.messaging.coupons import unknown_pool_problem
+from cdp_cli.messaging.channels import CHANNELS, Outbound, placeholder_problem
+from cdp_cli.messaging.coupons import CouponPool, unknown_pool_problem
 from cdp_cli.messaging.guards import IN_BATCH, Customers, quiet_until, reach
 from cdp_cli.messaging.journeys import Send
+from cdp_cli.messaging.outbox import file_line
+from cdp_cli.messaging.rendering import (
+    ContextHeader,
+    ContextParts,
+    InFlight,
+    RenderedMessage,
+    RenderJob,
+    message_context,
+)
 from cdp_cli.messaging.run import Enrolment, JourneyRun
 
 PROFILE_FIELDS = "one_id, name, gender, birthday, city, known, first_seen, last_seen, records"
@@ -71,7 +87,7 @@ class Delivery:
     """What a queued message carries: where it goes, what it says, its coupon and link."""
 
     address: str
-    outbound: Outbound
+    outbound: Outbound | None  # None while the render worker renders it (Outbox.fill)
     coupon_code: str | None
     link: links.Link | None
 
@@ -88,6 +104,7 @@ def message_row(
 ) -> MessageRow:
     """The outbox row of a message: queued with its `delivery`, or skipped for `reason`."""
     link = delivery.link if delivery else None
+    outbound = delivery.outbound if delivery else None
     return MessageRow(
         id=message_id,
         run_id=run.run_id,
@@ -100,12 +117,9 @@ def message_row(
         reason=reason,
         # An openid is stored as '<appid>:<openid>'; the file carries the openid.
         address=delivery.address.split(":", 1)[-1] if delivery else None,
-        payload=json.dumps(delivery.outbound.body, ensure_ascii=False) if delivery else None,
+        payload=json.dumps(outbound.body, ensure_ascii=False) if outbound else None,
         coupon_code=delivery.coupon_code if delivery else None,
-        # per billed part: a 3-segment SMS costs three
-        cost=run.settings.cost(channel) * delivery.outbound.billed_parts
-        if delivery and channel
-        else None,
+        cost=message_cost(run, channel, outbound.billed_parts) if outbound and channel else None,
         transactional=int(run.journey.transactional),
         created_at=run.now_text,
         link_code=link.code if link else None,
@@ -113,30 +127,97 @@ def message_row(
     )
 
 
+def message_cost(run: JourneyRun, channel: str, billed_parts: int) -> float:
+    """What a message costs: per billed part, so a 3-segment SMS costs three."""
+    return run.settings.cost(channel) * billed_parts
+
+
 @dataclass
 class Outbox:
-    """Rows for the outbox, written together at the end of a batch."""
+    """Rows for the outbox, written together at the end of a batch, and the queued messages'
+    lines for their outbound files (the spool's, after the commit)."""
 
     messages: list[MessageRow] = field(default_factory=list)
     coupons: list[tuple[Any, ...]] = field(default_factory=list)
+    lines: list[tuple[str, str]] = field(default_factory=list)  # channel, line
+    # With a render worker: the rows whose payload it renders (indexes into messages), in order
+    rendering: list[int] = field(default_factory=list)
+    jobs: list[RenderJob] = field(default_factory=list)
+    header: ContextHeader | None = None  # what the jobs' contexts share
 
-    def flush(self, db: sqlite_utils.Database) -> None:
-        db.conn.executemany(INSERT_MESSAGE, self.messages)
-        db.conn.executemany(
+    def flush(self, run: JourneyRun) -> None:
+        run.db.conn.executemany(INSERT_MESSAGE, self.messages)
+        run.db.conn.executemany(
             "INSERT INTO coupon_issues (code, campaign, one_id, message_id, issued_at) "
             "VALUES (?, ?, ?, ?, ?)",
             self.coupons,
         )
+        if run.spool is not None:
+            run.spool.add(run.run_id, run.journey.name, self.lines)
         self.messages.clear()
         self.coupons.clear()
+        self.lines.clear()
+
+    def fill(self, run: JourneyRun, rendered: list[RenderedMessage]) -> None:
+        """Put what the worker rendered into the rows waiting for it, and their lines."""
+        for index, (payload, billed_parts, line) in zip(self.rendering, rendered, strict=True):
+            row = self.messages[index]
+            assert row.channel is not None
+            cost = message_cost(run, row.channel, billed_parts)
+            self.messages[index] = row._replace(payload=payload, cost=cost)
+            self.lines.append((row.channel, line))
+        self.rendering.clear()
+        self.jobs.clear()
+
+
+def settle_for(run: JourneyRun, enrolments: list[Enrolment]) -> None:
+    """Settle the batch in flight if it holds messages of these enrolments' customers: what
+    comes next for them (a send's guards and coupons, a branch on `received`) reads them."""
+    pending = run.in_flight
+    if pending is not None and not pending.one_ids.isdisjoint(e.one_id for e in enrolments):
+        settle(run)
+
+
+def settle(run: JourneyRun) -> None:
+    """Wait for the batch the worker is rendering, and write its outbox. RenderFailed when one
+    of its messages did not render cleanly (the engine runs the journey in one process)."""
+    pending = run.in_flight
+    if pending is None:
+        return
+    run.in_flight = None
+    assert run.worker is not None
+    pending.written(run.worker.collect())
+
+
+def _finish(run: JourneyRun, outbox: Outbox) -> None:
+    """The batch's outbox, after the one in flight: written now, or once the worker has
+    rendered its messages (while the engine walks the next batch)."""
+    settle(run)  # rows go in in the order they were made, batch after batch
+    if not outbox.jobs:
+        outbox.flush(run)
+        return
+    assert run.worker is not None
+    assert outbox.header is not None
+    run.worker.submit(outbox.header, list(outbox.jobs))
+    one_ids = {row.one_id for row in outbox.messages}
+    codes = {row.link_code for row in outbox.messages if row.link_code}
+    run.in_flight = InFlight(one_ids, codes, functools.partial(_write_rendered, run, outbox))
+
+
+def _write_rendered(run: JourneyRun, outbox: Outbox, rendered: list[RenderedMessage]) -> None:
+    outbox.fill(run, rendered)
+    outbox.flush(run)
 
 
 @dataclass
 class TemplateData:
-    """What templates print about a batch of customers: profile, features and tags."""
+    """What templates print about a batch of customers: profile, features and tags, as rows
+    with their column names (rendering.message_context makes each message's dicts)."""
 
-    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
-    features: dict[str, dict[str, Any]] = field(default_factory=dict)
+    profile_columns: tuple[str, ...] = ()
+    feature_columns: tuple[str, ...] = ()
+    profiles: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    features: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # one_id left out
     tags: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
@@ -149,8 +230,8 @@ class TemplateData:
         cursor = conn.execute(
             f"SELECT {PROFILE_FIELDS} FROM profiles WHERE one_id {IN_BATCH}", (ids,)
         )
-        names = [d[0] for d in cursor.description]
-        found.profiles = {row[0]: dict(zip(names, row, strict=True)) for row in cursor}
+        found.profile_columns = tuple(d[0] for d in cursor.description)
+        found.profiles = {row[0]: row for row in cursor}
         listed = (
             "*"
             if feature_columns is None
@@ -159,8 +240,8 @@ class TemplateData:
         cursor = conn.execute(
             f"SELECT {listed} FROM profile_features WHERE one_id {IN_BATCH}", (ids,)
         )
-        names = [d[0] for d in cursor.description]
-        found.features = {row[0]: dict(zip(names[1:], row[1:], strict=True)) for row in cursor}
+        found.feature_columns = tuple(d[0] for d in cursor.description[1:])
+        found.features = {row[0]: row[1:] for row in cursor}
         for one_id, tag, value in conn.execute(
             f"SELECT one_id, tag, value FROM profile_tags WHERE one_id {IN_BATCH}", (ids,)
         ):
@@ -188,6 +269,13 @@ class Batch:
     outbox: Outbox
     rendered: int = 0  # messages whose template rendered
     failed: list[tuple[Enrolment, str, str, TemplateError]] = field(default_factory=list)
+    header: ContextHeader = field(init=False)  # what every message's context shares
+
+    def __post_init__(self) -> None:
+        self.header = ContextHeader(
+            self.data.profile_columns, self.data.feature_columns, self.run.settings.brand,
+            {"name": self.run.journey.name}, {"name": self.step.key},
+        )  # fmt: skip
 
 
 def send_batch(run: JourneyRun, step: Send, batch: list[Enrolment]) -> dict[int, Deferral]:
@@ -198,6 +286,7 @@ def send_batch(run: JourneyRun, step: Send, batch: list[Enrolment]) -> dict[int,
     run tries again.
     """
     journey = run.journey
+    settle_for(run, batch)  # a step after another: guards and coupons read the messages before
     ids = {e.id: f"{journey.name}:{e.id}:{step.key}" for e in batch}
     done = {
         row[0]
@@ -223,7 +312,8 @@ def send_batch(run: JourneyRun, step: Send, batch: list[Enrolment]) -> dict[int,
         )
         data = TemplateData.load(run.db, one_ids, run.feature_columns)
         earlier = enrolment_coupons(run, live) if not step.coupon and run.coupon_steps else {}
-        codes = link_codes(run, [ids[e.id] for e in live]) if step.link else {}
+        rendering = run.in_flight.link_codes if run.in_flight else frozenset()
+        codes = link_codes(run, [ids[e.id] for e in live], rendering) if step.link else {}
         current = Batch(run, step, customers, data, outbox)
         for e in live:
             message = Message(ids[e.id], earlier.get(e.id), codes.get(ids[e.id]))
@@ -231,7 +321,7 @@ def send_batch(run: JourneyRun, step: Send, batch: list[Enrolment]) -> dict[int,
             if waits:
                 deferred[e.id] = waits
         deferred.update(_settle_template_failures(current))
-    outbox.flush(run.db)
+    _finish(run, outbox)
     return deferred
 
 
@@ -254,11 +344,14 @@ def enrolment_coupons(run: JourneyRun, enrolments: list[Enrolment]) -> dict[int,
     return found
 
 
-def link_codes(run: JourneyRun, message_ids: list[str]) -> dict[str, str]:
+def link_codes(
+    run: JourneyRun, message_ids: list[str], rendering: AbstractSet[str] = frozenset()
+) -> dict[str, str]:
     """Each message's link code: links.short_code, lengthened where another message holds it.
 
     Eight base32 characters make about one clash per two million messages; one query per
-    batch finds them, before anything is rendered with the code in it.
+    batch finds them, before anything is rendered with the code in it. `rendering`: the codes
+    of the batch the worker is rendering, not in the store yet.
     """
     codes = {m: links.short_code(m) for m in message_ids}
     taken = {
@@ -267,16 +360,19 @@ def link_codes(run: JourneyRun, message_ids: list[str]) -> dict[str, str]:
             f"SELECT link_code FROM messages WHERE link_code {IN_BATCH}",
             (json.dumps(list(codes.values())),),
         )
-    }
+    } | (rendering & set(codes.values()))
     given: set[str] = set()
     for message_id, code in codes.items():
         length = len(code)
         while code in taken or code in given:
             length += 1
             code = links.short_code(message_id, length)
-            if run.db.conn.execute(
-                "SELECT 1 FROM messages WHERE link_code = ?", (code,)
-            ).fetchone():
+            if (
+                code in rendering
+                or run.db.conn.execute(
+                    "SELECT 1 FROM messages WHERE link_code = ?", (code,)
+                ).fetchone()
+            ):
                 taken.add(code)  # a longer code of an earlier clash: rarer still, but possible
         codes[message_id] = code
         given.add(code)
@@ -333,7 +429,11 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> Deferral | None:
             _skip(run, outbox, e, step, message_id, channel, reason)
             return None
     link = tracked_link(run, step, message.link_code, channel, e.variant)
-    context = _context(batch, one_id, channel, coupon, link, message_id)
+    parts = _context_parts(batch, one_id, channel, coupon, link)
+    if run.worker is not None:
+        _queue_render(batch, e, message_id, found.address, channel, parts, coupon, pool, link)
+        return None
+    context = message_context(batch.header, parts, message_id)
     try:
         outbound = run.templates.render(channel, step.template, context)
     except TemplateError as exc:
@@ -353,7 +453,11 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> Deferral | None:
     if pool and coupon:
         outbox.coupons.append((code, step.coupon, one_id, message_id, run.now_text))
     delivery = Delivery(found.address, outbound, code, link)
-    outbox.messages.append(message_row(run, e, step, message_id, channel, delivery=delivery))
+    row = message_row(run, e, step, message_id, channel, delivery=delivery)
+    outbox.messages.append(row)
+    if run.spool is not None:
+        line = file_line(CHANNELS[channel], _file_head(row), outbound.body)
+        outbox.lines.append((channel, line))
     customers.count_sent(one_id, run.now)
     run.result.sent[channel] = run.result.sent.get(channel, 0) + 1
     if run.dry_run and len(run.result.messages) < DRY_RUN_LISTED:
@@ -363,40 +467,58 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> Deferral | None:
     return None
 
 
+def _queue_render(
+    batch: Batch,
+    e: Enrolment,
+    message_id: str,
+    address: str,
+    channel: str,
+    parts: ContextParts,
+    coupon: dict[str, Any] | None,
+    pool: CouponPool | None,
+    link: links.Link | None,
+) -> None:
+    """The message for the worker to render: queued as if it renders cleanly (when one does
+    not, the engine runs the journey again in one process, so nothing here is kept)."""
+    run, step, outbox = batch.run, batch.step, batch.outbox
+    code = coupon["code"] if coupon else None
+    if pool and coupon:
+        outbox.coupons.append((code, step.coupon, e.one_id, message_id, run.now_text))
+    delivery = Delivery(address, None, code, link)
+    row = message_row(run, e, step, message_id, channel, delivery=delivery)
+    outbox.rendering.append(len(outbox.messages))
+    outbox.messages.append(row)
+    qr = str(link.qr) if link is not None and link.qr is not None else None
+    outbox.header = batch.header
+    outbox.jobs.append((channel, step.template, parts, qr, _file_head(row)))
+    batch.customers.count_sent(e.one_id, run.now)
+    run.result.sent[channel] = run.result.sent.get(channel, 0) + 1
+
+
+def _file_head(row: MessageRow) -> tuple[Any, ...]:
+    """What a message's outbound line carries besides its payload (outbox.file_line)."""
+    return (row.id, row.address, row.journey, row.step, row.one_id, row.coupon_code,
+            row.link_url)  # fmt: skip
+
+
 def _prints_coupon(run: JourneyRun, channel: str, step: Send) -> bool:
     """Whether the step's template may print the coupon (a reminder of an earlier one)."""
     return run.templates.fields_used(channel, step.template, "coupon") != set()
 
 
-def _context(
-    batch: Batch,
-    one_id: str,
-    channel: str,
-    coupon: dict[str, Any] | None,
-    link: links.Link | None,
-    message_id: str,
-) -> dict[str, Any]:
+def _context_parts(
+    batch: Batch, one_id: str, channel: str, coupon: dict[str, Any] | None, link: links.Link | None
+) -> ContextParts:
+    """What one customer's message context is made of (rendering.message_context)."""
     run, customers, data = batch.run, batch.customers, batch.data
-    openid = customers.address(one_id, "wechat", run.settings.wechat_appid)
-    brand = run.settings.brand
-    url = brand.get("url", "")
+    url = batch.header.brand.get("url", "")
     if link is not None:
-        short = brand.get("short_links")  # an SMS is billed by length: a short link, if any
+        short = batch.header.brand.get("short_links")  # an SMS is billed by length: short link
         url = f"{short}{link.code}" if short and channel == "sms" else link.url
-    return {
-        "customer": data.profiles.get(one_id) or {"one_id": one_id},
-        "features": data.features.get(one_id, {}),
-        "tags": data.tags.get(one_id, {}),
-        "coupon": coupon,
-        "journey": {"name": run.journey.name},
-        "step": {"name": batch.step.key},
-        "wechat": {"openid": openid.split(":", 1)[-1] if openid else None,
-                   "appid": openid.split(":", 1)[0] if openid and ":" in openid else None},
-        "device": customers.address(one_id, "push", None),
-        "brand": brand,
-        "link": url,
-        "unsubscribe": links.unsubscribe_url(brand.get("url"), message_id),
-    }  # fmt: skip
+    return (one_id, data.profiles.get(one_id), data.features.get(one_id),
+            data.tags.get(one_id), coupon,
+            customers.address(one_id, "wechat", run.settings.wechat_appid),
+            customers.address(one_id, "push", None), url)  # fmt: skip
 
 
 def _settle_template_failures(batch: Batch) -> dict[int, Deferral]:

@@ -1,0 +1,277 @@
+"""A second process that renders a journey's messages while the first does the store's work.
+
+Rendering in the sandbox is about half of a large run's time (2 processes render ~92k
+messages/s on this machine kind, one ~41k). When a journey has many enrolments due
+(RENDER_WORKER_FROM or more), send.py hands each batch's renders to a RenderWorker and goes
+on with the next batch while it renders: guards, coupons, contexts and the store stay in the
+first process, in the same order as ever, and nothing but templates runs in the second.
+
+The worker is a fresh Python that inherits none of the first process's files (the store, its
+lock), so a killed run never leaves a lock or a store handle behind; it ends when its pipe
+closes, whichever side dies. It rebuilds the same TemplateStore (root, limits, SMS segments)
+and answers each batch with, per message, what the outbox and the outbound file need
+(RenderedMessage), or None for the whole batch when any message did not render cleanly:
+the engine then runs the journey again in one process, which gives every failure its usual
+outcome (skipped, or the customers held), exactly as a run that never started a worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, NamedTuple
+
+import cdp_cli
+from cdp_cli.errors import CdpError, TemplateError
+from cdp_cli.messaging import links
+from cdp_cli.messaging.channels import CHANNELS, placeholder_problem
+from cdp_cli.messaging.outbox import file_line
+from cdp_cli.messaging.templates import TemplateStore
+
+# Due enrolments from which a journey's run renders in a second process; below, starting one
+# (about 0.3 s of a fresh Python importing Jinja) costs more than it gives.
+RENDER_WORKER_FROM = 20_000
+WORKER_COMMAND = "from cdp_cli.messaging.rendering import worker_main; worker_main()"
+
+
+class ContextHeader(NamedTuple):
+    """What the contexts of a batch's messages share: sent to the worker once per batch."""
+
+    profile_columns: tuple[str, ...]
+    feature_columns: tuple[str, ...]
+    brand: dict[str, Any]
+    journey: dict[str, str]  # {"name": ...}
+    step: dict[str, str]
+
+
+# One customer's part of a message context: one_id, profile row (or None), features row
+# without its one_id (or None), tags (or None), coupon, WeChat openid as stored ('appid:openid'),
+# push device, link. Plain tuples: a million of them cross the pipe.
+ContextParts = tuple[
+    str, tuple[Any, ...] | None, tuple[Any, ...] | None, dict[str, str] | None,
+    dict[str, Any] | None, str | None, str | None, str,
+]  # fmt: skip
+# One message to render: channel, template, its ContextParts, the QR image's path relative to
+# outbound/ (put in the payload) or None, and the rest of its outbound line (outbox.file_line's
+# `head`: message_id, to, journey, step, one_id, coupon, link).
+RenderJob = tuple[str, str, ContextParts, str | None, tuple[Any, ...]]
+# A message rendered cleanly: its payload as the outbox stores it (JSON), the parts it is
+# billed for, and its outbound line.
+RenderedMessage = tuple[str, int, str]
+
+
+def message_context(
+    header: ContextHeader, parts: ContextParts, message_id: str | None
+) -> dict[str, Any]:
+    """What a template sees of one message: the one home of its shape, in either process.
+    `message_id` None: its unsubscribe link is left out (fixtures' examples have one)."""
+    one_id, profile, features, tags, coupon, openid, device, link = parts
+    context = {
+        "customer": dict(zip(header.profile_columns, profile, strict=True))
+        if profile is not None
+        else {"one_id": one_id},
+        "features": dict(zip(header.feature_columns, features, strict=True))
+        if features is not None
+        else {},
+        "tags": tags if tags is not None else {},
+        "coupon": coupon,
+        "journey": header.journey,
+        "step": header.step,
+        "wechat": {"openid": openid.split(":", 1)[-1] if openid else None,
+                   "appid": openid.split(":", 1)[0] if openid and ":" in openid else None},
+        "device": device,
+        "brand": header.brand,
+        "link": link,
+    }  # fmt: skip
+    if message_id is not None:
+        context["unsubscribe"] = links.unsubscribe_url(header.brand.get("url"), message_id)
+    return context
+
+
+@dataclass
+class InFlight:
+    """The batch the worker is rendering: its customers and link codes (not in the store
+    yet), and what writes its outbox once its messages are back (send.py)."""
+
+    one_ids: set[str]
+    link_codes: set[str]
+    written: Callable[[list[RenderedMessage]], None]
+
+
+class RenderFailed(Exception):
+    """A message of the batch did not render cleanly in the worker: run it in one process."""
+
+
+def render_message(
+    templates: TemplateStore, header: ContextHeader, job: RenderJob
+) -> RenderedMessage | None:
+    """Render one message as send._send_one does; None when it fails or is a placeholder."""
+    channel, template, parts, qr, head = job
+    context = message_context(header, parts, head[0])
+    try:
+        outbound = templates.render(channel, template, context)
+    except TemplateError:
+        return None
+    if placeholder_problem(channel, template, outbound.body):
+        return None
+    if qr is not None:
+        outbound.body["qr"] = qr
+    return (
+        json.dumps(outbound.body, ensure_ascii=False),
+        outbound.billed_parts,
+        file_line(CHANNELS[channel], head, outbound.body),
+    )
+
+
+def render_batch(
+    templates: TemplateStore, header: ContextHeader, jobs: list[RenderJob]
+) -> list[RenderedMessage] | None:
+    """Every message of a batch, or None when any of them did not render cleanly."""
+    rendered = []
+    for job in jobs:
+        message = render_message(templates, header, job)
+        if message is None:
+            return None
+        rendered.append(message)
+    return rendered
+
+
+def serve(jobs: IO[bytes], results: IO[bytes]) -> None:
+    """The worker's loop: the TemplateStore's settings, then a batch of jobs in and its rendered
+    messages out, each a pickle, until the first process closes the pipe (or dies)."""
+    try:
+        root, limits, sms_max_segments = pickle.load(jobs)
+        templates = TemplateStore(root, limits=limits, sms_max_segments=sms_max_segments)
+        while True:
+            header, batch = pickle.load(jobs)
+            try:
+                answer = render_batch(templates, header, batch)
+            except Exception:  # one process reproduces it, with its own message
+                answer = None
+            pickle.dump(answer, results, pickle.HIGHEST_PROTOCOL)
+            results.flush()
+    except (EOFError, OSError):  # the first process has gone, or is done
+        return
+
+
+class RenderWorker:
+    """The second process, one batch in flight at a time: submit() a batch, collect() it
+    before submitting the next (so neither side ever waits on a full pipe).
+
+    A plain `python -c WORKER_COMMAND` with pipes for stdin and stdout: it
+    inherits no file of this process (the store, its lock), imports nothing of the caller's
+    script (as multiprocessing's spawn would), and, in a session of its own, is not sent the
+    terminal's Ctrl-C (this process ends it)."""
+
+    def __init__(self, templates: TemplateStore) -> None:
+        self.journey = ""  # the journey it renders for, named if it dies
+        package = str(Path(cdp_cli.__file__).resolve().parents[1])  # cdp_cli as imported here
+        path = os.pathsep.join(p for p in (package, os.environ.get("PYTHONPATH")) if p)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", WORKER_COMMAND],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": path}, start_new_session=True,
+        )  # fmt: skip
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self._jobs, self._results = self.process.stdin, self.process.stdout
+        self.in_flight = False
+        self._send((templates.root, templates.limits, templates.sms_max_segments))
+
+    def submit(self, header: ContextHeader, jobs: list[RenderJob]) -> None:
+        assert not self.in_flight, "collect() the batch in flight first"
+        self._send((header, jobs))
+        self.in_flight = True
+
+    def collect(self) -> list[RenderedMessage]:
+        """The batch in flight, rendered; RenderFailed when a message did not render."""
+        assert self.in_flight, "nothing submitted"
+        try:
+            answer = pickle.load(self._results)
+        except (EOFError, OSError, pickle.UnpicklingError):
+            raise self._died() from None
+        self.in_flight = False
+        if answer is None:
+            raise RenderFailed(self.journey)
+        return list(answer)
+
+    def close(self) -> None:
+        """Let the worker end (its stdin closes), and wait for it."""
+        with contextlib.suppress(OSError):
+            self._jobs.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        self.stop()
+
+    def stop(self) -> None:
+        """End the worker now (after an error in this process)."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for pipe in (self._jobs, self._results):
+            with contextlib.suppress(OSError):
+                pipe.close()
+
+    def _send(self, message: object) -> None:
+        try:
+            pickle.dump(message, self._jobs, pickle.HIGHEST_PROTOCOL)
+            self._jobs.flush()
+        except OSError:
+            raise self._died() from None
+
+    def _died(self) -> CdpError:
+        try:
+            code = self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
+        return CdpError(
+            f"journey {self.journey}: the process rendering its messages ended ({how}); "
+            "nothing of this journey's run was kept: run it again"
+        )
+
+
+def worker_main() -> None:
+    """The worker process: jobs on stdin, answers on stdout (anything printed by mistake goes
+    to stderr instead)."""
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    serve(sys.stdin.buffer, answers)
+
+
+class Workers:
+    """The one RenderWorker of a command, started when a journey first has `threshold`
+    enrolments due or more (None: never), and shared by the journeys after it."""
+
+    def __init__(self, templates: TemplateStore, threshold: int | None) -> None:
+        self.templates, self.threshold = templates, threshold
+        self.worker: RenderWorker | None = None
+
+    def for_journey(self, journey: str, due: int) -> RenderWorker | None:
+        if self.threshold is None or due < self.threshold:
+            return None
+        if self.worker is None:
+            try:
+                self.worker = RenderWorker(self.templates)
+            except OSError:  # no second process to be had (no fork, no Python): render here
+                self.threshold = None
+                return None
+        self.worker.journey = journey
+        return self.worker
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+    def stop(self) -> None:
+        """End the worker now: an error left a batch in flight."""
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None

@@ -1,0 +1,242 @@
+"""`cdp journey run` rendering in a second process (messaging/rendering.py): the same messages,
+files and store as one process, byte for byte, on the sample; a message the worker cannot
+render runs the journey again in one process; a worker that dies ends the run in one line and
+loses or doubles nothing. The hidden `--render-worker-from N` forces the second process on
+these small audiences (rendering.RENDER_WORKER_FROM is the default)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from cdp_cli.cli import cli
+from cdp_cli.messaging import engine, rendering
+from cdp_cli.messaging.rendering import RENDER_WORKER_FROM, RenderWorker
+from tests.killharness import compare, duplicate_messages, snapshot
+
+NOW = "2026-11-15 10:30"
+FORCE = ("--render-worker-from", "1")
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped project on the sample data, ingested, resolved and tagged; no journey run."""
+    from tests.ops_helpers import cdp, make_project
+
+    folder = make_project(tmp_path_factory.mktemp("sample"), inboxes={}, log="")
+    for args in (["ingest", "--silent"], ["resolve"], ["tag", "--as-of", "2026-11-15"]):
+        assert cdp(folder, *args).returncode == 0
+    return folder
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[RenderWorker]:
+    """Every RenderWorker started (the real one, only noted)."""
+    workers: list[RenderWorker] = []
+    init = RenderWorker.__init__
+
+    def noted(self: RenderWorker, *args: Any) -> None:
+        init(self, *args)
+        workers.append(self)
+
+    monkeypatch.setattr(RenderWorker, "__init__", noted)
+    return workers
+
+
+def copy(sample: Path, folder: Path) -> Path:
+    shutil.copytree(sample, folder)
+    return folder
+
+
+def journey_run(folder: Path, *extra: str) -> Result:
+    args = ["--config", str(folder / "cdp.yaml"), "journey", "run", "--now", NOW, *extra]
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def outbound_files(folder: Path) -> dict[str, bytes]:
+    root = folder / "outbound"
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def messages(folder: Path) -> list[tuple[Any, ...]]:
+    """The outbox in the order it was written, but for where the files are and when."""
+    conn = sqlite3.connect(folder / "cdp.db")
+    try:
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(messages)")]
+        kept = [c for c in columns if c not in ("file", "written_at")]
+        listed = ", ".join(kept)
+        return conn.execute(f"SELECT {listed} FROM messages ORDER BY rowid").fetchall()
+    finally:
+        conn.close()
+
+
+def without_seconds(output: str) -> list[dict[str, Any]]:
+    results = json.loads(output)
+    for result in results:
+        result.pop("seconds")
+        result["files"] = [Path(f).name for f in result["files"]]
+    return results
+
+
+def test_two_processes_send_what_one_sends_on_the_sample(
+    sample: Path, tmp_path: Path, started: list[RenderWorker]
+) -> None:
+    one = journey_run(copy(sample, tmp_path / "one"), "--json")
+    assert one.exit_code == 0, one.output
+    assert started == []  # the sample is far below RENDER_WORKER_FROM: one process
+    assert RENDER_WORKER_FROM > 1000
+    two = journey_run(copy(sample, tmp_path / "two"), "--json", *FORCE)
+    assert two.exit_code == 0, two.output
+    assert len(started) == 1  # one worker for the command, shared by its journeys
+    assert started[0].process.returncode == 0  # ended when the run was done
+    assert without_seconds(two.output) == without_seconds(one.output)
+    files = outbound_files(tmp_path / "one")
+    assert len(files) >= 5
+    assert outbound_files(tmp_path / "two") == files  # byte for byte, under the same names
+    assert messages(tmp_path / "two") == messages(tmp_path / "one")
+    assert len(messages(tmp_path / "one")) > 100
+    assert compare(snapshot(tmp_path / "two", tmp_path), snapshot(tmp_path / "one", tmp_path)) == []
+
+
+# A branch right after a send reads what the send queued (`received`): in two processes, the
+# batch the worker renders is written first.
+BRANCHING = """name: follow
+entry: {when: "name is not null"}
+transactional: true
+steps:
+  - send: {channel: sms, template: hello}
+  - branch:
+      when: "received"
+      then:
+        - send: {channel: sms, template: hello, link: "https://www.huayang.example.com/b"}
+"""
+
+
+def test_a_branch_after_a_send_sees_its_messages_in_two_processes(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "_in_one_process", None)  # every message renders in the worker
+    for name in ("one", "two"):
+        folder = copy(sample, tmp_path / name)
+        (folder / "journeys" / "follow.yaml").write_text(BRANCHING, encoding="utf-8")
+        (folder / "templates" / "sms" / "hello.txt").write_text(
+            "【花漾】{{ customer.name|default_name }}, 你好 {{ link }}", encoding="utf-8"
+        )
+    one = journey_run(tmp_path / "one", "follow", "--json")
+    two = journey_run(tmp_path / "two", "follow", "--json", *FORCE)
+    assert one.exit_code == two.exit_code == 0, two.output
+    steps = {row[5] for row in messages(tmp_path / "one") if row[7] == "written"}
+    assert len(steps) == 2, steps  # the branch's send went out
+    assert without_seconds(two.output) == without_seconds(one.output)
+    assert outbound_files(tmp_path / "two") == outbound_files(tmp_path / "one")
+    assert messages(tmp_path / "two") == messages(tmp_path / "one")
+
+
+FAILING = """name: odd
+entry: {when: "name is not null"}
+steps:
+  - send: {channel: sms, template: odd, coupon: WINBACK20}
+"""
+
+
+def test_a_message_the_worker_cannot_render_sends_the_journey_through_one_process(
+    sample: Path, tmp_path: Path, started: list[RenderWorker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A template that fails for some customers (a division by their records less one): their
+    messages are skipped and their coupons go to the next customer, as in one process."""
+    replays: list[str] = []
+    in_one_process = engine._in_one_process
+
+    def noted(run: Any) -> Any:
+        replays.append(run.journey.name)
+        return in_one_process(run)
+
+    monkeypatch.setattr(engine, "_in_one_process", noted)
+    for name in ("one", "two"):
+        folder = copy(sample, tmp_path / name)
+        (folder / "journeys" / "odd.yaml").write_text(FAILING, encoding="utf-8")
+        (folder / "templates" / "sms" / "odd.txt").write_text(
+            "【花漾】{{ (100 / (customer.records - 1))|round }} {{ coupon.code }}", encoding="utf-8"
+        )
+    one = journey_run(tmp_path / "one", "odd", "--json")
+    two = journey_run(tmp_path / "two", "odd", "--json", *FORCE)
+    assert one.exit_code == two.exit_code == 0, two.output
+    assert replays == ["odd"] and len(started) == 1
+    [result] = without_seconds(one.output)
+    failed = [k for k in result["skipped"] if k.startswith("template")]
+    assert result["sent"]["sms"] > 0 and failed, result  # some rendered, not all
+    assert without_seconds(two.output) == without_seconds(one.output)
+    assert outbound_files(tmp_path / "two") == outbound_files(tmp_path / "one")
+    assert messages(tmp_path / "two") == messages(tmp_path / "one")
+
+
+def test_a_worker_that_dies_ends_the_run_in_one_line_and_the_rerun_loses_nothing(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = copy(sample, tmp_path / "reference")
+    assert journey_run(reference).exit_code == 0
+    folder = copy(sample, tmp_path / "project")
+    collect = RenderWorker.collect
+    killed: list[int] = []
+
+    def killed_first(self: RenderWorker) -> Any:
+        if not killed:  # as the OOM killer would, while it renders a batch
+            os.kill(self.process.pid, signal.SIGKILL)
+            killed.append(self.process.pid)
+        return collect(self)
+
+    monkeypatch.setattr(RenderWorker, "collect", killed_first)
+    monkeypatch.setenv("CDP_DEBUG", "")  # the user's one line, not a traceback
+    died = journey_run(folder, *FORCE)
+    assert died.exit_code == 1
+    [line] = died.stderr.strip().splitlines()[-1:]
+    assert line.startswith("Error: journey ") and line.endswith(
+        ": the process rendering its messages ended (killed by signal 9); nothing of this "
+        "journey's run was kept: run it again"
+    ), died.stderr
+    monkeypatch.setattr(RenderWorker, "collect", collect)
+    rerun = journey_run(folder, *FORCE)
+    assert rerun.exit_code == 0, rerun.output
+    assert duplicate_messages(folder) == []
+    assert compare(snapshot(folder, tmp_path), snapshot(reference, tmp_path)) == []
+
+
+def test_the_worker_renders_as_one_process_does(sample: Path) -> None:
+    """render_message, given a batch's header and a message's parts, makes the same payload and
+    outbound line as the first process makes of the same context."""
+    from cdp_cli.messaging.outbox import file_line
+    from cdp_cli.messaging.templates import TemplateStore
+
+    templates = TemplateStore(sample / "templates")
+    header = rendering.ContextHeader(
+        ("one_id", "name"), ("total_spent",), {"name": "花漾", "url": "https://h.example.com"},
+        {"name": "j"}, {"name": "s"},
+    )  # fmt: skip
+    parts: rendering.ContextParts = (
+        "C1",
+        ("C1", "王芳"),
+        (120.5,),
+        {"preferred_category": "护肤"},
+        None,
+        "wxapp:o123",
+        None,
+        "https://l",
+    )
+    head = ("j:1:s", "+8613800000001", "j", "s", "C1", None, None)
+    rendered = rendering.render_message(templates, header, ("sms", "member_day", parts, None, head))
+    assert rendered is not None
+    context = rendering.message_context(header, parts, "j:1:s")
+    assert context["customer"] == {"one_id": "C1", "name": "王芳"}
+    assert context["wechat"] == {"openid": "o123", "appid": "wxapp"}
+    outbound = templates.render("sms", "member_day", context)
+    payload, billed_parts, line = rendered
+    assert json.loads(payload) == outbound.body and billed_parts == outbound.billed_parts
+    assert line == file_line(rendering.CHANNELS["sms"], head, outbound.body)
