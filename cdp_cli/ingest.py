@@ -718,9 +718,10 @@ def _load(
     table = source.kind.table
     # Loaded inside the file's transaction: a `cdp forget` committed before it is always seen.
     tombstones = screen.load(conn) if screen else None
-    # Rows get ids above every stored one: what is inserted is counted from there, in the
-    # new rows only, rather than counting the source's rows before and after.
-    last_id = conn.execute(f"SELECT max(id) FROM {table}").fetchone()[0] or 0
+    # A new row's id is one above the largest (SQLite's rowid, without AUTOINCREMENT), and
+    # an upsert that updates takes none: the largest id before and after tells how many
+    # rows were inserted, where counting the source's rows would read all of them twice.
+    last_id = _largest_id(conn, table)
     # Into an empty table (a first load), the secondary indexes are built once at the end.
     first_load = last_id == 0 and conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None
     with (
@@ -742,11 +743,14 @@ def _load(
             changed = loader.load(rows, progress, on_progress)
         if on_progress:
             on_progress(progress.total, progress.total)
-    new = conn.execute(f"SELECT count(*) FROM {table} WHERE id > ?", (last_id,)).fetchone()
-    result.inserted = new[0]
+    result.inserted = _largest_id(conn, table) - last_id
     result.updated = changed - result.inserted
     result.rejected = sum(result.reject_reasons.values())
     result.unchanged = result.rows_read - result.rejected - result.inserted - result.updated
+
+
+def _largest_id(conn: sqlite3.Connection, table: str) -> int:
+    return int(conn.execute(f"SELECT max(id) FROM {table}").fetchone()[0] or 0)
 
 
 class _RowLoader:
@@ -845,71 +849,80 @@ def _load_set(
     RowMapper for the rows SQL does not take. Returns the rows written."""
     result = loader.result
     stage, leftover = ingest_set.create_stage(conn, plan, len(loader.columns))
+    leftovers = _Leftovers(conn, loader, leftover)
     identity_of = plan.identity_of_cells
-    try:
-        staged: list[tuple[Any, ...]] = []
-        mapped: list[tuple[Any, ...]] = []
-        rejects: list[tuple[Any, ...]] = []
-        for line, row, error, raw in rows:
-            if row is None and error is None:
-                result.skipped += 1
-                continue
-            result.rows_read += 1
-            if error is not None:
-                _map_leftover(loader, line, row, error, raw, mapped, rejects)
-                continue
-            # Cells are staged stripped, as RowMapper reads them: SQL's trim() knows only
-            # the characters it is given, and is slow with many. The row as read is kept
-            # where it differs, for its attrs and rejects.
-            cells = list(map(str.strip, row))
-            written = None if cells == row else _JSON.encode(row)
-            if identity_of:
-                staged.append((line, *cells, written, identity_of(cells)))
-            else:
-                staged.append((line, *cells, written))
-            if len(staged) >= CHUNK_ROWS:
-                plan.stage(conn, stage, staged)
-                staged.clear()
-                if on_progress:
-                    on_progress(progress.done, progress.total)
-        plan.stage(conn, stage, staged)
-        plan.build(conn)
-        for line, written, *cells in conn.execute(plan.leftovers_sql(), plan.params).fetchall():
-            row = cells if written is None else json.loads(written)
-            _map_leftover(loader, line, row, None, None, mapped, rejects)
-        conn.executemany(leftover, mapped)
-        conn.executemany(ingest_set.stage_rejects_sql(), rejects)
-        table, names = loader.mapper.source.kind.table, loader.columns
-        values = ", ".join(f"v{i}" for i in range(len(names)))
-        changed = conn.execute(
-            f"{_insert_into(table, names)} SELECT :source, key, {values}, attrs, :batch_id, line "
-            f"FROM ({ingest_set.mapped_rows_sql(plan, len(mapped))}) WHERE 1 "
-            f"{_on_conflict(table, names)}",
-            {**plan.params, "source": loader.mapper.source.name, "batch_id": result.batch_id},
-        ).rowcount
-        conn.execute(
-            "INSERT INTO rejects (batch_id, source, line, problem, field, reason, raw) "
-            f"SELECT * FROM {ingest_set.STAGED_REJECTS} ORDER BY line"
-        )
-    finally:
-        ingest_set.drop_stage(conn)
+    staged: list[tuple[Any, ...]] = []
+    for line, row, error, raw in rows:
+        if row is None and error is None:
+            result.skipped += 1
+            continue
+        result.rows_read += 1
+        if error is not None:
+            leftovers.map(line, row, error, raw)
+            continue
+        # Cells are staged stripped, as RowMapper reads them: SQL's trim() knows only
+        # the characters it is given, and is slow with many. The row as read is kept
+        # where it differs, for its attrs and rejects.
+        cells = list(map(str.strip, row))
+        written = None if cells == row else _JSON.encode(row)
+        if identity_of:
+            staged.append((line, *cells, written, identity_of(cells)))
+        else:
+            staged.append((line, *cells, written))
+        if len(staged) >= CHUNK_ROWS:
+            plan.stage(conn, stage, staged)
+            staged.clear()
+            if on_progress:
+                on_progress(progress.done, progress.total)
+    plan.stage(conn, stage, staged)
+    plan.build(conn)
+    found = conn.execute(plan.leftovers_sql(), plan.params)
+    while chunk := found.fetchmany(CHUNK_ROWS):
+        for line, written, *cells in chunk:
+            leftovers.map(line, cells if written is None else json.loads(written), None, None)
+    leftovers.flush()
+    table, names = loader.mapper.source.kind.table, loader.columns
+    values = ", ".join(f"v{i}" for i in range(len(names)))
+    changed = conn.execute(
+        f"{_insert_into(table, names)} SELECT :source, key, {values}, attrs, :batch_id, line "
+        f"FROM ({ingest_set.mapped_rows_sql(plan, leftovers.mapped)}) WHERE 1 "
+        f"{_on_conflict(table, names)}",
+        {**plan.params, "source": loader.mapper.source.name, "batch_id": result.batch_id},
+    ).rowcount
+    conn.execute(
+        "INSERT INTO rejects (batch_id, source, line, problem, field, reason, raw) "
+        f"SELECT * FROM {ingest_set.STAGED_REJECTS} ORDER BY line"
+    )
+    # On failure the file's rollback takes the temporary tables with it.
+    ingest_set.drop_stage(conn)
     return changed
 
 
-def _map_leftover(
-    loader: _RowLoader,
-    line: int,
-    row: Any,
-    error: str | None,
-    raw: Any,
-    mapped: list[tuple[Any, ...]],
-    rejects: list[tuple[Any, ...]],
-) -> None:
-    """RowMapper on a row the set path does not take: (line, key, values, attrs) into
-    `mapped`, or its reject into `rejects`."""
-    row = loader.map(line, row, error, raw, rejects)
-    if row is not None:
-        mapped.append((line, *row[1:-2]))
+class _Leftovers:
+    """The rows of a set-path file that RowMapper maps: their mapped rows (line, key,
+    values, attrs) and their rejects go to temporary tables, to join SQL's in line order."""
+
+    def __init__(self, conn: sqlite3.Connection, loader: _RowLoader, insert: str) -> None:
+        self.conn = conn
+        self.loader = loader
+        self.insert = insert
+        self.rows: list[tuple[Any, ...]] = []
+        self.rejects: list[tuple[Any, ...]] = []
+        self.mapped = 0
+
+    def map(self, line: int, row: Any, error: str | None, raw: Any) -> None:
+        mapped = self.loader.map(line, row, error, raw, self.rejects)
+        if mapped is not None:
+            self.rows.append((line, *mapped[1:-2]))
+            self.mapped += 1
+        if len(self.rows) >= CHUNK_ROWS or len(self.rejects) >= CHUNK_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        self.conn.executemany(self.insert, self.rows)
+        self.conn.executemany(ingest_set.stage_rejects_sql(), self.rejects)
+        self.rows.clear()
+        self.rejects.clear()
 
 
 INSERT_REJECTS = (

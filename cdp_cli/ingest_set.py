@@ -1,25 +1,30 @@
 """Ingest as set work: a CSV file's cells are staged as read, then mapped in SQL.
 
-The cells of each row go into a temporary table at the speed of a plain `executemany`;
-trimming, synonyms, choices, typing, the checks, the natural key, the attrs JSON and the
-identity key then happen in one `INSERT … SELECT` into the kind's table. RowMapper.map (in
-ingest.py) stays the definition of what a row becomes: SQL takes a row only where it gives
-the very same stored row, and every other row (a required value missing, a value that does
-not convert cleanly, attrs that may be over their limit) is mapped by RowMapper, for its
-exact reject reason or `_invalid` attrs. Those rows are few, and read back from the stage.
+Each row's cells, stripped, go into a temporary table with one `executemany` a chunk;
+synonyms, choices, typing, the checks, the natural key and the attrs JSON then happen in
+one `INSERT … SELECT` into the kind's table, in line order, with the same upsert as the row
+path. RowMapper.map (ingest.py) stays the definition of what a row becomes: SQL takes a row
+only where it gives the very same stored row. Every other row (a required value missing, a
+value that does not convert cleanly, attrs that may be over their limit) is read back from
+the stage and mapped by RowMapper, for its exact reject reason or `_invalid` attrs, and its
+result joins SQL's in line order. tests/test_ingest_sql.py holds the two paths equal.
 
-What SQL cannot say is worked out in Python once per distinct raw value, into a lookup
-table joined back: synonyms (they match case-insensitively by Unicode's casefold, and
-SQLite's lower() knows only ASCII), dates and timestamps (the calendar, the zone's offsets,
-strptime's formats), numbers (Python's float() grammar, thousands separators, currency
-signs) and JSON text. The identity key is a blake2b hash, which SQLite has not: it is a
-deterministic function registered on the connection.
+What SQL cannot say is worked out in Python once per distinct cell, into lookup tables
+joined back (the clean values; the others send their rows to RowMapper): synonyms (matched
+by Unicode's casefold; SQLite's lower() knows only ASCII), dates (the calendar, strptime's
+formats), numbers (Python's float() grammar, thousands separators, currency signs), JSON
+text, and timestamps in any but the usual form. A timestamp in the usual form, 'YYYY-MM-DD
+HH:MM[:SS]' (or with '/', or 'T'), is read in SQL, with its date and hour checked and the
+zone's offset found once per distinct hour. Trimming happens as the cells are staged: SQL's
+trim() knows only the characters it is given, and is slow with many. The identity key is a
+blake2b hash, which SQLite has not: computed as the row is staged where the identity fields
+are plain text, else by a function registered on the connection.
 
-A source the set path cannot take whole is ingested by RowMapper row by row, as before:
-JSON and JSON Lines (a value's type is part of what it maps to), a store with tombstones
-(each row is screened against forgotten people), a source without a natural key (its key
-is a hash of the row's Python values), orders with items, a number as (part of) the key
-(Python and SQLite write floats differently), and a constant that does not convert.
+A source the set path cannot take whole is mapped by RowMapper row by row: JSON and JSON
+Lines (a value's type is part of what it maps to), a store with tombstones (each row is
+screened against forgotten people), a source without a natural key (its key is a hash of
+the row's Python values), orders with items, a number as (part of) the key (Python and
+SQLite write floats differently), and a constant that does not convert.
 """
 
 from __future__ import annotations
@@ -62,10 +67,12 @@ def _identity_key_of(*pairs: Any) -> int | None:
 
 
 def register_functions(conn: sqlite3.Connection) -> None:
+    """cdp_identity_key(name, value, ...), deterministic, so SQLite may call it less."""
     conn.create_function("cdp_identity_key", -1, _identity_key_of, deterministic=True)
 
 
 def cell(index: int) -> str:
+    """A staged cell (stripped), in SQL."""
     return f"s.c{index}"
 
 
