@@ -52,7 +52,7 @@ STAGE = "temp.cdp_stage"
 LEFTOVERS = "temp.cdp_leftovers"
 STAGED_REJECTS = "temp.cdp_rejects"
 # The temporary tables' page cache: they hold the whole file's cells while it is mapped.
-TEMP_CACHE_MB = 64
+TEMP_CACHE_MB = 16
 
 # The distinct cells of a typed column gathered in Python as it is staged, at most: past
 # this, SQL finds them in the staged table.
