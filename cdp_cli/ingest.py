@@ -889,10 +889,11 @@ def _load_set(
         f"{_on_conflict(table, names)}",
         {**plan.params, "source": loader.mapper.source.name, "batch_id": result.batch_id},
     ).rowcount
-    conn.execute(
-        "INSERT INTO rejects (batch_id, source, line, problem, field, reason, raw) "
-        f"SELECT * FROM {ingest_set.STAGED_REJECTS} ORDER BY line"
-    )
+    if result.reject_reasons:  # a file without rejects writes nothing there, as row by row
+        conn.execute(
+            "INSERT INTO rejects (batch_id, source, line, problem, field, reason, raw) "
+            f"SELECT * FROM {ingest_set.STAGED_REJECTS} ORDER BY line"
+        )
     # On failure the file's rollback takes the temporary tables with it.
     ingest_set.drop_stage(conn)
     return changed
