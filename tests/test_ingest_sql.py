@@ -180,7 +180,7 @@ def check_same(source: str, files: list[bytes]) -> None:
 
 
 @pytest.mark.parametrize("source", sorted(COLUMNS))
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_the_set_path_stores_what_rowmapper_would(source: str, data: st.DataObject) -> None:
     files = data.draw(st.lists(csv_files(source), min_size=1, max_size=2))
