@@ -42,6 +42,7 @@ GROWTH_TARGET = 11.0  # seconds at the large size over the small one, for 10x th
 EVENTS_PER_CUSTOMER = 10
 PEER_PROBE_ROWS = 100_000
 PEER_TIME_LIMIT = 600.0  # seconds: beyond this the peer is timed on its first PEER_PROBE_ROWS
+CDP = [BIN / "cdp"]  # the cdp timed; --cdp names another (an older checkout's, to compare)
 EVENT_FIELDS = ("event_id", "event", "ts", "device_id", "user_id", "platform")
 
 
@@ -261,7 +262,7 @@ def cdp_ingest(path: Path, source: str, store: Path, force: bool = False) -> Mea
     from cdp_cli.config import load_config
 
     db_args = [] if store == load_config(CONFIG).store.resolve() else ["--db", str(store)]
-    cmd = [str(BIN / "cdp"), "--config", str(CONFIG), *db_args, "ingest", str(path)]
+    cmd = [str(CDP[0]), "--config", str(CONFIG), *db_args, "ingest", str(path)]
     cmd += ["--source", source, "--silent", "--json", *(["--force"] if force else [])]
     code = code_version()
     seconds, rss, stdout = run_child(cmd)
@@ -414,12 +415,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer", action="store_true", help="also time sqlite-utils insert --csv")
     parser.add_argument("--only", choices=["customers", "events"], help="one file of the two")
     parser.add_argument(
+        "--cdp", type=Path, default=CDP[0], help="the cdp executable to time (default: this venv's)"
+    )
+    parser.add_argument(
         "--keep-store", action="store_true", help="keep the events store of the last size"
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes = "10000,100000"
     sizes = sorted(int(n) for n in args.sizes.split(","))
+    CDP[0] = args.cdp.absolute()
     check_config()
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -429,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join([sys.executable, *sys.argv]),
         "machine": machine(),
         "code": code_version(),
+        "cdp": str(CDP[0]),
         "sizes": sizes,
         "data": {},
     }

@@ -17,14 +17,14 @@ import re
 import sqlite3
 import time
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from cdp_cli import readers
+from cdp_cli import ingest_set, readers
 from cdp_cli.canonical import (
     DATE,
     INTEGER,
@@ -38,15 +38,25 @@ from cdp_cli.canonical import (
 from cdp_cli.config import Config, FieldMapping, Source
 from cdp_cli.errors import IngestError, UsageError, system_fault
 from cdp_cli.identity.normalize import identity_key
-from cdp_cli.identity.tombstones import FORGOTTEN_RAW, Screen
+from cdp_cli.identity.tombstones import FORGOTTEN_RAW, Screen, Tombstones
 from cdp_cli.integrity import is_damage, store_file
-from cdp_cli.parsing import TimestampParser, parse_date, parse_integer, parse_number, to_json
+from cdp_cli.parsing import (
+    JSON_ENCODER,
+    TimestampParser,
+    parse_date,
+    parse_integer,
+    parse_number,
+    to_json,
+)
 from cdp_cli.privacy import quote_cells
+from cdp_cli.readers import Progress
 from cdp_cli.store import indexes_built_after, insert_row, now_iso, transaction
 
 CHUNK_ROWS = 5000
-# One encoder for every row: json.dumps with options builds a new one per call (~3 µs).
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# Whether a CSV file may be mapped as set work (ingest_set); False maps every row with
+# RowMapper, the definition the set path is tested against (tests/test_ingest_sql.py).
+SET_WORK = True
+_JSON = JSON_ENCODER
 ProgressCallback = Callable[[int, int], None]
 _NOT_SEEN = object()
 
@@ -336,6 +346,7 @@ class RowMapper:
             and not source.kind.field(m.name).choices  # type: ignore[union-attr]
         ]  # fmt: skip
         typed = [m for m in mappings if m not in plain]
+        self.plain_mappings, self.typed_mappings = plain, typed
         self.columns = [m.name for m in plain + typed]
         # Required text fields on the fast path (an event's type, a coupon's code): checked
         # here, as _converter checks the typed ones.
@@ -595,17 +606,22 @@ def abort_stale_batches(db: sqlite_utils.Database) -> int:
 
 
 def _upsert_sql(table: str, columns: list[str]) -> str:
-    names = ", ".join(["source", "key", *columns, "attrs", "batch_id", "line"])
     marks = ", ".join("?" * (len(columns) + 5))
+    return f"{_insert_into(table, columns)} VALUES ({marks}) {_on_conflict(table, columns)}"
+
+
+def _insert_into(table: str, columns: list[str]) -> str:
+    names = ", ".join(["source", "key", *columns, "attrs", "batch_id", "line"])
+    return f"INSERT INTO {table} ({names})"
+
+
+def _on_conflict(table: str, columns: list[str]) -> str:
+    """A row stored already is updated, and counted as written, only where it changed."""
     content = [*columns, "attrs"]
     updates = ", ".join(f"{c}=excluded.{c}" for c in [*content, "batch_id", "line"])
     old = ", ".join(f"{table}.{c}" for c in content)
     new = ", ".join(f"excluded.{c}" for c in content)
-    return (
-        f"INSERT INTO {table} ({names}) VALUES ({marks}) "
-        f"ON CONFLICT(source, key) DO UPDATE SET {updates} "
-        f"WHERE ({old}) IS NOT ({new})"
-    )
+    return f"ON CONFLICT(source, key) DO UPDATE SET {updates} WHERE ({old}) IS NOT ({new})"
 
 
 def ingest_file(
@@ -702,9 +718,12 @@ def _load(
     table = source.kind.table
     # Loaded inside the file's transaction: a `cdp forget` committed before it is always seen.
     tombstones = screen.load(conn) if screen else None
-    before = conn.execute(f"SELECT count(*) FROM {table} WHERE source=?", (source.name,)).fetchone()
+    # A new row's id is one above the largest (SQLite's rowid, without AUTOINCREMENT), and
+    # an upsert that updates takes none: the largest id before and after tells how many
+    # rows were inserted, where counting the source's rows would read all of them twice.
+    last_id = _largest_id(conn, table)
     # Into an empty table (a first load), the secondary indexes are built once at the end.
-    first_load = conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None
+    first_load = last_id == 0 and conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None
     with (
         indexes_built_after(conn, table, first_load),
         readers.open_rows(path, fmt, encoding, source.delimiter, source.limits, source.columns) as (
@@ -714,61 +733,197 @@ def _load(
         ),
     ):
         mapper = RowMapper(source, header)
+        loader = _RowLoader(conn, mapper, result, tombstones)
+        plan = None
+        if SET_WORK and header is not None and tombstones is None:
+            plan = ingest_set.plan_for(mapper, header, source.limits.attrs_bytes)
+        if plan is not None:
+            changed = _load_set(conn, plan, loader, rows, progress, on_progress)
+        else:
+            changed = loader.load(rows, progress, on_progress)
+        if on_progress:
+            on_progress(progress.total, progress.total)
+    result.inserted = _largest_id(conn, table) - last_id
+    result.updated = changed - result.inserted
+    result.rejected = sum(result.reject_reasons.values())
+    result.unchanged = result.rows_read - result.rejected - result.inserted - result.updated
+
+
+def _largest_id(conn: sqlite3.Connection, table: str) -> int:
+    return int(conn.execute(f"SELECT max(id) FROM {table}").fetchone()[0] or 0)
+
+
+class _RowLoader:
+    """The row-by-row path: each row mapped by RowMapper and upserted, in chunks."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        mapper: RowMapper,
+        result: IngestResult,
+        tombstones: Tombstones | None,
+    ) -> None:
+        self.conn = conn
+        self.mapper = mapper
+        self.result = result
+        self.tombstones = tombstones
         columns = [*mapper.columns, *(["items"] if mapper.has_items else []), "identity_key"]
-        upsert = _upsert_sql(table, columns)
+        self.columns = columns
+        self.upsert = _upsert_sql(mapper.source.kind.table, columns)
+        self.insert_rejects = INSERT_REJECTS
+
+    def load(
+        self, rows: Iterator[Any], progress: Progress, on_progress: ProgressCallback | None
+    ) -> int:
+        """Map and upsert every row; returns the rows written (inserted or changed)."""
+        conn, result = self.conn, self.result
         pending: list[tuple[Any, ...]] = []
         rejects: list[tuple[Any, ...]] = []
-        name, batch_id = source.name, result.batch_id
         changed = 0
         for line, row, error, raw in rows:
             if row is None and error is None:
                 result.skipped += 1
                 continue
             result.rows_read += 1
-            try:
-                if error is not None:
-                    raise RowRejected(_problem_of(error), error)
-                key, values, attrs = mapper.map(row)
-                if tombstones is not None:
-                    hit = tombstones.row_hit(values[-1], mapper.identity_fields(values))
-                    if hit:
-                        raise RowRejected("forgotten", f"carries a forgotten {hit}", hit)
-                if key is None:
-                    key = _content_key(values, attrs)
-                pending.append((name, key, *values, attrs, batch_id, line))
-            except RowRejected as rejected:
-                # A row too large is not kept whole a second time: its line finds it.
-                too_large = rejected.problem == "too_large"
-                raw_text = None if too_large else _raw_text(raw or row, header)
-                if tombstones is not None and (
-                    rejected.problem == "forgotten" or tombstones.mentioned_in(raw_text or "")
-                ):
-                    raw_text = FORGOTTEN_RAW  # never the forgotten person's bytes
-                rejects.append(
-                    (batch_id, name, line, rejected.problem, rejected.field, rejected.reason,
-                     raw_text)
-                )  # fmt: skip
-                reasons = result.reject_reasons
-                reasons[rejected.problem] = reasons.get(rejected.problem, 0) + 1
+            mapped = self.map(line, row, error, raw, rejects)
+            if mapped is not None:
+                pending.append(mapped)
             if len(pending) >= CHUNK_ROWS:
-                changed += conn.executemany(upsert, pending).rowcount
+                changed += conn.executemany(self.upsert, pending).rowcount
                 pending.clear()
                 if on_progress:
                     on_progress(progress.done, progress.total)
             if len(rejects) >= CHUNK_ROWS:
-                conn.executemany(INSERT_REJECTS, rejects)
+                conn.executemany(self.insert_rejects, rejects)
                 rejects.clear()
         if pending:
-            changed += conn.executemany(upsert, pending).rowcount
+            changed += conn.executemany(self.upsert, pending).rowcount
         if rejects:
-            conn.executemany(INSERT_REJECTS, rejects)
-        if on_progress:
-            on_progress(progress.total, progress.total)
-    after = conn.execute(f"SELECT count(*) FROM {table} WHERE source=?", (source.name,)).fetchone()
-    result.inserted = after[0] - before[0]
-    result.updated = changed - result.inserted
-    result.rejected = sum(result.reject_reasons.values())
-    result.unchanged = result.rows_read - result.rejected - result.inserted - result.updated
+            conn.executemany(self.insert_rejects, rejects)
+        return changed
+
+    def map(
+        self, line: int, row: Any, error: str | None, raw: Any, rejects: list[tuple[Any, ...]]
+    ) -> tuple[Any, ...] | None:
+        """The row to upsert (source, key, values, attrs, batch, line), or None with its
+        reject appended to `rejects`."""
+        mapper, tombstones = self.mapper, self.tombstones
+        name, batch_id = mapper.source.name, self.result.batch_id
+        try:
+            if error is not None:
+                raise RowRejected(_problem_of(error), error)
+            key, values, attrs = mapper.map(row)
+            if tombstones is not None:
+                hit = tombstones.row_hit(values[-1], mapper.identity_fields(values))
+                if hit:
+                    raise RowRejected("forgotten", f"carries a forgotten {hit}", hit)
+            if key is None:
+                key = _content_key(values, attrs)
+            return (name, key, *values, attrs, batch_id, line)
+        except RowRejected as rejected:
+            # A row too large is not kept whole a second time: its line finds it.
+            too_large = rejected.problem == "too_large"
+            raw_text = None if too_large else _raw_text(raw or row, mapper.header)
+            if tombstones is not None and (
+                rejected.problem == "forgotten" or tombstones.mentioned_in(raw_text or "")
+            ):
+                raw_text = FORGOTTEN_RAW  # never the forgotten person's bytes
+            rejects.append(
+                (batch_id, name, line, rejected.problem, rejected.field, rejected.reason,
+                 raw_text)
+            )  # fmt: skip
+            reasons = self.result.reject_reasons
+            reasons[rejected.problem] = reasons.get(rejected.problem, 0) + 1
+            return None
+
+
+def _load_set(
+    conn: sqlite3.Connection,
+    plan: ingest_set.SetPlan,
+    loader: _RowLoader,
+    rows: Iterator[Any],
+    progress: Progress,
+    on_progress: ProgressCallback | None,
+) -> int:
+    """A CSV file as set work (see ingest_set): cells staged, then mapped in SQL, with
+    RowMapper for the rows SQL does not take. Returns the rows written."""
+    result = loader.result
+    stage, leftover = ingest_set.create_stage(conn, plan, len(loader.columns))
+    leftovers = _Leftovers(conn, loader, leftover)
+    identity_of = plan.identity_of_cells
+    staged: list[tuple[Any, ...]] = []
+    for line, row, error, raw in rows:
+        if row is None and error is None:
+            result.skipped += 1
+            continue
+        result.rows_read += 1
+        if error is not None:
+            leftovers.map(line, row, error, raw)
+            continue
+        # Cells are staged stripped, as RowMapper reads them: SQL's trim() knows only
+        # the characters it is given, and is slow with many. The row as read is kept
+        # where it differs, for its attrs and rejects.
+        cells = list(map(str.strip, row))
+        written = None if cells == row else _JSON.encode(row)
+        if identity_of:
+            staged.append((line, *cells, written, identity_of(cells)))
+        else:
+            staged.append((line, *cells, written))
+        if len(staged) >= CHUNK_ROWS:
+            plan.stage(conn, stage, staged)
+            staged.clear()
+            if on_progress:
+                on_progress(progress.done, progress.total)
+    plan.stage(conn, stage, staged)
+    plan.build(conn)
+    found = conn.execute(plan.leftovers_sql(), plan.params)
+    while chunk := found.fetchmany(CHUNK_ROWS):
+        for line, written, *cells in chunk:
+            leftovers.map(line, cells if written is None else json.loads(written), None, None)
+    leftovers.flush()
+    table, names = loader.mapper.source.kind.table, loader.columns
+    values = ", ".join(f"v{i}" for i in range(len(names)))
+    changed = conn.execute(
+        f"{_insert_into(table, names)} SELECT :source, key, {values}, attrs, :batch_id, line "
+        f"FROM ({ingest_set.mapped_rows_sql(plan, leftovers.mapped)}) WHERE 1 "
+        f"{_on_conflict(table, names)}",
+        {**plan.params, "source": loader.mapper.source.name, "batch_id": result.batch_id},
+    ).rowcount
+    if result.reject_reasons:  # a file without rejects writes nothing there, as row by row
+        conn.execute(
+            "INSERT INTO rejects (batch_id, source, line, problem, field, reason, raw) "
+            f"SELECT * FROM {ingest_set.STAGED_REJECTS} ORDER BY line"
+        )
+    # On failure the file's rollback takes the temporary tables with it.
+    ingest_set.drop_stage(conn)
+    return changed
+
+
+class _Leftovers:
+    """The rows of a set-path file that RowMapper maps: their mapped rows (line, key,
+    values, attrs) and their rejects go to temporary tables, to join SQL's in line order."""
+
+    def __init__(self, conn: sqlite3.Connection, loader: _RowLoader, insert: str) -> None:
+        self.conn = conn
+        self.loader = loader
+        self.insert = insert
+        self.rows: list[tuple[Any, ...]] = []
+        self.rejects: list[tuple[Any, ...]] = []
+        self.mapped = 0
+
+    def map(self, line: int, row: Any, error: str | None, raw: Any) -> None:
+        mapped = self.loader.map(line, row, error, raw, self.rejects)
+        if mapped is not None:
+            self.rows.append((line, *mapped[1:-2]))
+            self.mapped += 1
+        if len(self.rows) >= CHUNK_ROWS or len(self.rejects) >= CHUNK_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        self.conn.executemany(self.insert, self.rows)
+        self.conn.executemany(ingest_set.stage_rejects_sql(), self.rejects)
+        self.rows.clear()
+        self.rejects.clear()
 
 
 INSERT_REJECTS = (

@@ -1,0 +1,452 @@
+"""Ingest as set work: a CSV file's cells are staged as read, then mapped in SQL.
+
+Each row's cells, stripped, go into a temporary table with one `executemany` a chunk;
+synonyms, choices, typing, the checks, the natural key and the attrs JSON then happen in
+one `INSERT … SELECT` into the kind's table, in line order, with the same upsert as the row
+path. RowMapper.map (ingest.py) stays the definition of what a row becomes: SQL takes a row
+only where it gives the very same stored row. Every other row (a required value missing, a
+value that does not convert cleanly, attrs that may be over their limit) is read back from
+the stage and mapped by RowMapper, for its exact reject reason or `_invalid` attrs, and its
+result joins SQL's in line order. tests/test_ingest_sql.py holds the two paths equal.
+
+What SQL cannot say is worked out in Python once per distinct cell, into lookup tables
+joined back (the clean values; the others send their rows to RowMapper): synonyms (matched
+by Unicode's casefold; SQLite's lower() knows only ASCII), dates (the calendar, strptime's
+formats), numbers (Python's float() grammar, thousands separators, currency signs), JSON
+text, and timestamps in any but the usual form. A timestamp in the usual form, 'YYYY-MM-DD
+HH:MM[:SS]' (or with '/', or 'T'), is read in SQL, with its date and hour checked and the
+zone's offset found once per distinct hour. Trimming happens as the cells are staged: SQL's
+trim() knows only the characters it is given, and is slow with many. The identity key is a
+blake2b hash, which SQLite has not: computed as the row is staged where the identity fields
+are plain text, else by a function registered on the connection.
+
+A source the set path cannot take whole is mapped by RowMapper row by row: JSON and JSON
+Lines (a value's type is part of what it maps to), a store with tombstones (each row is
+screened against forgotten people), a source without a natural key (its key is a hash of
+the row's Python values), orders with items, a number as (part of) the key (Python and
+SQLite write floats differently), and a constant that does not convert.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+import sqlite3
+import zoneinfo
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cdp_cli.canonical import NUMBER, TIMESTAMP
+from cdp_cli.identity.normalize import identity_key
+from cdp_cli.parsing import JSON_ENCODER, TimestampParser
+
+
+def sql_text(text: str) -> str:
+    """A string as an SQL literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+STAGE = "temp.cdp_stage"
+LEFTOVERS = "temp.cdp_leftovers"
+STAGED_REJECTS = "temp.cdp_rejects"
+# The temporary tables' page cache: they hold the whole file's cells while it is mapped.
+TEMP_CACHE_MB = 16
+
+# The distinct cells of a typed column gathered in Python as it is staged, at most: past
+# this, SQL finds them in the staged table.
+DISTINCT_HELD = 100_000
+_HOUR = operator.itemgetter(slice(0, 13))  # 'YYYY-MM-DD HH' of a timestamp as written
+Converter = Callable[[Any, dict[str, Any]], Any]
+
+
+def _identity_key_of(*pairs: Any) -> int | None:
+    """identity.identity_key from (name, value, name, value, ...): the SQL function."""
+    return identity_key(zip(pairs[::2], pairs[1::2], strict=True))
+
+
+def register_functions(conn: sqlite3.Connection) -> None:
+    """cdp_identity_key(name, value, ...), deterministic, so SQLite may call it less."""
+    conn.create_function("cdp_identity_key", -1, _identity_key_of, deterministic=True)
+
+
+def cell(index: int) -> str:
+    """A staged cell (stripped), in SQL."""
+    return f"s.c{index}"
+
+
+def present(index: int) -> str:
+    """`cell.strip() or None` of a staged cell: cells are staged stripped."""
+    return f"NULLIF({cell(index)}, '')"
+
+
+@dataclass
+class TypedColumn:
+    """A typed field read from a CSV column: converted once per distinct cell, in Python,
+    into a table of clean values (joined back) and one of the others (their rows go to
+    RowMapper). A plain timestamp column reads its usual written form in SQL, with the
+    zone's offset looked up per distinct hour."""
+
+    position: int  # in RowMapper.columns
+    cell: int
+    convert: Converter
+    timestamps: TimestampParser | None = None
+    has_bad: bool = False
+    # The distinct cells (for a timestamp, hours) seen as the rows were staged, gathered a
+    # chunk at a time in C; None once there are too many to hold, and SQL finds them.
+    seen: set[str] | None = field(default_factory=set)
+
+    def collect(self, chunk: list[tuple[Any, ...]]) -> None:
+        """Add a chunk of staged rows' cells (line first) to `seen`."""
+        if self.seen is None:
+            return
+        cells = map(operator.itemgetter(self.cell + 1), chunk)
+        if self.timestamps is not None:
+            cells = map(_HOUR, cells)
+        self.seen.update(cells)
+        if len(self.seen) > DISTINCT_HELD:
+            self.seen = None
+
+    @property
+    def values_table(self) -> str:
+        return f"temp.cdp_values_{self.position}"
+
+    @property
+    def bad_table(self) -> str:
+        return f"temp.cdp_bad_{self.position}"
+
+    @property
+    def hours_table(self) -> str:
+        return f"temp.cdp_hours_{self.position}"
+
+    @property
+    def joins(self) -> str:
+        m = f"m{self.position}"
+        join = f"LEFT JOIN {self.values_table} {m} ON {m}.raw = {cell(self.cell)}"
+        if self.timestamps is None:
+            return join
+        h = f"h{self.position}"
+        hour = f"substr({cell(self.cell)}, 1, 13)"
+        return f"{join} LEFT JOIN {self.hours_table} {h} ON {h}.hour = {hour}"
+
+    @property
+    def value(self) -> str:
+        if self.timestamps is None:
+            return f"m{self.position}.value"
+        c, h = cell(self.cell), f"h{self.position}"
+        seconds = f"CASE WHEN length({c}) = 16 THEN ':00' ELSE '' END"
+        iso = f"{h}.day || 'T' || substr({c}, 12) || {seconds} || {h}.zone"
+        return f"CASE WHEN {self.read_in_sql} THEN {iso} ELSE m{self.position}.value END"
+
+    @property
+    def read_in_sql(self) -> str:
+        """True for a timestamp SQL reads as TimestampParser.local does: its date and hour
+        are in the hours table (valid ones only), its minutes and seconds up to 59."""
+        c = cell(self.cell)
+        return (
+            f"h{self.position}.hour IS NOT NULL AND CASE length({c}) "
+            f"WHEN 19 THEN substr({c}, 14) GLOB ':[0-5][0-9]:[0-5][0-9]' "
+            f"WHEN 16 THEN substr({c}, 14) GLOB ':[0-5][0-9]' ELSE 0 END"
+        )
+
+    def build(self, conn: sqlite3.Connection) -> None:
+        """The lookup tables, from the staged cells."""
+        distinct = f"SELECT DISTINCT {cell(self.cell)} FROM {STAGE} s"
+        conn.execute(
+            f"CREATE TABLE {self.values_table} (raw TEXT PRIMARY KEY, value) WITHOUT ROWID"
+        )
+        conn.execute(f"CREATE TABLE {self.bad_table} (raw TEXT PRIMARY KEY) WITHOUT ROWID")
+        if self.timestamps is not None:
+            conn.execute(
+                f"CREATE TABLE {self.hours_table} (hour TEXT PRIMARY KEY, day TEXT, zone TEXT) "
+                "WITHOUT ROWID"
+            )
+            hours = self.seen
+            if hours is None:
+                query = f"SELECT DISTINCT substr({cell(self.cell)}, 1, 13) FROM {STAGE} s"
+                hours = {hour for (hour,) in conn.execute(query)}
+            conn.executemany(
+                f"INSERT INTO {self.hours_table} VALUES (?, ?, ?)",
+                _offsets(self.timestamps, sorted(hours)),
+            )
+            distinct += f" {self.joins} WHERE NOT ({self.read_in_sql})"
+            raws = [raw for (raw,) in conn.execute(distinct)]
+        elif self.seen is not None:
+            raws = sorted(self.seen)
+        else:
+            raws = [raw for (raw,) in conn.execute(distinct)]
+        clean, bad = [], []
+        for raw in raws:
+            invalid: dict[str, Any] = {}
+            try:
+                value = self.convert(raw, invalid)
+            except Exception:  # RowRejected: the row's reason is RowMapper's to give
+                bad.append((raw,))
+                continue
+            if invalid:
+                bad.append((raw,))
+            else:
+                clean.append((raw, value))
+        conn.executemany(f"INSERT INTO {self.values_table} VALUES (?, ?)", clean)
+        conn.executemany(f"INSERT INTO {self.bad_table} VALUES (?)", bad)
+        self.has_bad = bool(bad)
+
+
+_ASCII_DIGITS = frozenset("0123456789")
+
+
+def _offsets(parser: TimestampParser, hours: list[str]) -> Iterator[tuple[str, str, str]]:
+    """For each hour as written ('YYYY/MM/DD HH' or 'YYYY-MM-DDTHH') that is a valid one in
+    a form TimestampParser.local reads: its date as YYYY-MM-DD and the zone's offset then, as
+    TimestampParser writes them."""
+    for hour in hours:
+        if len(hour) != 13 or hour[10] not in " T" or hour[4] != hour[7] or hour[4] not in "-/":
+            continue
+        digits = hour[:4] + hour[5:7] + hour[8:10] + hour[11:]
+        if not _ASCII_DIGITS.issuperset(digits):
+            continue
+        day = hour[:10].replace("/", "-")
+        try:
+            start = datetime.fromisoformat(f"{day} {hour[11:]}:00:00")
+        except ValueError:
+            continue
+        yield hour, day, parser.offset(start)
+
+
+@dataclass
+class SetPlan:
+    """The SQL that maps one CSV file's staged cells onto its source's table."""
+
+    width: int  # cells per row
+    values: list[str]  # an expression per RowMapper.columns
+    key: str = ""
+    identity: str = "NULL"
+    attrs: str = "NULL"
+    # Conditions under which RowMapper maps a row (a value missing, attrs near their limit);
+    # the typed columns add theirs (a value that did not convert cleanly) once built.
+    problems: list[str] = field(default_factory=list)
+    typed: list[TypedColumn] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    # The identity key of a row's cells, staged with them (column ik), where the identity
+    # fields are plain text: hashed in Python as the row is read, rather than by a call
+    # from SQLite back into Python per row.
+    identity_of_cells: Callable[[list[str]], int | None] | None = None
+
+    def stage(self, conn: sqlite3.Connection, insert: str, rows: list[tuple[Any, ...]]) -> None:
+        """Stage a chunk of rows, and gather their typed cells' distinct values."""
+        conn.executemany(insert, rows)
+        for typed in self.typed:
+            typed.collect(rows)
+
+    def build(self, conn: sqlite3.Connection) -> None:
+        register_functions(conn)
+        for typed in self.typed:
+            typed.build(conn)
+
+    @property
+    def _leftover(self) -> str:
+        """True for a row RowMapper maps: never NULL (a NULL would lose the row)."""
+        problems = self.problems + [
+            f"{cell(t.cell)} IN (SELECT raw FROM {t.bad_table})" for t in self.typed if t.has_bad
+        ]
+        if not problems:
+            return "0"
+        return f"coalesce({' OR '.join(f'({p})' for p in problems)}, 1)"
+
+    @property
+    def joins(self) -> str:
+        return " ".join(t.joins for t in self.typed)
+
+    def select(self) -> str:
+        """The mapped rows (key, values, identity key, attrs, line) SQL takes, in order."""
+        values = [f"{v} AS v{i}" for i, v in enumerate([*self.values, self.identity])]
+        columns = ", ".join(
+            [f"{self.key} AS key", *values, f"{self.attrs} AS attrs", "s.line AS line"]
+        )
+        return (
+            f"SELECT {columns} FROM {STAGE} s {self.joins} "
+            f"WHERE NOT {self._leftover} ORDER BY s.line"
+        )
+
+    def leftovers_sql(self) -> str:
+        """The staged rows SQL does not take, for RowMapper."""
+        cells = ", ".join(cell(i) for i in range(self.width))
+        return f"SELECT s.line, s.raw, {cells} FROM {STAGE} s {self.joins} WHERE {self._leftover}"
+
+
+def plan_for(mapper: Any, header: list[str], attrs_bytes: int) -> SetPlan | None:
+    """The SQL for a CSV file of this header, or None where the set path cannot take the
+    source (see the module's docstring): RowMapper then maps every row."""
+    source = mapper.source
+    if not source.key or mapper.has_items:
+        return None
+    plain = mapper.plain_mappings
+    plan = SetPlan(len(header), [present(header.index(m.column)) for m in plain])
+    for offset, (mapping, (_, convert)) in enumerate(
+        zip(mapper.typed_mappings, mapper._typed, strict=True)
+    ):
+        position = len(plain) + offset
+        if mapping.constant is not None:
+            found: dict[str, Any] = {}
+            try:
+                value = convert(mapping.constant, found)
+            except Exception:  # a RowRejected: every row is, for RowMapper to say why
+                return None
+            if found:
+                return None
+            plan.params[f"k{position}"] = value
+            plan.values.append(f":k{position}")
+            continue
+        spec = source.kind.field(mapping.name)
+        plain_timestamp = (
+            spec.type == TIMESTAMP
+            and not mapping.values
+            and not (mapping.formats + source.timestamp_formats)
+        )
+        parser = TimestampParser(zoneinfo.ZoneInfo(source.timezone)) if plain_timestamp else None
+        typed = TypedColumn(position, header.index(mapping.column), convert, parser)
+        plan.typed.append(typed)
+        plan.values.append(typed.value)
+    for index, _ in mapper._required_plain:
+        plan.problems.append(f"{plan.values[index]} IS NULL")
+    for number, (index, _, depends, value) in enumerate(mapper._required_if):
+        if depends < 0:
+            continue
+        field_value = plan.values[index] if index >= 0 else "NULL"
+        plan.params[f"r{number}"] = value
+        plan.problems.append(f"{plan.values[depends]} IS :r{number} AND {field_value} IS NULL")
+    key = _key(mapper, header, plan)
+    if key is None:
+        return None
+    plan.key = key
+    if mapper._identity and all(index < len(plain) for _, index in mapper._identity):
+        cells = [(name, header.index(plain[index].column)) for name, index in mapper._identity]
+        plan.identity_of_cells = _identity_of_cells(cells)
+        plan.identity = "s.ik"
+    else:
+        pairs = [f"{sql_text(name)}, {plan.values[index]}" for name, index in mapper._identity]
+        plan.identity = f"cdp_identity_key({', '.join(pairs)})" if pairs else "NULL"
+    _attrs(mapper, plan, attrs_bytes)
+    return plan
+
+
+def _identity_of_cells(cells: list[tuple[str, int]]) -> Callable[[list[str]], int | None]:
+    """identity.identity_key of a row's stripped cells (an empty one is no value), written
+    out for speed: it runs once a row, and the general one builds a list of pairs first.
+    tests/test_ingest_sql.py checks the two agree."""
+    prefixes = [f"{name}\x1f" for name, _ in cells]
+    indexes = [index for _, index in cells]
+    # One index: a slice, so that the cells always come as a sequence.
+    pick: Callable[[list[str]], Any] = (
+        operator.itemgetter(*indexes)
+        if len(indexes) > 1
+        else operator.itemgetter(slice(indexes[0], indexes[0] + 1))
+    )
+
+    def key(row: list[str]) -> int | None:
+        text = "\x1e".join([p + v for p, v in zip(prefixes, pick(row), strict=True) if v])
+        if not text:
+            return None
+        digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big", signed=True)
+
+    return key
+
+
+def _key(mapper: Any, header: list[str], plan: SetPlan) -> str | None:
+    """The natural key's expression (parts joined by |), each part checked present."""
+    parts = []
+    for number, (mapping, (_, _, index)) in enumerate(
+        zip(mapper.source.key, mapper._key, strict=True)
+    ):
+        if index >= 0:
+            spec = mapper.source.kind.field(mapper.columns[index])
+            if spec is not None and spec.type == NUMBER:  # str(float) is Python's own
+                return None
+            part = plan.values[index]
+            if index >= len(mapper.plain_mappings):
+                part = f"CAST({part} AS TEXT)"
+        elif mapping.constant is not None:
+            plan.params[f"key{number}"] = mapping.constant.strip() or None
+            part = f":key{number}"
+        else:
+            part = present(header.index(mapping.column))
+        plan.problems.append(f"{part} IS NULL")
+        parts.append(part)
+    return " || '|' || ".join(parts)
+
+
+def _attrs(mapper: Any, plan: SetPlan, limit: int) -> None:
+    """The attrs JSON of the columns cdp.yaml does not map, as RowMapper writes it, and a
+    check that it cannot be over limits.attrs_bytes (a row near it goes to RowMapper)."""
+    if not mapper._extra:
+        return
+    members = []
+    bound = ["2"]
+    for index, name in mapper._extra:
+        name_json = JSON_ENCODER.encode(name)
+        # attrs keep a cell as written, spaces and all: in a row staged with its cells
+        # stripped, the one in the row as read.
+        written = f"CASE WHEN s.raw IS NULL THEN {cell(index)} ELSE s.raw ->> '$[{index}]' END"
+        members.append(
+            f"CASE WHEN {cell(index)} <> '' "
+            f"THEN ',' || {sql_text(name_json)} || ':' || json_quote({written}) ELSE '' END"
+        )
+        # A character is at most 6 bytes of JSON (\u0000), and at least one byte of UTF-8.
+        bound.append(f"{len(name_json.encode()) + 4} + 6 * length(CAST({cell(index)} AS BLOB))")
+    bound.append("6 * coalesce(length(CAST(s.raw AS BLOB)), 0)")
+    plan.attrs = f"NULLIF('{{' || substr({' || '.join(members)}, 2) || '}}', '{{}}')"
+    plan.problems.append(f"{' + '.join(bound)} > {limit}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The temporary tables of one file
+
+
+def create_stage(conn: sqlite3.Connection, plan: SetPlan, columns: int) -> tuple[str, str]:
+    """The temporary tables of one file; returns the INSERTs that stage a row (its line,
+    cells and, where computed then, identity key) and a row RowMapper mapped (line, key,
+    values, attrs)."""
+    drop_stage(conn)
+    conn.execute(f"PRAGMA temp.cache_size = -{TEMP_CACHE_MB * 1024}")
+    width = plan.width + 1 + (plan.identity_of_cells is not None)
+    # Each cell stripped, as RowMapper reads all but attrs; `raw`, the row as read (JSON),
+    # where that differs.
+    cells = [f"c{i} TEXT" for i in range(plan.width)] + ["raw TEXT"]
+    if plan.identity_of_cells is not None:
+        cells.append("ik INTEGER")
+    conn.execute(f"CREATE TABLE {STAGE} (line INTEGER PRIMARY KEY, {', '.join(cells)})")
+    values = ", ".join(f"v{i}" for i in range(columns))
+    conn.execute(f"CREATE TABLE {LEFTOVERS} (line INTEGER PRIMARY KEY, key, {values}, attrs)")
+    conn.execute(
+        f"CREATE TABLE {STAGED_REJECTS} (batch_id, source, line, problem, field, reason, raw)"
+    )
+    return (
+        f"INSERT INTO {STAGE} VALUES ({', '.join('?' * (width + 1))})",
+        f"INSERT INTO {LEFTOVERS} VALUES ({', '.join('?' * (columns + 3))})",
+    )
+
+
+def drop_stage(conn: sqlite3.Connection) -> None:
+    names = conn.execute(
+        "SELECT name FROM temp.sqlite_master WHERE type = 'table' AND name LIKE 'cdp\\_%' "
+        "ESCAPE '\\'"
+    ).fetchall()
+    for (name,) in names:
+        conn.execute(f"DROP TABLE temp.{name}")
+
+
+def stage_rejects_sql() -> str:
+    return f"INSERT INTO {STAGED_REJECTS} VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+
+def mapped_rows_sql(plan: SetPlan, leftovers: int) -> str:
+    """Every mapped row in line order: SQL's, and RowMapper's where there were any."""
+    if not leftovers:
+        return plan.select()
+    columns = ", ".join(f"v{i}" for i in range(len(plan.values) + 1))
+    return (
+        f"SELECT * FROM ({plan.select().removesuffix(' ORDER BY s.line')} "
+        f"UNION ALL SELECT key, {columns}, attrs, line FROM {LEFTOVERS}) ORDER BY line"
+    )
