@@ -39,8 +39,14 @@ from cdp_cli.messaging.outbox import OUTBOUND_FILES, write_outbound
 from cdp_cli.messaging.run import Enrolment, JourneyRun, RunResult
 from cdp_cli.messaging.send import send_batch
 from cdp_cli.messaging.templates import TemplateStore
+from cdp_cli.predict.fields import predicted_categories
 from cdp_cli.rules.book import load_rulebook
-from cdp_cli.rules.vocabulary import BASE_FROM, unknown_tag_value, unknown_tag_values
+from cdp_cli.rules.vocabulary import (
+    BASE_FROM,
+    PREDICTIONS_JOIN,
+    unknown_tag_value,
+    unknown_tag_values,
+)
 from cdp_cli.store import insert_row, now_iso, rollback
 
 
@@ -80,7 +86,8 @@ def validate_journeys(config: Config, db: sqlite_utils.Database | None = None) -
     known = set()
     if db is not None:
         known = {r[0] for r in db.conn.execute("SELECT DISTINCT tag FROM profile_tags")}
-    rules = JourneyRules(config, date.today(), known)
+    predicted = predicted_categories(db.conn) if db is not None else frozenset()
+    rules = JourneyRules(config, date.today(), known, predicted)
     templates = TemplateStore(config.templates_folder)
     templates.validate_all()
     for journey in journeys.values():
@@ -139,7 +146,7 @@ def coupon_shortfalls(
     if "profile_features" not in db.table_names():
         return {}
     known = {r[0] for r in db.conn.execute("SELECT DISTINCT tag FROM profile_tags")}
-    rules = JourneyRules(config, now.date(), known)
+    rules = JourneyRules(config, now.date(), known, predicted_categories(db.conn))
     cursor = db.conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
     warnings: dict[str, list[str]] = {}
     for journey in journeys:
@@ -202,7 +209,7 @@ def run_journeys(
     if "profile_features" not in db.table_names():
         raise CdpError("no features yet: run `cdp tag` before `cdp journey run`")
     known = {r[0] for r in db.conn.execute("SELECT DISTINCT tag FROM profile_tags")}
-    rules = JourneyRules(config, clock.date(), known)
+    rules = JourneyRules(config, clock.date(), known, predicted_categories(db.conn))
     templates = TemplateStore(config.templates_folder)
     chosen = [journeys[name]] if name else list(journeys.values())
     for journey in chosen:  # every journey is checked before any of them changes the store
@@ -559,7 +566,7 @@ def _branch_holding(run: JourneyRun, step: Branch, group: list[Enrolment]) -> se
     rule = run.branch_rule(step)
     rows = run.db.conn.execute(
         "SELECT je.id FROM journey_enrolments je JOIN profiles p ON p.one_id = je.one_id "
-        "JOIN profile_features f ON f.one_id = p.one_id "
+        f"JOIN profile_features f ON f.one_id = p.one_id {PREDICTIONS_JOIN} "
         f"WHERE je.id IN (SELECT value FROM json_each(?)) AND ({rule.sql})",
         [json.dumps([e.id for e in group]), *rule.params],
     )
