@@ -61,21 +61,21 @@ class CustomerInputs:
         )  # fmt: skip
 
 
-def _orders_sql(void: str) -> str:
-    return f"""SELECT k.one_id, substr(o.ordered_at, 1, 10) AS day, o.amount, o.channel,
+VOID = ", ".join(f"'{s}'" for s in VOID_STATUSES)
+# A customer's counted orders up to :end; all customers', or with :one the one_id's only.
+COUNTED_ORDERS = f"""SELECT k.one_id, substr(o.ordered_at, 1, 10) AS day, o.amount, o.channel,
        o.category, o.items
 FROM orders o JOIN identity_keys k ON k.key = o.identity_key
 WHERE k.one_id IS NOT NULL AND substr(o.ordered_at, 1, 10) <= :end
-  AND (o.status IS NULL OR lower(o.status) NOT IN ({void}))"""
+  AND (:one IS NULL OR k.one_id = :one)
+  AND (o.status IS NULL OR lower(o.status) NOT IN ({VOID}))"""
 
 
-VOID = ", ".join(f"'{s}'" for s in VOID_STATUSES)
-COUNTED_ORDERS = _orders_sql(VOID)
-
-
-def customer_inputs(db: sqlite_utils.Database, as_of: date, later_days: int = 0) -> CustomerInputs:
-    """Every customer with an order up to `as_of`, with the purchase days in the `later_days`
-    after it counted too (labels for a model trained as of this day)."""
+def customer_inputs(
+    db: sqlite_utils.Database, as_of: date, later_days: int = 0, one_id: str | None = None
+) -> CustomerInputs:
+    """Every customer with an order up to `as_of` (or the one `one_id`), with the purchase days
+    in the `later_days` after it counted too (labels for a model trained as of this day)."""
     day, end = as_of.isoformat(), (as_of + timedelta(days=later_days)).isoformat()
     sql = f"""WITH po AS ({COUNTED_ORDERS}),
 daily AS (
@@ -88,7 +88,8 @@ ev AS (
          sum(substr(e.occurred_at, 1, 10) > date(:day, '-90 days')) AS events_90d,
          CAST(julianday(:day) - julianday(max(substr(e.occurred_at, 1, 10))) AS INTEGER) AS since
   FROM events e JOIN identity_keys k ON k.key = e.identity_key
-  WHERE k.one_id IS NOT NULL AND substr(e.occurred_at, 1, 10) <= :day GROUP BY k.one_id),
+  WHERE k.one_id IS NOT NULL AND substr(e.occurred_at, 1, 10) <= :day
+    AND (:one IS NULL OR k.one_id = :one) GROUP BY k.one_id),
 ch AS (
   SELECT one_id, count(DISTINCT channel) AS channels FROM po WHERE day <= :day GROUP BY one_id),
 later AS (SELECT one_id, count(*) AS days FROM daily WHERE age < 0 GROUP BY one_id)
@@ -110,9 +111,10 @@ FROM daily d LEFT JOIN ev ON ev.one_id = d.one_id LEFT JOIN ch ON ch.one_id = d.
   LEFT JOIN later ON later.one_id = d.one_id
 WHERE d.age >= 0
 GROUP BY d.one_id ORDER BY d.one_id"""
-    rows = db.conn.execute(sql, {"day": day, "end": end}).fetchall()
+    rows = db.conn.execute(sql, {"day": day, "end": end, "one": one_id}).fetchall()
     orders = db.conn.execute(
-        f"SELECT count(*) FROM ({COUNTED_ORDERS}) WHERE day <= :day", {"day": day, "end": day}
+        f"SELECT count(*) FROM ({COUNTED_ORDERS}) WHERE day <= :day",
+        {"day": day, "end": day, "one": one_id},
     ).fetchone()[0]
     return _arrays(as_of, rows, later_days, orders)
 
@@ -157,9 +159,11 @@ class CategoryHistory:
     buyers: dict[str, int] = field(default_factory=dict)  # category -> buyers up to the cut
 
 
-def category_history(db: sqlite_utils.Database, cut: date, later_days: int = 0) -> CategoryHistory:
+def category_history(
+    db: sqlite_utils.Database, cut: date, later_days: int = 0, one_id: str | None = None
+) -> CategoryHistory:
     """Who bought in which category (an order's items' categories, else its own) up to `cut`,
-    and in the `later_days` after it."""
+    and in the `later_days` after it (everyone, or the one `one_id`)."""
     end = (cut + timedelta(days=later_days)).isoformat()
     sql = f"""WITH po AS ({COUNTED_ORDERS})
 SELECT one_id, category, sum(day <= :cut) AS before, sum(day > :cut) AS after FROM (
@@ -167,14 +171,14 @@ SELECT one_id, category, sum(day <= :cut) AS before, sum(day > :cut) AS after FR
   FROM po LEFT JOIN json_each(CASE WHEN json_valid(po.items) THEN po.items END) i)
 WHERE category IS NOT NULL AND category != '' GROUP BY one_id, category"""
     history = CategoryHistory()
-    for one_id, category, before, after in db.conn.execute(
-        sql, {"cut": cut.isoformat(), "end": end}
+    for customer, category, before, after in db.conn.execute(
+        sql, {"cut": cut.isoformat(), "end": end, "one": one_id}
     ):
         if before:
-            history.before.setdefault(category, {})[one_id] = before
+            history.before.setdefault(category, {})[customer] = before
             history.buyers[category] = history.buyers.get(category, 0) + 1
         if after:
-            history.after.setdefault(category, set()).add(one_id)
+            history.after.setdefault(category, set()).add(customer)
     return history
 
 
