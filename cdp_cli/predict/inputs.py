@@ -186,3 +186,30 @@ def top_categories(history: CategoryHistory, count: int) -> list[str]:
     """The `count` categories with the most buyers up to the cut (ties by name)."""
     ranked = sorted(history.buyers.items(), key=lambda item: (-item[1], item[0]))
     return [name for name, _ in ranked[:count]]
+
+
+# The profile_features columns look-alikes and clusters compare customers on (everyone, with or
+# without orders); a days-since column is NULL for what never happened, read as DAYS_NEVER.
+PROFILE_FEATURES = (
+    "order_count", "total_spent", "avg_order_value", "order_days", "order_count_365d",
+    "total_spent_365d", "days_since_last_order", "days_since_first_order",
+    "repurchase_cycle_days", "event_count", "event_count_90d", "days_since_last_seen",
+    "days_since_registered",
+)  # fmt: skip
+DAYS_NEVER = 3650.0
+
+
+def profile_matrix(db: sqlite_utils.Database) -> tuple[np.ndarray, np.ndarray]:
+    """Every customer's one_id (sorted) and PROFILE_FEATURES from the last `cdp tag`."""
+    columns = ", ".join(PROFILE_FEATURES)
+    rows = db.conn.execute(
+        f"SELECT one_id, {columns} FROM profile_features ORDER BY one_id"
+    ).fetchall()
+    if not rows:
+        return np.array([], dtype=object), np.zeros((0, len(PROFILE_FEATURES)))
+    one_ids = np.array([r[0] for r in rows], dtype=object)
+    matrix = np.array([r[1:] for r in rows], dtype=float)  # None becomes nan
+    for i, name in enumerate(PROFILE_FEATURES):
+        missing = np.isnan(matrix[:, i])
+        matrix[missing, i] = DAYS_NEVER if name.startswith("days_since") else 0.0
+    return one_ids, matrix
