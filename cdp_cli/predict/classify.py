@@ -36,8 +36,9 @@ class Classifier:
         return (np.log1p(np.maximum(matrix, 0)) - self.mean) / self.scale
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
-        logit = self.standardized(matrix) @ self.coef + self.intercept
-        return np.asarray(1 / (1 + np.exp(-logit)), dtype=float)
+        from scipy.special import expit
+
+        return np.asarray(expit(self.standardized(matrix) @ self.coef + self.intercept))
 
     def contributions(self, row: np.ndarray) -> dict[str, float]:
         """Each feature's push on the log-odds against the average customer (0)."""

@@ -121,14 +121,22 @@ def _quietly(fit: Any, *args: Any, **kwargs: Any) -> None:
 # Scores from the parameters: the published closed forms
 
 
+def _finite(values: np.ndarray) -> np.ndarray:
+    """NaN where a closed form met a parameter at its bound (b = 0, a = 1): stored as NULL."""
+    values = np.asarray(values, dtype=float)
+    return np.where(np.isfinite(values), values, np.nan)
+
+
+@np.errstate(divide="ignore", over="ignore", invalid="ignore")
 def probability_alive(params: ClvParameters, inputs: CustomerInputs) -> np.ndarray:
     """P(alive): 1 for a single purchase day, in BG/NBD (no chance yet to drop out)."""
     x, t_x, T = inputs.frequency, inputs.recency, inputs.T
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
     log_div = (r + x) * np.log((alpha + T) / (alpha + t_x)) + np.log(a / (b + np.maximum(x, 1) - 1))
-    return np.asarray(np.where(x == 0, 1.0, expit(-log_div)), dtype=float)
+    return _finite(np.where(x == 0, 1.0, expit(-log_div)))
 
 
+@np.errstate(divide="ignore", over="ignore", invalid="ignore")
 def expected_orders(params: ClvParameters, inputs: CustomerInputs, days: float) -> np.ndarray:
     """Expected purchase days in the next `days` (Fader, Hardie & Lee 2005, eq. 10)."""
     x, t_x, T = inputs.frequency, inputs.recency, inputs.T
@@ -139,9 +147,10 @@ def expected_orders(params: ClvParameters, inputs: CustomerInputs, days: float) 
     )
     numerator *= (a + b + x - 1) / (a - 1)
     denominator = 1 + (x > 0) * (a / (b + x - 1)) * ((alpha + T) / (alpha + t_x)) ** (r + x)
-    return np.asarray(numerator / denominator, dtype=float)
+    return _finite(numerator / denominator)
 
 
+@np.errstate(divide="ignore", over="ignore", invalid="ignore")
 def expected_spend(params: ClvParameters, inputs: CustomerInputs) -> np.ndarray:
     """Expected spend per purchase day (Gamma-Gamma): the customer's own mean, shrunk toward
     the population's by how many repeat days it rests on. NaN without a spend model."""
@@ -151,7 +160,7 @@ def expected_spend(params: ClvParameters, inputs: CustomerInputs) -> np.ndarray:
     x, m = inputs.frequency, inputs.monetary_value
     population = p * v / (q - 1) if q > 1 else np.nan
     own = (p * (v + x * m)) / (p * x + q - 1)
-    return np.asarray(np.where((x > 0) & (m > 0), own, population), dtype=float)
+    return _finite(np.where((x > 0) & (m > 0), own, population))
 
 
 def expected_value(

@@ -79,7 +79,8 @@ def latest_model(db: sqlite_utils.Database) -> tuple[int, FittedModels, dict[str
 
 
 def _value(x: float) -> float | None:
-    return None if x is None or math.isnan(x) else round(float(x), 6)
+    """A score as stored: NULL for what a model could not give (NaN, infinite)."""
+    return None if x is None or not math.isfinite(x) else round(float(x), 6)
 
 
 def save_scores(db: sqlite_utils.Database, model_id: int, scores: Scores, as_of: date) -> int:
@@ -100,7 +101,7 @@ def save_scores(db: sqlite_utils.Database, model_id: int, scores: Scores, as_of:
                 (
                     (one_id, category, model_id, _value(v))
                     for one_id, v in zip(scores.one_ids, values, strict=True)
-                    if not math.isnan(v)
+                    if math.isfinite(v)
                 ),
             )
         cursor = conn.execute(
