@@ -415,3 +415,19 @@ def test_a_category_with_too_few_buyers_gets_no_propensity(run, write):
     )
     fields = json.loads(result.stdout)["fields"]
     assert "propensity_礼盒" not in fields
+
+
+def test_cdp_run_rescores_before_tagging_and_refits_only_when_due(project):
+    with open(project / "cdp.yaml", "a", encoding="utf-8") as f:
+        f.write("\npredict:\n  refit_days: 7\n")
+    code, out, err = cdp("run", "--now", "2026-11-16 10:30", "--json")
+    assert code == 0, err
+    stages = json.loads(out)["stages"]
+    assert [s["stage"] for s in stages] == ["ingest", "resolve", "predict", "tag", "journeys"]
+    predicted = stages[2]
+    assert predicted["status"] == "done"
+    assert predicted["counts"]["action"] == "rescored" and predicted["counts"]["model_id"] == 1
+    code, out, err = cdp("run", "--now", "2026-11-16 11:30", "--json")
+    assert json.loads(out)["stages"][2]["counts"]["action"] in ("unchanged", "rescored")
+    assert query(project / "cdp.db", "SELECT count(*) FROM models") == [(1,)]
+    assert query(project / "cdp.db", "SELECT max(as_of) FROM prediction_runs") == [("2026-11-16",)]

@@ -97,7 +97,7 @@ def predict_command(
         from cdp_cli.predict.run import predict
 
         result = predict(db, config.predict, day, dry_run=dry_run)
-    out.emit(result, json_, _print_result)
+    out.emit(result, json_, print_predict_result)
     for line in result.notes:
         out.note(line, silent)
     if dry_run:
@@ -130,7 +130,7 @@ def _number(value: Any) -> str:
     return "" if value is None else f"{value:,.4g}" if isinstance(value, float) else str(value)
 
 
-def _print_result(result: PredictResult) -> None:
+def print_predict_result(result: PredictResult) -> None:
     verb = "would score" if result.dry_run else "scored"
     click.echo(
         f"Models fitted as of {result.as_of} on {result.fitted_on:,} customers; {verb} "
