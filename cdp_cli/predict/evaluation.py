@@ -26,6 +26,7 @@ from cdp_cli.predict.inputs import CustomerInputs, category_history, customer_in
 from cdp_cli.predict.model import (
     FIT_SAMPLE,
     category_labels,
+    churn_matrix,
     fit_models,
     propensity_matrix,
 )
@@ -80,13 +81,13 @@ def evaluate(
         )
     churned = (inputs.later_orders == 0).astype(int)
     if models.churn is not None and 0 < churned.sum() < len(churned):
-        result.churn = _churn(models.churn.predict(inputs.matrix()), churned, inputs)
+        result.churn = _churn(models.churn.predict(churn_matrix(models, inputs)), churned, inputs)
     result.orders = _orders(expected_orders(models.clv, inputs, days), inputs, days)
     history = category_history(db, calibration_end, days)
     for category, classifier in models.propensity.items():
         bought = category_labels(history, category, inputs.one_ids)
         if 0 < bought.sum() < len(bought):
-            matrix = propensity_matrix(inputs, history, category)
+            matrix = propensity_matrix(models, inputs, history, category)
             scores = classifier.predict(matrix)
             baseline = matrix[:, -1]  # purchase days in the category so far
             result.propensity[category] = {

@@ -17,7 +17,7 @@ import sqlite_utils
 from cdp_cli.errors import NotFound, PredictError
 from cdp_cli.predict.fields import SCORE_FIELDS, propensity_field
 from cdp_cli.predict.inputs import MODEL_FEATURES, category_history, customer_inputs
-from cdp_cli.predict.model import propensity_matrix
+from cdp_cli.predict.model import churn_matrix, propensity_matrix
 from cdp_cli.predict.scores import last_run, latest_model
 
 TOP_FACTORS = 5
@@ -59,11 +59,11 @@ def explain(db: sqlite_utils.Database, one_id: str) -> dict[str, Any]:
     }  # fmt: skip
     factors: dict[str, list[dict[str, Any]]] = {}
     if models.churn is not None:
-        factors["churn_risk"] = _top(models.churn.contributions(inputs.matrix()[0]))
+        factors["churn_risk"] = _top(models.churn.contributions(churn_matrix(models, inputs)[0]))
     if models.propensity:
         history = category_history(db, as_of, one_id=one_id)
         for category, classifier in models.propensity.items():
-            matrix = propensity_matrix(inputs, history, category)
+            matrix = propensity_matrix(models, inputs, history, category)
             factors[propensity_field(category)] = _top(classifier.contributions(matrix[0]))
     result["factors"] = factors
     return result

@@ -40,7 +40,11 @@ from cdp_cli.predict.inputs import (
 FIT_SAMPLE = 30_000
 CLASSIFIER_SAMPLE = 200_000
 SEED = 15
-PROPENSITY_FEATURES = (*MODEL_FEATURES, "category_order_days")
+# The classifiers read the behavioural features and the purchase model's view of the customer:
+# BG/NBD combines recency, frequency and age into the chance of being alive and the orders to
+# expect, which ranks leavers better than any of the three alone.
+CHURN_FEATURES = (*MODEL_FEATURES, "bgnbd_p_alive", "bgnbd_expected_orders")
+PROPENSITY_FEATURES = (*CHURN_FEATURES, "category_order_days")
 SCORE_COLUMNS = tuple(SCORE_FIELDS)
 
 
@@ -136,8 +140,9 @@ def _fit_classifiers(db: sqlite_utils.Database, models: FittedModels) -> None:
     if problem:
         models.notes.append(f"{problem}; scores are empty")
     else:
-        models.churn = fit_classifier(train.matrix(), churned)
-        models.evaluation["churn"] = holdout_scores(train.matrix(), churned, MODEL_FEATURES)
+        matrix = churn_matrix(models, train)
+        models.churn = fit_classifier(matrix, churned, CHURN_FEATURES)
+        models.evaluation["churn"] = holdout_scores(matrix, churned, CHURN_FEATURES)
     history = category_history(db, cut, days)
     for category in top_categories(history, models.settings.categories):
         bought = category_labels(history, category, train.one_ids)
@@ -145,7 +150,7 @@ def _fit_classifiers(db: sqlite_utils.Database, models: FittedModels) -> None:
         if problem:
             models.notes.append(f"{problem}; scores are empty")
             continue
-        matrix = propensity_matrix(train, history, category)
+        matrix = propensity_matrix(models, train, history, category)
         models.propensity[category] = fit_classifier(matrix, bought, PROPENSITY_FEATURES)
         models.evaluation[f"propensity_{category}"] = holdout_scores(
             matrix, bought, PROPENSITY_FEATURES
@@ -157,15 +162,23 @@ def category_labels(history: CategoryHistory, category: str, one_ids: np.ndarray
     return np.fromiter((one_id in buyers for one_id in one_ids), dtype=int, count=len(one_ids))
 
 
+def churn_matrix(models: FittedModels, inputs: CustomerInputs) -> np.ndarray:
+    """CHURN_FEATURES: the behaviour, with P(alive) and the purchase days BG/NBD expects in
+    the next churn_days (0 where the closed form has no value)."""
+    alive = probability_alive(models.clv, inputs)
+    expected = expected_orders(models.clv, inputs, models.settings.churn_days)
+    return np.column_stack([inputs.matrix(), np.nan_to_num(alive), np.nan_to_num(expected)])
+
+
 def propensity_matrix(
-    inputs: CustomerInputs, history: CategoryHistory, category: str
+    models: FittedModels, inputs: CustomerInputs, history: CategoryHistory, category: str
 ) -> np.ndarray:
-    """The churn features and the customer's purchase days in the category so far."""
+    """PROPENSITY_FEATURES: the churn features and the purchase days in the category so far."""
     counts = history.before.get(category, {})
     days = np.fromiter(
         (counts.get(one_id, 0) for one_id in inputs.one_ids), dtype=float, count=len(inputs)
     )
-    return np.column_stack([inputs.matrix(), days])
+    return np.column_stack([churn_matrix(models, inputs), days])
 
 
 def holdout_scores(
@@ -193,13 +206,16 @@ def score(db: sqlite_utils.Database, models: FittedModels, as_of: date) -> Score
     inputs = customer_inputs(db, as_of)
     columns = clv_scores(models, inputs)
     columns["churn_risk"] = (
-        models.churn.predict(inputs.matrix()) if models.churn else np.full(len(inputs), np.nan)
+        models.churn.predict(churn_matrix(models, inputs))
+        if models.churn
+        else np.full(len(inputs), np.nan)
     )
     propensity: dict[str, np.ndarray] = {}
     if models.propensity:
         history = category_history(db, as_of)
         for category, classifier in models.propensity.items():
-            propensity[category] = classifier.predict(propensity_matrix(inputs, history, category))
+            matrix = propensity_matrix(models, inputs, history, category)
+            propensity[category] = classifier.predict(matrix)
     return Scores(inputs.one_ids, columns, propensity)
 
 
