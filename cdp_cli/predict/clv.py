@@ -74,8 +74,7 @@ def fit_clv(inputs: CustomerInputs) -> ClvParameters:
     )  # fmt: skip
     bgnbd = BetaGeoModel()
     _quietly(bgnbd.fit, frame, method="map", progressbar=False)
-    summary = bgnbd.fit_summary()
-    r, alpha, a, b = (float(summary[k]) for k in ("r", "alpha", "a", "b"))
+    r, alpha, a, b = _point(bgnbd, ("r", "alpha", "a", "b"))
     spend: dict[str, float | None] = {"p": None, "q": None, "v": None}
     repeat = (inputs.frequency > 0) & (inputs.monetary_value > 0)
     if repeat.sum() >= MIN_REPEAT_CUSTOMERS:
@@ -86,9 +85,13 @@ def fit_clv(inputs: CustomerInputs) -> ClvParameters:
         )  # fmt: skip
         gamma = GammaGammaModel()
         _quietly(gamma.fit, spenders, method="map", progressbar=False)
-        fitted = gamma.fit_summary()
-        spend = {k: float(fitted[k]) for k in ("p", "q", "v")}
+        spend = dict(zip(("p", "q", "v"), _point(gamma, ("p", "q", "v")), strict=True))
     return ClvParameters(r, alpha, a, b, spend["p"], spend["q"], spend["v"])
+
+
+def _point(model: Any, names: tuple[str, ...]) -> list[float]:
+    """The fitted values (the MAP fit's one draw), unrounded: fit_summary() rounds them."""
+    return [float(model.fit_result[name].values.ravel()[0]) for name in names]
 
 
 def library_versions() -> dict[str, str]:
