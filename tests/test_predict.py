@@ -431,3 +431,30 @@ def test_cdp_run_rescores_before_tagging_and_refits_only_when_due(project):
     assert json.loads(out)["stages"][2]["counts"]["action"] in ("unchanged", "rescored")
     assert query(project / "cdp.db", "SELECT count(*) FROM models") == [(1,)]
     assert query(project / "cdp.db", "SELECT max(as_of) FROM prediction_runs") == [("2026-11-16",)]
+
+
+def test_journeys_and_templates_read_the_scores(project):
+    from cdp_cli.messaging.conditions import JourneyRules
+    from cdp_cli.messaging.send import TemplateData
+    from cdp_cli.predict.fields import predicted_categories
+    from cdp_cli.rules.vocabulary import BASE_FROM
+
+    config = Project(project / "cdp.yaml").config
+    with Project(project / "cdp.yaml").store(create=False) as db:
+        rules = JourneyRules(config, DAY, set(), predicted_categories(db.conn))
+        entry = rules.customer("churn_risk >= 0.5 and propensity_彩妆 > 0.1")
+        entered = db.conn.execute(
+            f"SELECT count(*) FROM {BASE_FROM} WHERE {entry.sql}", entry.params
+        ).fetchone()[0]
+        one_id, risk = db.conn.execute(
+            "SELECT one_id, churn_risk FROM predictions ORDER BY one_id LIMIT 1"
+        ).fetchone()
+        printed = TemplateData.load(db, [one_id], ["churn_risk", "total_spent"])
+    expected = query(
+        project / "cdp.db",
+        "SELECT count(*) FROM predictions s JOIN prediction_propensities pp ON pp.one_id = "
+        "s.one_id AND pp.category = '彩妆' WHERE s.churn_risk >= 0.5 AND pp.probability > 0.1",
+    )[0][0]
+    assert entered == expected > 0
+    assert printed.features[one_id]["churn_risk"] == risk
+    assert printed.features[one_id]["total_spent"] > 0

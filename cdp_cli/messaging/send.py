@@ -24,6 +24,7 @@ from cdp_cli.messaging.coupons import unknown_pool_problem
 from cdp_cli.messaging.guards import IN_BATCH, Customers, quiet_until, reach
 from cdp_cli.messaging.journeys import Send
 from cdp_cli.messaging.run import Enrolment, JourneyRun
+from cdp_cli.predict.fields import SCORE_FIELDS
 
 PROFILE_FIELDS = "one_id, name, gender, birthday, city, known, first_seen, last_seen, records"
 DRY_RUN_LISTED = 1000  # messages a dry run lists per journey (it counts them all)
@@ -161,6 +162,18 @@ class TemplateData:
         )
         names = [d[0] for d in cursor.description]
         found.features = {row[0]: dict(zip(names[1:], row[1:], strict=True)) for row in cursor}
+        scores = (
+            list(SCORE_FIELDS)
+            if feature_columns is None
+            else [c for c in feature_columns if c in SCORE_FIELDS]
+        )
+        if scores:  # cdp predict's scores print as features too (none: not predicted)
+            cursor = conn.execute(
+                f"SELECT one_id, {', '.join(scores)} FROM predictions WHERE one_id {IN_BATCH}",
+                (ids,),
+            )
+            for row in cursor:
+                found.features.setdefault(row[0], {}).update(zip(scores, row[1:], strict=True))
         for one_id, tag, value in conn.execute(
             f"SELECT one_id, tag, value FROM profile_tags WHERE one_id {IN_BATCH}", (ids,)
         ):

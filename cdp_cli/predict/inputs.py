@@ -155,8 +155,19 @@ class CategoryHistory:
     """Per category: each customer's purchase days in it up to the cut, and after it."""
 
     before: dict[str, dict[str, int]] = field(default_factory=dict)  # category -> one_id -> n
-    after: dict[str, set[str]] = field(default_factory=dict)  # category -> buyers after the cut
+    after: dict[str, dict[str, int]] = field(default_factory=dict)  # the same, after the cut
     buyers: dict[str, int] = field(default_factory=dict)  # category -> buyers up to the cut
+
+    def to_the_end(self) -> CategoryHistory:
+        """The history up to the end of the later days: before and after together."""
+        merged = CategoryHistory()
+        for category in set(self.before) | set(self.after):
+            counts = dict(self.before.get(category, {}))
+            for one_id, n in self.after.get(category, {}).items():
+                counts[one_id] = counts.get(one_id, 0) + n
+            merged.before[category] = counts
+            merged.buyers[category] = len(counts)
+        return merged
 
 
 def category_history(
@@ -178,7 +189,7 @@ WHERE category IS NOT NULL AND category != '' GROUP BY one_id, category"""
             history.before.setdefault(category, {})[customer] = before
             history.buyers[category] = history.buyers.get(category, 0) + 1
         if after:
-            history.after.setdefault(category, set()).add(customer)
+            history.after.setdefault(category, {})[customer] = after
     return history
 
 

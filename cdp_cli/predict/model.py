@@ -63,6 +63,9 @@ class FittedModels:
     fitted_on: int  # customers the purchase model saw (a sample of `customers`, or all)
     notes: list[str] = field(default_factory=list)
     evaluation: dict[str, Any] = field(default_factory=dict)
+    # the categories' history the classifiers learned from (up to the as-of day), which
+    # scoring right after the fit reads again rather than query it twice
+    history: CategoryHistory | None = None
 
     def parameters(self) -> dict[str, Any]:
         return {
@@ -104,10 +107,15 @@ def sample_rows(size: int, limit: int, seed: int = SEED) -> np.ndarray:
 
 
 def fit_models(
-    db: sqlite_utils.Database, settings: PredictSettings, as_of: date, fit_sample: int = FIT_SAMPLE
+    db: sqlite_utils.Database,
+    settings: PredictSettings,
+    as_of: date,
+    fit_sample: int = FIT_SAMPLE,
+    now: CustomerInputs | None = None,
 ) -> FittedModels:
-    """Learn every model from the history up to `as_of`; PredictError when it has none."""
-    now = customer_inputs(db, as_of)
+    """Learn every model from the history up to `as_of` (`now`: its inputs, when the caller
+    has read them); PredictError when it has none."""
+    now = customer_inputs(db, as_of) if now is None else now
     check_history(now)
     fitted_on = now.take(sample_rows(len(now), fit_sample))
     clv = fit_clv(fitted_on)
@@ -144,6 +152,7 @@ def _fit_classifiers(db: sqlite_utils.Database, models: FittedModels) -> None:
         models.churn = fit_classifier(matrix, churned, CHURN_FEATURES)
         models.evaluation["churn"] = holdout_scores(matrix, churned, CHURN_FEATURES)
     history = category_history(db, cut, days)
+    models.history = history
     for category in top_categories(history, models.settings.categories):
         bought = category_labels(history, category, train.one_ids)
         problem = class_problem(bought, f"propensity_{category}", window)
@@ -158,7 +167,7 @@ def _fit_classifiers(db: sqlite_utils.Database, models: FittedModels) -> None:
 
 
 def category_labels(history: CategoryHistory, category: str, one_ids: np.ndarray) -> np.ndarray:
-    buyers = history.after.get(category, set())
+    buyers = history.after.get(category, {})
     return np.fromiter((one_id in buyers for one_id in one_ids), dtype=int, count=len(one_ids))
 
 
@@ -201,9 +210,15 @@ def holdout_scores(
     }
 
 
-def score(db: sqlite_utils.Database, models: FittedModels, as_of: date) -> Scores:
-    """Every customer with an order up to `as_of`, scored by the fitted models."""
-    inputs = customer_inputs(db, as_of)
+def score(
+    db: sqlite_utils.Database,
+    models: FittedModels,
+    as_of: date,
+    inputs: CustomerInputs | None = None,
+) -> Scores:
+    """Every customer with an order up to `as_of` (`inputs`: theirs, when read already),
+    scored by the fitted models."""
+    inputs = customer_inputs(db, as_of) if inputs is None else inputs
     columns = clv_scores(models, inputs)
     columns["churn_risk"] = (
         models.churn.predict(churn_matrix(models, inputs))
@@ -212,7 +227,10 @@ def score(db: sqlite_utils.Database, models: FittedModels, as_of: date) -> Score
     )
     propensity: dict[str, np.ndarray] = {}
     if models.propensity:
-        history = category_history(db, as_of)
+        if models.history is not None and as_of == models.as_of:
+            history = models.history.to_the_end()
+        else:
+            history = category_history(db, as_of)
         for category, classifier in models.propensity.items():
             matrix = propensity_matrix(models, inputs, history, category)
             propensity[category] = classifier.predict(matrix)
