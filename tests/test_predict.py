@@ -458,3 +458,13 @@ def test_journeys_and_templates_read_the_scores(project):
     assert entered == expected > 0
     assert printed.features[one_id]["churn_risk"] == risk
     assert printed.features[one_id]["total_spent"] > 0
+
+
+def test_lookalikes_and_clusters_need_the_features_of_cdp_tag(run, write):
+    orders_project(write, ["o1,13800138000,99,2026-01-01 10:00,护肤"])
+    assert run("ingest").exit_code == 0 and run("resolve").exit_code == 0
+    write("tag_rules/segments.yaml", '- {name: all, rule: "order_count >= 0"}\n')
+    for args in (["--clusters", "3"], ["--lookalike", "all", "--size", "5"]):
+        result = run("segment", *args)
+        assert result.exit_code == 2
+        assert result.stderr == "Error: no features yet: run `cdp tag` first\n"

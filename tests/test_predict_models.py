@@ -226,3 +226,19 @@ def test_the_demo_without_the_predict_extra_says_how_to_enable_it(tmp_path):
         "predictive scores need the predict extra: pip install 'cdp[predict]'"
     )
     assert "== reports ==" in done.stdout
+
+
+def test_a_dry_run_fits_and_scores_but_writes_nothing(latent, monkeypatch):
+    monkeypatch.chdir(latent.config.root)
+    result = CliRunner().invoke(
+        cli, ["predict", "--dry-run", "--as-of", "2026-11-15", "--json"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found["dry_run"] is True and found["model_id"] is None
+    assert found["fields"]["churn_risk"]["customers"] == found["scored"] > 1000
+    assert "Dry run: nothing was written" in result.stderr
+    db = latent.config.root / "cdp.db"
+    assert query(
+        db, "SELECT (SELECT count(*) FROM models), (SELECT count(*) FROM predictions)"
+    ) == [(0, 0)]

@@ -272,9 +272,6 @@ def _clusters(project: Project, k: int, json_: bool) -> None:
     from cdp_cli.predict.clusters import clusters
 
     with project.store(create=False) as db:
-        from cdp_cli.segments import _require_features
-
-        _require_features(db)
         found = clusters(db, k)
     out.emit(found, json_, _print_clusters)
 

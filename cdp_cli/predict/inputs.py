@@ -14,6 +14,7 @@ from datetime import date, timedelta
 import numpy as np
 import sqlite_utils
 
+from cdp_cli.errors import UsageError
 from cdp_cli.features import VOID_STATUSES
 
 # The columns the classifiers read (churn risk, propensities), each as of the day.
@@ -210,8 +211,15 @@ PROFILE_FEATURES = (
 DAYS_NEVER = 3650.0
 
 
+def require_features(db: sqlite_utils.Database) -> None:
+    """UsageError before the first `cdp tag`: look-alikes and clusters read its features."""
+    if "profile_features" not in db.table_names():
+        raise UsageError("no features yet: run `cdp tag` first")
+
+
 def profile_matrix(db: sqlite_utils.Database) -> tuple[np.ndarray, np.ndarray]:
     """Every customer's one_id (sorted) and PROFILE_FEATURES from the last `cdp tag`."""
+    require_features(db)
     columns = ", ".join(PROFILE_FEATURES)
     rows = db.conn.execute(
         f"SELECT one_id, {columns} FROM profile_features ORDER BY one_id"

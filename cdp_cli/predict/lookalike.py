@@ -18,7 +18,7 @@ import numpy as np
 import sqlite_utils
 
 from cdp_cli.errors import PredictError
-from cdp_cli.predict.inputs import profile_matrix
+from cdp_cli.predict.inputs import profile_matrix, require_features
 
 if TYPE_CHECKING:
     from cdp_cli.segments import Audience
@@ -134,6 +134,7 @@ def seed_members(db: sqlite_utils.Database, chosen: Audience) -> set[str]:
     """The one_ids of the seed segment's customers."""
     from cdp_cli.rules.vocabulary import BASE_FROM
 
+    require_features(db)
     sql = f"SELECT p.one_id FROM {BASE_FROM} WHERE {chosen.where}"
     return {row[0] for row in db.conn.execute(sql, chosen.compiled.params)}
 
