@@ -41,12 +41,7 @@ from cdp_cli.messaging.send import send_batch
 from cdp_cli.messaging.templates import TemplateStore
 from cdp_cli.predict.fields import predicted_categories
 from cdp_cli.rules.book import load_rulebook
-from cdp_cli.rules.vocabulary import (
-    BASE_FROM,
-    PREDICTIONS_JOIN,
-    unknown_tag_value,
-    unknown_tag_values,
-)
+from cdp_cli.rules.vocabulary import BASE_FROM, unknown_tag_value, unknown_tag_values
 from cdp_cli.store import insert_row, now_iso, rollback
 
 
@@ -566,7 +561,7 @@ def _branch_holding(run: JourneyRun, step: Branch, group: list[Enrolment]) -> se
     rule = run.branch_rule(step)
     rows = run.db.conn.execute(
         "SELECT je.id FROM journey_enrolments je JOIN profiles p ON p.one_id = je.one_id "
-        f"JOIN profile_features f ON f.one_id = p.one_id {PREDICTIONS_JOIN} "
+        "JOIN profile_features f ON f.one_id = p.one_id "
         f"WHERE je.id IN (SELECT value FROM json_each(?)) AND ({rule.sql})",
         [json.dumps([e.id for e in group]), *rule.params],
     )

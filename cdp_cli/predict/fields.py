@@ -21,8 +21,14 @@ SCORE_FIELDS: dict[str, str] = {
     "churn_risk": "probability of no order in the next predict.churn_days (default 90)",
 }
 PROPENSITY_PREFIX = "propensity_"
-PREDICTIONS_ALIAS = "s"  # the alias of predictions in rules/vocabulary.BASE_FROM
 MODEL_KIND = "predict"
+
+
+def score_sql(name: str) -> str:
+    """SQL: one customer's score (NULL when not scored). A lookup by primary key where a rule
+    reads it, rather than a join in BASE_FROM, which SQLite (3.40) does not leave out of the
+    rules that read no score: every count of the base would pay for it."""
+    return f"(SELECT s.{name} FROM predictions s WHERE s.one_id = p.one_id)"
 
 
 def propensity_field(category: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 from cdp_cli.errors import RuleError
 from cdp_cli.features import FEATURES
-from cdp_cli.predict.fields import PREDICTIONS_ALIAS, SCORE_FIELDS, propensity_field, propensity_sql
+from cdp_cli.predict.fields import SCORE_FIELDS, propensity_field, propensity_sql, score_sql
 from cdp_cli.rules.book import RuleBook
 from cdp_cli.rules.compiler import (
     CompiledRule,
@@ -22,13 +22,8 @@ from cdp_cli.rules.compiler import (
 )
 from cdp_cli.yamlfile import did_you_mean
 
-# The rows a rule is evaluated over: one per customer, with their predictive scores (NULL for a
-# customer cdp predict did not score). SQLite leaves the LEFT JOIN out of a query that reads
-# no score (one row at most per customer, by the primary key): rules without one pay nothing.
-PREDICTIONS_JOIN = (
-    f"LEFT JOIN predictions {PREDICTIONS_ALIAS} ON {PREDICTIONS_ALIAS}.one_id = p.one_id"
-)
-BASE_FROM = f"profiles p JOIN profile_features f ON f.one_id = p.one_id {PREDICTIONS_JOIN}"
+# The rows a rule is evaluated over: one per customer.
+BASE_FROM = "profiles p JOIN profile_features f ON f.one_id = p.one_id"
 GOLDEN_FIELDS = {
     "one_id": "p.one_id", "name": "p.name", "gender": "p.gender", "birthday": "p.birthday",
     "city": "p.city", "known": "p.known", "first_seen": "p.first_seen", "last_seen": "p.last_seen",
@@ -85,7 +80,7 @@ class RuleContext:
     def schema(self) -> RuleSchema:
         fields = dict(GOLDEN_FIELDS)
         fields.update({name: f"f.{name}" for name in FEATURES})
-        fields.update({name: f"{PREDICTIONS_ALIAS}.{name}" for name in SCORE_FIELDS})
+        fields.update({name: score_sql(name) for name in SCORE_FIELDS})
         fields.update({propensity_field(c): propensity_sql(c) for c in sorted(self.predicted)})
         functions = {
             "tag": FunctionSpec(
