@@ -595,6 +595,83 @@ def scramble(n: int, mult: int, add: int, mod: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# Latent buying process (--latent-purchases): the ground truth of cdp predict's models
+# --------------------------------------------------------------------------------------------
+
+# Off by default: the shipped sample and every other consumer keep the segment-based purchases
+# above. With --latent-purchases each buyer follows BG/NBD and Gamma-Gamma with these known
+# population parameters (time in days), so tests can check that the fitted ones recover them:
+# purchase rate lambda ~ Gamma(shape r, rate alpha); after each purchase the buyer drops out for
+# good with probability p ~ Beta(a, b); each purchase's amount z ~ Gamma(shape p, rate nu), with
+# the buyer's spend rate nu ~ Gamma(shape q, rate v). Every order is paid and undiscounted (its
+# items still name the categories; the amount is the drawn one).
+LATENT_PURCHASE = {"r": 0.8, "alpha": 40.0, "a": 0.9, "b": 3.0}
+LATENT_SPEND = {"p": 6.0, "q": 4.0, "v": 150.0}
+LATENT_HEADER = [
+    "person_id", "purchase_rate", "dropout_probability", "spend_rate", "mean_spend",
+    "purchases", "alive_at_end",
+]  # fmt: skip
+LATENT_FILE = "truth_latent.csv"
+
+
+@dataclass(slots=True)
+class Latent:
+    """One buyer's latent purchase rate (per day), dropout probability and spend rate."""
+
+    rate: float
+    dropout: float
+    spend_rate: float
+    alive_at_end: bool = True
+
+
+def draw_latent(rng: random.Random) -> Latent:
+    buy, spend = LATENT_PURCHASE, LATENT_SPEND
+    return Latent(
+        rate=rng.gammavariate(buy["r"], 1 / buy["alpha"]),
+        dropout=rng.betavariate(buy["a"], buy["b"]),
+        spend_rate=rng.gammavariate(spend["q"], 1 / spend["v"]),
+    )
+
+
+def latent_purchase_times(rng: random.Random, latent: Latent, lo: int, hi: int) -> list[int]:
+    """BG/NBD: a first purchase at a uniform time in [lo, hi), then exponential gaps at the
+    buyer's rate; after each repeat purchase (not the first: in BG/NBD a buyer who never came
+    back is alive) the buyer drops out with their probability."""
+    t = lo + int(rng.random() * (hi - lo))
+    times = [t]
+    while True:
+        t += int(rng.expovariate(latent.rate) * DAY)
+        if t >= hi:
+            return times
+        times.append(t)
+        if rng.random() < latent.dropout:
+            latent.alive_at_end = False
+            return times
+
+
+def latent_amount(rng: random.Random, latent: Latent) -> float:
+    """Gamma-Gamma: one purchase's amount, at the buyer's spend rate."""
+    return round(rng.gammavariate(LATENT_SPEND["p"], 1 / latent.spend_rate), 1)
+
+
+def write_latent_truth(out_dir: Path, rows: list[list[str]]) -> int:
+    """truth_latent.csv: each buyer's latent parameters; returns the rows written."""
+    with open(out_dir / LATENT_FILE, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(LATENT_HEADER)
+        writer.writerows(rows)
+    return len(rows)
+
+
+def latent_row(pid: str, latent: Latent, purchases: int) -> list[str]:
+    mean_spend = LATENT_SPEND["p"] / latent.spend_rate
+    return [
+        pid, f"{latent.rate:.6f}", f"{latent.dropout:.6f}", f"{latent.spend_rate:.6f}",
+        f"{mean_spend:.2f}", str(purchases), "1" if latent.alive_at_end else "0",
+    ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
 # Model objects (only one block of people lives in memory at a time)
 # --------------------------------------------------------------------------------------------
 
@@ -648,6 +725,7 @@ class Person:
     app_quota: int = 0
     wx_nick: str = ""
     purchases: list[Purchase] = field(default_factory=list)
+    latent: Latent | None = None  # with --latent-purchases only
 
 
 # --------------------------------------------------------------------------------------------
@@ -660,6 +738,7 @@ class Sink:
 
     def __init__(self, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir = out_dir
         self.counts: dict[str, int] = {name: 0 for name in FILES.values()}
         self.counts["truth.csv"] = 0
         self.buffers: dict[str, list[tuple[Any, Any, str | None, str | None]]] = {
@@ -755,8 +834,14 @@ class Generator:
         seed: int,
         end_date: date,
         edge_cases: bool,
+        latent: bool = False,
     ) -> None:
         self.customers = customers
+        # --latent-purchases: its own random stream, so that the draws of everything else
+        # follow the same sequence as without it.
+        self.latent = latent
+        self.latent_rng = random.Random(seed * 1_000 + 15)
+        self.latent_rows: list[list[str]] = []
         self.events = 15 * customers if events is None else events
         self.seed = seed
         self.edge_cases = edge_cases
@@ -874,6 +959,8 @@ class Generator:
         self.sink.flush()
         self.write_coupon_pools()
         self.sink.close()
+        if self.latent:
+            self.sink.counts[LATENT_FILE] = write_latent_truth(self.sink.out_dir, self.latent_rows)
         return dict(self.sink.counts)
 
     # ---- people ------------------------------------------------------------------------------
@@ -991,6 +1078,9 @@ class Generator:
         hi = p.lapse_t if p.segment == "lapsed" else self.end_t - 3600
         if hi - lo < DAY or not (p.store_buyer or p.online_buyer):
             return []
+        if self.latent:  # to the end: the latent process is the only way a buyer stops
+            p.latent = draw_latent(self.latent_rng)
+            return latent_purchase_times(self.latent_rng, p.latent, lo, self.end_t - 3600)
         if p.segment == "one_off":
             return [lo + int(r() * (hi - lo))]
         mean_gap = SEGMENT_GAP_DAYS[p.segment] * DAY
@@ -1028,6 +1118,8 @@ class Generator:
                 platform = p.platform
                 if r() < 0.3:
                     platform = PLATFORMS_WEB[int(r() * len(PLATFORMS_WEB))]
+                if self.latent:  # own_shop orders carry the buyer's phone
+                    platform = "own_shop"
                 if platform == "mini_program" and p.unionid is None:
                     platform = "own_shop"
                 tod = ONLINE_HOURS[int(r() * len(ONLINE_HOURS))] * 3600 + int(r() * 3600)
@@ -1035,6 +1127,10 @@ class Generator:
                 buy = Purchase(day_start + tod, "shop", 0, platform, self.basket(p), status=status)
                 buy.via_app = platform == "own_shop" and p.app_quota > 0 and r() < 0.8
                 p.purchases.append(buy)
+        if p.latent is not None:
+            for buy in p.purchases:
+                buy.status, buy.gross = "paid", latent_amount(self.latent_rng, p.latent)
+            self.latent_rows.append(latent_row(p.pid, p.latent, len(p.purchases)))
 
     # ---- coupons -----------------------------------------------------------------------------
 
@@ -1054,7 +1150,7 @@ class Generator:
         last = max((b.t for b in p.purchases), default=0)
         if last and last + 180 * DAY < self.end_t - DAY and r() < 0.8:
             issued = last + 180 * DAY + int(r() * 7 * DAY)
-            if r() < 0.15:  # the win-back worked
+            if r() < 0.15 and not self.latent:  # the win-back worked
                 t = issued + int((1 + 24 * r()) * DAY)
                 if t < self.end_t:
                     channel = "pos" if p.store_buyer and r() < 0.5 else "shop"
@@ -1075,7 +1171,7 @@ class Generator:
             if buy.t >= issued and buy.coupon is None and buy.status == "paid":
                 if buy.gross > face and self.r() < 0.75:
                     buy.coupon = code
-                    buy.discount = face
+                    buy.discount = 0 if self.latent else face
                     redeemed = local_str(buy.t)
                 break
         status = "redeemed" if redeemed else "issued"
@@ -1168,8 +1264,10 @@ class Generator:
             phone = p.old_phone if p.old_phone and buy.t < p.phone_changed_t else p.phone
             if r() < 0.12:
                 phone = messy_phone(phone, r())
+        if self.latent:  # every purchase of the latent process can be traced to its buyer
+            phone = p.phone
         gross = buy.gross - buy.discount
-        if r() < 0.15:
+        if r() < 0.15 and not self.latent:
             gross = round(gross * (0.9 if r() < 0.5 else 0.95), 1)
         best, category, count = -1, "", 0
         for i, q in buy.items:
@@ -1863,11 +1961,13 @@ def generate(
     seed: int = 7,
     end_date: date = date(2026, 11, 15),
     edge_cases: bool = False,
+    latent: bool = False,
 ) -> dict[str, int]:
-    """Write all exports and ``truth.csv`` into ``out_dir``; return data lines per file."""
+    """Write all exports and ``truth.csv`` into ``out_dir``; return data lines per file. With
+    ``latent``, purchases follow the latent buying process, written to truth_latent.csv."""
     if customers < 0 or (events is not None and events < 0):
         raise ValueError("customers and events must be >= 0")
-    return Generator(Path(out_dir), customers, events, seed, end_date, edge_cases).run()
+    return Generator(Path(out_dir), customers, events, seed, end_date, edge_cases, latent).run()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1883,6 +1983,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=False,
         help="add the hand-made edge cases (meant for the shipped sample)",
     )
+    parser.add_argument(
+        "--latent-purchases",
+        action="store_true",
+        help="purchases follow BG/NBD and Gamma-Gamma with known parameters, written to "
+        "truth_latent.csv (the ground truth of cdp predict)",
+    )
     return parser.parse_args(argv)
 
 
@@ -1890,7 +1996,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     counts = generate(
-        args.out, args.customers, args.events, args.seed, args.end_date, args.edge_cases
+        args.out,
+        args.customers,
+        args.events,
+        args.seed,
+        args.end_date,
+        args.edge_cases,
+        args.latent_purchases,
     )
     elapsed = time.perf_counter() - started
     total = sum(counts.values())

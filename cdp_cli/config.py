@@ -28,7 +28,7 @@ FORMATS = ("csv", "json", "jsonl")
 # Settings that later stages read; accepted here so that a project can declare them early.
 TOP_LEVEL_KEYS = (
     "store", "region", "timezone", "sources", "identity", "channels", "frequency_cap",
-    "control_group", "log", "brand", "limits", "store_cache_mb",
+    "control_group", "log", "brand", "limits", "store_cache_mb", "predict",
 )  # fmt: skip
 SOURCE_KEYS = (
     "kind", "format", "encoding", "delimiter", "files", "key", "fields", "items", "timezone",
@@ -39,6 +39,7 @@ FIELD_KEYS = ("from", "value", "values", "formats")
 IDENTITY_KEYS = ("blocklist", "default_blocklist", "priority", "source_priority")
 TYPE_KEYS = ("join", "max_per_profile", "max_profiles_per_value", "fields", "sources")
 LIMIT_KEYS = ("row_bytes", "field_chars", "attrs_bytes")
+PREDICT_KEYS = ("horizon_days", "discount_rate", "churn_days", "refit_days", "categories")
 # SQLite's largest string or blob (SQLITE_MAX_LENGTH): no limit beyond it means anything.
 MAX_LIMIT = 1_000_000_000
 
@@ -142,6 +143,18 @@ DEFAULT_LIMITS = Limits()
 
 
 @dataclass(frozen=True)
+class PredictSettings:
+    """`predict:` in cdp.yaml: what cdp predict fits and how often `cdp run` refits it."""
+
+    horizon_days: int = 365  # the horizon of lifetime_value (expected_value_365d: one year)
+    discount_rate: float = 0.1  # per year, for the lifetime value of future orders
+    churn_days: int = 90  # churn_risk: no order in the next N days; propensity: an order in them
+    refit_days: int = 7  # `cdp run` refits models older than this; it rescores in between
+    categories: int = 5  # propensity_<category> for this many top categories
+    configured: bool = False  # cdp.yaml has a predict: section (`cdp run` then predicts)
+
+
+@dataclass(frozen=True)
 class Source:
     """One export cdp reads, as declared under `sources:` in cdp.yaml."""
 
@@ -197,6 +210,7 @@ class Config:
     identity: IdentityRules = field(default_factory=IdentityRules)
     sending: SendSettings = field(default_factory=SendSettings)
     store_cache_mb: int = DEFAULT_CACHE_MB  # SQLite's page cache: store.apply_size_settings
+    predict: PredictSettings = field(default_factory=PredictSettings)
 
     @property
     def root(self) -> Path:
@@ -304,7 +318,10 @@ def _build_config(path: Path, data: YamlMap, store_override: Path | str | None) 
     settings = {k: v for k, v in data.items() if k not in ("sources", "identity")}
     sending = build_send_settings(path, data, timezone)
     cache_mb = _store_cache_mb(path, data)
-    return Config(path, store, region, timezone, sources, settings, identity, sending, cache_mb)
+    predict = _build_predict(path, data)
+    return Config(
+        path, store, region, timezone, sources, settings, identity, sending, cache_mb, predict
+    )
 
 
 def _store_cache_mb(path: Path, data: YamlMap) -> int:
@@ -319,6 +336,42 @@ def _store_cache_mb(path: Path, data: YamlMap) -> int:
             data.line_of("store_cache_mb"),
         )
     return value
+
+
+# predict: key -> (smallest, largest, whole number?)
+PREDICT_RANGES: dict[str, tuple[float, float, bool]] = {
+    "horizon_days": (1, 3650, True),
+    "discount_rate": (0, 1, False),
+    "churn_days": (7, 730, True),
+    "refit_days": (1, 3650, True),
+    "categories": (0, 50, True),
+}
+
+
+def _build_predict(path: Path, data: YamlMap) -> PredictSettings:
+    """`predict: {horizon_days: 365, discount_rate: 0.1, churn_days: 90, refit_days: 7,
+    categories: 5}`; an absent key keeps its default."""
+    if "predict" not in data:
+        return PredictSettings()
+    spec = data.get("predict")
+    if spec is None:
+        return PredictSettings(configured=True)
+    if not isinstance(spec, YamlMap):
+        raise ConfigError(
+            path, "predict: expected a mapping such as {churn_days: 90}", data.line_of("predict")
+        )
+    check_keys(spec, PREDICT_KEYS, "predict")
+    for key, value in spec.items():
+        low, high, whole = PREDICT_RANGES[str(key)]
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (whole and not isinstance(value, int)) or not low <= value <= high:
+            kind = "a whole number" if whole else "a number"
+            raise ConfigError(
+                path,
+                f"predict.{key}: expected {kind} from {low:g} to {high:g} (got {value!r})",
+                spec.line_of(key),
+            )
+    return PredictSettings(**{str(k): v for k, v in spec.items()}, configured=True)
 
 
 def _build_limits(path: Path, data: YamlMap) -> Limits:

@@ -83,6 +83,8 @@ def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | Non
         report("resolve", stages["resolve"])
         stages["profile"] = profile_360(db, config, Lookup(phone=DEMO_PHONE))
         report("profile", stages["profile"])
+        stages["predict"] = _predict(db, config)
+        report("predict", stages["predict"])
         stages["tag"] = run_tags(db, config.tag_rules_folder, DEMO_AS_OF)
         report("tag", stages["tag"])
         book = load_rulebook(config.tag_rules_folder)
@@ -102,6 +104,22 @@ def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | Non
     finally:
         db.close()
     return stages
+
+
+def _predict(db: Any, config: Config) -> dict[str, Any]:
+    """The predictive scores, when the predict extra is installed; else how to enable them."""
+    from cdp_cli.predict import INSTALL_HINT, missing_extra
+
+    if missing_extra() is not None:
+        return {"skipped": f"predictive scores need the predict extra: {INSTALL_HINT}"}
+    from cdp_cli.predict.run import predict
+
+    result = predict(db, config.predict, DEMO_AS_OF).as_dict()
+    result["caution"] = (
+        f"the sample is small ({result['customers']:,} customers with an order): its "
+        "evaluation is rough, a brand's own data say more (cdp predict --evaluate)"
+    )
+    return result
 
 
 def _fill_wechat_template_ids(directory: Path) -> None:

@@ -65,6 +65,15 @@ class StoreDamaged(StoreError):
     """The store's file is damaged (SQLite met a corrupt page): check it, restore a backup."""
 
 
+class PredictError(CdpError):
+    """The store's history cannot support a prediction (no orders, no repeat purchases, too
+    short a history); the message names what is missing."""
+
+
+class MissingExtra(CdpError):
+    """An optional part of cdp is used without its libraries installed."""
+
+
 class NotFound(CdpError):
     """A named thing (source, profile, tag, journey) does not exist."""
 

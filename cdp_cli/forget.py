@@ -50,7 +50,8 @@ FORGOTTEN = "forgotten"  # the one_id left on written messages and coupon issues
 # Tables that hold one row or more per customer by one_id, erased outright.
 BY_ONE_ID = (
     "profiles", "profile_tags", "tag_changes", "profile_features", "profile_event_counts",
-    "journey_enrolments", "feature_recount", "feature_keys",
+    "journey_enrolments", "feature_recount", "feature_keys", "predictions",
+    "prediction_propensities",
 )  # fmt: skip
 OUTBOUND_SUFFIXES = (".csv", ".jsonl")
 ERASED_RULE = f"{RULE_PREFIX}(erased: it named a forgotten person)"  # in the export log
@@ -77,6 +78,8 @@ HANDLED_TABLES = {
     "feature_recount": "deleted",
     "feature_keys": "deleted",
     "journey_enrolments": "deleted",
+    "predictions": "deleted",
+    "prediction_propensities": "deleted",
     "messages": "unsent and skipped deleted; written kept for the books without a person",
     "coupon_issues": "kept, so a code is never drawn twice; one_id becomes `forgotten`",
     "rejects": "lines naming one of their identifiers deleted",

@@ -1,4 +1,5 @@
-"""`cdp run`, the scheduled pipeline: new inbox files, then resolve, tag and the journeys.
+"""`cdp run`, the scheduled pipeline: new inbox files, then resolve, predict (when cdp.yaml has
+a predict: section), tag and the journeys.
 
 Every stage runs and is recorded, whatever happened before it, with two exceptions: when
 resolve fails, tag is skipped, because tags computed over records not linked to their
@@ -133,16 +134,20 @@ def run_pipeline(
     if not dry_run:
         check_pages(db)
     _run_stage(db, report, log, "ingest", lambda s: _ingest_inboxes(db, config, report, s, log))
+    predicts = config.predict.configured
     if dry_run:
-        for name in ("resolve", "tag", "journeys"):
+        for name in ("resolve", *(("predict",) if predicts else ()), "tag", "journeys"):
             report.stages.append(StageResult(name, "skipped", note="dry run"))
         return report
     _run_stage(db, report, log, "resolve", lambda stage: _resolve(db, config, stage))
     if report.stage("resolve").status == "failed":
         note = "resolve failed: tags would be computed over records not linked yet"
-        report.stages.append(StageResult("tag", "skipped", note=note))
-        log.write(stage="tag", status="skipped", note=note)
+        for name in (*(("predict",) if predicts else ()), "tag"):
+            report.stages.append(StageResult(name, "skipped", note=note))
+            log.write(stage=name, status="skipped", note=note)
     else:
+        if predicts:  # before tag: predictive tags read today's scores
+            _run_stage(db, report, log, "predict", lambda stage: _predict(db, config, day, stage))
         _run_stage(db, report, log, "tag", lambda stage: _tag(db, config, day, stage))
     _run_stage(db, report, log, "journeys", lambda stage: _journeys(db, config, clock, stage))
     report.seconds = round(time.monotonic() - started, 3)
@@ -443,6 +448,19 @@ def _tag(db: sqlite_utils.Database, config: Config, day: date, stage: StageResul
         "changed": sum(t["changed"] for t in result.tags.values()),
         "removed": sum(t["removed"] for t in result.tags.values()),
     }
+
+
+def _predict(db: sqlite_utils.Database, config: Config, day: date, stage: StageResult) -> None:
+    """Refit when due (predict.refit_days), rescore when the data or the day changed."""
+    from cdp_cli.predict import require_extra
+
+    require_extra()
+    from cdp_cli.predict.run import refresh
+
+    result = refresh(db, config.predict, day)
+    stage.counts = {"action": result.action, "model_id": result.model_id, "scored": result.scored}
+    if result.notes:
+        stage.note = "; ".join(result.notes)
 
 
 def _journeys(

@@ -12,6 +12,7 @@ import sqlite_utils
 from cdp_cli.errors import RuleError, UsageError
 from cdp_cli.exports import RULE_PREFIX, SEGMENT, Export, Members, write_logged_rows
 from cdp_cli.files import row_format
+from cdp_cli.predict.fields import predicted_categories
 from cdp_cli.rules.book import RuleBook
 from cdp_cli.rules.compiler import CompiledRule
 from cdp_cli.rules.vocabulary import BASE_FROM, RuleContext
@@ -40,10 +41,13 @@ class Audience:
     compiled: CompiledRule
     name: str | None = None
     known_tags: frozenset[str] = frozenset()
+    predicted: frozenset[str] = frozenset()  # categories with a propensity (RuleContext)
 
     def context(self, book: RuleBook, as_of: date) -> RuleContext:
         """The vocabulary of what else a command reads over the audience (a portrait's `by`)."""
-        return RuleContext(book, as_of, set(self.known_tags), whole_base=True)
+        return RuleContext(
+            book, as_of, set(self.known_tags), whole_base=True, predicted=self.predicted
+        )
 
     @property
     def where(self) -> str:
@@ -73,13 +77,14 @@ def audience(
         rule = book.segments[name].rule
     assert rule is not None
     known = stored_tags(db) if known_tags is None else known_tags
+    predicted = predicted_categories(db.conn)
     try:
-        context = RuleContext(book, as_of, set(known), whole_base=whole_base)
+        context = RuleContext(book, as_of, set(known), whole_base=whole_base, predicted=predicted)
         compiled = context.compile(rule, condition=True)
     except RuleError as exc:
         where = f"segment {name}: " if name else ""
         raise RuleError(f"{where}{exc.message}") from None
-    return Audience(rule, compiled, name, known)
+    return Audience(rule, compiled, name, known, predicted)
 
 
 def _require_features(db: sqlite_utils.Database) -> None:

@@ -720,3 +720,51 @@ def count_customers_each_feature_run_reads(db: sqlite_utils.Database) -> None:
     """How many customers each feature run read again: all on a full run, those that can
     have changed on an incremental one (features.compute_features)."""
     _run_script(db.conn, "ALTER TABLE feature_runs ADD COLUMN recomputed INTEGER;")
+
+
+@migration(17)
+def create_prediction_tables(db: sqlite_utils.Database) -> None:
+    """Predictive scores (cdp predict) and the models they came from: each score row names its
+    model, and each model keeps its version, fit date, as-of date, inputs and evaluation, so a
+    score can always be traced (cdp_cli/predict/)."""
+    _run_script(
+        db.conn,
+        """
+CREATE TABLE models (
+  id INTEGER PRIMARY KEY,
+  kind TEXT NOT NULL,              -- predict: the CLV, churn and propensity models of one fit
+  version TEXT NOT NULL,           -- cdp's, and the libraries' versions, as JSON
+  fitted_at TEXT NOT NULL,
+  as_of TEXT NOT NULL,             -- the history it learned from ends on this day
+  inputs TEXT NOT NULL,            -- JSON: settings, customers, orders, data fingerprint
+  parameters TEXT NOT NULL,        -- JSON: the fitted parameters and coefficients
+  evaluation TEXT                  -- JSON: how it scored on its own held-out data
+);
+CREATE TABLE prediction_runs (
+  id INTEGER PRIMARY KEY,
+  model_id INTEGER NOT NULL REFERENCES models(id),
+  as_of TEXT NOT NULL,
+  scored_at TEXT NOT NULL,
+  inputs TEXT NOT NULL,            -- fingerprint of the data scored (cdp run: rescore on change)
+  customers INTEGER NOT NULL
+);
+CREATE TABLE predictions (         -- one row per scored customer: the latest scores
+  one_id TEXT PRIMARY KEY,
+  model_id INTEGER NOT NULL,
+  p_alive REAL,
+  expected_orders_30d REAL,
+  expected_orders_90d REAL,
+  expected_orders_365d REAL,
+  expected_value_365d REAL,
+  lifetime_value REAL,             -- expected value over predict.horizon_days
+  churn_risk REAL
+) WITHOUT ROWID;
+CREATE TABLE prediction_propensities (
+  one_id TEXT NOT NULL,
+  category TEXT NOT NULL,
+  model_id INTEGER NOT NULL,
+  probability REAL NOT NULL,
+  PRIMARY KEY (one_id, category)
+) WITHOUT ROWID;
+""",
+    )

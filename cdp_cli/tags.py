@@ -22,6 +22,7 @@ import sqlite_utils
 
 from cdp_cli.errors import RuleError
 from cdp_cli.features import compute_features
+from cdp_cli.predict.fields import predicted_categories
 from cdp_cli.rules.book import RuleBook, Tag, load_rulebook
 from cdp_cli.rules.compiler import CompiledRule
 from cdp_cli.rules.vocabulary import BASE_FROM, READS, Read, RuleContext
@@ -60,11 +61,15 @@ class _Compiled:
 
 
 def compile_tags(
-    book: RuleBook, as_of: date, known_tags: AbstractSet[str] = frozenset()
+    book: RuleBook,
+    as_of: date,
+    known_tags: AbstractSet[str] = frozenset(),
+    predicted: frozenset[str] = frozenset(),
 ) -> list[_Compiled]:
     """Every tag compiled to one SQL value expression over BASE_FROM joined to temp.tag_reads,
-    in dependency order; errors name the file, line and tag."""
-    context = RuleContext(book, as_of, set(known_tags), joined={})
+    in dependency order; errors name the file, line and tag. `predicted`: the categories with
+    a propensity score (RuleContext.predicted)."""
+    context = RuleContext(book, as_of, set(known_tags), joined={}, predicted=predicted)
     compiled = {}
     for tag in book.tags.values():
         context.read_tags, context.gathered = set(), set()
@@ -132,7 +137,8 @@ def run_tags(
     """
     started = time.monotonic()
     book = load_rulebook(folder)
-    compiled = compile_tags(book, as_of)  # every file is checked before anything is written
+    # every file is checked before anything is written
+    compiled = compile_tags(book, as_of, predicted=predicted_categories(db.conn))
     if only is not None:
         if only not in book.tags:
             raise RuleError(f"{folder}: no tag named {only!r}{did_you_mean(only, book.tags)}")
@@ -168,14 +174,14 @@ def tag_inputs(
 ) -> str:
     """A fingerprint of what a tag run reads: the as-of date, the compiled rules, cdp's
     version (how features are computed), and the store's data as of its latest batch (ingest,
-    `cdp consent`), resolve run and erasure (`cdp forget` leaves tombstones), each of which
-    only grows. Equal fingerprints compute equal features and tags."""
+    `cdp consent`), resolve run, erasure (`cdp forget` leaves tombstones) and scoring (`cdp
+    predict`), each of which only grows. Equal fingerprints compute equal features and tags."""
     from cdp_cli import __version__
 
     data = db.conn.execute(
         "SELECT (SELECT coalesce(max(id), 0) FROM batches), "
         "(SELECT coalesce(max(id), 0) FROM resolve_runs), "
-        "(SELECT count(*) FROM tombstones)"
+        "(SELECT count(*) FROM tombstones), (SELECT coalesce(max(id), 0) FROM prediction_runs)"
     ).fetchone()
     rules = [(c.tag.name, c.sql, c.params) for c in compiled]
     text = json.dumps([__version__, as_of.isoformat(), only, list(data), rules], default=str)

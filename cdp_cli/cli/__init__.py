@@ -14,7 +14,17 @@ from typing import Any
 import click
 
 from cdp_cli import __version__
-from cdp_cli.cli import audience, identity, ingest, journey, privacy, report, run, setup
+from cdp_cli.cli import (
+    audience,
+    identity,
+    ingest,
+    journey,
+    predict,
+    privacy,
+    report,
+    run,
+    setup,
+)
 from cdp_cli.cli.output import printable
 from cdp_cli.errors import CdpError, system_fault
 from cdp_cli.integrity import corruption_error
@@ -97,6 +107,7 @@ def cli(ctx: click.Context, config_option: str | None, db_option: str | None) ->
       cdp profile --phone 13800138000       one customer's 360° view
       cdp tag                   features and the tags in tag_rules/
       cdp segment --rule "tag('lifecycle') = 'at_risk'" --by city
+      cdp predict               churn risk, expected orders and value (the predict extra)
       cdp run                   what cron calls: new inbox files, resolve, tag, journeys
     """
     ctx.obj = Project(config_option, db_option)  # which reads $CDP_CONFIG and $CDP_DB
@@ -112,6 +123,7 @@ for command in (
     identity.profile_command,
     audience.tag_command,
     audience.segment_command,
+    predict.predict_command,
     privacy.consent_command,
     privacy.forget_command,
     journey.journey_group,

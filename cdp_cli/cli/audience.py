@@ -141,6 +141,27 @@ def _print_tag_list(listed: list[dict[str, Any]]) -> None:
     help="Customers to show.",
 )
 @click.option("--unmask", is_flag=True, help="Show phones and emails in full.")
+@click.option(
+    "--lookalike",
+    metavar="SEGMENT",
+    help="The customers outside this named segment most like it (needs the predict extra).",
+)
+@click.option(
+    "--size", type=click.IntRange(min=1), help="With --lookalike: how many customers to pick."
+)
+@click.option(
+    "--min-score",
+    type=click.FloatRange(0, 1),
+    help="With --lookalike: those whose similarity score is at least this (0.5: as like the "
+    "segment as the base).",
+)
+@click.option(
+    "--clusters",
+    type=click.IntRange(2, 20),
+    metavar="K",
+    help="Group the customers into K behavioural clusters, each portrayed against the base "
+    "(needs the predict extra).",
+)
 @json_option
 @pass_project
 def segment_command(
@@ -154,12 +175,18 @@ def segment_command(
     layout: str | None,
     sample_size: int,
     unmask: bool,
+    lookalike: str | None,
+    size: int | None,
+    min_score: float | None,
+    clusters: int | None,
     json_: bool,
 ) -> None:
     """Count, describe and export an audience: a named segment or an ad-hoc --rule.
 
-    Named segments live in tag_rules/segments.yaml. Rules read features, golden attributes
-    and tags, and run after `cdp tag`.
+    Named segments live in tag_rules/segments.yaml. Rules read features, golden attributes,
+    tags and predictive scores (cdp predict), and run after `cdp tag`. --lookalike finds the
+    customers most like a segment's, checked on a fifth of the segment held back;
+    --clusters groups the whole base by behaviour.
 
     \b
     Examples:
@@ -167,20 +194,34 @@ def segment_command(
       cdp segment winback --by "tag('preferred_category')"
       cdp segment vip --export vip.csv --fields one_id,phone,member_no,total_spent
       cdp segment winback --export winback-ads.csv --hashed --layout meta
+      cdp segment --lookalike vip --size 500 --export vip-lookalike.csv
+      cdp segment --clusters 5
     """
     from cdp_cli import segments as seg
     from cdp_cli.features import features_as_of
     from cdp_cli.privacy import masked_row
     from cdp_cli.rules.book import load_rulebook
 
-    if (name is None) == (rule is None):
+    _check_predictive_options(name, rule, lookalike, size, min_score, clusters, export_path, by)
+    if clusters is not None:
+        _clusters(project, clusters, json_)
+        return
+    if lookalike is None and (name is None) == (rule is None):
         raise click.UsageError("give a segment NAME or --rule EXPR, not both")
     _check_hashed_options(export_path, hashed, layout)
     config = project.config
     book = load_rulebook(config.tag_rules_folder)
+    found = None
     with project.store(create=False) as db:
         day = features_as_of(db, config)
-        chosen = seg.audience(db, book, day, rule, name)
+        if lookalike is not None:
+            from cdp_cli.predict import lookalike as look
+
+            seed = seg.audience(db, book, day, None, lookalike)
+            found = look.lookalike(db, lookalike, look.seed_members(db, seed), size, min_score)
+            chosen = look.as_audience(db, found, seed)
+        else:
+            chosen = seg.audience(db, book, day, rule, name)
         report = seg.describe(db, book, day, chosen, by, sample_size)
         if export_path and hashed:
             from cdp_cli.customer_match import export_hashed
@@ -192,7 +233,79 @@ def segment_command(
         report.file = str(export_path) if export_path else None
     if not unmask:
         report.sample = [masked_row(row) for row in report.sample or []]
+    if found is not None:
+        out.emit(
+            {**report.as_dict(), "lookalike": found.as_dict()},
+            json_,
+            lambda _: _print_lookalike(report, found.as_dict()),
+        )
+        return
     out.emit(report, json_, print_segment)
+
+
+def _check_predictive_options(
+    name: str | None,
+    rule: str | None,
+    lookalike: str | None,
+    size: int | None,
+    min_score: float | None,
+    clusters: int | None,
+    export_path: Path | None,
+    by: str | None,
+) -> None:
+    if (size is not None or min_score is not None) and lookalike is None:
+        raise click.UsageError("--size and --min-score go with --lookalike SEGMENT")
+    if lookalike is not None and (name is not None or rule is not None):
+        raise click.UsageError("--lookalike SEGMENT is the seed: leave out NAME and --rule")
+    if lookalike is not None and size is None and min_score is None:
+        raise click.UsageError("--lookalike needs --size N or --min-score X")
+    given = name or rule or lookalike or export_path or by
+    if clusters is not None and given:
+        raise click.UsageError("--clusters K portrays the whole base: it goes alone")
+    if lookalike is not None or clusters is not None:
+        from cdp_cli.predict import require_extra
+
+        require_extra()
+
+
+def _clusters(project: Project, k: int, json_: bool) -> None:
+    from cdp_cli.predict.clusters import clusters
+
+    with project.store(create=False) as db:
+        found = clusters(db, k)
+    out.emit(found, json_, _print_clusters)
+
+
+def _print_clusters(found: dict[str, Any]) -> None:
+    click.echo(f"{found['k']} clusters of {found['customers']:,} customers (index 100 = the base)")
+    names = list(found["base"])
+    rows = [
+        (c["cluster"], out.fmt_int(c["customers"]), out.fmt_pct(c["share"]),
+         ", ".join(c["stands_out"]))
+        for c in found["clusters"]
+    ]  # fmt: skip
+    out.print_table("Clusters", ["cluster", "customers", "share", "stands out by"], rows)
+    detail = [
+        (name, *("" if c["features"][name]["index"] is None else c["features"][name]["index"]
+                 for c in found["clusters"]))
+        for name in names
+    ]  # fmt: skip
+    columns = ["feature", *(f"#{c['cluster']}" for c in found["clusters"])]
+    out.print_table("Index per feature", columns, detail, numeric=len(found["clusters"]))
+
+
+def _print_lookalike(report: SegmentReport, found: dict[str, Any]) -> None:
+    check = found["held_back_check"]
+    click.echo(
+        f"Look-alikes of {found['seed']} ({found['seed_customers']:,} customers): "
+        f"{found['chosen']:,} chosen of {found['candidates']:,} outside it"
+    )
+    click.echo(
+        f"Held-back check: {check['found']} of the first {check['n']:,} ranked were among the "
+        f"{check['held_back']:,} seed members held back: precision {check['precision_at_n']:.1%} "
+        f"against {check['chance']:.1%} by chance (lift {check['lift']})"
+    )
+    print_segment(report)
 
 
 def _check_hashed_options(export_path: Path | None, hashed: bool, layout: str | None) -> None:

@@ -132,6 +132,10 @@ def _stage_summary(stage: StageResult) -> str:
             f"{c['mode']}: {c['customers']:,} customers, {c['created']:,} new, "
             f"{c['merged']:,} merged, {c['split']:,} split"
         )
+    if stage.stage == "predict":
+        verb = {"fitted": "models fitted", "rescored": "rescored with model"}
+        done = verb.get(c["action"], "nothing new for model")
+        return f"{done} {c['model_id']}: {c['scored']:,} customers scored"
     if stage.stage == "tag":
         changes = f"{c['changed']:,} added or changed, {c['removed']:,} removed"
         return f"{c['tags']} tags as of {c['as_of']}: {changes}"

@@ -69,7 +69,9 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
 
     The stages: init (a project in DIRECTORY), ingest (every sample export), status (what the
     store now holds), resolve (records linked into customers), one merged customer's profile,
-    tag (features and the starter tags, as of the sample's last day, 2026-11-15), segment (the
+    predict (churn risk, expected orders and value, propensities: with the predict extra
+    only, and rough on data this small), tag (features and the starter tags, as of the
+    sample's last day, 2026-11-15), segment (the
     winback audience and its portrait) and journeys (run at 10:30 that day, writing outbound
     files to DIRECTORY/outbound). Then two weeks of customer response, simulated and labelled
     so (clicks and orders made up from the outbound files, ingested as the sample's sources),
@@ -103,6 +105,8 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
         elif stage == "profile":
             click.echo("One customer the sample writes four ways, across four sources:")
             print_profile(result.masked())
+        elif stage == "predict":
+            _print_demo_predict(result)
         elif stage == "tag":
             print_tags(result)
         elif stage == "segment":
@@ -123,6 +127,17 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
 
     stages = run_demo(directory, force=force, on_stage=show)
     out.emit({"directory": str(directory), **stages}, json_, lambda _: _where(directory, silent))
+
+
+def _print_demo_predict(result: dict[str, Any]) -> None:
+    if "skipped" in result:
+        click.echo(result["skipped"])
+        return
+    from cdp_cli.cli.predict import print_predict_result
+    from cdp_cli.predict.run import PredictResult
+
+    print_predict_result(PredictResult(**{k: v for k, v in result.items() if k != "caution"}))
+    click.echo(f"Note: {result['caution']}")
 
 
 def _where(directory: Path, silent: bool) -> None:

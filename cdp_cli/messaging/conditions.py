@@ -17,8 +17,15 @@ CLICK_EVENTS = ("click", "link_click", "qr_scan")
 class JourneyRules:
     """Compiles a journey's rules; branches may also test the enrolment itself."""
 
-    def __init__(self, config: Config, as_of: date, known_tags: set[str]) -> None:
-        self.context = RuleContext(load_rulebook(config.tag_rules_folder), as_of, known_tags)
+    def __init__(
+        self,
+        config: Config,
+        as_of: date,
+        known_tags: set[str],
+        predicted: frozenset[str] = frozenset(),
+    ) -> None:
+        book = load_rulebook(config.tag_rules_folder)
+        self.context = RuleContext(book, as_of, known_tags, predicted=predicted)
 
     def customer(self, text: str) -> CompiledRule:
         return self.context.compile(text)

@@ -42,6 +42,7 @@ from cdp_cli.messaging.rendering import RENDER_WORKER_FROM, RenderFailed, Worker
 from cdp_cli.messaging.run import Enrolment, JourneyRun, RunResult
 from cdp_cli.messaging.send import send_batch, settle, settle_for
 from cdp_cli.messaging.templates import TemplateStore
+from cdp_cli.predict.fields import predicted_categories
 from cdp_cli.rules.book import load_rulebook
 from cdp_cli.rules.vocabulary import BASE_FROM, unknown_tag_value, unknown_tag_values
 from cdp_cli.store import insert_row, now_iso, rollback
@@ -89,7 +90,8 @@ def validate_journeys(
     known: frozenset[str] = frozenset()
     if db is not None:
         known = stored_tags(db) if known_tags is None else known_tags
-    rules = JourneyRules(config, date.today(), set(known))
+    predicted = predicted_categories(db.conn) if db is not None else frozenset()
+    rules = JourneyRules(config, date.today(), set(known), predicted)
     templates = TemplateStore(config.templates_folder)
     templates.validate_all()
     for journey in journeys.values():
@@ -152,7 +154,7 @@ def coupon_shortfalls(
     if "profile_features" not in db.table_names():
         return {}
     known = stored_tags(db) if known_tags is None else known_tags
-    rules = JourneyRules(config, now.date(), set(known))
+    rules = JourneyRules(config, now.date(), set(known), predicted_categories(db.conn))
     cursor = db.conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
     warnings: dict[str, list[str]] = {}
     for journey in journeys:
@@ -218,7 +220,7 @@ def run_journeys(
     clock = (now or datetime.now(settings.zone)).astimezone(settings.zone)
     if "profile_features" not in db.table_names():
         raise CdpError("no features yet: run `cdp tag` before `cdp journey run`")
-    rules = JourneyRules(config, clock.date(), set(stored_tags(db)))
+    rules = JourneyRules(config, clock.date(), set(stored_tags(db)), predicted_categories(db.conn))
     templates = TemplateStore(config.templates_folder)
     chosen = [journeys[name]] if name else list(journeys.values())
     for journey in chosen:  # every journey is checked before any of them changes the store

@@ -19,6 +19,7 @@ from cdp_cli.messaging.coupons import CouponPools
 from cdp_cli.messaging.journeys import Branch, Journey
 from cdp_cli.messaging.settings import SendSettings
 from cdp_cli.messaging.templates import TemplateStore
+from cdp_cli.predict.fields import SCORE_FIELDS
 from cdp_cli.rules.compiler import CompiledRule
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ class JourneyRun:
                     return None
                 used |= fields
         known = {column.name for column in self.db["profile_features"].columns}
-        return sorted(used & known)
+        return sorted(used & (known | set(SCORE_FIELDS)))
 
     def branch_rule(self, step: Branch) -> CompiledRule:
         if step.key not in self.branches:

@@ -40,6 +40,7 @@ from cdp_cli.messaging.rendering import (
     message_context,
 )
 from cdp_cli.messaging.run import Enrolment, JourneyRun
+from cdp_cli.predict.fields import SCORE_FIELDS
 
 PROFILE_FIELDS = "one_id, name, gender, birthday, city, known, first_seen, last_seen, records"
 DRY_RUN_LISTED = 1000  # messages a dry run lists per journey (it counts them all)
@@ -232,13 +233,16 @@ class TemplateData:
         )
         found.profile_columns = tuple(d[0] for d in cursor.description)
         found.profiles = {row[0]: row for row in cursor}
-        listed = (
-            "*"
-            if feature_columns is None
-            else ", ".join(f'"{c}"' for c in ["one_id", *feature_columns])
-        )
+        if feature_columns is None:
+            features, scores = ["f.*"], list(SCORE_FIELDS)
+        else:
+            features = [f'f."{c}"' for c in ["one_id", *feature_columns] if c not in SCORE_FIELDS]
+            scores = [c for c in feature_columns if c in SCORE_FIELDS]
+        # cdp predict's scores print as features too (NULL: not predicted)
+        listed = ", ".join([*features, *(f"p.{c}" for c in scores)])
+        joined = " LEFT JOIN predictions p USING (one_id)" if scores else ""
         cursor = conn.execute(
-            f"SELECT {listed} FROM profile_features WHERE one_id {IN_BATCH}", (ids,)
+            f"SELECT {listed} FROM profile_features f{joined} WHERE f.one_id {IN_BATCH}", (ids,)
         )
         found.feature_columns = tuple(d[0] for d in cursor.description[1:])
         found.features = {row[0]: row[1:] for row in cursor}

@@ -10,6 +10,7 @@ from typing import Any
 
 from cdp_cli.errors import RuleError
 from cdp_cli.features import FEATURES
+from cdp_cli.predict.fields import SCORE_FIELDS, propensity_field, propensity_sql, score_sql
 from cdp_cli.rules.book import RuleBook
 from cdp_cli.rules.compiler import (
     CompiledRule,
@@ -72,10 +73,15 @@ class RuleContext:
     # set of one_ids. Off, each customer looks its tags up: cheaper for a few customers
     # (one profile, a journey's batch), where a set would cost a read of every holder.
     whole_base: bool = False
+    # The categories with a propensity score (predict.fields.predicted_categories): each adds
+    # the field propensity_<category>. Known from the store; none where no store is at hand.
+    predicted: frozenset[str] = frozenset()
 
     def schema(self) -> RuleSchema:
         fields = dict(GOLDEN_FIELDS)
         fields.update({name: f"f.{name}" for name in FEATURES})
+        fields.update({name: score_sql(name) for name in SCORE_FIELDS})
+        fields.update({propensity_field(c): propensity_sql(c) for c in sorted(self.predicted)})
         functions = {
             "tag": FunctionSpec(
                 "tag", ("string",), self._tag_sql, self._check_tag, "string", self._tag_holds
