@@ -36,6 +36,7 @@ from cdp_cli.canonical import IDENTITY_FIELDS, KINDS
 from cdp_cli.config import Config, IdentifierType
 from cdp_cli.exports import ID_MAPPING, Export, Members, write_logged_rows
 from cdp_cli.files import row_format
+from cdp_cli.identity.fields import FieldReader
 from cdp_cli.identity.normalize import Normalizer, Rejected
 from cdp_cli.identity.profiles import build_profiles, follow_merges
 from cdp_cli.identity.tombstones import Tombstones, erase_records
@@ -105,6 +106,11 @@ def _new_keys(
     """
     fields_of = {name: set(s.identity_fields) for name, s in config.sources.items()}
     default = {f.name for f in IDENTITY_FIELDS}
+    readers = {
+        name: reader
+        for name, s in config.sources.items()
+        if (reader := FieldReader(s, s.identity_fields)).changes_values
+    }
     for table in KIND_TABLES:
         columns = _identity_columns(db, config, table)
         where = "t.identity_key IS NOT NULL"
@@ -116,6 +122,8 @@ def _new_keys(
             )
             params.append(after_batch)
         select = ", ".join(f"t.{c}" for c in columns)
+        if readers:  # a field of the project's own, or a normalizer: read through FieldReader
+            select = ", ".join(f"t.{c}" for c in columns) + ", t.attrs"
         # NOT INDEXED: a scan and one sort; the planner would otherwise walk the whole
         # identity_key index for `IS NOT NULL` and fetch each row from it, 3 times slower.
         sql = (
@@ -129,7 +137,12 @@ def _new_keys(
                 declared = fields_of.get(source, default)
                 allowed_of[source] = None if declared.issuperset(columns) else declared
             allowed = allowed_of[source]
-            fields = dict(zip(columns, row[2:], strict=True))
+            if readers:
+                fields = dict(zip(columns, row[2:-1], strict=True))
+                if source in readers:
+                    fields.update(readers[source].values(fields, row[-1]))
+            else:
+                fields = dict(zip(columns, row[2:], strict=True))
             if allowed is not None:
                 fields = {c: v for c, v in fields.items() if c in allowed}
             yield row[0], fields
