@@ -65,6 +65,10 @@ class StoreDamaged(StoreError):
     """The store's file is damaged (SQLite met a corrupt page): check it, restore a backup."""
 
 
+class MissingExtra(CdpError):
+    """cdp.yaml asks for a feature whose optional packages are not installed (an extra)."""
+
+
 class NotFound(CdpError):
     """A named thing (source, profile, tag, journey) does not exist."""
 
