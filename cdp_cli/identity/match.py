@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import sqlite_utils
 
@@ -36,8 +36,18 @@ from cdp_cli.errors import ConfigError, MissingExtra, NotFound, UsageError
 from cdp_cli.identity.fields import FieldReader
 from cdp_cli.store import now_iso, rows_as_dicts
 
-if TYPE_CHECKING:
-    from cdp_cli.identity.resolve import Graph
+
+class Graph(Protocol):
+    """What matching needs of resolve's graph (identity/resolve.py Graph): its key nodes, the
+    keys that are a customer by themselves, and its guarded union-find."""
+
+    key_node: dict[int, int]
+    standalone: set[int]
+
+    def find(self, node: int) -> int: ...
+
+    def union(self, a: int, b: int) -> str | None: ...
+
 
 INSTALL_HINT = "pip install 'cdp[match]'"
 # Fields compared only whole: a city or a province is either the same or not.

@@ -893,6 +893,10 @@ def explain(db: sqlite_utils.Database, one_id: str) -> dict[str, Any]:
         "SELECT DISTINCT u.type, u.raw, u.reason FROM unusable_values u "
         "WHERE u.key IN (SELECT key FROM identity_keys WHERE one_id = ?) ORDER BY u.type, u.raw"
     )
+    probable = match.probable_links(db, current)
+    for link in probable:
+        link["record_a"] = record_of_key(db, link["key_a"])
+        link["record_b"] = record_of_key(db, link["key_b"])
     return {
         "one_id": current,
         "asked_for": one_id,
@@ -901,7 +905,20 @@ def explain(db: sqlite_utils.Database, one_id: str) -> dict[str, Any]:
         "records": records,
         "refused_links": refused,
         "unusable_values": unusable,
+        "probable_links": probable,
     }
+
+
+def record_of_key(db: sqlite_utils.Database, key: int) -> dict[str, Any] | None:
+    """One record (kind, source, key) carrying an identity key: how a person names it."""
+    for kind in KINDS.values():
+        row = db.conn.execute(
+            f"SELECT source, key FROM {kind.table} WHERE identity_key = ? ORDER BY id LIMIT 1",
+            (key,),
+        ).fetchone()
+        if row:
+            return {"kind": kind.name, "source": row[0], "key": row[1]}
+    return None
 
 
 _RECORDS_BY_KEY = " UNION ALL ".join(
