@@ -20,7 +20,6 @@ from typing import Any
 from cdp_cli.config import FieldMapping, Source
 
 _SPACES = re.compile(r"\s+")
-_NOT_DIGITS = re.compile(r"\D+")
 
 
 def _is_cjk(char: str) -> bool:
@@ -52,8 +51,9 @@ def _upper(value: str) -> str:
 
 
 def _digits(value: str) -> str:
-    """Only the digits (any script's, as ASCII): a card number written with spaces or dashes."""
-    return "".join(str(unicodedata.digit(c)) for c in _NOT_DIGITS.sub("", value) if c.isdigit())
+    """Only the decimal digits (any script's, as ASCII: full-width ２ is 2; superscripts are
+    no digits): a card number written with spaces or dashes."""
+    return "".join(str(unicodedata.decimal(c)) for c in value if c.isdecimal())
 
 
 NORMALIZERS: dict[str, Callable[[str], str]] = {

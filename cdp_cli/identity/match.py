@@ -16,7 +16,6 @@ whatever its score. Pairs from `review_threshold` up to `threshold` wait in matc
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import re
@@ -58,12 +57,15 @@ U_SAMPLE_PAIRS = 1_000_000
 
 def check_available() -> None:
     """Refuse, in one line, a project that asks for matching without the extra installed."""
-    for module in ("splink", "duckdb", "pypinyin"):
-        if importlib.util.find_spec(module) is None:
-            raise MissingExtra(
-                f"identity.match in cdp.yaml needs probabilistic matching, which is not "
-                f"installed ({module} is missing): {INSTALL_HINT}"
-            )
+    try:
+        import duckdb  # noqa: F401
+        import pypinyin  # noqa: F401
+        import splink  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtra(
+            "identity.match in cdp.yaml needs probabilistic matching, which is not installed "
+            f"({exc.name or 'a package'} is missing): {INSTALL_HINT}"
+        ) from None
 
 
 def available() -> bool:
@@ -337,7 +339,25 @@ def _train(config: Config, records: list[MatchRecord]) -> dict[str, Any]:
             )
         except Exception:  # too few pairs in this block to estimate from: the next rule
             continue
-    return linker.misc.save_model_to_json()
+    return smoothed(linker.misc.save_model_to_json())
+
+
+# No level is impossible: a probability of 0 would make one disagreeing field veto any pair
+# (a weight of minus infinity), which a small store's training easily learns from the few
+# pairs it sees. Each m and u is at least this, the rest scaled to sum to 1.
+SMALLEST_PROBABILITY = 0.005
+
+
+def smoothed(model: dict[str, Any]) -> dict[str, Any]:
+    """The model with every level's m and u probability at least SMALLEST_PROBABILITY."""
+    for comparison in model["comparisons"]:
+        levels = [lv for lv in comparison["comparison_levels"] if not lv.get("is_null_level")]
+        for name in ("m_probability", "u_probability"):
+            values = [max(float(lv.get(name) or 0.0), SMALLEST_PROBABILITY) for lv in levels]
+            total = sum(values)
+            for level, value in zip(levels, values, strict=True):
+                level[name] = value / total
+    return model
 
 
 def _training_rules(rules: MatchRules) -> list[tuple[str, ...]]:
@@ -647,7 +667,7 @@ def store(db: sqlite_utils.Database, run: MatchRun, run_id: int, full: bool) -> 
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return json.dumps(value, ensure_ascii=False)
 
 
 # ---------------------------------------------------------------------------------------------
