@@ -30,9 +30,9 @@ identity:
 
 
 def one_id_of(db, source, key):
-    return query(db, "SELECT one_id FROM id_mapping WHERE source = ? AND key = ?", source, key)[
+    return query(db, "SELECT one_id FROM id_mapping WHERE source = ? AND key = ?", source, key)[0][
         0
-    ][0]
+    ]
 
 
 def setup_partner(run, write, config=PARTNER, partner=None, shop=None):

@@ -22,7 +22,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
@@ -326,11 +326,14 @@ def _train(config: Config, records: list[MatchRecord]) -> dict[str, Any]:
     )
     linker = Linker(table, settings, log_level=None)
     training = linker.training
-    try:
-        everything = " AND ".join(f'l."{f}" = r."{f}"' for f in rules.fields)
-        training.estimate_probability_two_random_records_match([everything], recall=0.7)
-    except Exception:  # no pair agrees on every field (a small store): Splink's default prior
-        pass
+    # The prior from pairs that agree on all fields but one, taken as matches found with a
+    # recall of 0.7 (a typo in one field is common; in two, rarer).
+    deterministic = [
+        " AND ".join(f'l."{f}" = r."{f}"' for f in rules.fields if f != left_out)
+        for left_out in rules.fields
+    ]
+    with suppress(Exception):  # no pair agrees so (a small store): Splink's default prior
+        training.estimate_probability_two_random_records_match(deterministic, recall=0.7)
     training.estimate_u_using_random_sampling(max_pairs=U_SAMPLE_PAIRS, seed=SEED)
     for rule in _training_rules(rules):
         try:
@@ -342,18 +345,19 @@ def _train(config: Config, records: list[MatchRecord]) -> dict[str, Any]:
     return smoothed(linker.misc.save_model_to_json())
 
 
-# No level is impossible: a probability of 0 would make one disagreeing field veto any pair
-# (a weight of minus infinity), which a small store's training easily learns from the few
-# pairs it sees. Each m and u is at least this, the rest scaled to sum to 1.
-SMALLEST_PROBABILITY = 0.005
+# No level is impossible: an m probability of 0 would make one disagreeing field veto any
+# pair (a weight of minus infinity), which a small store's training easily learns from the
+# few pairs it sees; a u of 0, make one agreeing field decide it. Each m and u is at least
+# this, the rest scaled to sum to 1.
+SMALLEST_PROBABILITY = {"m_probability": 0.005, "u_probability": 1e-6}
 
 
 def smoothed(model: dict[str, Any]) -> dict[str, Any]:
     """The model with every level's m and u probability at least SMALLEST_PROBABILITY."""
     for comparison in model["comparisons"]:
         levels = [lv for lv in comparison["comparison_levels"] if not lv.get("is_null_level")]
-        for name in ("m_probability", "u_probability"):
-            values = [max(float(lv.get(name) or 0.0), SMALLEST_PROBABILITY) for lv in levels]
+        for name, smallest in SMALLEST_PROBABILITY.items():
+            values = [max(float(lv.get(name) or 0.0), smallest) for lv in levels]
             total = sum(values)
             for level, value in zip(levels, values, strict=True):
                 level[name] = value / total
