@@ -22,7 +22,6 @@ import json
 import os
 import sqlite3
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
