@@ -336,12 +336,15 @@ def _train(config: Config, records: list[MatchRecord]) -> dict[str, Any]:
         training.estimate_probability_two_random_records_match(deterministic, recall=0.7)
     training.estimate_u_using_random_sampling(max_pairs=U_SAMPLE_PAIRS, seed=SEED)
     for rule in _training_rules(rules):
+        before = linker.misc.save_model_to_json()
         try:
-            training.estimate_parameters_using_expectation_maximisation(
+            linker.training.estimate_parameters_using_expectation_maximisation(
                 " AND ".join(f'l."{f}" = r."{f}"' for f in rule)
             )
-        except Exception:  # too few pairs in this block to estimate from: the next rule
-            continue
+        except Exception:  # too few pairs to estimate from (m underflows): the next rule,
+            # from the model as it was (a failed session leaves comparisons out of it)
+            before.pop("linker_uid", None)
+            linker = Linker(table, before, log_level=None)
     return smoothed(linker.misc.save_model_to_json())
 
 
