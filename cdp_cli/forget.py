@@ -79,6 +79,7 @@ HANDLED_TABLES = {
     "coupon_issues": "kept, so a code is never drawn twice; one_id becomes `forgotten`",
     "rejects": "lines naming one of their identifiers deleted",
     "match_records": "those of their keys deleted",
+    "match_blocks": "those of their keys deleted",
     "match_links": "those of their keys deleted",
     "match_reviews": "those of their keys deleted",
     "match_decisions": "those of their keys deleted",
@@ -345,6 +346,7 @@ def _erase_identity(conn: sqlite3.Connection, others: list[int]) -> None:
     conn.executemany("DELETE FROM unusable_values WHERE key = ?", [(k,) for k in others])
     conn.execute(f"DELETE FROM identifiers WHERE id IN {ids}")
     conn.execute(f"DELETE FROM match_records WHERE key IN {mine}")
+    conn.execute(f"DELETE FROM match_blocks WHERE key IN {mine}")
     for table in ("match_links", "match_reviews", "match_decisions"):
         conn.execute(f"DELETE FROM {table} WHERE key_a IN {mine} OR key_b IN {mine}")
     conn.executemany(

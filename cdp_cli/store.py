@@ -717,6 +717,12 @@ CREATE TABLE match_records (      -- one per identity key carrying match fields
   shown TEXT NOT NULL,            -- the fields as written (JSON), for --review
   compared TEXT NOT NULL          -- the fields as the model compares them (JSON)
 );
+CREATE TABLE match_blocks (       -- each record's value per blocking rule: whom a new one meets
+  rule INTEGER NOT NULL,          -- its place in identity.match.blocking
+  block TEXT NOT NULL,            -- the rule's fields as compared, joined
+  key INTEGER NOT NULL,
+  PRIMARY KEY (rule, block, key)
+) WITHOUT ROWID;
 CREATE TABLE match_links (        -- pairs above the threshold, or accepted by a person
   key_a INTEGER NOT NULL,
   key_b INTEGER NOT NULL,         -- key_a < key_b

@@ -109,16 +109,27 @@ _WORDS = re.compile(r"[a-z]+")
 
 
 @lru_cache(maxsize=1 << 16)
-def _pinyin(text: str) -> str:
+def _char_pinyin(char: str) -> str:
+    """One character's pinyin without tones (its most common reading): asked once per
+    character, as a name's characters are a few thousand."""
     from pypinyin import lazy_pinyin
 
-    return "".join(lazy_pinyin(text))
+    return "".join(lazy_pinyin(char))
+
+
+def _pinyin(text: str) -> str:
+    return "".join(_char_pinyin(c) if _is_cjk(c) else c for c in text)
+
+
+def _is_cjk(char: str) -> bool:
+    return "\u4e00" <= char <= "\u9fff" or "\u3400" <= char <= "\u4dbf"
 
 
 def _has_cjk(text: str) -> bool:
-    return any("\u4e00" <= c <= "\u9fff" or "\u3400" <= c <= "\u4dbf" for c in text)
+    return any(map(_is_cjk, text))
 
 
+@lru_cache(maxsize=1 << 18)  # cities, birthdays and common names repeat
 def compared_form(kind: str, value: str | None) -> str | None:
     """A value as the model compares it: full-width forms and case folded, spaces and
     punctuation gone; Chinese characters as pinyin in names (张伟 and Zhang Wei are one);
@@ -129,8 +140,8 @@ def compared_form(kind: str, value: str | None) -> str | None:
     if not text:
         return None
     if kind == "date":
-        digits = "".join(c for c in text if c.isdigit())
-        return digits or None
+        digits = text.replace("-", "")  # as ingest stores a date: YYYY-MM-DD
+        return digits if digits.isdigit() else "".join(filter(str.isdigit, text)) or None
     if kind == "name" and _has_cjk(text):
         text = _pinyin(text)
     elif kind == "text":
@@ -201,11 +212,34 @@ def read_records(
                 yield MatchRecord(key, source.name, in_scope, shown, compared)
 
 
-def stored_records(db: sqlite_utils.Database) -> Iterator[MatchRecord]:
-    for key, source, in_scope, shown, compared in db.conn.execute(
-        "SELECT key, source, in_scope, shown, compared FROM match_records ORDER BY key"
-    ):
-        yield MatchRecord(key, source, bool(in_scope), json.loads(shown), json.loads(compared))
+def blocks(rules: MatchRules, records: Iterable[MatchRecord]) -> list[tuple[int, str, int]]:
+    """(rule, block, key): each record's value for each blocking rule it can be blocked by
+    (none of the rule's fields missing), in the order of match_blocks' key."""
+    rows = [
+        (number, "\x1f".join(values), r.key)  # type: ignore[arg-type]
+        for r in records
+        for number, rule in enumerate(rules.blocking)
+        if None not in (values := [r.compared[f] for f in rule])
+    ]
+    rows.sort()
+    return rows
+
+
+def met_by(db: sqlite_utils.Database, rules: MatchRules, new: list[MatchRecord]) -> set[int]:
+    """The stored records that share a block with one of the new ones: all an incremental
+    run compares them with."""
+    db.conn.execute("CREATE TEMP TABLE IF NOT EXISTS new_blocks (rule INTEGER, block TEXT)")
+    db.conn.execute("DELETE FROM new_blocks")
+    db.conn.executemany(
+        "INSERT INTO new_blocks VALUES (?, ?)", [row[:2] for row in blocks(rules, new)]
+    )
+    return {
+        key
+        for (key,) in db.conn.execute(
+            "SELECT DISTINCT b.key FROM new_blocks n "
+            "JOIN match_blocks b ON b.rule = n.rule AND b.block = n.block"
+        )
+    }
 
 
 def check_blocking(config: Config, records: list[MatchRecord]) -> None:
@@ -328,7 +362,7 @@ def _train(config: Config, records: list[MatchRecord]) -> dict[str, Any]:
     training = linker.training
     # The prior from pairs that agree on all fields but one, taken as matches found with a
     # recall of 0.7 (a typo in one field is common; in two, rarer).
-    deterministic = [
+    deterministic: list[Any] = [
         " AND ".join(f'l."{f}" = r."{f}"' for f in rules.fields if f != left_out)
         for left_out in rules.fields
     ]
@@ -569,10 +603,9 @@ def prepare(
     new = list(read_records(db, config, after_batch))
     if not new:
         return MatchRun(rules, [], [], decisions, earlier=accepted)
-    everyone = [*stored_records(db), *new]
-    check_blocking(config, everyone)
-    model = load_or_train(db, config, everyone, retrain=False)
-    pairs = score(config, model, everyone, {r.key for r in new})
+    met = records_of(db, met_by(db, rules, new))
+    model = load_or_train(db, config, [*met, *new], retrain=False)
+    pairs = score(config, model, [*met, *new], {r.key for r in new})
     return MatchRun(rules, new, pairs, decisions, earlier=accepted)
 
 
@@ -635,8 +668,12 @@ def store(db: sqlite_utils.Database, run: MatchRun, run_id: int, full: bool) -> 
     """Write the records compared, the links and the review queue; counts for the result."""
     conn = db.conn
     if full:
-        for table in ("match_records", "match_links", "match_reviews"):
+        for table in ("match_records", "match_blocks", "match_links", "match_reviews"):
             conn.execute(f"DELETE FROM {table}")
+    conn.executemany(
+        "INSERT OR IGNORE INTO match_blocks (rule, block, key) VALUES (?, ?, ?)",
+        blocks(run.rules, run.records),
+    )
     conn.executemany(
         "INSERT OR REPLACE INTO match_records (key, source, in_scope, shown, compared) "
         "VALUES (?, ?, ?, ?, ?)",
@@ -665,9 +702,13 @@ def store(db: sqlite_utils.Database, run: MatchRun, run_id: int, full: bool) -> 
         "VALUES (?, ?, ?, ?, ?, ?)",
         [(p.key_a, p.key_b, p.probability, p.weight, _json(p.fields), run_id) for p in run.reviews],
     )
-    conn.execute(
-        "DELETE FROM match_records WHERE key NOT IN (SELECT key FROM identity_keys)"
-    )  # records no row carries any more (re-ingested, forgotten)
+    # Records no row carries any more (re-ingested with other values, or forgotten).
+    conn.execute("DELETE FROM match_records WHERE key NOT IN (SELECT key FROM identity_keys)")
+    if not full:
+        conn.execute(
+            "DELETE FROM match_blocks WHERE key IN (SELECT key FROM reached_keys) "
+            "AND key NOT IN (SELECT key FROM identity_keys)"
+        )
     linked = sum(1 for _, by, status, _ in run.links if status == "linked")
     refused = sum(1 for _, _, status, _ in run.links if status == "refused")
     return {"probable_links": linked, "probable_refused": refused, "to_review": len(run.reviews)}
