@@ -360,3 +360,17 @@ def test_blocking_that_compares_nearly_everything_is_refused_with_the_count(proj
         "11,356 comparisons of 370 records, more than max_comparisons (1,000): block on more "
         "fields"
     )
+
+
+def test_rows_ingested_before_matching_was_declared_are_named(tmp_path):
+    before = textwrap.dedent(CONFIG).lstrip().split("identity:")[0]
+    (tmp_path / "cdp.yaml").write_text(before.replace(", address: 地址", "").replace(
+        ",\n             address: address", ""))  # fmt: skip
+    write_csv(tmp_path / "legacy.csv", LEGACY_HEADER, [legacy_of(members()[0], "L0", 0)])
+    ok(cdp(tmp_path, "ingest", "--source", "legacy_crm", str(tmp_path / "legacy.csv")))
+    (tmp_path / "cdp.yaml").write_text(textwrap.dedent(CONFIG).lstrip())
+    result = json.loads(ok(cdp(tmp_path, "resolve", "--json")).stdout)
+    assert result["notes"] == [
+        "1 rows of legacy_crm were ingested before identity.match named it: ingest them again "
+        "with --force (cdp ingest --source legacy_crm --force) so that matching compares them"
+    ]

@@ -225,6 +225,26 @@ def blocks(rules: MatchRules, records: Iterable[MatchRecord]) -> list[tuple[int,
     return rows
 
 
+def stale_keys(db: sqlite_utils.Database, config: Config) -> list[str]:
+    """A note per matched source whose rows were ingested before `match:` was declared: their
+    identity keys leave the match fields out, so matching cannot compare them one by one."""
+    notes = []
+    for source in config.sources.values():
+        if not config.identity.matches(source.name):
+            continue
+        missing = db.conn.execute(
+            f"SELECT count(*) FROM {source.kind.table} WHERE source = ? AND identity_key IS NULL",
+            (source.name,),
+        ).fetchone()[0]
+        if missing:
+            notes.append(
+                f"{missing:,} rows of {source.name} were ingested before identity.match named "
+                f"it: ingest them again with --force (cdp ingest --source {source.name} "
+                "--force) so that matching compares them"
+            )
+    return notes
+
+
 def met_by(db: sqlite_utils.Database, rules: MatchRules, new: list[MatchRecord]) -> set[int]:
     """The stored records that share a block with one of the new ones: all an incremental
     run compares them with."""
@@ -521,6 +541,7 @@ class MatchRun:
     earlier: list[Pair] = field(default_factory=list)  # links of earlier runs, reapplied
     links: list[tuple[Pair, str, str, str | None]] = field(default_factory=list)
     reviews: list[Pair] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def partner_keys(self) -> set[int]:
         """Keys an incremental run must load with their customers: those it may join."""
@@ -597,13 +618,19 @@ def prepare(
     if full or after_batch is None:
         records = list(read_records(db, config))
         check_blocking(config, records)
-        model = load_or_train(db, config, records, retrain=True)
-        pairs = score(config, model, records, None)
-        return MatchRun(rules, records, pairs, decisions, earlier=accepted)
+        pairs = []
+        if len(records) >= 2:  # a model needs pairs to learn from
+            model = load_or_train(db, config, records, retrain=True)
+            pairs = score(config, model, records, None)
+        run = MatchRun(rules, records, pairs, decisions, earlier=accepted)
+        run.notes += stale_keys(db, config)
+        return run
     new = list(read_records(db, config, after_batch))
     if not new:
         return MatchRun(rules, [], [], decisions, earlier=accepted)
     met = records_of(db, met_by(db, rules, new))
+    if not met and len(new) < 2:
+        return MatchRun(rules, new, [], decisions, earlier=accepted)
     model = load_or_train(db, config, [*met, *new], retrain=False)
     pairs = score(config, model, [*met, *new], {r.key for r in new})
     return MatchRun(rules, new, pairs, decisions, earlier=accepted)

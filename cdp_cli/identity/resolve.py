@@ -763,6 +763,7 @@ def _write(
     )
     if matching is not None:
         result.matching = match.store(db, matching, run_id, full)
+        result.notes += matching.notes
 
 
 IdentifierRow = tuple[str, str, "str | None", "str | None", str, "str | None"]
