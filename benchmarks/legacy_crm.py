@@ -233,6 +233,40 @@ def write_from_export(out: Path, share: float = 0.3, strangers: int = 0, seed: i
     return len(rows)
 
 
+def write_sample(sample: Path) -> int:
+    """sample_data/legacy_crm.csv: a few members of the sample CRM as a legacy CRM wrote them
+    (each way a record drifts once), a person written twice, and two strangers; `cdp demo`
+    matches them. Its truth is in the key: Lnn-Mxxxxxxx names the member, Snn nobody else."""
+    members = members_of_export(sample, seed=16)
+    rng = random.Random(16)
+    chosen = rng.sample([m for m in members if m.birthday and m.city and not m.city.isascii()], 8)
+    rows = []
+    drifts = ["typo", "swap", "short", "nickname", "pinyin", "none", "swap", "typo"]
+    for n, (member, drift) in enumerate(zip(chosen, drifts, strict=True), 1):
+        surname, given, birthday, address = member.name[:1], member.name[1:], member.birthday, ""
+        if drift == "typo":
+            given = (
+                "".join(TYPOS.get(c, c) for c in given)
+                if any(c in TYPOS for c in given)
+                else given[:-1] + "玮"
+            )
+        elif drift == "swap":
+            birthday = swapped_digits(birthday, rng)
+        elif drift == "nickname":
+            given = "小" + given[-1]
+        elif drift == "pinyin":
+            surname = "".join(lazy_pinyin(surname)).capitalize()
+            given = "".join(lazy_pinyin(given)).capitalize()
+        rows.append([f"L{n:02d}-{member.key}", surname, given, birthday, member.city, address])
+    # One more without a birthday: name and city alone make a pair for a person to review.
+    last = chosen[0]
+    rows.append([f"L09-{last.key}", last.name[:1], last.name[1:], "", last.city, ""])
+    rows.append(["S01", "欧阳", "晓风", "1979-03-08", "上海", "长江路12号"])
+    rows.append(["S02", "司马", "青", "1988-10-21", "杭州", "建设路88号3室"])
+    write_csv(sample / "legacy_crm.csv", LEGACY_HEADER, rows)
+    return len(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -240,8 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic", type=int, default=0, help="members of a synthetic CRM")
     parser.add_argument("--legacy", type=int, default=0, help="legacy rows, with --synthetic")
     parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument("--sample", action="store_true", help="sample_data/legacy_crm.csv")
     args = parser.parse_args(argv)
-    if args.synthetic:
+    if args.sample:
+        print(write_sample(args.out), file=sys.stderr)
+    elif args.synthetic:
         print(write_synthetic(args.out, args.synthetic, args.legacy, args.seed), file=sys.stderr)
     else:
         print(write_from_export(args.out, args.share, seed=args.seed), file=sys.stderr)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -374,3 +375,62 @@ def test_rows_ingested_before_matching_was_declared_are_named(tmp_path):
         "1 rows of legacy_crm were ingested before identity.match named it: ingest them again "
         "with --force (cdp ingest --source legacy_crm --force) so that matching compares them"
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# cdp demo's matching stage, on the project `cdp init` makes
+
+
+def init_with_members(folder: Path) -> tuple[Any, Any]:
+    from cdp_cli.config import load_config
+    from cdp_cli.ingest import ingest
+    from cdp_cli.scaffold import init_project
+    from cdp_cli.store import open_store
+
+    init_project(folder)
+    config = load_config(folder / "cdp.yaml")
+    db = open_store(config.store)
+    ingest(db, config, "crm_members")
+    return db, config
+
+
+def test_the_demo_shows_a_probable_link_and_a_review_decision(tmp_path):
+    from cdp_cli.demo import match_stage
+    from cdp_cli.identity.resolve import resolve
+
+    db, config = init_with_members(tmp_path)
+    resolve(db, config)
+    shown, config = match_stage(tmp_path, db, config)
+    db.close()
+    assert config.identity.match is not None  # cdp.yaml's #match lines are on now
+    link = shown["link"]
+    assert link["status"] == "linked" and link["probability"] >= 0.95
+    # The sample's legacy keys name the member each one is (L02-M0100535): a true link.
+    member, legacy = sorted((link["record_a"], link["record_b"]), key=lambda r: r["source"])
+    assert member["source"] == "crm_members" and legacy["key"].endswith(member["key"])
+    assert shown["decision"]["decision"] == "accepted"
+    assert shown["after"].matching["probable_links"] == 1
+    assert "王" not in json.dumps(shown["review"], ensure_ascii=False).replace("王*", "")
+
+
+def test_the_demo_skips_matching_in_one_line_without_the_extra(tmp_path):
+    db, _ = init_with_members(tmp_path)
+    db.close()
+    before = (tmp_path / "cdp.yaml").read_text(encoding="utf-8")
+    script = (
+        "import sys; sys.modules['splink'] = None\n"
+        "from pathlib import Path\n"
+        "from cdp_cli.config import load_config\n"
+        "from cdp_cli.demo import match_stage\n"
+        "from cdp_cli.store import open_store\n"
+        f"folder = Path({str(tmp_path)!r})\n"
+        "config = load_config(folder / 'cdp.yaml')\n"
+        "print(match_stage(folder, open_store(config.store), config)[0])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == (
+        "{'skipped': \"matching skipped: it is not installed (pip install 'cdp[match]')\"}"
+    )
+    assert (tmp_path / "cdp.yaml").read_text(encoding="utf-8") == before

@@ -82,7 +82,7 @@ def resolve_command(
             return
         if review:
             pairs = match.review_queue(db)
-            out.emit(pairs if unmask else masked_review(pairs), json_, _print_review)
+            out.emit(pairs if unmask else masked_review(pairs), json_, print_review)
             return
         if accept or reject:
             decided = match.decide(db, accept or reject or "", "accepted" if accept else "rejected")
@@ -112,7 +112,7 @@ def _decided_line(decided: dict[str, Any]) -> str:
     )
 
 
-def _print_review(pairs: list[dict[str, Any]]) -> None:
+def print_review(pairs: list[dict[str, Any]]) -> None:
     """Each pair waiting: its number, probability, the agreeing fields, both records."""
     rows = []
     for p in pairs:
