@@ -154,15 +154,16 @@ def compared_form(kind: str, value: str | None) -> str | None:
 # The records compared
 
 
-@dataclass
+@dataclass(slots=True)
 class MatchRecord:
-    """One identity key with match fields: as written (for review) and as compared."""
+    """One identity key with match fields: as written (for review) and as compared, each in
+    the order of identity.match.fields (tuples: a million of them are held at once)."""
 
     key: int
     source: str
     in_scope: bool
-    shown: dict[str, str | None]
-    compared: dict[str, str | None]
+    shown: tuple[str | None, ...]
+    compared: tuple[str | None, ...]
 
 
 def _sources_with_fields(config: Config, rules: MatchRules) -> list[Source]:
@@ -180,7 +181,7 @@ def read_records(
     identity key: the first row's values, keys already compared left out."""
     rules = config.identity.match
     assert rules is not None
-    kinds = {f: comparison_kind(config, f) for f in rules.fields}
+    kinds = [comparison_kind(config, f) for f in rules.fields]
     seen: set[int] = set()
     for source in _sources_with_fields(config, rules):
         reader = FieldReader(source, rules.fields)
@@ -206,20 +207,21 @@ def read_records(
                 continue
             seen.add(key)
             values = reader.values(dict(zip(columns, row[2:], strict=True)), row[1])
-            shown = {f: values.get(f) for f in rules.fields}
-            compared = {f: compared_form(kinds[f], shown[f]) for f in rules.fields}
-            if sum(v is not None for v in compared.values()) >= 2:
+            shown = tuple(map(values.get, rules.fields))
+            compared = tuple(map(compared_form, kinds, shown))
+            if len(compared) - compared.count(None) >= 2:
                 yield MatchRecord(key, source.name, in_scope, shown, compared)
 
 
 def blocks(rules: MatchRules, records: Iterable[MatchRecord]) -> list[tuple[int, str, int]]:
     """(rule, block, key): each record's value for each blocking rule it can be blocked by
     (none of the rule's fields missing), in the order of match_blocks' key."""
+    at = [[rules.fields.index(f) for f in rule] for rule in rules.blocking]
     rows = [
         (number, "\x1f".join(values), r.key)  # type: ignore[arg-type]
         for r in records
-        for number, rule in enumerate(rules.blocking)
-        if None not in (values := [r.compared[f] for f in rule])
+        for number, places in enumerate(at)
+        if None not in (values := [r.compared[i] for i in places])
     ]
     rows.sort()
     return rows
@@ -268,10 +270,9 @@ def check_blocking(config: Config, records: list[MatchRecord]) -> None:
     rules = config.identity.match
     assert rules is not None
     for number, rule in enumerate(rules.blocking, 1):
+        places = [rules.fields.index(f) for f in rule]
         blocks = Counter(
-            tuple(r.compared[f] for f in rule)
-            for r in records
-            if all(r.compared[f] is not None for f in rule)
+            values for r in records if None not in (values := tuple(r.compared[i] for i in places))
         )
         comparisons = sum(n * (n - 1) // 2 for n in blocks.values())
         if comparisons > rules.max_comparisons:
@@ -324,8 +325,8 @@ def _table(records: list[MatchRecord], fields: tuple[str, ...], new: set[int]) -
         "in_scope": [int(r.in_scope) for r in records],
         "is_new": [int(r.key in new) for r in records],
     }
-    for name in fields:
-        columns[name] = [r.compared[name] for r in records]
+    for at, name in enumerate(fields):
+        columns[name] = [r.compared[at] for r in records]
     return pa.table(columns, schema=pa.schema(
         [("unique_id", pa.int64()), ("in_scope", pa.int8()), ("is_new", pa.int8())]
         + [(name, pa.string()) for name in fields]
@@ -506,24 +507,29 @@ def _score(
     predictions = linker.inference.predict(
         threshold_match_probability=rules.review_threshold, warning_mode="never"
     )
-    kinds = {f: comparison_kind(config, f) for f in rules.fields}
-    pairs = [_pair(row, rules.fields, kinds) for row in predictions.as_record_list()]
+    kinds = [comparison_kind(config, f) for f in rules.fields]
+    wanted = ["unique_id_l", "unique_id_r", "match_probability", "match_weight"]
+    wanted += [f'"{p}{f}"' for f in rules.fields for p in ("gamma_", "mw_")]
+    rows = predictions.as_duckdbpyrelation().select(", ".join(wanted)).fetchall()
+    pairs = [_pair(row, rules.fields, kinds) for row in rows]
     pairs.sort(key=lambda p: (-p.probability, p.key_a, p.key_b))
     return pairs
 
 
-def _pair(row: dict[str, Any], fields: tuple[str, ...], kinds: dict[str, str]) -> Pair:
-    a, b = sorted((int(row["unique_id_l"]), int(row["unique_id_r"])))
+def _pair(row: tuple[Any, ...], fields: tuple[str, ...], kinds: list[str]) -> Pair:
+    """A row of Splink's predictions (ids, probability, weight, then each field's gamma and
+    match weight) as a Pair, the two keys in order."""
+    a, b = sorted((int(row[0]), int(row[1])))
     detail = {}
-    for name in fields:
-        gamma = int(row[f"gamma_{name}"])
-        levels = LEVELS[kinds[name]]
+    for at, name in enumerate(fields):
+        gamma, weight = int(row[4 + 2 * at]), float(row[5 + 2 * at])
+        levels = LEVELS[kinds[at]]
         detail[name] = {
             "level": "missing" if gamma < 0 else levels[len(levels) - 1 - gamma],
             "agrees": gamma > 0,
-            "weight": round(float(row[f"mw_{name}"]), 2),
+            "weight": round(weight, 2),
         }
-    return Pair(a, b, float(row["match_probability"]), round(float(row["match_weight"]), 2), detail)
+    return Pair(a, b, float(row[2]), round(float(row[3]), 2), detail)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -628,7 +634,7 @@ def prepare(
     new = list(read_records(db, config, after_batch))
     if not new:
         return MatchRun(rules, [], [], decisions, earlier=accepted)
-    met = records_of(db, met_by(db, rules, new))
+    met = records_of(db, rules, met_by(db, rules, new))
     if not met and len(new) < 2:
         return MatchRun(rules, new, [], decisions, earlier=accepted)
     model = load_or_train(db, config, [*met, *new], retrain=False)
@@ -659,12 +665,18 @@ def decided_since(db: sqlite_utils.Database, since: str) -> set[int]:
     return {k for pair in rows for k in pair}
 
 
-def records_of(db: sqlite_utils.Database, keys: Iterable[int]) -> list[MatchRecord]:
+def records_of(
+    db: sqlite_utils.Database, rules: MatchRules, keys: Iterable[int]
+) -> list[MatchRecord]:
     """The stored match records of these keys (an incremental run's reloaded customers: each
     record that needs matching stays a customer by itself)."""
     _fill_match_keys(db, keys)
+
+    def ordered(text: str) -> tuple[str | None, ...]:
+        return tuple(map(json.loads(text).get, rules.fields))
+
     return [
-        MatchRecord(k, s, bool(i), json.loads(sh), json.loads(c))
+        MatchRecord(k, s, bool(i), ordered(sh), ordered(c))
         for k, s, i, sh, c in db.conn.execute(
             "SELECT key, source, in_scope, shown, compared FROM match_records "
             "WHERE key IN (SELECT key FROM match_keys) ORDER BY key"
@@ -693,7 +705,7 @@ def earlier_links(db: sqlite_utils.Database, keys: Iterable[int]) -> list[Pair]:
 
 def store(db: sqlite_utils.Database, run: MatchRun, run_id: int, full: bool) -> dict[str, int]:
     """Write the records compared, the links and the review queue; counts for the result."""
-    conn = db.conn
+    conn, fields = db.conn, run.rules.fields
     if full:
         for table in ("match_records", "match_blocks", "match_links", "match_reviews"):
             conn.execute(f"DELETE FROM {table}")
@@ -705,7 +717,13 @@ def store(db: sqlite_utils.Database, run: MatchRun, run_id: int, full: bool) -> 
         "INSERT OR REPLACE INTO match_records (key, source, in_scope, shown, compared) "
         "VALUES (?, ?, ?, ?, ?)",
         [
-            (r.key, r.source, int(r.in_scope), _json(r.shown), _json(r.compared))
+            (
+                r.key,
+                r.source,
+                int(r.in_scope),
+                _json(dict(zip(fields, r.shown, strict=True))),
+                _json(dict(zip(fields, r.compared, strict=True))),
+            )
             for r in run.records
         ],
     )

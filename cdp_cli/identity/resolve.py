@@ -699,7 +699,7 @@ def _incremental(
     previous.update({key: one_id for key, one_id in lost.items() if key not in previous})
     if matching is not None:  # the customers reloaded keep the probable links they had
         matching.earlier += match.earlier_links(db, graph.key_node)
-        matching.records += match.records_of(db, graph.key_node)
+        matching.records += match.records_of(db, matching.rules, graph.key_node)
     _write(db, config, graph, unusable, previous, run_id, result, False, matching)
 
 
