@@ -132,7 +132,8 @@ def _has_cjk(text: str) -> bool:
 @lru_cache(maxsize=1 << 18)  # cities, birthdays and common names repeat
 def compared_form(kind: str, value: str | None) -> str | None:
     """A value as the model compares it: full-width forms and case folded, spaces and
-    punctuation gone; Chinese characters as pinyin in names (张伟 and Zhang Wei are one);
+    punctuation gone; Chinese characters as pinyin in names and cities (张伟 and Zhang Wei,
+    广州 and Guangzhou are one);
     common address words in one form (Road, Rd.); only the digits of a date."""
     if value is None:
         return None
@@ -142,7 +143,7 @@ def compared_form(kind: str, value: str | None) -> str | None:
     if kind == "date":
         digits = text.replace("-", "")  # as ingest stores a date: YYYY-MM-DD
         return digits if digits.isdigit() else "".join(filter(str.isdigit, text)) or None
-    if kind == "name" and _has_cjk(text):
+    if kind in ("name", "exact") and _has_cjk(text):  # 广州 and Guangzhou are one city
         text = _pinyin(text)
     elif kind == "text":
         text = _WORDS.sub(lambda m: _ABBREVIATIONS.get(m[0], m[0]), text)
