@@ -157,13 +157,13 @@ def compared_form(kind: str, value: str | None) -> str | None:
 
 @dataclass(slots=True)
 class MatchRecord:
-    """One identity key with match fields: as written (for review) and as compared, each in
-    the order of identity.match.fields (tuples: a million of them are held at once)."""
+    """One identity key with match fields, as compared, in the order of identity.match.fields
+    (a tuple: a million of them are held at once; the fields as written go straight to
+    match_records, for the review queue)."""
 
     key: int
     source: str
     in_scope: bool
-    shown: tuple[str | None, ...]
     compared: tuple[str | None, ...]
 
 
@@ -175,11 +175,15 @@ def _sources_with_fields(config: Config, rules: MatchRules) -> list[Source]:
     ]
 
 
+Shown = tuple[str | None, ...]  # a record's match fields as written
+
+
 def read_records(
     db: sqlite_utils.Database, config: Config, after_batch: int | None = None
-) -> Iterator[MatchRecord]:
+) -> Iterator[tuple[MatchRecord, Shown]]:
     """The match records of rows written after `after_batch` (every row when None), one per
-    identity key: the first row's values, keys already compared left out."""
+    identity key (the first row's values, keys already compared left out), each with its
+    fields as written."""
     rules = config.identity.match
     assert rules is not None
     kinds = [comparison_kind(config, f) for f in rules.fields]
@@ -211,7 +215,43 @@ def read_records(
             shown = tuple(map(values.get, rules.fields))
             compared = tuple(map(compared_form, kinds, shown))
             if len(compared) - compared.count(None) >= 2:
-                yield MatchRecord(key, source.name, in_scope, shown, compared)
+                yield MatchRecord(key, source.name, in_scope, compared), shown
+
+
+def save_records(
+    db: sqlite_utils.Database, rules: MatchRules, read: Iterable[tuple[MatchRecord, Shown]]
+) -> list[MatchRecord]:
+    """Write each record (as written and as compared) to match_records and its blocks to
+    match_blocks as it is read, a chunk at a time; the records, for the model."""
+    records: list[MatchRecord] = []
+    chunk: list[tuple[MatchRecord, Shown]] = []
+    for item in read:
+        chunk.append(item)
+        if len(chunk) == 10_000:
+            records += _save_chunk(db, rules, chunk)
+            chunk = []
+    return records + _save_chunk(db, rules, chunk)
+
+
+def _save_chunk(
+    db: sqlite_utils.Database, rules: MatchRules, chunk: list[tuple[MatchRecord, Shown]]
+) -> list[MatchRecord]:
+    fields = rules.fields
+    db.conn.executemany(
+        "INSERT OR REPLACE INTO match_records (key, source, in_scope, shown, compared) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [
+            (r.key, r.source, int(r.in_scope), _json(dict(zip(fields, shown, strict=True))),
+             _json(dict(zip(fields, r.compared, strict=True))))
+            for r, shown in chunk
+        ],
+    )  # fmt: skip
+    records = [r for r, _ in chunk]
+    db.conn.executemany(
+        "INSERT OR IGNORE INTO match_blocks (rule, block, key) VALUES (?, ?, ?)",
+        blocks(rules, records),
+    )
+    return records
 
 
 def blocks(rules: MatchRules, records: Iterable[MatchRecord]) -> list[tuple[int, str, int]]:
@@ -623,7 +663,9 @@ def prepare(
     }
     accepted = accepted_pairs(db)
     if full or after_batch is None:
-        records = list(read_records(db, config))
+        for table in ("match_records", "match_blocks"):
+            db.conn.execute(f"DELETE FROM {table}")
+        records = save_records(db, rules, read_records(db, config))
         check_blocking(config, records)
         pairs = []
         if len(records) >= 2:  # a model needs pairs to learn from
@@ -632,10 +674,12 @@ def prepare(
         run = MatchRun(rules, records, pairs, decisions, earlier=accepted)
         run.notes += stale_keys(db, config)
         return run
-    new = list(read_records(db, config, after_batch))
-    if not new:
+    read = list(read_records(db, config, after_batch))
+    if not read:
         return MatchRun(rules, [], [], decisions, earlier=accepted)
+    new = [record for record, _ in read]
     met = records_of(db, rules, met_by(db, rules, new))
+    save_records(db, rules, read)
     if not met and len(new) < 2:
         return MatchRun(rules, new, [], decisions, earlier=accepted)
     model = load_or_train(db, config, [*met, *new], retrain=False)
@@ -677,9 +721,9 @@ def records_of(
         return tuple(map(json.loads(text).get, rules.fields))
 
     return [
-        MatchRecord(k, s, bool(i), ordered(sh), ordered(c))
-        for k, s, i, sh, c in db.conn.execute(
-            "SELECT key, source, in_scope, shown, compared FROM match_records "
+        MatchRecord(k, s, bool(i), ordered(c))
+        for k, s, i, c in db.conn.execute(
+            "SELECT key, source, in_scope, compared FROM match_records "
             "WHERE key IN (SELECT key FROM match_keys) ORDER BY key"
         )
     ]
@@ -706,28 +750,10 @@ def earlier_links(db: sqlite_utils.Database, keys: Iterable[int]) -> list[Pair]:
 
 def store(db: sqlite_utils.Database, run: MatchRun, run_id: int, full: bool) -> dict[str, int]:
     """Write the records compared, the links and the review queue; counts for the result."""
-    conn, fields = db.conn, run.rules.fields
-    if full:
-        for table in ("match_records", "match_blocks", "match_links", "match_reviews"):
+    conn = db.conn
+    if full:  # match_records and match_blocks were written anew as they were read (prepare)
+        for table in ("match_links", "match_reviews"):
             conn.execute(f"DELETE FROM {table}")
-    conn.executemany(
-        "INSERT OR IGNORE INTO match_blocks (rule, block, key) VALUES (?, ?, ?)",
-        blocks(run.rules, run.records),
-    )
-    conn.executemany(
-        "INSERT OR REPLACE INTO match_records (key, source, in_scope, shown, compared) "
-        "VALUES (?, ?, ?, ?, ?)",
-        [
-            (
-                r.key,
-                r.source,
-                int(r.in_scope),
-                _json(dict(zip(fields, r.shown, strict=True))),
-                _json(dict(zip(fields, r.compared, strict=True))),
-            )
-            for r in run.records
-        ],
-    )
     conn.executemany(
         "INSERT OR REPLACE INTO match_links (key_a, key_b, probability, weight, fields, "
         "decided_by, status, reason, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
