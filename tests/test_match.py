@@ -265,7 +265,8 @@ def test_a_new_batch_is_matched_against_existing_customers(project, tmp_path):
         project / "legacy2.csv",
         LEGACY_HEADER,
         [legacy_of(people[i], f"L{i}", 1 + i % 3) for i in range(100, 110)]
-        + [["N99", "欧阳", "新新", "1981-02-03", "北京", "新路99号", ""]],
+        + [["N99", "欧阳", "新新", "1981-02-03", "北京", "新路99号", ""]]
+        + [[*legacy_of(people[90], "R2", 2)[:3], "", *legacy_of(people[90], "R2", 2)[4:]]],
     )
     crm_before = one_ids(project, "crm")
     ok(cdp(project, "ingest", "--source", "legacy_crm", str(project / "legacy2.csv")))
@@ -275,6 +276,8 @@ def test_a_new_batch_is_matched_against_existing_customers(project, tmp_path):
     legacy = one_ids(project, "legacy_crm")
     assert sum(legacy[f"L{i}"] == crm_before[f"M{i:05d}"] for i in range(100, 110)) >= 9
     assert one_ids(project, "crm") == crm_before  # existing customers keep their one_ids
+    # A pair an incremental run finds below the threshold waits for review, as in a full run.
+    assert len(review_pairs_of(project, "R2")) == 1
     # A full run decides as the incremental one did.
     full = tmp_path / "full"
     shutil.copytree(project, full)

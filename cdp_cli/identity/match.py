@@ -618,20 +618,24 @@ class MatchRun:
         model.sort(key=lambda p: (-p.probability, p.key_a, p.key_b))
         done: set[tuple[int, int]] = set()
         for pair, by in [(p, "person") for p in accepted] + [(p, "model") for p in model]:
-            if (pair.key_a, pair.key_b) in done or pair.key_a not in nodes:
-                continue
-            if pair.key_b not in nodes:
+            if (pair.key_a, pair.key_b) in done:
                 continue
             done.add((pair.key_a, pair.key_b))
             if by == "model" and pair.probability < self.rules.threshold:
-                self.reviews.append(pair)
+                self.reviews.append(pair)  # an incremental run may not have loaded both
+                continue
+            if pair.key_a not in nodes or pair.key_b not in nodes:
                 continue
             a, b = nodes[pair.key_a], nodes[pair.key_b]
             reason = _cannot_link(graph, a, b, cannot) or graph.union(a, b)
             self.links.append((pair, by, "refused" if reason else "linked", reason))
         # A pair waiting for review whose keys are one customer now needs no one's word.
         self.reviews = [
-            p for p in self.reviews if graph.find(nodes[p.key_a]) != graph.find(nodes[p.key_b])
+            p
+            for p in self.reviews
+            if p.key_a not in nodes
+            or p.key_b not in nodes
+            or graph.find(nodes[p.key_a]) != graph.find(nodes[p.key_b])
         ]
         for pair in self.pairs + self.earlier:
             if self.decided(pair) == "rejected" and pair.key_a in nodes and pair.key_b in nodes:
@@ -773,6 +777,12 @@ def store(db: sqlite_utils.Database, run: MatchRun, run_id: int, full: bool) -> 
         "INSERT OR IGNORE INTO match_reviews (key_a, key_b, probability, weight, fields, run_id) "
         "VALUES (?, ?, ?, ?, ?, ?)",
         [(p.key_a, p.key_b, p.probability, p.weight, _json(p.fields), run_id) for p in run.reviews],
+    )
+    # A pair whose records are one customer already (a run that did not load both) needs no
+    # one's word.
+    conn.execute(
+        "DELETE FROM match_reviews WHERE (SELECT one_id FROM identity_keys WHERE key = key_a) "
+        "= (SELECT one_id FROM identity_keys WHERE key = key_b)"
     )
     # Records no row carries any more (re-ingested with other values, or forgotten).
     conn.execute("DELETE FROM match_records WHERE key NOT IN (SELECT key FROM identity_keys)")
