@@ -15,7 +15,7 @@ from cdp_cli.config import Config, load_config
 from cdp_cli.demo_response import respond_and_rerun
 from cdp_cli.errors import CdpError
 from cdp_cli.files import write_text
-from cdp_cli.identity import match
+from cdp_cli.identity import match, review
 from cdp_cli.identity.profiles import Lookup
 from cdp_cli.identity.resolve import explain, resolve
 from cdp_cli.ingest import ingest
@@ -130,8 +130,8 @@ def match_stage(
         "WHERE l.status = 'linked' ORDER BY l.probability DESC, l.key_a LIMIT 1"
     ).fetchone()
     link = explain(db, row[0])["probable_links"][0] if row else None
-    queue = match.review_queue(db, limit=1)
-    decision = match.decide(db, str(queue[0]["pair"]), "accepted") if queue else None
+    queue = review.review_queue(db, limit=1)
+    decision = review.decide(db, str(queue[0]["pair"]), "accepted") if queue else None
     after = resolve(db, config) if decision else None
     return {
         "ingest": ingested,

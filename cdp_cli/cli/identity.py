@@ -70,8 +70,8 @@ def resolve_command(
       cdp resolve --review                     probable pairs waiting for a person
       cdp resolve --reject 7                   these two are not one customer, ever
     """
-    from cdp_cli.identity import match
     from cdp_cli.identity.resolve import explain, export_mapping, resolve
+    from cdp_cli.identity.review import decide, review_queue
     from cdp_cli.privacy import masked_explain, masked_review
 
     config = project.config
@@ -81,11 +81,11 @@ def resolve_command(
             out.emit(report if unmask else masked_explain(report), json_, _print_explain)
             return
         if review:
-            pairs = match.review_queue(db)
+            pairs = review_queue(db)
             out.emit(pairs if unmask else masked_review(pairs), json_, print_review)
             return
         if accept or reject:
-            decided = match.decide(db, accept or reject or "", "accepted" if accept else "rejected")
+            decided = decide(db, accept or reject or "", "accepted" if accept else "rejected")
             out.emit(decided, json_, lambda d: out.note(_decided_line(d), silent))
             return
         result = resolve(db, config, full=full)

@@ -40,6 +40,7 @@ from cdp_cli.identity import match
 from cdp_cli.identity.fields import FieldReader
 from cdp_cli.identity.normalize import Normalizer, Rejected
 from cdp_cli.identity.profiles import build_profiles, follow_merges
+from cdp_cli.identity.review import probable_links
 from cdp_cli.identity.tombstones import Tombstones, erase_records
 from cdp_cli.store import indexes_built_after, insert_row, now_iso, rows_as_dicts, transaction
 
@@ -894,7 +895,7 @@ def explain(db: sqlite_utils.Database, one_id: str) -> dict[str, Any]:
         "SELECT DISTINCT u.type, u.raw, u.reason FROM unusable_values u "
         "WHERE u.key IN (SELECT key FROM identity_keys WHERE one_id = ?) ORDER BY u.type, u.raw"
     )
-    probable = match.probable_links(db, current)
+    probable = probable_links(db, current)
     for link in probable:
         link["record_a"] = record_of_key(db, link["key_a"])
         link["record_b"] = record_of_key(db, link["key_b"])
