@@ -13,6 +13,7 @@ from cdp_cli.canonical import (
     IDENTITY_FIELDS,
     ITEM_FIELDS,
     KINDS,
+    TEXT,
     Field,
     Kind,
     builtin_values,
@@ -35,8 +36,13 @@ SOURCE_KEYS = (
     "timestamp_formats", "description", "inbox",
 )  # fmt: skip
 INBOX_KEYS = ("folder", "pattern", "settle_seconds")
-FIELD_KEYS = ("from", "value", "values", "formats")
-IDENTITY_KEYS = ("blocklist", "default_blocklist", "priority", "source_priority")
+FIELD_KEYS = ("from", "value", "values", "formats", "normalize")
+IDENTITY_KEYS = ("blocklist", "default_blocklist", "priority", "source_priority", "match")
+MATCH_KEYS = (
+    "fields", "sources", "threshold", "review_threshold", "blocking", "max_comparisons",
+)  # fmt: skip
+# What a field's value goes through before it identifies or matches anyone (identity/fields.py).
+FIELD_NORMALIZERS = ("strip", "upper", "digits")
 TYPE_KEYS = ("join", "max_per_profile", "max_profiles_per_value", "fields", "sources")
 LIMIT_KEYS = ("row_bytes", "field_chars", "attrs_bytes")
 PREDICT_KEYS = ("horizon_days", "discount_rate", "churn_days", "refit_days", "categories")
@@ -54,6 +60,23 @@ class IdentifierType:
     max_per_profile: int | None = None
     max_profiles_per_value: int | None = None
     sources: tuple[str, ...] = ()  # for declared types: the sources it applies to; () is all
+
+
+@dataclass(frozen=True)
+class MatchRules:
+    """Probabilistic matching (`identity.match:`): which fields a Fellegi-Sunter model compares,
+    whose records it matches, the blocking rules that choose the pairs, and the thresholds.
+
+    A pair whose match probability reaches `threshold` is linked (unless a guard refuses);
+    one from `review_threshold` up to it waits in the review queue for a person."""
+
+    fields: tuple[str, ...]
+    sources: tuple[str, ...] = ()  # the sources whose records need matching; () is every one
+    threshold: float = 0.95
+    review_threshold: float = 0.5
+    # Each rule: the fields that must agree exactly (as compared) for a pair to be scored.
+    blocking: tuple[tuple[str, ...], ...] = ()
+    max_comparisons: int = 20_000_000
 
 
 # Built-in identifier types, strongest first: the order decides which link is kept when a
@@ -80,6 +103,7 @@ class IdentityRules:
     source_priority: tuple[str, ...] = ()
     # The default blocklist's rules turned off (identity.junk.JUNK_RULES names them).
     default_blocklist_off: tuple[str, ...] = ()
+    match: MatchRules | None = None
 
     def type(self, name: str) -> IdentifierType:
         return next(t for t in self.types if t.name == name)
@@ -92,18 +116,34 @@ class IdentityRules:
                 continue
             if all(f in mapped for f in t.fields):
                 fields += [f for f in t.fields if f not in fields]
+        if self.matches(source):
+            fields += [f for f in self.match.fields if f in mapped and f not in fields]  # type: ignore[union-attr]
         return tuple(fields)
+
+    def matches(self, source: str) -> bool:
+        """Whether probabilistic matching looks for the customers of this source's records."""
+        return self.match is not None and (not self.match.sources or source in self.match.sources)
 
 
 @dataclass(frozen=True)
 class FieldMapping:
-    """Where one canonical field comes from: a column or JSON path, or a constant."""
+    """Where one field comes from: a column or JSON path, several joined, or a constant."""
 
     name: str
     column: str | None = None
     constant: str | None = None
     values: dict[str, str] = field(default_factory=dict)
     formats: tuple[str, ...] = ()
+    # `from: [surname, given_name]`: several columns joined (identity.fields.join_parts).
+    columns: tuple[str, ...] = ()
+    # FIELD_NORMALIZERS applied before the value identifies or matches anyone; the stored
+    # value stays as written.
+    normalize: tuple[str, ...] = ()
+
+    @property
+    def read_from(self) -> tuple[str, ...]:
+        """The columns (or JSON paths) the field's value is read from."""
+        return self.columns or ((self.column,) if self.column else ())
 
 
 @dataclass(frozen=True)
@@ -172,11 +212,15 @@ class Source:
     identity_fields: tuple[str, ...] = tuple(f.name for f in IDENTITY_FIELDS)
     inbox: Inbox | None = None
     limits: Limits = DEFAULT_LIMITS  # the top-level `limits:`, which every source shares
+    # Fields that are no canonical field, mapped for a declared identifier or for matching
+    # (a loyalty card, an address): ingest keeps their columns in attrs, where resolve reads
+    # them (identity/fields.py).
+    custom_fields: dict[str, FieldMapping] = field(default_factory=dict)
 
     @property
     def columns(self) -> tuple[str, ...]:
         """The columns (or JSON paths) this source reads: its fields', its key's, its items'."""
-        columns = [m.column for m in self.fields.values() if m.column]
+        columns = [c for m in self.fields.values() for c in m.read_from]
         columns += [m.column for m in self.key if m.column]
         if self.items:
             columns.append(self.items.column)
@@ -211,6 +255,10 @@ class Config:
     sending: SendSettings = field(default_factory=SendSettings)
     store_cache_mb: int = DEFAULT_CACHE_MB  # SQLite's page cache: store.apply_size_settings
     predict: PredictSettings = field(default_factory=PredictSettings)
+    # cdp.yaml's line of `identity.match.blocking` (else of `identity.match`), for an error
+    # resolve finds with the data (too many comparisons): kept out of IdentityRules, whose
+    # fingerprint a moved line must not change.
+    match_line: int = 0
 
     @property
     def root(self) -> Path:
@@ -301,15 +349,22 @@ def _build_config(path: Path, data: YamlMap, store_override: Path | str | None) 
         raise ConfigError(
             path, "sources: expected a mapping of source names", data.line_of("sources")
         )
+    custom = _custom_field_names(data.get("identity"))
     sources = {
-        str(name): _build_source(path, str(name), spec, sources_data.line_of(name), timezone)
+        str(name): _build_source(
+            path, str(name), spec, sources_data.line_of(name), timezone, custom
+        )
         for name, spec in sources_data.items()
     }
     identity = _build_identity(path, data.get("identity"), data.line_of("identity"), sources)
     limits = _build_limits(path, data)
     sources = {
         name: replace(
-            source, identity_fields=identity.fields_for(name, set(source.fields)), limits=limits
+            source,
+            identity_fields=identity.fields_for(
+                name, set(source.fields) | set(source.custom_fields)
+            ),
+            limits=limits,
         )
         for name, source in sources.items()
     }
@@ -320,8 +375,33 @@ def _build_config(path: Path, data: YamlMap, store_override: Path | str | None) 
     cache_mb = _store_cache_mb(path, data)
     predict = _build_predict(path, data)
     return Config(
-        path, store, region, timezone, sources, settings, identity, sending, cache_mb, predict
-    )
+        path, store, region, timezone, sources, settings, identity, sending, cache_mb, predict,
+        _match_line(data.get("identity")),
+    )  # fmt: skip
+
+
+def _custom_field_names(identity: Any) -> set[str]:
+    """The names that `identity:` declares as fields of its own identifiers or of matching:
+    a source may map them though they are no canonical field. Any other unknown name in a
+    source's `fields:` stays an error (most are typos)."""
+    if not isinstance(identity, YamlMap):
+        return set()
+    names: set[str] = set()
+    for name, spec in identity.items():
+        if isinstance(spec, YamlMap) and (name not in IDENTITY_KEYS or name == "match"):
+            fields = spec.get("fields")
+            if isinstance(fields, str):
+                fields = [fields]
+            if isinstance(fields, list):
+                names.update(f for f in fields if isinstance(f, str))
+    return names
+
+
+def _match_line(identity: Any) -> int:
+    if not isinstance(identity, YamlMap) or not isinstance(identity.get("match"), YamlMap):
+        return 0
+    match = identity["match"]
+    return match.line_of("blocking") or identity.line_of("match")
 
 
 def _store_cache_mb(path: Path, data: YamlMap) -> int:
@@ -418,6 +498,7 @@ def _build_identity(path: Path, spec: Any, line: int, sources: dict[str, Source]
     builtin = {t.name: t for t in BUILTIN_TYPES}
     types: dict[str, IdentifierType] = dict(builtin)
     known_fields = {f.name for kind in KINDS.values() for f in kind.all_fields}
+    known_fields |= {f for source in sources.values() for f in source.custom_fields}
     for name, tspec in spec.items():
         if name in IDENTITY_KEYS:
             continue
@@ -478,7 +559,101 @@ def _build_identity(path: Path, spec: Any, line: int, sources: dict[str, Source]
             )  # fmt: skip
     blocklist = tuple(str(v) for v in (spec.get("blocklist") or []))
     off = _default_blocklist_off(path, spec)
-    return IdentityRules(tuple(ordered), blocklist, source_priority, off)
+    match = _build_match(path, spec, sources)
+    return IdentityRules(tuple(ordered), blocklist, source_priority, off, match)
+
+
+def _build_match(path: Path, identity: YamlMap, sources: dict[str, Source]) -> MatchRules | None:
+    """`identity.match: {fields: [...], sources: [...], threshold: 0.95, ...}`."""
+    spec = identity.get("match")
+    if spec is None:
+        return None
+    where = "identity.match"
+    if not isinstance(spec, YamlMap):
+        raise ConfigError(
+            path, f"{where}: expected a mapping such as {{fields: [name, birthday]}}",
+            identity.line_of("match"),
+        )  # fmt: skip
+    check_keys(spec, MATCH_KEYS, where)
+    fields = _strings(path, spec, "fields", where)
+    line = spec.line_of("fields") or identity.line_of("match")
+    if len(fields) < 2:
+        raise ConfigError(path, f"{where}.fields: name at least two fields to compare", line)
+    names = _strings(path, spec, "sources", where)
+    for name in names:
+        if name not in sources:
+            raise ConfigError(
+                path, f"{where}.sources: no source named {name!r}{did_you_mean(name, sources)}",
+                spec.line_of("sources"),
+            )  # fmt: skip
+    mapped = {f for s in sources.values() for f in (*s.fields, *s.custom_fields)}
+    for f in fields:
+        if f not in mapped:
+            raise ConfigError(
+                path, f"{where}.fields: no source maps a field {f!r}{did_you_mean(f, mapped)}",
+                line,
+            )  # fmt: skip
+    matched = [sources[n] for n in names] if names else list(sources.values())
+    if not any(f in (*s.fields, *s.custom_fields) for s in matched for f in fields):
+        raise ConfigError(path, f"{where}.sources: none of them maps any of the fields", line)
+    threshold = _probability(path, spec, "threshold", MatchRules.threshold)
+    review = _probability(path, spec, "review_threshold", MatchRules.review_threshold)
+    if review > threshold:
+        raise ConfigError(
+            path, f"{where}.review_threshold: {review} is above threshold {threshold}",
+            spec.line_of("review_threshold"),
+        )  # fmt: skip
+    blocking = _blocking(path, spec, fields)
+    limit = _limit(path, spec, "max_comparisons", where, MatchRules.max_comparisons)
+    return MatchRules(
+        fields, names, threshold, review, blocking, limit or MatchRules.max_comparisons
+    )
+
+
+def _probability(path: Path, spec: YamlMap, key: str, default: float) -> float:
+    """A match probability: a number in (0, 1]."""
+    value = spec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(
+            path,
+            f"identity.match.{key}: expected a probability above 0 and at most 1 (got {value!r})",
+            spec.line_of(key),
+        )
+    return float(value)
+
+
+def _blocking(path: Path, spec: YamlMap, fields: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """`blocking: [[birthday], [name, city]]`: each rule the fields that must agree for a pair
+    to be compared. By default every two of the match fields. A rule of no field would compare
+    every record with every other: refused."""
+    rules = spec.get("blocking")
+    where, line = "identity.match.blocking", spec.line_of("blocking")
+    if rules is None:
+        return tuple((a, b) for i, a in enumerate(fields) for b in fields[i + 1 :])
+    if not isinstance(rules, list) or not rules:
+        raise ConfigError(path, f"{where}: expected a list of rules such as [[birthday]]", line)
+    built = []
+    for number, rule in enumerate(rules, 1):
+        names = [rule] if isinstance(rule, str) else rule
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(path, f"{where}: rule {number} is not a list of fields", line)
+        if not names:
+            raise ConfigError(
+                path,
+                f"{where}: rule {number} names no field, so it would compare every record "
+                "with every other",
+                line,
+            )
+        for name in names:
+            if name not in fields:
+                raise ConfigError(
+                    path,
+                    f"{where}: rule {number} names {name!r}, not one of the match fields"
+                    f"{did_you_mean(name, fields)}",
+                    line,
+                )
+        built.append(tuple(names))
+    return tuple(built)
 
 
 def _default_blocklist_off(path: Path, spec: YamlMap) -> tuple[str, ...]:
@@ -513,7 +688,9 @@ def _check_timezone(path: Path, name: str, line: int, where: str) -> None:
         raise ConfigError(path, f"{where}: unknown timezone {name!r}", line) from None
 
 
-def _build_source(path: Path, name: str, spec: Any, line: int, default_tz: str) -> Source:
+def _build_source(
+    path: Path, name: str, spec: Any, line: int, default_tz: str, custom: set[str]
+) -> Source:
     where = f"sources.{name}"
     if not isinstance(spec, YamlMap):
         raise ConfigError(path, f"{where}: expected a mapping", line)
@@ -537,19 +714,26 @@ def _build_source(path: Path, name: str, spec: Any, line: int, default_tz: str) 
     fields_spec = spec.get("fields") or YamlMap()
     if not isinstance(fields_spec, YamlMap):
         raise ConfigError(path, f"{where}.fields: expected a mapping", spec.line_of("fields"))
-    fields = {}
+    fields, custom_fields = {}, {}
     for fname, fspec in fields_spec.items():
         field_def = kind.field(str(fname))
         if fname == "items":
             raise ConfigError(
                 path, f"{where}.fields: map items under `items:`", fields_spec.line_of(fname)
             )
+        if field_def is None and fname in custom:
+            custom_fields[str(fname)] = _build_field(
+                path, Field(str(fname)), kind, fspec, fields_spec.line_of(fname),
+                f"{where}.fields.{fname}",
+            )  # fmt: skip
+            continue
         if field_def is None:
             known = [f.name for f in kind.all_fields]
             raise ConfigError(
                 path,
                 f"{where}.fields: {fname!r} is not a field of kind {kind.name}"
-                f"{did_you_mean(str(fname), known)}",
+                f"{did_you_mean(str(fname), known)}"
+                + ("" if did_you_mean(str(fname), known) else _declare_hint(str(fname))),
                 fields_spec.line_of(fname),
             )
         fields[str(fname)] = _build_field(
@@ -576,7 +760,14 @@ def _build_source(path: Path, name: str, spec: Any, line: int, default_tz: str) 
         timezone=timezone,
         timestamp_formats=_strings(path, spec, "timestamp_formats", where),
         inbox=_build_inbox(path, spec, where),
+        custom_fields=custom_fields,
     )
+
+
+def _declare_hint(name: str) -> str:
+    """How a field of one's own is mapped: by naming it in an identifier or in matching."""
+    example = f"{name}_id: {{fields: [{name}]}}"
+    return f" (a field of your own is named under identity:, e.g. in {example})"
 
 
 def _build_inbox(path: Path, spec: YamlMap, where: str) -> Inbox | None:
@@ -631,6 +822,7 @@ def _build_field(
     check_keys(spec, FIELD_KEYS, where)
     if ("from" in spec) == ("value" in spec):
         raise ConfigError(path, f"{where}: give exactly one of 'from' (a column) or 'value'", line)
+    normalize = _normalizers(path, spec, where, line)
     values = dict(builtin)
     synonyms = spec.get("values") or {}
     if not isinstance(synonyms, dict):
@@ -644,10 +836,36 @@ def _build_field(
         constant = str(spec["value"])
         _check_choices(path, field_def, {constant: values.get(constant.casefold(), constant)},
                        line, where)  # fmt: skip
-        return FieldMapping(field_def.name, constant=constant, values=values)
+        return FieldMapping(field_def.name, constant=constant, values=values, normalize=normalize)
+    source = spec["from"]
+    if isinstance(source, list):
+        if len(source) < 2 or not all(isinstance(c, str) and c for c in source):
+            raise ConfigError(path, f"{where}.from: expected a column, or a list of columns", line)
+        if field_def.type != TEXT or field_def.choices:
+            raise ConfigError(
+                path, f"{where}.from: only a text field is built from several columns", line
+            )
+        return FieldMapping(
+            field_def.name, values=values, columns=tuple(source), normalize=normalize
+        )
     return FieldMapping(
-        field_def.name, column=str(spec["from"]), values=values, formats=tuple(map(str, formats))
-    )
+        field_def.name, column=str(source), values=values, formats=tuple(map(str, formats)),
+        normalize=normalize,
+    )  # fmt: skip
+
+
+def _normalizers(path: Path, spec: YamlMap, where: str, line: int) -> tuple[str, ...]:
+    """`normalize: digits` or `normalize: [strip, upper]`: each one of FIELD_NORMALIZERS."""
+    names = _strings(path, spec, "normalize", where)
+    for name in names:
+        if name not in FIELD_NORMALIZERS:
+            raise ConfigError(
+                path,
+                f"{where}.normalize: {name!r} is not one of {', '.join(FIELD_NORMALIZERS)}"
+                f"{did_you_mean(name, FIELD_NORMALIZERS)}",
+                spec.line_of("normalize") or line,
+            )
+    return names
 
 
 def _check_choices(

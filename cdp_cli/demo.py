@@ -9,15 +9,19 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import sqlite_utils
+
 from cdp_cli.config import Config, load_config
 from cdp_cli.demo_response import respond_and_rerun
 from cdp_cli.errors import CdpError
 from cdp_cli.files import write_text
+from cdp_cli.identity import match, review
 from cdp_cli.identity.profiles import Lookup
-from cdp_cli.identity.resolve import resolve
+from cdp_cli.identity.resolve import explain, resolve
 from cdp_cli.ingest import ingest
 from cdp_cli.messaging.channels import PLACEHOLDER_PREFIX
 from cdp_cli.messaging.engine import run_journeys
+from cdp_cli.privacy import masked_review
 from cdp_cli.profile360 import profile_360
 from cdp_cli.reports.funnel import funnel_report
 from cdp_cli.reports.html import write_html
@@ -83,6 +87,8 @@ def run_demo(directory: Path, force: bool = False, on_stage: StageCallback | Non
         report("resolve", stages["resolve"])
         stages["profile"] = profile_360(db, config, Lookup(phone=DEMO_PHONE))
         report("profile", stages["profile"])
+        stages["match"], config = match_stage(directory, db, config)
+        report("match", stages["match"])
         stages["predict"] = _predict(db, config)
         report("predict", stages["predict"])
         stages["tag"] = run_tags(db, config.tag_rules_folder, DEMO_AS_OF)
@@ -120,6 +126,39 @@ def _predict(db: Any, config: Config) -> dict[str, Any]:
         "evaluation is rough, a brand's own data say more (cdp predict --evaluate)"
     )
     return result
+
+
+def match_stage(
+    directory: Path, db: sqlite_utils.Database, config: Config
+) -> tuple[dict[str, Any], Config]:
+    """Probabilistic matching on the sample's legacy CRM export, whose people share no
+    identifier: cdp.yaml's lines marked #match turned on, the export ingested and resolved,
+    one probable link explained, and the most probable pair of the review queue accepted (as
+    a person would after looking), then resolved again. Skipped, in one line, without the
+    `match` extra; the project and the stages after it are then as they were."""
+    if not match.available():
+        return {"skipped": f"matching skipped: it is not installed ({match.INSTALL_HINT})"}, config
+    path = directory / "cdp.yaml"
+    write_text(path, path.read_text(encoding="utf-8").replace("  #match ", "  "))
+    config = load_config(path)
+    ingested = ingest(db, config, "legacy_crm")
+    resolved = resolve(db, config)
+    row = db.conn.execute(
+        "SELECT k.one_id FROM match_links l JOIN identity_keys k ON k.key = l.key_a "
+        "WHERE l.status = 'linked' ORDER BY l.probability DESC, l.key_a LIMIT 1"
+    ).fetchone()
+    link = explain(db, row[0])["probable_links"][0] if row else None
+    queue = review.review_queue(db, limit=1)
+    decision = review.decide(db, str(queue[0]["pair"]), "accepted") if queue else None
+    after = resolve(db, config) if decision else None
+    return {
+        "ingest": ingested,
+        "resolve": resolved,
+        "link": link,
+        "review": masked_review(queue)[0] if queue else None,
+        "decision": decision,
+        "after": after,
+    }, config
 
 
 def _fill_wechat_template_ids(directory: Path) -> None:

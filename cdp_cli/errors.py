@@ -71,7 +71,8 @@ class PredictError(CdpError):
 
 
 class MissingExtra(CdpError):
-    """An optional part of cdp is used without its libraries installed."""
+    """An optional part of cdp is used without its libraries installed (an extra); the
+    message says how to install it."""
 
 
 class NotFound(CdpError):

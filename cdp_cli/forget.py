@@ -83,6 +83,11 @@ HANDLED_TABLES = {
     "messages": "unsent and skipped deleted; written kept for the books without a person",
     "coupon_issues": "kept, so a code is never drawn twice; one_id becomes `forgotten`",
     "rejects": "lines naming one of their identifiers deleted",
+    "match_records": "those of their keys deleted",
+    "match_blocks": "those of their keys deleted",
+    "match_links": "those of their keys deleted",
+    "match_reviews": "those of their keys deleted",
+    "match_decisions": "those of their keys deleted",
     "export_members": "their links deleted: the files they were in are listed",
     "exports": "kept: path, time, kind and rows; an audience rule naming them is erased",
     "schema_migrations": "nothing personal: migration names",
@@ -345,6 +350,10 @@ def _erase_identity(conn: sqlite3.Connection, others: list[int]) -> None:
     conn.execute(f"DELETE FROM unusable_values WHERE key IN {mine}")
     conn.executemany("DELETE FROM unusable_values WHERE key = ?", [(k,) for k in others])
     conn.execute(f"DELETE FROM identifiers WHERE id IN {ids}")
+    conn.execute(f"DELETE FROM match_records WHERE key IN {mine}")
+    conn.execute(f"DELETE FROM match_blocks WHERE key IN {mine}")
+    for table in ("match_links", "match_reviews", "match_decisions"):
+        conn.execute(f"DELETE FROM {table} WHERE key_a IN {mine} OR key_b IN {mine}")
     conn.executemany(
         "INSERT OR IGNORE INTO replaced_identity_keys (old_key, new_key) VALUES (?, NULL)",
         [(k,) for k in others],

@@ -18,7 +18,7 @@ import sqlite3
 import time
 import zoneinfo
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from cdp_cli.canonical import (
 )
 from cdp_cli.config import Config, FieldMapping, Source
 from cdp_cli.errors import IngestError, UsageError, system_fault
+from cdp_cli.identity.fields import join_parts, own_value
 from cdp_cli.identity.normalize import identity_key
 from cdp_cli.identity.tombstones import FORGOTTEN_RAW, Screen, Tombstones
 from cdp_cli.integrity import is_damage, store_file
@@ -372,6 +373,12 @@ class RowMapper:
             for other, value in [spec.required_if]
         ]
         identity_names = set(source.identity_fields)
+        self._own_identity = [
+            (n, m) for n, m in source.custom_fields.items() if n in identity_names
+        ]
+        for own in source.custom_fields.values():  # their columns stay in attrs: in the header?
+            for column in own.read_from if header is not None else ():
+                self._index(replace(own, column=column))
         self._identity = [(n, i) for i, n in enumerate(self.columns) if n in identity_names]
         self._identity_values = _picker([i for _, i in self._identity])
         self._identity_keys: dict[tuple[Any, ...], int | None] = {}
@@ -436,6 +443,9 @@ class RowMapper:
         )
 
     def _getter(self, mapping: FieldMapping) -> Callable[[Any], Any]:
+        if mapping.columns:  # `from: [surname, given_name]`: the columns joined
+            parts = [self._getter(replace(mapping, column=c, columns=())) for c in mapping.columns]
+            return lambda row: join_parts([_text(get(row)) for get in parts])
         if mapping.constant is not None:
             constant = mapping.constant
             return lambda row: constant
@@ -472,7 +482,11 @@ class RowMapper:
         # A character is 1 to 4 bytes in UTF-8: count them only where that could matter.
         if attrs_json is not None and len(attrs_json) * 4 > self._attrs_bytes:
             self._check_attrs_size(attrs_json)
-        values.append(self._identity_key(values))
+        if self._own_identity:  # fields of the project's own (kept in attrs) identify it too
+            own = [(name, own_value(mapping, attrs)) for name, mapping in self._own_identity]
+            values.append(identity_key([(n, values[i]) for n, i in self._identity] + own))
+        else:
+            values.append(self._identity_key(values))
         return key, values, attrs_json
 
     def _check_attrs_size(self, attrs_json: str) -> None:

@@ -24,7 +24,8 @@ A source the set path cannot take whole is mapped by RowMapper row by row: JSON 
 Lines (a value's type is part of what it maps to), a store with tombstones (each row is
 screened against forgotten people), a source without a natural key (its key is a hash of
 the row's Python values), orders with items, a number as (part of) the key (Python and
-SQLite write floats differently), and a constant that does not convert.
+SQLite write floats differently), a constant that does not convert, a field joined from
+several columns, and identifiers of the project's own (identity/fields.py).
 """
 
 from __future__ import annotations
@@ -279,8 +280,10 @@ def plan_for(mapper: Any, header: list[str], attrs_bytes: int) -> SetPlan | None
     """The SQL for a CSV file of this header, or None where the set path cannot take the
     source (see the module's docstring): RowMapper then maps every row."""
     source = mapper.source
-    if not source.key or mapper.has_items:
-        return None
+    if not source.key or mapper.has_items or source.custom_fields:
+        return None  # fields of the project's own identify rows as RowMapper computes them
+    if any(m.columns for m in source.fields.values()):
+        return None  # a field joined from several columns
     plain = mapper.plain_mappings
     plan = SetPlan(len(header), [present(header.index(m.column)) for m in plain])
     for offset, (mapping, (_, convert)) in enumerate(

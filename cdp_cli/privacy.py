@@ -144,6 +144,25 @@ def masked_explain(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def mask_field(value: str) -> str:
+    """A name, a date or an address in a review: '张伟' -> '张*', '1990-05-12' -> '1990-**-**'."""
+    if len(value) == 10 and value[4] == "-" and value[:4].isdigit():
+        return f"{value[:4]}-**-**"
+    return value[:1] + "*" * min(len(value) - 1, 6)
+
+
+def masked_review(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`cdp resolve --review`'s pairs with both records' values masked."""
+    return [
+        {
+            **pair,
+            "shown_a": {f: mask_field(v) if v else v for f, v in pair["shown_a"].items()},
+            "shown_b": {f: mask_field(v) if v else v for f, v in pair["shown_b"].items()},
+        }
+        for pair in pairs
+    ]
+
+
 def masked_forgotten(result: dict[str, Any]) -> dict[str, Any]:
     """What `cdp forget` erased, with the erased identifiers masked."""
     return {**result, "identifiers": masked_items(result["identifiers"])}

@@ -9,7 +9,7 @@ reads consent.py, which builds on identity/profiles.py.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import sqlite_utils
@@ -37,7 +37,8 @@ class Profile360:
     the one asked for to this one; consents: the latest consent per channel (channel, status,
     consented_at, source, reason); journeys: each enrolment (journey, entered_at, status,
     step, group); messages: the most recent sent to them (journey, step, channel, status, at,
-    address).
+    address); probable_links: the links between their records that matching made (fields
+    agreed, no identifier shared): probable, not certain (identity/match.py).
     """
 
     profile: dict[str, Any]
@@ -52,6 +53,7 @@ class Profile360:
     consents: list[dict[str, Any]]
     journeys: list[dict[str, Any]]
     messages: list[dict[str, Any]]
+    probable_links: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def one_id(self) -> str:
@@ -104,7 +106,27 @@ def profile_360(
         consents=consents_of(db, config, Lookup(one_id=one_id))["latest"],
         journeys=_journeys(db, one_id),
         messages=_messages(db, one_id, RECENT_MESSAGES),
+        probable_links=_probable_links(db, one_id),
     )
+
+
+def _probable_links(db: sqlite_utils.Database, one_id: str) -> list[dict[str, Any]]:
+    """Which records are theirs by a probable link: the two records, who decided, the
+    probability and the fields that agreed."""
+    from cdp_cli.identity.resolve import record_of_key
+    from cdp_cli.identity.review import probable_links
+
+    return [
+        {
+            "record_a": record_of_key(db, link["key_a"]),
+            "record_b": record_of_key(db, link["key_b"]),
+            "decided_by": link["decided_by"],
+            "probability": link["probability"],
+            "agreeing": link["agreeing"],
+        }
+        for link in probable_links(db, one_id)
+        if link["status"] == "linked"
+    ]
 
 
 def _profile_view(db: sqlite_utils.Database, one_id: str, recent: int) -> dict[str, Any]:

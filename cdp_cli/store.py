@@ -768,3 +768,63 @@ CREATE TABLE prediction_propensities (
 ) WITHOUT ROWID;
 """,
     )
+
+
+@migration(18)
+def create_match_tables(db: sqlite_utils.Database) -> None:
+    """Probabilistic matching (identity/match.py): the records it compares, the links it made
+    and why, the pairs waiting for a person, their decisions, and the trained model."""
+    _run_script(
+        db.conn,
+        """
+CREATE TABLE match_records (      -- one per identity key carrying match fields
+  key INTEGER PRIMARY KEY,
+  source TEXT NOT NULL,
+  in_scope INTEGER NOT NULL,      -- 1: its source is one identity.match.sources names
+  shown TEXT NOT NULL,            -- the fields as written (JSON), for --review
+  compared TEXT NOT NULL          -- the fields as the model compares them (JSON)
+);
+CREATE TABLE match_blocks (       -- each record's value per blocking rule: whom a new one meets
+  rule INTEGER NOT NULL,          -- its place in identity.match.blocking
+  block TEXT NOT NULL,            -- the rule's fields as compared, joined
+  key INTEGER NOT NULL,
+  PRIMARY KEY (rule, block, key)
+) WITHOUT ROWID;
+CREATE TABLE match_links (        -- pairs above the threshold, or accepted by a person
+  key_a INTEGER NOT NULL,
+  key_b INTEGER NOT NULL,         -- key_a < key_b
+  probability REAL NOT NULL,
+  weight REAL NOT NULL,           -- the match weight: log2 of the Bayes factor, all fields
+  fields TEXT NOT NULL,           -- JSON: per field, its agreement level and its weight
+  decided_by TEXT NOT NULL,       -- model, or person (accepted)
+  status TEXT NOT NULL,           -- linked, or refused (a guard or a cannot-link)
+  reason TEXT,
+  run_id INTEGER NOT NULL,
+  PRIMARY KEY (key_a, key_b)
+) WITHOUT ROWID;
+CREATE INDEX match_links_b ON match_links (key_b);
+CREATE TABLE match_reviews (      -- pairs between review_threshold and threshold, undecided
+  id INTEGER PRIMARY KEY,
+  key_a INTEGER NOT NULL,
+  key_b INTEGER NOT NULL,
+  probability REAL NOT NULL,
+  weight REAL NOT NULL,
+  fields TEXT NOT NULL,
+  run_id INTEGER NOT NULL,
+  UNIQUE (key_a, key_b)
+);
+CREATE TABLE match_decisions (    -- a person's word on a pair; every later run honours it
+  key_a INTEGER NOT NULL,
+  key_b INTEGER NOT NULL,
+  decision TEXT NOT NULL,         -- accepted, or rejected (a permanent cannot-link)
+  decided_at TEXT NOT NULL,
+  PRIMARY KEY (key_a, key_b)
+) WITHOUT ROWID;
+CREATE TABLE match_models (       -- the trained model per match settings (JSON of Splink)
+  fingerprint TEXT PRIMARY KEY,
+  model TEXT NOT NULL,
+  trained_at TEXT NOT NULL,
+  records INTEGER NOT NULL
+);
+""",
+    )

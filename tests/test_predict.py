@@ -456,8 +456,9 @@ def test_journeys_and_templates_read_the_scores(project):
         "s.one_id AND pp.category = '彩妆' WHERE s.churn_risk >= 0.5 AND pp.probability > 0.1",
     )[0][0]
     assert entered == expected > 0
-    assert printed.features[one_id]["churn_risk"] == risk
-    assert printed.features[one_id]["total_spent"] > 0
+    features = dict(zip(printed.feature_columns, printed.features[one_id], strict=True))
+    assert features["churn_risk"] == risk
+    assert features["total_spent"] > 0
 
 
 def test_lookalikes_and_clusters_need_the_features_of_cdp_tag(run, write):

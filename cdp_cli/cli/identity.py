@@ -30,10 +30,19 @@ if TYPE_CHECKING:
 @click.option(
     "--explain", "explain_id", metavar="ONE_ID", help="Show why a customer's records are together."
 )
-@click.option("--unmask", is_flag=True, help="With --explain: show phones and emails in full.")
+@click.option(
+    "--unmask", is_flag=True, help="With --explain or --review: show personal values in full."
+)
+@click.option(
+    "--review", is_flag=True, help="List the probable pairs waiting for a person's decision."
+)
+@click.option("--accept", metavar="PAIR", help="Join a pair of the review queue from now on.")
+@click.option(
+    "--reject", metavar="PAIR", help="Never join a pair of records (a permanent cannot-link)."
+)
 @silent_option
 @json_option
-@writes_store(unless=("explain_id",))
+@writes_store(unless=("explain_id", "review"))
 @pass_project
 def resolve_command(
     project: Project,
@@ -41,6 +50,9 @@ def resolve_command(
     export_path: Path | None,
     explain_id: str | None,
     unmask: bool,
+    review: bool,
+    accept: str | None,
+    reject: str | None,
     silent: bool,
     json_: bool,
 ) -> None:
@@ -55,15 +67,26 @@ def resolve_command(
       cdp resolve
       cdp resolve --export id_mapping.csv      the table business systems take back
       cdp resolve --explain C000000042         why these records are one customer
+      cdp resolve --review                     probable pairs waiting for a person
+      cdp resolve --reject 7                   these two are not one customer, ever
     """
     from cdp_cli.identity.resolve import explain, export_mapping, resolve
-    from cdp_cli.privacy import masked_explain
+    from cdp_cli.identity.review import decide, review_queue
+    from cdp_cli.privacy import masked_explain, masked_review
 
     config = project.config
     with project.store() as db:
         if explain_id:
             report = explain(db, explain_id)
             out.emit(report if unmask else masked_explain(report), json_, _print_explain)
+            return
+        if review:
+            pairs = review_queue(db)
+            out.emit(pairs if unmask else masked_review(pairs), json_, print_review)
+            return
+        if accept or reject:
+            decided = decide(db, accept or reject or "", "accepted" if accept else "rejected")
+            out.emit(decided, json_, lambda d: out.note(_decided_line(d), silent))
             return
         result = resolve(db, config, full=full)
         exported = export_mapping(db, export_path) if export_path else None
@@ -81,6 +104,40 @@ def _print_resolved(
         out.note(f"Wrote {exported:,} rows of the ID mapping to {export_path}", silent)
 
 
+def _decided_line(decided: dict[str, Any]) -> str:
+    then = "joined" if decided["decision"] == "accepted" else "kept apart"
+    return (
+        f"Pair {decided['pair']} {decided['decision']}: the next `cdp resolve` and every later "
+        f"run keep its records {then}"
+    )
+
+
+def print_review(pairs: list[dict[str, Any]]) -> None:
+    """Each pair waiting: its number, probability, the agreeing fields, both records."""
+    rows = []
+    for p in pairs:
+        fields = p["fields"]
+        rows.append(
+            (
+                p["pair"],
+                f"{p['probability']:.3f}",
+                f"{p['weight']:.1f}",
+                ", ".join(f"{f} ({fields[f]['weight']:+.1f})" for f in p["agreeing"]) or "none",
+                _shown(p["shown_a"]),
+                _shown(p["shown_b"]),
+            )
+        )
+    out.print_table(
+        f"Pairs to review: {len(pairs)} (cdp resolve --accept N | --reject N)",
+        ["pair", "probability", "weight", "agreeing fields (weight)", "record a", "record b"],
+        rows,
+    )
+
+
+def _shown(values: dict[str, Any]) -> str:
+    return " / ".join(str(v) for v in values.values() if v) or "-"
+
+
 def print_resolve(result: ResolveResult) -> None:
     rows = [
         ("mode", result.mode),
@@ -93,8 +150,14 @@ def print_resolve(result: ResolveResult) -> None:
         ("one_ids removed", out.fmt_int(result.removed)),
         ("links refused by a guard", out.fmt_int(result.refused_links)),
         ("values that identify no one", out.fmt_int(result.unusable_values)),
-        ("seconds", f"{result.seconds:.2f}"),
     ]
+    if result.matching is not None:
+        rows += [
+            ("probable links made", out.fmt_int(result.matching["probable_links"])),
+            ("probable links refused", out.fmt_int(result.matching["probable_refused"])),
+            ("pairs waiting for review", out.fmt_int(result.matching["to_review"])),
+        ]
+    rows.append(("seconds", f"{result.seconds:.2f}"))
     out.print_table("Resolved", ["", "count"], rows, numeric=1)
     print_set_aside(result.set_aside)
 
@@ -139,6 +202,34 @@ def _print_explain(report: dict[str, Any]) -> None:
             ["type", "as written", "reason"],
             [(u["type"], u["raw"], u["reason"]) for u in report["unusable_values"]],
         )
+    if report.get("probable_links"):
+        print_probable_links(report["probable_links"])
+
+
+def print_probable_links(links: list[dict[str, Any]]) -> None:
+    """Links made by matching fields, not by a shared identifier: probable, not certain."""
+    out.print_table(
+        "Probable links (fields matched, no shared identifier)",
+        ["record a", "record b", "by", "status", "probability", "weight", "each field's weight"],
+        [
+            (
+                _record(link["record_a"]),
+                _record(link["record_b"]),
+                link["decided_by"],
+                link["status"] + (f": {link['reason']}" if link["reason"] else ""),
+                f"{link['probability']:.3f}",
+                f"{link['weight']:.1f}",
+                ", ".join(
+                    f"{f} {v['level']} {v['weight']:+.1f}" for f, v in link["fields"].items()
+                ),
+            )
+            for link in links
+        ],
+    )
+
+
+def _record(record: dict[str, Any] | None) -> str:
+    return f"{record['source']}:{record['key']}" if record else "-"
 
 
 @click.command(name="profile")
@@ -230,6 +321,21 @@ def print_profile(view: Profile360) -> None:
         )
     if view.segments:
         click.echo(f"Segments: {', '.join(view.segments)}")
+    if view.probable_links:
+        out.print_table(
+            "Probable links: records joined by matching fields, not by an identifier",
+            ["record a", "record b", "by", "probability", "fields that agreed"],
+            [
+                (
+                    _record(p["record_a"]),
+                    _record(p["record_b"]),
+                    p["decided_by"],
+                    f"{p['probability']:.3f}",
+                    ", ".join(p["agreeing"]),
+                )
+                for p in view.probable_links
+            ],
+        )
     if view.history:
         out.print_table(
             "History",

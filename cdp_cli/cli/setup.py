@@ -10,7 +10,7 @@ import click
 
 from cdp_cli.cli import output as out
 from cdp_cli.cli.audience import print_segment, print_tags
-from cdp_cli.cli.identity import print_profile, print_resolve
+from cdp_cli.cli.identity import print_probable_links, print_profile, print_resolve, print_review
 from cdp_cli.cli.ingest import print_ingest, print_status
 from cdp_cli.cli.journey import print_journeys
 from cdp_cli.cli.options import json_option, silent_option
@@ -69,6 +69,8 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
 
     The stages: init (a project in DIRECTORY), ingest (every sample export), status (what the
     store now holds), resolve (records linked into customers), one merged customer's profile,
+    match (a legacy CRM export whose people share no identifier, linked probabilistically, one
+    pair of the review queue accepted; skipped without `pip install 'cdp[match]'`),
     predict (churn risk, expected orders and value, propensities: with the predict extra
     only, and rough on data this small), tag (features and the starter tags, as of the
     sample's last day, 2026-11-15), segment (the
@@ -105,6 +107,8 @@ def demo(directory: Path, force: bool, silent: bool, json_: bool) -> None:
         elif stage == "profile":
             click.echo("One customer the sample writes four ways, across four sources:")
             print_profile(result.masked())
+        elif stage == "match":
+            _print_demo_match(result)
         elif stage == "predict":
             _print_demo_predict(result)
         elif stage == "tag":
@@ -143,6 +147,30 @@ def _print_demo_predict(result: dict[str, Any]) -> None:
 def _where(directory: Path, silent: bool) -> None:
     out.note("", silent)
     out.note(f"The demo project is in {directory}; try: cd {directory} && cdp status", silent)
+
+
+def _print_demo_match(result: dict[str, Any]) -> None:
+    if "skipped" in result:
+        click.echo(result["skipped"])
+        return
+    matching = result["resolve"].matching or {}
+    click.echo(
+        "A legacy CRM export whose people share no identifier with any other "
+        "(sample_data/legacy_crm.csv), matched on name, birthday, city and address "
+        "(cdp.yaml's #match lines, turned on): "
+        f"{matching.get('probable_links', 0)} probable links, "
+        f"{matching.get('to_review', 0)} pairs for review."
+    )
+    if result["link"]:
+        print_probable_links([result["link"]])
+    if result["review"]:
+        click.echo("The most probable pair of the review queue (cdp resolve --review):")
+        print_review([result["review"]])
+        click.echo(
+            f"Accepted, as a person would after looking (cdp resolve --accept "
+            f"{result['decision']['pair']}); resolved again: "
+            f"{result['after'].matching['probable_links']} probable links."
+        )
 
 
 def _print_demo_response(stretches: list[dict[str, Any]]) -> None:

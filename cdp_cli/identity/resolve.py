@@ -36,8 +36,11 @@ from cdp_cli.canonical import IDENTITY_FIELDS, KINDS
 from cdp_cli.config import Config, IdentifierType
 from cdp_cli.exports import ID_MAPPING, Export, Members, write_logged_rows
 from cdp_cli.files import row_format
+from cdp_cli.identity import match
+from cdp_cli.identity.fields import FieldReader
 from cdp_cli.identity.normalize import Normalizer, Rejected
 from cdp_cli.identity.profiles import build_profiles, follow_merges
+from cdp_cli.identity.review import probable_links
 from cdp_cli.identity.tombstones import Tombstones, erase_records
 from cdp_cli.store import indexes_built_after, insert_row, now_iso, rows_as_dicts, transaction
 
@@ -61,6 +64,9 @@ class ResolveResult:
     removed: int = 0
     refused_links: int = 0
     unusable_values: int = 0
+    # Probabilistic matching (identity.match): pairs linked, refused by a guard or a person,
+    # and waiting for review; None without it.
+    matching: dict[str, int] | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     # Every value the store's records carry that identifies no one, by type and reason.
@@ -79,11 +85,12 @@ def rules_fingerprint(config: Config) -> str:
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
-def _last_run(db: sqlite_utils.Database) -> tuple[int, str] | None:
+def _last_run(db: sqlite_utils.Database) -> tuple[int, str, str] | None:
+    """(the batch it covered to, its rules fingerprint, when it started) of the last run."""
     row = db.conn.execute(
-        "SELECT through_batch, rules FROM resolve_runs ORDER BY id DESC LIMIT 1"
+        "SELECT through_batch, rules, started_at FROM resolve_runs ORDER BY id DESC LIMIT 1"
     ).fetchone()
-    return (row[0], row[1]) if row else None
+    return (row[0], row[1], row[2]) if row else None
 
 
 def _identity_columns(db: sqlite_utils.Database, config: Config, table: str) -> list[str]:
@@ -105,6 +112,11 @@ def _new_keys(
     """
     fields_of = {name: set(s.identity_fields) for name, s in config.sources.items()}
     default = {f.name for f in IDENTITY_FIELDS}
+    readers = {
+        name: reader
+        for name, s in config.sources.items()
+        if (reader := FieldReader(s, s.identity_fields)).changes_values
+    }
     for table in KIND_TABLES:
         columns = _identity_columns(db, config, table)
         where = "t.identity_key IS NOT NULL"
@@ -116,6 +128,8 @@ def _new_keys(
             )
             params.append(after_batch)
         select = ", ".join(f"t.{c}" for c in columns)
+        if readers:  # a field of the project's own, or a normalizer: read through FieldReader
+            select = ", ".join(f"t.{c}" for c in columns) + ", t.attrs"
         # NOT INDEXED: a scan and one sort; the planner would otherwise walk the whole
         # identity_key index for `IS NOT NULL` and fetch each row from it, 3 times slower.
         sql = (
@@ -129,7 +143,12 @@ def _new_keys(
                 declared = fields_of.get(source, default)
                 allowed_of[source] = None if declared.issuperset(columns) else declared
             allowed = allowed_of[source]
-            fields = dict(zip(columns, row[2:], strict=True))
+            if readers:
+                fields = dict(zip(columns, row[2:-1], strict=True))
+                if source in readers:
+                    fields.update(readers[source].values(fields, row[-1]))
+            else:
+                fields = dict(zip(columns, row[2:], strict=True))
             if allowed is not None:
                 fields = {c: v for c, v in fields.items() if c in allowed}
             yield row[0], fields
@@ -166,6 +185,9 @@ class Graph:
         # nodes in key order) in the order resolve() takes them: both set by resolve().
         self.ordered: list[tuple[tuple[str, str], int]] = []
         self.links_by_type: list[tuple[str, list[tuple[int, list[int]]]]] = []
+        # Key nodes that are a customer by themselves though they hold no identifier: the
+        # records probabilistic matching is for (identity/match.py).
+        self.standalone: set[int] = set()
 
     def _node(self, label: Any, keys: list[int] | None = None) -> int:
         node = len(self.parent)
@@ -334,6 +356,7 @@ class Graph:
         A key joins others only through a link of its own, so a key in a component of more
         than one node holds a linked identifier. Key nodes come in node order."""
         nonjoining = {k for knodes in self.nonjoining.values() for k in knodes}
+        nonjoining |= self.standalone
         find, size = self.find, self.size
         groups: dict[int, list[int]] = defaultdict(list)
         for knode in self.key_node.values():  # made in node order
@@ -440,6 +463,8 @@ def resolve(db: sqlite_utils.Database, config: Config, full: bool = False) -> Re
     result = ResolveResult(mode="full")
     if last and not full and last[1] == fingerprint and through == last[0]:
         replaced = db.conn.execute("SELECT count(*) FROM replaced_identity_keys").fetchone()[0]
+        if config.identity.match and match.decided_since(db, last[2]):
+            replaced += 1  # a person decided on a pair since: their customers again
         if not replaced:  # no batch since the last run: nothing to read, nothing to record
             result.mode = "unchanged"
             result.profiles = db.conn.execute("SELECT count(*) FROM profiles").fetchone()[0]
@@ -461,7 +486,7 @@ def resolve(db: sqlite_utils.Database, config: Config, full: bool = False) -> Re
             (result.mode, through, fingerprint, now_iso()),
         )
         if last is not None and result.mode == "incremental":  # incremental follows a run
-            _incremental(db, config, last[0], run_id, result)
+            _incremental(db, config, last, run_id, result)
         else:
             _full(db, config, run_id, result)
         result.profiles = db.conn.execute("SELECT count(*) FROM profiles").fetchone()[0]
@@ -541,7 +566,8 @@ def _full(db: sqlite_utils.Database, config: Config, run_id: int, result: Resolv
         unusable += [(key, r.type, r.raw, r.reason) for r in rejected]
     _erase_forgotten(db, tombstones, forgotten, result)
     result.keys_new = len(graph.key_node.keys() - previous.keys())
-    _write(db, config.identity.source_priority, graph, unusable, previous, run_id, result, True)
+    matching = match.prepare(db, config, None, full=True)
+    _write(db, config, graph, unusable, previous, run_id, result, True, matching)
 
 
 def _replaced_keys(db: sqlite_utils.Database) -> tuple[list[int], dict[int, int]]:
@@ -622,8 +648,13 @@ def _reached_keys(
 
 
 def _incremental(
-    db: sqlite_utils.Database, config: Config, after_batch: int, run_id: int, result: ResolveResult
+    db: sqlite_utils.Database,
+    config: Config,
+    last: tuple[int, str, str],
+    run_id: int,
+    result: ResolveResult,
 ) -> None:
+    after_batch = last[0]
     normalizer = Normalizer(config.identity, config.region)
     tombstones = Tombstones.load(db.conn, config.identity, config.region)
     forgotten: list[int] = []
@@ -631,16 +662,20 @@ def _incremental(
     new = list(_normalize_keys(normalizer, keys, tombstones, forgotten))
     _erase_forgotten(db, tombstones, forgotten, result)
     vanished, successors = _replaced_keys(db)
-    if not new and not vanished:
+    decided = match.decided_since(db, last[2]) if config.identity.match else set()
+    if not new and not vanished and not decided:
         result.mode = "unchanged"
         return
     result.keys_new = len(new)
-    # What new keys and vanished ones reach is resolved again; the rest of the graph stays.
+    matching = match.prepare(db, config, after_batch, full=False)
+    # What new keys, vanished ones, and the records matching may join reach is resolved
+    # again; the rest of the graph stays.
     lost = _forget_keys(db, vanished)
+    partners = (matching.partner_keys() if matching else set()) | decided
     _reached_keys(
         db,
         {(t, v) for _, found, _ in new for t, v, _ in found},
-        {one_id for one_id in lost.values() if one_id},
+        {one_id for one_id in lost.values() if one_id} | _one_ids_of(db, partners),
     )
     previous = dict(
         db.conn.execute(
@@ -663,22 +698,42 @@ def _incremental(
     db.conn.execute("DELETE FROM refused_links WHERE key IN (SELECT key FROM reached_keys)")
     _inherit(previous, successors, lost)
     previous.update({key: one_id for key, one_id in lost.items() if key not in previous})
-    _write(db, config.identity.source_priority, graph, unusable, previous, run_id, result, False)
+    if matching is not None:  # the customers reloaded keep the probable links they had
+        matching.earlier += match.earlier_links(db, graph.key_node)
+        matching.records += match.records_of(db, matching.rules, graph.key_node)
+    _write(db, config, graph, unusable, previous, run_id, result, False, matching)
+
+
+def _one_ids_of(db: sqlite_utils.Database, keys: set[int]) -> set[str]:
+    if not keys:
+        return set()
+    marks = ",".join("?" * len(keys))
+    return {
+        one_id
+        for (one_id,) in db.conn.execute(
+            f"SELECT one_id FROM identity_keys WHERE key IN ({marks}) AND one_id IS NOT NULL",
+            sorted(keys),
+        )
+    }
 
 
 def _write(
     db: sqlite_utils.Database,
-    source_priority: tuple[str, ...],
+    config: Config,
     graph: Graph,
     unusable: list[tuple[int, str, str, str]],
     previous: dict[int, str | None],
     run_id: int,
     result: ResolveResult,
     full: bool,
+    matching: match.MatchRun | None = None,
 ) -> None:
     """Resolve the graph and store it: on a full run in place of everything resolved before,
-    on an incremental one over the part of it the graph holds."""
+    on an incremental one over the part of it the graph holds. Probable links come after
+    every deterministic one, under the same guards."""
     graph.resolve()
+    if matching is not None:
+        matching.link(graph)
     one_ids, stats = _assign(db, graph, previous, run_id)
     result.created, result.merged, result.split = stats["created"], stats["merged"], stats["split"]
     result.removed = stats["removed"]
@@ -704,7 +759,12 @@ def _write(
     current = set(one_ids.values())  # a set: a membership test on .values() scans them all
     merged_away = [old for old in set(previous.values()) if old and old not in current]
     db.conn.executemany("DELETE FROM profiles WHERE one_id = ?", [(o,) for o in merged_away])
-    build_profiles(db, [] if full else sorted(current), at, source_priority, everyone=full)
+    build_profiles(
+        db, [] if full else sorted(current), at, config.identity.source_priority, everyone=full
+    )
+    if matching is not None:
+        result.matching = match.store(db, matching, run_id, full)
+        result.notes += matching.notes
 
 
 IdentifierRow = tuple[str, str, "str | None", "str | None", str, "str | None"]
@@ -835,6 +895,10 @@ def explain(db: sqlite_utils.Database, one_id: str) -> dict[str, Any]:
         "SELECT DISTINCT u.type, u.raw, u.reason FROM unusable_values u "
         "WHERE u.key IN (SELECT key FROM identity_keys WHERE one_id = ?) ORDER BY u.type, u.raw"
     )
+    probable = probable_links(db, current)
+    for link in probable:
+        link["record_a"] = record_of_key(db, link["key_a"])
+        link["record_b"] = record_of_key(db, link["key_b"])
     return {
         "one_id": current,
         "asked_for": one_id,
@@ -843,7 +907,20 @@ def explain(db: sqlite_utils.Database, one_id: str) -> dict[str, Any]:
         "records": records,
         "refused_links": refused,
         "unusable_values": unusable,
+        "probable_links": probable,
     }
+
+
+def record_of_key(db: sqlite_utils.Database, key: int) -> dict[str, Any] | None:
+    """One record (kind, source, key) carrying an identity key: how a person names it."""
+    for kind in KINDS.values():
+        row = db.conn.execute(
+            f"SELECT source, key FROM {kind.table} WHERE identity_key = ? ORDER BY id LIMIT 1",
+            (key,),
+        ).fetchone()
+        if row:
+            return {"kind": kind.name, "source": row[0], "key": row[1]}
+    return None
 
 
 _RECORDS_BY_KEY = " UNION ALL ".join(

@@ -234,15 +234,15 @@ class TemplateData:
         found.profile_columns = tuple(d[0] for d in cursor.description)
         found.profiles = {row[0]: row for row in cursor}
         if feature_columns is None:
-            features, scores = ["f.*"], list(SCORE_FIELDS)
+            features, scores = ["profile_features.*"], list(SCORE_FIELDS)
         else:
-            features = [f'f."{c}"' for c in ["one_id", *feature_columns] if c not in SCORE_FIELDS]
+            features = [f'"{c}"' for c in ["one_id", *feature_columns] if c not in SCORE_FIELDS]
             scores = [c for c in feature_columns if c in SCORE_FIELDS]
         # cdp predict's scores print as features too (NULL: not predicted)
-        listed = ", ".join([*features, *(f"p.{c}" for c in scores)])
+        listed = ", ".join([*features, *(f'p."{c}"' for c in scores)])
         joined = " LEFT JOIN predictions p USING (one_id)" if scores else ""
         cursor = conn.execute(
-            f"SELECT {listed} FROM profile_features f{joined} WHERE f.one_id {IN_BATCH}", (ids,)
+            f"SELECT {listed} FROM profile_features{joined} WHERE one_id {IN_BATCH}", (ids,)
         )
         found.feature_columns = tuple(d[0] for d in cursor.description[1:])
         found.features = {row[0]: row[1:] for row in cursor}
