@@ -828,3 +828,23 @@ CREATE TABLE match_models (       -- the trained model per match settings (JSON 
 );
 """,
     )
+
+
+@migration(19)
+def record_each_replaced_key_pair_once(db: sqlite_utils.Database) -> None:
+    """The triggers of migration 4 skip a pair already recorded by a WHERE, not by OR IGNORE:
+    an upsert (ingest's ON CONFLICT … DO UPDATE) makes SQLite abort its triggers' conflicts,
+    so a phone changed A → B → A → B between two resolves failed the file."""
+    for kind in KINDS.values():
+        _run_script(
+            db.conn,
+            f"""DROP TRIGGER IF EXISTS {kind.table}_identity_key_replaced;
+CREATE TRIGGER {kind.table}_identity_key_replaced
+AFTER UPDATE OF identity_key ON {kind.table}
+WHEN old.identity_key IS NOT NULL AND old.identity_key IS NOT new.identity_key
+BEGIN
+  INSERT INTO replaced_identity_keys SELECT old.identity_key, new.identity_key
+  WHERE NOT EXISTS (SELECT 1 FROM replaced_identity_keys
+                    WHERE old_key = old.identity_key AND new_key IS new.identity_key);
+END;""",
+        )

@@ -557,6 +557,25 @@ def test_changed_phone_on_reingest_keeps_the_one_id_and_drops_the_old_phone(
     assert one_id_of(tmp_path, "crm", "M1") == li_na
 
 
+def test_a_phone_changed_back_and_forth_between_resolves_is_ingested_every_time(
+    run, write, project, tmp_path
+):
+    """A -> B -> A -> B over four daily exports with no resolve between: the fourth change
+    records a pair already recorded, which the upsert's conflict handling once made a UNIQUE
+    error that failed the file."""
+    ingest(run, write, "crm.csv", "crm", CRM_HEADER + "M1,李娜,13800138000,,,\n")
+    resolve(run)
+    li_na = one_id_of(tmp_path, "crm", "M1")
+    for day, phone in enumerate(["13911112222", "13800138000", "13911112222"], start=2):
+        ingest(run, write, f"crm{day}.csv", "crm", CRM_HEADER + f"M1,李娜,{phone},,{day}号,\n")
+    assert query(tmp_path / "cdp.db", "SELECT count(*) FROM replaced_identity_keys") == [(2,)]
+    resolve(run)
+    assert one_id_of(tmp_path, "crm", "M1") == li_na
+    assert json.loads(run("profile", li_na, "--json", "--unmask").stdout)["profile"]["phones"] == [
+        "+8613911112222"
+    ]
+
+
 def test_record_that_loses_its_only_identifier_is_recorded_as_removed(
     run, write, project, tmp_path
 ):
