@@ -16,16 +16,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
-import platform
-import re
 import shlex
 import sqlite3
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -33,9 +28,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import BIN, ROOT, code_version, load_generator, machine, run_measured
+
 CONFIG = ROOT / "benchmarks" / "configs" / "cdp.yaml"
-BIN = Path(sys.executable).parent
 RATIO_TARGET = 0.40
 RSS_TARGET_MB = 300.0  # MB = 10**6 bytes; for the customers file
 GROWTH_TARGET = 11.0  # seconds at the large size over the small one, for 10x the rows
@@ -68,16 +63,6 @@ class Measurement:
 # Data and environment
 
 
-def load_generator() -> Any:
-    """benchmarks/generate.py as a module: benchmarks/ is not a package, and no subprocess."""
-    spec = importlib.util.spec_from_file_location("generate", ROOT / "benchmarks" / "generate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def ensure_data(data_dir: Path, customers: int, events: int, reuse: bool) -> dict[str, Any]:
     """Generate the exports, or reuse them under --skip-generate when they are there."""
     if (
@@ -108,43 +93,6 @@ def check_config() -> None:
 
     if strip(ours) != strip(root):
         sys.exit(f"{CONFIG} no longer matches {ROOT / 'cdp.yaml'}: copy its sources again")
-
-
-def machine() -> dict[str, Any]:
-    """What the figures were measured on, for results.json."""
-    meminfo = Path("/proc/meminfo").read_text()
-    mem_kb = int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1))  # type: ignore[union-attr]
-    cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
-    versions = subprocess.run(
-        [str(BIN / "sqlite-utils"), "--version"], capture_output=True, text=True
-    ).stdout.strip()
-    return {
-        "nproc": int(subprocess.run(["nproc"], capture_output=True, text=True).stdout),
-        "memory_gb": round(mem_kb * 1024 / 1e9, 1),
-        "cpu": cpu.group(1).strip() if cpu else platform.processor(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        "sqlite_utils": versions.rsplit(" ", 1)[-1],
-        "kernel": platform.release(),
-        "load_average_at_start": os.getloadavg(),  # others' work on this box skews the figures
-    }
-
-
-def code_version() -> dict[str, Any]:
-    """The commit, and the files of cdp_cli/ changed since it: cdp is taken as it is on disk
-    when each cdp process starts, so every cdp measurement records this too."""
-    status = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "cdp_cli"],
-        capture_output=True,
-        text=True,
-    ).stdout
-    head = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    )
-    return {
-        "commit": head.stdout.strip(),
-        "cdp_cli_changed": [line[3:] for line in status.splitlines()],
-    }
 
 
 def fresh(*paths: Path) -> None:
@@ -198,30 +146,12 @@ def baseline_events(path: Path, db_path: Path) -> Measurement:
 
 
 def run_child(cmd: list[str]) -> tuple[float, float, str]:
-    """Run a command: its wall seconds, its own peak RSS in MB (not this process's) and stdout.
-
-    GNU time -v reports the child's maximum resident set; without it, wait4 on that one child
-    gives the same figure (getrusage(RUSAGE_CHILDREN) would mix in every earlier child).
-    """
-    gnu_time = Path("/usr/bin/time").exists()
-    with tempfile.TemporaryDirectory() as tmp:
-        out, err, usage_file = Path(tmp, "out"), Path(tmp, "err"), Path(tmp, "time")
-        full = ["/usr/bin/time", "-v", "-o", str(usage_file), *cmd] if gnu_time else cmd
-        started = time.perf_counter()
-        with out.open("w") as stdout, err.open("w") as stderr:
-            proc = subprocess.Popen(full, stdout=stdout, stderr=stderr)
-            _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode:
-            sys.exit(f"failed ({proc.returncode}): {shlex.join(cmd)}\n{err.read_text()[-3000:]}")
-        kb = usage.ru_maxrss
-        if gnu_time:
-            found = re.search(
-                r"Maximum resident set size \(kbytes\): (\d+)", usage_file.read_text()
-            )
-            kb = int(found.group(1)) if found else kb
-        return seconds, kb * 1024 / 1e6, out.read_text()
+    """Run a command to its end, or exit with its error: its wall seconds, its own peak RSS in
+    MB and its stdout (common.run_measured)."""
+    run = run_measured(cmd)
+    if run.returncode:
+        sys.exit(f"failed ({run.returncode}): {shlex.join(cmd)}\n{run.stderr[-3000:]}")
+    return run.seconds, run.peak_rss_mb, run.stdout
 
 
 def head_csv(path: Path, out: Path, rows: int) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import os
 import random
@@ -37,22 +36,20 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from datetime import date
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import jinja2
+from common import ROOT, before_code, load_module
 
 from cdp_cli.features import compute_features
 from cdp_cli.messaging.filters import default_name, format_date, money
 from cdp_cli.messaging.rendering import RENDER_WORKER_FROM
 from cdp_cli.store import open_store
 
-ROOT = Path(__file__).resolve().parents[1]
 CDP = Path(sys.executable).parent / "cdp"
 NOW = "2026-11-15 10:30"
 SECONDS_TARGET, RSS_TARGET_MB, RATIO_TARGET = 90.0, 1000.0, 3.0
@@ -83,15 +80,6 @@ steps:
         share: 50%
         steps: [{send: {channel: sms, template: winback_coupon, coupon: BENCH}}]
 """
-
-
-def load_module(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 bench = load_module("bench_ingest")  # run_child(), machine(), code_version()
@@ -190,22 +178,6 @@ def baseline(data: list[dict[str, Any]], out: Path) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # Running cdp
-
-
-def before_code(ref: str, out: Path) -> tuple[str, Path]:
-    """cdp_cli/ as it was at `ref`, extracted under out/, to put first on PYTHONPATH."""
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", ref],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    folder = out / f"before-{commit}"
-    if not (folder / "cdp_cli" / "__init__.py").exists():
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", commit, "cdp_cli"], capture_output=True, check=True
-        ).stdout
-        with tarfile.open(fileobj=BytesIO(archive)) as tar:
-            tar.extractall(folder, filter="data")
-    return commit, folder
 
 
 def tree_rss_kb(pid: int) -> int:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import random
@@ -44,6 +43,8 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from common import ROOT, load_module
+
 from cdp_cli.canonical import IDENTITY_FIELDS
 from cdp_cli.config import load_config
 from cdp_cli.identity.resolve import KIND_TABLES
@@ -51,7 +52,6 @@ from cdp_cli.ingest import ingest_file
 from cdp_cli.readers import detect_encoding
 from cdp_cli.store import open_store
 
-ROOT = Path(__file__).resolve().parents[1]
 CDP = Path(sys.executable).parent / "cdp"
 RECORDS_PER_CUSTOMER = 7  # non-event source records the generator writes per customer
 HOLD_OUT = 0.01
@@ -61,16 +61,6 @@ RSS_TARGET_MB = 1500.0  # MB = 10**6 bytes
 INCREMENTAL_TARGET = 0.10  # of the full run's time
 CRM_TARGET = 6.0  # times the plain Python pass
 QUIET_WAIT_S = 40 * 60
-
-
-def load_module(name: str) -> Any:
-    """A script of benchmarks/ as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 # machine(), code_version(), run_child() and fresh() are shared with the ingest benchmark.

@@ -18,7 +18,6 @@ hour to build, so later runs reuse it (`--rebuild` builds it again).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -26,29 +25,18 @@ import shlex
 import sqlite3
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from datetime import datetime
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, before_code, load_module
+
 CDP = Path(sys.executable).parent / "cdp"
 CACHE = Path("/tmp/cdp-bench-segment")
 REPEATS = 5  # each timing: the median of this many
 TARGETS_S = {"plain": 1.0, "tags": 1.5}  # issue 14, at 1M profiles, CLI start included
-
-
-def load_module(name: str) -> Any:
-    """A script of benchmarks/ as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 # build_store(), write_rules(), generated_tags(), cdp_tag(), store_facts() and warm() come
@@ -162,22 +150,6 @@ def build(size: int, events_per_customer: int, rebuild: bool) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 # Measuring
-
-
-def before_code(ref: str) -> tuple[str, Path]:
-    """cdp_cli/ as it was at `ref`, in CACHE/before-<commit>, to put first on PYTHONPATH."""
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", ref],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    folder = CACHE / f"before-{commit}"
-    if not (folder / "cdp_cli" / "__init__.py").exists():
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", commit, "cdp_cli"], capture_output=True, check=True
-        ).stdout
-        with tarfile.open(fileobj=BytesIO(archive)) as tar:
-            tar.extractall(folder, filter="data")
-    return commit, folder
 
 
 def cdp(args: list[str], code: Path | None = None) -> dict[str, Any]:
@@ -331,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     report["stores"] = {str(size): built for size, built in stores.items()}
     if args.build_only:
         return 0
-    before = before_code(args.before) if args.before else None
+    before = before_code(args.before, CACHE) if args.before else None
     report["before"] = before[0] if before else None
     for size, built in stores.items():
         report["figures"][str(size)] = measure_size(built, before, args.repeats)

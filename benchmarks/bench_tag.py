@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import importlib.util
 import json
 import os
 import random
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from common import ROOT, load_module
 
 from cdp_cli.config import load_config
 from cdp_cli.features import FEATURES, WINDOWS, compute_features
@@ -53,7 +53,6 @@ from cdp_cli.segments import audience, count
 from cdp_cli.store import DEFAULT_CACHE_MB, open_store
 from cdp_cli.tags import run_tags
 
-ROOT = Path(__file__).resolve().parents[1]
 CDP = Path(sys.executable).parent / "cdp"
 AS_OF = date(2026, 11, 15)  # the generator's last day
 TAG_TARGET_S = 120.0
@@ -64,16 +63,6 @@ SEGMENT_RULE = "total_spent_365d >= 1000 and city in ('武汉', '北京') and no
 REPEATS = 3  # segment timings: the median of this many
 QUIET_WAIT_S = 40 * 60
 OTHER_BENCHMARKS = "bench_ingest|bench_resolve|generate.py"
-
-
-def load_module(name: str) -> Any:
-    """A script of benchmarks/ as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 # write_config(), ingest_files() and cdp_resolve() come from the resolve benchmark; machine(),

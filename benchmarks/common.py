@@ -11,9 +11,11 @@ import re
 import sqlite3
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +111,20 @@ def run_measured(cmd: list[str]) -> ChildRun:
             out.read_text(),
             err.read_text(),
         )
+
+
+def before_code(ref: str, out: Path) -> tuple[str, Path]:
+    """cdp_cli/ as it was at `ref`, extracted under out/before-<commit>, to put first on
+    PYTHONPATH: a runner's --before compares with another commit in the same run."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", ref],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    folder = out / f"before-{commit}"
+    if not (folder / "cdp_cli" / "__init__.py").exists():
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", commit, "cdp_cli"], capture_output=True, check=True
+        ).stdout
+        with tarfile.open(fileobj=BytesIO(archive)) as tar:
+            tar.extractall(folder, filter="data")
+    return commit, folder
