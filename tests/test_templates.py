@@ -474,7 +474,7 @@ def test_date(value: str, args: tuple[str, ...], expected: str) -> None:
 
 
 def test_filter_errors_name_the_filter(tmp_path: Path) -> None:
-    assert sms_error(tmp_path, "{{ 'abc'|money }}").endswith(":1: money: 'abc' is not an amount")
+    assert sms_error(tmp_path, "{{ 'abc'|money }}").endswith(":1: money: 'a***' is not an amount")
     assert sms_error(tmp_path, "{{ 1|money('XYZ') }}").endswith(
         ":1: money: unknown currency 'XYZ'; use one of CNY, RMB, USD, HKD, EUR"
     )
@@ -482,7 +482,22 @@ def test_filter_errors_name_the_filter(tmp_path: Path) -> None:
         ":1: AttributeError: 'int' object has no attribute 'items'"
     )
     assert sms_error(tmp_path, "{{ 'soon'|date }}").endswith(
-        ":1: date: cannot read 'soon' as a date or an ISO timestamp"
+        ":1: date: cannot read 's***' as a date or an ISO timestamp"
+    )
+
+
+def test_a_filter_error_masks_the_customers_value(tmp_path: Path) -> None:
+    """The error becomes a skipped message's reason, which reports print: a name or a phone
+    given to a filter is masked there; numbers are not personal and are shown."""
+    context = {**example_context(), "customer": {"name": "李娜", "phone": "13800138000"}}
+    assert sms_error(tmp_path, "{{ customer.name|money }}", context).endswith(
+        ":1: money: '李***' is not an amount"
+    )
+    assert sms_error(tmp_path, "{{ customer.phone|date }}", context).endswith(
+        ":1: date: cannot read '138****8000' as a date or an ISO timestamp"
+    )
+    assert sms_error(tmp_path, "{{ 12.5|money(digits=9) }}").endswith(
+        ":1: money: cannot show 12.5 with 9 digits"
     )
 
 

@@ -11,11 +11,18 @@ from typing import Any
 
 import jinja2
 
-from cdp_cli.privacy import mask_email, mask_phone
+from cdp_cli.privacy import mask_email, mask_phone, mask_value
 
 DEFAULT_NAME = "顾客"
 CURRENCIES = {"CNY": "¥", "RMB": "¥", "USD": "$", "HKD": "HK$", "EUR": "€"}
 DATE_FORMATS = {"long": "{y}年{m}月{d}日", "short": "{m}月{d}日", "datetime": "{y}年{m}月{d}日 {t}"}
+
+
+def _shown(value: Any) -> str:
+    """A value a filter could not use, for its error: text masked (privacy.mask_value), as it
+    is most often the customer's own (a name, a date of birth) and the error becomes a skipped
+    message's reason, which reports and `journey status` print."""
+    return repr(mask_value(value) if isinstance(value, str) else value)
 
 
 def money(value: Any, currency: str = "CNY", digits: int | None = 2) -> str:
@@ -27,15 +34,15 @@ def money(value: Any, currency: str = "CNY", digits: int | None = 2) -> str:
             f"money: unknown currency {currency!r}; use one of {', '.join(CURRENCIES)}"
         )
     if isinstance(value, bool) or value is None:
-        raise ValueError(f"money: {value!r} is not an amount")
+        raise ValueError(f"money: {_shown(value)} is not an amount")
     try:
         amount = Decimal(str(value).strip().replace(",", ""))
     except InvalidOperation:
-        raise ValueError(f"money: {value!r} is not an amount") from None
+        raise ValueError(f"money: {_shown(value)} is not an amount") from None
     if digits is None:
         digits = 0 if amount.is_finite() and amount == amount.to_integral_value() else 2
     if not amount.is_finite() or not 0 <= digits <= 4:
-        raise ValueError(f"money: cannot show {value!r} with {digits} digits")
+        raise ValueError(f"money: cannot show {_shown(value)} with {digits} digits")
     rounded = amount.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
     sign = "-" if rounded < 0 else ""
     return f"{sign}{symbol}{abs(rounded):,.{digits}f}"
@@ -54,7 +61,7 @@ def _as_datetime(value: Any) -> datetime:
             return datetime.fromisoformat(text)
         except ValueError:
             pass
-    raise ValueError(f"date: cannot read {value!r} as a date or an ISO timestamp")
+    raise ValueError(f"date: cannot read {_shown(value)} as a date or an ISO timestamp")
 
 
 def format_date(value: Any, format: str = "long") -> str:
