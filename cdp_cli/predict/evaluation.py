@@ -22,7 +22,7 @@ import sqlite_utils
 from cdp_cli.config import PredictSettings
 from cdp_cli.errors import UsageError
 from cdp_cli.predict.clv import expected_orders
-from cdp_cli.predict.inputs import CustomerInputs, category_history, customer_inputs
+from cdp_cli.predict.inputs import CustomerInputs, OrderHistory
 from cdp_cli.predict.model import (
     FIT_SAMPLE,
     category_labels,
@@ -68,8 +68,10 @@ def evaluate(
             f"--calibration-end {calibration_end.isoformat()}: the {days} days after it must "
             f"end by the as-of date {as_of.isoformat()}; give a date on or before {latest}"
         )
-    models = fit_models(db, settings, calibration_end, fit_sample)
-    inputs = customer_inputs(db, calibration_end, later_days=days)
+    with OrderHistory(db, holdout_end) as history:  # read once; the fit stops at its end
+        models = fit_models(db, settings, calibration_end, fit_sample, history)
+        inputs = history.inputs(calibration_end, later_days=days)
+        categories = history.categories(calibration_end, days)
     result = Evaluation(
         calibration_end.isoformat(), holdout_end.isoformat(), len(inputs), models.fitted_on,
         notes=list(models.notes),
@@ -83,11 +85,10 @@ def evaluate(
     if models.churn is not None and 0 < churned.sum() < len(churned):
         result.churn = _churn(models.churn.predict(churn_matrix(models, inputs)), churned, inputs)
     result.orders = _orders(expected_orders(models.clv, inputs, days), inputs, days)
-    history = category_history(db, calibration_end, days)
     for category, classifier in models.propensity.items():
-        bought = category_labels(history, category, inputs.one_ids)
+        bought = category_labels(categories, category, inputs.one_ids)
         if 0 < bought.sum() < len(bought):
-            matrix = propensity_matrix(models, inputs, history, category)
+            matrix = propensity_matrix(models, inputs, categories, category)
             scores = classifier.predict(matrix)
             baseline = matrix[:, -1]  # purchase days in the category so far
             result.propensity[category] = {

@@ -16,7 +16,7 @@ import sqlite_utils
 
 from cdp_cli.errors import NotFound, PredictError
 from cdp_cli.predict.fields import SCORE_FIELDS, propensity_field
-from cdp_cli.predict.inputs import MODEL_FEATURES, category_history, customer_inputs
+from cdp_cli.predict.inputs import MODEL_FEATURES, OrderHistory
 from cdp_cli.predict.model import churn_matrix, propensity_matrix
 from cdp_cli.predict.scores import last_run, latest_model
 
@@ -46,7 +46,9 @@ def explain(db: sqlite_utils.Database, one_id: str) -> dict[str, Any]:
         "one_id": one_id, "as_of": as_of.isoformat(), "model_id": model_id,
         "model_fitted_at": info["fitted_at"], "model_as_of": info["as_of"], "scores": scores,
     }  # fmt: skip
-    inputs = customer_inputs(db, as_of, one_id=one_id)
+    with OrderHistory(db, as_of, one_id) as history:
+        inputs = history.inputs(as_of)
+        categories = history.categories(as_of)
     if not len(inputs):
         result["note"] = (
             f"no order up to {as_of.isoformat()}: the models do not score this customer"
@@ -61,9 +63,8 @@ def explain(db: sqlite_utils.Database, one_id: str) -> dict[str, Any]:
     if models.churn is not None:
         factors["churn_risk"] = _top(models.churn.contributions(churn_matrix(models, inputs)[0]))
     if models.propensity:
-        history = category_history(db, as_of, one_id=one_id)
         for category, classifier in models.propensity.items():
-            matrix = propensity_matrix(models, inputs, history, category)
+            matrix = propensity_matrix(models, inputs, categories, category)
             factors[propensity_field(category)] = _top(classifier.contributions(matrix[0]))
     result["factors"] = factors
     return result

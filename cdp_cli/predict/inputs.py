@@ -8,6 +8,7 @@ scores stay NULL.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -15,7 +16,7 @@ import numpy as np
 import sqlite_utils
 
 from cdp_cli.errors import UsageError
-from cdp_cli.features import VOID_STATUSES
+from cdp_cli.features import VOID_STATUSES, size_temp_cache
 
 # The columns the classifiers read (churn risk, propensities), each as of the day.
 MODEL_FEATURES = (
@@ -63,36 +64,126 @@ class CustomerInputs:
 
 
 VOID = ", ".join(f"'{s}'" for s in VOID_STATUSES)
-# A customer's counted orders up to :end; all customers', or with :one the one_id's only.
-COUNTED_ORDERS = f"""SELECT k.one_id, substr(o.ordered_at, 1, 10) AS day, o.amount, o.channel,
-       o.category, o.items
+_NAMES = itertools.count(1)
+
+
+class OrderHistory:
+    """Every customer's counted orders and events up to `end` (or the one `one_id`'s), read
+    from the store in one pass each into temp tables, one row per customer and purchase day.
+
+    The fit reads the history as of the day and as of `churn_days` before it (with the days
+    after as labels), and the categories bought: `inputs` and `categories` cut these tables at
+    any day up to `end`, so the orders (millions of wide rows) are read once, not once per cut.
+    Use it as a context manager: leaving it drops the temp tables."""
+
+    def __init__(self, db: sqlite_utils.Database, end: date, one_id: str | None = None) -> None:
+        self.db, self.end, self.one_id = db, end, one_id
+        self.name = f"predict_history_{next(_NAMES)}"
+        self._inputs: dict[tuple[date, int], CustomerInputs] = {}
+        self._read()
+
+    def __enter__(self) -> OrderHistory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for table in ("orders", "days", "channels", "categories", "events"):
+            self.db.conn.execute(f"DROP TABLE IF EXISTS temp.{self.name}_{table}")
+
+    def _read(self) -> None:
+        conn, n = self.db.conn, self.name
+        size_temp_cache(conn)
+        params = {"end": self.end.isoformat(), "one": self.one_id}
+        # by the one_id index for one customer (--explain), else everyone with an id
+        whose = "k.one_id = :one" if self.one_id is not None else "k.one_id IS NOT NULL"
+        conn.execute(
+            f"""CREATE TEMP TABLE {n}_orders AS
+SELECT k.one_id, substr(o.ordered_at, 1, 10) AS day, o.amount, o.channel, o.category, o.items
 FROM orders o JOIN identity_keys k ON k.key = o.identity_key
-WHERE k.one_id IS NOT NULL AND substr(o.ordered_at, 1, 10) <= :end
-  AND (:one IS NULL OR k.one_id = :one)
-  AND (o.status IS NULL OR lower(o.status) NOT IN ({VOID}))"""
+WHERE {whose} AND substr(o.ordered_at, 1, 10) <= :end
+  AND (o.status IS NULL OR lower(o.status) NOT IN ({VOID}))""",
+            params,
+        )
+        # nth: the day's rank in the customer's history (1 = first purchase day), the same
+        # whatever the cut, as later days come after every day before it
+        conn.execute(
+            f"CREATE TEMP TABLE {n}_days (one_id, day, orders, spent, nth, "
+            "PRIMARY KEY (one_id, day)) WITHOUT ROWID"
+        )
+        conn.execute(
+            f"""INSERT INTO {n}_days
+SELECT one_id, day, count(*), round(sum(coalesce(amount, 0)), 4),
+       row_number() OVER (PARTITION BY one_id ORDER BY day)
+FROM {n}_orders GROUP BY one_id, day"""
+        )
+        # a channel counts from the first day the customer ordered through it
+        conn.execute(
+            f"CREATE TEMP TABLE {n}_channels (one_id, channel, first_day, "
+            "PRIMARY KEY (one_id, channel)) WITHOUT ROWID"
+        )
+        conn.execute(
+            f"INSERT INTO {n}_channels SELECT one_id, channel, min(day) FROM {n}_orders "
+            "WHERE channel IS NOT NULL GROUP BY one_id, channel"
+        )
+        # the categories of each purchase day: an order's items' (parsed only where it has
+        # items), else the order's own
+        conn.execute(
+            f"CREATE TEMP TABLE {n}_categories (one_id, category, day, "
+            "PRIMARY KEY (one_id, category, day)) WITHOUT ROWID"
+        )
+        conn.execute(
+            f"""INSERT OR IGNORE INTO {n}_categories
+SELECT one_id, category, day FROM (
+  SELECT one_id, category, day FROM {n}_orders WHERE items IS NULL OR NOT json_valid(items)
+  UNION ALL
+  SELECT po.one_id, coalesce(i.value ->> '$.category', po.category), po.day
+  FROM {n}_orders po LEFT JOIN json_each(po.items) i
+  WHERE po.items IS NOT NULL AND json_valid(po.items))
+WHERE category IS NOT NULL AND category != ''"""
+        )
+        conn.execute(f"DROP TABLE temp.{n}_orders")
+        conn.execute(
+            f"CREATE TEMP TABLE {n}_events (one_id, day, events, "
+            "PRIMARY KEY (one_id, day)) WITHOUT ROWID"
+        )
+        conn.execute(
+            f"""INSERT INTO {n}_events
+SELECT k.one_id, substr(e.occurred_at, 1, 10) AS day, count(*)
+FROM events e JOIN identity_keys k ON k.key = e.identity_key
+WHERE {whose} AND substr(e.occurred_at, 1, 10) <= :end GROUP BY k.one_id, day""",
+            params,
+        )
 
+    def _check(self, day: date) -> None:
+        if day > self.end:
+            raise ValueError(f"history read up to {self.end}, not {day}")
 
-def customer_inputs(
-    db: sqlite_utils.Database, as_of: date, later_days: int = 0, one_id: str | None = None
-) -> CustomerInputs:
-    """Every customer with an order up to `as_of` (or the one `one_id`), with the purchase days
-    in the `later_days` after it counted too (labels for a model trained as of this day)."""
-    day, end = as_of.isoformat(), (as_of + timedelta(days=later_days)).isoformat()
-    sql = f"""WITH po AS ({COUNTED_ORDERS}),
-daily AS (
-  SELECT one_id, day, count(*) AS orders, round(sum(coalesce(amount, 0)), 4) AS spent,
-         CAST(julianday(:day) - julianday(day) AS INTEGER) AS age,
-         row_number() OVER (PARTITION BY one_id ORDER BY day) AS nth
-  FROM po GROUP BY one_id, day),
+    def inputs(self, as_of: date, later_days: int = 0) -> CustomerInputs:
+        """Every customer with an order up to `as_of`, with the purchase days in the
+        `later_days` after it counted too (labels for a model trained as of this day)."""
+        key = (as_of, later_days)
+        if key not in self._inputs:
+            self._inputs[key] = self._customer_inputs(as_of, later_days)
+        return self._inputs[key]
+
+    def _customer_inputs(self, as_of: date, later_days: int) -> CustomerInputs:
+        self._check(as_of + timedelta(days=later_days))
+        n = self.name
+        day, end = as_of.isoformat(), (as_of + timedelta(days=later_days)).isoformat()
+        sql = f"""WITH daily AS (
+  SELECT one_id, day, orders, spent, nth,
+         CAST(julianday(:day) - julianday(day) AS INTEGER) AS age
+  FROM {n}_days WHERE day <= :end),
 ev AS (
-  SELECT k.one_id, count(*) AS events,
-         sum(substr(e.occurred_at, 1, 10) > date(:day, '-90 days')) AS events_90d,
-         CAST(julianday(:day) - julianday(max(substr(e.occurred_at, 1, 10))) AS INTEGER) AS since
-  FROM events e JOIN identity_keys k ON k.key = e.identity_key
-  WHERE k.one_id IS NOT NULL AND substr(e.occurred_at, 1, 10) <= :day
-    AND (:one IS NULL OR k.one_id = :one) GROUP BY k.one_id),
+  SELECT one_id, sum(events) AS events,
+         sum(CASE WHEN day > date(:day, '-90 days') THEN events ELSE 0 END) AS events_90d,
+         CAST(julianday(:day) - julianday(max(day)) AS INTEGER) AS since
+  FROM {n}_events WHERE day <= :day GROUP BY one_id),
 ch AS (
-  SELECT one_id, count(DISTINCT channel) AS channels FROM po WHERE day <= :day GROUP BY one_id),
+  SELECT one_id, count(*) AS channels FROM {n}_channels WHERE first_day <= :day
+  GROUP BY one_id),
 later AS (SELECT one_id, count(*) AS days FROM daily WHERE age < 0 GROUP BY one_id)
 SELECT d.one_id,
   count(*) - 1 AS frequency,
@@ -112,12 +203,37 @@ FROM daily d LEFT JOIN ev ON ev.one_id = d.one_id LEFT JOIN ch ON ch.one_id = d.
   LEFT JOIN later ON later.one_id = d.one_id
 WHERE d.age >= 0
 GROUP BY d.one_id ORDER BY d.one_id"""
-    rows = db.conn.execute(sql, {"day": day, "end": end, "one": one_id}).fetchall()
-    orders = db.conn.execute(
-        f"SELECT count(*) FROM ({COUNTED_ORDERS}) WHERE day <= :day",
-        {"day": day, "end": day, "one": one_id},
-    ).fetchone()[0]
-    return _arrays(as_of, rows, later_days, orders)
+        rows = self.db.conn.execute(sql, {"day": day, "end": end}).fetchall()
+        orders = self.db.conn.execute(
+            f"SELECT coalesce(sum(orders), 0) FROM {n}_days WHERE day <= :day", {"day": day}
+        ).fetchone()[0]
+        return _arrays(as_of, rows, later_days, orders)
+
+    def categories(self, cut: date, later_days: int = 0) -> CategoryHistory:
+        """Who bought in which category up to `cut`, and in the `later_days` after it."""
+        end = cut + timedelta(days=later_days)
+        self._check(end)
+        history = CategoryHistory()
+        for customer, category, before, after in self.db.conn.execute(
+            f"SELECT one_id, category, sum(day <= :cut), sum(day > :cut) "
+            f"FROM {self.name}_categories WHERE day <= :end GROUP BY one_id, category",
+            {"cut": cut.isoformat(), "end": end.isoformat()},
+        ):
+            if before:
+                history.before.setdefault(category, {})[customer] = before
+                history.buyers[category] = history.buyers.get(category, 0) + 1
+            if after:
+                history.after.setdefault(category, {})[customer] = after
+        return history
+
+
+def customer_inputs(
+    db: sqlite_utils.Database, as_of: date, later_days: int = 0, one_id: str | None = None
+) -> CustomerInputs:
+    """Every customer with an order up to `as_of` (or the one `one_id`), with the purchase days
+    in the `later_days` after it counted too (labels for a model trained as of this day)."""
+    with OrderHistory(db, as_of + timedelta(days=later_days), one_id) as history:
+        return history.inputs(as_of, later_days)
 
 
 def _arrays(as_of: date, rows: list[tuple], later_days: int, orders: int) -> CustomerInputs:
@@ -159,39 +275,14 @@ class CategoryHistory:
     after: dict[str, dict[str, int]] = field(default_factory=dict)  # the same, after the cut
     buyers: dict[str, int] = field(default_factory=dict)  # category -> buyers up to the cut
 
-    def to_the_end(self) -> CategoryHistory:
-        """The history up to the end of the later days: before and after together."""
-        merged = CategoryHistory()
-        for category in set(self.before) | set(self.after):
-            counts = dict(self.before.get(category, {}))
-            for one_id, n in self.after.get(category, {}).items():
-                counts[one_id] = counts.get(one_id, 0) + n
-            merged.before[category] = counts
-            merged.buyers[category] = len(counts)
-        return merged
-
 
 def category_history(
     db: sqlite_utils.Database, cut: date, later_days: int = 0, one_id: str | None = None
 ) -> CategoryHistory:
     """Who bought in which category (an order's items' categories, else its own) up to `cut`,
     and in the `later_days` after it (everyone, or the one `one_id`)."""
-    end = (cut + timedelta(days=later_days)).isoformat()
-    sql = f"""WITH po AS ({COUNTED_ORDERS})
-SELECT one_id, category, sum(day <= :cut) AS before, sum(day > :cut) AS after FROM (
-  SELECT DISTINCT po.one_id, po.day, coalesce(i.value ->> '$.category', po.category) AS category
-  FROM po LEFT JOIN json_each(CASE WHEN json_valid(po.items) THEN po.items END) i)
-WHERE category IS NOT NULL AND category != '' GROUP BY one_id, category"""
-    history = CategoryHistory()
-    for customer, category, before, after in db.conn.execute(
-        sql, {"cut": cut.isoformat(), "end": end, "one": one_id}
-    ):
-        if before:
-            history.before.setdefault(category, {})[customer] = before
-            history.buyers[category] = history.buyers.get(category, 0) + 1
-        if after:
-            history.after.setdefault(category, {})[customer] = after
-    return history
+    with OrderHistory(db, cut + timedelta(days=later_days), one_id) as history:
+        return history.categories(cut, later_days)
 
 
 def top_categories(history: CategoryHistory, count: int) -> list[str]:

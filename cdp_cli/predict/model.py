@@ -30,8 +30,7 @@ from cdp_cli.predict.inputs import (
     MODEL_FEATURES,
     CategoryHistory,
     CustomerInputs,
-    category_history,
-    customer_inputs,
+    OrderHistory,
     top_categories,
 )
 
@@ -63,9 +62,6 @@ class FittedModels:
     fitted_on: int  # customers the purchase model saw (a sample of `customers`, or all)
     notes: list[str] = field(default_factory=list)
     evaluation: dict[str, Any] = field(default_factory=dict)
-    # the categories' history the classifiers learned from (up to the as-of day), which
-    # scoring right after the fit reads again rather than query it twice
-    history: CategoryHistory | None = None
 
     def parameters(self) -> dict[str, Any]:
         return {
@@ -111,11 +107,14 @@ def fit_models(
     settings: PredictSettings,
     as_of: date,
     fit_sample: int = FIT_SAMPLE,
-    now: CustomerInputs | None = None,
+    history: OrderHistory | None = None,
 ) -> FittedModels:
-    """Learn every model from the history up to `as_of` (`now`: its inputs, when the caller
-    has read them); PredictError when it has none."""
-    now = customer_inputs(db, as_of) if now is None else now
+    """Learn every model from the history up to `as_of` (`history`: the orders read already,
+    up to `as_of` or later, which the fit does not look past); PredictError when it has none."""
+    if history is None:
+        with OrderHistory(db, as_of) as history:
+            return fit_models(db, settings, as_of, fit_sample, history)
+    now = history.inputs(as_of)
     check_history(now)
     fitted_on = now.take(sample_rows(len(now), fit_sample))
     clv = fit_clv(fitted_on)
@@ -125,16 +124,16 @@ def fit_models(
             "expected_value_365d: too few customers spent on more than one day for the spend "
             "model; values are empty"
         )
-    _fit_classifiers(db, models)
+    _fit_classifiers(history, models)
     return models
 
 
-def _fit_classifiers(db: sqlite_utils.Database, models: FittedModels) -> None:
+def _fit_classifiers(history: OrderHistory, models: FittedModels) -> None:
     """Churn and propensities, trained as of N days before the as-of date."""
     days = models.settings.churn_days
     cut = models.as_of - timedelta(days=days)
     window = f"the {days} days after {cut.isoformat()}"
-    train = customer_inputs(db, cut, later_days=days)
+    train = history.inputs(cut, later_days=days)
     if len(train) < 2 * 20:
         models.notes.append(
             f"churn_risk, propensity: too little history: {len(train)} customers had ordered by "
@@ -151,15 +150,14 @@ def _fit_classifiers(db: sqlite_utils.Database, models: FittedModels) -> None:
         matrix = churn_matrix(models, train)
         models.churn = fit_classifier(matrix, churned, CHURN_FEATURES)
         models.evaluation["churn"] = holdout_scores(matrix, churned, CHURN_FEATURES)
-    history = category_history(db, cut, days)
-    models.history = history
-    for category in top_categories(history, models.settings.categories):
-        bought = category_labels(history, category, train.one_ids)
+    categories = history.categories(cut, days)
+    for category in top_categories(categories, models.settings.categories):
+        bought = category_labels(categories, category, train.one_ids)
         problem = class_problem(bought, f"propensity_{category}", window)
         if problem:
             models.notes.append(f"{problem}; scores are empty")
             continue
-        matrix = propensity_matrix(models, train, history, category)
+        matrix = propensity_matrix(models, train, categories, category)
         models.propensity[category] = fit_classifier(matrix, bought, PROPENSITY_FEATURES)
         models.evaluation[f"propensity_{category}"] = holdout_scores(
             matrix, bought, PROPENSITY_FEATURES
@@ -214,11 +212,14 @@ def score(
     db: sqlite_utils.Database,
     models: FittedModels,
     as_of: date,
-    inputs: CustomerInputs | None = None,
+    history: OrderHistory | None = None,
 ) -> Scores:
-    """Every customer with an order up to `as_of` (`inputs`: theirs, when read already),
-    scored by the fitted models."""
-    inputs = customer_inputs(db, as_of) if inputs is None else inputs
+    """Every customer with an order up to `as_of` (`history`: the orders read already, up to
+    `as_of`), scored by the fitted models."""
+    if history is None:
+        with OrderHistory(db, as_of) as history:
+            return score(db, models, as_of, history)
+    inputs = history.inputs(as_of)
     columns = clv_scores(models, inputs)
     columns["churn_risk"] = (
         models.churn.predict(churn_matrix(models, inputs))
@@ -227,12 +228,9 @@ def score(
     )
     propensity: dict[str, np.ndarray] = {}
     if models.propensity:
-        if models.history is not None and as_of == models.as_of:
-            history = models.history.to_the_end()
-        else:
-            history = category_history(db, as_of)
+        categories = history.categories(as_of)
         for category, classifier in models.propensity.items():
-            matrix = propensity_matrix(models, inputs, history, category)
+            matrix = propensity_matrix(models, inputs, categories, category)
             propensity[category] = classifier.predict(matrix)
     return Scores(inputs.one_ids, columns, propensity)
 

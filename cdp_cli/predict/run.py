@@ -17,7 +17,7 @@ import sqlite_utils
 from cdp_cli.config import PredictSettings
 from cdp_cli.predict.clv import library_versions
 from cdp_cli.predict.fields import propensity_field
-from cdp_cli.predict.inputs import customer_inputs
+from cdp_cli.predict.inputs import OrderHistory
 from cdp_cli.predict.model import FIT_SAMPLE, FittedModels, Scores, fit_models, score
 from cdp_cli.predict.scores import data_fingerprint, last_run, latest_model, save_model, save_scores
 
@@ -51,10 +51,10 @@ def predict(
 ) -> PredictResult:
     """Fit every model as of the day and score every customer with an order; with `dry_run`
     nothing is written (the result says what would be)."""
-    now = customer_inputs(db, as_of)
-    models = fit_models(db, settings, as_of, fit_sample, now)
-    model_id = None if dry_run else save_model(db, models, library_versions())
-    scores = score(db, models, as_of, now)
+    with OrderHistory(db, as_of) as history:  # the orders, read once for fit and scores
+        models = fit_models(db, settings, as_of, fit_sample, history)
+        model_id = None if dry_run else save_model(db, models, library_versions())
+        scores = score(db, models, as_of, history)
     if model_id is not None:
         save_scores(db, model_id, scores, as_of)
     return _result(models, scores, as_of, "fitted", model_id, dry_run)
