@@ -10,10 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import date
+from itertools import repeat
 from typing import Any
 
+import numpy as np
 import sqlite_utils
 
 from cdp_cli import __version__
@@ -78,32 +81,30 @@ def latest_model(db: sqlite_utils.Database) -> tuple[int, FittedModels, dict[str
     return row[0], models, info
 
 
-def _value(x: float) -> float | None:
-    """A score as stored: NULL for what a model could not give (NaN, infinite)."""
-    return None if x is None or not math.isfinite(x) else round(float(x), 6)
+def _stored(values: np.ndarray) -> list[float | None]:
+    """Scores as stored: rounded to 6 decimals, NULL for what a model could not give (NaN,
+    infinite)."""
+    return [round(x, 6) if math.isfinite(x) else None for x in values.tolist()]
 
 
 def save_scores(db: sqlite_utils.Database, model_id: int, scores: Scores, as_of: date) -> int:
     """Replace every stored score by these; returns the prediction run's id."""
-    columns = ", ".join(SCORE_COLUMNS)
+    names = ", ".join(SCORE_COLUMNS)
     marks = ", ".join("?" * (len(SCORE_COLUMNS) + 2))
     with transaction(db) as conn:
         conn.execute("DELETE FROM predictions")
         conn.execute("DELETE FROM prediction_propensities")
+        one_ids = scores.one_ids.tolist()
+        columns = [_stored(scores.columns[name]) for name in SCORE_COLUMNS]
         conn.executemany(
-            f"INSERT INTO predictions (one_id, model_id, {columns}) VALUES ({marks})",
-            _score_rows(model_id, scores),
+            f"INSERT INTO predictions (one_id, model_id, {names}) VALUES ({marks})",
+            zip(one_ids, repeat(model_id), *columns, strict=False),
         )
-        for category, values in scores.propensity.items():
-            conn.executemany(
-                "INSERT INTO prediction_propensities (one_id, category, model_id, probability) "
-                "VALUES (?, ?, ?, ?)",
-                (
-                    (one_id, category, model_id, _value(v))
-                    for one_id, v in zip(scores.one_ids, values, strict=True)
-                    if math.isfinite(v)
-                ),
-            )
+        conn.executemany(
+            "INSERT INTO prediction_propensities (one_id, category, model_id, probability) "
+            "VALUES (?, ?, ?, ?)",
+            _propensity_rows(model_id, one_ids, scores.propensity),
+        )
         cursor = conn.execute(
             "INSERT INTO prediction_runs (model_id, as_of, scored_at, inputs, customers) "
             "VALUES (?, ?, ?, ?, ?)",
@@ -113,10 +114,17 @@ def save_scores(db: sqlite_utils.Database, model_id: int, scores: Scores, as_of:
         return cursor.lastrowid
 
 
-def _score_rows(model_id: int, scores: Scores) -> Any:
-    arrays = [scores.columns[name] for name in SCORE_COLUMNS]
-    for i, one_id in enumerate(scores.one_ids):
-        yield (one_id, model_id, *(_value(a[i]) for a in arrays))
+def _propensity_rows(
+    model_id: int, one_ids: list[str], propensity: dict[str, np.ndarray]
+) -> Iterator[tuple[str, str, int, float | None]]:
+    """A row per customer and category with a probability, in the table's key order (one_id,
+    then category): appended, not inserted category by category all over the table."""
+    categories = sorted(propensity, key=str)
+    values = [_stored(propensity[category]) for category in categories]
+    for i, one_id in enumerate(one_ids):
+        for category, column in zip(categories, values, strict=True):
+            if column[i] is not None:
+                yield (one_id, category, model_id, column[i])
 
 
 def last_run(db: sqlite_utils.Database) -> dict[str, Any] | None:
