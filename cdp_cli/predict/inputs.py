@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from typing import Any
 
 import numpy as np
 import sqlite_utils
@@ -65,16 +66,28 @@ class CustomerInputs:
 
 VOID = ", ".join(f"'{s}'" for s in VOID_STATUSES)
 _NAMES = itertools.count(1)
+EPOCH = date(1970, 1, 1)
+# SQL: an ISO day as days since EPOCH (ingest writes every timestamp as ISO: parsing.py)
+DAY_NUMBER = "CAST(julianday({}) - 2440587.5 AS INTEGER)"
+CHUNK = 100_000  # rows fetched at a time: a million customers' days are never tuples at once
+
+
+def day_number(day: date) -> int:
+    return (day - EPOCH).days
 
 
 class OrderHistory:
     """Every customer's counted orders and events up to `end` (or the one `one_id`'s), read
-    from the store in one pass each into temp tables, one row per customer and purchase day.
+    from the store once, and cut at any day up to `end`.
 
     The fit reads the history as of the day and as of `churn_days` before it (with the days
-    after as labels), and the categories bought: `inputs` and `categories` cut these tables at
-    any day up to `end`, so the orders (millions of wide rows) are read once, not once per cut.
-    Use it as a context manager: leaving it drops the temp tables."""
+    after as labels), and the categories bought. Reading the orders (millions of wide rows)
+    once per cut cost most of `cdp predict`'s time; here one pass copies the few columns used
+    to a temp table, from which come each customer's purchase days (count and spend), the
+    first day of each channel and the days of each category; the days, channels and events
+    are held as arrays (a day as a number), which `inputs` cuts with numpy. Sums are taken
+    row by row in day order, as SQLite's sum() takes them, so the inputs are the same to the
+    last bit. Use it as a context manager: leaving it drops the temp table of categories."""
 
     def __init__(self, db: sqlite_utils.Database, end: date, one_id: str | None = None) -> None:
         self.db, self.end, self.one_id = db, end, one_id
@@ -89,7 +102,7 @@ class OrderHistory:
         self.close()
 
     def close(self) -> None:
-        for table in ("orders", "days", "channels", "categories", "events"):
+        for table in ("orders", "categories"):
             self.db.conn.execute(f"DROP TABLE IF EXISTS temp.{self.name}_{table}")
 
     def _read(self) -> None:
@@ -106,25 +119,18 @@ WHERE {whose} AND substr(o.ordered_at, 1, 10) <= :end
   AND (o.status IS NULL OR lower(o.status) NOT IN ({VOID}))""",
             params,
         )
-        # nth: the day's rank in the customer's history (1 = first purchase day), the same
-        # whatever the cut, as later days come after every day before it
-        conn.execute(
-            f"CREATE TEMP TABLE {n}_days (one_id, day, orders, spent, nth, "
-            "PRIMARY KEY (one_id, day)) WITHOUT ROWID"
-        )
-        conn.execute(
-            f"""INSERT INTO {n}_days
-SELECT one_id, day, count(*), round(sum(coalesce(amount, 0)), 4),
-       row_number() OVER (PARTITION BY one_id ORDER BY day)
-FROM {n}_orders GROUP BY one_id, day"""
+        # customer codes: 0, 1, ... in one_id order, from the purchase days
+        self.index: dict[str, int] = {}
+        # each customer's purchase days in order: code, day, orders, spend (rounded per day)
+        self.days = self._rows(
+            f"SELECT one_id, {DAY_NUMBER.format('day')}, count(*), "
+            f"round(sum(coalesce(amount, 0)), 4) FROM {n}_orders GROUP BY one_id, day "
+            "ORDER BY one_id, day",
+            grow=True,
         )
         # a channel counts from the first day the customer ordered through it
-        conn.execute(
-            f"CREATE TEMP TABLE {n}_channels (one_id, channel, first_day, "
-            "PRIMARY KEY (one_id, channel)) WITHOUT ROWID"
-        )
-        conn.execute(
-            f"INSERT INTO {n}_channels SELECT one_id, channel, min(day) FROM {n}_orders "
+        self.channels = self._rows(
+            f"SELECT one_id, {DAY_NUMBER.format('min(day)')} FROM {n}_orders "
             "WHERE channel IS NOT NULL GROUP BY one_id, channel"
         )
         # the categories of each purchase day: an order's items' (parsed only where it has
@@ -144,17 +150,38 @@ SELECT one_id, category, day FROM (
 WHERE category IS NOT NULL AND category != ''"""
         )
         conn.execute(f"DROP TABLE temp.{n}_orders")
-        conn.execute(
-            f"CREATE TEMP TABLE {n}_events (one_id, day, events, "
-            "PRIMARY KEY (one_id, day)) WITHOUT ROWID"
-        )
-        conn.execute(
-            f"""INSERT INTO {n}_events
-SELECT k.one_id, substr(e.occurred_at, 1, 10) AS day, count(*)
+        self.events = self._rows(
+            f"""SELECT k.one_id, {DAY_NUMBER.format("substr(e.occurred_at, 1, 10)")}, count(*)
 FROM events e JOIN identity_keys k ON k.key = e.identity_key
-WHERE {whose} AND substr(e.occurred_at, 1, 10) <= :end GROUP BY k.one_id, day""",
+WHERE {whose} AND substr(e.occurred_at, 1, 10) <= :end
+GROUP BY k.one_id, substr(e.occurred_at, 1, 10)""",
             params,
         )
+        self.one_ids = np.array(list(self.index), dtype=object)
+        code = self.days[0]
+        self.starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]]) if len(code) else code
+
+    def _rows(
+        self, sql: str, params: dict[str, Any] | None = None, grow: bool = False
+    ) -> list[np.ndarray]:
+        """A query's rows (one_id, numbers...) as columns: the customer's code, then each
+        number as floats. With `grow` a new one_id gets the next code (rows in one_id order);
+        without, rows of customers without a purchase day are left out."""
+        cursor = self.db.conn.execute(sql, params or {})
+        index, parts = self.index, []
+        while rows := cursor.fetchmany(CHUNK):
+            ids, *numbers = zip(*rows, strict=True)
+            if grow:
+                codes = [index.setdefault(one_id, len(index)) for one_id in ids]
+            else:
+                codes = [index.get(one_id, -1) for one_id in ids]
+            parts.append([np.array(codes, dtype=np.int64)] + [np.array(c, float) for c in numbers])
+        width = len(cursor.description)
+        columns = [np.concatenate(c) for c in zip(*parts, strict=True)] if parts else None
+        if columns is None:
+            return [np.zeros(0, dtype=np.int64)] + [np.zeros(0) for _ in range(width - 1)]
+        known = columns[0] >= 0
+        return columns if known.all() else [c[known] for c in columns]
 
     def _check(self, day: date) -> None:
         if day > self.end:
@@ -165,49 +192,55 @@ WHERE {whose} AND substr(e.occurred_at, 1, 10) <= :end GROUP BY k.one_id, day"""
         `later_days` after it counted too (labels for a model trained as of this day)."""
         key = (as_of, later_days)
         if key not in self._inputs:
+            self._check(as_of + timedelta(days=later_days))
             self._inputs[key] = self._customer_inputs(as_of, later_days)
         return self._inputs[key]
 
     def _customer_inputs(self, as_of: date, later_days: int) -> CustomerInputs:
-        self._check(as_of + timedelta(days=later_days))
-        n = self.name
-        day, end = as_of.isoformat(), (as_of + timedelta(days=later_days)).isoformat()
-        sql = f"""WITH daily AS (
-  SELECT one_id, day, orders, spent, nth,
-         CAST(julianday(:day) - julianday(day) AS INTEGER) AS age
-  FROM {n}_days WHERE day <= :end),
-ev AS (
-  SELECT one_id, sum(events) AS events,
-         sum(CASE WHEN day > date(:day, '-90 days') THEN events ELSE 0 END) AS events_90d,
-         CAST(julianday(:day) - julianday(max(day)) AS INTEGER) AS since
-  FROM {n}_events WHERE day <= :day GROUP BY one_id),
-ch AS (
-  SELECT one_id, count(*) AS channels FROM {n}_channels WHERE first_day <= :day
-  GROUP BY one_id),
-later AS (SELECT one_id, count(*) AS days FROM daily WHERE age < 0 GROUP BY one_id)
-SELECT d.one_id,
-  count(*) - 1 AS frequency,
-  max(-age) - min(-age) AS recency,
-  max(age) AS T,
-  coalesce(sum(CASE WHEN nth > 1 THEN spent END) / nullif(count(*) - 1, 0), 0) AS monetary,
-  min(age) AS days_since_last_order,
-  sum(orders) AS order_count,
-  sum(CASE WHEN age < 30 THEN orders ELSE 0 END) AS order_count_30d,
-  sum(CASE WHEN age < 90 THEN orders ELSE 0 END) AS order_count_90d,
-  sum(CASE WHEN age < 365 THEN orders ELSE 0 END) AS order_count_365d,
-  sum(spent) AS total_spent,
-  sum(CASE WHEN age < 365 THEN spent ELSE 0 END) AS spent_365d,
-  coalesce(ev.events, 0), coalesce(ev.events_90d, 0), ev.since, coalesce(ch.channels, 0),
-  coalesce(later.days, 0)
-FROM daily d LEFT JOIN ev ON ev.one_id = d.one_id LEFT JOIN ch ON ch.one_id = d.one_id
-  LEFT JOIN later ON later.one_id = d.one_id
-WHERE d.age >= 0
-GROUP BY d.one_id ORDER BY d.one_id"""
-        rows = self.db.conn.execute(sql, {"day": day, "end": end}).fetchall()
-        orders = self.db.conn.execute(
-            f"SELECT coalesce(sum(orders), 0) FROM {n}_days WHERE day <= :day", {"day": day}
-        ).fetchone()[0]
-        return _arrays(as_of, rows, later_days, orders)
+        """The customer_inputs of docs/predict.md, per customer code; each sum in day order
+        (np.bincount adds its weights one by one, in order, as SQLite's sum() does)."""
+        today, end = day_number(as_of), day_number(as_of) + later_days
+        code, day, orders, spent = self.days
+        size = len(self.one_ids)
+
+        def total(weights: np.ndarray, codes: np.ndarray = code) -> np.ndarray:
+            return np.bincount(codes, weights=weights, minlength=size)
+
+        counted = day <= today
+        days = np.bincount(code[counted], minlength=size)
+        first = day[self.starts] if size else np.zeros(0)
+        last = np.maximum.reduceat(np.where(counted, day, -np.inf), self.starts) if size else first
+        age = today - day
+        repeat = counted.copy()
+        repeat[self.starts] = False  # the first purchase day has no repeat spend
+        repeat_spent = total(np.where(repeat, spent, 0.0))
+        frequency = days - 1.0
+        window = {n: counted & (age < n) for n in (30, 90, 365)}
+        e_code, e_day, e_count = self.events
+        e_counted = e_day <= today
+        seen = np.full(size, -np.inf)
+        np.maximum.at(seen, e_code[e_counted], e_day[e_counted])
+        ch_code, ch_first = self.channels
+        columns = [
+            frequency,
+            last - first,
+            today - first,
+            np.where(frequency > 0, repeat_spent / np.maximum(frequency, 1), 0.0),
+            today - last,
+            total(np.where(counted, orders, 0.0)),
+            *(total(np.where(window[n], orders, 0.0)) for n in (30, 90, 365)),
+            total(np.where(counted, spent, 0.0)),
+            total(np.where(window[365], spent, 0.0)),
+            total(np.where(e_counted, e_count, 0.0), e_code),
+            total(np.where(e_counted & (e_day > today - 90), e_count, 0.0), e_code),
+            np.where(np.isfinite(seen), today - seen, np.nan),
+            np.bincount(ch_code[ch_first <= today], minlength=size).astype(float),
+            total(((day > today) & (day <= end)).astype(float)),
+        ]
+        scored = days > 0
+        orders_up_to = int(orders[counted].sum())
+        return _arrays(as_of, self.one_ids[scored], [c[scored] for c in columns], later_days,
+                       orders_up_to)  # fmt: skip
 
     def categories(self, cut: date, later_days: int = 0) -> CategoryHistory:
         """Who bought in which category up to `cut`, and in the `later_days` after it."""
@@ -236,15 +269,9 @@ def customer_inputs(
         return history.inputs(as_of, later_days)
 
 
-def _arrays(as_of: date, rows: list[tuple], later_days: int, orders: int) -> CustomerInputs:
-    if not rows:
-        empty = np.zeros(0)
-        features = {name: empty for name in MODEL_FEATURES}
-        return CustomerInputs(as_of, np.array([], dtype=object), empty, empty, empty, empty,
-                              features, empty, later_days, orders)  # fmt: skip
-    columns = list(zip(*rows, strict=True))
-    one_ids = np.array(columns[0], dtype=object)
-    number = [np.array(c, dtype=float) for c in columns[1:]]
+def _arrays(
+    as_of: date, one_ids: np.ndarray, number: list[np.ndarray], later_days: int, orders: int
+) -> CustomerInputs:
     (frequency, recency, T, monetary, since_last, order_count, c30, c90, c365, spent, spent365,
      events, events90, since_event, channels, later) = number  # fmt: skip
     order_days = frequency + 1
