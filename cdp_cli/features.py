@@ -150,7 +150,7 @@ def compute_features(db: sqlite_utils.Database, as_of: date, full: bool = False)
     day = as_of.isoformat()
     params = {"day": day, "month": as_of.month}
     with transaction(db) as conn:
-        size_temp_cache(conn)
+        _size_temp_cache(conn)
         state = _saved_state(conn)
         resolved = state is None or state["resolve_id"] != _resolve_id(conn)
         if not full and state is not None and _can_follow(conn, state, day):
@@ -183,7 +183,7 @@ def compute_features(db: sqlite_utils.Database, as_of: date, full: bool = False)
     return FeatureResult(day, customers, with_orders, seconds, full, recomputed)
 
 
-def size_temp_cache(conn: sqlite3.Connection) -> None:
+def _size_temp_cache(conn: sqlite3.Connection) -> None:
     """Temp tables get the store's page cache (`store_cache_mb`), not SQLite's 2 MB: at a
     million customers the customers' orders and tags are walked several times."""
     size = conn.execute("PRAGMA main.cache_size").fetchone()[0]

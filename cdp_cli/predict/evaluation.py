@@ -68,10 +68,10 @@ def evaluate(
             f"--calibration-end {calibration_end.isoformat()}: the {days} days after it must "
             f"end by the as-of date {as_of.isoformat()}; give a date on or before {latest}"
         )
-    with OrderHistory(db, holdout_end) as history:  # read once; the fit stops at its end
-        models = fit_models(db, settings, calibration_end, fit_sample, history)
-        inputs = history.inputs(calibration_end, later_days=days)
-        categories = history.categories(calibration_end, days)
+    history = OrderHistory(db, holdout_end)  # read once; the fit looks no further than its end
+    models = fit_models(db, settings, calibration_end, fit_sample, history)
+    inputs = history.inputs(calibration_end, later_days=days)
+    categories = history.categories(calibration_end, days)
     result = Evaluation(
         calibration_end.isoformat(), holdout_end.isoformat(), len(inputs), models.fitted_on,
         notes=list(models.notes),

@@ -46,9 +46,8 @@ def explain(db: sqlite_utils.Database, one_id: str) -> dict[str, Any]:
         "one_id": one_id, "as_of": as_of.isoformat(), "model_id": model_id,
         "model_fitted_at": info["fitted_at"], "model_as_of": info["as_of"], "scores": scores,
     }  # fmt: skip
-    with OrderHistory(db, as_of, one_id) as history:
-        inputs = history.inputs(as_of)
-        categories = history.categories(as_of)
+    history = OrderHistory(db, as_of, one_id)
+    inputs = history.inputs(as_of)
     if not len(inputs):
         result["note"] = (
             f"no order up to {as_of.isoformat()}: the models do not score this customer"
@@ -63,6 +62,7 @@ def explain(db: sqlite_utils.Database, one_id: str) -> dict[str, Any]:
     if models.churn is not None:
         factors["churn_risk"] = _top(models.churn.contributions(churn_matrix(models, inputs)[0]))
     if models.propensity:
+        categories = history.categories(as_of)
         for category, classifier in models.propensity.items():
             matrix = propensity_matrix(models, inputs, categories, category)
             factors[propensity_field(category)] = _top(classifier.contributions(matrix[0]))

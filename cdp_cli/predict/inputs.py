@@ -9,7 +9,9 @@ scores stay NULL.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
@@ -17,7 +19,7 @@ import numpy as np
 import sqlite_utils
 
 from cdp_cli.errors import UsageError
-from cdp_cli.features import VOID_STATUSES, size_temp_cache
+from cdp_cli.features import VOID_STATUSES
 
 # The columns the classifiers read (churn risk, propensities), each as of the day.
 MODEL_FEATURES = (
@@ -65,7 +67,6 @@ class CustomerInputs:
 
 
 VOID = ", ".join(f"'{s}'" for s in VOID_STATUSES)
-_NAMES = itertools.count(1)
 EPOCH = date(1970, 1, 1)
 # SQL: an ISO day as days since EPOCH (ingest writes every timestamp as ISO: parsing.py)
 DAY_NUMBER = "CAST(julianday({}) - 2440587.5 AS INTEGER)"
@@ -76,80 +77,86 @@ def day_number(day: date) -> int:
     return (day - EPOCH).days
 
 
+# SQL: an order's categories as a JSON array: its items' (an item without one: the order's),
+# else the order's own; parsed only where it has items. NULL and '' are left to Python.
+ORDER_CATEGORIES = """CASE WHEN json_valid(o.items) THEN (
+    SELECT CASE WHEN count(*) = 0 THEN json_array(o.category) ELSE json_group_array(DISTINCT
+      coalesce(i.value ->> '$.category', o.category)) END FROM json_each(o.items) i)
+  ELSE json_array(o.category) END"""
+
+
+def _order_categories(text: str) -> list[Any]:
+    """A purchase day's categories from its JSON array of its orders' arrays (each an array,
+    or its JSON text: SQLite keeps a JSON value's type through DISTINCT or not)."""
+    found: list[Any] = []
+    for order in json.loads(text):
+        for category in order if isinstance(order, list) else json.loads(order):
+            if category is not None and category != "" and category not in found:
+                found.append(category)
+    return found
+
+
+def _channels(text: str) -> list[Any]:
+    return [c for c in json.loads(text) if c is not None]
+
+
+class _Codes:
+    """Names (channels, categories) as codes, each distinct JSON text parsed once."""
+
+    def __init__(self, parse: Callable[[str], list[Any]] = _channels) -> None:
+        self.parse = parse
+        self.names: list[Any] = []
+        self._codes: dict[Any, int] = {}
+        self._texts: dict[str, list[int]] = {}
+
+    def _of(self, text: str) -> list[int]:
+        found = self._texts.get(text)
+        if found is None:
+            for name in (names := self.parse(text)):
+                if name not in self._codes:
+                    self._codes[name] = len(self.names)
+                    self.names.append(name)
+            found = self._texts[text] = [self._codes[name] for name in names]
+        return found
+
+    def expand(self, texts: tuple[str, ...], first_row: int) -> tuple[np.ndarray, np.ndarray]:
+        """(row, code) for every name of every row, rows counted from `first_row`."""
+        lists = [self._of(text) for text in texts]
+        counts = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+        rows = np.repeat(np.arange(first_row, first_row + len(lists)), counts)
+        codes = np.fromiter(itertools.chain.from_iterable(lists), np.int64, int(counts.sum()))
+        return rows, codes
+
+
 class OrderHistory:
     """Every customer's counted orders and events up to `end` (or the one `one_id`'s), read
     from the store once, and cut at any day up to `end`.
 
     The fit reads the history as of the day and as of `churn_days` before it (with the days
     after as labels), and the categories bought. Reading the orders (millions of wide rows)
-    once per cut cost most of `cdp predict`'s time; here one pass copies the few columns used
-    to a temp table, from which come each customer's purchase days (count and spend), the
-    first day of each channel and the days of each category; the days, channels and events
-    are held as arrays (a day as a number), which `inputs` cuts with numpy. Sums are taken
-    row by row in day order, as SQLite's sum() takes them, so the inputs are the same to the
-    last bit. Use it as a context manager: leaving it drops the temp table of categories."""
+    once per cut cost most of `cdp predict`'s time; here one query reads them once, grouped by
+    customer and purchase day (orders, spend, the day's channels and categories), and one the
+    events; they are held as arrays (a day as a number, a channel or category as a code),
+    which `inputs` and `categories` cut with numpy. Sums are taken row by row in day order, as
+    SQLite's sum() takes them, so the inputs are the same to the last bit."""
 
     def __init__(self, db: sqlite_utils.Database, end: date, one_id: str | None = None) -> None:
         self.db, self.end, self.one_id = db, end, one_id
-        self.name = f"predict_history_{next(_NAMES)}"
         self._inputs: dict[tuple[date, int], CustomerInputs] = {}
-        self._read()
-
-    def __enter__(self) -> OrderHistory:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        for table in ("orders", "categories"):
-            self.db.conn.execute(f"DROP TABLE IF EXISTS temp.{self.name}_{table}")
-
-    def _read(self) -> None:
-        conn, n = self.db.conn, self.name
-        size_temp_cache(conn)
-        params = {"end": self.end.isoformat(), "one": self.one_id}
+        self.index: dict[str, int] = {}  # one_id -> code: 0, 1, ... in one_id order
+        params = {"end": end.isoformat(), "one": one_id}
         # by the one_id index for one customer (--explain), else everyone with an id
-        whose = "k.one_id = :one" if self.one_id is not None else "k.one_id IS NOT NULL"
-        conn.execute(
-            f"""CREATE TEMP TABLE {n}_orders AS
-SELECT k.one_id, substr(o.ordered_at, 1, 10) AS day, o.amount, o.channel, o.category, o.items
+        whose = "k.one_id = :one" if one_id is not None else "k.one_id IS NOT NULL"
+        self._read_days(
+            f"""SELECT k.one_id, {DAY_NUMBER.format("substr(o.ordered_at, 1, 10)")}, count(*),
+  round(sum(coalesce(o.amount, 0)), 4), json_group_array(DISTINCT o.channel),
+  json_group_array(DISTINCT {ORDER_CATEGORIES})
 FROM orders o JOIN identity_keys k ON k.key = o.identity_key
 WHERE {whose} AND substr(o.ordered_at, 1, 10) <= :end
-  AND (o.status IS NULL OR lower(o.status) NOT IN ({VOID}))""",
+  AND (o.status IS NULL OR lower(o.status) NOT IN ({VOID}))
+GROUP BY k.one_id, substr(o.ordered_at, 1, 10) ORDER BY k.one_id, substr(o.ordered_at, 1, 10)""",
             params,
         )
-        # customer codes: 0, 1, ... in one_id order, from the purchase days
-        self.index: dict[str, int] = {}
-        # each customer's purchase days in order: code, day, orders, spend (rounded per day)
-        self.days = self._rows(
-            f"SELECT one_id, {DAY_NUMBER.format('day')}, count(*), "
-            f"round(sum(coalesce(amount, 0)), 4) FROM {n}_orders GROUP BY one_id, day "
-            "ORDER BY one_id, day",
-            grow=True,
-        )
-        # a channel counts from the first day the customer ordered through it
-        self.channels = self._rows(
-            f"SELECT one_id, {DAY_NUMBER.format('min(day)')} FROM {n}_orders "
-            "WHERE channel IS NOT NULL GROUP BY one_id, channel"
-        )
-        # the categories of each purchase day: an order's items' (parsed only where it has
-        # items), else the order's own
-        conn.execute(
-            f"CREATE TEMP TABLE {n}_categories (one_id, category, day, "
-            "PRIMARY KEY (one_id, category, day)) WITHOUT ROWID"
-        )
-        conn.execute(
-            f"""INSERT OR IGNORE INTO {n}_categories
-SELECT one_id, category, day FROM (
-  SELECT one_id, category, day FROM {n}_orders WHERE items IS NULL OR NOT json_valid(items)
-  UNION ALL
-  SELECT po.one_id, coalesce(i.value ->> '$.category', po.category), po.day
-  FROM {n}_orders po LEFT JOIN json_each(po.items) i
-  WHERE po.items IS NOT NULL AND json_valid(po.items))
-WHERE category IS NOT NULL AND category != ''"""
-        )
-        conn.execute(f"DROP TABLE temp.{n}_orders")
         self.events = self._rows(
             f"""SELECT k.one_id, {DAY_NUMBER.format("substr(e.occurred_at, 1, 10)")}, count(*)
 FROM events e JOIN identity_keys k ON k.key = e.identity_key
@@ -157,29 +164,53 @@ WHERE {whose} AND substr(e.occurred_at, 1, 10) <= :end
 GROUP BY k.one_id, substr(e.occurred_at, 1, 10)""",
             params,
         )
-        self.one_ids = np.array(list(self.index), dtype=object)
-        code = self.days[0]
-        self.starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]]) if len(code) else code
 
-    def _rows(
-        self, sql: str, params: dict[str, Any] | None = None, grow: bool = False
-    ) -> list[np.ndarray]:
+    def _read_days(self, sql: str, params: dict[str, Any]) -> None:
+        """self.days: each customer's purchase days in order (code, day, orders, spend);
+        self.channels: each customer's channels with the first day of each (code, day);
+        self.day_categories: the categories of each purchase day (row in days, category)."""
+        channels = _Codes()
+        categories = _Codes(_order_categories)
+        parts: list[list[np.ndarray]] = []
+        rows_before = 0
+        cursor = self.db.conn.execute(sql, params)
+        while rows := cursor.fetchmany(CHUNK):
+            chunk = list(zip(*rows, strict=True))
+            codes = [self.index.setdefault(one_id, len(self.index)) for one_id in chunk[0]]
+            parts.append([
+                np.array(codes, dtype=np.int64), *(np.array(c, float) for c in chunk[1:4]),
+                *channels.expand(chunk[4], rows_before), *categories.expand(chunk[5], rows_before),
+            ])  # fmt: skip
+            rows_before += len(rows)
+        if parts:
+            columns = [np.concatenate(c) for c in zip(*parts, strict=True)]
+        else:
+            columns = [np.zeros(0, dtype=np.int64)] * 2 + [np.zeros(0)] * 2
+            columns += [np.zeros(0, dtype=np.int64)] * 4
+        code, day, orders, spent, ch_rows, ch_codes, cat_rows, cat_codes = columns
+        self.days: list[np.ndarray] = [code, day, orders, spent]
+        self.one_ids = np.array(list(self.index), dtype=object)
+        self.starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]]) if len(code) else code
+        # a channel counts from the first day the customer ordered through it: the first of
+        # its (customer, channel) rows, as the rows are in day order
+        pairs = code[ch_rows] * max(len(channels.names), 1) + ch_codes
+        _, first = np.unique(pairs, return_index=True)
+        self.channels = [code[ch_rows[first]], day[ch_rows[first]]]
+        self.day_categories = (cat_rows, cat_codes)
+        self.category_names = categories.names
+
+    def _rows(self, sql: str, params: dict[str, Any]) -> list[np.ndarray]:
         """A query's rows (one_id, numbers...) as columns: the customer's code, then each
-        number as floats. With `grow` a new one_id gets the next code (rows in one_id order);
-        without, rows of customers without a purchase day are left out."""
-        cursor = self.db.conn.execute(sql, params or {})
-        index, parts = self.index, []
+        number as floats; rows of customers without a purchase day are left out."""
+        cursor = self.db.conn.execute(sql, params)
+        parts = []
         while rows := cursor.fetchmany(CHUNK):
             ids, *numbers = zip(*rows, strict=True)
-            if grow:
-                codes = [index.setdefault(one_id, len(index)) for one_id in ids]
-            else:
-                codes = [index.get(one_id, -1) for one_id in ids]
+            codes = [self.index.get(one_id, -1) for one_id in ids]
             parts.append([np.array(codes, dtype=np.int64)] + [np.array(c, float) for c in numbers])
-        width = len(cursor.description)
-        columns = [np.concatenate(c) for c in zip(*parts, strict=True)] if parts else None
-        if columns is None:
-            return [np.zeros(0, dtype=np.int64)] + [np.zeros(0) for _ in range(width - 1)]
+        if not parts:
+            return [np.zeros(0, dtype=np.int64)] + [np.zeros(0)] * (len(cursor.description) - 1)
+        columns = [np.concatenate(c) for c in zip(*parts, strict=True)]
         known = columns[0] >= 0
         return columns if known.all() else [c[known] for c in columns]
 
@@ -243,21 +274,21 @@ GROUP BY k.one_id, substr(e.occurred_at, 1, 10)""",
                        orders_up_to)  # fmt: skip
 
     def categories(self, cut: date, later_days: int = 0) -> CategoryHistory:
-        """Who bought in which category up to `cut`, and in the `later_days` after it."""
+        """Who bought in which category up to `cut`, and in the `later_days` after it: per
+        customer and category, the purchase days with an order in it before and after."""
         end = cut + timedelta(days=later_days)
         self._check(end)
-        history = CategoryHistory()
-        for customer, category, before, after in self.db.conn.execute(
-            f"SELECT one_id, category, sum(day <= :cut), sum(day > :cut) "
-            f"FROM {self.name}_categories WHERE day <= :end GROUP BY one_id, category",
-            {"cut": cut.isoformat(), "end": end.isoformat()},
-        ):
-            if before:
-                history.before.setdefault(category, {})[customer] = before
-                history.buyers[category] = history.buyers.get(category, 0) + 1
-            if after:
-                history.after.setdefault(category, {})[customer] = after
-        return history
+        rows, category = self.day_categories
+        code, day = self.days[0][rows], self.days[1][rows]
+        kept = day <= day_number(end)
+        width = max(len(self.category_names), 1)
+        pairs, which = np.unique(code[kept] * width + category[kept], return_inverse=True)
+        before = day[kept] <= day_number(cut)
+        return CategoryHistory(
+            self.index, self.category_names, pairs // width, pairs % width,
+            np.bincount(which, weights=before, minlength=len(pairs)),
+            np.bincount(which, weights=~before, minlength=len(pairs)),
+        )  # fmt: skip
 
 
 def customer_inputs(
@@ -265,8 +296,7 @@ def customer_inputs(
 ) -> CustomerInputs:
     """Every customer with an order up to `as_of` (or the one `one_id`), with the purchase days
     in the `later_days` after it counted too (labels for a model trained as of this day)."""
-    with OrderHistory(db, as_of + timedelta(days=later_days), one_id) as history:
-        return history.inputs(as_of, later_days)
+    return OrderHistory(db, as_of + timedelta(days=later_days), one_id).inputs(as_of, later_days)
 
 
 def _arrays(
@@ -294,13 +324,36 @@ def _arrays(
     )
 
 
-@dataclass
 class CategoryHistory:
-    """Per category: each customer's purchase days in it up to the cut, and after it."""
+    """Per category: each customer's purchase days in it up to the cut, and after it, over the
+    (customer, category) pairs of a history (customer and category as codes)."""
 
-    before: dict[str, dict[str, int]] = field(default_factory=dict)  # category -> one_id -> n
-    after: dict[str, dict[str, int]] = field(default_factory=dict)  # the same, after the cut
-    buyers: dict[str, int] = field(default_factory=dict)  # category -> buyers up to the cut
+    def __init__(
+        self, index: dict[str, int], names: list[Any], customer: np.ndarray,
+        category: np.ndarray, before: np.ndarray, after: np.ndarray,
+    ) -> None:  # fmt: skip
+        self.index, self.codes = index, {name: i for i, name in enumerate(names)}
+        self.customer, self.category, self.before, self.after = customer, category, before, after
+        counts = np.bincount(category[before > 0], minlength=len(names))
+        # category -> customers who bought in it up to the cut
+        self.buyers = {names[c]: int(n) for c, n in enumerate(counts) if n}
+
+    def _per_customer(self, values: np.ndarray, category: Any, one_ids: np.ndarray) -> np.ndarray:
+        dense = np.zeros(len(self.index) + 1)  # the last: customers not in the history
+        if category in self.codes:
+            mine = self.category == self.codes[category]
+            dense[self.customer[mine]] = values[mine]
+        missing = len(self.index)
+        codes = [self.index.get(one_id, missing) for one_id in one_ids]
+        return dense[np.array(codes, dtype=np.int64)]
+
+    def days_before(self, category: Any, one_ids: np.ndarray) -> np.ndarray:
+        """Each customer's purchase days in the category up to the cut."""
+        return self._per_customer(self.before, category, one_ids)
+
+    def days_after(self, category: Any, one_ids: np.ndarray) -> np.ndarray:
+        """Each customer's purchase days in the category after the cut."""
+        return self._per_customer(self.after, category, one_ids)
 
 
 def category_history(
@@ -308,8 +361,7 @@ def category_history(
 ) -> CategoryHistory:
     """Who bought in which category (an order's items' categories, else its own) up to `cut`,
     and in the `later_days` after it (everyone, or the one `one_id`)."""
-    with OrderHistory(db, cut + timedelta(days=later_days), one_id) as history:
-        return history.categories(cut, later_days)
+    return OrderHistory(db, cut + timedelta(days=later_days), one_id).categories(cut, later_days)
 
 
 def top_categories(history: CategoryHistory, count: int) -> list[str]:

@@ -111,9 +111,7 @@ def fit_models(
 ) -> FittedModels:
     """Learn every model from the history up to `as_of` (`history`: the orders read already,
     up to `as_of` or later, which the fit does not look past); PredictError when it has none."""
-    if history is None:
-        with OrderHistory(db, as_of) as history:
-            return fit_models(db, settings, as_of, fit_sample, history)
+    history = OrderHistory(db, as_of) if history is None else history
     now = history.inputs(as_of)
     check_history(now)
     fitted_on = now.take(sample_rows(len(now), fit_sample))
@@ -165,8 +163,7 @@ def _fit_classifiers(history: OrderHistory, models: FittedModels) -> None:
 
 
 def category_labels(history: CategoryHistory, category: str, one_ids: np.ndarray) -> np.ndarray:
-    buyers = history.after.get(category, {})
-    return np.fromiter((one_id in buyers for one_id in one_ids), dtype=int, count=len(one_ids))
+    return (history.days_after(category, one_ids) > 0).astype(int)
 
 
 def churn_matrix(models: FittedModels, inputs: CustomerInputs) -> np.ndarray:
@@ -181,10 +178,7 @@ def propensity_matrix(
     models: FittedModels, inputs: CustomerInputs, history: CategoryHistory, category: str
 ) -> np.ndarray:
     """PROPENSITY_FEATURES: the churn features and the purchase days in the category so far."""
-    counts = history.before.get(category, {})
-    days = np.fromiter(
-        (counts.get(one_id, 0) for one_id in inputs.one_ids), dtype=float, count=len(inputs)
-    )
+    days = history.days_before(category, inputs.one_ids)
     return np.column_stack([churn_matrix(models, inputs), days])
 
 
@@ -216,9 +210,7 @@ def score(
 ) -> Scores:
     """Every customer with an order up to `as_of` (`history`: the orders read already, up to
     `as_of`), scored by the fitted models."""
-    if history is None:
-        with OrderHistory(db, as_of) as history:
-            return score(db, models, as_of, history)
+    history = OrderHistory(db, as_of) if history is None else history
     inputs = history.inputs(as_of)
     columns = clv_scores(models, inputs)
     columns["churn_risk"] = (

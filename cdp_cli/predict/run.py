@@ -51,10 +51,10 @@ def predict(
 ) -> PredictResult:
     """Fit every model as of the day and score every customer with an order; with `dry_run`
     nothing is written (the result says what would be)."""
-    with OrderHistory(db, as_of) as history:  # the orders, read once for fit and scores
-        models = fit_models(db, settings, as_of, fit_sample, history)
-        model_id = None if dry_run else save_model(db, models, library_versions())
-        scores = score(db, models, as_of, history)
+    history = OrderHistory(db, as_of)  # the orders, read once for fit and scores
+    models = fit_models(db, settings, as_of, fit_sample, history)
+    model_id = None if dry_run else save_model(db, models, library_versions())
+    scores = score(db, models, as_of, history)
     if model_id is not None:
         save_scores(db, model_id, scores, as_of)
     return _result(models, scores, as_of, "fitted", model_id, dry_run)
