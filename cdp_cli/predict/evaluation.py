@@ -82,13 +82,14 @@ def evaluate(
             "customers; every customer is evaluated"
         )
     churned = (inputs.later_orders == 0).astype(int)
+    base = churn_matrix(models, inputs)
     if models.churn is not None and 0 < churned.sum() < len(churned):
-        result.churn = _churn(models.churn.predict(churn_matrix(models, inputs)), churned, inputs)
+        result.churn = _churn(models.churn.predict(base), churned, inputs)
     result.orders = _orders(expected_orders(models.clv, inputs, days), inputs, days)
     for category, classifier in models.propensity.items():
         bought = category_labels(categories, category, inputs.one_ids)
         if 0 < bought.sum() < len(bought):
-            matrix = propensity_matrix(models, inputs, categories, category)
+            matrix = propensity_matrix(models, inputs, categories, category, base)
             scores = classifier.predict(matrix)
             baseline = matrix[:, -1]  # purchase days in the category so far
             result.propensity[category] = {

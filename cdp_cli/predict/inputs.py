@@ -337,15 +337,23 @@ class CategoryHistory:
         counts = np.bincount(category[before > 0], minlength=len(names))
         # category -> customers who bought in it up to the cut
         self.buyers = {names[c]: int(n) for c, n in enumerate(counts) if n}
+        self._asked: tuple[np.ndarray, np.ndarray] | None = None
 
     def _per_customer(self, values: np.ndarray, category: Any, one_ids: np.ndarray) -> np.ndarray:
         dense = np.zeros(len(self.index) + 1)  # the last: customers not in the history
         if category in self.codes:
             mine = self.category == self.codes[category]
             dense[self.customer[mine]] = values[mine]
-        missing = len(self.index)
-        codes = [self.index.get(one_id, missing) for one_id in one_ids]
-        return dense[np.array(codes, dtype=np.int64)]
+        return dense[self._codes(one_ids)]
+
+    def _codes(self, one_ids: np.ndarray) -> np.ndarray:
+        """The customers' codes (the last for one not in the history); the last asked is kept,
+        as every category asks for the same customers."""
+        if self._asked is None or self._asked[0] is not one_ids:
+            missing = len(self.index)
+            codes = [self.index.get(one_id, missing) for one_id in one_ids]
+            self._asked = (one_ids, np.array(codes, dtype=np.int64))
+        return self._asked[1]
 
     def days_before(self, category: Any, one_ids: np.ndarray) -> np.ndarray:
         """Each customer's purchase days in the category up to the cut."""

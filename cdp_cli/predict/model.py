@@ -142,12 +142,12 @@ def _fit_classifiers(history: OrderHistory, models: FittedModels) -> None:
     train = train.take(sample_rows(len(train), CLASSIFIER_SAMPLE))
     churned = (train.later_orders == 0).astype(int)
     problem = class_problem(1 - churned, "churn_risk (customers who ordered again)", window)
+    base = churn_matrix(models, train)
     if problem:
         models.notes.append(f"{problem}; scores are empty")
     else:
-        matrix = churn_matrix(models, train)
-        models.churn = fit_classifier(matrix, churned, CHURN_FEATURES)
-        models.evaluation["churn"] = holdout_scores(matrix, churned, CHURN_FEATURES)
+        models.churn = fit_classifier(base, churned, CHURN_FEATURES)
+        models.evaluation["churn"] = holdout_scores(base, churned, CHURN_FEATURES)
     categories = history.categories(cut, days)
     for category in top_categories(categories, models.settings.categories):
         bought = category_labels(categories, category, train.one_ids)
@@ -155,7 +155,7 @@ def _fit_classifiers(history: OrderHistory, models: FittedModels) -> None:
         if problem:
             models.notes.append(f"{problem}; scores are empty")
             continue
-        matrix = propensity_matrix(models, train, categories, category)
+        matrix = propensity_matrix(models, train, categories, category, base)
         models.propensity[category] = fit_classifier(matrix, bought, PROPENSITY_FEATURES)
         models.evaluation[f"propensity_{category}"] = holdout_scores(
             matrix, bought, PROPENSITY_FEATURES
@@ -175,11 +175,16 @@ def churn_matrix(models: FittedModels, inputs: CustomerInputs) -> np.ndarray:
 
 
 def propensity_matrix(
-    models: FittedModels, inputs: CustomerInputs, history: CategoryHistory, category: str
+    models: FittedModels,
+    inputs: CustomerInputs,
+    history: CategoryHistory,
+    category: str,
+    churn: np.ndarray | None = None,
 ) -> np.ndarray:
-    """PROPENSITY_FEATURES: the churn features and the purchase days in the category so far."""
-    days = history.days_before(category, inputs.one_ids)
-    return np.column_stack([churn_matrix(models, inputs), days])
+    """PROPENSITY_FEATURES: the churn features (`churn`: churn_matrix of these inputs, when
+    computed already) and the purchase days in the category so far."""
+    churn = churn_matrix(models, inputs) if churn is None else churn
+    return np.column_stack([churn, history.days_before(category, inputs.one_ids)])
 
 
 def holdout_scores(
@@ -213,16 +218,15 @@ def score(
     history = OrderHistory(db, as_of) if history is None else history
     inputs = history.inputs(as_of)
     columns = clv_scores(models, inputs)
+    base = churn_matrix(models, inputs)
     columns["churn_risk"] = (
-        models.churn.predict(churn_matrix(models, inputs))
-        if models.churn
-        else np.full(len(inputs), np.nan)
+        models.churn.predict(base) if models.churn else np.full(len(inputs), np.nan)
     )
     propensity: dict[str, np.ndarray] = {}
     if models.propensity:
         categories = history.categories(as_of)
         for category, classifier in models.propensity.items():
-            matrix = propensity_matrix(models, inputs, categories, category)
+            matrix = propensity_matrix(models, inputs, categories, category, base)
             propensity[category] = classifier.predict(matrix)
     return Scores(inputs.one_ids, columns, propensity)
 

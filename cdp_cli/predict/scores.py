@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+import sqlite3
 from dataclasses import asdict
 from datetime import date
-from itertools import repeat
+from itertools import chain, cycle, repeat
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,8 @@ from cdp_cli.config import PredictSettings
 from cdp_cli.predict.fields import MODEL_KIND
 from cdp_cli.predict.model import SCORE_COLUMNS, FittedModels, Scores
 from cdp_cli.store import now_iso, transaction
+
+ROWS_AT_ONCE = 100_000  # customers whose propensity rows are built at once
 
 
 def data_fingerprint(db: sqlite_utils.Database, as_of: date) -> str:
@@ -100,11 +102,7 @@ def save_scores(db: sqlite_utils.Database, model_id: int, scores: Scores, as_of:
             f"INSERT INTO predictions (one_id, model_id, {names}) VALUES ({marks})",
             zip(one_ids, repeat(model_id), *columns, strict=False),
         )
-        conn.executemany(
-            "INSERT INTO prediction_propensities (one_id, category, model_id, probability) "
-            "VALUES (?, ?, ?, ?)",
-            _propensity_rows(model_id, one_ids, scores.propensity),
-        )
+        _write_propensities(conn, model_id, one_ids, scores.propensity)
         cursor = conn.execute(
             "INSERT INTO prediction_runs (model_id, as_of, scored_at, inputs, customers) "
             "VALUES (?, ?, ?, ?, ?)",
@@ -114,17 +112,26 @@ def save_scores(db: sqlite_utils.Database, model_id: int, scores: Scores, as_of:
         return cursor.lastrowid
 
 
-def _propensity_rows(
-    model_id: int, one_ids: list[str], propensity: dict[str, np.ndarray]
-) -> Iterator[tuple[str, str, int, float | None]]:
+def _write_propensities(
+    conn: sqlite3.Connection, model_id: int, one_ids: list[str], propensity: dict[str, np.ndarray]
+) -> None:
     """A row per customer and category with a probability, in the table's key order (one_id,
-    then category): appended, not inserted category by category all over the table."""
+    then category): appended, not inserted category by category all over the table; built
+    ROWS_AT_ONCE customers at a time, by zip rather than a Python loop per row."""
     categories = sorted(propensity, key=str)
-    values = [_stored(propensity[category]) for category in categories]
-    for i, one_id in enumerate(one_ids):
-        for category, column in zip(categories, values, strict=True):
-            if column[i] is not None:
-                yield (one_id, category, model_id, column[i])
+    if not categories:
+        return
+    columns = [_stored(propensity[category]) for category in categories]
+    for start in range(0, len(one_ids), ROWS_AT_ONCE):
+        part = slice(start, start + ROWS_AT_ONCE)
+        values = list(chain.from_iterable(zip(*(c[part] for c in columns), strict=True)))
+        ids = chain.from_iterable(repeat(one_id, len(categories)) for one_id in one_ids[part])
+        rows = zip(ids, cycle(categories), repeat(model_id), values, strict=False)
+        conn.executemany(
+            "INSERT INTO prediction_propensities (one_id, category, model_id, probability) "
+            "VALUES (?, ?, ?, ?)",
+            rows if None not in values else [row for row in rows if row[3] is not None],
+        )
 
 
 def last_run(db: sqlite_utils.Database) -> dict[str, Any] | None:
