@@ -25,7 +25,7 @@ from cdp_cli.predict.fields import MODEL_KIND
 from cdp_cli.predict.model import SCORE_COLUMNS, FittedModels, Scores
 from cdp_cli.store import now_iso, transaction
 
-ROWS_AT_ONCE = 100_000  # customers whose propensity rows are built at once
+ROWS_AT_ONCE = 100_000  # customers whose score rows are built at once (lists, not a loop per row)
 
 
 def data_fingerprint(db: sqlite_utils.Database, as_of: date) -> str:
@@ -97,11 +97,14 @@ def save_scores(db: sqlite_utils.Database, model_id: int, scores: Scores, as_of:
         conn.execute("DELETE FROM predictions")
         conn.execute("DELETE FROM prediction_propensities")
         one_ids = scores.one_ids.tolist()
-        columns = [_stored(scores.columns[name]) for name in SCORE_COLUMNS]
-        conn.executemany(
-            f"INSERT INTO predictions (one_id, model_id, {names}) VALUES ({marks})",
-            zip(one_ids, repeat(model_id), *columns, strict=False),
-        )
+        columns = [scores.columns[name] for name in SCORE_COLUMNS]
+        for start in range(0, len(one_ids), ROWS_AT_ONCE):
+            part = slice(start, start + ROWS_AT_ONCE)
+            conn.executemany(
+                f"INSERT INTO predictions (one_id, model_id, {names}) VALUES ({marks})",
+                zip(one_ids[part], repeat(model_id), *(_stored(c[part]) for c in columns),
+                    strict=False),
+            )  # fmt: skip
         _write_propensities(conn, model_id, one_ids, scores.propensity)
         cursor = conn.execute(
             "INSERT INTO prediction_runs (model_id, as_of, scored_at, inputs, customers) "
@@ -116,15 +119,14 @@ def _write_propensities(
     conn: sqlite3.Connection, model_id: int, one_ids: list[str], propensity: dict[str, np.ndarray]
 ) -> None:
     """A row per customer and category with a probability, in the table's key order (one_id,
-    then category): appended, not inserted category by category all over the table; built
-    ROWS_AT_ONCE customers at a time, by zip rather than a Python loop per row."""
+    then category): appended, not inserted category by category all over the table."""
     categories = sorted(propensity, key=str)
     if not categories:
         return
-    columns = [_stored(propensity[category]) for category in categories]
+    columns = [propensity[category] for category in categories]
     for start in range(0, len(one_ids), ROWS_AT_ONCE):
         part = slice(start, start + ROWS_AT_ONCE)
-        values = list(chain.from_iterable(zip(*(c[part] for c in columns), strict=True)))
+        values = list(chain.from_iterable(zip(*(_stored(c[part]) for c in columns), strict=True)))
         ids = chain.from_iterable(repeat(one_id, len(categories)) for one_id in one_ids[part])
         rows = zip(ids, cycle(categories), repeat(model_id), values, strict=False)
         conn.executemany(
