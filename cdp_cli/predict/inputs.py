@@ -142,7 +142,7 @@ class OrderHistory:
 
     def __init__(self, db: sqlite_utils.Database, end: date, one_id: str | None = None) -> None:
         self.db, self.end, self.one_id = db, end, one_id
-        self._inputs: dict[tuple[date, int], CustomerInputs] = {}
+        self._last: tuple[tuple[date, int], CustomerInputs] | None = None
         self.index: dict[str, int] = {}  # one_id -> code: 0, 1, ... in one_id order
         params = {"end": end.isoformat(), "one": one_id}
         # by the one_id index for one customer (--explain), else everyone with an id
@@ -222,10 +222,13 @@ GROUP BY k.one_id, substr(e.occurred_at, 1, 10)""",
         """Every customer with an order up to `as_of`, with the purchase days in the
         `later_days` after it counted too (labels for a model trained as of this day)."""
         key = (as_of, later_days)
-        if key not in self._inputs:
+        if self._last is None or self._last[0] != key:
             self._check(as_of + timedelta(days=later_days))
-            self._inputs[key] = self._customer_inputs(as_of, later_days)
-        return self._inputs[key]
+            # only the last cut is kept (scoring asks for the fit's first again): at a million
+            # customers the training cut is 140 MB the scores no longer need
+            self._last = None
+            self._last = (key, self._customer_inputs(as_of, later_days))
+        return self._last[1]
 
     def _customer_inputs(self, as_of: date, later_days: int) -> CustomerInputs:
         """The customer_inputs of docs/predict.md, per customer code; each sum in day order
