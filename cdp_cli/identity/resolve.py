@@ -555,6 +555,8 @@ def _full(db: sqlite_utils.Database, config: Config, run_id: int, result: Resolv
     previous = dict(db.conn.execute("SELECT key, one_id FROM identity_keys"))
     _, successors = _replaced_keys(db)
     _inherit(previous, successors, dict(previous))
+    # Matching first: its model input and DuckDB are freed before the graph is built.
+    matching = match.prepare(db, config, None, full=True)
     normalizer = Normalizer(config.identity, config.region)
     graph = Graph(config.identity.types)
     unusable: list[tuple[int, str, str, str]] = []
@@ -565,9 +567,12 @@ def _full(db: sqlite_utils.Database, config: Config, run_id: int, result: Resolv
         graph.add_key(key, found)
         unusable += [(key, r.type, r.raw, r.reason) for r in rejected]
     _erase_forgotten(db, tombstones, forgotten, result)
+    if matching is not None:
+        matching.forget(forgotten)
     result.keys_new = len(graph.key_node.keys() - previous.keys())
-    matching = match.prepare(db, config, None, full=True)
-    _write(db, config, graph, unusable, previous, run_id, result, True, matching)
+    written = _write(db, config, graph, unusable, previous, run_id, result, True, matching)
+    del graph, previous, unusable  # a gigabyte at 1M keys, free before the profiles are built
+    _finish(db, config, written, run_id, result, True, matching)
 
 
 def _replaced_keys(db: sqlite_utils.Database) -> tuple[list[int], dict[int, int]]:
@@ -700,8 +705,10 @@ def _incremental(
     previous.update({key: one_id for key, one_id in lost.items() if key not in previous})
     if matching is not None:  # the customers reloaded keep the probable links they had
         matching.earlier += match.earlier_links(db, graph.key_node)
-        matching.records += match.records_of(db, matching.rules, graph.key_node)
-    _write(db, config, graph, unusable, previous, run_id, result, False, matching)
+        matching.in_scope += match.in_scope_keys(db, graph.key_node)
+    written = _write(db, config, graph, unusable, previous, run_id, result, False, matching)
+    del graph, previous, unusable
+    _finish(db, config, written, run_id, result, False, matching)
 
 
 def _one_ids_of(db: sqlite_utils.Database, keys: set[int]) -> set[str]:
@@ -727,10 +734,11 @@ def _write(
     result: ResolveResult,
     full: bool,
     matching: match.MatchRun | None = None,
-) -> None:
+) -> tuple[set[str], str]:
     """Resolve the graph and store it: on a full run in place of everything resolved before,
     on an incremental one over the part of it the graph holds. Probable links come after
-    every deterministic one, under the same guards."""
+    every deterministic one, under the same guards. The one_ids the graph holds now, and the
+    time of the run."""
     graph.resolve()
     if matching is not None:
         matching.link(graph)
@@ -746,6 +754,7 @@ def _write(
         id_of = _rewrite(db, key_rows, ident_rows, graph)
     else:
         id_of = _update(db, key_rows, ident_rows, graph)
+    del key_rows, ident_rows  # written
     db.conn.executemany(
         "INSERT INTO unusable_values (key, type, raw, reason) VALUES (?, ?, ?, ?)", unusable
     )
@@ -759,6 +768,21 @@ def _write(
     current = set(one_ids.values())  # a set: a membership test on .values() scans them all
     merged_away = [old for old in set(previous.values()) if old and old not in current]
     db.conn.executemany("DELETE FROM profiles WHERE one_id = ?", [(o,) for o in merged_away])
+    return current, at
+
+
+def _finish(
+    db: sqlite_utils.Database,
+    config: Config,
+    written: tuple[set[str], str],
+    run_id: int,
+    result: ResolveResult,
+    full: bool,
+    matching: match.MatchRun | None,
+) -> None:
+    """The golden profiles of what _write stored, and matching's links and review queue: done
+    once the caller has let the graph go, as SQLite's sorters want the room."""
+    current, at = written
     build_profiles(
         db, [] if full else sorted(current), at, config.identity.source_priority, everyone=full
     )
@@ -810,7 +834,7 @@ def _rewrite(
         conn.executemany(
             "INSERT INTO identifiers (id, type, value, detail, one_id, status, reason) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(id_of[inode], *row) for inode, row in ident_rows],
+            ((id_of[inode], *row) for inode, row in ident_rows),  # not a second list
         )
     with indexes_built_after(conn, "key_identifiers", bulk=True):
         conn.executemany(
