@@ -52,7 +52,7 @@ INSTALL_HINT = "pip install 'cdp[match]'"
 EXACT_FIELDS = ("city", "province", "gender", "level", "store")
 SEED = 20260101  # random sampling of u: the same store trains the same model
 U_SAMPLE_PAIRS = 1_000_000
-DUCKDB_MEMORY = "1GB"  # DuckDB spills past it; the rest of a resolve stays under 3 GB at 1M
+DUCKDB_MEMORY = "1GB"  # DuckDB's cap; with the rest of a full resolve, under 3 GB at 1M records
 
 
 def check_available() -> None:
@@ -158,8 +158,8 @@ def compared_form(kind: str, value: str | None) -> str | None:
 @dataclass(slots=True)
 class MatchRecord:
     """One identity key with match fields, as compared, in the order of identity.match.fields
-    (a tuple: a million of them are held at once; the fields as written go straight to
-    match_records, for the review queue)."""
+    (a full run holds a chunk of them at a time, on their way to the model's Arrow table; the
+    fields as written go straight to match_records, for the review queue)."""
 
     key: int
     source: str
@@ -773,8 +773,7 @@ def decided_since(db: sqlite_utils.Database, since: str) -> set[int]:
 def records_of(
     db: sqlite_utils.Database, rules: MatchRules, keys: Iterable[int]
 ) -> list[MatchRecord]:
-    """The stored match records of these keys (an incremental run's reloaded customers: each
-    record that needs matching stays a customer by itself)."""
+    """The stored match records of these keys: those an incremental run's new records meet."""
     _fill_match_keys(db, keys)
 
     def ordered(text: str) -> tuple[str | None, ...]:
