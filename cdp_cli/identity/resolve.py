@@ -381,19 +381,15 @@ def _assign(
 ) -> tuple[dict[int, str], dict[str, int]]:
     """one_id per component root, keeping old one_ids; history rows for merges and splits."""
     groups = graph.components()
-    # Which component keeps each old one_id: the one holding most of its keys.
-    share: dict[str, Counter[int]] = defaultdict(Counter)
-    for root, knodes in groups.items():
-        for knode in knodes:
-            old = previous.get(graph.label[knode])
-            if old:
-                share[old][root] += 1
+    share = _share(graph, groups, previous)
     claimed: dict[int, list[str]] = defaultdict(list)
     olds_in: dict[int, list[str]] = defaultdict(list)  # root -> the old one_ids it has keys of
-    for old, roots in share.items():
+    for old, root in share.only.items():
+        claimed[root].append(old)
+    for old, roots in share.several.items():
         root = max(roots, key=lambda r: (roots[r], -r))
         claimed[root].append(old)
-        for root in roots:
+        for root in roots:  # a root that claims none of them was split from them
             olds_in[root].append(old)
     # Which of several old one_ids a merged component keeps: the oldest profile's.
     created_at = _created_at(
@@ -422,7 +418,7 @@ def _assign(
                 history.append((one_ids[root], "created", None))
                 stats["created"] += 1
     # A one_id that no part of the graph carries any more: its records identify no one now.
-    unclaimed = {o for o in previous.values() if o} - set(share)
+    unclaimed = {o for o in previous.values() if o} - share.only.keys() - share.several.keys()
     history += [(old, "removed", None) for old in sorted(unclaimed)]
     stats["removed"] = len(unclaimed)
     at = now_iso()
@@ -431,6 +427,34 @@ def _assign(
         [(one_id, event, other, run_id, at) for one_id, event, other in history],
     )
     return one_ids, stats
+
+
+@dataclass
+class _Share:
+    """Which components hold the keys of each old one_id: `only` the one root of most (a
+    single dict, not a Counter per one_id: a rerun at 1M holds 760k of them), `several` the
+    keys counted by root for those the graph parts."""
+
+    only: dict[str, int] = field(default_factory=dict)
+    several: dict[str, Counter[int]] = field(default_factory=dict)
+
+
+def _share(graph: Graph, groups: dict[int, list[int]], previous: dict[int, str | None]) -> _Share:
+    share = _Share()
+    counted: dict[str, int] = {}  # keys of an old one_id in its `only` root so far
+    only, several, label = share.only, share.several, graph.label
+    for root, knodes in groups.items():
+        for knode in knodes:
+            old = previous.get(label[knode])
+            if not old:
+                continue
+            if old in several:
+                several[old][root] += 1
+            elif only.setdefault(old, root) == root:
+                counted[old] = counted.get(old, 0) + 1
+            else:
+                several[old] = Counter({only.pop(old): counted.pop(old), root: 1})
+    return share
 
 
 def _created_at(db: sqlite_utils.Database, one_ids: list[str]) -> dict[str, str]:
