@@ -21,6 +21,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cdp_cli.cli import cli
+from cdp_cli.config import load_config
+from cdp_cli.ingest import ingest_file
+from cdp_cli.store import open_store
 from tests.conftest import query
 
 pytest.importorskip("splink")
@@ -283,6 +286,28 @@ def test_a_new_batch_is_matched_against_existing_customers(project, tmp_path):
     shutil.copytree(project, full)
     ok(cdp(full, "resolve", "--full"))
     assert one_ids(full, "legacy_crm") == legacy
+
+
+def test_a_record_a_full_run_erases_leaves_no_pair_behind(project):
+    """A full run scores before it erases the rows that carry a forgotten identifier (rows an
+    unscreened library ingest let in): their pairs go with them, none waits for review."""
+    ok(cdp(project, "forget", "--phone", "13900000081", "--yes"))  # member M00081
+    came_back = legacy_of(members()[80], "F1", 2)  # R1 again: a pair for review with R1
+    came_back[3], came_back[-1] = "", "M00081"
+    write_csv(project / "back.csv", LEGACY_HEADER, [came_back])
+    config = load_config(project / "cdp.yaml")
+    db = open_store(config.store)
+    try:
+        ingest_file(db, config.source("legacy_crm"), project / "back.csv")
+    finally:
+        db.close()
+    (key,) = query(project / "cdp.db", "SELECT identity_key FROM customers WHERE key = 'F1'")[0]
+    resolved = json.loads(ok(cdp(project, "resolve", "--full", "--json")).stdout)
+    assert any("forgotten person: erased" in n for n in resolved["notes"])
+    assert len(review_pairs_of(project, "R1")) == 1  # R1 still waits, with M00080 only
+    for table in ("match_reviews", "match_links"):
+        sql = f"SELECT count(*) FROM {table} WHERE ? IN (key_a, key_b)"
+        assert query(project / "cdp.db", sql, key) == [(0,)], table
 
 
 def test_without_the_extra_resolve_says_how_to_install_it(base, tmp_path):

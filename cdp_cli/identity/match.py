@@ -20,7 +20,6 @@ import json
 import logging
 import re
 import unicodedata
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
@@ -53,6 +52,7 @@ INSTALL_HINT = "pip install 'cdp[match]'"
 EXACT_FIELDS = ("city", "province", "gender", "level", "store")
 SEED = 20260101  # random sampling of u: the same store trains the same model
 U_SAMPLE_PAIRS = 1_000_000
+DUCKDB_MEMORY = "1GB"  # DuckDB's cap; with the rest of a full resolve, under 3 GB at 1M records
 
 
 def check_available() -> None:
@@ -158,8 +158,8 @@ def compared_form(kind: str, value: str | None) -> str | None:
 @dataclass(slots=True)
 class MatchRecord:
     """One identity key with match fields, as compared, in the order of identity.match.fields
-    (a tuple: a million of them are held at once; the fields as written go straight to
-    match_records, for the review queue)."""
+    (a full run holds a chunk of them at a time, on their way to the model's Arrow table; the
+    fields as written go straight to match_records, for the review queue)."""
 
     key: int
     source: str
@@ -220,17 +220,19 @@ def read_records(
 
 def save_records(
     db: sqlite_utils.Database, rules: MatchRules, read: Iterable[tuple[MatchRecord, Shown]]
-) -> list[MatchRecord]:
+) -> Any:
     """Write each record (as written and as compared) to match_records and its blocks to
-    match_blocks as it is read, a chunk at a time; the records, for the model."""
-    records: list[MatchRecord] = []
+    match_blocks as it is read, a chunk at a time; the records, for the model, as one Arrow
+    table (a million MatchRecords are 300 MB of Python objects; as Arrow, a tenth of it)."""
+    batches: list[Any] = []
     chunk: list[tuple[MatchRecord, Shown]] = []
     for item in read:
         chunk.append(item)
         if len(chunk) == 10_000:
-            records += _save_chunk(db, rules, chunk)
+            batches.append(_batch(_save_chunk(db, rules, chunk), rules.fields, set()))
             chunk = []
-    return records + _save_chunk(db, rules, chunk)
+    batches.append(_batch(_save_chunk(db, rules, chunk), rules.fields, set()))
+    return _concat(batches, rules.fields)
 
 
 def _save_chunk(
@@ -305,22 +307,25 @@ def met_by(db: sqlite_utils.Database, rules: MatchRules, new: list[MatchRecord])
     }
 
 
-def check_blocking(config: Config, records: list[MatchRecord]) -> None:
+def check_blocking(db: sqlite_utils.Database, config: Config, records: int) -> None:
     """Refuse blocking rules that would compare (almost) everything with everything: the
-    estimated comparisons of each rule, counted from the blocks, against max_comparisons."""
+    estimated comparisons of each rule, counted from match_blocks (in its key's order, so
+    SQLite holds one block at a time), against max_comparisons."""
     rules = config.identity.match
     assert rules is not None
-    for number, rule in enumerate(rules.blocking, 1):
-        places = [rules.fields.index(f) for f in rule]
-        blocks = Counter(
-            values for r in records if None not in (values := tuple(r.compared[i] for i in places))
+    counted = dict(
+        db.conn.execute(
+            "SELECT rule, sum(n * (n - 1) / 2) FROM (SELECT rule, count(*) AS n "
+            "FROM match_blocks GROUP BY rule, block) GROUP BY rule"
         )
-        comparisons = sum(n * (n - 1) // 2 for n in blocks.values())
+    )
+    for number, rule in enumerate(rules.blocking, 1):
+        comparisons = counted.get(number - 1) or 0
         if comparisons > rules.max_comparisons:
             raise ConfigError(
                 config.path,
                 f"identity.match.blocking: rule {number} ({', '.join(rule)}) would make "
-                f"{comparisons:,} comparisons of {len(records):,} records, more than "
+                f"{comparisons:,} comparisons of {records:,} records, more than "
                 f"max_comparisons ({rules.max_comparisons:,}): block on more fields",
                 config.match_line,
             )
@@ -358,28 +363,58 @@ def _rule_sql(fields: Iterable[str], new_only: bool = False) -> str:
     return sql + " AND (l.is_new = 1 OR r.is_new = 1)" if new_only else sql
 
 
-def _table(records: list[MatchRecord], fields: tuple[str, ...], new: set[int]) -> Any:
+def _schema(fields: tuple[str, ...]) -> Any:
     import pyarrow as pa  # type: ignore[import-untyped]
 
-    columns: dict[str, list[Any]] = {
-        "unique_id": [r.key for r in records],
-        "in_scope": [int(r.in_scope) for r in records],
-        "is_new": [int(r.key in new) for r in records],
-    }
-    for at, name in enumerate(fields):
-        columns[name] = [r.compared[at] for r in records]
-    return pa.table(columns, schema=pa.schema(
+    return pa.schema(
         [("unique_id", pa.int64()), ("in_scope", pa.int8()), ("is_new", pa.int8())]
         + [(name, pa.string()) for name in fields]
-    ))  # fmt: skip
+    )
 
 
-def _db_api() -> Any:
+def _batch(records: list[MatchRecord], fields: tuple[str, ...], new: set[int]) -> Any:
+    """Records as the model reads them: an Arrow record batch, `is_new` 1 for keys in `new`."""
+    import pyarrow as pa
+
+    columns: list[list[Any]] = [
+        [r.key for r in records],
+        [int(r.in_scope) for r in records],
+        [int(r.key in new) for r in records],
+    ]
+    columns += [[r.compared[at] for r in records] for at in range(len(fields))]
+    return pa.RecordBatch.from_arrays(columns, schema=_schema(fields))
+
+
+def _concat(batches: list[Any], fields: tuple[str, ...]) -> Any:
+    import pyarrow as pa
+
+    return pa.Table.from_batches(batches, schema=_schema(fields)).combine_chunks()
+
+
+def _table(records: list[MatchRecord], fields: tuple[str, ...], new: set[int]) -> Any:
+    return _concat([_batch(records, fields, new)], fields)
+
+
+def _in_scope_keys(table: Any) -> list[int]:
+    """The keys of a model input that need matching."""
+    import pyarrow.compute as pc  # type: ignore[import-untyped]
+
+    keys: list[int] = table.filter(pc.equal(table["in_scope"], 1))["unique_id"].to_pylist()
+    return keys
+
+
+@contextmanager
+def _db_api() -> Iterator[Any]:
+    """Splink's DuckDB, closed when done: its buffers are freed before resolve builds its
+    graph."""
     import duckdb
     from splink import DuckDBAPI
 
-    connection = duckdb.connect(config={"threads": 2, "memory_limit": "1GB"})
-    return DuckDBAPI(connection)
+    connection = duckdb.connect(config={"threads": 2, "memory_limit": DUCKDB_MEMORY})
+    try:
+        yield DuckDBAPI(connection)
+    finally:
+        connection.close()
 
 
 @contextmanager
@@ -397,20 +432,19 @@ def _splink_quiet() -> Iterator[None]:
         logger.propagate = propagate
 
 
-def train(config: Config, records: list[MatchRecord]) -> dict[str, Any]:
-    with _splink_quiet():
-        return _train(config, records)
+def train(config: Config, table: Any) -> dict[str, Any]:
+    with _splink_quiet(), _db_api() as api:
+        return _train(config, api, table)
 
 
-def _train(config: Config, records: list[MatchRecord]) -> dict[str, Any]:
+def _train(config: Config, api: Any, table: Any) -> dict[str, Any]:
     """A model trained without labels on these records: the prior from pairs that agree on
     every field, u by random sampling, m by expectation maximisation over blocking rules."""
     from splink import Linker, SettingsCreator
 
     rules = config.identity.match
     assert rules is not None
-    api = _db_api()
-    table = api.register(_table(records, rules.fields, set()))
+    table = api.register(table)
     settings = SettingsCreator(
         link_type="dedupe_only",
         comparisons=_comparisons(config, rules),
@@ -478,21 +512,22 @@ def _training_rules(rules: MatchRules) -> list[tuple[str, ...]]:
 
 
 def load_or_train(
-    db: sqlite_utils.Database, config: Config, records: list[MatchRecord], retrain: bool
+    db: sqlite_utils.Database, config: Config, table: Any, retrain: bool
 ) -> dict[str, Any]:
     """The stored model for these match settings; trained (and stored) when there is none,
-    or on a full run when the records have doubled since it was trained."""
+    or on a full run when the records (the rows of `table`) have doubled since it was
+    trained."""
     fingerprint = match_fingerprint(config)
     row = db.conn.execute(
         "SELECT model, records FROM match_models WHERE fingerprint = ?", (fingerprint,)
     ).fetchone()
-    if row and not (retrain and len(records) >= 2 * row[1]):
+    if row and not (retrain and table.num_rows >= 2 * row[1]):
         return json.loads(row[0])
-    model = train(config, records)
+    model = train(config, table)
     db.conn.execute(
         "INSERT OR REPLACE INTO match_models (fingerprint, model, trained_at, records) "
         "VALUES (?, ?, ?, ?)",
-        (fingerprint, json.dumps(model), now_iso(), len(records)),
+        (fingerprint, json.dumps(model), now_iso(), table.num_rows),
     )
     return model
 
@@ -501,44 +536,49 @@ def load_or_train(
 # Scoring pairs
 
 
-@dataclass
+@dataclass(slots=True)
 class Pair:
-    """Two identity keys the model scored, with each field's agreement and weight."""
+    """Two identity keys the model scored, with each field's agreement and weight (as the
+    JSON match_links stores: a quarter of a million pairs are held at once, and a string is
+    a tenth of the dicts it stands for)."""
 
     key_a: int
     key_b: int
     probability: float
     weight: float
-    fields: dict[str, dict[str, Any]]
+    fields_json: str
+
+    @property
+    def fields(self) -> dict[str, dict[str, Any]]:
+        fields: dict[str, dict[str, Any]] = json.loads(self.fields_json)
+        return fields
 
     @property
     def agreeing(self) -> list[str]:
         return [f for f, v in self.fields.items() if v["agrees"]]
 
 
-def score(
-    config: Config, model: dict[str, Any], records: list[MatchRecord], new: set[int] | None
-) -> list[Pair]:
-    with _splink_quiet():
-        return _score(config, model, records, new)
+def score(config: Config, model: dict[str, Any], table: Any, new_only: bool = False) -> list[Pair]:
+    with _splink_quiet(), _db_api() as api:
+        return _score(config, api, model, table, new_only)
 
 
 def _score(
-    config: Config, model: dict[str, Any], records: list[MatchRecord], new: set[int] | None
+    config: Config, api: Any, model: dict[str, Any], table: Any, new_only: bool
 ) -> list[Pair]:
-    """Pairs at or above review_threshold among `records`; only those with a key in `new`
-    when it is given (an incremental run: new records against everyone they block with)."""
+    """Pairs at or above review_threshold among the records of `table`; only those with a
+    new record (`is_new`) when `new_only` (an incremental run: new records against everyone
+    they block with)."""
     from splink import Linker
 
     rules = config.identity.match
     assert rules is not None
-    if len(records) < 2:
+    if table.num_rows < 2:
         return []
-    api = _db_api()
-    table = api.register(_table(records, rules.fields, new or set()))
+    table = api.register(table)
     settings = dict(model)
     settings["blocking_rules_to_generate_predictions"] = [
-        {"blocking_rule": _rule_sql(r, new_only=new is not None), "sql_dialect": "duckdb"}
+        {"blocking_rule": _rule_sql(r, new_only=new_only), "sql_dialect": "duckdb"}
         for r in rules.blocking
     ]
     settings["retain_intermediate_calculation_columns"] = True
@@ -551,10 +591,16 @@ def _score(
     kinds = [comparison_kind(config, f) for f in rules.fields]
     wanted = ["unique_id_l", "unique_id_r", "match_probability", "match_weight"]
     wanted += [f'"{p}{f}"' for f in rules.fields for p in ("gamma_", "mw_")]
-    rows = predictions.as_duckdbpyrelation().select(", ".join(wanted)).fetchall()
-    pairs = [_pair(row, rules.fields, kinds) for row in rows]
+    rows = predictions.as_duckdbpyrelation().select(", ".join(wanted))
+    pairs: list[Pair] = []
+    for batch in rows.to_arrow_reader(PAIRS_AT_ONCE):
+        columns = (column.to_pylist() for column in batch.columns)
+        pairs += [_pair(row, rules.fields, kinds) for row in zip(*columns, strict=True)]
     pairs.sort(key=lambda p: (-p.probability, p.key_a, p.key_b))
     return pairs
+
+
+PAIRS_AT_ONCE = 50_000  # rows of predictions turned into Pairs at a time
 
 
 def _pair(row: tuple[Any, ...], fields: tuple[str, ...], kinds: list[str]) -> Pair:
@@ -570,7 +616,7 @@ def _pair(row: tuple[Any, ...], fields: tuple[str, ...], kinds: list[str]) -> Pa
             "agrees": gamma > 0,
             "weight": round(weight, 2),
         }
-    return Pair(a, b, float(row[2]), round(float(row[3]), 2), detail)
+    return Pair(a, b, float(row[2]), round(float(row[3]), 2), _json(detail))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -582,7 +628,9 @@ class MatchRun:
     """What one resolve run's matching found, and (after link) what it did with it."""
 
     rules: MatchRules
-    records: list[MatchRecord]  # compared this run (new ones on an incremental run)
+    # Keys of records that need matching, compared this run (new ones, and those of the
+    # customers reloaded, on an incremental run): each stays a customer by itself.
+    in_scope: list[int]
     pairs: list[Pair]
     decisions: dict[tuple[int, int], str]  # a person's: accepted or rejected
     earlier: list[Pair] = field(default_factory=list)  # links of earlier runs, reapplied
@@ -598,6 +646,13 @@ class MatchRun:
                 keys |= {pair.key_a, pair.key_b}
         return keys
 
+    def forget(self, keys: Iterable[int]) -> None:
+        """Leave out the pairs of keys erased since they were scored (a full run scores
+        before it erases records that carry a forgotten identifier)."""
+        gone = set(keys)
+        if gone:
+            self.pairs = [p for p in self.pairs if p.key_a not in gone and p.key_b not in gone]
+
     def decided(self, pair: Pair) -> str | None:
         return self.decisions.get((pair.key_a, pair.key_b))
 
@@ -605,9 +660,7 @@ class MatchRun:
         """Join the pairs the threshold or a person allows, strongest first, after every
         deterministic link; refused when a guard or a rejection keeps them apart."""
         nodes = graph.key_node
-        for record in self.records:
-            if record.in_scope and record.key in nodes:
-                graph.standalone.add(nodes[record.key])
+        graph.standalone.update(nodes[key] for key in self.in_scope if key in nodes)
         cannot = [
             (nodes[a], nodes[b])
             for (a, b), decision in self.decisions.items()
@@ -669,13 +722,14 @@ def prepare(
     if full or after_batch is None:
         for table in ("match_records", "match_blocks"):
             db.conn.execute(f"DELETE FROM {table}")
-        records = save_records(db, rules, read_records(db, config))
-        check_blocking(config, records)
+        table = save_records(db, rules, read_records(db, config))
+        compared_form.cache_clear()  # a read's cache: resolve's graph wants the room
+        check_blocking(db, config, table.num_rows)
         pairs = []
-        if len(records) >= 2:  # a model needs pairs to learn from
-            model = load_or_train(db, config, records, retrain=True)
-            pairs = score(config, model, records, None)
-        run = MatchRun(rules, records, pairs, decisions, earlier=accepted)
+        if table.num_rows >= 2:  # a model needs pairs to learn from
+            model = load_or_train(db, config, table, retrain=True)
+            pairs = score(config, model, table)
+        run = MatchRun(rules, _in_scope_keys(table), pairs, decisions, earlier=accepted)
         run.notes += stale_keys(db, config)
         return run
     read = list(read_records(db, config, after_batch))
@@ -684,17 +738,19 @@ def prepare(
     new = [record for record, _ in read]
     met = records_of(db, rules, met_by(db, rules, new))
     save_records(db, rules, read)
+    in_scope = [r.key for r in new if r.in_scope]
     if not met and len(new) < 2:
-        return MatchRun(rules, new, [], decisions, earlier=accepted)
-    model = load_or_train(db, config, [*met, *new], retrain=False)
-    pairs = score(config, model, [*met, *new], {r.key for r in new})
-    return MatchRun(rules, new, pairs, decisions, earlier=accepted)
+        return MatchRun(rules, in_scope, [], decisions, earlier=accepted)
+    table = _table([*met, *new], rules.fields, {r.key for r in new})
+    model = load_or_train(db, config, table, retrain=False)
+    pairs = score(config, model, table, new_only=True)
+    return MatchRun(rules, in_scope, pairs, decisions, earlier=accepted)
 
 
 def accepted_pairs(db: sqlite_utils.Database) -> list[Pair]:
     """Every pair a person accepted, with what the model said of it when it did."""
     return [
-        Pair(a, b, p or 0.0, w or 0.0, json.loads(f or "{}"))
+        Pair(a, b, p or 0.0, w or 0.0, f or "{}")
         for a, b, p, w, f in db.conn.execute(
             "SELECT d.key_a, d.key_b, coalesce(r.probability, l.probability), "
             "coalesce(r.weight, l.weight), coalesce(r.fields, l.fields) FROM match_decisions d "
@@ -717,8 +773,7 @@ def decided_since(db: sqlite_utils.Database, since: str) -> set[int]:
 def records_of(
     db: sqlite_utils.Database, rules: MatchRules, keys: Iterable[int]
 ) -> list[MatchRecord]:
-    """The stored match records of these keys (an incremental run's reloaded customers: each
-    record that needs matching stays a customer by itself)."""
+    """The stored match records of these keys: those an incremental run's new records meet."""
     _fill_match_keys(db, keys)
 
     def ordered(text: str) -> tuple[str | None, ...]:
@@ -733,6 +788,19 @@ def records_of(
     ]
 
 
+def in_scope_keys(db: sqlite_utils.Database, keys: Iterable[int]) -> list[int]:
+    """Of these keys (an incremental run's reloaded customers), those of records that need
+    matching: each stays a customer by itself."""
+    _fill_match_keys(db, keys)
+    return [
+        key
+        for (key,) in db.conn.execute(
+            "SELECT key FROM match_records WHERE in_scope = 1 "
+            "AND key IN (SELECT key FROM match_keys) ORDER BY key"
+        )
+    ]
+
+
 def _fill_match_keys(db: sqlite_utils.Database, keys: Iterable[int]) -> None:
     db.conn.execute("CREATE TEMP TABLE IF NOT EXISTS match_keys (key INTEGER PRIMARY KEY)")
     db.conn.execute("DELETE FROM match_keys")
@@ -743,7 +811,7 @@ def earlier_links(db: sqlite_utils.Database, keys: Iterable[int]) -> list[Pair]:
     """Links earlier runs made among these keys (an incremental run reloads them)."""
     _fill_match_keys(db, keys)
     return [
-        Pair(a, b, p, w, json.loads(f))
+        Pair(a, b, p, w, f)
         for a, b, p, w, f in db.conn.execute(
             "SELECT key_a, key_b, probability, weight, fields FROM match_links "
             "WHERE status = 'linked' AND key_a IN (SELECT key FROM match_keys) "
@@ -762,7 +830,7 @@ def store(db: sqlite_utils.Database, run: MatchRun, run_id: int, full: bool) -> 
         "INSERT OR REPLACE INTO match_links (key_a, key_b, probability, weight, fields, "
         "decided_by, status, reason, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            (p.key_a, p.key_b, p.probability, p.weight, _json(p.fields), by, status, reason, run_id)
+            (p.key_a, p.key_b, p.probability, p.weight, p.fields_json, by, status, reason, run_id)
             for p, by, status, reason in run.links
         ],
     )
@@ -776,7 +844,7 @@ def store(db: sqlite_utils.Database, run: MatchRun, run_id: int, full: bool) -> 
     conn.executemany(
         "INSERT OR IGNORE INTO match_reviews (key_a, key_b, probability, weight, fields, run_id) "
         "VALUES (?, ?, ?, ?, ?, ?)",
-        [(p.key_a, p.key_b, p.probability, p.weight, _json(p.fields), run_id) for p in run.reviews],
+        [(p.key_a, p.key_b, p.probability, p.weight, p.fields_json, run_id) for p in run.reviews],
     )
     # A pair whose records are one customer already (a run that did not load both) needs no
     # one's word.

@@ -381,19 +381,15 @@ def _assign(
 ) -> tuple[dict[int, str], dict[str, int]]:
     """one_id per component root, keeping old one_ids; history rows for merges and splits."""
     groups = graph.components()
-    # Which component keeps each old one_id: the one holding most of its keys.
-    share: dict[str, Counter[int]] = defaultdict(Counter)
-    for root, knodes in groups.items():
-        for knode in knodes:
-            old = previous.get(graph.label[knode])
-            if old:
-                share[old][root] += 1
+    share = _share(graph, groups, previous)
     claimed: dict[int, list[str]] = defaultdict(list)
     olds_in: dict[int, list[str]] = defaultdict(list)  # root -> the old one_ids it has keys of
-    for old, roots in share.items():
+    for old, root in share.only.items():
+        claimed[root].append(old)
+    for old, roots in share.several.items():
         root = max(roots, key=lambda r: (roots[r], -r))
         claimed[root].append(old)
-        for root in roots:
+        for root in roots:  # a root that claims none of them was split from them
             olds_in[root].append(old)
     # Which of several old one_ids a merged component keeps: the oldest profile's.
     created_at = _created_at(
@@ -422,7 +418,7 @@ def _assign(
                 history.append((one_ids[root], "created", None))
                 stats["created"] += 1
     # A one_id that no part of the graph carries any more: its records identify no one now.
-    unclaimed = {o for o in previous.values() if o} - set(share)
+    unclaimed = {o for o in previous.values() if o} - share.only.keys() - share.several.keys()
     history += [(old, "removed", None) for old in sorted(unclaimed)]
     stats["removed"] = len(unclaimed)
     at = now_iso()
@@ -431,6 +427,34 @@ def _assign(
         [(one_id, event, other, run_id, at) for one_id, event, other in history],
     )
     return one_ids, stats
+
+
+@dataclass
+class _Share:
+    """Which components hold the keys of each old one_id: `only` the one root of most (a
+    single dict, not a Counter per one_id: a rerun at 1M holds 760k of them), `several` the
+    keys counted by root for those the graph parts."""
+
+    only: dict[str, int] = field(default_factory=dict)
+    several: dict[str, Counter[int]] = field(default_factory=dict)
+
+
+def _share(graph: Graph, groups: dict[int, list[int]], previous: dict[int, str | None]) -> _Share:
+    share = _Share()
+    counted: dict[str, int] = {}  # keys of an old one_id in its `only` root so far
+    only, several, label = share.only, share.several, graph.label
+    for root, knodes in groups.items():
+        for knode in knodes:
+            old = previous.get(label[knode])
+            if not old:
+                continue
+            if old in several:
+                several[old][root] += 1
+            elif only.setdefault(old, root) == root:
+                counted[old] = counted.get(old, 0) + 1
+            else:
+                several[old] = Counter({only.pop(old): counted.pop(old), root: 1})
+    return share
 
 
 def _created_at(db: sqlite_utils.Database, one_ids: list[str]) -> dict[str, str]:
@@ -555,6 +579,8 @@ def _full(db: sqlite_utils.Database, config: Config, run_id: int, result: Resolv
     previous = dict(db.conn.execute("SELECT key, one_id FROM identity_keys"))
     _, successors = _replaced_keys(db)
     _inherit(previous, successors, dict(previous))
+    # Matching first: its model input and DuckDB are freed before the graph is built.
+    matching = match.prepare(db, config, None, full=True)
     normalizer = Normalizer(config.identity, config.region)
     graph = Graph(config.identity.types)
     unusable: list[tuple[int, str, str, str]] = []
@@ -565,9 +591,12 @@ def _full(db: sqlite_utils.Database, config: Config, run_id: int, result: Resolv
         graph.add_key(key, found)
         unusable += [(key, r.type, r.raw, r.reason) for r in rejected]
     _erase_forgotten(db, tombstones, forgotten, result)
+    if matching is not None:
+        matching.forget(forgotten)
     result.keys_new = len(graph.key_node.keys() - previous.keys())
-    matching = match.prepare(db, config, None, full=True)
-    _write(db, config, graph, unusable, previous, run_id, result, True, matching)
+    written = _write(db, config, graph, unusable, previous, run_id, result, True, matching)
+    del graph, previous, unusable  # a gigabyte at 1M keys, free before the profiles are built
+    _finish(db, config, written, run_id, result, True, matching)
 
 
 def _replaced_keys(db: sqlite_utils.Database) -> tuple[list[int], dict[int, int]]:
@@ -700,8 +729,10 @@ def _incremental(
     previous.update({key: one_id for key, one_id in lost.items() if key not in previous})
     if matching is not None:  # the customers reloaded keep the probable links they had
         matching.earlier += match.earlier_links(db, graph.key_node)
-        matching.records += match.records_of(db, matching.rules, graph.key_node)
-    _write(db, config, graph, unusable, previous, run_id, result, False, matching)
+        matching.in_scope += match.in_scope_keys(db, graph.key_node)
+    written = _write(db, config, graph, unusable, previous, run_id, result, False, matching)
+    del graph, previous, unusable
+    _finish(db, config, written, run_id, result, False, matching)
 
 
 def _one_ids_of(db: sqlite_utils.Database, keys: set[int]) -> set[str]:
@@ -727,10 +758,11 @@ def _write(
     result: ResolveResult,
     full: bool,
     matching: match.MatchRun | None = None,
-) -> None:
+) -> tuple[set[str], str]:
     """Resolve the graph and store it: on a full run in place of everything resolved before,
     on an incremental one over the part of it the graph holds. Probable links come after
-    every deterministic one, under the same guards."""
+    every deterministic one, under the same guards. The one_ids the graph holds now, and the
+    time of the run."""
     graph.resolve()
     if matching is not None:
         matching.link(graph)
@@ -746,6 +778,7 @@ def _write(
         id_of = _rewrite(db, key_rows, ident_rows, graph)
     else:
         id_of = _update(db, key_rows, ident_rows, graph)
+    del key_rows, ident_rows  # written
     db.conn.executemany(
         "INSERT INTO unusable_values (key, type, raw, reason) VALUES (?, ?, ?, ?)", unusable
     )
@@ -759,6 +792,21 @@ def _write(
     current = set(one_ids.values())  # a set: a membership test on .values() scans them all
     merged_away = [old for old in set(previous.values()) if old and old not in current]
     db.conn.executemany("DELETE FROM profiles WHERE one_id = ?", [(o,) for o in merged_away])
+    return current, at
+
+
+def _finish(
+    db: sqlite_utils.Database,
+    config: Config,
+    written: tuple[set[str], str],
+    run_id: int,
+    result: ResolveResult,
+    full: bool,
+    matching: match.MatchRun | None,
+) -> None:
+    """The golden profiles of what _write stored, and matching's links and review queue: done
+    once the caller has let the graph go, as SQLite's sorters want the room."""
+    current, at = written
     build_profiles(
         db, [] if full else sorted(current), at, config.identity.source_priority, everyone=full
     )
@@ -797,7 +845,8 @@ def _rewrite(
     """A full run's tables, written anew in key order; the identifier id of each node.
 
     Every row is new, so there is no conflict to handle: plain inserts in the order of each
-    table's key, with the secondary indexes built once at the end."""
+    table's key, with the secondary indexes built once at the end. key_rows and ident_rows
+    are emptied once written: at 1M keys they are 300 MB the links' sort wants."""
     conn = db.conn
     for table in RESOLVED_TABLES:
         conn.execute(f"DELETE FROM {table}")
@@ -806,12 +855,14 @@ def _rewrite(
         conn.executemany(
             "INSERT INTO identity_keys (key, one_id, resolved_at) VALUES (?, ?, ?)", key_rows
         )
+        key_rows.clear()  # before its indexes' sort
     with indexes_built_after(conn, "identifiers", bulk=True):
         conn.executemany(
             "INSERT INTO identifiers (id, type, value, detail, one_id, status, reason) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(id_of[inode], *row) for inode, row in ident_rows],
+            ((id_of[inode], *row) for inode, row in ident_rows),  # not a second list
         )
+        ident_rows.clear()
     with indexes_built_after(conn, "key_identifiers", bulk=True):
         conn.executemany(
             "INSERT INTO key_identifiers (key, identifier_id) VALUES (?, ?)",
