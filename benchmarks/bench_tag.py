@@ -215,6 +215,7 @@ class BenchTag:
         return re.search(r"\bt_", self.sql) is not None
 
 
+PREDICTED = "(SELECT {} FROM predictions p WHERE p.one_id = bench_features.one_id)"
 # The starter tags of tag_rules/, written as plain SQL over the baseline's columns. A rule is
 # SQL expression syntax already; only event_count() and tag() become columns.
 STARTER_SQL = {
@@ -232,6 +233,12 @@ STARTER_SQL = {
     "preferred_channel": "top_channel",
     "preferred_category": "top_category",
     "browser_not_buyer": "CASE WHEN view_item_30d >= 3 AND order_count_30d = 0 THEN 'true' END",
+    # cdp predict's scores, looked up per customer as cdp's rules read them (none until a
+    # prediction has run: these tags then hold for nobody)
+    "high_value_churn_risk": "CASE WHEN total_spent_365d >= 1000 AND order_count_365d >= 2 AND "
+    f"{PREDICTED.format('churn_risk')} >= 0.6 THEN 'true' END",
+    "likely_to_buy_soon": f"CASE WHEN {PREDICTED.format('expected_orders_30d')} >= 0.3 "
+    "THEN 'true' END",
 }
 
 NUMBERS: dict[str, tuple[int, ...]] = {
