@@ -828,6 +828,7 @@ def test_demo_force_refuses_any_folder_holding_what_it_would_write(run, tmp_path
     assert sorted(p.name for p in folder.iterdir()) == ["report.html"]
 
 
+@pytest.mark.slow  # three whole demos (the first demo test runs one)
 def test_demo_force_in_a_new_or_empty_folder_just_runs_and_leaves_its_mark(run, tmp_path):
     (tmp_path / "empty").mkdir()
     result = run("demo", "empty", "--force", "--json")

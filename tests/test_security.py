@@ -158,7 +158,7 @@ def _only_for_real_customers(payload: str) -> str:
         "{% set x = tags.pop('wuhan') %}{{ x }}",
         "{{ customer.items }}",
         "{{ 'a' * 10**9 }}",
-        SLOW,
+        pytest.param(SLOW, marks=pytest.mark.slow),  # 5 s: a second's limit, five times
     ],
 )
 def test_a_template_failing_at_run_time_holds_its_customers_and_harms_nothing(
@@ -187,6 +187,7 @@ def test_a_template_failing_at_run_time_holds_its_customers_and_harms_nothing(
     assert not Path(PWNED).exists()
 
 
+@pytest.mark.slow  # 5 s of templates running out of their second
 def test_a_template_that_always_runs_out_of_time_stops_being_rendered(project: Path) -> None:
     """Five messages in a row over the time limit, and the rest of the run skips that template
     at once: 40 customers take seconds, not 40 (a hung cron run holding the store's lock)."""
