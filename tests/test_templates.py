@@ -409,7 +409,10 @@ def test_runaway_templates_fail_quickly(tmp_path: Path, source: str, error: str)
     message = sms_error(tmp_path, source)
     assert time.monotonic() - started < 2
     assert message.startswith(f"{tmp_path}/templates/sms/t.txt"), message
-    assert error in message, message
+    # self-inclusion recurses a thousand deep in 0.06 s, or on a busy machine now and then runs
+    # out of its second first: either is its one clear line
+    too_deep = error == "macros or includes call each other too deeply"
+    assert error in message or (too_deep and "took more than 1 s to render" in message), message
 
 
 def test_limits_are_configurable(tmp_path: Path) -> None:
