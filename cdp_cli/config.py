@@ -521,11 +521,7 @@ def _build_identity(path: Path, spec: Any, line: int, sources: dict[str, Source]
                     path, f"{where}.fields: unknown field {f!r}{did_you_mean(f, known_fields)}",
                     tspec.line_of("fields"),
                 )  # fmt: skip
-        for src in _strings(path, tspec, "sources", where):
-            if src not in sources:
-                raise ConfigError(
-                    path, f"{where}.sources: no source named {src!r}", tspec.line_of("sources")
-                )
+        type_sources = _source_names(path, tspec, "sources", where, sources)
         types[str(name)] = IdentifierType(
             name=str(name),
             fields=fields,
@@ -540,7 +536,7 @@ def _build_identity(path: Path, spec: Any, line: int, sources: dict[str, Source]
                 where,
                 base.max_profiles_per_value if base else None,
             ),
-            sources=_strings(path, tspec, "sources", where),
+            sources=type_sources,
         )
     priority = _strings(path, spec, "priority", "identity")
     for name in priority:
@@ -550,17 +546,25 @@ def _build_identity(path: Path, spec: Any, line: int, sources: dict[str, Source]
                 spec.line_of("priority"),
             )  # fmt: skip
     ordered = [types[n] for n in priority] + [t for n, t in types.items() if n not in priority]
-    source_priority = _strings(path, spec, "source_priority", "identity")
-    for name in source_priority:
-        if name not in sources:
-            raise ConfigError(
-                path, f"identity.source_priority: no source named {name!r}",
-                spec.line_of("source_priority"),
-            )  # fmt: skip
+    source_priority = _source_names(path, spec, "source_priority", "identity", sources)
     blocklist = tuple(str(v) for v in (spec.get("blocklist") or []))
     off = _default_blocklist_off(path, spec)
     match = _build_match(path, spec, sources)
     return IdentityRules(tuple(ordered), blocklist, source_priority, off, match)
+
+
+def _source_names(
+    path: Path, spec: YamlMap, key: str, where: str, sources: dict[str, Source]
+) -> tuple[str, ...]:
+    """The list of source names at `key`, each one a source of cdp.yaml."""
+    names = _strings(path, spec, key, where)
+    for name in names:
+        if name not in sources:
+            raise ConfigError(
+                path, f"{where}.{key}: no source named {name!r}{did_you_mean(name, sources)}",
+                spec.line_of(key),
+            )  # fmt: skip
+    return names
 
 
 def _build_match(path: Path, identity: YamlMap, sources: dict[str, Source]) -> MatchRules | None:
@@ -579,13 +583,7 @@ def _build_match(path: Path, identity: YamlMap, sources: dict[str, Source]) -> M
     line = spec.line_of("fields") or identity.line_of("match")
     if len(fields) < 2:
         raise ConfigError(path, f"{where}.fields: name at least two fields to compare", line)
-    names = _strings(path, spec, "sources", where)
-    for name in names:
-        if name not in sources:
-            raise ConfigError(
-                path, f"{where}.sources: no source named {name!r}{did_you_mean(name, sources)}",
-                spec.line_of("sources"),
-            )  # fmt: skip
+    names = _source_names(path, spec, "sources", where, sources)
     mapped = {f for s in sources.values() for f in (*s.fields, *s.custom_fields)}
     for f in fields:
         if f not in mapped:

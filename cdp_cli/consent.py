@@ -28,8 +28,6 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import sqlite_utils
-
 from cdp_cli.canonical import CONSENT_STATUSES, IDENTITY_FIELDS
 from cdp_cli.config import Config, IdentifierType
 from cdp_cli.errors import CdpError, NotFound, UsageError
@@ -37,6 +35,7 @@ from cdp_cli.identity.normalize import Normalizer, email_key, identity_key, norm
 from cdp_cli.identity.profiles import Lookup, build_profiles, check_lookup, find_one_id
 from cdp_cli.messaging.channels import CHANNEL_NAMES, CONSENT_CHANNELS, purposes_obeyed
 from cdp_cli.privacy import masked_lookup
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import insert_row, now_iso, rows_as_dicts, transaction
 
 MANUAL_SOURCE = "manual"

@@ -24,14 +24,13 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import sqlite_utils
-
 from cdp_cli.csvsafe import safe_row
 from cdp_cli.errors import UsageError
 from cdp_cli.exports import HASHED_SEGMENT, Export, Members, record_export
 from cdp_cli.files import atomic_write
 from cdp_cli.rules.book import RuleBook
 from cdp_cli.segments import Audience, members
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import transaction
 
 PER_TYPE = 3  # Meta takes up to three columns of each identifier

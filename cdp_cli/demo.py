@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import sqlite_utils
-
 from cdp_cli.config import Config, load_config
 from cdp_cli.demo_response import respond_and_rerun
 from cdp_cli.errors import CdpError
@@ -31,6 +29,7 @@ from cdp_cli.reports.overview import overview_report
 from cdp_cli.rules.book import load_rulebook
 from cdp_cli.scaffold import PROJECT_FILES, init_project
 from cdp_cli.segments import audience, describe
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.status import store_status
 from cdp_cli.store import open_store
 from cdp_cli.tags import run_tags

@@ -28,11 +28,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from cdp_cli.config import Config
 from cdp_cli.files import write_text
 from cdp_cli.ingest import ingest
+from cdp_cli.sqlitelib import sqlite_utils
 
 CLICK_RATES = {"wechat": 0.25, "push": 0.15, "sms": 0.08, "email": 0.05}
 BASE_RATE = 0.08

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from cdp_cli.files import write_rows
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import insert_row, now_iso, transaction
 
 # The kinds of file logged, by what writes them.

@@ -21,9 +21,8 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import sqlite_utils
-
 from cdp_cli.config import Config
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import now_iso, transaction
 
 WINDOWS = (30, 90, 365)

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import phonenumbers
-import sqlite_utils
 
 from cdp_cli.config import Config
 from cdp_cli.consent import MANUAL_SOURCE, SUPPRESSIBLE
@@ -44,6 +43,7 @@ from cdp_cli.identity.resolve import resolve, unresolved_batches
 from cdp_cli.identity.tombstones import Tombstones, erase_records, store_salt, tombstone_hash
 from cdp_cli.privacy import masked_lookup
 from cdp_cli.purge import Purge, needles_of, purge
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import now_iso, transaction
 
 FORGOTTEN = "forgotten"  # the one_id left on written messages and coupon issues

@@ -22,8 +22,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from cdp_cli import ingest_set, readers
 from cdp_cli.canonical import (
     DATE,
@@ -51,6 +49,7 @@ from cdp_cli.parsing import (
 )
 from cdp_cli.privacy import quote_cells
 from cdp_cli.readers import Progress
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import indexes_built_after, insert_row, now_iso, transaction
 
 CHUNK_ROWS = 5000

@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import sqlite_utils
-
 from cdp_cli.config import Config, Source
 from cdp_cli.errors import CdpError, StoreBusy, StoreDamaged, SystemFault, system_fault
 from cdp_cli.identity.tombstones import Screen
 from cdp_cli.integrity import corruption_error, quick_check, store_damaged, store_file
 from cdp_cli.oplog import OpsLog, for_log, scrub
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import now_iso, rollback
 
 DONE_FOLDER, FAILED_FOLDER = "done", "failed"

@@ -12,14 +12,13 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import sqlite_utils
-
 from cdp_cli.config import Config
 from cdp_cli.consent import consents_of
 from cdp_cli.identity.profiles import Lookup, find_one_id
 from cdp_cli.messaging.channels import CHANNELS
 from cdp_cli.privacy import PERSONAL_PROFILE_FIELDS, mask, masked_items
 from cdp_cli.reports.journey import group_of
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import rows_as_dicts
 
 RECENT_MESSAGES = 20

@@ -20,12 +20,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import sqlite_utils
-
 from cdp_cli.config import DEFAULT_CONFIG, Config, load_config
 from cdp_cli.files import check_output
 from cdp_cli.integrity import corruption_error, damage_marker
 from cdp_cli.lock import StoreLock, acquire, lock_path
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import DEFAULT_CACHE_MB, open_store
 
 PathLike = str | os.PathLike[str]

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import phonenumbers
-import sqlite_utils
 
 from cdp_cli.integrity import store_file
 from cdp_cli.privacy import mask_text
+from cdp_cli.sqlitelib import sqlite_utils
 
 PURGE_WAIT_SECONDS = 2.0  # the least the checkpoint is retried for, --wait or not
 POLL_SECONDS = 0.1

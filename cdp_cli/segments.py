@@ -7,8 +7,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from cdp_cli.errors import RuleError, UsageError
 from cdp_cli.exports import RULE_PREFIX, SEGMENT, Export, Members, write_logged_rows
 from cdp_cli.files import row_format
@@ -16,6 +14,7 @@ from cdp_cli.predict.fields import predicted_categories
 from cdp_cli.rules.book import RuleBook
 from cdp_cli.rules.compiler import CompiledRule
 from cdp_cli.rules.vocabulary import BASE_FROM, RuleContext
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import rows_as_dicts
 from cdp_cli.tags import stored_tags
 from cdp_cli.yamlfile import did_you_mean

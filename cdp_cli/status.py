@@ -6,12 +6,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-import sqlite_utils
-
 from cdp_cli.canonical import KINDS
 from cdp_cli.config import Config
 from cdp_cli.identity.normalize import email_key, normalize_phone
 from cdp_cli.identity.resolve import set_aside
+from cdp_cli.sqlitelib import sqlite_utils
 
 # Checking phones and emails costs a parse per distinct value; past this many, a sample says.
 VALIDITY_SAMPLE = 50_000

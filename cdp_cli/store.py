@@ -10,11 +10,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from cdp_cli.canonical import KINDS, SQL_TYPES, Kind, builtin_values
 from cdp_cli.errors import StoreError, read_only_reason, system_fault
 from cdp_cli.integrity import corruption_error, refuse_if_damaged
+from cdp_cli.sqlitelib import sqlite_utils
 
 Migration = Callable[[sqlite_utils.Database], None]
 # SQLite's page cache for one connection, in MB (`store_cache_mb:` in cdp.yaml). SQLite's own
@@ -113,7 +112,7 @@ def open_store(
             conn.close()
         readable = isinstance(exc, sqlite3.OperationalError) and not write and path.exists()
         if readable and read_only_reason(path):
-            return open_read_only(path)
+            return open_read_only(path, cache_mb)
         fault = corruption_error(exc, path) or system_fault(exc, path)
         raise fault or StoreError(f"{path}: not a cdp store ({exc})") from None
     return db
@@ -129,7 +128,7 @@ def check_writable(conn: sqlite3.Connection) -> None:
         rollback(conn)
 
 
-def open_read_only(path: Path) -> sqlite_utils.Database:
+def open_read_only(path: Path, cache_mb: int = DEFAULT_CACHE_MB) -> sqlite_utils.Database:
     """The store through a read-only connection, for readers of a store they cannot write.
 
     In a read-only folder, SQLite cannot make the -shm file a WAL store is read through; if no
@@ -147,6 +146,7 @@ def open_read_only(path: Path) -> sqlite_utils.Database:
             error = f"{path}: cannot read the store while {wal.name} is there: {why}"
             raise StoreError(error) from None
         conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+    apply_size_settings(conn, cache_mb)
     db = sqlite_utils.Database(conn)
     if pending_migrations(db):
         db.close()

@@ -18,14 +18,13 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from cdp_cli.errors import RuleError
 from cdp_cli.features import compute_features
 from cdp_cli.predict.fields import predicted_categories
 from cdp_cli.rules.book import RuleBook, Tag, load_rulebook
 from cdp_cli.rules.compiler import CompiledRule
 from cdp_cli.rules.vocabulary import BASE_FROM, READS, Read, RuleContext
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import indexes_built_after, insert_row, now_iso, rows_as_dicts, transaction
 from cdp_cli.yamlfile import did_you_mean
 

@@ -48,6 +48,14 @@ sources:
             "sources:\n  e:\n    kind: events\n    fields: {event: e, occurred_at: t}\n    items: {}\n",
             "cdp.yaml:5: sources.e.items: only orders have items",
         ),
+        (
+            GOOD_SOURCE + "identity:\n  source_priority: [crn]\n",
+            "cdp.yaml:7: identity.source_priority: no source named 'crn' (did you mean 'crm'?)",
+        ),
+        (
+            GOOD_SOURCE + "identity:\n  phone: {sources: [crn]}\n",
+            "cdp.yaml:7: identity.phone.sources: no source named 'crn' (did you mean 'crm'?)",
+        ),
     ],
 )
 def test_config_errors_name_file_and_line(run, write, yaml_text, message):

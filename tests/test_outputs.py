@@ -174,3 +174,11 @@ def test_the_sample_emails_carry_an_unsubscribe_link_from_the_brand_url(sample):
         url = f"https://www.huayang.example.com/unsubscribe?m={short_code(record['message_id'])}"
         assert record["list_unsubscribe"] == f"<{url}>"
         assert url in record["html"] and url in record["text"]
+
+
+def test_counts_read_as_english():
+    from cdp_cli.cli.output import fmt_count
+
+    assert fmt_count(1, "probable link") == "1 probable link"
+    assert fmt_count(0, "pair") == "0 pairs"
+    assert fmt_count(1200, "pair") == "1,200 pairs"

@@ -98,3 +98,30 @@ def test_import_cdp_cli_stays_cheap():
     loaded = set(ast.literal_eval(result.stdout))
     assert not {m for m in loaded if m.split(".")[0] in ("click", "rich", "sqlite_utils")}
     assert "cdp_cli.project" not in loaded
+
+
+def test_sqlite_utils_loads_without_pandas_and_numpy():
+    """sqlite-utils imports pandas and numpy when installed (the extras bring them): 0.3 s
+    and 65 MB in every command. cdp_cli.sqlitelib hides both while it loads; modules import
+    sqlite-utils only from there, and pandas still imports after for those that need it."""
+    package = REPO / "cdp_cli"
+    for path in package.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        direct = [
+            node.lineno
+            for node in ast.walk(tree)
+            if (isinstance(node, ast.Import) and any(a.name == "sqlite_utils" for a in node.names))
+            or (isinstance(node, ast.ImportFrom) and node.module == "sqlite_utils")
+        ]
+        assert not direct or path.name == "sqlitelib.py", f"{path}:{direct}"
+    code = "import sys, cdp_cli.cli; print(sorted(sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert not {"pandas", "numpy"} & set(ast.literal_eval(result.stdout))
+    pytest.importorskip("pandas")
+    code = "import cdp_cli.cli, pandas; print(pandas.DataFrame({'a': [1]}).shape)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "(1, 1)"

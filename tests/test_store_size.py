@@ -13,7 +13,7 @@ from cdp_cli import Project
 from cdp_cli import status as status_module
 from cdp_cli.errors import IngestError
 from cdp_cli.ingest import _per_distinct_value, ingest_file
-from cdp_cli.store import DEFAULT_CACHE_MB
+from cdp_cli.store import DEFAULT_CACHE_MB, open_read_only
 from tests.conftest import query
 
 CRM = """
@@ -42,6 +42,10 @@ def test_the_page_cache_is_sized_from_cdp_yaml(tmp_path, write):
         assert db.conn.execute("PRAGMA cache_size").fetchone()[0] == -DEFAULT_CACHE_MB * 1024
     with Project(tmp_path / "small/cdp.yaml").store() as db:
         assert db.conn.execute("PRAGMA cache_size").fetchone()[0] == -16 * 1024
+    # A store that cannot be written is read through a read-only connection: sized the same.
+    reader = open_read_only(tmp_path / "small/cdp.db", 16)
+    assert reader.conn.execute("PRAGMA cache_size").fetchone()[0] == -16 * 1024
+    reader.close()
 
 
 def _traced_ingest(project: Project, path: Path) -> list[str]:

@@ -146,6 +146,11 @@ def fmt_int(value: int | None) -> str:
     return "" if value is None else f"{value:,}"
 
 
+def fmt_count(value: int, noun: str) -> str:
+    """'1 probable link', '2 probable links' (English nouns that take an s)."""
+    return f"{value:,} {noun}{'' if value == 1 else 's'}"
+
+
 def fmt_pct(value: float | None) -> str:
     return "" if value is None else f"{value:.1%}"
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-import sqlite_utils
 
 from cdp_cli.cli import output as out
 from cdp_cli.cli.options import (
@@ -20,6 +19,7 @@ from cdp_cli.cli.options import (
     writes_store,
 )
 from cdp_cli.errors import CdpError
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import migrate
 
 if TYPE_CHECKING:

@@ -158,8 +158,8 @@ def _print_demo_match(result: dict[str, Any]) -> None:
         "A legacy CRM export whose people share no identifier with any other "
         "(sample_data/legacy_crm.csv), matched on name, birthday, city and address "
         "(cdp.yaml's #match lines, turned on): "
-        f"{matching.get('probable_links', 0)} probable links, "
-        f"{matching.get('to_review', 0)} pairs for review."
+        f"{out.fmt_count(matching.get('probable_links', 0), 'probable link')}, "
+        f"{out.fmt_count(matching.get('to_review', 0), 'pair')} for review."
     )
     if result["link"]:
         print_probable_links([result["link"]])
@@ -169,7 +169,7 @@ def _print_demo_match(result: dict[str, Any]) -> None:
         click.echo(
             f"Accepted, as a person would after looking (cdp resolve --accept "
             f"{result['decision']['pair']}); resolved again: "
-            f"{result['after'].matching['probable_links']} probable links."
+            f"{out.fmt_count(result['after'].matching['probable_links'], 'probable link')}."
         )
 
 

@@ -26,12 +26,11 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
 
-import sqlite_utils
-
 from cdp_cli.canonical import DATE, KINDS
 from cdp_cli.config import Config, MatchRules, Source
 from cdp_cli.errors import ConfigError, MissingExtra
 from cdp_cli.identity.fields import FieldReader
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import now_iso
 
 

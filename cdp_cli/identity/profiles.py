@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import sqlite_utils
-
 from cdp_cli.config import Config
 from cdp_cli.errors import NotFound, UsageError
 from cdp_cli.identity.normalize import email_key, normalize_phone
 from cdp_cli.privacy import masked_lookup
+from cdp_cli.sqlitelib import sqlite_utils
 
 GOLDEN_FIELDS = ("name", "gender", "birthday", "city")
 SEEN_COLUMNS = {

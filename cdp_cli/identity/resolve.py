@@ -30,8 +30,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from cdp_cli.canonical import IDENTITY_FIELDS, KINDS
 from cdp_cli.config import Config, IdentifierType
 from cdp_cli.exports import ID_MAPPING, Export, Members, write_logged_rows
@@ -42,6 +40,7 @@ from cdp_cli.identity.normalize import Normalizer, Rejected
 from cdp_cli.identity.profiles import build_profiles, follow_merges
 from cdp_cli.identity.review import probable_links
 from cdp_cli.identity.tombstones import Tombstones, erase_records
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import indexes_built_after, insert_row, now_iso, rows_as_dicts, transaction
 
 KIND_TABLES = [kind.table for kind in KINDS.values()]

@@ -11,9 +11,8 @@ import json
 import re
 from typing import Any
 
-import sqlite_utils
-
 from cdp_cli.errors import NotFound, UsageError
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import now_iso, rows_as_dicts
 
 
@@ -28,9 +27,14 @@ def probable_links(db: sqlite_utils.Database, one_id: str) -> list[dict[str, Any
         (one_id,),
     )
     for row in rows:
-        row["fields"] = json.loads(row["fields"])
-        row["agreeing"] = [f for f, v in row["fields"].items() if v["agrees"]]
+        _read_fields(row)
     return rows
+
+
+def _read_fields(row: dict[str, Any]) -> None:
+    """A pair's stored comparison, field by field, and the names of the fields that agree."""
+    row["fields"] = json.loads(row["fields"])
+    row["agreeing"] = [f for f, v in row["fields"].items() if v["agrees"]]
 
 
 def review_queue(db: sqlite_utils.Database, limit: int = 200) -> list[dict[str, Any]]:
@@ -49,8 +53,7 @@ def review_queue(db: sqlite_utils.Database, limit: int = 200) -> list[dict[str, 
         (limit,),
     )
     for row in rows:
-        row["fields"] = json.loads(row["fields"])
-        row["agreeing"] = [f for f, v in row["fields"].items() if v["agrees"]]
+        _read_fields(row)
         row["shown_a"] = json.loads(row["shown_a"] or "{}")
         row["shown_b"] = json.loads(row["shown_b"] or "{}")
     return rows

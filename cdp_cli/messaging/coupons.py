@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlite_utils
+from cdp_cli.sqlitelib import sqlite_utils
 
 UNIX_EPOCH_JULIAN_DAY = 2440587.5
 # The codes of a pool a step may draw: available, never issued, unexpired.

@@ -18,7 +18,6 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
 from cronsim import CronSim
 
 from cdp_cli.config import Config
@@ -45,6 +44,7 @@ from cdp_cli.messaging.templates import TemplateStore
 from cdp_cli.predict.fields import predicted_categories
 from cdp_cli.rules.book import load_rulebook
 from cdp_cli.rules.vocabulary import BASE_FROM, unknown_tag_value, unknown_tag_values
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import insert_row, now_iso, rollback
 from cdp_cli.tags import stored_tags
 

@@ -17,7 +17,6 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import phonenumbers
-import sqlite_utils
 from phonenumbers import timezone as phone_timezones
 
 from cdp_cli.consent import CUSTOMER_CONSENTS
@@ -28,6 +27,7 @@ from cdp_cli.messaging.channels import (
     purposes_obeyed,
 )
 from cdp_cli.messaging.settings import SendSettings
+from cdp_cli.sqlitelib import sqlite_utils
 
 IN_BATCH = "IN (SELECT value FROM json_each(?))"
 CAP_WEEK = timedelta(days=7)

@@ -19,13 +19,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-import sqlite_utils
-
 from cdp_cli.config import Config
 from cdp_cli.errors import CdpError
 from cdp_cli.exports import OUTBOUND, Export, Members, record_export
 from cdp_cli.files import atomic_write, ensure_folder
 from cdp_cli.messaging.channels import CHANNELS, Channel
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import now_iso, transaction
 
 # A CSV file's columns: these, with the channel's file_columns (from the payload) after "to".

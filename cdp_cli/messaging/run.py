@@ -11,8 +11,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
-
 from cdp_cli.config import Config
 from cdp_cli.messaging.conditions import JourneyRules
 from cdp_cli.messaging.coupons import CouponPools
@@ -21,6 +19,7 @@ from cdp_cli.messaging.settings import SendSettings
 from cdp_cli.messaging.templates import TemplateStore
 from cdp_cli.predict.fields import SCORE_FIELDS
 from cdp_cli.rules.compiler import CompiledRule
+from cdp_cli.sqlitelib import sqlite_utils
 
 if TYPE_CHECKING:
     from cdp_cli.messaging.outbox import Spool

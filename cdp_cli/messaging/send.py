@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import sqlite_utils
-
 from cdp_cli.errors import TemplateError
 from cdp_cli.messaging import links
 from cdp_cli.messaging.channels import CHANNELS, Outbound, placeholder_problem
@@ -41,6 +39,7 @@ from cdp_cli.messaging.rendering import (
 )
 from cdp_cli.messaging.run import Enrolment, JourneyRun
 from cdp_cli.predict.fields import SCORE_FIELDS
+from cdp_cli.sqlitelib import sqlite_utils
 
 PROFILE_FIELDS = "one_id, name, gender, birthday, city, known, first_seen, last_seen, records"
 DRY_RUN_LISTED = 1000  # messages a dry run lists per journey (it counts them all)

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import sqlite_utils
 
 from cdp_cli.errors import PredictError
 from cdp_cli.predict.inputs import DAYS_NEVER, PROFILE_FEATURES, profile_matrix
+from cdp_cli.sqlitelib import sqlite_utils
 
 FIT_SAMPLE = 100_000
 SEED = 15

@@ -17,7 +17,6 @@ from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
-import sqlite_utils
 
 from cdp_cli.config import PredictSettings
 from cdp_cli.errors import UsageError
@@ -30,6 +29,7 @@ from cdp_cli.predict.model import (
     fit_models,
     propensity_matrix,
 )
+from cdp_cli.sqlitelib import sqlite_utils
 
 TENTHS = 10
 

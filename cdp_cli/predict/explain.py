@@ -12,13 +12,13 @@ from datetime import date
 from typing import Any
 
 import numpy as np
-import sqlite_utils
 
 from cdp_cli.errors import NotFound, PredictError
 from cdp_cli.predict.fields import SCORE_FIELDS, propensity_field
 from cdp_cli.predict.inputs import MODEL_FEATURES, OrderHistory
 from cdp_cli.predict.model import churn_matrix, propensity_matrix
 from cdp_cli.predict.scores import last_run, latest_model
+from cdp_cli.sqlitelib import sqlite_utils
 
 TOP_FACTORS = 5
 

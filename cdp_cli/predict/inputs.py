@@ -16,10 +16,10 @@ from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
-import sqlite_utils
 
 from cdp_cli.errors import UsageError
 from cdp_cli.features import VOID_STATUSES
+from cdp_cli.sqlitelib import sqlite_utils
 
 # The columns the classifiers read (churn risk, propensities), each as of the day.
 MODEL_FEATURES = (

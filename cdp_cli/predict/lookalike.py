@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import sqlite_utils
 
 from cdp_cli.errors import PredictError
 from cdp_cli.predict.inputs import profile_matrix, require_features
+from cdp_cli.sqlitelib import sqlite_utils
 
 if TYPE_CHECKING:
     from cdp_cli.segments import Audience

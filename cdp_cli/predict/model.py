@@ -13,7 +13,6 @@ from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
-import sqlite_utils
 
 from cdp_cli.config import PredictSettings
 from cdp_cli.predict.classify import Classifier, class_problem, fit_classifier
@@ -33,6 +32,7 @@ from cdp_cli.predict.inputs import (
     OrderHistory,
     top_categories,
 )
+from cdp_cli.sqlitelib import sqlite_utils
 
 # The purchase and spend models learn from at most this many customers, the classifiers from
 # CLASSIFIER_SAMPLE: their estimates are as good on a random sample, in a fraction of the time.

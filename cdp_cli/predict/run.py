@@ -12,7 +12,6 @@ from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
-import sqlite_utils
 
 from cdp_cli.config import PredictSettings
 from cdp_cli.predict.clv import library_versions
@@ -20,6 +19,7 @@ from cdp_cli.predict.fields import propensity_field
 from cdp_cli.predict.inputs import OrderHistory
 from cdp_cli.predict.model import FIT_SAMPLE, FittedModels, Scores, fit_models, score
 from cdp_cli.predict.scores import data_fingerprint, last_run, latest_model, save_model, save_scores
+from cdp_cli.sqlitelib import sqlite_utils
 
 
 @dataclass

@@ -17,12 +17,12 @@ from itertools import chain, cycle, repeat
 from typing import Any
 
 import numpy as np
-import sqlite_utils
 
 from cdp_cli import __version__
 from cdp_cli.config import PredictSettings
 from cdp_cli.predict.fields import MODEL_KIND
 from cdp_cli.predict.model import SCORE_COLUMNS, FittedModels, Scores
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import now_iso, transaction
 
 ROWS_AT_ONCE = 100_000  # customers whose score rows are built at once (lists, not a loop per row)

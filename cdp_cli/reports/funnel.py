@@ -6,11 +6,10 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Any
 
-import sqlite_utils
-
 from cdp_cli.errors import UsageError
 from cdp_cli.features import VOID_STATUSES
 from cdp_cli.reports.common import NONE, as_days
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.yamlfile import did_you_mean
 
 ORDER_STEP = "order"  # the step that also counts the orders table, not only `order` events

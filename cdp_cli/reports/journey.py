@@ -10,8 +10,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import sqlite_utils
-
 from cdp_cli.config import Config
 from cdp_cli.errors import NotFound, UsageError
 from cdp_cli.features import VOID_STATUSES
@@ -19,6 +17,7 @@ from cdp_cli.messaging import links
 from cdp_cli.messaging.journeys import Journey, load_journeys
 from cdp_cli.reports import stats
 from cdp_cli.reports.common import as_days
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import rows_as_dicts
 
 ATTRIBUTIONS = ("last", "first")

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlite_utils
-
 from cdp_cli.errors import NotFound
 from cdp_cli.reports.common import NONE
+from cdp_cli.sqlitelib import sqlite_utils
 
 
 def lifecycle_report(db: sqlite_utils.Database, tag: str = "lifecycle") -> dict[str, Any]:

@@ -7,11 +7,10 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import sqlite_utils
-
 from cdp_cli.config import Config
 from cdp_cli.messaging.channels import CHANNEL_NAMES, CHANNELS
 from cdp_cli.reports.common import in_zone
+from cdp_cli.sqlitelib import sqlite_utils
 
 TIME_FIELDS = {
     "customers": "registered_at",
