@@ -50,8 +50,8 @@ ROW_TOO_LARGE = "too large: a row over limits.row_bytes in cdp.yaml (1,048,576 b
 VALUE_TOO_LARGE = "too large: a value over limits.field_chars in cdp.yaml (65,536 characters)"
 # Peak RSS a 50 MB line may add to a `cdp ingest` of the same file without it: less than one
 # copy of the line. Before, the line took the process from some 45 MB to 150-290 MB, as many
-# times its size as copies of it were made. (The process alone is 45 MB, or 110 MB where the
-# extras are installed: sqlite-utils then imports numpy and pandas, and pandas pyarrow.)
+# times its size as copies of it were made. (Compared with the same ingest, not as a total:
+# what the process starts at depends on what is installed.)
 RSS_GROWTH_LIMIT_MB = 40
 
 
