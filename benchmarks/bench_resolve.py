@@ -20,6 +20,12 @@ after each part: the box is shared, and a figure means little without it.
 
     python benchmarks/bench_resolve.py                       # 100k and 1M records, CRM 200k
     python benchmarks/bench_resolve.py --records 100000 --crm-rows 20000     # a quick look
+    python benchmarks/bench_resolve.py --records 700000 --events 10 --crm-rows 0
+        # 100k customers with 1M app events: resolve reads events per distinct identity key
+
+With `--events N`, the generator writes N app events per customer and the newest 1% of them
+is held out with the orders', so the incremental run reads new events too. The targets
+printed stay the records' (the events add keys, not a separate target).
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ CDP = Path(sys.executable).parent / "cdp"
 RECORDS_PER_CUSTOMER = 7  # non-event source records the generator writes per customer
 HOLD_OUT = 0.01
 HELD_SOURCES = {"pos_orders": "pos_orders.csv", "shop_orders": "shop_orders.jsonl"}
+HELD_EVENTS = {"app_events": "app_events.jsonl"}  # held out too when events are generated
 FULL_TARGET_S = 30.0  # at 1M records, first run and --full rerun alike
 RSS_TARGET_MB = 1500.0  # MB = 10**6 bytes
 INCREMENTAL_TARGET = 0.10  # of the full run's time
@@ -119,16 +126,22 @@ def wait_for_quiet(skip: bool = False) -> float:
 # Data: generated once, 99% in batch1/, the held-out 1% in batch2/
 
 
-def prepare_data(data: Path, customers: int, reuse: bool) -> dict[str, int]:
-    """Generate the exports without events (not part of this target); data lines per file."""
+def held_sources(events: int) -> dict[str, str]:
+    """The sources whose newest 1% is held out: orders, and app events when there are any."""
+    return {**HELD_SOURCES, **HELD_EVENTS} if events else HELD_SOURCES
+
+
+def prepare_data(data: Path, customers: int, reuse: bool, events: int = 0) -> dict[str, int]:
+    """Generate the exports, with `events` app events per customer (none by default: the
+    records' target is without them); data lines per file."""
     counts_file = data / "counts.json"
     data.mkdir(parents=True, exist_ok=True)
     if reuse and counts_file.exists():
         print(f"reusing data in {data}", flush=True)
         return json.loads(counts_file.read_text())
-    print(f"generating {customers:,} customers, no events, into {data} ...", flush=True)
+    print(f"generating {customers:,} customers, {customers * events:,} events, into {data} ...")
     started = time.perf_counter()
-    counts = bench.load_generator().generate(data, customers, events=0)
+    counts = bench.load_generator().generate(data, customers, events=customers * events)
     print(f"generated in {time.perf_counter() - started:.1f} s", flush=True)
     counts_file.write_text(json.dumps(counts, indent=2) + "\n")
     return counts
@@ -147,7 +160,7 @@ def split_tail(src: Path, head: Path, tail: Path, rows: int) -> None:
     tail.write_bytes(b"".join(header + body[len(body) - rows :]))
 
 
-def hold_out(data: Path, counts: dict[str, int]) -> dict[str, Any]:
+def hold_out(data: Path, counts: dict[str, int], events: int = 0) -> dict[str, Any]:
     """batch1/: every export (symlinked) but the held files' last rows; batch2/: those rows.
 
     The generator writes people in blocks, each block's rows in time order, so the held rows
@@ -155,7 +168,7 @@ def hold_out(data: Path, counts: dict[str, int]) -> dict[str, Any]:
     batch1/: what a nightly export brings, mostly for customers known already."""
     records = sum(n for name, n in counts.items() if name != "truth.csv")
     held_total = round(records * HOLD_OUT)
-    held_files = list(HELD_SOURCES.values())
+    held_files = list(held_sources(events).values())
     in_held = sum(counts[name] for name in held_files)
     held = {name: round(held_total * counts[name] / in_held) for name in held_files[:-1]}
     held[held_files[-1]] = held_total - sum(held.values())
@@ -533,11 +546,14 @@ def write_floor(store: Path, scratch: Path) -> dict[str, Any]:
 def run_size(args: argparse.Namespace, records: int) -> dict[str, Any]:
     """Every figure at one size, into a dict: the steps, their ratios and the quality."""
     customers = round(records / RECORDS_PER_CUSTOMER)
-    workdir = args.workdir.resolve() / f"{records}"
+    events = args.events
+    workdir = args.workdir.resolve() / (f"{records}-{events}e" if events else f"{records}")
     workdir.mkdir(parents=True, exist_ok=True)
-    data = workdir / f"data-{customers}c"
-    counts = prepare_data(data, customers, args.skip_generate)
-    held = hold_out(data, counts)
+    data = workdir / (
+        f"data-{customers}c-{customers * events}e" if events else f"data-{customers}c"
+    )
+    counts = prepare_data(data, customers, args.skip_generate, events)
+    held = hold_out(data, counts, events)
     config = write_config(workdir, data / "batch1")
     store = workdir / "cdp.db"
     bench.fresh(store)
@@ -567,7 +583,7 @@ def run_size(args: argparse.Namespace, records: int) -> dict[str, Any]:
     batch2 = Path(held["batch2"])
     step(
         "ingest held-out 1%",
-        ingest_files(config, {s: batch2 / f for s, f in HELD_SOURCES.items()}, notes),
+        ingest_files(config, {s: batch2 / f for s, f in held_sources(events).items()}, notes),
     )
     wait_for_quiet(args.no_wait)
     incremental = step("incremental", cdp_resolve(config))
@@ -738,6 +754,13 @@ def main(argv: list[str] | None = None) -> int:
         help="source records per size, comma-separated (default 100000,1000000)",
     )
     parser.add_argument("--crm-rows", type=int, default=200_000, help="0: no CRM case")
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=0,
+        help="app events per generated customer (default 0; 10 is the pipeline's 10M at 1M "
+        "customers); their newest 1%% is held out with the orders'",
+    )
     parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out" / "resolve")
     parser.add_argument("--skip-generate", action="store_true", help="reuse data already there")
     parser.add_argument("--results", type=Path, help="default benchmarks/out/resolve-results.json")

@@ -193,6 +193,31 @@ def indexes_built_after(conn: sqlite3.Connection, table: str, bulk: bool) -> Ite
         conn.execute(sql)
 
 
+def only_source(conn: sqlite3.Connection, table: str) -> str | None:
+    """The one source every row of a kind table comes from; None when there are several, or
+    no row. Two lookups in the index of its UNIQUE (source, key), not a scan."""
+    first = conn.execute(f"SELECT min(source) FROM {table}").fetchone()[0]
+    if first is None:
+        return None
+    other = conn.execute(f"SELECT min(source) FROM {table} WHERE source > ?", (first,))
+    return first if other.fetchone()[0] is None else None
+
+
+def key_index(conn: sqlite3.Connection, table: str, covering: Sequence[str] = ()) -> str | None:
+    """An index of `table` that leads with identity_key and holds the `covering` columns too
+    (a walk of it then groups rows by key without reading the table), or None."""
+    for name, sql in conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+        "AND sql IS NOT NULL ORDER BY name",
+        (table,),
+    ):
+        columns = [row[2] for row in conn.execute(f'PRAGMA index_info("{name}")')]
+        partial = " where " in sql.lower()  # holds only some rows
+        if columns[:1] == ["identity_key"] and set(covering) <= set(columns) and not partial:
+            return name
+    return None
+
+
 @contextmanager
 def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
     """One explicit transaction: everything inside lands together or not at all."""

