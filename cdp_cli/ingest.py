@@ -751,8 +751,13 @@ def _load(
         plan = None
         if SET_WORK and header is not None and tombstones is None:
             plan = ingest_set.plan_for(mapper, header, source.limits.attrs_bytes)
+        json_plan = None
+        if SET_WORK and header is None and fmt == "jsonl" and tombstones is None:
+            json_plan = ingest_set.json_plan_for(mapper)
         if plan is not None:
             changed = _load_set(conn, plan, loader, rows, progress, on_progress)
+        elif json_plan is not None:
+            changed = _load_json(conn, json_plan, loader, rows, progress, on_progress)
         else:
             changed = loader.load(rows, progress, on_progress)
         if on_progress:
@@ -909,6 +914,72 @@ def _load_set(
             f"SELECT * FROM {ingest_set.STAGED_REJECTS} ORDER BY line"
         )
     # On failure the file's rollback takes the temporary tables with it.
+    ingest_set.drop_stage(conn)
+    return changed
+
+
+def _load_json(
+    conn: sqlite3.Connection,
+    plan: ingest_set.JsonPlan,
+    loader: _RowLoader,
+    rows: Iterator[Any],
+    progress: Progress,
+    on_progress: ProgressCallback | None,
+) -> int:
+    """A JSON Lines file as set work (see ingest_set.JsonPlan): each parsed row's values
+    bound into one `INSERT … SELECT` that types them, RowMapper for the rows it does not
+    take, written in line order. Returns the rows written."""
+    result = loader.result
+    assert result.batch_id is not None
+    table, names = loader.mapper.source.kind.table, loader.columns
+    plan.prepare(conn)
+    insert = (
+        f"{_insert_into(table, names)} {plan.select(loader.mapper.source.name, result.batch_id)} "
+        f"{_on_conflict(table, names)}"
+    )
+    take = plan.take
+    taken: list[tuple[Any, ...]] = []  # rows SQL maps,
+    mapped: list[tuple[Any, ...]] = []  # and rows RowMapper mapped: never both at once
+    rejects: list[tuple[Any, ...]] = []
+    changed = 0
+
+    def write() -> int:
+        count = 0
+        if taken:
+            plan.add_hours(conn, taken)
+            count = conn.executemany(insert, taken).rowcount
+            taken.clear()
+        if mapped:
+            count += conn.executemany(loader.upsert, mapped).rowcount
+            mapped.clear()
+        return count
+
+    for line, row, error, raw in rows:
+        if row is None and error is None:
+            result.skipped += 1
+            continue
+        result.rows_read += 1
+        values = take(row, line) if error is None else None
+        if values is not None:
+            if mapped:
+                changed += write()
+            taken.append(values)
+        else:
+            one = loader.map(line, row, error, raw, rejects)
+            if one is not None:
+                if taken:
+                    changed += write()
+                mapped.append(one)
+        if len(taken) >= CHUNK_ROWS or len(mapped) >= CHUNK_ROWS:
+            changed += write()
+            if on_progress:
+                on_progress(progress.done, progress.total)
+        if len(rejects) >= CHUNK_ROWS:
+            conn.executemany(loader.insert_rejects, rejects)
+            rejects.clear()
+    changed += write()
+    if rejects:
+        conn.executemany(loader.insert_rejects, rejects)
     ingest_set.drop_stage(conn)
     return changed
 

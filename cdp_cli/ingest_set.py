@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cdp_cli.canonical import NUMBER, TIMESTAMP
+from cdp_cli.canonical import JSON, NUMBER, TEXT, TIMESTAMP
 from cdp_cli.identity.normalize import identity_key
 from cdp_cli.parsing import JSON_ENCODER, TimestampParser
 
@@ -453,3 +453,219 @@ def mapped_rows_sql(plan: SetPlan, leftovers: int) -> str:
         f"SELECT * FROM ({plan.select().removesuffix(' ORDER BY s.line')} "
         f"UNION ALL SELECT key, {columns}, attrs, line FROM {LEFTOVERS}) ORDER BY line"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON Lines: parsed values bound straight into an `INSERT … SELECT`
+
+
+HOURS = "temp.cdp_epoch_hours"
+EPOCH, CONSTANT = "epoch", "constant"  # kinds of typed field beside TEXT and JSON
+_MILLIS_FROM = 100_000_000_000  # TimestampParser.epoch: from 1e11 a number is milliseconds
+_EPOCH_TOO_LARGE = 10**13  # and up to here the row path reads it without the general parser
+
+
+def _epoch_seconds(param: str) -> str:
+    return f"(CASE WHEN {param} >= {_MILLIS_FROM} THEN {param} / 1000 ELSE {param} END)"
+
+
+def _epoch_sql(param: str, hours: str) -> str:
+    """TimestampParser.epoch of a bound integer (0 <= n < 10**13), in SQL: the local time by
+    the zone's offset of its hour (from the hours table), then milliseconds where there are
+    any, then the offset as written."""
+    millis = f"(CASE WHEN {param} >= {_MILLIS_FROM} THEN {param} % 1000 ELSE 0 END)"
+    local = f"strftime('%Y-%m-%dT%H:%M:%S', {_epoch_seconds(param)} + {hours}.seconds, 'unixepoch')"
+    return (
+        f"{local} || CASE WHEN {millis} = 0 THEN '' ELSE printf('.%03d', {millis}) END "
+        f"|| {hours}.zone"
+    )
+
+
+def epoch_hour(number: int) -> int:
+    """The hour (since 1970, UTC) TimestampParser.epoch looks a number's offset up by."""
+    return (number // 1000 if number >= _MILLIS_FROM else number) // 3600
+
+
+@dataclass
+class JsonPlan:
+    """How rows of a JSON Lines file are mapped in SQL: `take` picks a parsed row's values
+    for the bound `INSERT … SELECT` (or None: RowMapper maps that row), and the statement's
+    SELECT turns them into the stored row. Epoch timestamps are read in SQL, with the zone's
+    offset looked up in a table filled once per distinct hour."""
+
+    take: Callable[[dict[str, Any], int], tuple[Any, ...] | None]
+    values: list[str]  # an expression per RowMapper.columns, then the identity key
+    epochs: list[int]  # the bound parameters (1-based) that are epoch timestamps
+    parser: TimestampParser | None = None
+    hours_known: set[int] = field(default_factory=set)
+
+    def select(self, source: str, batch_id: int) -> str:
+        """The mapped row (source, key, values, attrs, batch, line) of one bound row."""
+        line = len(self.values) + 2
+        columns = ", ".join(
+            [sql_text(source), "?1", *self.values, "NULL", str(int(batch_id)), f"?{line}"]
+        )
+        if not self.epochs:
+            return f"SELECT {columns} WHERE 1"
+        tables = ", ".join(f"{HOURS} h{p}" for p in self.epochs)
+        joined = " AND ".join(f"h{p}.hour = {_epoch_seconds(f'?{p}')} / 3600" for p in self.epochs)
+        return f"SELECT {columns} FROM {tables} WHERE {joined}"
+
+    def prepare(self, conn: sqlite3.Connection) -> None:
+        drop_stage(conn)
+        if self.epochs:
+            conn.execute(
+                f"CREATE TABLE {HOURS} (hour INTEGER PRIMARY KEY, seconds INTEGER, zone TEXT)"
+            )
+
+    def add_hours(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """The zone's offsets for the hours of these rows' timestamps not seen before: a row
+        whose hour is not in the table would not be written (the SELECT joins it)."""
+        if self.parser is None:
+            return
+        hours = {epoch_hour(row[p - 1]) for row in rows for p in self.epochs}
+        hours -= self.hours_known
+        zone = self.parser.zone
+        offsets = []
+        for hour in sorted(hours):
+            start = datetime.fromtimestamp(hour * 3600, zone)
+            offset = start.utcoffset()
+            seconds = int(offset.total_seconds()) if offset is not None else 0
+            offsets.append((hour, seconds, start.isoformat()[19:]))
+        conn.executemany(f"INSERT INTO {HOURS} VALUES (?, ?, ?)", offsets)
+        self.hours_known |= hours
+
+
+def json_plan_for(mapper: Any) -> JsonPlan | None:
+    """The plan for a JSON Lines file of this source, or None where RowMapper maps every row:
+    the same sources as plan_for leaves out, and fields SQL does not type here (numbers,
+    dates, synonyms, choices, a path deeper than one level, required_if)."""
+    source = mapper.source
+    if not source.key or mapper.has_items or source.custom_fields or mapper._required_if:
+        return None
+    if any(m.columns for m in source.fields.values()):
+        return None
+    top = frozenset(mapper._mapped_top)
+    if any(c.count(".") > 1 or c.split(".")[0] not in top for c in mapper._mapped_paths):
+        return None  # a row's attrs are empty only when its keys are all mapped columns
+    plain_keys: list[str] = [m.column for m in mapper.plain_mappings]
+    values = [f"?{i + 2}" for i in range(len(plain_keys))]
+    # A typed field: (its kind, its column split on '.', required, a constant's value).
+    typed: list[tuple[str, list[str], bool, Any]] = []
+    epochs: list[int] = []
+    parser = None
+    for mapping, (_, convert) in zip(mapper.typed_mappings, mapper._typed, strict=True):
+        position = len(plain_keys) + len(typed) + 2  # its bound parameter
+        spec = source.kind.field(mapping.name)
+        values.append(f"?{position}")
+        if mapping.constant is not None:
+            found: dict[str, Any] = {}
+            try:
+                value = convert(mapping.constant, found)
+            except Exception:  # a RowRejected: every row is, for RowMapper to say why
+                return None
+            if found or not (value is None or isinstance(value, str)):
+                return None
+            typed.append((CONSTANT, [], False, value))
+            continue
+        if mapping.values or spec.choices:
+            return None
+        path = (mapping.column or mapping.name).split(".")
+        if spec.type == TIMESTAMP and not (mapping.formats + source.timestamp_formats):
+            parser = TimestampParser(zoneinfo.ZoneInfo(source.timezone))
+            epochs.append(position)
+            values[-1] = _epoch_sql(f"?{position}", f"h{position}")
+            typed.append((EPOCH, path, spec.required, None))
+        elif spec.type in (TEXT, JSON):
+            typed.append((spec.type, path, spec.required, None))
+        else:
+            return None
+    key_parts = []
+    for mapping, (_, _, index) in zip(source.key, mapper._key, strict=True):
+        if index >= len(plain_keys) and not _is_text(typed, index - len(plain_keys)):
+            return None  # a typed value in the key: str() of a number is Python's own
+        if index < 0 and (mapping.column is None or "." in mapping.column):
+            return None
+        key_parts.append((index, mapping.column))
+    if any(
+        not _is_text(typed, i - len(plain_keys))
+        for _, i in mapper._identity
+        if i >= len(plain_keys)
+    ):
+        return None
+    required_plain = [i for i, _ in mapper._required_plain]
+    identity_key_of = mapper._identity_key
+    encode = JSON_ENCODER.encode
+    epoch_limit = _EPOCH_TOO_LARGE
+    # The plain columns in one C call where there are several and all are there.
+    get_plain = operator.itemgetter(*plain_keys) if len(plain_keys) > 1 else None
+
+    def plain_of(row: dict[str, Any]) -> Any:
+        if get_plain is not None:
+            try:
+                return get_plain(row)
+            except KeyError:
+                pass
+        return [row.get(k) for k in plain_keys]
+
+    def take(row: dict[str, Any], line: int) -> tuple[Any, ...] | None:
+        if not row.keys() <= top:
+            return None  # attrs: RowMapper's
+        raw = plain_of(row)
+        out: list[Any] = []
+        for value in raw:
+            if type(value) is str:
+                out.append(value.strip() or None)
+            elif value is None:
+                out.append(None)
+            else:
+                return None  # a number, a list, true: RowMapper's text of it
+        for i in required_plain:
+            if out[i] is None:
+                return None
+        for kind, path, required, constant in typed:
+            if kind == CONSTANT:
+                out.append(constant)
+                continue
+            value = row.get(path[0])
+            if len(path) == 2 and value is not None:
+                if type(value) is not dict:
+                    return None
+                value = value.get(path[1])
+            if value is None:
+                if required:
+                    return None
+                out.append(None)
+            elif kind == EPOCH:
+                if type(value) is not int or not 0 <= value < epoch_limit:
+                    return None
+                out.append(value)
+            elif kind == JSON:
+                if type(value) is not dict and type(value) is not list:
+                    return None
+                out.append(encode(value))
+            elif type(value) is str:
+                value = value.strip() or None
+                if value is None and required:
+                    return None
+                out.append(value)
+            else:
+                return None
+        parts = []
+        for index, column in key_parts:
+            part = out[index] if index >= 0 else row.get(column)
+            if type(part) is not str:
+                return None
+            part = part.strip() if index < 0 else part
+            if not part:
+                return None
+            parts.append(part)
+        key = parts[0] if len(parts) == 1 else "|".join(parts)
+        return (key, *out, identity_key_of(out), line)
+
+    values.append(f"?{len(values) + 2}")  # the identity key
+    return JsonPlan(take, values, epochs, parser)
+
+
+def _is_text(typed: list[tuple[str, list[str], bool, Any]], index: int) -> bool:
+    return 0 <= index < len(typed) and typed[index][0] in (TEXT, CONSTANT)
