@@ -491,7 +491,7 @@ class JsonPlan:
     """How rows of a JSON Lines file are mapped in SQL: `take` picks a parsed row's values
     for the bound `INSERT … SELECT` (or None: RowMapper maps that row), and the statement's
     SELECT turns them into the stored row. Epoch timestamps are read in SQL, with the zone's
-    offset looked up in a table filled once per distinct hour."""
+    offset looked up in a table filled once per distinct hour; written ones come converted."""
 
     take: Callable[[dict[str, Any], int], tuple[Any, ...] | None]
     values: list[str]  # an expression per RowMapper.columns, then the identity key
@@ -507,9 +507,13 @@ class JsonPlan:
         )
         if not self.epochs:
             return f"SELECT {columns} WHERE 1"
-        tables = ", ".join(f"{HOURS} h{p}" for p in self.epochs)
-        joined = " AND ".join(f"h{p}.hour = {_epoch_seconds(f'?{p}')} / 3600" for p in self.epochs)
-        return f"SELECT {columns} FROM {tables} WHERE {joined}"
+        # A timestamp bound as text is converted already (see json_plan_for).
+        joins = " ".join(
+            f"LEFT JOIN {HOURS} h{p} ON typeof(?{p}) = 'integer' "
+            f"AND h{p}.hour = {_epoch_seconds(f'?{p}')} / 3600"
+            for p in self.epochs
+        )
+        return f"SELECT {columns} FROM (SELECT 1) {joins} WHERE 1"
 
     def prepare(self, conn: sqlite3.Connection) -> None:
         drop_stage(conn)
@@ -523,7 +527,9 @@ class JsonPlan:
         whose hour is not in the table would not be written (the SELECT joins it)."""
         if self.parser is None:
             return
-        hours = {epoch_hour(row[p - 1]) for row in rows for p in self.epochs}
+        hours = {
+            epoch_hour(row[p - 1]) for row in rows for p in self.epochs if type(row[p - 1]) is int
+        }
         hours -= self.hours_known
         zone = self.parser.zone
         offsets = []
@@ -550,7 +556,8 @@ def json_plan_for(mapper: Any) -> JsonPlan | None:
         return None  # a row's attrs are empty only when its keys are all mapped columns
     plain_keys: list[str] = [m.column for m in mapper.plain_mappings]
     values = [f"?{i + 2}" for i in range(len(plain_keys))]
-    # A typed field: (its kind, its column split on '.', required, a constant's value).
+    # A typed field: (its kind, its column split on '.', required, a constant's value or,
+    # for a timestamp, RowMapper's converter of the written ones).
     typed: list[tuple[str, list[str], bool, Any]] = []
     epochs: list[int] = []
     parser = None
@@ -574,8 +581,11 @@ def json_plan_for(mapper: Any) -> JsonPlan | None:
         if spec.type == TIMESTAMP and not (mapping.formats + source.timestamp_formats):
             parser = TimestampParser(zoneinfo.ZoneInfo(source.timezone))
             epochs.append(position)
-            values[-1] = _epoch_sql(f"?{position}", f"h{position}")
-            typed.append((EPOCH, path, spec.required, None))
+            epoch = _epoch_sql(f"?{position}", f"h{position}")
+            values[-1] = (
+                f"CASE WHEN typeof(?{position}) = 'integer' THEN {epoch} ELSE ?{position} END"
+            )
+            typed.append((EPOCH, path, spec.required, convert))
         elif spec.type in (TEXT, JSON):
             typed.append((spec.type, path, spec.required, None))
         else:
@@ -637,7 +647,20 @@ def json_plan_for(mapper: Any) -> JsonPlan | None:
                     return None
                 out.append(None)
             elif kind == EPOCH:
-                if type(value) is not int or not 0 <= value < epoch_limit:
+                if type(value) is int and 0 <= value < epoch_limit:
+                    out.append(value)  # read in SQL
+                    continue
+                if type(value) is not str:
+                    return None
+                # Written forms are many: RowMapper's converter, per row (its cache keeps
+                # the distinct ones while they repeat), as the row path; a value it does not
+                # read cleanly sends the row there.
+                found: dict[str, Any] = {}
+                try:
+                    value = constant(value, found)
+                except Exception:  # RowRejected
+                    return None
+                if found or value is None:
                     return None
                 out.append(value)
             elif kind == JSON:
