@@ -551,9 +551,17 @@ def json_plan_for(mapper: Any) -> JsonPlan | None:
         return None
     if any(m.columns for m in source.fields.values()):
         return None
+    if any(c.count(".") > 1 for c in mapper._mapped_paths):
+        return None
+    # A row's attrs are empty when each of its keys is a mapped column, or an object that
+    # holds only mapped values (RowMapper removes an object its mapped values left empty).
     top = frozenset(mapper._mapped_top)
-    if any(c.count(".") > 1 or c.split(".")[0] not in top for c in mapper._mapped_paths):
-        return None  # a row's attrs are empty only when its keys are all mapped columns
+    holders: dict[str, frozenset[str]] = {}
+    for column in mapper._mapped_paths:
+        parent, child = column.split(".")
+        if parent not in top:
+            holders[parent] = holders.get(parent, frozenset()) | {child}
+    allowed = top | holders.keys()
     plain_keys: list[str] = [m.column for m in mapper.plain_mappings]
     values = [f"?{i + 2}" for i in range(len(plain_keys))]
     # A typed field: (its kind, its column split on '.', required, a constant's value or,
@@ -619,8 +627,13 @@ def json_plan_for(mapper: Any) -> JsonPlan | None:
         return [row.get(k) for k in plain_keys]
 
     def take(row: dict[str, Any], line: int) -> tuple[Any, ...] | None:
-        if not row.keys() <= top:
+        if not row.keys() <= allowed:
             return None  # attrs: RowMapper's
+        for parent, children in holders.items():
+            if parent in row:
+                held = row[parent]
+                if type(held) is not dict or not held.keys() <= children:
+                    return None
         raw = plain_of(row)
         out: list[Any] = []
         for value in raw:
