@@ -1,4 +1,5 @@
-"""Ingest as set work: a CSV file's cells are staged as read, then mapped in SQL.
+"""Ingest as set work: a CSV file's cells are staged as read, then mapped in SQL; a JSON
+Lines file's parsed values are bound straight into an `INSERT … SELECT` (JsonPlan, below).
 
 Each row's cells, stripped, go into a temporary table with one `executemany` a chunk;
 synonyms, choices, typing, the checks, the natural key and the attrs JSON then happen in
@@ -20,8 +21,8 @@ trim() knows only the characters it is given, and is slow with many. The identit
 blake2b hash, which SQLite has not: computed as the row is staged where the identity fields
 are plain text, else by a function registered on the connection.
 
-A source the set path cannot take whole is mapped by RowMapper row by row: JSON and JSON
-Lines (a value's type is part of what it maps to), a store with tombstones (each row is
+A source the set path cannot take whole is mapped by RowMapper row by row: JSON (a JSON
+Lines file is taken by JsonPlan where it can be), a store with tombstones (each row is
 screened against forgotten people), a source without a natural key (its key is a hash of
 the row's Python values), orders with items, a number as (part of) the key (Python and
 SQLite write floats differently), a constant that does not convert, a field joined from
@@ -457,9 +458,32 @@ def mapped_rows_sql(plan: SetPlan, leftovers: int) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # JSON Lines: parsed values bound straight into an `INSERT … SELECT`
+#
+# A JSON Lines file is parsed line by line by readers.read_jsonl (json.loads, as the
+# baseline does; its checks of size, depth and text stay where they are). Staging each line
+# as text for SQL's JSON functions was measured slower: `->>` parses the line again per
+# field, and the staged copy is written and scanned once more. So each parsed object's
+# values are bound into one `INSERT … SELECT` that writes the row, in line order, with the
+# row path's upsert: no staged write, no scan. What stays in Python is what a value's JSON
+# type decides (a text value must be a string: RowMapper writes a number or a list as text in
+# its own way), trimming (Python's strip, which SQL's trim() is not), the identity key
+# (blake2b, once per distinct combination) and the attrs check (a row whose keys are all
+# mapped has none). Epoch timestamps are read in SQL, the zone's offset per distinct hour;
+# a timestamp written as text goes through RowMapper's own converter (its forms are many)
+# and is bound converted. A row `take` does not take (a value of another type, a missing
+# required value or key, attrs, a reader's reject) is mapped by RowMapper, for its exact
+# reason or `_invalid` attrs, and written in its place in line order.
 
 
 HOURS = "temp.cdp_epoch_hours"
+JSON_STAGE = "temp.cdp_json"
+# A JSON Lines file of more rows than this is written in key order: its rows' new ids then
+# follow their keys, not their lines (the `line` column keeps each row's place). The
+# UNIQUE (source, key) index of random event ids outgrows the page cache from a few million
+# rows, and each insert in line order then reads a random index page back (through a WAL
+# the size of the file): 10M events took 15 times as long as 1M. In key order the index is
+# written from one end to the other.
+JSON_KEY_ORDER_FROM = 200_000
 EPOCH, CONSTANT = "epoch", "constant"  # kinds of typed field beside TEXT and JSON
 _MILLIS_FROM = 100_000_000_000  # TimestampParser.epoch: from 1e11 a number is milliseconds
 _EPOCH_TOO_LARGE = 10**13  # and up to here the row path reads it without the general parser
@@ -499,28 +523,42 @@ class JsonPlan:
     parser: TimestampParser | None = None
     hours_known: set[int] = field(default_factory=set)
 
-    def select(self, source: str, batch_id: int) -> str:
-        """The mapped row (source, key, values, attrs, batch, line) of one bound row."""
-        line = len(self.values) + 2
+    @property
+    def width(self) -> int:
+        """Values staged per row: the key, one per column, the identity key."""
+        return len(self.values) + 1
+
+    def select(self, source: str, batch_id: int, by_key: bool) -> str:
+        """The mapped rows (source, key, values, attrs, batch, line) of the staged ones, in
+        line order, or in key order (see JSON_KEY_ORDER_FROM)."""
         columns = ", ".join(
-            [sql_text(source), "?1", *self.values, "NULL", str(int(batch_id)), f"?{line}"]
+            [sql_text(source), "s.p1", *self.values, "s.attrs", str(int(batch_id)), "s.line"]
         )
-        if not self.epochs:
-            return f"SELECT {columns} WHERE 1"
-        # A timestamp bound as text is converted already (see json_plan_for).
+        # A timestamp staged as text is converted already (see json_plan_for).
         joins = " ".join(
-            f"LEFT JOIN {HOURS} h{p} ON typeof(?{p}) = 'integer' "
-            f"AND h{p}.hour = {_epoch_seconds(f'?{p}')} / 3600"
+            f"LEFT JOIN {HOURS} h{p} ON typeof(s.p{p}) = 'integer' "
+            f"AND h{p}.hour = {_epoch_seconds(f's.p{p}')} / 3600"
             for p in self.epochs
         )
-        return f"SELECT {columns} FROM (SELECT 1) {joins} WHERE 1"
+        order = "s.p1, s.line" if by_key else "s.line"
+        return f"SELECT {columns} FROM {JSON_STAGE} s {joins} WHERE 1 ORDER BY {order}"
 
-    def prepare(self, conn: sqlite3.Connection) -> None:
+    def prepare(self, conn: sqlite3.Connection) -> tuple[str, str]:
+        """The temporary tables; returns the INSERTs that stage a row `take` took (its
+        values, line) and a row RowMapper mapped (its values, attrs, line)."""
         drop_stage(conn)
+        conn.execute(f"PRAGMA temp.cache_size = -{TEMP_CACHE_MB * 1024}")
+        staged = ", ".join(f"p{p}" for p in range(1, self.width + 1))
+        conn.execute(f"CREATE TABLE {JSON_STAGE} (line INTEGER PRIMARY KEY, {staged}, attrs)")
         if self.epochs:
             conn.execute(
                 f"CREATE TABLE {HOURS} (hour INTEGER PRIMARY KEY, seconds INTEGER, zone TEXT)"
             )
+        marks = ", ".join("?" * (self.width + 1))
+        return (
+            f"INSERT INTO {JSON_STAGE} ({staged}, line) VALUES ({marks})",
+            f"INSERT INTO {JSON_STAGE} ({staged}, attrs, line) VALUES ({marks}, ?)",
+        )
 
     def add_hours(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
         """The zone's offsets for the hours of these rows' timestamps not seen before: a row
@@ -563,7 +601,7 @@ def json_plan_for(mapper: Any) -> JsonPlan | None:
             holders[parent] = holders.get(parent, frozenset()) | {child}
     allowed = top | holders.keys()
     plain_keys: list[str] = [m.column for m in mapper.plain_mappings]
-    values = [f"?{i + 2}" for i in range(len(plain_keys))]
+    values = [f"s.p{i + 2}" for i in range(len(plain_keys))]
     # A typed field: (its kind, its column split on '.', required, a constant's value or,
     # for a timestamp, RowMapper's converter of the written ones).
     typed: list[tuple[str, list[str], bool, Any]] = []
@@ -572,7 +610,7 @@ def json_plan_for(mapper: Any) -> JsonPlan | None:
     for mapping, (_, convert) in zip(mapper.typed_mappings, mapper._typed, strict=True):
         position = len(plain_keys) + len(typed) + 2  # its bound parameter
         spec = source.kind.field(mapping.name)
-        values.append(f"?{position}")
+        values.append(f"s.p{position}")
         if mapping.constant is not None:
             found: dict[str, Any] = {}
             try:
@@ -589,10 +627,9 @@ def json_plan_for(mapper: Any) -> JsonPlan | None:
         if spec.type == TIMESTAMP and not (mapping.formats + source.timestamp_formats):
             parser = TimestampParser(zoneinfo.ZoneInfo(source.timezone))
             epochs.append(position)
-            epoch = _epoch_sql(f"?{position}", f"h{position}")
-            values[-1] = (
-                f"CASE WHEN typeof(?{position}) = 'integer' THEN {epoch} ELSE ?{position} END"
-            )
+            epoch = _epoch_sql(f"s.p{position}", f"h{position}")
+            staged = f"s.p{position}"
+            values[-1] = f"CASE WHEN typeof({staged}) = 'integer' THEN {epoch} ELSE {staged} END"
             typed.append((EPOCH, path, spec.required, convert))
         elif spec.type in (TEXT, JSON):
             typed.append((spec.type, path, spec.required, None))
@@ -699,7 +736,7 @@ def json_plan_for(mapper: Any) -> JsonPlan | None:
         key = parts[0] if len(parts) == 1 else "|".join(parts)
         return (key, *out, identity_key_of(out), line)
 
-    values.append(f"?{len(values) + 2}")  # the identity key
+    values.append(f"s.p{len(values) + 2}")  # the identity key
     return JsonPlan(take, values, epochs, parser)
 
 
