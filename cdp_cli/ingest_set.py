@@ -457,22 +457,27 @@ def mapped_rows_sql(plan: SetPlan, leftovers: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# JSON Lines: parsed values bound straight into an `INSERT … SELECT`
+# JSON Lines: parsed values staged, then typed and written by one `INSERT … SELECT`
 #
 # A JSON Lines file is parsed line by line by readers.read_jsonl (json.loads, as the
-# baseline does; its checks of size, depth and text stay where they are). Staging each line
-# as text for SQL's JSON functions was measured slower: `->>` parses the line again per
-# field, and the staged copy is written and scanned once more. So each parsed object's
-# values are bound into one `INSERT … SELECT` that writes the row, in line order, with the
-# row path's upsert: no staged write, no scan. What stays in Python is what a value's JSON
-# type decides (a text value must be a string: RowMapper writes a number or a list as text in
-# its own way), trimming (Python's strip, which SQL's trim() is not), the identity key
-# (blake2b, once per distinct combination) and the attrs check (a row whose keys are all
-# mapped has none). Epoch timestamps are read in SQL, the zone's offset per distinct hour;
-# a timestamp written as text goes through RowMapper's own converter (its forms are many)
-# and is bound converted. A row `take` does not take (a value of another type, a missing
-# required value or key, attrs, a reader's reject) is mapped by RowMapper, for its exact
-# reason or `_invalid` attrs, and written in its place in line order.
+# baseline does; its checks of size, depth, lone surrogates and long strings stay where they
+# are). `take` picks each object's values into a staged row; one `INSERT … SELECT` then
+# reads epoch timestamps (the zone's offset per distinct hour), and writes every row with
+# the row path's upsert, in line order, or in key order for a large file (see
+# JSON_KEY_ORDER_FROM). What stays in Python per row is what a value's JSON type decides (a
+# text value must be a string: RowMapper writes a number or a list as text in its own way),
+# trimming (Python's strip, which SQL's trim() is not), the identity key (blake2b, once per
+# distinct combination), the attrs check (a row whose keys are all mapped has none), and a
+# timestamp written as text, which goes through RowMapper's own converter (its forms are
+# many) and is staged converted. A row `take` does not take (a value of another type, a
+# missing required value or key, attrs, a reader's reject) is mapped by RowMapper, for its
+# exact reason or `_invalid` attrs, staged as mapped, and written in its place.
+#
+# Staging each raw line as text and extracting its fields with `->>` was measured faster on
+# its own (200k events: 0.70 s of CPU to stage and extract, against 1.87 s for json.loads and
+# binding), but was not built: the reader's checks and Python's reading of JSON (the last of
+# a repeated key wins; numbers and escapes are written again by the encoder, in properties)
+# would each need an SQL equivalent proven to give the same rows.
 
 
 HOURS = "temp.cdp_epoch_hours"
@@ -513,13 +518,13 @@ def epoch_hour(number: int) -> int:
 @dataclass
 class JsonPlan:
     """How rows of a JSON Lines file are mapped in SQL: `take` picks a parsed row's values
-    for the bound `INSERT … SELECT` (or None: RowMapper maps that row), and the statement's
-    SELECT turns them into the stored row. Epoch timestamps are read in SQL, with the zone's
-    offset looked up in a table filled once per distinct hour; written ones come converted."""
+    to stage (or None: RowMapper maps that row), and `select` turns the staged rows into
+    stored ones. Epoch timestamps are read in SQL, with the zone's offset looked up in a
+    table filled once per distinct hour; written ones come converted."""
 
     take: Callable[[dict[str, Any], int], tuple[Any, ...] | None]
     values: list[str]  # an expression per RowMapper.columns, then the identity key
-    epochs: list[int]  # the bound parameters (1-based) that are epoch timestamps
+    epochs: list[int]  # the staged columns (p1 is the key) that are timestamps
     parser: TimestampParser | None = None
     hours_known: set[int] = field(default_factory=set)
 
@@ -561,8 +566,8 @@ class JsonPlan:
         )
 
     def add_hours(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-        """The zone's offsets for the hours of these rows' timestamps not seen before: a row
-        whose hour is not in the table would not be written (the SELECT joins it)."""
+        """The zone's offsets for the hours of these rows' epoch timestamps not seen before,
+        staged with them: a row whose hour were missing would be written without its time."""
         if self.parser is None:
             return
         hours = {
