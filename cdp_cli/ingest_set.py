@@ -487,7 +487,8 @@ JSON_STAGE = "temp.cdp_json"
 # UNIQUE (source, key) index of random event ids outgrows the page cache from a few million
 # rows, and each insert in line order then reads a random index page back (through a WAL
 # the size of the file): 10M events took 15 times as long as 1M. In key order the index is
-# written from one end to the other.
+# written from one end to the other. A file's new ids stay above those of the files before
+# it, which is the order profiles read a customer's sources in (profiles.py, by rowid).
 JSON_KEY_ORDER_FROM = 200_000
 EPOCH, CONSTANT = "epoch", "constant"  # kinds of typed field beside TEXT and JSON
 _MILLIS_FROM = 100_000_000_000  # TimestampParser.epoch: from 1e11 a number is milliseconds
