@@ -50,11 +50,18 @@ from cdp_cli.parsing import (
 from cdp_cli.privacy import quote_cells
 from cdp_cli.readers import Progress
 from cdp_cli.sqlitelib import sqlite_utils
-from cdp_cli.store import indexes_built_after, insert_row, now_iso, transaction
+from cdp_cli.store import (
+    INDEX_BUILD_CACHE_MB,
+    indexes_built_after,
+    insert_row,
+    now_iso,
+    transaction,
+)
 
 CHUNK_ROWS = 5000
-# Whether a CSV file may be mapped as set work (ingest_set); False maps every row with
-# RowMapper, the definition the set path is tested against (tests/test_ingest_sql.py).
+# Whether a CSV or JSON Lines file may be mapped as set work (ingest_set); False maps every
+# row with RowMapper, the definition the set path is tested against (tests/test_ingest_sql.py,
+# tests/test_ingest_jsonl_sql.py).
 SET_WORK = True
 _JSON = JSON_ENCODER
 ProgressCallback = Callable[[int, int], None]
@@ -750,8 +757,13 @@ def _load(
         plan = None
         if SET_WORK and header is not None and tombstones is None:
             plan = ingest_set.plan_for(mapper, header, source.limits.attrs_bytes)
+        json_plan = None
+        if SET_WORK and header is None and fmt == "jsonl" and tombstones is None:
+            json_plan = ingest_set.json_plan_for(mapper)
         if plan is not None:
             changed = _load_set(conn, plan, loader, rows, progress, on_progress)
+        elif json_plan is not None:
+            changed = _load_json(conn, json_plan, loader, rows, progress, on_progress)
         else:
             changed = loader.load(rows, progress, on_progress)
         if on_progress:
@@ -910,6 +922,72 @@ def _load_set(
     # On failure the file's rollback takes the temporary tables with it.
     ingest_set.drop_stage(conn)
     return changed
+
+
+def _load_json(
+    conn: sqlite3.Connection,
+    plan: ingest_set.JsonPlan,
+    loader: _RowLoader,
+    rows: Iterator[Any],
+    progress: Progress,
+    on_progress: ProgressCallback | None,
+) -> int:
+    """A JSON Lines file as set work (see ingest_set.JsonPlan): each parsed row's values
+    staged as `take` gives them, or as RowMapper maps a row it does not take; then one
+    `INSERT … SELECT` types and writes them all. Returns the rows written."""
+    result = loader.result
+    assert result.batch_id is not None
+    stage_taken, stage_mapped = plan.prepare(conn)
+    take = plan.take
+    taken: list[tuple[Any, ...]] = []  # rows SQL maps,
+    mapped: list[tuple[Any, ...]] = []  # rows RowMapper mapped: key, values, attrs, line
+    rejects: list[tuple[Any, ...]] = []
+
+    def stage() -> None:
+        plan.add_hours(conn, taken)
+        conn.executemany(stage_taken, taken)
+        conn.executemany(stage_mapped, mapped)
+        taken.clear()
+        mapped.clear()
+
+    for line, row, error, raw in rows:
+        if row is None and error is None:
+            result.skipped += 1
+            continue
+        result.rows_read += 1
+        values = take(row, line) if error is None else None
+        if values is not None:
+            taken.append(values)
+        else:
+            one = loader.map(line, row, error, raw, rejects)
+            if one is not None:
+                mapped.append((*one[1:-2], line))
+        if len(taken) >= CHUNK_ROWS or len(mapped) >= CHUNK_ROWS:
+            stage()
+            if on_progress:
+                on_progress(progress.done, progress.total)
+        if len(rejects) >= CHUNK_ROWS:
+            conn.executemany(loader.insert_rejects, rejects)
+            rejects.clear()
+    stage()
+    if rejects:
+        conn.executemany(loader.insert_rejects, rejects)
+    table, names = loader.mapper.source.kind.table, loader.columns
+    by_key = result.rows_read > ingest_set.JSON_KEY_ORDER_FROM
+    select = plan.select(loader.mapper.source.name, result.batch_id, by_key)
+    insert = f"{_insert_into(table, names)} {select} {_on_conflict(table, names)}"
+    # In key order the writes need few pages cached, and SQLite's sorter holds as much
+    # memory as the page cache besides it: a small cache for the sort and the writes.
+    cache = conn.execute("PRAGMA cache_size").fetchone()[0]
+    if by_key:
+        conn.execute(f"PRAGMA cache_size=-{INDEX_BUILD_CACHE_MB * 1024}")
+    try:
+        changed = conn.execute(insert).rowcount
+    finally:
+        conn.execute(f"PRAGMA cache_size={cache}")
+    # On failure the file's rollback takes the temporary tables with it.
+    ingest_set.drop_stage(conn)
+    return int(changed)
 
 
 class _Leftovers:

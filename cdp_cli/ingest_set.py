@@ -1,4 +1,5 @@
-"""Ingest as set work: a CSV file's cells are staged as read, then mapped in SQL.
+"""Ingest as set work: a CSV file's cells are staged as read, then mapped in SQL; a JSON
+Lines file's parsed values are bound straight into an `INSERT … SELECT` (JsonPlan, below).
 
 Each row's cells, stripped, go into a temporary table with one `executemany` a chunk;
 synonyms, choices, typing, the checks, the natural key and the attrs JSON then happen in
@@ -20,8 +21,8 @@ trim() knows only the characters it is given, and is slow with many. The identit
 blake2b hash, which SQLite has not: computed as the row is staged where the identity fields
 are plain text, else by a function registered on the connection.
 
-A source the set path cannot take whole is mapped by RowMapper row by row: JSON and JSON
-Lines (a value's type is part of what it maps to), a store with tombstones (each row is
+A source the set path cannot take whole is mapped by RowMapper row by row: JSON (a JSON
+Lines file is taken by JsonPlan where it can be), a store with tombstones (each row is
 screened against forgotten people), a source without a natural key (its key is a hash of
 the row's Python values), orders with items, a number as (part of) the key (Python and
 SQLite write floats differently), a constant that does not convert, a field joined from
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cdp_cli.canonical import NUMBER, TIMESTAMP
+from cdp_cli.canonical import JSON, NUMBER, TEXT, TIMESTAMP
 from cdp_cli.identity.normalize import identity_key
 from cdp_cli.parsing import JSON_ENCODER, TimestampParser
 
@@ -453,3 +454,297 @@ def mapped_rows_sql(plan: SetPlan, leftovers: int) -> str:
         f"SELECT * FROM ({plan.select().removesuffix(' ORDER BY s.line')} "
         f"UNION ALL SELECT key, {columns}, attrs, line FROM {LEFTOVERS}) ORDER BY line"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON Lines: parsed values staged, then typed and written by one `INSERT … SELECT`
+#
+# A JSON Lines file is parsed line by line by readers.read_jsonl (json.loads, as the
+# baseline does; its checks of size, depth, lone surrogates and long strings stay where they
+# are). `take` picks each object's values into a staged row; one `INSERT … SELECT` then
+# reads epoch timestamps (the zone's offset per distinct hour), and writes every row with
+# the row path's upsert, in line order, or in key order for a large file (see
+# JSON_KEY_ORDER_FROM). What stays in Python per row is what a value's JSON type decides (a
+# text value must be a string: RowMapper writes a number or a list as text in its own way),
+# trimming (Python's strip, which SQL's trim() is not), the identity key (blake2b, once per
+# distinct combination), the attrs check (a row whose keys are all mapped has none), and a
+# timestamp written as text, which goes through RowMapper's own converter (its forms are
+# many) and is staged converted. A row `take` does not take (a value of another type, a
+# missing required value or key, attrs, a reader's reject) is mapped by RowMapper, for its
+# exact reason or `_invalid` attrs, staged as mapped, and written in its place.
+#
+# Staging each raw line as text and extracting its fields with `->>` was measured faster on
+# its own (200k events: 0.70 s of CPU to stage and extract, against 1.87 s for json.loads and
+# binding), but was not built: the reader's checks and Python's reading of JSON (the last of
+# a repeated key wins; numbers and escapes are written again by the encoder, in properties)
+# would each need an SQL equivalent proven to give the same rows.
+
+
+HOURS = "temp.cdp_epoch_hours"
+JSON_STAGE = "temp.cdp_json"
+# A JSON Lines file of more rows than this is written in key order: its rows' new ids then
+# follow their keys, not their lines (the `line` column keeps each row's place). The
+# UNIQUE (source, key) index of random event ids outgrows the page cache from a few million
+# rows, and each insert in line order then reads a random index page back (through a WAL
+# the size of the file): 10M events took 15 times as long as 1M. In key order the index is
+# written from one end to the other. A file's new ids stay above those of the files before
+# it, which is the order profiles read a customer's sources in (profiles.py, by rowid).
+JSON_KEY_ORDER_FROM = 200_000
+EPOCH, CONSTANT = "epoch", "constant"  # kinds of typed field beside TEXT and JSON
+_MILLIS_FROM = 100_000_000_000  # TimestampParser.epoch: from 1e11 a number is milliseconds
+_EPOCH_TOO_LARGE = 10**13  # and up to here the row path reads it without the general parser
+
+
+def _epoch_seconds(param: str) -> str:
+    return f"(CASE WHEN {param} >= {_MILLIS_FROM} THEN {param} / 1000 ELSE {param} END)"
+
+
+def _epoch_sql(param: str, hours: str) -> str:
+    """TimestampParser.epoch of a bound integer (0 <= n < 10**13), in SQL: the local time by
+    the zone's offset of its hour (from the hours table), then milliseconds where there are
+    any, then the offset as written."""
+    millis = f"(CASE WHEN {param} >= {_MILLIS_FROM} THEN {param} % 1000 ELSE 0 END)"
+    local = f"strftime('%Y-%m-%dT%H:%M:%S', {_epoch_seconds(param)} + {hours}.seconds, 'unixepoch')"
+    return (
+        f"{local} || CASE WHEN {millis} = 0 THEN '' ELSE printf('.%03d', {millis}) END "
+        f"|| {hours}.zone"
+    )
+
+
+def epoch_hour(number: int) -> int:
+    """The hour (since 1970, UTC) TimestampParser.epoch looks a number's offset up by."""
+    return (number // 1000 if number >= _MILLIS_FROM else number) // 3600
+
+
+@dataclass
+class JsonPlan:
+    """How rows of a JSON Lines file are mapped in SQL: `take` picks a parsed row's values
+    to stage (or None: RowMapper maps that row), and `select` turns the staged rows into
+    stored ones. Epoch timestamps are read in SQL, with the zone's offset looked up in a
+    table filled once per distinct hour; written ones come converted."""
+
+    take: Callable[[dict[str, Any], int], tuple[Any, ...] | None]
+    values: list[str]  # an expression per RowMapper.columns, then the identity key
+    epochs: list[int]  # the staged columns (p1 is the key) that are timestamps
+    parser: TimestampParser | None = None
+    hours_known: set[int] = field(default_factory=set)
+
+    @property
+    def width(self) -> int:
+        """Values staged per row: the key, one per column, the identity key."""
+        return len(self.values) + 1
+
+    def select(self, source: str, batch_id: int, by_key: bool) -> str:
+        """The mapped rows (source, key, values, attrs, batch, line) of the staged ones, in
+        line order, or in key order (see JSON_KEY_ORDER_FROM)."""
+        columns = ", ".join(
+            [sql_text(source), "s.p1", *self.values, "s.attrs", str(int(batch_id)), "s.line"]
+        )
+        # A timestamp staged as text is converted already (see json_plan_for).
+        joins = " ".join(
+            f"LEFT JOIN {HOURS} h{p} ON typeof(s.p{p}) = 'integer' "
+            f"AND h{p}.hour = {_epoch_seconds(f's.p{p}')} / 3600"
+            for p in self.epochs
+        )
+        order = "s.p1, s.line" if by_key else "s.line"
+        return f"SELECT {columns} FROM {JSON_STAGE} s {joins} WHERE 1 ORDER BY {order}"
+
+    def prepare(self, conn: sqlite3.Connection) -> tuple[str, str]:
+        """The temporary tables; returns the INSERTs that stage a row `take` took (its
+        values, line) and a row RowMapper mapped (its values, attrs, line)."""
+        drop_stage(conn)
+        conn.execute(f"PRAGMA temp.cache_size = -{TEMP_CACHE_MB * 1024}")
+        staged = ", ".join(f"p{p}" for p in range(1, self.width + 1))
+        conn.execute(f"CREATE TABLE {JSON_STAGE} (line INTEGER PRIMARY KEY, {staged}, attrs)")
+        if self.epochs:
+            conn.execute(
+                f"CREATE TABLE {HOURS} (hour INTEGER PRIMARY KEY, seconds INTEGER, zone TEXT)"
+            )
+        marks = ", ".join("?" * (self.width + 1))
+        return (
+            f"INSERT INTO {JSON_STAGE} ({staged}, line) VALUES ({marks})",
+            f"INSERT INTO {JSON_STAGE} ({staged}, attrs, line) VALUES ({marks}, ?)",
+        )
+
+    def add_hours(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """The zone's offsets for the hours of these rows' epoch timestamps not seen before,
+        staged with them: a row whose hour were missing would be written without its time."""
+        if self.parser is None:
+            return
+        hours = {
+            epoch_hour(row[p - 1]) for row in rows for p in self.epochs if type(row[p - 1]) is int
+        }
+        hours -= self.hours_known
+        zone = self.parser.zone
+        offsets = []
+        for hour in sorted(hours):
+            start = datetime.fromtimestamp(hour * 3600, zone)
+            offset = start.utcoffset()
+            seconds = int(offset.total_seconds()) if offset is not None else 0
+            offsets.append((hour, seconds, start.isoformat()[19:]))
+        conn.executemany(f"INSERT INTO {HOURS} VALUES (?, ?, ?)", offsets)
+        self.hours_known |= hours
+
+
+def json_plan_for(mapper: Any) -> JsonPlan | None:
+    """The plan for a JSON Lines file of this source, or None where RowMapper maps every row:
+    the same sources as plan_for leaves out, and fields SQL does not type here (numbers,
+    dates, synonyms, choices, a path deeper than one level, required_if)."""
+    source = mapper.source
+    if not source.key or mapper.has_items or source.custom_fields or mapper._required_if:
+        return None
+    if any(m.columns for m in source.fields.values()):
+        return None
+    if any(c.count(".") > 1 for c in mapper._mapped_paths):
+        return None
+    # A row's attrs are empty when each of its keys is a mapped column, or an object that
+    # holds only mapped values (RowMapper removes an object its mapped values left empty).
+    top = frozenset(mapper._mapped_top)
+    holders: dict[str, frozenset[str]] = {}
+    for column in mapper._mapped_paths:
+        parent, child = column.split(".")
+        if parent not in top:
+            holders[parent] = holders.get(parent, frozenset()) | {child}
+    allowed = top | holders.keys()
+    plain_keys: list[str] = [m.column for m in mapper.plain_mappings]
+    values = [f"s.p{i + 2}" for i in range(len(plain_keys))]
+    # A typed field: (its kind, its column split on '.', required, a constant's value or,
+    # for a timestamp, RowMapper's converter of the written ones).
+    typed: list[tuple[str, list[str], bool, Any]] = []
+    epochs: list[int] = []
+    parser = None
+    for mapping, (_, convert) in zip(mapper.typed_mappings, mapper._typed, strict=True):
+        position = len(plain_keys) + len(typed) + 2  # its bound parameter
+        spec = source.kind.field(mapping.name)
+        values.append(f"s.p{position}")
+        if mapping.constant is not None:
+            found: dict[str, Any] = {}
+            try:
+                value = convert(mapping.constant, found)
+            except Exception:  # a RowRejected: every row is, for RowMapper to say why
+                return None
+            if found or not (value is None or isinstance(value, str)):
+                return None
+            typed.append((CONSTANT, [], False, value))
+            continue
+        if mapping.values or spec.choices:
+            return None
+        path = (mapping.column or mapping.name).split(".")
+        if spec.type == TIMESTAMP and not (mapping.formats + source.timestamp_formats):
+            parser = TimestampParser(zoneinfo.ZoneInfo(source.timezone))
+            epochs.append(position)
+            epoch = _epoch_sql(f"s.p{position}", f"h{position}")
+            staged = f"s.p{position}"
+            values[-1] = f"CASE WHEN typeof({staged}) = 'integer' THEN {epoch} ELSE {staged} END"
+            typed.append((EPOCH, path, spec.required, convert))
+        elif spec.type in (TEXT, JSON):
+            typed.append((spec.type, path, spec.required, None))
+        else:
+            return None
+    key_parts = []
+    for mapping, (_, _, index) in zip(source.key, mapper._key, strict=True):
+        if index >= len(plain_keys) and not _is_text(typed, index - len(plain_keys)):
+            return None  # a typed value in the key: str() of a number is Python's own
+        if index < 0 and (mapping.column is None or "." in mapping.column):
+            return None
+        key_parts.append((index, mapping.column))
+    if any(
+        not _is_text(typed, i - len(plain_keys))
+        for _, i in mapper._identity
+        if i >= len(plain_keys)
+    ):
+        return None
+    required_plain = [i for i, _ in mapper._required_plain]
+    identity_key_of = mapper._identity_key
+    encode = JSON_ENCODER.encode
+    epoch_limit = _EPOCH_TOO_LARGE
+    # The plain columns in one C call where there are several and all are there.
+    get_plain = operator.itemgetter(*plain_keys) if len(plain_keys) > 1 else None
+
+    def plain_of(row: dict[str, Any]) -> Any:
+        if get_plain is not None:
+            try:
+                return get_plain(row)
+            except KeyError:
+                pass
+        return [row.get(k) for k in plain_keys]
+
+    def take(row: dict[str, Any], line: int) -> tuple[Any, ...] | None:
+        if not row.keys() <= allowed:
+            return None  # attrs: RowMapper's
+        for parent, children in holders.items():
+            if parent in row:
+                held = row[parent]
+                if type(held) is not dict or not held.keys() <= children:
+                    return None
+        raw = plain_of(row)
+        out: list[Any] = []
+        for value in raw:
+            if type(value) is str:
+                out.append(value.strip() or None)
+            elif value is None:
+                out.append(None)
+            else:
+                return None  # a number, a list, true: RowMapper's text of it
+        for i in required_plain:
+            if out[i] is None:
+                return None
+        for kind, path, required, constant in typed:
+            if kind == CONSTANT:
+                out.append(constant)
+                continue
+            value = row.get(path[0])
+            if len(path) == 2 and value is not None:
+                if type(value) is not dict:
+                    return None
+                value = value.get(path[1])
+            if value is None:
+                if required:
+                    return None
+                out.append(None)
+            elif kind == EPOCH:
+                if type(value) is int and 0 <= value < epoch_limit:
+                    out.append(value)  # read in SQL
+                    continue
+                if type(value) is not str:
+                    return None
+                # Written forms are many: RowMapper's converter, per row (its cache keeps
+                # the distinct ones while they repeat), as the row path; a value it does not
+                # read cleanly sends the row there.
+                found: dict[str, Any] = {}
+                try:
+                    value = constant(value, found)
+                except Exception:  # RowRejected
+                    return None
+                if found or value is None:
+                    return None
+                out.append(value)
+            elif kind == JSON:
+                if type(value) is not dict and type(value) is not list:
+                    return None
+                out.append(encode(value))
+            elif type(value) is str:
+                value = value.strip() or None
+                if value is None and required:
+                    return None
+                out.append(value)
+            else:
+                return None
+        parts = []
+        for index, column in key_parts:
+            part = out[index] if index >= 0 else row.get(column)
+            if type(part) is not str:
+                return None
+            part = part.strip() if index < 0 else part
+            if not part:
+                return None
+            parts.append(part)
+        key = parts[0] if len(parts) == 1 else "|".join(parts)
+        return (key, *out, identity_key_of(out), line)
+
+    values.append(f"s.p{len(values) + 2}")  # the identity key
+    return JsonPlan(take, values, epochs, parser)
+
+
+def _is_text(typed: list[tuple[str, list[str], bool, Any]], index: int) -> bool:
+    return 0 <= index < len(typed) and typed[index][0] in (TEXT, CONSTANT)
