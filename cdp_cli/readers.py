@@ -385,7 +385,6 @@ def read_jsonl(
     """Objects from a JSON Lines file; a blank line yields (line, None, None).
 
     Each line is read limits.row_bytes at most: one longer is passed by and rejected."""
-    utf8 = encoding in ("utf-8", "utf-8-sig")
     longest = limits.row_bytes + 2  # a line of row_bytes and its \r\n
     number = 0
     while raw := stream.readline(longest):
@@ -405,7 +404,9 @@ def read_jsonl(
             yield number, None, None, None
             continue
         try:
-            value = json.loads(raw if utf8 else raw.decode(encoding))
+            # Decoded here, strictly: json.loads would take the bytes of half an emoji
+            # (b"\xed\xa0\xbd") as a lone surrogate, which SQLite cannot store.
+            value = json.loads(raw.decode(encoding))
         except UnicodeDecodeError:
             yield number, raw, f"bytes that do not decode as {encoding}", raw
             continue

@@ -139,9 +139,28 @@ def test_jsonl_objects_come_back_with_their_line_numbers(objects):
     assert [(line, row) for line, row, _, _ in rows] == list(enumerate(objects, start=1))
 
 
+_PLAIN = st.text(
+    st.characters(exclude_categories=("Cs", "Cc"), exclude_characters='"\\'), max_size=8
+)
+_HALF_EMOJI = st.builds(
+    lambda a, b: b'{"k": "' + a.encode() + b"\xed\xa0\xbd" + b.encode() + b'"}\n', _PLAIN, _PLAIN
+)
+
+
 @settings(max_examples=200)
-@given(st.binary(max_size=200))
+@given(st.binary(max_size=200) | _HALF_EMOJI)
 def test_any_bytes_as_jsonl_never_raise(data):
+    """And every value read is text SQLite can store: UTF-8 with no lone surrogate, such as
+    half an emoji written as its three bytes (b'\\xed\\xa0\\xbd', which json.loads lets through)."""
     for line, row, error, _raw in read_jsonl(io.BytesIO(data), "utf-8"):
         assert line >= 1
         assert (row is None and error is None) or error is not None or isinstance(row, dict)
+        if row is not None and error is None:
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+
+
+def test_a_lone_surrogate_in_utf8_bytes_is_a_reject_not_a_crash():
+    good = b'{"a": "\xe4\xbd\xa0"}\n'
+    rows = list(read_jsonl(io.BytesIO(good + b'{"a": "x\xed\xa0\xbdy"}\n'), "utf-8"))
+    assert [error for _, _, error, _ in rows] == [None, "bytes that do not decode as utf-8"]
+    assert rows[0][1] == {"a": "\u4f60"}
