@@ -157,8 +157,9 @@ def run_tags(
             "INSERT INTO tag_runs (as_of, started_at, tags, inputs) VALUES (?, ?, ?, ?)",
             (as_of.isoformat(), at, json.dumps([c.tag.name for c in compiled]), inputs),
         )
-        customers = _evaluate(conn, _levels(compiled))
-        changes = _record(conn, customers, run_id, at, only is None)
+        levels = _levels(compiled)
+        customers, computed = _evaluate(conn, levels)
+        changes = _record_values(conn, len(levels), computed, customers, run_id, at, only is None)
         result.tags = {name: {"customers": n, **changes[name]} for name, n in customers.items()}
         result.seconds = round(time.monotonic() - started, 3)
         conn.execute(
@@ -215,14 +216,15 @@ def _levels(compiled: list[_Compiled]) -> list[list[_Compiled]]:
     return levels
 
 
-def _evaluate(conn: sqlite3.Connection, levels: list[list[_Compiled]]) -> dict[str, int]:
-    """Every tag's new value into temp.new_values (one_id, tag, value), and its customers.
+def _evaluate(
+    conn: sqlite3.Connection, levels: list[list[_Compiled]]
+) -> tuple[dict[str, int], dict[str, tuple[str, str]]]:
+    """Every tag's new value into temp.wide<n>, and its customers.
 
     Each level is one pass over the customers into temp.wide<n>, a column per tag, keyed by
     one_id. A tag read by a later level is read from there: what this run computed, not what
-    profile_tags held. Then one pass over the levels side by side turns each customer's
-    columns into rows (through a JSON array, in tag order), so that new_values is written in
-    key order, as profile_tags is read."""
+    profile_tags held. Returns each tag's customers, and where its new values are: the tag ->
+    (table, column)."""
     computed: dict[str, tuple[str, str]] = {}  # tag -> (table, column) of its new values
     customers: dict[str, int] = {}
     for n, items in enumerate(levels):
@@ -244,29 +246,122 @@ def _evaluate(conn: sqlite3.Connection, levels: list[list[_Compiled]]) -> dict[s
         ).fetchone()
         for i, item in enumerate(items):
             computed[item.tag.name], customers[item.tag.name] = (table, names[i]), counted[i]
-    _unpivot(conn, len(levels), computed)
-    return customers
+    return customers, computed
 
 
-def _unpivot(conn: sqlite3.Connection, levels: int, computed: dict[str, tuple[str, str]]) -> None:
-    """temp.new_values from the wide tables: a row per customer and tag with a value."""
+def _record_values(
+    conn: sqlite3.Connection,
+    levels: int,
+    computed: dict[str, tuple[str, str]],
+    customers: dict[str, int],
+    run_id: int,
+    at: str,
+    every_tag: bool,
+) -> dict[str, dict[str, int]]:
+    """The new values against the stored ones, their changes recorded (_record).
+
+    A run of every tag first puts each customer's values side by side in one row (temp.rows:
+    a JSON array in tag order) and compares it with the row the last such run kept
+    (tag_rows): only the customers whose row differs are compared value by value with
+    profile_tags. On a new day most customers' tags stay as they were, and one comparison of
+    a row costs less than one per tag. The kept rows are used only when they are what
+    profile_tags holds: the last writer of tag values was a run of the same tags (tag_state
+    names them, and the last change it recorded); otherwise every value is compared."""
+    tags = sorted(computed)
+    _rows(conn, levels, computed, tags)
+    first = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
+    _create_row_tables(conn)
+    scoped = every_tag and _rows_kept(conn, tags, first)
+    if scoped:
+        _moved(conn)
+    _unpivot(conn, tags, scoped)
+    changes = _record(conn, customers, run_id, at, every_tag, scoped)
+    conn.execute("DELETE FROM tag_state")
+    if not every_tag:  # profile_tags no longer holds what tag_rows says
+        conn.execute("DELETE FROM tag_rows")
+        return changes
+    if scoped:
+        conn.execute(
+            "DELETE FROM tag_rows WHERE one_id IN (SELECT one_id FROM moved) "
+            "AND one_id NOT IN (SELECT one_id FROM temp.rows)"
+        )
+        conn.execute(
+            "INSERT INTO tag_rows SELECT one_id, vals FROM temp.rows "
+            "WHERE one_id IN (SELECT one_id FROM moved) ORDER BY one_id "
+            "ON CONFLICT (one_id) DO UPDATE SET vals = excluded.vals"
+        )
+    else:
+        conn.execute("DELETE FROM tag_rows")
+        conn.execute("INSERT INTO tag_rows SELECT one_id, vals FROM temp.rows ORDER BY one_id")
+    last = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
+    conn.execute("INSERT INTO tag_state VALUES (?, ?)", (json.dumps(tags), last))
+    return changes
+
+
+def _create_row_tables(conn: sqlite3.Connection) -> None:
+    """tag_rows and tag_state, derived tables made by the code that fills them."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS tag_rows (one_id TEXT PRIMARY KEY, vals TEXT) WITHOUT ROWID"
+    )
+    conn.execute("CREATE TABLE IF NOT EXISTS tag_state (tags TEXT NOT NULL, changes_id INTEGER)")
+
+
+def _rows_kept(conn: sqlite3.Connection, tags: list[str], first: int) -> bool:
+    """Whether tag_rows holds what profile_tags holds for these tags: the last tag run that
+    wrote a value ran every one of these tags, and no change was recorded (or erased) since."""
+    state = conn.execute("SELECT tags, changes_id FROM tag_state").fetchone()
+    return state is not None and json.loads(state[0]) == tags and state[1] == first
+
+
+def _rows(
+    conn: sqlite3.Connection, levels: int, computed: dict[str, tuple[str, str]], tags: list[str]
+) -> None:
+    """temp.rows: each customer's new values as one JSON array, in `tags` order."""
+    conn.execute("DROP TABLE IF EXISTS temp.rows")
+    conn.execute("CREATE TEMP TABLE rows (one_id TEXT PRIMARY KEY, vals TEXT) WITHOUT ROWID")
+    if not computed:
+        return
+    values = ", ".join(f"{computed[t][0]}.{computed[t][1]}" for t in tags)
+    joined = " ".join(f"JOIN wide{n} USING (one_id)" for n in range(1, levels))
+    conn.execute(
+        f"INSERT INTO rows SELECT one_id, json_array({values}) FROM wide0 {joined} ORDER BY one_id"
+    )
+
+
+def _moved(conn: sqlite3.Connection) -> None:
+    """temp.moved: the customers whose row of values differs from the one kept, or who have
+    a row on one side only."""
+    conn.execute("DROP TABLE IF EXISTS temp.moved")
+    conn.execute("CREATE TEMP TABLE moved (one_id TEXT PRIMARY KEY) WITHOUT ROWID")
+    conn.execute(
+        """INSERT INTO moved SELECT one_id FROM (
+  SELECT r.one_id FROM temp.rows r LEFT JOIN tag_rows o ON o.one_id = r.one_id
+  WHERE r.vals IS NOT o.vals
+  UNION ALL
+  SELECT o.one_id FROM tag_rows o WHERE NOT EXISTS (SELECT 1 FROM temp.rows r
+                                                     WHERE r.one_id = o.one_id))
+ORDER BY 1"""
+    )
+
+
+def _unpivot(conn: sqlite3.Connection, tags: list[str], scoped: bool) -> None:
+    """temp.new_values from temp.rows: a row per customer and tag with a value, in key order
+    (of the moved customers alone, when `scoped`)."""
     conn.execute("DROP TABLE IF EXISTS temp.new_values")
     conn.execute(
         "CREATE TEMP TABLE new_values (one_id TEXT, tag TEXT, value TEXT, "
         "PRIMARY KEY (one_id, tag)) WITHOUT ROWID"
     )
-    if not computed:  # no tag to evaluate
+    if not tags:  # no tag to evaluate
         return
     conn.execute("DROP TABLE IF EXISTS temp.tag_order")
     conn.execute("CREATE TEMP TABLE tag_order (position INTEGER PRIMARY KEY, tag TEXT)")
-    tags = sorted(computed)
     conn.executemany("INSERT INTO tag_order VALUES (?, ?)", list(enumerate(tags)))
-    values = ", ".join(f"{computed[t][0]}.{computed[t][1]}" for t in tags)
-    joined = " ".join(f"JOIN wide{n} USING (one_id)" for n in range(1, levels))
+    scope = " WHERE r.one_id IN (SELECT one_id FROM temp.moved)" if scoped else ""
     conn.execute(
         f"""INSERT INTO new_values
-SELECT one_id, t.tag, j.value FROM wide0 {joined}, json_each(json_array({values})) j
-JOIN tag_order t ON t.position = j.key
+SELECT one_id, t.tag, j.value FROM (SELECT one_id, vals FROM temp.rows r{scope}) r,
+  json_each(r.vals) j JOIN tag_order t ON t.position = j.key
 WHERE j.value IS NOT NULL"""
     )
 
@@ -301,12 +396,18 @@ def _gather(
 
 
 def _record(
-    conn: sqlite3.Connection, customers: dict[str, int], run_id: int, at: str, every_tag: bool
+    conn: sqlite3.Connection,
+    customers: dict[str, int],
+    run_id: int,
+    at: str,
+    every_tag: bool,
+    scoped: bool = False,
 ) -> dict[str, dict[str, int]]:
     """The differences between temp.new_values and profile_tags into tag_changes, then into
     profile_tags: rows that did not change are compared, not written. Both sides are read in
     (one_id, tag) order, which keeps each lookup next to the last. `customers` holds each
-    evaluated tag's count of new values."""
+    evaluated tag's count of new values. `scoped`: new_values holds the customers of
+    temp.moved alone, and only their stored values are compared."""
     conn.execute("DROP TABLE IF EXISTS temp.evaluated")
     conn.execute("CREATE TEMP TABLE evaluated (tag TEXT PRIMARY KEY)")
     conn.executemany("INSERT INTO evaluated VALUES (?)", [(tag,) for tag in customers])
@@ -319,6 +420,8 @@ def _record(
     # A run of every tag reads all of profile_tags: in key order, so not through the tag
     # index (a unary + keeps SQLite from using an index for the term).
     tag = "+o.tag" if every_tag else "o.tag"
+    if scoped:
+        tag = "o.one_id IN (SELECT one_id FROM temp.moved) AND +o.tag"
     with indexes_built_after(conn, "tag_changes", added > BULK * first):
         conn.execute(
             f"""INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at)
@@ -361,10 +464,10 @@ FROM (
             "value = excluded.value, since = excluded.since",
             (at, first),
         )
-    changed = conn.execute(  # counted in the (tag, at) index alone
-        "SELECT e.tag, (SELECT count(*) FROM tag_changes c WHERE c.tag = e.tag AND c.at = ? "
-        "AND c.id > ?) FROM evaluated e",
-        (at, first),
+    changed = conn.execute(  # counted in the tag index alone, which holds the id
+        "SELECT e.tag, (SELECT count(*) FROM tag_changes c WHERE c.tag = e.tag AND c.id > ?) "
+        "FROM evaluated e",
+        (first,),
     )
     return {
         tag: {"changed": count - removed.get(tag, 0), "removed": removed.get(tag, 0)}
