@@ -169,7 +169,6 @@ def compute_features(db: sqlite_utils.Database, as_of: date, full: bool = False)
         conn.execute(_features_sql(scoped), params)
         _recount_days(conn, scoped)
         _date_relative(conn, params)
-        _rfm_scores(conn)
         _save_state(conn, day, full or resolved)
         conn.execute(
             "INSERT INTO feature_runs (as_of, computed_at, recomputed) VALUES (?, ?, ?)",
@@ -484,11 +483,14 @@ DATE_RELATIVE = {
 
 
 def _date_relative(conn: sqlite3.Connection, params: dict[str, Any]) -> None:
-    """Days since, birthdays and age, for every customer, from stored dates and profiles."""
+    """Days since, birthdays and age, from stored dates and profiles, and the RFM scores, for
+    every customer, in one UPDATE: each row is written once a run."""
+    _rfm_scores(conn, params)
     sets = ", ".join(f"{name} = {sql}" for name, sql in DATE_RELATIVE.items())
+    scores = "rfm_r_score = s.r, rfm_f_score = s.f, rfm_m_score = s.m, rfm_segment = s.segment"
     conn.execute(
-        f"UPDATE profile_features SET {sets} FROM profiles p "
-        "WHERE p.one_id = profile_features.one_id",
+        f"UPDATE profile_features SET {sets}, {scores} FROM profiles p "
+        "LEFT JOIN temp.rfm s ON s.one_id = p.one_id WHERE p.one_id = profile_features.one_id",
         params,
     )
 
@@ -576,8 +578,10 @@ LEFT JOIN reg ON reg.one_id = p.one_id
 WHERE 1{_in_scope("p.one_id", scoped)}"""
 
 
-def _rfm_scores(conn: sqlite3.Connection) -> None:
-    """Quintiles among customers with orders; equal values share a score (by rank)."""
+def _rfm_scores(conn: sqlite3.Connection, params: dict[str, Any]) -> None:
+    """temp.rfm: quintiles among customers with orders, keyed by one_id; equal values share
+    a score (by rank). Recency is counted from the stored last order as of the day, as
+    _date_relative writes it."""
 
     def quintile(column: str, order: str) -> str:
         return (
@@ -585,15 +589,22 @@ def _rfm_scores(conn: sqlite3.Connection) -> None:
             "AS REAL) / count(*) OVER ())"
         )
 
+    conn.execute("DROP TABLE IF EXISTS temp.rfm")
     conn.execute(
-        f"""WITH quintiles AS (
+        "CREATE TEMP TABLE rfm (one_id TEXT PRIMARY KEY, r INTEGER, f INTEGER, m INTEGER, "
+        "segment TEXT) WITHOUT ROWID"
+    )
+    conn.execute(
+        f"""INSERT INTO rfm
+WITH buyers AS (
+  SELECT one_id, {DATE_RELATIVE["rfm_recency_days"]} AS recency, rfm_frequency, rfm_monetary
+  FROM profile_features),
+quintiles AS (
   SELECT one_id,
-    CAST({quintile("rfm_recency_days", "DESC")} AS INTEGER) AS r,
+    CAST({quintile("recency", "DESC")} AS INTEGER) AS r,
     CAST({quintile("rfm_frequency", "ASC")} AS INTEGER) AS f,
     CAST({quintile("rfm_monetary", "ASC")} AS INTEGER) AS m
-  FROM profile_features WHERE rfm_recency_days IS NOT NULL),
-scored AS (SELECT one_id, r, f, m, {RFM_SEGMENTS} AS segment FROM quintiles)
-UPDATE profile_features SET rfm_r_score = s.r, rfm_f_score = s.f, rfm_m_score = s.m,
-  rfm_segment = s.segment
-FROM scored s WHERE s.one_id = profile_features.one_id"""
+  FROM buyers WHERE recency IS NOT NULL)
+SELECT one_id, r, f, m, {RFM_SEGMENTS} FROM quintiles ORDER BY one_id""",
+        params,
     )

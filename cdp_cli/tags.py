@@ -268,15 +268,23 @@ def _record_values(
     profile_tags holds: the last writer of tag values was a run of the same tags (tag_state
     names them, and the last change it recorded); otherwise every value is compared."""
     tags = sorted(computed)
-    _rows(conn, levels, computed, tags)
     first = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
     _create_row_tables(conn)
     scoped = every_tag and _rows_kept(conn, tags, first)
+    conn.execute("DELETE FROM tag_state")
+    if every_tag and not scoped:  # the rows kept are made again, and read from there
+        conn.execute("DELETE FROM tag_rows")
+        rows = "main.tag_rows"
+    else:
+        rows = "temp.rows"
+    _rows(conn, levels, computed, tags, rows)
     if scoped:
         _moved(conn)
-    _unpivot(conn, tags, scoped)
-    changes = _record(conn, customers, run_id, at, every_tag, scoped)
-    conn.execute("DELETE FROM tag_state")
+    if not scoped and not _stored(conn, tags):  # a first run: every value is added
+        changes = _record_added(conn, customers, run_id, at, _values_sql(tags, rows))
+    else:
+        _unpivot(conn, tags, rows, scoped)
+        changes = _record(conn, customers, run_id, at, every_tag, scoped)
     if not every_tag:  # profile_tags no longer holds what tag_rows says
         conn.execute("DELETE FROM tag_rows")
         return changes
@@ -290,12 +298,22 @@ def _record_values(
             "WHERE one_id IN (SELECT one_id FROM moved) ORDER BY one_id "
             "ON CONFLICT (one_id) DO UPDATE SET vals = excluded.vals"
         )
-    else:
-        conn.execute("DELETE FROM tag_rows")
-        conn.execute("INSERT INTO tag_rows SELECT one_id, vals FROM temp.rows ORDER BY one_id")
+    _save_row_state(conn, tags)
+    return changes
+
+
+def _save_row_state(conn: sqlite3.Connection, tags: list[str]) -> None:
+    """tag_state: the tags tag_rows holds, and the last change recorded with them."""
     last = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
     conn.execute("INSERT INTO tag_state VALUES (?, ?)", (json.dumps(tags), last))
-    return changes
+
+
+def _stored(conn: sqlite3.Connection, tags: list[str]) -> bool:
+    """Whether some customer has a stored value of one of these tags (one seek per tag)."""
+    return any(
+        conn.execute("SELECT 1 FROM profile_tags WHERE tag = ? LIMIT 1", (tag,)).fetchone()
+        for tag in tags
+    )
 
 
 def _create_row_tables(conn: sqlite3.Connection) -> None:
@@ -314,17 +332,24 @@ def _rows_kept(conn: sqlite3.Connection, tags: list[str], first: int) -> bool:
 
 
 def _rows(
-    conn: sqlite3.Connection, levels: int, computed: dict[str, tuple[str, str]], tags: list[str]
+    conn: sqlite3.Connection,
+    levels: int,
+    computed: dict[str, tuple[str, str]],
+    tags: list[str],
+    table: str,
 ) -> None:
-    """temp.rows: each customer's new values as one JSON array, in `tags` order."""
-    conn.execute("DROP TABLE IF EXISTS temp.rows")
-    conn.execute("CREATE TEMP TABLE rows (one_id TEXT PRIMARY KEY, vals TEXT) WITHOUT ROWID")
+    """Each customer's new values as one JSON array, in `tags` order, into `table` (temp.rows,
+    made here, or tag_rows, emptied by the caller)."""
+    if table == "temp.rows":
+        conn.execute("DROP TABLE IF EXISTS temp.rows")
+        conn.execute("CREATE TEMP TABLE rows (one_id TEXT PRIMARY KEY, vals TEXT) WITHOUT ROWID")
     if not computed:
         return
     values = ", ".join(f"{computed[t][0]}.{computed[t][1]}" for t in tags)
     joined = " ".join(f"JOIN wide{n} USING (one_id)" for n in range(1, levels))
     conn.execute(
-        f"INSERT INTO rows SELECT one_id, json_array({values}) FROM wide0 {joined} ORDER BY one_id"
+        f"INSERT INTO {table} SELECT one_id, json_array({values}) FROM wide0 {joined} "
+        "ORDER BY one_id"
     )
 
 
@@ -344,8 +369,22 @@ ORDER BY 1"""
     )
 
 
-def _unpivot(conn: sqlite3.Connection, tags: list[str], scoped: bool) -> None:
-    """temp.new_values from temp.rows: a row per customer and tag with a value, in key order
+def _values_sql(tags: list[str], rows: str, scope: str = "") -> str:
+    """SQL: (one_id, tag, value) of every value in `rows`, in (one_id, tag) order: the loops
+    run in the order written (CROSS JOIN), rows by key, each array in tag order."""
+    return f"""SELECT r.one_id, t.tag, j.value
+FROM {rows} r CROSS JOIN json_each(r.vals) j CROSS JOIN temp.tag_order t
+WHERE t.position = j.key AND j.value IS NOT NULL{scope}"""
+
+
+def _tag_order(conn: sqlite3.Connection, tags: list[str]) -> None:
+    conn.execute("DROP TABLE IF EXISTS temp.tag_order")
+    conn.execute("CREATE TEMP TABLE tag_order (position INTEGER PRIMARY KEY, tag TEXT)")
+    conn.executemany("INSERT INTO tag_order VALUES (?, ?)", list(enumerate(tags)))
+
+
+def _unpivot(conn: sqlite3.Connection, tags: list[str], rows: str, scoped: bool) -> None:
+    """temp.new_values from `rows`: a row per customer and tag with a value, in key order
     (of the moved customers alone, when `scoped`)."""
     conn.execute("DROP TABLE IF EXISTS temp.new_values")
     conn.execute(
@@ -354,16 +393,9 @@ def _unpivot(conn: sqlite3.Connection, tags: list[str], scoped: bool) -> None:
     )
     if not tags:  # no tag to evaluate
         return
-    conn.execute("DROP TABLE IF EXISTS temp.tag_order")
-    conn.execute("CREATE TEMP TABLE tag_order (position INTEGER PRIMARY KEY, tag TEXT)")
-    conn.executemany("INSERT INTO tag_order VALUES (?, ?)", list(enumerate(tags)))
-    scope = " WHERE r.one_id IN (SELECT one_id FROM temp.moved)" if scoped else ""
-    conn.execute(
-        f"""INSERT INTO new_values
-SELECT one_id, t.tag, j.value FROM (SELECT one_id, vals FROM temp.rows r{scope}) r,
-  json_each(r.vals) j JOIN tag_order t ON t.position = j.key
-WHERE j.value IS NOT NULL"""
-    )
+    _tag_order(conn, tags)
+    scope = " AND r.one_id IN (SELECT one_id FROM temp.moved)" if scoped else ""
+    conn.execute(f"INSERT INTO new_values {_values_sql(tags, rows, scope)}")
 
 
 def _gather(
@@ -473,6 +505,33 @@ FROM (
         tag: {"changed": count - removed.get(tag, 0), "removed": removed.get(tag, 0)}
         for tag, count in changed
     }
+
+
+def _record_added(
+    conn: sqlite3.Connection, customers: dict[str, int], run_id: int, at: str, values: str
+) -> dict[str, dict[str, int]]:
+    """_record when no customer has a stored value of any tag evaluated (a first run): every
+    new value is an addition, written from `values` (SQL in (one_id, tag) order) into
+    tag_changes and then profile_tags, with no comparison and no copy in between."""
+    _tag_order(conn, sorted(customers))
+    first = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
+    added = sum(customers.values())
+    with indexes_built_after(conn, "tag_changes", added > BULK * first):
+        conn.execute(
+            "INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at) "
+            f"SELECT ?, one_id, tag, 'added', NULL, value, ? FROM ({values})",
+            (run_id, at),
+        )
+    held = conn.execute(  # counted up to what decides
+        "SELECT count(*) FROM (SELECT 1 FROM profile_tags LIMIT ?)", (added // BULK + 1,)
+    ).fetchone()[0]
+    with indexes_built_after(conn, "profile_tags", added > BULK * held):
+        conn.execute(
+            "INSERT INTO profile_tags (one_id, tag, value, since) "
+            "SELECT one_id, tag, new_value, ? FROM tag_changes WHERE id > ?",
+            (at, first),
+        )
+    return {tag: {"changed": count, "removed": 0} for tag, count in customers.items()}
 
 
 def tag_list(db: sqlite_utils.Database, folder: Path) -> list[dict[str, Any]]:
