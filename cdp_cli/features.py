@@ -269,12 +269,13 @@ def _mark_changed(conn: sqlite3.Connection, state: dict[str, Any], day: str, res
             "WHERE t.id > ? AND k.one_id IS NOT NULL",
             (state[f"{table}_id"],),
         )
-    if resolved:  # keys that moved, on both sides
+    if resolved:  # keys that moved, on both sides: each table walked by its key, the other
+        # looked up by key (both keyed by it), with no copy of either to sort
         for new, old in (("identity_keys", "feature_keys"), ("feature_keys", "identity_keys")):
             conn.execute(
-                "INSERT OR IGNORE INTO dirty SELECT one_id FROM "
-                f"(SELECT key, one_id FROM {new} EXCEPT SELECT key, one_id FROM {old}) "
-                "WHERE one_id IS NOT NULL"
+                f"INSERT OR IGNORE INTO dirty SELECT n.one_id FROM {new} n "
+                f"LEFT JOIN {old} o ON o.key = n.key "
+                "WHERE n.one_id IS NOT NULL AND n.one_id IS NOT o.one_id"
             )
         conn.execute(
             "INSERT OR IGNORE INTO dirty SELECT one_id FROM profiles p "
@@ -306,9 +307,18 @@ def _save_state(conn: sqlite3.Connection, day: str, keys_moved: bool) -> None:
         (day, definitions(), ids["orders"], ids["events"], ids["customers"], batch,
          _resolve_id(conn), _tombstones(conn)),
     )  # fmt: skip
-    if keys_moved:  # the identity links these features were computed with
-        conn.execute("DELETE FROM feature_keys")
-        conn.execute("INSERT INTO feature_keys SELECT key, one_id FROM identity_keys ORDER BY key")
+    if keys_moved:  # the identity links these features were computed with: the keys that
+        # moved written, not every key (feature_keys is empty after a full run's _create_tables)
+        conn.execute(
+            "DELETE FROM feature_keys WHERE NOT EXISTS "
+            "(SELECT 1 FROM identity_keys i WHERE i.key = feature_keys.key)"
+        )
+        conn.execute(
+            "INSERT INTO feature_keys SELECT i.key, i.one_id FROM identity_keys i "
+            "LEFT JOIN feature_keys f ON f.key = i.key "
+            "WHERE f.key IS NULL OR i.one_id IS NOT f.one_id ORDER BY i.key "
+            "ON CONFLICT (key) DO UPDATE SET one_id = excluded.one_id"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
