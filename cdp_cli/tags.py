@@ -270,16 +270,17 @@ def _record_values(
     tags = sorted(computed)
     first = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
     _create_row_tables(conn)
-    scoped = every_tag and _rows_kept(conn, tags, first)
+    kept = _rows_kept(conn, tags, first) if every_tag else None
+    scoped = kept is not None
     conn.execute("DELETE FROM tag_state")
     if every_tag and not scoped:  # the rows kept are made again, and read from there
         conn.execute("DELETE FROM tag_rows")
         rows = "main.tag_rows"
     else:
         rows = "temp.rows"
-    _rows(conn, levels, computed, tags, rows)
-    if scoped:
-        _moved(conn)
+    held = _rows(conn, levels, computed, tags, rows)
+    if kept is not None:
+        _moved(conn, kept, held)
     if not scoped and not _stored(conn, tags):  # a first run: every value is added
         changes = _record_added(conn, customers, run_id, at, _values_sql(tags, rows))
     else:
@@ -298,14 +299,15 @@ def _record_values(
             "WHERE one_id IN (SELECT one_id FROM moved) ORDER BY one_id "
             "ON CONFLICT (one_id) DO UPDATE SET vals = excluded.vals"
         )
-    _save_row_state(conn, tags)
+    _save_row_state(conn, tags, held)
     return changes
 
 
-def _save_row_state(conn: sqlite3.Connection, tags: list[str]) -> None:
-    """tag_state: the tags tag_rows holds, and the last change recorded with them."""
+def _save_row_state(conn: sqlite3.Connection, tags: list[str], held: int) -> None:
+    """tag_state: the tags tag_rows holds, the last change recorded with them, and how many
+    rows it holds."""
     last = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
-    conn.execute("INSERT INTO tag_state VALUES (?, ?)", (json.dumps(tags), last))
+    conn.execute("INSERT INTO tag_state VALUES (?, ?, ?)", (json.dumps(tags), last, held))
 
 
 def _stored(conn: sqlite3.Connection, tags: list[str]) -> bool:
@@ -321,14 +323,20 @@ def _create_row_tables(conn: sqlite3.Connection) -> None:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS tag_rows (one_id TEXT PRIMARY KEY, vals TEXT) WITHOUT ROWID"
     )
-    conn.execute("CREATE TABLE IF NOT EXISTS tag_state (tags TEXT NOT NULL, changes_id INTEGER)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS tag_state (tags TEXT NOT NULL, changes_id INTEGER NOT NULL, "
+        "customers INTEGER NOT NULL)"
+    )
 
 
-def _rows_kept(conn: sqlite3.Connection, tags: list[str], first: int) -> bool:
-    """Whether tag_rows holds what profile_tags holds for these tags: the last tag run that
-    wrote a value ran every one of these tags, and no change was recorded (or erased) since."""
-    state = conn.execute("SELECT tags, changes_id FROM tag_state").fetchone()
-    return state is not None and json.loads(state[0]) == tags and state[1] == first
+def _rows_kept(conn: sqlite3.Connection, tags: list[str], first: int) -> int | None:
+    """How many rows tag_rows holds, when it holds what profile_tags holds for these tags:
+    the last tag run that wrote a value ran every one of these tags, and no change was
+    recorded (or erased) since. None otherwise."""
+    state = conn.execute("SELECT tags, changes_id, customers FROM tag_state").fetchone()
+    if state is None or json.loads(state[0]) != tags or state[1] != first:
+        return None
+    return int(state[2])
 
 
 def _rows(
@@ -337,36 +345,46 @@ def _rows(
     computed: dict[str, tuple[str, str]],
     tags: list[str],
     table: str,
-) -> None:
+) -> int:
     """Each customer's new values as one JSON array, in `tags` order, into `table` (temp.rows,
-    made here, or tag_rows, emptied by the caller)."""
+    made here, or tag_rows, emptied by the caller). Returns how many rows it wrote."""
     if table == "temp.rows":
         conn.execute("DROP TABLE IF EXISTS temp.rows")
         conn.execute("CREATE TEMP TABLE rows (one_id TEXT PRIMARY KEY, vals TEXT) WITHOUT ROWID")
     if not computed:
-        return
+        return 0
     values = ", ".join(f"{computed[t][0]}.{computed[t][1]}" for t in tags)
     joined = " ".join(f"JOIN wide{n} USING (one_id)" for n in range(1, levels))
-    conn.execute(
+    written = conn.execute(
         f"INSERT INTO {table} SELECT one_id, json_array({values}) FROM wide0 {joined} "
         "ORDER BY one_id"
-    )
+    ).rowcount
+    return int(written)
 
 
-def _moved(conn: sqlite3.Connection) -> None:
+def _moved(conn: sqlite3.Connection, kept: int, rows: int) -> None:
     """temp.moved: the customers whose row of values differs from the one kept, or who have
-    a row on one side only."""
+    a row on one side only. tag_rows is walked a second time, for the customers who are no
+    more, only when fewer of its `kept` rows were met by the `rows` of temp.rows than it
+    holds."""
     conn.execute("DROP TABLE IF EXISTS temp.moved")
     conn.execute("CREATE TEMP TABLE moved (one_id TEXT PRIMARY KEY) WITHOUT ROWID")
     conn.execute(
-        """INSERT INTO moved SELECT one_id FROM (
-  SELECT r.one_id FROM temp.rows r LEFT JOIN tag_rows o ON o.one_id = r.one_id
-  WHERE r.vals IS NOT o.vals
-  UNION ALL
-  SELECT o.one_id FROM tag_rows o WHERE NOT EXISTS (SELECT 1 FROM temp.rows r
-                                                     WHERE r.one_id = o.one_id))
-ORDER BY 1"""
+        "INSERT INTO moved SELECT r.one_id FROM temp.rows r "
+        "LEFT JOIN tag_rows o ON o.one_id = r.one_id WHERE r.vals IS NOT o.vals ORDER BY 1"
     )
+    met = (
+        rows
+        - conn.execute(  # less the new customers
+            "SELECT count(*) FROM temp.moved m "
+            "WHERE NOT EXISTS (SELECT 1 FROM tag_rows o WHERE o.one_id = m.one_id)"
+        ).fetchone()[0]
+    )
+    if met < kept:
+        conn.execute(
+            "INSERT INTO moved SELECT o.one_id FROM tag_rows o WHERE NOT EXISTS "
+            "(SELECT 1 FROM temp.rows r WHERE r.one_id = o.one_id)"
+        )
 
 
 def _values_sql(tags: list[str], rows: str, scope: str = "") -> str:

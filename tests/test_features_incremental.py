@@ -181,6 +181,14 @@ def test_comparing_rows_of_tag_values_records_what_comparing_every_value_does(
                 if not kept:
                     db.conn.execute("DELETE FROM tag_state")
                 run_tags(db, project / "tag_rules", day)
+            # a customer who is no more (as after a merge): every tag of theirs removed
+            db.conn.execute(
+                "DELETE FROM profiles WHERE one_id = (SELECT min(one_id) FROM tag_rows)"
+            )
+            if not kept:
+                db.conn.execute("DELETE FROM tag_state")
+            run_tags(db, project / "tag_rules", date(2026, 12, 20), force=True)
             left[kept] = (tables(db), changes(db))
     assert left[True] == left[False]
-    assert {run_id for _, run_id, *_ in left[True][1]} == {1, 2, 3}  # each run changed some
+    assert {run_id for _, run_id, *_ in left[True][1]} == {1, 2, 3, 4}  # each run changed some
+    assert {row[4] for row in left[True][1] if row[1] == 4} == {"removed"}
