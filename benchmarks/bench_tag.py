@@ -184,7 +184,7 @@ def reset_tags(store: Path) -> None:
     for table in ("profile_tags", "tag_changes", "tag_runs"):
         conn.execute(f"DELETE FROM {table}")
     conn.execute("COMMIT")
-    for table in ("bench_features", "bench_tags", "feature_state"):
+    for table in ("bench_features", "bench_tags", "feature_state", "tag_rows", "tag_state"):
         conn.execute(f"DROP TABLE IF EXISTS {table}")
     conn.close()
 
@@ -658,6 +658,9 @@ def incremental_matches_full(config: Path, folder: Path) -> dict[str, Any]:
     loaded = load_config(config)
     db = open_store(loaded.store, write=True, cache_mb=loaded.store_cache_mb)
     before = tables_digest(db.conn)
+    # every value compared with profile_tags, not only those of customers whose row of values
+    # moved (tags.py): the kept rows are checked too
+    db.conn.execute("DROP TABLE IF EXISTS tag_state")
     started = time.perf_counter()
     compute_features(db, NEXT_DAY, full=True)
     result = run_tags(db, folder, NEXT_DAY, force=True)

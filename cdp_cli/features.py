@@ -169,7 +169,6 @@ def compute_features(db: sqlite_utils.Database, as_of: date, full: bool = False)
         conn.execute(_features_sql(scoped), params)
         _recount_days(conn, scoped)
         _date_relative(conn, params)
-        _rfm_scores(conn)
         _save_state(conn, day, full or resolved)
         conn.execute(
             "INSERT INTO feature_runs (as_of, computed_at, recomputed) VALUES (?, ?, ?)",
@@ -270,12 +269,13 @@ def _mark_changed(conn: sqlite3.Connection, state: dict[str, Any], day: str, res
             "WHERE t.id > ? AND k.one_id IS NOT NULL",
             (state[f"{table}_id"],),
         )
-    if resolved:  # keys that moved, on both sides
+    if resolved:  # keys that moved, on both sides: each table walked by its key, the other
+        # looked up by key (both keyed by it), with no copy of either to sort
         for new, old in (("identity_keys", "feature_keys"), ("feature_keys", "identity_keys")):
             conn.execute(
-                "INSERT OR IGNORE INTO dirty SELECT one_id FROM "
-                f"(SELECT key, one_id FROM {new} EXCEPT SELECT key, one_id FROM {old}) "
-                "WHERE one_id IS NOT NULL"
+                f"INSERT OR IGNORE INTO dirty SELECT n.one_id FROM {new} n "
+                f"LEFT JOIN {old} o ON o.key = n.key "
+                "WHERE n.one_id IS NOT NULL AND n.one_id IS NOT o.one_id"
             )
         conn.execute(
             "INSERT OR IGNORE INTO dirty SELECT one_id FROM profiles p "
@@ -307,9 +307,18 @@ def _save_state(conn: sqlite3.Connection, day: str, keys_moved: bool) -> None:
         (day, definitions(), ids["orders"], ids["events"], ids["customers"], batch,
          _resolve_id(conn), _tombstones(conn)),
     )  # fmt: skip
-    if keys_moved:  # the identity links these features were computed with
-        conn.execute("DELETE FROM feature_keys")
-        conn.execute("INSERT INTO feature_keys SELECT key, one_id FROM identity_keys ORDER BY key")
+    if keys_moved:  # the identity links these features were computed with: the keys that
+        # moved written, not every key (feature_keys is empty after a full run's _create_tables)
+        conn.execute(
+            "DELETE FROM feature_keys WHERE NOT EXISTS "
+            "(SELECT 1 FROM identity_keys i WHERE i.key = feature_keys.key)"
+        )
+        conn.execute(
+            "INSERT INTO feature_keys SELECT i.key, i.one_id FROM identity_keys i "
+            "LEFT JOIN feature_keys f ON f.key = i.key "
+            "WHERE f.key IS NULL OR i.one_id IS NOT f.one_id ORDER BY i.key "
+            "ON CONFLICT (key) DO UPDATE SET one_id = excluded.one_id"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,11 +493,14 @@ DATE_RELATIVE = {
 
 
 def _date_relative(conn: sqlite3.Connection, params: dict[str, Any]) -> None:
-    """Days since, birthdays and age, for every customer, from stored dates and profiles."""
+    """Days since, birthdays and age, from stored dates and profiles, and the RFM scores, for
+    every customer, in one UPDATE: each row is written once a run."""
+    _rfm_scores(conn, params)
     sets = ", ".join(f"{name} = {sql}" for name, sql in DATE_RELATIVE.items())
+    scores = "rfm_r_score = s.r, rfm_f_score = s.f, rfm_m_score = s.m, rfm_segment = s.segment"
     conn.execute(
-        f"UPDATE profile_features SET {sets} FROM profiles p "
-        "WHERE p.one_id = profile_features.one_id",
+        f"UPDATE profile_features SET {sets}, {scores} FROM profiles p "
+        "LEFT JOIN temp.rfm s ON s.one_id = p.one_id WHERE p.one_id = profile_features.one_id",
         params,
     )
 
@@ -576,8 +588,10 @@ LEFT JOIN reg ON reg.one_id = p.one_id
 WHERE 1{_in_scope("p.one_id", scoped)}"""
 
 
-def _rfm_scores(conn: sqlite3.Connection) -> None:
-    """Quintiles among customers with orders; equal values share a score (by rank)."""
+def _rfm_scores(conn: sqlite3.Connection, params: dict[str, Any]) -> None:
+    """temp.rfm: quintiles among customers with orders, keyed by one_id; equal values share
+    a score (by rank). Recency is counted from the stored last order as of the day, as
+    _date_relative writes it."""
 
     def quintile(column: str, order: str) -> str:
         return (
@@ -585,15 +599,22 @@ def _rfm_scores(conn: sqlite3.Connection) -> None:
             "AS REAL) / count(*) OVER ())"
         )
 
+    conn.execute("DROP TABLE IF EXISTS temp.rfm")
     conn.execute(
-        f"""WITH quintiles AS (
+        "CREATE TEMP TABLE rfm (one_id TEXT PRIMARY KEY, r INTEGER, f INTEGER, m INTEGER, "
+        "segment TEXT) WITHOUT ROWID"
+    )
+    conn.execute(
+        f"""INSERT INTO rfm
+WITH buyers AS (
+  SELECT one_id, {DATE_RELATIVE["rfm_recency_days"]} AS recency, rfm_frequency, rfm_monetary
+  FROM profile_features),
+quintiles AS (
   SELECT one_id,
-    CAST({quintile("rfm_recency_days", "DESC")} AS INTEGER) AS r,
+    CAST({quintile("recency", "DESC")} AS INTEGER) AS r,
     CAST({quintile("rfm_frequency", "ASC")} AS INTEGER) AS f,
     CAST({quintile("rfm_monetary", "ASC")} AS INTEGER) AS m
-  FROM profile_features WHERE rfm_recency_days IS NOT NULL),
-scored AS (SELECT one_id, r, f, m, {RFM_SEGMENTS} AS segment FROM quintiles)
-UPDATE profile_features SET rfm_r_score = s.r, rfm_f_score = s.f, rfm_m_score = s.m,
-  rfm_segment = s.segment
-FROM scored s WHERE s.one_id = profile_features.one_id"""
+  FROM buyers WHERE recency IS NOT NULL)
+SELECT one_id, r, f, m, {RFM_SEGMENTS} FROM quintiles ORDER BY one_id""",
+        params,
     )

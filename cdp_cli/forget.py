@@ -51,7 +51,7 @@ FORGOTTEN = "forgotten"  # the one_id left on written messages and coupon issues
 BY_ONE_ID = (
     "profiles", "profile_tags", "tag_changes", "profile_features", "profile_event_counts",
     "journey_enrolments", "feature_recount", "feature_keys", "predictions",
-    "prediction_propensities",
+    "prediction_propensities", "tag_rows",
 )  # fmt: skip
 OUTBOUND_SUFFIXES = (".csv", ".jsonl")
 ERASED_RULE = f"{RULE_PREFIX}(erased: it named a forgotten person)"  # in the export log
@@ -73,6 +73,7 @@ HANDLED_TABLES = {
     "profiles": "deleted",
     "profile_tags": "deleted",
     "tag_changes": "deleted",
+    "tag_rows": "deleted",
     "profile_features": "deleted",
     "profile_event_counts": "deleted",
     "feature_recount": "deleted",

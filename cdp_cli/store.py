@@ -885,3 +885,15 @@ BEGIN
                     WHERE old_key = old.identity_key AND new_key IS new.identity_key);
 END;""",
         )
+
+
+@migration(20)
+def index_tag_changes_by_tag_alone(db: sqlite_utils.Database) -> None:
+    """tag_changes_tag on (tag) instead of (tag, at) (issue 14): every reader asks for a tag's
+    changes after an id (journeys' triggers, a tag run's own counts) or all of them (the
+    lifecycle report), which the row id in the index answers; the timestamp in each of
+    millions of entries made a first tag run's index sort the dearest step of the run."""
+    _run_script(
+        db.conn,
+        "DROP INDEX IF EXISTS tag_changes_tag;\nCREATE INDEX tag_changes_tag ON tag_changes (tag);",
+    )

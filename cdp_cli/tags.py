@@ -157,8 +157,9 @@ def run_tags(
             "INSERT INTO tag_runs (as_of, started_at, tags, inputs) VALUES (?, ?, ?, ?)",
             (as_of.isoformat(), at, json.dumps([c.tag.name for c in compiled]), inputs),
         )
-        customers = _evaluate(conn, _levels(compiled))
-        changes = _record(conn, customers, run_id, at, only is None)
+        levels = _levels(compiled)
+        customers, computed = _evaluate(conn, levels)
+        changes = _record_values(conn, len(levels), computed, customers, run_id, at, only is None)
         result.tags = {name: {"customers": n, **changes[name]} for name, n in customers.items()}
         result.seconds = round(time.monotonic() - started, 3)
         conn.execute(
@@ -215,14 +216,15 @@ def _levels(compiled: list[_Compiled]) -> list[list[_Compiled]]:
     return levels
 
 
-def _evaluate(conn: sqlite3.Connection, levels: list[list[_Compiled]]) -> dict[str, int]:
-    """Every tag's new value into temp.new_values (one_id, tag, value), and its customers.
+def _evaluate(
+    conn: sqlite3.Connection, levels: list[list[_Compiled]]
+) -> tuple[dict[str, int], dict[str, tuple[str, str]]]:
+    """Every tag's new value into temp.wide<n>, and its customers.
 
     Each level is one pass over the customers into temp.wide<n>, a column per tag, keyed by
     one_id. A tag read by a later level is read from there: what this run computed, not what
-    profile_tags held. Then one pass over the levels side by side turns each customer's
-    columns into rows (through a JSON array, in tag order), so that new_values is written in
-    key order, as profile_tags is read."""
+    profile_tags held. Returns each tag's customers, and where its new values are: the tag ->
+    (table, column)."""
     computed: dict[str, tuple[str, str]] = {}  # tag -> (table, column) of its new values
     customers: dict[str, int] = {}
     for n, items in enumerate(levels):
@@ -244,31 +246,174 @@ def _evaluate(conn: sqlite3.Connection, levels: list[list[_Compiled]]) -> dict[s
         ).fetchone()
         for i, item in enumerate(items):
             computed[item.tag.name], customers[item.tag.name] = (table, names[i]), counted[i]
-    _unpivot(conn, len(levels), computed)
-    return customers
+    return customers, computed
 
 
-def _unpivot(conn: sqlite3.Connection, levels: int, computed: dict[str, tuple[str, str]]) -> None:
-    """temp.new_values from the wide tables: a row per customer and tag with a value."""
+def _record_values(
+    conn: sqlite3.Connection,
+    levels: int,
+    computed: dict[str, tuple[str, str]],
+    customers: dict[str, int],
+    run_id: int,
+    at: str,
+    every_tag: bool,
+) -> dict[str, dict[str, int]]:
+    """The new values against the stored ones, their changes recorded (_record).
+
+    A run of every tag first puts each customer's values side by side in one row (temp.rows:
+    a JSON array in tag order) and compares it with the row the last such run kept
+    (tag_rows): only the customers whose row differs are compared value by value with
+    profile_tags. On a new day most customers' tags stay as they were, and one comparison of
+    a row costs less than one per tag. The kept rows are used only when they are what
+    profile_tags holds: the last writer of tag values was a run of the same tags (tag_state
+    names them, and the last change it recorded); otherwise every value is compared."""
+    tags = sorted(computed)
+    first = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
+    _create_row_tables(conn)
+    kept = _rows_kept(conn, tags, first) if every_tag else None
+    scoped = kept is not None
+    conn.execute("DELETE FROM tag_state")
+    if every_tag and not scoped:  # the rows kept are made again, and read from there
+        conn.execute("DELETE FROM tag_rows")
+        rows = "main.tag_rows"
+    else:
+        rows = "temp.rows"
+    held = _rows(conn, levels, computed, tags, rows)
+    if kept is not None:
+        _moved(conn, kept, held)
+    if not scoped and not _stored(conn, tags):  # a first run: every value is added
+        changes = _record_added(conn, customers, run_id, at, _values_sql(tags, rows))
+    else:
+        _unpivot(conn, tags, rows, scoped)
+        changes = _record(conn, customers, run_id, at, every_tag, scoped)
+    if not every_tag:  # profile_tags no longer holds what tag_rows says
+        conn.execute("DELETE FROM tag_rows")
+        return changes
+    if scoped:
+        conn.execute(
+            "DELETE FROM tag_rows WHERE one_id IN (SELECT one_id FROM moved) "
+            "AND one_id NOT IN (SELECT one_id FROM temp.rows)"
+        )
+        conn.execute(
+            "INSERT INTO tag_rows SELECT one_id, vals FROM temp.rows "
+            "WHERE one_id IN (SELECT one_id FROM moved) ORDER BY one_id "
+            "ON CONFLICT (one_id) DO UPDATE SET vals = excluded.vals"
+        )
+    _save_row_state(conn, tags, held)
+    return changes
+
+
+def _save_row_state(conn: sqlite3.Connection, tags: list[str], held: int) -> None:
+    """tag_state: the tags tag_rows holds, the last change recorded with them, and how many
+    rows it holds."""
+    last = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
+    conn.execute("INSERT INTO tag_state VALUES (?, ?, ?)", (json.dumps(tags), last, held))
+
+
+def _stored(conn: sqlite3.Connection, tags: list[str]) -> bool:
+    """Whether some customer has a stored value of one of these tags (one seek per tag)."""
+    return any(
+        conn.execute("SELECT 1 FROM profile_tags WHERE tag = ? LIMIT 1", (tag,)).fetchone()
+        for tag in tags
+    )
+
+
+def _create_row_tables(conn: sqlite3.Connection) -> None:
+    """tag_rows and tag_state, derived tables made by the code that fills them."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS tag_rows (one_id TEXT PRIMARY KEY, vals TEXT) WITHOUT ROWID"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS tag_state (tags TEXT NOT NULL, changes_id INTEGER NOT NULL, "
+        "customers INTEGER NOT NULL)"
+    )
+
+
+def _rows_kept(conn: sqlite3.Connection, tags: list[str], first: int) -> int | None:
+    """How many rows tag_rows holds, when it holds what profile_tags holds for these tags:
+    the last tag run that wrote a value ran every one of these tags, and no change was
+    recorded (or erased) since. None otherwise."""
+    state = conn.execute("SELECT tags, changes_id, customers FROM tag_state").fetchone()
+    if state is None or json.loads(state[0]) != tags or state[1] != first:
+        return None
+    return int(state[2])
+
+
+def _rows(
+    conn: sqlite3.Connection,
+    levels: int,
+    computed: dict[str, tuple[str, str]],
+    tags: list[str],
+    table: str,
+) -> int:
+    """Each customer's new values as one JSON array, in `tags` order, into `table` (temp.rows,
+    made here, or tag_rows, emptied by the caller). Returns how many rows it wrote."""
+    if table == "temp.rows":
+        conn.execute("DROP TABLE IF EXISTS temp.rows")
+        conn.execute("CREATE TEMP TABLE rows (one_id TEXT PRIMARY KEY, vals TEXT) WITHOUT ROWID")
+    if not computed:
+        return 0
+    values = ", ".join(f"{computed[t][0]}.{computed[t][1]}" for t in tags)
+    joined = " ".join(f"JOIN wide{n} USING (one_id)" for n in range(1, levels))
+    written = conn.execute(
+        f"INSERT INTO {table} SELECT one_id, json_array({values}) FROM wide0 {joined} "
+        "ORDER BY one_id"
+    ).rowcount
+    return int(written)
+
+
+def _moved(conn: sqlite3.Connection, kept: int, rows: int) -> None:
+    """temp.moved: the customers whose row of values differs from the one kept, or who have
+    a row on one side only. tag_rows is walked a second time, for the customers who are no
+    more, only when fewer of its `kept` rows were met by the `rows` of temp.rows than it
+    holds."""
+    conn.execute("DROP TABLE IF EXISTS temp.moved")
+    conn.execute("CREATE TEMP TABLE moved (one_id TEXT PRIMARY KEY) WITHOUT ROWID")
+    conn.execute(
+        "INSERT INTO moved SELECT r.one_id FROM temp.rows r "
+        "LEFT JOIN tag_rows o ON o.one_id = r.one_id WHERE r.vals IS NOT o.vals ORDER BY 1"
+    )
+    met = (
+        rows
+        - conn.execute(  # less the new customers
+            "SELECT count(*) FROM temp.moved m "
+            "WHERE NOT EXISTS (SELECT 1 FROM tag_rows o WHERE o.one_id = m.one_id)"
+        ).fetchone()[0]
+    )
+    if met < kept:
+        conn.execute(
+            "INSERT INTO moved SELECT o.one_id FROM tag_rows o WHERE NOT EXISTS "
+            "(SELECT 1 FROM temp.rows r WHERE r.one_id = o.one_id)"
+        )
+
+
+def _values_sql(tags: list[str], rows: str, scope: str = "") -> str:
+    """SQL: (one_id, tag, value) of every value in `rows`, in (one_id, tag) order: the loops
+    run in the order written (CROSS JOIN), rows by key, each array in tag order."""
+    return f"""SELECT r.one_id, t.tag, j.value
+FROM {rows} r CROSS JOIN json_each(r.vals) j CROSS JOIN temp.tag_order t
+WHERE t.position = j.key AND j.value IS NOT NULL{scope}"""
+
+
+def _tag_order(conn: sqlite3.Connection, tags: list[str]) -> None:
+    conn.execute("DROP TABLE IF EXISTS temp.tag_order")
+    conn.execute("CREATE TEMP TABLE tag_order (position INTEGER PRIMARY KEY, tag TEXT)")
+    conn.executemany("INSERT INTO tag_order VALUES (?, ?)", list(enumerate(tags)))
+
+
+def _unpivot(conn: sqlite3.Connection, tags: list[str], rows: str, scoped: bool) -> None:
+    """temp.new_values from `rows`: a row per customer and tag with a value, in key order
+    (of the moved customers alone, when `scoped`)."""
     conn.execute("DROP TABLE IF EXISTS temp.new_values")
     conn.execute(
         "CREATE TEMP TABLE new_values (one_id TEXT, tag TEXT, value TEXT, "
         "PRIMARY KEY (one_id, tag)) WITHOUT ROWID"
     )
-    if not computed:  # no tag to evaluate
+    if not tags:  # no tag to evaluate
         return
-    conn.execute("DROP TABLE IF EXISTS temp.tag_order")
-    conn.execute("CREATE TEMP TABLE tag_order (position INTEGER PRIMARY KEY, tag TEXT)")
-    tags = sorted(computed)
-    conn.executemany("INSERT INTO tag_order VALUES (?, ?)", list(enumerate(tags)))
-    values = ", ".join(f"{computed[t][0]}.{computed[t][1]}" for t in tags)
-    joined = " ".join(f"JOIN wide{n} USING (one_id)" for n in range(1, levels))
-    conn.execute(
-        f"""INSERT INTO new_values
-SELECT one_id, t.tag, j.value FROM wide0 {joined}, json_each(json_array({values})) j
-JOIN tag_order t ON t.position = j.key
-WHERE j.value IS NOT NULL"""
-    )
+    _tag_order(conn, tags)
+    scope = " AND r.one_id IN (SELECT one_id FROM temp.moved)" if scoped else ""
+    conn.execute(f"INSERT INTO new_values {_values_sql(tags, rows, scope)}")
 
 
 def _gather(
@@ -301,12 +446,18 @@ def _gather(
 
 
 def _record(
-    conn: sqlite3.Connection, customers: dict[str, int], run_id: int, at: str, every_tag: bool
+    conn: sqlite3.Connection,
+    customers: dict[str, int],
+    run_id: int,
+    at: str,
+    every_tag: bool,
+    scoped: bool = False,
 ) -> dict[str, dict[str, int]]:
     """The differences between temp.new_values and profile_tags into tag_changes, then into
     profile_tags: rows that did not change are compared, not written. Both sides are read in
     (one_id, tag) order, which keeps each lookup next to the last. `customers` holds each
-    evaluated tag's count of new values."""
+    evaluated tag's count of new values. `scoped`: new_values holds the customers of
+    temp.moved alone, and only their stored values are compared."""
     conn.execute("DROP TABLE IF EXISTS temp.evaluated")
     conn.execute("CREATE TEMP TABLE evaluated (tag TEXT PRIMARY KEY)")
     conn.executemany("INSERT INTO evaluated VALUES (?)", [(tag,) for tag in customers])
@@ -319,6 +470,8 @@ def _record(
     # A run of every tag reads all of profile_tags: in key order, so not through the tag
     # index (a unary + keeps SQLite from using an index for the term).
     tag = "+o.tag" if every_tag else "o.tag"
+    if scoped:
+        tag = "o.one_id IN (SELECT one_id FROM temp.moved) AND +o.tag"
     with indexes_built_after(conn, "tag_changes", added > BULK * first):
         conn.execute(
             f"""INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at)
@@ -361,15 +514,42 @@ FROM (
             "value = excluded.value, since = excluded.since",
             (at, first),
         )
-    changed = conn.execute(  # counted in the (tag, at) index alone
-        "SELECT e.tag, (SELECT count(*) FROM tag_changes c WHERE c.tag = e.tag AND c.at = ? "
-        "AND c.id > ?) FROM evaluated e",
-        (at, first),
+    changed = conn.execute(  # counted in the tag index alone, which holds the id
+        "SELECT e.tag, (SELECT count(*) FROM tag_changes c WHERE c.tag = e.tag AND c.id > ?) "
+        "FROM evaluated e",
+        (first,),
     )
     return {
         tag: {"changed": count - removed.get(tag, 0), "removed": removed.get(tag, 0)}
         for tag, count in changed
     }
+
+
+def _record_added(
+    conn: sqlite3.Connection, customers: dict[str, int], run_id: int, at: str, values: str
+) -> dict[str, dict[str, int]]:
+    """_record when no customer has a stored value of any tag evaluated (a first run): every
+    new value is an addition, written from `values` (SQL in (one_id, tag) order) into
+    tag_changes and then profile_tags, with no comparison and no copy in between."""
+    _tag_order(conn, sorted(customers))
+    first = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
+    added = sum(customers.values())
+    with indexes_built_after(conn, "tag_changes", added > BULK * first):
+        conn.execute(
+            "INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at) "
+            f"SELECT ?, one_id, tag, 'added', NULL, value, ? FROM ({values})",
+            (run_id, at),
+        )
+    held = conn.execute(  # counted up to what decides
+        "SELECT count(*) FROM (SELECT 1 FROM profile_tags LIMIT ?)", (added // BULK + 1,)
+    ).fetchone()[0]
+    with indexes_built_after(conn, "profile_tags", added > BULK * held):
+        conn.execute(
+            "INSERT INTO profile_tags (one_id, tag, value, since) "
+            "SELECT one_id, tag, new_value, ? FROM tag_changes WHERE id > ?",
+            (at, first),
+        )
+    return {tag: {"changed": count, "removed": 0} for tag, count in customers.items()}
 
 
 def tag_list(db: sqlite_utils.Database, folder: Path) -> list[dict[str, Any]]:

@@ -150,3 +150,45 @@ def test_a_key_moved_by_resolve_is_read_again_on_both_sides(tagged, monkeypatch)
         incremental = tables(db)["profile_features"]
         compute_features(db, FIRST, full=True)
         assert tables(db)["profile_features"] == incremental
+
+
+def changes(db) -> list[tuple]:
+    """Every recorded tag change, as journeys and reports read it (its time left out)."""
+    return db.conn.execute(
+        "SELECT id, run_id, one_id, tag, change, old_value, new_value FROM tag_changes ORDER BY id"
+    ).fetchall()
+
+
+def test_comparing_rows_of_tag_values_records_what_comparing_every_value_does(
+    tagged, tmp_path, monkeypatch
+):
+    """A new day's run compares each customer's row of tag values with the one kept
+    (tag_rows) and value by value only the customers whose row moved: the same tags and the
+    same changes, with the same ids, as a run that compares every value (no tag_state)."""
+    root, later = tagged
+    for source, path in later.items():
+        cdp(root / "cdp.yaml", "ingest", str(path), "-s", source)
+    cdp(root / "cdp.yaml", "resolve")
+    other = tmp_path / "every-value"
+    shutil.copytree(root, other)
+    monkeypatch.setattr("cdp_cli.features.INCREMENTAL_LIMIT", 1.0)
+    left = {}
+    for project, kept in ((root, True), (other, False)):
+        with Project(project / "cdp.yaml").store() as db:
+            assert db.conn.execute("SELECT count(*) FROM tag_rows").fetchone()[0] > 0
+            assert db.conn.execute("SELECT count(*) FROM tag_state").fetchone()[0] == 1
+            for day in (NEXT, date(2026, 12, 20)):  # new rows, then a date alone
+                if not kept:
+                    db.conn.execute("DELETE FROM tag_state")
+                run_tags(db, project / "tag_rules", day)
+            # a customer who is no more (as after a merge): every tag of theirs removed
+            db.conn.execute(
+                "DELETE FROM profiles WHERE one_id = (SELECT min(one_id) FROM tag_rows)"
+            )
+            if not kept:
+                db.conn.execute("DELETE FROM tag_state")
+            run_tags(db, project / "tag_rules", date(2026, 12, 20), force=True)
+            left[kept] = (tables(db), changes(db))
+    assert left[True] == left[False]
+    assert {run_id for _, run_id, *_ in left[True][1]} == {1, 2, 3, 4}  # each run changed some
+    assert {row[4] for row in left[True][1] if row[1] == 4} == {"removed"}
