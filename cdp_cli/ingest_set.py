@@ -277,6 +277,20 @@ class SetPlan:
         return f"SELECT s.line, s.raw, {cells} FROM {STAGE} s {self.joins} WHERE {self._leftover}"
 
 
+_NOT_SET_WORK = object()
+
+
+def _constant(constant: Any, convert: Converter) -> Any:
+    """A mapping's constant as RowMapper converts it, once for every row; _NOT_SET_WORK when
+    it fails (every row is rejected, for RowMapper to say why) or sets other fields too."""
+    found: dict[str, Any] = {}
+    try:
+        value = convert(constant, found)
+    except Exception:  # a RowRejected
+        return _NOT_SET_WORK
+    return _NOT_SET_WORK if found else value
+
+
 def plan_for(mapper: Any, header: list[str], attrs_bytes: int) -> SetPlan | None:
     """The SQL for a CSV file of this header, or None where the set path cannot take the
     source (see the module's docstring): RowMapper then maps every row."""
@@ -292,12 +306,8 @@ def plan_for(mapper: Any, header: list[str], attrs_bytes: int) -> SetPlan | None
     ):
         position = len(plain) + offset
         if mapping.constant is not None:
-            found: dict[str, Any] = {}
-            try:
-                value = convert(mapping.constant, found)
-            except Exception:  # a RowRejected: every row is, for RowMapper to say why
-                return None
-            if found:
+            value = _constant(mapping.constant, convert)
+            if value is _NOT_SET_WORK:
                 return None
             plan.params[f"k{position}"] = value
             plan.values.append(f":k{position}")
@@ -618,12 +628,8 @@ def json_plan_for(mapper: Any) -> JsonPlan | None:
         spec = source.kind.field(mapping.name)
         values.append(f"s.p{position}")
         if mapping.constant is not None:
-            found: dict[str, Any] = {}
-            try:
-                value = convert(mapping.constant, found)
-            except Exception:  # a RowRejected: every row is, for RowMapper to say why
-                return None
-            if found or not (value is None or isinstance(value, str)):
+            value = _constant(mapping.constant, convert)
+            if value is _NOT_SET_WORK or not (value is None or isinstance(value, str)):
                 return None
             typed.append((CONSTANT, [], False, value))
             continue

@@ -13,18 +13,16 @@ import io
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdp_cli import ingest as ingest_module
 from cdp_cli import ingest_set
 from cdp_cli.config import load_config
 from cdp_cli.identity.normalize import identity_key
-from cdp_cli.ingest import RowMapper, ingest
-from cdp_cli.store import open_store
+from cdp_cli.ingest import RowMapper
+from tests.ingest_compare import store_after
 
 CONFIG = """
 store: cdp.db
@@ -132,44 +130,10 @@ def csv_files(draw: st.DrawFn, source: str) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
-def store_after(folder: Path, source: str, files: list[bytes], set_work: bool) -> dict[str, Any]:
-    """Ingest the files in turn (the first again at the end, forced) into a new store."""
-    config_path = folder / "cdp.yaml"
-    config_path.write_text(CONFIG, encoding="utf-8")
-    config = load_config(config_path, folder / f"{set_work}.db")
-    paths = []
-    for number, content in enumerate(files):
-        path = folder / f"{number}.csv"
-        path.write_bytes(content)
-        paths.append(path)
-    db = open_store(folder / f"{set_work}.db")
-    said: list[Any] = []
-    before = ingest_module.SET_WORK
-    ingest_module.SET_WORK = set_work
-    try:
-        for path in paths:
-            said += ingest(db, config, source, [path])
-        said += ingest(db, config, source, paths[:1], force=True)
-    finally:
-        ingest_module.SET_WORK = before
-    table = config.source(source).kind.table
-    stored = {
-        "said": [{**r.as_dict(), "seconds": 0} if hasattr(r, "as_dict") else r for r in said],
-        "rows": db.conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall(),
-        "rejects": db.conn.execute("SELECT * FROM rejects ORDER BY id").fetchall(),
-        "batches": db.conn.execute(
-            "SELECT id, source, file, sha256, status, rows_read, rows_inserted, rows_updated, "
-            "rows_unchanged, rows_rejected, rows_skipped, error FROM batches ORDER BY id"
-        ).fetchall(),
-    }
-    db.conn.close()
-    return stored
-
-
 def check_same(source: str, files: list[bytes]) -> None:
     with tempfile.TemporaryDirectory() as folder:
-        as_sets = store_after(Path(folder), source, files, set_work=True)
-        by_rows = store_after(Path(folder), source, files, set_work=False)
+        as_sets = store_after(Path(folder), CONFIG, source, files, "csv", set_work=True)
+        by_rows = store_after(Path(folder), CONFIG, source, files, "csv", set_work=False)
     assert as_sets == by_rows
 
 
@@ -214,7 +178,7 @@ def test_a_file_with_rows_sql_does_not_take_lands_as_rowmapper_has_it(tmp_path: 
     ).encode()
     check_same("crm", [content])
     with tempfile.TemporaryDirectory() as folder:
-        stored = store_after(Path(folder), "crm", [content], set_work=True)
+        stored = store_after(Path(folder), CONFIG, "crm", [content], "csv", set_work=True)
     # once from the file, once from it ingested again with --force (M1's identity fields
     # change twice in it: its replaced keys are recorded once, not a UNIQUE error)
     assert [r[3:7] for r in stored["rejects"]] == [
