@@ -50,13 +50,7 @@ from cdp_cli.parsing import (
 from cdp_cli.privacy import quote_cells
 from cdp_cli.readers import Progress
 from cdp_cli.sqlitelib import sqlite_utils
-from cdp_cli.store import (
-    INDEX_BUILD_CACHE_MB,
-    indexes_built_after,
-    insert_row,
-    now_iso,
-    transaction,
-)
+from cdp_cli.store import indexes_built_after, insert_row, now_iso, sorting_cache, transaction
 
 CHUNK_ROWS = 5000
 # Whether a CSV or JSON Lines file may be mapped as set work (ingest_set); False maps every
@@ -976,15 +970,9 @@ def _load_json(
     by_key = result.rows_read > ingest_set.JSON_KEY_ORDER_FROM
     select = plan.select(loader.mapper.source.name, result.batch_id, by_key)
     insert = f"{_insert_into(table, names)} {select} {_on_conflict(table, names)}"
-    # In key order the writes need few pages cached, and SQLite's sorter holds as much
-    # memory as the page cache besides it: a small cache for the sort and the writes.
-    cache = conn.execute("PRAGMA cache_size").fetchone()[0]
-    if by_key:
-        conn.execute(f"PRAGMA cache_size=-{INDEX_BUILD_CACHE_MB * 1024}")
-    try:
+    # In key order the writes need few pages cached: a small cache for the sort and writes.
+    with sorting_cache(conn) if by_key else contextlib.nullcontext():
         changed = conn.execute(insert).rowcount
-    finally:
-        conn.execute(f"PRAGMA cache_size={cache}")
     # On failure the file's rollback takes the temporary tables with it.
     ingest_set.drop_stage(conn)
     return int(changed)

@@ -172,8 +172,21 @@ def apply_size_settings(conn: sqlite3.Connection, cache_mb: int) -> None:
     conn.execute(f"PRAGMA cache_size=-{cache_mb * 1024}")  # negative: KiB rather than pages
 
 
-# The page cache while indexes are built after a bulk write (see indexes_built_after).
-INDEX_BUILD_CACHE_MB = 16
+# The page cache while SQLite sorts a bulk write's rows or indexes (see sorting_cache).
+SORT_CACHE_MB = 16
+
+
+@contextmanager
+def sorting_cache(conn: sqlite3.Connection) -> Iterator[None]:
+    """The page cache cut to SORT_CACHE_MB around a big sort, then set back. SQLite's sorter
+    holds up to the page cache's size in memory besides the cache itself: with the cache full
+    from a load, that took a 10M-event ingest past 300 MB. Shrinking it frees clean pages."""
+    cache = conn.execute("PRAGMA cache_size").fetchone()[0]
+    conn.execute(f"PRAGMA cache_size=-{SORT_CACHE_MB * 1024}")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA cache_size={cache}")
 
 
 @contextmanager
@@ -193,19 +206,23 @@ def indexes_built_after(conn: sqlite3.Connection, table: str, bulk: bool) -> Ite
     for name, _ in indexes:
         conn.execute(f'DROP INDEX "{name}"')
     yield
-    # SQLite's sorter holds up to the page cache's size in memory besides the cache itself:
-    # with the cache full from the load, that took a 10M-event ingest past 300 MB. The
-    # cache is shrunk for the sorts (its clean pages freed), then set back.
-    cache = conn.execute("PRAGMA cache_size").fetchone()[0]
-    conn.execute(f"PRAGMA cache_size=-{INDEX_BUILD_CACHE_MB * 1024}")
-    try:
+    with sorting_cache(conn):
         for _, sql in indexes:
             conn.execute(sql)
-    finally:
-        conn.execute(f"PRAGMA cache_size={cache}")
 
 
-def only_source(conn: sqlite3.Connection, table: str) -> str | None:
+def key_walk(
+    conn: sqlite3.Connection, table: str, covering: Sequence[str] = ()
+) -> tuple[str, str] | None:
+    """(source, index) when a kind table can be read per identity key, else None: every row
+    comes from that one source, and the index leads with identity_key and holds the
+    `covering` columns too, so a walk of it groups rows by key without reading the table."""
+    source = _only_source(conn, table)
+    index = _key_index(conn, table, covering) if source else None
+    return (source, index) if source and index else None
+
+
+def _only_source(conn: sqlite3.Connection, table: str) -> str | None:
     """The one source every row of a kind table comes from; None when there are several, or
     no row. Two lookups in the index of its UNIQUE (source, key), not a scan."""
     first = conn.execute(f"SELECT min(source) FROM {table}").fetchone()[0]
@@ -215,9 +232,8 @@ def only_source(conn: sqlite3.Connection, table: str) -> str | None:
     return first if other.fetchone()[0] is None else None
 
 
-def key_index(conn: sqlite3.Connection, table: str, covering: Sequence[str] = ()) -> str | None:
-    """An index of `table` that leads with identity_key and holds the `covering` columns too
-    (a walk of it then groups rows by key without reading the table), or None."""
+def _key_index(conn: sqlite3.Connection, table: str, covering: Sequence[str]) -> str | None:
+    """An index of `table` that leads with identity_key and holds the `covering` columns."""
     for name, sql in conn.execute(
         "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
         "AND sql IS NOT NULL ORDER BY name",

@@ -96,8 +96,8 @@ def test_events_read_per_key_resolve_as_a_scan_of_every_row_does(
     for name, config_path in (("per key", per_key), ("scan", scan)):
         with monkeypatch.context() as patch:
             if name == "scan":  # as if every table had several sources: the old statements
-                patch.setattr(resolve_module, "only_source", lambda conn, table: None)
-                patch.setattr(profiles, "only_source", lambda conn, table: None)
+                patch.setattr(resolve_module, "key_walk", lambda conn, table, covering=(): None)
+                patch.setattr(profiles, "key_walk", lambda conn, table, covering=(): None)
             first = _resolve_and_read(config_path, full=False)
             rerun = _resolve_and_read(config_path, full=True)
             _ingest_later(config_path, later)

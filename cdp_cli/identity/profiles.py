@@ -14,7 +14,7 @@ from cdp_cli.errors import NotFound, UsageError
 from cdp_cli.identity.normalize import email_key, normalize_phone
 from cdp_cli.privacy import masked_lookup
 from cdp_cli.sqlitelib import sqlite_utils
-from cdp_cli.store import key_index, only_source
+from cdp_cli.store import key_walk
 
 GOLDEN_FIELDS = ("name", "gender", "birthday", "city")
 SEEN_COLUMNS = {
@@ -63,10 +63,9 @@ def _read_by_key(db: sqlite_utils.Database) -> dict[str, tuple[str, str]]:
     the same: its sources are one, in the place the table's first row puts them."""
     found = {}
     for table, column in SEEN_COLUMNS.items():
-        source = only_source(db.conn, table)
-        index = key_index(db.conn, table, covering=[column]) if source else None
-        if source and index:
-            found[table] = (source, index)
+        walk = key_walk(db.conn, table, covering=[column])
+        if walk is not None:
+            found[table] = walk
     return found
 
 

@@ -44,9 +44,8 @@ from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import (
     indexes_built_after,
     insert_row,
-    key_index,
+    key_walk,
     now_iso,
-    only_source,
     rows_as_dicts,
     transaction,
 )
@@ -160,8 +159,8 @@ def _keys_sql(
     order and much smaller than the table, then one row per key by its rowid; 5 s at 1M
     where a scan and a sort of every row take 25 s. Other tables are scanned and sorted."""
     conn = db.conn
-    index = key_index(conn, table) if only_source(conn, table) else None
-    if index is None:
+    walk = key_walk(conn, table)
+    if walk is None:
         where = "t.identity_key IS NOT NULL"
         params: list[Any] = []
         if after_batch is not None:
@@ -177,6 +176,7 @@ def _keys_sql(
             f"WHERE {where} GROUP BY t.identity_key, t.source ORDER BY t.identity_key, t.source"
         )
         return sql, params
+    _, index = walk
     if after_batch is None:
         first_rows = (
             f"SELECT identity_key AS k, min(rowid) AS r FROM {table} INDEXED BY {index} "
