@@ -502,18 +502,7 @@ FROM (
             "(SELECT one_id, tag FROM tag_changes WHERE id > ? AND change = 'removed')",
             (first,),
         )
-    written = last - first - sum(removed.values())  # this run's ids follow one another
-    held = conn.execute(  # counted up to what decides
-        "SELECT count(*) FROM (SELECT 1 FROM profile_tags LIMIT ?)", (written // BULK + 1,)
-    ).fetchone()[0]
-    with indexes_built_after(conn, "profile_tags", written > BULK * held):
-        conn.execute(
-            "INSERT INTO profile_tags (one_id, tag, value, since) "
-            "SELECT one_id, tag, new_value, ? FROM tag_changes "
-            "WHERE id > ? AND change <> 'removed' ON CONFLICT (one_id, tag) DO UPDATE SET "
-            "value = excluded.value, since = excluded.since",
-            (at, first),
-        )
+    _store_values(conn, first, last - first - sum(removed.values()), at)
     changed = conn.execute(  # counted in the tag index alone, which holds the id
         "SELECT e.tag, (SELECT count(*) FROM tag_changes c WHERE c.tag = e.tag AND c.id > ?) "
         "FROM evaluated e",
@@ -540,16 +529,24 @@ def _record_added(
             f"SELECT ?, one_id, tag, 'added', NULL, value, ? FROM ({values})",
             (run_id, at),
         )
+    _store_values(conn, first, added, at)
+    return {tag: {"changed": count, "removed": 0} for tag, count in customers.items()}
+
+
+def _store_values(conn: sqlite3.Connection, first: int, written: int, at: str) -> None:
+    """This run's new values (the `written` changes after id `first` that are not removals)
+    into profile_tags, its secondary index made after when they outnumber what it holds."""
     held = conn.execute(  # counted up to what decides
-        "SELECT count(*) FROM (SELECT 1 FROM profile_tags LIMIT ?)", (added // BULK + 1,)
+        "SELECT count(*) FROM (SELECT 1 FROM profile_tags LIMIT ?)", (written // BULK + 1,)
     ).fetchone()[0]
-    with indexes_built_after(conn, "profile_tags", added > BULK * held):
+    with indexes_built_after(conn, "profile_tags", written > BULK * held):
         conn.execute(
             "INSERT INTO profile_tags (one_id, tag, value, since) "
-            "SELECT one_id, tag, new_value, ? FROM tag_changes WHERE id > ?",
+            "SELECT one_id, tag, new_value, ? FROM tag_changes "
+            "WHERE id > ? AND change <> 'removed' ON CONFLICT (one_id, tag) DO UPDATE SET "
+            "value = excluded.value, since = excluded.since",
             (at, first),
         )
-    return {tag: {"changed": count, "removed": 0} for tag, count in customers.items()}
 
 
 def tag_list(db: sqlite_utils.Database, folder: Path) -> list[dict[str, Any]]:
