@@ -35,6 +35,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import random
 import re
@@ -594,17 +595,26 @@ class Harness:
         self, command: str, timing: int, points: int, rounds: int = 10, every_boundary: bool = True
     ) -> list[Trial]:
         """At least `timing` and `points` kills (with every_boundary, one at every boundary
-        point, even if that makes more): kills that came after the process had finished are
-        made up for by more trials, for up to `rounds` rounds."""
+        point, even if that makes more): kills that came after the process had finished, or
+        after an earlier kill of the trial had left the work done, are made up for by more
+        trials, for up to `rounds` rounds. Each round plans the kills missing, scaled by how
+        many of those planned so far were made (at most 4 times): on a slower machine than
+        the reference run's, many timed kills come too late to count."""
         if every_boundary:
             points = max(points, len(self.references[command].boundaries()))
         done: list[Trial] = []
+        planned: Counter[str] = Counter()
         for round_ in range(rounds):
             have = Counter(k.mode for t in done for k in t.kills if k.killed)
             missing = [max(timing - have["timing"], 0), max(points - have["point"], 0)]
             if not any(missing):
                 break
-            plans = self.plan(command, *missing, round_, every_boundary)
+            scaled = [
+                min(math.ceil(n * planned[mode] / have[mode]), 4 * n) if have[mode] else n
+                for n, mode in zip(missing, ("timing", "point"), strict=True)
+            ]
+            plans = self.plan(command, *scaled, round_, every_boundary)
+            planned.update(k.mode for kills in plans for k in kills)
             numbers = range(len(done), len(done) + len(plans))
             with ThreadPoolExecutor(self.workers) as pool:
                 done += pool.map(self.trial, [command] * len(plans), numbers, plans)
