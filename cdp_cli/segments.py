@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -26,7 +27,7 @@ IDENTIFIER_FIELDS = (
 SAMPLE_FIELDS = ("one_id", "name", "city", "phone", "order_count", "total_spent")
 # A sample walks the one_id index when at least this many customers match per one shown: the
 # walk then reads a twentieth of the profiles or less, were the matches spread evenly; with
-# fewer, it scans the base once (see sample()).
+# fewer, the one pass that counts them finds them all (see _few_matches()).
 SAMPLE_WALK_MATCHES = 20
 
 
@@ -97,8 +98,24 @@ def count(db: sqlite_utils.Database, chosen: Audience) -> tuple[int, int]:
     members = db.conn.execute(
         f"SELECT count(*) FROM {BASE_FROM} WHERE {chosen.where}", chosen.compiled.params
     ).fetchone()[0]
-    base = db.conn.execute("SELECT count(*) FROM profile_features").fetchone()[0]
-    return members, base
+    return members, _base(db)
+
+
+def _base(db: sqlite_utils.Database) -> int:
+    return int(db.conn.execute("SELECT count(*) FROM profile_features").fetchone()[0])
+
+
+def _few_matches(db: sqlite_utils.Database, chosen: Audience, cap: int) -> list[str] | None:
+    """Every one_id in the audience if fewer than `cap` match, else None.
+
+    A small audience is then counted and sampled in one pass over the base, where a count
+    and a sample would each scan it; a large one stops this pass after `cap` matches."""
+    _require_features(db)
+    rows = db.conn.execute(
+        f"SELECT p.one_id FROM {BASE_FROM} WHERE {chosen.where} LIMIT {int(cap)}",
+        chosen.compiled.params,
+    ).fetchall()
+    return [row[0] for row in rows] if len(rows) < cap else None
 
 
 @dataclass
@@ -149,12 +166,13 @@ def describe(
 ) -> SegmentReport:
     """An audience counted against the base; with `by` its portrait, with `sample_size` its
     first customers (SAMPLE_FIELDS, by one_id), personal fields as stored."""
-    size, base = count(db, chosen)
+    few = _few_matches(db, chosen, SAMPLE_WALK_MATCHES * sample_size) if sample_size else None
+    size, base = (len(few), _base(db)) if few is not None else count(db, chosen)
     report = SegmentReport(chosen.name, chosen.rule, size, base)
     if by:
         report.by, report.portrait = by, portrait(db, book, as_of, chosen, by)
     if sample_size is not None:
-        report.sample = sample(db, book, as_of, chosen, sample_size, size) if size else []
+        report.sample = sample(db, book, as_of, chosen, sample_size, few) if size else []
     return report
 
 
@@ -164,25 +182,30 @@ def sample(
     as_of: date,
     chosen: Audience,
     size: int,
-    matches: int,
+    few: list[str] | None,
 ) -> list[dict[str, Any]]:
-    """The audience's first `size` customers by one_id (SAMPLE_FIELDS); `matches` is its count.
+    """The audience's first `size` customers by one_id (SAMPLE_FIELDS).
 
-    Walking the one_id index stops at the size-th match: quick when many match, a walk of
-    every profile when few do. So with fewer than SAMPLE_WALK_MATCHES per customer shown,
-    the base is scanned once with a top-`size` sort, as the count scans it (`+` keeps the
-    index out). Only the chosen one_ids are then looked up for their fields."""
+    `few` holds every one_id of a small audience (_few_matches): the first are chosen from
+    it. A large one has at least SAMPLE_WALK_MATCHES per customer shown, so walking the
+    one_id index stops early at the size-th match. Only the chosen one_ids are then looked
+    up for their fields."""
     if not size:
         return []
     columns, params = _select(list(SAMPLE_FIELDS), chosen.context(book, as_of))
-    order = "p.one_id" if matches >= SAMPLE_WALK_MATCHES * size else "+p.one_id"
-    first = (
-        f"SELECT p.one_id FROM {BASE_FROM} WHERE {chosen.where} ORDER BY {order} LIMIT {int(size)}"
-    )
+    if few is not None:
+        first = "SELECT value FROM json_each(?)"
+        first_params: list[Any] = [json.dumps(sorted(few)[:size])]
+    else:
+        first = (
+            f"SELECT p.one_id FROM {BASE_FROM} WHERE {chosen.where} "
+            f"ORDER BY p.one_id LIMIT {int(size)}"
+        )
+        first_params = list(chosen.compiled.params)
     cursor = db.conn.execute(
         f"SELECT {', '.join(columns)} FROM {BASE_FROM} WHERE p.one_id IN ({first}) "
         "ORDER BY p.one_id",
-        [*params, *chosen.compiled.params],
+        [*params, *first_params],
     )
     return [dict(zip(SAMPLE_FIELDS, row, strict=True)) for row in cursor]
 

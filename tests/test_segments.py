@@ -231,29 +231,31 @@ def test_one_customers_segments_are_those_whose_audience_holds_them(db, book):
 
 @pytest.mark.parametrize("size", [1, 3, 12])
 def test_the_sample_is_the_first_customers_by_one_id_however_many_match(db, book, size):
-    """Many matches: the one_id index is walked; few: the base is scanned once and sorted."""
+    """Many matches: the one_id index is walked; few or none: the one pass over the base that
+    finds them all both counts them and gives the sample."""
     rules = {"many": "total_spent >= 0", "few": "total_spent >= 10000", "none": "total_spent < 0"}
-    plans = set()
-    for rule in rules.values():
+    walks = set()
+    for name, rule in rules.items():
         chosen = segments.audience(db, book, DAY, rule, None)
         customers, _ = segments.count(db, chosen)
         statements = traced(db)
         try:
-            sample = segments.describe(db, book, DAY, chosen, sample_size=size).sample
+            report = segments.describe(db, book, DAY, chosen, sample_size=size)
         finally:
             db.conn.set_trace_callback(None)
         expected = db.conn.execute(
             f"SELECT p.one_id FROM {BASE_FROM} WHERE {chosen.where} ORDER BY p.one_id LIMIT ?",
             [*chosen.compiled.params, size],
         ).fetchall()
-        assert sample is not None
-        assert [row["one_id"] for row in sample] == [row[0] for row in expected]
-        assert len(sample) == min(size, customers)
-        picked = [s for s in statements if "LIMIT" in s]
-        plans |= {"walk" if "ORDER BY p.one_id LIMIT" in s else "scan" for s in picked}
-        if not customers:
-            assert picked == []  # an empty audience has no sample to look for
-    assert plans == {"walk", "scan"}
+        assert report.customers == customers
+        assert report.sample is not None
+        assert [row["one_id"] for row in report.sample] == [row[0] for row in expected]
+        assert len(report.sample) == min(size, customers)
+        over_rule = [s for s in statements if "WHERE (f.total_spent" in s]  # the rule
+        walks |= {name for s in over_rule if "ORDER BY p.one_id LIMIT" in s}
+        if customers < segments.SAMPLE_WALK_MATCHES * size:
+            assert len(over_rule) == 1, over_rule  # counted and sampled in one pass
+    assert walks == {"many"}
 
 
 def test_no_sample_is_looked_for_when_none_is_shown(db, book):
