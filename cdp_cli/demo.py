@@ -14,8 +14,9 @@ from cdp_cli.demo_response import respond_and_rerun
 from cdp_cli.errors import CdpError
 from cdp_cli.files import write_text
 from cdp_cli.identity import match, review
+from cdp_cli.identity.explain import explain
 from cdp_cli.identity.profiles import Lookup
-from cdp_cli.identity.resolve import explain, resolve
+from cdp_cli.identity.resolve import resolve
 from cdp_cli.ingest import ingest
 from cdp_cli.messaging.channels import PLACEHOLDER_PREFIX
 from cdp_cli.messaging.engine import run_journeys

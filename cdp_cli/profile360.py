@@ -112,7 +112,7 @@ def profile_360(
 def _probable_links(db: sqlite_utils.Database, one_id: str) -> list[dict[str, Any]]:
     """Which records are theirs by a probable link: the two records, who decided, the
     probability and the fields that agreed."""
-    from cdp_cli.identity.resolve import record_of_key
+    from cdp_cli.identity.explain import record_of_key
     from cdp_cli.identity.review import probable_links
 
     return [

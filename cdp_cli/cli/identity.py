@@ -70,7 +70,8 @@ def resolve_command(
       cdp resolve --review                     probable pairs waiting for a person
       cdp resolve --reject 7                   these two are not one customer, ever
     """
-    from cdp_cli.identity.resolve import explain, export_mapping, resolve
+    from cdp_cli.identity.explain import explain, export_mapping
+    from cdp_cli.identity.resolve import resolve
     from cdp_cli.identity.review import decide, review_queue
     from cdp_cli.privacy import masked_explain, masked_review
 

@@ -35,7 +35,7 @@ from cdp_cli.store import now_iso
 
 
 class Graph(Protocol):
-    """What matching needs of resolve's graph (identity/resolve.py Graph): its key nodes, the
+    """What matching needs of resolve's graph (identity/graph.py): its key nodes, the
     keys that are a customer by themselves, and its guarded union-find."""
 
     key_node: dict[int, int]
