@@ -4,7 +4,7 @@ Lines file's parsed values are bound straight into an `INSERT … SELECT` (JsonP
 Each row's cells, stripped, go into a temporary table with one `executemany` a chunk;
 synonyms, choices, typing, the checks, the natural key and the attrs JSON then happen in
 one `INSERT … SELECT` into the kind's table, in line order, with the same upsert as the row
-path. RowMapper.map (ingest.py) stays the definition of what a row becomes: SQL takes a row
+path. RowMapper.map (mapping.py) stays the definition of what a row becomes: SQL takes a row
 only where it gives the very same stored row. Every other row (a required value missing, a
 value that does not convert cleanly, attrs that may be over their limit) is read back from
 the stage and mapped by RowMapper, for its exact reject reason or `_invalid` attrs, and its

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from cdp_cli import ingest_set
 from cdp_cli.config import load_config
-from cdp_cli.ingest import RowMapper
+from cdp_cli.mapping import RowMapper
 from tests.ingest_compare import store_after
 
 CONFIG = """

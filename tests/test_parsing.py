@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdp_cli.ingest import _fast_number, _fast_timestamp
+from cdp_cli.mapping import _fast_number, _fast_timestamp
 from cdp_cli.parsing import (
     TimestampParser,
     parse_date,

@@ -12,7 +12,8 @@ import pytest
 from cdp_cli import Project
 from cdp_cli import status as status_module
 from cdp_cli.errors import IngestError
-from cdp_cli.ingest import _per_distinct_value, ingest_file
+from cdp_cli.ingest import ingest_file
+from cdp_cli.mapping import _per_distinct_value
 from cdp_cli.store import DEFAULT_CACHE_MB, open_read_only
 from tests.conftest import query
 
