@@ -100,6 +100,17 @@ def _records_of(table: str, everyone: bool) -> str:
     )
 
 
+# The order a golden field's first record is found in, as fixed-width digits: a rank of up
+# to 3 digits, then the batch and line counted down from this.
+_LARGEST = 10**11
+_ORDER_WIDTH = 3 + 12 + 12
+
+
+def _first(column: str, at: int) -> str:
+    """The value (0) or origin (1) of a golden field as `best` found it."""
+    return f"json_extract(substr({column}, {_ORDER_WIDTH + 1}), '$[{at}]')"
+
+
 def _profiles_sql(
     source_priority: tuple[str, ...], everyone: bool, by_key: dict[str, tuple[str, str]]
 ) -> str:
@@ -109,11 +120,15 @@ def _profiles_sql(
     if source_priority:
         cases = " ".join(f"WHEN ? THEN {i}" for i in range(len(source_priority)))
         rank = f"CASE t.source {cases} ELSE {len(source_priority)} END"
-    # Each golden field from the first record that has it, in one order for all four fields.
-    best = "\n".join(
-        f""", best_{f} AS (
-  SELECT one_id, {f} AS value, origin, min(rn) FROM members WHERE {f} IS NOT NULL
-  GROUP BY one_id)"""
+    # Each golden field from the first record that has it, in one order for all four fields:
+    # the source's rank, then the newest batch and line. One grouping finds all four, each
+    # as the least of (that order written as fixed-width digits, then [value, origin]).
+    order = (
+        f"printf('%03d%012d%012d', {rank}, {_LARGEST} - t.batch_id, "
+        f"{_LARGEST} - coalesce(t.line, -1))"
+    )
+    firsts = ", ".join(
+        f"min(CASE WHEN {f} IS NOT NULL THEN o || json_array({f}, origin) END) AS {f}"
         for f in GOLDEN_FIELDS
     )
     # A customer's sources in the order of their first record: kind tables in this order,
@@ -125,17 +140,15 @@ def _profiles_sql(
     )
     seen_in_order = "seen" if everyone else "(SELECT * FROM seen ORDER BY one_id, kind, row)"
     in_targets = "" if everyone else "AND i.one_id IN (SELECT one_id FROM targets)"
-    joins = " ".join(f"LEFT JOIN best_{f} ON best_{f}.one_id = g.one_id" for f in GOLDEN_FIELDS)
-    lineage = ", ".join(f"'{f}', best_{f}.origin" for f in GOLDEN_FIELDS)
+    lineage = ", ".join(f"'{f}', {_first('best.' + f, 1)}" for f in GOLDEN_FIELDS)
     anonymous = ", ".join(f"'{t}'" for t in ANONYMOUS_TYPES)
     return f"""
-WITH members AS (
-  SELECT k.one_id, t.source || ':' || t.key AS origin,
-         {", ".join(f"t.{f}" for f in GOLDEN_FIELDS)},
-         row_number() OVER (
-           PARTITION BY k.one_id ORDER BY {rank}, t.batch_id DESC, t.line DESC) AS rn
-  {_records_of("customers", everyone)}
-){best},
+WITH best AS (
+  SELECT one_id, {firsts} FROM (
+    SELECT k.one_id, {order} AS o, t.source || ':' || t.key AS origin,
+           {", ".join(f"t.{f}" for f in GOLDEN_FIELDS)}
+    {_records_of("customers", everyone)})
+  GROUP BY one_id),
 seen AS ({seen}),
 seen_by AS (
   SELECT one_id, min(first) AS first_seen, max(last) AS last_seen, sum(n) AS records,
@@ -155,12 +168,12 @@ ident_by AS (
 INSERT INTO profiles (one_id, created_at, updated_at, known, {", ".join(GOLDEN_FIELDS)},
   phones, emails, identifiers, first_seen, last_seen, sources, records, lineage)
 SELECT g.one_id, ?, ?, coalesce(ident_by.known, 0),
-  {", ".join(f"best_{f}.value" for f in GOLDEN_FIELDS)},
+  {", ".join(_first(f"best.{f}", 0) for f in GOLDEN_FIELDS)},
   coalesce(ident_by.phones, '[]'), coalesce(ident_by.emails, '[]'),
   coalesce(ident_by.identifiers, '{{}}'), seen_by.first_seen, seen_by.last_seen,
   coalesce(seen_by.sources, '[]'), coalesce(seen_by.records, 0),
   json_patch('{{}}', json_object({lineage}))
-FROM targets g {joins}
+FROM targets g LEFT JOIN best ON best.one_id = g.one_id
 LEFT JOIN seen_by ON seen_by.one_id = g.one_id
 LEFT JOIN ident_by ON ident_by.one_id = g.one_id
 WHERE true
