@@ -314,7 +314,7 @@ def test_consents_stored_before_they_were_checked_are_mapped_or_moved_to_rejects
     without a time: opening it maps the first and moves the others to rejects."""
     import sqlite3
 
-    from cdp_cli.store import MIGRATIONS
+    from cdp_cli.schema import MIGRATIONS
 
     path = tmp_path / "old.db"
     db = open_store(path)
