@@ -655,3 +655,16 @@ def index_tag_changes_by_tag_alone(db: sqlite_utils.Database) -> None:
         db.conn,
         "DROP INDEX IF EXISTS tag_changes_tag;\nCREATE INDEX tag_changes_tag ON tag_changes (tag);",
     )
+
+
+@migration(21)
+def record_each_journey_runs_goal_check(db: sqlite_utils.Database) -> None:
+    """What a journey run checked conversions against (issue 14): its goal and the last batch
+    it saw. The next run with the same goal checks only what can have changed since, where
+    it checked every open enrolment against every goal event each run (27 s of a 50 s rerun
+    at 1M customers). A run without them (before this) makes the next one check everything."""
+    _run_script(
+        db.conn,
+        "ALTER TABLE journey_runs ADD COLUMN goal TEXT;\n"
+        "ALTER TABLE journey_runs ADD COLUMN goal_batch INTEGER;",
+    )

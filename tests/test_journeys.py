@@ -642,6 +642,64 @@ steps:
     assert later["converted"] == 1
 
 
+SHOP = "  shop:\n    kind: orders\n    key: order_id\n    fields: {order_id: order_id, phone: phone, amount: amount, ordered_at: at}\n"
+
+
+def test_a_run_checks_conversions_since_the_last_one_as_a_check_of_everything_would(
+    run, write, project
+):
+    """Each run converts exactly whom a check of every open enrolment against every order
+    converts (a copy of the store whose runs recorded no goal): an order of a new batch (M2),
+    one that arrives late, dated before the last run's clock (M1), one dated after that clock
+    (M6), and an old order that a merge brings to an enrolled customer (M3, who gains the shop
+    order's phone)."""
+    write("cdp.yaml", CONFIG + SHOP)
+    body = """entry: {when: "city is not null"}
+goal: {event: order, within: 14d}
+steps:
+  - send: {channel: sms, template: hello}
+  - wait: 1d
+  - send: {channel: sms, template: hello}
+"""
+    write("journeys/g.yaml", journey("g", body))
+    store, everything = project / "cdp.db", project / "everything.db"
+    days = {
+        "2026-11-16 10:30": [
+            ("orders", "order_id,member,amount,at\nO2,M2,50,2026-11-16 09:00:00\n"
+             "O6,M6,80,2026-11-19 12:00:00\n"),
+            ("shop", "order_id,phone,amount,at\nS1,13800000003,60,2026-11-16 08:00:00\n"),
+        ],
+        "2026-11-17 10:30": [("orders", "order_id,member,amount,at\nO7,M1,30,2026-11-16 09:30:00\n")],
+        "2026-11-20 10:30": [("crm", "member,name,phone,email,city,appid,openid,device\n"
+                              "M3,张敏,13800000003,,上海,,,\n")],
+    }  # fmt: skip
+    converted = []
+    for day, files in [(NOW, []), *days.items()]:
+        for number, (source, text) in enumerate(files):
+            write(f"{source}-{number}.csv", text)
+            assert run("ingest", f"{source}-{number}.csv", "-s", source).exit_code == 0
+        assert run("resolve").exit_code == 0
+        with sqlite3.connect(store) as source, sqlite3.connect(everything) as copy:
+            source.backup(copy)  # with what the WAL holds
+            copy.execute("UPDATE journey_runs SET goal = NULL")
+        checks = []
+        for db in (everything, store):
+            result = run("--db", str(db), "journey", "run", "--now", day, "--json")
+            assert result.exit_code == 0, result.output
+            checks.append(query(db, "SELECT id, converted_at FROM journey_enrolments ORDER BY id"))
+        assert checks[0] == checks[1], day
+        with sqlite3.connect(store) as conn:  # this test's days pass within a second
+            conn.execute("UPDATE identity_keys SET resolved_at = '2026-01-01T00:00:00+00:00'")
+        converted.append(json.loads(result.stdout)[0]["converted"])
+    assert converted == [0, 1, 1, 2]  # M2 by its new order; M1 by a late one; then M6 and M3
+    assert {
+        member
+        for member in ("M1", "M2", "M3", "M6")
+        if query(store, "SELECT converted_at FROM journey_enrolments WHERE one_id = ?",
+                 member_one_id(project, member))[0][0]
+    } == {"M1", "M2", "M3", "M6"}  # fmt: skip
+
+
 def test_dry_run_shows_who_would_get_what(run, write, project):
     body = "entry: {when: \"city = '武汉'\"}\nsteps:\n  - send: {channel: sms, template: hello}\n"
     write("journeys/d.yaml", journey("d", body))

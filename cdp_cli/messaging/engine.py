@@ -323,45 +323,91 @@ def _in_one_process(run: JourneyRun) -> JourneyRun:
 
 
 def _convert(run: JourneyRun) -> None:
-    """Enrolments whose customer met the goal within its window: converted, and ended."""
-    journey = run.journey
+    """Enrolments whose customer met the goal within its window: converted, and ended.
+
+    After a run that checked the same goal, only what can have changed since is checked
+    again: enrolments whose first message that run or a later one made (it checked before
+    sending), and the customers of _goal_news."""
+    journey, conn = run.journey, run.db.conn
     if not journey.goal_event or not journey.goal_within:
         return
     days = journey.goal_within.total_seconds() / 86400
-    if journey.goal_event == "order":
-        happened = (
-            "SELECT o.ordered_at AS at, k.one_id FROM orders o "
-            "JOIN identity_keys k ON k.key = o.identity_key"
-        )
-        params: list[Any] = []
+    goal = f"{journey.goal_event} within {days:g} days"
+    batch = conn.execute("SELECT coalesce(max(id), 0) FROM batches").fetchone()[0]
+    conn.execute(
+        "UPDATE journey_runs SET goal = ?, goal_batch = ? WHERE id = ?", (goal, batch, run.run_id)
+    )
+    happened, params = _goal_events(journey.goal_event)
+    previous = conn.execute(
+        "SELECT id, now, started_at, goal_batch FROM journey_runs WHERE journey = ? AND id < ? "
+        "AND finished_at IS NOT NULL AND goal = ? ORDER BY id DESC LIMIT 1",
+        (journey.name, run.run_id, goal),
+    ).fetchone()
+    if previous is not None:
+        _goal_news(run, happened, params, previous)
+        scope = f"WHERE first.first_run >= ? OR first.one_id IN (SELECT one_id FROM {GOAL_NEWS})"
+        scope_params: list[Any] = [previous[0]]
     else:
-        happened = (
-            "SELECT e.occurred_at AS at, k.one_id FROM events e "
-            "JOIN identity_keys k ON k.key = e.identity_key WHERE e.event = ?"
-        )
-        params = [journey.goal_event]
+        scope, scope_params = "", []
     # The window opens with the enrolment's first message, sent or skipped (a holdout's skipped
     # message marks when it would have gone): `cdp report` counts conversions the same way.
-    rows = run.db.conn.execute(
+    rows = conn.execute(
         f"""WITH first AS (
-  SELECT je.id, je.one_id, min(m.created_at) AS at FROM journey_enrolments je
-  JOIN messages m ON m.one_id = je.one_id AND m.enrolment_id = je.id
+  SELECT je.id, je.one_id, min(m.created_at) AS at, min(m.run_id) AS first_run
+  FROM journey_enrolments je JOIN messages m ON m.one_id = je.one_id AND m.enrolment_id = je.id
   WHERE je.journey = ? AND je.converted_at IS NULL AND je.status IN ('active', 'completed')
   GROUP BY je.id
-)
-SELECT min(h.at), ?, first.id FROM first JOIN ({happened}) h
-ON h.one_id = first.one_id AND julianday(h.at) >= julianday(first.at)
-AND julianday(h.at) <= julianday(first.at) + ? AND julianday(h.at) <= julianday(?)
-GROUP BY first.id""",
-        [journey.name, run.now_text, *params, days, run.now_text],
+), checked AS (SELECT * FROM first {scope})
+SELECT min(h.at), ?, checked.id FROM checked JOIN ({happened}) h
+ON h.one_id = checked.one_id AND julianday(h.at) >= julianday(checked.at)
+AND julianday(h.at) <= julianday(checked.at) + ? AND julianday(h.at) <= julianday(?)
+GROUP BY checked.id""",
+        [journey.name, *scope_params, run.now_text, *params, days, run.now_text],
     ).fetchall()
-    run.db.conn.executemany(
+    conn.executemany(
         "UPDATE journey_enrolments SET converted_at = ?, "
         "status = CASE status WHEN 'active' THEN 'converted' ELSE status END, "
         "ended_at = coalesce(ended_at, ?) WHERE id = ?",
         rows,
     )
     run.result.converted = len(rows)
+
+
+GOAL_NEWS = "temp.cdp_goal_news"
+
+
+def _goal_events(goal_event: str) -> tuple[str, list[Any]]:
+    """The goal's events (at, one_id, batch_id), and their parameters."""
+    if goal_event == "order":
+        return (
+            "SELECT o.ordered_at AS at, k.one_id, o.batch_id FROM orders o "
+            "JOIN identity_keys k ON k.key = o.identity_key"
+        ), []
+    return (
+        "SELECT e.occurred_at AS at, k.one_id, e.batch_id FROM events e "
+        "JOIN identity_keys k ON k.key = e.identity_key WHERE e.event = ?"
+    ), [goal_event]
+
+
+def _goal_news(
+    run: JourneyRun, happened: str, params: list[Any], previous: tuple[int, str, str, int]
+) -> None:
+    """GOAL_NEWS: the customers whose conversions can have changed since the previous check.
+    Its goal events were those of batches up to its last, dated up to its clock, joined to
+    customers by the identity keys of its start; so: goal events of later batches or dated
+    after that clock, and customers whose keys a resolve has written since (a merge can bring
+    an old order to an enrolled customer; a full resolve writes every key)."""
+    _, then, started_at, batch = previous
+    conn = run.db.conn
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {GOAL_NEWS} (one_id TEXT PRIMARY KEY)")
+    conn.execute(f"DELETE FROM {GOAL_NEWS}")
+    conn.execute(
+        f"INSERT OR IGNORE INTO {GOAL_NEWS} SELECT h.one_id FROM ({happened}) h "
+        "WHERE h.one_id IS NOT NULL AND (h.batch_id > ? OR julianday(h.at) > julianday(?)) "
+        "UNION SELECT one_id FROM identity_keys "
+        "WHERE julianday(resolved_at) >= julianday(?) AND one_id IS NOT NULL",
+        [*params, batch, then, started_at],
+    )
 
 
 def _exit(run: JourneyRun) -> None:
