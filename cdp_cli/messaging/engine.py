@@ -401,13 +401,25 @@ def _goal_news(
     conn = run.db.conn
     conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {GOAL_NEWS} (one_id TEXT PRIMARY KEY)")
     conn.execute(f"DELETE FROM {GOAL_NEWS}")
+    # A time stored in any offset is dated from the day before its moment on: the text test
+    # leaves julianday() to the few rows near or after the clock.
     conn.execute(
         f"INSERT OR IGNORE INTO {GOAL_NEWS} SELECT h.one_id FROM ({happened}) h "
-        "WHERE h.one_id IS NOT NULL AND (h.batch_id > ? OR julianday(h.at) > julianday(?)) "
-        "UNION SELECT one_id FROM identity_keys "
-        "WHERE julianday(resolved_at) >= julianday(?) AND one_id IS NOT NULL",
-        [*params, batch, then, started_at],
+        "WHERE h.one_id IS NOT NULL AND (h.batch_id > ? "
+        "OR (h.at >= date(?, '-1 day') AND julianday(h.at) > julianday(?)))",
+        [*params, batch, then, then],
     )
+    # A resolve that finished before the previous run began had committed before it did.
+    resolved = conn.execute(
+        "SELECT 1 FROM resolve_runs WHERE julianday(finished_at) >= julianday(?) LIMIT 1",
+        (started_at,),
+    ).fetchone()
+    if resolved:
+        conn.execute(
+            f"INSERT OR IGNORE INTO {GOAL_NEWS} SELECT one_id FROM identity_keys "
+            "WHERE julianday(resolved_at) >= julianday(?) AND one_id IS NOT NULL",
+            (started_at,),
+        )
 
 
 def _exit(run: JourneyRun) -> None:
