@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -344,7 +345,7 @@ def _convert(run: JourneyRun) -> None:
         (journey.name, run.run_id, goal),
     ).fetchone()
     if previous is not None:
-        _goal_news(run, happened, params, previous)
+        _goal_news(run, happened, params, previous, batch)
         scope = f"WHERE first.first_run >= ? OR first.one_id IN (SELECT one_id FROM {GOAL_NEWS})"
         scope_params: list[Any] = [previous[0]]
     else:
@@ -374,6 +375,10 @@ GROUP BY checked.id""",
 
 
 GOAL_NEWS = "temp.cdp_goal_news"
+# The customers with new goal events, kept for the next journey of the same command: journeys
+# run one after another from the same previous command share its clock and last batch.
+GOAL_EVENTS_NEWS = "temp.cdp_goal_events_news"
+GOAL_EVENTS_ASKED = "temp.cdp_goal_events_asked"  # what GOAL_EVENTS_NEWS answers
 
 
 def _goal_events(goal_event: str) -> tuple[str, list[Any]]:
@@ -390,7 +395,11 @@ def _goal_events(goal_event: str) -> tuple[str, list[Any]]:
 
 
 def _goal_news(
-    run: JourneyRun, happened: str, params: list[Any], previous: tuple[int, str, str, int]
+    run: JourneyRun,
+    happened: str,
+    params: list[Any],
+    previous: tuple[int, str, str, int],
+    batch_now: int,
 ) -> None:
     """GOAL_NEWS: the customers whose conversions can have changed since the previous check.
     Its goal events were those of batches up to its last, dated up to its clock, joined to
@@ -399,16 +408,10 @@ def _goal_news(
     an old order to an enrolled customer; a full resolve writes every key)."""
     _, then, started_at, batch = previous
     conn = run.db.conn
+    _goal_events_news(conn, happened, params, (then, batch, batch_now))
     conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {GOAL_NEWS} (one_id TEXT PRIMARY KEY)")
     conn.execute(f"DELETE FROM {GOAL_NEWS}")
-    # A time stored in any offset is dated from the day before its moment on: the text test
-    # leaves julianday() to the few rows near or after the clock.
-    conn.execute(
-        f"INSERT OR IGNORE INTO {GOAL_NEWS} SELECT h.one_id FROM ({happened}) h "
-        "WHERE h.one_id IS NOT NULL AND (h.batch_id > ? "
-        "OR (h.at >= date(?, '-1 day') AND julianday(h.at) > julianday(?)))",
-        [*params, batch, then, then],
-    )
+    conn.execute(f"INSERT INTO {GOAL_NEWS} SELECT one_id FROM {GOAL_EVENTS_NEWS}")
     # A resolve that finished before the previous run began had committed before it did.
     resolved = conn.execute(
         "SELECT 1 FROM resolve_runs WHERE julianday(finished_at) >= julianday(?) LIMIT 1",
@@ -420,6 +423,30 @@ def _goal_news(
             "WHERE julianday(resolved_at) >= julianday(?) AND one_id IS NOT NULL",
             (started_at,),
         )
+
+
+def _goal_events_news(
+    conn: sqlite3.Connection, happened: str, params: list[Any], since: tuple[str, int, int]
+) -> None:
+    """GOAL_EVENTS_NEWS: customers with goal events of batches after `batch` or dated after
+    `then`, as of `batch_now`; kept as they are when the last call asked the same."""
+    then, batch, batch_now = since
+    asked = json.dumps([happened, params, then, batch, batch_now])
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {GOAL_EVENTS_NEWS} (one_id TEXT PRIMARY KEY)")
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {GOAL_EVENTS_ASKED} (asked TEXT)")
+    if conn.execute(f"SELECT 1 FROM {GOAL_EVENTS_ASKED} WHERE asked = ?", (asked,)).fetchone():
+        return
+    conn.execute(f"DELETE FROM {GOAL_EVENTS_NEWS}")
+    conn.execute(f"DELETE FROM {GOAL_EVENTS_ASKED}")
+    # A time stored in any offset is dated from the day before its moment on: the text test
+    # leaves julianday() to the few rows near or after the clock.
+    conn.execute(
+        f"INSERT OR IGNORE INTO {GOAL_EVENTS_NEWS} SELECT h.one_id FROM ({happened}) h "
+        "WHERE h.one_id IS NOT NULL AND (h.batch_id > ? "
+        "OR (h.at >= date(?, '-1 day') AND julianday(h.at) > julianday(?)))",
+        [*params, batch, then, then],
+    )
+    conn.execute(f"INSERT INTO {GOAL_EVENTS_ASKED} VALUES (?)", (asked,))
 
 
 def _exit(run: JourneyRun) -> None:
