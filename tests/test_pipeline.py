@@ -135,7 +135,7 @@ def test_a_failing_stage_exits_1_after_the_others_ran(run, project):
 
 def test_tag_is_skipped_when_resolve_fails_and_journeys_still_run(run, project, monkeypatch):
     conn = sqlite3.connect(project / "cdp.db")
-    conn.execute("DROP TABLE resolve_runs")  # a damaged store: resolve cannot run
+    conn.execute("DROP TABLE replaced_identity_keys")  # damaged: resolve cannot run
     conn.close()
     monkeypatch.delenv("CDP_DEBUG")  # as a user meets it: one line, no traceback
 
@@ -145,7 +145,7 @@ def test_tag_is_skipped_when_resolve_fails_and_journeys_still_run(run, project, 
     stages = {s["stage"]: s for s in report["stages"]}
     assert stages["resolve"]["status"] == "failed"
     assert stages["resolve"]["error"] == (
-        "internal error: OperationalError: no such table: resolve_runs"
+        "internal error: OperationalError: no such table: replaced_identity_keys"
     )
     assert stages["tag"]["status"] == "skipped"
     assert stages["tag"]["note"].startswith("resolve failed")
@@ -159,9 +159,9 @@ def test_tag_is_skipped_when_resolve_fails_and_journeys_still_run(run, project, 
 
 def test_an_unexpected_error_is_raised_under_cdp_debug_after_the_run(run, project):
     conn = sqlite3.connect(project / "cdp.db")
-    conn.execute("DROP TABLE resolve_runs")
+    conn.execute("DROP TABLE replaced_identity_keys")
     conn.close()
-    with pytest.raises(sqlite3.OperationalError, match="resolve_runs"):
+    with pytest.raises(sqlite3.OperationalError, match="replaced_identity_keys"):
         run("run", *NOW)
     log = (project / "logs/cdp.log").read_text(encoding="utf-8")
     assert "stage=journeys status=done" in log  # the run went on before the bug surfaced
