@@ -309,8 +309,7 @@ def _run_one(run: JourneyRun, workers: Workers) -> RunResult:
 def _work(run: JourneyRun, cursor: int, workers: Workers | None) -> None:
     _convert(run)
     _exit(run)
-    _enrol(run, cursor)
-    _advance(run, workers)
+    _advance(run, workers, _enrol(run, cursor))
 
 
 def _in_one_process(run: JourneyRun) -> JourneyRun:
@@ -468,7 +467,10 @@ def _due_occurrence(run: JourneyRun) -> datetime | None:
     return due
 
 
-def _enrol(run: JourneyRun, cursor: int) -> None:
+def _enrol(run: JourneyRun, cursor: int) -> list[Enrolment]:
+    """Who enters now, as enrolments not yet stored: each is written once, where the walk
+    leaves it (no insert at the first step, then an update). Their ids are those SQLite would
+    give them, one after the largest, in the same order."""
     journey, conn, settings = run.journey, run.db.conn, run.settings
     last = {
         one_id: (number, status, entered_at)
@@ -478,7 +480,8 @@ def _enrol(run: JourneyRun, cursor: int) -> None:
             (journey.name,),
         )
     }
-    rows = []
+    next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM journey_enrolments").fetchone()[0]
+    entering: list[Enrolment] = []
     for one_id in _entry_candidates(run, cursor):
         previous = last.get(one_id)
         if previous is not None:
@@ -488,26 +491,25 @@ def _enrol(run: JourneyRun, cursor: int) -> None:
             if datetime.fromisoformat(entered_at) + journey.entry.reentry > run.now:
                 continue
         holdout = int(share_of(journey.name, "holdout", one_id) < journey.holdout)
-        control = int(
-            share_of("control_group", settings.control_salt, one_id) < settings.control_share
+        control = int(  # no hash where there is no control group (share 0), the usual case
+            settings.control_share > 0
+            and share_of("control_group", settings.control_salt, one_id) < settings.control_share
         )
-        rows.append(
-            (journey.name, one_id, (previous[0] if previous else 0) + 1, holdout, control,
-             journey.first, run.now_text, run.now_text)
+        number = (previous[0] if previous else 0) + 1
+        entering.append(
+            Enrolment(next_id + len(entering), one_id, journey.first, 0, None, holdout, control,
+                      number)
         )  # fmt: skip
-    conn.executemany(
-        "INSERT INTO journey_enrolments (journey, one_id, enrolment, holdout, control, status, "
-        "step, next_at, entered_at) VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?)",
-        rows,
-    )
-    run.result.enrolled = len(rows)
-    run.result.holdout = sum(r[3] for r in rows)
-    run.result.control = sum(r[4] for r in rows if not journey.transactional)
+    run.result.enrolled = len(entering)
+    run.result.holdout = sum(e.holdout for e in entering)
+    run.result.control = sum(e.control for e in entering if not journey.transactional)
+    return entering
 
 
-def _advance(run: JourneyRun, workers: Workers | None) -> None:
-    """Walk every due enrolment, a batch at a time, until each waits or ends; with enough due
-    (Workers.threshold), a second process renders while this one walks the next batch."""
+def _advance(run: JourneyRun, workers: Workers | None, entering: list[Enrolment]) -> None:
+    """Walk every due enrolment, then those entering now, a batch at a time, until each waits
+    or ends; with enough due (Workers.threshold), a second process renders while this one
+    walks the next batch."""
     due = [
         r[0]
         for r in run.db.conn.execute(
@@ -516,18 +518,13 @@ def _advance(run: JourneyRun, workers: Workers | None) -> None:
             (run.journey.name, run.now_text),
         )
     ]
-    run.worker = workers.for_journey(run.journey.name, len(due)) if workers else None
+    total = len(due) + len(entering)
+    run.worker = workers.for_journey(run.journey.name, total) if workers else None
     try:
-        for start in range(0, len(due), BATCH):
-            batch = [
-                Enrolment(*row)
-                for row in run.db.conn.execute(
-                    "SELECT id, one_id, step, waiting, variant, holdout, control FROM "
-                    "journey_enrolments WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
-                    (json.dumps(due[start : start + BATCH]),),
-                )
-            ]
-            _walk(run, batch)
+        for start in range(0, total, BATCH):
+            end = start + BATCH
+            batch = _stored_enrolments(run, due[start:end])
+            _walk(run, batch + entering[max(start - len(due), 0) : max(end - len(due), 0)])
         settle(run)
     except RenderFailed:
         raise  # the worker is idle again: the batch it failed was its last
@@ -540,16 +537,34 @@ def _advance(run: JourneyRun, workers: Workers | None) -> None:
         run.worker = None
 
 
+def _stored_enrolments(run: JourneyRun, ids: list[int]) -> list[Enrolment]:
+    if not ids:
+        return []
+    return [
+        Enrolment(*row)
+        for row in run.db.conn.execute(
+            "SELECT id, one_id, step, waiting, variant, holdout, control FROM "
+            "journey_enrolments WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+            (json.dumps(ids),),
+        )
+    ]
+
+
 def _walk(run: JourneyRun, batch: list[Enrolment]) -> None:
     """Take a batch through its steps, step by step for all at once; save where each stopped."""
     journey = run.journey
     stops: list[tuple[Any, ...]] = []
+    entered: list[tuple[Any, ...]] = []
 
     def stop(
         e: Enrolment, status: str = "active", next_at: str | None = None, why: str | None = None
     ) -> None:
         ended = run.now_text if status != "active" else None
-        stops.append((status, e.step, e.waiting, next_at, why, e.variant, ended, e.id))
+        if e.entering is None:
+            stops.append((status, e.step, e.waiting, next_at, why, e.variant, ended, e.id))
+        else:
+            entered.append((*_entering_row(run, e), status, e.step, e.waiting, next_at, why,
+                            e.variant, ended))  # fmt: skip
 
     at: dict[str | None, list[Enrolment]] = {}
     for e in batch:
@@ -603,6 +618,37 @@ def _walk(run: JourneyRun, batch: list[Enrolment]) -> None:
         "wait_reason = ?, variant = ?, ended_at = ? WHERE id = ?",
         stops,
     )
+    _insert_enrolments(run, entered)
+
+
+INSERT_ENROLMENT = (
+    "INSERT INTO journey_enrolments (id, journey, one_id, enrolment, holdout, control, "
+    "entered_at, status, step, waiting, next_at, wait_reason, variant, ended_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _entering_row(run: JourneyRun, e: Enrolment) -> tuple[Any, ...]:
+    """What an entering enrolment's row holds besides its place (INSERT_ENROLMENT's first 7)."""
+    return (e.id, run.journey.name, e.one_id, e.entering, e.holdout, e.control, run.now_text)
+
+
+def _insert_enrolments(run: JourneyRun, rows: list[tuple[Any, ...]]) -> None:
+    if rows:
+        run.db.conn.executemany(INSERT_ENROLMENT, rows)
+
+
+def _store_entering(run: JourneyRun, group: list[Enrolment]) -> None:
+    """Write the group's entering enrolments where they are now (due now, as the walk goes
+    on), for a query that reads them; the walk's end updates them like any stored one."""
+    rows = [
+        (*_entering_row(run, e), "active", e.step, e.waiting, run.now_text, None, e.variant, None)
+        for e in group
+        if e.entering is not None
+    ]
+    _insert_enrolments(run, rows)
+    for e in group:
+        e.entering = None
 
 
 def _variant(journey: str, step: Split, one_id: str) -> tuple[str, float, tuple[Any, ...]]:
@@ -618,6 +664,7 @@ def _variant(journey: str, step: Split, one_id: str) -> tuple[str, float, tuple[
 def _branch_holding(run: JourneyRun, step: Branch, group: list[Enrolment]) -> set[int]:
     """The enrolments of the group for which the branch's condition holds."""
     settle_for(run, group)  # `received` reads the messages of a send just before
+    _store_entering(run, group)  # `converted`, `received`: the enrolment itself
     rule = run.branch_rule(step)
     rows = run.db.conn.execute(
         "SELECT je.id FROM journey_enrolments je JOIN profiles p ON p.one_id = je.one_id "

@@ -26,7 +26,7 @@ from cdp_cli.messaging.channels import (
     opted_out_channels,
     purposes_obeyed,
 )
-from cdp_cli.messaging.settings import SendSettings
+from cdp_cli.messaging.settings import QuietHours, SendSettings
 from cdp_cli.sqlitelib import sqlite_utils
 
 IN_BATCH = "IN (SELECT value FROM json_each(?))"
@@ -40,6 +40,7 @@ class Customers:
     the marketing messages they were sent today and this week."""
 
     addresses: dict[str, list[tuple[str, str, str | None]]] = field(default_factory=dict)
+    phones: dict[str, str] = field(default_factory=dict)  # the first, for the timezone
     opted_out: dict[str, set[str]] = field(default_factory=dict)
     sent_week: dict[str, list[datetime]] = field(default_factory=dict)  # oldest first
 
@@ -63,6 +64,8 @@ class Customers:
             (ids,),
         ):
             found.addresses.setdefault(one_id, []).append((type_name, value, detail))
+            if type_name == "phone":
+                found.phones.setdefault(one_id, value)
         latest: dict[tuple[str, str], str] = {}
         obeyed = purposes_obeyed(transactional)
         for one_id, channel, status, *_, purpose in conn.execute(CUSTOMER_CONSENTS, (ids, ids)):
@@ -92,9 +95,6 @@ class Customers:
             if spec.reaches(type_name, value, detail, wechat_appid):
                 return value
         return None
-
-    def phone(self, one_id: str) -> str | None:
-        return next((v for t, v, _ in self.addresses.get(one_id, ()) if t == "phone"), None)
 
     def cap_lifts(self, one_id: str, settings: SendSettings, now: datetime) -> str | None:
         """When the frequency cap lets the customer's next marketing message go; None when it
@@ -157,9 +157,15 @@ def quiet_until(
     quiet = settings.quiet_hours(channel, transactional)
     if quiet is None:
         return None
-    zone = customer_zone(customers.phone(one_id), settings.zone)
+    zone = customer_zone(customers.phones.get(one_id), settings.zone)
+    return _quiet_until(quiet, now, zone, settings.zone)
+
+
+@lru_cache(maxsize=1024)
+def _quiet_until(quiet: QuietHours, now: datetime, zone: ZoneInfo, project: ZoneInfo) -> str | None:
+    """The same for every customer of a timezone at one moment: worked out once per run."""
     until = quiet.until(now.astimezone(zone))
-    return until.astimezone(settings.zone).isoformat(timespec="seconds") if until else None
+    return until.astimezone(project).isoformat(timespec="seconds") if until else None
 
 
 def customer_zone(phone: str | None, default: ZoneInfo) -> ZoneInfo:

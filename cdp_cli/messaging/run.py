@@ -64,6 +64,9 @@ class Enrolment:
     variant: str | None
     holdout: int
     control: int
+    # Entered in this run and not in the store yet: its enrolment number (1, or more on
+    # re-entry). The engine writes it once, where the walk leaves it (engine._walk).
+    entering: int | None = None
 
 
 @dataclass
