@@ -527,13 +527,13 @@ def _advance(run: JourneyRun, workers: Workers | None, entering: list[Enrolment]
             _walk(run, batch + entering[max(start - len(due), 0) : max(end - len(due), 0)])
         settle(run)
     except RenderFailed:
-        raise  # the worker is idle again: the batch it failed was its last
+        raise  # the worker is idle again: settle() collected what it still had
     except BaseException:
         if workers is not None:
             workers.stop()
         raise
     finally:
-        run.in_flight = None
+        run.in_flight.clear()
         run.worker = None
 
 

@@ -84,7 +84,7 @@ class JourneyRun:
     dry_run: bool
     spool: Spool | None = None  # the outbound lines of queued messages (none in a dry run)
     worker: RenderWorker | None = None  # the second process rendering, in a large run
-    in_flight: InFlight | None = None  # the batch it is rendering
+    in_flight: list[InFlight] = field(default_factory=list)  # the batches it renders, oldest first
     branches: dict[str, CompiledRule] = field(default_factory=dict)
     coupons: CouponPools = field(init=False)
     now_text: str = field(init=False)

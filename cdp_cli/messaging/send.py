@@ -9,8 +9,8 @@ waits has no row: its enrolment stays at the step with a `Deferral` (when, and w
 
 With a render worker (rendering.py, a large run), the template is rendered there: the row is
 queued as if it renders cleanly, and the batch's outbox is written once the worker hands its
-messages back, while the engine walks the next batch (`settle` waits for it, and runs first
-whenever what comes next reads those messages).
+messages back, while the engine walks the next batches (`settle` waits for them, and runs
+first whenever what comes next reads those messages).
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ from cdp_cli.messaging.guards import IN_BATCH, Customers, quiet_until, reach
 from cdp_cli.messaging.journeys import Send
 from cdp_cli.messaging.outbox import file_line
 from cdp_cli.messaging.rendering import (
+    IN_FLIGHT,
     ContextHeader,
     ContextParts,
     InFlight,
     RenderedMessage,
+    RenderFailed,
     RenderJob,
     message_context,
 )
@@ -171,37 +173,42 @@ class Outbox:
 
 
 def settle_for(run: JourneyRun, enrolments: list[Enrolment]) -> None:
-    """Settle the batch in flight if it holds messages of these enrolments' customers: what
-    comes next for them (a send's guards and coupons, a branch on `received`) reads them."""
-    pending = run.in_flight
-    if pending is not None and not pending.one_ids.isdisjoint(e.one_id for e in enrolments):
+    """Settle the batches in flight if one holds messages of these enrolments' customers:
+    what comes next for them (a send's guards and coupons, a branch on `received`) reads them."""
+    if any(not p.one_ids.isdisjoint(e.one_id for e in enrolments) for p in run.in_flight):
         settle(run)
 
 
-def settle(run: JourneyRun) -> None:
-    """Wait for the batch the worker is rendering, and write its outbox. RenderFailed when one
-    of its messages did not render cleanly (the engine runs the journey in one process)."""
-    pending = run.in_flight
-    if pending is None:
-        return
-    run.in_flight = None
-    assert run.worker is not None
-    pending.written(run.worker.collect())
+def settle(run: JourneyRun, keep: int = 0) -> None:
+    """Wait for the batches the worker is rendering, oldest first, and write their outbox,
+    until `keep` are left in flight. RenderFailed when one of their messages did not render
+    cleanly (the engine runs the journey in one process; the worker is left idle)."""
+    while len(run.in_flight) > keep:
+        pending = run.in_flight.pop(0)
+        assert run.worker is not None
+        try:
+            rendered = run.worker.collect()
+        except RenderFailed:
+            run.in_flight.clear()
+            run.worker.drain()
+            raise
+        pending.written(rendered)
 
 
 def _finish(run: JourneyRun, outbox: Outbox) -> None:
-    """The batch's outbox, after the one in flight: written now, or once the worker has
-    rendered its messages (while the engine walks the next batch)."""
-    settle(run)  # rows go in in the order they were made, batch after batch
+    """The batch's outbox, after those in flight: written now, or once the worker has
+    rendered its messages (while the engine walks the next batches)."""
     if not outbox.jobs:
+        settle(run)  # rows go in in the order they were made, batch after batch
         outbox.flush(run)
         return
+    settle(run, keep=IN_FLIGHT - 1)
     assert run.worker is not None
     assert outbox.header is not None
     run.worker.submit(outbox.header, list(outbox.jobs))
     one_ids = {row.one_id for row in outbox.messages}
     codes = {row.link_code for row in outbox.messages if row.link_code}
-    run.in_flight = InFlight(one_ids, codes, functools.partial(_write_rendered, run, outbox))
+    run.in_flight.append(InFlight(one_ids, codes, functools.partial(_write_rendered, run, outbox)))
 
 
 def _write_rendered(run: JourneyRun, outbox: Outbox, rendered: list[RenderedMessage]) -> None:
@@ -315,7 +322,7 @@ def send_batch(run: JourneyRun, step: Send, batch: list[Enrolment]) -> dict[int,
         )
         data = TemplateData.load(run.db, one_ids, run.feature_columns)
         earlier = enrolment_coupons(run, live) if not step.coupon and run.coupon_steps else {}
-        rendering = run.in_flight.link_codes if run.in_flight else frozenset()
+        rendering = frozenset().union(*(p.link_codes for p in run.in_flight))
         codes = link_codes(run, [ids[e.id] for e in live], rendering) if step.link else {}
         current = Batch(run, step, customers, data, outbox)
         for e in live:
