@@ -653,7 +653,7 @@ def test_dry_run_shows_who_would_get_what(run, write, project):
     assert len(shown) == 2 and all("sms" in line for line in shown)
 
 
-def test_a_run_reads_only_the_feature_columns_its_templates_print(run, write, project):
+def test_a_run_reads_only_the_feature_and_profile_columns_its_templates_print(run, write, project):
     from cdp_cli.config import load_config
     from cdp_cli.messaging.engine import run_journeys as run_api
     from cdp_cli.store import open_store
@@ -675,6 +675,8 @@ def test_a_run_reads_only_the_feature_columns_its_templates_print(run, write, pr
     assert result.sent == {"sms": 2}
     reads = [s for s in statements if "FROM profile_features WHERE one_id IN" in s]
     assert reads and all(s.startswith('SELECT "one_id", "order_count" FROM') for s in reads), reads
+    profiles = [s for s in statements if "FROM profiles WHERE one_id IN" in s]
+    assert profiles and all(s.startswith("SELECT one_id, name FROM") for s in profiles), profiles
     counts = query(project / "cdp.db", "SELECT order_count FROM profile_features ORDER BY 1")
     texts = query(
         project / "cdp.db",

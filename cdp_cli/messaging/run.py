@@ -101,18 +101,31 @@ class JourneyRun:
     def coupon_steps(self) -> bool:
         return any(s.coupon for s in self.journey.sends())
 
-    @functools.cached_property
-    def feature_columns(self) -> list[str] | None:
-        """The features this journey's templates print (None: any may be), read per batch."""
+    def printed(self, variable: str) -> set[str] | None:
+        """The keys of `variable` (features, customer) this journey's templates print; None
+        when they may print any. A run reads and hands on only those."""
         used: set[str] = set()
         for send in self.journey.sends():
             for channel in (send.channel, *send.fallback):
-                fields = self.templates.fields_used(channel, send.template, "features")
+                fields = self.templates.fields_used(channel, send.template, variable)
                 if fields is None:
                     return None
                 used |= fields
+        return used
+
+    @functools.cached_property
+    def feature_columns(self) -> list[str] | None:
+        """The features this journey's templates print (None: any may be), read per batch."""
+        used = self.printed("features")
+        if used is None:
+            return None
         known = {column.name for column in self.db["profile_features"].columns}
         return sorted(used & (known | set(SCORE_FIELDS)))
+
+    @functools.cached_property
+    def profile_fields(self) -> set[str] | None:
+        """The profile fields this journey's templates print (None: any may be)."""
+        return self.printed("customer")
 
     def branch_rule(self, step: Branch) -> CompiledRule:
         if step.key not in self.branches:

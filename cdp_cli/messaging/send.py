@@ -43,7 +43,9 @@ from cdp_cli.messaging.run import Enrolment, JourneyRun
 from cdp_cli.predict.fields import SCORE_FIELDS
 from cdp_cli.sqlitelib import sqlite_utils
 
-PROFILE_FIELDS = "one_id, name, gender, birthday, city, known, first_seen, last_seen, records"
+# What a template sees of the profile (`customer`): these, or those of them it prints.
+PROFILE_FIELDS = ("one_id", "name", "gender", "birthday", "city", "known", "first_seen",
+                  "last_seen", "records")  # fmt: skip
 DRY_RUN_LISTED = 1000  # messages a dry run lists per journey (it counts them all)
 QUIET_HOURS = "quiet hours"  # the reasons a message waits, besides a problem of the project's
 FREQUENCY_CAP = "frequency cap"
@@ -229,14 +231,23 @@ class TemplateData:
 
     @classmethod
     def load(
-        cls, db: sqlite_utils.Database, one_ids: list[str], feature_columns: list[str] | None
+        cls,
+        db: sqlite_utils.Database,
+        one_ids: list[str],
+        feature_columns: list[str] | None,
+        profile_fields: set[str] | None = None,
     ) -> TemplateData:
-        """`feature_columns`: the features the templates print; None reads them all."""
+        """`feature_columns`: the features the templates print, `profile_fields` the profile's
+        (one_id always); None reads them all."""
         conn, ids = db.conn, json.dumps(one_ids)
         found = cls()
-        cursor = conn.execute(
-            f"SELECT {PROFILE_FIELDS} FROM profiles WHERE one_id {IN_BATCH}", (ids,)
+        printed = (
+            PROFILE_FIELDS
+            if profile_fields is None
+            else [c for c in PROFILE_FIELDS if c == "one_id" or c in profile_fields]
         )
+        listed = ", ".join(printed)
+        cursor = conn.execute(f"SELECT {listed} FROM profiles WHERE one_id {IN_BATCH}", (ids,))
         found.profile_columns = tuple(d[0] for d in cursor.description)
         found.profiles = {row[0]: row for row in cursor}
         if feature_columns is None:
@@ -320,7 +331,7 @@ def send_batch(run: JourneyRun, step: Send, batch: list[Enrolment]) -> dict[int,
         customers = Customers.load(
             run.db, one_ids, run.now, run.settings, run.journey.transactional
         )
-        data = TemplateData.load(run.db, one_ids, run.feature_columns)
+        data = TemplateData.load(run.db, one_ids, run.feature_columns, run.profile_fields)
         earlier = enrolment_coupons(run, live) if not step.coupon and run.coupon_steps else {}
         rendering = frozenset().union(*(p.link_codes for p in run.in_flight))
         codes = link_codes(run, [ids[e.id] for e in live], rendering) if step.link else {}
