@@ -80,14 +80,14 @@ class MessageRow(NamedTuple):
     link_url: str | None
 
 
+_PAYLOAD, _COST = MessageRow._fields.index("payload"), MessageRow._fields.index("cost")
 INSERT_MESSAGE = (
     f"INSERT INTO messages ({', '.join(MessageRow._fields)}) "
     f"VALUES ({', '.join('?' * len(MessageRow._fields))})"
 )
 
 
-@dataclass(frozen=True)
-class Delivery:
+class Delivery(NamedTuple):  # one per message, as Message: tuples are made fastest
     """What a queued message carries: where it goes, what it says, its coupon and link."""
 
     address: str
@@ -167,8 +167,9 @@ class Outbox:
         for index, (payload, billed_parts, line) in zip(self.rendering, rendered, strict=True):
             row = self.messages[index]
             assert row.channel is not None
-            cost = message_cost(run, row.channel, billed_parts)
-            self.messages[index] = row._replace(payload=payload, cost=cost)
+            values = list(row)  # faster than row._replace(payload=..., cost=...)
+            values[_PAYLOAD], values[_COST] = payload, message_cost(run, row.channel, billed_parts)
+            self.messages[index] = MessageRow._make(values)
             self.lines.append((row.channel, line))
         self.rendering.clear()
         self.jobs.clear()
@@ -270,8 +271,7 @@ class TemplateData:
         return found
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     """What is known of a message before its guards: its id, an earlier coupon, a link code."""
 
     id: str
