@@ -467,11 +467,12 @@ def _due_occurrence(run: JourneyRun) -> datetime | None:
     return due
 
 
-def _enrol(run: JourneyRun, cursor: int) -> list[Enrolment]:
-    """Who enters now, as enrolments not yet stored: each is written once, where the walk
-    leaves it (no insert at the first step, then an update). Their ids are those SQLite would
-    give them, one after the largest, in the same order."""
-    journey, conn, settings = run.journey, run.db.conn, run.settings
+def _enrol(run: JourneyRun, cursor: int) -> list[tuple[int, str, int]]:
+    """Who enters now: (id, one_id, enrolment number), not stored yet. Each is written once,
+    where the walk leaves it (no insert at the first step, then an update), with the id SQLite
+    would give it, one after the largest, in the same order. Their holdout and control draws
+    are made a batch at a time (_entering), as the walk reaches them."""
+    journey, conn = run.journey, run.db.conn
     last = {
         one_id: (number, status, entered_at)
         for one_id, number, status, entered_at in conn.execute(
@@ -481,7 +482,7 @@ def _enrol(run: JourneyRun, cursor: int) -> list[Enrolment]:
         )
     }
     next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM journey_enrolments").fetchone()[0]
-    entering: list[Enrolment] = []
+    entering: list[tuple[int, str, int]] = []
     for one_id in _entry_candidates(run, cursor):
         previous = last.get(one_id)
         if previous is not None:
@@ -490,23 +491,31 @@ def _enrol(run: JourneyRun, cursor: int) -> list[Enrolment]:
                 continue
             if datetime.fromisoformat(entered_at) + journey.entry.reentry > run.now:
                 continue
+        number = (previous[0] if previous else 0) + 1
+        entering.append((next_id + len(entering), one_id, number))
+    run.result.enrolled = len(entering)
+    return entering
+
+
+def _entering(run: JourneyRun, people: list[tuple[int, str, int]]) -> list[Enrolment]:
+    """Enrolments entering now, with their holdout and control-group draws."""
+    journey, settings = run.journey, run.settings
+    enrolments = []
+    for id_, one_id, number in people:
         holdout = int(share_of(journey.name, "holdout", one_id) < journey.holdout)
         control = int(  # no hash where there is no control group (share 0), the usual case
             settings.control_share > 0
             and share_of("control_group", settings.control_salt, one_id) < settings.control_share
         )
-        number = (previous[0] if previous else 0) + 1
-        entering.append(
-            Enrolment(next_id + len(entering), one_id, journey.first, 0, None, holdout, control,
-                      number)
-        )  # fmt: skip
-    run.result.enrolled = len(entering)
-    run.result.holdout = sum(e.holdout for e in entering)
-    run.result.control = sum(e.control for e in entering if not journey.transactional)
-    return entering
+        enrolments.append(Enrolment(id_, one_id, journey.first, 0, None, holdout, control, number))
+        run.result.holdout += holdout
+        run.result.control += 0 if journey.transactional else control
+    return enrolments
 
 
-def _advance(run: JourneyRun, workers: Workers | None, entering: list[Enrolment]) -> None:
+def _advance(
+    run: JourneyRun, workers: Workers | None, entering: list[tuple[int, str, int]]
+) -> None:
     """Walk every due enrolment, then those entering now, a batch at a time, until each waits
     or ends; with enough due (Workers.threshold), a second process renders while this one
     walks the next batch."""
@@ -523,8 +532,8 @@ def _advance(run: JourneyRun, workers: Workers | None, entering: list[Enrolment]
     try:
         for start in range(0, total, BATCH):
             end = start + BATCH
-            batch = _stored_enrolments(run, due[start:end])
-            _walk(run, batch + entering[max(start - len(due), 0) : max(end - len(due), 0)])
+            people = entering[max(start - len(due), 0) : max(end - len(due), 0)]
+            _walk(run, _stored_enrolments(run, due[start:end]) + _entering(run, people))
         settle(run)
     except RenderFailed:
         raise  # the worker is idle again: settle() collected what it still had
