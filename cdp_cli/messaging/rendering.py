@@ -3,7 +3,7 @@
 Rendering in the sandbox is about half of a large run's time (2 processes render ~92k
 messages/s on this machine kind, one ~41k). When a journey has many enrolments due
 (RENDER_WORKER_FROM or more), send.py hands each batch's renders to a RenderWorker and goes
-on with the next batch while it renders: guards, coupons, contexts and the store stay in the
+on with the next batch while it renders (IN_FLIGHT batches at a time): guards, coupons, contexts and the store stay in the
 first process, in the same order as ever, and nothing but templates runs in the second.
 
 The worker is a fresh Python that inherits none of the first process's files (the store, its
