@@ -271,4 +271,4 @@ def test_the_worker_renders_as_one_process_does(sample: Path) -> None:
     outbound = templates.render("sms", "member_day", context)
     payload, billed_parts, line = rendered
     assert json.loads(payload) == outbound.body and billed_parts == outbound.billed_parts
-    assert line == file_line(rendering.CHANNELS["sms"], head, outbound.body)
+    assert line == file_line(rendering.CHANNELS["sms"], head, outbound.body).encode()

@@ -3,8 +3,9 @@
 Rendering in the sandbox is about half of a large run's time (2 processes render ~92k
 messages/s on this machine kind, one ~41k). When a journey has many enrolments due
 (RENDER_WORKER_FROM or more), send.py hands each batch's renders to a RenderWorker and goes
-on with the next batch while it renders (IN_FLIGHT batches at a time): guards, coupons, contexts and the store stay in the
-first process, in the same order as ever, and nothing but templates runs in the second.
+on with the next batch while it renders (IN_FLIGHT batches at a time): guards, coupons,
+contexts and the store stay in the first process, in the same order as ever, and nothing but
+templates runs in the second.
 
 The worker is a fresh Python that inherits none of the first process's files (the store, its
 lock), so a killed run never leaves a lock or a store handle behind; it ends when its pipe
@@ -68,8 +69,9 @@ ContextParts = tuple[
 # `head`: message_id, to, journey, step, one_id, coupon, link).
 RenderJob = tuple[str, str, ContextParts, str | None, tuple[Any, ...]]
 # A message rendered cleanly: its payload as the outbox stores it (JSON), the parts it is
-# billed for, and its outbound line.
-RenderedMessage = tuple[str, int, str]
+# billed for, and its outbound line in UTF-8 (as the spool writes it: no decoding here and
+# encoding there in the first process).
+RenderedMessage = tuple[str, int, bytes]
 
 
 def message_context(
@@ -131,7 +133,7 @@ def render_message(
     return (
         json.dumps(outbound.body, ensure_ascii=False),
         outbound.billed_parts,
-        file_line(CHANNELS[channel], head, outbound.body),
+        file_line(CHANNELS[channel], head, outbound.body).encode(),
     )
 
 

@@ -143,7 +143,7 @@ class Outbox:
 
     messages: list[MessageRow] = field(default_factory=list)
     coupons: list[tuple[Any, ...]] = field(default_factory=list)
-    lines: list[tuple[str, str]] = field(default_factory=list)  # channel, line
+    lines: list[tuple[str, bytes]] = field(default_factory=list)  # channel, line (UTF-8)
     # With a render worker: the rows whose payload it renders (indexes into messages), in order
     rendering: list[int] = field(default_factory=list)
     jobs: list[RenderJob] = field(default_factory=list)
@@ -477,7 +477,7 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> Deferral | None:
     row = message_row(run, e, step, message_id, channel, delivery=delivery)
     outbox.messages.append(row)
     if run.spool is not None:
-        line = file_line(CHANNELS[channel], _file_head(row), outbound.body)
+        line = file_line(CHANNELS[channel], _file_head(row), outbound.body).encode()
         outbox.lines.append((channel, line))
     customers.count_sent(one_id, run.now)
     run.result.sent[channel] = run.result.sent.get(channel, 0) + 1
