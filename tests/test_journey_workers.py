@@ -210,6 +210,19 @@ def test_two_batches_in_flight_and_a_failed_one_leave_the_worker_ready_for_the_n
     assert messages(tmp_path / "two") == messages(tmp_path / "one")
 
 
+def test_the_worker_imports_the_first_process_cdp_cli_not_one_in_the_current_folder(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `cdp_cli` folder where the command runs (another commit's checkout) stays unused."""
+    stray = tmp_path / "elsewhere" / "cdp_cli"
+    stray.mkdir(parents=True)
+    (stray / "__init__.py").write_text("raise ImportError('the wrong cdp_cli')\n")
+    folder = copy(sample, tmp_path / "project")
+    monkeypatch.chdir(stray.parent)
+    result = journey_run(folder, *FORCE)
+    assert result.exit_code == 0, result.output
+
+
 def test_a_worker_that_dies_ends_the_run_in_one_line_and_the_rerun_loses_nothing(
     sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -41,7 +41,12 @@ from cdp_cli.messaging.templates import TemplateStore
 # Due enrolments from which a journey's run renders in a second process; below, starting one
 # (about 0.3 s of a fresh Python importing Jinja) costs more than it gives.
 RENDER_WORKER_FROM = 20_000
-WORKER_COMMAND = "from cdp_cli.messaging.rendering import worker_main; worker_main()"
+# `python -c` puts the current folder first on sys.path: left there, a `cdp_cli` folder in it
+# (a checkout of another commit, say) would be the worker's cdp_cli, not the first process's.
+WORKER_COMMAND = (
+    "import sys; sys.path[:1] = [p for p in sys.path[:1] if p]; "
+    "from cdp_cli.messaging.rendering import worker_main; worker_main()"
+)
 # Batches handed to the worker and not collected yet: one rendering, one waiting in its pipe.
 IN_FLIGHT = 2
 _GONE = object()  # the reader thread's answer when the worker's stdout ends
