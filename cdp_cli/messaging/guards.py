@@ -92,8 +92,9 @@ class Customers:
     def address(self, one_id: str, channel: str, wechat_appid: str | None) -> str | None:
         """The first linked identifier that reaches this customer on the channel."""
         spec = CHANNELS[channel]
+        wanted = spec.address_type  # tested here first: most identifiers are of another type
         for type_name, value, detail in self.addresses.get(one_id, ()):
-            if spec.reaches(type_name, value, detail, wechat_appid):
+            if type_name == wanted and spec.reaches(type_name, value, detail, wechat_appid):
                 return value
         return None
 
