@@ -178,6 +178,51 @@ def test_a_message_the_worker_cannot_render_sends_the_journey_through_one_proces
     assert messages(tmp_path / "two") == messages(tmp_path / "one")
 
 
+def test_two_batches_in_flight_and_a_failed_one_leave_the_worker_ready_for_the_next_journey(
+    sample: Path, tmp_path: Path, started: list[RenderWorker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small batches: the worker holds two at a time (one rendering, one waiting) while the
+    first process walks a third; a batch that fails among them sends its journey through one
+    process, and the journeys after it use the same worker. Everything as in one process."""
+    monkeypatch.setattr(engine, "BATCH", 7)
+    most: list[int] = []
+    submit = RenderWorker.submit
+
+    def counted(self: RenderWorker, *args: Any) -> None:
+        submit(self, *args)
+        most.append(self.in_flight)
+
+    monkeypatch.setattr(RenderWorker, "submit", counted)
+    for name in ("one", "two"):
+        folder = copy(sample, tmp_path / name)
+        (folder / "journeys" / "aa_odd.yaml").write_text(
+            FAILING.replace("name: odd", "name: aa_odd"), encoding="utf-8"
+        )
+        (folder / "templates" / "sms" / "odd.txt").write_text(
+            "【花漾】{{ (100 / (customer.records - 1))|round }} {{ coupon.code }}", encoding="utf-8"
+        )
+    one = journey_run(tmp_path / "one", "--json")
+    two = journey_run(tmp_path / "two", "--json", *FORCE)
+    assert one.exit_code == two.exit_code == 0, two.output
+    assert len(started) == 1 and max(most) == rendering.IN_FLIGHT == 2
+    assert without_seconds(two.output) == without_seconds(one.output)
+    assert outbound_files(tmp_path / "two") == outbound_files(tmp_path / "one")
+    assert messages(tmp_path / "two") == messages(tmp_path / "one")
+
+
+def test_the_worker_imports_the_first_process_cdp_cli_not_one_in_the_current_folder(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `cdp_cli` folder where the command runs (another commit's checkout) stays unused."""
+    stray = tmp_path / "elsewhere" / "cdp_cli"
+    stray.mkdir(parents=True)
+    (stray / "__init__.py").write_text("raise ImportError('the wrong cdp_cli')\n")
+    folder = copy(sample, tmp_path / "project")
+    monkeypatch.chdir(stray.parent)
+    result = journey_run(folder, *FORCE)
+    assert result.exit_code == 0, result.output
+
+
 def test_a_worker_that_dies_ends_the_run_in_one_line_and_the_rerun_loses_nothing(
     sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -239,4 +284,4 @@ def test_the_worker_renders_as_one_process_does(sample: Path) -> None:
     outbound = templates.render("sms", "member_day", context)
     payload, billed_parts, line = rendered
     assert json.loads(payload) == outbound.body and billed_parts == outbound.billed_parts
-    assert line == file_line(rendering.CHANNELS["sms"], head, outbound.body)
+    assert line == file_line(rendering.CHANNELS["sms"], head, outbound.body).encode()

@@ -714,7 +714,7 @@ def test_dry_run_shows_who_would_get_what(run, write, project):
     assert len(shown) == 2 and all("sms" in line for line in shown)
 
 
-def test_a_run_reads_only_the_feature_columns_its_templates_print(run, write, project):
+def test_a_run_reads_only_the_feature_and_profile_columns_its_templates_print(run, write, project):
     from cdp_cli.config import load_config
     from cdp_cli.messaging.engine import run_journeys as run_api
     from cdp_cli.store import open_store
@@ -736,6 +736,8 @@ def test_a_run_reads_only_the_feature_columns_its_templates_print(run, write, pr
     assert result.sent == {"sms": 2}
     reads = [s for s in statements if "FROM profile_features WHERE one_id IN" in s]
     assert reads and all(s.startswith('SELECT "one_id", "order_count" FROM') for s in reads), reads
+    profiles = [s for s in statements if "FROM profiles WHERE one_id IN" in s]
+    assert profiles and all(s.startswith("SELECT one_id, name FROM") for s in profiles), profiles
     counts = query(project / "cdp.db", "SELECT order_count FROM profile_features ORDER BY 1")
     texts = query(
         project / "cdp.db",
@@ -743,6 +745,41 @@ def test_a_run_reads_only_the_feature_columns_its_templates_print(run, write, pr
     )
     printed = {json.loads(t)["text"].rsplit(" ", 1)[1] for (t,) in texts}
     assert printed and printed <= {str(c) for (c,) in counts}
+
+
+def test_an_enrolment_is_written_once_where_the_run_leaves_it(run, write, project):
+    """Customers entering a run are inserted at the step where they stop (here the wait after
+    their message), never inserted at the first step and updated; ids follow the largest."""
+    from cdp_cli.config import load_config
+    from cdp_cli.messaging.engine import run_journeys as run_api
+    from cdp_cli.store import open_store
+
+    write("journeys/o.yaml", journey("o", "entry: {when: \"city = '武汉'\"}\nsteps: [end]\n"))
+    run_journeys(run, "o")  # three enrolments before
+    body = 'entry: {when: "city is not null"}\nsteps:\n  - send: {channel: sms, template: hello}\n  - wait: 2d\n'
+    write("journeys/w.yaml", journey("w", body))
+    config = load_config(project / "cdp.yaml")
+    db = open_store(config.store)
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    [result] = run_api(db, config, "w", datetime.fromisoformat("2026-11-15T10:30:00+08:00"))
+    db.close()
+    assert result.enrolled == 6
+    writes = [
+        s.split(" (")[0]
+        for s in statements
+        if "journey_enrolments" in s and not s.startswith("SELECT")
+    ]
+    assert writes == ["INSERT INTO journey_enrolments"] * 6, writes
+    rows = query(
+        project / "cdp.db",
+        "SELECT id, enrolment, status, step, waiting, next_at, entered_at, ended_at "
+        "FROM journey_enrolments WHERE journey = 'w' ORDER BY id",
+    )
+    assert [r[0] for r in rows] == [4, 5, 6, 7, 8, 9]
+    assert {r[1:] for r in rows} == {
+        (1, "active", "steps[1]", 1, "2026-11-17T10:30:00+08:00", "2026-11-15T10:30:00+08:00", None)
+    }
 
 
 def test_validate_and_run_refuse_the_same_channel_settings(run, write, project):

@@ -71,10 +71,15 @@ class CouponPool:
         self.after = ""
         self.exhausted = False
         self.expired = 0  # codes read that had expired by the time of the send
+        self._least: dict[int, float] = {}  # min_days_left -> the least julian day drawn
 
     def draw(self, min_days_left: int = 0) -> dict[str, Any] | None:
         """The lowest code still valid `min_days_left` days from now; None when none is."""
-        least = julian_day(self.now + timedelta(days=min_days_left))
+        least = self._least.get(min_days_left)
+        if least is None:  # the same for every draw of the run
+            least = self._least[min_days_left] = julian_day(
+                self.now + timedelta(days=min_days_left)
+            )
         while True:
             for index in range(len(self.ready) - 1, -1, -1):
                 code, face_value, expires_at, day = self.ready[index]

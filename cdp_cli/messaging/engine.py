@@ -310,8 +310,7 @@ def _run_one(run: JourneyRun, workers: Workers) -> RunResult:
 def _work(run: JourneyRun, cursor: int, workers: Workers | None) -> None:
     _convert(run)
     _exit(run)
-    _enrol(run, cursor)
-    _advance(run, workers)
+    _advance(run, workers, _enrol(run, cursor))
 
 
 def _in_one_process(run: JourneyRun) -> JourneyRun:
@@ -553,8 +552,12 @@ def _due_occurrence(run: JourneyRun) -> datetime | None:
     return due
 
 
-def _enrol(run: JourneyRun, cursor: int) -> None:
-    journey, conn, settings = run.journey, run.db.conn, run.settings
+def _enrol(run: JourneyRun, cursor: int) -> list[tuple[int, str, int]]:
+    """Who enters now: (id, one_id, enrolment number), not stored yet. Each is written once,
+    where the walk leaves it (no insert at the first step, then an update), with the id SQLite
+    would give it, one after the largest, in the same order. Their holdout and control draws
+    are made a batch at a time (_entering), as the walk reaches them."""
+    journey, conn = run.journey, run.db.conn
     last = {
         one_id: (number, status, entered_at)
         for one_id, number, status, entered_at in conn.execute(
@@ -563,7 +566,8 @@ def _enrol(run: JourneyRun, cursor: int) -> None:
             (journey.name,),
         )
     }
-    rows = []
+    next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM journey_enrolments").fetchone()[0]
+    entering: list[tuple[int, str, int]] = []
     for one_id in _entry_candidates(run, cursor):
         previous = last.get(one_id)
         if previous is not None:
@@ -572,27 +576,34 @@ def _enrol(run: JourneyRun, cursor: int) -> None:
                 continue
             if datetime.fromisoformat(entered_at) + journey.entry.reentry > run.now:
                 continue
+        number = (previous[0] if previous else 0) + 1
+        entering.append((next_id + len(entering), one_id, number))
+    run.result.enrolled = len(entering)
+    return entering
+
+
+def _entering(run: JourneyRun, people: list[tuple[int, str, int]]) -> list[Enrolment]:
+    """Enrolments entering now, with their holdout and control-group draws."""
+    journey, settings = run.journey, run.settings
+    enrolments = []
+    for id_, one_id, number in people:
         holdout = int(share_of(journey.name, "holdout", one_id) < journey.holdout)
-        control = int(
-            share_of("control_group", settings.control_salt, one_id) < settings.control_share
+        control = int(  # no hash where there is no control group (share 0), the usual case
+            settings.control_share > 0
+            and share_of("control_group", settings.control_salt, one_id) < settings.control_share
         )
-        rows.append(
-            (journey.name, one_id, (previous[0] if previous else 0) + 1, holdout, control,
-             journey.first, run.now_text, run.now_text)
-        )  # fmt: skip
-    conn.executemany(
-        "INSERT INTO journey_enrolments (journey, one_id, enrolment, holdout, control, status, "
-        "step, next_at, entered_at) VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?)",
-        rows,
-    )
-    run.result.enrolled = len(rows)
-    run.result.holdout = sum(r[3] for r in rows)
-    run.result.control = sum(r[4] for r in rows if not journey.transactional)
+        enrolments.append(Enrolment(id_, one_id, journey.first, 0, None, holdout, control, number))
+        run.result.holdout += holdout
+        run.result.control += 0 if journey.transactional else control
+    return enrolments
 
 
-def _advance(run: JourneyRun, workers: Workers | None) -> None:
-    """Walk every due enrolment, a batch at a time, until each waits or ends; with enough due
-    (Workers.threshold), a second process renders while this one walks the next batch."""
+def _advance(
+    run: JourneyRun, workers: Workers | None, entering: list[tuple[int, str, int]]
+) -> None:
+    """Walk every due enrolment, then those entering now, a batch at a time, until each waits
+    or ends; with enough due (Workers.threshold), a second process renders while this one
+    walks the next batch."""
     due = [
         r[0]
         for r in run.db.conn.execute(
@@ -601,40 +612,53 @@ def _advance(run: JourneyRun, workers: Workers | None) -> None:
             (run.journey.name, run.now_text),
         )
     ]
-    run.worker = workers.for_journey(run.journey.name, len(due)) if workers else None
+    total = len(due) + len(entering)
+    run.worker = workers.for_journey(run.journey.name, total) if workers else None
     try:
-        for start in range(0, len(due), BATCH):
-            batch = [
-                Enrolment(*row)
-                for row in run.db.conn.execute(
-                    "SELECT id, one_id, step, waiting, variant, holdout, control FROM "
-                    "journey_enrolments WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
-                    (json.dumps(due[start : start + BATCH]),),
-                )
-            ]
-            _walk(run, batch)
+        for start in range(0, total, BATCH):
+            end = start + BATCH
+            people = entering[max(start - len(due), 0) : max(end - len(due), 0)]
+            _walk(run, _stored_enrolments(run, due[start:end]) + _entering(run, people))
         settle(run)
     except RenderFailed:
-        raise  # the worker is idle again: the batch it failed was its last
+        raise  # the worker is idle again: settle() collected what it still had
     except BaseException:
         if workers is not None:
             workers.stop()
         raise
     finally:
-        run.in_flight = None
+        run.in_flight.clear()
         run.worker = None
+
+
+def _stored_enrolments(run: JourneyRun, ids: list[int]) -> list[Enrolment]:
+    if not ids:
+        return []
+    return [
+        Enrolment(*row)
+        for row in run.db.conn.execute(
+            "SELECT id, one_id, step, waiting, variant, holdout, control FROM "
+            "journey_enrolments WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+            (json.dumps(ids),),
+        )
+    ]
 
 
 def _walk(run: JourneyRun, batch: list[Enrolment]) -> None:
     """Take a batch through its steps, step by step for all at once; save where each stopped."""
     journey = run.journey
     stops: list[tuple[Any, ...]] = []
+    entered: list[tuple[Any, ...]] = []
 
     def stop(
         e: Enrolment, status: str = "active", next_at: str | None = None, why: str | None = None
     ) -> None:
         ended = run.now_text if status != "active" else None
-        stops.append((status, e.step, e.waiting, next_at, why, e.variant, ended, e.id))
+        if e.entering is None:
+            stops.append((status, e.step, e.waiting, next_at, why, e.variant, ended, e.id))
+        else:
+            entered.append((*_entering_row(run, e), status, e.step, e.waiting, next_at, why,
+                            e.variant, ended))  # fmt: skip
 
     at: dict[str | None, list[Enrolment]] = {}
     for e in batch:
@@ -688,6 +712,37 @@ def _walk(run: JourneyRun, batch: list[Enrolment]) -> None:
         "wait_reason = ?, variant = ?, ended_at = ? WHERE id = ?",
         stops,
     )
+    _insert_enrolments(run, entered)
+
+
+INSERT_ENROLMENT = (
+    "INSERT INTO journey_enrolments (id, journey, one_id, enrolment, holdout, control, "
+    "entered_at, status, step, waiting, next_at, wait_reason, variant, ended_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _entering_row(run: JourneyRun, e: Enrolment) -> tuple[Any, ...]:
+    """What an entering enrolment's row holds besides its place (INSERT_ENROLMENT's first 7)."""
+    return (e.id, run.journey.name, e.one_id, e.entering, e.holdout, e.control, run.now_text)
+
+
+def _insert_enrolments(run: JourneyRun, rows: list[tuple[Any, ...]]) -> None:
+    if rows:
+        run.db.conn.executemany(INSERT_ENROLMENT, rows)
+
+
+def _store_entering(run: JourneyRun, group: list[Enrolment]) -> None:
+    """Write the group's entering enrolments where they are now (due now, as the walk goes
+    on), for a query that reads them; the walk's end updates them like any stored one."""
+    rows = [
+        (*_entering_row(run, e), "active", e.step, e.waiting, run.now_text, None, e.variant, None)
+        for e in group
+        if e.entering is not None
+    ]
+    _insert_enrolments(run, rows)
+    for e in group:
+        e.entering = None
 
 
 def _variant(journey: str, step: Split, one_id: str) -> tuple[str, float, tuple[Any, ...]]:
@@ -703,6 +758,7 @@ def _variant(journey: str, step: Split, one_id: str) -> tuple[str, float, tuple[
 def _branch_holding(run: JourneyRun, step: Branch, group: list[Enrolment]) -> set[int]:
     """The enrolments of the group for which the branch's condition holds."""
     settle_for(run, group)  # `received` reads the messages of a send just before
+    _store_entering(run, group)  # `converted`, `received`: the enrolment itself
     rule = run.branch_rule(step)
     rows = run.db.conn.execute(
         "SELECT je.id FROM journey_enrolments je JOIN profiles p ON p.one_id = je.one_id "

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 import phonenumbers
@@ -26,7 +27,7 @@ from cdp_cli.messaging.channels import (
     opted_out_channels,
     purposes_obeyed,
 )
-from cdp_cli.messaging.settings import SendSettings
+from cdp_cli.messaging.settings import QuietHours, SendSettings
 from cdp_cli.sqlitelib import sqlite_utils
 
 IN_BATCH = "IN (SELECT value FROM json_each(?))"
@@ -40,6 +41,7 @@ class Customers:
     the marketing messages they were sent today and this week."""
 
     addresses: dict[str, list[tuple[str, str, str | None]]] = field(default_factory=dict)
+    phones: dict[str, str] = field(default_factory=dict)  # the first, for the timezone
     opted_out: dict[str, set[str]] = field(default_factory=dict)
     sent_week: dict[str, list[datetime]] = field(default_factory=dict)  # oldest first
 
@@ -63,6 +65,8 @@ class Customers:
             (ids,),
         ):
             found.addresses.setdefault(one_id, []).append((type_name, value, detail))
+            if type_name == "phone":
+                found.phones.setdefault(one_id, value)
         latest: dict[tuple[str, str], str] = {}
         obeyed = purposes_obeyed(transactional)
         for one_id, channel, status, *_, purpose in conn.execute(CUSTOMER_CONSENTS, (ids, ids)):
@@ -88,19 +92,19 @@ class Customers:
     def address(self, one_id: str, channel: str, wechat_appid: str | None) -> str | None:
         """The first linked identifier that reaches this customer on the channel."""
         spec = CHANNELS[channel]
+        wanted = spec.address_type  # tested here first: most identifiers are of another type
         for type_name, value, detail in self.addresses.get(one_id, ()):
-            if spec.reaches(type_name, value, detail, wechat_appid):
+            if type_name == wanted and spec.reaches(type_name, value, detail, wechat_appid):
                 return value
         return None
-
-    def phone(self, one_id: str) -> str | None:
-        return next((v for t, v, _ in self.addresses.get(one_id, ()) if t == "phone"), None)
 
     def cap_lifts(self, one_id: str, settings: SendSettings, now: datetime) -> str | None:
         """When the frequency cap lets the customer's next marketing message go; None when it
         may go now. The day is the calendar day in the project's timezone; the week, the 7
         days up to now, so it lifts when enough of that week's messages have left it."""
-        sent = self.sent_week.get(one_id, [])
+        sent = self.sent_week.get(one_id)
+        if not sent:  # the usual case: nothing this week
+            return None
         day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
         lifts = []
         if settings.per_day and sum(t >= day_start for t in sent) >= settings.per_day:
@@ -113,8 +117,7 @@ class Customers:
         self.sent_week.setdefault(one_id, []).append(now)
 
 
-@dataclass(frozen=True)
-class Reach:
+class Reach(NamedTuple):  # one per message: a tuple is made faster than a frozen dataclass
     """The channel and address a message goes to, or why it cannot go (`skip`)."""
 
     channel: str | None = None
@@ -157,9 +160,15 @@ def quiet_until(
     quiet = settings.quiet_hours(channel, transactional)
     if quiet is None:
         return None
-    zone = customer_zone(customers.phone(one_id), settings.zone)
+    zone = customer_zone(customers.phones.get(one_id), settings.zone)
+    return _quiet_until(quiet, now, zone, settings.zone)
+
+
+@lru_cache(maxsize=1024)
+def _quiet_until(quiet: QuietHours, now: datetime, zone: ZoneInfo, project: ZoneInfo) -> str | None:
+    """The same for every customer of a timezone at one moment: worked out once per run."""
     until = quiet.until(now.astimezone(zone))
-    return until.astimezone(settings.zone).isoformat(timespec="seconds") if until else None
+    return until.astimezone(project).isoformat(timespec="seconds") if until else None
 
 
 def customer_zone(phone: str | None, default: ZoneInfo) -> ZoneInfo:

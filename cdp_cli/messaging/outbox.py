@@ -44,8 +44,8 @@ class Spool:
         self.folder = outbound_folder
         self.groups: dict[tuple[int, str, str], SpooledGroup] = {}
 
-    def add(self, run_id: int, journey: str, lines: list[tuple[str, str]]) -> None:
-        """Lines of one batch, in the order they were queued: (channel, line)."""
+    def add(self, run_id: int, journey: str, lines: list[tuple[str, bytes]]) -> None:
+        """Lines of one batch, in the order they were queued: (channel, line in UTF-8)."""
         for channel, line in lines:
             key = (run_id, journey, channel)
             group = self.groups.get(key)
@@ -53,7 +53,7 @@ class Spool:
                 folder = self.folder / channel
                 ensure_folder(folder, OUTBOUND_FILES)
                 group = self.groups[key] = SpooledGroup(tempfile.TemporaryFile(dir=folder))  # noqa: SIM115 (closed by close())
-            group.file.write(line.encode())
+            group.file.write(line)
             group.count += 1
 
     def discard(self, run_id: int) -> None:

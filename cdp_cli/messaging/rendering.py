@@ -3,8 +3,9 @@
 Rendering in the sandbox is about half of a large run's time (2 processes render ~92k
 messages/s on this machine kind, one ~41k). When a journey has many enrolments due
 (RENDER_WORKER_FROM or more), send.py hands each batch's renders to a RenderWorker and goes
-on with the next batch while it renders: guards, coupons, contexts and the store stay in the
-first process, in the same order as ever, and nothing but templates runs in the second.
+on with the next batch while it renders (IN_FLIGHT batches at a time): guards, coupons,
+contexts and the store stay in the first process, in the same order as ever, and nothing but
+templates runs in the second.
 
 The worker is a fresh Python that inherits none of the first process's files (the store, its
 lock), so a killed run never leaves a lock or a store handle behind; it ends when its pipe
@@ -21,12 +22,14 @@ import contextlib
 import json
 import os
 import pickle
+import queue
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, cast
 
 import cdp_cli
 from cdp_cli.errors import CdpError, TemplateError
@@ -38,7 +41,15 @@ from cdp_cli.messaging.templates import TemplateStore
 # Due enrolments from which a journey's run renders in a second process; below, starting one
 # (about 0.3 s of a fresh Python importing Jinja) costs more than it gives.
 RENDER_WORKER_FROM = 20_000
-WORKER_COMMAND = "from cdp_cli.messaging.rendering import worker_main; worker_main()"
+# `python -c` puts the current folder first on sys.path: left there, a `cdp_cli` folder in it
+# (a checkout of another commit, say) would be the worker's cdp_cli, not the first process's.
+WORKER_COMMAND = (
+    "import sys; sys.path[:1] = [p for p in sys.path[:1] if p]; "
+    "from cdp_cli.messaging.rendering import worker_main; worker_main()"
+)
+# Batches handed to the worker and not collected yet: one rendering, one waiting in its pipe.
+IN_FLIGHT = 2
+_GONE = object()  # the reader thread's answer when the worker's stdout ends
 
 
 class ContextHeader(NamedTuple):
@@ -63,8 +74,9 @@ ContextParts = tuple[
 # `head`: message_id, to, journey, step, one_id, coupon, link).
 RenderJob = tuple[str, str, ContextParts, str | None, tuple[Any, ...]]
 # A message rendered cleanly: its payload as the outbox stores it (JSON), the parts it is
-# billed for, and its outbound line.
-RenderedMessage = tuple[str, int, str]
+# billed for, and its outbound line in UTF-8 (as the spool writes it: no decoding here and
+# encoding there in the first process).
+RenderedMessage = tuple[str, int, bytes]
 
 
 def message_context(
@@ -126,7 +138,7 @@ def render_message(
     return (
         json.dumps(outbound.body, ensure_ascii=False),
         outbound.billed_parts,
-        file_line(CHANNELS[channel], head, outbound.body),
+        file_line(CHANNELS[channel], head, outbound.body).encode(),
     )
 
 
@@ -162,8 +174,10 @@ def serve(jobs: IO[bytes], results: IO[bytes]) -> None:
 
 
 class RenderWorker:
-    """The second process, one batch in flight at a time: submit() a batch, collect() it
-    before submitting the next (so neither side ever waits on a full pipe).
+    """The second process, with up to IN_FLIGHT batches handed to it and not collected yet:
+    while it renders one, the next is already waiting in its pipe, and the first process
+    writes the outbox of the one before. Two threads of this process carry the pipes (one
+    writes the batches, one reads the answers), so neither process ever waits on a full pipe.
 
     A plain `python -c WORKER_COMMAND` with pipes for stdin and stdout: it
     inherits no file of this process (the store, its lock), imports nothing of the caller's
@@ -181,30 +195,46 @@ class RenderWorker:
         )  # fmt: skip
         assert self.process.stdin is not None and self.process.stdout is not None
         self._jobs, self._results = self.process.stdin, self.process.stdout
-        self.in_flight = False
-        self._send((templates.root, templates.limits, templates.sms_max_segments))
+        self.in_flight = 0
+        self._outgoing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._answers: queue.SimpleQueue[object] = queue.SimpleQueue()
+        settings = (templates.root, templates.limits, templates.sms_max_segments)
+        self._outgoing.put(pickle.dumps(settings, pickle.HIGHEST_PROTOCOL))
+        self._threads = [
+            threading.Thread(target=target, name=f"render worker {name}", daemon=True)
+            for name, target in (("writer", self._write), ("reader", self._read))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, header: ContextHeader, jobs: list[RenderJob]) -> None:
-        assert not self.in_flight, "collect() the batch in flight first"
-        self._send((header, jobs))
-        self.in_flight = True
+        assert self.in_flight < IN_FLIGHT, "collect() the oldest batch in flight first"
+        self._outgoing.put(pickle.dumps((header, jobs), pickle.HIGHEST_PROTOCOL))
+        self.in_flight += 1
 
     def collect(self) -> list[RenderedMessage]:
-        """The batch in flight, rendered; RenderFailed when a message did not render."""
+        """The oldest batch in flight, rendered; RenderFailed when a message did not render."""
         assert self.in_flight, "nothing submitted"
-        try:
-            answer = pickle.load(self._results)
-        except (EOFError, OSError, pickle.UnpicklingError):
-            raise self._died() from None
-        self.in_flight = False
+        answer = self._answers.get()
+        if answer is _GONE:
+            raise self._died()
+        self.in_flight -= 1
         if answer is None:
             raise RenderFailed(self.journey)
-        return list(answer)
+        return list(cast("list[RenderedMessage]", answer))
+
+    def drain(self) -> None:
+        """Collect and drop every batch still in flight (after RenderFailed: the journey runs
+        again in one process), so that the worker is idle for the next journey."""
+        while self.in_flight:
+            with contextlib.suppress(RenderFailed):
+                self.collect()
 
     def close(self) -> None:
-        """Let the worker end (its stdin closes), and wait for it."""
-        with contextlib.suppress(OSError):
-            self._jobs.close()
+        """Let the worker end (its stdin closes once the batches handed to it are written),
+        and wait for it."""
+        self._outgoing.put(None)
+        self._threads[0].join(timeout=5)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
         self.stop()
@@ -214,16 +244,31 @@ class RenderWorker:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
+        self._outgoing.put(None)
+        for thread in self._threads:  # the pipes break or end with the process
+            thread.join(timeout=5)
         for pipe in (self._jobs, self._results):
             with contextlib.suppress(OSError):
                 pipe.close()
 
-    def _send(self, message: object) -> None:
+    def _write(self) -> None:
+        """The writer thread: each pickled batch to the worker, in order, until None."""
         try:
-            pickle.dump(message, self._jobs, pickle.HIGHEST_PROTOCOL)
-            self._jobs.flush()
-        except OSError:
-            raise self._died() from None
+            while (data := self._outgoing.get()) is not None:
+                self._jobs.write(data)
+                self._jobs.flush()
+        except OSError:  # the worker has gone: the reader tells collect()
+            pass
+        with contextlib.suppress(OSError):
+            self._jobs.close()
+
+    def _read(self) -> None:
+        """The reader thread: each answer of the worker, in order, until its stdout ends."""
+        try:
+            while True:
+                self._answers.put(pickle.load(self._results))
+        except (EOFError, OSError, pickle.UnpicklingError, ValueError):
+            self._answers.put(_GONE)
 
     def _died(self) -> CdpError:
         try:

@@ -64,6 +64,9 @@ class Enrolment:
     variant: str | None
     holdout: int
     control: int
+    # Entered in this run and not in the store yet: its enrolment number (1, or more on
+    # re-entry). The engine writes it once, where the walk leaves it (engine._walk).
+    entering: int | None = None
 
 
 @dataclass
@@ -81,7 +84,7 @@ class JourneyRun:
     dry_run: bool
     spool: Spool | None = None  # the outbound lines of queued messages (none in a dry run)
     worker: RenderWorker | None = None  # the second process rendering, in a large run
-    in_flight: InFlight | None = None  # the batch it is rendering
+    in_flight: list[InFlight] = field(default_factory=list)  # the batches it renders, oldest first
     branches: dict[str, CompiledRule] = field(default_factory=dict)
     coupons: CouponPools = field(init=False)
     now_text: str = field(init=False)
@@ -98,18 +101,31 @@ class JourneyRun:
     def coupon_steps(self) -> bool:
         return any(s.coupon for s in self.journey.sends())
 
-    @functools.cached_property
-    def feature_columns(self) -> list[str] | None:
-        """The features this journey's templates print (None: any may be), read per batch."""
+    def printed(self, variable: str) -> set[str] | None:
+        """The keys of `variable` (features, customer) this journey's templates print; None
+        when they may print any. A run reads and hands on only those."""
         used: set[str] = set()
         for send in self.journey.sends():
             for channel in (send.channel, *send.fallback):
-                fields = self.templates.fields_used(channel, send.template, "features")
+                fields = self.templates.fields_used(channel, send.template, variable)
                 if fields is None:
                     return None
                 used |= fields
+        return used
+
+    @functools.cached_property
+    def feature_columns(self) -> list[str] | None:
+        """The features this journey's templates print (None: any may be), read per batch."""
+        used = self.printed("features")
+        if used is None:
+            return None
         known = {column.name for column in self.db["profile_features"].columns}
         return sorted(used & (known | set(SCORE_FIELDS)))
+
+    @functools.cached_property
+    def profile_fields(self) -> set[str] | None:
+        """The profile fields this journey's templates print (None: any may be)."""
+        return self.printed("customer")
 
     def branch_rule(self, step: Branch) -> CompiledRule:
         if step.key not in self.branches:

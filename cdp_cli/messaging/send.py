@@ -9,8 +9,8 @@ waits has no row: its enrolment stays at the step with a `Deferral` (when, and w
 
 With a render worker (rendering.py, a large run), the template is rendered there: the row is
 queued as if it renders cleanly, and the batch's outbox is written once the worker hands its
-messages back, while the engine walks the next batch (`settle` waits for it, and runs first
-whenever what comes next reads those messages).
+messages back, while the engine walks the next batches (`settle` waits for them, and runs
+first whenever what comes next reads those messages).
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ from cdp_cli.messaging.guards import IN_BATCH, Customers, quiet_until, reach
 from cdp_cli.messaging.journeys import Send
 from cdp_cli.messaging.outbox import file_line
 from cdp_cli.messaging.rendering import (
+    IN_FLIGHT,
     ContextHeader,
     ContextParts,
     InFlight,
     RenderedMessage,
+    RenderFailed,
     RenderJob,
     message_context,
 )
@@ -41,7 +43,9 @@ from cdp_cli.messaging.run import Enrolment, JourneyRun
 from cdp_cli.predict.fields import SCORE_FIELDS
 from cdp_cli.sqlitelib import sqlite_utils
 
-PROFILE_FIELDS = "one_id, name, gender, birthday, city, known, first_seen, last_seen, records"
+# What a template sees of the profile (`customer`): these, or those of them it prints.
+PROFILE_FIELDS = ("one_id", "name", "gender", "birthday", "city", "known", "first_seen",
+                  "last_seen", "records")  # fmt: skip
 DRY_RUN_LISTED = 1000  # messages a dry run lists per journey (it counts them all)
 QUIET_HOURS = "quiet hours"  # the reasons a message waits, besides a problem of the project's
 FREQUENCY_CAP = "frequency cap"
@@ -76,14 +80,14 @@ class MessageRow(NamedTuple):
     link_url: str | None
 
 
+_PAYLOAD, _COST = MessageRow._fields.index("payload"), MessageRow._fields.index("cost")
 INSERT_MESSAGE = (
     f"INSERT INTO messages ({', '.join(MessageRow._fields)}) "
     f"VALUES ({', '.join('?' * len(MessageRow._fields))})"
 )
 
 
-@dataclass(frozen=True)
-class Delivery:
+class Delivery(NamedTuple):  # one per message, as Message: tuples are made fastest
     """What a queued message carries: where it goes, what it says, its coupon and link."""
 
     address: str
@@ -139,7 +143,7 @@ class Outbox:
 
     messages: list[MessageRow] = field(default_factory=list)
     coupons: list[tuple[Any, ...]] = field(default_factory=list)
-    lines: list[tuple[str, str]] = field(default_factory=list)  # channel, line
+    lines: list[tuple[str, bytes]] = field(default_factory=list)  # channel, line (UTF-8)
     # With a render worker: the rows whose payload it renders (indexes into messages), in order
     rendering: list[int] = field(default_factory=list)
     jobs: list[RenderJob] = field(default_factory=list)
@@ -163,45 +167,51 @@ class Outbox:
         for index, (payload, billed_parts, line) in zip(self.rendering, rendered, strict=True):
             row = self.messages[index]
             assert row.channel is not None
-            cost = message_cost(run, row.channel, billed_parts)
-            self.messages[index] = row._replace(payload=payload, cost=cost)
+            values = list(row)  # faster than row._replace(payload=..., cost=...)
+            values[_PAYLOAD], values[_COST] = payload, message_cost(run, row.channel, billed_parts)
+            self.messages[index] = MessageRow._make(values)
             self.lines.append((row.channel, line))
         self.rendering.clear()
         self.jobs.clear()
 
 
 def settle_for(run: JourneyRun, enrolments: list[Enrolment]) -> None:
-    """Settle the batch in flight if it holds messages of these enrolments' customers: what
-    comes next for them (a send's guards and coupons, a branch on `received`) reads them."""
-    pending = run.in_flight
-    if pending is not None and not pending.one_ids.isdisjoint(e.one_id for e in enrolments):
+    """Settle the batches in flight if one holds messages of these enrolments' customers:
+    what comes next for them (a send's guards and coupons, a branch on `received`) reads them."""
+    if any(not p.one_ids.isdisjoint(e.one_id for e in enrolments) for p in run.in_flight):
         settle(run)
 
 
-def settle(run: JourneyRun) -> None:
-    """Wait for the batch the worker is rendering, and write its outbox. RenderFailed when one
-    of its messages did not render cleanly (the engine runs the journey in one process)."""
-    pending = run.in_flight
-    if pending is None:
-        return
-    run.in_flight = None
-    assert run.worker is not None
-    pending.written(run.worker.collect())
+def settle(run: JourneyRun, keep: int = 0) -> None:
+    """Wait for the batches the worker is rendering, oldest first, and write their outbox,
+    until `keep` are left in flight. RenderFailed when one of their messages did not render
+    cleanly (the engine runs the journey in one process; the worker is left idle)."""
+    while len(run.in_flight) > keep:
+        pending = run.in_flight.pop(0)
+        assert run.worker is not None
+        try:
+            rendered = run.worker.collect()
+        except RenderFailed:
+            run.in_flight.clear()
+            run.worker.drain()
+            raise
+        pending.written(rendered)
 
 
 def _finish(run: JourneyRun, outbox: Outbox) -> None:
-    """The batch's outbox, after the one in flight: written now, or once the worker has
-    rendered its messages (while the engine walks the next batch)."""
-    settle(run)  # rows go in in the order they were made, batch after batch
+    """The batch's outbox, after those in flight: written now, or once the worker has
+    rendered its messages (while the engine walks the next batches)."""
     if not outbox.jobs:
+        settle(run)  # rows go in in the order they were made, batch after batch
         outbox.flush(run)
         return
+    settle(run, keep=IN_FLIGHT - 1)
     assert run.worker is not None
     assert outbox.header is not None
     run.worker.submit(outbox.header, list(outbox.jobs))
     one_ids = {row.one_id for row in outbox.messages}
     codes = {row.link_code for row in outbox.messages if row.link_code}
-    run.in_flight = InFlight(one_ids, codes, functools.partial(_write_rendered, run, outbox))
+    run.in_flight.append(InFlight(one_ids, codes, functools.partial(_write_rendered, run, outbox)))
 
 
 def _write_rendered(run: JourneyRun, outbox: Outbox, rendered: list[RenderedMessage]) -> None:
@@ -222,14 +232,23 @@ class TemplateData:
 
     @classmethod
     def load(
-        cls, db: sqlite_utils.Database, one_ids: list[str], feature_columns: list[str] | None
+        cls,
+        db: sqlite_utils.Database,
+        one_ids: list[str],
+        feature_columns: list[str] | None,
+        profile_fields: set[str] | None = None,
     ) -> TemplateData:
-        """`feature_columns`: the features the templates print; None reads them all."""
+        """`feature_columns`: the features the templates print, `profile_fields` the profile's
+        (one_id always); None reads them all."""
         conn, ids = db.conn, json.dumps(one_ids)
         found = cls()
-        cursor = conn.execute(
-            f"SELECT {PROFILE_FIELDS} FROM profiles WHERE one_id {IN_BATCH}", (ids,)
+        printed = (
+            PROFILE_FIELDS
+            if profile_fields is None
+            else [c for c in PROFILE_FIELDS if c == "one_id" or c in profile_fields]
         )
+        listed = ", ".join(printed)
+        cursor = conn.execute(f"SELECT {listed} FROM profiles WHERE one_id {IN_BATCH}", (ids,))
         found.profile_columns = tuple(d[0] for d in cursor.description)
         found.profiles = {row[0]: row for row in cursor}
         if feature_columns is None:
@@ -252,8 +271,7 @@ class TemplateData:
         return found
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     """What is known of a message before its guards: its id, an earlier coupon, a link code."""
 
     id: str
@@ -313,9 +331,9 @@ def send_batch(run: JourneyRun, step: Send, batch: list[Enrolment]) -> dict[int,
         customers = Customers.load(
             run.db, one_ids, run.now, run.settings, run.journey.transactional
         )
-        data = TemplateData.load(run.db, one_ids, run.feature_columns)
+        data = TemplateData.load(run.db, one_ids, run.feature_columns, run.profile_fields)
         earlier = enrolment_coupons(run, live) if not step.coupon and run.coupon_steps else {}
-        rendering = run.in_flight.link_codes if run.in_flight else frozenset()
+        rendering = frozenset().union(*(p.link_codes for p in run.in_flight))
         codes = link_codes(run, [ids[e.id] for e in live], rendering) if step.link else {}
         current = Batch(run, step, customers, data, outbox)
         for e in live:
@@ -459,7 +477,7 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> Deferral | None:
     row = message_row(run, e, step, message_id, channel, delivery=delivery)
     outbox.messages.append(row)
     if run.spool is not None:
-        line = file_line(CHANNELS[channel], _file_head(row), outbound.body)
+        line = file_line(CHANNELS[channel], _file_head(row), outbound.body).encode()
         outbox.lines.append((channel, line))
     customers.count_sent(one_id, run.now)
     run.result.sent[channel] = run.result.sent.get(channel, 0) + 1
