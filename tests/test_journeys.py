@@ -105,6 +105,21 @@ def run_journeys(run, *args):
     return json.loads(result.stdout)
 
 
+def traced_run(project, name):
+    """One journey run through the API at NOW: its result, and the statements it ran."""
+    from cdp_cli.config import load_config
+    from cdp_cli.messaging.engine import run_journeys as run_api
+    from cdp_cli.store import open_store
+
+    config = load_config(project / "cdp.yaml")
+    db = open_store(config.store)
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    [result] = run_api(db, config, name, datetime.fromisoformat("2026-11-15T10:30:00+08:00"))
+    db.close()
+    return result, statements
+
+
 def test_guards_fallback_optout_unreachable_and_landline(run, write, project):
     write(
         "journeys/hello.yaml",
@@ -715,10 +730,6 @@ def test_dry_run_shows_who_would_get_what(run, write, project):
 
 
 def test_a_run_reads_only_the_feature_and_profile_columns_its_templates_print(run, write, project):
-    from cdp_cli.config import load_config
-    from cdp_cli.messaging.engine import run_journeys as run_api
-    from cdp_cli.store import open_store
-
     write(
         "templates/sms/feat.txt",
         "【花漾】{{ customer.name|default_name }} {{ features.order_count }}",
@@ -727,12 +738,7 @@ def test_a_run_reads_only_the_feature_and_profile_columns_its_templates_print(ru
         "journeys/f.yaml",
         journey("f", "entry: {when: \"city = '武汉'\"}\nsteps: [{send: {channel: sms, template: feat}}]\n"),
     )  # fmt: skip
-    config = load_config(project / "cdp.yaml")
-    db = open_store(config.store)
-    statements: list[str] = []
-    db.conn.set_trace_callback(statements.append)
-    [result] = run_api(db, config, "f", datetime.fromisoformat("2026-11-15T10:30:00+08:00"))
-    db.close()
+    result, statements = traced_run(project, "f")
     assert result.sent == {"sms": 2}
     reads = [s for s in statements if "FROM profile_features WHERE one_id IN" in s]
     assert reads and all(s.startswith('SELECT "one_id", "order_count" FROM') for s in reads), reads
@@ -750,20 +756,11 @@ def test_a_run_reads_only_the_feature_and_profile_columns_its_templates_print(ru
 def test_an_enrolment_is_written_once_where_the_run_leaves_it(run, write, project):
     """Customers entering a run are inserted at the step where they stop (here the wait after
     their message), never inserted at the first step and updated; ids follow the largest."""
-    from cdp_cli.config import load_config
-    from cdp_cli.messaging.engine import run_journeys as run_api
-    from cdp_cli.store import open_store
-
     write("journeys/o.yaml", journey("o", "entry: {when: \"city = '武汉'\"}\nsteps: [end]\n"))
     run_journeys(run, "o")  # three enrolments before
     body = 'entry: {when: "city is not null"}\nsteps:\n  - send: {channel: sms, template: hello}\n  - wait: 2d\n'
     write("journeys/w.yaml", journey("w", body))
-    config = load_config(project / "cdp.yaml")
-    db = open_store(config.store)
-    statements: list[str] = []
-    db.conn.set_trace_callback(statements.append)
-    [result] = run_api(db, config, "w", datetime.fromisoformat("2026-11-15T10:30:00+08:00"))
-    db.close()
+    result, statements = traced_run(project, "w")
     assert result.enrolled == 6
     writes = [
         s.split(" (")[0]
