@@ -191,7 +191,7 @@ def sorting_cache(conn: sqlite3.Connection) -> Iterator[None]:
 
 @contextmanager
 def indexes_built_after(conn: sqlite3.Connection, table: str, bulk: bool) -> Iterator[None]:
-    """Around a write of many more rows than `table` holds (a first load, a resolve run):
+    """Around a write of many more rows than `table` holds (a first load, a first tag run):
     its secondary indexes are dropped, then made again from the SQL that made them, inside
     the caller's transaction. One sort per index beats an insert into each per row. The
     indexes of a primary key or UNIQUE constraint stay (upserts need them)."""

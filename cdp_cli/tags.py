@@ -25,8 +25,12 @@ from cdp_cli.rules.book import RuleBook, Tag, load_rulebook
 from cdp_cli.rules.compiler import CompiledRule
 from cdp_cli.rules.vocabulary import BASE_FROM, READS, Read, RuleContext
 from cdp_cli.sqlitelib import sqlite_utils
-from cdp_cli.store import insert_row, now_iso, rows_as_dicts, transaction
+from cdp_cli.store import indexes_built_after, insert_row, now_iso, rows_as_dicts, transaction
 from cdp_cli.yamlfile import did_you_mean
+
+# A write of more than this many times the rows a table holds drops the table's indexes and
+# makes them again after: one sort each costs less than as many inserts into each.
+BULK = 2
 
 # ---------------------------------------------------------------------------------------------
 # Evaluating tags
@@ -458,13 +462,19 @@ def _record(
     conn.execute("CREATE TEMP TABLE evaluated (tag TEXT PRIMARY KEY)")
     conn.executemany("INSERT INTO evaluated VALUES (?)", [(tag,) for tag in customers])
     first = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
+    fresh = conn.execute(  # tags with nothing stored yet: each of their values is an addition
+        "SELECT tag FROM evaluated e WHERE NOT EXISTS (SELECT 1 FROM profile_tags t "
+        "WHERE t.tag = e.tag)"
+    ).fetchall()
+    added = sum(customers[tag] for (tag,) in fresh)  # at least; tag_changes holds <= first rows
     # A run of every tag reads all of profile_tags: in key order, so not through the tag
     # index (a unary + keeps SQLite from using an index for the term).
     tag = "+o.tag" if every_tag else "o.tag"
     if scoped:
         tag = "o.one_id IN (SELECT one_id FROM temp.moved) AND +o.tag"
-    conn.execute(
-        f"""INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at)
+    with indexes_built_after(conn, "tag_changes", added > BULK * first):
+        conn.execute(
+            f"""INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at)
 SELECT ?, one_id, tag, CASE WHEN old_value IS NULL THEN 'added'
   WHEN new_value IS NULL THEN 'removed' ELSE 'changed' END, old_value, new_value, ?
 FROM (
@@ -476,8 +486,9 @@ FROM (
   WHERE {tag} IN (SELECT tag FROM evaluated)
     AND NOT EXISTS (SELECT 1 FROM new_values n WHERE n.one_id = o.one_id AND n.tag = o.tag)
   ORDER BY 1, 2)""",
-        (run_id, at),
-    )
+            (run_id, at),
+        )
+    last = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
     removed = dict(
         conn.execute(  # this run's rows by id: the tag index would walk earlier runs' rows too
             "SELECT tag, count(*) FROM tag_changes NOT INDEXED "
@@ -491,7 +502,7 @@ FROM (
             "(SELECT one_id, tag FROM tag_changes WHERE id > ? AND change = 'removed')",
             (first,),
         )
-    _store_values(conn, first, at)
+    _store_values(conn, first, last - first - sum(removed.values()), at)
     changed = conn.execute(  # counted in the tag index alone, which holds the id
         "SELECT e.tag, (SELECT count(*) FROM tag_changes c WHERE c.tag = e.tag AND c.id > ?) "
         "FROM evaluated e",
@@ -511,32 +522,31 @@ def _record_added(
     tag_changes and then profile_tags, with no comparison and no copy in between."""
     _tag_order(conn, sorted(customers))
     first = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
-    conn.execute(
-        "INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at) "
-        f"SELECT ?, one_id, tag, 'added', NULL, value, ? FROM ({values})",
-        (run_id, at),
-    )
-    _store_values(conn, first, at)
+    added = sum(customers.values())
+    with indexes_built_after(conn, "tag_changes", added > BULK * first):
+        conn.execute(
+            "INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at) "
+            f"SELECT ?, one_id, tag, 'added', NULL, value, ? FROM ({values})",
+            (run_id, at),
+        )
+    _store_values(conn, first, added, at)
     return {tag: {"changed": count, "removed": 0} for tag, count in customers.items()}
 
 
-def _store_values(conn: sqlite3.Connection, first: int, at: str) -> None:
-    """This run's new values (its changes after id `first` that are not removals) into
-    profile_tags.
-
-    Every write into the tag tables comes in (one_id, tag) order, so each index entry goes
-    after the last one of its key: the one_id index of tag_changes and the primary key of
-    profile_tags grow at their end, the tag indexes at the end of each tag's (and value's)
-    entries. Kept up row by row, as here, they cost less than dropping them for a first run
-    and sorting 15M entries each after (at 1M customers, 100 s against 125 s, with the same
-    CPU: the sorts wait on their spill files)."""
-    conn.execute(
-        "INSERT INTO profile_tags (one_id, tag, value, since) "
-        "SELECT one_id, tag, new_value, ? FROM tag_changes "
-        "WHERE id > ? AND change <> 'removed' ON CONFLICT (one_id, tag) DO UPDATE SET "
-        "value = excluded.value, since = excluded.since",
-        (at, first),
-    )
+def _store_values(conn: sqlite3.Connection, first: int, written: int, at: str) -> None:
+    """This run's new values (the `written` changes after id `first` that are not removals)
+    into profile_tags, its secondary index made after when they outnumber what it holds."""
+    held = conn.execute(  # counted up to what decides
+        "SELECT count(*) FROM (SELECT 1 FROM profile_tags LIMIT ?)", (written // BULK + 1,)
+    ).fetchone()[0]
+    with indexes_built_after(conn, "profile_tags", written > BULK * held):
+        conn.execute(
+            "INSERT INTO profile_tags (one_id, tag, value, since) "
+            "SELECT one_id, tag, new_value, ? FROM tag_changes "
+            "WHERE id > ? AND change <> 'removed' ON CONFLICT (one_id, tag) DO UPDATE SET "
+            "value = excluded.value, since = excluded.since",
+            (at, first),
+        )
 
 
 def tag_list(db: sqlite_utils.Database, folder: Path) -> list[dict[str, Any]]:
