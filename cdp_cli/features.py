@@ -165,18 +165,22 @@ def compute_features(db: sqlite_utils.Database, as_of: date, full: bool = False)
             _forget_changed(conn, resolved)
         scoped = not full
         _order_rows(conn, as_of, scoped)
+        _order_aggregates(conn)
         _event_counts(conn, as_of, scoped)
+        # A full run scores every customer from the orders it just read, and writes each
+        # row once, whole; a later run scores everyone from the stored rows, after its own.
+        _rfm_scores(conn, params, NEW_BUYERS if full else None)
         conn.execute(_features_sql(scoped), params)
         _recount_days(conn, scoped)
-        _date_relative(conn, params)
+        if scoped:
+            _date_relative(conn, params)
         _save_state(conn, day, full or resolved)
         conn.execute(
             "INSERT INTO feature_runs (as_of, computed_at, recomputed) VALUES (?, ?, ?)",
             (day, now_iso(), recomputed),
         )
-        customers, with_orders = conn.execute(
-            "SELECT count(*), count(last_order_at) FROM profile_features"
-        ).fetchone()
+        customers = _count(conn, "profile_features")
+        with_orders = _count(conn, "temp.rfm")  # every customer with orders has a score
     seconds = round(time.monotonic() - started, 3)
     return FeatureResult(day, customers, with_orders, seconds, full, recomputed)
 
@@ -208,6 +212,7 @@ def definitions() -> str:
             EVENT_KEYS_SQL,
             _order_rows_sql(False),
             ORDER_ROWS_TABLE,
+            ORDER_AGGREGATES,
         ]
     )
     return hashlib.sha256(text.encode()).hexdigest()
@@ -394,6 +399,27 @@ def _order_rows(conn: sqlite3.Connection, as_of: date, scoped: bool) -> None:
     conn.execute("DELETE FROM po WHERE counted IS NOT 1")
 
 
+# Each customer's order aggregates, keyed by one_id (po is in one_id order: no sort), read by
+# the RFM scores of a full run and by the features.
+ORDER_AGGREGATES_TABLE = f"""CREATE TEMP TABLE ord (
+  one_id TEXT PRIMARY KEY, order_count INTEGER, spent_minor INTEGER, first_order_at TEXT,
+  last_order_at TEXT, order_days INTEGER,
+  {", ".join(f"order_count_{n}d INTEGER, spent_minor_{n}d INTEGER" for n in WINDOWS)}
+) WITHOUT ROWID"""
+ORDER_AGGREGATES = f"""INSERT INTO ord
+SELECT one_id, count(*), sum(minor), min(ordered_at), max(ordered_at), count(DISTINCT day),
+  {", ".join(
+      f"sum(age < {n}), coalesce(sum(CASE WHEN age < {n} THEN minor END), 0)" for n in WINDOWS
+  )}
+FROM po GROUP BY one_id"""  # fmt: skip
+
+
+def _order_aggregates(conn: sqlite3.Connection) -> None:
+    conn.execute("DROP TABLE IF EXISTS temp.ord")
+    conn.execute(ORDER_AGGREGATES_TABLE)
+    conn.execute(ORDER_AGGREGATES)
+
+
 def earliest(days: list[str]) -> str:
     """SQL: the earliest of some days, NULLs left out (SQLite's min(a, b) is NULL if one is)."""
     kept = ", ".join(f"coalesce({d}, '~')" for d in days)
@@ -426,14 +452,30 @@ RECOUNT_ON = earliest(
 
 # Events per identity key and type, in one walk of the events_identity index (key, event,
 # time): no sort, no row read. Keys are far fewer than events; customers are counted from them.
+# Each row is compared as the timestamp it is, with the days as bounds (event_bounds): an ISO
+# timestamp's day is on or before D exactly when the timestamp sorts before the next day, so
+# no row pays for substr() (ten million rows, a dozen calls each).
+COUNTED = "occurred_at < :after"
 EVENT_KEYS_SQL = f"""CREATE TEMP TABLE ek AS
-SELECT identity_key, event, sum(counted) AS total,
-  {", ".join(f"sum(counted AND {in_window(n)}) AS days_{n}" for n in WINDOWS)},
-  max(CASE WHEN counted THEN occurred_at END) AS last_at, {RECOUNT_ON} AS on_day
-FROM (SELECT identity_key, event, occurred_at, substr(occurred_at, 1, 10) AS day,
-        substr(occurred_at, 1, 10) <= :day AS counted
-      FROM events INDEXED BY events_identity WHERE occurred_at IS NOT NULL{{keys}})
-GROUP BY identity_key, event"""
+SELECT identity_key, event, sum({COUNTED}) AS total,
+  {", ".join(f"sum(occurred_at >= :from_{n} AND {COUNTED}) AS days_{n}" for n in WINDOWS)},
+  max(CASE WHEN {COUNTED} THEN occurred_at END) AS last_at,
+  {earliest([
+      "substr(min(CASE WHEN occurred_at >= :after THEN occurred_at END), 1, 10)",
+      *(f"date(substr(min(CASE WHEN occurred_at >= :from_{n} AND {COUNTED} "
+        f"THEN occurred_at END), 1, 10), '+{n} days')" for n in WINDOWS),
+  ])} AS on_day
+FROM events INDEXED BY events_identity WHERE occurred_at IS NOT NULL{{keys}}
+GROUP BY identity_key, event"""  # fmt: skip
+
+
+def event_bounds(as_of: date) -> dict[str, str]:
+    """The parameters EVENT_KEYS_SQL reads: the day after the as-of date, and each window's
+    first day (a row counts in window n when its day is one of the last n, today in)."""
+    return {
+        "after": (as_of + timedelta(days=1)).isoformat(),
+        **{f"from_{n}": (as_of - timedelta(days=n - 1)).isoformat() for n in WINDOWS},
+    }
 
 
 def _event_counts(conn: sqlite3.Connection, as_of: date, scoped: bool) -> None:
@@ -444,8 +486,7 @@ def _event_counts(conn: sqlite3.Connection, as_of: date, scoped: bool) -> None:
             "WHERE one_id IN (SELECT one_id FROM temp.dirty))"
         )
     conn.execute("DROP TABLE IF EXISTS temp.ek")
-    params = {"day": as_of.isoformat(), **window_starts(as_of)}
-    conn.execute(EVENT_KEYS_SQL.format(keys=keys), params)
+    conn.execute(EVENT_KEYS_SQL.format(keys=keys), event_bounds(as_of))
     counted = ", ".join(f"days_{n}" for n in WINDOWS)
     sums = ", ".join(f"sum(ek.days_{n})" for n in WINDOWS)
     conn.execute(
@@ -495,7 +536,7 @@ DATE_RELATIVE = {
 def _date_relative(conn: sqlite3.Connection, params: dict[str, Any]) -> None:
     """Days since, birthdays and age, from stored dates and profiles, and the RFM scores, for
     every customer, in one UPDATE: each row is written once a run."""
-    _rfm_scores(conn, params)
+    _rfm_scores(conn, params, STORED_BUYERS)
     sets = ", ".join(f"{name} = {sql}" for name, sql in DATE_RELATIVE.items())
     scores = "rfm_r_score = s.r, rfm_f_score = s.f, rfm_m_score = s.m, rfm_segment = s.segment"
     conn.execute(
@@ -506,36 +547,53 @@ def _date_relative(conn: sqlite3.Connection, params: dict[str, Any]) -> None:
 
 
 def _features_sql(scoped: bool) -> str:
-    """The rows of the customers in scope, date-relative columns left to _date_relative."""
-    order_windows = ",\n    ".join(
-        f"sum(age < {n}) AS order_count_{n}d, "
-        f"coalesce(sum(CASE WHEN age < {n} THEN minor END), 0) AS spent_minor_{n}d"
-        for n in WINDOWS
-    )
+    """Every column of the rows of the customers in scope, the RFM scores from temp.rfm (empty
+    on a later run, whose _date_relative scores everyone after)."""
     event_windows = ", ".join(f"sum(days_{n}) AS event_count_{n}d" for n in WINDOWS)
-    later = ("rfm_r_score", "rfm_f_score", "rfm_m_score", "rfm_segment", *DATE_RELATIVE)
-    columns = [c for c in FEATURES if c not in later]
     total_spent = money("coalesce(ord.spent_minor, 0)")
-    repeat_days_mean = money_mean(
-        "sum(CASE WHEN nth > 1 THEN spent_minor END)", "nullif(count(*) - 1, 0)"
+    # Spend on the repeat purchase days: all of it less the first day's, whose orders are
+    # looked up by the customer's key in po (no pass of its own over every order by day).
+    first_day_minor = (
+        "(SELECT sum(x.minor) FROM po x "
+        "WHERE x.one_id = ord.one_id AND x.day = substr(ord.first_order_at, 1, 10))"
     )
+    repeat_days_mean = money_mean(
+        f"ord.spent_minor - coalesce({first_day_minor}, 0)", "nullif(ord.order_days - 1, 0)"
+    )
+    values = {
+        "order_count": "coalesce(ord.order_count, 0)",
+        "total_spent": total_spent,
+        "avg_order_value": money_mean("ord.spent_minor", "ord.order_count"),
+        "first_order_at": "ord.first_order_at",
+        "last_order_at": "ord.last_order_at",
+        **{f"order_count_{n}d": f"coalesce(ord.order_count_{n}d, 0)" for n in WINDOWS},
+        **{f"total_spent_{n}d": money(f"coalesce(ord.spent_minor_{n}d, 0)") for n in WINDOWS},
+        "order_days": "coalesce(ord.order_days, 0)",
+        "repurchase_cycle_days": "CASE WHEN ord.order_days > 1 THEN "
+        "(julianday(substr(ord.last_order_at, 1, 10)) "
+        "- julianday(substr(ord.first_order_at, 1, 10))) / (ord.order_days - 1) END",
+        "top_category": "top_category.category",
+        "top_store": "top_store.store",
+        "top_channel": "top_channel.channel",
+        "event_count": "coalesce(ev.event_count, 0)",
+        **{f"event_count_{n}d": f"coalesce(ev.event_count_{n}d, 0)" for n in WINDOWS},
+        "last_event_at": "ev.last_event_at",
+        "registered_at": "reg.registered_at",
+        "rfm_frequency": "coalesce(ord.order_count, 0)",
+        "rfm_monetary": total_spent,
+        "rfm_r_score": "s.r",
+        "rfm_f_score": "s.f",
+        "rfm_m_score": "s.m",
+        "rfm_segment": "s.segment",
+        "frequency": "ord.order_days - 1",
+        "recency": "CAST(julianday(substr(ord.last_order_at, 1, 10)) "
+        "- julianday(substr(ord.first_order_at, 1, 10)) AS INTEGER)",
+        "monetary_value": "CASE WHEN ord.one_id IS NOT NULL THEN "
+        f"coalesce({repeat_days_mean}, 0) END",
+        **DATE_RELATIVE,  # over the columns above, by name
+    }
     return f"""
-WITH ord AS (
-  SELECT one_id, count(*) AS order_count, sum(minor) AS spent_minor,
-    min(ordered_at) AS first_order_at, max(ordered_at) AS last_order_at,
-    count(DISTINCT day) AS order_days,
-    {order_windows}
-  FROM po GROUP BY one_id),
-daily AS (
-  SELECT one_id, day, sum(minor) AS spent_minor,
-         row_number() OVER (PARTITION BY one_id ORDER BY day) AS nth
-  FROM po GROUP BY one_id, day),
-life AS (
-  SELECT one_id, count(*) - 1 AS frequency,
-    CAST(julianday(max(day)) - julianday(min(day)) AS INTEGER) AS recency,
-    coalesce({repeat_days_mean}, 0) AS monetary_value
-  FROM daily GROUP BY one_id),
-spend AS (
+WITH spend AS (
   SELECT po.one_id, coalesce(i.value ->> '$.category', po.category) AS category,
          CASE WHEN i.value IS NULL THEN po.minor
               ELSE {minor_units(ITEM_AMOUNT)} END AS spent
@@ -563,35 +621,33 @@ reg AS (
   FROM customers c JOIN identity_keys k ON k.key = c.identity_key
   WHERE k.one_id IS NOT NULL{_in_scope("k.one_id", scoped)} AND c.registered_at IS NOT NULL
   GROUP BY k.one_id)
-INSERT INTO profile_features (one_id, {", ".join(columns)})
-SELECT p.one_id,
-  coalesce(ord.order_count, 0), {total_spent},
-  {money_mean("ord.spent_minor", "ord.order_count")}, ord.first_order_at, ord.last_order_at,
-  {", ".join(f"coalesce(ord.order_count_{n}d, 0)" for n in WINDOWS)},
-  {", ".join(money(f"coalesce(ord.spent_minor_{n}d, 0)") for n in WINDOWS)},
-  coalesce(ord.order_days, 0),
-  CASE WHEN ord.order_days > 1 THEN (julianday(substr(ord.last_order_at, 1, 10))
-    - julianday(substr(ord.first_order_at, 1, 10))) / (ord.order_days - 1) END,
-  top_category.category, top_store.store, top_channel.channel,
-  coalesce(ev.event_count, 0), {", ".join(f"coalesce(ev.event_count_{n}d, 0)" for n in WINDOWS)},
-  ev.last_event_at, reg.registered_at,
-  coalesce(ord.order_count, 0), {total_spent},
-  life.frequency, life.recency, life.monetary_value
+INSERT INTO profile_features (one_id, {", ".join(FEATURES)})
+SELECT p.one_id, {", ".join(values[name] for name in FEATURES)}
 FROM profiles p
-LEFT JOIN ord ON ord.one_id = p.one_id
-LEFT JOIN life ON life.one_id = p.one_id
+LEFT JOIN temp.ord ord ON ord.one_id = p.one_id
 LEFT JOIN top_category ON top_category.one_id = p.one_id
 LEFT JOIN top_store ON top_store.one_id = p.one_id
 LEFT JOIN top_channel ON top_channel.one_id = p.one_id
 LEFT JOIN ev ON ev.one_id = p.one_id
 LEFT JOIN reg ON reg.one_id = p.one_id
+LEFT JOIN temp.rfm s ON s.one_id = p.one_id
 WHERE 1{_in_scope("p.one_id", scoped)}"""
 
 
-def _rfm_scores(conn: sqlite3.Connection, params: dict[str, Any]) -> None:
-    """temp.rfm: quintiles among customers with orders, keyed by one_id; equal values share
-    a score (by rank). Recency is counted from the stored last order as of the day, as
-    _date_relative writes it."""
+# The customers RFM scores rank, as (one_id, recency, rfm_frequency, rfm_monetary): the rows
+# stored, or (a full run, before they are written) the order aggregates just computed, with
+# the values the features take from them.
+STORED_BUYERS = f"""SELECT one_id, {DATE_RELATIVE["rfm_recency_days"]} AS recency, rfm_frequency,
+  rfm_monetary FROM profile_features"""
+NEW_BUYERS = f"""SELECT ord.one_id, {DATE_RELATIVE["rfm_recency_days"]} AS recency,
+  ord.order_count AS rfm_frequency, {money("coalesce(ord.spent_minor, 0)")} AS rfm_monetary
+FROM temp.ord ord JOIN profiles p ON p.one_id = ord.one_id"""
+
+
+def _rfm_scores(conn: sqlite3.Connection, params: dict[str, Any], buyers: str | None) -> None:
+    """temp.rfm: quintiles among customers with orders (`buyers`: SQL, above; None leaves it
+    empty), keyed by one_id; equal values share a score (by rank). Recency is counted from
+    the last order as of the day, as the features write it."""
 
     def quintile(column: str, order: str) -> str:
         return (
@@ -604,11 +660,11 @@ def _rfm_scores(conn: sqlite3.Connection, params: dict[str, Any]) -> None:
         "CREATE TEMP TABLE rfm (one_id TEXT PRIMARY KEY, r INTEGER, f INTEGER, m INTEGER, "
         "segment TEXT) WITHOUT ROWID"
     )
+    if buyers is None:
+        return
     conn.execute(
         f"""INSERT INTO rfm
-WITH buyers AS (
-  SELECT one_id, {DATE_RELATIVE["rfm_recency_days"]} AS recency, rfm_frequency, rfm_monetary
-  FROM profile_features),
+WITH buyers AS ({buyers}),
 quintiles AS (
   SELECT one_id,
     CAST({quintile("recency", "DESC")} AS INTEGER) AS r,

@@ -7,10 +7,13 @@ import csv
 import itertools
 import json
 import shutil
+import sqlite3
+from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
+from cdp_cli.features import EVENT_KEYS_SQL, event_bounds
 from tests.conftest import REPO, query
 
 AS_OF = "2026-11-15"
@@ -169,6 +172,32 @@ def test_features_match_hand_computed_figures(run, project):
         one_id(project, "M1"),
     )
     assert counts == [("app_open", 1, 1), ("view_item", 3, 2)]
+
+
+def test_events_count_by_day_at_the_edges_of_each_window():
+    """Events are compared as timestamps against day bounds (event_bounds), not by their day:
+    the as-of day's last second counts, the next day's first does not, and each window opens
+    on its first day, whatever the offset the time was written with."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE events (identity_key INTEGER, event TEXT, occurred_at TEXT)")
+    conn.execute("CREATE INDEX events_identity ON events (identity_key, event, occurred_at)")
+    times = [
+        "2026-11-15T23:59:59+08:00",  # the as-of day: in every window
+        "2026-11-16T00:00:00-05:00",  # the next day: not counted yet, so recounted then
+        "2026-10-17T00:00:00+08:00",  # the 30-day window's first day
+        "2026-10-16T23:59:59+08:00",  # the day before it: 90 days, not 30
+        "2025-11-16T00:00:00+08:00",  # the 365-day window's first day
+        "2025-11-15T23:59:59+08:00",  # the day before it: the total alone
+    ]
+    conn.executemany("INSERT INTO events VALUES (1, 'view_item', ?)", [(t,) for t in times])
+    conn.execute(EVENT_KEYS_SQL.format(keys=""), event_bounds(date(2026, 11, 15)))
+    row = conn.execute("SELECT total, days_30, days_90, days_365, last_at, on_day FROM ek")
+    assert row.fetchone() == (5, 2, 3, 4, "2026-11-15T23:59:59+08:00", "2026-11-16")
+    conn.execute("DROP TABLE ek")
+    conn.execute(EVENT_KEYS_SQL.format(keys=""), event_bounds(date(2026, 11, 16)))
+    row = conn.execute("SELECT total, days_30, days_90, days_365, last_at, on_day FROM ek")
+    # 10-17 left the 30 days and 2025-11-16 the 365; the 30 days now open with 11-15's row
+    assert row.fetchone() == (6, 2, 4, 4, "2026-11-16T00:00:00-05:00", "2026-12-15")
 
 
 def test_rfm_scores_are_quintiles_among_buyers(run, project):
