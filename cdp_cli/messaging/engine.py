@@ -344,9 +344,9 @@ def _convert(run: JourneyRun) -> None:
         (journey.name, run.run_id, goal),
     ).fetchone()
     if previous is not None:
-        _goal_news(run, happened, params, previous, batch)
-        scope = f"WHERE first.first_run >= ? OR first.one_id IN (SELECT one_id FROM {GOAL_NEWS})"
-        scope_params: list[Any] = [previous[0]]
+        news, news_params = _goal_news(run, happened, params, previous, batch)
+        scope = f"WHERE first.first_run >= ? OR {news}"
+        scope_params: list[Any] = [previous[0], *news_params]
     else:
         scope, scope_params = "", []
     # The window opens with the enrolment's first message, sent or skipped (a holdout's skipped
@@ -373,7 +373,6 @@ GROUP BY checked.id""",
     run.result.converted = len(rows)
 
 
-GOAL_NEWS = "temp.cdp_goal_news"
 # The customers with new goal events, kept for the next journey of the same command: journeys
 # run one after another from the same previous command share its clock and last batch.
 GOAL_EVENTS_NEWS = "temp.cdp_goal_events_news"
@@ -399,29 +398,29 @@ def _goal_news(
     params: list[Any],
     previous: tuple[int, str, str, int],
     batch_now: int,
-) -> None:
-    """GOAL_NEWS: the customers whose conversions can have changed since the previous check.
-    Its goal events were those of batches up to its last, dated up to its clock, joined to
-    customers by the identity keys of its start; so: goal events of later batches or dated
-    after that clock, and customers whose keys a resolve has written since (a merge can bring
-    an old order to an enrolled customer; a full resolve writes every key)."""
+) -> tuple[str, list[Any]]:
+    """The customers whose conversions can have changed since the previous check, as a
+    condition on `first.one_id` and its parameters. Its goal events were those of batches up
+    to its last, dated up to its clock, joined to customers by the identity keys of its start;
+    so: goal events of later batches or dated after that clock, and customers whose keys a
+    resolve has written since (a merge can bring an old order to an enrolled customer; a full
+    resolve writes every key)."""
     _, then, started_at, batch = previous
     conn = run.db.conn
     _goal_events_news(conn, happened, params, (then, batch, batch_now))
-    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {GOAL_NEWS} (one_id TEXT PRIMARY KEY)")
-    conn.execute(f"DELETE FROM {GOAL_NEWS}")
-    conn.execute(f"INSERT INTO {GOAL_NEWS} SELECT one_id FROM {GOAL_EVENTS_NEWS}")
+    news = f"first.one_id IN (SELECT one_id FROM {GOAL_EVENTS_NEWS})"
     # A resolve that finished before the previous run began had committed before it did.
     resolved = conn.execute(
         "SELECT 1 FROM resolve_runs WHERE julianday(finished_at) >= julianday(?) LIMIT 1",
         (started_at,),
     ).fetchone()
-    if resolved:
-        conn.execute(
-            f"INSERT OR IGNORE INTO {GOAL_NEWS} SELECT one_id FROM identity_keys "
-            "WHERE julianday(resolved_at) >= julianday(?) AND one_id IS NOT NULL",
-            (started_at,),
-        )
+    if not resolved:
+        return news, []
+    moved = (
+        "first.one_id IN (SELECT one_id FROM identity_keys "
+        "WHERE julianday(resolved_at) >= julianday(?) AND one_id IS NOT NULL)"
+    )
+    return f"{news} OR {moved}", [started_at]
 
 
 def _goal_events_news(
