@@ -64,18 +64,17 @@ class Measurement:
 
 
 def ensure_data(data_dir: Path, customers: int, events: int, reuse: bool) -> dict[str, Any]:
-    """Generate the exports, or reuse them under --skip-generate when they are there."""
-    if (
-        reuse
-        and (data_dir / "crm_members.csv").exists()
-        and (data_dir / "app_events.jsonl").exists()
-    ):
+    """Generate the exports, or reuse them under --skip-generate when they are there: whole,
+    as counts.json says, written last (a killed run leaves none, as the other runners do)."""
+    counts_file = data_dir / "counts.json"
+    if reuse and counts_file.exists():
         print(f"reusing data in {data_dir}", flush=True)
         return {"reused": True}
     print(f"generating {customers:,} customers, {events:,} events into {data_dir} ...", flush=True)
     started = time.perf_counter()
     counts = load_generator().generate(data_dir, customers, events)
     seconds = round(time.perf_counter() - started, 1)
+    counts_file.write_text(json.dumps(counts, indent=2) + "\n")
     print(f"generated in {seconds} s", flush=True)
     return {"reused": False, "seconds": seconds, "lines": counts}
 

@@ -107,7 +107,8 @@ RFM_SEGMENTS = """CASE
 @dataclass
 class FeatureResult:
     """What `compute_features` did: `recomputed` customers had their rows read again (all of
-    them on a full run); the others only had their date-relative features moved to the day."""
+    them on a full run); the others only had their date-relative features moved to the day,
+    and `shifted` of them rows that left a window taken off their counts."""
 
     as_of: str
     customers: int
@@ -115,6 +116,7 @@ class FeatureResult:
     seconds: float
     full: bool = True
     recomputed: int = 0
+    shifted: int = 0
 
 
 def today(config: Config) -> date:
@@ -141,19 +143,22 @@ def compute_features(db: sqlite_utils.Database, as_of: date, full: bool = False)
     The first run, and any run after something it cannot follow (an erasure, rows updated in
     place, an earlier date, other feature definitions), reads every order and event. Later
     runs read again only the customers whose rows can have changed: those with new rows or
-    new identity links since the last run, and those with a row crossing a window's edge or
-    coming into range on the new date (`feature_recount`). Every other customer keeps its
-    row; only what counts days from today is recomputed, from the stored dates. Both ways
-    give the same table (tests/test_features_incremental.py)."""
+    new identity links since the last run, and those with a row dated after the last date
+    coming into range (`feature_recount`). Every other customer keeps its row: the rows that
+    leave a 30/90/365-day window on the new date are taken off its counts, and what counts
+    days from today is recomputed from the stored dates. Both ways give the same table
+    (tests/test_features_incremental.py)."""
     started = time.monotonic()
     day = as_of.isoformat()
     params = {"day": day, "month": as_of.month}
     with transaction(db) as conn:
         _size_temp_cache(conn)
         state = _saved_state(conn)
-        resolved = state is None or state["resolve_id"] != _resolve_id(conn)
+        keys: str | None = None  # the identity keys to compare with the last run's
         if not full and state is not None and _can_follow(conn, state, day):
-            recomputed = _mark_changed(conn, state, day, resolved)
+            if state["resolve_id"] != _resolve_id(conn):
+                keys = _keys_to_compare(conn, state)
+            recomputed = _mark_changed(conn, state, day, keys)
             full = recomputed > INCREMENTAL_LIMIT * _count(conn, "profiles")
         else:
             full = True
@@ -161,8 +166,11 @@ def compute_features(db: sqlite_utils.Database, as_of: date, full: bool = False)
             _create_tables(conn)
             conn.execute("DROP TABLE IF EXISTS temp.dirty")  # no scope: every customer
             recomputed = _count(conn, "profiles")
+            shifted = 0
         else:
-            _forget_changed(conn, resolved)
+            _forget_changed(conn, keys)
+            assert state is not None  # an incremental run follows a saved one
+            shifted = _shift_windows(conn, date.fromisoformat(state["as_of"]), as_of)
         scoped = not full
         _order_rows(conn, as_of, scoped)
         _order_aggregates(conn)
@@ -174,7 +182,7 @@ def compute_features(db: sqlite_utils.Database, as_of: date, full: bool = False)
         _recount_days(conn, scoped)
         if scoped:
             _date_relative(conn, params)
-        _save_state(conn, day, full or resolved)
+        _save_state(conn, day, EVERY_KEY if full else keys)
         conn.execute(
             "INSERT INTO feature_runs (as_of, computed_at, recomputed) VALUES (?, ?, ?)",
             (day, now_iso(), recomputed),
@@ -182,7 +190,7 @@ def compute_features(db: sqlite_utils.Database, as_of: date, full: bool = False)
         customers = _count(conn, "profile_features")
         with_orders = _count(conn, "temp.rfm")  # every customer with orders has a score
     seconds = round(time.monotonic() - started, 3)
-    return FeatureResult(day, customers, with_orders, seconds, full, recomputed)
+    return FeatureResult(day, customers, with_orders, seconds, full, recomputed, shifted)
 
 
 def _size_temp_cache(conn: sqlite3.Connection) -> None:
@@ -263,8 +271,41 @@ def _can_follow(conn: sqlite3.Connection, state: dict[str, Any], day: str) -> bo
     return not updated
 
 
-def _mark_changed(conn: sqlite3.Connection, state: dict[str, Any], day: str, resolved: bool) -> int:
-    """temp.dirty: the customers to read again. Returns how many there are."""
+# What _mark_changed compares with the identity links the last run saw (feature_keys): every
+# key, after a full resolve run (it rewrites and drops keys); else only the keys incremental
+# runs wrote (temp.written_keys).
+EVERY_KEY = "identity_keys"
+WRITTEN_KEYS = "temp.written_keys"
+
+
+def _keys_to_compare(conn: sqlite3.Connection, state: dict[str, Any]) -> str:
+    """EVERY_KEY or WRITTEN_KEYS, filled: the keys written since the earlier of the first
+    resolve run since and the last feature run (an incremental resolve stamps each key it
+    writes; times are compared as instants, whatever offset they were written with)."""
+    runs = conn.execute(
+        "SELECT count(*), sum(mode NOT IN ('incremental', 'unchanged')), "
+        "min(julianday(started_at)) FROM resolve_runs WHERE id > ?",
+        (state["resolve_id"],),
+    ).fetchone()
+    last = conn.execute(
+        "SELECT julianday(computed_at) FROM feature_runs ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    if not runs[0] or runs[1] or last is None:
+        return EVERY_KEY
+    conn.execute("DROP TABLE IF EXISTS temp.written_keys")
+    conn.execute(
+        "CREATE TEMP TABLE written_keys AS SELECT key, one_id FROM identity_keys "
+        "WHERE julianday(resolved_at) >= ?",
+        (min(runs[2], last[0]),),
+    )
+    return WRITTEN_KEYS
+
+
+def _mark_changed(
+    conn: sqlite3.Connection, state: dict[str, Any], day: str, keys: str | None
+) -> int:
+    """temp.dirty: the customers to read again (`keys`: the identity keys to compare with
+    the last run's, None when no resolve ran since). Returns how many there are."""
     conn.execute("DROP TABLE IF EXISTS temp.dirty")
     conn.execute("CREATE TEMP TABLE dirty (one_id TEXT PRIMARY KEY) WITHOUT ROWID")
     for table in SOURCE_TABLES:  # new rows
@@ -274,36 +315,46 @@ def _mark_changed(conn: sqlite3.Connection, state: dict[str, Any], day: str, res
             "WHERE t.id > ? AND k.one_id IS NOT NULL",
             (state[f"{table}_id"],),
         )
-    if resolved:  # keys that moved, on both sides: each table walked by its key, the other
-        # looked up by key (both keyed by it), with no copy of either to sort
-        for new, old in (("identity_keys", "feature_keys"), ("feature_keys", "identity_keys")):
-            conn.execute(
-                f"INSERT OR IGNORE INTO dirty SELECT n.one_id FROM {new} n "
-                f"LEFT JOIN {old} o ON o.key = n.key "
-                "WHERE n.one_id IS NOT NULL AND n.one_id IS NOT o.one_id"
-            )
+    if keys:  # keys that moved, on both sides: the one walked by its key, the other looked
+        # up by key (both keyed by it), with no copy of either to sort
+        conn.execute(
+            f"INSERT OR IGNORE INTO dirty SELECT n.one_id FROM {keys} n "
+            "LEFT JOIN feature_keys o ON o.key = n.key "
+            "WHERE n.one_id IS NOT NULL AND n.one_id IS NOT o.one_id"
+        )
+        old_side = (
+            "SELECT o.one_id FROM feature_keys o LEFT JOIN identity_keys n ON n.key = o.key"
+            if keys == EVERY_KEY  # a full resolve can have dropped a key: walk the copy
+            else f"SELECT o.one_id FROM {keys} n JOIN feature_keys o ON o.key = n.key"
+        )
+        conn.execute(
+            f"INSERT OR IGNORE INTO dirty {old_side} "
+            "WHERE o.one_id IS NOT NULL AND o.one_id IS NOT n.one_id"
+        )
+    if keys == EVERY_KEY:  # and new customers (incrementally, their keys are new)
         conn.execute(
             "INSERT OR IGNORE INTO dirty SELECT one_id FROM profiles p "
             "WHERE NOT EXISTS (SELECT 1 FROM profile_features f WHERE f.one_id = p.one_id)"
         )
-    conn.execute(  # a row leaves a window, or comes into range, on this date
+    conn.execute(  # a row dated after the last run's day comes into range
         "INSERT OR IGNORE INTO dirty SELECT one_id FROM feature_recount WHERE on_day <= ?", (day,)
     )
     return _count(conn, "dirty")
 
 
-def _forget_changed(conn: sqlite3.Connection, resolved: bool) -> None:
-    """The changed customers' rows out, to be computed again; after a resolve run, the rows
-    of customers who are no more (merged into another) too."""
+def _forget_changed(conn: sqlite3.Connection, keys: str | None) -> None:
+    """The changed customers' rows out, to be computed again, among them (on the old side of
+    their keys) the customers who are no more; after a full resolve, every row of a customer
+    with no profile, too."""
     for table in ("profile_features", "profile_event_counts", "feature_recount"):
         conn.execute(f"DELETE FROM {table} WHERE one_id IN (SELECT one_id FROM temp.dirty)")
-        if resolved:
+        if keys == EVERY_KEY:
             conn.execute(f"DELETE FROM {table} WHERE one_id NOT IN (SELECT one_id FROM profiles)")
 
 
-def _save_state(conn: sqlite3.Connection, day: str, keys_moved: bool) -> None:
+def _save_state(conn: sqlite3.Connection, day: str, keys: str | None) -> None:
     """What this run saw, for the next one (the same after a kill and a rerun: feature_runs,
-    a run log, counts the customers each run read)."""
+    a run log, counts the customers each run read); `keys`: those compared, to keep."""
     ids = _max_ids(conn)
     batch = conn.execute("SELECT coalesce(max(id), 0) FROM batches").fetchone()[0]
     conn.execute("DELETE FROM feature_state")
@@ -312,14 +363,15 @@ def _save_state(conn: sqlite3.Connection, day: str, keys_moved: bool) -> None:
         (day, definitions(), ids["orders"], ids["events"], ids["customers"], batch,
          _resolve_id(conn), _tombstones(conn)),
     )  # fmt: skip
-    if keys_moved:  # the identity links these features were computed with: the keys that
-        # moved written, not every key (feature_keys is empty after a full run's _create_tables)
+    if keys == EVERY_KEY:  # feature_keys is empty after a full run's _create_tables
         conn.execute(
             "DELETE FROM feature_keys WHERE NOT EXISTS "
             "(SELECT 1 FROM identity_keys i WHERE i.key = feature_keys.key)"
         )
+    if keys:  # the identity links these features were computed with: the keys that moved
+        # written, not every key
         conn.execute(
-            "INSERT INTO feature_keys SELECT i.key, i.one_id FROM identity_keys i "
+            f"INSERT INTO feature_keys SELECT i.key, i.one_id FROM {keys} i "
             "LEFT JOIN feature_keys f ON f.key = i.key "
             "WHERE f.key IS NULL OR i.one_id IS NOT f.one_id ORDER BY i.key "
             "ON CONFLICT (key) DO UPDATE SET one_id = excluded.one_id"
@@ -371,8 +423,13 @@ ORDER_ROWS_TABLE = """CREATE TEMP TABLE po (
   PRIMARY KEY (one_id, id)) WITHOUT ROWID"""
 
 
+# SQL over orders o: the order counts (its status is not a void one).
+COUNTED_STATUS = (
+    f"(o.status IS NULL OR lower(o.status) NOT IN ({', '.join(repr(s) for s in VOID_STATUSES)}))"
+)
+
+
 def _order_rows_sql(scoped: bool) -> str:
-    void = ", ".join(f"'{s}'" for s in VOID_STATUSES)
     return f"""INSERT INTO po
 SELECT k.one_id, o.id, o.ordered_at, substr(o.ordered_at, 1, 10) AS day, o.amount,
        {minor_units("o.amount")} AS minor, o.store, o.channel, o.category, o.items,
@@ -380,7 +437,7 @@ SELECT k.one_id, o.id, o.ordered_at, substr(o.ordered_at, 1, 10) AS day, o.amoun
        substr(o.ordered_at, 1, 10) <= :day AS counted
 FROM orders o JOIN identity_keys k ON k.key = o.identity_key
 WHERE k.one_id IS NOT NULL{_in_scope("k.one_id", scoped)}
-  AND (o.status IS NULL OR lower(o.status) NOT IN ({void}))
+  AND {COUNTED_STATUS}
 ORDER BY k.one_id, o.id"""
 
 
@@ -392,10 +449,7 @@ def _order_rows(conn: sqlite3.Connection, as_of: date, scoped: bool) -> None:
     conn.execute(_order_rows_sql(scoped), {"day": as_of.isoformat()})
     conn.execute("DROP TABLE IF EXISTS temp.recount")
     conn.execute("CREATE TEMP TABLE recount (one_id TEXT, on_day TEXT)")
-    conn.execute(
-        f"INSERT INTO recount SELECT one_id, {RECOUNT_ON} FROM po GROUP BY one_id",
-        window_starts(as_of),
-    )
+    conn.execute(f"INSERT INTO recount SELECT one_id, {RECOUNT_ON} FROM po GROUP BY one_id")
     conn.execute("DELETE FROM po WHERE counted IS NOT 1")
 
 
@@ -420,34 +474,9 @@ def _order_aggregates(conn: sqlite3.Connection) -> None:
     conn.execute(ORDER_AGGREGATES)
 
 
-def earliest(days: list[str]) -> str:
-    """SQL: the earliest of some days, NULLs left out (SQLite's min(a, b) is NULL if one is)."""
-    kept = ", ".join(f"coalesce({d}, '~')" for d in days)
-    return f"nullif(min({kept}), '~')"
-
-
-def in_window(n: int) -> str:
-    """SQL: a counted row's day is one of the last n days. Days are ISO dates (parsing.py
-    writes every timestamp so), so this is `age < n` without a julianday() per row."""
-    return f"day > :before_{n}"
-
-
-def window_starts(as_of: date) -> dict[str, str]:
-    """The parameters in_window() reads: the day before each window's first day."""
-    return {f"before_{n}": (as_of - timedelta(days=n)).isoformat() for n in WINDOWS}
-
-
-# Over rows (day, counted): the first day a customer's counts change with no new row, when a
-# row dated after the as-of date comes into range or a counted row leaves a window.
-RECOUNT_ON = earliest(
-    [
-        "min(CASE WHEN counted = 0 THEN day END)",
-        *(
-            f"date(min(CASE WHEN counted AND {in_window(n)} THEN day END), '+{n} days')"
-            for n in WINDOWS
-        ),
-    ]
-)
+# Over rows (day, counted): the first day a row dated after the as-of date comes into range.
+# A row leaving a window needs no reading again: shift_windows() takes it off.
+RECOUNT_ON = "min(CASE WHEN counted = 0 THEN day END)"
 
 
 # Events per identity key and type, in one walk of the events_identity index (key, event,
@@ -460,11 +489,7 @@ EVENT_KEYS_SQL = f"""CREATE TEMP TABLE ek AS
 SELECT identity_key, event, sum({COUNTED}) AS total,
   {", ".join(f"sum(occurred_at >= :from_{n} AND {COUNTED}) AS days_{n}" for n in WINDOWS)},
   max(CASE WHEN {COUNTED} THEN occurred_at END) AS last_at,
-  {earliest([
-      "substr(min(CASE WHEN occurred_at >= :after THEN occurred_at END), 1, 10)",
-      *(f"date(substr(min(CASE WHEN occurred_at >= :from_{n} AND {COUNTED} "
-        f"THEN occurred_at END), 1, 10), '+{n} days')" for n in WINDOWS),
-  ])} AS on_day
+  substr(min(CASE WHEN occurred_at >= :after THEN occurred_at END), 1, 10) AS on_day
 FROM events INDEXED BY events_identity WHERE occurred_at IS NOT NULL{{keys}}
 GROUP BY identity_key, event"""  # fmt: skip
 
@@ -509,6 +534,85 @@ def _recount_days(conn: sqlite3.Connection, scoped: bool) -> None:
         "INSERT INTO feature_recount SELECT one_id, min(on_day) FROM recount "
         "WHERE one_id IN (SELECT one_id FROM profile_features) "
         "GROUP BY one_id HAVING min(on_day) IS NOT NULL"
+    )
+
+
+def shift_bounds(since: date, as_of: date) -> dict[str, str]:
+    """The parameters left() reads, for a move from `since` to `as_of`: each window's first day
+    on both dates, the later no later than the day after `since` (rows after it were not
+    counted: they come into range through feature_recount)."""
+    after = since + timedelta(days=1)
+    return {
+        **{f"old_{n}": (since - timedelta(days=n - 1)).isoformat() for n in WINDOWS},
+        **{f"new_{n}": min(as_of - timedelta(days=n - 1), after).isoformat() for n in WINDOWS},
+    }
+
+
+def left(column: str, n: int) -> str:
+    """SQL: a counted row in window n on the earlier date is out of it on the later one (its
+    timestamp sorts between the two first days, as in event_bounds)."""
+    return f"({column} >= :old_{n} AND {column} < :new_{n})"
+
+
+def _left_any(column: str) -> str:
+    return " OR ".join(left(column, n) for n in WINDOWS)
+
+
+# The rows that leave a window, per customer (and event type), found by one walk of the
+# events index and of the orders: a handful of days' rows, however long the history.
+SHIFTED_EVENTS = f"""CREATE TEMP TABLE shifted_events AS
+SELECT k.one_id, e.event,
+  {", ".join(f"sum({left('e.occurred_at', n)}) AS left_{n}" for n in WINDOWS)}
+FROM events e INDEXED BY events_identity CROSS JOIN identity_keys k ON k.key = e.identity_key
+WHERE ({_left_any("e.occurred_at")}) AND k.one_id IS NOT NULL
+GROUP BY k.one_id, e.event"""  # fmt: skip
+SHIFTED_ORDERS = f"""CREATE TEMP TABLE shifted_orders AS
+SELECT k.one_id, {", ".join(
+    f"sum({left('o.ordered_at', n)}) AS left_{n}, coalesce(sum(CASE WHEN "
+    f"{left('o.ordered_at', n)} THEN {minor_units('o.amount')} END), 0) AS minor_{n}"
+    for n in WINDOWS
+)}
+FROM orders o CROSS JOIN identity_keys k ON k.key = o.identity_key
+WHERE ({_left_any("o.ordered_at")}) AND {COUNTED_STATUS} AND k.one_id IS NOT NULL
+GROUP BY k.one_id"""  # fmt: skip
+
+
+def _shift_windows(conn: sqlite3.Connection, since: date, as_of: date) -> int:
+    """Move the windowed counts of the customers not read again from `since` to `as_of`: the
+    rows that left a window are taken off, and nothing else in a window can change without a
+    new row (which reads the customer again). Runs before the read customers' rows are made
+    again, so it touches only kept rows. Returns how many customers it moved."""
+    if as_of <= since:
+        return 0
+    params = shift_bounds(since, as_of)
+    for table, sql in (("shifted_events", SHIFTED_EVENTS), ("shifted_orders", SHIFTED_ORDERS)):
+        conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
+        conn.execute(sql, params)
+    days = ", ".join(f"days_{n} = days_{n} - s.left_{n}" for n in WINDOWS)
+    conn.execute(
+        f"UPDATE profile_event_counts SET {days} FROM temp.shifted_events s "
+        "WHERE profile_event_counts.one_id = s.one_id AND profile_event_counts.event = s.event"
+    )
+    events = ", ".join(f"event_count_{n}d = event_count_{n}d - s.left_{n}" for n in WINDOWS)
+    sums = ", ".join(f"sum(left_{n}) AS left_{n}" for n in WINDOWS)
+    conn.execute(
+        f"UPDATE profile_features SET {events} FROM (SELECT one_id, {sums} "
+        "FROM temp.shifted_events GROUP BY one_id) s WHERE profile_features.one_id = s.one_id"
+    )
+    orders = ", ".join(
+        f"order_count_{n}d = order_count_{n}d - s.left_{n}, total_spent_{n}d = "
+        + money(f"{minor_units(f'total_spent_{n}d')} - s.minor_{n}")
+        for n in WINDOWS
+    )
+    conn.execute(
+        f"UPDATE profile_features SET {orders} FROM temp.shifted_orders s "
+        "WHERE profile_features.one_id = s.one_id"
+    )
+    return int(
+        conn.execute(
+            "SELECT count(*) FROM profile_features WHERE one_id IN "
+            "(SELECT one_id FROM temp.shifted_events UNION SELECT one_id FROM temp.shifted_orders)"
+        ).fetchone()[0]
     )
 
 

@@ -9,7 +9,8 @@ cross window edges and rows dated after the first date come into range.
 from __future__ import annotations
 
 import shutil
-from datetime import date
+import sqlite3
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from click.testing import CliRunner
 from cdp_cli import Project
 from cdp_cli.cli import cli
 from cdp_cli.features import compute_features
+from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.tags import run_tags
 from tests.conftest import REPO
 from tests.test_generator import gen
@@ -117,6 +119,37 @@ def test_a_later_date_alone_moves_days_and_windows_as_a_full_run(tagged, monkeyp
         assert tables(db)["profile_features"] == incremental
 
 
+def full_recompute(db, as_of: date) -> dict[str, list[tuple]]:
+    """What a full run leaves on this day, computed on a copy (the store keeps its state)."""
+    copy = sqlite3.connect(":memory:")
+    db.conn.backup(copy)
+    compute_features(sqlite_utils.Database(copy), as_of, full=True)
+    return tables(sqlite_utils.Database(copy))
+
+
+@pytest.mark.parametrize("days", [1, 29, 61, 300, 400])
+def test_windows_move_by_the_rows_that_leave_them_not_by_reading_customers_again(
+    tagged, monkeypatch, days
+):
+    """A date move with no new row reads again only customers with a row coming into range:
+    every other customer's windowed counts lose the rows that left the window, and the
+    tables are a full run's, over short and long moves (past every window's length)."""
+    root, _ = tagged
+    monkeypatch.setattr("cdp_cli.features.INCREMENTAL_LIMIT", 1.0)
+    with Project(root / "cdp.yaml").store() as db:
+        arriving = db.conn.execute(
+            "SELECT count(*) FROM feature_recount WHERE on_day <= ?",
+            ((FIRST + timedelta(days=days)).isoformat(),),
+        ).fetchone()[0]
+        moved = []
+        for day in (FIRST + timedelta(days=days), FIRST + timedelta(days=days + 1)):
+            moved.append(compute_features(db, day))
+            assert tables(db) == full_recompute(db, day)
+    assert not any(step.full for step in moved)
+    assert moved[0].recomputed == arriving < moved[0].shifted
+    assert moved[1].recomputed == 0  # the next day: nothing new comes into range
+
+
 def test_an_erasure_or_an_earlier_date_reads_everything_again(tagged):
     root, _ = tagged
     with Project(root / "cdp.yaml").store() as db:
@@ -126,12 +159,16 @@ def test_an_erasure_or_an_earlier_date_reads_everything_again(tagged):
         assert compute_features(db, NEXT).full is True
 
 
-def test_a_key_moved_by_resolve_is_read_again_on_both_sides(tagged, monkeypatch):
+@pytest.mark.parametrize("mode", ["full", "incremental"])
+def test_a_key_moved_by_resolve_is_read_again_on_both_sides(tagged, monkeypatch, mode):
     """An identity key that changes customer with no new row of its own (as a split or a
-    relink does): both customers are read again."""
+    relink does): both customers are read again, whether a full resolve run rewrote every key
+    (all compared) or an incremental one stamped the keys it wrote (those compared)."""
     root, _ = tagged
     monkeypatch.setattr("cdp_cli.features.INCREMENTAL_LIMIT", 1.0)
     with Project(root / "cdp.yaml").store() as db:
+        db.conn.execute("UPDATE resolve_runs SET mode = ?", (mode,))
+        db.conn.execute("UPDATE identity_keys SET resolved_at = '2000-01-01T00:00:00+00:00'")
         key, one_id = db.conn.execute(
             "SELECT k.key, k.one_id FROM identity_keys k JOIN orders o ON o.identity_key = k.key "
             "WHERE k.one_id IS NOT NULL ORDER BY k.key LIMIT 1"
@@ -139,14 +176,17 @@ def test_a_key_moved_by_resolve_is_read_again_on_both_sides(tagged, monkeypatch)
         other = db.conn.execute(
             "SELECT one_id FROM profiles WHERE one_id <> ? ORDER BY one_id LIMIT 1", (one_id,)
         ).fetchone()[0]
-        db.conn.execute("UPDATE identity_keys SET one_id = ? WHERE key = ?", (other, key))
+        db.conn.execute(  # stamped as a resolve run writes it: an instant later, in UTC+8
+            "UPDATE identity_keys SET one_id = ?, resolved_at = ? WHERE key = ?",
+            (other, "2999-01-01T08:00:00+08:00", key),
+        )
         db.conn.execute(
             "INSERT INTO resolve_runs (mode, through_batch, rules, started_at, finished_at, "
-            "result) SELECT 'incremental', through_batch, rules, started_at, finished_at, "
+            "result) SELECT mode, through_batch, rules, started_at, finished_at, "
             "result FROM resolve_runs ORDER BY id DESC LIMIT 1"
         )
         step = compute_features(db, FIRST)
-        assert not step.full and step.recomputed >= 2
+        assert not step.full and step.recomputed == 2
         incremental = tables(db)["profile_features"]
         compute_features(db, FIRST, full=True)
         assert tables(db)["profile_features"] == incremental

@@ -196,8 +196,8 @@ def test_events_count_by_day_at_the_edges_of_each_window():
     conn.execute("DROP TABLE ek")
     conn.execute(EVENT_KEYS_SQL.format(keys=""), event_bounds(date(2026, 11, 16)))
     row = conn.execute("SELECT total, days_30, days_90, days_365, last_at, on_day FROM ek")
-    # 10-17 left the 30 days and 2025-11-16 the 365; the 30 days now open with 11-15's row
-    assert row.fetchone() == (6, 2, 4, 4, "2026-11-16T00:00:00-05:00", "2026-12-15")
+    # 10-17 left the 30 days and 2025-11-16 the 365; no row is left to come into range
+    assert row.fetchone() == (6, 2, 4, 4, "2026-11-16T00:00:00-05:00", None)
 
 
 def test_rfm_scores_are_quintiles_among_buyers(run, project):
