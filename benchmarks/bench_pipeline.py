@@ -14,6 +14,8 @@ has 2 cores, and a figure means little without it.
     python benchmarks/bench_pipeline.py                      # 100k and 1M customers (~30 min)
     python benchmarks/bench_pipeline.py --sizes 10000        # a quick look
     python benchmarks/bench_pipeline.py --skip-generate      # reuse the generated exports
+    python benchmarks/bench_pipeline.py --sizes 1000000 --skip-generate --keep-first
+    python benchmarks/bench_pipeline.py --sizes 1000000 --daily-again  # the daily run again
 """
 
 from __future__ import annotations
@@ -173,21 +175,38 @@ def cdp_run(workdir: Path, day: date) -> dict[str, Any]:
     }
 
 
-def run_size(customers: int, reuse: bool) -> dict[str, Any]:
+def run_size(customers: int, reuse: bool, keep_first: bool, daily_again: bool) -> dict[str, Any]:
+    """The first run and the daily run at one size. keep_first copies the project after the
+    first run (project-N-first); daily_again starts from that copy and runs the day again,
+    so the daily run can be measured again, on a quiet box or after a change, without the
+    first run's half hour at 1M."""
     data, workdir = WORK / f"data-{customers}", WORK / f"project-{customers}"
-    generate(data, customers, reuse)
-    takes = make_project(workdir)
-    held = split_days(data, sorted(takes))
-    result: dict[str, Any] = {"customers": customers, "held_back": held, "code": code_version()}
-    for label, day, folder in (
-        ("first", FIRST_DAY, "day1"),
-        ("daily", FIRST_DAY + timedelta(1), "day2"),
-    ):
+    kept = workdir.with_name(workdir.name + "-first")
+    runs = [("first", FIRST_DAY, "day1"), ("daily", FIRST_DAY + timedelta(1), "day2")]
+    if daily_again:
+        if not (kept / "first-run.json").exists():
+            sys.exit(f"{kept}: no first run kept (run with --keep-first)")
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.copytree(kept, workdir, symlinks=True)
+        first = json.loads((kept / "first-run.json").read_text())
+        takes, result = first["takes"], first["result"]
+        result["daily_code"] = code_version()
+        runs = runs[1:]
+    else:
+        generate(data, customers, reuse)
+        takes = make_project(workdir)
+        held = split_days(data, sorted(takes))
+        result = {"customers": customers, "held_back": held, "code": code_version()}
+    for label, day, folder in runs:
         dropped = drop_exports(data / folder, workdir, takes)
         print(f"{customers:,}: {label} run with {len(dropped)} exports ...", flush=True)
         result[label] = cdp_run(workdir, day)
         print(f"  {result[label]['seconds']} s, exit {result[label]['exit_code']}, "
               f"{result[label]['peak_rss_mb']} MB", flush=True)  # fmt: skip
+        if label == "first" and keep_first:
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(workdir, kept, symlinks=True)
+            (kept / "first-run.json").write_text(json.dumps({"takes": takes, "result": result}))
     result["store_mb"] = round((workdir / "cdp.db").stat().st_size / 1e6)
     return result
 
@@ -241,9 +260,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="100000,1000000", help="customers, comma-separated")
     parser.add_argument("--skip-generate", action="store_true", help="reuse generated exports")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "pipeline.json")
+    parser.add_argument(
+        "--keep-first", action="store_true", help="copy each project after its first run"
+    )
+    parser.add_argument(
+        "--daily-again", action="store_true", help="the daily run again, on the kept copy"
+    )
     args = parser.parse_args(argv)
     started = {"machine": machine(), "command": " ".join(sys.argv)}
-    sizes = [run_size(int(n), args.skip_generate) for n in args.sizes.split(",")]
+    sizes = [
+        run_size(int(n), args.skip_generate, args.keep_first, args.daily_again)
+        for n in args.sizes.split(",")
+    ]
     verdicts = report(sizes)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
