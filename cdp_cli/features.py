@@ -108,7 +108,8 @@ RFM_SEGMENTS = """CASE
 class FeatureResult:
     """What `compute_features` did: `recomputed` customers had their rows read again (all of
     them on a full run); the others only had their date-relative features moved to the day,
-    and `shifted` of them rows that left a window taken off their counts."""
+    `shifted` of them rows that left a window taken off their counts, and `events_added` of
+    them their new events counted in."""
 
     as_of: str
     customers: int
@@ -117,6 +118,7 @@ class FeatureResult:
     full: bool = True
     recomputed: int = 0
     shifted: int = 0
+    events_added: int = 0
 
 
 def today(config: Config) -> date:
@@ -166,11 +168,12 @@ def compute_features(db: sqlite_utils.Database, as_of: date, full: bool = False)
             _create_tables(conn)
             conn.execute("DROP TABLE IF EXISTS temp.dirty")  # no scope: every customer
             recomputed = _count(conn, "profiles")
-            shifted = 0
+            shifted = events_added = 0
         else:
             _forget_changed(conn, keys)
             assert state is not None  # an incremental run follows a saved one
-            shifted = _shift_windows(conn, date.fromisoformat(state["as_of"]), as_of)
+            shifted = _shift_windows(conn, state, as_of)
+            events_added = _add_new_events(conn, state["events_id"], as_of)
         scoped = not full
         _order_rows(conn, as_of, scoped)
         _order_aggregates(conn)
@@ -190,7 +193,9 @@ def compute_features(db: sqlite_utils.Database, as_of: date, full: bool = False)
         customers = _count(conn, "profile_features")
         with_orders = _count(conn, "temp.rfm")  # every customer with orders has a score
     seconds = round(time.monotonic() - started, 3)
-    return FeatureResult(day, customers, with_orders, seconds, full, recomputed, shifted)
+    return FeatureResult(
+        day, customers, with_orders, seconds, full, recomputed, shifted, events_added
+    )
 
 
 def _size_temp_cache(conn: sqlite3.Connection) -> None:
@@ -218,6 +223,9 @@ def definitions() -> str:
             FEATURES,
             _features_sql(False),
             EVENT_KEYS_SQL,
+            EVENT_COUNTS_INSERT,
+            SHIFTED_EVENTS,
+            SHIFTED_ORDERS,
             _order_rows_sql(False),
             ORDER_ROWS_TABLE,
             ORDER_AGGREGATES,
@@ -305,10 +313,11 @@ def _mark_changed(
     conn: sqlite3.Connection, state: dict[str, Any], day: str, keys: str | None
 ) -> int:
     """temp.dirty: the customers to read again (`keys`: the identity keys to compare with
-    the last run's, None when no resolve ran since). Returns how many there are."""
+    the last run's, None when no resolve ran since), and temp.new_events_only: the others
+    with new events. Returns how many customers are read again."""
     conn.execute("DROP TABLE IF EXISTS temp.dirty")
     conn.execute("CREATE TEMP TABLE dirty (one_id TEXT PRIMARY KEY) WITHOUT ROWID")
-    for table in SOURCE_TABLES:  # new rows
+    for table in ("orders", "customers"):  # new rows
         conn.execute(
             f"INSERT OR IGNORE INTO dirty SELECT k.one_id FROM {table} t "
             "JOIN identity_keys k ON k.key = t.identity_key "
@@ -338,6 +347,14 @@ def _mark_changed(
         )
     conn.execute(  # a row dated after the last run's day comes into range
         "INSERT OR IGNORE INTO dirty SELECT one_id FROM feature_recount WHERE on_day <= ?", (day,)
+    )
+    conn.execute("DROP TABLE IF EXISTS temp.new_events_only")  # new events alone: added up
+    conn.execute("CREATE TEMP TABLE new_events_only (one_id TEXT PRIMARY KEY) WITHOUT ROWID")
+    conn.execute(
+        "INSERT OR IGNORE INTO new_events_only SELECT k.one_id FROM events t "
+        "JOIN identity_keys k ON k.key = t.identity_key WHERE t.id > ? AND k.one_id IS NOT NULL "
+        "AND k.one_id NOT IN (SELECT one_id FROM temp.dirty)",
+        (state["events_id"],),
     )
     return _count(conn, "dirty")
 
@@ -490,8 +507,14 @@ SELECT identity_key, event, sum({COUNTED}) AS total,
   {", ".join(f"sum(occurred_at >= :from_{n} AND {COUNTED}) AS days_{n}" for n in WINDOWS)},
   max(CASE WHEN {COUNTED} THEN occurred_at END) AS last_at,
   substr(min(CASE WHEN occurred_at >= :after THEN occurred_at END), 1, 10) AS on_day
-FROM events INDEXED BY events_identity WHERE occurred_at IS NOT NULL{{keys}}
+FROM {{rows}} WHERE occurred_at IS NOT NULL{{keys}}
 GROUP BY identity_key, event"""  # fmt: skip
+
+
+def event_keys_sql(keys: str = "", rows: str = "events INDEXED BY events_identity") -> str:
+    """EVENT_KEYS_SQL over `rows` (the events index, or the table for a range of new ids),
+    `keys` an SQL condition to add."""
+    return EVENT_KEYS_SQL.format(rows=rows, keys=keys)
 
 
 def event_bounds(as_of: date) -> dict[str, str]:
@@ -503,6 +526,20 @@ def event_bounds(as_of: date) -> dict[str, str]:
     }
 
 
+# profile_event_counts from temp.ek, by customer and event type (a WHERE and a GROUP BY to add)
+EVENT_COUNTS_INSERT = f"""INSERT INTO profile_event_counts
+  (one_id, event, total, {", ".join(f"days_{n}" for n in WINDOWS)}, last_at)
+SELECT k.one_id, ek.event, sum(ek.total), {", ".join(f"sum(ek.days_{n})" for n in WINDOWS)},
+  max(ek.last_at)
+FROM ek JOIN identity_keys k ON k.key = ek.identity_key"""
+# profile_features' event columns over a customer's profile_event_counts rows
+EVENT_TOTALS = (
+    "sum(total) AS event_count, "
+    + ", ".join(f"sum(days_{n}) AS event_count_{n}d" for n in WINDOWS)
+    + ", max(last_at) AS last_event_at"
+)
+
+
 def _event_counts(conn: sqlite3.Connection, as_of: date, scoped: bool) -> None:
     keys = ""
     if scoped:
@@ -511,13 +548,9 @@ def _event_counts(conn: sqlite3.Connection, as_of: date, scoped: bool) -> None:
             "WHERE one_id IN (SELECT one_id FROM temp.dirty))"
         )
     conn.execute("DROP TABLE IF EXISTS temp.ek")
-    conn.execute(EVENT_KEYS_SQL.format(keys=keys), event_bounds(as_of))
-    counted = ", ".join(f"days_{n}" for n in WINDOWS)
-    sums = ", ".join(f"sum(ek.days_{n})" for n in WINDOWS)
+    conn.execute(event_keys_sql(keys), event_bounds(as_of))
     conn.execute(
-        f"""INSERT INTO profile_event_counts (one_id, event, total, {counted}, last_at)
-SELECT k.one_id, ek.event, sum(ek.total), {sums}, max(ek.last_at)
-FROM ek JOIN identity_keys k ON k.key = ek.identity_key
+        f"""{EVENT_COUNTS_INSERT}
 WHERE k.one_id IS NOT NULL{_in_scope("k.one_id", scoped)}
 GROUP BY k.one_id, ek.event HAVING sum(ek.total) > 0"""
     )
@@ -564,7 +597,7 @@ SHIFTED_EVENTS = f"""CREATE TEMP TABLE shifted_events AS
 SELECT k.one_id, e.event,
   {", ".join(f"sum({left('e.occurred_at', n)}) AS left_{n}" for n in WINDOWS)}
 FROM events e INDEXED BY events_identity CROSS JOIN identity_keys k ON k.key = e.identity_key
-WHERE ({_left_any("e.occurred_at")}) AND k.one_id IS NOT NULL
+WHERE ({_left_any("e.occurred_at")}) AND e.id <= :events_id AND k.one_id IS NOT NULL
 GROUP BY k.one_id, e.event"""  # fmt: skip
 SHIFTED_ORDERS = f"""CREATE TEMP TABLE shifted_orders AS
 SELECT k.one_id, {", ".join(
@@ -573,18 +606,21 @@ SELECT k.one_id, {", ".join(
     for n in WINDOWS
 )}
 FROM orders o CROSS JOIN identity_keys k ON k.key = o.identity_key
-WHERE ({_left_any("o.ordered_at")}) AND {COUNTED_STATUS} AND k.one_id IS NOT NULL
+WHERE ({_left_any("o.ordered_at")}) AND o.id <= :orders_id AND {COUNTED_STATUS}
+  AND k.one_id IS NOT NULL
 GROUP BY k.one_id"""  # fmt: skip
 
 
-def _shift_windows(conn: sqlite3.Connection, since: date, as_of: date) -> int:
-    """Move the windowed counts of the customers not read again from `since` to `as_of`: the
-    rows that left a window are taken off, and nothing else in a window can change without a
-    new row (which reads the customer again). Runs before the read customers' rows are made
-    again, so it touches only kept rows. Returns how many customers it moved."""
+def _shift_windows(conn: sqlite3.Connection, state: dict[str, Any], as_of: date) -> int:
+    """Move the windowed counts of the customers not read again from the last run's date to
+    `as_of`: the rows that run counted and that left a window are taken off; nothing else in
+    a window changes but new rows (added after). Runs before the read customers' rows are
+    made again, so it touches only kept rows. Returns how many customers it moved."""
+    since = date.fromisoformat(state["as_of"])
     if as_of <= since:
         return 0
-    params = shift_bounds(since, as_of)
+    params = {**shift_bounds(since, as_of), "events_id": state["events_id"],
+              "orders_id": state["orders_id"]}  # fmt: skip
     for table, sql in (("shifted_events", SHIFTED_EVENTS), ("shifted_orders", SHIFTED_ORDERS)):
         conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
         conn.execute(sql, params)
@@ -614,6 +650,44 @@ def _shift_windows(conn: sqlite3.Connection, since: date, as_of: date) -> int:
             "(SELECT one_id FROM temp.shifted_events UNION SELECT one_id FROM temp.shifted_orders)"
         ).fetchone()[0]
     )
+
+
+def _add_new_events(conn: sqlite3.Connection, events_id: int, as_of: date) -> int:
+    """Count the events added since the last run into the kept rows of the customers whose
+    only news they are (temp.new_events_only), as of the day: counts and windows add up, the
+    latest time is the later one, and a row dated after the day leaves its day to come into
+    range. Reads the new events alone, not the customers' history. Returns how many
+    customers."""
+    customers = _count(conn, "temp.new_events_only")
+    if not customers:
+        return 0
+    conn.execute("DROP TABLE IF EXISTS temp.ek")
+    conn.execute(
+        event_keys_sql(" AND id > :events_id", rows="events"),
+        {**event_bounds(as_of), "events_id": events_id},
+    )
+    only = "k.one_id IN (SELECT one_id FROM temp.new_events_only)"
+    adds = ", ".join(f"days_{n} = days_{n} + excluded.days_{n}" for n in WINDOWS)
+    conn.execute(
+        f"""{EVENT_COUNTS_INSERT}
+WHERE {only} GROUP BY k.one_id, ek.event HAVING sum(ek.total) > 0
+ON CONFLICT (one_id, event) DO UPDATE SET total = total + excluded.total, {adds},
+  last_at = max(last_at, excluded.last_at)"""
+    )
+    conn.execute(
+        f"""INSERT INTO feature_recount SELECT k.one_id, min(ek.on_day)
+FROM ek JOIN identity_keys k ON k.key = ek.identity_key
+WHERE {only} GROUP BY k.one_id HAVING min(ek.on_day) IS NOT NULL
+ON CONFLICT (one_id) DO UPDATE SET on_day = min(on_day, excluded.on_day)"""
+    )
+    columns = ["event_count", *(f"event_count_{n}d" for n in WINDOWS), "last_event_at"]
+    conn.execute(
+        f"UPDATE profile_features SET {', '.join(f'{c} = e.{c}' for c in columns)} "
+        f"FROM (SELECT one_id, {EVENT_TOTALS} FROM profile_event_counts "
+        "WHERE one_id IN (SELECT one_id FROM temp.new_events_only) GROUP BY one_id) e "
+        "WHERE profile_features.one_id = e.one_id"
+    )
+    return customers
 
 
 # What counts days from today, from the dates stored: every customer's, on every run.
@@ -653,7 +727,6 @@ def _date_relative(conn: sqlite3.Connection, params: dict[str, Any]) -> None:
 def _features_sql(scoped: bool) -> str:
     """Every column of the rows of the customers in scope, the RFM scores from temp.rfm (empty
     on a later run, whose _date_relative scores everyone after)."""
-    event_windows = ", ".join(f"sum(days_{n}) AS event_count_{n}d" for n in WINDOWS)
     total_spent = money("coalesce(ord.spent_minor, 0)")
     # Spend on the repeat purchase days: all of it less the first day's, whose orders are
     # looked up by the customer's key in po (no pass of its own over every order by day).
@@ -718,7 +791,7 @@ top_channel AS (
       PARTITION BY one_id ORDER BY count(*) DESC, max(ordered_at) DESC, channel) AS rn
     FROM po WHERE channel IS NOT NULL GROUP BY one_id, channel) WHERE rn = 1),
 ev AS (
-  SELECT one_id, sum(total) AS event_count, {event_windows}, max(last_at) AS last_event_at
+  SELECT one_id, {EVENT_TOTALS}
   FROM profile_event_counts WHERE 1{_in_scope("one_id", scoped)} GROUP BY one_id),
 reg AS (
   SELECT k.one_id, min(c.registered_at) AS registered_at

@@ -8,6 +8,7 @@ cross window edges and rows dated after the first date come into range.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from datetime import date, timedelta
@@ -148,6 +149,60 @@ def test_windows_move_by_the_rows_that_leave_them_not_by_reading_customers_again
     assert not any(step.full for step in moved)
     assert moved[0].recomputed == arriving < moved[0].shifted
     assert moved[1].recomputed == 0  # the next day: nothing new comes into range
+
+
+def test_new_events_alone_are_counted_into_the_kept_rows(tagged, monkeypatch):
+    """A customer whose only news is events (of a key already resolved) is not read again:
+    the new events are added to the kept counts (the latest time stays the latest, a row
+    dated after the day waits for the earliest such day, then the customer is read again),
+    and each step leaves a full run's tables."""
+    root, _ = tagged
+    monkeypatch.setattr("cdp_cli.features.INCREMENTAL_LIMIT", 1.0)
+    with Project(root / "cdp.yaml").store() as db:
+        one_id, device, member, phone = db.conn.execute(
+            "SELECT k.one_id, e.device_id, e.member_no, e.phone FROM events e "
+            "JOIN identity_keys k ON k.key = e.identity_key WHERE k.one_id IS NOT NULL "
+            "ORDER BY e.id LIMIT 1"
+        ).fetchone()
+    who = {"device_id": device, "user_id": member, "properties": {"phone": phone} if phone else {}}
+    batches = {  # the day each batch is counted on: its events, in days from NEXT
+        NEXT: [-10, 3, -32, -200, -900],  # -32: out of the 30 days on NEXT, in on FIRST
+        NEXT + timedelta(days=1): [-20, 5],  # older than the latest; later than the 3rd
+    }
+    counted = {}
+    for run, (day, offsets) in enumerate(batches.items()):
+        lines = [
+            json.dumps(
+                {
+                    "event_id": f"NEW{run}-{i}",
+                    "event": "view_item",
+                    **who,
+                    "ts": f"{NEXT + timedelta(days=offset)}T12:00:00+08:00",
+                }
+            )
+            for i, offset in enumerate(offsets)
+        ]
+        batch = root / f"events-{run}.jsonl"
+        batch.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        cdp(root / "cdp.yaml", "ingest", str(batch), "-s", "app_events")
+        cdp(root / "cdp.yaml", "resolve")
+        with Project(root / "cdp.yaml").store() as db:
+            step = compute_features(db, day)
+            assert (step.full, step.events_added) == (False, 1)
+            assert tables(db) == full_recompute(db, day)
+            counted[day] = db.conn.execute(
+                "SELECT event_count, on_day FROM profile_features JOIN feature_recount "
+                "USING (one_id) WHERE one_id = ?",
+                (one_id,),
+            ).fetchone()
+    waiting = str(NEXT + timedelta(days=3))
+    assert counted[NEXT][1] == counted[NEXT + timedelta(days=1)][1] == waiting
+    assert counted[NEXT + timedelta(days=1)][0] == counted[NEXT][0] + 1
+    with Project(root / "cdp.yaml").store() as db:
+        for day in (NEXT + timedelta(days=3), NEXT + timedelta(days=6)):
+            arrived = compute_features(db, day)
+            assert arrived.recomputed >= 1 and arrived.events_added == 0
+            assert tables(db) == full_recompute(db, day)
 
 
 def test_an_erasure_or_an_earlier_date_reads_everything_again(tagged):

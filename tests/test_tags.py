@@ -13,7 +13,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
-from cdp_cli.features import EVENT_KEYS_SQL, event_bounds
+from cdp_cli.features import event_bounds, event_keys_sql
 from tests.conftest import REPO, query
 
 AS_OF = "2026-11-15"
@@ -190,11 +190,11 @@ def test_events_count_by_day_at_the_edges_of_each_window():
         "2025-11-15T23:59:59+08:00",  # the day before it: the total alone
     ]
     conn.executemany("INSERT INTO events VALUES (1, 'view_item', ?)", [(t,) for t in times])
-    conn.execute(EVENT_KEYS_SQL.format(keys=""), event_bounds(date(2026, 11, 15)))
+    conn.execute(event_keys_sql(), event_bounds(date(2026, 11, 15)))
     row = conn.execute("SELECT total, days_30, days_90, days_365, last_at, on_day FROM ek")
     assert row.fetchone() == (5, 2, 3, 4, "2026-11-15T23:59:59+08:00", "2026-11-16")
     conn.execute("DROP TABLE ek")
-    conn.execute(EVENT_KEYS_SQL.format(keys=""), event_bounds(date(2026, 11, 16)))
+    conn.execute(event_keys_sql(), event_bounds(date(2026, 11, 16)))
     row = conn.execute("SELECT total, days_30, days_90, days_365, last_at, on_day FROM ek")
     # 10-17 left the 30 days and 2025-11-16 the 365; no row is left to come into range
     assert row.fetchone() == (6, 2, 4, 4, "2026-11-16T00:00:00-05:00", None)
