@@ -325,11 +325,18 @@ def _mark_changed(
             (state[f"{table}_id"],),
         )
     if keys:  # keys that moved, on both sides: the one walked by its key, the other looked
-        # up by key (both keyed by it), with no copy of either to sort
+        # up by key (both keyed by it), with no copy of either to sort. A key new to the
+        # features whose rows are all new brings only those, counted as new rows are.
+        earlier_rows = " OR ".join(
+            f"EXISTS (SELECT 1 FROM {table} t WHERE t.identity_key = n.key AND t.id <= ?)"
+            for table in SOURCE_TABLES
+        )
         conn.execute(
             f"INSERT OR IGNORE INTO dirty SELECT n.one_id FROM {keys} n "
             "LEFT JOIN feature_keys o ON o.key = n.key "
-            "WHERE n.one_id IS NOT NULL AND n.one_id IS NOT o.one_id"
+            "WHERE n.one_id IS NOT NULL AND n.one_id IS NOT o.one_id "
+            f"AND (o.key IS NOT NULL OR {earlier_rows})",
+            [state[f"{table}_id"] for table in SOURCE_TABLES],
         )
         old_side = (
             "SELECT o.one_id FROM feature_keys o LEFT JOIN identity_keys n ON n.key = o.key"
@@ -340,10 +347,12 @@ def _mark_changed(
             f"INSERT OR IGNORE INTO dirty {old_side} "
             "WHERE o.one_id IS NOT NULL AND o.one_id IS NOT n.one_id"
         )
-    if keys == EVERY_KEY:  # and new customers (incrementally, their keys are new)
+        # and new customers: every one of them has a key written
+        customers = "profiles" if keys == EVERY_KEY else keys
         conn.execute(
-            "INSERT OR IGNORE INTO dirty SELECT one_id FROM profiles p "
-            "WHERE NOT EXISTS (SELECT 1 FROM profile_features f WHERE f.one_id = p.one_id)"
+            f"INSERT OR IGNORE INTO dirty SELECT p.one_id FROM {customers} p "
+            "WHERE p.one_id IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM profile_features f WHERE f.one_id = p.one_id)"
         )
     conn.execute(  # a row dated after the last run's day comes into range
         "INSERT OR IGNORE INTO dirty SELECT one_id FROM feature_recount WHERE on_day <= ?", (day,)

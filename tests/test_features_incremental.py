@@ -182,6 +182,9 @@ def test_new_events_alone_are_counted_into_the_kept_rows(tagged, monkeypatch):
             )
             for i, offset in enumerate(offsets)
         ]
+        if run == 0:  # and someone new, known by a device alone
+            lines.append(json.dumps({"event_id": "NEW-DEVICE", "event": "app_open",
+                                     "device_id": "7E57-0000-NEW", "ts": f"{day}T09:00:00Z"}))  # fmt: skip
         batch = root / f"events-{run}.jsonl"
         batch.write_text("\n".join(lines) + "\n", encoding="utf-8")
         cdp(root / "cdp.yaml", "ingest", str(batch), "-s", "app_events")
@@ -203,6 +206,23 @@ def test_new_events_alone_are_counted_into_the_kept_rows(tagged, monkeypatch):
             arrived = compute_features(db, day)
             assert arrived.recomputed >= 1 and arrived.events_added == 0
             assert tables(db) == full_recompute(db, day)
+
+
+def test_rows_counted_by_no_one_until_a_resolve_are_read_when_their_key_comes(tagged, monkeypatch):
+    """A batch tagged before it is resolved counts for no one: its new keys have no customer.
+    The run after the resolve reads again the customers those keys joined, though their rows
+    are no longer new; keys whose rows are all new are counted as new rows."""
+    root, later = tagged
+    for source, path in later.items():
+        cdp(root / "cdp.yaml", "ingest", str(path), "-s", source)
+    monkeypatch.setattr("cdp_cli.features.INCREMENTAL_LIMIT", 1.0)
+    with Project(root / "cdp.yaml").store() as db:
+        compute_features(db, NEXT)
+    cdp(root / "cdp.yaml", "resolve")
+    with Project(root / "cdp.yaml").store() as db:
+        step = compute_features(db, NEXT)
+        assert not step.full and step.recomputed > 0
+        assert tables(db) == full_recompute(db, NEXT)
 
 
 def test_an_erasure_or_an_earlier_date_reads_everything_again(tagged):
