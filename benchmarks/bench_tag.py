@@ -497,7 +497,7 @@ def baseline_tags_sql(tags: list[BenchTag]) -> str:
     )
 
 
-def baseline(store: Path, tags: list[BenchTag], as_of: date = AS_OF) -> dict[str, Any]:
+def baseline(store: Path, tags: list[BenchTag], as_of: date) -> dict[str, Any]:
     """The hand-written pass, in one transaction: features into bench_features (typed like
     profile_features, plus view_item_30d), then every tag into bench_tags. It runs with the
     page cache cdp runs with, for the store and for temp tables."""
@@ -576,15 +576,24 @@ def compare(store: Path, tags: list[BenchTag]) -> dict[str, Any]:
 # The next day: 1% new rows, as a daily export brings
 
 
-NEXT_DAY = AS_OF + timedelta(days=1)
 NEW_SHARE = 100  # one line in this many is copied into the next day's exports
 
 
-def write_next_day(data: Path, out: Path, tag: str) -> dict[str, Path]:
+def first_day(store: Path) -> date:
+    """The first run's as-of date: the generator's last day, or the latest order's in a store
+    that kept earlier runs' next days, so that their rows are not rows dated after the day
+    that the next day brings into range (a next day measures 1% new rows, not those)."""
+    conn = sqlite3.connect(store)
+    latest = conn.execute("SELECT max(substr(ordered_at, 1, 10)) FROM orders").fetchone()[0]
+    conn.close()
+    return max(AS_OF, date.fromisoformat(latest)) if latest else AS_OF
+
+
+def write_next_day(data: Path, out: Path, tag: str, day: date) -> dict[str, Path]:
     """out/: every NEW_SHAREth line of the orders and events exports, under a new key and
-    dated NEXT_DAY, so that 1% of rows are new and belong to customers already there."""
+    dated `day`, so that 1% of rows are new and belong to customers already there."""
     out.mkdir(parents=True, exist_ok=True)
-    stamp = f"{NEXT_DAY.isoformat()}T10:00:00+08:00"
+    stamp = f"{day.isoformat()}T10:00:00+08:00"
     epoch_ms = int(datetime.fromisoformat(stamp).timestamp() * 1000)
     files = {}
     for source, name, key, moved in (
@@ -605,18 +614,18 @@ def write_next_day(data: Path, out: Path, tag: str) -> dict[str, Path]:
         key, moved = header.index("order_no"), header.index("paid_at")
         rows = [r for i, r in enumerate(reader) if i % NEW_SHARE == 0]
     for row in rows:
-        row[key], row[moved] = f"{tag}-{row[key]}", f"{NEXT_DAY.isoformat()} 10:00:00"
+        row[key], row[moved] = f"{tag}-{row[key]}", f"{day.isoformat()} 10:00:00"
     with (out / "pos_orders.csv").open("w", encoding="utf-8", newline="") as dst:
         csv.writer(dst).writerows([header, *rows])
     files["pos_orders"] = out / "pos_orders.csv"
     return files
 
 
-def ingest_next_day(config: Path, data: Path, workdir: Path) -> dict[str, Any]:
+def ingest_next_day(config: Path, data: Path, workdir: Path, day: date) -> dict[str, Any]:
     """The next day's exports ingested and resolved (timed, not a target). Each bench run
     adds its own 1% (keys carry the run's time), so a store grows by 1% a run."""
     tag = datetime.now().strftime("D%Y%m%d%H%M%S")
-    files = write_next_day(data, workdir / "next-day", tag)
+    files = write_next_day(data, workdir / "next-day", tag, day)
     started = time.perf_counter()
     for source, path in files.items():
         cmd = [str(CDP), "--config", str(config), "ingest", str(path), "-s", source, "--json"]
@@ -652,7 +661,7 @@ def tables_digest(conn: sqlite3.Connection) -> dict[str, str]:
     return digests
 
 
-def incremental_matches_full(config: Path, folder: Path) -> dict[str, Any]:
+def incremental_matches_full(config: Path, folder: Path, day: date) -> dict[str, Any]:
     """After the next day's incremental run: the tables as they are, then after a full
     recompute of features and a forced tag run; both must be the same, with no tag change."""
     loaded = load_config(config)
@@ -662,8 +671,8 @@ def incremental_matches_full(config: Path, folder: Path) -> dict[str, Any]:
     # moved (tags.py): the kept rows are checked too
     db.conn.execute("DROP TABLE IF EXISTS tag_state")
     started = time.perf_counter()
-    compute_features(db, NEXT_DAY, full=True)
-    result = run_tags(db, folder, NEXT_DAY, force=True)
+    compute_features(db, day, full=True)
+    result = run_tags(db, folder, day, force=True)
     seconds = time.perf_counter() - started
     after = tables_digest(db.conn)
     db.close()
@@ -677,7 +686,7 @@ def incremental_matches_full(config: Path, folder: Path) -> dict[str, Any]:
 # cdp
 
 
-def cdp_tag(config: Path, as_of: date = AS_OF) -> dict[str, Any]:
+def cdp_tag(config: Path, as_of: date) -> dict[str, Any]:
     """`cdp tag --as-of` as a user runs it: wall time and peak RSS; its own features split."""
     cmd = [str(CDP), "--config", str(config), "tag", "--as-of", as_of.isoformat()]
     seconds, rss_mb, stdout = bench.run_child([*cmd, "--silent", "--json"])
@@ -703,13 +712,13 @@ def cdp_segment(config: Path) -> dict[str, Any]:
             "base": result["base"]}  # fmt: skip
 
 
-def api_count(config: Path) -> dict[str, Any]:
+def api_count(config: Path, as_of: date) -> dict[str, Any]:
     """The count alone, through the Python API: compile the rule, count audience and base."""
     loaded = load_config(config)
     db = open_store(loaded.store, create=False)
     book = load_rulebook(loaded.root / "tag_rules")
     started = time.perf_counter()
-    members, base = count(db, audience(db, book, AS_OF, SEGMENT_RULE, None))
+    members, base = count(db, audience(db, book, as_of, SEGMENT_RULE, None))
     seconds = time.perf_counter() - started
     db.close()
     return {"seconds": seconds, "customers": members, "base": base}
@@ -777,12 +786,14 @@ def main(argv: list[str] | None = None) -> int:
         "code": bench.code_version(),
         "customers": args.customers,
         "events": args.events,
-        "as_of": AS_OF.isoformat(),
         "data": {"dir": str(data), **bench.ensure_data(data, args.customers, args.events, True)},
     }
     built = build_store(workdir, data, args.skip_ingest, args.no_wait)
     config, store = Path(built["config"]), Path(built["store"])
     report["store"] = {**built, **store_facts(store)}
+    as_of = first_day(store)
+    next_day = as_of + timedelta(days=1)
+    report["as_of"], report["next_day"] = as_of.isoformat(), next_day.isoformat()
     folder, tags = write_rules(workdir, generated_tags())
     report["rules"] = {"folder": str(folder), "tags": len(tags), "generated": 50}
     print(f"{report['store']['rows']['profiles']:,} profiles, {len(tags)} tags", flush=True)
@@ -800,14 +811,14 @@ def main(argv: list[str] | None = None) -> int:
         step("ingest, every file (in-process)", built["ingest"], "not a target")
         step("cdp resolve", built["resolve"], "not a target")
     warm(store)
-    tag = measure(lambda: cdp_tag(config), args.no_wait, before=lambda: reset_tags(store))
+    tag = measure(lambda: cdp_tag(config, as_of), args.no_wait, before=lambda: reset_tags(store))
     tag_ok = tag["seconds"] < TAG_TARGET_S
     step("cdp tag (first run)", tag, f"< {TAG_TARGET_S:.0f} s: {verdict(tag_ok)}")
     step("  of which features (cdp's timer)", {"seconds": tag["features_seconds"]})
     step("  of which tags (the rest)", {"seconds": tag["in_process_seconds"] - tag[
         "features_seconds"]})  # fmt: skip
 
-    base = measure(lambda: baseline(store, tags), args.no_wait)
+    base = measure(lambda: baseline(store, tags, as_of), args.no_wait)
     ratio = tag["seconds"] / base["seconds"]
     ratio_ok = ratio <= RATIO_TARGET
     step("baseline: one SQL pass", base, f"cdp / baseline = {ratio:.2f}, <= {RATIO_TARGET}: "
@@ -818,14 +829,14 @@ def main(argv: list[str] | None = None) -> int:
     if not same["same"]:
         print(f"WARNING: the baseline differs from cdp: {json.dumps(same, ensure_ascii=False)}")
 
-    again = measure(lambda: cdp_tag(config), args.no_wait)
+    again = measure(lambda: cdp_tag(config, as_of), args.no_wait)
     again_ok = again["seconds"] < AGAIN_TARGET * tag["seconds"]
     step("cdp tag (again, nothing changes)", again, f"{again['changes']:,} changes, "
          f"< {AGAIN_TARGET:.0%} of the first run: {verdict(again_ok)}")  # fmt: skip
 
-    next_day = ingest_next_day(config, data, workdir)
-    step("next day: ingest 1% new rows and resolve", next_day, "not a target")
-    daily = measure(lambda: cdp_tag(config, NEXT_DAY), args.no_wait)
+    added = ingest_next_day(config, data, workdir, next_day)
+    step("next day: ingest 1% new rows and resolve", added, "not a target")
+    daily = measure(lambda: cdp_tag(config, next_day), args.no_wait)
     daily["features_recomputed"] = recomputed(store)
     step(
         "cdp tag (next day, 1% new rows)",
@@ -833,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{daily['changes']:,} changes, {daily['features_recomputed']:,} customers read again, "
         f"{daily['seconds'] / tag['seconds']:.0%} of the first run",
     )
-    daily_base = measure(lambda: baseline(store, tags, NEXT_DAY), args.no_wait)
+    daily_base = measure(lambda: baseline(store, tags, next_day), args.no_wait)
     step("baseline on the next day", daily_base,
          f"cdp / baseline = {daily['seconds'] / daily_base['seconds']:.2f}")  # fmt: skip
     conn = sqlite3.connect(store)
@@ -842,14 +853,14 @@ def main(argv: list[str] | None = None) -> int:
     conn.close()
     checked: dict[str, Any] = {"skipped": "--no-check"}
     if not args.no_check:
-        checked = incremental_matches_full(config, folder)
+        checked = incremental_matches_full(config, folder, next_day)
         print(f"incremental run = full recompute: {checked['same']}", flush=True)
 
     segment = measure(lambda: repeated(cdp_segment, config), args.no_wait)
     segment_ok = segment["seconds"] < SEGMENT_TARGET_S
     step(f"cdp segment --rule --json (median of {REPEATS})", segment,
          f"< {SEGMENT_TARGET_S:.0f} s: {verdict(segment_ok)}")  # fmt: skip
-    api = measure(lambda: repeated(api_count, config), args.no_wait)
+    api = measure(lambda: repeated(lambda c: api_count(c, next_day), config), args.no_wait)
     step(f"segment count, Python API (median of {REPEATS})", api,
          f"{api['customers']:,} of {api['base']:,}")  # fmt: skip
     step("cdp start-up (cdp --version)", resolve.cdp_startup(), "for scale")
