@@ -27,16 +27,13 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdp_cli.canonical import IDENTITY_FIELDS, KINDS
 from cdp_cli.config import Config
 from cdp_cli.identity import match
 from cdp_cli.identity.fields import FieldReader
 from cdp_cli.identity.graph import Graph
-from cdp_cli.identity.normalize import Normalizer, Rejected
-from cdp_cli.identity.profiles import build_profiles
-from cdp_cli.identity.tombstones import Tombstones, erase_records
 from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import (
     indexes_built_after,
@@ -46,6 +43,12 @@ from cdp_cli.store import (
     rows_as_dicts,
     transaction,
 )
+
+# Normalizing (phonenumbers, the blocklists), tombstones and profiles are imported by the runs
+# that read keys: a `cdp resolve` with nothing new, which cron makes often, needs none of them.
+if TYPE_CHECKING:
+    from cdp_cli.identity.normalize import Normalizer, Rejected
+    from cdp_cli.identity.tombstones import Tombstones
 
 KIND_TABLES = [kind.table for kind in KINDS.values()]
 RESOLVED_TABLES = (
@@ -400,6 +403,8 @@ def _erase_forgotten(
     caller of ingest_file without one): erased as `cdp forget` would, noted in rejects."""
     if tombstones is None or not keys:
         return
+    from cdp_cli.identity.tombstones import erase_records
+
     erased = sum(erase_records(db.conn, keys, tombstones, reject=True).values())
     result.notes.append(
         f"{erased} records carried an identifier of a forgotten person: erased (rejects: forgotten)"
@@ -407,6 +412,9 @@ def _erase_forgotten(
 
 
 def _full(db: sqlite_utils.Database, config: Config, run_id: int, result: ResolveResult) -> None:
+    from cdp_cli.identity.normalize import Normalizer
+    from cdp_cli.identity.tombstones import Tombstones
+
     previous = dict(db.conn.execute("SELECT key, one_id FROM identity_keys"))
     _, successors = _replaced_keys(db)
     _inherit(previous, successors, dict(previous))
@@ -514,6 +522,9 @@ def _incremental(
     run_id: int,
     result: ResolveResult,
 ) -> None:
+    from cdp_cli.identity.normalize import Normalizer
+    from cdp_cli.identity.tombstones import Tombstones
+
     after_batch = last[0]
     normalizer = Normalizer(config.identity, config.region)
     tombstones = Tombstones.load(db.conn, config.identity, config.region)
@@ -637,6 +648,8 @@ def _finish(
 ) -> None:
     """The golden profiles of what _write stored, and matching's links and review queue: done
     once the caller has let the graph go, as SQLite's sorters want the room."""
+    from cdp_cli.identity.profiles import build_profiles
+
     current, at = written
     build_profiles(
         db, [] if full else sorted(current), at, config.identity.source_priority, everyone=full
