@@ -250,6 +250,33 @@ def test_incremental_touches_only_reached_components(run, write, project, tmp_pa
     assert one_id_of(tmp_path, "shop", "O1") == one_id_of(tmp_path, "crm", "M7")
 
 
+def test_incremental_reads_only_the_tables_new_batches_wrote_to(run, write, project, tmp_path):
+    """New orders: the customers and events tables are not read again for new keys (a scan
+    of each, to find none, was most of a small incremental run's own time)."""
+    from cdp_cli.config import load_config
+    from cdp_cli.identity.resolve import resolve as resolve_store
+    from cdp_cli.store import open_store
+
+    ingest(run, write, "crm.csv", "crm", CRM_HEADER + "M1,a,13700000031,,,\n")
+    ingest(run, write, "app.csv", "app", APP_HEADER + "open,2025-01-01,DEV000001,M1,\n")
+    resolve(run)
+    ingest(run, write, "shop.csv", "shop", SHOP_HEADER + "O1,13700000031,,10,2025-01-01\n")
+    db = open_store(tmp_path / "cdp.db")
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    try:
+        result = resolve_store(db, load_config(tmp_path / "cdp.yaml"))
+    finally:
+        db.conn.set_trace_callback(None)
+        db.close()
+    assert result.mode == "incremental" and result.keys_new == 1
+    reads = [s for s in statements if s.lstrip().startswith("SELECT t.identity_key")]
+    assert [re.search(r"\bFROM \(?.*?\b(customers|orders|events)\b", s)[1] for s in reads] == [
+        "orders"
+    ]
+    assert one_id_of(tmp_path, "shop", "O1") == one_id_of(tmp_path, "crm", "M1")
+
+
 def test_rule_change_splits_and_records_it(run, write, tmp_path):
     write("cdp.yaml", CONFIG)
     ingest(

@@ -123,7 +123,10 @@ def _new_keys(
         for name, s in config.sources.items()
         if (reader := FieldReader(s, s.identity_fields)).changes_values
     }
-    for table in KIND_TABLES:
+    tables = KIND_TABLES
+    if after_batch is not None:  # only the tables new batches wrote to: the others are
+        tables = _tables_written_after(db, after_batch)  # read whole, to find nothing
+    for table in tables:
         columns = _identity_columns(db, config, table)
         select = ", ".join(f"t.{c}" for c in columns)
         if readers:  # a field of the project's own, or a normalizer: read through FieldReader
@@ -145,6 +148,15 @@ def _new_keys(
             if allowed is not None:
                 fields = {c: v for c, v in fields.items() if c in allowed}
             yield row[0], fields
+
+
+def _tables_written_after(db: sqlite_utils.Database, after_batch: int) -> list[str]:
+    """The kind tables a batch after `after_batch` wrote rows to (each row holds the id of
+    the batch that wrote it last, and a batch writes to its kind's table only), in order."""
+    kinds = {kind for (kind,) in db.conn.execute(
+        "SELECT DISTINCT kind FROM batches WHERE id > ?", (after_batch,)
+    )}  # fmt: skip
+    return [kind.table for name, kind in KINDS.items() if name in kinds]
 
 
 def _keys_sql(
