@@ -518,12 +518,14 @@ def _reached_keys(
     db.conn.execute("DELETE FROM reached_one_ids")
     db.conn.executemany("INSERT OR IGNORE INTO reached_one_ids VALUES (?)", [(o,) for o in one_ids])
     db.conn.execute(
-        "INSERT OR IGNORE INTO reached_one_ids SELECT k.one_id FROM identity_keys k "
-        "JOIN reached_keys r ON r.key = k.key WHERE k.one_id IS NOT NULL"
+        "INSERT OR IGNORE INTO reached_one_ids SELECT k.one_id FROM reached_keys r "
+        "CROSS JOIN identity_keys k ON k.key = r.key WHERE k.one_id IS NOT NULL"
     )
+    # CROSS JOIN: from the few reached rows into the big table's index. Left to itself, the
+    # planner scanned all of identity_keys (or key_identifiers) and probed the temp table.
     db.conn.execute(
-        "INSERT OR IGNORE INTO reached_keys SELECT k.key FROM identity_keys k "
-        "JOIN reached_one_ids o ON o.one_id = k.one_id"
+        "INSERT OR IGNORE INTO reached_keys SELECT k.key FROM reached_one_ids o "
+        "CROSS JOIN identity_keys k ON k.one_id = o.one_id"
     )
 
 
@@ -560,16 +562,20 @@ def _incremental(
         {(t, v) for _, found, _ in new for t, v, _ in found},
         {one_id for one_id in lost.values() if one_id} | _one_ids_of(db, partners),
     )
+    # Read from the reached keys (CROSS JOIN, as in _reached_keys), in the order the scans
+    # of the whole tables these statements made gave: one_id, then key; identifier, then key.
     previous = dict(
         db.conn.execute(
-            "SELECT k.key, k.one_id FROM identity_keys k JOIN reached_keys r ON r.key = k.key"
+            "SELECT k.key, k.one_id FROM reached_keys r CROSS JOIN identity_keys k "
+            "ON k.key = r.key ORDER BY k.one_id, k.key"
         )
     )
     graph = Graph(config.identity.types)
     old_links: dict[int, list[tuple[str, str, str | None]]] = defaultdict(list)
     for key, type_name, value, detail in db.conn.execute(
-        "SELECT ki.key, i.type, i.value, i.detail FROM key_identifiers ki "
-        "JOIN identifiers i ON i.id = ki.identifier_id JOIN reached_keys r ON r.key = ki.key"
+        "SELECT ki.key, i.type, i.value, i.detail FROM reached_keys r "
+        "CROSS JOIN key_identifiers ki ON ki.key = r.key "
+        "JOIN identifiers i ON i.id = ki.identifier_id ORDER BY ki.identifier_id, ki.key"
     ):
         old_links[key].append((type_name, value, detail))
     for key in previous:
