@@ -12,8 +12,6 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import phonenumbers
-
 # The golden record's lists of personal values, and the type of each.
 PERSONAL_PROFILE_FIELDS = {"phones": "phone", "emails": "email"}
 # The canonical fields whose values identify or describe a person. A reject's reason quotes
@@ -31,6 +29,8 @@ _NUMBER_IN_TEXT = re.compile(r"(?<![\w-])\+?\d(?:[ .-]?\d)+[Xx]?")
 
 def mask_phone(value: str) -> str:
     """'+8613800138000' -> '138****8000': enough to recognise, not enough to call."""
+    import phonenumbers  # here: the modules that mask other things need not load it
+
     try:
         number = phonenumbers.parse(value, None)
         national = str(number.national_number)

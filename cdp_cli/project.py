@@ -19,14 +19,17 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cdp_cli.config import DEFAULT_CONFIG, Config, load_config
-from cdp_cli.files import check_output
-from cdp_cli.integrity import corruption_error, damage_marker
-from cdp_cli.lock import StoreLock, acquire, lock_path
-from cdp_cli.sqlitelib import sqlite_utils
-from cdp_cli.store import DEFAULT_CACHE_MB, open_store
+# Every cdp command makes a Project before it parses its own options, `cdp --version` too:
+# the modules behind cdp.yaml and the store (YAML, phonenumbers, sqlite-utils: a tenth of a
+# second) are imported by the methods that use them, not here.
+if TYPE_CHECKING:
+    from cdp_cli.config import Config
+    from cdp_cli.lock import StoreLock
+    from cdp_cli.sqlitelib import sqlite_utils
 
+DEFAULT_CONFIG = "cdp.yaml"
 PathLike = str | os.PathLike[str]
 # Beside the store, SQLite's own files: the write-ahead log, its shared memory, the journal.
 STORE_SIDECARS = ("-wal", "-shm", "-journal")
@@ -50,6 +53,8 @@ class Project:
     def config(self) -> Config:
         """cdp.yaml, read and checked once, on first use: a ConfigError names file and line."""
         if self._config is None:
+            from cdp_cli.config import load_config
+
             self._config = load_config(self.config_path, self.store_override)
         return self._config
 
@@ -66,6 +71,8 @@ class Project:
     def lock(self, wait: float = 0, command: str = "cdp") -> StoreLock:
         """Take the store's write lock (one cdp writer at a time), waiting up to `wait` seconds;
         from then on the store opens to write, and waits as long for another program's lock."""
+        from cdp_cli.lock import acquire
+
         held = acquire(self.store_path, wait, command)
         self._write_wait = wait
         return held
@@ -74,6 +81,8 @@ class Project:
         """The store, open until the caller closes it: to write when lock() was taken, else
         to read (read-only when it cannot be written). Without `create`, a missing store is a
         StoreError that says to run `cdp ingest` first."""
+        from cdp_cli.store import DEFAULT_CACHE_MB, open_store
+
         write = self._write_wait is not None
         cache_mb = self.config.store_cache_mb if self.has_config else DEFAULT_CACHE_MB
         return open_store(
@@ -88,6 +97,8 @@ class Project:
         try:
             yield db
         except sqlite3.DatabaseError as exc:
+            from cdp_cli.integrity import corruption_error
+
             damaged = corruption_error(exc, self.store_path)
             if damaged is None:
                 raise
@@ -99,10 +110,15 @@ class Project:
         """Refuse an output file (`--export`, `--html`) that would land in a missing folder or
         on the project's own files: its store, cdp.yaml, the log, a source's input files, the
         outbound files and the inboxes. Every output option calls this before any work."""
+        from cdp_cli.files import check_output
+
         check_output(path, formats, *self._kept(), any_new_name=any_new_name)
 
     def _kept(self) -> tuple[dict[Path, str], dict[Path, str]]:
         """The project's files and folders no output may replace, each with what it is."""
+        from cdp_cli.integrity import damage_marker
+        from cdp_cli.lock import lock_path
+
         store = self.store_path
         files = {store: "the project's store", self.config_path: "the project's cdp.yaml"}
         for suffix in STORE_SIDECARS:

@@ -250,6 +250,66 @@ def test_incremental_touches_only_reached_components(run, write, project, tmp_pa
     assert one_id_of(tmp_path, "shop", "O1") == one_id_of(tmp_path, "crm", "M7")
 
 
+def test_incremental_reads_only_the_tables_new_batches_wrote_to(run, write, project, tmp_path):
+    """New orders: the customers and events tables are not read again for new keys (a scan
+    of each, to find none, was most of a small incremental run's own time)."""
+    from cdp_cli.config import load_config
+    from cdp_cli.identity.resolve import resolve as resolve_store
+    from cdp_cli.store import open_store
+
+    ingest(run, write, "crm.csv", "crm", CRM_HEADER + "M1,a,13700000031,,,\n")
+    ingest(run, write, "app.csv", "app", APP_HEADER + "open,2025-01-01,DEV000001,M1,\n")
+    resolve(run)
+    ingest(run, write, "shop.csv", "shop", SHOP_HEADER + "O1,13700000031,,10,2025-01-01\n")
+    db = open_store(tmp_path / "cdp.db")
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    try:
+        result = resolve_store(db, load_config(tmp_path / "cdp.yaml"))
+    finally:
+        db.conn.set_trace_callback(None)
+        db.close()
+    assert result.mode == "incremental" and result.keys_new == 1
+    reads = [s for s in statements if s.lstrip().startswith("SELECT t.identity_key")]
+    assert [re.search(r"\bFROM \(?.*?\b(customers|orders|events)\b", s)[1] for s in reads] == [
+        "orders"
+    ]
+    assert one_id_of(tmp_path, "shop", "O1") == one_id_of(tmp_path, "crm", "M1")
+
+
+def test_incremental_reads_the_resolved_tables_from_the_keys_it_reached(
+    run, write, project, tmp_path
+):
+    """The customers a batch reaches are read through the indexes, from the few reached keys;
+    no statement of an incremental run scans identity_keys or key_identifiers whole."""
+    from cdp_cli.config import load_config
+    from cdp_cli.identity.resolve import resolve as resolve_store
+    from cdp_cli.store import open_store
+
+    members = "".join(f"M{i},n{i},137{i:08d},,,\n" for i in range(30))
+    ingest(run, write, "crm.csv", "crm", CRM_HEADER + members)
+    resolve(run)
+    ingest(run, write, "shop.csv", "shop", SHOP_HEADER + "O1,13700000007,,10,2025-01-01\n")
+    db = open_store(tmp_path / "cdp.db")
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    try:
+        result = resolve_store(db, load_config(tmp_path / "cdp.yaml"))
+        db.conn.set_trace_callback(None)
+        scans = {
+            " ".join(statement.split())
+            for statement in statements
+            if statement.lstrip().upper().startswith(("SELECT", "INSERT"))
+            for *_, step in db.conn.execute(f"EXPLAIN QUERY PLAN {statement}")
+            if re.match(r"SCAN (k|ki)\b", step)
+        }
+    finally:
+        db.close()
+    assert result.mode == "incremental" and result.keys_resolved == 2
+    assert scans == set()
+    assert one_id_of(tmp_path, "shop", "O1") == one_id_of(tmp_path, "crm", "M7")
+
+
 def test_rule_change_splits_and_records_it(run, write, tmp_path):
     write("cdp.yaml", CONFIG)
     ingest(

@@ -27,7 +27,6 @@ from cdp_cli.cli import (
 )
 from cdp_cli.cli.output import printable
 from cdp_cli.errors import CdpError, system_fault
-from cdp_cli.integrity import corruption_error
 from cdp_cli.project import Project
 
 EXIT_CODES = """\b
@@ -56,6 +55,8 @@ class CdpGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
+            from cdp_cli.integrity import corruption_error
+
             store = _store_path(ctx)
             damaged = corruption_error(exc, store) if store else None  # met outside store()
             fault = damaged or system_fault(exc, store)  # a full disk, a read-only store...

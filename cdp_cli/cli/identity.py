@@ -70,27 +70,37 @@ def resolve_command(
       cdp resolve --review                     probable pairs waiting for a person
       cdp resolve --reject 7                   these two are not one customer, ever
     """
-    from cdp_cli.identity.explain import explain, export_mapping
-    from cdp_cli.identity.resolve import resolve
-    from cdp_cli.identity.review import decide, review_queue
-    from cdp_cli.privacy import masked_explain, masked_review
-
+    # Each way imports what it uses, and no more: a plain `cdp resolve` is what cron runs.
     config = project.config
     with project.store() as db:
         if explain_id:
+            from cdp_cli.identity.explain import explain
+            from cdp_cli.privacy import masked_explain
+
             report = explain(db, explain_id)
             out.emit(report if unmask else masked_explain(report), json_, _print_explain)
             return
         if review:
+            from cdp_cli.identity.review import review_queue
+            from cdp_cli.privacy import masked_review
+
             pairs = review_queue(db)
             out.emit(pairs if unmask else masked_review(pairs), json_, print_review)
             return
         if accept or reject:
+            from cdp_cli.identity.review import decide
+
             decided = decide(db, accept or reject or "", "accepted" if accept else "rejected")
             out.emit(decided, json_, lambda d: out.note(_decided_line(d), silent))
             return
+        from cdp_cli.identity.resolve import resolve
+
         result = resolve(db, config, full=full)
-        exported = export_mapping(db, export_path) if export_path else None
+        exported = None
+        if export_path:
+            from cdp_cli.identity.explain import export_mapping
+
+            exported = export_mapping(db, export_path)
     resolved = {**result.as_dict(), "exported": exported}
     out.emit(resolved, json_, lambda _: _print_resolved(result, export_path, exported, silent))
 

@@ -158,7 +158,6 @@ def _store_lock(ctx: click.Context, wait: float, logged: bool = True) -> Any:
     """The store's write lock; a refusal is also written to the log file, if one is set (and
     the refusal is `logged`)."""
     from cdp_cli.errors import StoreBusy
-    from cdp_cli.oplog import OpsLog, for_log
 
     project = ctx.find_object(Project)
     assert project is not None
@@ -166,6 +165,8 @@ def _store_lock(ctx: click.Context, wait: float, logged: bool = True) -> Any:
     try:
         return project.lock(wait, command)
     except StoreBusy as exc:
+        from cdp_cli.oplog import OpsLog, for_log  # only for a refusal: it imports phonenumbers
+
         log_path = project.config.log_path if logged and project.has_config else None
         with OpsLog(log_path) as log:
             log.write(

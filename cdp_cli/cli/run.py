@@ -19,11 +19,10 @@ from cdp_cli.cli.options import (
     writes_store,
 )
 from cdp_cli.errors import CdpError
-from cdp_cli.sqlitelib import sqlite_utils
-from cdp_cli.store import migrate
 
 if TYPE_CHECKING:
     from cdp_cli.pipeline import RunReport, StageResult
+    from cdp_cli.sqlitelib import sqlite_utils
 
 
 @click.command(name="run")
@@ -87,7 +86,10 @@ def _open_store(project: Project, dry_run: bool) -> sqlite_utils.Database:
     inbox file is new), so that a dry run creates no file."""
     if not dry_run or project.store_path.exists():
         return project.open_store()
-    db = sqlite_utils.Database(memory=True)
+    from cdp_cli.sqlitelib import sqlite_utils
+    from cdp_cli.store import migrate
+
+    db = sqlite_utils.Database(memory=True, execute_plugins=False)
     migrate(db)
     return db
 

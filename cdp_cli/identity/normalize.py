@@ -17,8 +17,6 @@ from functools import lru_cache
 from typing import Any, final
 
 import phonenumbers
-from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
-from stdnum.cn import ric
 
 from cdp_cli.config import IdentityRules
 from cdp_cli.identity.junk import JUNK_RULES
@@ -335,6 +333,8 @@ def _email(parts: tuple[str | None, ...], region: str) -> Parsed:
 
 
 def _id_number(parts: tuple[str | None, ...], region: str) -> Parsed:
+    from stdnum.cn import ric  # 10 ms to import: only when there is an ID number to check
+
     raw = (parts[0] or "").strip()
     if not ric.is_valid(raw):
         return None, None, "not a valid resident ID number (checksum)"
@@ -380,12 +380,17 @@ _NORMALIZERS = {
 
 
 # Plain ASCII addresses as most exports hold them. One that matches is accepted without
-# email-validator (slow: ~100 µs an address), which would accept it too: a property test holds
-# the two equal. Anything else, IDN domains and quoted or unusual local parts among them, goes
-# to the validator.
+# email-validator (slow: ~100 µs an address, and 20 ms to import, most of it compiling its
+# regexes), which would accept it too: a property test holds the two equal. Anything else, IDN
+# domains and quoted or unusual local parts among them, goes to the validator, imported then.
 _PLAIN_EMAIL = re.compile(
     r"[a-z0-9_+-]+(?:\.[a-z0-9_+-]+)*@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}"
 )
+
+
+# email-validator's SPECIAL_USE_DOMAIN_NAMES, which it refuses; here so that a plain address
+# is judged without importing it (a test holds the two equal).
+_SPECIAL_USE_DOMAINS = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test"})
 
 
 def _plain_email(text: str) -> str | None:
@@ -395,7 +400,7 @@ def _plain_email(text: str) -> str | None:
     local, _, domain = lowered.partition("@")
     if len(local) > 64 or len(domain) > 253 or "--" in domain:
         return None
-    if domain in SPECIAL_USE_DOMAIN_NAMES or domain.rsplit(".", 1)[-1] in SPECIAL_USE_DOMAIN_NAMES:
+    if domain in _SPECIAL_USE_DOMAINS or domain.rsplit(".", 1)[-1] in _SPECIAL_USE_DOMAINS:
         return None
     return lowered
 
@@ -409,6 +414,10 @@ def email_key(raw: str) -> str | None:
     plain = _plain_email(text)
     if plain is not None:
         return plain
+    if "@" not in text:  # what the validator would say, without importing it: a blocklist's
+        return None  # phone numbers and words are tried as emails on every resolve
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         checked = validate_email(text, check_deliverability=False)
     except EmailNotValidError:

@@ -27,16 +27,13 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdp_cli.canonical import IDENTITY_FIELDS, KINDS
 from cdp_cli.config import Config
 from cdp_cli.identity import match
 from cdp_cli.identity.fields import FieldReader
 from cdp_cli.identity.graph import Graph
-from cdp_cli.identity.normalize import Normalizer, Rejected
-from cdp_cli.identity.profiles import build_profiles
-from cdp_cli.identity.tombstones import Tombstones, erase_records
 from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import (
     indexes_built_after,
@@ -46,6 +43,12 @@ from cdp_cli.store import (
     rows_as_dicts,
     transaction,
 )
+
+# Normalizing (phonenumbers, the blocklists), tombstones and profiles are imported by the runs
+# that read keys: a `cdp resolve` with nothing new, which cron makes often, needs none of them.
+if TYPE_CHECKING:
+    from cdp_cli.identity.normalize import Normalizer, Rejected
+    from cdp_cli.identity.tombstones import Tombstones
 
 KIND_TABLES = [kind.table for kind in KINDS.values()]
 RESOLVED_TABLES = (
@@ -120,7 +123,10 @@ def _new_keys(
         for name, s in config.sources.items()
         if (reader := FieldReader(s, s.identity_fields)).changes_values
     }
-    for table in KIND_TABLES:
+    tables = KIND_TABLES
+    if after_batch is not None:  # only the tables new batches wrote to: the others are
+        tables = _tables_written_after(db, after_batch)  # read whole, to find nothing
+    for table in tables:
         columns = _identity_columns(db, config, table)
         select = ", ".join(f"t.{c}" for c in columns)
         if readers:  # a field of the project's own, or a normalizer: read through FieldReader
@@ -142,6 +148,15 @@ def _new_keys(
             if allowed is not None:
                 fields = {c: v for c, v in fields.items() if c in allowed}
             yield row[0], fields
+
+
+def _tables_written_after(db: sqlite_utils.Database, after_batch: int) -> list[str]:
+    """The kind tables a batch after `after_batch` wrote rows to (each row holds the id of
+    the batch that wrote it last, and a batch writes to its kind's table only), in order."""
+    kinds = {kind for (kind,) in db.conn.execute(
+        "SELECT DISTINCT kind FROM batches WHERE id > ?", (after_batch,)
+    )}  # fmt: skip
+    return [kind.table for name, kind in KINDS.items() if name in kinds]
 
 
 def _keys_sql(
@@ -400,6 +415,8 @@ def _erase_forgotten(
     caller of ingest_file without one): erased as `cdp forget` would, noted in rejects."""
     if tombstones is None or not keys:
         return
+    from cdp_cli.identity.tombstones import erase_records
+
     erased = sum(erase_records(db.conn, keys, tombstones, reject=True).values())
     result.notes.append(
         f"{erased} records carried an identifier of a forgotten person: erased (rejects: forgotten)"
@@ -407,6 +424,9 @@ def _erase_forgotten(
 
 
 def _full(db: sqlite_utils.Database, config: Config, run_id: int, result: ResolveResult) -> None:
+    from cdp_cli.identity.normalize import Normalizer
+    from cdp_cli.identity.tombstones import Tombstones
+
     previous = dict(db.conn.execute("SELECT key, one_id FROM identity_keys"))
     _, successors = _replaced_keys(db)
     _inherit(previous, successors, dict(previous))
@@ -498,12 +518,14 @@ def _reached_keys(
     db.conn.execute("DELETE FROM reached_one_ids")
     db.conn.executemany("INSERT OR IGNORE INTO reached_one_ids VALUES (?)", [(o,) for o in one_ids])
     db.conn.execute(
-        "INSERT OR IGNORE INTO reached_one_ids SELECT k.one_id FROM identity_keys k "
-        "JOIN reached_keys r ON r.key = k.key WHERE k.one_id IS NOT NULL"
+        "INSERT OR IGNORE INTO reached_one_ids SELECT k.one_id FROM reached_keys r "
+        "CROSS JOIN identity_keys k ON k.key = r.key WHERE k.one_id IS NOT NULL"
     )
+    # CROSS JOIN: from the few reached rows into the big table's index. Left to itself, the
+    # planner scanned all of identity_keys (or key_identifiers) and probed the temp table.
     db.conn.execute(
-        "INSERT OR IGNORE INTO reached_keys SELECT k.key FROM identity_keys k "
-        "JOIN reached_one_ids o ON o.one_id = k.one_id"
+        "INSERT OR IGNORE INTO reached_keys SELECT k.key FROM reached_one_ids o "
+        "CROSS JOIN identity_keys k ON k.one_id = o.one_id"
     )
 
 
@@ -514,6 +536,9 @@ def _incremental(
     run_id: int,
     result: ResolveResult,
 ) -> None:
+    from cdp_cli.identity.normalize import Normalizer
+    from cdp_cli.identity.tombstones import Tombstones
+
     after_batch = last[0]
     normalizer = Normalizer(config.identity, config.region)
     tombstones = Tombstones.load(db.conn, config.identity, config.region)
@@ -537,16 +562,20 @@ def _incremental(
         {(t, v) for _, found, _ in new for t, v, _ in found},
         {one_id for one_id in lost.values() if one_id} | _one_ids_of(db, partners),
     )
+    # Read from the reached keys (CROSS JOIN, as in _reached_keys), in the order the scans
+    # of the whole tables these statements made gave: one_id, then key; identifier, then key.
     previous = dict(
         db.conn.execute(
-            "SELECT k.key, k.one_id FROM identity_keys k JOIN reached_keys r ON r.key = k.key"
+            "SELECT k.key, k.one_id FROM reached_keys r CROSS JOIN identity_keys k "
+            "ON k.key = r.key ORDER BY k.one_id, k.key"
         )
     )
     graph = Graph(config.identity.types)
     old_links: dict[int, list[tuple[str, str, str | None]]] = defaultdict(list)
     for key, type_name, value, detail in db.conn.execute(
-        "SELECT ki.key, i.type, i.value, i.detail FROM key_identifiers ki "
-        "JOIN identifiers i ON i.id = ki.identifier_id JOIN reached_keys r ON r.key = ki.key"
+        "SELECT ki.key, i.type, i.value, i.detail FROM reached_keys r "
+        "CROSS JOIN key_identifiers ki ON ki.key = r.key "
+        "JOIN identifiers i ON i.id = ki.identifier_id ORDER BY ki.identifier_id, ki.key"
     ):
         old_links[key].append((type_name, value, detail))
     for key in previous:
@@ -637,6 +666,8 @@ def _finish(
 ) -> None:
     """The golden profiles of what _write stored, and matching's links and review queue: done
     once the caller has let the graph go, as SQLite's sorters want the room."""
+    from cdp_cli.identity.profiles import build_profiles
+
     current, at = written
     build_profiles(
         db, [] if full else sorted(current), at, config.identity.source_priority, everyone=full
