@@ -7,6 +7,10 @@ import json
 import re
 import shutil
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -250,25 +254,34 @@ def test_incremental_touches_only_reached_components(run, write, project, tmp_pa
     assert one_id_of(tmp_path, "shop", "O1") == one_id_of(tmp_path, "crm", "M7")
 
 
-def test_incremental_reads_only_the_tables_new_batches_wrote_to(run, write, project, tmp_path):
-    """New orders: the customers and events tables are not read again for new keys (a scan
-    of each, to find none, was most of a small incremental run's own time)."""
+@contextmanager
+def traced_resolve(tmp_path: Path) -> Iterator[tuple[Any, list[str], Any]]:
+    """`cdp resolve` in process: its result and every statement it ran, with the store open
+    in the block (to explain them)."""
     from cdp_cli.config import load_config
     from cdp_cli.identity.resolve import resolve as resolve_store
     from cdp_cli.store import open_store
 
-    ingest(run, write, "crm.csv", "crm", CRM_HEADER + "M1,a,13700000031,,,\n")
-    ingest(run, write, "app.csv", "app", APP_HEADER + "open,2025-01-01,DEV000001,M1,\n")
-    resolve(run)
-    ingest(run, write, "shop.csv", "shop", SHOP_HEADER + "O1,13700000031,,10,2025-01-01\n")
     db = open_store(tmp_path / "cdp.db")
     statements: list[str] = []
     db.conn.set_trace_callback(statements.append)
     try:
         result = resolve_store(db, load_config(tmp_path / "cdp.yaml"))
-    finally:
         db.conn.set_trace_callback(None)
+        yield result, statements, db
+    finally:
         db.close()
+
+
+def test_incremental_reads_only_the_tables_new_batches_wrote_to(run, write, project, tmp_path):
+    """New orders: the customers and events tables are not read again for new keys (a scan
+    of each, to find none, was most of a small incremental run's own time)."""
+    ingest(run, write, "crm.csv", "crm", CRM_HEADER + "M1,a,13700000031,,,\n")
+    ingest(run, write, "app.csv", "app", APP_HEADER + "open,2025-01-01,DEV000001,M1,\n")
+    resolve(run)
+    ingest(run, write, "shop.csv", "shop", SHOP_HEADER + "O1,13700000031,,10,2025-01-01\n")
+    with traced_resolve(tmp_path) as (result, statements, _):
+        pass
     assert result.mode == "incremental" and result.keys_new == 1
     reads = [s for s in statements if s.lstrip().startswith("SELECT t.identity_key")]
     assert [re.search(r"\bFROM \(?.*?\b(customers|orders|events)\b", s)[1] for s in reads] == [
@@ -282,20 +295,11 @@ def test_incremental_reads_the_resolved_tables_from_the_keys_it_reached(
 ):
     """The customers a batch reaches are read through the indexes, from the few reached keys;
     no statement of an incremental run scans identity_keys or key_identifiers whole."""
-    from cdp_cli.config import load_config
-    from cdp_cli.identity.resolve import resolve as resolve_store
-    from cdp_cli.store import open_store
-
     members = "".join(f"M{i},n{i},137{i:08d},,,\n" for i in range(30))
     ingest(run, write, "crm.csv", "crm", CRM_HEADER + members)
     resolve(run)
     ingest(run, write, "shop.csv", "shop", SHOP_HEADER + "O1,13700000007,,10,2025-01-01\n")
-    db = open_store(tmp_path / "cdp.db")
-    statements: list[str] = []
-    db.conn.set_trace_callback(statements.append)
-    try:
-        result = resolve_store(db, load_config(tmp_path / "cdp.yaml"))
-        db.conn.set_trace_callback(None)
+    with traced_resolve(tmp_path) as (result, statements, db):
         scans = {
             " ".join(statement.split())
             for statement in statements
@@ -303,8 +307,6 @@ def test_incremental_reads_the_resolved_tables_from_the_keys_it_reached(
             for *_, step in db.conn.execute(f"EXPLAIN QUERY PLAN {statement}")
             if re.match(r"SCAN (k|ki)\b", step)
         }
-    finally:
-        db.close()
     assert result.mode == "incremental" and result.keys_resolved == 2
     assert scans == set()
     assert one_id_of(tmp_path, "shop", "O1") == one_id_of(tmp_path, "crm", "M7")
