@@ -83,7 +83,8 @@ def message_context(
     header: ContextHeader, parts: ContextParts, message_id: str | None
 ) -> dict[str, Any]:
     """What a template sees of one message: the one home of its shape, in either process.
-    `message_id` None: its unsubscribe link is left out (fixtures' examples have one)."""
+    `message_id` None: its unsubscribe link is left out (fixtures' examples have one, and a
+    message whose template and channel do not use it: TemplateStore.needs_unsubscribe)."""
     one_id, profile, features, tags, coupon, openid, device, link = parts
     context = {
         "customer": dict(zip(header.profile_columns, profile, strict=True))
@@ -126,8 +127,9 @@ def render_message(
 ) -> RenderedMessage | None:
     """Render one message as send._send_one does; None when it fails or is a placeholder."""
     channel, template, parts, qr, head = job
-    context = message_context(header, parts, head[0])
     try:
+        unsubscribe = templates.needs_unsubscribe(channel, template)
+        context = message_context(header, parts, head[0] if unsubscribe else None)
         outbound = templates.render(channel, template, context)
     except TemplateError:
         return None

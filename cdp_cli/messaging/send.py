@@ -454,8 +454,9 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> Deferral | None:
     if run.worker is not None:
         _queue_render(batch, e, message_id, found.address, channel, parts, coupon, pool, link)
         return None
-    context = message_context(batch.header, parts, message_id)
     try:
+        unsubscribe = run.templates.needs_unsubscribe(channel, step.template)
+        context = message_context(batch.header, parts, message_id if unsubscribe else None)
         outbound = run.templates.render(channel, step.template, context)
     except TemplateError as exc:
         if pool and coupon:

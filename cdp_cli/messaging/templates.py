@@ -68,6 +68,7 @@ class TemplateStore:
         self._files: dict[tuple[str, str], dict[str, str]] = {}
         self._paths: dict[tuple[str, str], dict[str, str]] = {}
         self._timeouts: dict[tuple[str, str], int] = {}  # messages in a row out of time
+        self._unsubscribe: dict[tuple[str, str], bool] = {}
         self._env = environment(self._loader)
 
     # -- finding templates
@@ -302,6 +303,17 @@ class TemplateStore:
                 return None
             used.update(keys)
         return used
+
+    def needs_unsubscribe(self, channel: str, name: str) -> bool:
+        """Whether a message of channel/name needs its unsubscribe link: every email does (its
+        List-Unsubscribe header), any other when its template may print `unsubscribe`. The
+        link's code is a SHA-256 of the message id: a large run makes it only where it shows."""
+        key = (channel, name)
+        needed = self._unsubscribe.get(key)
+        if needed is None:
+            needed = channel == "email" or self.fields_used(channel, name, "unsubscribe") != set()
+            self._unsubscribe[key] = needed
+        return needed
 
     def _load(self, relative: str) -> jinja2.Template:
         """The compiled template. Python compiles the code Jinja makes of it, and refuses more
