@@ -368,3 +368,22 @@ def test_a_template_that_prints_its_unsubscribe_link_gets_it_in_either_process(
         assert (
             f"再见 https://www.huayang.example.com/unsubscribe?m={short_code(message_id)}" in line
         )
+
+
+def test_a_batch_crosses_the_pipe_as_it_was_made() -> None:
+    """Frames: marshal for the batches' plain values (str, int, float, None, bytes, tuples,
+    lists, dicts), a pickle for a value marshal refuses (a date in cdp.yaml's brand); a pipe
+    that ends inside a frame is the worker gone (EOFError), never a half batch."""
+    import datetime
+    import io
+
+    batch = (("one_id",), ("x",), {"name": "花漾"}, [("C1", (1, 2.5, None), {"k": "v"}, b"\xe8")])
+    dated = {"founded": datetime.date(2020, 1, 1)}
+    pipe = io.BytesIO(rendering.frame(batch) + rendering.frame(dated) + rendering.frame(None))
+    assert rendering.read_frame(pipe) == batch
+    assert rendering.read_frame(pipe) == dated
+    assert rendering.read_frame(pipe) is None
+    with pytest.raises(EOFError):
+        rendering.read_frame(pipe)
+    with pytest.raises(EOFError):
+        rendering.read_frame(io.BytesIO(rendering.frame(batch)[:-1]))
