@@ -50,7 +50,6 @@ from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import insert_row, now_iso, rollback
 from cdp_cli.tags import stored_tags
 
-
 _FIRST_8_BYTES = struct.Struct(">Q").unpack_from  # a digest's first 8 bytes, big-endian
 
 

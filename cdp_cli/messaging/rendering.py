@@ -167,7 +167,7 @@ _FRAME = struct.Struct(">cQ")
 _MARSHAL, _PICKLE = b"m", b"p"
 
 
-def frame(value: object) -> bytes:
+def frame(value: Any) -> bytes:
     """`value` as one frame for the pipe."""
     try:
         kind, data = _MARSHAL, marshal.dumps(value)

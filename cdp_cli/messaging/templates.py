@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Generator, Mapping
 from contextlib import closing
-from time import monotonic
 from pathlib import Path
+from time import monotonic
 from typing import Any, cast
 
 import jinja2
