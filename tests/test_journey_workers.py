@@ -387,3 +387,26 @@ def test_a_batch_crosses_the_pipe_as_it_was_made() -> None:
         rendering.read_frame(pipe)
     with pytest.raises(EOFError):
         rendering.read_frame(io.BytesIO(rendering.frame(batch)[:-1]))
+
+
+def test_a_message_context_shows_the_wechat_openid_and_push_device_address_finds() -> None:
+    """Customers.context_addresses, one walk of a customer's identifiers, answers as
+    Customers.address does for WeChat (the sending account's openid only) and push."""
+    from cdp_cli.messaging.guards import Customers
+
+    customers = Customers(
+        addresses={
+            "C1": [("device_id", "d1", None), ("phone", "+8613800000001", "mobile"),
+                   ("wechat_openid", "wxother:o0", None), ("wechat_openid", "wxapp:o1", None),
+                   ("device_id", "d2", None)],
+            "C2": [("phone", "+8613800000002", "mobile")],
+        }
+    )  # fmt: skip
+    for one_id in ("C1", "C2", "C3"):
+        expected = (
+            customers.address(one_id, "wechat", "wxapp"),
+            customers.address(one_id, "push", None),
+        )
+        assert customers.context_addresses(one_id, "wxapp") == expected
+    assert customers.context_addresses("C1", "wxapp") == ("wxapp:o1", "d1")
+    assert customers.context_addresses("C1", None) == ("wxother:o0", "d1")

@@ -537,10 +537,9 @@ def _context_parts(
     if link is not None:
         short = batch.header.brand.get("short_links")  # an SMS is billed by length: short link
         url = f"{short}{link.code}" if short and channel == "sms" else link.url
+    wechat, device = customers.context_addresses(one_id, run.settings.wechat_appid)
     return (one_id, data.profiles.get(one_id), data.features.get(one_id),
-            data.tags.get(one_id), coupon,
-            customers.address(one_id, "wechat", run.settings.wechat_appid),
-            customers.address(one_id, "push", None), url)  # fmt: skip
+            data.tags.get(one_id), coupon, wechat, device, url)  # fmt: skip
 
 
 def _settle_template_failures(batch: Batch) -> dict[int, Deferral]:
