@@ -410,3 +410,36 @@ def test_a_message_context_shows_the_wechat_openid_and_push_device_address_finds
         assert customers.context_addresses(one_id, "wxapp") == expected
     assert customers.context_addresses("C1", "wxapp") == ("wxapp:o1", "d1")
     assert customers.context_addresses("C1", None) == ("wxother:o0", "d1")
+
+
+def test_an_outbox_row_puts_each_value_under_its_column() -> None:
+    """send.message_row makes its MessageRow positionally (faster than by keyword): each
+    value is where MessageRow names it, for a queued message and a skipped one."""
+    from types import SimpleNamespace
+
+    from cdp_cli.messaging import links
+    from cdp_cli.messaging.channels import Outbound
+    from cdp_cli.messaging.send import Delivery, MessageRow, message_row
+
+    run: Any = SimpleNamespace(
+        run_id=7, journey=SimpleNamespace(name="j", transactional=False), now_text="2026-11-15",
+        settings=SimpleNamespace(cost=lambda channel: 0.04),
+    )  # fmt: skip
+    e: Any = SimpleNamespace(id=3, one_id="C1")
+    step: Any = SimpleNamespace(key="steps[0]")
+    body = {"text": "hi", "segments": 2, "encoding": "GSM-7"}
+    delivery = Delivery("wxapp:o1", Outbound("sms", body), "WB-1", links.Link("ABC", "https://l"))
+    queued = message_row(run, e, step, "j:3:steps[0]", "sms", delivery=delivery)
+    assert type(queued) is MessageRow
+    assert queued._asdict() == {
+        "id": "j:3:steps[0]", "run_id": 7, "journey": "j", "enrolment_id": 3, "one_id": "C1",
+        "step": "steps[0]", "channel": "sms", "status": "queued", "reason": None, "address": "o1",
+        "payload": json.dumps(body), "coupon_code": "WB-1", "cost": 0.08, "transactional": 0,
+        "created_at": "2026-11-15", "link_code": "ABC", "link_url": "https://l",
+    }  # fmt: skip
+    skipped = message_row(run, e, step, "j:3:steps[0]", None, reason="holdout")
+    assert skipped._asdict() == {
+        **queued._asdict(), "channel": None, "status": "skipped", "reason": "holdout",
+        "address": None, "payload": None, "coupon_code": None, "cost": None, "link_code": None,
+        "link_url": None,
+    }  # fmt: skip
