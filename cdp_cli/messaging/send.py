@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,13 +168,17 @@ class Outbox:
 
     def fill(self, run: JourneyRun, rendered: list[RenderedMessage]) -> None:
         """Put what the worker rendered into the rows waiting for it, and their lines."""
+        prices: dict[str, float] = {}  # a channel's price per part, looked up once per batch
         for index, (payload, billed_parts, line) in zip(self.rendering, rendered, strict=True):
             row = self.messages[index]
-            assert row.channel is not None
+            channel = row.channel
+            assert channel is not None
+            if channel not in prices:
+                prices[channel] = run.settings.cost(channel)
             values = list(row)  # faster than row._replace(payload=..., cost=...)
-            values[_PAYLOAD], values[_COST] = payload, message_cost(run, row.channel, billed_parts)
-            self.messages[index] = MessageRow._make(values)
-            self.lines.append((row.channel, line))
+            values[_PAYLOAD], values[_COST] = payload, prices[channel] * billed_parts
+            self.messages[index] = _new_row(values)
+            self.lines.append((channel, line))
         self.rendering.clear()
         self.jobs.clear()
 
@@ -520,10 +525,15 @@ def _queue_render(
     run.result.sent[channel] = run.result.sent.get(channel, 0) + 1
 
 
+_FILE_HEAD = operator.itemgetter(*(MessageRow._fields.index(f) for f in (
+    "id", "address", "journey", "step", "one_id", "coupon_code", "link_url")))  # fmt: skip
+
+
 def _file_head(row: MessageRow) -> tuple[Any, ...]:
-    """What a message's outbound line carries besides its payload (outbox.file_line)."""
-    return (row.id, row.address, row.journey, row.step, row.one_id, row.coupon_code,
-            row.link_url)  # fmt: skip
+    """What a message's outbound line carries besides its payload (outbox.file_line): id,
+    address, journey, step, one_id, coupon_code, link_url (one C call, once per message)."""
+    head: tuple[Any, ...] = _FILE_HEAD(row)
+    return head
 
 
 def _prints_coupon(run: JourneyRun, channel: str, step: Send) -> bool:
