@@ -285,3 +285,161 @@ def test_the_worker_renders_as_one_process_does(sample: Path) -> None:
     payload, billed_parts, line = rendered
     assert json.loads(payload) == outbound.body and billed_parts == outbound.billed_parts
     assert line == file_line(rendering.CHANNELS["sms"], head, outbound.body).encode()
+
+
+def test_the_unsubscribe_link_is_made_only_for_a_message_that_uses_it(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its code is a SHA-256 of the message id: every email gets it (the List-Unsubscribe
+    header), and a message of another channel whose template prints `unsubscribe`; a template
+    that does not print it costs no hash. The same in either process (render_message is the
+    worker's, _send_one the first process's: both go through TemplateStore.needs_unsubscribe)."""
+    from cdp_cli.messaging import links
+    from cdp_cli.messaging.templates import TemplateStore
+
+    root = tmp_path / "templates"
+    shutil.copytree(sample / "templates", root)
+    (root / "sms" / "bye.txt").write_text("【花漾】再见 退订 {{ unsubscribe }}", encoding="utf-8")
+    made: list[str] = []
+    unsubscribe_url = links.unsubscribe_url
+
+    def noted(brand_url: str | None, message_id: str) -> str | None:
+        made.append(message_id)
+        return unsubscribe_url(brand_url, message_id)
+
+    monkeypatch.setattr(links, "unsubscribe_url", noted)
+    templates = TemplateStore(root)
+    header = rendering.ContextHeader(
+        ("one_id", "name"), (), {"name": "花漾", "url": "https://h.example.com"},
+        {"name": "j"}, {"name": "s"},
+    )  # fmt: skip
+    parts: rendering.ContextParts = (
+        "C1", ("C1", "王芳"), None, {"preferred_category": "护肤"}, None, None, None, "https://l",
+    )  # fmt: skip
+
+    def render(channel: str, template: str, message_id: str) -> dict[str, Any]:
+        head = (message_id, "+8613800000001", "j", "s", "C1", None, None)
+        rendered = rendering.render_message(
+            templates, header, (channel, template, parts, None, head)
+        )
+        assert rendered is not None
+        return dict(json.loads(rendered[0]))
+
+    assert "unsubscribe" not in render("sms", "member_day", "j:1:s")["text"]
+    assert made == []  # the template does not print it: no hash made
+    url = f"https://h.example.com/unsubscribe?m={links.short_code('j:2:s')}"
+    assert render("sms", "bye", "j:2:s")["text"] == f"【花漾】再见 退订 {url}"
+    email = render("email", "member_day", "j:3:s")
+    url = f"https://h.example.com/unsubscribe?m={links.short_code('j:3:s')}"
+    assert email["list_unsubscribe"] == f"<{url}>" and url in email["html"]
+    assert made == ["j:2:s", "j:3:s"]
+    assert [templates.needs_unsubscribe(*t) for t in
+            (("sms", "member_day"), ("sms", "bye"), ("email", "member_day"))] == [False, True, True]  # fmt: skip
+
+
+PRINTS_UNSUBSCRIBE = """name: bye
+entry: {when: "name is not null"}
+transactional: true
+steps:
+  - send: {channel: sms, template: bye}
+"""
+
+
+def test_a_template_that_prints_its_unsubscribe_link_gets_it_in_either_process(
+    sample: Path, tmp_path: Path
+) -> None:
+    from cdp_cli.messaging.links import short_code
+
+    for name in ("one", "two"):
+        folder = copy(sample, tmp_path / name)
+        (folder / "journeys" / "bye.yaml").write_text(PRINTS_UNSUBSCRIBE, encoding="utf-8")
+        (folder / "templates" / "sms" / "bye.txt").write_text(
+            "【花漾】再见 {{ unsubscribe }}", encoding="utf-8"
+        )
+    one = journey_run(tmp_path / "one", "bye", "--json")
+    two = journey_run(tmp_path / "two", "bye", "--json", *FORCE)
+    assert one.exit_code == two.exit_code == 0, two.output
+    files = outbound_files(tmp_path / "one")
+    assert outbound_files(tmp_path / "two") == files
+    lines = [line for content in files.values() for line in content.decode().splitlines()[1:]]
+    assert len(lines) > 10
+    for line in lines:
+        message_id = line.split(",")[0]
+        assert (
+            f"再见 https://www.huayang.example.com/unsubscribe?m={short_code(message_id)}" in line
+        )
+
+
+def test_a_batch_crosses_the_pipe_as_it_was_made() -> None:
+    """Frames: marshal for the batches' plain values (str, int, float, None, bytes, tuples,
+    lists, dicts), a pickle for a value marshal refuses (a date in cdp.yaml's brand); a pipe
+    that ends inside a frame is the worker gone (EOFError), never a half batch."""
+    import datetime
+    import io
+
+    batch = (("one_id",), ("x",), {"name": "花漾"}, [("C1", (1, 2.5, None), {"k": "v"}, b"\xe8")])
+    dated = {"founded": datetime.date(2020, 1, 1)}
+    pipe = io.BytesIO(rendering.frame(batch) + rendering.frame(dated) + rendering.frame(None))
+    assert rendering.read_frame(pipe) == batch
+    assert rendering.read_frame(pipe) == dated
+    assert rendering.read_frame(pipe) is None
+    with pytest.raises(EOFError):
+        rendering.read_frame(pipe)
+    with pytest.raises(EOFError):
+        rendering.read_frame(io.BytesIO(rendering.frame(batch)[:-1]))
+
+
+def test_a_message_context_shows_the_wechat_openid_and_push_device_address_finds() -> None:
+    """Customers.context_addresses, one walk of a customer's identifiers, answers as
+    Customers.address does for WeChat (the sending account's openid only) and push."""
+    from cdp_cli.messaging.guards import Customers
+
+    customers = Customers(
+        addresses={
+            "C1": [("device_id", "d1", None), ("phone", "+8613800000001", "mobile"),
+                   ("wechat_openid", "wxother:o0", None), ("wechat_openid", "wxapp:o1", None),
+                   ("device_id", "d2", None)],
+            "C2": [("phone", "+8613800000002", "mobile")],
+        }
+    )  # fmt: skip
+    for one_id in ("C1", "C2", "C3"):
+        expected = (
+            customers.address(one_id, "wechat", "wxapp"),
+            customers.address(one_id, "push", None),
+        )
+        assert customers.context_addresses(one_id, "wxapp") == expected
+    assert customers.context_addresses("C1", "wxapp") == ("wxapp:o1", "d1")
+    assert customers.context_addresses("C1", None) == ("wxother:o0", "d1")
+
+
+def test_an_outbox_row_puts_each_value_under_its_column() -> None:
+    """send.message_row makes its MessageRow positionally (faster than by keyword): each
+    value is where MessageRow names it, for a queued message and a skipped one."""
+    from types import SimpleNamespace
+
+    from cdp_cli.messaging import links
+    from cdp_cli.messaging.channels import Outbound
+    from cdp_cli.messaging.send import Delivery, MessageRow, message_row
+
+    run: Any = SimpleNamespace(
+        run_id=7, journey=SimpleNamespace(name="j", transactional=False), now_text="2026-11-15",
+        settings=SimpleNamespace(cost=lambda channel: 0.04),
+    )  # fmt: skip
+    e: Any = SimpleNamespace(id=3, one_id="C1")
+    step: Any = SimpleNamespace(key="steps[0]")
+    body = {"text": "hi", "segments": 2, "encoding": "GSM-7"}
+    delivery = Delivery("wxapp:o1", Outbound("sms", body), "WB-1", links.Link("ABC", "https://l"))
+    queued = message_row(run, e, step, "j:3:steps[0]", "sms", delivery=delivery)
+    assert type(queued) is MessageRow
+    assert queued._asdict() == {
+        "id": "j:3:steps[0]", "run_id": 7, "journey": "j", "enrolment_id": 3, "one_id": "C1",
+        "step": "steps[0]", "channel": "sms", "status": "queued", "reason": None, "address": "o1",
+        "payload": json.dumps(body), "coupon_code": "WB-1", "cost": 0.08, "transactional": 0,
+        "created_at": "2026-11-15", "link_code": "ABC", "link_url": "https://l",
+    }  # fmt: skip
+    skipped = message_row(run, e, step, "j:3:steps[0]", None, reason="holdout")
+    assert skipped._asdict() == {
+        **queued._asdict(), "channel": None, "status": "skipped", "reason": "holdout",
+        "address": None, "payload": None, "coupon_code": None, "cost": None, "link_code": None,
+        "link_url": None,
+    }  # fmt: skip

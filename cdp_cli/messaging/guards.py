@@ -31,6 +31,7 @@ from cdp_cli.messaging.settings import QuietHours, SendSettings
 from cdp_cli.sqlitelib import sqlite_utils
 
 IN_BATCH = "IN (SELECT value FROM json_each(?))"
+_WECHAT, _PUSH = CHANNELS["wechat"], CHANNELS["push"]
 CAP_WEEK = timedelta(days=7)
 ADDRESSED_TYPES = ", ".join(f"'{t}'" for t in ADDRESS_TYPES)  # constants of ours
 
@@ -97,6 +98,25 @@ class Customers:
             if type_name == wanted and spec.reaches(type_name, value, detail, wechat_appid):
                 return value
         return None
+
+    def context_addresses(
+        self, one_id: str, wechat_appid: str | None
+    ) -> tuple[str | None, str | None]:
+        """What a message's context shows of the customer's WeChat openid and push device:
+        address() on each channel, in one walk of their identifiers (every message asks)."""
+        wechat_type, push_type = _WECHAT.address_type, _PUSH.address_type
+        wechat = push = None
+        for type_name, value, detail in self.addresses.get(one_id, ()):
+            if type_name == wechat_type:
+                if wechat is None and _WECHAT.reaches(type_name, value, detail, wechat_appid):
+                    wechat = value
+            elif (
+                type_name == push_type
+                and push is None
+                and _PUSH.reaches(type_name, value, detail, None)
+            ):
+                push = value
+        return wechat, push
 
     def cap_lifts(self, one_id: str, settings: SendSettings, now: datetime) -> str | None:
         """When the frequency cap lets the customer's next marketing message go; None when it

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Generator, Mapping
 from contextlib import closing
-from dataclasses import replace
 from pathlib import Path
+from time import monotonic
 from typing import Any, cast
 
 import jinja2
@@ -68,6 +68,7 @@ class TemplateStore:
         self._files: dict[tuple[str, str], dict[str, str]] = {}
         self._paths: dict[tuple[str, str], dict[str, str]] = {}
         self._timeouts: dict[tuple[str, str], int] = {}  # messages in a row out of time
+        self._unsubscribe: dict[tuple[str, str], bool] = {}
         self._env = environment(self._loader)
 
     # -- finding templates
@@ -173,7 +174,9 @@ class TemplateStore:
             self._paths[(channel, name)] = paths
         rendered = Rendered(parts, paths, context, self.sms_max_segments)
         message = CHANNELS[channel].payload(rendered)
-        return replace(message, template=f"{channel}/{name}")
+        # Made directly: dataclasses.replace looks up the fields on every call (a million here).
+        return Outbound(message.channel, message.body, message.warnings, f"{channel}/{name}",
+                        message.files)  # fmt: skip
 
     def _render_part(self, relative: str, context: Mapping[str, Any], budget: Budget) -> str:
         token = BUDGET.set(budget)
@@ -182,9 +185,11 @@ class TemplateStore:
         try:
             template = self._load(relative)
             stream = cast("Generator[str, None, None]", template.generate(context))
+            deadline = budget.deadline
             with closing(stream):  # closed while still metered
                 for chunk in stream:
-                    budget.tick()
+                    if monotonic() > deadline:  # budget.tick() without a call per chunk
+                        budget.tick()
                     chunks.append(chunk)
                     size += len(chunk)
                     # A character is at most 4 UTF-8 bytes: count bytes once that could matter.
@@ -302,6 +307,17 @@ class TemplateStore:
                 return None
             used.update(keys)
         return used
+
+    def needs_unsubscribe(self, channel: str, name: str) -> bool:
+        """Whether a message of channel/name needs its unsubscribe link: every email does (its
+        List-Unsubscribe header), any other when its template may print `unsubscribe`. The
+        link's code is a SHA-256 of the message id: a large run makes it only where it shows."""
+        key = (channel, name)
+        needed = self._unsubscribe.get(key)
+        if needed is None:
+            needed = channel == "email" or self.fields_used(channel, name, "unsubscribe") != set()
+            self._unsubscribe[key] = needed
+        return needed
 
     def _load(self, relative: str) -> jinja2.Template:
         """The compiled template. Python compiles the code Jinja makes of it, and refuses more
