@@ -262,21 +262,26 @@ def _max_ids(conn: sqlite3.Connection) -> dict[str, int]:
 
 def _can_follow(conn: sqlite3.Connection, state: dict[str, Any], day: str) -> bool:
     """Whether the last run's rows can be brought to this one by reading the changed
-    customers: not after an erasure (rows deleted), an update in place (a row can leave its
-    customer), an earlier as-of date (rows leave the range) or a change of definitions."""
+    customers: not after an erasure (rows deleted), an earlier as-of date (rows leave the
+    range) or a change of definitions. Rows updated in place are followed (_mark_changed)."""
     if state["definitions"] != definitions() or day < state["as_of"]:
         return False
     if _tombstones(conn) != state["tombstones"]:
         return False
     ids = _max_ids(conn)
-    if any(ids[t] < state[f"{t}_id"] for t in SOURCE_TABLES):
-        return False  # rows deleted
-    updated = conn.execute(
-        f"SELECT count(*) FROM batches WHERE id > ? AND rows_updated > 0 "
-        f"AND kind IN ({', '.join('?' for _ in SOURCE_TABLES)})",
-        (state["batch_id"], *SOURCE_TABLES),
-    ).fetchone()[0]
-    return not updated
+    return all(ids[t] >= state[f"{t}_id"] for t in SOURCE_TABLES)  # else rows deleted
+
+
+def _updated_tables(conn: sqlite3.Connection, state: dict[str, Any]) -> list[str]:
+    """The tables of SOURCE_TABLES that batches since the last run updated rows of."""
+    return [
+        kind
+        for (kind,) in conn.execute(
+            f"SELECT DISTINCT kind FROM batches WHERE id > ? AND rows_updated > 0 "
+            f"AND kind IN ({', '.join('?' for _ in SOURCE_TABLES)})",
+            (state["batch_id"], *SOURCE_TABLES),
+        )
+    ]
 
 
 # What _mark_changed compares with the identity links the last run saw (feature_keys): every
@@ -324,6 +329,19 @@ def _mark_changed(
             "WHERE t.id > ? AND k.one_id IS NOT NULL",
             (state[f"{table}_id"],),
         )
+    for table in _updated_tables(conn, state):  # rows updated in place (an update stamps
+        # the row with its batch): their customer now, and the one a row left, by the key
+        # it left (feature_left_keys, kept by the tables' triggers) as the last run saw it
+        conn.execute(
+            f"INSERT OR IGNORE INTO dirty SELECT k.one_id FROM {table} t "
+            "JOIN identity_keys k ON k.key = t.identity_key "
+            "WHERE t.batch_id > ? AND t.id <= ? AND k.one_id IS NOT NULL",
+            (state["batch_id"], state[f"{table}_id"]),
+        )
+    conn.execute(
+        "INSERT OR IGNORE INTO dirty SELECT o.one_id FROM feature_left_keys l "
+        "JOIN feature_keys o ON o.key = l.key WHERE o.one_id IS NOT NULL"
+    )
     if keys:  # keys that moved, on both sides: the one walked by its key, the other looked
         # up by key (both keyed by it), with no copy of either to sort. A key new to the
         # features whose rows are all new brings only those, counted as new rows are.
@@ -389,11 +407,12 @@ def _save_state(conn: sqlite3.Connection, day: str, keys: str | None) -> None:
         (day, definitions(), ids["orders"], ids["events"], ids["customers"], batch,
          _resolve_id(conn), _tombstones(conn)),
     )  # fmt: skip
-    if keys == EVERY_KEY:  # feature_keys is empty after a full run's _create_tables
-        conn.execute(
-            "DELETE FROM feature_keys WHERE NOT EXISTS "
-            "(SELECT 1 FROM identity_keys i WHERE i.key = feature_keys.key)"
-        )
+    left = "" if keys == EVERY_KEY else "key IN (SELECT key FROM feature_left_keys) AND "
+    conn.execute(  # keys gone (after a full run's _create_tables, feature_keys is empty)
+        f"DELETE FROM feature_keys WHERE {left}NOT EXISTS "
+        "(SELECT 1 FROM identity_keys i WHERE i.key = feature_keys.key)"
+    )
+    conn.execute("DELETE FROM feature_left_keys")  # read
     if keys:  # the identity links these features were computed with: the keys that moved
         # written, not every key
         conn.execute(

@@ -78,6 +78,7 @@ HANDLED_TABLES = {
     "profile_event_counts": "deleted",
     "feature_recount": "deleted",
     "feature_keys": "deleted",
+    "feature_left_keys": "their erased keys, and others', deleted (the next tag run reads all)",
     "journey_enrolments": "deleted",
     "predictions": "deleted",
     "prediction_propensities": "deleted",
@@ -351,6 +352,8 @@ def _erase_identity(conn: sqlite3.Connection, others: list[int]) -> None:
     conn.execute(f"DELETE FROM unusable_values WHERE key IN {mine}")
     conn.executemany("DELETE FROM unusable_values WHERE key = ?", [(k,) for k in others])
     conn.execute(f"DELETE FROM identifiers WHERE id IN {ids}")
+    conn.execute(f"DELETE FROM feature_left_keys WHERE key IN {mine}")  # the next tag run
+    conn.executemany("DELETE FROM feature_left_keys WHERE key = ?", [(k,) for k in others])
     conn.execute(f"DELETE FROM match_records WHERE key IN {mine}")
     conn.execute(f"DELETE FROM match_blocks WHERE key IN {mine}")
     for table in ("match_links", "match_reviews", "match_decisions"):

@@ -668,3 +668,28 @@ def record_each_journey_runs_goal_check(db: sqlite_utils.Database) -> None:
         "ALTER TABLE journey_runs ADD COLUMN goal TEXT;\n"
         "ALTER TABLE journey_runs ADD COLUMN goal_batch INTEGER;",
     )
+
+
+@migration(22)
+def record_keys_rows_left_for_features(db: sqlite_utils.Database) -> None:
+    """The identity keys that re-ingested rows left, kept for the next tag run (issue 14): an
+    export that updates rows in place (a CRM export does every day) read every customer
+    again, because the customer a row left could not be told once resolve had used the keys
+    (replaced_identity_keys is resolve's, emptied by it). A tag run reads the customers of
+    these keys again and empties the table. Pairs are skipped by a WHERE, as migration 19's."""
+    db.conn.execute("CREATE TABLE feature_left_keys (key INTEGER PRIMARY KEY)")
+    for kind in KINDS.values():
+        _run_script(
+            db.conn,
+            f"""DROP TRIGGER IF EXISTS {kind.table}_identity_key_replaced;
+CREATE TRIGGER {kind.table}_identity_key_replaced
+AFTER UPDATE OF identity_key ON {kind.table}
+WHEN old.identity_key IS NOT NULL AND old.identity_key IS NOT new.identity_key
+BEGIN
+  INSERT INTO replaced_identity_keys SELECT old.identity_key, new.identity_key
+  WHERE NOT EXISTS (SELECT 1 FROM replaced_identity_keys
+                    WHERE old_key = old.identity_key AND new_key IS new.identity_key);
+  INSERT INTO feature_left_keys SELECT old.identity_key
+  WHERE NOT EXISTS (SELECT 1 FROM feature_left_keys WHERE key = old.identity_key);
+END;""",
+        )

@@ -167,7 +167,8 @@ def clean_outcome(result: Result, codes: tuple[int, ...], names: tuple[str, ...]
 
 def store_digest(folder: Path, skip_sources: tuple[str, ...] = ()) -> dict[str, tuple[int, str]]:
     """Rows and a checksum per table, leaving out rows of `skip_sources` (where a table has a
-    source column, and replaced_identity_keys, which their updates fill): what must be the
+    source column, and the keys their updates leave, which the triggers note for resolve and
+    tags): what must be the
     same after a command that failed or touched only those sources."""
     conn = sqlite3.connect(folder / "cdp.db")
     try:
@@ -178,7 +179,7 @@ def store_digest(folder: Path, skip_sources: tuple[str, ...] = ()) -> dict[str, 
                 "SELECT name FROM sqlite_master WHERE type = 'table' "
                 "AND name NOT LIKE 'sqlite_%' ORDER BY name"
             )
-            if not (skip_sources and r[0] == "replaced_identity_keys")
+            if not (skip_sources and r[0] in ("replaced_identity_keys", "feature_left_keys"))
         ]
         digest = {}
         for table in tables:

@@ -8,6 +8,7 @@ cross window edges and rows dated after the first date come into range.
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import sqlite3
@@ -223,6 +224,43 @@ def test_rows_counted_by_no_one_until_a_resolve_are_read_when_their_key_comes(ta
         step = compute_features(db, NEXT)
         assert not step.full and step.recomputed > 0
         assert tables(db) == full_recompute(db, NEXT)
+
+
+def test_rows_updated_in_place_read_again_the_customers_they_leave_and_join(tagged, monkeypatch):
+    """An export that updates rows (a POS order rewritten with another member's phone) is
+    followed, not a reason to read everyone: the customer the order left (by the key it
+    left, which the customer's other orders still carry) and the one it joined are read
+    again, as are the customers of rows updated with no key changed."""
+    root, _ = tagged
+    monkeypatch.setattr("cdp_cli.features.INCREMENTAL_LIMIT", 1.0)
+    with Project(root / "cdp.yaml").store() as db:
+        order_no, left_phone = db.conn.execute(
+            "SELECT key, phone FROM orders WHERE source = 'pos_orders' AND identity_key IN "
+            "(SELECT identity_key FROM orders GROUP BY identity_key HAVING count(*) > 1) "
+            "AND phone IS NOT NULL ORDER BY id LIMIT 1"
+        ).fetchone()
+        other_phone, other_order = db.conn.execute(
+            "SELECT phone, key FROM orders WHERE source = 'pos_orders' AND phone IS NOT NULL "
+            "AND phone <> ? ORDER BY id LIMIT 1",
+            (left_phone,),
+        ).fetchone()
+    with (root / "data" / "pos_orders.csv").open(encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    header, moved, kept = rows[0], [], []
+    for row in rows[1:]:
+        if row[0] == order_no:
+            moved = [*row[:3], other_phone, *row[4:]]
+        if row[0] == other_order:
+            kept = [*row[:5], "1.00", *row[6:]]  # a new amount, the same customer
+    with (root / "updated.csv").open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([header, moved, kept])
+    cdp(root / "cdp.yaml", "ingest", str(root / "updated.csv"), "-s", "pos_orders")
+    cdp(root / "cdp.yaml", "resolve")
+    with Project(root / "cdp.yaml").store() as db:
+        step = compute_features(db, FIRST)
+        assert not step.full and 2 <= step.recomputed <= 3
+        assert db.conn.execute("SELECT count(*) FROM feature_left_keys").fetchone()[0] == 0
+        assert tables(db) == full_recompute(db, FIRST)
 
 
 def test_an_erasure_or_an_earlier_date_reads_everything_again(tagged):

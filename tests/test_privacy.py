@@ -612,6 +612,26 @@ def test_every_table_holding_people_is_one_forget_knows(demo):
     assert holding - set(HANDLED_TABLES) == set()
 
 
+def test_forget_leaves_none_of_their_keys_for_the_next_tag_run(demo):
+    """Keys a re-ingested row left wait in feature_left_keys for the next tag run; an
+    erasure takes the forgotten person's out (that run reads everyone anyway)."""
+    store = demo / "cdp.db"
+    conn = sqlite3.connect(store)
+    keys = {
+        k
+        for (k,) in conn.execute(
+            "SELECT key FROM identity_keys WHERE one_id = (SELECT k.one_id FROM customers c "
+            "JOIN identity_keys k ON k.key = c.identity_key WHERE c.key = 'M0000001')"
+        )
+    }
+    conn.executemany("INSERT OR IGNORE INTO feature_left_keys VALUES (?)", [(k,) for k in keys])
+    conn.commit()
+    conn.close()
+    assert keys and query(store, "SELECT count(*) FROM feature_left_keys")[0][0] == len(keys)
+    ok(cdp("forget", "--phone", "13800138000", "--yes"))
+    assert query(store, "SELECT count(*) FROM feature_left_keys")[0][0] == 0
+
+
 def test_a_forgotten_person_does_not_come_back_with_an_old_export(demo):
     ok(cdp("forget", "--phone", "13800138000", "--yes"))
     customers = query(demo / "cdp.db", "SELECT count(*) FROM profiles")[0][0]
