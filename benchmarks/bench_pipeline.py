@@ -163,6 +163,7 @@ def cdp_run(workdir: Path, day: date) -> dict[str, Any]:
     return {
         "exit_code": run.returncode,
         "seconds": round(run.seconds, 1),
+        "in_run_seconds": report.get("seconds"),  # run_pipeline's own: the page check in
         "peak_rss_mb": round(run.peak_rss_mb),
         "stages": {
             name: {"status": s["status"], "seconds": s["seconds"], "counts": s.get("counts")}
@@ -188,6 +189,7 @@ def run_size(customers: int, reuse: bool, keep_first: bool, daily_again: bool) -
             sys.exit(f"{kept}: no first run kept (run with --keep-first)")
         shutil.rmtree(workdir, ignore_errors=True)
         shutil.copytree(kept, workdir, symlinks=True)
+        os.sync()  # the copy's gigabytes reach the disk before the run, not during it
         first = json.loads((kept / "first-run.json").read_text())
         takes, result = first["takes"], first["result"]
         result["daily_code"] = code_version()
