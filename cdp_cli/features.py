@@ -142,11 +142,11 @@ SOURCE_TABLES = ("orders", "events", "customers")
 def compute_features(db: sqlite_utils.Database, as_of: date, full: bool = False) -> FeatureResult:
     """Bring profile_features and profile_event_counts to a date, for every customer.
 
-    The first run, and any run after something it cannot follow (an erasure, rows updated in
-    place, an earlier date, other feature definitions), reads every order and event. Later
-    runs read again only the customers whose rows can have changed: those with new rows or
-    new identity links since the last run, and those with a row dated after the last date
-    coming into range (`feature_recount`). Every other customer keeps its row: the rows that
+    The first run, and any run after something it cannot follow (an erasure, an earlier
+    date, other feature definitions), reads every order and event. Later runs read again
+    only the customers whose rows can have changed (_mark_changed): new or updated rows, new
+    identity links, a row dated after the last date coming into range (`feature_recount`).
+    Every other customer keeps its row: its new events alone are added to it, the rows that
     leave a 30/90/365-day window on the new date are taken off its counts, and what counts
     days from today is recomputed from the stored dates. Both ways give the same table
     (tests/test_features_incremental.py)."""
@@ -520,7 +520,7 @@ def _order_aggregates(conn: sqlite3.Connection) -> None:
 
 
 # Over rows (day, counted): the first day a row dated after the as-of date comes into range.
-# A row leaving a window needs no reading again: shift_windows() takes it off.
+# A row leaving a window needs no reading again: _shift_windows() takes it off.
 RECOUNT_ON = "min(CASE WHEN counted = 0 THEN day END)"
 
 
