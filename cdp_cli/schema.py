@@ -631,18 +631,21 @@ def record_each_replaced_key_pair_once(db: sqlite_utils.Database) -> None:
     an upsert (ingest's ON CONFLICT … DO UPDATE) makes SQLite abort its triggers' conflicts,
     so a phone changed A → B → A → B between two resolves failed the file."""
     for kind in KINDS.values():
-        _run_script(
-            db.conn,
-            f"""DROP TRIGGER IF EXISTS {kind.table}_identity_key_replaced;
-CREATE TRIGGER {kind.table}_identity_key_replaced
-AFTER UPDATE OF identity_key ON {kind.table}
+        _run_script(db.conn, _identity_key_replaced_trigger(kind.table))
+
+
+def _identity_key_replaced_trigger(table: str, also: str = "") -> str:
+    """The trigger that notes, for resolve, the key an updated row of `table` left (and runs
+    `also`, more statements, with it)."""
+    return f"""DROP TRIGGER IF EXISTS {table}_identity_key_replaced;
+CREATE TRIGGER {table}_identity_key_replaced
+AFTER UPDATE OF identity_key ON {table}
 WHEN old.identity_key IS NOT NULL AND old.identity_key IS NOT new.identity_key
 BEGIN
   INSERT INTO replaced_identity_keys SELECT old.identity_key, new.identity_key
   WHERE NOT EXISTS (SELECT 1 FROM replaced_identity_keys
-                    WHERE old_key = old.identity_key AND new_key IS new.identity_key);
-END;""",
-        )
+                    WHERE old_key = old.identity_key AND new_key IS new.identity_key);{also}
+END;"""
 
 
 @migration(20)
@@ -678,18 +681,8 @@ def record_keys_rows_left_for_features(db: sqlite_utils.Database) -> None:
     (replaced_identity_keys is resolve's, emptied by it). A tag run reads the customers of
     these keys again and empties the table. Pairs are skipped by a WHERE, as migration 19's."""
     db.conn.execute("CREATE TABLE feature_left_keys (key INTEGER PRIMARY KEY)")
-    for kind in KINDS.values():
-        _run_script(
-            db.conn,
-            f"""DROP TRIGGER IF EXISTS {kind.table}_identity_key_replaced;
-CREATE TRIGGER {kind.table}_identity_key_replaced
-AFTER UPDATE OF identity_key ON {kind.table}
-WHEN old.identity_key IS NOT NULL AND old.identity_key IS NOT new.identity_key
-BEGIN
-  INSERT INTO replaced_identity_keys SELECT old.identity_key, new.identity_key
-  WHERE NOT EXISTS (SELECT 1 FROM replaced_identity_keys
-                    WHERE old_key = old.identity_key AND new_key IS new.identity_key);
+    also = """
   INSERT INTO feature_left_keys SELECT old.identity_key
-  WHERE NOT EXISTS (SELECT 1 FROM feature_left_keys WHERE key = old.identity_key);
-END;""",
-        )
+  WHERE NOT EXISTS (SELECT 1 FROM feature_left_keys WHERE key = old.identity_key);"""
+    for kind in KINDS.values():
+        _run_script(db.conn, _identity_key_replaced_trigger(kind.table, also))

@@ -61,6 +61,25 @@ def journey_run(folder: Path, *extra: str) -> Result:
     return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
+ODD = "【花漾】{{ (100 / (customer.records - 1))|round }} {{ coupon.code }}"  # fails for some
+
+
+def in_one_and_two(
+    sample: Path, tmp_path: Path, journey: tuple[str, str], sms: tuple[str, str], *names: str
+) -> tuple[Result, Result]:
+    """Two copies of the sample project with a journey file and an SMS template (name,
+    text), the journeys `names` (every one, if none) run in one process in the first and in
+    two in the second; both succeed."""
+    for name in ("one", "two"):
+        folder = copy(sample, tmp_path / name)
+        (folder / "journeys" / journey[0]).write_text(journey[1], encoding="utf-8")
+        (folder / "templates" / "sms" / sms[0]).write_text(sms[1], encoding="utf-8")
+    one = journey_run(tmp_path / "one", *names, "--json")
+    two = journey_run(tmp_path / "two", *names, "--json", *FORCE)
+    assert one.exit_code == two.exit_code == 0, two.output
+    return one, two
+
+
 def outbound_files(folder: Path) -> dict[str, bytes]:
     root = folder / "outbound"
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
@@ -124,15 +143,10 @@ def test_a_branch_after_a_send_sees_its_messages_in_two_processes(
     sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(engine, "_in_one_process", None)  # every message renders in the worker
-    for name in ("one", "two"):
-        folder = copy(sample, tmp_path / name)
-        (folder / "journeys" / "follow.yaml").write_text(BRANCHING, encoding="utf-8")
-        (folder / "templates" / "sms" / "hello.txt").write_text(
-            "【花漾】{{ customer.name|default_name }}, 你好 {{ link }}", encoding="utf-8"
-        )
-    one = journey_run(tmp_path / "one", "follow", "--json")
-    two = journey_run(tmp_path / "two", "follow", "--json", *FORCE)
-    assert one.exit_code == two.exit_code == 0, two.output
+    template = "【花漾】{{ customer.name|default_name }}, 你好 {{ link }}"
+    one, two = in_one_and_two(
+        sample, tmp_path, ("follow.yaml", BRANCHING), ("hello.txt", template), "follow"
+    )
     steps = {row[5] for row in messages(tmp_path / "one") if row[7] == "written"}
     assert len(steps) == 2, steps  # the branch's send went out
     assert without_seconds(two.output) == without_seconds(one.output)
@@ -160,15 +174,7 @@ def test_a_message_the_worker_cannot_render_sends_the_journey_through_one_proces
         return in_one_process(run)
 
     monkeypatch.setattr(engine, "_in_one_process", noted)
-    for name in ("one", "two"):
-        folder = copy(sample, tmp_path / name)
-        (folder / "journeys" / "odd.yaml").write_text(FAILING, encoding="utf-8")
-        (folder / "templates" / "sms" / "odd.txt").write_text(
-            "【花漾】{{ (100 / (customer.records - 1))|round }} {{ coupon.code }}", encoding="utf-8"
-        )
-    one = journey_run(tmp_path / "one", "odd", "--json")
-    two = journey_run(tmp_path / "two", "odd", "--json", *FORCE)
-    assert one.exit_code == two.exit_code == 0, two.output
+    one, two = in_one_and_two(sample, tmp_path, ("odd.yaml", FAILING), ("odd.txt", ODD), "odd")
     assert replays == ["odd"] and len(started) == 1
     [result] = without_seconds(one.output)
     failed = [k for k in result["skipped"] if k.startswith("template")]
@@ -193,17 +199,8 @@ def test_two_batches_in_flight_and_a_failed_one_leave_the_worker_ready_for_the_n
         most.append(self.in_flight)
 
     monkeypatch.setattr(RenderWorker, "submit", counted)
-    for name in ("one", "two"):
-        folder = copy(sample, tmp_path / name)
-        (folder / "journeys" / "aa_odd.yaml").write_text(
-            FAILING.replace("name: odd", "name: aa_odd"), encoding="utf-8"
-        )
-        (folder / "templates" / "sms" / "odd.txt").write_text(
-            "【花漾】{{ (100 / (customer.records - 1))|round }} {{ coupon.code }}", encoding="utf-8"
-        )
-    one = journey_run(tmp_path / "one", "--json")
-    two = journey_run(tmp_path / "two", "--json", *FORCE)
-    assert one.exit_code == two.exit_code == 0, two.output
+    journey = ("aa_odd.yaml", FAILING.replace("name: odd", "name: aa_odd"))
+    one, two = in_one_and_two(sample, tmp_path, journey, ("odd.txt", ODD))
     assert len(started) == 1 and max(most) == rendering.IN_FLIGHT == 2
     assert without_seconds(two.output) == without_seconds(one.output)
     assert outbound_files(tmp_path / "two") == outbound_files(tmp_path / "one")
@@ -350,15 +347,8 @@ def test_a_template_that_prints_its_unsubscribe_link_gets_it_in_either_process(
 ) -> None:
     from cdp_cli.messaging.links import short_code
 
-    for name in ("one", "two"):
-        folder = copy(sample, tmp_path / name)
-        (folder / "journeys" / "bye.yaml").write_text(PRINTS_UNSUBSCRIBE, encoding="utf-8")
-        (folder / "templates" / "sms" / "bye.txt").write_text(
-            "【花漾】再见 {{ unsubscribe }}", encoding="utf-8"
-        )
-    one = journey_run(tmp_path / "one", "bye", "--json")
-    two = journey_run(tmp_path / "two", "bye", "--json", *FORCE)
-    assert one.exit_code == two.exit_code == 0, two.output
+    template = ("bye.txt", "【花漾】再见 {{ unsubscribe }}")
+    in_one_and_two(sample, tmp_path, ("bye.yaml", PRINTS_UNSUBSCRIBE), template, "bye")
     files = outbound_files(tmp_path / "one")
     assert outbound_files(tmp_path / "two") == files
     lines = [line for content in files.values() for line in content.decode().splitlines()[1:]]
