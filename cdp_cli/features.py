@@ -320,24 +320,16 @@ def _mark_changed(
     """temp.dirty: the customers to read again (`keys`: the identity keys to compare with
     the last run's, None when no resolve ran since), and temp.new_events_only: the others
     with new events. Returns how many customers are read again."""
-    conn.execute("DROP TABLE IF EXISTS temp.dirty")
-    conn.execute("CREATE TEMP TABLE dirty (one_id TEXT PRIMARY KEY) WITHOUT ROWID")
+    _customer_set(conn, "dirty")
     for table in ("orders", "customers"):  # new rows
-        conn.execute(
-            f"INSERT OR IGNORE INTO dirty SELECT k.one_id FROM {table} t "
-            "JOIN identity_keys k ON k.key = t.identity_key "
-            "WHERE t.id > ? AND k.one_id IS NOT NULL",
-            (state[f"{table}_id"],),
-        )
+        _add_customers_of(conn, "dirty", table, "t.id > ?", [state[f"{table}_id"]])
     for table in _updated_tables(conn, state):  # rows updated in place (an update stamps
         # the row with its batch): their customer now, and the one a row left, by the key
         # it left (feature_left_keys, kept by the tables' triggers) as the last run saw it
-        conn.execute(
-            f"INSERT OR IGNORE INTO dirty SELECT k.one_id FROM {table} t "
-            "JOIN identity_keys k ON k.key = t.identity_key "
-            "WHERE t.batch_id > ? AND t.id <= ? AND k.one_id IS NOT NULL",
-            (state["batch_id"], state[f"{table}_id"]),
-        )
+        _add_customers_of(
+            conn, "dirty", table, "t.batch_id > ? AND t.id <= ?",
+            [state["batch_id"], state[f"{table}_id"]],
+        )  # fmt: skip
     conn.execute(
         "INSERT OR IGNORE INTO dirty SELECT o.one_id FROM feature_left_keys l "
         "JOIN feature_keys o ON o.key = l.key WHERE o.one_id IS NOT NULL"
@@ -375,15 +367,29 @@ def _mark_changed(
     conn.execute(  # a row dated after the last run's day comes into range
         "INSERT OR IGNORE INTO dirty SELECT one_id FROM feature_recount WHERE on_day <= ?", (day,)
     )
-    conn.execute("DROP TABLE IF EXISTS temp.new_events_only")  # new events alone: added up
-    conn.execute("CREATE TEMP TABLE new_events_only (one_id TEXT PRIMARY KEY) WITHOUT ROWID")
-    conn.execute(
-        "INSERT OR IGNORE INTO new_events_only SELECT k.one_id FROM events t "
-        "JOIN identity_keys k ON k.key = t.identity_key WHERE t.id > ? AND k.one_id IS NOT NULL "
-        "AND k.one_id NOT IN (SELECT one_id FROM temp.dirty)",
-        (state["events_id"],),
-    )
+    _customer_set(conn, "new_events_only")  # new events alone: added up
+    _add_customers_of(
+        conn, "new_events_only", "events",
+        "t.id > ? AND k.one_id NOT IN (SELECT one_id FROM temp.dirty)", [state["events_id"]],
+    )  # fmt: skip
     return _count(conn, "dirty")
+
+
+def _customer_set(conn: sqlite3.Connection, name: str) -> None:
+    """An empty temp table of one_ids, `name`."""
+    conn.execute(f"DROP TABLE IF EXISTS temp.{name}")
+    conn.execute(f"CREATE TEMP TABLE {name} (one_id TEXT PRIMARY KEY) WITHOUT ROWID")
+
+
+def _add_customers_of(
+    conn: sqlite3.Connection, into: str, table: str, rows: str, params: list[Any]
+) -> None:
+    """Into temp table `into`: the customers of `table`'s rows (t) where `rows` holds."""
+    conn.execute(
+        f"INSERT OR IGNORE INTO {into} SELECT k.one_id FROM {table} t "
+        f"JOIN identity_keys k ON k.key = t.identity_key WHERE {rows} AND k.one_id IS NOT NULL",
+        params,
+    )
 
 
 def _forget_changed(conn: sqlite3.Connection, keys: str | None) -> None:

@@ -168,15 +168,13 @@ class Outbox:
 
     def fill(self, run: JourneyRun, rendered: list[RenderedMessage]) -> None:
         """Put what the worker rendered into the rows waiting for it, and their lines."""
-        prices: dict[str, float] = {}  # a channel's price per part, looked up once per batch
         for index, (payload, billed_parts, line) in zip(self.rendering, rendered, strict=True):
             row = self.messages[index]
             channel = row.channel
             assert channel is not None
-            if channel not in prices:
-                prices[channel] = run.settings.cost(channel)
             values = list(row)  # faster than row._replace(payload=..., cost=...)
-            values[_PAYLOAD], values[_COST] = payload, prices[channel] * billed_parts
+            values[_PAYLOAD] = payload
+            values[_COST] = message_cost(run, channel, billed_parts)
             self.messages[index] = _new_row(values)
             self.lines.append((channel, line))
         self.rendering.clear()
