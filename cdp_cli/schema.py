@@ -686,3 +686,13 @@ def record_keys_rows_left_for_features(db: sqlite_utils.Database) -> None:
   WHERE NOT EXISTS (SELECT 1 FROM feature_left_keys WHERE key = old.identity_key);"""
     for kind in KINDS.values():
         _run_script(db.conn, _identity_key_replaced_trigger(kind.table, also))
+
+
+@migration(23)
+def index_available_coupon_codes(db: sqlite_utils.Database) -> None:
+    """coupons_available: a pool's available codes in code order (issue 14). A journey's pool
+    draws from its lowest code, and through coupons_campaign it walked every issued and
+    redeemed code of the campaign first, each a row read: 2 s a day at 1M for 37 blocks."""
+    db.conn.execute(
+        "CREATE INDEX coupons_available ON coupons (campaign, code) WHERE status = 'available'"
+    )

@@ -665,9 +665,10 @@ def test_a_run_checks_conversions_since_the_last_one_as_a_check_of_everything_wo
 ):
     """Each run converts exactly whom a check of every open enrolment against every order
     converts (a copy of the store whose runs recorded no goal): an order of a new batch (M2),
-    one that arrives late, dated before the last run's clock (M1), one dated after that clock
-    (M6), and an old order that a merge brings to an enrolled customer (M3, who gains the shop
-    order's phone). Two journeys share one command's news only when they ask for the same."""
+    one that arrives late, dated before the last run's clock (M1, enrolled before a member who
+    joins later: M7, whose order comes the same day), one dated after that clock (M6), and an
+    old order that a merge brings to an enrolled customer (M3, who gains the shop order's
+    phone). Two journeys share one command's news only when they ask for the same."""
     write("cdp.yaml", CONFIG.replace("per_day: 1", "per_day: 2") + SHOP)  # g and g2 both send
     body = """entry: {when: "city is not null"}
 goal: {event: order, within: 14d}
@@ -685,8 +686,11 @@ steps:
             ("orders", "order_id,member,amount,at\nO2,M2,50,2026-11-16 09:00:00\n"
              "O6,M6,80,2026-11-19 12:00:00\n"),
             ("shop", "order_id,phone,amount,at\nS1,13800000003,60,2026-11-16 08:00:00\n"),
+            ("crm", "member,name,phone,email,city,appid,openid,device\n"
+             "M7,王芳,13900000007,,广州,,,\n"),
         ],
-        "2026-11-17 10:30": [("orders", "order_id,member,amount,at\nO7,M1,30,2026-11-16 09:30:00\n")],
+        "2026-11-17 10:30": [("orders", "order_id,member,amount,at\nO7,M1,30,2026-11-16 09:30:00\n"
+                              "O8,M7,40,2026-11-16 12:00:00\n")],
         "2026-11-20 10:30": [("crm", "member,name,phone,email,city,appid,openid,device\n"
                               "M3,张敏,13800000003,,上海,,,\n")],
     }  # fmt: skip
@@ -696,6 +700,7 @@ steps:
             write(f"{source}-{number}.csv", text)
             assert run("ingest", f"{source}-{number}.csv", "-s", source).exit_code == 0
         assert run("resolve").exit_code == 0
+        assert run("tag", "--as-of", day[:10]).exit_code == 0  # a member who joins enters that day
         with sqlite3.connect(store) as original, sqlite3.connect(everything) as copy:
             original.backup(copy)  # with what the WAL holds
             copy.execute("UPDATE journey_runs SET goal = NULL")
@@ -709,13 +714,13 @@ steps:
         with sqlite3.connect(store) as conn:  # this test's days pass within a second
             conn.execute("UPDATE identity_keys SET resolved_at = '2026-01-01T00:00:00+00:00'")
         converted.append({r["journey"]: r["converted"] for r in json.loads(result.stdout)}["g"])
-    assert converted == [0, 1, 1, 2]  # M2 by its new order; M1 by a late one; then M6 and M3
+    assert converted == [0, 1, 2, 2]  # M2 by its new order; M1 by a late one, and M7; M6, M3
     assert {
         member
-        for member in ("M1", "M2", "M3", "M6")
+        for member in ("M1", "M2", "M3", "M6", "M7")
         if query(store, "SELECT converted_at FROM journey_enrolments WHERE journey = 'g' "
                  "AND one_id = ?", member_one_id(project, member))[0][0]
-    } == {"M1", "M2", "M3", "M6"}  # fmt: skip
+    } == {"M1", "M2", "M3", "M6", "M7"}  # fmt: skip
 
 
 def test_dry_run_shows_who_would_get_what(run, write, project):
@@ -1233,3 +1238,35 @@ def test_a_template_that_fails_for_some_customers_skips_their_messages(run, writ
     sent = messages(project, "last")
     assert sent["M1"][1] == "written"
     assert sent["M6"][1] == "skipped" and sent["M6"][2].startswith("template: ")
+
+
+def test_recent_goal_events_are_kept_only_for_a_journey_that_asks_for_no_more(run, write, project):
+    """The recent goal events one journey read are reused by the next journey of the command
+    only when they hold all it asks for: an older day or an earlier batch reads them again."""
+    from cdp_cli.messaging.conversions import RECENT, _Recent, goal_events
+    from cdp_cli.store import open_store
+
+    write("o2.csv", "order_id,member,amount,at\nO2,M2,50,2026-11-10 09:00:00\n")
+    write("o3.csv", "order_id,member,amount,at\nO3,M3,50,2026-11-14 09:00:00\n")
+    for name in ("o2.csv", "o3.csv"):
+        assert run("ingest", name, "-s", "orders").exit_code == 0
+    assert run("resolve").exit_code == 0
+    db = open_store(project / "cdp.db")
+    batch = db.conn.execute("SELECT max(id) FROM batches").fetchone()[0]
+    recent = _Recent(db.conn, *goal_events("order"), batch)
+
+    def held() -> set[str]:
+        ats = db.conn.execute(f"SELECT substr(at, 1, 10) FROM {RECENT}").fetchall()
+        return {a for (a,) in ats}
+
+    recent.cover(batch, "2026-11-14")
+    assert held() == {"2026-11-14"}
+    recent.cover(batch, "2026-11-01")  # an older day
+    assert held() == {"2026-11-10", "2026-11-14"}
+    recent.cover(batch, "2026-11-14")  # asks for less: kept
+    assert held() == {"2026-11-10", "2026-11-14"}
+    recent.cover(batch - 1, "2026-11-14")  # an earlier batch: read again, as much as before
+    assert held() == {"2026-11-10", "2026-11-14"}
+    recent.cover(0, "2026-11-14")  # every batch: the fixture's order of June too
+    assert held() == {"2026-06-01", "2026-11-10", "2026-11-14"}
+    db.conn.close()

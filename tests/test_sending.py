@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from cdp_cli.config import load_config
-from cdp_cli.messaging.coupons import CouponPool, empty_pool_reason
+from cdp_cli.messaging.coupons import AVAILABLE_CODES, CouponPool, empty_pool_reason
 from cdp_cli.messaging.guards import Customers, customer_zone, quiet_until, reach
 from cdp_cli.store import open_store
 from tests.conftest import query
@@ -129,6 +129,18 @@ def test_a_coupon_pool_draws_unissued_codes_in_order_until_it_is_empty(store) ->
     assert [pool.draw()["code"], pool.draw()["code"]] == ["B1", "B2"]  # type: ignore[index]
     assert pool.draw() is None  # X1 was redeemed: never drawn
     assert empty_pool_reason("SPRING") == "coupon pool SPRING is empty"
+
+
+def test_a_pool_reads_its_available_codes_alone(store) -> None:
+    """A draw walks the pool's available codes, not every issued or redeemed one before them
+    (at 1M: 460,000 rows read for each block of 2,000)."""
+    _, db = store
+    plans = [
+        " ".join(r[3] for r in db.conn.execute(f"EXPLAIN QUERY PLAN SELECT code {AVAILABLE_CODES}"
+                                                f"{tail}", params))
+        for tail, params in [("AND code > ? ORDER BY code LIMIT 9", ("SPRING", "")), ("", ("S",))]
+    ]  # fmt: skip
+    assert all("USING INDEX coupons_available (campaign=?" in plan for plan in plans), plans
 
 
 def test_an_exhausted_pool_skips_the_rest_with_its_reason(run, write, store) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import struct
 import time
 from datetime import date, datetime, timedelta
@@ -27,6 +26,7 @@ from cdp_cli.errors import CdpError, FileError, NotFound, RuleError
 from cdp_cli.files import ensure_folder
 from cdp_cli.messaging.channels import placeholder_problem
 from cdp_cli.messaging.conditions import JourneyRules
+from cdp_cli.messaging.conversions import convert
 from cdp_cli.messaging.coupons import pool_exists, unknown_pool_problem, usable_codes
 from cdp_cli.messaging.fixtures import example_context
 from cdp_cli.messaging.journeys import (
@@ -311,7 +311,7 @@ def _run_one(run: JourneyRun, workers: Workers) -> RunResult:
 
 
 def _work(run: JourneyRun, cursor: int, workers: Workers | None) -> None:
-    _convert(run)
+    convert(run)
     _exit(run)
     _advance(run, workers, _enrol(run, cursor))
 
@@ -323,131 +323,6 @@ def _in_one_process(run: JourneyRun) -> JourneyRun:
     result = RunResult(run.journey.name, run.result.now, run.dry_run)
     return JourneyRun(run.db, run.config, run.journey, run.now, run.run_id, run.rules,
                       run.templates, result, run.dry_run, run.spool)  # fmt: skip
-
-
-def _convert(run: JourneyRun) -> None:
-    """Enrolments whose customer met the goal within its window: converted, and ended.
-
-    After a run that checked the same goal, only what can have changed since is checked
-    again: enrolments whose first message that run or a later one made (it checked before
-    sending), and the customers of _goal_news."""
-    journey, conn = run.journey, run.db.conn
-    if not journey.goal_event or not journey.goal_within:
-        return
-    days = journey.goal_within.total_seconds() / 86400
-    goal = f"{journey.goal_event} within {days:g} days"
-    batch = conn.execute("SELECT coalesce(max(id), 0) FROM batches").fetchone()[0]
-    conn.execute(
-        "UPDATE journey_runs SET goal = ?, goal_batch = ? WHERE id = ?", (goal, batch, run.run_id)
-    )
-    happened, params = _goal_events(journey.goal_event)
-    previous = conn.execute(
-        "SELECT id, now, started_at, goal_batch FROM journey_runs WHERE journey = ? AND id < ? "
-        "AND finished_at IS NOT NULL AND goal = ? ORDER BY id DESC LIMIT 1",
-        (journey.name, run.run_id, goal),
-    ).fetchone()
-    if previous is not None:
-        news, news_params = _goal_news(run, happened, params, previous, batch)
-        scope = f"WHERE first.first_run >= ? OR {news}"
-        scope_params: list[Any] = [previous[0], *news_params]
-    else:
-        scope, scope_params = "", []
-    # The window opens with the enrolment's first message, sent or skipped (a holdout's skipped
-    # message marks when it would have gone): `cdp report` counts conversions the same way.
-    rows = conn.execute(
-        f"""WITH first AS (
-  SELECT je.id, je.one_id, min(m.created_at) AS at, min(m.run_id) AS first_run
-  FROM journey_enrolments je JOIN messages m ON m.one_id = je.one_id AND m.enrolment_id = je.id
-  WHERE je.journey = ? AND je.converted_at IS NULL AND je.status IN ('active', 'completed')
-  GROUP BY je.id
-), checked AS (SELECT * FROM first {scope})
-SELECT min(h.at), ?, checked.id FROM checked JOIN ({happened}) h
-ON h.one_id = checked.one_id AND julianday(h.at) >= julianday(checked.at)
-AND julianday(h.at) <= julianday(checked.at) + ? AND julianday(h.at) <= julianday(?)
-GROUP BY checked.id""",
-        [journey.name, *scope_params, run.now_text, *params, days, run.now_text],
-    ).fetchall()
-    conn.executemany(
-        "UPDATE journey_enrolments SET converted_at = ?, "
-        "status = CASE status WHEN 'active' THEN 'converted' ELSE status END, "
-        "ended_at = coalesce(ended_at, ?) WHERE id = ?",
-        rows,
-    )
-    run.result.converted = len(rows)
-
-
-# The customers with new goal events, kept for the next journey of the same command: journeys
-# run one after another from the same previous command share its clock and last batch.
-GOAL_EVENTS_NEWS = "temp.cdp_goal_events_news"
-GOAL_EVENTS_ASKED = "temp.cdp_goal_events_asked"  # what GOAL_EVENTS_NEWS answers
-
-
-def _goal_events(goal_event: str) -> tuple[str, list[Any]]:
-    """The goal's events (at, one_id, batch_id), and their parameters."""
-    if goal_event == "order":
-        return (
-            "SELECT o.ordered_at AS at, k.one_id, o.batch_id FROM orders o "
-            "JOIN identity_keys k ON k.key = o.identity_key"
-        ), []
-    return (
-        "SELECT e.occurred_at AS at, k.one_id, e.batch_id FROM events e "
-        "JOIN identity_keys k ON k.key = e.identity_key WHERE e.event = ?"
-    ), [goal_event]
-
-
-def _goal_news(
-    run: JourneyRun,
-    happened: str,
-    params: list[Any],
-    previous: tuple[int, str, str, int],
-    batch_now: int,
-) -> tuple[str, list[Any]]:
-    """The customers whose conversions can have changed since the previous check, as a
-    condition on `first.one_id` and its parameters. Its goal events were those of batches up
-    to its last, dated up to its clock, joined to customers by the identity keys of its start;
-    so: goal events of later batches or dated after that clock, and customers whose keys a
-    resolve has written since (a merge can bring an old order to an enrolled customer; a full
-    resolve writes every key)."""
-    _, then, started_at, batch = previous
-    conn = run.db.conn
-    _goal_events_news(conn, happened, params, (then, batch, batch_now))
-    news = f"first.one_id IN (SELECT one_id FROM {GOAL_EVENTS_NEWS})"
-    # A resolve that finished before the previous run began had committed before it did.
-    resolved = conn.execute(
-        "SELECT 1 FROM resolve_runs WHERE julianday(finished_at) >= julianday(?) LIMIT 1",
-        (started_at,),
-    ).fetchone()
-    if not resolved:
-        return news, []
-    moved = (
-        "first.one_id IN (SELECT one_id FROM identity_keys "
-        "WHERE julianday(resolved_at) >= julianday(?) AND one_id IS NOT NULL)"
-    )
-    return f"{news} OR {moved}", [started_at]
-
-
-def _goal_events_news(
-    conn: sqlite3.Connection, happened: str, params: list[Any], since: tuple[str, int, int]
-) -> None:
-    """GOAL_EVENTS_NEWS: customers with goal events of batches after `batch` or dated after
-    `then`, as of `batch_now`; kept as they are when the last call asked the same."""
-    then, batch, batch_now = since
-    asked = json.dumps([happened, params, then, batch, batch_now])
-    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {GOAL_EVENTS_NEWS} (one_id TEXT PRIMARY KEY)")
-    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {GOAL_EVENTS_ASKED} (asked TEXT)")
-    if conn.execute(f"SELECT 1 FROM {GOAL_EVENTS_ASKED} WHERE asked = ?", (asked,)).fetchone():
-        return
-    conn.execute(f"DELETE FROM {GOAL_EVENTS_NEWS}")
-    conn.execute(f"DELETE FROM {GOAL_EVENTS_ASKED}")
-    # A time stored in any offset is dated from the day before its moment on: the text test
-    # leaves julianday() to the few rows near or after the clock.
-    conn.execute(
-        f"INSERT OR IGNORE INTO {GOAL_EVENTS_NEWS} SELECT h.one_id FROM ({happened}) h "
-        "WHERE h.one_id IS NOT NULL AND (h.batch_id > ? "
-        "OR (h.at >= date(?, '-1 day') AND julianday(h.at) > julianday(?)))",
-        [*params, batch, then, then],
-    )
-    conn.execute(f"INSERT INTO {GOAL_EVENTS_ASKED} VALUES (?)", (asked,))
 
 
 def _exit(run: JourneyRun) -> None:
