@@ -1243,7 +1243,7 @@ def test_a_template_that_fails_for_some_customers_skips_their_messages(run, writ
 def test_recent_goal_events_are_kept_only_for_a_journey_that_asks_for_no_more(run, write, project):
     """The recent goal events one journey read are reused by the next journey of the command
     only when they hold all it asks for: an older day or an earlier batch reads them again."""
-    from cdp_cli.messaging.conversions import RECENT, _Recent, goal_events
+    from cdp_cli.messaging.conversions import RECENT, _Recent, forget_kept, goal_events
     from cdp_cli.store import open_store
 
     write("o2.csv", "order_id,member,amount,at\nO2,M2,50,2026-11-10 09:00:00\n")
@@ -1269,4 +1269,36 @@ def test_recent_goal_events_are_kept_only_for_a_journey_that_asks_for_no_more(ru
     assert held() == {"2026-11-10", "2026-11-14"}
     recent.cover(0, "2026-11-14")  # every batch: the fixture's order of June too
     assert held() == {"2026-06-01", "2026-11-10", "2026-11-14"}
+    write("o4.csv", "order_id,member,amount,at\nO4,M4,50,2026-11-15 09:00:00\n")
+    assert run("ingest", "o4.csv", "-s", "orders").exit_code == 0
+    assert run("resolve").exit_code == 0
+    forget_kept(db.conn)  # a later command on the same connection reads them again
+    recent.cover(0, "2026-11-14")
+    assert held() == {"2026-06-01", "2026-11-10", "2026-11-14", "2026-11-15"}
     db.conn.close()
+
+
+def test_customers_whose_keys_moved_are_kept_only_for_a_journey_that_asks_for_no_more(project):
+    from cdp_cli.messaging.conversions import MOVED, _cover_moved
+    from cdp_cli.store import open_store
+
+    db = open_store(project / "cdp.db")
+    conn = db.conn
+    conn.execute("UPDATE identity_keys SET resolved_at = '2026-01-01T00:00:00+00:00'")
+    for member, at in [("M2", "2026-06-01T00:00:00+00:00"), ("M3", "2026-09-01T08:00:00+08:00")]:
+        conn.execute(
+            "UPDATE identity_keys SET resolved_at = ? WHERE one_id = ?",
+            (at, member_one_id(project, member)),
+        )
+
+    def moved(since: str) -> set[str]:
+        _cover_moved(conn, since)
+        rows = conn.execute(f"SELECT one_id FROM {MOVED} WHERE at >= julianday(?)", (since,))
+        names = {member_one_id(project, m): m for m in ("M1", "M2", "M3", "M4", "M5", "M6")}
+        return {names[one_id] for (one_id,) in rows}
+
+    assert moved("2026-08-31T23:00:00+00:00") == {"M3"}  # 08:00 in Shanghai is midnight UTC
+    assert moved("2026-09-01T01:00:00+00:00") == set()
+    assert moved("2026-05-01T00:00:00+00:00") == {"M2", "M3"}  # an older time: read again
+    assert moved("2026-08-01T00:00:00+00:00") == {"M3"}
+    conn.close()

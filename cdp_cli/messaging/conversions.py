@@ -19,10 +19,12 @@ from typing import Any
 from cdp_cli.messaging.run import JourneyRun
 
 CHECKED = "temp.cdp_conversion_checked"  # the enrolments this run checks, and their first message
-# Goal events of batches after `batch` or dated from `day` on, for the journeys of one command:
-# those run one after another share its clock and its last batch.
+# Read in one pass and kept for the command's later journeys while they ask for no more than
+# they hold (KEPT says what each holds): the goal events of batches after some batch or dated
+# from some day on (RECENT), and the customers of keys a resolve wrote since some time (MOVED).
 RECENT = "temp.cdp_goal_events_recent"
-RECENT_ASKED = "temp.cdp_goal_events_recent_asked"  # what RECENT holds: (asked, batch, day)
+MOVED = "temp.cdp_moved_customers"
+KEPT = "temp.cdp_conversion_kept"
 # A goal event within the window that opens with the first message c.at, by the run's clock.
 WINDOW = (
     "julianday(h.at) >= julianday(c.at) AND julianday(h.at) <= julianday(c.at) + ? "
@@ -133,42 +135,69 @@ def _conversions(run: JourneyRun, recent: _Recent, days: float) -> list[tuple[An
 
 
 class _Recent:
-    """RECENT for one goal: the goal events of batches after `batch` or dated from `day` on,
-    as one pass over the goal events finds them, kept while a later journey of the same
-    command asks for no more than they hold."""
+    """RECENT for one goal: the goal events of batches after `batch` or dated from `day` on."""
 
     def __init__(self, conn: sqlite3.Connection, happened: str, params: list[Any], batch: int):
-        self.conn, self.happened, self.params, self.batch = conn, happened, params, batch
-        self.asked = json.dumps([happened, params, batch])  # the last batch now: nothing newer
+        self.conn, self.happened, self.params = conn, happened, params
+        self.batch = batch  # the last batch now: no goal event is newer
+        self.goal = json.dumps([happened, params])
 
     def cover(self, batch: int, day: str) -> None:
         """Make RECENT hold at least the goal events of batches after `batch` and those dated
         `day` or later (a time stored in any offset is dated from the day before its moment
         on, so `day` is the day before the earliest moment asked for)."""
+        kept = _kept(self.conn, RECENT)
+        if kept is not None and kept[0] == self.goal:
+            if kept[1] <= batch and kept[2] <= day:
+                return
+            batch, day = min(kept[1], batch), min(kept[2], day)
         conn = self.conn
         conn.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {RECENT} "
             "(one_id TEXT NOT NULL, at TEXT, batch_id INTEGER)"
         )
         conn.execute(f"CREATE INDEX IF NOT EXISTS {RECENT}_one_id ON {RECENT[5:]} (one_id)")
-        conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {RECENT_ASKED} (asked TEXT, batch INTEGER, day TEXT)"
-        )
-        kept = conn.execute(
-            f"SELECT batch, day FROM {RECENT_ASKED} WHERE asked = ?", (self.asked,)
-        ).fetchone()
-        if kept is not None:
-            if kept[0] <= batch and kept[1] <= day:
-                return
-            batch, day = min(kept[0], batch), min(kept[1], day)
         conn.execute(f"DELETE FROM {RECENT}")
-        conn.execute(f"DELETE FROM {RECENT_ASKED}")
         conn.execute(
             f"INSERT INTO {RECENT} SELECT h.one_id, h.at, h.batch_id FROM ({self.happened}) h "
             "WHERE h.one_id IS NOT NULL AND (h.batch_id > ? OR h.at >= ?)",
             [*self.params, batch, day],
         )
-        conn.execute(f"INSERT INTO {RECENT_ASKED} VALUES (?, ?, ?)", (self.asked, batch, day))
+        _keep(conn, RECENT, [self.goal, batch, day])
+
+
+def _cover_moved(conn: sqlite3.Connection, since: str) -> None:
+    """Make MOVED hold at least the customers of the keys a resolve wrote at `since` or later,
+    each with the latest such time."""
+    bound = conn.execute("SELECT julianday(?)", (since,)).fetchone()[0]
+    kept = _kept(conn, MOVED)
+    if kept is not None and kept[0] <= bound:
+        return
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {MOVED} (one_id TEXT PRIMARY KEY, at REAL)")
+    conn.execute(f"DELETE FROM {MOVED}")
+    conn.execute(
+        f"INSERT INTO {MOVED} SELECT one_id, max(julianday(resolved_at)) FROM identity_keys "
+        "WHERE julianday(resolved_at) >= ? AND one_id IS NOT NULL GROUP BY one_id",
+        (bound,),
+    )
+    _keep(conn, MOVED, [bound])
+
+
+def forget_kept(conn: sqlite3.Connection) -> None:
+    """At a command's start: what an earlier command on this connection kept may be stale
+    (batches, resolves and erasures since); the journeys of one command change none of it."""
+    conn.execute(f"DROP TABLE IF EXISTS {KEPT}")
+
+
+def _kept(conn: sqlite3.Connection, table: str) -> list[Any] | None:
+    """What `table` was filled for in this command, or None."""
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {KEPT} (name TEXT PRIMARY KEY, asked TEXT)")
+    row = conn.execute(f"SELECT asked FROM {KEPT} WHERE name = ?", (table,)).fetchone()
+    return None if row is None else list(json.loads(row[0]))
+
+
+def _keep(conn: sqlite3.Connection, table: str, asked: list[Any]) -> None:
+    conn.execute(f"INSERT OR REPLACE INTO {KEPT} VALUES (?, ?)", (table, json.dumps(asked)))
 
 
 def _news(
@@ -196,8 +225,6 @@ def _news(
     ).fetchone()
     if not resolved:
         return news, params
-    moved = (
-        "first.one_id IN (SELECT one_id FROM identity_keys "
-        "WHERE julianday(resolved_at) >= julianday(?) AND one_id IS NOT NULL)"
-    )
+    _cover_moved(conn, started_at)
+    moved = f"first.one_id IN (SELECT one_id FROM {MOVED} WHERE at >= julianday(?))"
     return f"{news} OR {moved}", [*params, started_at]

@@ -26,7 +26,7 @@ from cdp_cli.errors import CdpError, FileError, NotFound, RuleError
 from cdp_cli.files import ensure_folder
 from cdp_cli.messaging.channels import placeholder_problem
 from cdp_cli.messaging.conditions import JourneyRules
-from cdp_cli.messaging.conversions import convert
+from cdp_cli.messaging.conversions import convert, forget_kept
 from cdp_cli.messaging.coupons import pool_exists, unknown_pool_problem, usable_codes
 from cdp_cli.messaging.fixtures import example_context
 from cdp_cli.messaging.journeys import (
@@ -232,6 +232,7 @@ def run_journeys(
     if not dry_run:  # before any journey moves: where their files go must take them
         ensure_folder(config.outbound_folder, OUTBOUND_FILES)
     results = []
+    forget_kept(db.conn)
     spool = None if dry_run else Spool(config.outbound_folder)
     workers = Workers(templates, None if dry_run else render_worker_from)
     if dry_run:  # one transaction for all, rolled back: each journey sees what those before
