@@ -1301,4 +1301,11 @@ def test_customers_whose_keys_moved_are_kept_only_for_a_journey_that_asks_for_no
     assert moved("2026-09-01T01:00:00+00:00") == set()
     assert moved("2026-05-01T00:00:00+00:00") == {"M2", "M3"}  # an older time: read again
     assert moved("2026-08-01T00:00:00+00:00") == {"M3"}
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    assert moved("2026-01-01T00:00:00+00:00") == {"M1", "M2", "M3", "M4", "M5", "M6"}
+    conn.set_trace_callback(None)
+    [fill] = [s for s in statements if s.startswith(f"INSERT INTO {MOVED}")]
+    plan = " ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {fill}"))
+    assert "SCAN identity_keys" in plan, plan  # one pass, not every key's row in one_id order
     conn.close()

@@ -175,9 +175,11 @@ def _cover_moved(conn: sqlite3.Connection, since: str) -> None:
         return
     conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {MOVED} (one_id TEXT PRIMARY KEY, at REAL)")
     conn.execute(f"DELETE FROM {MOVED}")
+    # GROUP BY +one_id: one pass over the table and a sort of the few keys found; grouped by
+    # the one_id index, it read every key's row in one_id order (8.7 s against 0.7 s at 1M).
     conn.execute(
         f"INSERT INTO {MOVED} SELECT one_id, max(julianday(resolved_at)) FROM identity_keys "
-        "WHERE julianday(resolved_at) >= ? AND one_id IS NOT NULL GROUP BY one_id",
+        "WHERE julianday(resolved_at) >= ? AND one_id IS NOT NULL GROUP BY +one_id",
         (bound,),
     )
     _keep(conn, MOVED, [bound])
