@@ -1309,3 +1309,20 @@ def test_customers_whose_keys_moved_are_kept_only_for_a_journey_that_asks_for_no
     plan = " ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {fill}"))
     assert "SCAN identity_keys" in plan, plan  # one pass, not every key's row in one_id order
     conn.close()
+
+
+def test_entry_and_exit_rules_read_tags_as_sets_from_the_tag_index(run, write, project):
+    """Over the whole base, a tag is one read of the (tag, value) index, as in a segment,
+    not a lookup per customer; the same customers enter."""
+    body = (
+        "entry: {when: \"tag('wuhan') = 'true'\"}\n"
+        "exit: \"has_tag('wuhan') and city = '北京'\"\n"
+        "steps: [{send: {channel: sms, template: hello}}]\n"
+    )
+    write("journeys/w.yaml", journey("w", body))
+    result, statements = traced_run(project, "w")
+    assert result.enrolled == 3  # the fixture's three members in Wuhan
+    rules = [s for s in statements if "FROM profiles p JOIN profile_features f" in s]
+    assert len(rules) == 2 and all("p.one_id IN (SELECT t.one_id FROM profile_tags t" in s
+                                   for s in rules), rules  # fmt: skip
+    assert not any("WHERE t.one_id = p.one_id" in s for s in rules)

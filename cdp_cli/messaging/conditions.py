@@ -26,9 +26,13 @@ class JourneyRules:
     ) -> None:
         book = load_rulebook(config.tag_rules_folder)
         self.context = RuleContext(book, as_of, known_tags, predicted=predicted)
+        # Entry and exit rules select from the whole base, as a segment's do: tags as sets
+        # from the tag index (RuleContext.whole_base) rather than looked up per customer.
+        self.base = RuleContext(book, as_of, known_tags, whole_base=True, predicted=predicted)
 
     def customer(self, text: str) -> CompiledRule:
-        return self.context.compile(text)
+        """An entry or exit rule: which customers of the whole base it selects."""
+        return self.base.compile(text, condition=True)
 
     def branch(self, text: str) -> CompiledRule:
         base = self.context.schema()
