@@ -125,13 +125,15 @@ def _insert_row(
     key: int | None,
 ) -> int:
     """One batch of the source `manual` holding one consents row; the batch's id."""
+    # Where the row goes, as ingest records it: resolve reads it from there, not by a scan.
+    inserted_after = conn.execute("SELECT coalesce(max(id), 0) FROM consents").fetchone()[0]
     batch_id = insert_row(
         conn,
         "INSERT INTO batches (source, kind, file, sha256, size, status, pid, started_at, "
-        "finished_at, rows_read, rows_inserted) "
-        "VALUES (?, 'consents', '(cdp consent)', ?, 0, 'done', ?, ?, ?, 1, 1)",
+        "finished_at, rows_read, rows_inserted, inserted_after) "
+        "VALUES (?, 'consents', '(cdp consent)', ?, 0, 'done', ?, ?, ?, 1, 1, ?)",
         # No file: a random digest, never one of the row (it would hash the phone).
-        (MANUAL_SOURCE, secrets.token_hex(32), os.getpid(), now_iso(), now_iso()),
+        (MANUAL_SOURCE, secrets.token_hex(32), os.getpid(), now_iso(), now_iso(), inserted_after),
     )
     columns = ["channel", "status", "consented_at", "reason", *fields]
     conn.execute(

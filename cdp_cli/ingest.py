@@ -168,12 +168,13 @@ def ingest_file(
     result = IngestResult(source.name, str(path), "done", batch_id=batch_id, encoding=encoding)
     try:
         with transaction(db) as conn:
-            _load(conn, source, path, fmt, encoding, result, on_progress, screen)
+            inserted_after = _load(conn, source, path, fmt, encoding, result, on_progress, screen)
             conn.execute(
                 "UPDATE batches SET status='done', finished_at=?, rows_read=?, rows_inserted=?, "
-                "rows_updated=?, rows_unchanged=?, rows_rejected=?, rows_skipped=? WHERE id=?",
+                "rows_updated=?, rows_unchanged=?, rows_rejected=?, rows_skipped=?, "
+                "inserted_after=? WHERE id=?",
                 (now_iso(), result.rows_read, result.inserted, result.updated, result.unchanged,
-                 result.rejected, result.skipped, batch_id),
+                 result.rejected, result.skipped, inserted_after, batch_id),
             )  # fmt: skip
     except BaseException as exc:
         if is_damage(exc):  # rolled back; nothing more is written into a damaged store
@@ -212,7 +213,9 @@ def _load(
     result: IngestResult,
     on_progress: ProgressCallback | None,
     screen: Screen | None = None,
-) -> None:
+) -> int:
+    """Write the file's rows into its kind's table; the table's largest id before (every row
+    inserted has a larger one: resolve reads new rows from there, see batches.inserted_after)."""
     table = source.kind.table
     # Loaded inside the file's transaction: a `cdp forget` committed before it is always seen.
     tombstones = screen.load(conn) if screen else None
@@ -250,6 +253,7 @@ def _load(
     result.updated = changed - result.inserted
     result.rejected = sum(result.reject_reasons.values())
     result.unchanged = result.rows_read - result.rejected - result.inserted - result.updated
+    return last_id
 
 
 def _largest_id(conn: sqlite3.Connection, table: str) -> int:

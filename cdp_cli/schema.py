@@ -689,6 +689,16 @@ def record_keys_rows_left_for_features(db: sqlite_utils.Database) -> None:
 
 
 @migration(23)
+def record_where_each_batch_inserted(db: sqlite_utils.Database) -> None:
+    """The largest row id of its table before each batch wrote (issue 13): every row the batch
+    inserted has a larger one, so that resolve reads a batch's new rows by their ids where it
+    scanned the whole table for their batch (26 ms of a 0.3 s incremental run at 100k
+    records; `cdp consent` records it too). NULL where not known (batches before this):
+    resolve scans then, as it does after a batch that updated rows in place."""
+    db.conn.execute("ALTER TABLE batches ADD COLUMN inserted_after INTEGER")
+
+
+@migration(24)
 def index_available_coupon_codes(db: sqlite_utils.Database) -> None:
     """coupons_available: a pool's available codes in code order (issue 14). A journey's pool
     draws from its lowest code, and through coupons_campaign it walked every issued and

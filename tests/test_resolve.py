@@ -312,6 +312,126 @@ def test_incremental_reads_the_resolved_tables_from_the_keys_it_reached(
     assert one_id_of(tmp_path, "shop", "O1") == one_id_of(tmp_path, "crm", "M7")
 
 
+def new_row_reads(statements: list[str], db: Any) -> dict[str, str]:
+    """Each kind table an incremental run read for new keys, and how: `range` through its
+    rowid, `scan` of every row."""
+    reads = {}
+    for statement in statements:
+        if statement.lstrip().startswith("SELECT t.identity_key"):
+            table = re.search(r"\bFROM \(?.*?\b(customers|orders|events|consents)\b", statement)[1]
+            plan = [step for *_, step in db.conn.execute(f"EXPLAIN QUERY PLAN {statement}")]
+            by_id = r"SEARCH [tx] USING INTEGER PRIMARY KEY \(rowid>\?\)"
+            reads[table] = "range" if any(re.match(by_id, step) for step in plan) else "scan"
+    return reads
+
+
+def test_ingest_records_the_largest_id_of_its_table_before_each_batch(
+    run, write, project, tmp_path
+):
+    ingest(run, write, "crm.csv", "crm", CRM_HEADER + "M1,a,13700000031,,,\nM2,b,,,,\n")
+    ingest(run, write, "shop.csv", "shop", SHOP_HEADER + "O1,13700000031,,10,2025-01-01\n")
+    ingest(run, write, "crm2.csv", "crm", CRM_HEADER + "M2,b,13700000032,,,\nM3,c,,,,\n")
+    assert query(
+        tmp_path / "cdp.db", "SELECT kind, inserted_after, rows_inserted, rows_updated FROM batches"
+    ) == [("customers", 0, 2, 0), ("orders", 0, 1, 0), ("customers", 2, 1, 1)]
+
+
+def test_incremental_reads_new_rows_by_their_ids(run, write, project, tmp_path):
+    """Rows that new batches inserted are read from above the smallest id those batches
+    recorded, not found by a scan of every row for its batch; a failed batch (it wrote no
+    rows, and recorded no id) leaves it so."""
+    members = "".join(f"M{i},n{i},137{i:08d},,,\n" for i in range(30))
+    ingest(run, write, "crm.csv", "crm", CRM_HEADER + members)
+    ingest(run, write, "shop.csv", "shop", SHOP_HEADER + "O1,13700000001,,10,2025-01-01\n")
+    ingest(run, write, "app.csv", "app", APP_HEADER + "open,2025-01-01,DEV000001,M1,\n")
+    resolve(run)
+    write("bad.csv", "order_id,at\nO9,2025-01-02\n")  # no amount column: the batch fails
+    assert run("ingest", "bad.csv", "-s", "shop").exit_code == 1
+    ingest(run, write, "shop2.csv", "shop", SHOP_HEADER + "O2,13700000007,,10,2025-01-02\n")
+    ingest(run, write, "shop3.csv", "shop", SHOP_HEADER + "O3,,m3@example.com,10,2025-01-03\n")
+    ingest(run, write, "crm2.csv", "crm", CRM_HEADER + "M30,n30,,m3@example.com,,\n")
+    ingest(run, write, "app2.csv", "app", APP_HEADER + "open,2025-01-02,DEV000002,M8,\n")
+    with traced_resolve(tmp_path) as (result, statements, db):
+        reads = new_row_reads(statements, db)
+    assert reads == {"customers": "range", "orders": "range", "events": "range"}
+    assert result.mode == "incremental" and result.keys_new == 4
+    assert one_id_of(tmp_path, "shop", "O2") == one_id_of(tmp_path, "crm", "M7")
+    assert one_id_of(tmp_path, "shop", "O3") == one_id_of(tmp_path, "crm", "M30")
+    (event,) = query(tmp_path / "cdp.db", "SELECT key FROM events WHERE device_id = 'DEV000002'")
+    assert one_id_of(tmp_path, "app", event[0]) == one_id_of(tmp_path, "crm", "M8")
+    incremental = _partition(tmp_path / "cdp.db")
+    assert resolve(run, "--full")["created"] == 0
+    assert _partition(tmp_path / "cdp.db") == incremental
+
+
+def test_a_consent_recorded_by_hand_is_read_by_its_id(run, write, project, tmp_path):
+    """`cdp consent` writes a batch of its own, recording where its row goes as ingest does."""
+    ingest(run, write, "crm.csv", "crm", CRM_HEADER + "M1,a,13700000031,,,\n")
+    resolve(run)
+    assert run("consent", "--phone", "13700000031", "--channel", "sms", "--opt-out").exit_code == 0
+    assert run("consent", "--phone", "13700000032", "--channel", "sms", "--opt-out").exit_code == 0
+    ingest(run, write, "shop.csv", "shop", SHOP_HEADER + "O1,13700000032,,10,2025-01-01\n")
+    assert query(tmp_path / "cdp.db", "SELECT kind, inserted_after FROM batches WHERE id > 1") == [
+        ("consents", 0),
+        ("consents", 1),
+        ("orders", 0),
+    ]
+    with traced_resolve(tmp_path) as (result, statements, db):
+        reads = new_row_reads(statements, db)
+    assert reads == {"orders": "range", "consents": "range"}
+    assert result.mode == "incremental"
+    assert one_id_of(tmp_path, "manual", "2") == one_id_of(tmp_path, "crm", "M1")
+
+
+def test_a_batch_that_updated_rows_in_place_has_its_table_scanned(run, write, project, tmp_path):
+    """An updated row keeps its id, below the batch's new rows: its new key is found only by
+    the scan for the batch's id, which the table gets when any new batch updated rows."""
+    members = "".join(f"M{i},n{i},137{i:08d},,,\n" for i in range(10))
+    ingest(run, write, "crm.csv", "crm", CRM_HEADER + members)
+    ingest(run, write, "shop.csv", "shop", SHOP_HEADER + "O1,13700000001,,10,2025-01-01\n")
+    resolve(run)
+    # O1 now carries M3's phone (updated in place, id 1), O2 is new (id 2); M10 is new too.
+    ingest(run, write, "crm2.csv", "crm", CRM_HEADER + "M10,n10,,m10@example.com,,\n")
+    shop = "O1,13700000003,,10,2025-01-01\nO2,13700000005,,10,2025-01-02\n"
+    ingest(run, write, "shop2.csv", "shop", SHOP_HEADER + shop)
+    with traced_resolve(tmp_path) as (result, statements, db):
+        reads = new_row_reads(statements, db)
+    assert reads == {"customers": "range", "orders": "scan"}
+    assert result.mode == "incremental" and result.keys_new == 3
+    assert one_id_of(tmp_path, "shop", "O1") == one_id_of(tmp_path, "crm", "M3")
+    assert one_id_of(tmp_path, "shop", "O2") == one_id_of(tmp_path, "crm", "M5")
+    incremental = _partition(tmp_path / "cdp.db")
+    full = resolve(run, "--full")
+    assert (full["created"], full["merged"], full["split"]) == (0, 0, 0)
+    assert _partition(tmp_path / "cdp.db") == incremental
+
+
+def test_new_rows_in_ids_freed_by_forget_are_read(run, write, project, tmp_path):
+    """`cdp forget` deletes the customer row with the largest id; the next batch inserts
+    from the largest id left, into an id a resolved row had, and its rows are read (a bound
+    kept from the last run, not from the batch, would miss the first of them)."""
+    members = "".join(f"M{i},n{i},137{i:08d},,,\n" for i in range(5))
+    ingest(run, write, "crm.csv", "crm", CRM_HEADER + members)
+    ingest(run, write, "shop.csv", "shop", SHOP_HEADER + "O1,13800000001,,10,2025-01-01\n")
+    resolve(run)
+    ingest(run, write, "crm2.csv", "crm", CRM_HEADER + "M5,n5,13700000005,,,\nM6,n6,,,,\n")
+    resolve(run)
+    assert run("forget", one_id_of(tmp_path, "crm", "M6"), "--yes").exit_code == 0
+    ingest(run, write, "crm3.csv", "crm", CRM_HEADER + "M7,n7,13800000001,,,\nM8,n8,,,,\n")
+    db = tmp_path / "cdp.db"
+    new_ids = [("M5", 6), ("M7", 7), ("M8", 8)]  # M7 in the id M6 had
+    assert query(db, "SELECT key, id FROM customers WHERE id > 5") == new_ids
+    assert query(db, "SELECT inserted_after FROM batches ORDER BY id DESC LIMIT 1") == [(6,)]
+    with traced_resolve(tmp_path) as (result, statements, store):
+        reads = new_row_reads(statements, store)
+    assert reads == {"customers": "range"}
+    assert result.mode == "incremental" and result.keys_new == 2
+    assert one_id_of(tmp_path, "crm", "M7") == one_id_of(tmp_path, "shop", "O1")
+    incremental = _partition(db)
+    assert resolve(run, "--full")["created"] == 0
+    assert _partition(db) == incremental
+
+
 def test_rule_change_splits_and_records_it(run, write, tmp_path):
     write("cdp.yaml", CONFIG)
     ingest(
