@@ -90,6 +90,7 @@ def test_resolve_without_emails_or_id_numbers_loads_no_validator(tmp_path):
         assert packages(loaded, NOT_FOR_RESOLVE) == set()
         assert "dateutil.parser._parser" not in loaded  # sqlite-utils' recipes: never run
         assert "importlib.metadata" not in loaded  # no plugin's entry points looked for
+        assert {"cdp_cli.identity.match", "logging"} & loaded == set()  # the project matches no one
     runs = subprocess.run(
         ["sqlite3", str(tmp_path / "cdp.db"), "SELECT mode FROM resolve_runs ORDER BY id"],
         capture_output=True,

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 from cdp_cli.canonical import IDENTITY_FIELDS, KINDS
 from cdp_cli.config import Config
-from cdp_cli.identity import match
 from cdp_cli.identity.fields import FieldReader
 from cdp_cli.identity.graph import Graph
 from cdp_cli.sqlitelib import sqlite_utils
@@ -46,7 +45,9 @@ from cdp_cli.store import (
 
 # Normalizing (phonenumbers, the blocklists), tombstones and profiles are imported by the runs
 # that read keys: a `cdp resolve` with nothing new, which cron makes often, needs none of them.
+# Probabilistic matching (and the logging it loads) only by a project that declares it.
 if TYPE_CHECKING:
+    from cdp_cli.identity import match
     from cdp_cli.identity.normalize import Normalizer, Rejected
     from cdp_cli.identity.tombstones import Tombstones
 
@@ -385,7 +386,7 @@ def resolve(db: sqlite_utils.Database, config: Config, full: bool = False) -> Re
     result = ResolveResult(mode="full")
     if last and not full and last[1] == fingerprint and through == last[0]:
         replaced = db.conn.execute("SELECT count(*) FROM replaced_identity_keys").fetchone()[0]
-        if config.identity.match and match.decided_since(db, last[2]):
+        if _decided_since(db, config, last[2]):
             replaced += 1  # a person decided on a pair since: their customers again
         if not replaced:  # no batch since the last run: nothing to read, nothing to record
             result.mode = "unchanged"
@@ -483,7 +484,7 @@ def _full(db: sqlite_utils.Database, config: Config, run_id: int, result: Resolv
     _, successors = _replaced_keys(db)
     _inherit(previous, successors, dict(previous))
     # Matching first: its model input and DuckDB are freed before the graph is built.
-    matching = match.prepare(db, config, None, full=True)
+    matching = _prepare_matching(db, config, None, full=True)
     normalizer = Normalizer(config.identity, config.region)
     graph = Graph(config.identity.types)
     unusable: list[tuple[int, str, str, str]] = []
@@ -500,6 +501,26 @@ def _full(db: sqlite_utils.Database, config: Config, run_id: int, result: Resolv
     written = _write(db, config, graph, unusable, previous, run_id, result, True, matching)
     del graph, previous, unusable  # a gigabyte at 1M keys, free before the profiles are built
     _finish(db, config, written, run_id, result, True, matching)
+
+
+def _decided_since(db: sqlite_utils.Database, config: Config, since: str) -> set[int]:
+    """match.decided_since for a project that matches; nothing for one that does not."""
+    if config.identity.match is None:
+        return set()
+    from cdp_cli.identity import match
+
+    return match.decided_since(db, since)
+
+
+def _prepare_matching(
+    db: sqlite_utils.Database, config: Config, after_batch: int | None, full: bool
+) -> match.MatchRun | None:
+    """match.prepare for a project that matches; None for one that does not."""
+    if config.identity.match is None:
+        return None
+    from cdp_cli.identity import match
+
+    return match.prepare(db, config, after_batch, full)
 
 
 def _replaced_keys(db: sqlite_utils.Database) -> tuple[list[int], dict[int, int]]:
@@ -599,12 +620,12 @@ def _incremental(
     new = list(_normalize_keys(normalizer, keys, tombstones, forgotten))
     _erase_forgotten(db, tombstones, forgotten, result)
     vanished, successors = _replaced_keys(db)
-    decided = match.decided_since(db, last[2]) if config.identity.match else set()
+    decided = _decided_since(db, config, last[2])
     if not new and not vanished and not decided:
         result.mode = "unchanged"
         return
     result.keys_new = len(new)
-    matching = match.prepare(db, config, after_batch, full=False)
+    matching = _prepare_matching(db, config, after_batch, full=False)
     # What new keys, vanished ones, and the records matching may join reach is resolved
     # again; the rest of the graph stays.
     lost = _forget_keys(db, vanished)
@@ -640,6 +661,8 @@ def _incremental(
     _inherit(previous, successors, lost)
     previous.update({key: one_id for key, one_id in lost.items() if key not in previous})
     if matching is not None:  # the customers reloaded keep the probable links they had
+        from cdp_cli.identity import match
+
         matching.earlier += match.earlier_links(db, graph.key_node)
         matching.in_scope += match.in_scope_keys(db, graph.key_node)
     written = _write(db, config, graph, unusable, previous, run_id, result, False, matching)
@@ -725,6 +748,8 @@ def _finish(
         db, [] if full else sorted(current), at, config.identity.source_priority, everyone=full
     )
     if matching is not None:
+        from cdp_cli.identity import match
+
         result.matching = match.store(db, matching, run_id, full)
         result.notes += matching.notes
 
