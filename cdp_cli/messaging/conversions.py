@@ -4,10 +4,11 @@ an event of a type) within the window that opens with its first message.
 After a run that checked the same goal, a run checks only what can have changed since: the
 enrolments first messaged by that run or a later one, and the customers with news (goal
 events of later batches or dated after that run's clock, keys a resolve has moved). A goal
-event counts only on or after the enrolment's first message, so the recent goal events, read
-in one pass over the goal events and kept for the command's other journeys, answer for every
-enrolment first messaged since the earliest of the recent ones; the few older enrolments
-(customers with news) look up their customer's goal events one by one.
+event counts only on or after the enrolment's first message, so the goal events dated from
+the earliest first message among those new since the last check, read in one pass over the
+goal events and kept for the command's other journeys, answer for every enrolment first
+messaged since then; the few older enrolments (customers with news) look up their customer's
+goal events one by one.
 """
 
 from __future__ import annotations
