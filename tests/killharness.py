@@ -569,7 +569,9 @@ class Harness:
     ) -> list[list[Kill]]:
         """Trials of two to six kills, each trial timed or at kill points. A timed kill
         comes at a random moment of the process's life (one in four) or of its work with the
-        store open; the first round starts with one trial per boundary point (every_boundary)."""
+        store open; the first round starts with one trial per boundary point (every_boundary).
+        Later rounds make up for kills that came too late with trials of one kill each: in a
+        trial of several, a kill after the work was done ends the trial, kills unmade."""
         rng = random.Random(f"{self.seed}:{command}:{round_}")
         ref = self.references[command]
         work = max(ref.closed - ref.opened, 0.05)
@@ -578,7 +580,7 @@ class Harness:
         for mode, wanted in (("timing", timing), ("point", points - len(trials))):
             planned = 0
             while planned < wanted:
-                size = min(rng.randint(2, 6), wanted - planned)
+                size = min(rng.randint(2, 6), wanted - planned) if not round_ else 1
                 kills = []
                 for _ in range(size):
                     if mode == "point":
