@@ -4,7 +4,7 @@ schema up to date (the migrations themselves: schema.py)."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -184,19 +184,28 @@ def sorting_cache(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 @contextmanager
-def indexes_built_after(conn: sqlite3.Connection, table: str, bulk: bool) -> Iterator[None]:
+def indexes_built_after(
+    conn: sqlite3.Connection, table: str, bulk: bool, appended: Collection[str] = ()
+) -> Iterator[None]:
     """Around a write of many more rows than `table` holds (a first load, a first tag run):
     its secondary indexes are dropped, then made again from the SQL that made them, inside
     the caller's transaction. One sort per index beats an insert into each per row. The
-    indexes of a primary key or UNIQUE constraint stay (upserts need them)."""
+    indexes of a primary key or UNIQUE constraint stay (upserts need them), and so do those
+    named in `appended`: the caller knows the write adds each of their entries after the
+    last, which fills page after page with nothing to sort (an insert into the middle of an
+    index leaves pages half full, and more of them for the commit to write)."""
     if not bulk:
         yield
         return
-    indexes = conn.execute(
-        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
-        "AND sql IS NOT NULL",
-        (table,),
-    ).fetchall()
+    indexes = [
+        (name, sql)
+        for name, sql in conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+            "AND sql IS NOT NULL",
+            (table,),
+        )
+        if name not in appended
+    ]
     for name, _ in indexes:
         conn.execute(f'DROP INDEX "{name}"')
     yield

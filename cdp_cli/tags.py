@@ -523,7 +523,9 @@ def _record_added(
     _tag_order(conn, sorted(customers))
     first = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
     added = sum(customers.values())
-    with indexes_built_after(conn, "tag_changes", added > BULK * first):
+    with indexes_built_after(
+        conn, "tag_changes", added > BULK * first, _appended_by_one_id(conn, values)
+    ):
         conn.execute(
             "INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at) "
             f"SELECT ?, one_id, tag, 'added', NULL, value, ? FROM ({values})",
@@ -531,6 +533,16 @@ def _record_added(
         )
     _store_values(conn, first, added, at)
     return {tag: {"changed": count, "removed": 0} for tag, count in customers.items()}
+
+
+def _appended_by_one_id(conn: sqlite3.Connection, values: str) -> list[str]:
+    """["tag_changes_one_id"] when the new rows (`values`, in (one_id, tag) order, written
+    with ids after every stored one) add each of its entries after the last: tag_changes
+    holds no customer after the first new one (a store's first tag run: it is empty). The
+    index then stays up for the write, filled in order, instead of being sorted after."""
+    start = conn.execute(f"SELECT one_id FROM ({values}) LIMIT 1").fetchone()
+    last = conn.execute("SELECT max(one_id) FROM tag_changes").fetchone()[0]
+    return ["tag_changes_one_id"] if start is None or last is None or last <= start[0] else []
 
 
 def _store_values(conn: sqlite3.Connection, first: int, written: int, at: str) -> None:

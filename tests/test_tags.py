@@ -14,6 +14,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import pytest
 
 from cdp_cli.features import event_bounds, event_keys_sql
+from cdp_cli.tags import _appended_by_one_id
 from tests.conftest import REPO, query
 
 AS_OF = "2026-11-15"
@@ -361,6 +362,30 @@ def test_a_first_run_writes_in_bulk_and_keeps_every_index(run, project):
         "EXPLAIN QUERY PLAN SELECT one_id FROM profile_tags WHERE tag = 'lifecycle'",
     )
     assert "profile_tags_tag" in plan[0][-1]
+
+
+def test_a_first_run_fills_the_customer_index_of_tag_changes_in_order(run, project):
+    """A store's first run writes tag_changes in customer order into an empty table: the
+    index by customer stays up for the write, and holds every row, as one sorted after
+    would."""
+    assert run("tag", "--as-of", AS_OF).exit_code == 0
+    db = project / "cdp.db"
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+    rows = "SELECT one_id, id FROM tag_changes {} WHERE one_id > '' ORDER BY one_id, id"
+    by_index = query(db, rows.format("INDEXED BY tag_changes_one_id"))
+    assert by_index and by_index == query(db, rows.format("NOT INDEXED"))
+
+
+@pytest.mark.parametrize(
+    ("stored", "appended"), [((), True), (("C1",), True), (("C1", "C2"), True), (("C3",), False)]
+)
+def test_the_customer_index_stays_up_only_for_rows_after_its_last(stored, appended):
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE tag_changes (id INTEGER PRIMARY KEY, one_id TEXT)")
+    conn.executemany("INSERT INTO tag_changes (one_id) VALUES (?)", [(s,) for s in stored])
+    values = "SELECT 'C2' AS one_id UNION ALL SELECT 'C4'"  # the new rows, in one_id order
+    assert _appended_by_one_id(conn, values) == (["tag_changes_one_id"] if appended else [])
+    assert _appended_by_one_id(conn, "SELECT 'C2' AS one_id WHERE 0") == ["tag_changes_one_id"]
 
 
 def test_tag_only_and_list(run, project):
