@@ -223,7 +223,6 @@ def definitions() -> str:
             __version__,
             FEATURES,
             _features_sql(False),
-            SPEND,
             _parts_sql(False),
             EVENT_KEYS_SQL,
             EVENT_COUNTS_INSERT,
@@ -836,7 +835,10 @@ def _parts_sql(scoped: bool) -> dict[str, tuple[str, str]]:
     # each key looked up (a walk of the keys by one_id read every customer row at random).
     join = "JOIN" if scoped else "CROSS JOIN"
     return {
-        "top_category": ("category TEXT", _top("category", "sum(spent) DESC, category", "spend")),
+        "top_category": (
+            "category TEXT",
+            SPEND + "\n" + _top("category", "sum(spent) DESC, category", "spend"),
+        ),
         "top_store": ("store TEXT", _top("store", "count(*) DESC, max(ordered_at) DESC, store")),
         "top_channel": (
             "channel TEXT",
@@ -872,8 +874,7 @@ def _customer_parts(conn: sqlite3.Connection, scoped: bool) -> None:
     for name, (columns, sql) in _parts_sql(scoped).items():
         conn.execute(f"DROP TABLE IF EXISTS temp.{name}")
         conn.execute(f"CREATE TEMP TABLE {name} (one_id TEXT PRIMARY KEY, {columns}) WITHOUT ROWID")
-        with_spend = SPEND + "\n" if name == "top_category" else ""
-        conn.execute(f"{with_spend}INSERT INTO {name} {sql} ORDER BY 1")
+        conn.execute(f"INSERT INTO {name} {sql} ORDER BY 1")
 
 
 # The customers RFM scores rank, as (one_id, recency, rfm_frequency, rfm_monetary): the rows
