@@ -523,9 +523,9 @@ def _record_added(
     _tag_order(conn, sorted(customers))
     first = conn.execute("SELECT coalesce(max(id), 0) FROM tag_changes").fetchone()[0]
     added = sum(customers.values())
-    with indexes_built_after(
-        conn, "tag_changes", added > BULK * first, _appended_by_one_id(conn, values)
-    ):
+    bulk = added > BULK * first
+    appended = _appended_by_one_id(conn, values) if bulk else []
+    with indexes_built_after(conn, "tag_changes", bulk, appended):
         conn.execute(
             "INSERT INTO tag_changes (run_id, one_id, tag, change, old_value, new_value, at) "
             f"SELECT ?, one_id, tag, 'added', NULL, value, ? FROM ({values})",
