@@ -36,7 +36,7 @@ from typing import IO, Any, NamedTuple, cast
 import cdp_cli
 from cdp_cli.errors import CdpError, TemplateError
 from cdp_cli.messaging import links
-from cdp_cli.messaging.channels import CHANNELS, placeholder_problem
+from cdp_cli.messaging.channels import CHANNELS, Outbound, placeholder_problem
 from cdp_cli.messaging.outbox import file_line
 from cdp_cli.messaging.templates import TemplateStore
 
@@ -110,6 +110,22 @@ def message_context(
     return context
 
 
+def render_outbound(
+    templates: TemplateStore,
+    header: ContextHeader,
+    channel: str,
+    template: str,
+    parts: ContextParts,
+    message_id: str,
+) -> Outbound:
+    """One message rendered from its context, the same in either process; its unsubscribe
+    link made only where the channel or template may show it (TemplateStore.needs_unsubscribe).
+    TemplateError when it does not render."""
+    unsubscribe = templates.needs_unsubscribe(channel, template)
+    context = message_context(header, parts, message_id if unsubscribe else None)
+    return templates.render(channel, template, context)
+
+
 @dataclass
 class InFlight:
     """The batch the worker is rendering: its customers and link codes (not in the store
@@ -130,9 +146,7 @@ def render_message(
     """Render one message as send._send_one does; None when it fails or is a placeholder."""
     channel, template, parts, qr, head = job
     try:
-        unsubscribe = templates.needs_unsubscribe(channel, template)
-        context = message_context(header, parts, head[0] if unsubscribe else None)
-        outbound = templates.render(channel, template, context)
+        outbound = render_outbound(templates, header, channel, template, parts, head[0])
     except TemplateError:
         return None
     if placeholder_problem(channel, template, outbound.body):

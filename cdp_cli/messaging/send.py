@@ -38,7 +38,7 @@ from cdp_cli.messaging.rendering import (
     RenderedMessage,
     RenderFailed,
     RenderJob,
-    message_context,
+    render_outbound,
 )
 from cdp_cli.messaging.run import Enrolment, JourneyRun
 from cdp_cli.predict.fields import SCORE_FIELDS
@@ -461,9 +461,9 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> Deferral | None:
         _queue_render(batch, e, message_id, found.address, channel, parts, coupon, pool, link)
         return None
     try:
-        unsubscribe = run.templates.needs_unsubscribe(channel, step.template)
-        context = message_context(batch.header, parts, message_id if unsubscribe else None)
-        outbound = run.templates.render(channel, step.template, context)
+        outbound = render_outbound(
+            run.templates, batch.header, channel, step.template, parts, message_id
+        )
     except TemplateError as exc:
         if pool and coupon:
             pool.put_back(coupon)
