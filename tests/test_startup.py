@@ -91,6 +91,8 @@ def test_resolve_without_emails_or_id_numbers_loads_no_validator(tmp_path):
         assert "dateutil.parser._parser" not in loaded  # sqlite-utils' recipes: never run
         assert "importlib.metadata" not in loaded  # no plugin's entry points looked for
         assert {"cdp_cli.identity.match", "logging"} & loaded == set()  # the project matches no one
+        others = {m for m in loaded if m.startswith("cdp_cli.cli.")} - {"cdp_cli.cli.identity"}
+        assert others <= {"cdp_cli.cli.output", "cdp_cli.cli.options"}  # no other command's module
     runs = subprocess.run(
         ["sqlite3", str(tmp_path / "cdp.db"), "SELECT mode FROM resolve_runs ORDER BY id"],
         capture_output=True,
@@ -108,6 +110,16 @@ def test_resolve_with_nothing_new_loads_no_phone_library(tmp_path):
     again = loaded_by(tmp_path, "resolve", "--json")
     assert packages(again, (*NOT_FOR_RESOLVE, "phonenumbers")) == set()
     assert "cdp_cli.identity.normalize" not in again
+
+
+def test_a_mistyped_command_is_answered_with_the_close_names(tmp_path):
+    """Commands load on first use; click's suggestion still knows every one of them."""
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_CDP, str(tmp_path / "m.json"), "resolvx"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))["exit"] == 2
+    assert "No such command 'resolvx'. Did you mean 'resolve'?" in result.stderr
 
 
 def test_an_email_without_an_at_sign_is_refused_without_the_validator():

@@ -1,12 +1,14 @@
 """The `cdp` command: parse options, call one library function, print the result.
 
 One module per command family; options.py holds the options they share and output.py what
-they print with. The stages themselves are imported inside each command, where used, so that
-`cdp --help` and every command start fast.
+they print with. A command's module is imported only when that command runs (or a help page
+lists it), and the stages themselves inside each command, where used, so that every command
+starts fast: `cdp resolve` does not build the options of `cdp journey` or `cdp report`.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -14,17 +16,6 @@ from typing import Any
 import click
 
 from cdp_cli import __version__
-from cdp_cli.cli import (
-    audience,
-    identity,
-    ingest,
-    journey,
-    predict,
-    privacy,
-    report,
-    run,
-    setup,
-)
 from cdp_cli.cli.output import printable
 from cdp_cli.errors import CdpError, system_fault
 from cdp_cli.project import Project
@@ -44,8 +35,51 @@ class CliError(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click's class default, per error
 
 
+# Each command: the module of cdp_cli.cli that defines it, and its name there.
+COMMANDS = {
+    "init": ("setup", "init"),
+    "demo": ("setup", "demo"),
+    "ingest": ("ingest", "ingest_command"),
+    "status": ("ingest", "status"),
+    "backup": ("ingest", "backup"),
+    "resolve": ("identity", "resolve_command"),
+    "profile": ("identity", "profile_command"),
+    "tag": ("audience", "tag_command"),
+    "segment": ("audience", "segment_command"),
+    "predict": ("predict", "predict_command"),
+    "consent": ("privacy", "consent_command"),
+    "forget": ("privacy", "forget_command"),
+    "journey": ("journey", "journey_group"),
+    "run": ("run", "run_command"),
+    "report": ("report", "report_group"),
+}
+
+
 class CdpGroup(click.Group):
-    """Turns the errors a user can cause into one line; re-raises bugs under CDP_DEBUG=1."""
+    """Turns the errors a user can cause into one line; re-raises bugs under CDP_DEBUG=1.
+
+    Its commands load on first use, as click's documentation shows for large command-line
+    tools (lazily loading subcommands): each module builds its options when imported."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, name = COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(f"cdp_cli.cli.{module}"), name)
+            self.add_command(command, cmd_name)
+        return self.commands.get(cmd_name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else "-"
+        if not name.startswith("-") and self.get_command(ctx, name) is None:
+            # click would suggest close names from the commands loaded so far: none yet
+            possibilities = self.list_commands(ctx)
+            raise click.exceptions.NoSuchCommand(name, possibilities=possibilities, ctx=ctx)
+        return super().resolve_command(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -112,23 +146,3 @@ def cli(ctx: click.Context, config_option: str | None, db_option: str | None) ->
       cdp run                   what cron calls: new inbox files, resolve, tag, journeys
     """
     ctx.obj = Project(config_option, db_option)  # which reads $CDP_CONFIG and $CDP_DB
-
-
-for command in (
-    setup.init,
-    setup.demo,
-    ingest.ingest_command,
-    ingest.status,
-    ingest.backup,
-    identity.resolve_command,
-    identity.profile_command,
-    audience.tag_command,
-    audience.segment_command,
-    predict.predict_command,
-    privacy.consent_command,
-    privacy.forget_command,
-    journey.journey_group,
-    run.run_command,
-    report.report_group,
-):
-    cli.add_command(command)
