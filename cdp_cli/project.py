@@ -116,7 +116,7 @@ class Project:
 
     def _kept(self) -> tuple[dict[Path, str], dict[Path, str]]:
         """The project's files and folders no output may replace, each with what it is."""
-        from cdp_cli.integrity import damage_marker
+        from cdp_cli.integrity import damage_marker, run_marker
         from cdp_cli.lock import lock_path
 
         store = self.store_path
@@ -125,6 +125,7 @@ class Project:
             files[store.with_name(store.name + suffix)] = f"the store's {suffix} file"
         files[lock_path(store)] = "the store's write lock"
         files[damage_marker(store)] = "the mark of a damaged store"
+        files[run_marker(store)] = "the store's state as the last cdp run left it"
         folders: dict[Path, str] = {}
         if not self.has_config:
             return files, folders

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import struct
@@ -266,6 +267,66 @@ def test_cron_run_reads_every_page_first_and_writes_nothing_into_a_damaged_store
     last = (project / "logs" / "cdp.log").read_text(encoding="utf-8").splitlines()[-1]
     assert " stage=run status=failed " in last and "the store is damaged" in last
     assert damage_marker(project / "cdp.db").exists()
+
+
+RUN_NOW = ("--now", "2026-11-16 10:30")
+
+
+def run_json(project: Path, *args: str) -> dict:
+    """`cdp run --json` in its own process; its report."""
+    result = cdp(project, "run", *RUN_NOW, "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_cron_run_reads_no_page_again_of_a_store_only_the_last_run_wrote_to(
+    project: Path,
+) -> None:
+    """Anything else that writes to the store (a command, another program, a copy put back
+    in its place) makes the next run read every page again."""
+    db = project / "cdp.db"
+    assert run_json(project)["pages_read"] is True
+    assert run_json(project)["pages_read"] is False
+    assert run_json(project, "--wait", "600")["pages_read"] is False
+    opt_out = ("consent", "--phone", SAMPLE_PHONE, "--channel", "sms", "--opt-out")
+    assert cdp(project, *opt_out).returncode == 0
+    assert run_json(project)["pages_read"] is True
+    assert run_json(project)["pages_read"] is False
+    shutil.copy2(db, project / "copy.db")  # a backup of the same bytes, restored
+    shutil.copy2(project / "copy.db", db)
+    assert run_json(project)["pages_read"] is True
+
+
+@pytest.mark.parametrize("keeps_times", [False, True], ids=["written", "times-put-back"])
+def test_damage_written_after_a_run_is_found_by_the_next_one(
+    project: Path, keeps_times: bool
+) -> None:
+    """Even by a program that sets the file's times back: the change time still moves."""
+    db = project / "cdp.db"
+    assert run_json(project)["pages_read"] is True
+    before = db.stat()
+    damage_middle(db)
+    if keeps_times:
+        os.utime(db, ns=(before.st_atime_ns, before.st_mtime_ns))
+    result = cdp(project, "run", *RUN_NOW)
+    assert result.returncode == 1
+    assert "the store is damaged (quick_check: " in result.stderr
+
+
+def test_a_reader_holding_the_store_as_a_run_ends_leaves_the_next_run_to_read_every_page(
+    project: Path,
+) -> None:
+    """The reader keeps the run's last writes in the WAL, so the file is not yet as the run
+    leaves it; the run does not wait for the reader to finish."""
+    assert run_json(project)["pages_read"] is True
+    reader = sqlite3.connect(project / "cdp.db", isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM customers").fetchone()
+        assert run_json(project, "--wait", "600")["pages_read"] is False
+    finally:
+        reader.close()
+    assert run_json(project)["pages_read"] is True
 
 
 def test_a_stage_of_cron_run_that_meets_damage_stops_the_run(
