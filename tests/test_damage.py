@@ -287,11 +287,9 @@ def test_cron_run_reads_no_page_again_of_a_store_only_the_last_run_wrote_to(
     db = project / "cdp.db"
     assert run_json(project)["pages_read"] is True
     assert run_json(project)["pages_read"] is False
-    assert run_json(project, "--wait", "600")["pages_read"] is False
     opt_out = ("consent", "--phone", SAMPLE_PHONE, "--channel", "sms", "--opt-out")
     assert cdp(project, *opt_out).returncode == 0
     assert run_json(project)["pages_read"] is True
-    assert run_json(project)["pages_read"] is False
     shutil.copy2(db, project / "copy.db")  # a backup of the same bytes, restored
     shutil.copy2(project / "copy.db", db)
     assert run_json(project)["pages_read"] is True
