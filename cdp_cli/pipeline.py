@@ -159,8 +159,7 @@ def run_pipeline(
             _run_stage(db, report, log, "predict", lambda stage: _predict(db, config, day, stage))
         _run_stage(db, report, log, "tag", lambda stage: _tag(db, config, day, stage))
     _run_stage(db, report, log, "journeys", lambda stage: _journeys(db, config, clock, stage))
-    if not report.failed:  # a failed stage may have met damage: the next run reads it all
-        remember_run(db.conn)
+    remember_run(db.conn)  # after a failed stage too: a stage that met damage raised above
     report.seconds = round(time.monotonic() - started, 3)
     log.write(
         stage="run",

@@ -131,6 +131,9 @@ def test_a_failing_stage_exits_1_after_the_others_ran(run, project):
     log = (project / "logs/cdp.log").read_text(encoding="utf-8")
     assert re.search(r" stage=tag status=failed seconds=[\d.]+ error=\"tag_rules/zz_broken", log)
     assert re.search(r" stage=run status=failed failed=tag seconds=", log)
+    # A stage's failure is no damage (that ends every command on its own): the store is as
+    # this run left it, and the next run reads no page again to know it.
+    assert run_json(run)[1]["pages_read"] is False
 
 
 def test_tag_is_skipped_when_resolve_fails_and_journeys_still_run(run, project, monkeypatch):
