@@ -17,6 +17,7 @@ has 2 cores, and a figure means little without it.
     python benchmarks/bench_pipeline.py --sizes 1000000 --skip-generate --keep-first
     python benchmarks/bench_pipeline.py --sizes 1000000 --daily-again  # the daily run again
     python benchmarks/bench_pipeline.py --sizes 1000000 --daily-again --store-changed  # page check
+    python benchmarks/bench_pipeline.py --sizes 1000000 --daily-again --cold  # nothing in memory
 """
 
 from __future__ import annotations
@@ -186,6 +187,7 @@ def run_size(
     daily_again: bool,
     warm: bool = False,
     store_changed: bool = False,
+    cold: bool = False,
 ) -> dict[str, Any]:
     """The first run and the daily run at one size. keep_first copies the project after the
     first run (project-N-first); daily_again starts from that copy and runs the day again,
@@ -193,7 +195,8 @@ def run_size(
     first run's half hour at 1M. `warm` reads the copied store once before the run, as on a
     box whose store yesterday's run left in memory: copying 11 GB through a page cache of
     about 20 GB leaves an unknown part of it there, and the run's check of every page reads
-    it from the disk (12 s warm, 103 s cold at 1M).
+    it from the disk (12 s warm, 103 s cold at 1M). `cold` empties the page cache instead
+    (root only): the store, and everything else, comes from the disk.
 
     The copy is byte for byte the store the first run left, but to `cdp run` it is a new
     file, which it reads whole before writing: so the copy is recorded as the first run left
@@ -210,6 +213,8 @@ def run_size(
         os.sync()  # the copy's gigabytes reach the disk before the run, not during it
         if not store_changed:
             record_as_the_last_run_left_it(workdir / "cdp.db")
+        if cold:
+            Path("/proc/sys/vm/drop_caches").write_text("1\n")  # after os.sync: clean pages only
         if warm:
             with (workdir / "cdp.db").open("rb") as store:
                 while store.read(1 << 24):
@@ -219,6 +224,7 @@ def run_size(
         result["daily_code"] = code_version()
         result["store_read_before_the_daily_run"] = warm
         result["store_changed_since_the_first_run"] = store_changed
+        result["page_cache_emptied_before_the_daily_run"] = cold
         runs = runs[1:]
     else:
         generate(data, customers, reuse)
@@ -313,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         help="with --daily-again: as if another program wrote to the store since the first run "
         "(the run reads every page first)",
     )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="with --daily-again: empty the page cache before the run (root only)",
+    )
     args = parser.parse_args(argv)
     started = {"machine": machine(), "command": " ".join(sys.argv)}
     sizes = [
@@ -323,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             args.daily_again,
             args.warm,
             args.store_changed,
+            args.cold,
         )
         for n in args.sizes.split(",")
     ]
