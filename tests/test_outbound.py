@@ -11,7 +11,7 @@ import pytest
 
 from cdp_cli.config import load_config
 from cdp_cli.errors import CdpError
-from cdp_cli.messaging import outbox
+from cdp_cli.messaging import engine, outbox
 from cdp_cli.messaging.outbox import write_outbound
 from cdp_cli.store import open_store
 from tests.conftest import query
@@ -134,3 +134,25 @@ def test_the_files_of_a_run_are_marked_written_together(run, write, tmp_path, mo
     assert query(tmp_path / "cdp.db", logged + "GROUP BY e.id ORDER BY 1") == [
         ("journey hi, channel sms", 3), ("journey hi, channel wechat", 1)
     ]  # fmt: skip
+
+
+def test_a_run_checkpoints_once_at_its_end(run, write, tmp_path, monkeypatch) -> None:
+    # The journeys' commits and the marks of their messages rewrite the same pages: no
+    # automatic checkpoint after each commit, one when the run is done.
+    write("cdp.yaml", CONFIG)
+    write("crm.csv", CRM)
+    write("templates/wechat/hello.json", WECHAT)
+    write("templates/sms/hello.txt", "【花漾】{{ customer.name|default_name }}, 你好")
+    write("journeys/hi.yaml", JOURNEY)
+    for args in (["ingest", "crm.csv", "-s", "crm"], ["resolve"], ["tag"]):
+        assert run(*args).exit_code == 0
+    seen = []
+    write_outbound_ = engine.write_outbound
+
+    def noting(db: Any, *args: Any) -> list[str]:
+        seen.append(db.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        return write_outbound_(db, *args)
+
+    monkeypatch.setattr(engine, "write_outbound", noting)
+    assert run("journey", "run", "--now", "2026-11-15 10:30").exit_code == 0
+    assert seen == [0]
