@@ -1,10 +1,10 @@
 """Outbound files: what a sender picks up, one file per journey run and channel.
 
 outbound/<channel>/<journey>-<run time>-<run id>.<csv|jsonl>, one message id per row so a sender
-can deduplicate. A file is written whole under a temporary name, synced and renamed; then, in one
-transaction, its messages are marked written and the file is logged with its customers
-(exports.py). A run killed in between writes the same file again next time, with the same rows,
-so no message ever appears twice and no file ever holds a partial row.
+can deduplicate. A file is written whole under a temporary name, synced and renamed; once all of
+a command's files are, in one transaction, their messages are marked written and each file is
+logged with its customers (exports.py). A run killed in between writes the same files again next
+time, with the same rows, so no message ever appears twice and no file ever holds a partial row.
 """
 
 from __future__ import annotations
