@@ -3,8 +3,9 @@
 outbound/<channel>/<journey>-<run time>-<run id>.<csv|jsonl>, one message id per row so a sender
 can deduplicate. A file is written whole under a temporary name, synced and renamed; once all of
 a command's files are, in one transaction, their messages are marked written and each file is
-logged with its customers (exports.py). A run killed in between writes the same files again next
-time, with the same rows, so no message ever appears twice and no file ever holds a partial row.
+logged with its customers (exports.py); a file a killed run left to write, in one of its own.
+A run killed in between writes the same files again next time, with the same rows, so no
+message ever appears twice and no file ever holds a partial row.
 """
 
 from __future__ import annotations
