@@ -49,6 +49,7 @@ class Members:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self._pending: list[tuple[str]] = []
+        self._selected: list[tuple[str, Sequence[Any]]] = []  # add_selected's, run by record()
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS export_one_ids (one_id TEXT PRIMARY KEY)")
         conn.execute("DELETE FROM temp.export_one_ids")
 
@@ -64,10 +65,27 @@ class Members:
         self._pending = []
 
     def add_selected(self, select: str, params: Sequence[Any]) -> None:
-        """The one_ids a query selects (one column), noted in the store without a Python loop:
-        for a file whose rows are in the store already."""
+        """The one_ids a query selects (one column), for a file whose rows are in the store
+        already. The query runs when the file is logged (record_export), straight into the
+        log, without a Python loop or the temporary table: it must select the same rows then."""
+        self._selected.append((select, params))
+
+    def record(self, export_id: int) -> None:
+        """Log every one_id noted as a member of the export `export_id`."""
         self.flush()
-        self.conn.execute(f"INSERT OR IGNORE INTO temp.export_one_ids {select}", params)
+        self.conn.execute(
+            "INSERT OR IGNORE INTO export_members (one_id, export_id) "
+            "SELECT one_id, ? FROM temp.export_one_ids",
+            (export_id,),
+        )
+        self.conn.execute("DELETE FROM temp.export_one_ids")
+        for select, params in self._selected:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO export_members (one_id, export_id) "
+                f"SELECT one_id, ? FROM ({select}) WHERE one_id IS NOT NULL",
+                (export_id, *params),
+            )
+        self._selected.clear()
 
     def taken_from(
         self, rows: Iterable[Sequence[Any]], at: int, hidden: bool = False
@@ -83,18 +101,12 @@ def record_export(
     conn: sqlite3.Connection, path: Path, export: Export, rows: int, members: Members
 ) -> int:
     """Log a file just written and who was in it; inside the caller's transaction. Its id."""
-    members.flush()
     export_id = insert_row(
         conn,
         "INSERT INTO exports (path, written_at, kind, audience, rows) VALUES (?, ?, ?, ?, ?)",
         (str(path.resolve()), now_iso(), export.kind, export.audience, rows),
     )
-    conn.execute(
-        "INSERT OR IGNORE INTO export_members (one_id, export_id) "
-        "SELECT one_id, ? FROM temp.export_one_ids",
-        (export_id,),
-    )
-    conn.execute("DELETE FROM temp.export_one_ids")
+    members.record(export_id)
     return export_id
 
 

@@ -184,6 +184,21 @@ def sorting_cache(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 @contextmanager
+def one_checkpoint(conn: sqlite3.Connection) -> Iterator[None]:
+    """Around a command that commits several large transactions which rewrite the same pages
+    (a journey run's outbox, then its messages marked written): no automatic checkpoint after
+    each commit, one at the end, so that each page is copied from the WAL into the store once.
+    The WAL holds them all meanwhile. After an error, the next commit or close checkpoints."""
+    pages = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+@contextmanager
 def indexes_built_after(
     conn: sqlite3.Connection, table: str, bulk: bool, appended: Collection[str] = ()
 ) -> Iterator[None]:

@@ -4,10 +4,14 @@ once, and the same file written again whole when a run was killed before marking
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cdp_cli.config import load_config
+from cdp_cli.errors import CdpError
+from cdp_cli.messaging import engine, outbox
 from cdp_cli.messaging.outbox import write_outbound
 from cdp_cli.store import open_store
 from tests.conftest import query
@@ -89,3 +93,66 @@ def test_each_message_is_written_once_and_again_whole_after_a_kill(project) -> N
         assert not list(path.parent.glob(".*"))  # no temporary file left behind
     finally:
         db.close()
+
+
+def test_the_files_of_a_run_are_marked_written_together(run, write, tmp_path, monkeypatch) -> None:
+    # Both files are written before either is marked: when the second cannot be written, the
+    # first one's messages stay queued too, and the next run writes both again, whole.
+    write("cdp.yaml", CONFIG)
+    write("crm.csv", CRM)
+    write("templates/wechat/hello.json", WECHAT)
+    write("templates/sms/hello.txt", "【花漾】{{ customer.name|default_name }}, 你好")
+    write("journeys/hi.yaml", JOURNEY)
+    for args in (["ingest", "crm.csv", "-s", "crm"], ["resolve"], ["tag"]):
+        assert run(*args).exit_code == 0
+    copied: list[Path] = []
+    copy_file = outbox._copy_file
+
+    def copy_one_then_fail(path: Path, *args: Any) -> int:
+        if copied:
+            raise CdpError(f"cannot write {path}")
+        copied.append(path)
+        return copy_file(path, *args)
+
+    with monkeypatch.context() as failing:
+        failing.setattr(outbox, "_copy_file", copy_one_then_fail)
+        assert run("journey", "run", "--now", "2026-11-15 10:30").exit_code == 1
+    statuses = "SELECT status, count(*) FROM messages GROUP BY status"
+    assert query(tmp_path / "cdp.db", statuses) == [("queued", 4)]
+    assert query(tmp_path / "cdp.db", "SELECT count(*) FROM exports") == [(0,)]
+    [first] = copied
+    before = first.read_bytes()
+    result = run("journey", "run", "--now", "2026-11-15 10:30", "--json")
+    assert result.exit_code == 0, result.output
+    assert query(tmp_path / "cdp.db", statuses) == [("written", 4)]
+    assert first.read_bytes() == before
+    files = sorted(p.name for p in (tmp_path / "outbound").rglob("*") if p.is_file())
+    assert files == ["hi-20261115T103000-1.csv", "hi-20261115T103000-1.jsonl"]
+    logged = (
+        "SELECT e.audience, count(*) FROM exports e JOIN export_members m ON m.export_id = e.id "
+    )
+    assert query(tmp_path / "cdp.db", logged + "GROUP BY e.id ORDER BY 1") == [
+        ("journey hi, channel sms", 3), ("journey hi, channel wechat", 1)
+    ]  # fmt: skip
+
+
+def test_a_run_checkpoints_once_at_its_end(run, write, tmp_path, monkeypatch) -> None:
+    # The journeys' commits and the marks of their messages rewrite the same pages: no
+    # automatic checkpoint after each commit, one when the run is done.
+    write("cdp.yaml", CONFIG)
+    write("crm.csv", CRM)
+    write("templates/wechat/hello.json", WECHAT)
+    write("templates/sms/hello.txt", "【花漾】{{ customer.name|default_name }}, 你好")
+    write("journeys/hi.yaml", JOURNEY)
+    for args in (["ingest", "crm.csv", "-s", "crm"], ["resolve"], ["tag"]):
+        assert run(*args).exit_code == 0
+    seen = []
+    write_outbound_ = engine.write_outbound
+
+    def noting(db: Any, *args: Any) -> list[str]:
+        seen.append(db.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        return write_outbound_(db, *args)
+
+    monkeypatch.setattr(engine, "write_outbound", noting)
+    assert run("journey", "run", "--now", "2026-11-15 10:30").exit_code == 0
+    assert seen == [0]

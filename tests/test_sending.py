@@ -12,7 +12,13 @@ import pytest
 
 from cdp_cli.config import load_config
 from cdp_cli.messaging.coupons import AVAILABLE_CODES, CouponPool, empty_pool_reason
-from cdp_cli.messaging.guards import Customers, customer_zone, quiet_until, reach
+from cdp_cli.messaging.guards import (
+    Customers,
+    QuietHoursOfRun,
+    customer_zone,
+    quiet_until,
+    reach,
+)
 from cdp_cli.store import open_store
 from tests.conftest import query
 from tests.test_channels import CONFIG as BASE_CONFIG
@@ -118,6 +124,22 @@ def test_quiet_hours_defer_in_the_customers_own_timezone(store) -> None:
     assert quiet_until(customers, ids["L1"], "sms", noon, settings) == (
         "2026-11-16T22:00:00+08:00"  # 09:00 in New York
     )
+
+
+def test_a_runs_quiet_hours_answer_as_quiet_until_does_once_per_channel_and_zone(store) -> None:
+    config, db = store
+    settings = config.sending
+    for now in (datetime(2026, 11, 15, 23, 30, tzinfo=SHANGHAI),
+                datetime(2026, 11, 16, 12, 0, tzinfo=SHANGHAI)):  # fmt: skip
+        customers, ids = load(config, db, now)
+        for transactional in (False, True):
+            run = QuietHoursOfRun(now, settings, transactional)
+            for one_id in ids.values():
+                for channel in ("sms", "wechat"):
+                    expected = quiet_until(customers, one_id, channel, now, settings, transactional)
+                    assert run.until(customers, one_id, channel) == expected
+            zones = {customer_zone(customers.phones.get(i), settings.zone) for i in ids.values()}
+            assert len(run.known) == 2 * len(zones)  # per channel and timezone, not per message
 
 
 def test_a_coupon_pool_draws_unissued_codes_in_order_until_it_is_empty(store) -> None:

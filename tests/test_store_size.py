@@ -14,7 +14,7 @@ from cdp_cli import status as status_module
 from cdp_cli.errors import IngestError
 from cdp_cli.ingest import ingest_file
 from cdp_cli.mapping import _per_distinct_value
-from cdp_cli.store import DEFAULT_CACHE_MB, open_read_only
+from cdp_cli.store import DEFAULT_CACHE_MB, one_checkpoint, open_read_only, open_store
 from tests.conftest import query
 
 CRM = """
@@ -176,3 +176,29 @@ def test_no_index_that_no_query_uses(tmp_path):
         }
     assert "rejects_batch" not in indexes
     assert {"batches_source_sha256", "customers_identity", "events_identity"} <= indexes
+
+
+def test_one_checkpoint_copies_the_wal_into_the_store_once_at_the_end(tmp_path):
+    db = open_store(tmp_path / "cdp.db")
+    conn = db.conn
+    conn.execute("CREATE TABLE t (x TEXT)")
+    wal = tmp_path / "cdp.db-wal"
+
+    def commit_pages() -> None:  # more pages than the automatic checkpoint lets pile up
+        with conn:
+            conn.executemany("INSERT INTO t VALUES (?)", [("x" * 3000,)] * 1500)
+
+    default = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    with one_checkpoint(conn):
+        commit_pages()
+        commit_pages()
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        # two commits and no checkpoint: the WAL holds both (a checkpoint would have let the
+        # second commit write from the WAL's start again)
+        assert wal.stat().st_size > 2 * 1500 * 4096
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == default
+    # Copied into the store at the end: the next commit writes from the WAL's start again.
+    size = wal.stat().st_size
+    commit_pages()
+    assert wal.stat().st_size == size
+    db.close()

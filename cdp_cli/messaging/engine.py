@@ -15,6 +15,7 @@ import hashlib
 import json
 import struct
 import time
+from contextlib import nullcontext
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from cdp_cli.predict.fields import predicted_categories
 from cdp_cli.rules.book import load_rulebook
 from cdp_cli.rules.vocabulary import BASE_FROM, unknown_tag_value, unknown_tag_values
 from cdp_cli.sqlitelib import sqlite_utils
-from cdp_cli.store import insert_row, now_iso, rollback
+from cdp_cli.store import insert_row, now_iso, one_checkpoint, rollback
 from cdp_cli.tags import stored_tags
 
 _FIRST_8_BYTES = struct.Struct(">Q").unpack_from  # a digest's first 8 bytes, big-endian
@@ -238,15 +239,18 @@ def run_journeys(
     if dry_run:  # one transaction for all, rolled back: each journey sees what those before
         db.conn.execute("BEGIN IMMEDIATE")  # it would have sent (the frequency cap, coupons)
     try:
-        for journey in chosen:
-            result = RunResult(journey.name, clock.isoformat(timespec="seconds"), dry_run)
-            run = JourneyRun(db, config, journey, clock, 0, rules, templates, result, dry_run,
-                             spool)  # fmt: skip
-            results.append(_run_one(run, workers))
-        if spool is not None:
-            written = write_outbound(db, config, spool)
-            for result in results:
-                result.files = [f for f in written if Path(f).name.startswith(f"{result.journey}-")]
+        with nullcontext() if dry_run else one_checkpoint(db.conn):
+            for journey in chosen:
+                result = RunResult(journey.name, clock.isoformat(timespec="seconds"), dry_run)
+                run = JourneyRun(db, config, journey, clock, 0, rules, templates, result,
+                                 dry_run, spool)  # fmt: skip
+                results.append(_run_one(run, workers))
+            if spool is not None:
+                written = write_outbound(db, config, spool)
+                for result in results:
+                    result.files = [
+                        f for f in written if Path(f).name.startswith(f"{result.journey}-")
+                    ]
     finally:
         workers.close()
         if dry_run:

@@ -27,7 +27,7 @@ from cdp_cli.messaging.channels import (
     opted_out_channels,
     purposes_obeyed,
 )
-from cdp_cli.messaging.settings import QuietHours, SendSettings
+from cdp_cli.messaging.settings import SendSettings
 from cdp_cli.sqlitelib import sqlite_utils
 
 IN_BATCH = "IN (SELECT value FROM json_each(?))"
@@ -137,6 +137,9 @@ class Customers:
         self.sent_week.setdefault(one_id, []).append(now)
 
 
+_NO_CHANNELS: frozenset[str] = frozenset()
+
+
 class Reach(NamedTuple):  # one per message: a tuple is made faster than a frozen dataclass
     """The channel and address a message goes to, or why it cannot go (`skip`)."""
 
@@ -151,7 +154,7 @@ def reach(
     """The first of `channels` (a step's channel, then its fallbacks) the customer has not
     opted out of and has an address for; else why none: 'opted out' when every channel was
     opted out of, else 'unreachable', each with what was tried."""
-    opted_out = customers.opted_out.get(one_id, set())
+    opted_out = customers.opted_out.get(one_id, _NO_CHANNELS)
     tried = []
     for channel in channels:
         if channel in opted_out:
@@ -177,31 +180,51 @@ def quiet_until(
     """When a message may go, if the channel's quiet hours hold now in the customer's own
     timezone (in the project's timezone, to the second); None when it may go now. Every
     channel has quiet hours for marketing (SendSettings.quiet_hours)."""
-    quiet = settings.quiet_hours(channel, transactional)
-    if quiet is None:
-        return None
     zone = customer_zone(customers.phones.get(one_id), settings.zone)
-    return _quiet_until(quiet, now, zone, settings.zone)
+    return _quiet_until(zone, channel, now, settings, transactional)
 
 
-@lru_cache(maxsize=1024)
-def _quiet_until(quiet: QuietHours, now: datetime, zone: ZoneInfo, project: ZoneInfo) -> str | None:
-    """The same for every customer of a timezone at one moment: worked out once per run."""
-    until = quiet.until(now.astimezone(zone))
-    return until.astimezone(project).isoformat(timespec="seconds") if until else None
+def _quiet_until(
+    zone: ZoneInfo, channel: str, now: datetime, settings: SendSettings, transactional: bool
+) -> str | None:
+    quiet = settings.quiet_hours(channel, transactional)
+    until = quiet.until(now.astimezone(zone)) if quiet is not None else None
+    return until.astimezone(settings.zone).isoformat(timespec="seconds") if until else None
+
+
+@dataclass
+class QuietHoursOfRun:
+    """quiet_until for every message of one run: the answer is the same for all customers of
+    a timezone on a channel, so it is worked out once per pair, not once per message."""
+
+    now: datetime
+    settings: SendSettings
+    transactional: bool
+    known: dict[tuple[str, ZoneInfo], str | None] = field(default_factory=dict)
+
+    def until(self, customers: Customers, one_id: str, channel: str) -> str | None:
+        zone = customer_zone(customers.phones.get(one_id), self.settings.zone)
+        key = (channel, zone)
+        if key not in self.known:
+            self.known[key] = _quiet_until(zone, channel, self.now, self.settings,
+                                           self.transactional)  # fmt: skip
+        return self.known[key]
+
+
+_CHINA = ZoneInfo("Asia/Shanghai")
 
 
 def customer_zone(phone: str | None, default: ZoneInfo) -> ZoneInfo:
     """The customer's timezone from their phone number's region; the project's otherwise."""
     if not phone:
         return default
+    if phone.startswith("+86"):  # China keeps one zone: the common case, no parsing or cache
+        return _CHINA
     return _zone_of_number(phone, default)
 
 
 @lru_cache(maxsize=65536)
 def _zone_of_number(e164: str, default: ZoneInfo) -> ZoneInfo:
-    if e164.startswith("+86"):  # China keeps one zone: the common case needs no parsing
-        return ZoneInfo("Asia/Shanghai")
     try:
         names = phone_timezones.time_zones_for_number(phonenumbers.parse(e164))
     except phonenumbers.NumberParseException:

@@ -1,10 +1,11 @@
 """Outbound files: what a sender picks up, one file per journey run and channel.
 
 outbound/<channel>/<journey>-<run time>-<run id>.<csv|jsonl>, one message id per row so a sender
-can deduplicate. A file is written whole under a temporary name, synced and renamed; then, in one
-transaction, its messages are marked written and the file is logged with its customers
-(exports.py). A run killed in between writes the same file again next time, with the same rows,
-so no message ever appears twice and no file ever holds a partial row.
+can deduplicate. A file is written whole under a temporary name, synced and renamed; once all of
+a command's files are, in one transaction, their messages are marked written and each file is
+logged with its customers (exports.py); a file a killed run left to write, in one of its own.
+A run killed in between writes the same files again next time, with the same rows, so no
+message ever appears twice and no file ever holds a partial row.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import csv
 import io
 import json
 import shutil
+import sqlite3
 import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -103,48 +106,83 @@ def write_outbound(
     db: sqlite_utils.Database, config: Config, spool: Spool | None = None
 ) -> list[str]:
     """Write every queued message to its outbound file; the paths written. A group this
-    command queued is written from the spool; one a killed run left queued, from the store."""
+    command queued is written from the spool; one a killed run left queued, from the store.
+
+    The spooled groups' files are all written first, then marked written and logged in one
+    transaction: a million messages of two channels share the outbox's pages, and a
+    transaction per file wrote (and checkpointed) most of those pages twice. A run killed in
+    between writes the same files again, whole, under the same names."""
     groups = db.conn.execute(
         "SELECT DISTINCT m.run_id, m.journey, m.channel, r.now FROM messages m "
         "JOIN journey_runs r ON r.id = m.run_id WHERE m.status = 'queued' ORDER BY m.run_id"
     ).fetchall()
-    written = []
+    written, copied = [], []
     for run_id, journey, channel, now in groups:
-        stamp = datetime.fromisoformat(now).strftime("%Y%m%dT%H%M%S")
-        folder = config.outbound_folder / channel
-        ensure_folder(folder, OUTBOUND_FILES)
-        path = folder / f"{journey}-{stamp}-{run_id}.{CHANNELS[channel].file_format}"
-        logged = Members(db.conn)
+        path = _outbound_path(config, journey, channel, now, run_id)
+        group = OutboundGroup(run_id, journey, channel, path)
         spooled = spool.groups.get((run_id, journey, channel)) if spool else None
         if spooled is not None:
-            count = _copy_file(path, CHANNELS[channel], spooled)
-            logged.add_selected(
-                "SELECT one_id FROM messages WHERE run_id = ? AND status = 'queued' "
-                "AND journey = ? AND channel = ?",
-                (run_id, journey, channel),
-            )
+            copied.append((group, _copy_file(group.path, CHANNELS[channel], spooled)))
         else:
-            # A group's rows are all queued until the UPDATE below marks them all written. In
-            # the order they were queued, through the index of queued messages, never a scan.
+            # A group's rows are all queued until they are marked written. In the order they
+            # were queued, through the index of queued messages, never a scan.
+            logged = Members(db.conn)
             rows = db.conn.execute(
                 "SELECT id, address, journey, step, one_id, coupon_code, link_url, payload "
-                "FROM messages WHERE run_id = ? AND status = 'queued' AND journey = ? "
-                "AND channel = ? ORDER BY rowid",
-                (run_id, journey, channel),
+                f"FROM messages WHERE {QUEUED_IN_GROUP} ORDER BY rowid",
+                group.params(),
             )
-            count = _write_file(path, CHANNELS[channel], logged.taken_from(rows, at=4))
+            count = _write_file(group.path, CHANNELS[channel], logged.taken_from(rows, at=4))
+            with transaction(db) as conn:
+                _mark_written(conn, group, count, logged)
+        written.append(str(group.path))
+    if copied:
         with transaction(db) as conn:
-            marked = conn.execute(
-                "UPDATE messages SET status = 'written', file = ?, written_at = ? "
-                "WHERE run_id = ? AND journey = ? AND channel = ? AND status = 'queued'",
-                (str(path), now_iso(), run_id, journey, channel),
-            ).rowcount
-            if marked != count:  # the spool and the outbox disagree: keep them queued
-                raise CdpError(f"{path}: {count} messages written, {marked} queued")
-            audience = f"journey {journey}, channel {channel}"
-            record_export(conn, path, Export(OUTBOUND, audience), count, logged)
-        written.append(str(path))
+            for group, count in copied:
+                logged = Members(conn)
+                select = f"SELECT one_id FROM messages WHERE {QUEUED_IN_GROUP}"
+                logged.add_selected(select, group.params())
+                _mark_written(conn, group, count, logged)
     return written
+
+
+# A group's queued messages, through the index of queued messages (OutboundGroup.params).
+QUEUED_IN_GROUP = "run_id = ? AND status = 'queued' AND journey = ? AND channel = ?"
+
+
+@dataclass(frozen=True)
+class OutboundGroup:
+    """One outbound file: a run's queued messages of one journey and channel, and its path."""
+
+    run_id: int
+    journey: str
+    channel: str
+    path: Path
+
+    def params(self) -> tuple[int, str, str]:
+        return (self.run_id, self.journey, self.channel)
+
+
+def _outbound_path(config: Config, journey: str, channel: str, now: str, run_id: int) -> Path:
+    stamp = datetime.fromisoformat(now).strftime("%Y%m%dT%H%M%S")
+    folder = config.outbound_folder / channel
+    ensure_folder(folder, OUTBOUND_FILES)
+    return folder / f"{journey}-{stamp}-{run_id}.{CHANNELS[channel].file_format}"
+
+
+def _mark_written(
+    conn: sqlite3.Connection, group: OutboundGroup, count: int, logged: Members
+) -> None:
+    """Log the group's file with its customers, then mark its messages written (inside the
+    caller's transaction): `count` of them, or nothing is kept."""
+    audience = f"journey {group.journey}, channel {group.channel}"
+    record_export(conn, group.path, Export(OUTBOUND, audience), count, logged)  # reads them queued
+    marked = conn.execute(
+        f"UPDATE messages SET status = 'written', file = ?, written_at = ? WHERE {QUEUED_IN_GROUP}",
+        (str(group.path), now_iso(), *group.params()),
+    ).rowcount
+    if marked != count:  # the spool and the outbox disagree: keep them queued
+        raise CdpError(f"{group.path}: {count} messages written, {marked} queued")
 
 
 def _copy_file(path: Path, channel: Channel, spooled: SpooledGroup) -> int:

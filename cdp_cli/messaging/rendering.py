@@ -36,8 +36,7 @@ from typing import IO, Any, NamedTuple, cast
 import cdp_cli
 from cdp_cli.errors import CdpError, TemplateError
 from cdp_cli.messaging import links
-from cdp_cli.messaging.channels import CHANNELS, Outbound, placeholder_problem
-from cdp_cli.messaging.outbox import file_line
+from cdp_cli.messaging.channels import Outbound, placeholder_problem
 from cdp_cli.messaging.templates import TemplateStore
 
 # Due enrolments from which a journey's run renders in a second process; below, starting one
@@ -72,13 +71,12 @@ ContextParts = tuple[
     dict[str, Any] | None, str | None, str | None, str,
 ]  # fmt: skip
 # One message to render: channel, template, its ContextParts, the QR image's path relative to
-# outbound/ (put in the payload) or None, and the rest of its outbound line (outbox.file_line's
-# `head`: message_id, to, journey, step, one_id, coupon, link).
-RenderJob = tuple[str, str, ContextParts, str | None, tuple[Any, ...]]
+# outbound/ (put in the payload) or None, and its message id (for its unsubscribe link).
+RenderJob = tuple[str, str, ContextParts, str | None, str]
 # A message rendered cleanly: its payload as the outbox stores it (JSON), the parts it is
-# billed for, and its outbound line in UTF-8 (as the spool writes it: no decoding here and
-# encoding there in the first process).
-RenderedMessage = tuple[str, int, bytes]
+# billed for, and its body (the payload before JSON) for the first process to make its
+# outbound line from: the worker is the busier of the two processes, the first waits for it.
+RenderedMessage = tuple[str, int, dict[str, Any]]
 
 
 def message_context(
@@ -144,20 +142,16 @@ def render_message(
     templates: TemplateStore, header: ContextHeader, job: RenderJob
 ) -> RenderedMessage | None:
     """Render one message as send._send_one does; None when it fails or is a placeholder."""
-    channel, template, parts, qr, head = job
+    channel, template, parts, qr, message_id = job
     try:
-        outbound = render_outbound(templates, header, channel, template, parts, head[0])
+        outbound = render_outbound(templates, header, channel, template, parts, message_id)
     except TemplateError:
         return None
     if placeholder_problem(channel, template, outbound.body):
         return None
     if qr is not None:
         outbound.body["qr"] = qr
-    return (
-        json.dumps(outbound.body, ensure_ascii=False),
-        outbound.billed_parts,
-        file_line(CHANNELS[channel], head, outbound.body).encode(),
-    )
+    return json.dumps(outbound.body, ensure_ascii=False), outbound.billed_parts, outbound.body
 
 
 def render_batch(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from cdp_cli.config import Config
 from cdp_cli.messaging.conditions import JourneyRules
 from cdp_cli.messaging.coupons import CouponPools
+from cdp_cli.messaging.guards import QuietHoursOfRun
 from cdp_cli.messaging.journeys import Branch, Journey
 from cdp_cli.messaging.settings import SendSettings
 from cdp_cli.messaging.templates import TemplateStore
@@ -121,6 +122,11 @@ class JourneyRun:
             return None
         known = {column.name for column in self.db["profile_features"].columns}
         return sorted(used & (known | set(SCORE_FIELDS)))
+
+    @functools.cached_property
+    def quiet_hours(self) -> QuietHoursOfRun:
+        """When each message may go, by its channel's quiet hours (guards.quiet_until)."""
+        return QuietHoursOfRun(self.now, self.settings, self.journey.transactional)
 
     @functools.cached_property
     def profile_fields(self) -> set[str] | None:

@@ -27,7 +27,7 @@ from cdp_cli.errors import TemplateError
 from cdp_cli.messaging import links
 from cdp_cli.messaging.channels import CHANNELS, Outbound, placeholder_problem
 from cdp_cli.messaging.coupons import CouponPool, unknown_pool_problem
-from cdp_cli.messaging.guards import IN_BATCH, Customers, quiet_until, reach
+from cdp_cli.messaging.guards import IN_BATCH, Customers, reach
 from cdp_cli.messaging.journeys import Send
 from cdp_cli.messaging.outbox import file_line
 from cdp_cli.messaging.rendering import (
@@ -167,8 +167,8 @@ class Outbox:
         self.lines.clear()
 
     def fill(self, run: JourneyRun, rendered: list[RenderedMessage]) -> None:
-        """Put what the worker rendered into the rows waiting for it, and their lines."""
-        for index, (payload, billed_parts, line) in zip(self.rendering, rendered, strict=True):
+        """Put what the worker rendered into the rows waiting for it, and make their lines."""
+        for index, (payload, billed_parts, body) in zip(self.rendering, rendered, strict=True):
             row = self.messages[index]
             channel = row.channel
             assert channel is not None
@@ -176,6 +176,7 @@ class Outbox:
             values[_PAYLOAD] = payload
             values[_COST] = message_cost(run, channel, billed_parts)
             self.messages[index] = _new_row(values)
+            line = file_line(CHANNELS[channel], _file_head(row), body).encode()
             self.lines.append((channel, line))
         self.rendering.clear()
         self.jobs.clear()
@@ -297,8 +298,12 @@ class Batch:
     rendered: int = 0  # messages whose template rendered
     failed: list[tuple[Enrolment, str, str, TemplateError]] = field(default_factory=list)
     header: ContextHeader = field(init=False)  # what every message's context shares
+    channels: tuple[str, ...] = field(init=False)  # the step's channel, then its fallbacks
+    appid: str | None = field(init=False)  # the WeChat account of cdp.yaml
 
     def __post_init__(self) -> None:
+        self.channels = (self.step.channel, *self.step.fallback)
+        self.appid = self.run.settings.wechat_appid
         self.header = ContextHeader(
             self.data.profile_columns, self.data.feature_columns, self.run.settings.brand,
             {"name": self.run.journey.name}, {"name": self.step.key},
@@ -426,7 +431,7 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> Deferral | None:
     """Queue one message, or skip it; when and why it waits if it may not go now."""
     run, step, customers, outbox = batch.run, batch.step, batch.customers, batch.outbox
     settings, one_id, message_id = run.settings, e.one_id, message.id
-    found = reach(customers, one_id, (step.channel, *step.fallback), settings.wechat_appid)
+    found = reach(customers, one_id, batch.channels, batch.appid)
     if found.channel is None or found.address is None:
         _skip(run, outbox, e, step, message_id, None, found.skip or "unreachable")
         return None
@@ -435,7 +440,7 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> Deferral | None:
         lifts = customers.cap_lifts(one_id, settings, run.now)
         if lifts:
             return _defer(run, Deferral(lifts, FREQUENCY_CAP))
-    until = quiet_until(customers, one_id, channel, run.now, settings, run.journey.transactional)
+    until = run.quiet_hours.until(customers, one_id, channel)
     if until:
         return _defer(run, Deferral(until, QUIET_HOURS))
     coupon, pool = message.earlier_coupon, None
@@ -518,7 +523,7 @@ def _queue_render(
     outbox.messages.append(row)
     qr = str(link.qr) if link is not None and link.qr is not None else None
     outbox.header = batch.header
-    outbox.jobs.append((channel, step.template, parts, qr, _file_head(row)))
+    outbox.jobs.append((channel, step.template, parts, qr, message_id))
     batch.customers.count_sent(e.one_id, run.now)
     run.result.sent[channel] = run.result.sent.get(channel, 0) + 1
 
@@ -543,12 +548,12 @@ def _context_parts(
     batch: Batch, one_id: str, channel: str, coupon: dict[str, Any] | None, link: links.Link | None
 ) -> ContextParts:
     """What one customer's message context is made of (rendering.message_context)."""
-    run, customers, data = batch.run, batch.customers, batch.data
+    customers, data = batch.customers, batch.data
     url = batch.header.brand.get("url", "")
     if link is not None:
         short = batch.header.brand.get("short_links")  # an SMS is billed by length: short link
         url = f"{short}{link.code}" if short and channel == "sms" else link.url
-    wechat, device = customers.context_addresses(one_id, run.settings.wechat_appid)
+    wechat, device = customers.context_addresses(one_id, batch.appid)
     return (one_id, data.profiles.get(one_id), data.features.get(one_id),
             data.tags.get(one_id), coupon, wechat, device, url)  # fmt: skip
 
