@@ -23,8 +23,8 @@ steps: [{send: {channel: wechat, fallback: [sms], template: hello}}]
 """
 
 
-@pytest.fixture
-def project(run, write, tmp_path):
+def tagged(run, write) -> None:
+    """The project's files written, its customers ingested, resolved and tagged."""
     write("cdp.yaml", CONFIG)
     write("crm.csv", CRM)
     write("templates/wechat/hello.json", WECHAT)
@@ -32,6 +32,11 @@ def project(run, write, tmp_path):
     write("journeys/hi.yaml", JOURNEY)
     for args in (["ingest", "crm.csv", "-s", "crm"], ["resolve"], ["tag"]):
         assert run(*args).exit_code == 0
+
+
+@pytest.fixture
+def project(run, write, tmp_path):
+    tagged(run, write)
     result = run("journey", "run", "--now", "2026-11-15 10:30", "--json")
     assert result.exit_code == 0, result.output
     return tmp_path
@@ -98,13 +103,7 @@ def test_each_message_is_written_once_and_again_whole_after_a_kill(project) -> N
 def test_the_files_of_a_run_are_marked_written_together(run, write, tmp_path, monkeypatch) -> None:
     # Both files are written before either is marked: when the second cannot be written, the
     # first one's messages stay queued too, and the next run writes both again, whole.
-    write("cdp.yaml", CONFIG)
-    write("crm.csv", CRM)
-    write("templates/wechat/hello.json", WECHAT)
-    write("templates/sms/hello.txt", "【花漾】{{ customer.name|default_name }}, 你好")
-    write("journeys/hi.yaml", JOURNEY)
-    for args in (["ingest", "crm.csv", "-s", "crm"], ["resolve"], ["tag"]):
-        assert run(*args).exit_code == 0
+    tagged(run, write)
     copied: list[Path] = []
     copy_file = outbox._copy_file
 
@@ -139,13 +138,7 @@ def test_the_files_of_a_run_are_marked_written_together(run, write, tmp_path, mo
 def test_a_run_checkpoints_once_at_its_end(run, write, tmp_path, monkeypatch) -> None:
     # The journeys' commits and the marks of their messages rewrite the same pages: no
     # automatic checkpoint after each commit, one when the run is done.
-    write("cdp.yaml", CONFIG)
-    write("crm.csv", CRM)
-    write("templates/wechat/hello.json", WECHAT)
-    write("templates/sms/hello.txt", "【花漾】{{ customer.name|default_name }}, 你好")
-    write("journeys/hi.yaml", JOURNEY)
-    for args in (["ingest", "crm.csv", "-s", "crm"], ["resolve"], ["tag"]):
-        assert run(*args).exit_code == 0
+    tagged(run, write)
     seen = []
     write_outbound_ = engine.write_outbound
 
