@@ -16,7 +16,6 @@ from cdp_cli.messaging.guards import (
     Customers,
     QuietHoursOfRun,
     customer_zone,
-    quiet_until,
     reach,
 )
 from cdp_cli.store import open_store
@@ -102,6 +101,10 @@ def test_the_frequency_cap_counts_what_was_sent(store) -> None:
     assert customers.cap_lifts(ids["W2"], config.sending, now) is None
 
 
+def quiet_until(customers, one_id, channel, now, settings, transactional=False) -> str | None:
+    return QuietHoursOfRun(now, settings, transactional).until(customers, one_id, channel)
+
+
 def test_quiet_hours_defer_in_the_customers_own_timezone(store) -> None:
     config, db = store
     night = datetime(2026, 11, 15, 23, 30, tzinfo=SHANGHAI)  # 10:30 in New York
@@ -126,7 +129,7 @@ def test_quiet_hours_defer_in_the_customers_own_timezone(store) -> None:
     )
 
 
-def test_a_runs_quiet_hours_answer_as_quiet_until_does_once_per_channel_and_zone(store) -> None:
+def test_a_runs_quiet_hours_answer_each_message_as_alone_once_per_channel_and_zone(store) -> None:
     config, db = store
     settings = config.sending
     for now in (datetime(2026, 11, 15, 23, 30, tzinfo=SHANGHAI),

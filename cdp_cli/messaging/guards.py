@@ -169,21 +169,6 @@ def reach(
     return Reach(skip=f"{reason} ({'; '.join(tried)})")
 
 
-def quiet_until(
-    customers: Customers,
-    one_id: str,
-    channel: str,
-    now: datetime,
-    settings: SendSettings,
-    transactional: bool = False,
-) -> str | None:
-    """When a message may go, if the channel's quiet hours hold now in the customer's own
-    timezone (in the project's timezone, to the second); None when it may go now. Every
-    channel has quiet hours for marketing (SendSettings.quiet_hours)."""
-    zone = customer_zone(customers.phones.get(one_id), settings.zone)
-    return _quiet_until(zone, channel, now, settings, transactional)
-
-
 def _quiet_until(
     zone: ZoneInfo, channel: str, now: datetime, settings: SendSettings, transactional: bool
 ) -> str | None:
@@ -194,8 +179,10 @@ def _quiet_until(
 
 @dataclass
 class QuietHoursOfRun:
-    """quiet_until for every message of one run: the answer is the same for all customers of
-    a timezone on a channel, so it is worked out once per pair, not once per message."""
+    """When a message of one run may go, if the channel's quiet hours hold now in the
+    customer's own timezone (in the project's timezone, to the second); None when it may go
+    now. Every channel has quiet hours for marketing (SendSettings.quiet_hours). The answer
+    is the same for all customers of a timezone on a channel: worked out once per pair."""
 
     now: datetime
     settings: SendSettings

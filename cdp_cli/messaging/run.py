@@ -125,7 +125,7 @@ class JourneyRun:
 
     @functools.cached_property
     def quiet_hours(self) -> QuietHoursOfRun:
-        """When each message may go, by its channel's quiet hours (guards.quiet_until)."""
+        """When each message may go, by its channel's quiet hours."""
         return QuietHoursOfRun(self.now, self.settings, self.journey.transactional)
 
     @functools.cached_property
