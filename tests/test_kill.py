@@ -25,15 +25,21 @@ import pytest
 
 from tests.killharness import COMMANDS, Harness, compare, duplicate_messages, env, summary
 
-DEFAULT = {"timing": 15, "points": 10}  # per command, in the default run (CI also runs SLOW)
+# One xdist worker runs the default run's tests here, so that one harness (a few seconds to
+# prepare, per process) serves them all (setup.cfg: --dist loadgroup). The slow sweep's tests
+# take minutes each: they spread over the workers.
+ONE_WORKER = pytest.mark.xdist_group("kills")
+
+DEFAULT = {"timing": 10, "points": 6}  # per command, in the default run (CI also runs SLOW)
 SLOW = {"timing": 200, "points": 150}
 # A variant of a command that both runs kill less, and the default run not at every commit and
 # rename: its parent passes the same ones as the command's, which is killed fully. (At the slow
-# run's 500 kills it alone took six minutes of CI's fifteen.) Ingest passes some 40 commits and
-# renames: the slow run kills at each, the default run at 10 of them.
+# run's 500 kills it alone took six minutes of CI's fifteen.) Ingest and journey run pass some
+# 40 and 27 commits and renames: the slow run kills at each, the default run at 6 of them.
 LIGHT: dict[str, dict[str, Any]] = {
     "journey run, 2 processes": {"timing": 6, "points": 6, "every_boundary": False},
     "ingest": {**DEFAULT, "every_boundary": False},
+    "journey run": {**DEFAULT, "every_boundary": False},
 }
 SLOW_LIGHT: dict[str, dict[str, Any]] = {"journey run, 2 processes": {"timing": 70, "points": 70}}
 
@@ -66,6 +72,7 @@ def _check(
     ), figures
 
 
+@ONE_WORKER
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_killed_commands_rerun_to_the_uninterrupted_result(harness: Harness, command: str) -> None:
     _check(harness, command, **LIGHT.get(command, DEFAULT))
@@ -81,6 +88,7 @@ def test_many_kills(harness: Harness, command: str) -> None:
 # The harness notices what it is there to notice
 
 
+@ONE_WORKER
 def test_the_project_exercises_every_stage(harness: Harness) -> None:
     journeys = harness.references["journey run"]
     two = harness.references["journey run, 2 processes"]
@@ -96,6 +104,7 @@ def test_the_project_exercises_every_stage(harness: Harness) -> None:
     assert any(p.endswith(" os.replace") for p in journeys.points)
 
 
+@ONE_WORKER
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_a_forked_run_passes_the_kill_points_of_a_fresh_python(
     harness: Harness, command: str, tmp_path: Path
@@ -124,6 +133,7 @@ def _first_outbound(folder: Path) -> Path:
     return next(p for p in sorted((folder / "outbound").rglob("*")) if p.is_file())
 
 
+@ONE_WORKER
 def test_compare_sees_a_message_written_twice(harness: Harness, journeys_done: Path) -> None:
     path = _first_outbound(journeys_done)
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -133,6 +143,7 @@ def test_compare_sees_a_message_written_twice(harness: Harness, journeys_done: P
     assert any("1 not in the reference" in p for p in problems), problems
 
 
+@ONE_WORKER
 def test_compare_sees_a_file_cut_short_and_a_message_missing(
     harness: Harness, journeys_done: Path
 ) -> None:
@@ -142,6 +153,7 @@ def test_compare_sees_a_file_cut_short_and_a_message_missing(
     assert any("cut short" in p for p in problems), problems
 
 
+@ONE_WORKER
 def test_compare_sees_a_row_lost_and_a_message_left_queued(
     harness: Harness, journeys_done: Path
 ) -> None:
