@@ -3,7 +3,7 @@ rerun once: the store is intact and holds what an uninterrupted run leaves, and 
 is sent twice or lost. The harness and what it compares are in tests/killharness.py; the
 figures of a slow run are in docs/reliability.md.
 
-    pytest tests/test_kill.py                 25 kills per command (about half a CPU-minute)
+    pytest tests/test_kill.py                 16 kills per command (the slow run: at every commit)
     pytest tests/test_kill.py -m slow         350 per command; CDP_KILL_SEED=N other moments
     CDP_KILL_REPORT=kills.jsonl pytest ...    also write each command's figures to a file
 """
