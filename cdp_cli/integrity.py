@@ -168,12 +168,17 @@ def run_marker(store: Path) -> Path:
     return store.with_name(store.name + ".run")
 
 
+def wal_file(store: Path) -> Path:
+    """`cdp.db` -> `cdp.db-wal`: SQLite's write-ahead log beside the store."""
+    return store.with_name(store.name + "-wal")
+
+
 def file_state(store: Path) -> dict[str, int]:
     """What any write to the store changes: its file's identity, size and times (the change
     time, ctime, cannot be set back by any tool), and the size of its WAL (0 when absent)."""
     stat = store.stat()
     try:
-        wal = store.with_name(store.name + "-wal").stat().st_size
+        wal = wal_file(store).stat().st_size
     except FileNotFoundError:
         wal = 0
     return {

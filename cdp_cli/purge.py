@@ -27,7 +27,7 @@ from typing import Any
 
 import phonenumbers
 
-from cdp_cli.integrity import store_file
+from cdp_cli.integrity import store_file, wal_file
 from cdp_cli.privacy import mask_text
 from cdp_cli.sqlitelib import sqlite_utils
 
@@ -71,10 +71,6 @@ def purge(db: sqlite_utils.Database, needles: Iterable[str] = (), wait: float = 
     if not result.wal_truncated:
         result.held_by = holders(store)
     return result
-
-
-def wal_file(store: Path) -> Path:
-    return store.with_name(store.name + "-wal")
 
 
 def _checkpoint(conn: sqlite3.Connection, deadline: float) -> bool:

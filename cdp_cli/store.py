@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cdp_cli.errors import StoreError, read_only_reason, system_fault
-from cdp_cli.integrity import corruption_error, refuse_if_damaged
+from cdp_cli.integrity import corruption_error, refuse_if_damaged, wal_file
 from cdp_cli.schema import MIGRATIONS, Migration
 from cdp_cli.sqlitelib import sqlite_utils
 
@@ -130,7 +130,7 @@ def open_read_only(path: Path, cache_mb: int = DEFAULT_CACHE_MB) -> sqlite_utils
     as immutable, which needs neither.
     """
     uri = path.absolute().as_uri()
-    wal = path.with_name(path.name + "-wal")
+    wal = wal_file(path)
     try:
         conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
