@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import sqlite3
 import textwrap
 from collections.abc import Callable
@@ -55,6 +57,39 @@ def write(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write_file
+
+
+def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder `build` fills, built once per test run and shared by every xdist worker and
+    every module that asks for `name`: the sample's pipeline takes seconds, its copy
+    milliseconds. Read-only: a test copies it before writing to it."""
+    root = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' basetemps are siblings
+    folder = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / f"{name}.done").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (root / f"{name}.done").write_text("")
+    return folder
+
+
+def demo_once(factory: pytest.TempPathFactory) -> Path:
+    """`cdp demo demo` run once per test run: the folder holds the demo's folder `demo` and the
+    command's exit code, stdout and stderr in `exit`, `stdout`, `stderr`. Read-only."""
+
+    def build(folder: Path) -> None:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(folder)
+            result = CliRunner().invoke(cli, ["demo", "demo"], catch_exceptions=False)
+        (folder / "exit").write_text(str(result.exit_code))
+        (folder / "stdout").write_text(result.stdout, encoding="utf-8")
+        (folder / "stderr").write_text(result.stderr, encoding="utf-8")
+
+    return built_once(factory, "demo", build)
 
 
 def query(db: Path, sql: str, *params: object) -> list[tuple]:

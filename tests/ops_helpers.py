@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.conftest import REPO, SAMPLE_DATA
+import pytest
+
+from tests.conftest import REPO, SAMPLE_DATA, built_once
 
 ENV = {**os.environ, "CDP_DEBUG": "1"}
 INBOXES = {
@@ -55,6 +58,32 @@ def run_sample(folder: Path) -> Path:
         result = cdp(folder, *args)
         assert result.returncode == 0, result.stderr
     return folder
+
+
+def sample_run_once(factory: pytest.TempPathFactory) -> Path:
+    """`run_sample` of the default `make_project`, checkpointed into one file; built once per
+    test run (`built_once`), read-only."""
+
+    def build(folder: Path) -> None:
+        run_sample(make_project(folder))
+        conn = sqlite3.connect(folder / "cdp.db")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+
+    return built_once(factory, "sample-run", build)
+
+
+def sample_tagged_once(factory: pytest.TempPathFactory) -> Path:
+    """The shipped project on the sample data (no inboxes, no log) ingested, resolved and
+    tagged, no journey run; built once per test run, read-only."""
+
+    def build(folder: Path) -> None:
+        make_project(folder, inboxes={}, log="")
+        for args in (["ingest", "--silent"], ["resolve"], ["tag", "--as-of", "2026-11-15"]):
+            result = cdp(folder, *args)
+            assert result.returncode == 0, result.stderr
+
+    return built_once(factory, "sample-tagged", build)
 
 
 def drop(path: Path, content: bytes, age: float = 600) -> Path:

@@ -21,7 +21,7 @@ from cdp_cli.cli import CdpGroup
 from cdp_cli.errors import StoreDamaged
 from cdp_cli.integrity import corruption_error, damage_marker
 from tests.hostile import outbound_files, store_digest
-from tests.ops_helpers import cdp, drop, make_project, run_sample
+from tests.ops_helpers import cdp, drop, sample_run_once
 
 LINE = (
     "Error: cdp.db: the store is damaged (database disk image is malformed); run cdp status "
@@ -37,11 +37,7 @@ CRM_FILE = "sample_data/crm_members.csv"  # in one transaction: it lands whole o
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample ingested, resolved, tagged and its journeys run; checkpointed into one file."""
-    folder = run_sample(make_project(tmp_path_factory.mktemp("damage")))
-    conn = sqlite3.connect(folder / "cdp.db")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
-    return folder
+    return sample_run_once(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -30,12 +30,9 @@ FORCE = ("--render-worker-from", "1")
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped project on the sample data, ingested, resolved and tagged; no journey run."""
-    from tests.ops_helpers import cdp, make_project
+    from tests.ops_helpers import sample_tagged_once
 
-    folder = make_project(tmp_path_factory.mktemp("sample"), inboxes={}, log="")
-    for args in (["ingest", "--silent"], ["resolve"], ["tag", "--as-of", "2026-11-15"]):
-        assert cdp(folder, *args).returncode == 0
-    return folder
+    return sample_tagged_once(tmp_path_factory)
 
 
 @pytest.fixture

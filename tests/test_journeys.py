@@ -895,12 +895,9 @@ def test_validate_warns_when_a_pool_holds_fewer_codes_than_the_journey_would_rea
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     """The shipped project on the sample data, ingested, resolved and tagged; no journey run."""
-    from tests.ops_helpers import cdp, make_project
+    from tests.ops_helpers import sample_tagged_once
 
-    folder = make_project(tmp_path_factory.mktemp("sample"), inboxes={}, log="")
-    for args in (["ingest", "--silent"], ["resolve"], ["tag", "--as-of", "2026-11-15"]):
-        assert cdp(folder, *args).returncode == 0
-    return folder
+    return sample_tagged_once(tmp_path_factory)
 
 
 def sample_copy(sample, tmp_path) -> Path:

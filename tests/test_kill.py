@@ -25,10 +25,9 @@ import pytest
 
 from tests.killharness import COMMANDS, Harness, compare, duplicate_messages, env, summary
 
-# One xdist worker runs the default run's tests here, so that one harness (a few seconds to
-# prepare, per process) serves them all (setup.cfg: --dist loadgroup). The slow sweep's tests
-# take minutes each: they spread over the workers.
-ONE_WORKER = pytest.mark.xdist_group("kills")
+# The harness takes a few seconds to prepare, once per process. The default run sends all of a
+# file's tests to one xdist worker (setup.cfg: --dist loadfile), so one harness serves them;
+# the slow sweep's tests take minutes each, and .ci/run spreads them over both (--dist load).
 
 DEFAULT = {"timing": 10, "points": 6}  # per command, in the default run (CI also runs SLOW)
 SLOW = {"timing": 200, "points": 150}
@@ -72,7 +71,6 @@ def _check(
     ), figures
 
 
-@ONE_WORKER
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_killed_commands_rerun_to_the_uninterrupted_result(harness: Harness, command: str) -> None:
     _check(harness, command, **LIGHT.get(command, DEFAULT))
@@ -88,7 +86,6 @@ def test_many_kills(harness: Harness, command: str) -> None:
 # The harness notices what it is there to notice
 
 
-@ONE_WORKER
 def test_the_project_exercises_every_stage(harness: Harness) -> None:
     journeys = harness.references["journey run"]
     two = harness.references["journey run, 2 processes"]
@@ -104,7 +101,6 @@ def test_the_project_exercises_every_stage(harness: Harness) -> None:
     assert any(p.endswith(" os.replace") for p in journeys.points)
 
 
-@ONE_WORKER
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_a_forked_run_passes_the_kill_points_of_a_fresh_python(
     harness: Harness, command: str, tmp_path: Path
@@ -133,7 +129,6 @@ def _first_outbound(folder: Path) -> Path:
     return next(p for p in sorted((folder / "outbound").rglob("*")) if p.is_file())
 
 
-@ONE_WORKER
 def test_compare_sees_a_message_written_twice(harness: Harness, journeys_done: Path) -> None:
     path = _first_outbound(journeys_done)
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -143,7 +138,6 @@ def test_compare_sees_a_message_written_twice(harness: Harness, journeys_done: P
     assert any("1 not in the reference" in p for p in problems), problems
 
 
-@ONE_WORKER
 def test_compare_sees_a_file_cut_short_and_a_message_missing(
     harness: Harness, journeys_done: Path
 ) -> None:
@@ -153,7 +147,6 @@ def test_compare_sees_a_file_cut_short_and_a_message_missing(
     assert any("cut short" in p for p in problems), problems
 
 
-@ONE_WORKER
 def test_compare_sees_a_row_lost_and_a_message_left_queued(
     harness: Harness, journeys_done: Path
 ) -> None:

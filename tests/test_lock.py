@@ -15,7 +15,7 @@ import pytest
 from cdp_cli import lock
 from cdp_cli.errors import StoreBusy, StoreError
 from tests.conftest import SAMPLE_DATA, query
-from tests.ops_helpers import ENV, cdp, drop, hold_lock, make_project, run_sample
+from tests.ops_helpers import ENV, cdp, drop, hold_lock, sample_run_once
 
 # The sample's POS export under new order numbers: a new file for the inbox.
 NEW_POS = SAMPLE_DATA.joinpath("pos_orders.csv").read_bytes().replace(b"-2024", b"-3024")
@@ -23,7 +23,7 @@ NEW_POS = SAMPLE_DATA.joinpath("pos_orders.csv").read_bytes().replace(b"-2024", 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    return run_sample(make_project(tmp_path_factory.mktemp("base")))
+    return sample_run_once(tmp_path_factory)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from cdp_cli.config import load_config
 from cdp_cli.oplog import for_log, format_fields, scrub
 from tests.conftest import SAMPLE_DATA, query
-from tests.ops_helpers import drop, make_project, run_sample
+from tests.ops_helpers import drop, make_project, sample_run_once
 
 NOW = ("--now", "2026-11-15 10:30")
 POS_HEADER = SAMPLE_DATA.joinpath("pos_orders.csv").read_bytes().split(b"\n", 1)[0]
@@ -30,7 +30,7 @@ def pos_export(day: str, rows: int = 3) -> bytes:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    return run_sample(make_project(tmp_path_factory.mktemp("base")))
+    return sample_run_once(tmp_path_factory)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ that writes works on its own copy.
 from __future__ import annotations
 
 import csv
-import fcntl
 import json
 import math
 import re
@@ -31,7 +30,7 @@ from cdp_cli.ingest import ingest
 from cdp_cli.predict.run import predict, refresh
 from cdp_cli.scaffold import init_project
 from cdp_cli.tags import run_tags
-from tests.conftest import query
+from tests.conftest import built_once, query
 
 DAY = date(2026, 11, 15)  # the sample's last day
 REPO = Path(__file__).resolve().parent.parent
@@ -49,27 +48,16 @@ def build_predicted(folder: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def predicted(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+def predicted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample project, predicted as of DAY: built once per test run; read-only."""
-    shared = tmp_path_factory.getbasetemp()
-    if worker_id != "master":
-        shared = shared.parent
-    folder = shared / "predicted-sample"
-    with open(shared / "predicted-sample.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (folder / "done").exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir()
-            build_predicted(folder)
-            (folder / "done").write_text("")
-    return folder
+    return built_once(tmp_path_factory, "predicted-sample", build_predicted)
 
 
 @pytest.fixture
 def project(predicted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the predicted sample to write to, as the current folder."""
     folder = tmp_path / "project"
-    shutil.copytree(predicted, folder, ignore=shutil.ignore_patterns("*.lock", "done"))
+    shutil.copytree(predicted, folder)
     monkeypatch.chdir(folder)
     return folder
 

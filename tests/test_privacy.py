@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 from cdp_cli.cli import cli
 from cdp_cli.config import IdentityRules, load_config
 from cdp_cli.csvsafe import FORMULA_STARTS, safe_cell, safe_row
-from cdp_cli.demo import run_demo
 from cdp_cli.forget import HANDLED_TABLES, find_target, forget
 from cdp_cli.identity.normalize import Normalizer
 from cdp_cli.identity.profiles import Lookup
@@ -32,7 +31,7 @@ from cdp_cli.identity.tombstones import Tombstones, tombstone_hash
 from cdp_cli.ingest import ingest_file
 from cdp_cli.privacy import mask_email, mask_phone, mask_text
 from cdp_cli.store import open_store
-from tests.conftest import query
+from tests.conftest import demo_once, query
 
 NOW = "2026-11-15 10:30"
 CONFIG = """
@@ -467,9 +466,7 @@ def test_an_opt_out_before_the_person_is_known_holds_when_they_arrive(
 
 @pytest.fixture(scope="module")
 def demo_store(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("demo") / "demo"
-    run_demo(folder)
-    return folder
+    return demo_once(tmp_path_factory) / "demo"
 
 
 @pytest.fixture

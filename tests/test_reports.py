@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from cdp_cli.messaging import links
 from cdp_cli.reports import stats
-from tests.conftest import query
+from tests.conftest import demo_once, query
 
 CONFIG = """
 store: cdp.db
@@ -743,10 +743,10 @@ def test_html_charts_carry_the_json_numbers_in_chromium(chromium, run, journeys)
 # The demo
 
 
-def test_demo_ends_with_a_labelled_simulated_response_the_reports_and_the_html(run, tmp_path):
-    result = run("demo", "demo")
-    assert result.exit_code == 0, result.output
-    shown = result.stdout
+def test_demo_ends_with_a_labelled_simulated_response_the_reports_and_the_html(tmp_path_factory):
+    ran = demo_once(tmp_path_factory)
+    shown = (ran / "stdout").read_text(encoding="utf-8")
+    assert (ran / "exit").read_text() == "0", shown + (ran / "stderr").read_text(encoding="utf-8")
     stages = [line for line in shown.splitlines() if line.startswith("== ")]
     assert stages[-4:] == [
         "== journeys ==",
@@ -759,11 +759,11 @@ def test_demo_ends_with_a_labelled_simulated_response_the_reports_and_the_html(r
     assert re.search(r"^winback: \d+ entered; goal order within 14 days", reports, re.M)
     assert "# Effect: treatment against holdout" in reports
     assert "wrote report.html" in reports
-    assert result.stderr.splitlines()[-2:] == [
+    assert (ran / "stderr").read_text(encoding="utf-8").splitlines()[-2:] == [
         "",
         "The demo project is in demo; try: cd demo && cdp status",
     ]
-    folder = tmp_path / "demo"
+    folder = ran / "demo"
     page = (folder / "report.html").read_text(encoding="utf-8")
     assert [m for m in re.findall(r'data-report="(\w+)"', page)][:2] == ["overview", "journey"]
     assert page.count('data-report="journey"') == len(list((folder / "journeys").glob("*.yaml")))
