@@ -8,6 +8,7 @@ Parsed when cdp.yaml is read (config.load_config calls build_send_settings), so 
 from __future__ import annotations
 
 import functools
+import re
 import zoneinfo
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
@@ -46,6 +47,9 @@ class QuietHours:
 # Every channel's quiet hours for marketing unless cdp.yaml sets its own (or `off`).
 DEFAULT_QUIET_HOURS = QuietHours(time(21, 0), time(9, 0))
 QUIET_HOURS_OFF = (False, None, "off", "none")  # `quiet_hours: off`: the channel never waits
+# What `datetime.strptime(text, "%H:%M")` accepts (its own patterns for %H and %M, the whole
+# text), without importing _strptime and building its locale tables: 2 ms of every command.
+_HOUR_MINUTE = re.compile(r"(2[0-3]|[0-1]\d|\d):([0-5]\d|\d)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,7 @@ def _quiet_hours(path: Path, spec: YamlMap, where: str) -> QuietHours | None:
         return None
     text = str(value)
     try:
-        start, end = (datetime.strptime(t.strip(), "%H:%M").time() for t in text.split("-"))
+        start, end = (_hour_minute(t.strip()) for t in text.split("-"))
     except ValueError:
         raise ConfigError(
             path,
@@ -176,6 +180,14 @@ def _quiet_hours(path: Path, spec: YamlMap, where: str) -> QuietHours | None:
             spec.line_of("quiet_hours"),
         ) from None
     return QuietHours(start, end)
+
+
+def _hour_minute(text: str) -> time:
+    """'21:00' as a time, as strptime's %H:%M reads it (also '9:5'); ValueError otherwise."""
+    match = _HOUR_MINUTE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not a time: {text!r}")
+    return time(int(match[1]), int(match[2]))
 
 
 def _cap(path: Path, cap: YamlMap, key: str) -> int | None:
