@@ -77,3 +77,25 @@ def test_resolve_loads_neither_strptime_nor_difflib(tmp_path):
     loaded_by(tmp_path, "ingest", "a.csv", "--source", "crm", "--silent")
     loaded = loaded_by(tmp_path, "resolve", "--json")
     assert {"_strptime", "difflib"} & loaded == set()
+
+
+def test_only_the_program_freezes_its_start_up():
+    """`cdp` (its script, python -m cdp_cli) freezes what its imports made; a caller of
+    cli.main(), such as click's test runner, keeps its garbage collector as it was."""
+    import gc
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from cdp_cli.cli import cli
+
+    before = gc.get_freeze_count()
+    assert CliRunner().invoke(cli, ["--version"]).exit_code == 0
+    assert gc.get_freeze_count() == before
+    code = (
+        "import gc, sys; from cdp_cli.cli import cli; sys.argv = ['cdp', '--version']\n"
+        "try:\n    cli(prog_name='cdp')\nexcept SystemExit:\n    print(gc.get_freeze_count() > 0)"
+    )
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert ran.stdout.splitlines()[-1] == "True"  # after the version line
