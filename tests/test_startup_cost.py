@@ -79,9 +79,10 @@ def test_resolve_loads_neither_strptime_nor_difflib(tmp_path):
     assert {"_strptime", "difflib"} & loaded == set()
 
 
-def test_only_the_program_freezes_its_start_up():
-    """`cdp` (its script, python -m cdp_cli) freezes what its imports made; a caller of
-    cli.main(), such as click's test runner, keeps its garbage collector as it was."""
+def test_only_the_program_freezes_its_start_up(tmp_path, monkeypatch):
+    """`cdp` (its script, python -m cdp_cli) freezes what its imports made, and a writing
+    command what it loaded to take the lock; a caller of cli.main(), such as click's test
+    runner, keeps its garbage collector as it was."""
     import gc
     import subprocess
     import sys
@@ -90,8 +91,12 @@ def test_only_the_program_freezes_its_start_up():
 
     from cdp_cli.cli import cli
 
+    (tmp_path / "cdp.yaml").write_text(CONFIG, encoding="utf-8")
+    (tmp_path / "a.csv").write_text("member,name,phone\nM1,Li,13800138001\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
     before = gc.get_freeze_count()
-    assert CliRunner().invoke(cli, ["--version"]).exit_code == 0
+    for args in (["--version"], ["ingest", "a.csv", "--source", "crm", "--silent"], ["resolve"]):
+        assert CliRunner().invoke(cli, args).exit_code == 0
     assert gc.get_freeze_count() == before
     code = (
         "import gc, sys; from cdp_cli.cli import cli; sys.argv = ['cdp', '--version']\n"

@@ -56,6 +56,14 @@ COMMANDS = {
 }
 
 
+def freeze_start_up() -> None:
+    """Freeze what cdp has made so far, as CdpGroup.__call__ froze its imports: only in the
+    program itself, whose start-up objects live until it ends (tests call cli.main(), which
+    freezes nothing, and keep their collector as it was)."""
+    if gc.get_freeze_count():
+        gc.freeze()
+
+
 class CdpGroup(click.Group):
     """Turns the errors a user can cause into one line; re-raises bugs under CDP_DEBUG=1.
 
