@@ -104,3 +104,76 @@ def test_only_the_program_freezes_its_start_up(tmp_path, monkeypatch):
     )
     ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert ran.stdout.splitlines()[-1] == "True"  # after the version line
+
+
+def _both_ways(path):
+    """load_yaml(path) with libyaml where it may, and with PyYAML's own loader alone."""
+    from cdp_cli import yamlfile
+    from cdp_cli.errors import FileError
+
+    def load():
+        try:
+            return "ok", _lines(yamlfile.load_yaml(path))
+        except FileError as exc:
+            return "error", exc.message, exc.line
+
+    fast = load()
+    only_pyyaml = yamlfile._libyaml_reads_alike
+    try:
+        yamlfile._libyaml_reads_alike = lambda text: False
+        return fast, load()
+    finally:
+        yamlfile._libyaml_reads_alike = only_pyyaml
+
+
+def _lines(value):
+    """A loaded document with each mapping's and list's file and lines, to compare."""
+    from cdp_cli.yamlfile import YamlList, YamlMap
+
+    if isinstance(value, YamlMap):
+        items = tuple((_lines(k), _lines(v), value.key_lines.get(k)) for k, v in value.items())
+        return ("map", value.path, value.line, items)
+    if isinstance(value, YamlList):
+        return ("list", value.path, value.line, tuple(_lines(v) for v in value))
+    return (type(value).__name__, repr(value))
+
+
+def test_the_shipped_yaml_files_read_alike_with_libyaml():
+    """cdp.yaml, tag rules and journeys as `cdp init` writes them: libyaml reads them all,
+    to the same values on the same lines."""
+    from cdp_cli import yamlfile
+    from tests.conftest import REPO
+
+    files = [REPO / "cdp.yaml", *sorted((REPO / "tag_rules").glob("*.yaml"))]
+    files += sorted((REPO / "journeys").glob("*.yaml"))
+    for path in files:
+        assert yamlfile._libyaml_reads_alike(path.read_text(encoding="utf-8-sig")), path
+        fast, slow = _both_ways(path)
+        assert fast == slow and fast[0] == "ok", path
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "key: !\n",  # libyaml: '', PyYAML: None
+        "text: |#\n  a\n",  # libyaml takes the header, PyYAML refuses it
+        "a: 1\n\tb: 2\n",  # a tab
+        "a: {b: 1}\n\ufeffc: 2\n",  # a byte-order mark inside
+        "a:\u3000b\n",  # an ideographic space
+        "a: {pr?ice: 1}\n",  # PyYAML ends a plain scalar at ? in a flow collection
+        "a: {?b: 1}\n",
+        "? a\n: 1\n",  # an explicit key
+        "a: &x 1\nb: *x\n",  # an anchor and an alias
+        "%YAML 1.1\n---\na: 1\n",  # a directive
+        "a: 1\r\nb: 2\r\n",  # Windows line ends
+        "a: 1\nb: [1, 2\n",  # not YAML: both say so, in PyYAML's words
+        "a: 1\na: 2\n",  # a duplicate key, on its line
+        "a: \x7f\n",  # unprintable
+        "城市: {武汉市: 武汉, beijing: 北京}\nb: [x, 'y', \"z\\u00e9\"]\nc: 5%\nd: 2026-01-01\n",
+    ],
+)
+def test_a_text_libyaml_may_read_otherwise_is_read_as_pyyaml_reads_it(tmp_path, text):
+    path = tmp_path / "x.yaml"
+    path.write_text(text, encoding="utf-8")
+    fast, slow = _both_ways(path)
+    assert fast == slow
