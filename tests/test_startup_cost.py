@@ -177,3 +177,23 @@ def test_a_text_libyaml_may_read_otherwise_is_read_as_pyyaml_reads_it(tmp_path, 
     path.write_text(text, encoding="utf-8")
     fast, slow = _both_ways(path)
     assert fast == slow
+
+
+def test_the_channel_names_are_the_registrys():
+    """Reading cdp.yaml knows the channels by channel_names, without the registry's module."""
+    from cdp_cli.messaging import channel_names
+    from cdp_cli.messaging.channels import CHANNELS
+
+    assert tuple(CHANNELS) == channel_names.CHANNEL_NAMES
+    scoped = {name for name, channel in CHANNELS.items() if channel.scoped_by_appid}
+    assert scoped == channel_names.SCOPED_BY_APPID
+    assert (*CHANNELS, "all") == channel_names.CONSENT_CHANNELS
+
+
+def test_resolve_loads_no_channel_registry(tmp_path):
+    (tmp_path / "cdp.yaml").write_text(
+        CONFIG + "channels:\n  wechat: {appid: wx1}\n  sms: {cost: 0.04}\n", encoding="utf-8"
+    )
+    (tmp_path / "a.csv").write_text("member,name,phone\nM1,Li,13800138001\n", encoding="utf-8")
+    loaded_by(tmp_path, "ingest", "a.csv", "--source", "crm", "--silent")
+    assert "cdp_cli.messaging.channels" not in loaded_by(tmp_path, "resolve", "--json")

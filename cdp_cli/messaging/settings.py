@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cdp_cli.errors import ConfigError
-from cdp_cli.messaging.channels import CHANNEL_NAMES, CHANNELS
+from cdp_cli.messaging.channel_names import CHANNEL_NAMES, SCOPED_BY_APPID
 from cdp_cli.yamlfile import YamlMap, check_keys, did_you_mean
 
 CHANNEL_KEYS = ("quiet_hours", "cost")  # and appid, for a channel scoped by its account
@@ -135,7 +135,7 @@ def _yaml_map(path: Path, line: int, **values: Any) -> YamlMap:
 
 def _channel_settings(path: Path, channels: YamlMap, name: str) -> ChannelSettings:
     where, line = f"channels.{name}", channels.line_of(name)
-    if name not in CHANNELS:
+    if name not in CHANNEL_NAMES:
         raise ConfigError(
             path,
             f"channels: unknown channel {name!r}{did_you_mean(name, CHANNEL_NAMES)}; "
@@ -145,9 +145,7 @@ def _channel_settings(path: Path, channels: YamlMap, name: str) -> ChannelSettin
     spec = channels[name] or _yaml_map(path, line)
     if not isinstance(spec, YamlMap):
         raise ConfigError(path, f"{where}: expected a mapping of settings", line)
-    check_keys(
-        spec, (*CHANNEL_KEYS, *(("appid",) if CHANNELS[name].scoped_by_appid else ())), where
-    )
+    check_keys(spec, (*CHANNEL_KEYS, *(("appid",) if name in SCOPED_BY_APPID else ())), where)
     cost = spec.get("cost", 0)
     try:
         cost = float(cost or 0)
