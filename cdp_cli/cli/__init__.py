@@ -75,7 +75,7 @@ class CdpGroup(click.Group):
 
         What the imports made so far (modules, classes, functions) lives until the process
         ends: frozen, the cyclic garbage collector no longer walks it again at each full
-        collection and at exit, 1.7% of an incremental `cdp resolve` at 100k records. Nothing
+        collection and at exit, 1.5% of an incremental `cdp resolve` at 100k records. Nothing
         made later is frozen: the store, files and the command's own objects are collected
         as before."""
         gc.freeze()
