@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cdp_cli.messaging.channels import CONSENT_CHANNELS, CONSENT_PURPOSES
+from cdp_cli.messaging.channel_names import CONSENT_CHANNELS, CONSENT_PURPOSES
 
 TEXT, NUMBER, INTEGER, TIMESTAMP, DATE, JSON = (
     "text",

@@ -157,13 +157,14 @@ def writes_store(
 def _store_lock(ctx: click.Context, wait: float, logged: bool = True) -> Any:
     """The store's write lock; a refusal is also written to the log file, if one is set (and
     the refusal is `logged`)."""
+    from cdp_cli.cli import freeze_start_up
     from cdp_cli.errors import StoreBusy
 
     project = ctx.find_object(Project)
     assert project is not None
     command = ctx.command_path.replace(ctx.find_root().info_name or "cdp", "cdp", 1)
     try:
-        return project.lock(wait, command)
+        held = project.lock(wait, command)
     except StoreBusy as exc:
         from cdp_cli.oplog import OpsLog, for_log  # only for a refusal: it imports phonenumbers
 
@@ -173,3 +174,6 @@ def _store_lock(ctx: click.Context, wait: float, logged: bool = True) -> Any:
                 stage="lock", status="busy", command=command, wait=wait, error=for_log(str(exc))
             )
         raise
+    # cdp.yaml is read and the store's modules are loaded: they too live until the end.
+    freeze_start_up()
+    return held

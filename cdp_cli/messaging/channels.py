@@ -1,4 +1,5 @@
-"""The channels cdp sends on (CHANNELS, the one list of them), and the payload each one takes.
+"""The channels cdp sends on (CHANNELS, the one list of them: channel_names holds their names
+alone, for what needs no more), and the payload each one takes.
 
 For each channel the registry says what a journey, the outbox, consent, reports and templates
 need to know of it: the identifier type it is addressed by and which of those identifiers reach
@@ -26,6 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cdp_cli.errors import TemplateError
+from cdp_cli.messaging.channel_names import CHANNEL_NAMES as CHANNEL_NAMES
+from cdp_cli.messaging.channel_names import CONSENT_CHANNELS as CONSENT_CHANNELS
+from cdp_cli.messaging.channel_names import CONSENT_PURPOSES as CONSENT_PURPOSES
 
 EMAIL_PARTS = {"subject": ".subject.txt", "html": ".html", "text": ".txt"}
 SMS_MAX_SEGMENTS = 3
@@ -400,15 +404,9 @@ CHANNELS: dict[str, Channel] = {
         Channel("push", "device_id", "jsonl", {"json": ".json"}, _push_payload),
     )
 }  # fmt: skip
-CHANNEL_NAMES = tuple(CHANNELS)
-# `cdp consent --channel`: a channel, or all of them at once.
-CONSENT_CHANNELS = (*CHANNEL_NAMES, "all")
+# CHANNEL_NAMES, CONSENT_CHANNELS and CONSENT_PURPOSES: messaging.channel_names, which reading
+# cdp.yaml and opening the store import without this module.
 ADDRESS_TYPES = tuple(channel.address_type for channel in CHANNELS.values())
-
-
-# What a consent is for: marketing messages, service messages (what a transactional journey
-# sends: an order shipped, a reservation), or both; a consent that names no purpose is for all.
-CONSENT_PURPOSES = ("marketing", "service", "all")
 
 
 def purposes_obeyed(transactional: bool) -> tuple[str | None, ...]:
