@@ -41,8 +41,12 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def base_digest(base: Path) -> dict[str, tuple[int, str]]:
-    return store_digest(base)
+def base_digest(base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str]]:
+    # Of a copy: SQLite makes the WAL and its index beside a store it opens, even to read, and
+    # another worker may be copying the shared base meanwhile.
+    copy = tmp_path_factory.mktemp("base-digest")
+    shutil.copyfile(base / "cdp.db", copy / "cdp.db")
+    return store_digest(copy)
 
 
 @pytest.fixture

@@ -743,7 +743,9 @@ def test_html_charts_carry_the_json_numbers_in_chromium(chromium, run, journeys)
 # The demo
 
 
-def test_demo_ends_with_a_labelled_simulated_response_the_reports_and_the_html(tmp_path_factory):
+def test_demo_ends_with_a_labelled_simulated_response_the_reports_and_the_html(
+    tmp_path_factory, tmp_path
+):
     ran = demo_once(tmp_path_factory)
     shown = (ran / "stdout").read_text(encoding="utf-8")
     assert (ran / "exit").read_text() == "0", shown + (ran / "stderr").read_text(encoding="utf-8")
@@ -763,7 +765,7 @@ def test_demo_ends_with_a_labelled_simulated_response_the_reports_and_the_html(t
         "",
         "The demo project is in demo; try: cd demo && cdp status",
     ]
-    folder = ran / "demo"
+    folder = shutil.copytree(ran / "demo", tmp_path / "demo")  # opening the store writes beside it
     page = (folder / "report.html").read_text(encoding="utf-8")
     assert [m for m in re.findall(r'data-report="(\w+)"', page)][:2] == ["overview", "journey"]
     assert page.count('data-report="journey"') == len(list((folder / "journeys").glob("*.yaml")))
