@@ -26,7 +26,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 # The files whose tests take longest, longest first (seconds of one worker, 2026-12-05): the
 # default run hands out whole files in collection order (setup.cfg), so these start first and
-# the two workers end together. The others follow in alphabetical order.
+# the workers end together. The others follow in alphabetical order.
 LONGEST_FIRST = (
     "test_kill.py",  # 40: the kill harness, then 16 kills per command
     "test_privacy.py",  # 30: the demo, built once for it and test_reports
@@ -46,7 +46,7 @@ LONGEST_FIRST = (
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """`-n auto`: a worker more than the cores. Many tests wait (on a cdp process they run, a
     kill's moment, a commit's fsync); the extra worker keeps both cores busy meanwhile: on 2
-    cores the default run took 160 s with 3 workers against 184 s and more with 2."""
+    cores the default run took 135 to 160 s with 3 workers, 184 s and more with 2."""
     return (os.cpu_count() or 1) + 1
 
 

@@ -27,7 +27,7 @@ from tests.killharness import COMMANDS, Harness, compare, duplicate_messages, en
 
 # The harness takes a few seconds to prepare, once per process. The default run sends all of a
 # file's tests to one xdist worker (setup.cfg: --dist loadfile), so one harness serves them;
-# the slow sweep's tests take minutes each, and .ci/run spreads them over both (--dist load).
+# the slow sweep's tests take minutes each, and .ci/run spreads them over the workers (--dist load).
 
 DEFAULT = {"timing": 10, "points": 6}  # per command, in the default run (CI also runs SLOW)
 SLOW = {"timing": 200, "points": 150}
