@@ -4,7 +4,7 @@ is sent twice or lost. The harness and what it compares are in tests/killharness
 figures of a slow run are in docs/reliability.md.
 
     pytest tests/test_kill.py                 16 kills per command (the slow run: at every commit)
-    pytest tests/test_kill.py -m slow         350 per command; CDP_KILL_SEED=N other moments
+    pytest tests/test_kill.py -m slow         250 per command; CDP_KILL_SEED=N other moments
     CDP_KILL_REPORT=kills.jsonl pytest ...    also write each command's figures to a file
 """
 
@@ -30,7 +30,7 @@ from tests.killharness import COMMANDS, Harness, compare, duplicate_messages, en
 # the slow sweep's tests take minutes each, and .ci/run spreads them over the workers (--dist load).
 
 DEFAULT = {"timing": 10, "points": 6}  # per command, in the default run (CI also runs SLOW)
-SLOW = {"timing": 200, "points": 150}
+SLOW = {"timing": 140, "points": 110}
 # A variant of a command that both runs kill less, and the default run not at every commit and
 # rename: its parent passes the same ones as the command's, which is killed fully. (At the slow
 # run's 500 kills it alone took six minutes of CI's fifteen.) Ingest and journey run pass some
@@ -40,7 +40,7 @@ LIGHT: dict[str, dict[str, Any]] = {
     "ingest": {**DEFAULT, "every_boundary": False},
     "journey run": {**DEFAULT, "every_boundary": False},
 }
-SLOW_LIGHT: dict[str, dict[str, Any]] = {"journey run, 2 processes": {"timing": 70, "points": 70}}
+SLOW_LIGHT: dict[str, dict[str, Any]] = {"journey run, 2 processes": {"timing": 50, "points": 50}}
 
 
 @pytest.fixture(scope="session")  # per process: an xdist worker builds it once, not per visit
