@@ -19,7 +19,15 @@ from hypothesis import strategies as st
 from cdp_cli.config import load_config
 from cdp_cli.errors import ConfigError
 from cdp_cli.messaging.settings import _hour_minute
+from tests.conftest import REPO
 from tests.test_startup import CONFIG, loaded_by
+
+# cdp.yaml, tag rules and journeys as `cdp init` writes them.
+SHIPPED_YAML = [
+    REPO / "cdp.yaml",
+    *sorted((REPO / "tag_rules").glob("*.yaml")),
+    *sorted((REPO / "journeys").glob("*.yaml")),
+]
 
 
 def _strptime_or_none(text: str) -> object:
@@ -146,11 +154,8 @@ def test_the_shipped_yaml_files_read_alike_with_libyaml():
     """cdp.yaml, tag rules and journeys as `cdp init` writes them: libyaml reads them all,
     to the same values on the same lines."""
     from cdp_cli import yamlfile
-    from tests.conftest import REPO
 
-    files = [REPO / "cdp.yaml", *sorted((REPO / "tag_rules").glob("*.yaml"))]
-    files += sorted((REPO / "journeys").glob("*.yaml"))
-    for path in files:
+    for path in SHIPPED_YAML:
         assert yamlfile._libyaml_reads_alike(path.read_text(encoding="utf-8-sig")), path
         fast, slow = _both_ways(path)
         assert fast == slow and fast[0] == "ok", path
@@ -212,19 +217,14 @@ _FRAGMENTS = [
 ]  # fmt: skip
 
 
-def _shipped_yaml() -> list[str]:
-    from tests.conftest import REPO
-
-    files = [REPO / "cdp.yaml", *sorted((REPO / "tag_rules").glob("*.yaml"))]
-    files += sorted((REPO / "journeys").glob("*.yaml"))
-    return [path.read_text(encoding="utf-8-sig") for path in files]
+SHIPPED_TEXTS = [path.read_text(encoding="utf-8-sig") for path in SHIPPED_YAML]
 
 
 @st.composite
 def _edited_yaml(draw: st.DrawFn) -> str:
     """A shipped YAML file with one to four characters or fragments inserted, deleted or
     replaced: mostly still YAML, at times not, as a hand-edited file is."""
-    text = list(draw(st.sampled_from(_shipped_yaml())))
+    text = list(draw(st.sampled_from(SHIPPED_TEXTS)))
     for _ in range(draw(st.integers(1, 4))):
         at = draw(st.integers(0, len(text)))
         action = draw(st.sampled_from(["insert", "delete", "replace"]))
