@@ -25,7 +25,7 @@ from cdp_cli.integrity import (
     store_damaged,
     store_problems,
 )
-from cdp_cli.project import STORE_SIDECARS
+from cdp_cli.storefiles import sidecars
 
 BACKUP_FORMATS = (".db", ".sqlite", ".sqlite3")  # how the name of a backup ends
 
@@ -60,8 +60,8 @@ def backup_store(store: Path, dest: Path) -> BackupResult:
         tables = _copy(store, tmp, dest)
         _verify(tmp, tables, store, dest)
         _sync(tmp)
-        for suffix in STORE_SIDECARS:  # an old backup's WAL would be replayed into the new one
-            _sidecar(dest, suffix).unlink(missing_ok=True)
+        for sidecar in sidecars(dest):  # an old backup's WAL would be replayed into the new one
+            sidecar.unlink(missing_ok=True)
         move_into_place(tmp, dest)
     finally:
         _remove_with_sidecars(tmp)
@@ -152,10 +152,6 @@ def _sync(path: Path) -> None:
         os.close(fd)
 
 
-def _sidecar(path: Path, suffix: str) -> Path:
-    return path.with_name(path.name + suffix)
-
-
 def _remove_with_sidecars(path: Path) -> None:
-    for suffix in ("", *STORE_SIDECARS):
-        _sidecar(path, suffix).unlink(missing_ok=True)
+    for file in (path, *sidecars(path)):
+        file.unlink(missing_ok=True)

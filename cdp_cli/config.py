@@ -20,6 +20,7 @@ from cdp_cli.errors import ConfigError, FileError, NotFound, UsageError
 from cdp_cli.identity.junk import JUNK_RULE_NAMES
 from cdp_cli.messaging.settings import SendSettings, build_send_settings
 from cdp_cli.store import DEFAULT_CACHE_MB
+from cdp_cli.storefiles import DEFAULT_STORE
 from cdp_cli.yamlfile import YamlMap, check_keys, did_you_mean, load_yaml
 
 FORMATS = ("csv", "json", "jsonl")
@@ -348,7 +349,7 @@ def _build_config(path: Path, data: YamlMap, store_override: Path | str | None) 
         raise ConfigError(path, f"region: unknown region {region!r}", data.line_of("region"))
     timezone = str(data.get("timezone", "Asia/Shanghai"))
     _check_timezone(path, timezone, data.line_of("timezone"), "timezone")
-    store = Path(store_override or data.get("store") or "cdp.db")
+    store = Path(store_override or data.get("store") or DEFAULT_STORE)
     if not store.is_absolute() and not store_override:
         store = path.parent / store
     sources_data = data.get("sources") or YamlMap()

@@ -13,6 +13,8 @@ import os
 import sqlite3
 from pathlib import Path
 
+from cdp_cli.storefiles import WAL_SUFFIXES, sidecars
+
 
 class CdpError(Exception):
     """Base class of every error cdp expects a user to be able to cause."""
@@ -179,7 +181,7 @@ def read_only_reason(store: Path) -> str | None:
             f"its folder {folder} is read-only, and SQLite writes its journal ({store.name}-wal "
             "and -shm) beside the store; make the folder writable by the user running cdp"
         )
-    for path in (store, *(store.with_name(store.name + s) for s in ("-wal", "-shm"))):
+    for path in (store, *sidecars(store, WAL_SUFFIXES)):
         if path.exists() and not os.access(path, os.W_OK):
             what = "the file is" if path == store else f"{path.name} beside it is"
             return f"{what} read-only; make it writable by the user running cdp (chmod u+w {path})"

@@ -38,6 +38,7 @@ from typing import Any
 
 from cdp_cli.errors import CdpError, StoreDamaged, StoreError
 from cdp_cli.files import write_text
+from cdp_cli.storefiles import beside, wal_file
 
 RESTORE_DOCS = "docs/operations.md#restoring-a-backup"
 DAMAGE_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB (named in sqlite3 from Python 3.11)
@@ -111,7 +112,7 @@ def store_file(conn: sqlite3.Connection) -> Path:
 
 def damage_marker(store: Path) -> Path:
     """`cdp.db` -> `cdp.db.damaged`, beside the store: there while the store is known damaged."""
-    return store.with_name(store.name + ".damaged")
+    return beside(store, ".damaged")
 
 
 def remember_damage(store: Path, why: str) -> None:
@@ -165,12 +166,7 @@ def _now() -> str:
 
 def run_marker(store: Path) -> Path:
     """`cdp.db` -> `cdp.db.run`, beside the store: its file as the last `cdp run` left it."""
-    return store.with_name(store.name + ".run")
-
-
-def wal_file(store: Path) -> Path:
-    """`cdp.db` -> `cdp.db-wal`: SQLite's write-ahead log beside the store."""
-    return store.with_name(store.name + "-wal")
+    return beside(store, ".run")
 
 
 def file_state(store: Path) -> dict[str, int]:

@@ -22,6 +22,7 @@ from types import TracebackType
 
 from cdp_cli.errors import StoreBusy, StoreError, system_fault
 from cdp_cli.store import check_store_path, now_iso
+from cdp_cli.storefiles import beside
 
 POLL_SECONDS = 0.1
 
@@ -30,7 +31,7 @@ def lock_path(store: Path) -> Path:
     """`cdp.db` -> `cdp.db.lock`, in the same folder; of the real file, when `store` is a
     symlink, so that every name of one store takes the one lock."""
     real = store.resolve()
-    return real.with_name(real.name + ".lock")
+    return beside(real, ".lock")
 
 
 @dataclass(frozen=True)

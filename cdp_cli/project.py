@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cdp_cli.storefiles import SIDECAR_SUFFIXES, beside
+
 # Every cdp command makes a Project before it parses its own options, `cdp --version` too:
 # the modules behind cdp.yaml and the store (YAML, phonenumbers, sqlite-utils: a tenth of a
 # second) are imported by the methods that use them, not here.
@@ -31,8 +33,6 @@ if TYPE_CHECKING:
 
 DEFAULT_CONFIG = "cdp.yaml"
 PathLike = str | os.PathLike[str]
-# Beside the store, SQLite's own files: the write-ahead log, its shared memory, the journal.
-STORE_SIDECARS = ("-wal", "-shm", "-journal")
 
 
 class Project:
@@ -121,8 +121,8 @@ class Project:
 
         store = self.store_path
         files = {store: "the project's store", self.config_path: "the project's cdp.yaml"}
-        for suffix in STORE_SIDECARS:
-            files[store.with_name(store.name + suffix)] = f"the store's {suffix} file"
+        for suffix in SIDECAR_SUFFIXES:
+            files[beside(store, suffix)] = f"the store's {suffix} file"
         files[lock_path(store)] = "the store's write lock"
         files[damage_marker(store)] = "the mark of a damaged store"
         files[run_marker(store)] = "the store's state as the last cdp run left it"

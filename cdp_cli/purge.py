@@ -27,9 +27,10 @@ from typing import Any
 
 import phonenumbers
 
-from cdp_cli.integrity import store_file, wal_file
+from cdp_cli.integrity import store_file
 from cdp_cli.privacy import mask_text
 from cdp_cli.sqlitelib import sqlite_utils
+from cdp_cli.storefiles import WAL_SUFFIXES, sidecars, wal_file
 
 PURGE_WAIT_SECONDS = 2.0  # the least the checkpoint is retried for, --wait or not
 POLL_SECONDS = 0.1
@@ -158,7 +159,7 @@ def holders(store: Path) -> list[dict[str, Any]]:
     if not proc.is_dir():
         return []
     target = store.resolve()
-    names = {str(target), f"{target}-wal", f"{target}-shm"}
+    names = {str(path) for path in (target, *sidecars(target, WAL_SUFFIXES))}
     found = []
     for entry in proc.iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from cdp_cli.errors import StoreError, read_only_reason, system_fault
-from cdp_cli.integrity import corruption_error, refuse_if_damaged, wal_file
+from cdp_cli.integrity import corruption_error, refuse_if_damaged
 from cdp_cli.schema import MIGRATIONS, Migration
 from cdp_cli.sqlitelib import sqlite_utils
+from cdp_cli.storefiles import wal_file
 
 # SQLite's page cache for one connection, in MB (`store_cache_mb:` in cdp.yaml). SQLite's own
 # default is 2 MB: at a million rows each insert then re-reads index pages from the OS (system
