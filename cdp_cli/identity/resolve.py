@@ -776,8 +776,9 @@ def _key_rows(graph: Graph, one_ids: dict[int, str], at: str) -> Iterator[KeyRow
 def _identifier_rows(graph: Graph, one_ids: dict[int, str]) -> Iterator[tuple[int, IdentifierRow]]:
     """(node, (type, value, detail, one_id, status, reason)) for every identifier of the
     graph, in (type, value) order: the order of the table's unique index."""
-    find, details, nonjoining = graph.find, graph.details, graph.nonjoining
-    for ident, inode in graph.ordered:
+    find, details, nonjoining, label = graph.find, graph.details, graph.nonjoining, graph.label
+    for inode in graph.ordered:
+        ident = label[inode]
         refused = graph.refused_values.get(ident)
         if inode in nonjoining:
             roots = {find(k) for k in nonjoining[inode]}
