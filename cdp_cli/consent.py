@@ -29,10 +29,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cdp_cli.canonical import CONSENT_STATUSES, IDENTITY_FIELDS
-from cdp_cli.config import Config, IdentifierType
+from cdp_cli.config import Config
 from cdp_cli.errors import CdpError, NotFound, UsageError
 from cdp_cli.identity.normalize import Normalizer, email_key, identity_key, normalize_phone
 from cdp_cli.identity.profiles import Lookup, build_profiles, check_lookup, find_one_id
+from cdp_cli.identity.settings import IdentifierType
 from cdp_cli.messaging.channels import CHANNEL_NAMES, CONSENT_CHANNELS, purposes_obeyed
 from cdp_cli.privacy import masked_lookup
 from cdp_cli.sqlitelib import sqlite_utils

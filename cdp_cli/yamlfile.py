@@ -189,3 +189,17 @@ def check_keys(mapping: YamlMap, allowed: Iterable[str], where: str) -> None:
                 f"{where}: unknown key {key!r}{did_you_mean(str(key), allowed)}",
                 line=mapping.line_of(key),
             )
+
+
+def string_list(mapping: YamlMap, key: str, where: str) -> tuple[str, ...]:
+    """The string, or list of strings, at `key`; () when it is absent."""
+    value = mapping.get(key)
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise FileError(
+        mapping.path, f"{where}.{key}: expected a string or a list of strings", mapping.line_of(key)
+    )

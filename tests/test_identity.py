@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdp_cli.config import IdentityRules
 from cdp_cli.identity.normalize import Normalizer, email_key, identity_key, normalize_phone
+from cdp_cli.identity.settings import IdentityRules
 from cdp_cli.privacy import mask_email, mask_phone
 
 PREFIXES = ["130", "135", "138", "139", "150", "186", "177", "199"]

@@ -22,11 +22,12 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from cdp_cli.cli import cli
-from cdp_cli.config import IdentityRules, load_config
+from cdp_cli.config import load_config
 from cdp_cli.csvsafe import FORMULA_STARTS, safe_cell, safe_row
 from cdp_cli.forget import HANDLED_TABLES, find_target, forget
 from cdp_cli.identity.normalize import Normalizer
 from cdp_cli.identity.profiles import Lookup
+from cdp_cli.identity.settings import IdentityRules
 from cdp_cli.identity.tombstones import Tombstones, tombstone_hash
 from cdp_cli.ingest import ingest_file
 from cdp_cli.privacy import mask_email, mask_phone, mask_text

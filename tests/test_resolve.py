@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from cdp_cli.config import IdentityRules
 from cdp_cli.identity.normalize import Normalizer
+from cdp_cli.identity.settings import IdentityRules
 from tests.conftest import SAMPLE_DATA, query
 
 CONFIG = """

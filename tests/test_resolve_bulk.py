@@ -14,9 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdp_cli.config import BUILTIN_TYPES, IdentityRules, load_config
+from cdp_cli.config import load_config
 from cdp_cli.identity.normalize import _CN_TYPES, Normalizer
 from cdp_cli.identity.resolve import resolve
+from cdp_cli.identity.settings import BUILTIN_TYPES, IdentityRules
 from cdp_cli.ingest import ingest_file
 from cdp_cli.store import open_store
 from tests.conftest import query

@@ -27,9 +27,10 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from cdp_cli.canonical import DATE, KINDS
-from cdp_cli.config import Config, MatchRules, Source
+from cdp_cli.config import Config, Source
 from cdp_cli.errors import ConfigError, MissingExtra
 from cdp_cli.identity.fields import FieldReader
+from cdp_cli.identity.settings import MatchRules
 from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import now_iso
 

@@ -18,8 +18,8 @@ from typing import Any, final
 
 import phonenumbers
 
-from cdp_cli.config import IdentityRules
 from cdp_cli.identity.junk import JUNK_RULES
+from cdp_cli.identity.settings import IdentityRules
 
 CACHE_SIZE = 1 << 20
 

@@ -22,8 +22,8 @@ from collections.abc import Iterable, Iterator
 from functools import lru_cache
 
 from cdp_cli.canonical import IDENTITY_FIELDS, ITEM_FIELDS
-from cdp_cli.config import IdentityRules
 from cdp_cli.identity.normalize import Normalizer
+from cdp_cli.identity.settings import IdentityRules
 
 FORGOTTEN_RAW = "(withheld: the row carries an identifier of a forgotten person)"
 # The types a value found in free text (a rejected line) is tried as, each by its own field.
