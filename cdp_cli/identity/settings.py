@@ -7,6 +7,7 @@ refuses the same mistakes, naming file and line.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,13 +164,8 @@ def build_identity(path: Path, spec: Any, line: int, sources: SourceFields) -> I
                 "a new one needs `fields:`",
                 spec.line_of(name),
             )
-        fields = string_list(tspec, "fields", where) or (base.fields if base else ())
-        for f in fields:
-            if f not in known_fields:
-                raise ConfigError(
-                    path, f"{where}.fields: unknown field {f!r}{did_you_mean(f, known_fields)}",
-                    tspec.line_of("fields"),
-                )  # fmt: skip
+        fields = _names(path, tspec, "fields", where, known_fields, "unknown field")
+        fields = fields or (base.fields if base else ())
         type_sources = _source_names(path, tspec, "sources", where, sources)
         types[str(name)] = IdentifierType(
             name=str(name),
@@ -187,13 +183,7 @@ def build_identity(path: Path, spec: Any, line: int, sources: SourceFields) -> I
             ),
             sources=type_sources,
         )
-    priority = string_list(spec, "priority", "identity")
-    for name in priority:
-        if name not in types:
-            raise ConfigError(
-                path, f"identity.priority: unknown identifier {name!r}{did_you_mean(name, types)}",
-                spec.line_of("priority"),
-            )  # fmt: skip
+    priority = _names(path, spec, "priority", "identity", types, "unknown identifier")
     ordered = [types[n] for n in priority] + [t for n, t in types.items() if n not in priority]
     source_priority = _source_names(path, spec, "source_priority", "identity", sources)
     blocklist = tuple(str(v) for v in (spec.get("blocklist") or []))
@@ -206,11 +196,19 @@ def _source_names(
     path: Path, spec: YamlMap, key: str, where: str, sources: SourceFields
 ) -> tuple[str, ...]:
     """The list of source names at `key`, each one a source of cdp.yaml."""
+    return _names(path, spec, key, where, sources, "no source named")
+
+
+def _names(
+    path: Path, spec: YamlMap, key: str, where: str, known: Collection[str], unknown: str
+) -> tuple[str, ...]:
+    """The list of names at `key`, each one of `known`; else the error says `unknown` and
+    the name."""
     names = string_list(spec, key, where)
     for name in names:
-        if name not in sources:
+        if name not in known:
             raise ConfigError(
-                path, f"{where}.{key}: no source named {name!r}{did_you_mean(name, sources)}",
+                path, f"{where}.{key}: {unknown} {name!r}{did_you_mean(name, known)}",
                 spec.line_of(key),
             )  # fmt: skip
     return names
