@@ -119,6 +119,37 @@ def test_full_run_with_new_customers_next_to_resolved_ones_costs_what_a_first_ru
     assert full <= 2 * first, f"--full with new customers {full:.2f} s, first run {first:.2f} s"
 
 
+def test_a_full_run_normalizes_each_distinct_value_once(tmp_path, monkeypatch):
+    """A value written the same way on many records (a store's phone on every order, a member
+    in two exports) is normalized once a run, whichever path reads it; and the customers are
+    the ones a run per record gives (the same phone joins them)."""
+    asked: list[tuple[int, object]] = []
+    normalize = Normalizer.normalize
+
+    def counted(self: Normalizer, index: int, raw: object) -> object:
+        asked.append((index, raw))
+        return normalize(self, index, raw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Normalizer, "normalize", counted)
+    members = tmp_path / "crm.csv"
+    written = ["13912345678", "+86 139 1234 5678", "13912345678", "0086 13912345678"]
+    rows = [f"M{n},m{n},{phone},m{n % 2}@example.com" for n, phone in enumerate(written)]
+    members.write_text("member_no,name,phone,email\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    config = load_config(_project(tmp_path / "p", members))
+    db = open_store(config.store)
+    try:
+        result = resolve(db, config, full=True)
+    finally:
+        db.close()
+    assert len(asked) == len(set(asked)), "a value normalized twice"
+    raws = {raw for _, raw in asked}
+    assert {"13912345678", "+86 139 1234 5678", "0086 13912345678"} <= raws
+    assert {"m0@example.com", "m1@example.com", "M0", "M3"} <= raws
+    # Every member carries the same phone, but a customer holds one member number: each
+    # member is a customer of their own, and the phone joins none of them.
+    assert result.profiles == 4
+
+
 def test_phone_types_are_the_ones_phonenumbers_gives():
     """Every 4-digit start of a CN national number, at every length the metadata knows."""
     rng = random.Random(3)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, final
+from typing import Any, TypeAlias, final
 
 import phonenumbers
 
@@ -210,27 +210,47 @@ class Normalizer:
         """(type, value, detail) for every usable identifier; Rejected for the rest."""
         found: list[tuple[str, str, str | None]] = []
         rejected: list[Rejected] = []
-        get = fields.get
-        for name, names, needs_all, seen in self._plan:
-            if len(names) == 1:
-                raw = get(names[0])
-                if raw is None:
-                    continue
-                result = seen.get(raw)
-                if result is None:
-                    result = seen[raw] = self._normalize(name, (raw,))
-            else:
-                parts = tuple(map(get, names))
-                if parts[-1] is None or (needs_all and None in parts):
-                    continue
-                result = seen.get(parts)
-                if result is None:
-                    result = seen[parts] = self._normalize(name, parts)
+        plan = self._plan
+        for index, raw in self.raw_values(fields):
+            seen = plan[index][3]
+            result = seen.get(raw)
+            if result is None:
+                result = seen[raw] = self.normalize(index, raw)
             if type(result) is Rejected:
                 rejected.append(result)
             else:
                 found.append(result)
         return found, rejected
+
+    def composite(self, index: int) -> bool:
+        """Whether the type at `index` (see raw_values) is read from several fields."""
+        return len(self._plan[index][1]) > 1
+
+    def forget(self) -> None:
+        """Empty the caches: for a caller done with the values it will ask about again."""
+        for *_, seen in self._plan:
+            seen.clear()
+        for verdicts in self._verdicts.values():
+            verdicts.clear()
+
+    def raw_values(self, fields: Mapping[str, str | None]) -> Iterator[tuple[int, RawValue]]:
+        """(the type's place in the rules, its raw value) for each identifier type a row has a
+        value of, in the rules' order: a one-field type's text, others the tuple of parts."""
+        get = fields.get
+        for index, (_, names, needs_all, _) in enumerate(self._plan):
+            if len(names) == 1:
+                raw = get(names[0])
+                if raw is not None:
+                    yield index, raw
+            else:
+                parts = tuple(map(get, names))
+                if not (parts[-1] is None or (needs_all and None in parts)):
+                    yield index, parts
+
+    def normalize(self, index: int, raw: RawValue) -> Normalized | Rejected:
+        """The identifier, or why there is none, of one raw value of the type at `index` (see
+        raw_values), not cached: for a caller that asks once per distinct value."""
+        return self._normalize(self._plan[index][0], (raw,) if isinstance(raw, str) else raw)
 
     def _normalize(self, type_name: str, parts: tuple[str | None, ...]) -> Normalized | Rejected:
         """(type, value, detail), or why the value identifies no one."""
@@ -314,6 +334,7 @@ def _first_failed(checks: list[_Check], text: str, forms: tuple[str, ...]) -> in
 
 
 Normalized = tuple[str, str, "str | None"]  # (type, value, detail) of a usable identifier
+RawValue: TypeAlias = "str | tuple[str | None, ...]"  # one field's text, or a composite's parts
 Parsed = tuple["str | None", "str | None", "str | None"]  # value, detail, reason if None
 
 
