@@ -1,7 +1,8 @@
 """Identifier normalization: the one written form of a phone number or an email address.
 
-Each distinct raw value is normalized once per run (the Normalizer's cache, per type),
-whatever the number of records that carry it; lookups of one value at a time (`cdp profile
+Each distinct raw value is normalized once per run, whatever the number of records that carry
+it: a full resolve reads the values sorted (resolve._add_keys_by_value), other callers go
+through the Normalizer's cache, per type. Lookups of one value at a time (`cdp profile
 --phone`) have an LRU cache. A value that cannot be normalized is None: it stays on its
 record as written but never identifies anyone.
 """
@@ -173,8 +174,9 @@ class Rejected:
 class Normalizer:
     """Turns a row's identity fields into identifiers of the types the rules declare.
 
-    Every distinct raw value is normalized once per type (a dict cache), so millions of rows
-    that share a few hundred thousand phone numbers cost a few hundred thousand parses.
+    Every distinct raw value is normalized once per type (identifiers() keeps a dict cache;
+    a caller that brings each value once calls normalize()), so millions of rows that share a
+    few hundred thousand phone numbers cost a few hundred thousand parses.
     """
 
     def __init__(self, rules: IdentityRules, region: str) -> None:
