@@ -121,16 +121,16 @@ def test_full_run_with_new_customers_next_to_resolved_ones_costs_what_a_first_ru
 
 def test_a_full_run_normalizes_each_distinct_value_once(tmp_path, monkeypatch):
     """A value written the same way on many records (a store's phone on every order, a member
-    in two exports) is normalized once a run, whichever path reads it; and the customers are
-    the ones a run per record gives (the same phone joins them)."""
-    asked: list[tuple[int, object]] = []
-    normalize = Normalizer.normalize
+    in two exports) is normalized once a run; and the customers are the ones a run per record
+    gives."""
+    asked: list[tuple[str, tuple[str | None, ...]]] = []
+    normalize = Normalizer._normalize
 
-    def counted(self: Normalizer, index: int, raw: object) -> object:
-        asked.append((index, raw))
-        return normalize(self, index, raw)  # type: ignore[arg-type]
+    def counted(self: Normalizer, type_name: str, parts: tuple[str | None, ...]) -> object:
+        asked.append((type_name, parts))
+        return normalize(self, type_name, parts)
 
-    monkeypatch.setattr(Normalizer, "normalize", counted)
+    monkeypatch.setattr(Normalizer, "_normalize", counted)
     members = tmp_path / "crm.csv"
     written = ["13912345678", "+86 139 1234 5678", "13912345678", "0086 13912345678"]
     rows = [f"M{n},m{n},{phone},m{n % 2}@example.com" for n, phone in enumerate(written)]
@@ -142,7 +142,7 @@ def test_a_full_run_normalizes_each_distinct_value_once(tmp_path, monkeypatch):
     finally:
         db.close()
     assert len(asked) == len(set(asked)), "a value normalized twice"
-    raws = {raw for _, raw in asked}
+    raws = {parts[0] for _, parts in asked}
     assert {"13912345678", "+86 139 1234 5678", "0086 13912345678"} <= raws
     assert {"m0@example.com", "m1@example.com", "M0", "M3"} <= raws
     # Every member carries the same phone, but a customer holds one member number: each

@@ -53,25 +53,21 @@ class Graph:
         self.keys_of.append(keys)
         return node
 
-    def add_key(self, key: int, identifiers: Iterable[tuple[str, str, str | None]] = ()) -> int:
-        """A key and the (type, value, detail) of the identifiers it carries; its node."""
+    def add_key(self, key: int, identifiers: Iterable[tuple[str, str, str | None]]) -> None:
+        """A key and the (type, value, detail) of the identifiers it carries."""
         node = self.key_node.get(key)
         if node is None:
             node = self.key_node[key] = self._node(key)
+        ident_node, keys_of = self.ident_node, self.keys_of
         for type_name, value, detail in identifiers:
-            self.link(node, type_name, value, detail)
-        return node
-
-    def link(self, knode: int, type_name: str, value: str, detail: str | None) -> None:
-        """One identifier a key node carries."""
-        ident = (type_name, value)
-        inode = self.ident_node.get(ident)
-        if inode is None:
-            self.ident_node[ident] = self._node(ident, [knode])
-        else:
-            self.keys_of[inode].append(knode)
-        if detail is not None:  # a value's detail follows from the value itself
-            self.details[ident] = detail
+            ident = (type_name, value)
+            inode = ident_node.get(ident)
+            if inode is None:
+                ident_node[ident] = self._node(ident, [node])
+            else:
+                keys_of[inode].append(node)
+            if detail is not None:  # a value's detail follows from the value itself
+                self.details[ident] = detail
 
     def find(self, node: int) -> int:
         parent = self.parent

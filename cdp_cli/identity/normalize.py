@@ -1,8 +1,7 @@
 """Identifier normalization: the one written form of a phone number or an email address.
 
-Each distinct raw value is normalized once per run, whatever the number of records that carry
-it: a full resolve reads the values sorted (resolve._add_keys_by_value), other callers go
-through the Normalizer's cache, per type. Lookups of one value at a time (`cdp profile
+Each distinct raw value is normalized once per run (the Normalizer's cache, per type),
+whatever the number of records that carry it; lookups of one value at a time (`cdp profile
 --phone`) have an LRU cache. A value that cannot be normalized is None: it stays on its
 record as written but never identifies anyone.
 """
@@ -12,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, TypeAlias, final
+from typing import Any, final
 
 import phonenumbers
 
@@ -174,9 +173,8 @@ class Rejected:
 class Normalizer:
     """Turns a row's identity fields into identifiers of the types the rules declare.
 
-    Every distinct raw value is normalized once per type (identifiers() keeps a dict cache;
-    a caller that brings each value once calls normalize()), so millions of rows that share a
-    few hundred thousand phone numbers cost a few hundred thousand parses.
+    Every distinct raw value is normalized once per type (a dict cache), so millions of rows
+    that share a few hundred thousand phone numbers cost a few hundred thousand parses.
     """
 
     def __init__(self, rules: IdentityRules, region: str) -> None:
@@ -212,47 +210,27 @@ class Normalizer:
         """(type, value, detail) for every usable identifier; Rejected for the rest."""
         found: list[tuple[str, str, str | None]] = []
         rejected: list[Rejected] = []
-        plan = self._plan
-        for index, raw in self.raw_values(fields):
-            seen = plan[index][3]
-            result = seen.get(raw)
-            if result is None:
-                result = seen[raw] = self.normalize(index, raw)
+        get = fields.get
+        for name, names, needs_all, seen in self._plan:
+            if len(names) == 1:
+                raw = get(names[0])
+                if raw is None:
+                    continue
+                result = seen.get(raw)
+                if result is None:
+                    result = seen[raw] = self._normalize(name, (raw,))
+            else:
+                parts = tuple(map(get, names))
+                if parts[-1] is None or (needs_all and None in parts):
+                    continue
+                result = seen.get(parts)
+                if result is None:
+                    result = seen[parts] = self._normalize(name, parts)
             if type(result) is Rejected:
                 rejected.append(result)
             else:
                 found.append(result)
         return found, rejected
-
-    def composite(self, index: int) -> bool:
-        """Whether the type at `index` (see raw_values) is read from several fields."""
-        return len(self._plan[index][1]) > 1
-
-    def forget(self) -> None:
-        """Empty the caches: for a caller done with the values it will ask about again."""
-        for *_, seen in self._plan:
-            seen.clear()
-        for verdicts in self._verdicts.values():
-            verdicts.clear()
-
-    def raw_values(self, fields: Mapping[str, str | None]) -> Iterator[tuple[int, RawValue]]:
-        """(the type's place in the rules, its raw value) for each identifier type a row has a
-        value of, in the rules' order: a one-field type's text, others the tuple of parts."""
-        get = fields.get
-        for index, (_, names, needs_all, _) in enumerate(self._plan):
-            if len(names) == 1:
-                raw = get(names[0])
-                if raw is not None:
-                    yield index, raw
-            else:
-                parts = tuple(map(get, names))
-                if not (parts[-1] is None or (needs_all and None in parts)):
-                    yield index, parts
-
-    def normalize(self, index: int, raw: RawValue) -> Normalized | Rejected:
-        """The identifier, or why there is none, of one raw value of the type at `index` (see
-        raw_values), not cached: for a caller that asks once per distinct value."""
-        return self._normalize(self._plan[index][0], (raw,) if isinstance(raw, str) else raw)
 
     def _normalize(self, type_name: str, parts: tuple[str | None, ...]) -> Normalized | Rejected:
         """(type, value, detail), or why the value identifies no one."""
@@ -336,7 +314,6 @@ def _first_failed(checks: list[_Check], text: str, forms: tuple[str, ...]) -> in
 
 
 Normalized = tuple[str, str, "str | None"]  # (type, value, detail) of a usable identifier
-RawValue: TypeAlias = "str | tuple[str | None, ...]"  # one field's text, or a composite's parts
 Parsed = tuple["str | None", "str | None", "str | None"]  # value, detail, reason if None
 
 

@@ -464,52 +464,6 @@ def _normalize_keys(
         yield key, found, rejected
 
 
-def _add_keys_by_value(
-    db: sqlite_utils.Database,
-    normalizer: Normalizer,
-    keys: Iterable[tuple[int, dict[str, str | None]]],
-    graph: Graph,
-) -> list[tuple[int, str, str, str]]:
-    """Every key into the graph with its identifiers; the unusable_values rows of the values
-    that identify no one.
-
-    Each distinct raw value is normalized once, and none is held in Python (a cache of them
-    held 1.3 GB at 1M customers): the keys' raw values go to a temporary table, come back
-    sorted by value, and each run of equal values is normalized once and linked to its keys.
-    The key nodes are made as the keys are read, in the order a run per key makes them."""
-    conn = db.conn
-    conn.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS key_values (type INTEGER, raw TEXT, node INTEGER)"
-    )
-    conn.execute("DELETE FROM key_values")
-
-    def staged() -> Iterator[tuple[int, str, int]]:
-        for key, fields in keys:
-            knode = graph.add_key(key)
-            for index, raw in normalizer.raw_values(fields):
-                yield index, raw if isinstance(raw, str) else json.dumps(raw), knode
-
-    conn.executemany("INSERT INTO key_values VALUES (?, ?, ?)", staged())
-    unusable: list[tuple[int, str, str, str]] = []
-    label, link = graph.label, graph.link
-    value: tuple[int, str] | None = None
-    result: Any = None
-    with sorting_cache(conn):
-        for index, raw, knode in conn.execute("SELECT * FROM key_values ORDER BY type, raw"):
-            if (index, raw) != value:
-                if value is None or index != value[0]:
-                    normalizer.forget()  # its verdicts are of the type before
-                value = (index, raw)
-                parts = tuple(json.loads(raw)) if normalizer.composite(index) else raw
-                result = normalizer.normalize(index, parts)
-            if type(result) is tuple:
-                link(knode, *result)
-            else:
-                unusable.append((label[knode], result.type, result.raw, result.reason))
-    conn.execute("DELETE FROM key_values")
-    return unusable
-
-
 def _erase_forgotten(
     db: sqlite_utils.Database, tombstones: Tombstones | None, keys: list[int], result: ResolveResult
 ) -> None:
@@ -533,18 +487,15 @@ def _full(db: sqlite_utils.Database, config: Config, run_id: int, result: Resolv
     matching = _prepare_matching(db, config, None, full=True)
     normalizer = Normalizer(config.identity, config.region)
     graph = Graph(config.identity.types)
+    unusable: list[tuple[int, str, str, str]] = []
     tombstones = Tombstones.load(db.conn, config.identity, config.region)
     forgotten: list[int] = []
-    keys = _new_keys(db, config, None)
-    if tombstones is None:
-        unusable = _add_keys_by_value(db, normalizer, keys, graph)
-    else:  # a key that carries a forgotten identifier is erased, not resolved: found per key
-        unusable = []
-        for key, found, rejected in _normalize_keys(normalizer, keys, tombstones, forgotten):
-            graph.add_key(key, found)
-            unusable += [(key, r.type, r.raw, r.reason) for r in rejected]
-    # The normalizer's caches (a gigabyte at 1M customers on the path per key) go before
-    # the old one_ids come in and the tables are written.
+    keys = _normalize_keys(normalizer, _new_keys(db, config, None), tombstones, forgotten)
+    for key, found, rejected in keys:
+        graph.add_key(key, found)
+        unusable += [(key, r.type, r.raw, r.reason) for r in rejected]
+    # The normalizer's caches (every distinct raw value: a gigabyte at 1M customers) go
+    # before the old one_ids come in and the tables are written.
     del normalizer, keys
     previous = dict(db.conn.execute("SELECT key, one_id FROM identity_keys"))
     _, successors = _replaced_keys(db)
