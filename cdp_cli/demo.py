@@ -33,12 +33,12 @@ from cdp_cli.segments import audience, describe
 from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.status import store_status
 from cdp_cli.store import open_store
-from cdp_cli.storefiles import DEFAULT_STORE, SIDECAR_SUFFIXES
+from cdp_cli.storefiles import DEFAULT_STORE, LOCK_SUFFIX, SIDECAR_SUFFIXES
 from cdp_cli.tags import run_tags
 
 StageCallback = Callable[[str, Any], None]
 # The store and every file beside it that a demo run leaves.
-STORE_FILES = (DEFAULT_STORE, *(DEFAULT_STORE + s for s in (*SIDECAR_SUFFIXES, ".lock")))
+STORE_FILES = (DEFAULT_STORE, *(DEFAULT_STORE + s for s in (*SIDECAR_SUFFIXES, LOCK_SUFFIX)))
 DEMO_FOLDERS = ("outbound", "responses")
 # The sample's customer written four ways across four sources: the merge worth showing.
 DEMO_PHONE = "13800138000"

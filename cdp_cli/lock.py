@@ -22,7 +22,7 @@ from types import TracebackType
 
 from cdp_cli.errors import StoreBusy, StoreError, system_fault
 from cdp_cli.store import check_store_path, now_iso
-from cdp_cli.storefiles import beside
+from cdp_cli.storefiles import LOCK_SUFFIX, beside
 
 POLL_SECONDS = 0.1
 
@@ -31,7 +31,7 @@ def lock_path(store: Path) -> Path:
     """`cdp.db` -> `cdp.db.lock`, in the same folder; of the real file, when `store` is a
     symlink, so that every name of one store takes the one lock."""
     real = store.resolve()
-    return beside(real, ".lock")
+    return beside(real, LOCK_SUFFIX)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ DEFAULT_STORE = "cdp.db"  # a project's store when cdp.yaml names none
 # its shared memory (there while a store in WAL mode is open), and a rollback journal.
 WAL_SUFFIXES = ("-wal", "-shm")
 SIDECAR_SUFFIXES = (*WAL_SUFFIXES, "-journal")
+LOCK_SUFFIX = ".lock"  # cdp's write lock beside the store (lock.lock_path)
 
 
 def beside(store: Path, suffix: str) -> Path:
