@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cdp_cli.config import load_config
+from cdp_cli.identity import keys as keys_module
 from cdp_cli.identity import profiles
 from cdp_cli.identity import resolve as resolve_module
 from cdp_cli.ingest import ingest_file
@@ -96,7 +97,7 @@ def test_events_read_per_key_resolve_as_a_scan_of_every_row_does(
     for name, config_path in (("per key", per_key), ("scan", scan)):
         with monkeypatch.context() as patch:
             if name == "scan":  # as if every table had several sources: the old statements
-                patch.setattr(resolve_module, "key_walk", lambda conn, table, covering=(): None)
+                patch.setattr(keys_module, "key_walk", lambda conn, table, covering=(): None)
                 patch.setattr(profiles, "key_walk", lambda conn, table, covering=(): None)
             first = _resolve_and_read(config_path, full=False)
             rerun = _resolve_and_read(config_path, full=True)
