@@ -491,6 +491,29 @@ def test_split_gets_new_one_id_with_history(run, write, tmp_path):
     assert shown["profile"]["one_id"] == m2_before
 
 
+def test_an_incremental_split_into_equal_parts_decides_as_a_full_run(run, write, project, tmp_path):
+    """A re-ingested order drops the phone that joined it to another: two parts of one key
+    each, and both keys had the one_id. The part with the smallest identity key keeps it,
+    whichever the run loaded first (an incremental run loads a customer's old keys before
+    new ones; a full run, each table in key order)."""
+    ingest(
+        run, write, "shop.csv", "shop",
+        SHOP_HEADER + "O1,13700000061,a@qq.com,1,2025-01-01\nO2,13700000061,b@qq.com,1,2025-01-01\n",
+    )  # fmt: skip
+    resolve(run)
+    whole = one_id_of(tmp_path, "shop", "O1")
+    ingest(run, write, "fix.csv", "shop", SHOP_HEADER + "O1,,a@qq.com,1,2025-01-01\n")
+    result = resolve(run)
+    assert result["mode"] == "incremental" and result["split"] == 1
+    keys = dict(query(tmp_path / "cdp.db", "SELECT key, identity_key FROM orders"))
+    keeper = min(keys, key=keys.__getitem__)
+    other = ({"O1", "O2"} - {keeper}).pop()
+    after = {order: one_id_of(tmp_path, "shop", order) for order in keys}
+    assert after[keeper] == whole and after[other] not in (None, whole)
+    assert resolve(run, "--full")["created"] == 0
+    assert {order: one_id_of(tmp_path, "shop", order) for order in keys} == after
+
+
 def test_non_joining_identifier_keeps_records_apart(run, write, tmp_path):
     write("cdp.yaml", CONFIG)
     ingest(

@@ -39,8 +39,10 @@ class Graph(Protocol):
     """What matching needs of resolve's graph (identity/graph.py): its key nodes, the
     keys that are a customer by themselves, and its guarded union-find."""
 
-    key_node: dict[int, int]
     standalone: set[int]
+
+    @property
+    def key_node(self) -> dict[int, int]: ...
 
     def find(self, node: int) -> int: ...
 

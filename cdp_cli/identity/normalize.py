@@ -256,6 +256,8 @@ class Normalizer:
         if not checks:
             return None
         text = normalized.lower()
+        if text == normalized:  # the verdicts' key shares the identifier's string (at 1M
+            text = normalized  # customers, 3M copies held 200 MB)
         bare = None
         verdicts = self._verdicts[type_name]
         failed = verdicts.get(text, _UNSEEN)

@@ -12,8 +12,9 @@ identifier type first, and refuses a link that would break a guard:
 
 one_ids are stable: a component keeps the one_id its keys had. When components merge, the
 oldest one_id survives and the others are recorded in id_history as merged into it; when a
-component splits (a rule or blocklist changed), the part with most of its keys keeps it and
-the others get new one_ids, recorded as split from it. After the first run, resolve reloads
+component splits (a rule or blocklist changed), the part with most of its keys keeps it (of
+parts with as many, the one holding the smallest identity key) and the others get new one_ids,
+recorded as split from it. After the first run, resolve reloads
 only the components that keys from new batches reach.
 """
 
@@ -29,10 +30,13 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from itertools import chain, groupby
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any
 
 from cdp_cli.config import Config
-from cdp_cli.identity.graph import Graph
+from cdp_cli.identity.graph import Found, Graph, stage
+from cdp_cli.identity.graph import clear as clear_graph
 from cdp_cli.identity.keys import KIND_TABLES, new_keys
 from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import (
@@ -111,84 +115,96 @@ def _next_one_ids(db: sqlite_utils.Database, count: int) -> list[str]:
 
 
 def _assign(
-    db: sqlite_utils.Database, graph: Graph, previous: dict[int, str | None], run_id: int
-) -> tuple[dict[int, str], dict[str, int]]:
-    """one_id per component root, keeping old one_ids; history rows for merges and splits."""
-    groups = graph.components()
-    share = _share(graph, groups, previous)
-    claimed: dict[int, list[str]] = defaultdict(list)
-    olds_in: dict[int, list[str]] = defaultdict(list)  # root -> the old one_ids it has keys of
-    for old, root in share.only.items():
-        claimed[root].append(old)
-    for old, roots in share.several.items():
-        root = max(roots, key=lambda r: (roots[r], -r))
-        claimed[root].append(old)
-        for root in roots:  # a root that claims none of them was split from them
-            olds_in[root].append(old)
-    # Which of several old one_ids a merged component keeps: the oldest profile's.
+    db: sqlite_utils.Database, graph: Graph, run_id: int
+) -> tuple[list[str], Counter[str], list[str]]:
+    """one_id per customer (graph.group()), keeping old one_ids; history rows for merges and
+    splits. Also the old one_ids no customer keeps: merged into another, or removed."""
+    claimed, olds_in, removed = _claims(db.conn, graph, graph.group())
+    # Which of several old one_ids a merged customer keeps: the oldest profile's.
     created_at = _created_at(
-        db, [old for olds in claimed.values() if len(olds) > 1 for old in olds]
+        db, [old for olds in claimed if isinstance(olds, list) for old in olds]
     )
-    stats: Counter[str] = Counter()
-    need_new = [root for root in groups if not claimed.get(root)]
-    fresh = iter(_next_one_ids(db, len(need_new)))
-    one_ids: dict[int, str] = {}
-    history: list[tuple[str, str, str | None]] = []
-    for root in groups:
-        olds = claimed.get(root, [])
-        if len(olds) > 1:
-            olds = sorted(olds, key=lambda o: (created_at.get(o, ""), o))
-        if olds:
-            one_ids[root] = olds[0]
-            history += [(old, "merged", olds[0]) for old in olds[1:]]
-            stats["merged"] += len(olds) - 1
-        else:
-            one_ids[root] = next(fresh)
-            split_from = olds_in.get(root, [])
-            if split_from:
-                history += [(one_ids[root], "split", old) for old in split_from]
-                stats["split"] += 1
+    fresh = iter(_next_one_ids(db, claimed.count(None)))
+    one_ids: list[str] = []  # by customer
+    gone = list(removed)
+    stats: Counter[str] = Counter(removed=len(removed))
+
+    def history() -> Iterator[tuple[str, str, str | None]]:
+        for group, olds in enumerate(claimed):
+            if olds is None:
+                one_id = next(fresh)
+                split_from = olds_in.get(group, [])
+                if split_from:
+                    yield from ((one_id, "split", old) for old in split_from)
+                    stats["split"] += 1
+                else:
+                    yield one_id, "created", None
+                    stats["created"] += 1
+            elif isinstance(olds, list):
+                one_id, *merged = sorted(olds, key=lambda o: (created_at.get(o, ""), o))
+                yield from ((old, "merged", one_id) for old in merged)
+                stats["merged"] += len(merged)
+                gone.extend(merged)
             else:
-                history.append((one_ids[root], "created", None))
-                stats["created"] += 1
-    # A one_id that no part of the graph carries any more: its records identify no one now.
-    unclaimed = {o for o in previous.values() if o} - share.only.keys() - share.several.keys()
-    history += [(old, "removed", None) for old in sorted(unclaimed)]
-    stats["removed"] = len(unclaimed)
+                one_id = olds
+            one_ids.append(one_id)
+        # A one_id that no part of the graph carries any more: its records identify no one now.
+        yield from ((old, "removed", None) for old in removed)
+
     at = now_iso()
     db.conn.executemany(
         "INSERT INTO id_history (one_id, event, other_one_id, run_id, at) VALUES (?, ?, ?, ?, ?)",
-        [(one_id, event, other, run_id, at) for one_id, event, other in history],
+        ((one_id, event, other, run_id, at) for one_id, event, other in history()),
     )
-    return one_ids, stats
+    return one_ids, stats, gone
 
 
-@dataclass
-class _Share:
-    """Which components hold the keys of each old one_id: `only` the one root of most (a
-    single dict, not a Counter per one_id: a rerun at 1M holds 760k of them), `several` the
-    keys counted by root for those the graph parts."""
-
-    only: dict[str, int] = field(default_factory=dict)
-    several: dict[str, Counter[int]] = field(default_factory=dict)
-
-
-def _share(graph: Graph, groups: dict[int, list[int]], previous: dict[int, str | None]) -> _Share:
-    share = _Share()
-    counted: dict[str, int] = {}  # keys of an old one_id in its `only` root so far
-    only, several, label = share.only, share.several, graph.label
-    for root, knodes in groups.items():
-        for knode in knodes:
-            old = previous.get(label[knode])
-            if not old:
-                continue
-            if old in several:
-                several[old][root] += 1
-            elif only.setdefault(old, root) == root:
-                counted[old] = counted.get(old, 0) + 1
-            else:
-                several[old] = Counter({only.pop(old): counted.pop(old), root: 1})
-    return share
+def _claims(
+    conn: sqlite3.Connection, graph: Graph, customers: int
+) -> tuple[list[str | list[str] | None], dict[int, list[str]], list[str]]:
+    """Which customer each old one_id (temp table previous_one_ids) goes to: the one that
+    holds most of its keys (of two as many, the one with the smallest key), counted by
+    SQLite, not in dicts of a million one_ids. Per customer, the old one_ids it claims; the
+    customers split from an old one_id they do not claim; the old one_ids no customer holds
+    a key of, in order."""
+    conn.execute("DROP TABLE IF EXISTS temp.key_groups")
+    conn.execute("CREATE TEMP TABLE key_groups (key INTEGER PRIMARY KEY, grp INTEGER NOT NULL)")
+    group_of = graph.group_of
+    conn.executemany(
+        "INSERT INTO key_groups VALUES (?, ?)",
+        (
+            (key, group)
+            for key, node in conn.execute("SELECT key, node FROM graph_keys ORDER BY key")
+            if (group := group_of(node)) >= 0
+        ),
+    )
+    claimed: list[str | list[str] | None] = [None] * customers
+    olds_in: dict[int, list[str]] = defaultdict(list)
+    removed: list[str] = []
+    min_key = graph.group_min_key
+    rows = conn.execute(
+        "SELECT p.one_id, g.grp, count(*) FROM previous_one_ids p "
+        "LEFT JOIN key_groups g ON g.key = p.key WHERE p.one_id IS NOT NULL "
+        "GROUP BY p.one_id, g.grp ORDER BY p.one_id, g.grp"
+    )
+    for old, counted in groupby(rows, key=itemgetter(0)):
+        by_group = {group: n for _, group, n in counted if group is not None}
+        if not by_group:
+            removed.append(old)
+            continue
+        group = max(by_group, key=lambda g: (by_group[g], -min_key[g]))
+        if len(by_group) > 1:
+            for other in by_group:  # one that claims none of them was split from them
+                olds_in[other].append(old)
+        have = claimed[group]
+        if have is None:
+            claimed[group] = old
+        elif isinstance(have, list):
+            have.append(old)
+        else:
+            claimed[group] = [have, old]
+    conn.execute("DELETE FROM temp.key_groups")
+    return claimed, olds_in, removed
 
 
 def _created_at(db: sqlite_utils.Database, one_ids: list[str]) -> dict[str, str]:
@@ -318,27 +334,51 @@ def _full(db: sqlite_utils.Database, config: Config, run_id: int, result: Resolv
     # Matching first: its model input and DuckDB are freed before the graph is built.
     matching = _prepare_matching(db, config, None, full=True)
     normalizer = Normalizer(config.identity, config.region)
-    graph = Graph(config.identity.types)
     unusable: list[tuple[int, str, str, str]] = []
     tombstones = Tombstones.load(db.conn, config.identity, config.region)
     forgotten: list[int] = []
     keys = _normalize_keys(normalizer, new_keys(db, config, None), tombstones, forgotten)
-    for key, found, rejected in keys:
-        graph.add_key(key, found)
-        unusable += [(key, r.type, r.raw, r.reason) for r in rejected]
-    # The normalizer's caches (every distinct raw value: a gigabyte at 1M customers) go
-    # before the old one_ids come in and the tables are written.
+    stage(db.conn, _noting_unusable(keys, unusable))
+    # The normalizer's caches (every distinct raw value: a third of a gigabyte at 1M
+    # customers) go before the graph is numbered and the tables are written.
     del normalizer, keys
-    previous = dict(db.conn.execute("SELECT key, one_id FROM identity_keys"))
+    graph = Graph.load(db.conn, config.identity.types)
+    _previous_one_ids(db.conn, None)
     _, successors = _replaced_keys(db)
-    _inherit(previous, successors, {old: previous.get(old) for old in successors.values()})
+    _inherit(db.conn, successors, None)
     _erase_forgotten(db, tombstones, forgotten, result)
     if matching is not None:
         matching.forget(forgotten)
-    result.keys_new = len(graph.key_node.keys() - previous.keys())
-    written = _write(db, config, graph, unusable, previous, run_id, result, True, matching)
-    del graph, previous, unusable  # a gigabyte at 1M keys, free before the profiles are built
+    result.keys_new = db.conn.execute(
+        "SELECT count(*) FROM graph_keys WHERE key NOT IN (SELECT key FROM previous_one_ids)"
+    ).fetchone()[0]
+    written = _write(db, graph, unusable, run_id, result, True, matching)
+    del graph, unusable
     _finish(db, config, written, run_id, result, True, matching)
+
+
+def _noting_unusable(
+    keys: Iterable[tuple[int, list[Found], list[Rejected]]],
+    unusable: list[tuple[int, str, str, str]],
+) -> Iterator[tuple[int, list[Found]]]:
+    """Each key's identifiers, with the values it carries that identify no one noted."""
+    for key, found, rejected in keys:
+        if rejected:
+            unusable += [(key, r.type, r.raw, r.reason) for r in rejected]
+        yield key, found
+
+
+def _previous_one_ids(
+    conn: sqlite3.Connection, one_ids: Iterable[tuple[int, str | None]] | None
+) -> None:
+    """Temp table previous_one_ids: the one_id each key had before this run. A full run's
+    are all of identity_keys, copied by SQLite (a dict of 3.4M of them held 0.5 GB)."""
+    conn.execute("DROP TABLE IF EXISTS temp.previous_one_ids")
+    conn.execute("CREATE TEMP TABLE previous_one_ids (key INTEGER PRIMARY KEY, one_id TEXT)")
+    if one_ids is None:
+        conn.execute("INSERT INTO previous_one_ids SELECT key, one_id FROM identity_keys")
+    else:
+        conn.executemany("INSERT OR IGNORE INTO previous_one_ids VALUES (?, ?)", one_ids)
 
 
 def _decided_since(db: sqlite_utils.Database, config: Config, since: str) -> set[int]:
@@ -379,12 +419,23 @@ def _replaced_keys(db: sqlite_utils.Database) -> tuple[list[int], dict[int, int]
 
 
 def _inherit(
-    previous: dict[int, str | None], successors: dict[int, int], old_one_ids: dict[int, str | None]
+    conn: sqlite3.Connection, successors: dict[int, int], lost: dict[int, str | None] | None
 ) -> None:
-    """A key that replaced a vanished one claims the one_id the vanished key had."""
-    for new, old in successors.items():
-        if previous.get(new) is None and old_one_ids.get(old):
-            previous[new] = old_one_ids[old]
+    """A key that replaced a vanished one claims the one_id the vanished key had: in `lost`,
+    or, on a full run, still in previous_one_ids."""
+    if lost is None:
+        lost = {
+            old: one_id
+            for old in set(successors.values())
+            for (one_id,) in conn.execute(
+                "SELECT one_id FROM previous_one_ids WHERE key = ?", (old,)
+            )
+        }
+    conn.executemany(
+        "INSERT INTO previous_one_ids VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET one_id = excluded.one_id WHERE one_id IS NULL",
+        [(new, lost[old]) for new, old in successors.items() if lost.get(old)],
+    )
 
 
 def _forget_keys(db: sqlite_utils.Database, keys: list[int]) -> dict[int, str | None]:
@@ -481,29 +532,33 @@ def _incremental(
             "ON k.key = r.key ORDER BY k.one_id, k.key"
         )
     )
-    graph = Graph(config.identity.types)
-    old_links: dict[int, list[tuple[str, str, str | None]]] = defaultdict(list)
+    old_links: dict[int, list[Found]] = defaultdict(list)
     for key, type_name, value, detail in db.conn.execute(
         "SELECT ki.key, i.type, i.value, i.detail FROM reached_keys r "
         "CROSS JOIN key_identifiers ki ON ki.key = r.key "
         "JOIN identifiers i ON i.id = ki.identifier_id ORDER BY ki.identifier_id, ki.key"
     ):
         old_links[key].append((type_name, value, detail))
-    for key in previous:
-        graph.add_key(key, old_links.get(key, []))
-    unusable = []
-    for key, found, rejected in new:
-        graph.add_key(key, found)
-        unusable += [(key, r.type, r.raw, r.reason) for r in rejected]
+    unusable: list[tuple[int, str, str, str]] = []
+    stage(
+        db.conn,
+        chain(
+            ((key, old_links.get(key, [])) for key in previous),
+            _noting_unusable(new, unusable),
+        ),
+    )
+    del old_links
+    graph = Graph.load(db.conn, config.identity.types)
     db.conn.execute("DELETE FROM refused_links WHERE key IN (SELECT key FROM reached_keys)")
-    _inherit(previous, successors, lost)
-    previous.update({key: one_id for key, one_id in lost.items() if key not in previous})
+    _previous_one_ids(db.conn, previous.items())
+    _inherit(db.conn, successors, lost)
+    db.conn.executemany("INSERT OR IGNORE INTO previous_one_ids VALUES (?, ?)", lost.items())
     if matching is not None:  # the customers reloaded keep the probable links they had
         from cdp_cli.identity import match
 
-        matching.earlier += match.earlier_links(db, graph.key_node)
-        matching.in_scope += match.in_scope_keys(db, graph.key_node)
-    written = _write(db, config, graph, unusable, previous, run_id, result, False, matching)
+        matching.earlier += match.earlier_links(db, graph.key_of)
+        matching.in_scope += match.in_scope_keys(db, graph.key_of)
+    written = _write(db, graph, unusable, run_id, result, False, matching)
     del graph, previous, unusable
     _finish(db, config, written, run_id, result, False, matching)
 
@@ -523,15 +578,13 @@ def _one_ids_of(db: sqlite_utils.Database, keys: set[int]) -> set[str]:
 
 def _write(
     db: sqlite_utils.Database,
-    config: Config,
     graph: Graph,
     unusable: list[tuple[int, str, str, str]],
-    previous: dict[int, str | None],
     run_id: int,
     result: ResolveResult,
     full: bool,
     matching: match.MatchRun | None = None,
-) -> tuple[set[str], str]:
+) -> tuple[list[str], str]:
     """Resolve the graph and store it: on a full run in place of everything resolved before,
     on an incremental one over the part of it the graph holds. Probable links come after
     every deterministic one, under the same guards. The one_ids the graph holds now, and the
@@ -539,37 +592,40 @@ def _write(
     graph.resolve()
     if matching is not None:
         matching.link(graph)
-    one_ids, stats = _assign(db, graph, previous, run_id)
+    one_ids, stats, gone = _assign(db, graph, run_id)
     result.created, result.merged, result.split = stats["created"], stats["merged"], stats["split"]
     result.removed = stats["removed"]
-    result.keys_resolved = len(graph.key_node)
+    result.keys_resolved = graph.key_count
     at = now_iso()
-    key_rows = _key_rows(graph, one_ids, at)
-    ident_rows = _identifier_rows(graph, one_ids)
+    conn = db.conn
     if full:
-        id_of = _rewrite(db, key_rows, ident_rows, graph)
-    else:
-        id_of = _update(db, key_rows, list(ident_rows), graph)
-    db.conn.executemany(
+        for table in RESOLVED_TABLES:
+            conn.execute(f"DELETE FROM {table}")
+    _write_keys(conn, graph, one_ids, at, full)
+    ids = _write_identifiers(conn, graph, one_ids, full)
+    conn.executemany(
         "INSERT INTO unusable_values (key, type, raw, reason) VALUES (?, ?, ?, ?)", unusable
     )
-    ident_node = graph.ident_node
-    db.conn.executemany(
+    key_of, base = graph.key_of, graph.base
+    conn.executemany(
         "INSERT INTO refused_links (key, identifier_id, reason) VALUES (?, ?, ?)",
-        [(key, id_of[ident_node[ident]], reason) for key, ident, reason in graph.refused],
+        [
+            (key_of[knode], ids[inode - base] if ids is not None else inode - base, reason)
+            for knode, inode, reason in graph.refused
+        ],
     )
     result.refused_links = len(graph.refused)
     result.unusable_values = len(unusable)
-    current = set(one_ids.values())  # a set: a membership test on .values() scans them all
-    merged_away = [old for old in set(previous.values()) if old and old not in current]
-    db.conn.executemany("DELETE FROM profiles WHERE one_id = ?", [(o,) for o in merged_away])
-    return current, at
+    conn.executemany("DELETE FROM profiles WHERE one_id = ?", [(o,) for o in gone])
+    clear_graph(conn)
+    conn.execute("DELETE FROM temp.previous_one_ids")
+    return one_ids, at
 
 
 def _finish(
     db: sqlite_utils.Database,
     config: Config,
-    written: tuple[set[str], str],
+    written: tuple[list[str], str],
     run_id: int,
     result: ResolveResult,
     full: bool,
@@ -590,127 +646,105 @@ def _finish(
         result.notes += matching.notes
 
 
-IdentifierRow = tuple[str, str, "str | None", "str | None", str, "str | None"]
-KeyRow = tuple[int, "str | None", str]
-# The identifier id of each node of the graph: an array indexed by node on a full run (a dict
-# of 3M identifiers at 1M customers held 300 MB), a dict of the few on an incremental one.
-IdentifierIds: TypeAlias = "array[int] | dict[int, int]"
-
-
-def _key_rows(graph: Graph, one_ids: dict[int, str], at: str) -> Iterator[KeyRow]:
-    """(key, one_id, resolved_at) of every key of the graph, in key order, made as they are
+def _write_keys(
+    conn: sqlite3.Connection, graph: Graph, one_ids: list[str], at: str, full: bool
+) -> None:
+    """identity_keys' row of every key of the graph, in key order, made as they are
     written: at 1M customers a list of them held 300 MB."""
-    find, key_node = graph.find, graph.key_node
-    for key in sorted(key_node):
-        yield key, one_ids.get(find(key_node[key])), at
+    group_of = graph.group_of
 
+    def rows() -> Iterator[tuple[int, str | None, str]]:
+        for key, node in conn.execute("SELECT key, node FROM graph_keys ORDER BY key"):
+            group = group_of(node)
+            yield key, one_ids[group] if group >= 0 else None, at
 
-def _identifier_rows(graph: Graph, one_ids: dict[int, str]) -> Iterator[tuple[int, IdentifierRow]]:
-    """(node, (type, value, detail, one_id, status, reason)) for every identifier of the
-    graph, in (type, value) order: the order of the table's unique index."""
-    find, details, nonjoining, label = graph.find, graph.details, graph.nonjoining, graph.label
-    for inode in graph.ordered:
-        ident = label[inode]
-        refused = graph.refused_values.get(ident)
-        if inode in nonjoining:
-            roots = {find(k) for k in nonjoining[inode]}
-            one_id = one_ids.get(roots.pop()) if len(roots) == 1 else None
-            refused = None if one_id else "join: false, and found on several customers"
-        else:
-            one_id = None if refused else one_ids.get(find(inode))
-        status = "linked" if one_id else "refused"
-        yield inode, (ident[0], ident[1], details.get(ident), one_id, status, refused)
-
-
-def _rewrite(
-    db: sqlite_utils.Database,
-    key_rows: Iterable[KeyRow],
-    ident_rows: Iterable[tuple[int, IdentifierRow]],
-    graph: Graph,
-) -> IdentifierIds:
-    """A full run's tables, written anew in key order; the identifier id of each node.
-
-    Every row is new, so there is no conflict to handle: plain inserts in the order of each
-    table's key, with the secondary indexes built once at the end. The rows are made as they
-    are written, and identifiers are numbered in the order they come (type, value)."""
-    conn = db.conn
-    for table in RESOLVED_TABLES:
-        conn.execute(f"DELETE FROM {table}")
-    id_of = array("q", [0]) * len(graph.parent)
-
-    def numbered() -> Iterator[tuple[Any, ...]]:
-        for number, (inode, row) in enumerate(ident_rows, 1):
-            id_of[inode] = number
-            yield (number, *row)
-
-    with indexes_built_after(conn, "identity_keys", bulk=True):
-        conn.executemany(
-            "INSERT INTO identity_keys (key, one_id, resolved_at) VALUES (?, ?, ?)", key_rows
-        )
-    with indexes_built_after(conn, "identifiers", bulk=True):
-        conn.executemany(
-            "INSERT INTO identifiers (id, type, value, detail, one_id, status, reason) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            numbered(),
-        )
-    with indexes_built_after(conn, "key_identifiers", bulk=True):
-        _insert_links(conn, graph, id_of, "INSERT")
-    return id_of
-
-
-def _insert_links(conn: sqlite3.Connection, graph: Graph, id_of: IdentifierIds, verb: str) -> None:
-    """key_identifiers' rows for every link of the graph, sorted by SQLite on the way in
-    (the order of the table's key): sorting 6M pairs in Python at 1M customers took 12 s
-    and 400 MB, where SQLite's sorter spills to its temporary file."""
-    label = graph.label
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS graph_links (key INTEGER, identifier_id INTEGER)")
-    conn.execute("DELETE FROM graph_links")
-    conn.executemany(
-        "INSERT INTO graph_links VALUES (?, ?)",
-        ((label[k], id_of[inode]) for inode, knodes in graph.links for k in knodes),
-    )
-    with sorting_cache(conn):
-        conn.execute(
-            f"{verb} INTO key_identifiers (key, identifier_id) SELECT key, identifier_id "
-            "FROM graph_links ORDER BY key, identifier_id"
-        )
-    conn.execute("DELETE FROM graph_links")
-
-
-def _update(
-    db: sqlite_utils.Database,
-    key_rows: Iterable[KeyRow],
-    ident_rows: list[tuple[int, IdentifierRow]],
-    graph: Graph,
-) -> IdentifierIds:
-    """An incremental run's part of the tables, over what they hold; the identifier id of
-    each node of the graph."""
-    conn = db.conn
+    if full:
+        with indexes_built_after(conn, "identity_keys", bulk=True):
+            conn.executemany(
+                "INSERT INTO identity_keys (key, one_id, resolved_at) VALUES (?, ?, ?)", rows()
+            )
+        return
     conn.executemany(
         "INSERT INTO identity_keys (key, one_id, resolved_at) VALUES (?, ?, ?) "
         "ON CONFLICT(key) DO UPDATE SET one_id=excluded.one_id, resolved_at=excluded.resolved_at",
-        key_rows,
+        rows(),
     )
+
+
+def _identifier_rows(
+    conn: sqlite3.Connection, graph: Graph, one_ids: list[str]
+) -> Iterator[tuple[int, str, str, str | None, str | None, str, str | None]]:
+    """(graph id, type, value, detail, one_id, status, reason) of every identifier of the
+    graph, in (type, value) order: the order of the table's unique index."""
+    base, group_of = graph.base, graph.group_of
+    for ident, type_name, value, detail in conn.execute(
+        "SELECT id, type, value, detail FROM graph_idents ORDER BY id"
+    ):
+        inode = base + ident
+        if type_name in graph.nonjoining:
+            groups = set(map(group_of, graph.keys_of(inode)))
+            group = groups.pop() if len(groups) == 1 else -1
+            refused = None if group >= 0 else "join: false, and found on several customers"
+        else:
+            refused = graph.refused_values.get(inode)
+            group = -1 if refused else group_of(inode)
+        one_id = one_ids[group] if group >= 0 else None
+        yield ident, type_name, value, detail, one_id, "linked" if one_id else "refused", refused
+
+
+def _stage_links(conn: sqlite3.Connection, graph: Graph) -> None:
+    """Temp table graph_links: (key, graph id) of every link, for SQLite to sort by key
+    (sorting 6M pairs in Python at 1M customers took 12 s and 400 MB)."""
+    key_of, linked, starts = graph.key_of, graph.linked, graph.starts
+    conn.executemany(
+        "INSERT INTO graph_links VALUES (?, ?)",
+        (
+            (key_of[linked[n]], ident)
+            for ident in range(1, len(starts))
+            for n in range(starts[ident - 1], starts[ident])
+        ),
+    )
+
+
+def _write_identifiers(
+    conn: sqlite3.Connection, graph: Graph, one_ids: list[str], full: bool
+) -> array[int] | None:
+    """identifiers' and key_identifiers' rows of the graph. A full run writes them anew, with
+    the graph's numbering (every row is new: plain inserts in the order of each table's key,
+    secondary indexes built once at the end); an incremental one over what the tables hold,
+    and gives the stored id of each graph id."""
+    rows = _identifier_rows(conn, graph, one_ids)
+    _stage_links(conn, graph)
+    if full:
+        with indexes_built_after(conn, "identifiers", bulk=True):
+            conn.executemany(
+                "INSERT INTO identifiers (id, type, value, detail, one_id, status, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        with indexes_built_after(conn, "key_identifiers", bulk=True), sorting_cache(conn):
+            conn.execute(
+                "INSERT INTO key_identifiers (key, identifier_id) "
+                "SELECT key, ident FROM graph_links ORDER BY key, ident"
+            )
+        return None
     conn.executemany(
         "INSERT INTO identifiers (type, value, detail, one_id, status, reason) "
         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(type, value) DO UPDATE SET "
         "detail=excluded.detail, one_id=excluded.one_id, status=excluded.status, "
         "reason=excluded.reason",
-        [row for _, row in ident_rows],
+        (row[1:] for row in rows),
     )
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS graph_idents (type TEXT, value TEXT)")
-    conn.execute("DELETE FROM graph_idents")
-    conn.executemany("INSERT INTO graph_idents VALUES (?, ?)", [row[:2] for _, row in ident_rows])
-    ident_node = graph.ident_node
-    id_of = {
-        ident_node[(t, v)]: id_
-        for id_, t, v in conn.execute(
-            "SELECT i.id, i.type, i.value FROM graph_idents g "
-            "JOIN identifiers i ON i.type = g.type AND i.value = g.value"
-        )
-    }
-    _insert_links(conn, graph, id_of, "INSERT OR IGNORE")
-    return id_of
+    # CROSS JOIN: from the graph's few identifiers into the big table's unique index.
+    stored = "graph_idents g CROSS JOIN identifiers i ON i.type = g.type AND i.value = g.value"
+    ids = array("q", [0]) * (len(graph.starts))
+    for ident, stored_id in conn.execute(f"SELECT g.id, i.id FROM {stored}"):
+        ids[ident] = stored_id
+    conn.execute(
+        "INSERT OR IGNORE INTO key_identifiers (key, identifier_id) SELECT l.key, i.id "
+        f"FROM graph_links l CROSS JOIN {stored} WHERE g.id = l.ident ORDER BY l.key, i.id"
+    )
+    return ids
 
 
 def unresolved_batches(db: sqlite_utils.Database) -> int:
