@@ -194,12 +194,13 @@ class Normalizer:
         self._junk_rules = [r for r in JUNK_RULES if r.name not in rules.default_blocklist_off]
         self._junk_patterns = {r.name: re.compile(r.pattern, re.IGNORECASE) for r in JUNK_RULES}
         self._checks: dict[str, list[_Check]] = {}  # per type, in the order they decide
-        # Per type, the first check a normalized text fails: a phone's written forms share it.
+        # Per type, the first check a normalized value fails: a phone's written forms share it.
         self._verdicts: dict[str, dict[str, int | None]] = {}
         # Per type: its fields, whether a row needs all of them (composites) or only the last
         # (an openid without its account is still an openid), and what its values gave: a
-        # one-field type by the raw value, others by the tuple of parts.
-        self._plan: list[tuple[str, tuple[str, ...], bool, dict[Any, Normalized | Rejected]]] = [
+        # one-field type by the raw value, others by the tuple of parts. A value with no
+        # detail is kept as its string, not a tuple (at 1M customers, 2.5M tuples: 160 MB).
+        self._plan: list[tuple[str, tuple[str, ...], bool, dict[Any, Seen]]] = [
             (t.name, t.fields, len(t.fields) > 1 and t.name != "wechat_openid", {})
             for t in rules.types
         ]
@@ -218,16 +219,18 @@ class Normalizer:
                     continue
                 result = seen.get(raw)
                 if result is None:
-                    result = seen[raw] = self._normalize(name, (raw,))
+                    result = seen[raw] = _kept(self._normalize(name, (raw,)))
             else:
                 parts = tuple(map(get, names))
                 if parts[-1] is None or (needs_all and None in parts):
                     continue
                 result = seen.get(parts)
                 if result is None:
-                    result = seen[parts] = self._normalize(name, parts)
+                    result = seen[parts] = _kept(self._normalize(name, parts))
             if type(result) is Rejected:
                 rejected.append(result)
+            elif isinstance(result, str):
+                found.append((name, result, None))
             else:
                 found.append(result)
         return found, rejected
@@ -256,15 +259,15 @@ class Normalizer:
         if not checks:
             return None
         text = normalized.lower()
-        if text == normalized:  # the verdicts' key shares the identifier's string (at 1M
-            text = normalized  # customers, 3M copies held 200 MB)
         bare = None
         verdicts = self._verdicts[type_name]
-        failed = verdicts.get(text, _UNSEEN)
+        # Keyed by the normalized value, not its lower case: the key is then the string the
+        # identifier holds already (at 1M customers, 3M lower-cased copies held 200 MB).
+        failed = verdicts.get(normalized, _UNSEEN)
         if failed is _UNSEEN:
             bare = _SEPARATORS.sub("", text)
             forms: tuple[str, ...] = (text,) if bare == text else (text, bare)
-            failed = verdicts[text] = _first_failed(checks, text, forms)
+            failed = verdicts[normalized] = _first_failed(checks, text, forms)
         written = raw.strip().lower()
         if written != text:
             if bare is None:
@@ -316,6 +319,16 @@ def _first_failed(checks: list[_Check], text: str, forms: tuple[str, ...]) -> in
 
 
 Normalized = tuple[str, str, "str | None"]  # (type, value, detail) of a usable identifier
+Seen = Normalized | str | Rejected  # what the cache keeps of a raw value (see _kept)
+
+
+def _kept(result: Normalized | Rejected) -> Seen:
+    """What the cache keeps of a value's result: a value with no detail as its string."""
+    if type(result) is tuple and result[2] is None:
+        return result[1]
+    return result
+
+
 Parsed = tuple["str | None", "str | None", "str | None"]  # value, detail, reason if None
 
 
