@@ -207,3 +207,54 @@ def test_blocklist_verdicts_are_the_ones_judged_value_by_value(rules, type_name,
         for written in (raw, normalized + " ", raw.upper()):
             expected = _blocked_as_before(normalizer, type_name, written, normalized)
             assert normalizer.blocked(type_name, written, normalized) == expected
+
+
+staged_keys = st.lists(
+    st.tuples(
+        st.integers(-3, 3),  # identity keys repeat: the same record read from two tables
+        st.lists(
+            st.tuples(
+                st.sampled_from(["email", "member_no", "phone"]),
+                st.text(alphabet="ab1", min_size=1, max_size=3),
+                st.sampled_from([None, "mobile", "fixed"]),
+            ),
+            max_size=3,
+        ),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=300)
+@given(staged_keys)
+def test_the_graph_numbers_keys_as_staged_and_identifiers_by_type_and_value(keys):
+    """Graph.load against the numbering resolve had before it: key nodes in the order keys
+    first came, identifier ids in (type, value) order, each identifier's key nodes once and
+    in key order, a value's detail its largest."""
+    import sqlite3
+
+    from cdp_cli.identity.graph import Graph, stage
+
+    conn = sqlite3.connect(":memory:")
+    stage(conn, keys)
+    graph = Graph.load(conn, BUILTIN_TYPES)
+    order = list(dict.fromkeys(key for key, _ in keys))
+    assert list(graph.key_of) == order
+    carried: dict[tuple[str, str], set[int]] = {}
+    details: dict[tuple[str, str], list[str]] = {}
+    for key, found in keys:
+        for type_name, value, detail in found:
+            carried.setdefault((type_name, value), set()).add(key)
+            details.setdefault((type_name, value), []).extend([detail] if detail else [])
+    idents = sorted(carried)
+    stored = conn.execute("SELECT id, type, value, detail FROM graph_idents ORDER BY id")
+    assert [tuple(row) for row in stored] == [
+        (n, t, v, max(details[(t, v)], default=None)) for n, (t, v) in enumerate(idents, 1)
+    ]
+    node = {key: n for n, key in enumerate(order)}
+    for n, ident in enumerate(idents, 1):
+        assert list(graph.keys_of(graph.base + n)) == [node[k] for k in sorted(carried[ident])]
+    ranges: dict[str, tuple[int, int]] = {}
+    for n, (type_name, _) in enumerate(idents, 1):
+        ranges[type_name] = (ranges.get(type_name, (n, n))[0], n)
+    assert graph.ranges == ranges
