@@ -115,11 +115,31 @@ def system_fault(exc: BaseException, path: Path | None = None) -> CdpError | Non
     return None
 
 
+def sqlite_temp_folder() -> str:
+    """Where SQLite writes its temporary files (sorts, temp tables, a statement's automatic
+    indexes): the first writable folder of those its unix VFS tries, in its order."""
+    candidates = (os.environ.get("SQLITE_TMPDIR"), os.environ.get("TMPDIR"), "/var/tmp", "/usr/tmp")
+    for folder in (*candidates, "/tmp"):
+        if folder and os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):
+            return os.path.abspath(folder)
+    return os.path.abspath(".")
+
+
+def _same_disk(a: str, b: str) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return True  # nothing better to say than the store's folder
+
+
 def _store_fault(message: str, store: Path | None) -> CdpError | None:
     """SQLite's error, by its message (the same text on every version), said of the store."""
     name = store.name if store else "the store"  # and the folder, in full, where it helps
     folder = os.path.abspath(store.parent) if store else "its folder"
     if message == "database or disk is full":
+        temp = sqlite_temp_folder()
+        if store and not _same_disk(temp, folder):  # a sort may have filled the other one
+            folder = f"{folder} and in {temp} (SQLite's temporary files)"
         return SystemFault(f"{name}: the disk is full; free some space in {folder}, {AGAIN}")
     if message == "disk I/O error":
         return SystemFault(

@@ -28,7 +28,7 @@ from click.testing import CliRunner, Result
 
 from cdp_cli import lock
 from cdp_cli.cli import cli
-from cdp_cli.errors import StoreBusy
+from cdp_cli.errors import StoreBusy, system_fault
 from cdp_cli.files import temp_path
 from tests.conftest import query
 from tests.ops_helpers import ENV, drop
@@ -143,6 +143,26 @@ def test_ingest_on_a_full_disk_says_so_keeps_the_store_and_records_why(project, 
     assert query(project / "cdp.db", last) == [(len(before["batches"]) + 1, "crm", "failed", line)]
     after = contents(project / "cdp.db")
     assert {**after, "batches": before["batches"]} == before  # no row of the file landed
+
+
+def test_a_full_disk_names_sqlites_temporary_folder_when_it_is_on_another_disk(
+    tmp_path, monkeypatch
+):
+    """A full resolve at 1M customers sorts gigabytes in SQLite's temporary files: when they
+    are on another disk than the store, the line names both places."""
+    other = Path("/dev/shm")
+    if not other.is_dir() or os.stat(other).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no folder on another filesystem here")
+    full = sqlite3.OperationalError("database or disk is full")
+    monkeypatch.setenv("SQLITE_TMPDIR", str(tmp_path))
+    assert str(system_fault(full, tmp_path / "cdp.db")) == (
+        f"cdp.db: the disk is full; free some space in {tmp_path}, {AGAIN}"
+    )
+    monkeypatch.setenv("SQLITE_TMPDIR", str(other))
+    assert str(system_fault(full, tmp_path / "cdp.db")) == (
+        f"cdp.db: the disk is full; free some space in {tmp_path} and in {other} "
+        f"(SQLite's temporary files), {AGAIN}"
+    )
 
 
 def test_ingest_runs_again_once_there_is_room(project, monkeypatch):
