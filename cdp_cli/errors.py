@@ -118,8 +118,8 @@ def system_fault(exc: BaseException, path: Path | None = None) -> CdpError | Non
 def sqlite_temp_folder() -> str:
     """Where SQLite writes its temporary files (sorts, temp tables, a statement's automatic
     indexes): the first writable folder of those its unix VFS tries, in its order."""
-    candidates = (os.environ.get("SQLITE_TMPDIR"), os.environ.get("TMPDIR"), "/var/tmp", "/usr/tmp")
-    for folder in (*candidates, "/tmp"):
+    environment = (os.environ.get("SQLITE_TMPDIR"), os.environ.get("TMPDIR"))
+    for folder in (*environment, "/var/tmp", "/usr/tmp", "/tmp"):
         if folder and os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):
             return os.path.abspath(folder)
     return os.path.abspath(".")

@@ -182,6 +182,11 @@ class Graph:
         ident = inode - self.base
         return self.linked[self.starts[ident - 1] : self.starts[ident]]
 
+    def _linked_keys(self, type_name: str) -> array[int]:
+        """The key node of every link of a type's identifiers (a key once per identifier)."""
+        first, last = self.ranges[type_name]
+        return self.linked[self.starts[first - 1] : self.starts[last]]
+
     def find(self, node: int) -> int:
         parent = self.parent
         root = node
@@ -232,13 +237,13 @@ class Graph:
         for type_name in self.types:  # strongest first
             if type_name not in self.ranges:
                 continue
-            first, last = self.ranges[type_name]
             if type_name in self.nonjoining:
-                for n in range(starts[first - 1], starts[last]):
-                    self.lone_customers[linked[n]] = 1
+                for knode in self._linked_keys(type_name):
+                    self.lone_customers[knode] = 1
                 continue
             if type_name in guarded:
                 continue
+            first, last = self.ranges[type_name]
             for ident in range(first, last + 1):
                 inode = base + ident
                 start, end = starts[ident - 1], starts[ident]
@@ -255,12 +260,12 @@ class Graph:
     def _resolve_guarded(self, guarded: list[str]) -> None:
         """Link the values of guarded types last, each only when it is seen with few enough
         customers (components that hold an identifier of a type not guarded)."""
-        find, starts, linked = self.find, self.starts, self.linked
+        find = self.find
         known = bytearray(len(self.parent))
-        for type_name, (first, last) in self.ranges.items():
+        for type_name in self.ranges:
             if type_name not in guarded:
-                for n in range(starts[first - 1], starts[last]):
-                    known[find(linked[n])] = 1
+                for knode in self._linked_keys(type_name):
+                    known[find(knode)] = 1
         for type_name in guarded:  # strongest first
             if type_name not in self.ranges or type_name in self.nonjoining:
                 continue
@@ -268,7 +273,7 @@ class Graph:
             limit = self.types[type_name].max_profiles_per_value or 0
             for ident in range(first, last + 1):
                 inode = self.base + ident
-                knodes = linked[starts[ident - 1] : starts[ident]]
+                knodes = self.keys_of(inode)
                 customers = {root for root in map(find, knodes) if known[root]}
                 if len(customers) > limit:
                     why = f"seen with {len(customers)} customers (max_profiles_per_value {limit})"

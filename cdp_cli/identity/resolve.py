@@ -737,7 +737,7 @@ def _write_identifiers(
     )
     # CROSS JOIN: from the graph's few identifiers into the big table's unique index.
     stored = "graph_idents g CROSS JOIN identifiers i ON i.type = g.type AND i.value = g.value"
-    ids = array("q", [0]) * (len(graph.starts))
+    ids = array("q", [0]) * len(graph.starts)
     for ident, stored_id in conn.execute(f"SELECT g.id, i.id FROM {stored}"):
         ids[ident] = stored_id
     conn.execute(
