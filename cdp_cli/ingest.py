@@ -12,20 +12,21 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdp_cli import ingest_set, readers
+from cdp_cli import ingest_set, ingest_worker, readers
 from cdp_cli.config import Config, Source
 from cdp_cli.errors import IngestError, UsageError, system_fault
-from cdp_cli.identity.tombstones import FORGOTTEN_RAW, Screen, Tombstones
+from cdp_cli.identity.tombstones import Screen, Tombstones
+from cdp_cli.ingest_rows import CHUNK_ROWS, IngestResult, RowMapping, map_chunks
+from cdp_cli.ingest_set import drop_stage
+from cdp_cli.ingest_worker import WORKER_FROM_BYTES, MapWorker
 from cdp_cli.integrity import is_damage, store_file
-from cdp_cli.mapping import RowMapper, RowRejected
+from cdp_cli.mapping import RowMapper
 from cdp_cli.parsing import (
     JSON_ENCODER,
 )
@@ -33,36 +34,12 @@ from cdp_cli.readers import Progress
 from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import indexes_built_after, insert_row, now_iso, sorting_cache, transaction
 
-CHUNK_ROWS = 5000
 # Whether a CSV or JSON Lines file may be mapped as set work (ingest_set); False maps every
 # row with RowMapper, the definition the set path is tested against (tests/test_ingest_sql.py,
 # tests/test_ingest_jsonl_sql.py).
 SET_WORK = True
 _JSON = JSON_ENCODER
 ProgressCallback = Callable[[int, int], None]
-
-
-@dataclass
-class IngestResult:
-    """What one file's ingest did; `status` is done, skipped (seen before) or failed."""
-
-    source: str
-    file: str
-    status: str
-    batch_id: int | None = None
-    encoding: str | None = None
-    rows_read: int = 0
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    rejected: int = 0
-    skipped: int = 0
-    seconds: float = 0.0
-    message: str = ""
-    reject_reasons: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,10 +107,12 @@ def ingest_file(
     force: bool = False,
     on_progress: ProgressCallback | None = None,
     screen: Screen | None = None,
+    worker_from: int | None = WORKER_FROM_BYTES,
 ) -> IngestResult:
     """Ingest one file as one batch of `source`; a file seen before is skipped unless forced.
 
-    With a `screen`, rows that carry an identifier of a forgotten person are refused.
+    With a `screen`, rows that carry an identifier of a forgotten person are refused. A JSON
+    Lines file of `worker_from` bytes or more is read by two processes (None: never).
     """
     started = time.monotonic()
     path = path.absolute()
@@ -168,7 +147,9 @@ def ingest_file(
     result = IngestResult(source.name, str(path), "done", batch_id=batch_id, encoding=encoding)
     try:
         with transaction(db) as conn:
-            inserted_after = _load(conn, source, path, fmt, encoding, result, on_progress, screen)
+            inserted_after = _load(
+                conn, source, path, fmt, encoding, result, on_progress, screen, worker_from
+            )
             conn.execute(
                 "UPDATE batches SET status='done', finished_at=?, rows_read=?, rows_inserted=?, "
                 "rows_updated=?, rows_unchanged=?, rows_rejected=?, rows_skipped=?, "
@@ -213,6 +194,7 @@ def _load(
     result: IngestResult,
     on_progress: ProgressCallback | None,
     screen: Screen | None = None,
+    worker_from: int | None = None,
 ) -> int:
     """Write the file's rows into its kind's table; the table's largest id before (every row
     inserted has a larger one: resolve reads new rows from there, see batches.inserted_after)."""
@@ -225,30 +207,35 @@ def _load(
     last_id = _largest_id(conn, table)
     # Into an empty table (a first load), the secondary indexes are built once at the end.
     first_load = last_id == 0 and conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None
-    with (
-        indexes_built_after(conn, table, first_load),
-        readers.open_rows(path, fmt, encoding, source.delimiter, source.limits, source.columns) as (
-            header,
-            rows,
-            progress,
-        ),
-    ):
-        mapper = RowMapper(source, header)
-        loader = _RowLoader(conn, mapper, result, tombstones)
-        plan = None
-        if SET_WORK and header is not None and tombstones is None:
-            plan = ingest_set.plan_for(mapper, header, source.limits.attrs_bytes)
-        json_plan = None
-        if SET_WORK and header is None and fmt == "jsonl" and tombstones is None:
-            json_plan = ingest_set.json_plan_for(mapper)
-        if plan is not None:
-            changed = _load_set(conn, plan, loader, rows, progress, on_progress)
-        elif json_plan is not None:
-            changed = _load_json(conn, json_plan, loader, rows, progress, on_progress)
-        else:
-            changed = loader.load(rows, progress, on_progress)
-        if on_progress:
-            on_progress(progress.total, progress.total)
+    assert result.batch_id is not None
+    worker = _second_process(source, path, fmt, encoding, tombstones, result.batch_id, worker_from)
+    try:
+        with (
+            indexes_built_after(conn, table, first_load),
+            readers.open_rows(
+                path, fmt, encoding, source.delimiter, source.limits, source.columns,
+                end=worker.start if worker else None,
+            ) as (header, rows, progress),
+        ):  # fmt: skip
+            mapper = RowMapper(source, header)
+            loader = _RowLoader(conn, mapper, result, tombstones)
+            plan = None
+            if SET_WORK and header is not None and tombstones is None:
+                plan = ingest_set.plan_for(mapper, header, source.limits.attrs_bytes)
+            json_plan = None
+            if SET_WORK and header is None and fmt == "jsonl" and tombstones is None:
+                json_plan = ingest_set.json_plan_for(mapper)
+            if plan is not None:
+                changed = _load_set(conn, plan, loader, rows, progress, on_progress)
+            elif json_plan is not None:
+                changed = _load_json(conn, json_plan, loader, rows, progress, on_progress, worker)
+            else:
+                changed = loader.load(rows, progress, on_progress, worker)
+            if on_progress:
+                on_progress(progress.total, progress.total)
+    finally:
+        if worker is not None:
+            worker.stop()
     result.inserted = _largest_id(conn, table) - last_id
     result.updated = changed - result.inserted
     result.rejected = sum(result.reject_reasons.values())
@@ -256,11 +243,34 @@ def _load(
     return last_id
 
 
+def _second_process(
+    source: Source,
+    path: Path,
+    fmt: str,
+    encoding: str,
+    tombstones: Tombstones | None,
+    batch_id: int,
+    worker_from: int | None,
+) -> MapWorker | None:
+    """The process that reads the later part of a large JSON Lines file (see ingest_worker),
+    mapping its rows as this one maps them; None where this process reads the file whole."""
+    if fmt != "jsonl" or encoding not in ingest_worker.ENCODINGS or tombstones is not None:
+        return None
+    split = ingest_worker.split_point(path, worker_from)
+    if split is None:
+        return None
+    set_work = SET_WORK and ingest_set.json_plan_for(RowMapper(source, None)) is not None
+    try:
+        return MapWorker(source, path, split, encoding, batch_id, set_work)
+    except OSError:  # no second process to be had (no fork, no Python): this one reads it all
+        return None
+
+
 def _largest_id(conn: sqlite3.Connection, table: str) -> int:
     return int(conn.execute(f"SELECT max(id) FROM {table}").fetchone()[0] or 0)
 
 
-class _RowLoader:
+class _RowLoader(RowMapping):
     """The row-by-row path: each row mapped by RowMapper and upserted, in chunks."""
 
     def __init__(
@@ -270,78 +280,60 @@ class _RowLoader:
         result: IngestResult,
         tombstones: Tombstones | None,
     ) -> None:
+        super().__init__(mapper, result, tombstones)
         self.conn = conn
-        self.mapper = mapper
-        self.result = result
-        self.tombstones = tombstones
         columns = [*mapper.columns, *(["items"] if mapper.has_items else []), "identity_key"]
         self.columns = columns
         self.upsert = _upsert_sql(mapper.source.kind.table, columns)
         self.insert_rejects = INSERT_REJECTS
 
     def load(
-        self, rows: Iterator[Any], progress: Progress, on_progress: ProgressCallback | None
+        self,
+        rows: Iterator[Any],
+        progress: Progress,
+        on_progress: ProgressCallback | None,
+        worker: MapWorker | None = None,
     ) -> int:
         """Map and upsert every row; returns the rows written (inserted or changed)."""
-        conn, result = self.conn, self.result
-        pending: list[tuple[Any, ...]] = []
-        rejects: list[tuple[Any, ...]] = []
+        conn = self.conn
+        second = _SecondPart(conn, worker, self._stage_second) if worker else None
+        if second is not None:
+            drop_stage(conn)
+            values = ", ".join(f"v{i}" for i in range(len(self.columns)))
+            conn.execute(
+                f"CREATE TABLE {_SECOND_ROWS} (line INTEGER PRIMARY KEY, key, {values}, attrs)"
+            )
+            second.create()
         changed = 0
-        for line, row, error, raw in rows:
-            if row is None and error is None:
-                result.skipped += 1
-                continue
-            result.rows_read += 1
-            mapped = self.map(line, row, error, raw, rejects)
-            if mapped is not None:
-                pending.append(mapped)
-            if len(pending) >= CHUNK_ROWS:
-                changed += conn.executemany(self.upsert, pending).rowcount
-                pending.clear()
-                if on_progress:
-                    on_progress(progress.done, progress.total)
-            if len(rejects) >= CHUNK_ROWS:
+        for _, mapped, rejects in map_chunks(rows, None, self):
+            if mapped:
+                changed += conn.executemany(self.upsert, mapped).rowcount
+            if rejects:
                 conn.executemany(self.insert_rejects, rejects)
-                rejects.clear()
-        if pending:
-            changed += conn.executemany(self.upsert, pending).rowcount
-        if rejects:
-            conn.executemany(self.insert_rejects, rejects)
+            if second is not None:
+                second.stage_ready()
+            if on_progress:
+                on_progress(*_progress(progress, worker))
+        if second is None:
+            return changed
+        second.finish(self.result)
+        table, names = self.mapper.source.kind.table, self.columns
+        values = ", ".join(f"v{i}" for i in range(len(names)))
+        changed += conn.execute(
+            f"{_insert_into(table, names)} SELECT ?, key, {values}, attrs, ?, line "
+            f"FROM {_SECOND_ROWS} WHERE 1 ORDER BY line {_on_conflict(table, names)}",
+            (self.mapper.source.name, self.result.batch_id),
+        ).rowcount
+        second.write_rejects()
+        drop_stage(conn)
         return changed
 
-    def map(
-        self, line: int, row: Any, error: str | None, raw: Any, rejects: list[tuple[Any, ...]]
-    ) -> tuple[Any, ...] | None:
-        """The row to upsert (source, key, values, attrs, batch, line), or None with its
-        reject appended to `rejects`."""
-        mapper, tombstones = self.mapper, self.tombstones
-        name, batch_id = mapper.source.name, self.result.batch_id
-        try:
-            if error is not None:
-                raise RowRejected(_problem_of(error), error)
-            key, values, attrs = mapper.map(row)
-            if tombstones is not None:
-                hit = tombstones.row_hit(values[-1], mapper.identity_fields(values))
-                if hit:
-                    raise RowRejected("forgotten", f"carries a forgotten {hit}", hit)
-            if key is None:
-                key = _content_key(values, attrs)
-            return (name, key, *values, attrs, batch_id, line)
-        except RowRejected as rejected:
-            # A row too large is not kept whole a second time: its line finds it.
-            too_large = rejected.problem == "too_large"
-            raw_text = None if too_large else _raw_text(raw or row, mapper.header)
-            if tombstones is not None and (
-                rejected.problem == "forgotten" or tombstones.mentioned_in(raw_text or "")
-            ):
-                raw_text = FORGOTTEN_RAW  # never the forgotten person's bytes
-            rejects.append(
-                (batch_id, name, line, rejected.problem, rejected.field, rejected.reason,
-                 raw_text)
-            )  # fmt: skip
-            reasons = self.result.reject_reasons
-            reasons[rejected.problem] = reasons.get(rejected.problem, 0) + 1
-            return None
+    def _stage_second(self, taken: list[tuple[Any, ...]], mapped: list[tuple[Any, ...]]) -> None:
+        marks = ", ".join("?" * (len(self.columns) + 3))
+        self.conn.executemany(
+            f"INSERT INTO {_SECOND_ROWS} VALUES ({marks})",
+            [(one[-1], *one[1:-2]) for one in mapped],
+        )
 
 
 def _load_set(
@@ -413,6 +405,7 @@ def _load_json(
     rows: Iterator[Any],
     progress: Progress,
     on_progress: ProgressCallback | None,
+    worker: MapWorker | None = None,
 ) -> int:
     """A JSON Lines file as set work (see ingest_set.JsonPlan): each parsed row's values
     staged as `take` gives them, or as RowMapper maps a row it does not take; then one
@@ -420,40 +413,27 @@ def _load_json(
     result = loader.result
     assert result.batch_id is not None
     stage_taken, stage_mapped = plan.prepare(conn)
-    take = plan.take
-    taken: list[tuple[Any, ...]] = []  # rows SQL maps,
-    mapped: list[tuple[Any, ...]] = []  # rows RowMapper mapped: key, values, attrs, line
-    rejects: list[tuple[Any, ...]] = []
 
-    def stage() -> None:
+    def stage(taken: list[tuple[Any, ...]], mapped: list[tuple[Any, ...]]) -> None:
         plan.add_hours(conn, taken)
         conn.executemany(stage_taken, taken)
-        conn.executemany(stage_mapped, mapped)
-        taken.clear()
-        mapped.clear()
+        # RowMapper's rows: key, values, attrs, line
+        conn.executemany(stage_mapped, [(*one[1:-2], one[-1]) for one in mapped])
 
-    for line, row, error, raw in rows:
-        if row is None and error is None:
-            result.skipped += 1
-            continue
-        result.rows_read += 1
-        values = take(row, line) if error is None else None
-        if values is not None:
-            taken.append(values)
-        else:
-            one = loader.map(line, row, error, raw, rejects)
-            if one is not None:
-                mapped.append((*one[1:-2], line))
-        if len(taken) >= CHUNK_ROWS or len(mapped) >= CHUNK_ROWS:
-            stage()
-            if on_progress:
-                on_progress(progress.done, progress.total)
-        if len(rejects) >= CHUNK_ROWS:
+    second = _SecondPart(conn, worker, stage) if worker else None
+    if second is not None:
+        second.create()
+    for taken, mapped, rejects in map_chunks(rows, plan.take, loader):
+        stage(taken, mapped)
+        if rejects:
             conn.executemany(loader.insert_rejects, rejects)
-            rejects.clear()
-    stage()
-    if rejects:
-        conn.executemany(loader.insert_rejects, rejects)
+        if second is not None:
+            second.stage_ready()
+        if on_progress:
+            on_progress(*_progress(progress, worker))
+    if second is not None:
+        second.finish(result)
+        second.write_rejects()
     table, names = loader.mapper.source.kind.table, loader.columns
     by_key = result.rows_read > ingest_set.JSON_KEY_ORDER_FROM
     select = plan.select(loader.mapper.source.name, result.batch_id, by_key)
@@ -464,6 +444,68 @@ def _load_json(
     # On failure the file's rollback takes the temporary tables with it.
     ingest_set.drop_stage(conn)
     return int(changed)
+
+
+_SECOND_ROWS = "temp.cdp_second_rows"  # the row path's rows from the second process
+
+
+class _SecondPart:
+    """The second process's chunks, in the first (see ingest_worker): staged as they come,
+    its rows by `stage` and its rejects into a temporary table, to be written after the first
+    process's own: in line order, as one process writes them."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        worker: MapWorker,
+        stage: Callable[[list[tuple[Any, ...]], list[tuple[Any, ...]]], None],
+    ) -> None:
+        self.conn, self.worker, self.stage = conn, worker, stage
+        self.rejected = False
+
+    def create(self) -> None:
+        self.conn.execute(
+            f"CREATE TABLE {ingest_set.STAGED_REJECTS} "
+            "(batch_id, source, line, problem, field, reason, raw)"
+        )
+
+    def stage_ready(self) -> None:
+        """Stage what the worker has sent so far (it goes on meanwhile)."""
+        for chunk in self.worker.ready():
+            self._stage(*chunk)
+
+    def finish(self, result: IngestResult) -> None:
+        """Stage the rest of the worker's chunks, and add its counts to the file's."""
+        for chunk in self.worker.rest():
+            self._stage(*chunk)
+        result.rows_read += self.worker.rows_read
+        result.skipped += self.worker.skipped
+        reasons = result.reject_reasons
+        for problem, count in self.worker.reject_reasons.items():
+            reasons[problem] = reasons.get(problem, 0) + count
+
+    def write_rejects(self) -> None:
+        if self.rejected:
+            self.conn.execute(
+                "INSERT INTO rejects (batch_id, source, line, problem, field, reason, raw) "
+                f"SELECT * FROM {ingest_set.STAGED_REJECTS} ORDER BY line"
+            )
+
+    def _stage(
+        self,
+        taken: list[tuple[Any, ...]],
+        mapped: list[tuple[Any, ...]],
+        rejects: list[tuple[Any, ...]],
+    ) -> None:
+        self.stage(taken, mapped)
+        if rejects:
+            self.conn.executemany(ingest_set.stage_rejects_sql(), rejects)
+            self.rejected = True
+
+
+def _progress(progress: Progress, worker: MapWorker | None) -> tuple[int, int]:
+    """Bytes read so far, of the file's: both processes' parts."""
+    return progress.done + (worker.read if worker else 0), progress.total
 
 
 class _Leftovers:
@@ -499,46 +541,6 @@ INSERT_REJECTS = (
 )
 
 
-def _problem_of(error: str) -> str:
-    if error.startswith(readers.TOO_LARGE):
-        return "too_large"
-    if error.startswith("bytes that do not decode"):
-        return "undecodable"
-    if error.startswith("expected") and "columns" in error:
-        return "column_count"
-    if error.startswith("expected a JSON object"):
-        return "not_an_object"
-    return "invalid_json" if "JSON" in error else "unreadable"
-
-
-def _content_key(values: list[Any], attrs: str | None) -> str:
-    """A key for rows without a natural one: the same content is the same row."""
-    return hashlib.blake2b(repr((values, attrs)).encode(), digest_size=12).hexdigest()
-
-
-def _raw_text(row: Any, header: list[str] | None) -> str | None:
-    """The row as it was read, for the rejects table; undecodable bytes are shown escaped."""
-    if row is None:
-        return None
-    if isinstance(row, bytes):
-        return row.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
-    if isinstance(row, list) and header is not None:
-        text = ",".join(row)
-    else:
-        text = json.dumps(row, ensure_ascii=False)
-    return _SURROGATE.sub(_escaped, text)
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _escaped(match: re.Match[str]) -> str:
-    """A byte that did not decode (kept as U+DC00 + byte) as \\xNN; any other lone
-    surrogate as \\uXXXX: SQLite stores UTF-8, which has no room for them."""
-    code = ord(match.group())
-    return f"\\x{code - 0xDC00:02x}" if 0xDC00 <= code <= 0xDCFF else f"\\u{code:04x}"
-
-
 def ingest(
     db: sqlite_utils.Database,
     config: Config,
@@ -547,6 +549,7 @@ def ingest(
     *,
     force: bool = False,
     on_file: Callable[[Source, Path], ProgressCallback | None] | None = None,
+    worker_from: int | None = WORKER_FROM_BYTES,
 ) -> list[IngestResult]:
     """Ingest the given files into one source, or every declared file of one or all sources."""
     if paths and source_name is None:
@@ -559,6 +562,14 @@ def ingest(
         for path in files:
             on_progress = on_file(source, path) if on_file else None
             results.append(
-                ingest_file(db, source, path, force=force, on_progress=on_progress, screen=screen)
+                ingest_file(
+                    db,
+                    source,
+                    path,
+                    force=force,
+                    on_progress=on_progress,
+                    screen=screen,
+                    worker_from=worker_from,
+                )
             )
     return results

@@ -158,18 +158,20 @@ def open_rows(
     delimiter: str | None = ",",
     limits: Limits = DEFAULT_LIMITS,
     columns: Collection[str] = (),
+    end: int | None = None,
 ) -> Iterator[tuple[list[str] | None, Iterator[RowResult], Progress]]:
     """Open a file and yield its CSV header (None for JSON), its rows and its progress.
 
     `columns` are those the source maps: a CSV header with none of them may be a row of data,
-    and is quoted masked (see is_known_header)."""
+    and is quoted masked (see is_known_header). A JSON Lines file is read up to `end`, a line's
+    start (ingest_worker.split_point), where one is given."""
     with path.open("rb") as stream, _csv_field_limit(limits.field_chars):
         if _holds_nothing(stream, encoding):
             raise IngestError("the file is empty")
         stream.seek(0)
         progress = Progress(stream, path.stat().st_size)
         if fmt == "jsonl":
-            yield None, read_jsonl(stream, encoding, limits), progress
+            yield None, read_jsonl(stream, encoding, limits, end=end), progress
         elif fmt == "json" and encoding in ("utf-8", "utf-8-sig"):
             yield None, read_json(stream, limits=limits), progress
         else:
@@ -380,14 +382,21 @@ def _utf8_size(row: list[str]) -> int:
 
 
 def read_jsonl(
-    stream: BinaryIO, encoding: str, limits: Limits = DEFAULT_LIMITS
+    stream: BinaryIO,
+    encoding: str,
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    first_line: int = 1,
+    end: int | None = None,
 ) -> Iterator[RowResult]:
     """Objects from a JSON Lines file; a blank line yields (line, None, None).
 
-    Each line is read limits.row_bytes at most: one longer is passed by and rejected."""
+    Each line is read limits.row_bytes at most: one longer is passed by and rejected. The
+    stream may start at a later line, numbered `first_line`, and stop at `end`, a line's start
+    (a part of the file, see ingest_worker)."""
     longest = limits.row_bytes + 2  # a line of row_bytes and its \r\n
-    number = 0
-    while raw := stream.readline(longest):
+    number = first_line - 1
+    while (end is None or stream.tell() < end) and (raw := stream.readline(longest)):
         number += 1
         if len(raw) == longest and not raw.endswith(b"\n"):  # the line goes on
             while (chunk := stream.readline(SKIP_CHUNK)) and not chunk.endswith(b"\n"):

@@ -12,26 +12,34 @@ from cdp_cli.store import open_store
 
 
 def store_after(
-    folder: Path, config_text: str, source: str, files: list[bytes], suffix: str, set_work: bool
+    folder: Path,
+    config_text: str,
+    source: str,
+    files: list[bytes],
+    suffix: str,
+    set_work: bool,
+    worker_from: int | None = None,
 ) -> dict[str, Any]:
     """Ingest the files (named *.suffix) in turn, the first again at the end (forced), into a
-    new store, as set work or row by row: what the store then holds and what each ingest said."""
+    new store, as set work or row by row, and with a second process reading JSON Lines files
+    of `worker_from` bytes or more: what the store then holds and what each ingest said."""
     config_path = folder / "cdp.yaml"
     config_path.write_text(config_text, encoding="utf-8")
-    config = load_config(config_path, folder / f"{set_work}.db")
+    store = folder / f"{set_work}-{worker_from}.db"
+    config = load_config(config_path, store)
     paths = []
     for number, content in enumerate(files):
         path = folder / f"{number}.{suffix}"
         path.write_bytes(content)
         paths.append(path)
-    db = open_store(folder / f"{set_work}.db")
+    db = open_store(store)
     said: list[Any] = []
     before = ingest_module.SET_WORK
     ingest_module.SET_WORK = set_work
     try:
         for path in paths:
-            said += ingest(db, config, source, [path])
-        said += ingest(db, config, source, paths[:1], force=True)
+            said += ingest(db, config, source, [path], worker_from=worker_from)
+        said += ingest(db, config, source, paths[:1], force=True, worker_from=worker_from)
     finally:
         ingest_module.SET_WORK = before
     table = config.source(source).kind.table

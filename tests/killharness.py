@@ -58,6 +58,9 @@ AS_OF = "2026-11-15"
 NOW = "2026-11-15 10:30"
 COMMANDS: dict[str, tuple[str, ...]] = {
     "ingest": ("ingest", "--silent"),
+    # The same ingest with a second process reading each JSON Lines file's later lines
+    # (ingest_worker.py), forced on these small files: kills reach the first process.
+    "ingest, 2 processes": ("ingest", "--silent", "--worker-from", "1"),
     "resolve": ("resolve",),
     "tag": ("tag", "--as-of", AS_OF),
     "journey run": ("journey", "run", "--now", NOW),
@@ -66,7 +69,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "journey run, 2 processes": ("journey", "run", "--now", NOW, "--render-worker-from", "1"),
 }
 # Commands that start where another starts, instead of where the one before them ends.
-SAME_START = {"journey run, 2 processes": "journey run"}
+SAME_START = {"journey run, 2 processes": "journey run", "ingest, 2 processes": "ingest"}
 STRIDE = 8  # every 8th row of each sample export: ~4,000 rows, every feature still exercised
 # Tables where each run records itself: a rerun after a kill adds its own row by design.
 RUN_LOGS = ("schema_migrations", "resolve_runs", "tag_runs", "feature_runs", "journey_runs")

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from cdp_cli import workers
 from cdp_cli.cli import cli
 from cdp_cli.messaging import engine, rendering
 from cdp_cli.messaging.channels import CHANNELS
@@ -369,14 +370,14 @@ def test_a_batch_crosses_the_pipe_as_it_was_made() -> None:
 
     batch = (("one_id",), ("x",), {"name": "花漾"}, [("C1", (1, 2.5, None), {"k": "v"}, b"\xe8")])
     dated = {"founded": datetime.date(2020, 1, 1)}
-    pipe = io.BytesIO(rendering.frame(batch) + rendering.frame(dated) + rendering.frame(None))
-    assert rendering.read_frame(pipe) == batch
-    assert rendering.read_frame(pipe) == dated
-    assert rendering.read_frame(pipe) is None
+    pipe = io.BytesIO(workers.frame(batch) + workers.frame(dated) + workers.frame(None))
+    assert workers.read_frame(pipe) == batch
+    assert workers.read_frame(pipe) == dated
+    assert workers.read_frame(pipe) is None
     with pytest.raises(EOFError):
-        rendering.read_frame(pipe)
+        workers.read_frame(pipe)
     with pytest.raises(EOFError):
-        rendering.read_frame(io.BytesIO(rendering.frame(batch)[:-1]))
+        workers.read_frame(io.BytesIO(workers.frame(batch)[:-1]))
 
 
 def test_a_message_context_shows_the_wechat_openid_and_push_device_address_finds() -> None:

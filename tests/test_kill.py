@@ -38,9 +38,13 @@ SLOW = {"timing": 140, "points": 110}
 LIGHT: dict[str, dict[str, Any]] = {
     "journey run, 2 processes": {"timing": 6, "points": 6, "every_boundary": False},
     "ingest": {**DEFAULT, "every_boundary": False},
+    "ingest, 2 processes": {"timing": 3, "points": 3, "every_boundary": False},
     "journey run": {**DEFAULT, "every_boundary": False},
 }
-SLOW_LIGHT: dict[str, dict[str, Any]] = {"journey run, 2 processes": {"timing": 50, "points": 50}}
+SLOW_LIGHT: dict[str, dict[str, Any]] = {
+    "journey run, 2 processes": {"timing": 50, "points": 50},
+    "ingest, 2 processes": {"timing": 50, "points": 50},
+}
 
 
 @pytest.fixture(scope="session")  # per process: an xdist worker builds it once, not per visit
@@ -91,6 +95,10 @@ def test_the_project_exercises_every_stage(harness: Harness) -> None:
     two = harness.references["journey run, 2 processes"]
     assert two.start == journeys.start
     assert compare(two.after, journeys.after) == []  # the worker sends what one process sends
+    ingest = harness.references["ingest"]
+    two_reading = harness.references["ingest, 2 processes"]
+    assert two_reading.start == ingest.start
+    assert compare(two_reading.after, ingest.after) == []  # and stores what one stores
     ids = [json.loads(m)["message_id"] for m in journeys.after.outbound.messages]
     assert len({i.split(":")[0] for i in ids}) >= 2, "messages from at least two journeys"
     enrolments = Counter(i.rsplit(":", 1)[0] for i in ids if i.startswith("two_sends:"))

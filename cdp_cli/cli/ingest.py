@@ -25,6 +25,13 @@ if TYPE_CHECKING:
 @click.option("--source", "-s", "source_name", metavar="NAME", help="The source in cdp.yaml.")
 @click.option("--force", is_flag=True, help="Ingest files again even if seen before.")
 @click.option("--strict", is_flag=True, help="Exit 1 if any row was rejected.")
+@click.option(
+    "--worker-from",
+    type=click.IntRange(min=1),
+    default=None,
+    hidden=True,  # for the tests and benchmarks: ingest_worker.WORKER_FROM_BYTES is the default
+    help="Read a JSON Lines file of this many bytes or more with a second process.",
+)
 @silent_option
 @json_option
 @writes_store()
@@ -35,6 +42,7 @@ def ingest_command(
     source_name: str | None,
     force: bool,
     strict: bool,
+    worker_from: int | None,
     silent: bool,
     json_: bool,
 ) -> None:
@@ -51,6 +59,7 @@ def ingest_command(
       cdp ingest --source shop_orders --strict     exit 1 if any row was rejected
     """
     from cdp_cli.ingest import ingest
+    from cdp_cli.ingest_worker import WORKER_FROM_BYTES
 
     config = project.config
     with project.store() as db, out.progress_bars(silent) as start:
@@ -61,6 +70,7 @@ def ingest_command(
             list(files) or None,
             force=force,
             on_file=lambda source, path: start(f"{source.name} {path.name}", 0),
+            worker_from=WORKER_FROM_BYTES if worker_from is None else worker_from,
         )
     out.emit(results, json_, print_ingest)
     if not results:

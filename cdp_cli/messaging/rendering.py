@@ -20,34 +20,25 @@ from __future__ import annotations
 
 import contextlib
 import json
-import marshal
-import os
 import pickle
 import queue
-import struct
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any, NamedTuple, cast
 
-import cdp_cli
+from cdp_cli import workers
 from cdp_cli.errors import CdpError, TemplateError
 from cdp_cli.messaging import links
 from cdp_cli.messaging.channels import Outbound, placeholder_problem
 from cdp_cli.messaging.templates import TemplateStore
+from cdp_cli.workers import frame, read_frame
 
 # Due enrolments from which a journey's run renders in a second process; below, starting one
 # (about 0.3 s of a fresh Python importing Jinja) costs more than it gives.
 RENDER_WORKER_FROM = 20_000
-# `python -c` puts the current folder first on sys.path: left there, a `cdp_cli` folder in it
-# (a checkout of another commit, say) would be the worker's cdp_cli, not the first process's.
-WORKER_COMMAND = (
-    "import sys; sys.path[:1] = [p for p in sys.path[:1] if p]; "
-    "from cdp_cli.messaging.rendering import worker_main; worker_main()"
-)
 # Batches handed to the worker and not collected yet: one rendering, one waiting in its pipe.
 IN_FLIGHT = 2
 _GONE = object()  # the reader thread's answer when the worker's stdout ends
@@ -167,35 +158,6 @@ def render_batch(
     return rendered
 
 
-# What crosses the pipes, each way: frames of a kind (marshal or pickle) and a length. A batch
-# is tuples, lists and dicts of str, int, float and None, which marshal writes and reads several
-# times faster than pickle (a million messages cross); anything else marshal refuses (a value
-# of another type in cdp.yaml's brand, say) goes as a pickle.
-_FRAME = struct.Struct(">cQ")
-_MARSHAL, _PICKLE = b"m", b"p"
-
-
-def frame(value: Any) -> bytes:
-    """`value` as one frame for the pipe."""
-    try:
-        kind, data = _MARSHAL, marshal.dumps(value)
-    except ValueError:  # unmarshallable: a type marshal does not write
-        kind, data = _PICKLE, pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-    return _FRAME.pack(kind, len(data)) + data
-
-
-def read_frame(pipe: IO[bytes]) -> Any:
-    """The next frame's value; EOFError when the pipe ends (between frames or inside one)."""
-    head = pipe.read(_FRAME.size)
-    if len(head) < _FRAME.size:
-        raise EOFError
-    kind, size = _FRAME.unpack(head)
-    data = pipe.read(size)
-    if len(data) < size:
-        raise EOFError
-    return marshal.loads(data) if kind == _MARSHAL else pickle.loads(data)
-
-
 def serve(jobs: IO[bytes], results: IO[bytes]) -> None:
     """The worker's loop: the TemplateStore's settings, then a batch of jobs in and its rendered
     messages out, each a frame, until the first process closes the pipe (or dies)."""
@@ -220,20 +182,12 @@ class RenderWorker:
     writes the outbox of the one before. Two threads of this process carry the pipes (one
     writes the batches, one reads the answers), so neither process ever waits on a full pipe.
 
-    A plain `python -c WORKER_COMMAND` with pipes for stdin and stdout: it
-    inherits no file of this process (the store, its lock), imports nothing of the caller's
-    script (as multiprocessing's spawn would), and, in a session of its own, is not sent the
-    terminal's Ctrl-C (this process ends it)."""
+    A plain `python -c` (workers.start): it inherits no file of this process, and is not
+    sent the terminal's Ctrl-C (this process ends it)."""
 
     def __init__(self, templates: TemplateStore) -> None:
         self.journey = ""  # the journey it renders for, named if it dies
-        package = str(Path(cdp_cli.__file__).resolve().parents[1])  # cdp_cli as imported here
-        path = os.pathsep.join(p for p in (package, os.environ.get("PYTHONPATH")) if p)
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", WORKER_COMMAND],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": path}, start_new_session=True,
-        )  # fmt: skip
+        self.process = workers.start("cdp_cli.messaging.rendering", "worker_main")
         assert self.process.stdin is not None and self.process.stdout is not None
         self._jobs, self._results = self.process.stdin, self.process.stdout
         self.in_flight = 0
@@ -312,11 +266,7 @@ class RenderWorker:
             self._answers.put(_GONE)
 
     def _died(self) -> CdpError:
-        try:
-            code = self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            code = None
-        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
+        how = workers.exit_description(self.process)
         return CdpError(
             f"journey {self.journey}: the process rendering its messages ended ({how}); "
             "nothing of this journey's run was kept: run it again"
@@ -326,9 +276,7 @@ class RenderWorker:
 def worker_main() -> None:
     """The worker process: jobs on stdin, answers on stdout (anything printed by mistake goes
     to stderr instead)."""
-    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    serve(sys.stdin.buffer, answers)
+    serve(sys.stdin.buffer, workers.answers_pipe())
 
 
 class Workers:
