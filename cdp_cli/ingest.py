@@ -256,10 +256,11 @@ def _second_process(
     mapping its rows as this one maps them; None where this process reads the file whole."""
     if fmt != "jsonl" or encoding not in ingest_worker.ENCODINGS or tombstones is not None:
         return None
-    split = ingest_worker.split_point(path, worker_from)
+    set_work = SET_WORK and ingest_set.json_plan_for(RowMapper(source, None)) is not None
+    share = ingest_worker.FIRST_SHARE_SET if set_work else ingest_worker.FIRST_SHARE_ROWS
+    split = ingest_worker.split_point(path, worker_from, share)
     if split is None:
         return None
-    set_work = SET_WORK and ingest_set.json_plan_for(RowMapper(source, None)) is not None
     try:
         return MapWorker(source, path, split, encoding, batch_id, set_work)
     except OSError:  # no second process to be had (no fork, no Python): this one reads it all

@@ -33,10 +33,13 @@ from cdp_cli.workers import frame, read_frame
 
 # The smallest file read by two processes: below it, starting one (about 0.3 s) gives little.
 WORKER_FROM_BYTES = 16 * 1024 * 1024
-# The first process's part of the file: besides its own lines, it stages and writes every row
-# the second process sends, so it reads less than half (measured at 1M: app events, shop
-# orders).
-FIRST_SHARE = 0.4
+# The first process's part of the file's bytes, so that both processes end together. Besides
+# its own lines, it stages every row the second sends: on the set path a row costs it about a
+# quarter of what mapping one does (app events), on the row path about a ninth (shop orders,
+# whose rows cost more to map). Measured at 1M: the second process waited for the first, or
+# the first for it, less than a second.
+FIRST_SHARE_SET = 0.4
+FIRST_SHARE_ROWS = 0.45
 # Chunks read from the worker and not staged yet: the worker waits when they are this many,
 # so a first process slower than it never holds more than these in memory.
 IN_FLIGHT = 4
@@ -47,14 +50,14 @@ Chunk = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]
 _GONE = object()  # what the reader thread queues when the worker's stdout ends
 
 
-def split_point(path: Path, worker_from: int | None) -> int | None:
+def split_point(path: Path, worker_from: int | None, share: float) -> int | None:
     """Where the second process's part of the file starts (the start of the first line at or
-    after FIRST_SHARE of its bytes), or None when one process reads it all."""
+    after `share` of its bytes), or None when one process reads it all."""
     size = path.stat().st_size
     if worker_from is None or size < worker_from:
         return None
     with path.open("rb") as stream:
-        stream.seek(max(int(size * FIRST_SHARE) - 1, 0))
+        stream.seek(max(int(size * share) - 1, 0))
         while (chunk := stream.readline(_SKIP)) and not chunk.endswith(b"\n"):
             pass  # to the end of the line holding that byte, a long one in pieces
         start = stream.tell()

@@ -1,7 +1,7 @@
 """A large JSON Lines file read by two processes (ingest_worker) stores what one process stores.
 
 The tests force the second process on small files (`worker_from` 1 byte, or the hidden
-`--worker-from 1`) and move the split anywhere in the file (FIRST_SHARE): the store must hold
+`--worker-from 1`) and move the split anywhere in the file (FIRST_SHARE_*): the store must hold
 the same rows with the same ids, the same rejects in the same order, and the same batch
 counts, for sources the set path maps (events) and the row path maps (orders with items).
 A spy on MapWorker counts the rows the second process sent, so a test whose file was read by
@@ -123,12 +123,12 @@ def files_of(source: str) -> st.SearchStrategy[bytes]:
 def check_same(source: str, files: list[bytes], share: float, sent: list[int]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         one = store_after(Path(folder), CONFIG, source, files, "jsonl", set_work=True)
-        before = ingest_worker.FIRST_SHARE
-        ingest_worker.FIRST_SHARE = share
+        shares = ingest_worker.FIRST_SHARE_SET, ingest_worker.FIRST_SHARE_ROWS
+        ingest_worker.FIRST_SHARE_SET = ingest_worker.FIRST_SHARE_ROWS = share
         try:
             two = store_after(Path(folder), CONFIG, source, files, "jsonl", True, worker_from=1)
         finally:
-            ingest_worker.FIRST_SHARE = before
+            ingest_worker.FIRST_SHARE_SET, ingest_worker.FIRST_SHARE_ROWS = shares
     assert two == one
     splits = [f for f in files if _splits(f, share)]
     assert len(sent) == len(splits) + (1 if _splits(files[0], share) else 0)  # and the rerun
