@@ -253,16 +253,21 @@ def _second_process(
     worker_from: int | None,
 ) -> MapWorker | None:
     """The process that reads the later part of a large JSON Lines file (see ingest_worker),
-    mapping its rows as this one maps them; None where this process reads the file whole."""
-    if fmt != "jsonl" or encoding not in ingest_worker.ENCODINGS or tombstones is not None:
+    mapping its rows as this one maps them, and screening them against the same tombstones;
+    None where this process reads the file whole."""
+    if fmt != "jsonl" or encoding not in ingest_worker.ENCODINGS:
         return None
-    set_work = SET_WORK and ingest_set.json_plan_for(RowMapper(source, None)) is not None
+    set_work = (
+        SET_WORK
+        and tombstones is None
+        and ingest_set.json_plan_for(RowMapper(source, None)) is not None
+    )
     share = ingest_worker.FIRST_SHARE_SET if set_work else ingest_worker.FIRST_SHARE_ROWS
     split = ingest_worker.split_point(path, worker_from, share)
     if split is None:
         return None
     try:
-        return MapWorker(source, path, split, encoding, batch_id, set_work)
+        return MapWorker(source, path, split, encoding, batch_id, set_work, tombstones)
     except OSError:  # no second process to be had (no fork, no Python): this one reads it all
         return None
 

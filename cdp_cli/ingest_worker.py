@@ -10,8 +10,9 @@ as they come and writes them after its own rows, so the stored rows, their ids, 
 and their order are those one process gives (tests/test_ingest_worker.py).
 
 The second process opens the file, never the store; a file's one transaction, its rollback
-and its kill guarantee stay the first process's. A store with tombstones is read by one
-process: each row is screened against forgotten people, whom only the store knows.
+and its kill guarantee stay the first process's. Where the store holds forgotten people, the
+first process loads their tombstones inside the file's transaction, as ever, and sends them
+along, so both screen every row against the same ones.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from cdp_cli import ingest_set, readers, workers
 from cdp_cli.config import Source
 from cdp_cli.errors import IngestError
+from cdp_cli.identity.tombstones import Tombstones
 from cdp_cli.ingest_rows import IngestResult, RowMapping, map_chunks
 from cdp_cli.mapping import RowMapper
 from cdp_cli.workers import frame, read_frame
@@ -80,7 +82,14 @@ class MapWorker:
     chunks, and never gets more than IN_FLIGHT chunks ahead."""
 
     def __init__(
-        self, source: Source, path: Path, start: int, encoding: str, batch_id: int, set_work: bool
+        self,
+        source: Source,
+        path: Path,
+        start: int,
+        encoding: str,
+        batch_id: int,
+        set_work: bool,
+        tombstones: Tombstones | None,
     ) -> None:
         self.process = workers.start("cdp_cli.ingest_worker", "worker_main")
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -92,7 +101,7 @@ class MapWorker:
         self._results = self.process.stdout
         with contextlib.suppress(OSError):  # a worker gone already is told by rest()
             self.process.stdin.write(
-                frame((source, str(path), start, encoding, batch_id, set_work))
+                frame((source, str(path), start, encoding, batch_id, set_work, tombstones))
             )
             self.process.stdin.close()
         self._thread = threading.Thread(target=self._read, name="ingest worker", daemon=True)
@@ -160,7 +169,13 @@ class MapWorker:
 
 
 def map_part(
-    source: Source, path: Path, start: int, encoding: str, batch_id: int, set_work: bool
+    source: Source,
+    path: Path,
+    start: int,
+    encoding: str,
+    batch_id: int,
+    set_work: bool,
+    tombstones: Tombstones | None = None,
 ) -> Iterator[tuple[Any, ...]]:
     """The worker's messages: each chunk of its part of the file as the first process would
     map it (taken rows, mapped rows, rejects, and how far it has read), then its counts."""
@@ -171,7 +186,7 @@ def map_part(
         mapper = RowMapper(source, None)
         plan = ingest_set.json_plan_for(mapper) if set_work else None
         result = IngestResult(source.name, str(path), "done", batch_id=batch_id)
-        mapping = RowMapping(mapper, result, None)
+        mapping = RowMapping(mapper, result, tombstones)
         take = plan.take if plan is not None else None
         for taken, mapped, rejects in map_chunks(rows, take, mapping):
             yield ("chunk", taken, mapped, rejects, stream.tell())
@@ -183,11 +198,12 @@ def worker_main() -> None:
     the first process has gone (its pipe breaks)."""
     answers = workers.answers_pipe()
     try:
-        source, path, start, encoding, batch_id, set_work = read_frame(sys.stdin.buffer)
+        source, path, start, encoding, batch_id, set_work, tombstones = read_frame(sys.stdin.buffer)
     except (EOFError, OSError):  # the first process has gone
         return
     try:
-        for message in map_part(source, Path(path), start, encoding, batch_id, set_work):
+        settings = (source, Path(path), start, encoding, batch_id, set_work, tombstones)
+        for message in map_part(*settings):
             try:
                 answers.write(frame(message))
                 answers.flush()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -29,6 +30,7 @@ from hypothesis import strategies as st
 
 from cdp_cli import ingest_worker
 from cdp_cli.cli import cli
+from cdp_cli.identity.tombstones import FORGOTTEN_RAW
 from cdp_cli.ingest_worker import MapWorker
 from tests.ingest_compare import store_after
 from tests.killharness import REPO, env
@@ -216,28 +218,48 @@ def test_the_sample_exports_land_the_same_from_two_processes(
     assert len(worker_rows) == 2 and all(worker_rows)
 
 
-def test_a_file_below_the_size_or_with_tombstones_is_read_by_one_process(
+def test_a_file_below_the_size_is_read_by_one_process(
     tmp_path: Path, worker_rows: list[int]
 ) -> None:
     config = _project(tmp_path)
-    base = ["--config", str(config)]
-    runner = CliRunner()
-    result = runner.invoke(cli, [*base, "ingest", "-s", "app_events", "--silent"])
+    result = CliRunner().invoke(cli, ["--config", str(config), "ingest", "-s", "app_events"])
     assert result.exit_code == 0, result.output
     assert worker_rows == []  # the sample's 5 MB, below WORKER_FROM_BYTES
     size = (REPO / "sample_data/app_events.jsonl").stat().st_size
     assert size < ingest_worker.WORKER_FROM_BYTES
-    assert runner.invoke(cli, [*base, "ingest", "-s", "crm_members", "--silent"]).exit_code == 0
-    assert runner.invoke(cli, [*base, "resolve"]).exit_code == 0
-    with sqlite3.connect(tmp_path / "cdp.db") as conn:
-        (one_id,) = conn.execute("SELECT min(one_id) FROM profiles").fetchone()
-    forget = runner.invoke(cli, [*base, "forget", one_id, "--yes"])
-    assert forget.exit_code == 0, forget.output
-    again = runner.invoke(
-        cli, [*base, "ingest", "-s", "shop_orders", "--silent", "--worker-from", "1"]
-    )
-    assert again.exit_code == 0, again.output
-    assert worker_rows == []  # each row is screened against the store's tombstones
+
+
+def test_both_processes_refuse_the_rows_of_a_forgotten_person(
+    tmp_path: Path, worker_rows: list[int]
+) -> None:
+    """The tombstones go to the second process too: a forgotten buyer's orders, in either
+    part of the file, are rejected alike and their lines are not kept."""
+    first = tmp_path / "first"
+    first.mkdir()
+    base = ["--config", str(_project(first))]
+    runner = CliRunner()
+    for args in (["ingest", "-s", "crm_members"], ["ingest", "-s", "shop_orders"], ["resolve"]):
+        assert runner.invoke(cli, [*base, *args]).exit_code == 0
+    with sqlite3.connect(first / "cdp.db") as conn:
+        (one_id,) = conn.execute(  # the buyer of the file's last order: the second's part
+            "SELECT k.one_id FROM orders o JOIN identity_keys k ON k.key = o.identity_key "
+            "WHERE o.source = 'shop_orders' AND k.one_id IS NOT NULL ORDER BY o.line DESC LIMIT 1"
+        ).fetchone()
+    assert runner.invoke(cli, [*base, "forget", one_id, "--yes"]).exit_code == 0
+    stored = []
+    for name, extra in (("one", []), ("two", ["--worker-from", "1"])):
+        folder = tmp_path / name
+        folder.mkdir()
+        for path in first.glob("cdp.db*"):
+            shutil.copy(path, folder / path.name)
+        args = ["--config", str(_project(folder)), "ingest", "-s", "shop_orders", "--force"]
+        result = runner.invoke(cli, [*args, "--silent", *extra])
+        assert result.exit_code == 0, result.output
+        stored.append(_stored(folder / "cdp.db"))
+    assert stored[1] == stored[0]
+    forgotten = [r for r in stored[0]["rejects"] if r[4] == "forgotten"]
+    assert forgotten and all(r[-1] == FORGOTTEN_RAW for r in forgotten)
+    assert len(worker_rows) == 1 and worker_rows[0]
 
 
 def test_a_second_process_that_dies_fails_the_file_and_keeps_what_was_stored(

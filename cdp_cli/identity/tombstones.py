@@ -20,6 +20,7 @@ import re
 import sqlite3
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
+from typing import Any
 
 from cdp_cli.canonical import IDENTITY_FIELDS, ITEM_FIELDS
 from cdp_cli.identity.normalize import Normalizer
@@ -66,9 +67,15 @@ class Tombstones:
         self.salt = salt
         self.hashes = hashes
         self.types = types
+        self.rules, self.region = rules, region
         self.normalizer = Normalizer(rules, region)
         self._hash = lru_cache(maxsize=1 << 16)(self._compute)
         self._by_key: dict[int, str | None] = {}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Sent to ingest's second process (ingest_worker) as what it is made of: the caches
+        are made again there."""
+        return (Tombstones, (self.salt, self.hashes, self.types, self.rules, self.region))
 
     @classmethod
     def load(cls, conn: sqlite3.Connection, rules: IdentityRules, region: str) -> Tombstones | None:
