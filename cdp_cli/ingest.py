@@ -23,8 +23,7 @@ from cdp_cli.config import Config, Source
 from cdp_cli.errors import IngestError, UsageError, system_fault
 from cdp_cli.identity.tombstones import Screen, Tombstones
 from cdp_cli.ingest_rows import CHUNK_ROWS, IngestResult, RowMapping, map_chunks
-from cdp_cli.ingest_set import drop_stage
-from cdp_cli.ingest_worker import WORKER_FROM_BYTES, MapWorker
+from cdp_cli.ingest_worker import WORKER_FROM_BYTES, MapWorker, Part
 from cdp_cli.integrity import is_damage, store_file
 from cdp_cli.mapping import RowMapper
 from cdp_cli.parsing import (
@@ -267,7 +266,7 @@ def _second_process(
     if split is None:
         return None
     try:
-        return MapWorker(source, path, split, encoding, batch_id, set_work, tombstones)
+        return MapWorker(Part(source, path, split, encoding, batch_id, set_work, tombstones))
     except OSError:  # no second process to be had (no fork, no Python): this one reads it all
         return None
 
@@ -304,7 +303,7 @@ class _RowLoader(RowMapping):
         conn = self.conn
         second = _SecondPart(conn, worker, self._stage_second) if worker else None
         if second is not None:
-            drop_stage(conn)
+            ingest_set.drop_stage(conn)
             values = ", ".join(f"v{i}" for i in range(len(self.columns)))
             conn.execute(
                 f"CREATE TABLE {_SECOND_ROWS} (line INTEGER PRIMARY KEY, key, {values}, attrs)"
@@ -331,7 +330,7 @@ class _RowLoader(RowMapping):
             (self.mapper.source.name, self.result.batch_id),
         ).rowcount
         second.write_rejects()
-        drop_stage(conn)
+        ingest_set.drop_stage(conn)
         return changed
 
     def _stage_second(self, taken: list[tuple[Any, ...]], mapped: list[tuple[Any, ...]]) -> None:
@@ -470,10 +469,7 @@ class _SecondPart:
         self.rejected = False
 
     def create(self) -> None:
-        self.conn.execute(
-            f"CREATE TABLE {ingest_set.STAGED_REJECTS} "
-            "(batch_id, source, line, problem, field, reason, raw)"
-        )
+        ingest_set.create_staged_rejects(self.conn)
 
     def stage_ready(self) -> None:
         """Stage what the worker has sent so far (it goes on meanwhile)."""

@@ -433,9 +433,7 @@ def create_stage(conn: sqlite3.Connection, plan: SetPlan, columns: int) -> tuple
     conn.execute(f"CREATE TABLE {STAGE} (line INTEGER PRIMARY KEY, {', '.join(cells)})")
     values = ", ".join(f"v{i}" for i in range(columns))
     conn.execute(f"CREATE TABLE {LEFTOVERS} (line INTEGER PRIMARY KEY, key, {values}, attrs)")
-    conn.execute(
-        f"CREATE TABLE {STAGED_REJECTS} (batch_id, source, line, problem, field, reason, raw)"
-    )
+    create_staged_rejects(conn)
     return (
         f"INSERT INTO {STAGE} VALUES ({', '.join('?' * (width + 1))})",
         f"INSERT INTO {LEFTOVERS} VALUES ({', '.join('?' * (columns + 3))})",
@@ -449,6 +447,13 @@ def drop_stage(conn: sqlite3.Connection) -> None:
     ).fetchall()
     for (name,) in names:
         conn.execute(f"DROP TABLE temp.{name}")
+
+
+def create_staged_rejects(conn: sqlite3.Connection) -> None:
+    """Rejects held back to be written in line order after others (rejects' columns)."""
+    conn.execute(
+        f"CREATE TABLE {STAGED_REJECTS} (batch_id, source, line, problem, field, reason, raw)"
+    )
 
 
 def stage_rejects_sql() -> str:

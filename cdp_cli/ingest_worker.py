@@ -23,7 +23,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cdp_cli import ingest_set, readers, workers
 from cdp_cli.config import Source
@@ -76,33 +76,35 @@ def lines_before(stream: Any, offset: int) -> int:
     return count
 
 
+class Part(NamedTuple):
+    """What the second process reads, and how: its part of the file (from `start`, a line's
+    start, to the end) and what the first process maps rows with."""
+
+    source: Source
+    path: Path
+    start: int
+    encoding: str
+    batch_id: int
+    set_work: bool  # the JSON Lines plan (ingest_set.json_plan_for) maps what it takes
+    tombstones: Tombstones | None
+
+
 class MapWorker:
     """The first process's side: the worker's chunks as they come. A thread reads the pipe
     into a bounded queue, so the worker never waits for the first process between two of its
     chunks, and never gets more than IN_FLIGHT chunks ahead."""
 
-    def __init__(
-        self,
-        source: Source,
-        path: Path,
-        start: int,
-        encoding: str,
-        batch_id: int,
-        set_work: bool,
-        tombstones: Tombstones | None,
-    ) -> None:
+    def __init__(self, part: Part) -> None:
         self.process = workers.start("cdp_cli.ingest_worker", "worker_main")
         assert self.process.stdin is not None and self.process.stdout is not None
-        self.start, self.read = start, 0  # bytes of its part read so far, for progress
+        self.start, self.read = part.start, 0  # bytes of its part read so far, for progress
         self.rows_read = self.skipped = 0
         self.reject_reasons: dict[str, int] = {}
         self._chunks: queue.Queue[Any] = queue.Queue(maxsize=IN_FLIGHT)
         self._done = False
         self._results = self.process.stdout
         with contextlib.suppress(OSError):  # a worker gone already is told by rest()
-            self.process.stdin.write(
-                frame((source, str(path), start, encoding, batch_id, set_work, tombstones))
-            )
+            self.process.stdin.write(frame(tuple(part)))
             self.process.stdin.close()
         self._thread = threading.Thread(target=self._read, name="ingest worker", daemon=True)
         self._thread.start()
@@ -168,25 +170,18 @@ class MapWorker:
             self._results.close()
 
 
-def map_part(
-    source: Source,
-    path: Path,
-    start: int,
-    encoding: str,
-    batch_id: int,
-    set_work: bool,
-    tombstones: Tombstones | None = None,
-) -> Iterator[tuple[Any, ...]]:
+def map_part(part: Part) -> Iterator[tuple[Any, ...]]:
     """The worker's messages: each chunk of its part of the file as the first process would
     map it (taken rows, mapped rows, rejects, and how far it has read), then its counts."""
-    with path.open("rb") as stream:
-        first_line = lines_before(stream, start) + 1
-        stream.seek(start)
-        rows = readers.read_jsonl(stream, encoding, source.limits, first_line=first_line)
+    source = part.source
+    with part.path.open("rb") as stream:
+        first_line = lines_before(stream, part.start) + 1
+        stream.seek(part.start)
+        rows = readers.read_jsonl(stream, part.encoding, source.limits, first_line=first_line)
         mapper = RowMapper(source, None)
-        plan = ingest_set.json_plan_for(mapper) if set_work else None
-        result = IngestResult(source.name, str(path), "done", batch_id=batch_id)
-        mapping = RowMapping(mapper, result, tombstones)
+        plan = ingest_set.json_plan_for(mapper) if part.set_work else None
+        result = IngestResult(source.name, str(part.path), "done", batch_id=part.batch_id)
+        mapping = RowMapping(mapper, result, part.tombstones)
         take = plan.take if plan is not None else None
         for taken, mapped, rejects in map_chunks(rows, take, mapping):
             yield ("chunk", taken, mapped, rejects, stream.tell())
@@ -198,12 +193,11 @@ def worker_main() -> None:
     the first process has gone (its pipe breaks)."""
     answers = workers.answers_pipe()
     try:
-        source, path, start, encoding, batch_id, set_work, tombstones = read_frame(sys.stdin.buffer)
+        part = Part(*read_frame(sys.stdin.buffer))
     except (EOFError, OSError):  # the first process has gone
         return
     try:
-        settings = (source, Path(path), start, encoding, batch_id, set_work, tombstones)
-        for message in map_part(*settings):
+        for message in map_part(part):
             try:
                 answers.write(frame(message))
                 answers.flush()
