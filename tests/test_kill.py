@@ -43,7 +43,7 @@ LIGHT: dict[str, dict[str, Any]] = {
 }
 SLOW_LIGHT: dict[str, dict[str, Any]] = {
     "journey run, 2 processes": {"timing": 50, "points": 50},
-    "ingest, 2 processes": {"timing": 50, "points": 50},
+    "ingest, 2 processes": {"timing": 30, "points": 30},
 }
 
 
