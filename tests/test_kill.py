@@ -38,7 +38,7 @@ SLOW = {"timing": 140, "points": 110}
 LIGHT: dict[str, dict[str, Any]] = {
     "journey run, 2 processes": {"timing": 6, "points": 6, "every_boundary": False},
     "ingest": {**DEFAULT, "every_boundary": False},
-    "ingest, 2 processes": {"timing": 3, "points": 3, "every_boundary": False},
+    "ingest, 2 processes": {"timing": 2, "points": 2, "every_boundary": False},
     "journey run": {**DEFAULT, "every_boundary": False},
 }
 SLOW_LIGHT: dict[str, dict[str, Any]] = {
