@@ -206,8 +206,17 @@ def _load(
     last_id = _largest_id(conn, table)
     # Into an empty table (a first load), the secondary indexes are built once at the end.
     first_load = last_id == 0 and conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None
-    assert result.batch_id is not None
-    worker = _second_process(source, path, fmt, encoding, tombstones, result.batch_id, worker_from)
+    # A JSON Lines file has no header: its mapper and plan are made before it is opened, once,
+    # and the second process (see ingest_worker) is told which of the two paths maps it.
+    json_mapper = json_plan = worker = None
+    if fmt == "jsonl":
+        json_mapper = RowMapper(source, None)
+        if SET_WORK and tombstones is None:
+            json_plan = ingest_set.json_plan_for(json_mapper)
+        assert result.batch_id is not None
+        worker = _second_process(
+            source, path, encoding, tombstones, result.batch_id, worker_from, json_plan is not None
+        )
     try:
         with (
             indexes_built_after(conn, table, first_load),
@@ -216,14 +225,11 @@ def _load(
                 end=worker.start if worker else None,
             ) as (header, rows, progress),
         ):  # fmt: skip
-            mapper = RowMapper(source, header)
+            mapper = json_mapper or RowMapper(source, header)
             loader = _RowLoader(conn, mapper, result, tombstones)
             plan = None
             if SET_WORK and header is not None and tombstones is None:
                 plan = ingest_set.plan_for(mapper, header, source.limits.attrs_bytes)
-            json_plan = None
-            if SET_WORK and header is None and fmt == "jsonl" and tombstones is None:
-                json_plan = ingest_set.json_plan_for(mapper)
             if plan is not None:
                 changed = _load_set(conn, plan, loader, rows, progress, on_progress)
             elif json_plan is not None:
@@ -245,22 +251,17 @@ def _load(
 def _second_process(
     source: Source,
     path: Path,
-    fmt: str,
     encoding: str,
     tombstones: Tombstones | None,
     batch_id: int,
     worker_from: int | None,
+    set_work: bool,
 ) -> MapWorker | None:
     """The process that reads the later part of a large JSON Lines file (see ingest_worker),
-    mapping its rows as this one maps them, and screening them against the same tombstones;
-    None where this process reads the file whole."""
-    if fmt != "jsonl" or encoding not in ingest_worker.ENCODINGS:
+    mapping its rows as this one maps them (`set_work`: with the file's JsonPlan), and
+    screening them against the same tombstones; None where this process reads it whole."""
+    if encoding not in ingest_worker.ENCODINGS:
         return None
-    set_work = (
-        SET_WORK
-        and tombstones is None
-        and ingest_set.json_plan_for(RowMapper(source, None)) is not None
-    )
     share = ingest_worker.FIRST_SHARE_SET if set_work else ingest_worker.FIRST_SHARE_ROWS
     split = ingest_worker.split_point(path, worker_from, share)
     if split is None:

@@ -46,7 +46,6 @@ FIRST_SHARE_ROWS = 0.45
 # so a first process slower than it never holds more than these in memory.
 IN_FLIGHT = 4
 ENCODINGS = ("utf-8", "utf-8-sig")  # where every b"\n" ends a line
-_SKIP = 1 << 20
 
 Chunk = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]
 _GONE = object()  # what the reader thread queues when the worker's stdout ends
@@ -60,7 +59,7 @@ def split_point(path: Path, worker_from: int | None, share: float) -> int | None
         return None
     with path.open("rb") as stream:
         stream.seek(max(int(size * share) - 1, 0))
-        while (chunk := stream.readline(_SKIP)) and not chunk.endswith(b"\n"):
+        while (chunk := stream.readline(readers.SKIP_CHUNK)) and not chunk.endswith(b"\n"):
             pass  # to the end of the line holding that byte, a long one in pieces
         start = stream.tell()
     return start if 0 < start < size else None
