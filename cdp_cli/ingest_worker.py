@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,27 +187,6 @@ def map_part(part: Part) -> Iterator[tuple[Any, ...]]:
 
 
 def worker_main() -> None:
-    """The worker process: its settings on stdin, chunks on stdout, until its part is read or
-    the first process has gone (its pipe breaks)."""
-    answers = workers.answers_pipe()
-    try:
-        part = Part(*read_frame(sys.stdin.buffer))
-    except (EOFError, OSError):  # the first process has gone
-        return
-    try:
-        for message in map_part(part):
-            try:
-                answers.write(frame(message))
-                answers.flush()
-            except OSError:  # the first process has gone
-                return
-    except OSError as exc:  # reading the file: said as the first process says it
-        _send_last(answers, ("fault", str(exc)))
-    except Exception as exc:  # a bug: said in the first process, which stops the file
-        _send_last(answers, ("error", f"{type(exc).__name__}: {exc}"))
-
-
-def _send_last(answers: Any, message: tuple[str, str]) -> None:
-    with contextlib.suppress(OSError):
-        answers.write(frame(message))
-        answers.flush()
+    """The worker process: its part on stdin, chunks on stdout, until its part is read or the
+    first process has gone. A read error goes back as the first process would say it."""
+    workers.serve(lambda request: map_part(Part(*request)), (OSError,))

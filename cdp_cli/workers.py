@@ -11,12 +11,14 @@ It ends when its pipe closes, whichever side dies, so a killed command leaves no
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import os
 import pickle
 import struct
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,6 +43,12 @@ def frame(value: Any) -> bytes:
 
 def read_frame(pipe: IO[bytes]) -> Any:
     """The next frame's value; EOFError when the pipe ends (between frames or inside one)."""
+    return frame_value(read_raw_frame(pipe))
+
+
+def read_raw_frame(pipe: IO[bytes]) -> tuple[bytes, bytes]:
+    """The next frame as it came (its kind and bytes), for a reader that holds many before it
+    uses them: bytes take a fraction of the memory of the tuples they hold."""
     head = pipe.read(_FRAME.size)
     if len(head) < _FRAME.size:
         raise EOFError
@@ -48,6 +56,12 @@ def read_frame(pipe: IO[bytes]) -> Any:
     data = pipe.read(size)
     if len(data) < size:
         raise EOFError
+    return kind, data
+
+
+def frame_value(raw: tuple[bytes, bytes]) -> Any:
+    """The value of a frame read_raw_frame gave."""
+    kind, data = raw
     return marshal.loads(data) if kind == _MARSHAL else pickle.loads(data)
 
 
@@ -74,6 +88,36 @@ def answers_pipe() -> IO[bytes]:
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     return answers
+
+
+def serve(work: Callable[[Any], Iterator[Any]], faults: tuple[type[Exception], ...]) -> None:
+    """In the second process: the first process's request from stdin, then each message of
+    `work(request)` on stdout, until the work is done or the first process has gone (its pipe
+    breaks). An exception of `faults` (reading a file, the store) goes back as ("fault",
+    text), for the first process to say as it would say it; any other as ("error", text): a
+    bug, which stops the first process's work too."""
+    answers = answers_pipe()
+    try:
+        request = read_frame(sys.stdin.buffer)
+    except (EOFError, OSError):  # the first process has gone
+        return
+    try:
+        for message in work(request):
+            try:
+                answers.write(frame(message))
+                answers.flush()
+            except OSError:  # the first process has gone
+                return
+    except faults as exc:
+        _send_last(answers, ("fault", str(exc)))
+    except Exception as exc:
+        _send_last(answers, ("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _send_last(answers: IO[bytes], message: tuple[str, str]) -> None:
+    with contextlib.suppress(OSError):
+        answers.write(frame(message))
+        answers.flush()
 
 
 def exit_description(process: subprocess.Popen[bytes]) -> str:

@@ -62,6 +62,9 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     # (ingest_worker.py), forced on these small files: kills reach the first process.
     "ingest, 2 processes": ("ingest", "--silent", "--worker-from", "1"),
     "resolve": ("resolve",),
+    # The same first run with a second process reading the tables after the members
+    # (identity/keys_worker.py), forced on this small store.
+    "resolve, 2 processes": ("resolve", "--worker-from", "0"),
     "tag": ("tag", "--as-of", AS_OF),
     "journey run": ("journey", "run", "--now", NOW),
     # The same run with a second process rendering (messaging/rendering.py), forced on this
@@ -69,7 +72,11 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "journey run, 2 processes": ("journey", "run", "--now", NOW, "--render-worker-from", "1"),
 }
 # Commands that start where another starts, instead of where the one before them ends.
-SAME_START = {"journey run, 2 processes": "journey run", "ingest, 2 processes": "ingest"}
+SAME_START = {
+    "journey run, 2 processes": "journey run",
+    "ingest, 2 processes": "ingest",
+    "resolve, 2 processes": "resolve",
+}
 STRIDE = 8  # every 8th row of each sample export: ~4,000 rows, every feature still exercised
 # Tables where each run records itself: a rerun after a kill adds its own row by design.
 RUN_LOGS = ("schema_migrations", "resolve_runs", "tag_runs", "feature_runs", "journey_runs")

@@ -226,17 +226,27 @@ staged_keys = st.lists(
 
 
 @settings(max_examples=300)
-@given(staged_keys)
-def test_the_graph_numbers_keys_as_staged_and_identifiers_by_type_and_value(keys):
+@given(staged_keys, st.data())
+def test_the_graph_numbers_keys_as_staged_and_identifiers_by_type_and_value(keys, data):
     """Graph.load against the numbering resolve had before it: key nodes in the order keys
     first came, identifier ids in (type, value) order, each identifier's key nodes once and
-    in key order, a value's detail its largest."""
+    in key order, a value's detail its largest. The keys after a split point are staged as a
+    second process's (keys_worker.py), mixed in anywhere among the first's: they number as
+    if they had come after them all."""
     import sqlite3
 
     from cdp_cli.identity.graph import Graph, stage
 
+    split = data.draw(st.integers(0, len(keys)))
+    first, second = keys[:split], keys[split:]
+    mixed = []
+    for second_next in data.draw(st.lists(st.booleans(), min_size=len(keys), max_size=len(keys))):
+        if first and not (second_next and second):
+            mixed.append((0, *first.pop(0)))
+        else:
+            mixed.append((1, *second.pop(0)))
     conn = sqlite3.connect(":memory:")
-    stage(conn, keys)
+    stage(conn, mixed)
     graph = Graph.load(conn, BUILTIN_TYPES)
     order = list(dict.fromkeys(key for key, _ in keys))
     assert list(graph.key_of) == order

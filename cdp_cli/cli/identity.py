@@ -40,6 +40,14 @@ if TYPE_CHECKING:
 @click.option(
     "--reject", metavar="PAIR", help="Never join a pair of records (a permanent cannot-link)."
 )
+@click.option(
+    "--worker-from",
+    type=click.IntRange(min=0),
+    default=None,
+    hidden=True,  # for the tests and benchmarks: keys.WORKER_FROM_ROWS is the default
+    help="On a full run, read the tables after the members with a second process from this "
+    "many rows.",
+)
 @silent_option
 @json_option
 @writes_store(unless=("explain_id", "review"))
@@ -53,6 +61,7 @@ def resolve_command(
     review: bool,
     accept: str | None,
     reject: str | None,
+    worker_from: int | None,
     silent: bool,
     json_: bool,
 ) -> None:
@@ -93,9 +102,11 @@ def resolve_command(
             decided = decide(db, accept or reject or "", "accepted" if accept else "rejected")
             out.emit(decided, json_, lambda d: out.note(_decided_line(d), silent))
             return
+        from cdp_cli.identity.keys import WORKER_FROM_ROWS
         from cdp_cli.identity.resolve import resolve
 
-        result = resolve(db, config, full=full)
+        rows = WORKER_FROM_ROWS if worker_from is None else worker_from
+        result = resolve(db, config, full=full, worker_from=rows)
         exported = None
         if export_path:
             from cdp_cli.identity.explain import export_mapping

@@ -24,23 +24,37 @@ from cdp_cli.store import sorting_cache
 Found = tuple[str, str, "str | None"]
 
 
-def stage(conn: sqlite3.Connection, keys: Iterable[tuple[int, Sequence[Found]]]) -> None:
-    """Stage keys, each with the identifiers it carries, in the order they come: a key with
-    none is still a node (a record that identifies no one keeps its key row)."""
+# Where the staged rowids of the keys a second process read (keys_worker.py) start: after
+# every key the first process read, in whatever order the two come, so that the keys number as
+# they do in one process, which reads the second's after its own.
+SECOND_PART = 1 << 40
+
+
+def stage(conn: sqlite3.Connection, keys: Iterable[tuple[int, int, Sequence[Found]]]) -> None:
+    """Stage keys, each (part, key, the identifiers it carries): part 0 in the order they
+    come, part 1 (the second process's) after all of part 0. A key with none is still a
+    node (a record that identifies no one keeps its key row)."""
     conn.execute(
         "CREATE TEMP TABLE IF NOT EXISTS graph_staged "
         "(key INTEGER NOT NULL, type TEXT, value TEXT, detail TEXT)"
     )
     conn.execute("DELETE FROM graph_staged")
 
-    def rows() -> Iterable[tuple[int, str | None, str | None, str | None]]:
-        for key, found in keys:
+    def rows() -> Iterable[tuple[int, int, str | None, str | None, str | None]]:
+        next_rowid = [1, SECOND_PART]
+        for part, key, found in keys:
+            rowid = next_rowid[part]
             if not found:
-                yield key, None, None, None
+                yield rowid, key, None, None, None
+                rowid += 1
             for type_name, value, detail in found:
-                yield key, type_name, value, detail
+                yield rowid, key, type_name, value, detail
+                rowid += 1
+            next_rowid[part] = rowid
 
-    conn.executemany("INSERT INTO graph_staged VALUES (?, ?, ?, ?)", rows())
+    conn.executemany(
+        "INSERT INTO graph_staged (rowid, key, type, value, detail) VALUES (?, ?, ?, ?, ?)", rows()
+    )
 
 
 _TABLES = (

@@ -4,8 +4,8 @@ new batches whose key is not resolved yet on an incremental one."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cdp_cli.canonical import IDENTITY_FIELDS, KINDS
 from cdp_cli.config import Config
@@ -13,7 +13,16 @@ from cdp_cli.identity.fields import FieldReader
 from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import key_walk
 
+if TYPE_CHECKING:
+    from cdp_cli.identity.normalize import Normalizer, Rejected
+    from cdp_cli.identity.tombstones import Tombstones
+
 KIND_TABLES = [kind.table for kind in KINDS.values()]
+# Rows in the kind tables after the first (their largest rowid: rows ever written, read from
+# each table's b-tree at once) from which a full run reads those tables in a second process
+# (keys_worker.py). Below it, starting one (about 0.3 s) gives little. 100k customers with
+# their orders and events hold about 1.6M.
+WORKER_FROM_ROWS = 1_000_000
 
 
 def _identity_columns(db: sqlite_utils.Database, config: Config, table: str) -> list[str]:
@@ -24,11 +33,26 @@ def _identity_columns(db: sqlite_utils.Database, config: Config, table: str) -> 
     return [c for c in wanted if c in present]
 
 
+class Segment(NamedTuple):
+    """The keys of a kind table from `low` (inclusive) to `high` (exclusive; None: no bound).
+    Identity keys are 64-bit hashes, spread evenly over that range."""
+
+    table: str
+    low: int | None = None
+    high: int | None = None
+
+
+EVERY_KEY = tuple(Segment(table) for table in KIND_TABLES)
+
+
 def new_keys(
-    db: sqlite_utils.Database, config: Config, after_batch: int | None
+    db: sqlite_utils.Database,
+    config: Config,
+    after_batch: int | None,
+    segments: Sequence[Segment] = EVERY_KEY,
 ) -> Iterator[tuple[int, dict[str, str | None]]]:
     """(identity_key, identity fields) of rows written after `after_batch` whose key is not
-    resolved yet; of every row when `after_batch` is None.
+    resolved yet; of every row of `segments` (in their order) when `after_batch` is None.
 
     A row gives only the fields its source declares as identifying it, so a composite
     identifier declared for one source never reads another source's columns.
@@ -40,15 +64,17 @@ def new_keys(
         for name, s in config.sources.items()
         if (reader := FieldReader(s, s.identity_fields)).changes_values
     }
-    tables: dict[str, int | None] = dict.fromkeys(KIND_TABLES)
+    reads: list[tuple[str, int | None, tuple[int | None, int | None]]]
+    reads = [(s.table, None, (s.low, s.high)) for s in segments]
     if after_batch is not None:  # only the tables new batches wrote to: the others are
-        tables = _tables_written_after(db, after_batch)  # read whole, to find nothing
-    for table, inserted_after in tables.items():
+        written = _tables_written_after(db, after_batch)  # read whole, to find nothing
+        reads = [(table, after, (None, None)) for table, after in written.items()]
+    for table, inserted_after, key_range in reads:
         columns = _identity_columns(db, config, table)
         select = ", ".join(f"t.{c}" for c in columns)
         if readers:  # a field of the project's own, or a normalizer: read through FieldReader
             select = ", ".join(f"t.{c}" for c in columns) + ", t.attrs"
-        sql, params = _keys_sql(db, table, select, after_batch, inserted_after)
+        sql, params = _keys_sql(db, table, select, after_batch, inserted_after, key_range)
         allowed_of: dict[str, set[str] | None] = {}  # None: every column
         for row in db.conn.execute(sql, params):
             source = row[1]
@@ -65,6 +91,21 @@ def new_keys(
             if allowed is not None:
                 fields = {c: v for c, v in fields.items() if c in allowed}
             yield row[0], fields
+
+
+def normalized_keys(
+    normalizer: Normalizer,
+    keys: Iterable[tuple[int, dict[str, str | None]]],
+    tombstones: Tombstones | None = None,
+    forgotten: list[int] | None = None,
+) -> Iterator[tuple[int, list[tuple[str, str, str | None]], list[Rejected]]]:
+    """Each key's identifiers; a key carrying a forgotten one goes to `forgotten` instead."""
+    for key, fields in keys:
+        found, rejected = normalizer.identifiers(fields)
+        if tombstones is not None and tombstones.forgotten(found):
+            forgotten.append(key)  # type: ignore[union-attr]
+            continue
+        yield key, found, rejected
 
 
 def _tables_written_after(db: sqlite_utils.Database, after_batch: int) -> dict[str, int | None]:
@@ -94,9 +135,11 @@ def _keys_sql(
     select: str,
     after_batch: int | None,
     inserted_after: int | None = None,
+    key_range: tuple[int | None, int | None] = (None, None),
 ) -> tuple[str, list[Any]]:
     """The statement that reads one row per (identity key, source) of a kind table, in that
-    order, for new_keys; and its parameters.
+    order, for new_keys; and its parameters. A full run reads the keys in `key_range` only
+    (see Segment).
 
     Rows that share a key carry the same identity fields, so one row per key is enough. A
     table of one source with an index that leads with identity_key (events: 10M rows, 600k
@@ -112,8 +155,8 @@ def _keys_sql(
     if after_batch is not None and inserted_after is not None:
         return _new_rows_sql(table, select, after_batch, inserted_after, walk is not None)
     if walk is None:
-        where = "t.identity_key IS NOT NULL"
         params: list[Any] = []
+        where = "t.identity_key IS NOT NULL" + _in_range("t.identity_key", key_range, params)
         if after_batch is not None:
             where += (
                 " AND t.batch_id > ? AND NOT EXISTS "
@@ -129,11 +172,12 @@ def _keys_sql(
         return sql, params
     _, index = walk
     if after_batch is None:
+        params = []
         first_rows = (
             f"SELECT identity_key AS k, min(rowid) AS r FROM {table} INDEXED BY {index} "
-            "WHERE identity_key IS NOT NULL GROUP BY identity_key"
+            f"WHERE identity_key IS NOT NULL{_in_range('identity_key', key_range, params)} "
+            "GROUP BY identity_key"
         )
-        params = []
     else:  # keys not resolved yet, each by a row of a batch after the last run's
         first_rows = (
             f"SELECT d.k, (SELECT min(x.rowid) FROM {table} x "
@@ -149,6 +193,19 @@ def _keys_sql(
         f"CROSS JOIN {table} t ON t.rowid = m.r ORDER BY m.k"
     )
     return sql, params
+
+
+def _in_range(column: str, key_range: tuple[int | None, int | None], params: list[Any]) -> str:
+    """The conditions that keep `column` in `key_range`, their parameters added to `params`."""
+    low, high = key_range
+    sql = ""
+    if low is not None:
+        sql += f" AND {column} >= ?"
+        params.append(low)
+    if high is not None:
+        sql += f" AND {column} < ?"
+        params.append(high)
+    return sql
 
 
 def _new_rows_sql(

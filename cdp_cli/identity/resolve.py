@@ -27,7 +27,7 @@ import sqlite3
 import time
 from array import array
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from itertools import chain, groupby
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from cdp_cli.config import Config
 from cdp_cli.identity.graph import Found, Graph, stage
 from cdp_cli.identity.graph import clear as clear_graph
-from cdp_cli.identity.keys import KIND_TABLES, new_keys
+from cdp_cli.identity.keys import KIND_TABLES, WORKER_FROM_ROWS, new_keys, normalized_keys
 from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import (
     indexes_built_after,
@@ -53,7 +53,7 @@ from cdp_cli.store import (
 # Probabilistic matching (and the logging it loads) only by a project that declares it.
 if TYPE_CHECKING:
     from cdp_cli.identity import match
-    from cdp_cli.identity.normalize import Normalizer, Rejected
+    from cdp_cli.identity.normalize import Rejected
     from cdp_cli.identity.tombstones import Tombstones
 
 RESOLVED_TABLES = (
@@ -226,8 +226,15 @@ def _created_at(db: sqlite_utils.Database, one_ids: list[str]) -> dict[str, str]
 # The run
 
 
-def resolve(db: sqlite_utils.Database, config: Config, full: bool = False) -> ResolveResult:
-    """Resolve what new batches brought (or everything, when `full` or the rules changed)."""
+def resolve(
+    db: sqlite_utils.Database,
+    config: Config,
+    full: bool = False,
+    worker_from: int | None = WORKER_FROM_ROWS,
+) -> ResolveResult:
+    """Resolve what new batches brought (or everything, when `full` or the rules changed). A
+    full run whose tables after the members hold `worker_from` rows or more reads them in a
+    second process (None: never; keys_worker.py)."""
     started = time.monotonic()
     fingerprint = rules_fingerprint(config)
     through = db.conn.execute(
@@ -262,7 +269,7 @@ def resolve(db: sqlite_utils.Database, config: Config, full: bool = False) -> Re
         if last is not None and result.mode == "incremental":  # incremental follows a run
             _incremental(db, config, last, run_id, result)
         else:
-            _full(db, config, run_id, result)
+            _full(db, config, run_id, result, worker_from)
         result.profiles = db.conn.execute("SELECT count(*) FROM profiles").fetchone()[0]
         result.set_aside = set_aside(db)
         result.seconds = round(time.monotonic() - started, 3)
@@ -297,21 +304,6 @@ def set_aside(db: sqlite_utils.Database) -> list[dict[str, Any]]:
     )
 
 
-def _normalize_keys(
-    normalizer: Normalizer,
-    keys: Iterable[tuple[int, dict[str, str | None]]],
-    tombstones: Tombstones | None = None,
-    forgotten: list[int] | None = None,
-) -> Iterator[tuple[int, list[tuple[str, str, str | None]], list[Rejected]]]:
-    """Each key's identifiers; a key carrying a forgotten one goes to `forgotten` instead."""
-    for key, fields in keys:
-        found, rejected = normalizer.identifiers(fields)
-        if tombstones is not None and tombstones.forgotten(found):
-            forgotten.append(key)  # type: ignore[union-attr]
-            continue
-        yield key, found, rejected
-
-
 def _erase_forgotten(
     db: sqlite_utils.Database, tombstones: Tombstones | None, keys: list[int], result: ResolveResult
 ) -> None:
@@ -327,21 +319,27 @@ def _erase_forgotten(
     )
 
 
-def _full(db: sqlite_utils.Database, config: Config, run_id: int, result: ResolveResult) -> None:
-    from cdp_cli.identity.normalize import Normalizer
+def _full(
+    db: sqlite_utils.Database,
+    config: Config,
+    run_id: int,
+    result: ResolveResult,
+    worker_from: int | None,
+) -> None:
+    from cdp_cli.identity.keys_worker import full_run_keys
     from cdp_cli.identity.tombstones import Tombstones
 
     # Matching first: its model input and DuckDB are freed before the graph is built.
     matching = _prepare_matching(db, config, None, full=True)
-    normalizer = Normalizer(config.identity, config.region)
-    unusable: list[tuple[int, str, str, str]] = []
+    parts: tuple[list[tuple[int, str, str, str]], ...] = ([], [])  # unusable, by process
     tombstones = Tombstones.load(db.conn, config.identity, config.region)
     forgotten: list[int] = []
-    keys = _normalize_keys(normalizer, new_keys(db, config, None), tombstones, forgotten)
-    stage(db.conn, _noting_unusable(keys, unusable))
     # The normalizer's caches (every distinct raw value: 0.7 GB at 1M customers, the run's
-    # peak) go before the graph is numbered and the tables are written.
-    del normalizer, keys
+    # peak) go with the keys' iterator, before the graph is numbered and the tables written.
+    with full_run_keys(db, config, tombstones, forgotten, worker_from) as keys:
+        stage(db.conn, _noting_unusable(keys, parts))
+    unusable = parts[0] + parts[1]
+    del parts
     graph = Graph.load(db.conn, config.identity.types)
     _previous_one_ids(db.conn, None)
     _, successors = _replaced_keys(db)
@@ -358,14 +356,15 @@ def _full(db: sqlite_utils.Database, config: Config, run_id: int, result: Resolv
 
 
 def _noting_unusable(
-    keys: Iterable[tuple[int, list[Found], list[Rejected]]],
-    unusable: list[tuple[int, str, str, str]],
-) -> Iterator[tuple[int, list[Found]]]:
-    """Each key's identifiers, with the values it carries that identify no one noted."""
-    for key, found, rejected in keys:
+    keys: Iterable[tuple[int, int, list[Found], list[Rejected]]],
+    unusable: Sequence[list[tuple[int, str, str, str]]],
+) -> Iterator[tuple[int, int, list[Found]]]:
+    """Each key's part and identifiers (see graph.stage), with the values it carries that
+    identify no one noted in `unusable[part]`."""
+    for part, key, found, rejected in keys:
         if rejected:
-            unusable += [(key, r.type, r.raw, r.reason) for r in rejected]
-        yield key, found
+            unusable[part].extend((key, r.type, r.raw, r.reason) for r in rejected)
+        yield part, key, found
 
 
 def _previous_one_ids(
@@ -506,7 +505,7 @@ def _incremental(
     tombstones = Tombstones.load(db.conn, config.identity, config.region)
     forgotten: list[int] = []
     keys = new_keys(db, config, after_batch)
-    new = list(_normalize_keys(normalizer, keys, tombstones, forgotten))
+    new = list(normalized_keys(normalizer, keys, tombstones, forgotten))
     _erase_forgotten(db, tombstones, forgotten, result)
     vanished, successors = _replaced_keys(db)
     decided = _decided_since(db, config, last[2])
@@ -543,8 +542,8 @@ def _incremental(
     stage(
         db.conn,
         chain(
-            ((key, old_links.get(key, [])) for key in previous),
-            _noting_unusable(new, unusable),
+            ((0, key, old_links.get(key, [])) for key in previous),
+            _noting_unusable(((0, *keyed) for keyed in new), [unusable]),
         ),
     )
     del old_links
