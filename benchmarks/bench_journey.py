@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from common import ROOT, before_code, load_module
+from common import ROOT, before_code, load_module, tree_rss_kb
 
 from cdp_cli.features import compute_features
 from cdp_cli.messaging.filters import default_name, format_date, money
@@ -178,23 +178,6 @@ def baseline(data: list[dict[str, Any]], out: Path) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # Running cdp
-
-
-def tree_rss_kb(pid: int) -> int:
-    """The resident memory of a process and its children (the render worker), in kB."""
-    total = 0
-    pids = [pid]
-    while pids:
-        current = pids.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            continue
-        found = re.search(r"VmRSS:\s+(\d+)", status)
-        total += int(found.group(1)) if found else 0
-        pids += [int(c) for c in children]
-    return total
 
 
 def run_cdp(folder: Path, extra: list[str], code: Path | None = None) -> dict[str, Any]:

@@ -169,6 +169,7 @@ def cdp_run(workdir: Path, day: date) -> dict[str, Any]:
         "in_run_seconds": report.get("seconds"),  # run_pipeline's own: the page check in
         "pages_read": report.get("pages_read"),  # False: the store was as the last run left it
         "peak_rss_mb": round(run.peak_rss_mb),
+        "peak_tree_rss_mb": round(run.peak_tree_rss_mb),  # with its second processes
         "stages": {
             name: {"status": s["status"], "seconds": s["seconds"], "counts": s.get("counts")}
             for name, s in stages.items()
@@ -235,8 +236,9 @@ def run_size(
         dropped = drop_exports(data / folder, workdir, takes)
         print(f"{customers:,}: {label} run with {len(dropped)} exports ...", flush=True)
         result[label] = cdp_run(workdir, day)
-        print(f"  {result[label]['seconds']} s, exit {result[label]['exit_code']}, "
-              f"{result[label]['peak_rss_mb']} MB", flush=True)  # fmt: skip
+        done = result[label]
+        print(f"  {done['seconds']} s, exit {done['exit_code']}, {done['peak_rss_mb']} MB "
+              f"({done['peak_tree_rss_mb']} MB with its second processes)", flush=True)  # fmt: skip
         if label == "first" and keep_first:
             shutil.rmtree(kept, ignore_errors=True)
             shutil.copytree(workdir, kept, symlinks=True)
@@ -267,7 +269,9 @@ def report(sizes: list[dict[str, Any]]) -> dict[str, Any]:
     runs = [size[run] for size in sizes for run in ("first", "daily")]
     stages = list(dict.fromkeys(stage for run in runs for stage in run["stages"]))  # in order
     print(
-        "\n| size | run | seconds | " + " | ".join(stages) + " | peak RSS | load before / after |"
+        "\n| size | run | seconds | "
+        + " | ".join(stages)
+        + " | peak RSS (all processes) | load before / after |"
     )
     print("| --- | --- | ---: | " + " | ".join("---:" for _ in stages) + " | ---: | --- |")
     for size in sizes:
@@ -275,13 +279,14 @@ def report(sizes: list[dict[str, Any]]) -> dict[str, Any]:
             r = size[run]
             cells = [str(r["stages"].get(s, {}).get("seconds", "")) for s in stages]
             load = f"{r['load_average_before'][0]:.1f} / {r['load_average_after'][0]:.1f}"
+            rss = f"{r['peak_rss_mb']} MB ({r['peak_tree_rss_mb']} MB)"
             print(f"| {size['customers']:,} | {run} | {r['seconds']} | " + " | ".join(cells)
-                  + f" | {r['peak_rss_mb']} MB | {load} |")  # fmt: skip
+                  + f" | {rss} | {load} |")  # fmt: skip
     largest = max(sizes, key=lambda s: s["customers"])
     targets = {
         "first run <= 10 min": largest["first"]["seconds"] <= FIRST_TARGET_S,
         "daily run <= 2 min": largest["daily"]["seconds"] <= DAILY_TARGET_S,
-        "peak RSS < 1.5 GB": max(largest[r]["peak_rss_mb"] for r in ("first", "daily"))
+        "peak RSS < 1.5 GB": max(largest[r]["peak_tree_rss_mb"] for r in ("first", "daily"))
         < RSS_TARGET_MB,
         "every run exits 0": all(s[r]["exit_code"] == 0 for s in sizes for r in ("first", "daily")),
     }
