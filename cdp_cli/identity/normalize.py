@@ -205,6 +205,13 @@ class Normalizer:
             for t in rules.types
         ]
 
+    def forget_values(self) -> None:
+        """Let go of every value normalized so far (the caches), keeping the rules."""
+        for _, _, _, seen in self._plan:
+            seen.clear()
+        for verdicts in self._verdicts.values():
+            verdicts.clear()
+
     def identifiers(
         self, fields: Mapping[str, str | None]
     ) -> tuple[list[tuple[str, str, str | None]], list[Rejected]]:
