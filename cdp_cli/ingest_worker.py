@@ -30,7 +30,7 @@ from cdp_cli.errors import IngestError
 from cdp_cli.identity.tombstones import Tombstones
 from cdp_cli.ingest_rows import IngestResult, RowMapping, map_chunks
 from cdp_cli.mapping import RowMapper
-from cdp_cli.workers import frame, read_frame
+from cdp_cli.workers import read_frame
 
 # The smallest file read by two processes: below it, starting one (about 0.3 s) gives little.
 WORKER_FROM_BYTES = 16 * 1024 * 1024
@@ -93,17 +93,14 @@ class MapWorker:
     chunks, and never gets more than IN_FLIGHT chunks ahead."""
 
     def __init__(self, part: Part) -> None:
-        self.process = workers.start("cdp_cli.ingest_worker", "worker_main")
-        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process = workers.start("cdp_cli.ingest_worker", "worker_main", tuple(part))
+        assert self.process.stdout is not None
         self.start, self.read = part.start, 0  # bytes of its part read so far, for progress
         self.rows_read = self.skipped = 0
         self.reject_reasons: dict[str, int] = {}
         self._chunks: queue.Queue[Any] = queue.Queue(maxsize=IN_FLIGHT)
         self._done = False
         self._results = self.process.stdout
-        with contextlib.suppress(OSError):  # a worker gone already is told by rest()
-            self.process.stdin.write(frame(tuple(part)))
-            self.process.stdin.close()
         self._thread = threading.Thread(target=self._read, name="ingest worker", daemon=True)
         self._thread.start()
 

@@ -65,8 +65,9 @@ def frame_value(raw: tuple[bytes, bytes]) -> Any:
     return marshal.loads(data) if kind == _MARSHAL else pickle.loads(data)
 
 
-def start(module: str, function: str) -> subprocess.Popen[bytes]:
-    """A second process running `module.function()`, with this process's cdp_cli."""
+def start(module: str, function: str, request: Any = None) -> subprocess.Popen[bytes]:
+    """A second process running `module.function()`, with this process's cdp_cli; sent
+    `request` as its one frame on stdin, when given (serve reads it)."""
     package = str(Path(cdp_cli.__file__).resolve().parents[1])  # cdp_cli as imported here
     path = os.pathsep.join(p for p in (package, os.environ.get("PYTHONPATH")) if p)
     # `python -c` puts the current folder first on sys.path: left there, a `cdp_cli` folder in
@@ -75,11 +76,17 @@ def start(module: str, function: str) -> subprocess.Popen[bytes]:
         "import sys; sys.path[:1] = [p for p in sys.path[:1] if p]; "
         f"from {module} import {function}; {function}()"
     )
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-c", command],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": path}, start_new_session=True,
     )  # fmt: skip
+    if request is not None:
+        assert process.stdin is not None
+        with contextlib.suppress(OSError):  # a process gone already: its reader says so
+            process.stdin.write(frame(request))
+            process.stdin.close()
+    return process
 
 
 def answers_pipe() -> IO[bytes]:

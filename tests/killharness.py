@@ -686,3 +686,57 @@ def summary(command: str, trials: list[Trial]) -> dict[str, Any]:
         "trials with a difference": sum(bool(t.problems) for t in trials),
         "problems": sorted({p for t in trials for p in t.problems}),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# A command killed while its second process works (ingest's, resolve's)
+
+
+def kill_beside_its_second_process(command: list[str]) -> None:
+    """Start `command` (a cdp command in a fresh Python), SIGKILL it once its second process is
+    well into its work, and check that the second process then ends by itself (its pipe
+    breaks)."""
+    process = subprocess.Popen(command, env=env(), stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    children: list[int] = []
+    while not children and time.monotonic() < deadline and process.poll() is None:
+        children = _children(process.pid)
+        time.sleep(0.02)
+    assert children, "the second process never started"
+    while _cpu_seconds(children[0]) < 0.5 and time.monotonic() < deadline:
+        time.sleep(0.02)  # until it is well into its part (its start-up takes some 0.3 s)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the command ended before the kill"
+    deadline = time.monotonic() + 30
+    while not all(_gone(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_gone(pid) for pid in children)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _gone(pid: int) -> bool:
+    """Ended: no such process, or a zombie nobody has reaped yet."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -11,14 +11,11 @@ one process after all fails instead of passing by default.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +30,7 @@ from cdp_cli.cli import cli
 from cdp_cli.identity.tombstones import FORGOTTEN_RAW
 from cdp_cli.ingest_worker import MapWorker
 from tests.ingest_compare import store_after
-from tests.killharness import REPO, env
+from tests.killharness import REPO, env, kill_beside_its_second_process
 from tests.test_ingest_jsonl_sql import CONFIG as EVENTS_CONFIG
 from tests.test_ingest_jsonl_sql import ODD, TEXT, jsonl_files, padded
 
@@ -299,35 +296,6 @@ def test_a_second_process_that_dies_fails_the_file_and_keeps_what_was_stored(
     assert len(_stored(tmp_path / "cdp.db")["events"]) == 22_500
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _gone(pid: int) -> bool:
-    """Ended: no such process, or a zombie nobody has reaped yet."""
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_a_killed_ingest_leaves_no_second_process_behind(tmp_path: Path) -> None:
     """SIGKILL to `cdp ingest` while both processes read: the second one ends by itself (its
@@ -341,24 +309,7 @@ def test_a_killed_ingest_leaves_no_second_process_behind(tmp_path: Path) -> None
             prefix = b'{"event_id": "%d-' % copy
             out.write(b"".join(prefix + e[len(b'{"event_id": "') :] + b"\n" for e in events))
     args = ["--config", str(config), "ingest", str(big), "-s", "app_events", "--silent"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cdp_cli", *args, "--worker-from", "1"],
-        env=env(), stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    children: list[int] = []
-    while not children and time.monotonic() < deadline and process.poll() is None:
-        children = _children(process.pid)
-        time.sleep(0.02)
-    assert children, "the second process never started"
-    while _cpu_seconds(children[0]) < 0.5 and time.monotonic() < deadline:
-        time.sleep(0.02)  # until it is well into its part (its start-up takes some 0.3 s)
-    os.kill(process.pid, signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "the ingest ended before the kill"
-    deadline = time.monotonic() + 30
-    while not all(_gone(pid) for pid in children) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert all(_gone(pid) for pid in children)
+    kill_beside_its_second_process([sys.executable, "-m", "cdp_cli", *args, "--worker-from", "1"])
     with sqlite3.connect(tmp_path / "cdp.db") as conn:
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
     rerun = subprocess.run(

@@ -8,14 +8,11 @@ back to one process fails them.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +30,7 @@ from cdp_cli.identity.resolve import resolve
 from cdp_cli.ingest import ingest_file
 from cdp_cli.store import open_store
 from tests.conftest import REPO, built_once, query
-from tests.killharness import env
-from tests.test_ingest_worker import _children, _cpu_seconds, _gone
+from tests.killharness import env, kill_beside_its_second_process
 from tests.test_resolve_events import TABLES
 
 HISTORY = "SELECT one_id, event, other_one_id FROM id_history ORDER BY id"
@@ -304,21 +300,7 @@ def test_a_killed_resolve_leaves_no_second_process_behind(
                 (f"#{copy}", f"-{copy}-", copy),
             )
     args = [sys.executable, "-m", "cdp_cli", "--config", str(config), "resolve", "--silent"]
-    process = subprocess.Popen([*args, "--worker-from", "0"], env=env(), stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    children: list[int] = []
-    while not children and time.monotonic() < deadline and process.poll() is None:
-        children = _children(process.pid)
-        time.sleep(0.02)
-    assert children, "the second process never started"
-    while _cpu_seconds(children[0]) < 0.5 and time.monotonic() < deadline:
-        time.sleep(0.02)  # until it is well into its tables (its start-up takes some 0.3 s)
-    os.kill(process.pid, signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "the resolve ended before the kill"
-    deadline = time.monotonic() + 30
-    while not all(_gone(pid) for pid in children) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert all(_gone(pid) for pid in children)
+    kill_beside_its_second_process([*args, "--worker-from", "0"])
     assert query(db, "SELECT count(*) FROM identity_keys") == [(0,)]
     rerun = subprocess.run([*args, "--worker-from", "0"], env=env(), check=False)
     assert rerun.returncode == 0

@@ -39,7 +39,7 @@ from cdp_cli.identity.normalize import Normalizer, Rejected
 from cdp_cli.identity.tombstones import Tombstones
 from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import open_store
-from cdp_cli.workers import frame, frame_value, read_raw_frame
+from cdp_cli.workers import frame_value, read_raw_frame
 
 # Where the second process's keys start: in KIND_TABLES[SPLIT_TABLE] (the members), past the
 # lowest FIRST_SHARE of the identity keys. Besides normalizing its own keys, the first process
@@ -166,15 +166,12 @@ class KeysWorker:
     worker never waits; the first process takes what has come between its own keys."""
 
     def __init__(self, part: Part) -> None:
-        self.process = workers.start("cdp_cli.identity.keys_worker", "worker_main")
-        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process = workers.start("cdp_cli.identity.keys_worker", "worker_main", tuple(part))
+        assert self.process.stdout is not None
         self._results = self.process.stdout
         self._messages: queue.Queue[Any] = queue.Queue()
         self._done = False
         self._forgotten: list[int] = []
-        with contextlib.suppress(OSError):  # a worker gone already is told by keys()
-            self.process.stdin.write(frame(tuple(part)))
-            self.process.stdin.close()
         self._thread = threading.Thread(target=self._read, name="resolve worker", daemon=True)
         self._thread.start()
 
