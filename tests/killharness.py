@@ -62,7 +62,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     # (ingest_worker.py), forced on these small files: kills reach the first process.
     "ingest, 2 processes": ("ingest", "--silent", "--worker-from", "1"),
     "resolve": ("resolve",),
-    # The same first run with a second process reading the tables after the members
+    # The same first run with a second process reading part of the keys
     # (identity/keys_worker.py), forced on this small store.
     "resolve, 2 processes": ("resolve", "--worker-from", "0"),
     "tag": ("tag", "--as-of", AS_OF),

@@ -1,5 +1,5 @@
-"""A full resolve reads the tables after the members in a second process (keys_worker.py) and
-stores what one process stores: every resolved table, the profiles, the history, the notes.
+"""A full resolve reads part of its keys in a second process (keys_worker.py) and stores what
+one process stores: every resolved table, the profiles, the history, the notes.
 
 The tests force the second process on the sample (`worker_from` 0, or the hidden
 `cdp resolve --worker-from`); a spy on KeysWorker counts the keys it sent, so a run that fell

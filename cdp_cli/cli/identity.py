@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     type=click.IntRange(min=0),
     default=None,
     hidden=True,  # for the tests and benchmarks: keys.WORKER_FROM_ROWS is the default
-    help="On a full run, read the tables after the members with a second process from this "
-    "many rows.",
+    help="On a full run, read part of the keys with a second process when the tables after the "
+    "members hold this many rows.",
 )
 @silent_option
 @json_option

@@ -233,8 +233,8 @@ def resolve(
     worker_from: int | None = WORKER_FROM_ROWS,
 ) -> ResolveResult:
     """Resolve what new batches brought (or everything, when `full` or the rules changed). A
-    full run whose tables after the members hold `worker_from` rows or more reads them in a
-    second process (None: never; keys_worker.py)."""
+    full run whose tables after the members hold `worker_from` rows or more reads part of its
+    keys in a second process (None: never; keys_worker.py)."""
     started = time.monotonic()
     fingerprint = rules_fingerprint(config)
     through = db.conn.execute(
