@@ -16,7 +16,7 @@ from cdp_cli.identity import profiles
 from cdp_cli.identity import resolve as resolve_module
 from cdp_cli.ingest import ingest_file
 from cdp_cli.store import open_store
-from tests.conftest import REPO, SAMPLE_DATA
+from tests.conftest import REPO, SAMPLE_DATA, ingest_declared_files
 
 TABLES = {  # what resolve writes, without the columns that hold the time of the run
     "identity_keys": "key, one_id",
@@ -50,12 +50,7 @@ def _project(folder: Path, second_source: bool) -> Path:
         block = block.replace("    files: sample_data/app_events.jsonl\n", "")
         text = text[:end] + "\n" + block + text[end:]
     (folder / "cdp.yaml").write_text(text, encoding="utf-8")
-    config = load_config(folder / "cdp.yaml")
-    db = open_store(config.store)
-    for source in config.sources.values():
-        for path in config.files_of(source):
-            assert ingest_file(db, source, path).status == "done"
-    db.close()
+    ingest_declared_files(folder / "cdp.yaml")
     return folder / "cdp.yaml"
 
 

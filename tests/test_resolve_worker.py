@@ -29,7 +29,7 @@ from cdp_cli.identity.keys_worker import KeysWorker
 from cdp_cli.identity.resolve import resolve
 from cdp_cli.ingest import ingest_file
 from cdp_cli.store import open_store
-from tests.conftest import REPO, built_once, query
+from tests.conftest import REPO, built_once, ingest_declared_files, query
 from tests.killharness import env, kill_beside_its_second_process
 from tests.test_resolve_events import TABLES
 
@@ -65,21 +65,13 @@ def _ingested(factory: pytest.TempPathFactory) -> Path:
         text = (REPO / "cdp.yaml").read_text(encoding="utf-8")
         text = text.replace("sample_data/", f"{REPO / 'sample_data'}/")
         (folder / "cdp.yaml").write_text(text, encoding="utf-8")
-        config = load_config(folder / "cdp.yaml")
-        db = open_store(config.store)
-        for source in config.sources.values():
-            for path in config.files_of(source):
-                assert ingest_file(db, source, path).status == "done"
-        db.close()
+        ingest_declared_files(folder / "cdp.yaml")
 
     return built_once(factory, "resolve-worker-ingested", build)
 
 
 def _copy(built: Path, folder: Path) -> Path:
-    folder.mkdir()
-    for path in built.iterdir():
-        if path.is_file():
-            shutil.copy(path, folder / path.name)
+    shutil.copytree(built, folder)
     return folder / "cdp.yaml"
 
 

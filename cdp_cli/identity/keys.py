@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
 KIND_TABLES = [kind.table for kind in KINDS.values()]
 # Rows in the kind tables after the first (their largest rowid: rows ever written, read from
-# each table's b-tree at once) from which a full run reads those tables in a second process
-# (keys_worker.py). Below it, starting one (about 0.3 s) gives little. 100k customers with
+# each table's b-tree at once) from which a full run reads part of its keys in a second
+# process (keys_worker.py). Below it, starting one (about 0.3 s) gives little. 100k customers with
 # their orders and events hold about 1.6M.
 WORKER_FROM_ROWS = 1_000_000
 

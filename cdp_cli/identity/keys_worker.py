@@ -37,6 +37,7 @@ from cdp_cli.identity.graph import Found
 from cdp_cli.identity.keys import EVERY_KEY, KIND_TABLES, Segment, new_keys, normalized_keys
 from cdp_cli.identity.normalize import Normalizer, Rejected
 from cdp_cli.identity.tombstones import Tombstones
+from cdp_cli.integrity import store_file
 from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import open_store
 from cdp_cli.workers import frame_value, read_raw_frame
@@ -146,8 +147,8 @@ def _start(
     """The second process for this run, or None when one process reads every key: the
     tables after the members are small, the store has no file (in memory), or no process
     can start."""
-    store = next((f for _, name, f in db.conn.execute("PRAGMA database_list") if name == "main"))
-    if worker_from is None or not store:
+    store = store_file(db.conn)
+    if worker_from is None or not store.is_file():  # in memory: no file to open
         return None
     rows = sum(
         db.conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {table}").fetchone()[0]
@@ -156,7 +157,7 @@ def _start(
     if rows < worker_from:
         return None
     try:
-        return KeysWorker(Part(store, config, segments, tombstones))
+        return KeysWorker(Part(str(store), config, segments, tombstones))
     except OSError:  # no second process to be had (no fork, no Python): read them here
         return None
 
