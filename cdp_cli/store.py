@@ -165,6 +165,10 @@ def apply_size_settings(conn: sqlite3.Connection, cache_mb: int) -> None:
     through the map) and temp_store (in memory, sorting 10M keys for an index would hold them
     all in RAM; on file, the sorter spills past the cache size)."""
     conn.execute(f"PRAGMA cache_size=-{cache_mb * 1024}")  # negative: KiB rather than pages
+    # No sorter threads but under sorting_cache, even where SQLite was built to use some by
+    # default (Python's own SQLite uses none, so no test here can tell): the golden profiles'
+    # groupings (profiles.py) read rows that tie in the order they come, which threads change.
+    conn.execute("PRAGMA threads=0")
 
 
 # The page cache while SQLite sorts a bulk write's rows or indexes (see sorting_cache), in KiB.
@@ -174,9 +178,10 @@ SORT_CACHE_KIB = 16 * 1024
 # reading rows: on a 2-core box, an index over 10M events at 1M customers took 9.9-10.4 s
 # with none, 7.9-9.4 s with one, 6.9-7.0 s with two, for 2-3 s more CPU and 40 MB more
 # memory (each holds up to the sorting cache's size). Rows that tie in a sort may come out in
-# another order with them, which changes nothing cdp stores: an index's entries end with their
-# rowid, the ORDER BYs under sorting_cache end with a unique column (ingest's line) or read
-# ties alike (graph.load's links of a value), and tests/test_store_sorting.py compares runs.
+# another order with them. Under sorting_cache that changes nothing cdp stores: an index's
+# entries end with their rowid, the ORDER BYs end with a unique column (ingest's line) or read
+# ties alike (graph.load's links of a value); tests/test_store_sorting.py compares runs.
+# Elsewhere it would: see apply_size_settings.
 SORTER_THREADS = 2
 
 

@@ -133,7 +133,9 @@ def _profiles_sql(
     )
     # A customer's sources in the order of their first record: kind tables in this order,
     # each in rowid order. The grouping keeps the order rows come in: a scan of every table
-    # brings them so; through the targets' keys they are put in that order first.
+    # brings them so; through the targets' keys they are put in that order first. (SQLite's
+    # sorter keeps rows that tie in the order they come only without helper threads: see
+    # store.apply_size_settings.)
     seen = " UNION ALL ".join(
         _seen_in(n, table, column, everyone, by_key.get(table))
         for n, (table, column) in enumerate(SEEN_COLUMNS.items())
