@@ -14,12 +14,14 @@ What SQL cannot say is worked out in Python once per distinct cell, into lookup 
 joined back (the clean values; the others send their rows to RowMapper): synonyms (matched
 by Unicode's casefold; SQLite's lower() knows only ASCII), dates (the calendar, strptime's
 formats), numbers (Python's float() grammar, thousands separators, currency signs), JSON
-text, and timestamps in any but the usual form. A timestamp in the usual form, 'YYYY-MM-DD
+text, and timestamps in any but the usual forms. A timestamp in the usual form, 'YYYY-MM-DD
 HH:MM[:SS]' (or with '/', or 'T'), is read in SQL, with its date and hour checked and the
-zone's offset found once per distinct hour. Trimming happens as the cells are staged: SQL's
-trim() knows only the characters it is given, and is slow with many. The identity key is a
-blake2b hash, which SQLite has not: computed as the row is staged where the identity fields
-are plain text, else by a function registered on the connection.
+zone's offset found once per distinct hour; so is one of epoch seconds or milliseconds (10 or
+13 digits, as WeChat and app exports write them, each value distinct). Trimming happens as
+the cells are staged: SQL's trim() knows only the characters it is given, and is slow with
+many. The identity key is a blake2b hash, which SQLite has not: computed as the row is
+staged where the identity fields are plain text, else by a function registered on the
+connection.
 
 A source the set path cannot take whole is mapped by RowMapper row by row: JSON (a JSON
 Lines file is taken by JsonPlan where it can be), a store with tombstones (each row is
@@ -35,9 +37,9 @@ import hashlib
 import operator
 import sqlite3
 import zoneinfo
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 from cdp_cli.canonical import JSON, NUMBER, TEXT, TIMESTAMP
@@ -83,12 +85,58 @@ def present(index: int) -> str:
     return f"NULLIF({cell(index)}, '')"
 
 
+# ---------------------------------------------------------------------------------------------
+# Epoch timestamps read in SQL: a number of seconds or milliseconds (a JSON number, or a CSV
+# cell of 10 or 13 ASCII digits, which parse_timestamp reads as one), written as
+# TimestampParser.epoch writes it, with the zone's offset looked up in a table of its hours.
+
+_MILLIS_FROM = 100_000_000_000  # TimestampParser.epoch: from 1e11 a number is milliseconds
+_EPOCH_TOO_LARGE = 10**13  # and up to here the row path reads it without the general parser
+
+
+def _epoch_seconds(param: str) -> str:
+    return f"(CASE WHEN {param} >= {_MILLIS_FROM} THEN {param} / 1000 ELSE {param} END)"
+
+
+def _epoch_sql(param: str, hours: str) -> str:
+    """TimestampParser.epoch of a bound integer (0 <= n < 10**13), in SQL: the local time by
+    the zone's offset of its hour (from the hours table), then milliseconds where there are
+    any, then the offset as written."""
+    millis = f"(CASE WHEN {param} >= {_MILLIS_FROM} THEN {param} % 1000 ELSE 0 END)"
+    local = f"strftime('%Y-%m-%dT%H:%M:%S', {_epoch_seconds(param)} + {hours}.seconds, 'unixepoch')"
+    return (
+        f"{local} || CASE WHEN {millis} = 0 THEN '' ELSE printf('.%03d', {millis}) END "
+        f"|| {hours}.zone"
+    )
+
+
+def epoch_hour(number: int) -> int:
+    """The hour (since 1970, UTC) TimestampParser.epoch looks a number's offset up by."""
+    return (number // 1000 if number >= _MILLIS_FROM else number) // 3600
+
+
+def epoch_offsets(zone: tzinfo, hours: Collection[int]) -> list[tuple[int, int, str]]:
+    """Each epoch hour's row of an hours table: the hour, the zone's offset then in seconds,
+    and as TimestampParser writes it."""
+    offsets = []
+    for hour in sorted(hours):
+        start = datetime.fromtimestamp(hour * 3600, zone)
+        offset = start.utcoffset()
+        seconds = int(offset.total_seconds()) if offset is not None else 0
+        offsets.append((hour, seconds, start.isoformat()[19:]))
+    return offsets
+
+
+def create_epoch_hours(conn: sqlite3.Connection, table: str) -> None:
+    conn.execute(f"CREATE TABLE {table} (hour INTEGER PRIMARY KEY, seconds INTEGER, zone TEXT)")
+
+
 @dataclass
 class TypedColumn:
     """A typed field read from a CSV column: converted once per distinct cell, in Python,
     into a table of clean values (joined back) and one of the others (their rows go to
-    RowMapper). A plain timestamp column reads its usual written form in SQL, with the
-    zone's offset looked up per distinct hour."""
+    RowMapper). A plain timestamp column reads its usual written form and epoch numbers in
+    SQL, with the zone's offset looked up per distinct hour."""
 
     position: int  # in RowMapper.columns
     cell: int
@@ -123,6 +171,10 @@ class TypedColumn:
         return f"temp.cdp_hours_{self.position}"
 
     @property
+    def epoch_hours_table(self) -> str:
+        return f"temp.cdp_epoch_hours_{self.position}"
+
+    @property
     def joins(self) -> str:
         m = f"m{self.position}"
         join = f"LEFT JOIN {self.values_table} {m} ON {m}.raw = {cell(self.cell)}"
@@ -139,7 +191,39 @@ class TypedColumn:
         c, h = cell(self.cell), f"h{self.position}"
         seconds = f"CASE WHEN length({c}) = 16 THEN ':00' ELSE '' END"
         iso = f"{h}.day || 'T' || substr({c}, 12) || {seconds} || {h}.zone"
-        return f"CASE WHEN {self.read_in_sql} THEN {iso} ELSE m{self.position}.value END"
+        # A lookup only for an epoch cell (a join would cost every row one).
+        number = f"CAST({c} AS INTEGER)"
+        epoch = (
+            f"(SELECT {_epoch_sql(number, 'e')} FROM {self.epoch_hours_table} e "
+            f"WHERE e.hour = {_epoch_seconds(number)} / 3600)"
+        )
+        return (
+            f"CASE WHEN {self.read_in_sql} THEN {iso} WHEN {self.epoch_like} THEN {epoch} "
+            f"ELSE m{self.position}.value END"
+        )
+
+    @property
+    def epoch_like(self) -> str:
+        """True for a cell parse_timestamp reads as epoch seconds or milliseconds: 10 or 13
+        digits, here ASCII ones (the others str.isdigit takes are left to Python)."""
+        c = cell(self.cell)
+        return f"(length({c}) IN (10, 13) AND {c} NOT GLOB '*[^0-9]*')"
+
+    def _epoch_hours(self, conn: sqlite3.Connection) -> set[int]:
+        """The epoch hours of the column's epoch cells (see epoch_like). `seen` holds each
+        cell's first 13 characters: all of a cell of 10 or 13."""
+        if self.seen is not None:
+            return {
+                epoch_hour(int(v))
+                for v in self.seen
+                if len(v) in (10, 13) and v.isascii() and v.isdigit()
+            }
+        number = f"CAST({cell(self.cell)} AS INTEGER)"
+        query = (
+            f"SELECT DISTINCT {_epoch_seconds(number)} / 3600 FROM {STAGE} s "
+            f"WHERE {self.epoch_like}"
+        )
+        return {hour for (hour,) in conn.execute(query)}
 
     @property
     def read_in_sql(self) -> str:
@@ -164,15 +248,23 @@ class TypedColumn:
                 f"CREATE TABLE {self.hours_table} (hour TEXT PRIMARY KEY, day TEXT, zone TEXT) "
                 "WITHOUT ROWID"
             )
+            create_epoch_hours(conn, self.epoch_hours_table)
+            conn.executemany(
+                f"INSERT INTO {self.epoch_hours_table} VALUES (?, ?, ?)",
+                epoch_offsets(self.timestamps.zone, self._epoch_hours(conn)),
+            )
             hours = self.seen
             if hours is None:
-                query = f"SELECT DISTINCT substr({cell(self.cell)}, 1, 13) FROM {STAGE} s"
+                query = (
+                    f"SELECT DISTINCT substr({cell(self.cell)}, 1, 13) FROM {STAGE} s "
+                    f"WHERE NOT {self.epoch_like}"
+                )
                 hours = {hour for (hour,) in conn.execute(query)}
             conn.executemany(
                 f"INSERT INTO {self.hours_table} VALUES (?, ?, ?)",
                 _offsets(self.timestamps, sorted(hours)),
             )
-            distinct += f" {self.joins} WHERE NOT ({self.read_in_sql})"
+            distinct += f" {self.joins} WHERE NOT ({self.read_in_sql}) AND NOT {self.epoch_like}"
             raws = [raw for (raw,) in conn.execute(distinct)]
         elif self.seen is not None:
             raws = sorted(self.seen)
@@ -401,11 +493,14 @@ def _attrs(mapper: Any, plan: SetPlan, limit: int) -> None:
     for index, name in mapper._extra:
         name_json = JSON_ENCODER.encode(name)
         # attrs keep a cell as written, spaces and all: in a row staged with its cells
-        # stripped, the one in the row as read.
-        written = f"CASE WHEN s.raw IS NULL THEN {cell(index)} ELSE s.raw ->> '$[{index}]' END"
+        # stripped, the one in the row as read, as JSON_ENCODER wrote it there (`->>` would
+        # decode it, and SQLite's text ends at a NUL character: "\x00 " became "").
+        written = (
+            f"CASE WHEN s.raw IS NULL THEN json_quote({cell(index)}) ELSE s.raw -> '$[{index}]' END"
+        )
         members.append(
             f"CASE WHEN {cell(index)} <> '' "
-            f"THEN ',' || {sql_text(name_json)} || ':' || json_quote({written}) ELSE '' END"
+            f"THEN ',' || {sql_text(name_json)} || ':' || {written} ELSE '' END"
         )
         # A character is at most 6 bytes of JSON (\u0000), and at least one byte of UTF-8.
         bound.append(f"{len(name_json.encode()) + 4} + 6 * length(CAST({cell(index)} AS BLOB))")
@@ -506,29 +601,6 @@ JSON_STAGE = "temp.cdp_json"
 # it, which is the order profiles read a customer's sources in (profiles.py, by rowid).
 JSON_KEY_ORDER_FROM = 200_000
 EPOCH, CONSTANT = "epoch", "constant"  # kinds of typed field beside TEXT and JSON
-_MILLIS_FROM = 100_000_000_000  # TimestampParser.epoch: from 1e11 a number is milliseconds
-_EPOCH_TOO_LARGE = 10**13  # and up to here the row path reads it without the general parser
-
-
-def _epoch_seconds(param: str) -> str:
-    return f"(CASE WHEN {param} >= {_MILLIS_FROM} THEN {param} / 1000 ELSE {param} END)"
-
-
-def _epoch_sql(param: str, hours: str) -> str:
-    """TimestampParser.epoch of a bound integer (0 <= n < 10**13), in SQL: the local time by
-    the zone's offset of its hour (from the hours table), then milliseconds where there are
-    any, then the offset as written."""
-    millis = f"(CASE WHEN {param} >= {_MILLIS_FROM} THEN {param} % 1000 ELSE 0 END)"
-    local = f"strftime('%Y-%m-%dT%H:%M:%S', {_epoch_seconds(param)} + {hours}.seconds, 'unixepoch')"
-    return (
-        f"{local} || CASE WHEN {millis} = 0 THEN '' ELSE printf('.%03d', {millis}) END "
-        f"|| {hours}.zone"
-    )
-
-
-def epoch_hour(number: int) -> int:
-    """The hour (since 1970, UTC) TimestampParser.epoch looks a number's offset up by."""
-    return (number // 1000 if number >= _MILLIS_FROM else number) // 3600
 
 
 @dataclass
@@ -572,9 +644,7 @@ class JsonPlan:
         staged = ", ".join(f"p{p}" for p in range(1, self.width + 1))
         conn.execute(f"CREATE TABLE {JSON_STAGE} (line INTEGER PRIMARY KEY, {staged}, attrs)")
         if self.epochs:
-            conn.execute(
-                f"CREATE TABLE {HOURS} (hour INTEGER PRIMARY KEY, seconds INTEGER, zone TEXT)"
-            )
+            create_epoch_hours(conn, HOURS)
         marks = ", ".join("?" * (self.width + 1))
         return (
             f"INSERT INTO {JSON_STAGE} ({staged}, line) VALUES ({marks})",
@@ -590,13 +660,7 @@ class JsonPlan:
             epoch_hour(row[p - 1]) for row in rows for p in self.epochs if type(row[p - 1]) is int
         }
         hours -= self.hours_known
-        zone = self.parser.zone
-        offsets = []
-        for hour in sorted(hours):
-            start = datetime.fromtimestamp(hour * 3600, zone)
-            offset = start.utcoffset()
-            seconds = int(offset.total_seconds()) if offset is not None else 0
-            offsets.append((hour, seconds, start.isoformat()[19:]))
+        offsets = epoch_offsets(self.parser.zone, hours)
         conn.executemany(f"INSERT INTO {HOURS} VALUES (?, ?, ?)", offsets)
         self.hours_known |= hours
 
