@@ -407,7 +407,9 @@ HOSTILE = [
 def test_runaway_templates_fail_quickly(tmp_path: Path, source: str, error: str) -> None:
     started = time.monotonic()
     message = sms_error(tmp_path, source)
-    assert time.monotonic() - started < 2
+    # Each stops within the renderer's 1 s budget, not after minutes or never; 10 s leaves a
+    # busy box room (self-inclusion once took 2.2 s under the full suite).
+    assert time.monotonic() - started < 10
     assert message.startswith(f"{tmp_path}/templates/sms/t.txt"), message
     # self-inclusion recurses a thousand deep in 0.06 s, or on a busy machine now and then runs
     # out of its second first: either is its one clear line
