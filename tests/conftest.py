@@ -24,21 +24,23 @@ settings.register_profile("explore")
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
-# The files whose tests take longest, longest first (seconds of one worker, 2026-12-05): the
-# default run hands out whole files in collection order (setup.cfg), so these start first and
-# the workers end together. The others follow in alphabetical order.
+# The files whose tests take longest, longest first (seconds of one worker, 2026-12-05, stop
+# 33): the default run hands out whole files in collection order (setup.cfg), so these start
+# first and the workers end together. The others follow in alphabetical order.
 LONGEST_FIRST = (
-    "test_kill.py",  # 40: the kill harness, then 16 kills per command
-    "test_privacy.py",  # 30: the demo, built once for it and test_reports
-    "test_predict.py",  # 24: the predicted sample
-    "test_bad_input.py",
-    "test_damage.py",
-    "test_security.py",
-    "test_journeys.py",
-    "test_pipeline.py",
+    "test_kill.py",  # 53 (before stop 33's fewer kills): the kill harness, then the kills
+    "test_privacy.py",  # 46: the demo, built once for it and test_reports
+    "test_predict.py",  # 28: the predicted sample
+    "test_bad_input.py",  # 27
+    "test_journeys.py",  # 21
+    "test_damage.py",  # 19
+    "test_resolve_worker.py",  # 15 (25 before its kill test went to the slow run)
+    "test_ingest_worker.py",  # 15
+    "test_security.py",  # 15
     "test_outputs.py",
     "test_match.py",
     "test_resolve.py",
+    "test_pipeline.py",
     "test_journey_workers.py",
 )
 

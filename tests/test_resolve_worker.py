@@ -274,6 +274,7 @@ def test_a_second_process_that_dies_fails_the_run_and_keeps_what_was_resolved(
     assert _resolved(tmp_path / "p/cdp.db") == before
 
 
+@pytest.mark.slow  # 10 s; the default run kills an ingest beside its second process
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_a_killed_resolve_leaves_no_second_process_behind(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
