@@ -192,7 +192,7 @@ class TypedColumn:
         seconds = f"CASE WHEN length({c}) = 16 THEN ':00' ELSE '' END"
         iso = f"{h}.day || 'T' || substr({c}, 12) || {seconds} || {h}.zone"
         # A lookup only for an epoch cell (a join would cost every row one).
-        number = f"CAST({c} AS INTEGER)"
+        number = self._number
         epoch = (
             f"(SELECT {_epoch_sql(number, 'e')} FROM {self.epoch_hours_table} e "
             f"WHERE e.hour = {_epoch_seconds(number)} / 3600)"
@@ -209,6 +209,11 @@ class TypedColumn:
         c = cell(self.cell)
         return f"(length({c}) IN (10, 13) AND {c} NOT GLOB '*[^0-9]*')"
 
+    @property
+    def _number(self) -> str:
+        """The cell as an integer, for an epoch cell."""
+        return f"CAST({cell(self.cell)} AS INTEGER)"
+
     def _epoch_hours(self, conn: sqlite3.Connection) -> set[int]:
         """The epoch hours of the column's epoch cells (see epoch_like). `seen` holds each
         cell's first 13 characters: all of a cell of 10 or 13."""
@@ -218,9 +223,8 @@ class TypedColumn:
                 for v in self.seen
                 if len(v) in (10, 13) and v.isascii() and v.isdigit()
             }
-        number = f"CAST({cell(self.cell)} AS INTEGER)"
         query = (
-            f"SELECT DISTINCT {_epoch_seconds(number)} / 3600 FROM {STAGE} s "
+            f"SELECT DISTINCT {_epoch_seconds(self._number)} / 3600 FROM {STAGE} s "
             f"WHERE {self.epoch_like}"
         )
         return {hour for (hour,) in conn.execute(query)}
