@@ -207,7 +207,10 @@ def test_a_cell_the_project_does_not_map_keeps_its_nul_character_in_attrs(
 ) -> None:
     """A padded cell is read back from the row as written, where SQLite's text would end at
     the NUL: the set path wrote {"note": ""} for "\x00 " (found by the slow run)."""
-    content = b"phone,channel,status,at,purpose,note\r\n13800138000,sms,opt_in,2022-01-01 10:00:00,, a\x00b \r\n"
+    content = (
+        b"phone,channel,status,at,purpose,note\r\n"
+        b"13800138000,sms,opt_in,2022-01-01 10:00:00,, a\x00b \r\n"
+    )
     check_same("optins", [content])
     stored = store_after(tmp_path, CONFIG, "optins", [content], "csv", set_work=True)
     assert [json.loads(r[-4]) for r in stored["rows"]] == [{"note": " a\x00b "}]
