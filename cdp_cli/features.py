@@ -22,6 +22,17 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cdp_cli.config import Config
+from cdp_cli.feature_state import (
+    EVERY_KEY,
+    can_follow,
+    count_rows,
+    forget_changed,
+    keys_to_compare,
+    mark_changed,
+    resolve_id,
+    save_state,
+    saved_state,
+)
 from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import now_iso, transaction
 
@@ -135,8 +146,6 @@ def features_as_of(db: sqlite_utils.Database, config: Config) -> date:
 # Above this share of customers to read again, one pass over every row costs less than
 # looking each changed customer's rows up.
 INCREMENTAL_LIMIT = 0.2
-# The tables whose new rows change someone's features, each read from the id the last run saw.
-SOURCE_TABLES = ("orders", "events", "customers")
 
 
 def compute_features(db: sqlite_utils.Database, as_of: date, full: bool = False) -> FeatureResult:
@@ -144,7 +153,7 @@ def compute_features(db: sqlite_utils.Database, as_of: date, full: bool = False)
 
     The first run, and any run after something it cannot follow (an erasure, an earlier
     date, other feature definitions), reads every order and event. Later runs read again
-    only the customers whose rows can have changed (_mark_changed): new or updated rows, new
+    only the customers whose rows can have changed (feature_state): new or updated rows, new
     identity links, a row dated after the last date coming into range (`feature_recount`).
     Every other customer keeps its row: its new events alone are added to it, the rows that
     leave a 30/90/365-day window on the new date are taken off its counts, and what counts
@@ -155,22 +164,23 @@ def compute_features(db: sqlite_utils.Database, as_of: date, full: bool = False)
     params = {"day": day, "month": as_of.month}
     with transaction(db) as conn:
         _size_temp_cache(conn)
-        state = _saved_state(conn)
+        state = saved_state(conn)
         keys: str | None = None  # the identity keys to compare with the last run's
-        if not full and state is not None and _can_follow(conn, state, day):
-            if state["resolve_id"] != _resolve_id(conn):
-                keys = _keys_to_compare(conn, state)
-            recomputed = _mark_changed(conn, state, day, keys)
-            full = recomputed > INCREMENTAL_LIMIT * _count(conn, "profiles")
+        fingerprint = definitions()
+        if not full and state is not None and can_follow(conn, state, day, fingerprint):
+            if state["resolve_id"] != resolve_id(conn):
+                keys = keys_to_compare(conn, state)
+            recomputed = mark_changed(conn, state, day, keys)
+            full = recomputed > INCREMENTAL_LIMIT * count_rows(conn, "profiles")
         else:
             full = True
         if full:
             _create_tables(conn)
             conn.execute("DROP TABLE IF EXISTS temp.dirty")  # no scope: every customer
-            recomputed = _count(conn, "profiles")
+            recomputed = count_rows(conn, "profiles")
             shifted = events_added = 0
         else:
-            _forget_changed(conn, keys)
+            forget_changed(conn, keys)
             assert state is not None  # an incremental run follows a saved one
             shifted = _shift_windows(conn, state, as_of)
             events_added = _add_new_events(conn, state["events_id"], as_of)
@@ -186,13 +196,13 @@ def compute_features(db: sqlite_utils.Database, as_of: date, full: bool = False)
         _recount_days(conn, scoped)
         if scoped:
             _date_relative(conn, params)
-        _save_state(conn, day, EVERY_KEY if full else keys)
+        save_state(conn, day, EVERY_KEY if full else keys, fingerprint)
         conn.execute(
             "INSERT INTO feature_runs (as_of, computed_at, recomputed) VALUES (?, ?, ?)",
             (day, now_iso(), recomputed),
         )
-        customers = _count(conn, "profile_features")
-        with_orders = _count(conn, "temp.rfm")  # every customer with orders has a score
+        customers = count_rows(conn, "profile_features")
+        with_orders = count_rows(conn, "temp.rfm")  # every customer with orders has a score
     seconds = round(time.monotonic() - started, 3)
     return FeatureResult(
         day, customers, with_orders, seconds, full, recomputed, shifted, events_added
@@ -206,12 +216,8 @@ def _size_temp_cache(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA temp.cache_size = {int(size)}")
 
 
-def _count(conn: sqlite3.Connection, table: str) -> int:
-    return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-
-
 # ---------------------------------------------------------------------------------------------
-# What the last run saw, and who changed since
+# How features are computed, as a fingerprint (feature_state.py keeps what the last run saw)
 
 
 def definitions() -> str:
@@ -234,201 +240,6 @@ def definitions() -> str:
         ]
     )
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _saved_state(conn: sqlite3.Connection) -> dict[str, Any] | None:
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if not {"feature_state", "profile_features", "feature_recount"} <= tables:
-        return None
-    cursor = conn.execute("SELECT * FROM feature_state")
-    row = cursor.fetchone()
-    if row is None:
-        return None
-    return dict(zip([d[0] for d in cursor.description], row, strict=True))
-
-
-def _resolve_id(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT coalesce(max(id), 0) FROM resolve_runs").fetchone()[0])
-
-
-def _tombstones(conn: sqlite3.Connection) -> int:
-    return _count(conn, "tombstones")
-
-
-def _max_ids(conn: sqlite3.Connection) -> dict[str, int]:
-    return {
-        table: int(conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0])
-        for table in SOURCE_TABLES
-    }
-
-
-def _can_follow(conn: sqlite3.Connection, state: dict[str, Any], day: str) -> bool:
-    """Whether the last run's rows can be brought to this one by reading the changed
-    customers: not after an erasure (rows deleted), an earlier as-of date (rows leave the
-    range) or a change of definitions. Rows updated in place are followed (_mark_changed)."""
-    if state["definitions"] != definitions() or day < state["as_of"]:
-        return False
-    if _tombstones(conn) != state["tombstones"]:
-        return False
-    ids = _max_ids(conn)
-    return all(ids[t] >= state[f"{t}_id"] for t in SOURCE_TABLES)  # else rows deleted
-
-
-def _updated_tables(conn: sqlite3.Connection, state: dict[str, Any]) -> list[str]:
-    """The tables of SOURCE_TABLES that batches since the last run updated rows of."""
-    return [
-        kind
-        for (kind,) in conn.execute(
-            f"SELECT DISTINCT kind FROM batches WHERE id > ? AND rows_updated > 0 "
-            f"AND kind IN ({', '.join('?' for _ in SOURCE_TABLES)})",
-            (state["batch_id"], *SOURCE_TABLES),
-        )
-    ]
-
-
-# What _mark_changed compares with the identity links the last run saw (feature_keys): every
-# key, after a full resolve run (it rewrites and drops keys); else only the keys incremental
-# runs wrote (temp.written_keys).
-EVERY_KEY = "identity_keys"
-WRITTEN_KEYS = "temp.written_keys"
-
-
-def _keys_to_compare(conn: sqlite3.Connection, state: dict[str, Any]) -> str:
-    """EVERY_KEY or WRITTEN_KEYS, filled: the keys written since the earlier of the first
-    resolve run since and the last feature run (an incremental resolve stamps each key it
-    writes; times are compared as instants, whatever offset they were written with)."""
-    runs = conn.execute(
-        "SELECT count(*), sum(mode NOT IN ('incremental', 'unchanged')), "
-        "min(julianday(started_at)) FROM resolve_runs WHERE id > ?",
-        (state["resolve_id"],),
-    ).fetchone()
-    last = conn.execute(
-        "SELECT julianday(computed_at) FROM feature_runs ORDER BY id DESC LIMIT 1"
-    ).fetchone()
-    if not runs[0] or runs[1] or last is None:
-        return EVERY_KEY
-    conn.execute("DROP TABLE IF EXISTS temp.written_keys")
-    conn.execute(
-        "CREATE TEMP TABLE written_keys AS SELECT key, one_id FROM identity_keys "
-        "WHERE julianday(resolved_at) >= ?",
-        (min(runs[2], last[0]),),
-    )
-    return WRITTEN_KEYS
-
-
-def _mark_changed(
-    conn: sqlite3.Connection, state: dict[str, Any], day: str, keys: str | None
-) -> int:
-    """temp.dirty: the customers to read again (`keys`: the identity keys to compare with
-    the last run's, None when no resolve ran since), and temp.new_events_only: the others
-    with new events. Returns how many customers are read again."""
-    _customer_set(conn, "dirty")
-    for table in ("orders", "customers"):  # new rows
-        _add_customers_of(conn, "dirty", table, "t.id > ?", [state[f"{table}_id"]])
-    for table in _updated_tables(conn, state):  # rows updated in place (an update stamps
-        # the row with its batch): their customer now, and the one a row left, by the key
-        # it left (feature_left_keys, kept by the tables' triggers) as the last run saw it
-        _add_customers_of(
-            conn, "dirty", table, "t.batch_id > ? AND t.id <= ?",
-            [state["batch_id"], state[f"{table}_id"]],
-        )  # fmt: skip
-    conn.execute(
-        "INSERT OR IGNORE INTO dirty SELECT o.one_id FROM feature_left_keys l "
-        "JOIN feature_keys o ON o.key = l.key WHERE o.one_id IS NOT NULL"
-    )
-    if keys:  # keys that moved, on both sides: the one walked by its key, the other looked
-        # up by key (both keyed by it), with no copy of either to sort. A key new to the
-        # features whose rows are all new brings only those, counted as new rows are.
-        earlier_rows = " OR ".join(
-            f"EXISTS (SELECT 1 FROM {table} t WHERE t.identity_key = n.key AND t.id <= ?)"
-            for table in SOURCE_TABLES
-        )
-        conn.execute(
-            f"INSERT OR IGNORE INTO dirty SELECT n.one_id FROM {keys} n "
-            "LEFT JOIN feature_keys o ON o.key = n.key "
-            "WHERE n.one_id IS NOT NULL AND n.one_id IS NOT o.one_id "
-            f"AND (o.key IS NOT NULL OR {earlier_rows})",
-            [state[f"{table}_id"] for table in SOURCE_TABLES],
-        )
-        old_side = (
-            "SELECT o.one_id FROM feature_keys o LEFT JOIN identity_keys n ON n.key = o.key"
-            if keys == EVERY_KEY  # a full resolve can have dropped a key: walk the copy
-            else f"SELECT o.one_id FROM {keys} n JOIN feature_keys o ON o.key = n.key"
-        )
-        conn.execute(
-            f"INSERT OR IGNORE INTO dirty {old_side} "
-            "WHERE o.one_id IS NOT NULL AND o.one_id IS NOT n.one_id"
-        )
-        # and new customers: every one of them has a key written
-        customers = "profiles" if keys == EVERY_KEY else keys
-        conn.execute(
-            f"INSERT OR IGNORE INTO dirty SELECT p.one_id FROM {customers} p "
-            "WHERE p.one_id IS NOT NULL "
-            "AND NOT EXISTS (SELECT 1 FROM profile_features f WHERE f.one_id = p.one_id)"
-        )
-    conn.execute(  # a row dated after the last run's day comes into range
-        "INSERT OR IGNORE INTO dirty SELECT one_id FROM feature_recount WHERE on_day <= ?", (day,)
-    )
-    _customer_set(conn, "new_events_only")  # new events alone: added up
-    _add_customers_of(
-        conn, "new_events_only", "events",
-        "t.id > ? AND k.one_id NOT IN (SELECT one_id FROM temp.dirty)", [state["events_id"]],
-    )  # fmt: skip
-    return _count(conn, "dirty")
-
-
-def _customer_set(conn: sqlite3.Connection, name: str) -> None:
-    """An empty temp table of one_ids, `name`."""
-    conn.execute(f"DROP TABLE IF EXISTS temp.{name}")
-    conn.execute(f"CREATE TEMP TABLE {name} (one_id TEXT PRIMARY KEY) WITHOUT ROWID")
-
-
-def _add_customers_of(
-    conn: sqlite3.Connection, into: str, table: str, rows: str, params: list[Any]
-) -> None:
-    """Into temp table `into`: the customers of `table`'s rows (t) where `rows` holds."""
-    conn.execute(
-        f"INSERT OR IGNORE INTO {into} SELECT k.one_id FROM {table} t "
-        f"JOIN identity_keys k ON k.key = t.identity_key WHERE {rows} AND k.one_id IS NOT NULL",
-        params,
-    )
-
-
-def _forget_changed(conn: sqlite3.Connection, keys: str | None) -> None:
-    """The changed customers' rows out, to be computed again, among them (on the old side of
-    their keys) the customers who are no more; after a full resolve, every row of a customer
-    with no profile, too."""
-    for table in ("profile_features", "profile_event_counts", "feature_recount"):
-        conn.execute(f"DELETE FROM {table} WHERE one_id IN (SELECT one_id FROM temp.dirty)")
-        if keys == EVERY_KEY:
-            conn.execute(f"DELETE FROM {table} WHERE one_id NOT IN (SELECT one_id FROM profiles)")
-
-
-def _save_state(conn: sqlite3.Connection, day: str, keys: str | None) -> None:
-    """What this run saw, for the next one (the same after a kill and a rerun: feature_runs,
-    a run log, counts the customers each run read); `keys`: those compared, to keep."""
-    ids = _max_ids(conn)
-    batch = conn.execute("SELECT coalesce(max(id), 0) FROM batches").fetchone()[0]
-    conn.execute("DELETE FROM feature_state")
-    conn.execute(
-        "INSERT INTO feature_state VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (day, definitions(), ids["orders"], ids["events"], ids["customers"], batch,
-         _resolve_id(conn), _tombstones(conn)),
-    )  # fmt: skip
-    left = "" if keys == EVERY_KEY else "key IN (SELECT key FROM feature_left_keys) AND "
-    conn.execute(  # keys gone (after a full run's _create_tables, feature_keys is empty)
-        f"DELETE FROM feature_keys WHERE {left}NOT EXISTS "
-        "(SELECT 1 FROM identity_keys i WHERE i.key = feature_keys.key)"
-    )
-    conn.execute("DELETE FROM feature_left_keys")  # read
-    if keys:  # the identity links these features were computed with: the keys that moved
-        # written, not every key
-        conn.execute(
-            f"INSERT INTO feature_keys SELECT i.key, i.one_id FROM {keys} i "
-            "LEFT JOIN feature_keys f ON f.key = i.key "
-            "WHERE f.key IS NULL OR i.one_id IS NOT f.one_id ORDER BY i.key "
-            "ON CONFLICT (key) DO UPDATE SET one_id = excluded.one_id"
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -694,7 +505,7 @@ def _add_new_events(conn: sqlite3.Connection, events_id: int, as_of: date) -> in
     latest time is the later one, and a row dated after the day leaves its day to come into
     range. Reads the new events alone, not the customers' history. Returns how many
     customers."""
-    customers = _count(conn, "temp.new_events_only")
+    customers = count_rows(conn, "temp.new_events_only")
     if not customers:
         return 0
     conn.execute("DROP TABLE IF EXISTS temp.ek")
