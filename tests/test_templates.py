@@ -22,7 +22,7 @@ from cdp_cli.features import FEATURES
 from cdp_cli.messaging.channels import GSM7_BASIC, GSM7_EXTENSION, sms_segments, split_sms
 from cdp_cli.messaging.filters import default_name, format_date, money
 from cdp_cli.messaging.fixtures import example_context
-from cdp_cli.messaging.sandbox import Limits
+from cdp_cli.messaging.sandbox import PYTHON_REPR, Limits, printed_object
 from cdp_cli.messaging.templates import TemplateStore
 from tests.conftest import REPO
 
@@ -594,6 +594,23 @@ def test_split_sms_properties(text: str) -> None:
 @given(SMS_TEXT, st.sampled_from(["a", "€", "中", "😀", "\n"]))
 def test_a_longer_sms_never_takes_fewer_segments(text: str, extra: str) -> None:
     assert sms_segments(text + extra)[0] >= sms_segments(text)[0]
+
+
+# Texts made of the pieces of a printed Python object, and any other characters.
+REPR_TEXT = st.lists(
+    st.one_of(
+        st.sampled_from(["<", "&lt;", "&", "class ", "object at 0x", "0x1f", "jinja2.", "Macro "]),
+        st.characters(exclude_categories=("Cs",)),
+    ),
+    max_size=30,
+).map("".join)
+
+
+@given(REPR_TEXT)
+def test_printed_object_finds_what_the_pattern_finds(text: str) -> None:
+    """printed_object skips the search for a text that cannot match: it must find the same."""
+    found, expected = printed_object(text), PYTHON_REPR.search(text)
+    assert (found and found.span()) == (expected and expected.span())
 
 
 def test_an_sms_over_the_limit_warns_and_fails_validation(tmp_path: Path) -> None:

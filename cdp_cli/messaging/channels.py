@@ -46,6 +46,7 @@ GSM7 = ("GSM-7", 160, 153)
 UCS2 = ("UCS-2", 70, 67)
 # Stops at the first character outside GSM-7: at once, in Chinese text.
 _NOT_GSM7 = re.compile("[^" + "".join(re.escape(c) for c in sorted(GSM7_ALL)) + "]")
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")  # two UCS-2 units each (an emoji)
 
 WECHAT_KEYS = ("touser", "template_id", "url", "miniprogram", "data", "appid")
 # Since May 2023 WeChat shows at most 20 characters of a template-message field.
@@ -113,7 +114,7 @@ def sms_segments(text: str) -> tuple[int, str]:
     if encoding == GSM7[0]:
         simple = GSM7_EXTENSION.isdisjoint(text)
     else:
-        simple = max(text, default="\0") <= "\uffff"
+        simple = _ASTRAL.search(text) is None
     if not simple:  # two-unit characters may not straddle parts: count by splitting
         return len(split_sms(text)), encoding
     if not text:

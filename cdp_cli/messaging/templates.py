@@ -24,7 +24,6 @@ from cdp_cli.messaging.channels import CHANNEL_NAMES, CHANNELS, Outbound, Render
 from cdp_cli.messaging.fixtures import example_context
 from cdp_cli.messaging.sandbox import (
     BUDGET,
-    PYTHON_REPR,
     TOO_NESTED,
     Budget,
     Limits,
@@ -32,6 +31,7 @@ from cdp_cli.messaging.sandbox import (
     RootLoader,
     environment,
     name_problem,
+    printed_object,
 )
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: "$" would let a final "\n" in
@@ -207,7 +207,7 @@ class TemplateStore:
         finally:
             BUDGET.reset(token)
         text = "".join(chunks)
-        leak = PYTHON_REPR.search(text)
+        leak = printed_object(text)
         if leak:
             raise TemplateError(
                 self.root / relative,
