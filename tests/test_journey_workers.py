@@ -252,7 +252,8 @@ def test_a_worker_that_dies_ends_the_run_in_one_line_and_the_rerun_loses_nothing
 
 def test_the_worker_renders_as_one_process_does(sample: Path) -> None:
     """render_message, given a batch's header and a message's parts, makes the same payload and
-    outbound line as the first process makes of the same context."""
+    outbound line as the first process makes of the same context; or hands back the body the
+    first process makes that line from, when it makes the batch's lines itself."""
     from cdp_cli.messaging.outbox import file_line
     from cdp_cli.messaging.templates import TemplateStore
 
@@ -272,18 +273,19 @@ def test_the_worker_renders_as_one_process_does(sample: Path) -> None:
         "https://l",
     )
     head = ("j:1:s", "+8613800000001", "j", "s", "C1", None, None)
-    rendered = rendering.render_message(
-        templates, header, ("sms", "member_day", parts, None, head[0])
-    )
-    assert rendered is not None
+    job: rendering.RenderJob = ("sms", "member_day", parts, None, head)
+    rendered = rendering.render_message(templates, header, job)
+    body_only = rendering.render_message(templates, header, job, make_line=False)
+    assert rendered is not None and body_only is not None
     context = rendering.message_context(header, parts, "j:1:s")
     assert context["customer"] == {"one_id": "C1", "name": "王芳"}
     assert context["wechat"] == {"openid": "o123", "appid": "wxapp"}
     outbound = templates.render("sms", "member_day", context)
-    payload, billed_parts, body = rendered
-    assert json.loads(payload) == outbound.body == body and billed_parts == outbound.billed_parts
-    # the first process makes the outbound line from the body, as it does of its own renders
-    assert file_line(CHANNELS["sms"], head, body) == file_line(CHANNELS["sms"], head, outbound.body)
+    payload, billed_parts, line = rendered
+    assert json.loads(payload) == outbound.body and billed_parts == outbound.billed_parts
+    assert body_only[:2] == rendered[:2] and body_only[2] == outbound.body
+    # the line the worker makes is the one the first process makes of its own renders
+    assert line == file_line(CHANNELS["sms"], head, outbound.body).encode()
 
 
 def test_the_unsubscribe_link_is_made_only_for_a_message_that_uses_it(
@@ -317,8 +319,9 @@ def test_the_unsubscribe_link_is_made_only_for_a_message_that_uses_it(
     )  # fmt: skip
 
     def render(channel: str, template: str, message_id: str) -> dict[str, Any]:
+        head = (message_id, "+8613800000001", "j", "s", "C1", None, None)
         rendered = rendering.render_message(
-            templates, header, (channel, template, parts, None, message_id)
+            templates, header, (channel, template, parts, None, head)
         )
         assert rendered is not None
         return dict(json.loads(rendered[0]))

@@ -32,7 +32,8 @@ from typing import IO, Any, NamedTuple, cast
 from cdp_cli import workers
 from cdp_cli.errors import CdpError, TemplateError
 from cdp_cli.messaging import links
-from cdp_cli.messaging.channels import Outbound, placeholder_problem
+from cdp_cli.messaging.channels import CHANNELS, Outbound, placeholder_problem
+from cdp_cli.messaging.outbox import file_line
 from cdp_cli.messaging.templates import TemplateStore
 from cdp_cli.workers import frame, read_frame
 
@@ -62,12 +63,13 @@ ContextParts = tuple[
     dict[str, Any] | None, str | None, str | None, str,
 ]  # fmt: skip
 # One message to render: channel, template, its ContextParts, the QR image's path relative to
-# outbound/ (put in the payload) or None, and its message id (for its unsubscribe link).
-RenderJob = tuple[str, str, ContextParts, str | None, str]
+# outbound/ (put in the payload) or None, and the rest of its outbound line (outbox.file_line's
+# `head`: message_id, to, journey, step, one_id, coupon, link).
+RenderJob = tuple[str, str, ContextParts, str | None, tuple[Any, ...]]
 # A message rendered cleanly: its payload as the outbox stores it (JSON), the parts it is
-# billed for, and its body (the payload before JSON) for the first process to make its
-# outbound line from: the worker is the busier of the two processes, the first waits for it.
-RenderedMessage = tuple[str, int, dict[str, Any]]
+# billed for, and its outbound line in UTF-8 or, when the first process makes the lines of
+# the batch (RenderWorker.makes_lines), its body (the payload before JSON).
+RenderedMessage = tuple[str, int, bytes | dict[str, Any]]
 
 
 def message_context(
@@ -130,28 +132,35 @@ class RenderFailed(Exception):
 
 
 def render_message(
-    templates: TemplateStore, header: ContextHeader, job: RenderJob
+    templates: TemplateStore, header: ContextHeader, job: RenderJob, make_line: bool = True
 ) -> RenderedMessage | None:
     """Render one message as send._send_one does; None when it fails or is a placeholder."""
-    channel, template, parts, qr, message_id = job
+    channel, template, parts, qr, head = job
     try:
-        outbound = render_outbound(templates, header, channel, template, parts, message_id)
+        outbound = render_outbound(templates, header, channel, template, parts, head[0])
     except TemplateError:
         return None
     if placeholder_problem(channel, template, outbound.body):
         return None
     if qr is not None:
         outbound.body["qr"] = qr
-    return json.dumps(outbound.body, ensure_ascii=False), outbound.billed_parts, outbound.body
+    payload = json.dumps(outbound.body, ensure_ascii=False)
+    if not make_line:
+        return payload, outbound.billed_parts, outbound.body
+    return (
+        payload,
+        outbound.billed_parts,
+        file_line(CHANNELS[channel], head, outbound.body).encode(),
+    )
 
 
 def render_batch(
-    templates: TemplateStore, header: ContextHeader, jobs: list[RenderJob]
+    templates: TemplateStore, header: ContextHeader, jobs: list[RenderJob], make_lines: bool
 ) -> list[RenderedMessage] | None:
     """Every message of a batch, or None when any of them did not render cleanly."""
     rendered = []
     for job in jobs:
-        message = render_message(templates, header, job)
+        message = render_message(templates, header, job, make_lines)
         if message is None:
             return None
         rendered.append(message)
@@ -165,9 +174,9 @@ def serve(jobs: IO[bytes], results: IO[bytes]) -> None:
         root, limits, sms_max_segments = read_frame(jobs)
         templates = TemplateStore(root, limits=limits, sms_max_segments=sms_max_segments)
         while True:
-            header, batch = read_frame(jobs)
+            header, batch, make_lines = read_frame(jobs)
             try:
-                answer = render_batch(templates, ContextHeader(*header), batch)
+                answer = render_batch(templates, ContextHeader(*header), batch, make_lines)
             except Exception:  # one process reproduces it, with its own message
                 answer = None
             results.write(frame(answer))
@@ -191,6 +200,12 @@ class RenderWorker:
         assert self.process.stdin is not None and self.process.stdout is not None
         self._jobs, self._results = self.process.stdin, self.process.stdout
         self.in_flight = 0
+        # Whether the worker makes the next batch's outbound lines: yes, unless the first
+        # process had to wait for its last answer (the worker is then the busier of the two).
+        # Which one is busier depends on the box (SQLite's writes in the first, Jinja in the
+        # worker: at 1M one box's first process waited 16-22 s, another's worker 14 s), so the
+        # lines go, batch by batch, to the side with time to spare. They are the same either way.
+        self.makes_lines = True
         self._outgoing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._answers: queue.SimpleQueue[object] = queue.SimpleQueue()
         settings = (templates.root, templates.limits, templates.sms_max_segments)
@@ -204,12 +219,14 @@ class RenderWorker:
 
     def submit(self, header: ContextHeader, jobs: list[RenderJob]) -> None:
         assert self.in_flight < IN_FLIGHT, "collect() the oldest batch in flight first"
-        self._outgoing.put(frame((tuple(header), jobs)))  # a plain tuple: marshal writes it
+        batch = (tuple(header), jobs, self.makes_lines)  # a plain tuple: marshal writes it
+        self._outgoing.put(frame(batch))
         self.in_flight += 1
 
     def collect(self) -> list[RenderedMessage]:
         """The oldest batch in flight, rendered; RenderFailed when a message did not render."""
         assert self.in_flight, "nothing submitted"
+        self.makes_lines = not self._answers.empty()  # the answer was ready: this side is busier
         answer = self._answers.get()
         if answer is _GONE:
             raise self._died()

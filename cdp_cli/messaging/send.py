@@ -167,8 +167,9 @@ class Outbox:
         self.lines.clear()
 
     def fill(self, run: JourneyRun, rendered: list[RenderedMessage]) -> None:
-        """Put what the worker rendered into the rows waiting for it, and make their lines."""
-        for index, (payload, billed_parts, body) in zip(self.rendering, rendered, strict=True):
+        """Put what the worker rendered into the rows waiting for it, and their lines (made
+        here from the body when the worker did not make them)."""
+        for index, (payload, billed_parts, made) in zip(self.rendering, rendered, strict=True):
             row = self.messages[index]
             channel = row.channel
             assert channel is not None
@@ -176,8 +177,9 @@ class Outbox:
             values[_PAYLOAD] = payload
             values[_COST] = message_cost(run, channel, billed_parts)
             self.messages[index] = _new_row(values)
-            line = file_line(CHANNELS[channel], _file_head(row), body).encode()
-            self.lines.append((channel, line))
+            if not isinstance(made, bytes):
+                made = file_line(CHANNELS[channel], _file_head(row), made).encode()
+            self.lines.append((channel, made))
         self.rendering.clear()
         self.jobs.clear()
 
@@ -523,7 +525,7 @@ def _queue_render(
     outbox.messages.append(row)
     qr = str(link.qr) if link is not None and link.qr is not None else None
     outbox.header = batch.header
-    outbox.jobs.append((channel, step.template, parts, qr, message_id))
+    outbox.jobs.append((channel, step.template, parts, qr, _file_head(row)))
     batch.customers.count_sent(e.one_id, run.now)
     run.result.sent[channel] = run.result.sent.get(channel, 0) + 1
 
