@@ -124,6 +124,35 @@ def test_two_processes_send_what_one_sends_on_the_sample(
     assert compare(snapshot(tmp_path / "two", tmp_path), snapshot(tmp_path / "one", tmp_path)) == []
 
 
+@pytest.mark.parametrize("worker_makes_lines", [True, False])
+def test_the_outbound_lines_are_the_same_whichever_process_makes_them(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker_makes_lines: bool
+) -> None:
+    """The worker makes a batch's lines unless the first process waited for its last answer
+    (RenderWorker.makes_lines, which the box's speed decides): forced either way, the files
+    and the outbox are one process's."""
+    submit, collect = RenderWorker.submit, RenderWorker.collect
+    made: list[type] = []
+
+    def forced(self: RenderWorker, *args: Any) -> None:
+        self.makes_lines = worker_makes_lines
+        submit(self, *args)
+
+    def noted(self: RenderWorker) -> list[rendering.RenderedMessage]:
+        rendered = collect(self)
+        made.extend(type(message[2]) for message in rendered)
+        return rendered
+
+    monkeypatch.setattr(RenderWorker, "submit", forced)
+    monkeypatch.setattr(RenderWorker, "collect", noted)
+    one = journey_run(copy(sample, tmp_path / "one"), "--json")
+    two = journey_run(copy(sample, tmp_path / "two"), "--json", *FORCE)
+    assert one.exit_code == two.exit_code == 0, two.output
+    assert set(made) == {bytes if worker_makes_lines else dict}
+    assert outbound_files(tmp_path / "two") == outbound_files(tmp_path / "one")
+    assert messages(tmp_path / "two") == messages(tmp_path / "one")
+
+
 # A branch right after a send reads what the send queued (`received`): in two processes, the
 # batch the worker renders is written first.
 BRANCHING = """name: follow
