@@ -706,3 +706,16 @@ def index_available_coupon_codes(db: sqlite_utils.Database) -> None:
     db.conn.execute(
         "CREATE INDEX coupons_available ON coupons (campaign, code) WHERE status = 'available'"
     )
+
+
+@migration(25)
+def index_customers_by_key_and_registration(db: sqlite_utils.Database) -> None:
+    """customers_identity on (identity_key, registered_at): a tag run's earliest registration
+    per customer reads the index alone, in key order, where it read every customer row (their
+    attrs and identifiers with it) and looked up each key at random: 2.0 s against 7.5 s at
+    1M customers (issue 14). Lookups by identity_key use it as before."""
+    _run_script(
+        db.conn,
+        "DROP INDEX IF EXISTS customers_identity;\n"
+        "CREATE INDEX customers_identity ON customers (identity_key, registered_at);",
+    )

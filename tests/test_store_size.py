@@ -68,7 +68,7 @@ def test_a_first_load_builds_secondary_indexes_once_at_the_end(tmp_path, write):
     project = Project(tmp_path / "cdp.yaml")
     assert _traced_ingest(project, first) == [
         'DROP INDEX "customers_identity"',
-        "CREATE INDEX customers_identity ON customers (identity_key)",
+        "CREATE INDEX customers_identity ON customers (identity_key, registered_at)",
     ]
     assert _traced_ingest(project, second) == []  # the table holds rows: inserted into as usual
     indexes = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'customers'"
@@ -202,3 +202,16 @@ def test_one_checkpoint_copies_the_wal_into_the_store_once_at_the_end(tmp_path):
     commit_pages()
     assert wal.stat().st_size == size
     db.close()
+
+
+@pytest.mark.parametrize("scoped", [False, True])
+def test_a_tag_run_reads_registrations_from_the_index_alone(tmp_path, scoped):
+    """The earliest registration per customer, in a full run and in one of changed customers,
+    reads customers_identity and no customer row."""
+    from cdp_cli.features import _parts_sql
+
+    with Project(tmp_path / "none.yaml", tmp_path / "cdp.db").store() as db:
+        db.conn.execute("CREATE TEMP TABLE dirty (one_id TEXT PRIMARY KEY)")
+        sql = _parts_sql(scoped)["reg"][1]
+        plan = [row[3] for row in db.conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+    assert any("USING COVERING INDEX customers_identity" in step for step in plan), plan
