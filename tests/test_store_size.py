@@ -4,6 +4,7 @@ distinct value, and `cdp status` on a sample of a big table (issue 13)."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,19 @@ def test_the_page_cache_is_sized_from_cdp_yaml(tmp_path, write):
     # A store that cannot be written is read through a read-only connection: sized the same.
     reader = open_read_only(tmp_path / "small/cdp.db", 16)
     assert reader.conn.execute("PRAGMA cache_size").fetchone()[0] == -16 * 1024
+    reader.close()
+
+
+def test_the_temp_database_frees_pages_without_zeroing_them(tmp_path, write):
+    """Zeroing freed temp pages guards nothing (the file goes unzeroed at close) and costs
+    seconds at size; the store itself keeps SQLite's own setting, which erasure relies on."""
+    write("cdp.yaml", CRM)
+    built_in = sqlite3.connect(":memory:").execute("PRAGMA secure_delete").fetchone()[0]
+    with Project(tmp_path / "cdp.yaml").store() as db:
+        assert db.conn.execute("PRAGMA temp.secure_delete").fetchone()[0] == 0
+        assert db.conn.execute("PRAGMA main.secure_delete").fetchone()[0] == built_in
+    reader = open_read_only(tmp_path / "cdp.db", 16)
+    assert reader.conn.execute("PRAGMA temp.secure_delete").fetchone()[0] == 0
     reader.close()
 
 
