@@ -78,7 +78,7 @@ class StageResult:
     counts: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # why it failed, with personal data scrubbed
     note: str | None = None  # why it was skipped
-    details: Any = None  # for --json: per-journey results, resolve's notes
+    details: Any = None  # for --json: per-journey results, resolve's notes, tag warnings
     # journeys: messages sent per channel (counts["by_channel"] is its form for the log)
     sent_by_channel: dict[str, int] = field(default_factory=dict)
     exception: Exception | None = None  # an unexpected error, re-raised under CDP_DEBUG
@@ -465,6 +465,7 @@ def _tag(db: sqlite_utils.Database, config: Config, day: date, stage: StageResul
         "changed": sum(t["changed"] for t in result.tags.values()),
         "removed": sum(t["removed"] for t in result.tags.values()),
     }
+    stage.details = {"warnings": result.warnings} if result.warnings else None
 
 
 def _predict(db: sqlite_utils.Database, config: Config, day: date, stage: StageResult) -> None:

@@ -14,7 +14,7 @@ from cdp_cli.files import row_format
 from cdp_cli.predict.fields import predicted_categories
 from cdp_cli.rules.book import RuleBook
 from cdp_cli.rules.compiler import CompiledRule
-from cdp_cli.rules.vocabulary import BASE_FROM, RuleContext
+from cdp_cli.rules.vocabulary import BASE_FROM, RuleContext, unknown_tag_values
 from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import rows_as_dicts
 from cdp_cli.tags import stored_tags
@@ -134,6 +134,7 @@ class SegmentReport:
     exported: int | None = None
     file: str | None = None
     layout: str | None = None
+    warnings: list[str] | None = None
 
     @property
     def share(self) -> float:
@@ -153,6 +154,8 @@ class SegmentReport:
             data |= {"by": self.by, "portrait": self.portrait}
         if self.sample is not None:
             data["sample"] = self.sample
+        if self.warnings:
+            data["warnings"] = self.warnings
         return data
 
 
@@ -169,11 +172,23 @@ def describe(
     few = _few_matches(db, chosen, SAMPLE_WALK_MATCHES * sample_size) if sample_size else None
     size, base = (len(few), _base(db)) if few is not None else count(db, chosen)
     report = SegmentReport(chosen.name, chosen.rule, size, base)
+    report.warnings = tag_value_warnings(book, chosen)
     if by:
         report.by, report.portrait = by, portrait(db, book, as_of, chosen, by)
     if sample_size is not None:
         report.sample = sample(db, book, as_of, chosen, sample_size, few) if size else []
     return report
+
+
+def tag_value_warnings(book: RuleBook, chosen: Audience) -> list[str]:
+    """A warning for each tag value the audience's rule compares with that its tag never
+    takes: `tag('lifecycle') in ('active', 'at-risk')` counts the active ones alone, without
+    an error. A named segment's warnings name its file and line."""
+    problems = unknown_tag_values(book, chosen.rule)
+    segment = book.segments.get(chosen.name) if chosen.name else None
+    if segment is None:
+        return problems
+    return [f"{segment.path}:{segment.line}: segment {segment.name}: {p}" for p in problems]
 
 
 def sample(

@@ -23,7 +23,13 @@ from cdp_cli.features import compute_features
 from cdp_cli.predict.fields import predicted_categories
 from cdp_cli.rules.book import RuleBook, Tag, load_rulebook
 from cdp_cli.rules.compiler import CompiledRule
-from cdp_cli.rules.vocabulary import BASE_FROM, READS, Read, RuleContext
+from cdp_cli.rules.vocabulary import (
+    BASE_FROM,
+    READS,
+    Read,
+    RuleContext,
+    rules_tag_value_warnings,
+)
 from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import indexes_built_after, insert_row, now_iso, rows_as_dicts, transaction
 from cdp_cli.yamlfile import did_you_mean
@@ -45,9 +51,14 @@ class TagResult:
     features_seconds: float = 0.0
     seconds: float = 0.0
     unchanged_since: int | None = None  # the tag run whose inputs this one found unchanged
+    warnings: list[str] = field(default_factory=list)  # rules_tag_value_warnings
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Without `warnings` when there are none."""
+        data = asdict(self)
+        if not self.warnings:
+            del data["warnings"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -142,14 +153,16 @@ def run_tags(
         if only not in book.tags:
             raise RuleError(f"{folder}: no tag named {only!r}{did_you_mean(only, book.tags)}")
         compiled = [c for c in compiled if c.tag.name == only]
+    warnings = rules_tag_value_warnings(book)
     inputs = tag_inputs(db, compiled, as_of, only)
     if not force:
         unchanged = _unchanged(db, inputs, as_of)
         if unchanged is not None:
             unchanged.seconds = round(time.monotonic() - started, 3)
+            unchanged.warnings = warnings
             return unchanged
     features = compute_features(db, as_of)
-    result = TagResult(as_of.isoformat(), features_seconds=features.seconds)
+    result = TagResult(as_of.isoformat(), features_seconds=features.seconds, warnings=warnings)
     at = now_iso()
     with transaction(db) as conn:
         run_id = insert_row(

@@ -596,6 +596,68 @@ def test_tag_warns_when_batches_are_not_resolved(run, project, write):
     assert "1 ingested batches are not resolved yet: run `cdp resolve` first" in result.stderr
 
 
+LIFECYCLE_VALUES = "its values: new, active, at_risk, churned, prospect"
+
+
+def test_tag_values_no_customer_can_have_are_warnings_naming_file_and_line(run, project, write):
+    """A tag rule, a named segment or an ad-hoc rule comparing a tag with a value it never
+    takes selects no one without an error: each says so, and still runs."""
+    write(
+        "tag_rules/typo.yaml",
+        "- name: typo\n  when: \"tag('lifecycle') = 'actve'\"\n"
+        "- name: fine\n  when: \"tag('lifecycle') = 'active'\"\n",
+    )
+    with (project / "tag_rules/segments.yaml").open("a") as f:
+        f.write("\n- name: typo_segment\n  rule: \"tag('dormant') = 'yes'\"\n")
+    lines = (project / "tag_rules/segments.yaml").read_text().splitlines()
+    line = lines.index("- name: typo_segment") + 1
+    tag_warning = (
+        "tag_rules/typo.yaml:1: tag typo: tag lifecycle never takes the value 'actve' "
+        f"(did you mean 'active'?); {LIFECYCLE_VALUES}"
+    )
+    result = run("tag", "--as-of", AS_OF, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["warnings"] == [tag_warning]
+    assert result.stderr == f"Warning: {tag_warning}\n"
+    again = run("tag", "--as-of", AS_OF, "--silent", "--json")  # nothing new: still checked
+    assert json.loads(again.stdout)["warnings"] == [tag_warning] and again.stderr == ""
+
+    rule = "tag('lifecycle') in ('active', 'at-risk')"
+    typo = run("segment", "--rule", rule, "--json")
+    assert typo.exit_code == 0
+    segment_warning = (
+        "tag lifecycle never takes the value 'at-risk' (did you mean 'at_risk'?); "
+        + LIFECYCLE_VALUES
+    )
+    assert json.loads(typo.stdout)["warnings"] == [segment_warning]
+    assert typo.stderr == f"Warning: {segment_warning}\n"
+    right = run("segment", "--rule", "tag('lifecycle') = 'active'", "--json")
+    assert json.loads(right.stdout)["customers"] == json.loads(typo.stdout)["customers"]
+    assert "warnings" not in json.loads(right.stdout) and right.stderr == ""
+    named = run("segment", "typo_segment", "--sample", "0")
+    assert named.exit_code == 0
+    assert named.stderr == (
+        f"Warning: tag_rules/segments.yaml:{line}: segment typo_segment: tag dormant never "
+        "takes the value 'yes'; its values: true\n"
+    )
+
+
+def test_cdp_run_passes_on_the_tag_rules_warnings(run, project, write):
+    write("tag_rules/typo.yaml", "- name: typo\n  when: \"tag('lifecycle') = 'actve'\"\n")
+    result = run("run", "--as-of", AS_OF, "--json")
+    assert result.exit_code == 0, result.output
+    tag_stage = next(s for s in json.loads(result.stdout)["stages"] if s["stage"] == "tag")
+    assert tag_stage["details"] == {
+        "warnings": [
+            "tag_rules/typo.yaml:1: tag typo: tag lifecycle never takes the value 'actve' "
+            f"(did you mean 'active'?); {LIFECYCLE_VALUES}"
+        ]
+    }
+    assert "Warning: tag: tag_rules/typo.yaml:1: tag typo: tag lifecycle never takes" in (
+        result.stderr
+    )
+
+
 # Four amounts that add up to each edge exactly, but not in floating point in most orders.
 EDGE_AMOUNTS = {
     "300.00": ("16.57", "10.53", "4.44", "268.46"),

@@ -75,6 +75,8 @@ def tag_command(
             )
         result = run_tags(db, folder, day, only, force)
     out.emit(result, json_, print_tags)
+    for warning in result.warnings:
+        out.note(f"Warning: {warning}", silent)
     if result.unchanged_since is not None:
         out.note(
             f"Nothing new since tag run {result.unchanged_since} (data, rules and as-of date "
@@ -241,6 +243,8 @@ def segment_command(
         )
         return
     out.emit(report, json_, print_segment)
+    for warning in report.warnings or []:
+        out.note(f"Warning: {warning}")
 
 
 def _check_predictive_options(

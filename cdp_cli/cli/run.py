@@ -72,6 +72,9 @@ def run_command(
             raise
     out.emit(report, json_, lambda _: _print_run(report, config.root))
     for stage in report.stages:
+        for warning in stage.details.get("warnings", []) if isinstance(stage.details, dict) else []:
+            out.note(f"Warning: {stage.stage}: {warning}", silent)
+    for stage in report.stages:
         if stage.exception is not None and os.environ.get("CDP_DEBUG"):
             raise stage.exception
     if report.failed:

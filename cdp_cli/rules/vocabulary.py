@@ -232,3 +232,15 @@ def unknown_tag_values(book: RuleBook, rule: str) -> list[str]:
     """Every tag value `rule` compares with that its tag never takes (see unknown_tag_value)."""
     found = (unknown_tag_value(book, tag, value) for tag, value in compared_calls(rule, "tag"))
     return [problem for problem in found if problem]
+
+
+def rules_tag_value_warnings(book: RuleBook) -> list[str]:
+    """A warning for each tag value a tag's rule compares with that its tag never takes
+    (`tag('lifecycle') = 'actve'` holds for no one, without an error), naming the file, line
+    and tag."""
+    return [
+        f"{tag.path}:{tag.line}: tag {tag.name}: {problem}"
+        for tag in book.tags.values()
+        for rule in tag.rules()
+        for problem in unknown_tag_values(book, rule)
+    ]
