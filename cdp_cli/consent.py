@@ -35,7 +35,6 @@ from cdp_cli.identity.normalize import Normalizer, email_key, identity_key, norm
 from cdp_cli.identity.profiles import Lookup, build_profiles, check_lookup, find_one_id
 from cdp_cli.identity.settings import IdentifierType
 from cdp_cli.messaging.channels import CHANNEL_NAMES, CONSENT_CHANNELS, purposes_obeyed
-from cdp_cli.privacy import masked_lookup
 from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import insert_row, now_iso, rows_as_dicts, transaction
 
@@ -158,10 +157,7 @@ def _suppressed_identifier(config: Config, lookup: Lookup) -> tuple[str, str] | 
 
 
 def _find(db: sqlite_utils.Database, config: Config, lookup: Lookup) -> str:
-    try:
-        return find_one_id(db, config, lookup)[0]
-    except NotFound:
-        raise NotFound(f"no customer has the {masked_lookup(**asdict(lookup))}") from None
+    return find_one_id(db, config, lookup)[0]
 
 
 def _carrier(

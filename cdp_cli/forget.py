@@ -41,7 +41,6 @@ from cdp_cli.identity.normalize import email_key, normalize_phone
 from cdp_cli.identity.profiles import Lookup, build_profiles, find_one_id
 from cdp_cli.identity.resolve import resolve, unresolved_batches
 from cdp_cli.identity.tombstones import Tombstones, erase_records, store_salt, tombstone_hash
-from cdp_cli.privacy import masked_lookup
 from cdp_cli.purge import Purge, needles_of, purge
 from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import now_iso, transaction
@@ -156,7 +155,7 @@ def find_target(db: sqlite_utils.Database, config: Config, lookup: Lookup) -> Ta
         if _forgotten_already(db, config, lookup):
             asked = _lookup_identifier(config, lookup)  # what the purge can look for
             return Target(None, identifiers=[asked] if asked else [])
-        raise NotFound(f"no customer has the {masked_lookup(**asdict(lookup))}") from None
+        raise
     profile = db.conn.execute(
         "SELECT name, records FROM profiles WHERE one_id = ?", (one_id,)
     ).fetchone()

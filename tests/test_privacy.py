@@ -416,6 +416,38 @@ def test_consent_usage_and_lookup_errors(run, project):
     assert "sms      opt_out" in shown.stdout and "skip for" in shown.stdout
 
 
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("13800000001", "138****0001: that is a phone number; find the customer with --phone"),
+        (
+            "+86 138-0000-0001",
+            "138****0001: that is a phone number; find the customer with --phone",
+        ),
+        (" li.na@qq.com", "l***@qq.com: that is an email address; find the customer with --email"),
+    ],
+)
+def test_a_phone_or_email_given_as_one_id_is_named_masked_with_the_way_to_look_it_up(
+    run, project, given, said
+):
+    for command in (["profile"], ["consent"], ["forget", "--yes"], ["resolve", "--explain"]):
+        result = run(*command, given)
+        assert result.exit_code == 1, (command, result.output)
+        assert result.stderr.startswith(f"Error: no customer has the one_id {said}"), command
+        assert "13800000001" not in result.output and "li.na" not in result.output
+
+
+def test_a_one_id_in_lower_case_is_pointed_at_its_customer(run, project, tmp_path):
+    one_id = query(tmp_path / "cdp.db", "SELECT min(one_id) FROM profiles")[0][0]
+    result = run("profile", one_id.lower())
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"Error: no customer has the one_id {one_id.lower()} (did you mean {one_id}?)"
+    )
+    unknown = run("profile", "c999999999")
+    assert unknown.stderr.strip() == "Error: no customer has the one_id c999999999"
+
+
 def test_contradictory_consent_flags_are_a_usage_error(run, project, tmp_path):
     before = query(tmp_path / "cdp.db", "SELECT count(*) FROM consents")
     result = run("consent", "--phone", "13800000001", "--channel", "sms", "--opt-out", "--opt-in")

@@ -7,12 +7,13 @@ keeps its origin (source and key) in `lineage`, and every source value stays on 
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 from cdp_cli.config import Config
 from cdp_cli.errors import NotFound, UsageError
 from cdp_cli.identity.normalize import email_key, normalize_phone
-from cdp_cli.privacy import masked_lookup
+from cdp_cli.privacy import mask_email, mask_phone, masked_lookup
 from cdp_cli.sqlitelib import sqlite_utils
 from cdp_cli.store import key_walk
 
@@ -240,7 +241,35 @@ def follow_merges(db: sqlite_utils.Database, one_id: str) -> tuple[str, list[str
             (current,),
         ).fetchone()
         if row is None or row[0] in path:  # a merge chain cannot loop; stop if data says so
-            raise NotFound(f"no customer has the one_id {one_id}")
+            raise _no_such_one_id(db, one_id)
         current = row[0]
         path.append(current)
     return current, path[:-1]
+
+
+# A phone number given where a one_id goes: 7 digits or more, with + ( ) - . and spaces.
+PHONE_LIKE = re.compile(r"\+?(?:[\s().-]*\d){7,}[\s().-]*")
+
+
+def _no_such_one_id(db: sqlite_utils.Database, one_id: str) -> NotFound:
+    """No customer has this one_id, saying what it is when it is a phone number or an email
+    address (masked: it is one), or a one_id in the wrong case."""
+    if "@" in one_id:
+        shown = mask_email(one_id.strip())
+        return NotFound(f"no customer has the one_id {shown}: that is an email address; "
+                        "find the customer with --email (as in `cdp profile --email`)")  # fmt: skip
+    if PHONE_LIKE.fullmatch(one_id.strip()):
+        shown = mask_phone(one_id.strip())
+        return NotFound(f"no customer has the one_id {shown}: that is a phone number; "
+                        "find the customer with --phone (as in `cdp profile --phone`)")  # fmt: skip
+    upper = one_id.strip().upper()
+    if (
+        upper != one_id
+        and db.conn.execute(
+            "SELECT 1 FROM profiles WHERE one_id = ? UNION ALL "
+            "SELECT 1 FROM id_history WHERE one_id = ?",
+            (upper, upper),
+        ).fetchone()
+    ):
+        return NotFound(f"no customer has the one_id {one_id} (did you mean {upper}?)")
+    return NotFound(f"no customer has the one_id {one_id}")
