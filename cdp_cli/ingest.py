@@ -20,7 +20,7 @@ from typing import Any
 
 from cdp_cli import ingest_set, ingest_worker, readers
 from cdp_cli.config import Config, Source
-from cdp_cli.errors import IngestError, UsageError, system_fault
+from cdp_cli.errors import IngestError, NotFound, UsageError, system_fault
 from cdp_cli.identity.tombstones import Screen, Tombstones
 from cdp_cli.ingest_rows import CHUNK_ROWS, IngestResult, RowMapping, map_chunks
 from cdp_cli.ingest_worker import WORKER_FROM_BYTES, MapWorker, Part
@@ -133,7 +133,7 @@ def ingest_file(
             batch_id=seen[0],
             message=f"seen in batch {seen[0]}",
         )
-    fmt = source.format_for(path)
+    fmt = _format_of(source, path)
     encoding = readers.detect_encoding(path, source.encoding)
     abort_stale_batches(db)
     batch_id = insert_row(
@@ -172,6 +172,19 @@ def ingest_file(
         raise
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def _format_of(source: Source, path: Path) -> str:
+    """source.format_for, but a file that is no export (a workbook, an archive, a store) is
+    named for what it is rather than for its extension."""
+    try:
+        return source.format_for(path)
+    except NotFound:
+        with path.open("rb") as f:
+            what = readers.not_an_export(f.read(16))
+        if what:
+            raise IngestError(f"{path}: the file is {what}") from None
+        raise
 
 
 def _record_failure(db: sqlite_utils.Database, batch_id: int, status: str, message: str) -> None:

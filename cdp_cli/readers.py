@@ -169,6 +169,10 @@ def open_rows(
         if _holds_nothing(stream, encoding):
             raise IngestError("the file is empty")
         stream.seek(0)
+        what = not_an_export(stream.read(16))
+        if what:
+            raise IngestError(f"the file is {what}")
+        stream.seek(0)
         progress = Progress(stream, path.stat().st_size)
         if fmt == "jsonl":
             yield None, read_jsonl(stream, encoding, limits, end=end), progress
@@ -182,6 +186,25 @@ def open_rows(
                     yield header, rows, progress
                 else:
                     yield None, read_json(text, encoding, limits), progress
+
+
+# Files that are not text, by their first bytes: what a user gives cdp in place of an export,
+# and what to do instead. Read as text, each fails on a garbled header or line, which names
+# neither.
+NOT_EXPORTS = (
+    (b"PK\x03\x04", "a ZIP archive, as an Excel .xlsx workbook is: save the sheet as CSV UTF-8 "
+                     "(Excel: File > Save As), or unzip it"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an Excel 97-2003 workbook (.xls): save the sheet as "
+                                         "CSV UTF-8 (Excel: File > Save As)"),
+    (b"\x1f\x8b", "compressed with gzip: decompress it first (gunzip)"),
+    (b"SQLite format 3\x00", "a SQLite database (a cdp store?), not an export"),
+    (b"%PDF-", "a PDF document, not an export"),
+)  # fmt: skip
+
+
+def not_an_export(head: bytes) -> str | None:
+    """What a file is (NOT_EXPORTS) when its first bytes say it is no export, else None."""
+    return next((what for magic, what in NOT_EXPORTS if head.startswith(magic)), None)
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -338,6 +339,68 @@ def test_an_empty_file_is_refused_as_empty_and_keeps_what_was_stored(
         ("done", None),
         ("failed", "the file is empty"),
     ]
+
+
+def _zipped(name: str, text: str) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(name, text)
+    return buffer.getvalue()
+
+
+XLSX_SAID = (
+    "a ZIP archive, as an Excel .xlsx workbook is: save the sheet as CSV UTF-8 "
+    "(Excel: File > Save As), or unzip it"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "source", "content", "said"),
+    [
+        ("members.xlsx", "crm", _zipped("xl/workbook.xml", "<workbook/>"), XLSX_SAID),
+        ("members.csv", "crm", _zipped("xl/workbook.xml", "<workbook/>"), XLSX_SAID),
+        ("members.xls", "crm", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(500),
+         "an Excel 97-2003 workbook (.xls): save the sheet as CSV UTF-8 (Excel: File > Save As)"),
+        ("orders.jsonl", "orders", gzip.compress(b'{"order_id": "O1"}\n'),
+         "compressed with gzip: decompress it first (gunzip)"),
+        ("orders.json", "orders", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n", "a PDF document, not an export"),
+    ],
+    ids=["xlsx", "xlsx-named-csv", "xls", "gzip", "pdf"],  # the zip and gzip bytes hold times
+)  # fmt: skip
+def test_a_workbook_archive_or_other_binary_file_is_named_for_what_it_is(
+    run, write, project, tmp_path, name, source, content, said
+):
+    """Named so whether its extension is one cdp reads (then as a failed batch) or not."""
+    write("crm.csv", CRM)
+    ingest(run, "crm.csv", "-s", "crm")
+    write(name, content)
+    result = run("ingest", name, "-s", source)
+    assert (result.exit_code, result.stderr) == (
+        1,
+        f"Error: {tmp_path / name}: the file is {said}\n",
+    )
+    db = tmp_path / "cdp.db"
+    assert query(db, "SELECT count(*) FROM customers") == [(2,)]
+    failed = (
+        [("failed", f"the file is {said}")] if name.endswith((".csv", ".json", ".jsonl")) else []
+    )
+    assert query(db, "SELECT status, error FROM batches ORDER BY id") == [("done", None), *failed]
+
+
+def test_the_store_given_as_an_export_is_refused_untouched(run, write, project, tmp_path):
+    write("crm.csv", CRM)
+    ingest(run, "crm.csv", "-s", "crm")
+    store = tmp_path / "cdp.db"
+    result = run("ingest", str(store), "-s", "crm")
+    assert result.exit_code == 1
+    assert (
+        result.stderr
+        == f"Error: {store}: the file is a SQLite database (a cdp store?), not an export\n"
+    )
+    assert query(store, "SELECT count(*) FROM customers") == [(2,)]
 
 
 @pytest.mark.parametrize("delimiter", [";", "\t"])

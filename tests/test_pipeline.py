@@ -85,10 +85,13 @@ def test_new_files_are_ingested_and_moved_old_and_bad_ones_are_not(run, project)
         "files": 4, "ingested": 1, "duplicates": 2, "failed": 1, "waiting": 1, "rows_read": 3,
         "rows_new": 3, "rows_updated": 0, "rejected": 0,
     }  # fmt: skip
-    assert "pos-0617.xlsx: cannot tell the format from the extension" in stages["ingest"]["error"]
+    assert (
+        "pos-0617.xlsx: the file is a ZIP archive, as an Excel .xlsx workbook is"
+        in stages["ingest"]["error"]
+    )
     # one bad file does not stop the run: the stages after ingest ran on what did land
     assert [stages[s]["status"] for s in ("resolve", "tag", "journeys")] == ["done"] * 3
-    assert "ingest: pos_orders: pos-0617.xlsx: cannot tell the format" in result.stderr
+    assert "ingest: pos_orders: pos-0617.xlsx: the file is a ZIP archive" in result.stderr
     assert report["failed"] == ["ingest"] and report["ok"] is False
 
 
