@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cdp_cli.messaging.channel_names import CONSENT_CHANNELS, CONSENT_PURPOSES
+from cdp_cli.messaging.channel_names import (
+    CHANNEL_WRITTEN_FORMS,
+    CONSENT_CHANNELS,
+    CONSENT_PURPOSES,
+)
 
 TEXT, NUMBER, INTEGER, TIMESTAMP, DATE, JSON = (
     "text",
@@ -193,8 +197,7 @@ BUILTIN_VALUES: dict[str, dict[str, str]] = {
     },
     "channel@consents": {
         **{name: name for name in CONSENT_CHANNELS},
-        "短信": "sms", "e-mail": "email", "mail": "email", "邮件": "email", "邮箱": "email",
-        "weixin": "wechat", "微信": "wechat", "推送": "push", "app": "push", "全部": "all",
+        **CHANNEL_WRITTEN_FORMS,
     },
     "purpose@consents": {
         "营销": "marketing", "推广": "marketing", "promotion": "marketing",

@@ -341,8 +341,29 @@ def test_dry_run_changes_nothing(run, write, project):
             "steps[0].send: unknown channel 'fax'",
         ),
         (
+            "entry: {when: \"city = '1'\"}\nsteps: [{send: {channel: 短信, template: hello}}]\n",
+            "journeys/j.yaml:3: steps[0].send: unknown channel '短信' (did you mean 'sms'?)",
+        ),
+        (
+            "entry: {when: \"city = '1'\"}\nsteps: [{send: {channel: SMS, template: hello}}]\n",
+            "journeys/j.yaml:3: steps[0].send: unknown channel 'SMS' (did you mean 'sms'?)",
+        ),
+        (
+            "entry: {when: \"city = '1'\"}\nsteps: [{send: {channel: 微信, template: hello}}]\n",
+            "steps[0].send: unknown channel '微信' (did you mean 'wechat'?)",
+        ),
+        (
+            "entry: {when: \"city = '1'\"}\n"
+            "steps: [{send: {channel: wechat, fallback: {sms: 1}, template: hello}}]\n",
+            "journeys/j.yaml:3: steps[0].send.fallback: expected a channel or a list of them",
+        ),
+        (
             "entry: {when: \"city = '1'\"}\nsteps: [{send: {channel: sms, template: nope}}]\n",
             "templates/sms/nope",
+        ),
+        (
+            "entry: {when: \"city = '1'\"}\nsteps: [{send: {channel: sms, template: helo}}]\n",
+            "templates/sms/helo.txt: no such file: the text of sms/helo (did you mean 'hello'?)",
         ),
         (
             "entry: {when: \"city = '1'\"}\nsteps: [{send: {channel: sms, template: -hello}}]\n",
@@ -377,6 +398,18 @@ def test_validate_names_the_mistake(run, write, project, body, message):
     assert result.exit_code == 2, result.output
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_one_fallback_channel_needs_no_list(run, write, project):
+    """`fallback: sms` is the list [sms], not the channels s, m and s."""
+    body = "entry: {when: \"city = '1'\"}\nsteps: [{send: {channel: wechat, fallback: %s, template: hello}}]\n"
+    write("journeys/one.yaml", journey("one", body % "sms"))
+    write("journeys/list.yaml", journey("list", body % "[sms]"))
+    result = run("journey", "validate", "--json")
+    assert result.exit_code == 0, result.output
+    assert {j["journey"]: j["channels"] for j in json.loads(result.stdout)} == {
+        "one": ["sms", "wechat"], "list": ["sms", "wechat"],
+    }  # fmt: skip
 
 
 def test_shipped_journeys_and_templates_validate(run, tmp_path):
@@ -807,6 +840,9 @@ def test_validate_and_run_refuse_the_same_channel_settings(run, write, project):
          "cdp.yaml:6: channels.wechat: unknown key 'cots' (did you mean 'cost'?)"),
         ("  sms: {quiet_hours", "  smss: {quiet_hours",
          "cdp.yaml:5: channels: unknown channel 'smss' (did you mean 'sms'?)"),
+        ("  sms: {quiet_hours", "  短信: {quiet_hours",
+         "cdp.yaml:5: channels: unknown channel '短信' (did you mean 'sms'?); channels are sms, "
+         "email, wechat, push"),
         ("  sms: {quiet_hours: \"21:00-09:00\", cost: 0.04}",
          "  sms: {quiet_hours: \"21:00-09:00\", appid: wx1}",
          "cdp.yaml:5: channels.sms: unknown key 'appid'"),
@@ -1054,7 +1090,10 @@ def enrolment_steps(project, name):
 def test_a_typo_in_a_coupon_pool_holds_customers_until_it_is_fixed(run, write, project):
     body = "entry: {when: \"city = '北京'\"}\nsteps:\n  - send: {channel: sms, template: hello, coupon: TSET}\n"
     write("journeys/typo.yaml", journey("typo", body))
-    problem = "coupon pool TSET does not exist (no code of that campaign in the coupons source)"
+    problem = (
+        "coupon pool TSET does not exist: the coupons source holds no code of that campaign "
+        "(did you mean 'TEST'?)"
+    )
     validated = run("journey", "validate")
     assert validated.exit_code == 2
     assert f"journey typo, step steps[0]: {problem}" in validated.stderr

@@ -9,11 +9,13 @@ skips the rest of the step's messages with a reason that says which of the two i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from cdp_cli.sqlitelib import sqlite_utils
+from cdp_cli.yamlfile import did_you_mean
 
 UNIX_EPOCH_JULIAN_DAY = 2440587.5
 # The codes of a pool a step may draw: available, never issued, unexpired.
@@ -43,9 +45,28 @@ def pool_exists(db: sqlite_utils.Database, campaign: str) -> bool:
     return row.fetchone() is not None
 
 
-def unknown_pool_problem(campaign: str) -> str:
-    """Why a step with `coupon: CAMPAIGN` cannot send when the campaign has no code at all."""
-    return f"coupon pool {campaign} does not exist (no code of that campaign in the coupons source)"
+def unknown_pool_problem(campaign: str, campaigns: Iterable[str] = ()) -> str:
+    """Why a step with `coupon: CAMPAIGN` cannot send when the campaign has no code at all;
+    with the store's `campaigns`, the one it likely means."""
+    hint = did_you_mean(campaign, campaigns)
+    return (
+        f"coupon pool {campaign} does not exist: the coupons source holds no code of that "
+        f"campaign{hint}"
+    )
+
+
+def campaigns(db: sqlite_utils.Database) -> list[str]:
+    """The coupons' campaigns: a loose scan of coupons_campaign, one seek per campaign."""
+    rows = db.conn.execute(
+        """WITH RECURSIVE found(campaign) AS (
+  SELECT min(campaign) FROM coupons
+  UNION ALL
+  SELECT (SELECT c.campaign FROM coupons c WHERE c.campaign > found.campaign
+          ORDER BY c.campaign LIMIT 1)
+  FROM found WHERE found.campaign IS NOT NULL)
+SELECT campaign FROM found WHERE campaign IS NOT NULL"""
+    )
+    return [row[0] for row in rows]
 
 
 def usable_codes(
@@ -127,11 +148,18 @@ class CouponPools:
     empty: dict[str, str] = field(default_factory=dict)  # campaign -> the skip reason
 
     known: dict[str, bool] = field(default_factory=dict)  # campaign -> pool_exists()
+    campaigns: list[str] | None = None  # every campaign, once a pool was found missing
 
     def exists(self, campaign: str) -> bool:
         if campaign not in self.known:
             self.known[campaign] = pool_exists(self.db, campaign)
         return self.known[campaign]
+
+    def missing(self, campaign: str) -> str:
+        """unknown_pool_problem, with the campaigns the store holds (read once per run)."""
+        if self.campaigns is None:
+            self.campaigns = campaigns(self.db)
+        return unknown_pool_problem(campaign, self.campaigns)
 
     def pool(self, campaign: str) -> CouponPool:
         if campaign not in self.pools:

@@ -28,7 +28,12 @@ from cdp_cli.files import ensure_folder
 from cdp_cli.messaging.channels import placeholder_problem
 from cdp_cli.messaging.conditions import JourneyRules
 from cdp_cli.messaging.conversions import convert, forget_kept
-from cdp_cli.messaging.coupons import pool_exists, unknown_pool_problem, usable_codes
+from cdp_cli.messaging.coupons import (
+    campaigns,
+    pool_exists,
+    unknown_pool_problem,
+    usable_codes,
+)
 from cdp_cli.messaging.fixtures import example_context
 from cdp_cli.messaging.journeys import (
     Branch,
@@ -118,7 +123,8 @@ def check_what_a_run_would_hold(
             if problem:
                 raise FileError(journey.path, f"journey {where}: {problem}")
         if send.coupon and db is not None and not pool_exists(db, send.coupon):
-            raise FileError(journey.path, f"journey {where}: {unknown_pool_problem(send.coupon)}")
+            problem = unknown_pool_problem(send.coupon, campaigns(db))
+            raise FileError(journey.path, f"journey {where}: {problem}")
 
 
 def tag_value_warnings(config: Config, journeys: list[Journey]) -> dict[str, list[str]]:

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from cronsim import CronSim, CronSimError
 
 from cdp_cli.errors import FileError, RuleError
+from cdp_cli.messaging.channel_names import unknown_channel
 from cdp_cli.messaging.channels import CHANNEL_NAMES
 from cdp_cli.messaging.links import UTM_KEYS
 from cdp_cli.messaging.templates import template_name_problem
@@ -388,11 +389,10 @@ def _send(path: Path, spec: Any, key: str, line: int) -> Send:
     if not isinstance(spec, YamlMap):
         raise FileError(path, f"{key}.send: expected {{channel, template}}", line)
     check_keys(spec, ("channel", "template", "fallback", "coupon", "link"), f"{key}.send")
-    channels = [spec.get("channel"), *(spec.get("fallback") or [])]
+    channels = [spec.get("channel"), *_fallback(path, spec.get("fallback"), key, line)]
     for channel in channels:
         if channel not in CHANNEL_NAMES:
-            hint = did_you_mean(str(channel), CHANNEL_NAMES)
-            raise FileError(path, f"{key}.send: unknown channel {channel!r}{hint}", line)
+            raise FileError(path, f"{key}.send: {unknown_channel(channel)}", line)
     template = spec.get("template")
     if not isinstance(template, str) or not template:
         raise FileError(path, f"{key}.send: template is missing", line)
@@ -406,6 +406,16 @@ def _send(path: Path, spec: Any, key: str, line: int) -> Send:
     coupon, min_days_left = _coupon(path, spec.get("coupon"), f"{key}.send.coupon", line)
     link = _tracked_link(path, spec["link"], f"{key}.send.link", line) if "link" in spec else None
     return Send(key, line, channels[0], template, tuple(channels[1:]), coupon, min_days_left, link)
+
+
+def _fallback(path: Path, spec: Any, key: str, line: int) -> list[Any]:
+    """`fallback: [sms, email]`, or one channel alone (`fallback: sms`, which read as a list
+    would be the channels s, m and s)."""
+    if spec is None or isinstance(spec, str):
+        return [spec] if spec else []
+    if not isinstance(spec, list):
+        raise FileError(path, f"{key}.send.fallback: expected a channel or a list of them", line)
+    return spec
 
 
 def _coupon(path: Path, spec: Any, where: str, line: int) -> tuple[str | None, int]:

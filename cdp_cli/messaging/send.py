@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 from cdp_cli.errors import TemplateError
 from cdp_cli.messaging import links
 from cdp_cli.messaging.channels import CHANNELS, Outbound, placeholder_problem
-from cdp_cli.messaging.coupons import CouponPool, unknown_pool_problem
+from cdp_cli.messaging.coupons import CouponPool
 from cdp_cli.messaging.guards import IN_BATCH, Customers, reach
 from cdp_cli.messaging.journeys import Send
 from cdp_cli.messaging.outbox import file_line
@@ -453,7 +453,7 @@ def _send_one(batch: Batch, e: Enrolment, message: Message) -> Deferral | None:
     if coupon is not None:  # what the template sees: code, face_value, expires_at
         coupon = {k: v for k, v in coupon.items() if k != "expired"}
     if step.coupon and not run.coupons.exists(step.coupon):
-        return _hold(run, unknown_pool_problem(step.coupon))
+        return _hold(run, run.coupons.missing(step.coupon))
     if step.coupon:
         pool = run.coupons.pool(step.coupon)
         coupon = pool.draw(step.coupon_min_days_left)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from cdp_cli.errors import ConfigError
-from cdp_cli.messaging.channel_names import CHANNEL_NAMES, SCOPED_BY_APPID
-from cdp_cli.yamlfile import YamlMap, check_keys, did_you_mean
+from cdp_cli.messaging.channel_names import CHANNEL_NAMES, SCOPED_BY_APPID, unknown_channel
+from cdp_cli.yamlfile import YamlMap, check_keys
 
 CHANNEL_KEYS = ("quiet_hours", "cost")  # and appid, for a channel scoped by its account
 FREQUENCY_CAP_KEYS = ("per_day", "per_week")
@@ -138,8 +138,7 @@ def _channel_settings(path: Path, channels: YamlMap, name: str) -> ChannelSettin
     if name not in CHANNEL_NAMES:
         raise ConfigError(
             path,
-            f"channels: unknown channel {name!r}{did_you_mean(name, CHANNEL_NAMES)}; "
-            f"channels are {', '.join(CHANNEL_NAMES)}",
+            f"channels: {unknown_channel(name)}; channels are {', '.join(CHANNEL_NAMES)}",
             line,
         )
     spec = channels[name] or _yaml_map(path, line)

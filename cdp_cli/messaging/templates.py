@@ -20,6 +20,7 @@ from jinja2 import nodes
 
 from cdp_cli.errors import TemplateError
 from cdp_cli.messaging import channels
+from cdp_cli.messaging.channel_names import unknown_channel
 from cdp_cli.messaging.channels import CHANNEL_NAMES, CHANNELS, Outbound, Rendered
 from cdp_cli.messaging.fixtures import example_context
 from cdp_cli.messaging.sandbox import (
@@ -33,6 +34,7 @@ from cdp_cli.messaging.sandbox import (
     name_problem,
     printed_object,
 )
+from cdp_cli.yamlfile import did_you_mean
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: "$" would let a final "\n" in
 _DICT_METHODS = frozenset(dir(dict))
@@ -86,7 +88,7 @@ class TemplateStore:
     def _find(self, channel: str, name: str) -> dict[str, str]:
         if channel not in CHANNELS:
             raise TemplateError(
-                self.root, f"unknown channel {channel!r}; channels are {', '.join(CHANNEL_NAMES)}"
+                self.root, f"{unknown_channel(channel)}; channels are {', '.join(CHANNEL_NAMES)}"
             )
         problem = template_name_problem(name)
         if problem:
@@ -95,10 +97,17 @@ class TemplateStore:
         files = {part: f"{channel}/{name}{suffix}" for part, suffix in parts.items()}
         for part, relative in files.items():
             if not (self.root / relative).is_file():
+                hint = did_you_mean(name, self._names(channel, parts[part]))
                 raise TemplateError(
-                    self.root / relative, f"no such file: the {part} of {channel}/{name}"
+                    self.root / relative, f"no such file: the {part} of {channel}/{name}{hint}"
                 )
         return files
+
+    def _names(self, channel: str, suffix: str) -> list[str]:
+        """The templates of a channel that have a file with this suffix, by name."""
+        folder = self.root / channel
+        found = folder.glob(f"*{suffix}") if folder.is_dir() else []
+        return [path.name[: -len(suffix)] for path in found if not path.name.startswith("_")]
 
     def templates(self) -> list[tuple[str, str]]:
         """Every (channel, name) with a template; a file out of place is a TemplateError."""
