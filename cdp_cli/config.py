@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zoneinfo
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -271,7 +272,8 @@ def _build_config(path: Path, data: YamlMap, store_override: Path | str | None) 
     check_keys(data, TOP_LEVEL_KEYS, "top level")
     region = str(data.get("region", DEFAULT_REGION)).upper()
     if region != DEFAULT_REGION and not _known_region(region):
-        raise ConfigError(path, f"region: unknown region {region!r}", data.line_of("region"))
+        hint = _region_hint(str(data.get("region")))
+        raise ConfigError(path, f"region: unknown region {region!r}{hint}", data.line_of("region"))
     timezone = str(data.get("timezone", "Asia/Shanghai"))
     _check_timezone(path, timezone, data.line_of("timezone"), "timezone")
     store = Path(store_override or data.get("store") or DEFAULT_STORE)
@@ -382,11 +384,55 @@ def _build_limits(path: Path, data: YamlMap) -> Limits:
     return Limits(**{str(key): value for key, value in spec.items()})
 
 
+def _region_hint(written: str) -> str:
+    """The region code a country written by name means (China or 中国: CN), from the country
+    names phonenumbers knows, in English and Chinese; else the closest code."""
+    import phonenumbers
+    from phonenumbers import geocoder
+
+    names: dict[str, str] = {}
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        example = phonenumbers.example_number(region)
+        if example is None:
+            continue
+        for language in ("en", "zh"):
+            names.setdefault(geocoder.country_name_for_number(example, language).casefold(), region)
+    code = names.get(written.strip().casefold())
+    if code:
+        return f" (did you mean {code!r}?)"
+    return did_you_mean(written.strip().upper(), phonenumbers.SUPPORTED_REGIONS)
+
+
+# Names of China's time (Beijing time) that are not a zone's: a zone is named for a place.
+CHINA_TIME = frozenset({"beijing", "北京", "北京时间", "china", "中国", "prc", "cst"})
+
+
+def _timezone_hint(name: str) -> str:
+    """The zone an unknown timezone likely means: Asia/Shanghai for Beijing time, a zone
+    whose place is named (Shanghai, Hong Kong), a fixed offset's Etc/GMT zone (its sign is
+    reversed), else the closest name."""
+    key = name.strip().casefold()
+    if key in CHINA_TIME:
+        return " (did you mean 'Asia/Shanghai'?)"
+    offset = re.fullmatch(r"(?:utc|gmt)?\s*([+-])\s*(\d{1,2})(?::?00)?", key)
+    if offset:
+        sign, hours = offset[1], int(offset[2])
+        fixed = f"'Etc/GMT{'-' if sign == '+' else '+'}{hours}' is a fixed UTC{sign}{hours}"
+        if (sign, hours) == ("+", 8):
+            return f" (did you mean 'Asia/Shanghai'? A timezone names a place; {fixed})"
+        return f" (a timezone names a place, as 'Asia/Shanghai' does; {fixed})"
+    zones = zoneinfo.available_timezones()
+    by_place = {zone.rsplit("/", 1)[-1].replace("_", " ").casefold(): zone for zone in zones}
+    zone = by_place.get(key.replace("_", " "))
+    return f" (did you mean {zone!r}?)" if zone else did_you_mean(name.strip(), sorted(zones))
+
+
 def _check_timezone(path: Path, name: str, line: int, where: str) -> None:
     try:
         zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(path, f"{where}: unknown timezone {name!r}", line) from None
+        hint = _timezone_hint(name)
+        raise ConfigError(path, f"{where}: unknown timezone {name!r}{hint}", line) from None
 
 
 def _build_source(

@@ -42,7 +42,40 @@ sources:
             "name; put it in quotes",
         ),
         ("timezone: Mars/Base\n", "cdp.yaml:1: timezone: unknown timezone 'Mars/Base'"),
+        (
+            "timezone: Beijing\n",
+            "cdp.yaml:1: timezone: unknown timezone 'Beijing' (did you mean 'Asia/Shanghai'?)",
+        ),
+        (
+            "timezone: 北京时间\n",
+            "cdp.yaml:1: timezone: unknown timezone '北京时间' (did you mean 'Asia/Shanghai'?)",
+        ),
+        (
+            "timezone: Hong Kong\n",
+            "cdp.yaml:1: timezone: unknown timezone 'Hong Kong' (did you mean 'Asia/Hong_Kong'?)",
+        ),
+        (
+            "timezone: Asia/Shangai\n",
+            "cdp.yaml:1: timezone: unknown timezone 'Asia/Shangai' (did you mean 'Asia/Shanghai'?)",
+        ),
+        (
+            "timezone: UTC+8\n",
+            "cdp.yaml:1: timezone: unknown timezone 'UTC+8' (did you mean 'Asia/Shanghai'? A timezone "
+            "names a place; 'Etc/GMT-8' is a fixed UTC+8)",
+        ),
+        (
+            'timezone: "GMT-05:00"\n',
+            "cdp.yaml:1: timezone: unknown timezone 'GMT-05:00' (a timezone names a place, as "
+            "'Asia/Shanghai' does; 'Etc/GMT+5' is a fixed UTC-5)",
+        ),
         ("region: XX\n", "cdp.yaml:1: region: unknown region 'XX'"),
+        ("region: China\n", "cdp.yaml:1: region: unknown region 'CHINA' (did you mean 'CN'?)"),
+        ("region: 中国\n", "cdp.yaml:1: region: unknown region '中国' (did you mean 'CN'?)"),
+        (
+            "region: Hong Kong\n",
+            "cdp.yaml:1: region: unknown region 'HONG KONG' (did you mean 'HK'?)",
+        ),
+        ("region: USA\n", "cdp.yaml:1: region: unknown region 'USA' (did you mean 'US'?)"),
         ("- a\n- b\n", "cdp.yaml:1: expected a mapping of settings at the top level"),
         (
             "sources:\n  e:\n    kind: events\n    fields: {event: e, occurred_at: t}\n    items: {}\n",
