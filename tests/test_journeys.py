@@ -1072,6 +1072,11 @@ def test_status_of_no_such_journey_says_so(run, write, project):
     assert result.exit_code == 1
     assert len(result.stderr.strip().splitlines()) == 1
     assert "no journey named 'nosuch'" in result.stderr
+    write("journeys/hello.yaml", journey("hello", "entry: {when: \"city = '1'\"}\nsteps: [end]\n"))
+    for command in (["journey", "status"], ["journey", "run", "--dry-run"]):
+        typo = run(*command, "Helo")
+        assert typo.exit_code == 1
+        assert typo.stderr.endswith("(did you mean 'hello'?)\n"), typo.stderr
 
 
 # ---------------------------------------------------------------------------------------------

@@ -332,6 +332,9 @@ def test_journey_report_errors_are_one_line(run, project):
     result = run("report", "journey", "gamma")
     assert result.exit_code == 1
     assert "no journey named 'gamma' in" in result.stderr
+    result = run("report", "journey", "Alpha")
+    assert result.exit_code == 1
+    assert result.stderr.endswith(" (did you mean 'alpha'?)\n")
 
 
 def test_journey_report_matches_a_real_run(run, write, project):
@@ -537,6 +540,10 @@ def test_lifecycle_stages_and_movement(run, project):
     assert result.exit_code == 1
     assert "no customer has the tag 'lifecycle': run `cdp tag`" in result.stderr
     assert run("tag", "--as-of", "2026-11-21").exit_code == 0
+    typo = run("report", "lifecycle", "--tag", "lifecycl")
+    assert (typo.exit_code, typo.stderr) == (
+        1, "Error: no customer has the tag 'lifecycl' (did you mean 'lifecycle'?)\n",
+    )  # fmt: skip
     first = report_json(run, "lifecycle")
     assert first["stages"] == [{"stage": "active", "customers": 5}]  # M6 never ordered
     assert first["flows"] == []

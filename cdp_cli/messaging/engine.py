@@ -23,7 +23,7 @@ from typing import Any
 from cronsim import CronSim
 
 from cdp_cli.config import Config
-from cdp_cli.errors import CdpError, FileError, NotFound, RuleError
+from cdp_cli.errors import CdpError, FileError, RuleError
 from cdp_cli.files import ensure_folder
 from cdp_cli.messaging.channels import placeholder_problem
 from cdp_cli.messaging.conditions import JourneyRules
@@ -43,6 +43,7 @@ from cdp_cli.messaging.journeys import (
     Split,
     Wait,
     load_journeys,
+    named_journey,
 )
 from cdp_cli.messaging.outbox import OUTBOUND_FILES, Spool, write_outbound
 from cdp_cli.messaging.rendering import RENDER_WORKER_FROM, RenderFailed, Workers
@@ -225,8 +226,8 @@ def run_journeys(
     A journey with `render_worker_from` enrolments due or more renders its messages in a
     second process (rendering.py); never in a dry run."""
     journeys = load_journeys(config.journeys_folder)
-    if name is not None and name not in journeys:
-        raise NotFound(f"no journey named {name!r} in {config.journeys_folder}")
+    if name is not None:
+        named_journey(journeys, name, config.journeys_folder)
     settings = config.sending
     clock = (now or datetime.now(settings.zone)).astimezone(settings.zone)
     if "profile_features" not in db.table_names():

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from cronsim import CronSim, CronSimError
 
-from cdp_cli.errors import FileError, RuleError
+from cdp_cli.errors import FileError, NotFound, RuleError
 from cdp_cli.messaging.channel_names import unknown_channel
 from cdp_cli.messaging.channels import CHANNEL_NAMES
 from cdp_cli.messaging.links import UTM_KEYS
@@ -197,6 +197,14 @@ def load_journeys(folder: Path) -> dict[str, Journey]:
             raise FileError(path, f"journey {journey.name!r} is also defined in {first.path}", 1)
         journeys[journey.name] = journey
     return journeys
+
+
+def named_journey(journeys: dict[str, Journey], name: str, folder: Path) -> Journey:
+    """The journey called `name` (load_journeys); NotFound naming the folder and the
+    closest name."""
+    if name not in journeys:
+        raise NotFound(f"no journey named {name!r} in {folder}{did_you_mean(name, journeys)}")
+    return journeys[name]
 
 
 def _journey(path: Path, data: Any) -> Journey:

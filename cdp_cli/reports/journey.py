@@ -14,7 +14,7 @@ from cdp_cli.config import Config
 from cdp_cli.errors import NotFound, UsageError
 from cdp_cli.features import VOID_STATUSES
 from cdp_cli.messaging import links
-from cdp_cli.messaging.journeys import Journey, load_journeys
+from cdp_cli.messaging.journeys import Journey, load_journeys, named_journey
 from cdp_cli.reports import stats
 from cdp_cli.reports.common import as_days
 from cdp_cli.sqlitelib import sqlite_utils
@@ -87,9 +87,7 @@ def journey_report(
 
 def _journey(config: Config, name: str) -> tuple[dict[str, Journey], Journey]:
     journeys = load_journeys(config.journeys_folder)
-    if name not in journeys:
-        raise NotFound(f"no journey named {name!r} in {config.journeys_folder}")
-    return journeys, journeys[name]
+    return journeys, named_journey(journeys, name, config.journeys_folder)
 
 
 def journey_counts(

@@ -8,6 +8,8 @@ from typing import Any
 from cdp_cli.errors import NotFound
 from cdp_cli.reports.common import NONE
 from cdp_cli.sqlitelib import sqlite_utils
+from cdp_cli.tags import stored_tags
+from cdp_cli.yamlfile import did_you_mean
 
 
 def lifecycle_report(db: sqlite_utils.Database, tag: str = "lifecycle") -> dict[str, Any]:
@@ -25,6 +27,9 @@ def lifecycle_report(db: sqlite_utils.Database, tag: str = "lifecycle") -> dict[
         (NONE, NONE, tag),
     ).fetchall()
     if not now and not changes:
+        hint = did_you_mean(tag, stored_tags(db))
+        if hint:
+            raise NotFound(f"no customer has the tag {tag!r}{hint}")
         raise NotFound(f"no customer has the tag {tag!r}: run `cdp tag` (is it in tag_rules/?)")
     periods: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
