@@ -397,6 +397,22 @@ def test_a_consent_by_one_id_is_carried_by_the_strongest_identifier(run, project
     assert email["journeys_skip"] == ["sms", "email", "wechat", "push"]  # `all` still covers it
 
 
+@pytest.mark.parametrize(
+    ("written", "channel"), [("短信", "sms"), ("SMS", "sms"), (" 微信", "wechat")]
+)
+def test_a_consent_channel_is_read_as_a_consents_export_writes_it(
+    run, project, tmp_path, written, channel
+):
+    report = json.loads(
+        ok(
+            run("consent", "--phone", "13800000001", "--channel", written, "--opt-out", "--json")
+        ).stdout
+    )
+    assert [c["channel"] for c in report["latest"]] == [channel]
+    stored = query(tmp_path / "cdp.db", "SELECT channel FROM consents WHERE source = 'manual'")
+    assert stored == [(channel,)]
+
+
 def test_consent_usage_and_lookup_errors(run, project):
     assert run("consent", "--channel", "sms", "--opt-out").exit_code == 2
     result = run("consent", "--phone", "13800000001", "--channel", "sms")

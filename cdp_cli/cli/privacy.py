@@ -15,14 +15,24 @@ from cdp_cli.cli.options import (
     pass_project,
     writes_store,
 )
+from cdp_cli.messaging.channel_names import CHANNEL_WRITTEN_FORMS
 from cdp_cli.messaging.channels import CONSENT_CHANNELS
+
+
+class ConsentChannel(click.Choice):
+    """A consent's channel, also as a consents export writes it (短信, SMS, 微信), which cdp
+    reads in such a file too."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        written = str(value).strip().casefold()
+        return super().convert(CHANNEL_WRITTEN_FORMS.get(written, written), param, ctx)
 
 
 @click.command(name="consent")
 @lookup_options()
 @click.option(
     "--channel",
-    type=click.Choice(CONSENT_CHANNELS),
+    type=ConsentChannel(CONSENT_CHANNELS),
     help="The channel the consent is for; `all` covers every channel.",
 )
 @click.option("--opt-out", is_flag=True, help="Record an opt-out.")
