@@ -173,10 +173,16 @@ def is_name(value: object) -> TypeGuard[str]:
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A ' (did you mean 'x'?)' suffix for a misspelt name, or an empty string."""
+    close = closest(word, choices)
+    return f" (did you mean {close!r}?)" if close else ""
+
+
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice a misspelt name most likely means, if one is close enough."""
     import difflib  # only for a mistake: 1 ms of every command otherwise
 
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return close[0] if close else None
 
 
 def check_keys(mapping: YamlMap, allowed: Iterable[str], where: str) -> None:

@@ -134,13 +134,31 @@ def test_shipped_sms_fit_two_segments() -> None:
 
 def test_a_missing_variable_names_file_and_line(tmp_path: Path) -> None:
     message = sms_error(tmp_path, "【花漾】\n{{ customer.name }}，\n{{ customr.city }}")
-    assert message == f"{tmp_path}/templates/sms/t.txt:3: undefined: 'customr' is undefined"
+    assert message == (
+        f"{tmp_path}/templates/sms/t.txt:3: undefined: 'customr' is undefined "
+        "(did you mean 'customer'?)"
+    )
+    alone = sms_error(tmp_path, "{{ nmae }}")  # a key of one of the values, the customer's first
+    assert alone.endswith("undefined: 'nmae' is undefined (did you mean 'customer.name'?)")
+    unknown = sms_error(tmp_path, "{{ zzz }}")
+    assert unknown.endswith("undefined: 'zzz' is undefined")
 
 
 def test_a_missing_key_names_file_and_line(tmp_path: Path) -> None:
     message = sms_error(tmp_path, "hi\n{{ customer.nickname }}")
     assert message == (
-        f"{tmp_path}/templates/sms/t.txt:2: undefined: 'dict object' has no attribute 'nickname'"
+        f"{tmp_path}/templates/sms/t.txt:2: undefined: 'dict object' has no attribute 'nickname' "
+        "(did you mean 'name'?)"
+    )
+    code = sms_error(tmp_path, "{{ coupon.cdoe }}")
+    assert code.endswith("has no attribute 'cdoe' (did you mean 'code'?)")
+
+
+def test_an_unknown_filter_names_the_closest(tmp_path: Path) -> None:
+    message = sms_error(tmp_path, "{{ customer.name|uper }}")
+    assert message == (
+        f"{tmp_path}/templates/sms/t.txt:1: syntax error: No filter named 'uper'. "
+        "(did you mean 'upper'?)"
     )
 
 

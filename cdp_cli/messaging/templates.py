@@ -34,7 +34,7 @@ from cdp_cli.messaging.sandbox import (
     name_problem,
     printed_object,
 )
-from cdp_cli.yamlfile import did_you_mean
+from cdp_cli.yamlfile import closest, did_you_mean
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: "$" would let a final "\n" in
 _DICT_METHODS = frozenset(dir(dict))
@@ -209,10 +209,10 @@ class TemplateStore:
                         if exact > limit:
                             raise Refused(f"renders to more than {limit // 1024} KiB")
         except (jinja2.TemplateError, Refused, RecursionError, MemoryError, SyntaxError) as exc:
-            raise self._error(exc, relative) from None
+            raise self._error(exc, relative, context) from None
         except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError) as exc:
             # Raised by an expression or a filter the template wrote: 1/0, money('XYZ').
-            raise self._error(exc, relative) from None
+            raise self._error(exc, relative, context) from None
         finally:
             BUDGET.reset(token)
         text = "".join(chunks)
@@ -225,13 +225,16 @@ class TemplateStore:
             )
         return text
 
-    def _error(self, exc: BaseException, relative: str) -> TemplateError:
+    def _error(
+        self, exc: BaseException, relative: str, context: Mapping[str, Any] | None = None
+    ) -> TemplateError:
         path, line = self._where(exc)
         path = path or str(self.root / relative)
         if isinstance(exc, jinja2.TemplateSyntaxError):
-            return TemplateError(exc.filename or path, f"syntax error: {exc.message}", exc.lineno)
+            message = f"syntax error: {exc.message}{self._filter_hint(exc.message or '')}"
+            return TemplateError(exc.filename or path, message, exc.lineno)
         if isinstance(exc, jinja2.UndefinedError):
-            message = f"undefined: {exc.message}"
+            message = f"undefined: {exc.message}{_name_hint(exc.message or '', context or {})}"
         elif isinstance(exc, jinja2.exceptions.SecurityError):
             message = f"refused by the sandbox: {exc.message}"
         elif isinstance(exc, jinja2.TemplateNotFound):
@@ -253,6 +256,11 @@ class TemplateStore:
         else:
             message = f"{type(exc).__name__}: {exc}"
         return TemplateError(path, message, line)
+
+    def _filter_hint(self, message: str) -> str:
+        """' (did you mean 'upper'?)' for Jinja's "No filter named 'uper'."."""
+        unknown = re.fullmatch(r"No filter named '(\w+)'\.?", message)
+        return did_you_mean(unknown[1], self._env.filters) if unknown else ""
 
     def _where(self, exc: BaseException) -> tuple[str | None, int | None]:
         """The innermost template file and line in the traceback Jinja rewrote."""
@@ -355,3 +363,21 @@ def _key_read(node: nodes.Node, variable: str) -> object:
     if isinstance(node, nodes.Getattr):
         return node.attr
     return node.arg.value if isinstance(node.arg, nodes.Const) else _NOT_READ
+
+
+def _name_hint(message: str, context: Mapping[str, Any]) -> str:
+    """The closest name a template could have meant, for Jinja's "'nmae' is undefined" (a
+    variable of the context, else a key of one: customer.name) or "'dict object' has no
+    attribute 'cdoe'" (a key of one of its values)."""
+    nested: dict[str, str] = {}  # a key of two values is the customer's, if theirs
+    for name, value in sorted(context.items(), key=lambda item: item[0] != "customer"):
+        for key in value if isinstance(value, Mapping) else ():
+            nested.setdefault(str(key), f"{name}.{key}")
+    variable = re.fullmatch(r"'(\w+)' is undefined", message)
+    if variable:
+        meant = closest(variable[1], context)
+        key = closest(variable[1], nested) if meant is None else None
+        meant = nested[key] if key else meant
+        return f" (did you mean {meant!r}?)" if meant else ""
+    attribute = re.fullmatch(r"'dict object' has no attribute '(\w+)'", message)
+    return did_you_mean(attribute[1], nested) if attribute else ""
