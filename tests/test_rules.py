@@ -426,6 +426,26 @@ ERRORS = [
     ("city = 'x';", "syntax error at column 11: unexpected ';' (a rule is a single expression)"),
     ("'a' || (select city from profiles)", "'||' is not allowed in a rule"),
     ("city = 'a' || 'b'", "'||' is not allowed in a rule"),
+    (
+        "city = “北京”",
+        "syntax error at column 8: '“' is not part of the rule language; write \"'\"",
+    ),
+    (
+        "total_spent ≥ 1000",
+        "syntax error at column 13: '≥' is not part of the rule language; write '>='",
+    ),
+    (
+        "city in ('北京'，'武汉')",
+        "syntax error at column 14: '，' is not part of the rule language; write ','",
+    ),
+    (
+        "（city = '北京'）",
+        "syntax error at column 1: '（' is not part of the rule language; write '('",
+    ),
+    (
+        "city = '北京' && total_spent > 1",
+        "syntax error at column 13: '&&' is not part of the rule language; write 'and'",
+    ),
     ("city = 'a' 'b'", "not allowed in a rule: concat('a', 'b')"),
     ("city = 'a' -- and 1 = 1", "comments are not allowed in a rule"),
     ("city /* x */ = 'a'", "comments are not allowed in a rule"),
@@ -485,6 +505,12 @@ def test_invalid_rules_say_what_is_wrong(text: str, message: str) -> None:
     assert caught.value.message == message
     assert str(caught.value) == message
     assert caught.value.rule == text
+
+
+@pytest.mark.parametrize("value", ["北京（朝阳）", "“好物”≥ 1，2", "it''s （", "a && b"])
+def test_look_alike_characters_inside_a_quoted_value_are_the_value(value: str) -> None:
+    compiled = compile_rule(f"city = '{value}' or city = 'x'", SCHEMA)
+    assert compiled.params[0] == value.replace("''", "'")
 
 
 @pytest.mark.parametrize(

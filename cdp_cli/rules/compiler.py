@@ -162,9 +162,38 @@ def parse_duration(text: str) -> timedelta:
         raise RuleError(f"invalid duration {text!r}: too long") from None
 
 
+# What a Chinese input method or a programmer's habit puts into a rule in place of the rule
+# language's own characters, outside a quoted value: what to write instead.
+LOOKALIKES = {
+    "“": "'", "”": "'", "‘": "'", "’": "'", "＂": "'", "＇": "'",
+    "≥": ">=", "≤": "<=", "≠": "!=", "＝": "=", "＞": ">", "＜": "<", "！": "!",
+    "（": "(", "）": ")", "，": ",", "&&": "and",
+}  # fmt: skip
+
+
+def _check_lookalikes(text: str) -> None:
+    """Refuse, naming the column and what to write, a character of LOOKALIKES outside a
+    quoted value: the parser would report the text after it, or read “北京” as a field."""
+    quoted = False
+    for offset, char in enumerate(text):
+        if char == "'":
+            quoted = not quoted  # '' inside a value closes and reopens: the same here
+            continue
+        pair = text[offset : offset + 2]
+        found = pair if pair in LOOKALIKES else char if char in LOOKALIKES else None
+        if found and not quoted:
+            raise RuleError(
+                f"syntax error at {_where(text, offset)}: {found!r} is not part of the rule "
+                f"language; write {LOOKALIKES[found]!r}",
+                offset + 1,
+                text,
+            )
+
+
 def _parse(text: str) -> exp.Expr:
     """One expression tree from the text; syntax errors name the column."""
     try:
+        _check_lookalikes(text)
         tokens = _READER.tokenize(text)
         _check_tokens(text, tokens)
         trees = _READER.parser().parse(tokens, text)
