@@ -400,7 +400,7 @@ def _region_hint(written: str) -> str:
     code = names.get(written.strip().casefold())
     if code:
         return f" (did you mean {code!r}?)"
-    return did_you_mean(written.strip().upper(), phonenumbers.SUPPORTED_REGIONS)
+    return did_you_mean(written.strip().upper(), sorted(phonenumbers.SUPPORTED_REGIONS))
 
 
 # Names of China's time (Beijing time) that are not a zone's: a zone is named for a place.

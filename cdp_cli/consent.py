@@ -92,7 +92,7 @@ def record_consent(
         raise UsageError(f"status {status!r}: use opt_in or opt_out")
     at = datetime.now(ZoneInfo(config.timezone)).isoformat(timespec="seconds")
     try:
-        one_id = _find(db, config, lookup)
+        one_id = find_one_id(db, config, lookup)[0]
     except NotFound:
         suppressed = _suppressed_identifier(config, lookup)
         if suppressed is None:
@@ -156,10 +156,6 @@ def _suppressed_identifier(config: Config, lookup: Lookup) -> tuple[str, str] | 
     return None
 
 
-def _find(db: sqlite_utils.Database, config: Config, lookup: Lookup) -> str:
-    return find_one_id(db, config, lookup)[0]
-
-
 def _carrier(
     db: sqlite_utils.Database, config: Config, one_id: str, lookup: Lookup
 ) -> tuple[int, str, str, dict[str, str]]:
@@ -208,7 +204,7 @@ def consents_of(db: sqlite_utils.Database, config: Config, lookup: Lookup) -> di
 
     For a phone or email no customer has, the suppressions recorded for it (one_id None)."""
     try:
-        one_id: str | None = _find(db, config, lookup)
+        one_id: str | None = find_one_id(db, config, lookup)[0]
     except NotFound:
         suppressed = _suppressed_identifier(config, lookup)
         history = _suppressions(db, *suppressed) if suppressed else []

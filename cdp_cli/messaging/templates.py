@@ -107,7 +107,7 @@ class TemplateStore:
         """The templates of a channel that have a file with this suffix, by name."""
         folder = self.root / channel
         found = folder.glob(f"*{suffix}") if folder.is_dir() else []
-        return [path.name[: -len(suffix)] for path in found if not path.name.startswith("_")]
+        return sorted(p.name[: -len(suffix)] for p in found if not p.name.startswith("_"))
 
     def templates(self) -> list[tuple[str, str]]:
         """Every (channel, name) with a template; a file out of place is a TemplateError."""
