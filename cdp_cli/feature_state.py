@@ -11,6 +11,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from cdp_cli.sqlitelib import sqlite_utils
+
 # The tables whose new rows change someone's features, each read from the id the last run saw.
 SOURCE_TABLES = ("orders", "events", "customers")
 
@@ -32,6 +34,21 @@ def saved_state(conn: sqlite3.Connection) -> dict[str, Any] | None:
 
 def resolve_id(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT coalesce(max(id), 0) FROM resolve_runs").fetchone()[0])
+
+
+def stale_note(db: sqlite_utils.Database) -> str | None:
+    """What a command that reads customers' features and tags (a segment, a journey run) says
+    when they lag the data: ingested batches wait for `cdp resolve`, or a resolve ran after
+    the last `cdp tag`."""
+    from cdp_cli.identity.resolve import unresolved_note
+
+    pending = unresolved_note(db)
+    if pending:
+        return pending
+    state = saved_state(db.conn)
+    if state is not None and state["resolve_id"] < resolve_id(db.conn):
+        return "customers were resolved after the last `cdp tag`: run `cdp tag` for their features"
+    return None
 
 
 def _tombstones(conn: sqlite3.Connection) -> int:

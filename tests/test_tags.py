@@ -658,6 +658,31 @@ def test_cdp_run_passes_on_the_tag_rules_warnings(run, project, write):
     )
 
 
+def test_segments_and_journeys_say_when_customers_lag_the_data(run, project, write):
+    """Each reads features and tags: as the last resolve and `cdp tag` left them."""
+    assert run("tag", "--as-of", AS_OF).exit_code == 0
+    segment = ("segment", "--rule", "city = '武汉'", "--sample", "0", "--json")
+    assert run(*segment).stderr == "" and run("journey", "run", "--dry-run").stderr == ""
+    write(
+        "more.csv",
+        "member,name,phone,city,birthday,registered\nM9,赵六,13800000009,武汉,,2026-11-01 10:00:00\n",
+    )
+    assert run("ingest", "more.csv", "-s", "crm").exit_code == 0
+    unresolved = "1 ingested batches are not resolved yet: run `cdp resolve` first\n"
+    assert run(*segment).stderr == unresolved
+    assert run("journey", "run", "--dry-run").stderr == unresolved
+    assert run("resolve").exit_code == 0
+    untagged = (
+        "customers were resolved after the last `cdp tag`: run `cdp tag` for their features\n"
+    )
+    before = json.loads(run(*segment).stdout)["customers"]
+    assert run(*segment).stderr == untagged
+    assert run("journey", "run", "--dry-run").stderr == untagged
+    assert run("tag", "--as-of", AS_OF).exit_code == 0
+    after = run(*segment)
+    assert after.stderr == "" and json.loads(after.stdout)["customers"] == before + 1
+
+
 # Four amounts that add up to each edge exactly, but not in floating point in most orders.
 EDGE_AMOUNTS = {
     "300.00": ("16.57", "10.53", "4.44", "268.46"),

@@ -57,7 +57,7 @@ def tag_command(
       cdp tag --list
     """
     from cdp_cli.features import today
-    from cdp_cli.identity.resolve import unresolved_batches
+    from cdp_cli.identity.resolve import unresolved_note
     from cdp_cli.tags import run_tags, tag_list
 
     config = project.config
@@ -68,11 +68,9 @@ def tag_command(
             out.emit(listed, json_, _print_tag_list)
             return
         day = as_of.date() if as_of else today(config)
-        pending = unresolved_batches(db)
+        pending = unresolved_note(db)
         if pending:
-            out.note(
-                f"{pending} ingested batches are not resolved yet: run `cdp resolve` first", silent
-            )
+            out.note(pending, silent)
         result = run_tags(db, folder, day, only, force)
     out.emit(result, json_, print_tags)
     for warning in result.warnings:
@@ -200,6 +198,7 @@ def segment_command(
       cdp segment --clusters 5
     """
     from cdp_cli import segments as seg
+    from cdp_cli.feature_state import stale_note
     from cdp_cli.features import features_as_of
     from cdp_cli.privacy import masked_row
     from cdp_cli.rules.book import load_rulebook
@@ -215,6 +214,7 @@ def segment_command(
     book = load_rulebook(config.tag_rules_folder)
     found = None
     with project.store(create=False) as db:
+        stale = stale_note(db)
         day = features_as_of(db, config)
         if lookalike is not None:
             from cdp_cli.predict import lookalike as look
@@ -245,6 +245,8 @@ def segment_command(
     out.emit(report, json_, print_segment)
     for warning in report.warnings or []:
         out.note(f"Warning: {warning}")
+    if stale:
+        out.note(stale)
 
 
 def _check_predictive_options(

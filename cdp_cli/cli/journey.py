@@ -57,6 +57,7 @@ def journey_run_command(
     """
     from zoneinfo import ZoneInfo
 
+    from cdp_cli.feature_state import stale_note
     from cdp_cli.messaging.engine import held_problem, run_journeys
     from cdp_cli.messaging.rendering import RENDER_WORKER_FROM
 
@@ -64,8 +65,11 @@ def journey_run_command(
     clock = now.replace(tzinfo=ZoneInfo(config.timezone)) if now else None
     worker_from = RENDER_WORKER_FROM if render_worker_from is None else render_worker_from
     with project.store(create=False) as db:
+        stale = stale_note(db)
         results = run_journeys(db, config, name, clock, dry_run, worker_from)
     out.emit(results, json_, lambda _: _print_run(results, dry_run))
+    if stale:
+        out.note(stale)
     problem = held_problem(results)
     if problem:  # the project's fault: exit 1, so that cron's mail or the monitor says so
         raise CdpError(problem)

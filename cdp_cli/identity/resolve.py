@@ -753,3 +753,12 @@ def unresolved_batches(db: sqlite_utils.Database) -> int:
     return db.conn.execute(
         "SELECT count(*) FROM batches WHERE status = 'done' AND id > ?", (through,)
     ).fetchone()[0]
+
+
+def unresolved_note(db: sqlite_utils.Database) -> str | None:
+    """What a command that reads customers says while ingested batches wait for a resolve:
+    it reads them as the last resolve left them (none before the first)."""
+    pending = unresolved_batches(db)
+    if not pending:
+        return None
+    return f"{pending} ingested batches are not resolved yet: run `cdp resolve` first"
