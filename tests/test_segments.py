@@ -267,3 +267,13 @@ def test_no_sample_is_looked_for_when_none_is_shown(db, book):
         db.conn.set_trace_callback(None)
     assert report.sample == [] and report.as_dict()["sample"] == []
     assert not [s for s in statements if "ORDER BY" in s or "LIMIT" in s]
+
+
+def test_an_event_window_past_a_century_is_a_rule_error_not_a_crash(db, book):
+    century = segments.audience(db, book, DAY, "event_count('view_item', '36500d') > 0", None)
+    assert segments.count(db, century)[0] > 0
+    with pytest.raises(RuleError) as caught:
+        segments.audience(db, book, DAY, "event_count('view_item', '999999d') > 0", None)
+    assert caught.value.message == (
+        "event_count() argument 2: invalid duration '999999d': too long (at most 100 years, 36500d)"
+    )

@@ -148,6 +148,9 @@ def _text_argument(node: exp.Expr, function: str) -> str | None:
     return None
 
 
+MAX_DURATION = timedelta(days=36500)
+
+
 def parse_duration(text: str) -> timedelta:
     """'30d', '12h', '2w' or '90m' (minutes) as a timedelta; RuleError otherwise."""
     match = _DURATION.fullmatch(text)
@@ -157,9 +160,12 @@ def parse_duration(text: str) -> timedelta:
             "(m minutes, h hours, d days, w weeks), as in '30d'"
         )
     try:
-        return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
+        duration = timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
     except OverflowError:
-        raise RuleError(f"invalid duration {text!r}: too long") from None
+        duration = MAX_DURATION + MAX_DURATION
+    if duration > MAX_DURATION:  # dates a window or a wait reaches must stay dates
+        raise RuleError(f"invalid duration {text!r}: too long (at most 100 years, 36500d)")
+    return duration
 
 
 # What a Chinese input method or a programmer's habit puts into a rule in place of the rule
