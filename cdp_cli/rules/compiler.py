@@ -160,10 +160,10 @@ def parse_duration(text: str) -> timedelta:
             "(m minutes, h hours, d days, w weeks), as in '30d'"
         )
     try:
-        duration = timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
-    except OverflowError:
-        duration = MAX_DURATION + MAX_DURATION
-    if duration > MAX_DURATION:  # dates a window or a wait reaches must stay dates
+        duration: timedelta | None = timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
+    except OverflowError:  # past timedelta's own bound
+        duration = None
+    if duration is None or duration > MAX_DURATION:  # what a window or a wait reaches: a date
         raise RuleError(f"invalid duration {text!r}: too long (at most 100 years, 36500d)")
     return duration
 
