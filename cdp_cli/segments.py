@@ -172,7 +172,7 @@ def describe(
     few = _few_matches(db, chosen, SAMPLE_WALK_MATCHES * sample_size) if sample_size else None
     size, base = (len(few), _base(db)) if few is not None else count(db, chosen)
     report = SegmentReport(chosen.name, chosen.rule, size, base)
-    report.warnings = tag_value_warnings(book, chosen)
+    report.warnings = audience_tag_value_warnings(book, chosen)
     if by:
         report.by, report.portrait = by, portrait(db, book, as_of, chosen, by)
     if sample_size is not None:
@@ -180,7 +180,7 @@ def describe(
     return report
 
 
-def tag_value_warnings(book: RuleBook, chosen: Audience) -> list[str]:
+def audience_tag_value_warnings(book: RuleBook, chosen: Audience) -> list[str]:
     """A warning for each tag value the audience's rule compares with that its tag never
     takes: `tag('lifecycle') in ('active', 'at-risk')` counts the active ones alone, without
     an error. A named segment's warnings name its file and line."""

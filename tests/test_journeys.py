@@ -1234,12 +1234,12 @@ def test_validate_warns_of_tag_values_the_tag_never_takes(run, write, project):
 
 def test_the_shipped_journeys_name_only_tag_values_their_tags_take():
     from cdp_cli.config import load_config
-    from cdp_cli.messaging.engine import tag_value_warnings
+    from cdp_cli.messaging.engine import journey_tag_value_warnings
     from cdp_cli.messaging.journeys import load_journeys
 
     config = load_config(REPO / "cdp.yaml")
     journeys = list(load_journeys(config.journeys_folder).values())
-    assert journeys and tag_value_warnings(config, journeys) == {}
+    assert journeys and journey_tag_value_warnings(config, journeys) == {}
 
 
 def test_a_template_that_fails_for_everyone_holds_them_until_it_is_fixed(run, write, project):

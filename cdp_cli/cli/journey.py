@@ -194,7 +194,11 @@ def journey_validate_command(project: Project, json_: bool) -> None:
     """
     from datetime import datetime
 
-    from cdp_cli.messaging.engine import coupon_shortfalls, tag_value_warnings, validate_journeys
+    from cdp_cli.messaging.engine import (
+        coupon_shortfalls,
+        journey_tag_value_warnings,
+        validate_journeys,
+    )
     from cdp_cli.tags import stored_tags
 
     config = project.config
@@ -207,7 +211,7 @@ def journey_validate_command(project: Project, json_: bool) -> None:
             shortfalls = coupon_shortfalls(db, config, journeys, now, known)
     else:
         journeys = validate_journeys(config, None)
-    tag_values = tag_value_warnings(config, journeys)
+    tag_values = journey_tag_value_warnings(config, journeys)
     warnings = {
         j.name: [*tag_values.get(j.name, []), *shortfalls.get(j.name, [])] for j in journeys
     }

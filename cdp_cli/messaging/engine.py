@@ -128,7 +128,7 @@ def check_what_a_run_would_hold(
             raise FileError(journey.path, f"journey {where}: {problem}")
 
 
-def tag_value_warnings(config: Config, journeys: list[Journey]) -> dict[str, list[str]]:
+def journey_tag_value_warnings(config: Config, journeys: list[Journey]) -> dict[str, list[str]]:
     """Per journey, a warning for each tag value its rules (entry, exit, branches) or its
     tag-change entry name that the tag in tag_rules/ never takes: `'at_rsk'` for `at_risk`
     would enrol no one, without an error."""
