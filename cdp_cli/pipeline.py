@@ -137,6 +137,10 @@ def run_pipeline(
     log = OpsLog(None) if dry_run or log is None else log
     zone = ZoneInfo(config.timezone)
     clock = (now or datetime.now(zone)).astimezone(zone)
+    if now is not None:  # before any stage: the journeys' stage would refuse it at the end
+        from cdp_cli.messaging.engine import check_clock
+
+        check_clock(clock, dry_run)
     day = as_of or clock.date()
     report = RunReport(now_iso(), clock.isoformat(timespec="seconds"), day.isoformat(), dry_run)
     log.write(stage="run", status="started", now=report.now, as_of=report.as_of)

@@ -6,8 +6,9 @@ import csv
 import json
 import shutil
 import sqlite3
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -327,6 +328,33 @@ def test_dry_run_changes_nothing(run, write, project):
     assert result["sent"] == {"sms": 2} and result["messages"][0]["text"].startswith("【花漾】")
     assert query(project / "cdp.db", "SELECT count(*) FROM journey_enrolments") == [(0,)]
     assert not (project / "outbound").exists()
+
+
+def ahead_of_the_clock(hours: float) -> str:
+    """--now this many hours after this machine's clock, in the project's timezone."""
+    return (datetime.now(ZoneInfo("Asia/Shanghai")) + timedelta(hours=hours)).strftime(
+        "%Y-%m-%d %H:%M"
+    )
+
+
+def test_a_clock_more_than_a_day_ahead_sends_nothing_and_a_dry_run_previews_it(run, write, project):
+    """--now 2062 for 2026: the run would send at once what is due decades later."""
+    steps = "steps:\n  - wait: 30d\n  - send: {channel: sms, template: hello}\n"
+    write("journeys/d.yaml", journey("d", f"entry: {{when: \"city = '武汉'\"}}\n{steps}"))
+    assert run_journeys(run)[0]["enrolled"] == 3  # at NOW: they wait 30 days
+    for late in ("2062-11-15 10:30", ahead_of_the_clock(25)):
+        result = run("journey", "run", "--now", late)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith(f"Error: --now {late} is more than a day ahead of this ")
+        assert "preview it with --dry-run" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert query(project / "cdp.db", "SELECT count(*) FROM journey_runs") == [(1,)]
+    assert not [path for path in (project / "outbound").rglob("*") if path.is_file()]
+
+    late = run("journey", "run", "--now", "2062-11-15 10:30", "--dry-run", "--json")
+    assert json.loads(late.stdout)[0]["sent"] == {"sms": 2}  # what the refused run would send
+    evening = run("journey", "run", "--now", ahead_of_the_clock(23))  # tomorrow's, tonight
+    assert evening.exit_code == 0, evening.output
 
 
 @pytest.mark.parametrize(

@@ -218,6 +218,20 @@ def test_dry_run_lists_the_inbox_and_changes_nothing(run, project):
     assert not (project / "logs/cdp.log").exists()
 
 
+def test_a_clock_more_than_a_day_ahead_stops_the_run_before_any_stage(run, project):
+    drop(project / "inbox/pos/pos-0616.csv", pos_export("20261116"))
+    before = query(project / "cdp.db", "SELECT count(*) FROM batches")
+
+    result = run("run", "--now", "2062-11-15 10:30")
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Error: --now 2062-11-15 10:30 is more than a day ahead")
+    assert query(project / "cdp.db", "SELECT count(*) FROM batches") == before
+    assert (project / "inbox/pos/pos-0616.csv").exists()
+    _, report = run_json(run, "--dry-run", "--now", "2062-11-15 10:30")
+    assert statuses(report) == {"pos-0616.csv": "new"}
+
+
 def test_a_file_whose_name_is_taken_in_done_keeps_both(run, project):
     drop(project / "inbox/pos/done/pos.csv", b"an earlier export of the same name")
     drop(project / "inbox/pos/pos.csv", pos_export("20261116"))

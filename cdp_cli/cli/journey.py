@@ -25,7 +25,10 @@ def journey_group() -> None:
 
 @journey_group.command(name="run")
 @click.argument("name", required=False)
-@now_option("The clock, in the project's timezone (tests, backfills).  [default: now]")
+@now_option(
+    "The clock, in the project's timezone (tests, backfills); at most a day ahead of this "
+    "machine's, except with --dry-run.  [default: now]"
+)
 @click.option("--dry-run", is_flag=True, help="Show who would get what; change nothing.")
 @click.option(
     "--render-worker-from",

@@ -27,7 +27,10 @@ if TYPE_CHECKING:
 
 @click.command(name="run")
 @as_of_option
-@now_option("The journeys' clock, in the project's timezone (tests, backfills).  [default: now]")
+@now_option(
+    "The journeys' clock, in the project's timezone (tests, backfills); at most a day ahead "
+    "of this machine's, except with --dry-run.  [default: now]"
+)
 @click.option("--dry-run", is_flag=True, help="Only list what the inboxes hold; change nothing.")
 @silent_option
 @json_option

@@ -23,7 +23,7 @@ from typing import Any
 from cronsim import CronSim
 
 from cdp_cli.config import Config
-from cdp_cli.errors import CdpError, FileError, RuleError
+from cdp_cli.errors import CdpError, FileError, RuleError, UsageError
 from cdp_cli.files import ensure_folder
 from cdp_cli.messaging.channels import placeholder_problem
 from cdp_cli.messaging.conditions import JourneyRules
@@ -58,6 +58,11 @@ from cdp_cli.store import insert_row, now_iso, one_checkpoint, rollback
 from cdp_cli.tags import stored_tags
 
 _FIRST_8_BYTES = struct.Struct(">Q").unpack_from  # a digest's first 8 bytes, big-endian
+
+# How far past this machine's clock a run may be told it is (--now). A run in the evening may
+# write tomorrow morning's messages; a clock further ahead is most likely a typo (2062 for
+# 2026), and its run would send at once what is due weeks or years later.
+MAX_CLOCK_AHEAD = timedelta(days=1)
 
 
 def share_of(*parts: str) -> float:
@@ -230,6 +235,7 @@ def run_journeys(
         named_journey(journeys, name, config.journeys_folder)
     settings = config.sending
     clock = (now or datetime.now(settings.zone)).astimezone(settings.zone)
+    check_clock(clock, dry_run)
     if "profile_features" not in db.table_names():
         raise CdpError("no features yet: run `cdp tag` before `cdp journey run`")
     rules = JourneyRules(config, clock.date(), set(stored_tags(db)), predicted_categories(db.conn))
@@ -265,6 +271,18 @@ def run_journeys(
         if spool is not None:
             spool.close()
     return results
+
+
+def check_clock(clock: datetime, dry_run: bool) -> None:
+    """Refuse a run (not a dry run) told it is more than MAX_CLOCK_AHEAD past the present."""
+    present = datetime.now(clock.tzinfo)
+    if dry_run or clock - present <= MAX_CLOCK_AHEAD:
+        return
+    raise UsageError(
+        f"--now {clock:%Y-%m-%d %H:%M} is more than a day ahead of this machine's clock "
+        f"({present:%Y-%m-%d %H:%M}): the run would send at once what is due by then; "
+        "preview it with --dry-run"
+    )
 
 
 def held_problem(results: list[RunResult]) -> str | None:
