@@ -16,11 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdp_cli.errors import CdpError
+from cdp_cli.errors import CdpError, UsageError
 from cdp_cli.files import move_into_place, temp_path
 from cdp_cli.integrity import (
     check_is_database,
     corruption_error,
+    is_sqlite_file,
     refuse_if_damaged,
     store_damaged,
     store_problems,
@@ -53,6 +54,7 @@ def backup_store(store: Path, dest: Path) -> BackupResult:
     backup there). The caller has checked that `dest` is none of the project's files."""
     check_is_database(store)
     refuse_if_damaged(store)
+    check_replaceable(store, dest)
     started = time.monotonic()
     tmp = temp_path(dest)
     _remove_with_sidecars(tmp)  # left by a backup that was killed
@@ -67,6 +69,42 @@ def backup_store(store: Path, dest: Path) -> BackupResult:
         _remove_with_sidecars(tmp)
     seconds = round(time.monotonic() - started, 3)
     return BackupResult(str(store), str(dest), dest.stat().st_size, seconds, tables)
+
+
+def check_replaceable(store: Path, dest: Path) -> None:
+    """A backup replaces an older backup of the same store, or an empty file, and nothing
+    else: not another program's file, nor another store or its backup, which a mistyped DEST
+    (`../brand-b/cdp.db`) would otherwise wipe out. Every copy of a store holds the random key
+    its tombstones are kept under (tombstone_salt), and no other store holds it."""
+    if not dest.exists() or dest.stat().st_size == 0:
+        return
+    if not is_sqlite_file(dest):
+        what = "not a database"
+    else:
+        theirs = _lineage(dest, as_written=True)
+        if theirs is not None and theirs == _lineage(store):
+            return
+        what = "not a cdp store" if theirs is None else "another store, or a backup of one"
+    raise UsageError(
+        f"{dest} is {what}: a backup replaces only an older backup of this store; "
+        "choose another name, or remove the file first"
+    )
+
+
+def _lineage(path: Path, as_written: bool = False) -> str | None:
+    """The store's tombstone key, which its copies share; None where it cannot be read.
+    `as_written`: read the file alone, without its WAL, taking no lock and writing nothing
+    beside it (another store may be in use)."""
+    uri = f"{path.resolve().as_uri()}?{'immutable=1' if as_written else 'mode=ro'}"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=30)
+        try:
+            row = conn.execute("SELECT salt FROM tombstone_salt").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None
 
 
 def _copy(store: Path, tmp: Path, dest: Path) -> dict[str, int]:

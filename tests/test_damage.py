@@ -490,12 +490,21 @@ def test_a_backup_taken_while_a_writer_is_mid_transaction_is_consistent(
     assert sorted(p.name for p in project.glob("*backups.db*")) == ["backups.db"]  # no temp file
 
 
+def older_backup(project: Path, path: Path) -> None:
+    """A backup of the project's store as it was before its messages were written."""
+    shutil.copyfile(project / "cdp.db", path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DELETE FROM messages")
+    conn.execute("PRAGMA journal_mode=DELETE")  # as a backup is: no WAL beside it
+    conn.close()
+
+
 def test_backup_replaces_an_older_one_and_restoring_it_gives_back_the_store(
     base_digest: dict, project: Path, run: Callable[..., Result]
 ) -> None:
     (project / "backups").mkdir()
     old = project / "backups" / "cdp.db"
-    old.write_bytes(b"an older backup")
+    older_backup(project, old)
     result = run("backup", "backups/cdp.db")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Backed up cdp.db to backups/cdp.db: ")
@@ -534,13 +543,55 @@ def test_backup_refuses_a_dest_that_is_the_projects_own_or_no_database_name(
     assert not list(project.glob(".*.tmp"))
 
 
+def another_store(path: Path) -> None:
+    """A store of another project: the same tables, its own tombstone key."""
+    from cdp_cli.store import open_store
+
+    open_store(path).close()
+
+
+def not_a_cdp_store(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (text)")
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("make", "what"),
+    [
+        (another_store, "another store, or a backup of one"),
+        (not_a_cdp_store, "not a cdp store"),
+        (lambda path: path.write_text("my notes\n"), "not a database"),
+    ],
+)
+def test_backup_never_replaces_what_is_not_an_older_backup_of_this_store(
+    project: Path, run: Callable[..., Result], make: Callable[[Path], None], what: str
+) -> None:
+    """`cdp backup ../brand-b/cdp.db`, or a name another program's file has: kept as it is."""
+    (project / "elsewhere").mkdir()
+    dest = project / "elsewhere" / "cdp.db"
+    make(dest)
+    kept = dest.read_bytes()
+    result = run("backup", "elsewhere/cdp.db")
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"Error: elsewhere/cdp.db is {what}: a backup replaces only an older backup of this "
+        "store; choose another name, or remove the file first\n"
+    )
+    assert dest.read_bytes() == kept
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["cdp.db"]  # nothing beside it
+    dest.write_bytes(b"")  # an empty file holds nothing to lose
+    assert run("backup", "elsewhere/cdp.db").exit_code == 0
+    assert run("--db", "elsewhere/cdp.db", "status", "--check").exit_code == 0
+
+
 def test_backup_of_a_damaged_store_fails_and_keeps_the_older_backup(
     project: Path, run: Callable[..., Result]
 ) -> None:
     """Damage the backup's own reading does not meet: an index no row count uses (a partial
     one), found in the copy by integrity_check."""
-    kept = b"last night's backup"
-    (project / "last.db").write_bytes(kept)
+    older_backup(project, project / "last.db")
+    kept = (project / "last.db").read_bytes()
     db = project / "cdp.db"
     damage_pages(db, [root_page(db, "messages_link_code")])
     result = run("backup", "last.db")

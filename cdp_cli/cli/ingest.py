@@ -177,9 +177,10 @@ def backup(project: Project, dest: Path, json_: bool) -> None:
     meanwhile goes on, and what it has not committed is not in the copy. The copy is written
     beside DEST, checked (integrity_check, and the rows of every table counted against the
     store's), then renamed over DEST, so an older backup there is only ever replaced by a good
-    one. DEST ends in .db, .sqlite or .sqlite3. A copy that fails the check says the store is
-    damaged (and every command then refuses it until `cdp status --check` passes). How to
-    restore: docs/operations.md.
+    one. DEST ends in .db, .sqlite or .sqlite3; a file already there is replaced only if it is
+    an older backup of this store (or empty), never another store or another program's file.
+    A copy that fails the check says the store is damaged (and every command then refuses it
+    until `cdp status --check` passes). How to restore: docs/operations.md.
 
     \b
     Examples:
