@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +21,7 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import Token, TokenType
 
 from cdp_cli.errors import RuleError
+from cdp_cli.rules.dates import dated_value_problem
 from cdp_cli.yamlfile import did_you_mean
 
 MAX_LENGTH = 10_000
@@ -81,6 +82,9 @@ class RuleSchema:
 
     fields: dict[str, str]
     functions: dict[str, FunctionSpec]
+    # The fields holding a date or a time: name -> "date" or "time". The quoted values they
+    # are compared with are checked (rules/dates.py).
+    dated: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -407,8 +411,23 @@ class _Compiler:
                 "comparisons cannot be chained; join them with and, as in 1 < x and x < 5", node
             )
         left, right = self.compile(node.this), self.compile(node.expression)
+        equal = isinstance(node, exp.EQ)
+        self.dated_values(node.this, [node.expression], equal)
+        self.dated_values(node.expression, [node.this], equal)
         sql = f"({left.sql} {_COMPARISONS[type(node)]} {right.sql})"
         return _Part(sql, _params([left, right]), "boolean")
+
+    def dated_values(self, operand: exp.Expr, values: list[exp.Expr], equal: bool = False) -> None:
+        """Quoted values compared with a date or time field are written as the store writes
+        them (rules/dates.py): text compares character by character. `equal`: = or in."""
+        if not isinstance(operand, exp.Column) or operand.name not in self.schema.dated:
+            return
+        kind = self.schema.dated[operand.name]
+        for value in values:
+            if isinstance(value, exp.Literal) and value.is_string:
+                problem = dated_value_problem(value.this, operand.name, kind, equal)
+                if problem:
+                    raise self.fail(f"'{value.this}' {problem}", value)
 
     def arithmetic(self, node: exp.Expr) -> _Part:
         left, right = self.number(node.this), self.number(node.expression)
@@ -450,6 +469,7 @@ class _Compiler:
                     "in (...) takes a list of values, as in city in ('武汉', '北京')", item
                 )
             values.append(value)
+        self.dated_values(node.this, node.expressions, equal=True)
         marks = ", ".join(["?"] * len(values))
         return _Part(f"({left.sql} IN ({marks}))", left.params + values, "boolean")
 
@@ -458,6 +478,7 @@ class _Compiler:
             raise self.refuse(node)
         parts = [self.compile(node.this), self.compile(node.args["low"])]
         parts.append(self.compile(node.args["high"]))
+        self.dated_values(node.this, [node.args["low"], node.args["high"]])
         value, low, high = (p.sql for p in parts)
         return _Part(f"({value} BETWEEN {low} AND {high})", _params(parts), "boolean")
 

@@ -29,6 +29,13 @@ GOLDEN_FIELDS = {
     "city": "p.city", "known": "p.known", "first_seen": "p.first_seen", "last_seen": "p.last_seen",
     "records": "p.records",
 }  # fmt: skip
+# The fields holding a date ('1990-05-01') or a time ('2026-11-07T10:17:28+08:00').
+DATED_FIELDS = {
+    "birthday": "date",
+    "first_seen": "time",
+    "last_seen": "time",
+    **{name: "time" for name in FEATURES if name.endswith("_at")},
+}
 EVENT_WINDOWS = {timedelta(days=n): f"days_{n}" for n in (30, 90, 365)}
 READS = "r"  # the alias of temp.tag_reads in a tag run's evaluation
 # in_segment() puts the segment's rule inside the rule that calls it. Segments that each call
@@ -101,7 +108,7 @@ class RuleContext:
                 self._segment_holds,
             ),
         }
-        return RuleSchema(fields, functions)
+        return RuleSchema(fields, functions, DATED_FIELDS)
 
     def compile(self, text: str, condition: bool = False) -> CompiledRule:
         """`condition`: the rule selects customers and is never read as a value (see
