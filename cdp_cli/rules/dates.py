@@ -10,7 +10,7 @@ and one written another way is named with the form to write.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 # A date, then perhaps a time (minutes, seconds, a fraction) and an offset: the store's forms.
 _STORED = re.compile(
@@ -35,7 +35,7 @@ def dated_value_problem(text: str, field: str, kind: str, equal: bool) -> str | 
         if not _valid(stored[1], stored[2]):
             return f"is not a date: write one as YYYY-MM-DD, as in {EXAMPLE}"
         if equal and kind == "time" and not stored[2]:
-            after = date.fromordinal(date.fromisoformat(text).toordinal() + 1).isoformat()
+            after = (date.fromisoformat(text) + timedelta(days=1)).isoformat()
             return (
                 f"matches no one: {field} holds times (2026-11-07T10:17:28+08:00); for that "
                 f"day, write {field} >= '{text}' and {field} < '{after}'"
@@ -44,8 +44,8 @@ def dated_value_problem(text: str, field: str, kind: str, equal: bool) -> str | 
     meant = _meant(text)
     if meant is None:
         return f"is not a date: write one as YYYY-MM-DD, as in {EXAMPLE}"
-    kind = "time" if "T" in meant else "date"
-    return f"is not a {kind} as the store writes them: write '{meant}'"
+    what = "time" if "T" in meant else "date"
+    return f"is not a {what} as the store writes them: write '{meant}'"
 
 
 def _valid(day: str, time: str | None) -> bool:
