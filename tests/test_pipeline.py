@@ -228,8 +228,9 @@ def test_a_clock_more_than_a_day_ahead_stops_the_run_before_any_stage(run, proje
     assert result.stderr.startswith("Error: --now 2062-11-15 10:30 is more than a day ahead")
     assert query(project / "cdp.db", "SELECT count(*) FROM batches") == before
     assert (project / "inbox/pos/pos-0616.csv").exists()
-    _, report = run_json(run, "--dry-run", "--now", "2062-11-15 10:30")
-    assert statuses(report) == {"pos-0616.csv": "new"}
+    preview = run("run", "--dry-run", "--now", "2062-11-15 10:30", "--json")
+    assert preview.exit_code == 0, preview.output
+    assert statuses(json.loads(preview.stdout)) == {"pos-0616.csv": "new"}
 
 
 def test_a_file_whose_name_is_taken_in_done_keeps_both(run, project):
