@@ -27,7 +27,14 @@ from cdp_cli.identity.settings import (
 from cdp_cli.messaging.settings import SendSettings, build_send_settings
 from cdp_cli.store import DEFAULT_CACHE_MB
 from cdp_cli.storefiles import DEFAULT_STORE
-from cdp_cli.yamlfile import YamlMap, check_keys, did_you_mean, load_yaml, string_list
+from cdp_cli.yamlfile import (
+    YamlMap,
+    check_keys,
+    did_you_mean,
+    load_yaml,
+    string_list,
+    suggestion,
+)
 
 FORMATS = ("csv", "json", "jsonl")
 # Settings that later stages read; accepted here so that a project can declare them early.
@@ -399,7 +406,7 @@ def _region_hint(written: str) -> str:
             names.setdefault(geocoder.country_name_for_number(example, language).casefold(), region)
     code = names.get(written.strip().casefold())
     if code:
-        return f" (did you mean {code!r}?)"
+        return suggestion(code)
     return did_you_mean(written.strip().upper(), sorted(phonenumbers.SUPPORTED_REGIONS))
 
 
@@ -413,7 +420,7 @@ def _timezone_hint(name: str) -> str:
     reversed), else the closest name."""
     key = name.strip().casefold()
     if key in CHINA_TIME:
-        return " (did you mean 'Asia/Shanghai'?)"
+        return suggestion("Asia/Shanghai")
     offset = re.fullmatch(r"(?:utc|gmt)?\s*([+-])\s*(\d{1,2})(?::?00)?", key)
     if offset:
         sign, hours = offset[1], int(offset[2])
@@ -424,7 +431,7 @@ def _timezone_hint(name: str) -> str:
     zones = zoneinfo.available_timezones()
     by_place = {zone.rsplit("/", 1)[-1].replace("_", " ").casefold(): zone for zone in zones}
     zone = by_place.get(key.replace("_", " "))
-    return f" (did you mean {zone!r}?)" if zone else did_you_mean(name.strip(), sorted(zones))
+    return suggestion(zone) if zone else did_you_mean(name.strip(), sorted(zones))
 
 
 def _check_timezone(path: Path, name: str, line: int, where: str) -> None:

@@ -173,8 +173,12 @@ def is_name(value: object) -> TypeGuard[str]:
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A ' (did you mean 'x'?)' suffix for a misspelt name, or an empty string."""
-    close = closest(word, choices)
-    return f" (did you mean {close!r}?)" if close else ""
+    return suggestion(closest(word, choices))
+
+
+def suggestion(meant: str | None) -> str:
+    """The ' (did you mean 'x'?)' suffix for a name meant, found however; "" for None."""
+    return f" (did you mean {meant!r}?)" if meant else ""
 
 
 def closest(word: str, choices: Iterable[str]) -> str | None:

@@ -24,14 +24,11 @@ CHANNEL_WRITTEN_FORMS = {
 def unknown_channel(name: object) -> str:
     """The message for a channel cdp does not know, with the one it likely means: its own name
     in another case, a written form of one (短信 is sms), else the closest name."""
-    from cdp_cli.yamlfile import did_you_mean  # a mistake's path: YAML is not loaded by all
+    # Imported on a mistake's path only: not every command loads YAML.
+    from cdp_cli.yamlfile import did_you_mean, suggestion
 
     text = str(name)
     meant = {n: n for n in CHANNEL_NAMES} | CHANNEL_WRITTEN_FORMS
     guess = meant.get(text.strip().casefold())
-    hint = (
-        f" (did you mean {guess!r}?)"
-        if guess in CHANNEL_NAMES
-        else did_you_mean(text, CHANNEL_NAMES)
-    )
+    hint = suggestion(guess) if guess in CHANNEL_NAMES else did_you_mean(text, CHANNEL_NAMES)
     return f"unknown channel {name!r}{hint}"

@@ -34,7 +34,7 @@ from cdp_cli.messaging.sandbox import (
     name_problem,
     printed_object,
 )
-from cdp_cli.yamlfile import closest, did_you_mean
+from cdp_cli.yamlfile import closest, did_you_mean, suggestion
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: "$" would let a final "\n" in
 _DICT_METHODS = frozenset(dir(dict))
@@ -378,6 +378,6 @@ def _name_hint(message: str, context: Mapping[str, Any]) -> str:
         meant = closest(variable[1], context)
         key = closest(variable[1], nested) if meant is None else None
         meant = nested[key] if key else meant
-        return f" (did you mean {meant!r}?)" if meant else ""
+        return suggestion(meant)
     attribute = re.fullmatch(r"'dict object' has no attribute '(\w+)'", message)
     return did_you_mean(attribute[1], nested) if attribute else ""
